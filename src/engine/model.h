@@ -1,0 +1,67 @@
+/* Model loading: a diffusers folder or a single-file LDM checkpoint.
+ *
+ * A diffusers folder is driven by its config.json files, so a tiny test model
+ * and real SD 1.5 go through the same code. A single-file checkpoint carries
+ * no configs: the SD 1.x configuration is implied and sizes are read from the
+ * tensors' shapes. Pickle checkpoints (.ckpt, .pt, .bin) are refused, since
+ * loading one runs arbitrary code. */
+#ifndef SDW_MODEL_H
+#define SDW_MODEL_H
+
+#include <json-c/json.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "safetensors.h"
+#include "tokenizer.h"
+
+typedef enum sdw_layout { SDW_LAYOUT_DIFFUSERS, SDW_LAYOUT_LDM } sdw_layout;
+
+/* The weights of one model part: the files that hold it and the prefix its
+ * tensor names carry there ("" in a diffusers folder,
+ * "cond_stage_model.transformer." for the CLIP tower of an LDM file). */
+typedef struct sdw_weights {
+    const sdw_st_file *const *files;
+    size_t nfiles;
+    char prefix[128];
+} sdw_weights;
+
+/* Looks up prefix+name; SDW_ENOTFOUND when absent. */
+int sdw_weights_find(const sdw_weights *w, const char *name, const sdw_st_tensor **t, sdw_error *e);
+/* Loads prefix+name as float32 into a new malloc'd buffer after checking that
+ * it is floating point and has exactly the given shape. */
+int sdw_weights_load(const sdw_weights *w, const char *name, int ndim, const int64_t *shape,
+                     float **out, sdw_error *e);
+
+typedef struct sdw_clip_config {
+    int vocab_size;        /* 49408 */
+    int hidden_size;       /* 768 */
+    int intermediate_size; /* 3072 */
+    int num_layers;        /* 12 */
+    int num_heads;         /* 12 */
+    int max_positions;     /* 77 */
+    int quick_gelu;        /* 1: x*sigmoid(1.702x), 0: exact erf gelu */
+    float layer_norm_eps;  /* 1e-5 */
+    int32_t pad_id;        /* 49407 for SD 1.x */
+} sdw_clip_config;
+
+typedef struct sdw_model {
+    char path[4096];
+    sdw_layout layout;
+    sdw_st_file *files; /* every file opened, owned */
+    size_t nfiles;
+    sdw_clip_config clip;
+    sdw_weights text_encoder;
+    sdw_weights unet;
+    sdw_weights vae;
+    sdw_tokenizer *tokenizer;
+    /* config.json of each part as parsed (NULL for a single-file checkpoint). */
+    json_object *unet_config;
+    json_object *vae_config;
+    json_object *scheduler_config;
+} sdw_model;
+
+int sdw_model_open(sdw_model *m, const char *path, sdw_error *e);
+void sdw_model_close(sdw_model *m);
+
+#endif

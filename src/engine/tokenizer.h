@@ -1,0 +1,33 @@
+/* CLIP byte-level BPE tokenizer, token for token equal to transformers'
+ * CLIPTokenizer as Stable Diffusion 1.x pipelines use it. */
+#ifndef SDW_TOKENIZER_H
+#define SDW_TOKENIZER_H
+
+#include <stdint.h>
+
+#include "err.h"
+
+#define SDW_TOK_BOS 49406
+#define SDW_TOK_EOS 49407
+#define SDW_TOK_CONTEXT 77
+
+typedef struct sdw_tokenizer sdw_tokenizer;
+
+/* A diffusers tokenizer/ folder: vocab.json and merges.txt. */
+int sdw_tok_load_hf(sdw_tokenizer **t, const char *vocab_json, const char *merges_txt, sdw_error *e);
+/* OpenAI's bpe_simple_vocab_16e6.txt.gz, as shipped in data/. */
+int sdw_tok_load_bpe_gz(sdw_tokenizer **t, const char *path, sdw_error *e);
+/* The bundled vocabulary: $SDW_DATA_DIR or the installed pkgdatadir. */
+int sdw_tok_load_default(sdw_tokenizer **t, sdw_error *e);
+void sdw_tok_free(sdw_tokenizer *t);
+
+/* Writes exactly `len` ids: BOS, the text's tokens truncated so that EOS
+ * still fits, EOS, then pad_id. Returns the number of tokens before padding
+ * (BOS and EOS included), or a negative sdw_status. */
+int sdw_tok_encode(const sdw_tokenizer *t, const char *text, int32_t *ids, int len, int32_t pad_id,
+                   sdw_error *e);
+/* Tokens of the text alone, no BOS/EOS, no truncation: up to cap ids written,
+ * the full count returned. */
+int sdw_tok_tokenize(const sdw_tokenizer *t, const char *text, int32_t *ids, int cap, sdw_error *e);
+
+#endif
