@@ -20,13 +20,20 @@ int sdw_fail_wrap(sdw_error *e, const char *fmt, ...)
 {
     if (!e)
         return SDW_EINVAL;
-    char prefix[256], old[sizeof e->msg];
+    char buf[256 + 2 + sizeof e->msg];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    int n = vsnprintf(buf, 256, fmt, ap);
     va_end(ap);
-    memcpy(old, e->msg, sizeof old);
-    snprintf(e->msg, sizeof e->msg, "%s: %s", prefix, old);
+    size_t len = n < 0 ? 0 : (size_t)n < 256 ? (size_t)n : 255;
+    memcpy(buf + len, ": ", 2);
+    memcpy(buf + len + 2, e->msg, sizeof e->msg);
+    buf[sizeof buf - 1] = '\0';
+    size_t total = strlen(buf);
+    if (total >= sizeof e->msg)
+        total = sizeof e->msg - 1;
+    memcpy(e->msg, buf, total);
+    e->msg[total] = '\0';
     return e->code;
 }
 

@@ -1,0 +1,13 @@
+/* Model parameters: a named tensor of a model part, shape-checked, converted
+ * to float32 and placed in the backend's memory. */
+#ifndef SDW_PARAM_H
+#define SDW_PARAM_H
+
+#include "model.h"
+#include "tensor.h"
+
+/* Loads w's tensor `name` (which must have exactly the given shape) into t. */
+int sdw_param_load(sdw_tensor *t, sdw_backend *be, const sdw_weights *w, const char *name, int ndim,
+                   const int64_t *shape, sdw_error *e);
+
+#endif

@@ -1,0 +1,97 @@
+/* Tensors and the op interface that model code is written against.
+ *
+ * A tensor is float32, row-major, up to four dimensions, and lives in the
+ * memory of the backend that made it. Model code (the CLIP text encoder, and
+ * later the UNet and VAE) calls only the sdw_op_* functions below; each checks
+ * shapes once here and then dispatches to the backend, so the CPU backend and
+ * the CUDA backend implement the same small set of kernels and nothing else.
+ * The CPU backend is the numerical reference for every other backend. */
+#ifndef SDW_TENSOR_H
+#define SDW_TENSOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+#define SDW_MAX_DIMS 4
+
+typedef struct sdw_backend sdw_backend;
+
+typedef struct sdw_tensor {
+    sdw_backend *be;
+    float *data; /* backend memory: host for the CPU backend, device for CUDA */
+    int ndim;
+    int64_t shape[SDW_MAX_DIMS];
+    int owns;    /* data was allocated for this tensor and is freed with it */
+} sdw_tensor;
+
+typedef enum sdw_act {
+    SDW_ACT_SILU,
+    SDW_ACT_GELU,       /* exact: 0.5x(1+erf(x/sqrt 2)) */
+    SDW_ACT_QUICK_GELU, /* x*sigmoid(1.702x), CLIP's */
+} sdw_act;
+
+/* The kernels a backend provides. Shapes have been checked by the caller. */
+typedef struct sdw_backend_ops {
+    const char *name;
+    int (*alloc)(sdw_backend *be, size_t n, float **p, sdw_error *e);
+    void (*free)(sdw_backend *be, float *p);
+    int (*upload)(sdw_backend *be, float *dst, const float *src, size_t n, sdw_error *e);
+    int (*download)(sdw_backend *be, float *dst, const float *src, size_t n, sdw_error *e);
+    /* y[m,n] = x[m,k] w[n,k]^T (+ bias[n]) */
+    int (*linear)(sdw_backend *be, const float *x, const float *w, const float *bias, float *y,
+                  int64_t m, int64_t n, int64_t k, sdw_error *e);
+    /* per row of length n: (x - mean) / sqrt(var + eps) * gamma + beta */
+    int (*layer_norm)(sdw_backend *be, const float *x, const float *gamma, const float *beta,
+                      float *y, int64_t rows, int64_t n, float eps, sdw_error *e);
+    /* q[b,tq,h*d], k and v [b,tk,h*d] -> out[b,tq,h*d], softmax(q k^T * scale) v */
+    int (*attention)(sdw_backend *be, const float *q, const float *k, const float *v, float *out,
+                     int64_t b, int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale,
+                     int causal, sdw_error *e);
+    int (*act)(sdw_backend *be, const float *x, float *y, int64_t n, sdw_act act, sdw_error *e);
+    /* y = a + b, elementwise over n */
+    int (*add)(sdw_backend *be, const float *a, const float *b, float *y, int64_t n, sdw_error *e);
+    /* y[r, :] = table[ids[r], :] + pos[r % tpos, :]  (pos may be NULL) */
+    int (*embed)(sdw_backend *be, const float *table, const int32_t *ids, const float *pos, float *y,
+                 int64_t rows, int64_t dim, int64_t tpos, sdw_error *e);
+    void (*destroy)(sdw_backend *be);
+} sdw_backend_ops;
+
+struct sdw_backend {
+    const sdw_backend_ops *ops;
+    void *priv;
+};
+
+/* The CPU backend: OpenBLAS sgemm for products, OpenMP for the rest. */
+int sdw_backend_cpu(sdw_backend **be, sdw_error *e);
+void sdw_backend_destroy(sdw_backend *be);
+
+/* Tensor lifetime. sdw_tensor_new allocates uninitialised memory. */
+int sdw_tensor_new(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape, sdw_error *e);
+int sdw_tensor_from_host(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape,
+                         const float *src, sdw_error *e);
+int sdw_tensor_to_host(const sdw_tensor *t, float *dst, sdw_error *e);
+void sdw_tensor_free(sdw_tensor *t);
+int64_t sdw_tensor_numel(const sdw_tensor *t);
+/* A view with another shape over the same memory (same numel). */
+int sdw_tensor_view(sdw_tensor *v, const sdw_tensor *t, int ndim, const int64_t *shape, sdw_error *e);
+/* Formats a shape as "[2,77,768]" for error messages. */
+const char *sdw_shape_str(int ndim, const int64_t *shape, char *buf, size_t len);
+
+/* Ops. x's leading dimensions are flattened into rows; the last one is the
+ * feature dimension. Outputs must be allocated with the right shape. */
+int sdw_op_linear(const sdw_tensor *x, const sdw_tensor *w, const sdw_tensor *bias, sdw_tensor *y,
+                  sdw_error *e);
+int sdw_op_layer_norm(const sdw_tensor *x, const sdw_tensor *gamma, const sdw_tensor *beta, float eps,
+                      sdw_tensor *y, sdw_error *e);
+/* q [b,tq,heads*d], k and v [b,tk,heads*d], out like q; scale 1/sqrt(d). */
+int sdw_op_attention(const sdw_tensor *q, const sdw_tensor *k, const sdw_tensor *v, int heads, int causal,
+                     sdw_tensor *out, sdw_error *e);
+int sdw_op_act(const sdw_tensor *x, sdw_act act, sdw_tensor *y, sdw_error *e);
+int sdw_op_add(const sdw_tensor *a, const sdw_tensor *b, sdw_tensor *y, sdw_error *e);
+/* ids are host memory; table [vocab,dim], pos [tpos,dim] or NULL, y [rows/tpos,tpos,dim]. */
+int sdw_op_embed(const sdw_tensor *table, const int32_t *ids, const sdw_tensor *pos, sdw_tensor *y,
+                 sdw_error *e);
+
+#endif
