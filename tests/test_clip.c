@@ -1,0 +1,218 @@
+/* The CLIP text encoder against transformers' CLIPTextModel on the two tiny
+ * random-weight models that tests/reference/make_fixtures.py saves: the last
+ * hidden state and diffusers' clip_skip=1 output, from a diffusers folder and
+ * from the same weights re-keyed as a single-file LDM checkpoint. */
+#include <json-c/json.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "clip.h"
+#include "model.h"
+#include "safetensors.h"
+#include "tap.h"
+
+#define TOL 1e-4
+
+static sdw_backend *be;
+
+typedef struct fixture {
+    sdw_st_file st;
+    int k, t, h;
+    float *ids, *embeds, *skip1;
+    json_object *prompts;
+} fixture;
+
+static float *load_f32(const sdw_st_file *f, const char *name, int64_t *numel)
+{
+    const sdw_st_tensor *t = sdw_st_find(f, name);
+    if (!t)
+        return NULL;
+    float *p = malloc((size_t)t->numel * sizeof *p);
+    sdw_error e;
+    if (sdw_st_to_f32(t, p, &e)) {
+        free(p);
+        return NULL;
+    }
+    if (numel)
+        *numel = t->numel;
+    return p;
+}
+
+static int fixture_open(fixture *fx, const char *model)
+{
+    char name[256];
+    sdw_error e;
+    snprintf(name, sizeof name, "embeds-%s.safetensors", model);
+    if (sdw_st_open(&fx->st, tap_fixture(name), &e)) {
+        tap_diag("%s", e.msg);
+        return -1;
+    }
+    const sdw_st_tensor *emb = sdw_st_find(&fx->st, "embeds");
+    if (!emb || emb->ndim != 3)
+        return -1;
+    fx->k = (int)emb->shape[0], fx->t = (int)emb->shape[1], fx->h = (int)emb->shape[2];
+    fx->ids = load_f32(&fx->st, "ids", NULL);
+    fx->embeds = load_f32(&fx->st, "embeds", NULL);
+    fx->skip1 = load_f32(&fx->st, "embeds_clip_skip1", NULL);
+    const char *p = sdw_st_meta(&fx->st, "prompts");
+    fx->prompts = p ? json_tokener_parse(p) : NULL;
+    return fx->ids && fx->embeds && fx->skip1 && fx->prompts ? 0 : -1;
+}
+
+static void fixture_close(fixture *fx)
+{
+    free(fx->ids), free(fx->embeds), free(fx->skip1);
+    json_object_put(fx->prompts);
+    sdw_st_close(&fx->st);
+}
+
+static double rel_err(const float *got, const float *want, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        if (isnan(got[i]))
+            return INFINITY;
+        num = d > num ? d : num;
+        den = fabs(want[i]) > den ? fabs(want[i]) : den;
+    }
+    return num / (den > 0 ? den : 1);
+}
+
+/* Encodes all fixture prompts in one batch and compares both outputs. */
+static void check_encoder(const char *label, const sdw_model *m, fixture *fx)
+{
+    sdw_error e;
+    sdw_clip *clip = NULL;
+    int rc = sdw_clip_load(&clip, be, &m->clip, &m->text_encoder, &e);
+    if (!tap_ok(rc == 0, "%s: text encoder loads%s%s", label, rc ? ": " : "", rc ? e.msg : ""))
+        return;
+    size_t n = (size_t)fx->k * fx->t * fx->h;
+    int32_t *ids = malloc((size_t)fx->k * fx->t * sizeof *ids);
+    float *got = malloc(n * sizeof *got);
+    for (int i = 0; i < fx->k * fx->t; i++)
+        ids[i] = (int32_t)fx->ids[i];
+    int64_t shape[3] = {fx->k, fx->t, fx->h};
+    sdw_tensor out;
+    sdw_tensor_new(&out, be, 3, shape, &e);
+    for (int skip = 0; skip <= 1; skip++) {
+        rc = sdw_clip_encode(clip, ids, fx->k, fx->t, skip, &out, &e);
+        if (rc == 0)
+            rc = sdw_tensor_to_host(&out, got, &e);
+        double r = rc ? INFINITY : rel_err(got, skip ? fx->skip1 : fx->embeds, n);
+        tap_ok(rc == 0 && r <= TOL, "%s: %d prompts, clip_skip %d: max rel err %.2e (tolerance %.0e)%s%s", label,
+               fx->k, skip, r, TOL, rc ? ": " : "", rc ? e.msg : "");
+    }
+    rc = sdw_clip_encode(clip, ids, fx->k, fx->t, m->clip.num_layers, &out, &e);
+    tap_ok(rc == SDW_EINVAL, "%s: clip_skip as large as the layer count is refused: %s", label, e.msg);
+    sdw_tensor_free(&out);
+    free(ids), free(got);
+    sdw_clip_free(clip);
+}
+
+/* The model's own tokenizer must give the fixture's ids for its prompts. */
+static void check_tokens(const char *label, const sdw_model *m, fixture *fx)
+{
+    int32_t ids[SDW_TOK_CONTEXT];
+    int bad = -1;
+    sdw_error e;
+    for (int i = 0; i < fx->k && bad < 0; i++) {
+        const char *p = json_object_get_string(json_object_array_get_idx(fx->prompts, (size_t)i));
+        if (sdw_tok_encode(m->tokenizer, p, ids, fx->t, m->clip.pad_id, &e) < 0)
+            bad = i;
+        for (int j = 0; j < fx->t && bad < 0; j++)
+            if (ids[j] != (int32_t)fx->ids[i * fx->t + j])
+                bad = i;
+    }
+    tap_ok(bad < 0, "%s: the model's tokenizer reproduces the fixture ids%s", label, bad >= 0 ? " (mismatch)" : "");
+}
+
+/* Re-keys the diffusers text encoder as an LDM single-file checkpoint. */
+static int write_ldm(const char *model_dir, const char *path)
+{
+    char src[4096];
+    snprintf(src, sizeof src, "%s/text_encoder/model.safetensors", model_dir);
+    sdw_st_file f;
+    sdw_error e;
+    if (sdw_st_open(&f, src, &e))
+        return -1;
+    sdw_st_entry *ent = calloc(f.ntensors, sizeof *ent);
+    char **names = calloc(f.ntensors, sizeof *names);
+    float **data = calloc(f.ntensors, sizeof *data);
+    size_t n = 0;
+    int rc = 0;
+    for (size_t i = 0; i < f.ntensors && !rc; i++) {
+        const sdw_st_tensor *t = &f.tensors[i];
+        if (t->dtype != SDW_DT_F32 && t->dtype != SDW_DT_F16 && t->dtype != SDW_DT_BF16)
+            continue;
+        names[n] = malloc(strlen(t->name) + 40);
+        sprintf(names[n], "cond_stage_model.transformer.%s", t->name);
+        data[n] = malloc((size_t)t->numel * sizeof(float));
+        rc = sdw_st_to_f32(t, data[n], &e);
+        ent[n] = (sdw_st_entry){names[n], t->dtype, t->ndim, t->shape, data[n]};
+        n++;
+    }
+    if (!rc)
+        rc = sdw_st_write(path, ent, n, NULL, 0, &e);
+    for (size_t i = 0; i < n; i++)
+        free(names[i]), free(data[i]);
+    free(ent), free(names), free(data);
+    sdw_st_close(&f);
+    return rc;
+}
+
+/* single_file: also re-key it as an LDM file; only for a model whose head
+ * count is the one a single file implies (hidden/64, at least 1). */
+static void check_model(const char *model, int single_file)
+{
+    char dir[4096], label[64];
+    snprintf(dir, sizeof dir, "%s", tap_fixture("models"));
+    snprintf(dir + strlen(dir), sizeof dir - strlen(dir), "/%s", model);
+    fixture fx = {0};
+    if (!tap_ok(fixture_open(&fx, model) == 0, "%s: reference embeddings readable", model))
+        return;
+    sdw_model m;
+    sdw_error e;
+    snprintf(label, sizeof label, "%s (diffusers)", model);
+    int rc = sdw_model_open(&m, dir, &e);
+    if (tap_ok(rc == 0, "%s: opens%s%s", label, rc ? ": " : "", rc ? e.msg : "")) {
+        check_tokens(label, &m, &fx);
+        check_encoder(label, &m, &fx);
+        sdw_model_close(&m);
+    }
+
+    char tmpl[] = "/tmp/sdw-clip-XXXXXX", path[4096];
+    if (!single_file || !mkdtemp(tmpl)) {
+        fixture_close(&fx);
+        return;
+    }
+    snprintf(path, sizeof path, "%s/%s.safetensors", tmpl, model);
+    snprintf(label, sizeof label, "%s (single file)", model);
+    rc = write_ldm(dir, path);
+    if (rc == 0)
+        rc = sdw_model_open(&m, path, &e);
+    if (tap_ok(rc == 0, "%s: opens%s%s", label, rc ? ": " : "", rc ? e.msg : "")) {
+        tap_ok(m.layout == SDW_LAYOUT_LDM && m.clip.num_heads == 1 && m.clip.num_layers == 2,
+               "%s: layout and sizes inferred from the tensors", label);
+        check_encoder(label, &m, &fx);
+        sdw_model_close(&m);
+    }
+    unlink(path);
+    rmdir(tmpl);
+    fixture_close(&fx);
+}
+
+int main(void)
+{
+    sdw_error e;
+    if (sdw_backend_cpu(&be, &e)) {
+        tap_ok(0, "cpu backend: %s", e.msg);
+        return tap_done();
+    }
+    check_model("tiny-a", 0);
+    check_model("tiny-b", 1);
+    sdw_backend_destroy(be);
+    return tap_done();
+}
