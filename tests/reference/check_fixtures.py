@@ -18,7 +18,7 @@ FIX = os.path.join(os.path.dirname(os.path.dirname(HERE)), "tests", "fixtures")
 BOS, EOS = 49406, 49407
 
 MODEL_DTYPES = {"tiny-a": "F16", "tiny-b": "BF16"}
-MODEL_HIDDEN = {"tiny-a": 32, "tiny-b": 16}
+MODEL_HIDDEN = {"tiny-a": 16, "tiny-b": 16}
 MODEL_FILES = [
     "model_index.json",
     "scheduler/scheduler_config.json",

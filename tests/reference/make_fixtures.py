@@ -173,16 +173,16 @@ VAE_CONFIG = dict(
 TINY = {
     "tiny-a": dict(
         seed=1001, dtype=torch.float16,
-        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
-        unet=dict(block_out_channels=(32, 64), layers_per_block=1,
+        text=dict(hidden_size=16, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4),
+        unet=dict(block_out_channels=(32, 32), layers_per_block=1,
                   down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                  cross_attention_dim=32, attention_head_dim=2),
+                  cross_attention_dim=16, attention_head_dim=2),
     ),
     "tiny-b": dict(
         seed=2002, dtype=torch.bfloat16,
         text=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=1),
-        unet=dict(block_out_channels=(32, 64, 64), layers_per_block=2,
+        unet=dict(block_out_channels=(16, 32, 32), layers_per_block=2,
                   down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
                   cross_attention_dim=16, attention_head_dim=[2, 4, 4], use_linear_projection=True),
