@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+"""Regenerate the committed reference fixtures under tests/fixtures/.
+
+PyTorch + diffusers + transformers are the source of truth; the C tests only
+read what this script writes. Output is deterministic: running it twice gives
+byte-identical files.
+
+Usage (from anywhere):
+    /opt/sdw-ref/bin/python tests/reference/make_fixtures.py [--only GROUP ...]
+
+Groups: tokens, randn, models, embeds. 'embeds' reads the models from disk,
+so it needs 'models' to have been run once.
+"""
+
+import argparse
+import gzip
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+from diffusers.utils import logging as diffusers_logging  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+DATA = os.path.join(ROOT, "data")
+FIX = os.path.join(ROOT, "tests", "fixtures")
+MODELS = os.path.join(FIX, "models")
+sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # keep tests/reference free of __pycache__
+
+from prompts import EMBED_PROMPTS, PROMPTS  # noqa: E402
+
+BOS, EOS = 49406, 49407
+MAX_LEN = 77
+# HF's CLIPTokenizer keeps merges[1 : 49152 - 256 - 2 + 1] of the merges file.
+N_MERGES = 49152 - 256 - 2
+
+
+def _bytes_to_unicode():
+    """CLIP's reversible byte -> printable code point map (same order as OpenAI/HF)."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def write_tokenizer_files(outdir):
+    """Write vocab.json + merges.txt equal to openai/clip-vit-large-patch14's."""
+    with gzip.open(os.path.join(DATA, "bpe_simple_vocab_16e6.txt.gz"), "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = lines[1:N_MERGES + 1]
+    assert len(merges) == N_MERGES and all(len(m.split()) == 2 for m in merges)
+    vocab = list(_bytes_to_unicode().values())
+    vocab += [v + "</w>" for v in vocab]
+    vocab += ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == 49408 and len(set(vocab)) == 49408
+    with open(os.path.join(outdir, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)
+    with open(os.path.join(outdir, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+def build_tokenizer(tmpdir):
+    from transformers import CLIPTokenizer
+
+    write_tokenizer_files(tmpdir)
+    tok = CLIPTokenizer(os.path.join(tmpdir, "vocab.json"), os.path.join(tmpdir, "merges.txt"),
+                        pad_token="<|endoftext|>", model_max_length=MAX_LEN)
+    check_tokenizer(tok)
+    return tok
+
+
+def check_tokenizer(tok):
+    # With ftfy installed, CLIPTokenizer would take a different cleanup path
+    # (ftfy.fix_text + whitespace_clean) than the BasicTokenizer one we match.
+    assert tok.fix_text is None, "ftfy is installed in the reference venv; uninstall it"
+    assert len(tok) == 49408 and tok.pad_token_id == EOS and tok.bos_token_id == BOS
+    known = {
+        "a photo of a cat": [BOS, 320, 1125, 539, 320, 2368, EOS],
+        "": [BOS, EOS],
+        "hello world": [BOS, 3306, 1002, EOS],
+    }
+    for text, ids in known.items():
+        got = tok(text).input_ids
+        assert got == ids, f"tokenizer mismatch for {text!r}: {got} != {ids}"
+
+
+def tokenize77(tok, prompts):
+    return tok(prompts, padding="max_length", max_length=MAX_LEN, truncation=True).input_ids
+
+
+# --------------------------------------------------------------------------
+# tokens.json
+
+
+def make_tokens(tok):
+    assert len(PROMPTS) == len(set(PROMPTS)), "duplicate prompt"
+    rows = []
+    for p, ids in zip(PROMPTS, tokenize77(tok, PROMPTS)):
+        n = len(tok(p).input_ids)
+        assert len(ids) == MAX_LEN
+        rows.append({"prompt": p, "ids": ids, "n_tokens": n})
+    with open(os.path.join(FIX, "tokens.json"), "w", encoding="utf-8") as f:
+        f.write("[\n")
+        f.write(",\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+        f.write("\n]\n")
+
+
+# --------------------------------------------------------------------------
+# randn.safetensors
+
+RANDN_CASES = [
+    (0, [(1, 4, 8, 8)]),
+    (42, [(1, 4, 64, 64)]),
+    (1, [(2, 4, 8, 12)]),
+    (12345, [(1, 4, 7, 9)]),
+    (7, [(5,), (15,), (16,), (17,), (1,), (3,), (2, 4, 8, 8)]),
+    (3, [(31,), (4, 4, 8, 8), (2,), (1,)]),
+    (2**32 + 5, [(1, 4, 8, 8)]),
+    (2**63 - 1, [(16,), (3,)]),
+    (123, [(1,), (1,), (1,), (40,)]),
+]
+
+
+def make_randn():
+    tensors, cases = {}, []
+    for seed, shapes in RANDN_CASES:
+        g = torch.Generator("cpu").manual_seed(seed)
+        draws = []
+        for i, shape in enumerate(shapes):
+            name = f"seed{seed}.draw{i}"
+            tensors[name] = torch.randn(shape, generator=g, dtype=torch.float32)
+            draws.append({"name": name, "shape": list(shape)})
+        cases.append({"seed": seed, "draws": draws})
+    save_file(tensors, os.path.join(FIX, "randn.safetensors"))
+    with open(os.path.join(FIX, "randn_cases.json"), "w", encoding="utf-8") as f:
+        json.dump(cases, f, indent=1)
+        f.write("\n")
+
+
+# --------------------------------------------------------------------------
+# tiny models
+
+SD15_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False,
+    timestep_spacing="leading", trained_betas=None,
+)
+
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, block_out_channels=(8, 16, 32, 32),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=64,
+)
+
+TINY = {
+    "tiny-a": dict(
+        seed=1001, dtype=torch.float16,
+        text=dict(hidden_size=16, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4),
+        unet=dict(block_out_channels=(32, 32), layers_per_block=1,
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                  cross_attention_dim=16, attention_head_dim=2),
+    ),
+    "tiny-b": dict(
+        seed=2002, dtype=torch.bfloat16,
+        text=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=1),
+        unet=dict(block_out_channels=(16, 32, 32), layers_per_block=2,
+                  down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                  cross_attention_dim=16, attention_head_dim=[2, 4, 4], use_linear_projection=True),
+    ),
+}
+
+
+def randomize(module, gen):
+    """Re-draw every parameter so no path is zero or trivially an identity.
+
+    Weights get 1/sqrt(fan_in) scale so activations stay O(1) through the
+    stacks; norm scales stay near 1; biases are small but non-zero.
+    """
+    import torch.nn as nn
+
+    norms = (nn.LayerNorm, nn.GroupNorm)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            owner = module.get_submodule(name.rpartition(".")[0])
+            leaf = name.rpartition(".")[2]
+            r = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            if isinstance(owner, norms):
+                v = 1.0 + 0.1 * r if leaf == "weight" else 0.1 * r
+            elif isinstance(owner, nn.Embedding):
+                v = 0.5 * r
+            elif p.dim() >= 2:
+                v = r / math.sqrt(p[0].numel())
+            else:
+                v = 0.1 * r
+            p.copy_(v)
+
+
+def build_pipeline(tok, spec):
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    gen = torch.Generator("cpu").manual_seed(spec["seed"])
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, max_position_embeddings=MAX_LEN, hidden_act="quick_gelu",
+        layer_norm_eps=1e-5, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=1, **spec["text"]))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, norm_num_groups=8,
+                                **spec["unet"])
+    vae = AutoencoderKL(**VAE_CONFIG)
+    for m in (text, unet, vae):
+        randomize(m, gen)
+    scheduler = PNDMScheduler.from_config(SD15_SCHEDULER)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def load_pipeline(name):
+    """Load a fixture model back in float32: exactly the rounded weights the C code reads."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(os.path.join(MODELS, name), torch_dtype=torch.float32,
+                                                   local_files_only=True)
+    check_tokenizer(pipe.tokenizer)
+    return pipe
+
+
+def make_models(tok):
+    os.makedirs(MODELS, exist_ok=True)
+    for name, spec in TINY.items():
+        out = os.path.join(MODELS, name)
+        pipe = build_pipeline(tok, spec)
+        pipe.to(spec["dtype"])
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        pipe.save_pretrained(out, safe_serialization=True)
+        back = load_pipeline(name)
+        for comp in ("text_encoder", "unet", "vae"):
+            saved = dict(getattr(pipe, comp).named_parameters())
+            for pname, p in getattr(back, comp).named_parameters():
+                assert p.dtype == torch.float32
+                assert torch.equal(p, saved[pname].float()), f"{name}/{comp}/{pname} did not round-trip"
+
+
+# --------------------------------------------------------------------------
+# text-encoder embeddings
+
+
+@torch.no_grad()
+def make_embeds():
+    for name in TINY:
+        pipe = load_pipeline(name)
+        te = pipe.text_encoder.eval()
+        ids = torch.tensor(tokenize77(pipe.tokenizer, EMBED_PROMPTS), dtype=torch.long)
+        out = te(ids, output_hidden_states=True)
+        embeds = out.last_hidden_state
+        skip1 = te.text_model.final_layer_norm(out.hidden_states[-2])
+        # Cross-check against the pipeline's own prompt encoding.
+        ref0, _ = pipe.encode_prompt(EMBED_PROMPTS, "cpu", 1, False)
+        ref1, _ = pipe.encode_prompt(EMBED_PROMPTS, "cpu", 1, False, clip_skip=1)
+        assert torch.equal(ref0, embeds) and torch.equal(ref1, skip1)
+        tensors = {
+            "ids": ids.to(torch.float32).contiguous(),
+            "embeds": embeds.to(torch.float32).contiguous(),
+            "embeds_clip_skip1": skip1.to(torch.float32).contiguous(),
+        }
+        save_file(tensors, os.path.join(FIX, f"embeds-{name}.safetensors"),
+                  metadata={"prompts": json.dumps(EMBED_PROMPTS, ensure_ascii=False)})
+
+
+# --------------------------------------------------------------------------
+
+GROUPS = ["tokens", "randn", "models", "embeds"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=GROUPS, help="regenerate only these groups")
+    args = ap.parse_args()
+    groups = args.only or GROUPS
+
+    # encode_prompt warns about the deliberately over-long prompt; that is expected.
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    os.makedirs(FIX, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = build_tokenizer(tmp)
+        if "tokens" in groups:
+            make_tokens(tok)
+        if "randn" in groups:
+            make_randn()
+        if "models" in groups:
+            make_models(tok)
+        if "embeds" in groups:
+            make_embeds()
+
+    import check_fixtures
+    check_fixtures.main()
+
+
+if __name__ == "__main__":
+    main()
