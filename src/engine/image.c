@@ -1,0 +1,414 @@
+#include "image.h"
+
+#include <math.h>
+#include <png.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jpeglib.h>
+
+void sdw_image_free(sdw_image *img)
+{
+    free(img->pixels);
+    memset(img, 0, sizeof *img);
+}
+
+static int image_alloc(sdw_image *img, int w, int h, int channels, sdw_error *e)
+{
+    if (w <= 0 || h <= 0 || (int64_t)w * h > SDW_IMAGE_MAX_PIXELS)
+        return sdw_fail(e, SDW_EINVAL, "image size %dx%d outside 1..%d pixels", w, h, SDW_IMAGE_MAX_PIXELS);
+    img->pixels = malloc((size_t)w * h * channels);
+    if (!img->pixels)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory for a %dx%d image", w, h);
+    img->width = w, img->height = h, img->channels = channels;
+    return SDW_OK;
+}
+
+/* PIL's convert("L"): ITU-R 601-2 luma in 16-bit fixed point, which is what
+ * diffusers applies to masks. */
+static uint8_t luma(const uint8_t *rgb)
+{
+    return (uint8_t)((rgb[0] * 19595u + rgb[1] * 38470u + rgb[2] * 7471u + 0x8000u) >> 16);
+}
+
+/* Replaces an RGB image by its grey version in place. */
+static void to_grey(sdw_image *img)
+{
+    size_t n = (size_t)img->width * img->height;
+    for (size_t i = 0; i < n; i++)
+        img->pixels[i] = luma(img->pixels + 3 * i);
+    img->channels = 1;
+}
+
+static int decode_png(sdw_image *img, const void *data, size_t len, sdw_error *e)
+{
+    png_image pi;
+    memset(&pi, 0, sizeof pi);
+    pi.version = PNG_IMAGE_VERSION;
+    if (!png_image_begin_read_from_memory(&pi, data, len))
+        return sdw_fail(e, SDW_EFORMAT, "broken PNG: %s", pi.message);
+    /* RGBA then dropping alpha is what PIL's convert("RGB") does: no
+     * compositing onto a background. */
+    pi.format = PNG_FORMAT_RGBA;
+    int rc = image_alloc(img, (int)pi.width, (int)pi.height, 3, e);
+    uint8_t *rgba = rc ? NULL : malloc(PNG_IMAGE_SIZE(pi));
+    if (rc || !rgba) {
+        png_image_free(&pi);
+        free(rgba);
+        sdw_image_free(img);
+        return rc ? rc : sdw_fail(e, SDW_ENOMEM, "out of memory decoding a PNG");
+    }
+    if (!png_image_finish_read(&pi, NULL, rgba, 0, NULL)) {
+        rc = sdw_fail(e, SDW_EFORMAT, "broken PNG: %s", pi.message);
+        png_image_free(&pi);
+        free(rgba);
+        sdw_image_free(img);
+        return rc;
+    }
+    size_t n = (size_t)img->width * img->height;
+    for (size_t i = 0; i < n; i++)
+        memcpy(img->pixels + 3 * i, rgba + 4 * i, 3);
+    free(rgba);
+    return SDW_OK;
+}
+
+typedef struct jpeg_err {
+    struct jpeg_error_mgr mgr;
+    jmp_buf jump;
+    char msg[JMSG_LENGTH_MAX];
+} jpeg_err;
+
+static void jpeg_error_exit(j_common_ptr cinfo)
+{
+    jpeg_err *je = (jpeg_err *)cinfo->err;
+    je->mgr.format_message(cinfo, je->msg);
+    longjmp(je->jump, 1);
+}
+
+static void jpeg_quiet(j_common_ptr cinfo, int level)
+{
+}
+
+static int decode_jpeg(sdw_image *img, const void *data, size_t len, sdw_error *e)
+{
+    struct jpeg_decompress_struct cinfo;
+    jpeg_err je;
+    cinfo.err = jpeg_std_error(&je.mgr);
+    je.mgr.error_exit = jpeg_error_exit;
+    je.mgr.emit_message = jpeg_quiet;
+    /* volatile: modified between setjmp and a possible longjmp */
+    sdw_image *volatile out = img;
+    if (setjmp(je.jump)) {
+        jpeg_destroy_decompress(&cinfo);
+        sdw_image_free(out);
+        return sdw_fail(e, SDW_EFORMAT, "broken JPEG: %s", je.msg);
+    }
+    jpeg_create_decompress(&cinfo);
+    jpeg_mem_src(&cinfo, data, (unsigned long)len);
+    jpeg_read_header(&cinfo, TRUE);
+    cinfo.out_color_space = JCS_RGB;
+    int rc = image_alloc(img, (int)cinfo.image_width, (int)cinfo.image_height, 3, e);
+    if (rc) {
+        jpeg_destroy_decompress(&cinfo);
+        return rc;
+    }
+    jpeg_start_decompress(&cinfo);
+    while (cinfo.output_scanline < cinfo.output_height) {
+        JSAMPROW row = img->pixels + (size_t)cinfo.output_scanline * img->width * 3;
+        jpeg_read_scanlines(&cinfo, &row, 1);
+    }
+    jpeg_finish_decompress(&cinfo);
+    jpeg_destroy_decompress(&cinfo);
+    return SDW_OK;
+}
+
+int sdw_image_decode(sdw_image *img, const void *data, size_t len, int grey, sdw_error *e)
+{
+    static const uint8_t png_magic[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    const uint8_t *p = data;
+    memset(img, 0, sizeof *img);
+    int rc;
+    if (len >= 8 && !memcmp(p, png_magic, 8))
+        rc = decode_png(img, data, len, e);
+    else if (len >= 3 && p[0] == 0xff && p[1] == 0xd8 && p[2] == 0xff)
+        rc = decode_jpeg(img, data, len, e);
+    else
+        return sdw_fail(e, SDW_EUNSUPPORTED, "not a PNG or JPEG image");
+    if (!rc && grey)
+        to_grey(img);
+    return rc;
+}
+
+int sdw_image_load(sdw_image *img, const char *path, int grey, sdw_error *e)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: cannot open", path);
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0;
+    int rc = SDW_OK;
+    for (;;) {
+        if (len == cap) {
+            cap = cap ? cap * 2 : 1 << 16;
+            uint8_t *nb = cap > ((size_t)256 << 20) ? NULL : realloc(buf, cap);
+            if (!nb) {
+                rc = sdw_fail(e, SDW_EINVAL, "%s: larger than 256 MiB", path);
+                break;
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + len, 1, cap - len, f);
+        len += got;
+        if (got == 0) {
+            if (ferror(f))
+                rc = sdw_fail(e, SDW_EIO, "%s: read error", path);
+            break;
+        }
+    }
+    fclose(f);
+    if (!rc) {
+        rc = sdw_image_decode(img, buf, len, grey, e);
+        if (rc)
+            sdw_fail_wrap(e, "%s", path);
+    }
+    free(buf);
+    return rc;
+}
+
+typedef struct membuf {
+    uint8_t *data;
+    size_t len, cap;
+    int failed;
+} membuf;
+
+static void png_mem_write(png_structp png, png_bytep data, size_t len)
+{
+    membuf *m = png_get_io_ptr(png);
+    if (m->failed)
+        return;
+    if (m->len + len > m->cap) {
+        size_t cap = m->cap ? m->cap : 1 << 16;
+        while (cap < m->len + len)
+            cap *= 2;
+        uint8_t *nd = realloc(m->data, cap);
+        if (!nd) {
+            m->failed = 1;
+            return;
+        }
+        m->data = nd, m->cap = cap;
+    }
+    memcpy(m->data + m->len, data, len);
+    m->len += len;
+}
+
+static void png_mem_flush(png_structp png)
+{
+}
+
+static void png_error_fn(png_structp png, png_const_charp msg)
+{
+    snprintf(png_get_error_ptr(png), 256, "%s", msg);
+    png_longjmp(png, 1);
+}
+
+static void png_warning_fn(png_structp png, png_const_charp msg)
+{
+}
+
+int sdw_png_encode(const sdw_image *img, const char *const *text, size_t ntext, uint8_t **out, size_t *outlen,
+                   sdw_error *e)
+{
+    char msg[256] = "";
+    membuf m = {0};
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, msg, png_error_fn, png_warning_fn);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    png_textp texts = ntext ? calloc(ntext, sizeof *texts) : NULL;
+    if (!png || !info || (ntext && !texts)) {
+        png_destroy_write_struct(&png, &info);
+        free(texts);
+        return sdw_fail(e, SDW_ENOMEM, "out of memory encoding PNG");
+    }
+    if (setjmp(png_jmpbuf(png))) {
+        png_destroy_write_struct(&png, &info);
+        free(texts);
+        free(m.data);
+        return sdw_fail(e, SDW_EIO, "PNG encoding failed: %s", msg);
+    }
+    png_set_write_fn(png, &m, png_mem_write, png_mem_flush);
+    png_set_IHDR(png, info, (png_uint_32)img->width, (png_uint_32)img->height, 8,
+                 img->channels == 1 ? PNG_COLOR_TYPE_GRAY : PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    for (size_t i = 0; i < ntext; i++) {
+        texts[i].compression = PNG_TEXT_COMPRESSION_NONE;
+        texts[i].key = (png_charp)text[2 * i];
+        texts[i].text = (png_charp)text[2 * i + 1];
+    }
+    if (ntext)
+        png_set_text(png, info, texts, (int)ntext);
+    png_write_info(png, info);
+    for (int y = 0; y < img->height; y++)
+        png_write_row(png, img->pixels + (size_t)y * img->width * img->channels);
+    png_write_end(png, info);
+    png_destroy_write_struct(&png, &info);
+    free(texts);
+    if (m.failed) {
+        free(m.data);
+        return sdw_fail(e, SDW_ENOMEM, "out of memory encoding PNG");
+    }
+    *out = m.data;
+    *outlen = m.len;
+    return SDW_OK;
+}
+
+int sdw_png_save(const sdw_image *img, const char *path, const char *const *text, size_t ntext, sdw_error *e)
+{
+    uint8_t *buf;
+    size_t len;
+    int rc = sdw_png_encode(img, text, ntext, &buf, &len, e);
+    if (rc)
+        return rc;
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        free(buf);
+        return sdw_fail(e, SDW_EIO, "%s: cannot create", path);
+    }
+    size_t put = fwrite(buf, 1, len, f);
+    free(buf);
+    if (fclose(f) != 0 || put != len)
+        return sdw_fail(e, SDW_EIO, "%s: write failed", path);
+    return SDW_OK;
+}
+
+/* Weights of a triangle filter resampling n source samples to m: for each
+ * output sample, a window [first, first+count) and its normalised weights. */
+typedef struct taps {
+    int *first, *count;
+    float *w;
+    int width;
+} taps;
+
+static int taps_make(taps *t, int n, int m)
+{
+    double scale = (double)n / m, support = scale > 1 ? scale : 1;
+    t->width = (int)ceil(support) * 2 + 1;
+    t->first = malloc((size_t)m * sizeof *t->first);
+    t->count = malloc((size_t)m * sizeof *t->count);
+    t->w = malloc((size_t)m * t->width * sizeof *t->w);
+    if (!t->first || !t->count || !t->w)
+        return -1;
+    for (int i = 0; i < m; i++) {
+        double center = (i + 0.5) * scale;
+        int lo = (int)floor(center - support), hi = (int)ceil(center + support);
+        lo = lo < 0 ? 0 : lo;
+        hi = hi > n ? n : hi;
+        if (hi - lo > t->width)
+            hi = lo + t->width;
+        double sum = 0;
+        float *w = t->w + (size_t)i * t->width;
+        for (int j = lo; j < hi; j++) {
+            double x = fabs((j + 0.5 - center) / support);
+            w[j - lo] = (float)(x < 1 ? 1 - x : 0);
+            sum += w[j - lo];
+        }
+        for (int j = lo; j < hi; j++)
+            w[j - lo] = sum > 0 ? (float)(w[j - lo] / sum) : 0;
+        t->first[i] = lo;
+        t->count[i] = hi - lo;
+    }
+    return 0;
+}
+
+static void taps_free(taps *t)
+{
+    free(t->first), free(t->count), free(t->w);
+}
+
+int sdw_image_resize(const sdw_image *src, int w, int h, sdw_image *dst, sdw_error *e)
+{
+    memset(dst, 0, sizeof *dst);
+    int c = src->channels, rc;
+    if ((rc = image_alloc(dst, w, h, c, e)))
+        return rc;
+    taps tx = {0}, ty = {0};
+    float *mid = malloc((size_t)src->height * w * c * sizeof *mid);
+    if (!mid || taps_make(&tx, src->width, w) || taps_make(&ty, src->height, h)) {
+        free(mid), taps_free(&tx), taps_free(&ty), sdw_image_free(dst);
+        return sdw_fail(e, SDW_ENOMEM, "out of memory resizing an image");
+    }
+#pragma omp parallel for schedule(static)
+    for (int y = 0; y < src->height; y++)
+        for (int x = 0; x < w; x++)
+            for (int k = 0; k < c; k++) {
+                float s = 0;
+                const float *wt = tx.w + (size_t)x * tx.width;
+                for (int j = 0; j < tx.count[x]; j++)
+                    s += wt[j] * src->pixels[((size_t)y * src->width + tx.first[x] + j) * c + k];
+                mid[((size_t)y * w + x) * c + k] = s;
+            }
+#pragma omp parallel for schedule(static)
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++)
+            for (int k = 0; k < c; k++) {
+                float s = 0;
+                const float *wt = ty.w + (size_t)y * ty.width;
+                for (int j = 0; j < ty.count[y]; j++)
+                    s += wt[j] * mid[((size_t)(ty.first[y] + j) * w + x) * c + k];
+                s = s < 0 ? 0 : s > 255 ? 255 : s;
+                dst->pixels[((size_t)y * w + x) * c + k] = (uint8_t)lrintf(s);
+            }
+    free(mid), taps_free(&tx), taps_free(&ty);
+    return SDW_OK;
+}
+
+void sdw_image_to_float(const sdw_image *img, float *dst)
+{
+    size_t plane = (size_t)img->width * img->height;
+    for (int k = 0; k < img->channels; k++)
+        for (size_t i = 0; i < plane; i++)
+            dst[k * plane + i] = 2.0f * (img->pixels[i * img->channels + k] / 255.0f) - 1.0f;
+}
+
+int sdw_image_from_float(sdw_image *img, const float *src, int width, int height, sdw_error *e)
+{
+    memset(img, 0, sizeof *img);
+    int rc = image_alloc(img, width, height, 3, e);
+    if (rc)
+        return rc;
+    size_t plane = (size_t)width * height;
+    for (int k = 0; k < 3; k++)
+        for (size_t i = 0; i < plane; i++) {
+            float v = src[k * plane + i] / 2.0f + 0.5f;
+            v = v < 0 ? 0 : v > 1 ? 1 : v;
+            img->pixels[i * 3 + k] = (uint8_t)rintf(v * 255.0f);
+        }
+    return SDW_OK;
+}
+
+/* Least-squares fit of decoded RGB on the four SD 1.x latent channels, a
+ * commonly used approximation: good enough to watch an image form. */
+static const float preview_map[4][3] = {
+    {0.298f, 0.207f, 0.208f},
+    {0.187f, 0.286f, 0.173f},
+    {-0.158f, 0.189f, 0.264f},
+    {-0.184f, -0.271f, -0.473f},
+};
+
+int sdw_latent_preview(sdw_image *img, const float *latents, int width, int height, sdw_error *e)
+{
+    memset(img, 0, sizeof *img);
+    int rc = image_alloc(img, width, height, 3, e);
+    if (rc)
+        return rc;
+    size_t plane = (size_t)width * height;
+    for (size_t i = 0; i < plane; i++)
+        for (int k = 0; k < 3; k++) {
+            float v = 0;
+            for (int c = 0; c < 4; c++)
+                v += latents[c * plane + i] * preview_map[c][k];
+            v = (v + 1.0f) * 127.5f;
+            img->pixels[i * 3 + k] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : lrintf(v));
+        }
+    return SDW_OK;
+}

@@ -1,0 +1,48 @@
+/* Images in and out of the engine: PNG (libpng) and JPEG (libjpeg-turbo)
+ * decoding into 8-bit RGB, PNG encoding with the generation parameters in
+ * tEXt chunks, and the conversions between pixels and the [-1, 1] NCHW
+ * floats the VAE works in. */
+#ifndef SDW_IMAGE_H
+#define SDW_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+typedef struct sdw_image {
+    int width, height;
+    int channels;     /* 3 (RGB) or 1 (grey) */
+    uint8_t *pixels;  /* row-major, interleaved, width*height*channels */
+} sdw_image;
+
+/* Refuses images with more pixels than this (decompression bombs). */
+#define SDW_IMAGE_MAX_PIXELS (4096 * 4096)
+
+/* Decodes PNG or JPEG bytes (told apart by their magic) into RGB, or into
+ * one grey channel when grey is set (masks). */
+int sdw_image_decode(sdw_image *img, const void *data, size_t len, int grey, sdw_error *e);
+int sdw_image_load(sdw_image *img, const char *path, int grey, sdw_error *e);
+void sdw_image_free(sdw_image *img);
+
+/* Encodes img as PNG into a malloc'd buffer; text is NULL or pairs of
+ * key, value strings (ntext pairs) written as tEXt chunks. */
+int sdw_png_encode(const sdw_image *img, const char *const *text, size_t ntext, uint8_t **out, size_t *outlen,
+                   sdw_error *e);
+int sdw_png_save(const sdw_image *img, const char *path, const char *const *text, size_t ntext, sdw_error *e);
+
+/* Resamples to w x h with a separable triangle (bilinear, antialiased when
+ * shrinking) filter; used for inputs whose size is not a multiple of 8. */
+int sdw_image_resize(const sdw_image *src, int w, int h, sdw_image *dst, sdw_error *e);
+
+/* RGB pixels -> [1,3,H,W] floats 2x/255 - 1, as diffusers' preprocessing. */
+void sdw_image_to_float(const sdw_image *img, float *dst);
+/* [1,3,H,W] floats -> RGB pixels: round(clamp(x/2 + 0.5, 0, 1) * 255) with
+ * ties to even, as diffusers' postprocessing (torch then numpy) does. */
+int sdw_image_from_float(sdw_image *img, const float *src, int width, int height, sdw_error *e);
+
+/* A cheap preview of latents [4,h,w] without the VAE: a fixed linear map
+ * from the four SD 1.x latent channels to RGB, one pixel per latent. */
+int sdw_latent_preview(sdw_image *img, const float *latents, int width, int height, sdw_error *e);
+
+#endif
