@@ -30,4 +30,8 @@ int sdw_tok_encode(const sdw_tokenizer *t, const char *text, int32_t *ids, int l
  * the full count returned. */
 int sdw_tok_tokenize(const sdw_tokenizer *t, const char *text, int32_t *ids, int cap, sdw_error *e);
 
+/* The Unicode version of the linked utf8proc. The tokenizer's tables assume
+ * 15.0 (Debian 12's libutf8proc 2.8); see tokenizer.c. */
+const char *sdw_tok_unicode_version(void);
+
 #endif
