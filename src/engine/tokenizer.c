@@ -25,6 +25,7 @@
  * sdw_tok_unicode_version() lets tests notice a different library.
  *
  * All tables are read-only after loading, so concurrent encodes are safe. */
+#define _GNU_SOURCE /* memmem */
 #include "tokenizer.h"
 
 #include <errno.h>
@@ -352,9 +353,10 @@ int sdw_tok_load_hf(sdw_tokenizer **out, const char *vocab_json, const char *mer
         at++;
     if (!root || jerr != json_tokener_success || at < vlen) {
         rc = sdw_fail(e, SDW_EFORMAT, "%s: invalid JSON: %s near byte %zu", vocab_json,
-                      !root && jerr == json_tokener_success ? "unexpected end of input"
-                      : jerr != json_tokener_success    ? json_tokener_error_desc(jerr)
-                                                        : "trailing data",
+                      jerr == json_tokener_continue || (!root && jerr == json_tokener_success)
+                          ? "unexpected end of input"
+                      : jerr != json_tokener_success ? json_tokener_error_desc(jerr)
+                                                     : "trailing data",
                       at);
         goto done;
     }
@@ -1010,18 +1012,20 @@ done:
     return rc;
 }
 
-static int tokenize_all(const sdw_tokenizer *t, const char *text, i32vec *out, sdw_error *e)
+static int tokenize_all(const sdw_tokenizer *t, const char *text, size_t len, i32vec *out, sdw_error *e)
 {
     if (!t || !text)
         return sdw_fail(e, SDW_EINVAL, "tokenizer: no tokenizer or text");
     bpe_work bw = {0};
     int rc = 0;
-    const char *p = text;
+    const char *p = text, *end = text + len;
     /* The added-token trie: split at the literal special tokens first. */
     for (;;) {
-        const char *s = strstr(p, START_TOK), *en = strstr(p, END_TOK);
+        size_t left = (size_t)(end - p);
+        const char *s = memmem(p, left, START_TOK, sizeof START_TOK - 1);
+        const char *en = memmem(p, left, END_TOK, sizeof END_TOK - 1);
         const char *hit = s && (!en || s < en) ? s : en;
-        size_t seg = hit ? (size_t)(hit - p) : strlen(p);
+        size_t seg = hit ? (size_t)(hit - p) : left;
         if (seg && (rc = tokenize_segment(t, p, seg, &bw, out, e)) < 0)
             break;
         if (!hit)
@@ -1039,10 +1043,11 @@ static int tokenize_all(const sdw_tokenizer *t, const char *text, i32vec *out, s
     return rc;
 }
 
-int sdw_tok_tokenize(const sdw_tokenizer *t, const char *text, int32_t *ids, int cap, sdw_error *e)
+int sdw_tok_tokenize_n(const sdw_tokenizer *t, const char *text, size_t len, int32_t *ids, int cap,
+                       sdw_error *e)
 {
     i32vec out = {0};
-    int rc = tokenize_all(t, text, &out, e);
+    int rc = tokenize_all(t, text, len, &out, e);
     if (rc == 0) {
         if (out.n > INT32_MAX) {
             rc = sdw_fail(e, SDW_EINVAL, "tokenizer: text too long");
@@ -1056,22 +1061,33 @@ int sdw_tok_tokenize(const sdw_tokenizer *t, const char *text, int32_t *ids, int
     return rc;
 }
 
-int sdw_tok_encode(const sdw_tokenizer *t, const char *text, int32_t *ids, int len, int32_t pad_id,
-                   sdw_error *e)
+int sdw_tok_tokenize(const sdw_tokenizer *t, const char *text, int32_t *ids, int cap, sdw_error *e)
 {
-    if (len < 2)
-        return sdw_fail(e, SDW_EINVAL, "tokenizer: context of %d cannot hold BOS and EOS", len);
+    return sdw_tok_tokenize_n(t, text, text ? strlen(text) : 0, ids, cap, e);
+}
+
+int sdw_tok_encode_n(const sdw_tokenizer *t, const char *text, size_t len, int32_t *ids, int ctx,
+                     int32_t pad_id, sdw_error *e)
+{
+    if (ctx < 2)
+        return sdw_fail(e, SDW_EINVAL, "tokenizer: context of %d cannot hold BOS and EOS", ctx);
     i32vec out = {0};
-    int rc = tokenize_all(t, text, &out, e);
+    int rc = tokenize_all(t, text, len, &out, e);
     if (rc == 0) {
-        size_t keep = out.n < (size_t)len - 2 ? out.n : (size_t)len - 2;
+        size_t keep = out.n < (size_t)ctx - 2 ? out.n : (size_t)ctx - 2;
         ids[0] = t->start_id;
         memcpy(ids + 1, out.v, keep * sizeof *ids);
         ids[keep + 1] = t->end_id;
-        for (size_t i = keep + 2; i < (size_t)len; i++)
+        for (size_t i = keep + 2; i < (size_t)ctx; i++)
             ids[i] = pad_id;
         rc = (int)keep + 2;
     }
     free(out.v);
     return rc;
+}
+
+int sdw_tok_encode(const sdw_tokenizer *t, const char *text, int32_t *ids, int len, int32_t pad_id,
+                   sdw_error *e)
+{
+    return sdw_tok_encode_n(t, text, text ? strlen(text) : 0, ids, len, pad_id, e);
 }

@@ -3,6 +3,7 @@
 #ifndef SDW_TOKENIZER_H
 #define SDW_TOKENIZER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "err.h"
@@ -29,6 +30,13 @@ int sdw_tok_encode(const sdw_tokenizer *t, const char *text, int32_t *ids, int l
 /* Tokens of the text alone, no BOS/EOS, no truncation: up to cap ids written,
  * the full count returned. */
 int sdw_tok_tokenize(const sdw_tokenizer *t, const char *text, int32_t *ids, int cap, sdw_error *e);
+
+/* The same for text of known length, which may hold NUL characters (a JSON
+ * "\u0000"): transformers drops them, as these do. */
+int sdw_tok_encode_n(const sdw_tokenizer *t, const char *text, size_t text_len, int32_t *ids, int len,
+                     int32_t pad_id, sdw_error *e);
+int sdw_tok_tokenize_n(const sdw_tokenizer *t, const char *text, size_t text_len, int32_t *ids, int cap,
+                       sdw_error *e);
 
 /* The Unicode version of the linked utf8proc. The tokenizer's tables assume
  * 15.0 (Debian 12's libutf8proc 2.8); see tokenizer.c. */
