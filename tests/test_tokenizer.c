@@ -143,6 +143,11 @@ static void test_fixture(const sdw_tokenizer *gz)
         tap_ok(rc == 0, "load HF-layout tokenizer (%s)", rc ? e.msg : "ok");
     }
 
+    if (access(tap_fixture("tokens.json"), R_OK) != 0) {
+        tap_skip("no %s", tap_fixture("tokens.json"));
+        sdw_tok_free(hf);
+        return;
+    }
     json_object *root = json_object_from_file(tap_fixture("tokens.json"));
     if (!tap_ok(root && json_object_is_type(root, json_type_array), "tokens.json is a JSON array")) {
         sdw_tok_free(hf);
@@ -369,7 +374,9 @@ int main(void)
     sdw_tokenizer *gz = NULL;
     sdw_error e = {0};
     int rc = sdw_tok_load_default(&gz, &e);
-    if (tap_ok(rc == 0, "load bundled bpe_simple_vocab_16e6.txt.gz (%s)", rc ? e.msg : "ok")) {
+    if (rc == SDW_ENOTFOUND)
+        tap_skip("no bundled vocabulary: %s", e.msg);
+    else if (tap_ok(rc == 0, "load bundled bpe_simple_vocab_16e6.txt.gz (%s)", rc ? e.msg : "ok")) {
         test_fixture(gz);
         test_encode_edges(gz);
         test_threads(gz);
