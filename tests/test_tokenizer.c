@@ -38,7 +38,7 @@ static const char *show(const char *s)
 {
     static char buf[96];
     size_t k = 0;
-    for (; *s && k + 5 < sizeof buf; s++) {
+    for (; *s && k + 9 < sizeof buf; s++) {
         unsigned char c = (unsigned char)*s;
         if (c < 0x20 || c == 0x7f)
             k += (size_t)snprintf(buf + k, sizeof buf - k, "\\x%02x", c);

@@ -1076,7 +1076,8 @@ int sdw_tok_encode_n(const sdw_tokenizer *t, const char *text, size_t len, int32
     if (rc == 0) {
         size_t keep = out.n < (size_t)ctx - 2 ? out.n : (size_t)ctx - 2;
         ids[0] = t->start_id;
-        memcpy(ids + 1, out.v, keep * sizeof *ids);
+        if (keep)
+            memcpy(ids + 1, out.v, keep * sizeof *ids);
         ids[keep + 1] = t->end_id;
         for (size_t i = keep + 2; i < (size_t)ctx; i++)
             ids[i] = pad_id;
