@@ -15,14 +15,24 @@
  *      symbols, "</w>" joins the last one, and the lowest-ranked adjacent pair
  *      is merged (all its occurrences, left to right) until none has a rank.
  *
- * Unicode versions: Python 3.11's unicodedata is Unicode 14.0, Debian 12's
- * utf8proc 2.8 is 15.0, and the regex module carries its own (newer) tables.
- * Code points first assigned in 15.0 are Cn to Python and so dropped in step
- * 2; new15[] below restores that. For everything assigned in 14.0 the
- * categories, lowercase mappings and L/N classes of all three agree (checked
- * exhaustively against the reference venv). A utf8proc built for Unicode 15.1
- * or later would also need the later additions listed, so
- * sdw_tok_unicode_version() lets tests notice a different library.
+ * Quirks of the reference reproduced here: str.lower() maps U+0130 to
+ * "i\u0307" and applies the final-sigma rule within each word; IGNORECASE
+ * lets U+017F (long s) stand for 's' in the literals ("'ſ" is a contraction,
+ * "<|ſtartoftext|>" matches the special-token alternative but, unlike the
+ * exact string, which transformers' BPE cache maps to its id, is BPE'd as
+ * bytes); and U+0345, whose case variants are letters, matches no
+ * alternative at all, so it vanishes.
+ *
+ * Unicode versions: the reference venv's Python 3.11 unicodedata is
+ * Unicode 14.0, Debian 12's utf8proc 2.8 is 15.0, and the regex module
+ * carries its own, newer tables. Code points first assigned in 15.0 are Cn to
+ * Python, so cleanup drops them; new15[] below keeps that so. For everything
+ * assigned in 14.0 the categories, lowercase mappings, Zs/whitespace and L/N
+ * classes of all three agree (checked exhaustively against the venv). What
+ * could still differ: a utf8proc for Unicode 15.1 or later would need its
+ * additions listed too (sdw_tok_unicode_version() lets tests notice), and
+ * users whose Python is 3.12+ (Unicode 15.0/15.1) keep the new15[] code
+ * points that 3.11 drops.
  *
  * All tables are read-only after loading, so concurrent encodes are safe. */
 #define _GNU_SOURCE /* memmem */

@@ -23,8 +23,10 @@ int sdw_tok_load_default(sdw_tokenizer **t, sdw_error *e);
 void sdw_tok_free(sdw_tokenizer *t);
 
 /* Writes exactly `len` ids: BOS, the text's tokens truncated so that EOS
- * still fits, EOS, then pad_id. Returns the number of tokens before padding
- * (BOS and EOS included), or a negative sdw_status. */
+ * still fits, EOS, then pad_id: what tokenizer(text, padding="max_length",
+ * max_length=len, truncation=True) gives. Returns the number of tokens before
+ * padding (BOS and EOS included), or a negative sdw_status (SDW_EINVAL for
+ * text that is not valid UTF-8). */
 int sdw_tok_encode(const sdw_tokenizer *t, const char *text, int32_t *ids, int len, int32_t pad_id,
                    sdw_error *e);
 /* Tokens of the text alone, no BOS/EOS, no truncation: up to cap ids written,
