@@ -3,6 +3,7 @@
 #ifndef SDW_TOKENIZER_H
 #define SDW_TOKENIZER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "err.h"
@@ -22,12 +23,25 @@ int sdw_tok_load_default(sdw_tokenizer **t, sdw_error *e);
 void sdw_tok_free(sdw_tokenizer *t);
 
 /* Writes exactly `len` ids: BOS, the text's tokens truncated so that EOS
- * still fits, EOS, then pad_id. Returns the number of tokens before padding
- * (BOS and EOS included), or a negative sdw_status. */
+ * still fits, EOS, then pad_id: what tokenizer(text, padding="max_length",
+ * max_length=len, truncation=True) gives. Returns the number of tokens before
+ * padding (BOS and EOS included), or a negative sdw_status (SDW_EINVAL for
+ * text that is not valid UTF-8). */
 int sdw_tok_encode(const sdw_tokenizer *t, const char *text, int32_t *ids, int len, int32_t pad_id,
                    sdw_error *e);
 /* Tokens of the text alone, no BOS/EOS, no truncation: up to cap ids written,
  * the full count returned. */
 int sdw_tok_tokenize(const sdw_tokenizer *t, const char *text, int32_t *ids, int cap, sdw_error *e);
+
+/* The same for text of known length, which may hold NUL characters (a JSON
+ * "\u0000"): transformers drops them, as these do. */
+int sdw_tok_encode_n(const sdw_tokenizer *t, const char *text, size_t text_len, int32_t *ids, int len,
+                     int32_t pad_id, sdw_error *e);
+int sdw_tok_tokenize_n(const sdw_tokenizer *t, const char *text, size_t text_len, int32_t *ids, int cap,
+                       sdw_error *e);
+
+/* The Unicode version of the linked utf8proc. The tokenizer's tables assume
+ * 15.0 (Debian 12's libutf8proc 2.8); see tokenizer.c. */
+const char *sdw_tok_unicode_version(void);
 
 #endif
