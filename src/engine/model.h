@@ -24,6 +24,7 @@ typedef struct sdw_weights {
     const sdw_st_file *const *files;
     size_t nfiles;
     char prefix[128];
+    char part[32];  /* "text_encoder", "unet", "vae": starts every message */
 } sdw_weights;
 
 /* Looks up prefix+name; SDW_ENOTFOUND when absent. */
@@ -61,7 +62,17 @@ typedef struct sdw_model {
     json_object *scheduler_config;
 } sdw_model;
 
+/* Opens whatever the model holds: the text encoder and tokenizer must be
+ * there and valid; the UNet, VAE and scheduler parts of a diffusers folder are
+ * opened and checked when their folders exist and left empty (files NULL,
+ * config NULL) when absent, so that a text-encoder-only folder still loads.
+ * The struct owns heap memory behind pointers into itself: do not copy it. */
 int sdw_model_open(sdw_model *m, const char *path, sdw_error *e);
+/* Fails with SDW_ENOTFOUND, naming what is missing, unless the model has
+ * everything a txt2img pipeline needs: UNet and VAE weights, and for a
+ * diffusers folder their configs and the scheduler config. A single-file
+ * checkpoint has no configs; SD 1.x defaults apply to it. */
+int sdw_model_require_pipeline(const sdw_model *m, sdw_error *e);
 void sdw_model_close(sdw_model *m);
 
 #endif

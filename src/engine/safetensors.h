@@ -40,6 +40,7 @@ typedef struct sdw_st_tensor {
 } sdw_st_tensor;
 
 typedef struct sdw_st_file {
+    char *path;          /* for messages; NULL when parsed from memory */
     void *map;           /* whole file, NULL when parsed from memory */
     size_t map_size;
     sdw_st_tensor *tensors; /* sorted by name */
@@ -52,6 +53,15 @@ typedef struct sdw_st_file {
 /* Largest header accepted (the format's own limit). */
 #define SDW_ST_MAX_HEADER 100000000u
 
+/* Checks, besides JSON syntax (json-c, strict, UTF-8 validated): header length
+ * within SDW_ST_MAX_HEADER and the file; only JSON whitespace after the object;
+ * known dtypes; non-negative integer shapes of at most SDW_ST_MAX_DIMS whose
+ * element and byte counts do not overflow; offsets [b, e] with e - b equal to
+ * the byte size; tensors tiling the data area with no gap, overlap or tail.
+ * A tensor name given twice at the top level is detected (json-c would keep
+ * the last), even when spelled with different escapes; duplicated keys inside
+ * a tensor entry or __metadata__ are not (json-c keeps the last one). Error
+ * messages name the file ("<memory>" for sdw_st_parse) and the tensor. */
 int sdw_st_open(sdw_st_file *f, const char *path, sdw_error *e);
 /* Parses a complete file image held in memory; buf must outlive f. */
 int sdw_st_parse(sdw_st_file *f, const void *buf, size_t len, sdw_error *e);
@@ -79,6 +89,10 @@ typedef struct sdw_st_entry {
     const float *data;
 } sdw_st_entry;
 
+/* Stores the tensors in the order given, rounding to nearest even; the header
+ * is padded with spaces to a multiple of 8 bytes so the data starts aligned.
+ * meta_kv holds nmeta key/value pairs. Written to a temporary file in the same
+ * folder, then renamed: the path holds either the old file or the new one. */
 int sdw_st_write(const char *path, const sdw_st_entry *entries, size_t n,
                  const char *const *meta_kv, size_t nmeta, sdw_error *e);
 
