@@ -494,7 +494,7 @@ static void test_fixture(void)
 {
     const char *dir = tap_fixture("models/tiny-a");
     if (access(pathf("%s/model_index.json", dir), F_OK) != 0) {
-        tap_skip("fixture models/tiny-a not present");
+        tap_ok(0, "fixture models/tiny-a present");
         return;
     }
     sdw_model m;
