@@ -21,8 +21,8 @@
  * sdw_sched_timesteps() is then already cut to start at the strength's
  * position, and x = sdw_sched_add_noise(s, 0, image_latents, noise). Inpaint's
  * re-noising after step i uses position i + 1. */
-#ifndef SDW_SCHED_H
-#define SDW_SCHED_H
+#ifndef SDW_SCHEDULER_H
+#define SDW_SCHEDULER_H
 
 #include <json-c/json.h>
 #include <stddef.h>

@@ -1,4 +1,4 @@
-/* Schedulers matching diffusers 0.31 (see sched.h).
+/* Schedulers matching diffusers 0.31 (see scheduler.h).
  *
  * Precision notes, each from how diffusers/torch/numpy compute the value:
  * - betas: torch.linspace in float32, which evaluates start + step*i (first
@@ -11,7 +11,7 @@
  * - spacing grids are float64 numpy (arange/linspace), rounded half to even.
  * - per-step scalars are 0-dim float32 tensors in diffusers, so they are
  *   float here, combined in the same order. */
-#include "sched.h"
+#include "scheduler.h"
 
 #include <math.h>
 #include <stdint.h>
