@@ -155,6 +155,11 @@ static void test_lifecycle(void)
     tap_ok(state_of(r, id) == SDW_JOB_QUEUED, "refusals changed nothing");
     tap_ok(take(r, got, in, sizeof in) == 1 && strcmp(got, id) == 0 && strcmp(in, "params") == 0,
            "QUEUED -> RUNNING by take, with the input");
+    void *copy;
+    size_t clen;
+    tap_ok(sdw_ring_read_input(r, id, &copy, &clen, &e) == 0 && clen == 6 && memcmp(copy, "params", 6) == 0,
+           "the pool can read the input back");
+    free(copy);
     tap_ok(state_of(r, id) == SDW_JOB_RUNNING, "state running");
     tap_ok(take(r, got, NULL, 0) == 0, "take with nothing queued times out at once");
     tap_ok(sdw_ring_expire(r, id, &e) == SDW_RING_ESTATE, "RUNNING -> EXPIRED refused");
@@ -178,6 +183,7 @@ static void test_lifecycle(void)
     tap_ok(sdw_ring_expire(r, id, &e) == SDW_RING_ESTATE, "EXPIRED -> EXPIRED refused");
     sdw_ring_event ev;
     tap_ok(sdw_ring_wait_event(r, id, 0, 0, &ev, &e) == SDW_ENOTFOUND, "events of an expired job are gone");
+    tap_ok(sdw_ring_read_input(r, id, &copy, &clen, &e) == SDW_ENOTFOUND, "and so is its input");
 
     /* QUEUED -> FAILED, RUNNING -> FAILED, FAILED/CANCELLED -> EXPIRED. */
     sdw_job_id a, b;
@@ -320,7 +326,7 @@ static void test_replay(void)
 static void test_log_bounds(void)
 {
     sdw_error e;
-    sdw_ring *r = make_ring(2, 2, 4096, 2048);
+    sdw_ring *r = make_ring(2, 2, 8192, 2048);
     if (!tap_ok(r != NULL, "ring with a small log"))
         return;
     sdw_job_id id, got;
@@ -336,7 +342,14 @@ static void test_log_bounds(void)
     while ((rc = sdw_ring_append(r, id, "progress", "{\"step\":1,\"total\":20,\"percent\":5.0}", 36, &e)) == 0)
         appended++;
     tap_ok(rc == SDW_RING_ETOOBIG && appended > 10, "log fills up and refuses further events (%d fitted)", appended);
-    tap_ok(sdw_ring_fail(r, id, "log_full", "event log full", &e) == 0, "the terminal error still fits (reserved room)");
+    /* The worst case for the reserve: a long code and a long message made
+     * of control characters, each escaped to six bytes. */
+    char code[100], msg[1000];
+    memset(code, '\x01', sizeof code - 1);
+    code[sizeof code - 1] = '\0';
+    memset(msg, '\x01', sizeof msg - 1);
+    msg[sizeof msg - 1] = '\0';
+    tap_ok(sdw_ring_fail(r, id, code, msg, &e) == 0, "the terminal error still fits (reserved room)");
     char names[256][16];
     uint64_t ids[256];
     int n = read_all(r, id, 0, names, ids, NULL, 256);
@@ -613,8 +626,13 @@ static void test_producers(void)
             size_t len;
             if (sdw_ring_take(r, -1, id, &in, &len, NULL) != 1)
                 _exit(2);
+            char text[64];
             int p, k;
-            if (sscanf(in, "{\"p\":%d,\"k\":%d}", &p, &k) != 2 || p < 0 || p >= PRODUCERS)
+            if (len >= sizeof text)
+                _exit(3);
+            memcpy(text, in, len);
+            text[len] = '\0';
+            if (sscanf(text, "{\"p\":%d,\"k\":%d}", &p, &k) != 2 || p < 0 || p >= PRODUCERS)
                 _exit(3);
             order_ok &= k == last[p] + 1;
             last[p] = k;

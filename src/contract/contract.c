@@ -68,10 +68,10 @@ done:
 sdw_contract_limits sdw_contract_default_limits(void)
 {
     return (sdw_contract_limits){
-        .max_body_bytes = 24u << 20,
+        .max_body_bytes = 8u << 20,
         .max_prompt_bytes = 4096,
         .max_pixels = 1024 * 1024,
-        .max_image_bytes = 8u << 20,
+        .max_image_bytes = 2u << 20,
     };
 }
 
@@ -629,7 +629,7 @@ static int parse_json(const char *body, size_t len, const sdw_contract_limits *l
         json_object_put(root);
         return sdw_api_fail(e, 400, SDW_API_INVALID_REQUEST, "the body must be a JSON object");
     }
-    sdw_operation op;
+    sdw_operation op = SDW_OP_IMAGE_GENERATION;
     rc = parse_operation(root, e, &op);
     if (!rc) {
         parse_ctx c = {.obj = root, .lim = lim, .e = e, .internal = internal};

@@ -95,14 +95,16 @@ int sdw_api_fail(sdw_api_error *e, int http_status, const char *code, const char
 char *sdw_api_error_json(const sdw_api_error *e);
 
 typedef struct sdw_contract_limits {
-    size_t max_body_bytes;    /* whole request body (default 24 MiB) */
+    size_t max_body_bytes;    /* whole request body (default 8 MiB) */
     size_t max_prompt_bytes;  /* prompt and negative_prompt, UTF-8 bytes (default 4096) */
     size_t max_pixels;        /* width*height (default 1024*1024) */
-    size_t max_image_bytes;   /* each decoded init/mask image file (default 8 MiB) */
+    size_t max_image_bytes;   /* each decoded init/mask image file (default 2 MiB) */
 } sdw_contract_limits;
 
-/* The defaults above; the two image fields of a request fit in the default
- * body limit after base64's 4/3 growth. */
+/* The defaults above, suited to 512x512 work: two images fit in the default
+ * body limit after base64's 4/3 growth, and a serialised request fits in the
+ * job ring's default slot input area (sdw_ring_default_config). Raise them
+ * together. */
 sdw_contract_limits sdw_contract_default_limits(void);
 
 typedef enum sdw_operation {

@@ -20,9 +20,12 @@
 #define RING_VERSION 1
 #define ALIGN(x, a) (((x) + (a) - 1) / (a) * (a))
 /* Room in every log kept back for the terminal error event, so that a job
- * whose progress events filled its log can still report how it ended. */
-#define ERROR_RESERVE 1024
-#define ERROR_MESSAGE_MAX 512
+ * whose progress events filled its log can still report how it ended. The
+ * bound holds because code and message are clipped first: even if every
+ * byte were escaped as \u00XX the event stays under it. */
+#define ERROR_RESERVE 2048
+#define ERROR_CODE_MAX 32
+#define ERROR_MESSAGE_MAX 256
 
 struct ring_header {
     uint64_t magic;
@@ -236,10 +239,10 @@ static int ring_lock(sdw_ring *r, sdw_error *e)
 {
     int rc = pthread_mutex_lock(&r->h->lock);
     if (rc == EOWNERDEAD) {
-        int dirty = __atomic_load_n(&r->h->dirty_slot, __ATOMIC_SEQ_CST);
+        /* Only the dirty slot can be half written, but checking every slot
+         * costs little and also covers a death before dirty_slot was set. */
         for (unsigned i = 0; i < r->h->nslots; i++)
-            if (dirty == 0 || (unsigned)dirty == i + 1 || slot_at(r, i)->state != SDW_JOB_FREE)
-                repair_slot(r, slot_at(r, i));
+            repair_slot(r, slot_at(r, i));
         r->h->dirty_slot = 0;
         r->h->recoveries++;
         pthread_mutex_consistent(&r->h->lock);
@@ -375,16 +378,31 @@ static int put_image_locked(sdw_ring *r, struct ring_slot *s, const char *name, 
     return 0;
 }
 
+/* Copies s into dst (cap bytes) without leaving half a UTF-8 character at
+ * the cut, so that the JSON built from it stays valid UTF-8. */
+static void clip_utf8(char *dst, size_t cap, const char *s)
+{
+    size_t n = strlen(s);
+    if (n >= cap) {
+        n = cap - 1;
+        while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+}
+
 static char *error_json(const char *code, const char *message)
 {
-    char clipped[ERROR_MESSAGE_MAX];
-    snprintf(clipped, sizeof clipped, "%s", message ? message : "");
+    char c[ERROR_CODE_MAX], m[ERROR_MESSAGE_MAX];
+    clip_utf8(c, sizeof c, code);
+    clip_utf8(m, sizeof m, message ? message : "");
     json_object *o = json_object_new_object();
     if (!o)
         return NULL;
     json_object_object_add(o, "type", json_object_new_string("error"));
-    json_object_object_add(o, "code", json_object_new_string(code));
-    json_object_object_add(o, "message", json_object_new_string(clipped));
+    json_object_object_add(o, "code", json_object_new_string(c));
+    json_object_object_add(o, "message", json_object_new_string(m));
     const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     char *out = s ? strdup(s) : NULL;
     json_object_put(o);
@@ -549,6 +567,24 @@ int sdw_ring_unlink(const char *name, sdw_error *e)
         return sdw_fail(e, errno == ENOENT ? SDW_ENOTFOUND : SDW_EIO, "shm_unlink %s: %s", name, strerror(errno));
     return 0;
 }
+
+/* Runs the statements given on the job's slot s under the lock, with rc_
+ * as the result, then wakes the job's readers. */
+#define WITH_JOB(r, id, e, ...)                                   \
+    do {                                                          \
+        int rc_ = ring_lock(r, e);                                \
+        if (rc_)                                                  \
+            return rc_;                                           \
+        struct ring_slot *s = find_locked(r, id, e);              \
+        if (!s) {                                                 \
+            ring_unlock(r);                                       \
+            return SDW_ENOTFOUND;                                 \
+        }                                                         \
+        __VA_ARGS__;                                              \
+        ring_unlock(r);                                           \
+        wake_all(&s->event_futex);                                \
+        return rc_;                                               \
+    } while (0)
 
 /* ---- pool side ---- */
 
@@ -759,6 +795,22 @@ void sdw_ring_event_free(sdw_ring_event *ev)
     }
 }
 
+int sdw_ring_read_input(sdw_ring *r, const char *id, void **input, size_t *len, sdw_error *e)
+{
+    *input = NULL;
+    *len = 0;
+    WITH_JOB(r, id, e, {
+        if (s->state == SDW_JOB_EXPIRED) {
+            rc_ = sdw_fail(e, SDW_ENOTFOUND, "job %s has expired", id);
+        } else if (!(*input = malloc(s->input_len ? s->input_len : 1))) {
+            rc_ = sdw_fail(e, SDW_ENOMEM, "out of memory");
+        } else {
+            memcpy(*input, input_of(r, s), s->input_len);
+            *len = s->input_len;
+        }
+    });
+}
+
 /* ---- engine side ---- */
 
 int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size_t *len, sdw_error *e)
@@ -800,23 +852,6 @@ int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size
         wait_change(&r->h->work_futex, seen, deadline);
     }
 }
-
-/* Runs op on the job's slot under the lock, then wakes its readers. */
-#define WITH_JOB(r, id, e, ...)                                   \
-    do {                                                          \
-        int rc_ = ring_lock(r, e);                                \
-        if (rc_)                                                  \
-            return rc_;                                           \
-        struct ring_slot *s = find_locked(r, id, e);              \
-        if (!s) {                                                 \
-            ring_unlock(r);                                       \
-            return SDW_ENOTFOUND;                                 \
-        }                                                         \
-        __VA_ARGS__;                                              \
-        ring_unlock(r);                                           \
-        wake_all(&s->event_futex);                                \
-        return rc_;                                               \
-    } while (0)
 
 static int need_running(struct ring_slot *s, const char *what, sdw_error *e)
 {
@@ -918,7 +953,7 @@ int sdw_ring_set_engine(sdw_ring *r, sdw_engine_state state, pid_t pid, const ch
     r->h->engine_state = state;
     r->h->engine_pid = pid;
     r->h->heartbeat_ms = sdw_ring_now_ms();
-    snprintf(r->h->engine_reason, sizeof r->h->engine_reason, "%s", reason ? reason : "");
+    clip_utf8(r->h->engine_reason, sizeof r->h->engine_reason, reason ? reason : "");
     ring_unlock(r);
     return 0;
 }
@@ -953,8 +988,9 @@ int sdw_ring_engine_status(sdw_ring *r, sdw_engine_info *info, sdw_error *e)
 
 int sdw_ring_engine_died(sdw_ring *r, const char *reason, sdw_error *e)
 {
-    char msg[ERROR_MESSAGE_MAX];
-    snprintf(msg, sizeof msg, "engine died%s%s", reason && *reason ? ": " : "", reason ? reason : "");
+    char msg[sizeof r->h->engine_reason], why[sizeof msg - 16];
+    clip_utf8(why, sizeof why, reason ? reason : "");
+    snprintf(msg, sizeof msg, "engine died%s%s", why[0] ? ": " : "", why);
     char *json = error_json("engine_crashed", msg);
     if (!json)
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
@@ -971,8 +1007,7 @@ int sdw_ring_engine_died(sdw_ring *r, const char *reason, sdw_error *e)
     }
     r->h->engine_state = SDW_ENGINE_DEAD;
     r->h->engine_pid = 0;
-    strncpy(r->h->engine_reason, msg, sizeof r->h->engine_reason - 1);
-    r->h->engine_reason[sizeof r->h->engine_reason - 1] = '\0';
+    memcpy(r->h->engine_reason, msg, sizeof msg);
     ring_unlock(r);
     free(json);
     for (unsigned i = 0; i < r->h->nslots; i++)

@@ -136,6 +136,10 @@ typedef struct sdw_job_info {
 /* SDW_ENOTFOUND for an unknown id; an expired job reports SDW_JOB_EXPIRED. */
 int sdw_ring_job_status(sdw_ring *r, const char *id, sdw_job_info *info, sdw_error *e);
 
+/* A malloc'd copy of the job's input (for a status reply that shows the
+ * request); SDW_ENOTFOUND once the job expired. */
+int sdw_ring_read_input(sdw_ring *r, const char *id, void **input, size_t *len, sdw_error *e);
+
 typedef struct sdw_ring_event {
     uint64_t id;
     char name[16];          /* "progress", "preview", "complete", "error", ... */
@@ -170,7 +174,9 @@ int sdw_ring_preview(sdw_ring *r, const char *id, const char *data, size_t len, 
 /* RUNNING -> DONE with a complete event carrying data. */
 int sdw_ring_complete(sdw_ring *r, const char *id, const char *data, size_t len, sdw_error *e);
 /* QUEUED|RUNNING -> FAILED with an error event
- * {"type":"error","code":code,"message":message}. */
+ * {"type":"error","code":code,"message":message}; code is clipped to 31
+ * bytes and message to 255 so that the event always fits the room every log
+ * keeps for it. */
 int sdw_ring_fail(sdw_ring *r, const char *id, const char *code, const char *message, sdw_error *e);
 /* 1 when a cancel was requested for the job, 0 when not. Cheap: the engine
  * calls it between denoising steps. */
