@@ -33,7 +33,6 @@ struct ring_header {
     uint64_t header_bytes, slot_stride, input_cap, log_cap, image_cap, total_bytes;
     pthread_mutex_t lock;
     uint32_t work_futex;   /* bumped on submit, cancel and engine death */
-    int32_t dirty_slot;    /* 1 + index of the slot being rewritten, 0 none */
     uint64_t next_seq;
     uint32_t engine_state, recoveries;
     int32_t engine_pid;
@@ -196,11 +195,6 @@ static unsigned char *image_of(sdw_ring *r, struct ring_slot *s)
     return log_of(r, s) + r->h->log_cap;
 }
 
-static unsigned slot_index(sdw_ring *r, struct ring_slot *s)
-{
-    return (unsigned)(((unsigned char *)s - r->base - r->h->header_bytes) / r->h->slot_stride);
-}
-
 /* ---- locking and repair ---- */
 
 /* A process died inside a critical section. Single-word state stores are
@@ -239,11 +233,10 @@ static int ring_lock(sdw_ring *r, sdw_error *e)
 {
     int rc = pthread_mutex_lock(&r->h->lock);
     if (rc == EOWNERDEAD) {
-        /* Only the dirty slot can be half written, but checking every slot
-         * costs little and also covers a death before dirty_slot was set. */
+        /* Which slot the dead process was writing is unknown; checking
+         * every slot costs a walk over a few small logs. */
         for (unsigned i = 0; i < r->h->nslots; i++)
             repair_slot(r, slot_at(r, i));
-        r->h->dirty_slot = 0;
         r->h->recoveries++;
         pthread_mutex_consistent(&r->h->lock);
         rc = 0;
@@ -257,16 +250,6 @@ static int ring_lock(sdw_ring *r, sdw_error *e)
 static void ring_unlock(sdw_ring *r)
 {
     pthread_mutex_unlock(&r->h->lock);
-}
-
-static void mark_dirty(sdw_ring *r, struct ring_slot *s)
-{
-    __atomic_store_n(&r->h->dirty_slot, (int32_t)slot_index(r, s) + 1, __ATOMIC_SEQ_CST);
-}
-
-static void mark_clean(sdw_ring *r)
-{
-    __atomic_store_n(&r->h->dirty_slot, 0, __ATOMIC_SEQ_CST);
 }
 
 /* ---- ids ---- */
@@ -313,6 +296,14 @@ static struct ring_slot *find_locked(sdw_ring *r, const char *id, sdw_error *e)
     return NULL;
 }
 
+/* Orders the stores before it ahead of the stores after it, for the
+ * compiler and the CPU, so that a process killed between them leaves the
+ * data written before its publication (see repair_slot). */
+static void publish_fence(void)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
 static int transition(struct ring_slot *s, sdw_job_state to, sdw_error *e)
 {
     if (!sdw_job_transition_allowed((sdw_job_state)s->state, to))
@@ -344,15 +335,14 @@ static int append_locked(sdw_ring *r, struct ring_slot *s, const char *name, con
     if (len > UINT32_MAX || size > room || (!terminal && size + ERROR_RESERVE > room))
         return sdw_fail(e, SDW_RING_ETOOBIG, "event log of the job is full (%zu bytes)", (size_t)r->h->log_cap);
     strncpy(rec.name, name, sizeof rec.name - 1);
-    mark_dirty(r, s);
     unsigned char *p = log_of(r, s) + s->log_used;
     memcpy(p, &rec, sizeof rec);
     memcpy(p + sizeof rec, data, len);
     p[sizeof rec + len] = '\0';
+    publish_fence();
     fault("append-written");
     s->log_used += size;
     s->last_event_id = rec.id;
-    mark_clean(r);
     bump(&s->event_futex);
     return 0;
 }
@@ -364,16 +354,16 @@ static int put_image_locked(sdw_ring *r, struct ring_slot *s, const char *name, 
         return sdw_fail(e, SDW_RING_ETOOBIG, "%s event of %zu bytes exceeds the slot image area (%zu bytes)",
                         name, len, (size_t)r->h->image_cap);
     uint64_t id = s->last_event_id + 1;
-    mark_dirty(r, s);
     s->big_id = 0;
+    publish_fence();
     memcpy(image_of(r, s), data, len);
     image_of(r, s)[len] = '\0';
     s->big_len = len;
     strncpy(s->big_name, name, sizeof s->big_name - 1);
     s->big_name[sizeof s->big_name - 1] = '\0';
+    publish_fence();
     s->big_id = id;
     s->last_event_id = id;
-    mark_clean(r);
     bump(&s->event_futex);
     return 0;
 }
@@ -645,7 +635,6 @@ int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, s
     }
     if (pick->state == SDW_JOB_EXPIRED)
         transition(pick, SDW_JOB_FREE, NULL);
-    mark_dirty(r, pick);
     memcpy(pick->id, raw, 16);
     memcpy(input_of(r, pick), input, len);
     pick->input_len = len;
@@ -657,7 +646,6 @@ int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, s
     pick->last_event_id = pick->log_used = pick->big_id = pick->big_len = 0;
     pick->big_name[0] = '\0';
     transition(pick, SDW_JOB_QUEUED, NULL);
-    mark_clean(r);
     bump(&r->h->work_futex);
     ring_unlock(r);
     wake_all(&r->h->work_futex);
