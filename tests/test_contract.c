@@ -560,6 +560,22 @@ static void test_error_json(void)
     json_object_put(o);
     free(s);
     free(b);
+
+    /* 63 ASCII bytes then a 3-byte character: clipping at 64 bytes must not
+     * leave half of it inside the message. */
+    b = fmt_alloc("{\"operation\":\"%s\xe7\x8c\xab\"}", "ooooooooooooooooooooooooooooooooooooooooooooooooooooooooooooooo");
+    parse_str(b, &r, &e, NULL);
+    s = sdw_api_error_json(&e);
+    tok = json_tokener_new();
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    o = json_tokener_parse_ex(tok, s, (int)strlen(s));
+    tap_ok(o != NULL && strcmp(e.code, SDW_API_UNKNOWN_OPERATION) == 0, "operation name clipped at a character boundary");
+    json_object_put(o);
+    json_tokener_free(tok);
+    free(s);
+    free(b);
+    expect_err(fmt_alloc("{\"operation\":\"image_generation\\u0000x\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"p\"}"),
+               400, SDW_API_UNKNOWN_OPERATION, "operation with an embedded NUL");
 }
 
 static void test_serialize(void)

@@ -570,6 +570,8 @@ static int parse_operation(json_object *root, sdw_api_error *e, sdw_operation *o
     if (!json_object_object_get_ex(root, "operation", &v) || !json_object_is_type(v, json_type_string))
         return sdw_api_fail(e, 400, SDW_API_INVALID_REQUEST, "\"operation\" must be present and a string");
     const char *name = json_object_get_string(v);
+    if (strlen(name) != (size_t)json_object_get_string_len(v))
+        return sdw_api_fail(e, 400, SDW_API_UNKNOWN_OPERATION, "unknown operation (contains a NUL character)");
     for (int k = SDW_OP_IMAGE_GENERATION; k <= SDW_OP_IMAGE_INPAINT; k++)
         if (strcmp(name, sdw_operation_name((sdw_operation)k)) == 0) {
             *op = (sdw_operation)k;
@@ -580,7 +582,10 @@ static int parse_operation(json_object *root, sdw_api_error *e, sdw_operation *o
             return sdw_api_fail(e, 400, SDW_API_UNSUPPORTED_OPERATION,
                                 "operation '%s' is not supported by this image worker "
                                 "(supported: image_generation, image_transform, image_inpaint)", name);
-    return sdw_api_fail(e, 400, SDW_API_UNKNOWN_OPERATION, "unknown operation '%.64s'", name);
+    char shown[65];
+    snprintf(shown, sizeof shown, "%s", name);
+    utf8_clip(shown);
+    return sdw_api_fail(e, 400, SDW_API_UNKNOWN_OPERATION, "unknown operation '%s'", shown);
 }
 
 static int parse_json(const char *body, size_t len, const sdw_contract_limits *lim, int internal,
