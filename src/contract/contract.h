@@ -1,0 +1,196 @@
+/* The request contract of the service: parses an rbee "Operation" JSON body
+ * (POST /v1/jobs) into a validated sdw_job_request, renders API errors, and
+ * serialises a request so it can travel through the job ring to the engine.
+ *
+ * Wire format (rbee-compatible): one flat JSON object tagged by "operation".
+ * Unknown fields are ignored. Supported operations and their fields:
+ *
+ *   image_generation  hive_id*, model*, prompt*, negative_prompt (null -> ""),
+ *                     steps 20 [1,150], guidance_scale 7.5 [0,30],
+ *                     width/height 512 (multiples of 8 in [64,2048],
+ *                     width*height <= limits.max_pixels), seed (absent/null ->
+ *                     random; integer in [0,2^64-1] or a decimal string),
+ *                     worker_id, loras [] (non-empty -> unsupported_feature),
+ *                     sampler (extension; absent -> model default),
+ *                     eta 0 [0,1] (ddim only), clip_skip 0 [0,11].
+ *   image_transform   as above without width/height (taken from the image
+ *                     by the engine; ignored if sent), plus init_image* (alias
+ *                     input_image, which rbee's client sends) and strength 0.8
+ *                     [0,1].
+ *   image_inpaint     as image_transform plus mask_image* (white = repaint);
+ *                     strength defaults to 1.0.
+ *   (* = required)
+ *
+ * hive_id and worker_id are strings of at most 255 bytes without control
+ * characters. model is 1-255 bytes of [A-Za-z0-9._/-], not starting with '/'
+ * or '.', with no ".." component, so that the pool can resolve it inside a
+ * model directory without escaping it.
+ *
+ * Integers accept any JSON number with an integral value (20 and 20.0, not
+ * 20.5); a non-integral value or a value beyond 2^53 given in floating form is
+ * rejected because it cannot be represented exactly. Images are standard
+ * base64 (optionally with a "data:<type>;base64," prefix, whitespace
+ * tolerated) of a PNG or JPEG file; pixel decoding is the engine's job.
+ *
+ * Error codes and HTTP statuses used by the whole service (sdw_api_error):
+ *   400 invalid_json          body is not one well-formed JSON value (also:
+ *                             nesting too deep, NaN/Infinity, trailing data)
+ *   400 invalid_request       body is not an object, "operation" missing or not
+ *                             a string, a required field missing
+ *   400 invalid_value         a field has the wrong type or is out of range,
+ *                             bad base64, integer literal beyond 64 bits
+ *   400 unsupported_operation an rbee operation this worker does not run
+ *   400 unknown_operation     an operation name rbee does not define
+ *   400 unsupported_feature   a valid request for something not implemented
+ *                             (LoRA)
+ *   404 not_found             no such route or job
+ *   404 unknown_model         the model named is not installed
+ *   405 method_not_allowed
+ *   413 payload_too_large     body or a decoded image beyond the limits
+ *   415 unsupported_media_type an image that is neither PNG nor JPEG
+ *   429 queue_full            too many queued jobs (retry_after_s set)
+ *   503 queue_full            no free job slot (retry_after_s set)
+ *   503 engine_unavailable    the engine is loading, dead or restarting
+ *   500 internal_error        the server failed (e.g. no randomness for a seed)
+ */
+#ifndef SDW_CONTRACT_H
+#define SDW_CONTRACT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SDW_API_INVALID_JSON "invalid_json"
+#define SDW_API_INVALID_REQUEST "invalid_request"
+#define SDW_API_INVALID_VALUE "invalid_value"
+#define SDW_API_UNSUPPORTED_OPERATION "unsupported_operation"
+#define SDW_API_UNKNOWN_OPERATION "unknown_operation"
+#define SDW_API_UNSUPPORTED_FEATURE "unsupported_feature"
+#define SDW_API_NOT_FOUND "not_found"
+#define SDW_API_UNKNOWN_MODEL "unknown_model"
+#define SDW_API_METHOD_NOT_ALLOWED "method_not_allowed"
+#define SDW_API_PAYLOAD_TOO_LARGE "payload_too_large"
+#define SDW_API_UNSUPPORTED_MEDIA_TYPE "unsupported_media_type"
+#define SDW_API_QUEUE_FULL "queue_full"
+#define SDW_API_ENGINE_UNAVAILABLE "engine_unavailable"
+#define SDW_API_INTERNAL "internal_error"
+
+/* An error as the HTTP client sees it. code is one of the SDW_API_* strings
+ * (static storage); retry_after_s > 0 asks the pool to send Retry-After. */
+typedef struct sdw_api_error {
+    int http_status;
+    const char *code;
+    int retry_after_s;
+    char message[512];
+} sdw_api_error;
+
+/* Fills e (which may be NULL) and returns SDW_EINVAL for a 4xx status and
+ * SDW_EIO for a 5xx one, so parse failures read
+ * `return sdw_api_fail(e, 400, SDW_API_INVALID_VALUE, "...")`. */
+int sdw_api_fail(sdw_api_error *e, int http_status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Renders {"error":{"code":"...","message":"..."}} with JSON escaping.
+ * Returns a malloc'd NUL-terminated string, or NULL when out of memory. */
+char *sdw_api_error_json(const sdw_api_error *e);
+
+typedef struct sdw_contract_limits {
+    size_t max_body_bytes;    /* whole request body (default 8 MiB) */
+    size_t max_prompt_bytes;  /* prompt and negative_prompt, UTF-8 bytes (default 4096) */
+    size_t max_pixels;        /* width*height (default 1024*1024) */
+    size_t max_image_bytes;   /* each decoded init/mask image file (default 2 MiB) */
+} sdw_contract_limits;
+
+/* The defaults above, suited to 512x512 work: two images fit in the default
+ * body limit after base64's 4/3 growth, and a serialised request fits in the
+ * job ring's default slot input area (sdw_ring_default_config). Raise them
+ * together. */
+sdw_contract_limits sdw_contract_default_limits(void);
+
+typedef enum sdw_operation {
+    SDW_OP_IMAGE_GENERATION = 1,
+    SDW_OP_IMAGE_TRANSFORM,
+    SDW_OP_IMAGE_INPAINT,
+} sdw_operation;
+
+/* Schedulers. DEFAULT means the one in the model's scheduler config. */
+typedef enum sdw_sampler {
+    SDW_SAMPLER_DEFAULT = 0,
+    SDW_SAMPLER_EULER,
+    SDW_SAMPLER_EULER_A,
+    SDW_SAMPLER_DDIM,
+    SDW_SAMPLER_DPMPP_2M,
+    SDW_SAMPLER_DPMPP_2M_KARRAS,
+    SDW_SAMPLER_PNDM,
+} sdw_sampler;
+
+typedef enum sdw_image_format {
+    SDW_IMAGE_NONE = 0,
+    SDW_IMAGE_PNG,
+    SDW_IMAGE_JPEG,
+} sdw_image_format;
+
+typedef struct sdw_image_blob {
+    unsigned char *data;      /* the decoded file bytes, malloc'd */
+    size_t len;
+    sdw_image_format format;
+} sdw_image_blob;
+
+#define SDW_ID_FIELD_MAX 256
+
+typedef struct sdw_job_request {
+    sdw_operation op;
+    char hive_id[SDW_ID_FIELD_MAX];
+    char model[SDW_ID_FIELD_MAX];
+    char worker_id[SDW_ID_FIELD_MAX];   /* "" when absent */
+    char *prompt;                       /* malloc'd, as sent (not trimmed) */
+    char *negative_prompt;              /* malloc'd, "" when absent or null */
+    int steps;
+    double guidance_scale;
+    int width, height;                  /* 0 for transform/inpaint: from the image */
+    uint64_t seed;
+    bool seed_random;                   /* the client sent no seed; we chose it */
+    sdw_sampler sampler;
+    double eta;
+    int clip_skip;
+    double strength;                    /* transform and inpaint only */
+    sdw_image_blob init_image;          /* transform and inpaint */
+    sdw_image_blob mask_image;          /* inpaint */
+} sdw_job_request;
+
+/* Parses and validates body[0..len). On success fills *req (free it with
+ * sdw_job_request_free) and returns 0; on failure returns a negative
+ * sdw_status, fills *e, and leaves *req empty. limits may be NULL (defaults). */
+int sdw_contract_parse(const char *body, size_t len, const sdw_contract_limits *limits,
+                       sdw_job_request *req, sdw_api_error *e);
+
+void sdw_job_request_free(sdw_job_request *req);
+
+const char *sdw_operation_name(sdw_operation op);
+const char *sdw_sampler_name(sdw_sampler s);   /* "" for DEFAULT */
+
+/* The resolved parameters as JSON (everything but the image bytes; the seed
+ * actually used and "seed_random"), for job status replies and logs.
+ * Returns a malloc'd string or NULL when out of memory. */
+char *sdw_job_request_params_json(const sdw_job_request *req);
+
+/* A self-contained byte form of a request, written into a job ring slot by
+ * the pool and read back by the engine: "SDWJ", three little-endian u32
+ * lengths (params JSON, init image, mask image), then the three parts.
+ * serialize returns a malloc'd buffer (NULL when out of memory);
+ * deserialize validates it as strictly as sdw_contract_parse. */
+unsigned char *sdw_job_request_serialize(const sdw_job_request *req, size_t *len);
+int sdw_job_request_deserialize(const unsigned char *buf, size_t len,
+                                sdw_job_request *req, sdw_api_error *e);
+
+/* Strict base64 decoding (standard alphabet; ASCII whitespace skipped; padding
+ * optional but, when present, only at the end and never more than needed).
+ * Returns 0 and a malloc'd buffer, SDW_EFORMAT on bad input, SDW_EINVAL when
+ * the decoded size would exceed max_out, SDW_ENOMEM. */
+int sdw_base64_decode(const char *in, size_t len, size_t max_out,
+                      unsigned char **out, size_t *out_len);
+
+/* Standard padded base64 of data; returns a malloc'd NUL-terminated string. */
+char *sdw_base64_encode(const unsigned char *data, size_t len);
+
+#endif

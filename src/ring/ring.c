@@ -1,0 +1,1019 @@
+#include "ring.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RING_MAGIC 0x31474e4952574453ull /* "SDWRING1" */
+#define RING_VERSION 1
+#define ALIGN(x, a) (((x) + (a) - 1) / (a) * (a))
+/* Room in every log kept back for the terminal error event, so that a job
+ * whose progress events filled its log can still report how it ended. The
+ * bound holds because code and message are clipped first: even if every
+ * byte were escaped as \u00XX the event stays under it. */
+#define ERROR_RESERVE 2048
+#define ERROR_CODE_MAX 32
+#define ERROR_MESSAGE_MAX 256
+
+struct ring_header {
+    uint64_t magic;
+    uint32_t version, nslots, max_queued, retention_s;
+    uint64_t header_bytes, slot_stride, input_cap, log_cap, image_cap, total_bytes;
+    pthread_mutex_t lock;
+    uint32_t work_futex;   /* bumped on submit, cancel and engine death */
+    uint64_t next_seq;
+    uint32_t engine_state, recoveries;
+    int32_t engine_pid;
+    int64_t heartbeat_ms;
+    char engine_reason[256];
+};
+
+struct ring_slot {
+    uint32_t state;
+    uint32_t event_futex;  /* bumped on every event and state change */
+    uint32_t cancel_requested;
+    uint8_t id[16];
+    uint64_t seq;
+    int64_t created_ms, started_ms, finished_ms, expires_mono_ms;
+    uint64_t input_len;
+    uint64_t last_event_id;
+    uint64_t log_used;
+    uint64_t big_id, big_len;
+    char big_name[16];
+};
+
+struct log_rec {
+    uint64_t id;
+    uint32_t len;          /* data bytes, a NUL follows them */
+    char name[12];
+};
+
+struct sdw_ring {
+    unsigned char *base;
+    size_t size;
+    struct ring_header *h;
+};
+
+static void (*fault_hook)(const char *point);
+
+void sdw_ring_set_fault_hook(void (*hook)(const char *point))
+{
+    fault_hook = hook;
+}
+
+static void fault(const char *point)
+{
+    if (fault_hook)
+        fault_hook(point);
+}
+
+const char *sdw_job_state_name(sdw_job_state s)
+{
+    static const char *const n[] = {"free", "queued", "running", "done", "failed", "cancelled", "expired"};
+    return (unsigned)s < sizeof n / sizeof n[0] ? n[s] : "invalid";
+}
+
+const char *sdw_engine_state_name(sdw_engine_state s)
+{
+    static const char *const n[] = {"starting", "loading", "ready", "dead"};
+    return (unsigned)s < sizeof n / sizeof n[0] ? n[s] : "invalid";
+}
+
+bool sdw_job_transition_allowed(sdw_job_state from, sdw_job_state to)
+{
+    switch (from) {
+    case SDW_JOB_FREE: return to == SDW_JOB_QUEUED;
+    case SDW_JOB_QUEUED: return to == SDW_JOB_RUNNING || to == SDW_JOB_CANCELLED || to == SDW_JOB_FAILED;
+    case SDW_JOB_RUNNING: return to == SDW_JOB_DONE || to == SDW_JOB_FAILED || to == SDW_JOB_CANCELLED;
+    case SDW_JOB_DONE:
+    case SDW_JOB_FAILED:
+    case SDW_JOB_CANCELLED: return to == SDW_JOB_EXPIRED;
+    case SDW_JOB_EXPIRED: return to == SDW_JOB_FREE;
+    }
+    return false;
+}
+
+static int is_terminal(uint32_t s)
+{
+    return s == SDW_JOB_DONE || s == SDW_JOB_FAILED || s == SDW_JOB_CANCELLED;
+}
+
+sdw_ring_config sdw_ring_default_config(const char *name)
+{
+    return (sdw_ring_config){
+        .name = name,
+        .slots = 16,
+        .max_queued = 8,
+        .input_bytes = (4u << 20) + (64u << 10),
+        .log_bytes = 64u << 10,
+        .image_bytes = 2u << 20,
+        .retention_s = 600,
+    };
+}
+
+static int64_t clock_ms(clockid_t c)
+{
+    struct timespec ts;
+    clock_gettime(c, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t sdw_ring_now_ms(void)
+{
+    return clock_ms(CLOCK_MONOTONIC);
+}
+
+/* ---- futex ---- */
+
+static void bump(uint32_t *word)
+{
+    __atomic_add_fetch(word, 1, __ATOMIC_SEQ_CST);
+}
+
+static void wake_all(uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Sleeps until *word is no longer seen, the deadline passes, or a signal;
+ * the caller re-checks its condition in every case. */
+static void wait_change(uint32_t *word, uint32_t seen, int64_t deadline_ms)
+{
+    struct timespec ts, *tsp = NULL;
+    if (deadline_ms >= 0) {
+        int64_t left = deadline_ms - sdw_ring_now_ms();
+        if (left <= 0)
+            return;
+        ts.tv_sec = left / 1000;
+        ts.tv_nsec = (left % 1000) * 1000000;
+        tsp = &ts;
+    }
+    syscall(SYS_futex, word, FUTEX_WAIT, seen, tsp, NULL, 0);
+}
+
+static int64_t deadline_of(int timeout_ms)
+{
+    return timeout_ms < 0 ? -1 : sdw_ring_now_ms() + timeout_ms;
+}
+
+static int expired_deadline(int64_t deadline_ms)
+{
+    return deadline_ms >= 0 && sdw_ring_now_ms() >= deadline_ms;
+}
+
+/* ---- layout ---- */
+
+static struct ring_slot *slot_at(sdw_ring *r, unsigned i)
+{
+    return (struct ring_slot *)(r->base + r->h->header_bytes + (size_t)i * r->h->slot_stride);
+}
+
+static unsigned char *input_of(sdw_ring *r, struct ring_slot *s)
+{
+    return (unsigned char *)s + ALIGN(sizeof *s, 64);
+}
+
+static unsigned char *log_of(sdw_ring *r, struct ring_slot *s)
+{
+    return input_of(r, s) + r->h->input_cap;
+}
+
+static unsigned char *image_of(sdw_ring *r, struct ring_slot *s)
+{
+    return log_of(r, s) + r->h->log_cap;
+}
+
+/* ---- locking and repair ---- */
+
+/* A process died inside a critical section. Single-word state stores are
+ * whole or absent; what can be half done is an event publication, whose
+ * record is written before log_used and last_event_id move. So the log is
+ * re-walked up to log_used, cut at the first record that does not check
+ * out, and last_event_id recomputed from what is really there. */
+static void repair_slot(sdw_ring *r, struct ring_slot *s)
+{
+    uint64_t off = 0, last = 0;
+    unsigned char *log = log_of(r, s);
+    if (s->state > SDW_JOB_EXPIRED)
+        s->state = SDW_JOB_FAILED;
+    if (s->log_used > r->h->log_cap)
+        s->log_used = r->h->log_cap;
+    while (off + sizeof(struct log_rec) <= s->log_used) {
+        struct log_rec rec;
+        memcpy(&rec, log + off, sizeof rec);
+        uint64_t size = ALIGN(sizeof rec + rec.len + 1, 8);
+        if (rec.id <= last || rec.len > r->h->log_cap || off + size > s->log_used)
+            break;
+        last = rec.id;
+        off += size;
+    }
+    s->log_used = off;
+    if (s->big_len >= r->h->image_cap)
+        s->big_id = 0;
+    if (s->big_id > last)
+        last = s->big_id;
+    s->last_event_id = last;
+    bump(&s->event_futex);
+    wake_all(&s->event_futex);
+}
+
+static int ring_lock(sdw_ring *r, sdw_error *e)
+{
+    int rc = pthread_mutex_lock(&r->h->lock);
+    if (rc == EOWNERDEAD) {
+        /* Which slot the dead process was writing is unknown; checking
+         * every slot costs a walk over a few small logs. */
+        for (unsigned i = 0; i < r->h->nslots; i++)
+            repair_slot(r, slot_at(r, i));
+        r->h->recoveries++;
+        pthread_mutex_consistent(&r->h->lock);
+        rc = 0;
+    }
+    if (rc)
+        return sdw_fail(e, SDW_EIO, "job ring lock: %s", strerror(rc));
+    fault("locked");
+    return 0;
+}
+
+static void ring_unlock(sdw_ring *r)
+{
+    pthread_mutex_unlock(&r->h->lock);
+}
+
+/* ---- ids ---- */
+
+static void format_id(const uint8_t raw[16], sdw_job_id out)
+{
+    static const char hex[] = "0123456789abcdef";
+    memcpy(out, "job-", 4);
+    for (int i = 0; i < 16; i++) {
+        out[4 + 2 * i] = hex[raw[i] >> 4];
+        out[5 + 2 * i] = hex[raw[i] & 15];
+    }
+    out[SDW_JOB_ID_LEN] = '\0';
+}
+
+static int parse_id(const char *id, uint8_t raw[16])
+{
+    if (!id || strlen(id) != SDW_JOB_ID_LEN || memcmp(id, "job-", 4) != 0)
+        return 0;
+    for (int i = 0; i < 32; i++) {
+        char c = id[4 + i];
+        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (v < 0)
+            return 0;
+        if (i % 2 == 0)
+            raw[i / 2] = (uint8_t)(v << 4);
+        else
+            raw[i / 2] |= (uint8_t)v;
+    }
+    return 1;
+}
+
+/* Finds the slot of a job, under the lock. */
+static struct ring_slot *find_locked(sdw_ring *r, const char *id, sdw_error *e)
+{
+    uint8_t raw[16];
+    if (parse_id(id, raw))
+        for (unsigned i = 0; i < r->h->nslots; i++) {
+            struct ring_slot *s = slot_at(r, i);
+            if (s->state != SDW_JOB_FREE && memcmp(s->id, raw, 16) == 0)
+                return s;
+        }
+    sdw_fail(e, SDW_ENOTFOUND, "no job %.40s", id ? id : "(null)");
+    return NULL;
+}
+
+/* Orders the stores before it ahead of the stores after it, for the
+ * compiler and the CPU, so that a process killed between them leaves the
+ * data written before its publication (see repair_slot). */
+static void publish_fence(void)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+static int transition(struct ring_slot *s, sdw_job_state to, sdw_error *e)
+{
+    if (!sdw_job_transition_allowed((sdw_job_state)s->state, to))
+        return sdw_fail(e, SDW_RING_ESTATE, "job is %s, cannot become %s",
+                        sdw_job_state_name((sdw_job_state)s->state), sdw_job_state_name(to));
+    __atomic_store_n(&s->state, (uint32_t)to, __ATOMIC_SEQ_CST);
+    return 0;
+}
+
+/* ---- events ---- */
+
+static int valid_event_name(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n >= sizeof ((struct log_rec *)0)->name)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((name[i] >= 'a' && name[i] <= 'z') || name[i] == '_'))
+            return 0;
+    return 1;
+}
+
+static int append_locked(sdw_ring *r, struct ring_slot *s, const char *name, const char *data, size_t len,
+                         int terminal, sdw_error *e)
+{
+    struct log_rec rec = {.id = s->last_event_id + 1, .len = (uint32_t)len};
+    uint64_t size = ALIGN(sizeof rec + len + 1, 8);
+    uint64_t room = r->h->log_cap - s->log_used;
+    if (len > UINT32_MAX || size > room || (!terminal && size + ERROR_RESERVE > room))
+        return sdw_fail(e, SDW_RING_ETOOBIG, "event log of the job is full (%zu bytes)", (size_t)r->h->log_cap);
+    strncpy(rec.name, name, sizeof rec.name - 1);
+    unsigned char *p = log_of(r, s) + s->log_used;
+    memcpy(p, &rec, sizeof rec);
+    memcpy(p + sizeof rec, data, len);
+    p[sizeof rec + len] = '\0';
+    publish_fence();
+    fault("append-written");
+    s->log_used += size;
+    s->last_event_id = rec.id;
+    bump(&s->event_futex);
+    return 0;
+}
+
+static int put_image_locked(sdw_ring *r, struct ring_slot *s, const char *name, const char *data, size_t len,
+                            sdw_error *e)
+{
+    if (len >= r->h->image_cap)
+        return sdw_fail(e, SDW_RING_ETOOBIG, "%s event of %zu bytes exceeds the slot image area (%zu bytes)",
+                        name, len, (size_t)r->h->image_cap);
+    uint64_t id = s->last_event_id + 1;
+    s->big_id = 0;
+    publish_fence();
+    memcpy(image_of(r, s), data, len);
+    image_of(r, s)[len] = '\0';
+    s->big_len = len;
+    strncpy(s->big_name, name, sizeof s->big_name - 1);
+    s->big_name[sizeof s->big_name - 1] = '\0';
+    publish_fence();
+    s->big_id = id;
+    s->last_event_id = id;
+    bump(&s->event_futex);
+    return 0;
+}
+
+/* Copies s into dst (cap bytes) without leaving half a UTF-8 character at
+ * the cut, so that the JSON built from it stays valid UTF-8. */
+static void clip_utf8(char *dst, size_t cap, const char *s)
+{
+    size_t n = strlen(s);
+    if (n >= cap) {
+        n = cap - 1;
+        while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+}
+
+static char *error_json(const char *code, const char *message)
+{
+    char c[ERROR_CODE_MAX], m[ERROR_MESSAGE_MAX];
+    clip_utf8(c, sizeof c, code);
+    clip_utf8(m, sizeof m, message ? message : "");
+    json_object *o = json_object_new_object();
+    if (!o)
+        return NULL;
+    json_object_object_add(o, "type", json_object_new_string("error"));
+    json_object_object_add(o, "code", json_object_new_string(c));
+    json_object_object_add(o, "message", json_object_new_string(m));
+    const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    char *out = s ? strdup(s) : NULL;
+    json_object_put(o);
+    return out;
+}
+
+static void finish_times(sdw_ring *r, struct ring_slot *s)
+{
+    s->finished_ms = clock_ms(CLOCK_REALTIME);
+    s->expires_mono_ms = sdw_ring_now_ms() + (int64_t)r->h->retention_s * 1000;
+}
+
+/* Moves s to a terminal state with an error event; the JSON is built by the
+ * caller outside the lock. */
+static int end_with_error_locked(sdw_ring *r, struct ring_slot *s, sdw_job_state to, const char *json,
+                                 sdw_error *e)
+{
+    if (!sdw_job_transition_allowed((sdw_job_state)s->state, to))
+        return transition(s, to, e);
+    int rc = append_locked(r, s, "error", json, strlen(json), 1, e);
+    if (rc)
+        return rc;
+    finish_times(r, s);
+    transition(s, to, e);
+    bump(&s->event_futex);
+    return 0;
+}
+
+/* ---- create / open ---- */
+
+static int valid_name(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n < 2 || n > 201 || name[0] != '/')
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+              c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+int sdw_ring_create(const sdw_ring_config *cfg, sdw_ring **out, sdw_error *e)
+{
+    *out = NULL;
+    if (!valid_name(cfg->name))
+        return sdw_fail(e, SDW_EINVAL, "job ring name must be '/' and 1-200 of [A-Za-z0-9._-]");
+    if (cfg->slots == 0 || cfg->slots > 4096 || cfg->max_queued == 0 || cfg->max_queued > cfg->slots)
+        return sdw_fail(e, SDW_EINVAL, "job ring needs 1-4096 slots and 1..slots queued jobs");
+    if (cfg->input_bytes == 0 || cfg->input_bytes > (1ull << 32) || cfg->log_bytes < 4 * ERROR_RESERVE ||
+        cfg->log_bytes > (1ull << 30) || cfg->image_bytes < 1024 || cfg->image_bytes > (1ull << 32))
+        return sdw_fail(e, SDW_EINVAL, "job ring area sizes out of range");
+    uint64_t header = ALIGN(sizeof(struct ring_header), 4096);
+    uint64_t stride = ALIGN(ALIGN(sizeof(struct ring_slot), 64) + ALIGN(cfg->input_bytes, 64) +
+                                ALIGN(cfg->log_bytes, 64) + ALIGN(cfg->image_bytes, 64), 4096);
+    uint64_t total = header + stride * cfg->slots;
+
+    int fd = shm_open(cfg->name, O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (fd < 0)
+        return sdw_fail(e, errno == EEXIST ? SDW_EINVAL : SDW_EIO, "shm_open %s: %s", cfg->name, strerror(errno));
+    if (ftruncate(fd, (off_t)total) != 0) {
+        int err = errno;
+        close(fd);
+        shm_unlink(cfg->name);
+        return sdw_fail(e, SDW_EIO, "sizing job ring %s to %llu bytes: %s", cfg->name,
+                        (unsigned long long)total, strerror(err));
+    }
+    void *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int err = errno;
+    close(fd);
+    if (base == MAP_FAILED) {
+        shm_unlink(cfg->name);
+        return sdw_fail(e, SDW_EIO, "mapping job ring %s: %s", cfg->name, strerror(err));
+    }
+    sdw_ring *r = calloc(1, sizeof *r);
+    if (!r) {
+        munmap(base, total);
+        shm_unlink(cfg->name);
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    }
+    r->base = base;
+    r->size = total;
+    r->h = base;
+    struct ring_header *h = r->h;
+    h->version = RING_VERSION;
+    h->nslots = cfg->slots;
+    h->max_queued = cfg->max_queued;
+    h->retention_s = cfg->retention_s;
+    h->header_bytes = header;
+    h->slot_stride = stride;
+    h->input_cap = ALIGN(cfg->input_bytes, 64);
+    h->log_cap = ALIGN(cfg->log_bytes, 64);
+    h->image_cap = ALIGN(cfg->image_bytes, 64);
+    h->total_bytes = total;
+    h->engine_state = SDW_ENGINE_STARTING;
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    int rc = pthread_mutex_init(&h->lock, &a);
+    pthread_mutexattr_destroy(&a);
+    if (rc) {
+        sdw_ring_close(r);
+        shm_unlink(cfg->name);
+        return sdw_fail(e, SDW_EIO, "job ring mutex: %s", strerror(rc));
+    }
+    /* Openers check the magic, so it goes in last. */
+    __atomic_store_n(&h->magic, RING_MAGIC, __ATOMIC_RELEASE);
+    *out = r;
+    return 0;
+}
+
+int sdw_ring_open(const char *name, sdw_ring **out, sdw_error *e)
+{
+    *out = NULL;
+    if (!valid_name(name))
+        return sdw_fail(e, SDW_EINVAL, "job ring name must be '/' and 1-200 of [A-Za-z0-9._-]");
+    int fd = shm_open(name, O_RDWR, 0);
+    if (fd < 0)
+        return sdw_fail(e, errno == ENOENT ? SDW_ENOTFOUND : SDW_EIO, "shm_open %s: %s", name, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (size_t)st.st_size < sizeof(struct ring_header)) {
+        close(fd);
+        return sdw_fail(e, SDW_EFORMAT, "job ring %s is too small to be one", name);
+    }
+    void *base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int err = errno;
+    close(fd);
+    if (base == MAP_FAILED)
+        return sdw_fail(e, SDW_EIO, "mapping job ring %s: %s", name, strerror(err));
+    struct ring_header *h = base;
+    if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != RING_MAGIC || h->version != RING_VERSION ||
+        h->total_bytes != (uint64_t)st.st_size) {
+        munmap(base, (size_t)st.st_size);
+        return sdw_fail(e, SDW_EFORMAT, "%s is not an initialised version %d job ring", name, RING_VERSION);
+    }
+    sdw_ring *r = calloc(1, sizeof *r);
+    if (!r) {
+        munmap(base, (size_t)st.st_size);
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    }
+    r->base = base;
+    r->size = (size_t)st.st_size;
+    r->h = h;
+    *out = r;
+    return 0;
+}
+
+void sdw_ring_close(sdw_ring *r)
+{
+    if (!r)
+        return;
+    munmap(r->base, r->size);
+    free(r);
+}
+
+int sdw_ring_unlink(const char *name, sdw_error *e)
+{
+    if (shm_unlink(name) != 0)
+        return sdw_fail(e, errno == ENOENT ? SDW_ENOTFOUND : SDW_EIO, "shm_unlink %s: %s", name, strerror(errno));
+    return 0;
+}
+
+/* Runs the statements given on the job's slot s under the lock, with rc_
+ * as the result, then wakes the job's readers. */
+#define WITH_JOB(r, id, e, ...)                                   \
+    do {                                                          \
+        int rc_ = ring_lock(r, e);                                \
+        if (rc_)                                                  \
+            return rc_;                                           \
+        struct ring_slot *s = find_locked(r, id, e);              \
+        if (!s) {                                                 \
+            ring_unlock(r);                                       \
+            return SDW_ENOTFOUND;                                 \
+        }                                                         \
+        __VA_ARGS__;                                              \
+        ring_unlock(r);                                           \
+        wake_all(&s->event_futex);                                \
+        return rc_;                                               \
+    } while (0)
+
+/* ---- pool side ---- */
+
+static int expire_locked(sdw_ring *r, struct ring_slot *s, sdw_error *e)
+{
+    int rc = transition(s, SDW_JOB_EXPIRED, e);
+    if (rc)
+        return rc;
+    s->input_len = 0;
+    s->log_used = 0;
+    s->big_id = 0;
+    s->big_len = 0;
+    bump(&s->event_futex);
+    return 0;
+}
+
+static int sweep_locked(sdw_ring *r, int64_t now_ms)
+{
+    int n = 0;
+    for (unsigned i = 0; i < r->h->nslots; i++) {
+        struct ring_slot *s = slot_at(r, i);
+        if (is_terminal(s->state) && s->expires_mono_ms <= now_ms && expire_locked(r, s, NULL) == 0) {
+            wake_all(&s->event_futex);
+            n++;
+        }
+    }
+    return n;
+}
+
+int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, sdw_error *e)
+{
+    uint8_t raw[16];
+    if (len > r->h->input_cap)
+        return sdw_fail(e, SDW_RING_ETOOBIG, "job input of %zu bytes exceeds the slot input area (%zu bytes)",
+                        len, (size_t)r->h->input_cap);
+    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw)
+        return sdw_fail(e, SDW_EIO, "getrandom for a job id: %s", strerror(errno));
+    int rc = ring_lock(r, e);
+    if (rc)
+        return rc;
+    sweep_locked(r, sdw_ring_now_ms());
+    unsigned queued = 0;
+    struct ring_slot *pick = NULL;
+    for (unsigned i = 0; i < r->h->nslots; i++) {
+        struct ring_slot *s = slot_at(r, i);
+        if (s->state == SDW_JOB_QUEUED)
+            queued++;
+        else if (!pick && s->state == SDW_JOB_FREE)
+            pick = s;
+    }
+    for (unsigned i = 0; !pick && i < r->h->nslots; i++)
+        if (slot_at(r, i)->state == SDW_JOB_EXPIRED)
+            pick = slot_at(r, i);
+    if (queued >= r->h->max_queued || !pick) {
+        ring_unlock(r);
+        return sdw_fail(e, SDW_RING_EFULL, queued >= r->h->max_queued ? "job queue is full (%u queued)"
+                                                                       : "no free job slot (%u queued)", queued);
+    }
+    if (pick->state == SDW_JOB_EXPIRED)
+        transition(pick, SDW_JOB_FREE, NULL);
+    memcpy(pick->id, raw, 16);
+    memcpy(input_of(r, pick), input, len);
+    pick->input_len = len;
+    pick->cancel_requested = 0;
+    pick->seq = ++r->h->next_seq;
+    pick->created_ms = clock_ms(CLOCK_REALTIME);
+    pick->started_ms = pick->finished_ms = 0;
+    pick->expires_mono_ms = 0;
+    pick->last_event_id = pick->log_used = pick->big_id = pick->big_len = 0;
+    pick->big_name[0] = '\0';
+    transition(pick, SDW_JOB_QUEUED, NULL);
+    bump(&r->h->work_futex);
+    ring_unlock(r);
+    wake_all(&r->h->work_futex);
+    format_id(raw, id);
+    return 0;
+}
+
+int sdw_ring_cancel(sdw_ring *r, const char *id, sdw_job_state *after, sdw_error *e)
+{
+    char *json = error_json("cancelled", "job cancelled");
+    if (!json)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    int rc = ring_lock(r, e);
+    if (rc) {
+        free(json);
+        return rc;
+    }
+    struct ring_slot *s = find_locked(r, id, e);
+    if (!s) {
+        rc = SDW_ENOTFOUND;
+    } else if (s->state == SDW_JOB_QUEUED) {
+        rc = end_with_error_locked(r, s, SDW_JOB_CANCELLED, json, e);
+    } else if (s->state == SDW_JOB_RUNNING) {
+        s->cancel_requested = 1;
+        bump(&s->event_futex);
+    } else {
+        rc = sdw_fail(e, SDW_RING_ESTATE, "job is already %s", sdw_job_state_name((sdw_job_state)s->state));
+    }
+    if (s && after)
+        *after = (sdw_job_state)s->state;
+    bump(&r->h->work_futex);
+    ring_unlock(r);
+    free(json);
+    if (s)
+        wake_all(&s->event_futex);
+    wake_all(&r->h->work_futex);
+    return rc;
+}
+
+int sdw_ring_job_status(sdw_ring *r, const char *id, sdw_job_info *info, sdw_error *e)
+{
+    int rc = ring_lock(r, e);
+    if (rc)
+        return rc;
+    struct ring_slot *s = find_locked(r, id, e);
+    if (s) {
+        memset(info, 0, sizeof *info);
+        info->state = (sdw_job_state)s->state;
+        info->cancel_requested = s->cancel_requested != 0;
+        info->last_event_id = s->last_event_id;
+        info->created_ms = s->created_ms;
+        info->started_ms = s->started_ms;
+        info->finished_ms = s->finished_ms;
+        if (s->state == SDW_JOB_QUEUED) {
+            info->queue_position = 1;
+            for (unsigned i = 0; i < r->h->nslots; i++) {
+                struct ring_slot *o = slot_at(r, i);
+                if (o->state == SDW_JOB_QUEUED && o->seq < s->seq)
+                    info->queue_position++;
+            }
+        }
+    }
+    ring_unlock(r);
+    return s ? 0 : SDW_ENOTFOUND;
+}
+
+/* The first event after `after`, copied out; 0 when there is none yet. */
+static int next_event_locked(sdw_ring *r, struct ring_slot *s, uint64_t after, sdw_ring_event *ev, sdw_error *e)
+{
+    const unsigned char *log = log_of(r, s), *src = NULL;
+    struct log_rec rec;
+    uint64_t off = 0;
+    while (off < s->log_used) {
+        memcpy(&rec, log + off, sizeof rec);
+        if (rec.id > after) {
+            src = log + off + sizeof rec;
+            break;
+        }
+        off += ALIGN(sizeof rec + rec.len + 1, 8);
+    }
+    if (s->big_id > after && (!src || s->big_id < rec.id)) {
+        rec.id = s->big_id;
+        rec.len = (uint32_t)s->big_len;
+        memcpy(rec.name, s->big_name, sizeof rec.name - 1);
+        rec.name[sizeof rec.name - 1] = '\0';
+        src = image_of(r, s);
+    }
+    if (!src)
+        return 0;
+    ev->data = malloc((size_t)rec.len + 1);
+    if (!ev->data)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    memcpy(ev->data, src, rec.len);
+    ev->data[rec.len] = '\0';
+    ev->len = rec.len;
+    ev->id = rec.id;
+    memset(ev->name, 0, sizeof ev->name);
+    memcpy(ev->name, rec.name, strnlen(rec.name, sizeof rec.name));
+    return 1;
+}
+
+int sdw_ring_wait_event(sdw_ring *r, const char *id, uint64_t after, int timeout_ms, sdw_ring_event *ev,
+                        sdw_error *e)
+{
+    int64_t deadline = deadline_of(timeout_ms);
+    memset(ev, 0, sizeof *ev);
+    for (;;) {
+        int rc = ring_lock(r, e);
+        if (rc)
+            return rc;
+        struct ring_slot *s = find_locked(r, id, e);
+        if (!s || s->state == SDW_JOB_EXPIRED) {
+            ring_unlock(r);
+            return sdw_fail(e, SDW_ENOTFOUND, "no job %.40s (%s)", id ? id : "", s ? "expired" : "unknown");
+        }
+        rc = next_event_locked(r, s, after, ev, e);
+        uint32_t seen = __atomic_load_n(&s->event_futex, __ATOMIC_SEQ_CST);
+        int ended = is_terminal(s->state);
+        ring_unlock(r);
+        if (rc)
+            return rc;
+        if (ended)
+            return SDW_RING_END;
+        if (timeout_ms == 0 || expired_deadline(deadline))
+            return 0;
+        wait_change(&s->event_futex, seen, deadline);
+    }
+}
+
+void sdw_ring_event_free(sdw_ring_event *ev)
+{
+    if (ev) {
+        free(ev->data);
+        ev->data = NULL;
+    }
+}
+
+int sdw_ring_read_input(sdw_ring *r, const char *id, void **input, size_t *len, sdw_error *e)
+{
+    *input = NULL;
+    *len = 0;
+    WITH_JOB(r, id, e, {
+        if (s->state == SDW_JOB_EXPIRED) {
+            rc_ = sdw_fail(e, SDW_ENOTFOUND, "job %s has expired", id);
+        } else if (!(*input = malloc(s->input_len ? s->input_len : 1))) {
+            rc_ = sdw_fail(e, SDW_ENOMEM, "out of memory");
+        } else {
+            memcpy(*input, input_of(r, s), s->input_len);
+            *len = s->input_len;
+        }
+    });
+}
+
+/* ---- engine side ---- */
+
+int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size_t *len, sdw_error *e)
+{
+    int64_t deadline = deadline_of(timeout_ms);
+    *input = NULL;
+    *len = 0;
+    for (;;) {
+        int rc = ring_lock(r, e);
+        if (rc)
+            return rc;
+        struct ring_slot *oldest = NULL;
+        for (unsigned i = 0; i < r->h->nslots; i++) {
+            struct ring_slot *s = slot_at(r, i);
+            if (s->state == SDW_JOB_QUEUED && (!oldest || s->seq < oldest->seq))
+                oldest = s;
+        }
+        if (oldest) {
+            void *copy = malloc(oldest->input_len ? oldest->input_len : 1);
+            if (!copy) {
+                ring_unlock(r);
+                return sdw_fail(e, SDW_ENOMEM, "out of memory");
+            }
+            memcpy(copy, input_of(r, oldest), oldest->input_len);
+            *len = oldest->input_len;
+            transition(oldest, SDW_JOB_RUNNING, NULL);
+            oldest->started_ms = clock_ms(CLOCK_REALTIME);
+            bump(&oldest->event_futex);
+            format_id(oldest->id, id);
+            ring_unlock(r);
+            wake_all(&oldest->event_futex);
+            *input = copy;
+            return 1;
+        }
+        uint32_t seen = __atomic_load_n(&r->h->work_futex, __ATOMIC_SEQ_CST);
+        ring_unlock(r);
+        if (timeout_ms == 0 || expired_deadline(deadline))
+            return 0;
+        wait_change(&r->h->work_futex, seen, deadline);
+    }
+}
+
+static int need_running(struct ring_slot *s, const char *what, sdw_error *e)
+{
+    if (s->state != SDW_JOB_RUNNING)
+        return sdw_fail(e, SDW_RING_ESTATE, "%s: job is %s, not running", what,
+                        sdw_job_state_name((sdw_job_state)s->state));
+    return 0;
+}
+
+int sdw_ring_append(sdw_ring *r, const char *id, const char *name, const char *data, size_t len, sdw_error *e)
+{
+    if (!valid_event_name(name) || strcmp(name, "preview") == 0 || strcmp(name, "complete") == 0)
+        return sdw_fail(e, SDW_EINVAL, "bad event name for the small-event log");
+    WITH_JOB(r, id, e, {
+        rc_ = need_running(s, "event", e);
+        if (!rc_)
+            rc_ = append_locked(r, s, name, data, len, 0, e);
+    });
+}
+
+int sdw_ring_preview(sdw_ring *r, const char *id, const char *data, size_t len, sdw_error *e)
+{
+    WITH_JOB(r, id, e, {
+        rc_ = need_running(s, "preview", e);
+        if (!rc_)
+            rc_ = put_image_locked(r, s, "preview", data, len, e);
+    });
+}
+
+int sdw_ring_complete(sdw_ring *r, const char *id, const char *data, size_t len, sdw_error *e)
+{
+    WITH_JOB(r, id, e, {
+        rc_ = need_running(s, "complete", e);
+        if (!rc_)
+            rc_ = put_image_locked(r, s, "complete", data, len, e);
+        if (!rc_) {
+            finish_times(r, s);
+            transition(s, SDW_JOB_DONE, NULL);
+            bump(&s->event_futex);
+        }
+    });
+}
+
+int sdw_ring_fail(sdw_ring *r, const char *id, const char *code, const char *message, sdw_error *e)
+{
+    char *json = error_json(code ? code : "failed", message);
+    if (!json)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    int rc = ring_lock(r, e);
+    if (rc) {
+        free(json);
+        return rc;
+    }
+    struct ring_slot *s = find_locked(r, id, e);
+    rc = s ? end_with_error_locked(r, s, SDW_JOB_FAILED, json, e) : SDW_ENOTFOUND;
+    ring_unlock(r);
+    free(json);
+    if (s)
+        wake_all(&s->event_futex);
+    return rc;
+}
+
+int sdw_ring_cancel_requested(sdw_ring *r, const char *id, sdw_error *e)
+{
+    WITH_JOB(r, id, e, { rc_ = s->cancel_requested ? 1 : 0; });
+}
+
+int sdw_ring_finish_cancelled(sdw_ring *r, const char *id, sdw_error *e)
+{
+    char *json = error_json("cancelled", "job cancelled");
+    if (!json)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    int rc = ring_lock(r, e);
+    if (rc) {
+        free(json);
+        return rc;
+    }
+    struct ring_slot *s = find_locked(r, id, e);
+    if (!s)
+        rc = SDW_ENOTFOUND;
+    else if (!(rc = need_running(s, "finish cancelled", e)))
+        rc = end_with_error_locked(r, s, SDW_JOB_CANCELLED, json, e);
+    ring_unlock(r);
+    free(json);
+    if (s)
+        wake_all(&s->event_futex);
+    return rc;
+}
+
+/* ---- supervisor side ---- */
+
+int sdw_ring_set_engine(sdw_ring *r, sdw_engine_state state, pid_t pid, const char *reason, sdw_error *e)
+{
+    if ((unsigned)state > SDW_ENGINE_DEAD)
+        return sdw_fail(e, SDW_EINVAL, "bad engine state %d", (int)state);
+    int rc = ring_lock(r, e);
+    if (rc)
+        return rc;
+    r->h->engine_state = state;
+    r->h->engine_pid = pid;
+    r->h->heartbeat_ms = sdw_ring_now_ms();
+    clip_utf8(r->h->engine_reason, sizeof r->h->engine_reason, reason ? reason : "");
+    ring_unlock(r);
+    return 0;
+}
+
+int sdw_ring_heartbeat(sdw_ring *r, sdw_error *e)
+{
+    __atomic_store_n(&r->h->heartbeat_ms, sdw_ring_now_ms(), __ATOMIC_RELAXED);
+    return 0;
+}
+
+int sdw_ring_engine_status(sdw_ring *r, sdw_engine_info *info, sdw_error *e)
+{
+    int rc = ring_lock(r, e);
+    if (rc)
+        return rc;
+    memset(info, 0, sizeof *info);
+    info->state = (sdw_engine_state)r->h->engine_state;
+    info->pid = r->h->engine_pid;
+    info->heartbeat_ms = __atomic_load_n(&r->h->heartbeat_ms, __ATOMIC_RELAXED);
+    memcpy(info->reason, r->h->engine_reason, sizeof info->reason);
+    info->reason[sizeof info->reason - 1] = '\0';
+    info->recoveries = r->h->recoveries;
+    for (unsigned i = 0; i < r->h->nslots; i++) {
+        uint32_t st = slot_at(r, i)->state;
+        info->queued += st == SDW_JOB_QUEUED;
+        info->running += st == SDW_JOB_RUNNING;
+        info->free_slots += st == SDW_JOB_FREE || st == SDW_JOB_EXPIRED;
+    }
+    ring_unlock(r);
+    return 0;
+}
+
+int sdw_ring_engine_died(sdw_ring *r, const char *reason, sdw_error *e)
+{
+    char msg[sizeof r->h->engine_reason], why[sizeof msg - 16];
+    clip_utf8(why, sizeof why, reason ? reason : "");
+    snprintf(msg, sizeof msg, "engine died%s%s", why[0] ? ": " : "", why);
+    char *json = error_json("engine_crashed", msg);
+    if (!json)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    int rc = ring_lock(r, e);
+    if (rc) {
+        free(json);
+        return rc;
+    }
+    int failed = 0;
+    for (unsigned i = 0; i < r->h->nslots; i++) {
+        struct ring_slot *s = slot_at(r, i);
+        if (s->state == SDW_JOB_RUNNING && end_with_error_locked(r, s, SDW_JOB_FAILED, json, NULL) == 0)
+            failed++;
+    }
+    r->h->engine_state = SDW_ENGINE_DEAD;
+    r->h->engine_pid = 0;
+    memcpy(r->h->engine_reason, msg, sizeof msg);
+    ring_unlock(r);
+    free(json);
+    for (unsigned i = 0; i < r->h->nslots; i++)
+        wake_all(&slot_at(r, i)->event_futex);
+    return failed;
+}
+
+int sdw_ring_expire(sdw_ring *r, const char *id, sdw_error *e)
+{
+    WITH_JOB(r, id, e, { rc_ = expire_locked(r, s, e); });
+}
+
+int sdw_ring_sweep(sdw_ring *r, int64_t now_ms, sdw_error *e)
+{
+    int rc = ring_lock(r, e);
+    if (rc)
+        return rc;
+    int n = sweep_locked(r, now_ms);
+    ring_unlock(r);
+    return n;
+}

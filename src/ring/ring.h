@@ -1,0 +1,221 @@
+/* The shared-memory job ring between the FastCGI pool processes (submit,
+ * cancel, status, stream), the engine process (take work, publish events) and
+ * the supervisor (engine state, engine death, expiry).
+ *
+ * One POSIX shared-memory object (shm_open name, e.g. "/sdworker") holds a
+ * header and a fixed number of job slots. Each slot owns three fixed areas:
+ * the request input (an opaque blob, sdw_job_request_serialize's output),
+ * an append-only log of small events, and one "image" area holding the
+ * newest large event (a preview or the complete event). See README.md.
+ *
+ * Job states and the only allowed transitions:
+ *
+ *   FREE -> QUEUED              sdw_ring_submit
+ *   QUEUED -> RUNNING           sdw_ring_take (the oldest queued job first)
+ *   QUEUED -> CANCELLED         sdw_ring_cancel (immediately, error event)
+ *   QUEUED -> FAILED            sdw_ring_fail (e.g. the engine rejects it)
+ *   RUNNING -> DONE             sdw_ring_complete
+ *   RUNNING -> FAILED           sdw_ring_fail, sdw_ring_engine_died
+ *   RUNNING -> CANCELLED        sdw_ring_finish_cancelled (after the engine
+ *                               saw sdw_ring_cancel's request between steps)
+ *   DONE|FAILED|CANCELLED -> EXPIRED   sdw_ring_expire / sdw_ring_sweep once
+ *                               the retention time has passed; data dropped,
+ *                               the id still answers "expired"
+ *   EXPIRED -> FREE             sdw_ring_submit reusing the slot
+ *
+ * Any other transition fails with SDW_RING_ESTATE and changes nothing.
+ *
+ * Events: every job has event ids 1, 2, 3, ... in publication order. Small
+ * events (progress, error and any other name) are kept in the slot's log
+ * and are never dropped: an append that does not fit fails loudly instead.
+ * A preview is superseded by the next preview or by the complete event (a
+ * reader that arrives late skips it; the final image is in the complete
+ * event). The complete event is never superseded. So a stream opened late,
+ * twice, or again with Last-Event-ID replays every progress/complete/error
+ * event after the id it names.
+ *
+ * Concurrency: one process-shared robust mutex guards the ring; a process
+ * that dies holding it is recovered from by the next locker, which repairs
+ * the slot the dead process was writing. Blocking waits are futex waits on
+ * per-slot and ring-wide counters, so a process killed while waiting leaves
+ * nothing behind; there is no sleep-polling.
+ *
+ * Return values: 0 or a positive count/flag on success, a negative sdw_status
+ * (or one of the SDW_RING_E* below) on failure, with e filled. */
+#ifndef SDW_RING_H
+#define SDW_RING_H
+
+#include "err.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define SDW_RING_EFULL (-32)   /* no free slot or too many queued: 503 + Retry-After */
+#define SDW_RING_ESTATE (-33)  /* the job is not in a state that allows this */
+#define SDW_RING_ETOOBIG (-34) /* input or event larger than its slot area */
+
+/* Job ids are "job-" followed by 32 lower-case hex digits (128 random bits
+ * from getrandom), in the shape of rbee's job-<uuid> ids. */
+#define SDW_JOB_ID_LEN 36
+typedef char sdw_job_id[SDW_JOB_ID_LEN + 1];
+
+typedef enum sdw_job_state {
+    SDW_JOB_FREE = 0,
+    SDW_JOB_QUEUED,
+    SDW_JOB_RUNNING,
+    SDW_JOB_DONE,
+    SDW_JOB_FAILED,
+    SDW_JOB_CANCELLED,
+    SDW_JOB_EXPIRED,
+} sdw_job_state;
+
+typedef enum sdw_engine_state {
+    SDW_ENGINE_STARTING = 0,
+    SDW_ENGINE_LOADING,
+    SDW_ENGINE_READY,
+    SDW_ENGINE_DEAD,
+} sdw_engine_state;
+
+const char *sdw_job_state_name(sdw_job_state s);
+const char *sdw_engine_state_name(sdw_engine_state s);
+/* The transition table above. */
+bool sdw_job_transition_allowed(sdw_job_state from, sdw_job_state to);
+
+typedef struct sdw_ring_config {
+    const char *name;       /* shm_open name: "/" then up to 200 of [A-Za-z0-9._-] */
+    unsigned slots;         /* job slots (default 16) */
+    unsigned max_queued;    /* queued jobs allowed at once (default 8, <= slots) */
+    size_t input_bytes;     /* per-slot request input (default 4 MiB + 64 KiB:
+                               two 2 MiB images and the parameters) */
+    size_t log_bytes;       /* per-slot small-event log (default 64 KiB: 150
+                               progress events take under 20 KiB) */
+    size_t image_bytes;     /* per-slot large event: a base64 PNG inside JSON.
+                               A WxH RGB PNG can reach ~3WH bytes, 4WH as
+                               base64, so the default 2 MiB covers 512x512
+                               (and 640x640); 2048x2048 needs ~17 MiB. */
+    unsigned retention_s;   /* finished jobs stay readable this long (default 600) */
+} sdw_ring_config;
+
+sdw_ring_config sdw_ring_default_config(const char *name);
+
+typedef struct sdw_ring sdw_ring;
+
+/* Creates and initialises a new ring; fails if the name exists (a
+ * supervisor removes a stale one with sdw_ring_unlink first). Pages are
+ * only backed when touched, but the whole size must fit in /dev/shm. */
+int sdw_ring_create(const sdw_ring_config *cfg, sdw_ring **out, sdw_error *e);
+/* Maps an existing ring created by another process; sizes come from it. */
+int sdw_ring_open(const char *name, sdw_ring **out, sdw_error *e);
+void sdw_ring_close(sdw_ring *r);
+int sdw_ring_unlink(const char *name, sdw_error *e);
+
+/* ---- pool side ---- */
+
+/* FREE/EXPIRED -> QUEUED. Copies the input into a slot and writes the new id.
+ * SDW_RING_EFULL when no slot is free (after expiring finished jobs past
+ * their retention) or max_queued jobs are already waiting; SDW_RING_ETOOBIG
+ * when len exceeds input_bytes. Wakes the engine. */
+int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, sdw_error *e);
+
+/* Cancels a job: a QUEUED job becomes CANCELLED at once (with an error event
+ * of code "cancelled"); a RUNNING one gets its cancel-requested flag set and
+ * finishes as CANCELLED when the engine next checks. Returns the state the
+ * job is in afterwards. SDW_RING_ESTATE for a finished job. */
+int sdw_ring_cancel(sdw_ring *r, const char *id, sdw_job_state *after, sdw_error *e);
+
+typedef struct sdw_job_info {
+    sdw_job_state state;
+    unsigned queue_position;    /* 1 = next to run; 0 when not queued */
+    bool cancel_requested;
+    uint64_t last_event_id;
+    int64_t created_ms, started_ms, finished_ms; /* CLOCK_REALTIME ms, 0 = not yet */
+} sdw_job_info;
+
+/* SDW_ENOTFOUND for an unknown id; an expired job reports SDW_JOB_EXPIRED. */
+int sdw_ring_job_status(sdw_ring *r, const char *id, sdw_job_info *info, sdw_error *e);
+
+/* A malloc'd copy of the job's input (for a status reply that shows the
+ * request); SDW_ENOTFOUND once the job expired. */
+int sdw_ring_read_input(sdw_ring *r, const char *id, void **input, size_t *len, sdw_error *e);
+
+typedef struct sdw_ring_event {
+    uint64_t id;
+    char name[16];          /* "progress", "preview", "complete", "error", ... */
+    char *data;             /* malloc'd, NUL-terminated JSON */
+    size_t len;
+} sdw_ring_event;
+
+#define SDW_RING_END 2
+
+/* Waits up to timeout_ms for the first event with an id greater than after.
+ * Returns 1 with *ev filled (free it with sdw_ring_event_free), 0 on
+ * timeout (send a keep-alive and call again), SDW_RING_END when the job has
+ * finished and the reader has every event, SDW_ENOTFOUND for an unknown or
+ * expired job. timeout_ms 0 polls without blocking. */
+int sdw_ring_wait_event(sdw_ring *r, const char *id, uint64_t after, int timeout_ms,
+                        sdw_ring_event *ev, sdw_error *e);
+void sdw_ring_event_free(sdw_ring_event *ev);
+
+/* ---- engine side ---- */
+
+/* QUEUED -> RUNNING for the oldest queued job, waiting up to timeout_ms for
+ * one (-1 = forever). Returns 1 with id and a malloc'd copy of the input,
+ * 0 on timeout. */
+int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size_t *len, sdw_error *e);
+
+/* Appends a small event (RUNNING jobs only); data is JSON text. Names
+ * "preview" and "complete" are refused here: use the calls below. */
+int sdw_ring_append(sdw_ring *r, const char *id, const char *name, const char *data, size_t len,
+                    sdw_error *e);
+/* Publishes a preview event, superseding the previous preview. */
+int sdw_ring_preview(sdw_ring *r, const char *id, const char *data, size_t len, sdw_error *e);
+/* RUNNING -> DONE with a complete event carrying data. */
+int sdw_ring_complete(sdw_ring *r, const char *id, const char *data, size_t len, sdw_error *e);
+/* QUEUED|RUNNING -> FAILED with an error event
+ * {"type":"error","code":code,"message":message}; code is clipped to 31
+ * bytes and message to 255 so that the event always fits the room every log
+ * keeps for it. */
+int sdw_ring_fail(sdw_ring *r, const char *id, const char *code, const char *message, sdw_error *e);
+/* 1 when a cancel was requested for the job, 0 when not. Cheap: the engine
+ * calls it between denoising steps. */
+int sdw_ring_cancel_requested(sdw_ring *r, const char *id, sdw_error *e);
+/* RUNNING -> CANCELLED with an error event of code "cancelled". */
+int sdw_ring_finish_cancelled(sdw_ring *r, const char *id, sdw_error *e);
+
+/* ---- supervisor side ---- */
+
+typedef struct sdw_engine_info {
+    sdw_engine_state state;
+    pid_t pid;
+    int64_t heartbeat_ms;   /* CLOCK_MONOTONIC ms of the last heartbeat */
+    char reason[256];       /* why not ready ("model loading", "engine died: ...") */
+    unsigned queued, running, free_slots;
+    unsigned recoveries;    /* times a lock holder's death was repaired */
+} sdw_engine_info;
+
+int sdw_ring_set_engine(sdw_ring *r, sdw_engine_state state, pid_t pid, const char *reason, sdw_error *e);
+int sdw_ring_heartbeat(sdw_ring *r, sdw_error *e);
+int sdw_ring_engine_status(sdw_ring *r, sdw_engine_info *info, sdw_error *e);
+
+/* The engine process died: every RUNNING job gets an error event (code
+ * "engine_crashed") and becomes FAILED; QUEUED jobs stay queued for the next
+ * engine. The engine state becomes DEAD with reason. Returns how many jobs
+ * failed. */
+int sdw_ring_engine_died(sdw_ring *r, const char *reason, sdw_error *e);
+
+/* DONE|FAILED|CANCELLED -> EXPIRED now, whatever the retention. */
+int sdw_ring_expire(sdw_ring *r, const char *id, sdw_error *e);
+/* Expires every finished job whose retention ended at or before now_ms
+ * (sdw_ring_now_ms's clock). Returns how many expired. */
+int sdw_ring_sweep(sdw_ring *r, int64_t now_ms, sdw_error *e);
+int64_t sdw_ring_now_ms(void);
+
+/* Test hook: the ring calls hook(point) at named points while it holds the
+ * lock ("locked", "append-written": an event record is written but not yet
+ * published), so a test can kill the process exactly there. NULL removes it.
+ * Process-local. */
+void sdw_ring_set_fault_hook(void (*hook)(const char *point));
+
+#endif

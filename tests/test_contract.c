@@ -1,0 +1,647 @@
+/* The request contract: defaults, every range boundary, types, malformed
+ * bodies, rbee's other operations, images and the error JSON. */
+#define _GNU_SOURCE
+#include "contract.h"
+#include "err.h"
+#include "tap.h"
+
+#include <json-c/json.h>
+#include <stdint.h>
+#include <string.h>
+
+static const unsigned char png_bytes[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R'};
+static const unsigned char jpeg_bytes[] = {0xff, 0xd8, 0xff, 0xe0, 0, 16, 'J', 'F', 'I', 'F', 0};
+static char *png_b64, *jpeg_b64;
+
+static char *fmt_alloc(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *fmt_alloc(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0)
+        s = NULL;
+    va_end(ap);
+    return s;
+}
+
+/* A generation request with extra fields appended (extra starts with ','). */
+static char *gen(const char *extra)
+{
+    return fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"localhost\","
+                     "\"model\":\"sd15\",\"prompt\":\"a cat\"%s}", extra);
+}
+
+static char *xform(const char *op, const char *extra)
+{
+    return fmt_alloc("{\"operation\":\"%s\",\"hive_id\":\"h\",\"model\":\"sd15\",\"prompt\":\"a cat\"%s}", op, extra);
+}
+
+static int parse_str(const char *body, sdw_job_request *r, sdw_api_error *e, const sdw_contract_limits *lim)
+{
+    memset(e, 0, sizeof *e);
+    return sdw_contract_parse(body, strlen(body), lim, r, e);
+}
+
+static void expect_ok(char *body, const char *what)
+{
+    sdw_job_request r;
+    sdw_api_error e;
+    int rc = parse_str(body, &r, &e, NULL);
+    if (!tap_ok(rc == 0, "accepts %s", what))
+        tap_diag("got %d %s: %s", e.http_status, e.code, e.message);
+    sdw_job_request_free(&r);
+    free(body);
+}
+
+static void expect_err_lim(char *body, int status, const char *code, const char *what,
+                           const sdw_contract_limits *lim)
+{
+    sdw_job_request r;
+    sdw_api_error e;
+    int rc = parse_str(body, &r, &e, lim);
+    int good = rc < 0 && e.http_status == status && e.code && strcmp(e.code, code) == 0;
+    if (!tap_ok(good, "rejects %s with %d %s", what, status, code))
+        tap_diag("got rc=%d %d %s: %s", rc, e.http_status, e.code ? e.code : "(null)", e.message);
+    if (rc == 0)
+        sdw_job_request_free(&r);
+    tap_ok(r.prompt == NULL && r.init_image.data == NULL, "%s: request left empty on failure", what);
+    free(body);
+}
+
+static void expect_err(char *body, int status, const char *code, const char *what)
+{
+    expect_err_lim(body, status, code, what, NULL);
+}
+
+static void test_defaults(void)
+{
+    sdw_job_request r;
+    sdw_api_error e;
+    char *b = gen("");
+    int rc = parse_str(b, &r, &e, NULL);
+    tap_ok(rc == 0, "minimal image_generation parses");
+    tap_ok(r.op == SDW_OP_IMAGE_GENERATION, "op");
+    tap_ok(strcmp(r.hive_id, "localhost") == 0 && strcmp(r.model, "sd15") == 0, "hive_id and model");
+    tap_ok(strcmp(r.prompt, "a cat") == 0, "prompt");
+    tap_ok(r.negative_prompt && r.negative_prompt[0] == '\0', "negative_prompt defaults to \"\"");
+    tap_ok(r.steps == 20, "steps default 20");
+    tap_ok(r.guidance_scale == 7.5, "guidance default 7.5");
+    tap_ok(r.width == 512 && r.height == 512, "size default 512x512");
+    tap_ok(r.seed_random, "absent seed is chosen at random and marked so");
+    tap_ok(r.worker_id[0] == '\0', "worker_id default empty");
+    tap_ok(r.sampler == SDW_SAMPLER_DEFAULT && r.eta == 0 && r.clip_skip == 0, "sampler/eta/clip_skip defaults");
+    tap_ok(r.init_image.data == NULL && r.mask_image.data == NULL, "no images for generation");
+    uint64_t s1 = r.seed;
+    sdw_job_request_free(&r);
+    parse_str(b, &r, &e, NULL);
+    tap_ok(r.seed != s1, "two random seeds differ");
+    sdw_job_request_free(&r);
+    free(b);
+
+    b = gen(",\"negative_prompt\":null,\"seed\":null,\"worker_id\":null,\"loras\":null,\"sampler\":null");
+    rc = parse_str(b, &r, &e, NULL);
+    tap_ok(rc == 0 && r.seed_random && r.negative_prompt[0] == '\0', "nulls mean absent");
+    sdw_job_request_free(&r);
+    free(b);
+
+    b = gen(",\"negative_prompt\":\"blurry\",\"steps\":30,\"guidance_scale\":5,\"width\":640,\"height\":384,"
+            "\"seed\":42,\"worker_id\":\"w1\",\"loras\":[],\"sampler\":\"ddim\",\"eta\":0.5,\"clip_skip\":2,"
+            "\"unknown_field\":{\"x\":[1,2,3]}");
+    rc = parse_str(b, &r, &e, NULL);
+    tap_ok(rc == 0, "all fields given");
+    tap_ok(strcmp(r.negative_prompt, "blurry") == 0 && r.steps == 30 && r.guidance_scale == 5 &&
+               r.width == 640 && r.height == 384 && r.seed == 42 && !r.seed_random &&
+               strcmp(r.worker_id, "w1") == 0 && r.sampler == SDW_SAMPLER_DDIM && r.eta == 0.5 &&
+               r.clip_skip == 2,
+           "all given fields read");
+    sdw_job_request_free(&r);
+    free(b);
+
+    char *extra = fmt_alloc(",\"init_image\":\"%s\",\"width\":77", png_b64);
+    b = xform("image_transform", extra);
+    free(extra);
+    rc = parse_str(b, &r, &e, NULL);
+    tap_ok(rc == 0 && r.op == SDW_OP_IMAGE_TRANSFORM, "image_transform parses");
+    tap_ok(r.strength == 0.8, "transform strength default 0.8");
+    tap_ok(r.width == 0 && r.height == 0, "transform width/height ignored (from the image)");
+    tap_ok(r.init_image.format == SDW_IMAGE_PNG && r.init_image.len == sizeof png_bytes &&
+               memcmp(r.init_image.data, png_bytes, sizeof png_bytes) == 0,
+           "init_image decoded to the PNG bytes");
+    sdw_job_request_free(&r);
+    free(b);
+
+    b = fmt_alloc("{\"operation\":\"image_inpaint\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\","
+                  "\"init_image\":\"%s\",\"mask_image\":\"%s\"}", jpeg_b64, png_b64);
+    rc = parse_str(b, &r, &e, NULL);
+    tap_ok(rc == 0 && r.op == SDW_OP_IMAGE_INPAINT, "image_inpaint parses");
+    tap_ok(r.strength == 1.0, "inpaint strength default 1.0");
+    tap_ok(r.init_image.format == SDW_IMAGE_JPEG && r.mask_image.format == SDW_IMAGE_PNG, "inpaint images detected");
+    sdw_job_request_free(&r);
+    free(b);
+}
+
+static void test_ranges(void)
+{
+    struct {
+        const char *field, *ok1, *ok2, *bad1, *bad2;
+    } cases[] = {
+        {"steps", "1", "150", "0", "151"},
+        {"guidance_scale", "0", "30", "-0.001", "30.001"},
+        {"width", "64", "1024", "56", "2056"},
+        {"height", "64", "1024", "56", "2056"},
+        {"clip_skip", "0", "11", "-1", "12"},
+        {"eta", "0", "0", "-0.1", "1.1"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char extra[128];
+        const char *samp = strcmp(cases[i].field, "eta") == 0 ? ",\"sampler\":\"ddim\"" : "";
+        snprintf(extra, sizeof extra, ",\"%s\":%s%s", cases[i].field, cases[i].ok1, samp);
+        expect_ok(gen(extra), extra);
+        snprintf(extra, sizeof extra, ",\"%s\":%s%s", cases[i].field, cases[i].ok2, samp);
+        expect_ok(gen(extra), extra);
+        snprintf(extra, sizeof extra, ",\"%s\":%s%s", cases[i].field, cases[i].bad1, samp);
+        expect_err(gen(extra), 400, SDW_API_INVALID_VALUE, extra);
+        snprintf(extra, sizeof extra, ",\"%s\":%s%s", cases[i].field, cases[i].bad2, samp);
+        expect_err(gen(extra), 400, SDW_API_INVALID_VALUE, extra);
+    }
+    expect_ok(gen(",\"sampler\":\"ddim\",\"eta\":1"), "eta 1 with ddim");
+    expect_err(gen(",\"eta\":0.5"), 400, SDW_API_INVALID_VALUE, "eta without ddim");
+    expect_err(gen(",\"eta\":0.5,\"sampler\":\"euler\""), 400, SDW_API_INVALID_VALUE, "eta with euler");
+    expect_ok(gen(",\"width\":2048,\"height\":512"), "width 2048 within max pixels");
+    expect_err(gen(",\"width\":2048,\"height\":2048"), 400, SDW_API_INVALID_VALUE, "2048x2048 beyond max pixels");
+    expect_ok(gen(",\"width\":1024,\"height\":1024"), "1024x1024 = max pixels");
+    expect_err(gen(",\"width\":1024,\"height\":1032"), 400, SDW_API_INVALID_VALUE, "1024x1032 just beyond max pixels");
+    sdw_contract_limits big = sdw_contract_default_limits();
+    big.max_pixels = 2048 * 2048;
+    {
+        sdw_job_request r;
+        sdw_api_error e;
+        char *b = gen(",\"width\":2048,\"height\":2048");
+        tap_ok(parse_str(b, &r, &e, &big) == 0, "2048x2048 allowed by a raised max_pixels");
+        sdw_job_request_free(&r);
+        free(b);
+        b = gen(",\"width\":2056,\"height\":64");
+        expect_err_lim(b, 400, SDW_API_INVALID_VALUE, "2056 wide even with raised max_pixels", &big);
+    }
+    expect_err(gen(",\"width\":516"), 400, SDW_API_INVALID_VALUE, "width not a multiple of 8");
+    expect_err(gen(",\"height\":513"), 400, SDW_API_INVALID_VALUE, "height not a multiple of 8");
+    expect_ok(gen(",\"steps\":20.0"), "steps 20.0 (integral number)");
+    expect_ok(gen(",\"steps\":2e1"), "steps 2e1");
+    expect_err(gen(",\"steps\":20.5"), 400, SDW_API_INVALID_VALUE, "steps 20.5");
+    expect_err(gen(",\"steps\":\"20\""), 400, SDW_API_INVALID_VALUE, "steps as a string");
+    expect_err(gen(",\"steps\":true"), 400, SDW_API_INVALID_VALUE, "steps as a bool");
+    expect_err(gen(",\"steps\":[20]"), 400, SDW_API_INVALID_VALUE, "steps as an array");
+    expect_err(gen(",\"guidance_scale\":\"7\""), 400, SDW_API_INVALID_VALUE, "guidance as a string");
+    expect_err(gen(",\"steps\":1e400"), 400, SDW_API_INVALID_VALUE, "steps 1e400 (infinite)");
+    expect_err(gen(",\"guidance_scale\":1e400"), 400, SDW_API_INVALID_VALUE, "guidance 1e400 (infinite)");
+    expect_err(gen(",\"steps\":9223372036854775807"), 400, SDW_API_INVALID_VALUE, "steps INT64_MAX");
+    expect_err(gen(",\"steps\":4294967317"), 400, SDW_API_INVALID_VALUE, "steps 2^32+21 (no wraparound)");
+    expect_err(gen(",\"steps\":-9223372036854775808"), 400, SDW_API_INVALID_VALUE, "steps INT64_MIN");
+    expect_err(gen(",\"steps\":99999999999999999999999"), 400, SDW_API_INVALID_VALUE, "steps beyond 64 bits");
+    expect_err(gen(",\"unused\":-99999999999999999999"), 400, SDW_API_INVALID_VALUE, "any integer beyond 64 bits");
+    expect_err(gen(",\"guidance_scale\":NaN"), 400, SDW_API_INVALID_JSON, "NaN");
+    expect_err(gen(",\"guidance_scale\":-Infinity"), 400, SDW_API_INVALID_JSON, "-Infinity");
+    expect_ok(gen(",\"note\":\"NaN Infinity 99999999999999999999999\""), "NaN and huge digits inside strings");
+    expect_err(gen(",\"sampler\":\"heun\""), 400, SDW_API_INVALID_VALUE, "unknown sampler");
+    expect_err(gen(",\"sampler\":\"DDIM\""), 400, SDW_API_INVALID_VALUE, "sampler names are case-sensitive");
+    expect_err(gen(",\"sampler\":3"), 400, SDW_API_INVALID_VALUE, "sampler as a number");
+    static const char *const samplers[] = {"euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "pndm"};
+    for (int i = 0; i < 6; i++) {
+        char extra[64];
+        snprintf(extra, sizeof extra, ",\"sampler\":\"%s\"", samplers[i]);
+        sdw_job_request r;
+        sdw_api_error e;
+        char *b = gen(extra);
+        int rc = parse_str(b, &r, &e, NULL);
+        tap_ok(rc == 0 && strcmp(sdw_sampler_name(r.sampler), samplers[i]) == 0, "sampler %s", samplers[i]);
+        sdw_job_request_free(&r);
+        free(b);
+    }
+}
+
+static void test_seed(void)
+{
+    struct {
+        const char *json;
+        uint64_t want;
+    } ok[] = {
+        {"0", 0},
+        {"42", 42},
+        {"9223372036854775807", 9223372036854775807ull},
+        {"9223372036854775808", 9223372036854775808ull},
+        {"18446744073709551615", UINT64_MAX},
+        {"\"18446744073709551615\"", UINT64_MAX},
+        {"\"123\"", 123},
+        {"1e3", 1000},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        char extra[64];
+        snprintf(extra, sizeof extra, ",\"seed\":%s", ok[i].json);
+        sdw_job_request r;
+        sdw_api_error e;
+        char *b = gen(extra);
+        int rc = parse_str(b, &r, &e, NULL);
+        tap_ok(rc == 0 && r.seed == ok[i].want && !r.seed_random, "seed %s", ok[i].json);
+        sdw_job_request_free(&r);
+        free(b);
+    }
+    const char *bad[] = {"-1", "18446744073709551616", "\"18446744073709551616\"", "\"-1\"", "\"\"", "\"12a\"",
+                         "\" 1\"", "1.5", "1e300", "true", "{}", "\"000000000000000000001\""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char extra[64];
+        snprintf(extra, sizeof extra, ",\"seed\":%s", bad[i]);
+        expect_err(gen(extra), 400, SDW_API_INVALID_VALUE, extra);
+    }
+}
+
+static void test_strings(void)
+{
+    expect_err(fmt_alloc("{\"operation\":\"image_generation\",\"model\":\"m\",\"prompt\":\"p\"}"), 400,
+               SDW_API_INVALID_REQUEST, "missing hive_id");
+    expect_err(fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"prompt\":\"p\"}"), 400,
+               SDW_API_INVALID_REQUEST, "missing model");
+    expect_err(fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"m\"}"), 400,
+               SDW_API_INVALID_REQUEST, "missing prompt");
+    expect_err(fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":null}"),
+               400, SDW_API_INVALID_REQUEST, "null prompt");
+    expect_err(fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"\"}"),
+               400, SDW_API_INVALID_VALUE, "empty prompt");
+    expect_err(fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\" \\t\\n \"}"),
+               400, SDW_API_INVALID_VALUE, "blank prompt");
+    expect_err(fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":5}"),
+               400, SDW_API_INVALID_VALUE, "numeric prompt");
+    expect_err(fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"a\\u0000b\"}"),
+               400, SDW_API_INVALID_VALUE, "prompt with an embedded NUL");
+    expect_err(fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":7,\"model\":\"m\",\"prompt\":\"p\"}"),
+               400, SDW_API_INVALID_VALUE, "numeric hive_id");
+    expect_err(gen(",\"negative_prompt\":[]"), 400, SDW_API_INVALID_VALUE, "negative_prompt as an array");
+    expect_err(gen(",\"worker_id\":1"), 400, SDW_API_INVALID_VALUE, "numeric worker_id");
+    expect_err(gen(",\"worker_id\":\"a\\nb\""), 400, SDW_API_INVALID_VALUE, "worker_id with a newline");
+
+    const char *bad_models[] = {"", "../etc", "/abs", ".hidden", "a/../b", "a/..", "a b", "m\\u00e9"};
+    for (size_t i = 0; i < sizeof bad_models / sizeof bad_models[0]; i++) {
+        char *b = fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"%s\",\"prompt\":\"p\"}",
+                            bad_models[i]);
+        expect_err(b, 400, SDW_API_INVALID_VALUE, bad_models[i][0] ? bad_models[i] : "empty model");
+    }
+    expect_ok(fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"runwayml/sd-v1.5_x\",\"prompt\":\"p\"}"),
+              "model with an org prefix, dots, dashes");
+    expect_ok(fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"a..b\",\"prompt\":\"p\"}"),
+              "model with '..' inside a name");
+
+    /* Prompt length boundary, in bytes of UTF-8. */
+    sdw_contract_limits lim = sdw_contract_default_limits();
+    lim.max_prompt_bytes = 9;
+    sdw_job_request r;
+    sdw_api_error e;
+    char *b = fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"\xe7\x8c\xab\xe3\x81\xa8\xf0\x9f\x90\x88\"}");
+    int rc = parse_str(b, &r, &e, &lim);
+    tap_ok(rc < 0 && strcmp(e.code, SDW_API_INVALID_VALUE) == 0, "10-byte UTF-8 prompt over a 9-byte limit");
+    free(b);
+    b = fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"\xe7\x8c\xab\xe3\x81\xa8\xe3\x81\xa8\"}");
+    rc = parse_str(b, &r, &e, &lim);
+    tap_ok(rc == 0 && strcmp(r.prompt, "\xe7\x8c\xab\xe3\x81\xa8\xe3\x81\xa8") == 0, "9-byte UTF-8 prompt at the limit, bytes kept");
+    sdw_job_request_free(&r);
+    free(b);
+    b = fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"\\u732b\\ud83d\\udc08\"}");
+    rc = parse_str(b, &r, &e, NULL);
+    tap_ok(rc == 0 && strcmp(r.prompt, "\xe7\x8c\xab\xf0\x9f\x90\x88") == 0, "\\u escapes incl. a surrogate pair decode to UTF-8");
+    sdw_job_request_free(&r);
+    free(b);
+    lim = sdw_contract_default_limits();
+    lim.max_prompt_bytes = 4;
+    b = gen(",\"negative_prompt\":\"12345\"");
+    b[strlen(b) - 1] = '}';
+    expect_err_lim(b, 400, SDW_API_INVALID_VALUE, "negative_prompt over the limit", &lim);
+    expect_err(fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"\xff\xfe\"}"),
+               400, SDW_API_INVALID_JSON, "invalid UTF-8 in a string");
+    expect_err(fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"\xc3\"}"),
+               400, SDW_API_INVALID_JSON, "truncated UTF-8 sequence");
+}
+
+static void test_structure(void)
+{
+    expect_err(fmt_alloc("{\"operation\":\"image_generation\""), 400, SDW_API_INVALID_JSON, "truncated JSON");
+    expect_err(fmt_alloc("{\"operation\":\"image_gen"), 400, SDW_API_INVALID_JSON, "truncated inside a string");
+    expect_err(fmt_alloc("{\"operation\":}"), 400, SDW_API_INVALID_JSON, "malformed JSON");
+    expect_err(fmt_alloc("{'operation':'image_generation'}"), 400, SDW_API_INVALID_JSON, "single quotes");
+    expect_err(gen(","), 400, SDW_API_INVALID_JSON, "trailing comma");
+    expect_err(fmt_alloc("nul"), 400, SDW_API_INVALID_JSON, "truncated literal");
+    expect_err(gen("} x"), 400, SDW_API_INVALID_JSON, "trailing garbage");
+    expect_err(gen("}{}"), 400, SDW_API_INVALID_JSON, "two JSON values");
+    expect_err(gen("}\n{"), 400, SDW_API_INVALID_JSON, "a second, truncated value");
+    char *g = gen("");
+    expect_ok(fmt_alloc(" \n%s\r\n ", g), "surrounding whitespace");
+    free(g);
+    expect_err(fmt_alloc("5"), 400, SDW_API_INVALID_REQUEST, "number body");
+    expect_err(fmt_alloc(" "), 400, SDW_API_INVALID_JSON, "whitespace-only body");
+    {
+        sdw_job_request r;
+        sdw_api_error e;
+        int rc = sdw_contract_parse("", 0, NULL, &r, &e);
+        tap_ok(rc < 0 && e.http_status == 400 && strcmp(e.code, SDW_API_INVALID_JSON) == 0, "empty body");
+        char *b = gen("");
+        size_t n = strlen(b);
+        b[n - 1] = '\0';
+        rc = sdw_contract_parse(b, n, NULL, &r, &e);
+        tap_ok(rc < 0 && strcmp(e.code, SDW_API_INVALID_JSON) == 0, "NUL byte inside the body");
+        free(b);
+    }
+    char *deep = malloc(20000);
+    size_t p = 0;
+    p += (size_t)sprintf(deep, "{\"operation\":\"image_generation\",\"x\":");
+    for (int i = 0; i < 5000; i++)
+        deep[p++] = '[';
+    for (int i = 0; i < 5000; i++)
+        deep[p++] = ']';
+    strcpy(deep + p, "}");
+    expect_err(deep, 400, SDW_API_INVALID_JSON, "nesting 5000 deep");
+    expect_ok(gen(",\"x\":[[[[[[[[1]]]]]]]]"), "moderate nesting in an unknown field");
+
+    expect_err(fmt_alloc("[]"), 400, SDW_API_INVALID_REQUEST, "array body");
+    expect_err(fmt_alloc("\"image_generation\""), 400, SDW_API_INVALID_REQUEST, "string body");
+    expect_err(fmt_alloc("null"), 400, SDW_API_INVALID_REQUEST, "null body");
+    expect_err(fmt_alloc("{}"), 400, SDW_API_INVALID_REQUEST, "no operation");
+    expect_err(fmt_alloc("{\"operation\":5}"), 400, SDW_API_INVALID_REQUEST, "numeric operation");
+    expect_err(fmt_alloc("{\"operation\":null}"), 400, SDW_API_INVALID_REQUEST, "null operation");
+    expect_err(fmt_alloc("{\"operation\":\"ImageGeneration\"}"), 400, SDW_API_UNKNOWN_OPERATION, "CamelCase operation");
+    expect_err(fmt_alloc("{\"operation\":\"paint_me\"}"), 400, SDW_API_UNKNOWN_OPERATION, "unknown operation");
+
+    static const char *const others[] = {
+        "status", "infer", "rhai_script_save", "rhai_script_test", "rhai_script_get", "rhai_script_list",
+        "rhai_script_delete", "worker_catalog_list", "worker_catalog_get", "worker_list_installed",
+        "worker_installed_get", "worker_install", "worker_remove", "worker_spawn", "worker_process_list",
+        "worker_process_get", "worker_process_delete", "model_download", "model_list", "model_get",
+        "model_delete", "model_load", "model_unload", "queen_check", "hive_check"};
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
+        sdw_job_request r;
+        sdw_api_error e;
+        char *b = fmt_alloc("{\"operation\":\"%s\",\"hive_id\":\"h\"}", others[i]);
+        int rc = parse_str(b, &r, &e, NULL);
+        tap_ok(rc < 0 && e.http_status == 400 && strcmp(e.code, SDW_API_UNSUPPORTED_OPERATION) == 0 &&
+                   strstr(e.message, others[i]) != NULL,
+               "rbee operation %s refused as unsupported, named in the message", others[i]);
+        free(b);
+    }
+
+    expect_err(gen(",\"loras\":[{\"path\":\"/x.safetensors\",\"strength\":1.0}]"), 400, SDW_API_UNSUPPORTED_FEATURE,
+               "a LoRA");
+    {
+        sdw_job_request r;
+        sdw_api_error e;
+        char *b = gen(",\"loras\":[{\"name\":\"style\"}]");
+        parse_str(b, &r, &e, NULL);
+        tap_ok(strstr(e.message, "LoRA is not supported yet") != NULL, "LoRA message is clear");
+        free(b);
+    }
+    expect_err(gen(",\"loras\":{}"), 400, SDW_API_INVALID_VALUE, "loras as an object");
+
+    sdw_contract_limits lim = sdw_contract_default_limits();
+    char *b = gen("");
+    lim.max_body_bytes = strlen(b) - 1;
+    expect_err_lim(b, 413, SDW_API_PAYLOAD_TOO_LARGE, "body one byte over max_body_bytes", &lim);
+    b = gen("");
+    lim.max_body_bytes = strlen(b);
+    sdw_job_request r;
+    sdw_api_error e;
+    tap_ok(parse_str(b, &r, &e, &lim) == 0, "body exactly max_body_bytes");
+    sdw_job_request_free(&r);
+    free(b);
+}
+
+static void test_images(void)
+{
+    sdw_job_request r;
+    sdw_api_error e;
+    char *b;
+    int rc;
+
+    b = fmt_alloc("{\"operation\":\"image_transform\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\",\"input_image\":\"%s\"}", png_b64);
+    rc = parse_str(b, &r, &e, NULL);
+    tap_ok(rc == 0 && r.init_image.format == SDW_IMAGE_PNG, "input_image alias (rbee's client)");
+    sdw_job_request_free(&r);
+    free(b);
+    b = fmt_alloc("{\"operation\":\"image_transform\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\","
+                  "\"init_image\":\"%s\",\"input_image\":\"%s\"}", jpeg_b64, png_b64);
+    rc = parse_str(b, &r, &e, NULL);
+    tap_ok(rc == 0 && r.init_image.format == SDW_IMAGE_JPEG, "init_image wins over input_image");
+    sdw_job_request_free(&r);
+    free(b);
+    b = fmt_alloc("{\"operation\":\"image_transform\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\","
+                  "\"init_image\":\"data:image/png;base64,%s\"}", png_b64);
+    rc = parse_str(b, &r, &e, NULL);
+    tap_ok(rc == 0 && r.init_image.len == sizeof png_bytes, "data: URL prefix");
+    sdw_job_request_free(&r);
+    free(b);
+    /* Base64 broken into MIME-style lines. */
+    char wrapped[256];
+    size_t w = 0;
+    for (size_t i = 0; png_b64[i]; i++) {
+        wrapped[w++] = png_b64[i];
+        if (i % 4 == 3) {
+            wrapped[w++] = '\\';
+            wrapped[w++] = (i % 8 == 7) ? 'n' : 'r';
+        }
+    }
+    wrapped[w] = 0;
+    b = fmt_alloc("{\"operation\":\"image_transform\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\","
+                  "\"init_image\":\" %s \"}", wrapped);
+    rc = parse_str(b, &r, &e, NULL);
+    tap_ok(rc == 0 && r.init_image.len == sizeof png_bytes && memcmp(r.init_image.data, png_bytes, sizeof png_bytes) == 0,
+           "whitespace and newlines inside base64");
+    sdw_job_request_free(&r);
+    free(b);
+
+    const char *xf = "{\"operation\":\"image_transform\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\"";
+    expect_err(fmt_alloc("%s}", xf), 400, SDW_API_INVALID_REQUEST, "transform without an image");
+    expect_err(fmt_alloc("%s,\"init_image\":null}", xf), 400, SDW_API_INVALID_REQUEST, "transform with a null image");
+    expect_err(fmt_alloc("%s,\"init_image\":\"\"}", xf), 400, SDW_API_INVALID_VALUE, "empty image");
+    expect_err(fmt_alloc("%s,\"init_image\":42}", xf), 400, SDW_API_INVALID_VALUE, "numeric image");
+    expect_err(fmt_alloc("%s,\"init_image\":\"iVBO*w0K\"}", xf), 400, SDW_API_INVALID_VALUE, "base64 with '*'");
+    expect_err(fmt_alloc("%s,\"init_image\":\"iVBO-_0K\"}", xf), 400, SDW_API_INVALID_VALUE, "base64url alphabet");
+    expect_err(fmt_alloc("%s,\"init_image\":\"iVBORw0KG\"}", xf), 400, SDW_API_INVALID_VALUE, "base64 length 1 mod 4");
+    expect_err(fmt_alloc("%s,\"init_image\":\"iV==BORw\"}", xf), 400, SDW_API_INVALID_VALUE, "padding in the middle");
+    expect_err(fmt_alloc("%s,\"init_image\":\"iVBORw===\"}", xf), 400, SDW_API_INVALID_VALUE, "too much padding");
+    expect_err(fmt_alloc("%s,\"init_image\":\"iVBORw0K====\"}", xf), 400, SDW_API_INVALID_VALUE, "padding after a full quantum");
+    expect_err(fmt_alloc("%s,\"init_image\":\"data:image/png,%s\"}", xf, png_b64), 400, SDW_API_INVALID_VALUE,
+               "data: URL without ;base64");
+    expect_err(fmt_alloc("%s,\"init_image\":\"R0lGODlhAQABAAAAACw=\"}", xf), 415, SDW_API_UNSUPPORTED_MEDIA_TYPE, "a GIF");
+    expect_err(fmt_alloc("%s,\"init_image\":\"aGVsbG8gd29ybGQ=\"}", xf), 415, SDW_API_UNSUPPORTED_MEDIA_TYPE, "plain text bytes");
+    expect_err(fmt_alloc("%s,\"init_image\":\"data:image/png;base64,aGVsbG8=\"}", xf), 415,
+               SDW_API_UNSUPPORTED_MEDIA_TYPE, "a data: URL claiming PNG over text");
+    expect_err(fmt_alloc("%s,\"init_image\":\"iVBORw0K\"}", xf), 415, SDW_API_UNSUPPORTED_MEDIA_TYPE,
+               "truncated PNG magic");
+    expect_err(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":1.01}", xf, png_b64), 400, SDW_API_INVALID_VALUE,
+               "strength 1.01");
+    expect_err(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":-0.01}", xf, png_b64), 400, SDW_API_INVALID_VALUE,
+               "strength -0.01");
+    expect_ok(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":0}", xf, png_b64), "strength 0");
+    expect_ok(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":1}", xf, png_b64), "strength 1");
+    expect_err(fmt_alloc("{\"operation\":\"image_inpaint\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\",\"init_image\":\"%s\"}",
+                         png_b64), 400, SDW_API_INVALID_REQUEST, "inpaint without a mask");
+    expect_err(fmt_alloc("{\"operation\":\"image_inpaint\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\",\"init_image\":\"%s\","
+                         "\"mask_image\":\"aGVsbG8=\"}", png_b64), 415, SDW_API_UNSUPPORTED_MEDIA_TYPE, "inpaint mask not an image");
+
+    sdw_contract_limits lim = sdw_contract_default_limits();
+    lim.max_image_bytes = sizeof png_bytes - 1;
+    expect_err_lim(fmt_alloc("%s,\"init_image\":\"%s\"}", xf, png_b64), 413, SDW_API_PAYLOAD_TOO_LARGE,
+                   "image one byte over max_image_bytes", &lim);
+    lim.max_image_bytes = sizeof png_bytes;
+    b = fmt_alloc("%s,\"init_image\":\"%s\"}", xf, png_b64);
+    tap_ok(parse_str(b, &r, &e, &lim) == 0, "image exactly max_image_bytes");
+    sdw_job_request_free(&r);
+    free(b);
+}
+
+static void test_base64(void)
+{
+    static const struct {
+        const char *in, *out;
+    } v[] = {{"", ""}, {"Zg==", "f"}, {"Zm8=", "fo"}, {"Zm9v", "foo"}, {"Zm9vYg==", "foob"},
+             {"Zm9vYmE=", "fooba"}, {"Zm9vYmFy", "foobar"}, {"Zg", "f"}, {"Zm8", "fo"}};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        unsigned char *out;
+        size_t n;
+        int rc = sdw_base64_decode(v[i].in, strlen(v[i].in), 100, &out, &n);
+        tap_ok(rc == 0 && n == strlen(v[i].out) && memcmp(out, v[i].out, n) == 0, "base64 \"%s\"", v[i].in);
+        free(out);
+        if (i < 7) {
+            char *enc = sdw_base64_encode((const unsigned char *)v[i].out, strlen(v[i].out));
+            tap_ok(enc && strcmp(enc, v[i].in) == 0, "encode \"%s\"", v[i].out);
+            free(enc);
+        }
+    }
+    unsigned char *out;
+    size_t n;
+    tap_ok(sdw_base64_decode("Zm9vYmFy", 8, 5, &out, &n) == SDW_EINVAL, "decode over max_out");
+    tap_ok(sdw_base64_decode("Z===", 4, 5, &out, &n) == SDW_EFORMAT, "Z=== rejected");
+    tap_ok(sdw_base64_decode("Zg=a", 4, 5, &out, &n) == SDW_EFORMAT, "data after padding rejected");
+}
+
+static void test_error_json(void)
+{
+    sdw_api_error e;
+    sdw_api_fail(&e, 400, SDW_API_INVALID_VALUE, "quote \" backslash \\ newline \n tab \t bell \x07 slash / end");
+    char *s = sdw_api_error_json(&e);
+    tap_ok(s != NULL, "error JSON rendered");
+    tap_ok(s && strchr(s, '\n') == NULL && strchr(s, '\t') == NULL && strchr(s, '\x07') == NULL,
+           "no raw control characters in error JSON");
+    json_object *o = s ? json_tokener_parse(s) : NULL, *err, *code, *msg;
+    int ok = o && json_object_object_get_ex(o, "error", &err) && json_object_object_get_ex(err, "code", &code) &&
+             json_object_object_get_ex(err, "message", &msg);
+    tap_ok(ok && strcmp(json_object_get_string(code), "invalid_value") == 0, "error.code round-trips");
+    tap_ok(ok && strcmp(json_object_get_string(msg), e.message) == 0, "error.message round-trips with escapes");
+    json_object_put(o);
+    free(s);
+
+    /* A message clipped in the middle of a multi-byte character stays UTF-8. */
+    char longmsg[1200];
+    memset(longmsg, 'a', 510);
+    strcpy(longmsg + 510, "\xe7\x8c\xab\xe7\x8c\xab");
+    sdw_api_fail(&e, 400, SDW_API_INVALID_VALUE, "%s", longmsg);
+    tap_ok(strlen(e.message) == 510, "truncated message drops the partial character");
+    s = sdw_api_error_json(&e);
+    json_tokener *tok = json_tokener_new();
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    o = json_tokener_parse_ex(tok, s, (int)strlen(s));
+    tap_ok(o != NULL, "clipped message renders valid UTF-8 JSON");
+    json_object_put(o);
+    json_tokener_free(tok);
+    free(s);
+
+    /* Unknown operation names are echoed, clipped, inside valid JSON. */
+    sdw_job_request r;
+    char *b = fmt_alloc("{\"operation\":\"x\\\"y\\n%s\"}", "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz");
+    parse_str(b, &r, &e, NULL);
+    s = sdw_api_error_json(&e);
+    o = json_tokener_parse(s);
+    tap_ok(o != NULL && strcmp(e.code, SDW_API_UNKNOWN_OPERATION) == 0, "hostile operation name renders as valid JSON");
+    json_object_put(o);
+    free(s);
+    free(b);
+
+    /* 63 ASCII bytes then a 3-byte character: clipping at 64 bytes must not
+     * leave half of it inside the message. */
+    b = fmt_alloc("{\"operation\":\"%s\xe7\x8c\xab\"}", "ooooooooooooooooooooooooooooooooooooooooooooooooooooooooooooooo");
+    parse_str(b, &r, &e, NULL);
+    s = sdw_api_error_json(&e);
+    tok = json_tokener_new();
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    o = json_tokener_parse_ex(tok, s, (int)strlen(s));
+    tap_ok(o != NULL && strcmp(e.code, SDW_API_UNKNOWN_OPERATION) == 0, "operation name clipped at a character boundary");
+    json_object_put(o);
+    json_tokener_free(tok);
+    free(s);
+    free(b);
+    expect_err(fmt_alloc("{\"operation\":\"image_generation\\u0000x\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"p\"}"),
+               400, SDW_API_UNKNOWN_OPERATION, "operation with an embedded NUL");
+}
+
+static void test_serialize(void)
+{
+    sdw_job_request r, back;
+    sdw_api_error e;
+    char *b = fmt_alloc("{\"operation\":\"image_inpaint\",\"hive_id\":\"h\",\"model\":\"org/m\",\"prompt\":\"a \\\"cat\\\" \xe7\x8c\xab\","
+                        "\"negative_prompt\":\"dog\",\"steps\":33,\"guidance_scale\":0.1,\"seed\":18446744073709551615,"
+                        "\"sampler\":\"ddim\",\"eta\":0.3,\"clip_skip\":1,\"strength\":0.35,\"worker_id\":\"w\","
+                        "\"init_image\":\"%s\",\"mask_image\":\"%s\"}", png_b64, jpeg_b64);
+    int rc = parse_str(b, &r, &e, NULL);
+    tap_ok(rc == 0, "inpaint request for the round trip");
+    size_t n = 0;
+    unsigned char *blob = sdw_job_request_serialize(&r, &n);
+    tap_ok(blob != NULL && n > 16, "serialised");
+    rc = sdw_job_request_deserialize(blob, n, &back, &e);
+    tap_ok(rc == 0, "deserialised");
+    tap_ok(back.op == r.op && strcmp(back.prompt, r.prompt) == 0 && strcmp(back.negative_prompt, "dog") == 0 &&
+               strcmp(back.model, "org/m") == 0 && strcmp(back.worker_id, "w") == 0 && back.steps == 33 &&
+               back.guidance_scale == r.guidance_scale && back.seed == UINT64_MAX && !back.seed_random &&
+               back.sampler == SDW_SAMPLER_DDIM && back.eta == r.eta && back.clip_skip == 1 &&
+               back.strength == r.strength,
+           "all parameters survive the round trip exactly");
+    tap_ok(back.init_image.len == r.init_image.len && memcmp(back.init_image.data, r.init_image.data, r.init_image.len) == 0 &&
+               back.mask_image.format == SDW_IMAGE_JPEG && back.mask_image.len == sizeof jpeg_bytes,
+           "images survive the round trip");
+    sdw_job_request_free(&back);
+    tap_ok(sdw_job_request_deserialize(blob, n - 1, &back, &e) < 0, "truncated blob rejected");
+    blob[0] = 'X';
+    tap_ok(sdw_job_request_deserialize(blob, n, &back, &e) < 0, "bad magic rejected");
+    free(blob);
+    sdw_job_request_free(&r);
+    free(b);
+
+    b = gen(",\"guidance_scale\":7.123456789012345678");
+    parse_str(b, &r, &e, NULL);
+    blob = sdw_job_request_serialize(&r, &n);
+    rc = sdw_job_request_deserialize(blob, n, &back, &e);
+    tap_ok(rc == 0 && back.seed == r.seed && back.seed_random && back.width == 512 &&
+               back.guidance_scale == r.guidance_scale,
+           "random seed and its flag survive; doubles exact");
+    char *pj = sdw_job_request_params_json(&r);
+    tap_ok(pj && strstr(pj, "\"seed_random\":true") && strstr(pj, "\"steps\":20"), "params JSON reports the chosen seed");
+    if (pj)
+        tap_diag("%s", pj);
+    free(pj);
+    sdw_job_request_free(&back);
+    sdw_job_request_free(&r);
+    free(blob);
+    free(b);
+}
+
+int main(void)
+{
+    png_b64 = sdw_base64_encode(png_bytes, sizeof png_bytes);
+    jpeg_b64 = sdw_base64_encode(jpeg_bytes, sizeof jpeg_bytes);
+    test_defaults();
+    test_ranges();
+    test_seed();
+    test_strings();
+    test_structure();
+    test_images();
+    test_base64();
+    test_error_json();
+    test_serialize();
+    free(png_b64);
+    free(jpeg_b64);
+    return tap_done();
+}

@@ -1,0 +1,705 @@
+/* The shared-memory job ring: state machine, FIFO, event replay, blocking
+ * waits across processes, recovery from a lock holder killed with SIGKILL,
+ * queue limits, expiry, cancel, engine death and concurrent producers. */
+#define _GNU_SOURCE
+#include "ring.h"
+#include "tap.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Children that must be woken wait forever (-1) under this alarm, so a lost
+ * wake-up kills them and fails the test instead of passing late. */
+#define WATCHDOG_S 20
+
+static char ring_name[64];
+static int ring_counter;
+
+static sdw_ring *make_ring(unsigned slots, unsigned max_queued, size_t log_bytes, size_t image_bytes)
+{
+    snprintf(ring_name, sizeof ring_name, "/sdw-test-ring-%d-%d", (int)getpid(), ++ring_counter);
+    sdw_ring_config cfg = sdw_ring_default_config(ring_name);
+    cfg.slots = slots;
+    cfg.max_queued = max_queued;
+    cfg.input_bytes = 4096;
+    if (log_bytes)
+        cfg.log_bytes = log_bytes;
+    if (image_bytes)
+        cfg.image_bytes = image_bytes;
+    sdw_ring *r = NULL;
+    sdw_error e = {0};
+    if (sdw_ring_create(&cfg, &r, &e) != 0) {
+        tap_diag("create %s: %s", ring_name, e.msg);
+        return NULL;
+    }
+    return r;
+}
+
+static void drop_ring(sdw_ring *r)
+{
+    sdw_ring_close(r);
+    sdw_ring_unlink(ring_name, NULL);
+}
+
+static int submit(sdw_ring *r, const char *input, sdw_job_id id)
+{
+    sdw_error e;
+    return sdw_ring_submit(r, input, strlen(input), id, &e);
+}
+
+static int take(sdw_ring *r, sdw_job_id id, char *input_out, size_t cap)
+{
+    sdw_error e;
+    void *in;
+    size_t n;
+    int rc = sdw_ring_take(r, 0, id, &in, &n, &e);
+    if (rc == 1) {
+        if (input_out) {
+            size_t k = n < cap - 1 ? n : cap - 1;
+            memcpy(input_out, in, k);
+            input_out[k] = '\0';
+        }
+        free(in);
+    }
+    return rc;
+}
+
+static sdw_job_state state_of(sdw_ring *r, const char *id)
+{
+    sdw_job_info info;
+    if (sdw_ring_job_status(r, id, &info, NULL) != 0)
+        return (sdw_job_state)-1;
+    return info.state;
+}
+
+static int child_exit_ok(pid_t pid)
+{
+    int st;
+    return waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+static void test_table(void)
+{
+    /* The documented transitions, and nothing else. */
+    static const int allowed[7][7] = {
+        /* to:  FREE Q  RUN DONE FAIL CANC EXP */
+        [SDW_JOB_FREE] = {0, 1, 0, 0, 0, 0, 0},
+        [SDW_JOB_QUEUED] = {0, 0, 1, 0, 1, 1, 0},
+        [SDW_JOB_RUNNING] = {0, 0, 0, 1, 1, 1, 0},
+        [SDW_JOB_DONE] = {0, 0, 0, 0, 0, 0, 1},
+        [SDW_JOB_FAILED] = {0, 0, 0, 0, 0, 0, 1},
+        [SDW_JOB_CANCELLED] = {0, 0, 0, 0, 0, 0, 1},
+        [SDW_JOB_EXPIRED] = {1, 0, 0, 0, 0, 0, 0},
+    };
+    int mismatches = 0;
+    for (int f = 0; f < 7; f++)
+        for (int t = 0; t < 7; t++)
+            if (sdw_job_transition_allowed((sdw_job_state)f, (sdw_job_state)t) != (allowed[f][t] != 0)) {
+                mismatches++;
+                tap_diag("%s -> %s", sdw_job_state_name((sdw_job_state)f), sdw_job_state_name((sdw_job_state)t));
+            }
+    tap_ok(mismatches == 0, "transition table matches the documented state machine (49 pairs)");
+}
+
+static void test_create_open(void)
+{
+    sdw_error e;
+    sdw_ring *r = make_ring(4, 4, 0, 0), *r2 = NULL;
+    tap_ok(r != NULL, "ring created");
+    if (!r)
+        return;
+    sdw_ring_config cfg = sdw_ring_default_config(ring_name);
+    sdw_ring *dup = NULL;
+    tap_ok(sdw_ring_create(&cfg, &dup, &e) < 0, "creating an existing name fails");
+    tap_ok(sdw_ring_open(ring_name, &r2, &e) == 0, "ring opened by name");
+    sdw_job_id id;
+    submit(r, "hello", id);
+    tap_ok(r2 && state_of(r2, id) == SDW_JOB_QUEUED, "second mapping sees the job");
+    sdw_ring_close(r2);
+    tap_ok(sdw_ring_open("/no-such-sdw-ring-xyz", &r2, &e) == SDW_ENOTFOUND, "opening a missing ring: not found");
+    tap_ok(sdw_ring_open("bad/name", &r2, &e) == SDW_EINVAL, "a name with a slash inside is refused");
+    cfg.name = "/sdw-test-bad-cfg";
+    cfg.max_queued = cfg.slots + 1;
+    tap_ok(sdw_ring_create(&cfg, &dup, &e) == SDW_EINVAL, "max_queued above slots is refused");
+    tap_ok(strlen(id) == SDW_JOB_ID_LEN && strncmp(id, "job-", 4) == 0 && strspn(id + 4, "0123456789abcdef") == 32,
+           "job id is job- and 32 hex digits: %s", id);
+    sdw_job_info info;
+    tap_ok(sdw_ring_job_status(r, "job-00000000000000000000000000000000", &info, &e) == SDW_ENOTFOUND,
+           "unknown id: not found");
+    tap_ok(sdw_ring_job_status(r, "job-xyz", &info, &e) == SDW_ENOTFOUND, "malformed id: not found");
+    tap_ok(sdw_ring_job_status(r, NULL, &info, &e) == SDW_ENOTFOUND, "NULL id: not found");
+    char big[5000];
+    memset(big, 'x', sizeof big);
+    tap_ok(sdw_ring_submit(r, big, sizeof big, id, &e) == SDW_RING_ETOOBIG, "input larger than the slot area");
+    drop_ring(r);
+}
+
+static void test_lifecycle(void)
+{
+    sdw_error e;
+    sdw_ring *r = make_ring(4, 4, 0, 0);
+    if (!tap_ok(r != NULL, "ring for the lifecycle"))
+        return;
+    sdw_job_id id, got;
+    char in[64];
+    sdw_job_state after;
+    tap_ok(submit(r, "params", id) == 0 && state_of(r, id) == SDW_JOB_QUEUED, "FREE -> QUEUED by submit");
+    tap_ok(sdw_ring_append(r, id, "progress", "{}", 2, &e) == SDW_RING_ESTATE, "no events while queued");
+    tap_ok(sdw_ring_preview(r, id, "{}", 2, &e) == SDW_RING_ESTATE, "no preview while queued");
+    tap_ok(sdw_ring_complete(r, id, "{}", 2, &e) == SDW_RING_ESTATE, "QUEUED -> DONE refused");
+    tap_ok(sdw_ring_finish_cancelled(r, id, &e) == SDW_RING_ESTATE, "finish_cancelled on a queued job refused");
+    tap_ok(sdw_ring_expire(r, id, &e) == SDW_RING_ESTATE, "QUEUED -> EXPIRED refused");
+    tap_ok(state_of(r, id) == SDW_JOB_QUEUED, "refusals changed nothing");
+    tap_ok(take(r, got, in, sizeof in) == 1 && strcmp(got, id) == 0 && strcmp(in, "params") == 0,
+           "QUEUED -> RUNNING by take, with the input");
+    void *copy;
+    size_t clen;
+    tap_ok(sdw_ring_read_input(r, id, &copy, &clen, &e) == 0 && clen == 6 && memcmp(copy, "params", 6) == 0,
+           "the pool can read the input back");
+    free(copy);
+    tap_ok(state_of(r, id) == SDW_JOB_RUNNING, "state running");
+    tap_ok(take(r, got, NULL, 0) == 0, "take with nothing queued times out at once");
+    tap_ok(sdw_ring_expire(r, id, &e) == SDW_RING_ESTATE, "RUNNING -> EXPIRED refused");
+    tap_ok(sdw_ring_append(r, id, "progress", "{\"step\":1}", 10, &e) == 0, "progress while running");
+    tap_ok(sdw_ring_append(r, id, "preview", "{}", 2, &e) == SDW_EINVAL, "preview through append refused");
+    tap_ok(sdw_ring_append(r, id, "Bad Name", "{}", 2, &e) == SDW_EINVAL, "bad event name refused");
+    tap_ok(sdw_ring_cancel_requested(r, id, &e) == 0, "no cancel requested");
+    tap_ok(sdw_ring_complete(r, id, "{\"type\":\"complete\"}", 19, &e) == 0 && state_of(r, id) == SDW_JOB_DONE,
+           "RUNNING -> DONE by complete");
+    tap_ok(sdw_ring_complete(r, id, "{}", 2, &e) == SDW_RING_ESTATE, "DONE -> DONE refused");
+    tap_ok(sdw_ring_fail(r, id, "x", "y", &e) == SDW_RING_ESTATE, "DONE -> FAILED refused");
+    tap_ok(sdw_ring_cancel(r, id, &after, &e) == SDW_RING_ESTATE && after == SDW_JOB_DONE, "cancelling a done job refused");
+    tap_ok(sdw_ring_append(r, id, "progress", "{}", 2, &e) == SDW_RING_ESTATE, "no events after done");
+    tap_ok(sdw_ring_finish_cancelled(r, id, &e) == SDW_RING_ESTATE, "DONE -> CANCELLED refused");
+    sdw_job_info info;
+    sdw_ring_job_status(r, id, &info, &e);
+    tap_ok(info.created_ms > 0 && info.started_ms >= info.created_ms && info.finished_ms >= info.started_ms &&
+               info.last_event_id == 2,
+           "times and last event id recorded");
+    tap_ok(sdw_ring_expire(r, id, &e) == 0 && state_of(r, id) == SDW_JOB_EXPIRED, "DONE -> EXPIRED");
+    tap_ok(sdw_ring_expire(r, id, &e) == SDW_RING_ESTATE, "EXPIRED -> EXPIRED refused");
+    sdw_ring_event ev;
+    tap_ok(sdw_ring_wait_event(r, id, 0, 0, &ev, &e) == SDW_ENOTFOUND, "events of an expired job are gone");
+    tap_ok(sdw_ring_read_input(r, id, &copy, &clen, &e) == SDW_ENOTFOUND, "and so is its input");
+
+    /* QUEUED -> FAILED, RUNNING -> FAILED, FAILED/CANCELLED -> EXPIRED. */
+    sdw_job_id a, b;
+    submit(r, "a", a);
+    tap_ok(sdw_ring_fail(r, a, "bad_input", "cannot decode", &e) == 0 && state_of(r, a) == SDW_JOB_FAILED,
+           "QUEUED -> FAILED");
+    submit(r, "b", b);
+    take(r, got, NULL, 0);
+    tap_ok(sdw_ring_fail(r, b, "oom", "out of memory", &e) == 0 && state_of(r, b) == SDW_JOB_FAILED,
+           "RUNNING -> FAILED");
+    tap_ok(sdw_ring_wait_event(r, b, 0, 0, &ev, &e) == 1 && strcmp(ev.name, "error") == 0 &&
+               strstr(ev.data, "\"code\":\"oom\"") && strstr(ev.data, "out of memory"),
+           "fail publishes an error event with code and message: %s", ev.data ? ev.data : "");
+    sdw_ring_event_free(&ev);
+    tap_ok(sdw_ring_expire(r, a, &e) == 0, "FAILED -> EXPIRED");
+    drop_ring(r);
+}
+
+static void test_fifo(void)
+{
+    enum { N = 50 };
+    sdw_ring *r = make_ring(64, 64, 0, 0);
+    if (!tap_ok(r != NULL, "ring for FIFO"))
+        return;
+    sdw_job_id ids[N], got;
+    int ok = 1;
+    for (int i = 0; i < N; i++) {
+        char in[16];
+        snprintf(in, sizeof in, "job %d", i);
+        ok &= submit(r, in, ids[i]) == 0;
+    }
+    tap_ok(ok, "%d jobs submitted", N);
+    int unique = 1;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < i; j++)
+            unique &= strcmp(ids[i], ids[j]) != 0;
+    tap_ok(unique, "ids are unique");
+    int pos_ok = 1;
+    for (int i = 0; i < N; i++) {
+        sdw_job_info info;
+        sdw_ring_job_status(r, ids[i], &info, NULL);
+        pos_ok &= info.queue_position == (unsigned)i + 1;
+    }
+    tap_ok(pos_ok, "queue positions 1..%d in submit order", N);
+    sdw_error e;
+    sdw_job_state after;
+    sdw_ring_cancel(r, ids[10], &after, &e);
+    sdw_job_info info;
+    sdw_ring_job_status(r, ids[20], &info, NULL);
+    tap_ok(after == SDW_JOB_CANCELLED && info.queue_position == 20, "cancelling job 11 moves job 21 to position 20");
+    int order = 1;
+    for (int i = 0; i < N; i++) {
+        if (i == 10)
+            continue;
+        char in[16], want[16];
+        snprintf(want, sizeof want, "job %d", i);
+        order &= take(r, got, in, sizeof in) == 1 && strcmp(got, ids[i]) == 0 && strcmp(in, want) == 0;
+        sdw_ring_complete(r, got, "{}", 2, &e);
+    }
+    tap_ok(order, "the engine takes jobs oldest first");
+    sdw_ring_job_status(r, ids[49], &info, NULL);
+    tap_ok(info.queue_position == 0 && info.state == SDW_JOB_DONE, "no queue position once not queued");
+    drop_ring(r);
+}
+
+/* Reads every event after `after` without blocking into names/ids. */
+static int read_all(sdw_ring *r, const char *id, uint64_t after, char names[][16], uint64_t *ids, char **datas, int cap)
+{
+    int n = 0;
+    sdw_ring_event ev;
+    sdw_error e;
+    int rc;
+    while ((rc = sdw_ring_wait_event(r, id, after, 0, &ev, &e)) == 1 && n < cap) {
+        strcpy(names[n], ev.name);
+        ids[n] = ev.id;
+        if (datas)
+            datas[n] = strdup(ev.data);
+        after = ev.id;
+        sdw_ring_event_free(&ev);
+        n++;
+    }
+    return rc == SDW_RING_END || rc == 0 ? n : -1;
+}
+
+static void test_replay(void)
+{
+    sdw_error e;
+    sdw_ring *r = make_ring(2, 2, 0, 0);
+    if (!tap_ok(r != NULL, "ring for replay"))
+        return;
+    sdw_job_id id, got;
+    submit(r, "x", id);
+    take(r, got, NULL, 0);
+    /* 1-3 progress, 4 preview, 5-6 progress, 7 preview, 8 progress, 9 complete */
+    for (int i = 1; i <= 8; i++) {
+        char buf[64];
+        int n = snprintf(buf, sizeof buf, "{\"step\":%d}", i);
+        if (i == 4 || i == 7)
+            sdw_ring_preview(r, id, buf, (size_t)n, &e);
+        else
+            sdw_ring_append(r, id, "progress", buf, (size_t)n, &e);
+    }
+    char names[32][16];
+    uint64_t ids[32];
+    char *datas[32];
+    int n = read_all(r, id, 0, names, ids, datas, 32);
+    tap_ok(n == 7 && ids[0] == 1 && ids[3] == 5 && ids[6] == 8 && strcmp(names[6], "progress") == 0 &&
+               strcmp(names[5], "preview") == 0 && ids[5] == 7,
+           "while running: 6 progress events and the newest preview (7), in id order");
+    tap_ok(n > 0 && strcmp(datas[0], "{\"step\":1}") == 0, "payload kept");
+    for (int i = 0; i < n; i++)
+        free(datas[i]);
+    sdw_ring_complete(r, id, "{\"type\":\"complete\",\"image\":\"AAAA\"}", 34, &e);
+    n = read_all(r, id, 0, names, ids, NULL, 32);
+    int seq_ok = n == 7;
+    uint64_t expect_ids[] = {1, 2, 3, 5, 6, 8, 9};
+    for (int i = 0; seq_ok && i < n; i++)
+        seq_ok &= ids[i] == expect_ids[i] && strcmp(names[i], i == 6 ? "complete" : "progress") == 0;
+    tap_ok(seq_ok, "after complete: every progress event, then complete (previews superseded)");
+    int all_from = 1;
+    for (uint64_t from = 0; from <= 9; from++) {
+        char names2[32][16];
+        uint64_t ids2[32];
+        int m = read_all(r, id, from, names2, ids2, NULL, 32);
+        int expect = 0;
+        for (int i = 0; i < 7; i++)
+            expect += expect_ids[i] > from;
+        all_from &= m == expect && (m == 0 || ids2[m - 1] == 9);
+        for (int i = 0; i < m; i++)
+            all_from &= ids2[i] > from;
+    }
+    tap_ok(all_from, "replay from every Last-Event-ID 0..9 gives exactly the later events");
+    int again = read_all(r, id, 0, names, ids, NULL, 32);
+    tap_ok(again == 7, "a second stream replays the same events");
+    sdw_ring_event ev;
+    tap_ok(sdw_ring_wait_event(r, id, 9, 1000, &ev, &e) == SDW_RING_END, "after the last event of a finished job: END");
+    drop_ring(r);
+}
+
+static void test_log_bounds(void)
+{
+    sdw_error e;
+    sdw_ring *r = make_ring(2, 2, 8192, 2048);
+    if (!tap_ok(r != NULL, "ring with a small log"))
+        return;
+    sdw_job_id id, got;
+    submit(r, "x", id);
+    take(r, got, NULL, 0);
+    char big[4096];
+    memset(big, 'p', sizeof big);
+    tap_ok(sdw_ring_complete(r, id, big, 2048, &e) == SDW_RING_ETOOBIG && state_of(r, id) == SDW_JOB_RUNNING,
+           "complete larger than the image area refused, job still running");
+    tap_ok(sdw_ring_preview(r, id, big, 2047, &e) == 0, "a preview exactly filling the image area (with its NUL)");
+    tap_ok(sdw_ring_preview(r, id, big, 2000, &e) == 0, "preview within the image area");
+    int appended = 0, rc;
+    while ((rc = sdw_ring_append(r, id, "progress", "{\"step\":1,\"total\":20,\"percent\":5.0}", 36, &e)) == 0)
+        appended++;
+    tap_ok(rc == SDW_RING_ETOOBIG && appended > 10, "log fills up and refuses further events (%d fitted)", appended);
+    /* The worst case for the reserve: a long code and a long message made
+     * of control characters, each escaped to six bytes. */
+    char code[100], msg[1000];
+    memset(code, '\x01', sizeof code - 1);
+    code[sizeof code - 1] = '\0';
+    memset(msg, '\x01', sizeof msg - 1);
+    msg[sizeof msg - 1] = '\0';
+    tap_ok(sdw_ring_fail(r, id, code, msg, &e) == 0, "the terminal error still fits (reserved room)");
+    char names[256][16];
+    uint64_t ids[256];
+    int n = read_all(r, id, 0, names, ids, NULL, 256);
+    tap_ok(n == appended + 2 && strcmp(names[n - 1], "error") == 0, "every event readable, error last");
+    drop_ring(r);
+}
+
+static void test_wait(void)
+{
+    sdw_error e;
+    sdw_ring *r = make_ring(4, 4, 0, 0);
+    if (!tap_ok(r != NULL, "ring for waits"))
+        return;
+    sdw_job_id id, got;
+    submit(r, "x", id);
+    take(r, got, NULL, 0);
+    sdw_ring_event ev;
+    tap_ok(sdw_ring_wait_event(r, id, 0, 30, &ev, &e) == 0, "wait with no event times out (0)");
+    tap_ok(sdw_ring_wait_event(r, id, 0, 0, &ev, &e) == 0, "poll with no event returns 0");
+
+    /* A reader in another process blocks until this process appends. */
+    int pipefd[2];
+    if (pipe(pipefd) != 0)
+        return;
+    pid_t pid = fork();
+    if (pid == 0) {
+        sdw_ring *rc_ring;
+        sdw_ring_event cev;
+        char c = 'w';
+        if (sdw_ring_open(ring_name, &rc_ring, NULL) != 0)
+            _exit(3);
+        if (write(pipefd[1], &c, 1) != 1)
+            _exit(4);
+        alarm(WATCHDOG_S);
+        int rc = sdw_ring_wait_event(rc_ring, id, 0, -1, &cev, NULL);
+        _exit(rc == 1 && strcmp(cev.name, "progress") == 0 && strcmp(cev.data, "{\"step\":1}") == 0 ? 0 : 1);
+    }
+    char c;
+    tap_ok(read(pipefd[0], &c, 1) == 1, "reader child is about to wait");
+    sdw_ring_append(r, id, "progress", "{\"step\":1}", 10, &e);
+    tap_ok(child_exit_ok(pid), "reader in another process woke on the append and got the event");
+
+    /* A forked engine blocks in take until a job is submitted. */
+    pid = fork();
+    if (pid == 0) {
+        sdw_job_id cid;
+        void *in;
+        size_t n;
+        char ch = 't';
+        if (write(pipefd[1], &ch, 1) != 1)
+            _exit(4);
+        alarm(WATCHDOG_S);
+        int rc = sdw_ring_take(r, -1, cid, &in, &n, NULL);
+        _exit(rc == 1 && n == 4 && memcmp(in, "next", 4) == 0 ? 0 : 1);
+    }
+    tap_ok(read(pipefd[0], &c, 1) == 1, "engine child is about to wait for work");
+    sdw_job_id id2;
+    submit(r, "next", id2);
+    tap_ok(child_exit_ok(pid), "engine in another process woke on submit and took the job");
+    tap_ok(state_of(r, id2) == SDW_JOB_RUNNING, "job taken by the child is running");
+
+    /* Cancel wakes a reader waiting on a queued job. */
+    sdw_job_id id3;
+    submit(r, "q", id3);
+    pid = fork();
+    if (pid == 0) {
+        sdw_ring_event cev;
+        char ch = 'c';
+        if (write(pipefd[1], &ch, 1) != 1)
+            _exit(4);
+        alarm(WATCHDOG_S);
+        int rc = sdw_ring_wait_event(r, id3, 0, -1, &cev, NULL);
+        int ok = rc == 1 && strcmp(cev.name, "error") == 0 && strstr(cev.data, "\"code\":\"cancelled\"");
+        rc = sdw_ring_wait_event(r, id3, cev.id, -1, &cev, NULL);
+        _exit(ok && rc == SDW_RING_END ? 0 : 1);
+    }
+    tap_ok(read(pipefd[0], &c, 1) == 1, "reader of a queued job is about to wait");
+    sdw_job_state after;
+    tap_ok(sdw_ring_cancel(r, id3, &after, &e) == 0 && after == SDW_JOB_CANCELLED, "queued job cancelled at once");
+    tap_ok(child_exit_ok(pid), "the waiting reader got the cancelled error event, then END");
+    close(pipefd[0]);
+    close(pipefd[1]);
+    drop_ring(r);
+}
+
+static void test_cancel_running(void)
+{
+    sdw_error e;
+    sdw_ring *r = make_ring(2, 2, 0, 0);
+    if (!tap_ok(r != NULL, "ring for cancel"))
+        return;
+    sdw_job_id id, got;
+    sdw_job_state after;
+    submit(r, "x", id);
+    take(r, got, NULL, 0);
+    sdw_ring_append(r, id, "progress", "{}", 2, &e);
+    tap_ok(sdw_ring_cancel(r, id, &after, &e) == 0 && after == SDW_JOB_RUNNING, "running job: cancel requested, still running");
+    sdw_job_info info;
+    sdw_ring_job_status(r, id, &info, &e);
+    tap_ok(info.cancel_requested, "status shows the cancel request");
+    tap_ok(sdw_ring_cancel_requested(r, id, &e) == 1, "engine sees the request");
+    tap_ok(sdw_ring_append(r, id, "progress", "{}", 2, &e) == 0, "engine may still report until it stops");
+    tap_ok(sdw_ring_finish_cancelled(r, id, &e) == 0 && state_of(r, id) == SDW_JOB_CANCELLED, "RUNNING -> CANCELLED");
+    char names[8][16];
+    uint64_t ids[8];
+    char *datas[8];
+    int n = read_all(r, id, 0, names, ids, datas, 8);
+    tap_ok(n == 3 && strcmp(names[2], "error") == 0 && strstr(datas[2], "cancelled"), "stream ends with a cancelled error");
+    for (int i = 0; i < n; i++)
+        free(datas[i]);
+    tap_ok(sdw_ring_cancel(r, id, &after, &e) == SDW_RING_ESTATE, "cancelling twice refused");
+    tap_ok(sdw_ring_cancel(r, "job-0123456789abcdef0123456789abcdef", &after, &e) == SDW_ENOTFOUND, "cancel unknown: not found");
+    drop_ring(r);
+}
+
+static void test_queue_full_and_expiry(void)
+{
+    sdw_error e;
+    sdw_ring *r = make_ring(3, 2, 0, 0);
+    if (!tap_ok(r != NULL, "ring with 3 slots, 2 queued at most"))
+        return;
+    sdw_job_id a, b, c, d, got;
+    submit(r, "a", a);
+    submit(r, "b", b);
+    tap_ok(submit(r, "c", c) == SDW_RING_EFULL, "third queued job: queue full");
+    take(r, got, NULL, 0);
+    tap_ok(submit(r, "c", c) == 0, "after the engine takes one, a job fits again");
+    tap_ok(submit(r, "d", d) == SDW_RING_EFULL, "queue full again");
+    take(r, got, NULL, 0);
+    take(r, got, NULL, 0);
+    sdw_ring_complete(r, a, "{}", 2, &e);
+    sdw_ring_complete(r, b, "{}", 2, &e);
+    sdw_ring_fail(r, c, "x", "y", &e);
+    tap_ok(submit(r, "d", d) == SDW_RING_EFULL, "all slots hold finished jobs within retention: no free slot");
+    sdw_engine_info ei;
+    sdw_ring_engine_status(r, &ei, &e);
+    tap_ok(ei.free_slots == 0 && ei.queued == 0 && ei.running == 0, "engine status counts");
+    int64_t now = sdw_ring_now_ms();
+    tap_ok(sdw_ring_sweep(r, now, &e) == 0, "nothing expires before the retention (600 s)");
+    tap_ok(sdw_ring_sweep(r, now + 600 * 1000 + 1000, &e) == 3, "all three expire after the retention");
+    tap_ok(state_of(r, a) == SDW_JOB_EXPIRED, "an expired job reports expired");
+    sdw_ring_event ev;
+    tap_ok(sdw_ring_wait_event(r, a, 0, 0, &ev, &e) == SDW_ENOTFOUND, "its stream is gone");
+    tap_ok(submit(r, "d", d) == 0 && state_of(r, d) == SDW_JOB_QUEUED, "an expired slot is reused (EXPIRED -> FREE -> QUEUED)");
+    drop_ring(r);
+}
+
+static void test_engine_death(void)
+{
+    sdw_error e;
+    sdw_ring *r = make_ring(4, 4, 0, 0);
+    if (!tap_ok(r != NULL, "ring for engine death"))
+        return;
+    sdw_ring_set_engine(r, SDW_ENGINE_READY, 4242, "", &e);
+    sdw_ring_heartbeat(r, &e);
+    sdw_engine_info ei;
+    sdw_ring_engine_status(r, &ei, &e);
+    tap_ok(ei.state == SDW_ENGINE_READY && ei.pid == 4242 && ei.heartbeat_ms > 0, "engine ready, pid and heartbeat");
+    sdw_job_id run, q, got;
+    submit(r, "r", run);
+    take(r, got, NULL, 0);
+    submit(r, "q", q);
+    sdw_ring_append(r, run, "progress", "{}", 2, &e);
+    tap_ok(sdw_ring_engine_died(r, "signal 9", &e) == 1, "one running job failed");
+    tap_ok(state_of(r, run) == SDW_JOB_FAILED && state_of(r, q) == SDW_JOB_QUEUED, "running -> failed, queued stays queued");
+    char names[8][16];
+    uint64_t ids[8];
+    char *datas[8];
+    int n = read_all(r, run, 0, names, ids, datas, 8);
+    tap_ok(n == 2 && strcmp(names[1], "error") == 0 && strstr(datas[1], "\"code\":\"engine_crashed\"") &&
+               strstr(datas[1], "engine died"),
+           "the running job's stream ends with engine_crashed");
+    for (int i = 0; i < n; i++)
+        free(datas[i]);
+    sdw_ring_engine_status(r, &ei, &e);
+    tap_ok(ei.state == SDW_ENGINE_DEAD && strstr(ei.reason, "signal 9") && ei.queued == 1, "engine dead with reason");
+    tap_ok(take(r, got, NULL, 0) == 1 && strcmp(got, q) == 0, "the next engine takes the queued job");
+    drop_ring(r);
+}
+
+/* Fault hook of the children below: dies at the point named in the
+ * environment, as a crash or an OOM kill would. */
+static void die_now(const char *point)
+{
+    const char *target = getenv("SDW_RING_DIE_AT");
+    if (target && strcmp(point, target) == 0)
+        raise(SIGKILL);
+}
+
+static int killed_by_sigkill(pid_t pid)
+{
+    int st;
+    return waitpid(pid, &st, 0) == pid && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL;
+}
+
+static void test_robust(void)
+{
+    sdw_error e;
+    sdw_ring *r = make_ring(4, 4, 0, 0);
+    if (!tap_ok(r != NULL, "ring for lock-holder death"))
+        return;
+    sdw_job_id id, got;
+    submit(r, "x", id);
+    take(r, got, NULL, 0);
+    sdw_ring_append(r, id, "progress", "{\"step\":1}", 10, &e);
+
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("SDW_RING_DIE_AT", "locked", 1);
+        sdw_ring_set_fault_hook(die_now);
+        sdw_job_info info;
+        sdw_ring_job_status(r, id, &info, NULL);
+        _exit(0);
+    }
+    tap_ok(killed_by_sigkill(pid), "child killed with SIGKILL while holding the lock");
+    sdw_engine_info ei;
+    tap_ok(sdw_ring_engine_status(r, &ei, &e) == 0 && ei.recoveries == 1, "next locker recovered the lock (EOWNERDEAD)");
+    tap_ok(state_of(r, id) == SDW_JOB_RUNNING, "job state intact");
+
+    pid = fork();
+    if (pid == 0) {
+        setenv("SDW_RING_DIE_AT", "append-written", 1);
+        sdw_ring_set_fault_hook(die_now);
+        sdw_ring_append(r, id, "progress", "{\"step\":2,\"half\":true}", 22, NULL);
+        _exit(0);
+    }
+    tap_ok(killed_by_sigkill(pid), "child killed in the middle of publishing an event");
+    sdw_ring_event ev;
+    tap_ok(sdw_ring_wait_event(r, id, 0, 0, &ev, &e) == 1 && ev.id == 1, "first event intact after recovery");
+    sdw_ring_event_free(&ev);
+    tap_ok(sdw_ring_wait_event(r, id, 1, 0, &ev, &e) == 0, "the half-written event never appears");
+    sdw_ring_engine_status(r, &ei, &e);
+    tap_ok(ei.recoveries == 2, "second recovery counted");
+    tap_ok(sdw_ring_append(r, id, "progress", "{\"step\":2}", 10, &e) == 0, "appending works after recovery");
+    tap_ok(sdw_ring_wait_event(r, id, 1, 0, &ev, &e) == 1 && ev.id == 2 && strcmp(ev.data, "{\"step\":2}") == 0,
+           "the next event gets id 2 and the right data");
+    sdw_ring_event_free(&ev);
+    sdw_job_id id2;
+    tap_ok(submit(r, "y", id2) == 0 && sdw_ring_complete(r, id, "{}", 2, &e) == 0, "ring fully usable afterwards");
+
+    /* A reader killed while blocked in a wait leaves nothing behind. */
+    pid = fork();
+    if (pid == 0) {
+        sdw_ring_wait_event(r, id2, 0, -1, &ev, NULL);
+        _exit(0);
+    }
+    kill(pid, SIGKILL);
+    tap_ok(killed_by_sigkill(pid), "a waiting reader killed");
+    tap_ok(take(r, got, NULL, 0) == 1 && sdw_ring_append(r, got, "progress", "{}", 2, &e) == 0,
+           "writer unaffected by the dead waiter");
+    drop_ring(r);
+}
+
+static void test_producers(void)
+{
+    enum { PRODUCERS = 20, PER = 3, TOTAL = PRODUCERS * PER };
+    sdw_error e;
+    sdw_ring *r = make_ring(64, 64, 0, 0);
+    if (!tap_ok(r != NULL, "ring for concurrent producers"))
+        return;
+    int idpipe[2];
+    if (pipe(idpipe) != 0)
+        return;
+    /* The engine: takes every job as it arrives and completes it with its input. */
+    pid_t engine = fork();
+    if (engine == 0) {
+        int order_ok = 1, last[PRODUCERS];
+        for (int i = 0; i < PRODUCERS; i++)
+            last[i] = -1;
+        alarm(3 * WATCHDOG_S);
+        for (int n = 0; n < TOTAL; n++) {
+            sdw_job_id id;
+            void *in;
+            size_t len;
+            if (sdw_ring_take(r, -1, id, &in, &len, NULL) != 1)
+                _exit(2);
+            char text[64];
+            int p, k;
+            if (len >= sizeof text)
+                _exit(3);
+            memcpy(text, in, len);
+            text[len] = '\0';
+            if (sscanf(text, "{\"p\":%d,\"k\":%d}", &p, &k) != 2 || p < 0 || p >= PRODUCERS)
+                _exit(3);
+            order_ok &= k == last[p] + 1;
+            last[p] = k;
+            if (sdw_ring_complete(r, id, in, len, NULL) != 0)
+                _exit(4);
+            free(in);
+        }
+        _exit(order_ok ? 0 : 5);
+    }
+    pid_t prod[PRODUCERS];
+    for (int p = 0; p < PRODUCERS; p++) {
+        prod[p] = fork();
+        if (prod[p] == 0) {
+            sdw_ring *pr;
+            if (sdw_ring_open(ring_name, &pr, NULL) != 0)
+                _exit(2);
+            for (int k = 0; k < PER; k++) {
+                char in[64], line[80];
+                snprintf(in, sizeof in, "{\"p\":%d,\"k\":%d}", p, k);
+                sdw_job_id id;
+                if (sdw_ring_submit(pr, in, strlen(in), id, NULL) != 0)
+                    _exit(3);
+                int n = snprintf(line, sizeof line, "%s %s\n", id, in);
+                if (write(idpipe[1], line, (size_t)n) != n)
+                    _exit(4);
+            }
+            _exit(0);
+        }
+    }
+    close(idpipe[1]);
+    int prod_ok = 1;
+    for (int p = 0; p < PRODUCERS; p++)
+        prod_ok &= child_exit_ok(prod[p]);
+    tap_ok(prod_ok, "%d producer processes submitted %d jobs each", PRODUCERS, PER);
+    tap_ok(child_exit_ok(engine), "engine process took all %d jobs, each producer's in its order", TOTAL);
+    FILE *f = fdopen(idpipe[0], "r");
+    char id[64], in[64];
+    int seen = 0, match = 1;
+    while (f && fscanf(f, "%63s %63s", id, in) == 2) {
+        sdw_ring_event ev;
+        int rc = sdw_ring_wait_event(r, id, 0, 0, &ev, &e);
+        match &= rc == 1 && strcmp(ev.name, "complete") == 0 && strcmp(ev.data, in) == 0;
+        sdw_ring_event_free(&ev);
+        seen++;
+    }
+    if (f)
+        fclose(f);
+    tap_ok(seen == TOTAL && match, "every job id (%d) completed with its own input", seen);
+    sdw_engine_info ei;
+    sdw_ring_engine_status(r, &ei, &e);
+    tap_ok(ei.queued == 0 && ei.running == 0 && ei.recoveries == 0, "nothing left queued or running");
+    drop_ring(r);
+}
+
+int main(void)
+{
+    test_table();
+    test_create_open();
+    test_lifecycle();
+    test_fifo();
+    test_replay();
+    test_log_bounds();
+    test_wait();
+    test_cancel_running();
+    test_queue_full_and_expiry();
+    test_engine_death();
+    test_robust();
+    test_producers();
+    return tap_done();
+}
