@@ -293,8 +293,9 @@ void sdw_transformer_free(sdw_transformer *t)
     t->blocks = NULL;
 }
 
-/* Scratch of one transformer call: s [b,n,c] x4 for norm/q/k/v-like values,
- * kv [b,tokens,c] x2, ff [b,n,8c] and its gated half. */
+/* Scratch of one transformer call: four [b,n,c] token buffers, the
+ * cross-attention keys and values [b,tokens,c], the feed-forward's [b,n,8c]
+ * and its gated half [b,n,4c]. */
 typedef struct tscratch {
     sdw_tensor hn, q, a, o, k2, v2, ff, gated;
 } tscratch;
@@ -303,7 +304,6 @@ static int attn_block(const sdw_tblock *b, int heads, sdw_tensor *h, const sdw_t
                       sdw_error *e)
 {
     int rc;
-    /* self-attention: k and v share the o and a buffers' sizes with q */
     if ((rc = sdw_op_layer_norm(h, &b->ln_w[0], &b->ln_b[0], 1e-5f, &s->hn, e)) ||
         (rc = sdw_linear_forward(&b->q1, &s->hn, &s->q, e)) || (rc = sdw_linear_forward(&b->k1, &s->hn, &s->a, e)) ||
         (rc = sdw_linear_forward(&b->v1, &s->hn, &s->o, e)) ||
