@@ -220,6 +220,189 @@ static void test_shape_errors(void)
     sdw_tensor_free(&x), sdw_tensor_free(&w), sdw_tensor_free(&y);
 }
 
+static float *download(const sdw_tensor *t)
+{
+    sdw_error e;
+    float *p = malloc((size_t)sdw_tensor_numel(t) * sizeof *p);
+    sdw_tensor_to_host(t, p, &e);
+    return p;
+}
+
+/* pad_b/pad_r follow from the output size, as in the op. */
+static void test_conv2d(int64_t b, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k, int stride, int pad,
+                        int extra)
+{
+    int64_t oh = (h + 2 * pad + extra - k) / stride + 1, ow = (w + 2 * pad + extra - k) / stride + 1;
+    int64_t xs[4] = {b, c, h, w}, ws[4] = {o, c, k, k}, ys[4] = {b, o, oh, ow};
+    float *x = rand_buf((size_t)(b * c * h * w)), *wt = rand_buf((size_t)(o * c * k * k)), *bias = rand_buf((size_t)o);
+    double *ref = malloc((size_t)(b * o * oh * ow) * sizeof *ref);
+    for (int64_t bi = 0; bi < b; bi++)
+        for (int64_t oi = 0; oi < o; oi++)
+            for (int64_t y = 0; y < oh; y++)
+                for (int64_t xo = 0; xo < ow; xo++) {
+                    double sum = bias[oi];
+                    for (int64_t ci = 0; ci < c; ci++)
+                        for (int64_t ky = 0; ky < k; ky++)
+                            for (int64_t kx = 0; kx < k; kx++) {
+                                int64_t iy = y * stride - pad + ky, ix = xo * stride - pad + kx;
+                                if (iy >= 0 && iy < h && ix >= 0 && ix < w)
+                                    sum += (double)x[((bi * c + ci) * h + iy) * w + ix] *
+                                           wt[((oi * c + ci) * k + ky) * k + kx];
+                            }
+                    ref[((bi * o + oi) * oh + y) * ow + xo] = sum;
+                }
+    sdw_tensor tx, tw, tb, ty;
+    sdw_error e;
+    up(&tx, 4, xs, x), up(&tw, 4, ws, wt), up(&tb, 1, &o, bias);
+    sdw_tensor_new(&ty, be, 4, ys, &e);
+    int rc = sdw_op_conv2d(&tx, &tw, &tb, (sdw_conv2d_geom){stride, pad, pad}, &ty, &e);
+    float *got = download(&ty);
+    double r = max_rel(got, ref, (size_t)(b * o * oh * ow));
+    tap_ok(rc == 0 && r < 1e-5, "conv2d b%lld c%lld %lldx%lld -> o%lld k%lld stride %d pad %d(+%d): rel err %.2e",
+           (long long)b, (long long)c, (long long)h, (long long)w, (long long)o, (long long)k, stride, pad, extra, r);
+    sdw_tensor_free(&tx), sdw_tensor_free(&tw), sdw_tensor_free(&tb), sdw_tensor_free(&ty);
+    free(x), free(wt), free(bias), free(ref), free(got);
+}
+
+static void test_group_norm(int silu)
+{
+    int64_t b = 2, c = 12, n = 35, groups = 4, cg = c / groups, xs[3] = {b, c, n};
+    float *x = rand_buf((size_t)(b * c * n)), *g = rand_buf((size_t)c), *bt = rand_buf((size_t)c);
+    for (int64_t i = 0; i < b * c * n; i++)
+        x[i] = x[i] * 2 + 3;
+    double *ref = malloc((size_t)(b * c * n) * sizeof *ref);
+    for (int64_t bi = 0; bi < b; bi++)
+        for (int64_t gi = 0; gi < groups; gi++) {
+            const float *xg = x + (bi * c + gi * cg) * n;
+            double mean = 0, var = 0;
+            for (int64_t i = 0; i < cg * n; i++)
+                mean += xg[i];
+            mean /= (double)(cg * n);
+            for (int64_t i = 0; i < cg * n; i++)
+                var += (xg[i] - mean) * (xg[i] - mean);
+            var /= (double)(cg * n);
+            for (int64_t i = 0; i < cg * n; i++) {
+                int64_t ch = gi * cg + i / n;
+                double v = (xg[i] - mean) / sqrt(var + 1e-6) * g[ch] + bt[ch];
+                ref[(bi * c + gi * cg) * n + i] = silu ? v / (1 + exp(-v)) : v;
+            }
+        }
+    sdw_tensor tx, tg, tb, ty;
+    sdw_error e;
+    up(&tx, 3, xs, x), up(&tg, 1, &c, g), up(&tb, 1, &c, bt);
+    sdw_tensor_new(&ty, be, 3, xs, &e);
+    int rc = sdw_op_group_norm(&tx, (int)groups, &tg, &tb, 1e-6f, silu, &ty, &e);
+    float *got = download(&ty);
+    double r = max_rel(got, ref, (size_t)(b * c * n));
+    tap_ok(rc == 0 && r < 1e-5, "group_norm silu=%d: rel err %.2e", silu, r);
+    rc = sdw_op_group_norm(&tx, 5, &tg, &tb, 1e-6f, silu, &ty, &e);
+    tap_ok(rc == SDW_EINVAL, "group_norm: 12 channels in 5 groups refused: %s", e.msg);
+    sdw_tensor_free(&tx), sdw_tensor_free(&tg), sdw_tensor_free(&tb), sdw_tensor_free(&ty);
+    free(x), free(g), free(bt), free(ref), free(got);
+}
+
+/* Upsample (2x and 3x5 -> 7x8), concat, transpose, GEGLU, add_channel, scale, gaussian. */
+static void test_image_misc(void)
+{
+    sdw_error e;
+    int64_t xs[4] = {2, 3, 3, 5}, y2[4] = {2, 3, 6, 10}, y7[4] = {2, 3, 7, 8};
+    float *x = rand_buf(90);
+    sdw_tensor tx, ty, tz;
+    up(&tx, 4, xs, x);
+    for (int k = 0; k < 2; k++) {
+        const int64_t *ys = k ? y7 : y2;
+        sdw_tensor_new(&ty, be, 4, ys, &e);
+        int rc = sdw_op_upsample_nearest(&tx, &ty, &e);
+        float *got = download(&ty);
+        int bad = rc != 0;
+        for (int64_t p = 0; p < 6; p++)
+            for (int64_t i = 0; i < ys[2]; i++)
+                for (int64_t j = 0; j < ys[3]; j++) {
+                    int64_t si = (int64_t)floor(i * (3.0 / ys[2])), sj = (int64_t)floor(j * (5.0 / ys[3]));
+                    bad |= got[(p * ys[2] + i) * ys[3] + j] != x[(p * 3 + si) * 5 + sj];
+                }
+        tap_ok(!bad, "upsample_nearest to %lldx%lld", (long long)ys[2], (long long)ys[3]);
+        free(got);
+        sdw_tensor_free(&ty);
+    }
+    int64_t cs[4] = {2, 6, 3, 5}, t3[3] = {2, 3, 15}, t3t[3] = {2, 15, 3};
+    sdw_tensor_new(&ty, be, 4, cs, &e);
+    int rc = sdw_op_concat(&tx, &tx, &ty, &e);
+    float *got = download(&ty);
+    int bad = rc != 0;
+    for (int64_t i = 0; i < 180; i++)
+        bad |= got[i] != x[i / 90 * 45 + i % 45];
+    tap_ok(!bad, "concat along channels");
+    free(got), sdw_tensor_free(&ty);
+    sdw_tensor v, vt;
+    sdw_tensor_view(&v, &tx, 3, t3, &e);
+    sdw_tensor_new(&vt, be, 3, t3t, &e);
+    rc = sdw_op_transpose(&v, &vt, &e);
+    got = download(&vt);
+    bad = rc != 0;
+    for (int64_t b = 0; b < 2; b++)
+        for (int64_t i = 0; i < 3; i++)
+            for (int64_t j = 0; j < 15; j++)
+                bad |= got[(b * 15 + j) * 3 + i] != x[(b * 3 + i) * 15 + j];
+    tap_ok(!bad, "transpose [2,3,15] -> [2,15,3]");
+    free(got), sdw_tensor_free(&vt);
+
+    int64_t gs[2] = {3, 30}, gh[2] = {3, 15}, vs[2] = {2, 3};
+    sdw_tensor tg;
+    up(&tg, 2, gs, x);
+    sdw_tensor_new(&ty, be, 2, gh, &e);
+    rc = sdw_op_geglu(&tg, &ty, &e);
+    got = download(&ty);
+    double ref[45];
+    for (int r = 0; r < 3; r++)
+        for (int i = 0; i < 15; i++) {
+            double a = x[r * 30 + i], g = x[r * 30 + 15 + i];
+            ref[r * 15 + i] = a * 0.5 * g * (1 + erf(g / sqrt(2.0)));
+        }
+    double err = max_rel(got, ref, 45);
+    tap_ok(rc == 0 && err < 1e-6, "geglu: rel err %.2e", err);
+    free(got), sdw_tensor_free(&ty), sdw_tensor_free(&tg);
+
+    sdw_tensor tv;
+    up(&tv, 2, vs, x + 50);
+    sdw_tensor_new(&ty, be, 4, xs, &e);
+    rc = sdw_op_add_channel(&tx, &tv, &ty, &e);
+    got = download(&ty);
+    bad = rc != 0;
+    for (int64_t i = 0; i < 90; i++)
+        bad |= got[i] != x[i] + x[50 + i / 15];
+    tap_ok(!bad, "add_channel");
+    free(got);
+    rc = sdw_op_scale(&tx, -0.5f, &ty, &e);
+    got = download(&ty);
+    bad = rc != 0;
+    for (int64_t i = 0; i < 90; i++)
+        bad |= got[i] != -0.5f * x[i];
+    tap_ok(!bad, "scale");
+    free(got), sdw_tensor_free(&ty), sdw_tensor_free(&tv);
+
+    /* moments [1,2,... ] with logvar beyond both clamps */
+    int64_t ms[3] = {2, 2, 3}, hs[3] = {2, 1, 3};
+    float mom[12] = {0.5f, -1, 2, 40, -50, 0.3f, 1, 2, 3, -0.2f, 0.7f, -31};
+    float noise[6] = {1, -1, 0.5f, 2, 0.25f, -3};
+    sdw_tensor tm, tn;
+    up(&tm, 3, ms, mom), up(&tn, 3, hs, noise);
+    sdw_tensor_new(&tz, be, 3, hs, &e);
+    rc = sdw_op_gaussian(&tm, &tn, 0.25f, &tz, &e);
+    got = download(&tz);
+    double gref[6];
+    for (int b = 0; b < 2; b++)
+        for (int i = 0; i < 3; i++) {
+            double lv = fmin(fmax(mom[b * 6 + 3 + i], -30), 20);
+            gref[b * 3 + i] = 0.25 * (mom[b * 6 + i] + exp(0.5 * lv) * noise[b * 3 + i]);
+        }
+    err = max_rel(got, gref, 6);
+    tap_ok(rc == 0 && err < 1e-6, "gaussian with clamped logvar: rel err %.2e", err);
+    free(got), sdw_tensor_free(&tz), sdw_tensor_free(&tm), sdw_tensor_free(&tn);
+    sdw_tensor_free(&tx);
+    free(x);
+}
+
 int main(void)
 {
     sdw_error e;
@@ -240,6 +423,14 @@ int main(void)
     test_act(SDW_ACT_GELU, "gelu");
     test_act(SDW_ACT_QUICK_GELU, "quick_gelu");
     test_embed();
+    test_conv2d(2, 3, 7, 9, 5, 3, 1, 1, 0);
+    test_conv2d(1, 4, 8, 12, 6, 3, 2, 1, 0);
+    test_conv2d(2, 3, 8, 8, 4, 3, 2, 0, 1); /* the VAE encoder's bottom/right-only padding */
+    test_conv2d(2, 5, 6, 7, 3, 1, 1, 0, 0);
+    test_conv2d(1, 64, 300, 40, 2, 3, 1, 1, 0); /* several im2col row blocks */
+    test_group_norm(0);
+    test_group_norm(1);
+    test_image_misc();
     test_shape_errors();
     sdw_backend_destroy(be);
     return tap_done();

@@ -172,6 +172,224 @@ static int cpu_embed(sdw_backend *be, const float *table, const int32_t *ids, co
     return SDW_OK;
 }
 
+/* im2col scratch per convolution, in floats (16 MiB): output rows are taken
+ * in blocks whose column matrix fits, so that a 3x3 conv at 512x512 does not
+ * need a 1.2 GB column buffer while each sgemm stays wide enough to run at
+ * full speed. */
+#define SDW_CONV_SCRATCH (4 << 20)
+
+/* Column matrix rows [k][nr*ow] for output rows oy0..oy0+nr of one image. */
+static void im2col(const float *x, float *col, int64_t c, int64_t h, int64_t wd, int64_t kh, int64_t kw,
+                   int64_t ow, int64_t oy0, int64_t nr, int stride, int pad_t, int pad_l)
+{
+    int64_t k = c * kh * kw, ncols = nr * ow;
+#pragma omp parallel for schedule(static)
+    for (int64_t ki = 0; ki < k; ki++) {
+        int64_t ci = ki / (kh * kw), ky = ki / kw % kh, kx = ki % kw;
+        const float *xc = x + ci * h * wd;
+        float *dst = col + ki * ncols;
+        /* Output columns ox whose input column ix = ox*stride - pad_l + kx is inside. */
+        int64_t lo = 0, hi = ow;
+        while (lo < ow && lo * stride - pad_l + kx < 0)
+            lo++;
+        while (hi > lo && (hi - 1) * stride - pad_l + kx >= wd)
+            hi--;
+        for (int64_t r = 0; r < nr; r++, dst += ow) {
+            int64_t iy = (oy0 + r) * stride - pad_t + ky;
+            if (iy < 0 || iy >= h) {
+                memset(dst, 0, (size_t)ow * sizeof *dst);
+                continue;
+            }
+            const float *src = xc + iy * wd - pad_l + kx;
+            for (int64_t ox = 0; ox < lo; ox++)
+                dst[ox] = 0.0f;
+            if (stride == 1)
+                memcpy(dst + lo, src + lo, (size_t)(hi - lo) * sizeof *dst);
+            else
+                for (int64_t ox = lo; ox < hi; ox++)
+                    dst[ox] = src[ox * stride];
+            for (int64_t ox = hi; ox < ow; ox++)
+                dst[ox] = 0.0f;
+        }
+    }
+}
+
+static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, const float *bias, float *y, int64_t b,
+                      int64_t c, int64_t h, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t oh, int64_t ow,
+                      int stride, int pad_t, int pad_l, sdw_error *e)
+{
+    int64_t k = c * kh * kw, npix = oh * ow;
+    float beta = 0.0f;
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < b * o; r++)
+            for (int64_t i = 0; i < npix; i++)
+                y[r * npix + i] = bias[r % o];
+        beta = 1.0f;
+    }
+    /* A pointwise conv is a product with the image itself: no copy. */
+    if (kh == 1 && kw == 1 && stride == 1 && pad_t == 0 && pad_l == 0 && oh == h && ow == wd) {
+        for (int64_t bi = 0; bi < b; bi++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)o, (blasint)npix, (blasint)c, 1.0f, w,
+                        (blasint)c, x + bi * c * npix, (blasint)npix, beta, y + bi * o * npix, (blasint)npix);
+        return SDW_OK;
+    }
+    int64_t rb = SDW_CONV_SCRATCH / (k * ow);
+    rb = rb < 1 ? 1 : rb > oh ? oh : rb;
+    float *col = NULL;
+    int rc = cpu_alloc(be, (size_t)(k * rb * ow), &col, e);
+    if (rc)
+        return rc;
+    for (int64_t bi = 0; bi < b; bi++) {
+        const float *xb = x + bi * c * h * wd;
+        float *yb = y + bi * o * npix;
+        for (int64_t oy0 = 0; oy0 < oh; oy0 += rb) {
+            int64_t nr = oh - oy0 < rb ? oh - oy0 : rb;
+            im2col(xb, col, c, h, wd, kh, kw, ow, oy0, nr, stride, pad_t, pad_l);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)o, (blasint)(nr * ow), (blasint)k, 1.0f,
+                        w, (blasint)k, col, (blasint)(nr * ow), beta, yb + oy0 * ow, (blasint)npix);
+        }
+    }
+    free(col);
+    return SDW_OK;
+}
+
+static inline float silu(float v)
+{
+    return v / (1.0f + expf(-v));
+}
+
+static int cpu_group_norm(sdw_backend *be, const float *x, const float *gamma, const float *beta, float *y,
+                          int64_t b, int64_t c, int64_t n, int64_t groups, float eps, int act, sdw_error *e)
+{
+    int64_t cg = c / groups;
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t t = 0; t < b * groups; t++) {
+        int64_t bi = t / groups, g = t % groups;
+        const float *xg = x + (bi * c + g * cg) * n;
+        float *yg = y + (bi * c + g * cg) * n;
+        int64_t len = cg * n;
+        double sum = 0.0, sq = 0.0;
+        for (int64_t i = 0; i < len; i++)
+            sum += xg[i];
+        double mean = sum / (double)len;
+        for (int64_t i = 0; i < len; i++) {
+            double d = xg[i] - mean;
+            sq += d * d;
+        }
+        float rstd = (float)(1.0 / sqrt(sq / (double)len + eps)), fmean = (float)mean;
+        for (int64_t j = 0; j < cg; j++) {
+            int64_t ch = g * cg + j;
+            float sc = rstd * gamma[ch], sh = beta[ch];
+            const float *xr = xg + j * n;
+            float *yr = yg + j * n;
+            if (act)
+                for (int64_t i = 0; i < n; i++)
+                    yr[i] = silu((xr[i] - fmean) * sc + sh);
+            else
+                for (int64_t i = 0; i < n; i++)
+                    yr[i] = (xr[i] - fmean) * sc + sh;
+        }
+    }
+    return SDW_OK;
+}
+
+static int cpu_upsample_nearest(sdw_backend *be, const float *x, float *y, int64_t bc, int64_t h, int64_t w,
+                                int64_t oh, int64_t ow, sdw_error *e)
+{
+    /* torch: exact halving for 2x, else floor(dst * (float)in/out) capped. */
+    float sy = (float)h / (float)oh, sx = (float)w / (float)ow;
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < bc; p++) {
+        const float *xp = x + p * h * w;
+        float *yp = y + p * oh * ow;
+        for (int64_t oy = 0; oy < oh; oy++) {
+            int64_t iy = oh == 2 * h ? oy >> 1 : (int64_t)floorf((float)oy * sy);
+            iy = iy < h ? iy : h - 1;
+            for (int64_t ox = 0; ox < ow; ox++) {
+                int64_t ix = ow == 2 * w ? ox >> 1 : (int64_t)floorf((float)ox * sx);
+                yp[oy * ow + ox] = xp[iy * w + (ix < w ? ix : w - 1)];
+            }
+        }
+    }
+    return SDW_OK;
+}
+
+static int cpu_concat(sdw_backend *be, const float *a, const float *c, float *y, int64_t b, int64_t na,
+                      int64_t nc, sdw_error *e)
+{
+    for (int64_t i = 0; i < b; i++) {
+        memcpy(y + i * (na + nc), a + i * na, (size_t)na * sizeof *y);
+        memcpy(y + i * (na + nc) + na, c + i * nc, (size_t)nc * sizeof *y);
+    }
+    return SDW_OK;
+}
+
+static int cpu_transpose(sdw_backend *be, const float *x, float *y, int64_t b, int64_t m, int64_t n, sdw_error *e)
+{
+    enum { T = 32 };
+    int64_t tm = (m + T - 1) / T, tn = (n + T - 1) / T;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < b * tm * tn; t++) {
+        int64_t bi = t / (tm * tn), i0 = t / tn % tm * T, j0 = t % tn * T;
+        const float *xb = x + bi * m * n;
+        float *yb = y + bi * m * n;
+        int64_t i1 = i0 + T < m ? i0 + T : m, j1 = j0 + T < n ? j0 + T : n;
+        for (int64_t j = j0; j < j1; j++)
+            for (int64_t i = i0; i < i1; i++)
+                yb[j * m + i] = xb[i * n + j];
+    }
+    return SDW_OK;
+}
+
+static int cpu_geglu(sdw_backend *be, const float *x, float *y, int64_t rows, int64_t n, sdw_error *e)
+{
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *a = x + r * 2 * n, *g = a + n;
+        float *yr = y + r * n;
+        for (int64_t i = 0; i < n; i++)
+            yr[i] = a[i] * (0.5f * g[i] * (1.0f + erff(g[i] * (float)M_SQRT1_2)));
+    }
+    return SDW_OK;
+}
+
+static int cpu_add_rows(sdw_backend *be, const float *x, const float *v, float *y, int64_t rows, int64_t n,
+                        sdw_error *e)
+{
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < n; i++)
+            y[r * n + i] = x[r * n + i] + v[r];
+    return SDW_OK;
+}
+
+static int cpu_scale(sdw_backend *be, const float *x, float s, float *y, int64_t n, sdw_error *e)
+{
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = s * x[i];
+    return SDW_OK;
+}
+
+static int cpu_gaussian(sdw_backend *be, const float *m, const float *noise, float s, float *y, int64_t b,
+                        int64_t n, sdw_error *e)
+{
+#pragma omp parallel for schedule(static)
+    for (int64_t bi = 0; bi < b; bi++) {
+        const float *mean = m + bi * 2 * n, *lv = mean + n;
+        for (int64_t i = 0; i < n; i++) {
+            float v = mean[i];
+            if (noise) {
+                float l = lv[i] < -30.0f ? -30.0f : lv[i] > 20.0f ? 20.0f : lv[i];
+                v += expf(0.5f * l) * noise[bi * n + i];
+            }
+            y[bi * n + i] = s * v;
+        }
+    }
+    return SDW_OK;
+}
+
 static void cpu_destroy(sdw_backend *be)
 {
     free(be);
@@ -189,6 +407,15 @@ static const sdw_backend_ops cpu_ops = {
     .act = cpu_act,
     .add = cpu_add,
     .embed = cpu_embed,
+    .conv2d = cpu_conv2d,
+    .group_norm = cpu_group_norm,
+    .upsample_nearest = cpu_upsample_nearest,
+    .concat = cpu_concat,
+    .transpose = cpu_transpose,
+    .geglu = cpu_geglu,
+    .add_rows = cpu_add_rows,
+    .scale = cpu_scale,
+    .gaussian = cpu_gaussian,
     .destroy = cpu_destroy,
 };
 

@@ -221,3 +221,143 @@ int sdw_op_embed(const sdw_tensor *table, const int32_t *ids, const sdw_tensor *
         return SDW_EINVAL;
     return table->be->ops->embed(table->be, table->data, ids, pos ? pos->data : NULL, y->data, rows, dim, tpos, e);
 }
+
+static int check_image(const char *op, const char *what, const sdw_tensor *t, sdw_error *e)
+{
+    return t->ndim == 4 ? SDW_OK : shape_error(e, op, what, t);
+}
+
+int sdw_op_conv2d(const sdw_tensor *x, const sdw_tensor *w, const sdw_tensor *bias, sdw_conv2d_geom g,
+                  sdw_tensor *y, sdw_error *e)
+{
+    if (check_image("conv2d", "input", x, e) || check_image("conv2d", "weight", w, e) ||
+        check_image("conv2d", "output", y, e))
+        return SDW_EINVAL;
+    int64_t b = x->shape[0], c = x->shape[1], h = x->shape[2], wd = x->shape[3];
+    int64_t o = w->shape[0], kh = w->shape[2], kw = w->shape[3], oh = y->shape[2], ow = y->shape[3];
+    if (w->shape[1] != c)
+        return shape_error(e, "conv2d", "weight", w);
+    if (bias && (bias->ndim != 1 || bias->shape[0] != o))
+        return shape_error(e, "conv2d", "bias", bias);
+    if (g.stride < 1 || g.pad_t < 0 || g.pad_l < 0)
+        return sdw_fail(e, SDW_EINVAL, "conv2d: stride %d, padding %d,%d", g.stride, g.pad_t, g.pad_l);
+    /* The bottom/right padding the output size implies. */
+    int64_t pad_b = (oh - 1) * g.stride + kh - h - g.pad_t, pad_r = (ow - 1) * g.stride + kw - wd - g.pad_l;
+    if (y->shape[0] != b || y->shape[1] != o || pad_b > g.pad_t + 1 || pad_r > g.pad_l + 1)
+        return shape_error(e, "conv2d", "output", y);
+    if (same_backend("conv2d", e, x, w) || same_backend("conv2d", e, x, bias) || same_backend("conv2d", e, x, y))
+        return SDW_EINVAL;
+    return x->be->ops->conv2d(x->be, x->data, w->data, bias ? bias->data : NULL, y->data, b, c, h, wd, o, kh, kw,
+                              oh, ow, g.stride, g.pad_t, g.pad_l, e);
+}
+
+int sdw_op_group_norm(const sdw_tensor *x, int groups, const sdw_tensor *gamma, const sdw_tensor *beta,
+                      float eps, int silu, sdw_tensor *y, sdw_error *e)
+{
+    if (x->ndim < 2)
+        return shape_error(e, "group_norm", "input", x);
+    int64_t b = x->shape[0], c = x->shape[1], n = sdw_tensor_numel(x) / (b * c);
+    if (groups <= 0 || c % groups)
+        return sdw_fail(e, SDW_EINVAL, "group_norm: %lld channels do not split into %d groups", (long long)c,
+                        groups);
+    if (gamma->ndim != 1 || gamma->shape[0] != c)
+        return shape_error(e, "group_norm", "gamma", gamma);
+    if (beta->ndim != 1 || beta->shape[0] != c)
+        return shape_error(e, "group_norm", "beta", beta);
+    if (sdw_tensor_numel(y) != sdw_tensor_numel(x))
+        return shape_error(e, "group_norm", "output", y);
+    if (same_backend("group_norm", e, x, gamma) || same_backend("group_norm", e, x, beta) ||
+        same_backend("group_norm", e, x, y))
+        return SDW_EINVAL;
+    return x->be->ops->group_norm(x->be, x->data, gamma->data, beta->data, y->data, b, c, n, groups, eps, silu, e);
+}
+
+int sdw_op_upsample_nearest(const sdw_tensor *x, sdw_tensor *y, sdw_error *e)
+{
+    if (check_image("upsample", "input", x, e) || check_image("upsample", "output", y, e))
+        return SDW_EINVAL;
+    if (y->shape[0] != x->shape[0] || y->shape[1] != x->shape[1])
+        return shape_error(e, "upsample", "output", y);
+    if (same_backend("upsample", e, x, y))
+        return SDW_EINVAL;
+    return x->be->ops->upsample_nearest(x->be, x->data, y->data, x->shape[0] * x->shape[1], x->shape[2],
+                                        x->shape[3], y->shape[2], y->shape[3], e);
+}
+
+int sdw_op_concat(const sdw_tensor *a, const sdw_tensor *c, sdw_tensor *y, sdw_error *e)
+{
+    if (a->ndim < 2 || c->ndim != a->ndim || c->shape[0] != a->shape[0])
+        return shape_error(e, "concat", "second operand", c);
+    for (int i = 2; i < a->ndim; i++)
+        if (c->shape[i] != a->shape[i])
+            return shape_error(e, "concat", "second operand", c);
+    if (y->ndim != a->ndim || y->shape[0] != a->shape[0] || y->shape[1] != a->shape[1] + c->shape[1] ||
+        sdw_tensor_numel(y) != sdw_tensor_numel(a) + sdw_tensor_numel(c))
+        return shape_error(e, "concat", "output", y);
+    if (same_backend("concat", e, a, c) || same_backend("concat", e, a, y))
+        return SDW_EINVAL;
+    int64_t b = a->shape[0];
+    return a->be->ops->concat(a->be, a->data, c->data, y->data, b, sdw_tensor_numel(a) / b,
+                              sdw_tensor_numel(c) / b, e);
+}
+
+int sdw_op_transpose(const sdw_tensor *x, sdw_tensor *y, sdw_error *e)
+{
+    if (x->ndim != 3)
+        return shape_error(e, "transpose", "input", x);
+    if (y->ndim != 3 || y->shape[0] != x->shape[0] || y->shape[1] != x->shape[2] || y->shape[2] != x->shape[1])
+        return shape_error(e, "transpose", "output", y);
+    if (same_backend("transpose", e, x, y))
+        return SDW_EINVAL;
+    return x->be->ops->transpose(x->be, x->data, y->data, x->shape[0], x->shape[1], x->shape[2], e);
+}
+
+int sdw_op_geglu(const sdw_tensor *x, sdw_tensor *y, sdw_error *e)
+{
+    int64_t n2 = last_dim(x);
+    if (n2 % 2)
+        return shape_error(e, "geglu", "input", x);
+    if (last_dim(y) != n2 / 2 || rows_of(y) != rows_of(x))
+        return shape_error(e, "geglu", "output", y);
+    if (same_backend("geglu", e, x, y))
+        return SDW_EINVAL;
+    return x->be->ops->geglu(x->be, x->data, y->data, rows_of(x), n2 / 2, e);
+}
+
+int sdw_op_add_channel(const sdw_tensor *x, const sdw_tensor *v, sdw_tensor *y, sdw_error *e)
+{
+    if (x->ndim < 2)
+        return shape_error(e, "add_channel", "input", x);
+    int64_t rows = x->shape[0] * x->shape[1];
+    if (sdw_tensor_numel(v) != rows || v->shape[0] != x->shape[0])
+        return shape_error(e, "add_channel", "vector", v);
+    if (sdw_tensor_numel(y) != sdw_tensor_numel(x))
+        return shape_error(e, "add_channel", "output", y);
+    if (same_backend("add_channel", e, x, v) || same_backend("add_channel", e, x, y))
+        return SDW_EINVAL;
+    return x->be->ops->add_rows(x->be, x->data, v->data, y->data, rows, sdw_tensor_numel(x) / rows, e);
+}
+
+int sdw_op_scale(const sdw_tensor *x, float s, sdw_tensor *y, sdw_error *e)
+{
+    if (sdw_tensor_numel(y) != sdw_tensor_numel(x))
+        return shape_error(e, "scale", "output", y);
+    if (same_backend("scale", e, x, y))
+        return SDW_EINVAL;
+    return x->be->ops->scale(x->be, x->data, s, y->data, sdw_tensor_numel(x), e);
+}
+
+int sdw_op_gaussian(const sdw_tensor *moments, const sdw_tensor *noise, float s, sdw_tensor *y, sdw_error *e)
+{
+    if (moments->ndim < 2 || moments->shape[1] % 2)
+        return shape_error(e, "gaussian", "moments", moments);
+    int64_t b = moments->shape[0], n = sdw_tensor_numel(moments) / b / 2;
+    if (y->ndim != moments->ndim || y->shape[0] != b || y->shape[1] * 2 != moments->shape[1] ||
+        sdw_tensor_numel(y) != b * n)
+        return shape_error(e, "gaussian", "output", y);
+    if (noise && sdw_tensor_numel(noise) != b * n)
+        return shape_error(e, "gaussian", "noise", noise);
+    if (same_backend("gaussian", e, moments, noise) || same_backend("gaussian", e, moments, y))
+        return SDW_EINVAL;
+    return moments->be->ops->gaussian(moments->be, moments->data, noise ? noise->data : NULL, s, y->data, b, n, e);
+}

@@ -55,6 +55,34 @@ typedef struct sdw_backend_ops {
     /* y[r, :] = table[ids[r], :] + pos[r % tpos, :]  (pos may be NULL) */
     int (*embed)(sdw_backend *be, const float *table, const int32_t *ids, const float *pos, float *y,
                  int64_t rows, int64_t dim, int64_t tpos, sdw_error *e);
+    /* Images are NCHW. y[b,o,:,:] = bias[o] + sum over c,ky,kx of w[o,c,ky,kx] times
+     * x[b,c,oy*stride-pad_t+ky, ox*stride-pad_l+kx], reads outside x being 0. */
+    int (*conv2d)(sdw_backend *be, const float *x, const float *w, const float *bias, float *y, int64_t b,
+                  int64_t c, int64_t h, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t oh, int64_t ow,
+                  int stride, int pad_t, int pad_l, sdw_error *e);
+    /* x [b,c,n] in groups of c/groups channels: normalised per (b, group),
+     * then * gamma[c] + beta[c], then SiLU when silu is set. */
+    int (*group_norm)(sdw_backend *be, const float *x, const float *gamma, const float *beta, float *y,
+                      int64_t b, int64_t c, int64_t n, int64_t groups, float eps, int silu, sdw_error *e);
+    /* x [bc,h,w] -> y [bc,oh,ow], torch's 'nearest': src = floor(dst * (in/out)). */
+    int (*upsample_nearest)(sdw_backend *be, const float *x, float *y, int64_t bc, int64_t h, int64_t w,
+                            int64_t oh, int64_t ow, sdw_error *e);
+    /* y[b] = concat(a[b] (na floats), c[b] (nc floats)) for each of b rows. */
+    int (*concat)(sdw_backend *be, const float *a, const float *c, float *y, int64_t b, int64_t na, int64_t nc,
+                  sdw_error *e);
+    /* x [b,m,n] -> y [b,n,m] */
+    int (*transpose)(sdw_backend *be, const float *x, float *y, int64_t b, int64_t m, int64_t n, sdw_error *e);
+    /* x [rows,2n] -> y [rows,n]: x[:, :n] * gelu(x[:, n:]) with exact erf gelu */
+    int (*geglu)(sdw_backend *be, const float *x, float *y, int64_t rows, int64_t n, sdw_error *e);
+    /* y[r, i] = x[r, i] + v[r] for r < rows, i < n  (a per-channel vector into NCHW) */
+    int (*add_rows)(sdw_backend *be, const float *x, const float *v, float *y, int64_t rows, int64_t n,
+                    sdw_error *e);
+    /* y = s * x over n */
+    int (*scale)(sdw_backend *be, const float *x, float s, float *y, int64_t n, sdw_error *e);
+    /* m [b, 2n] holds mean [b, n] then logvar [b, n]: y = s * (mean + exp(logvar/2) * noise),
+     * logvar clamped to [-30, 20]; noise NULL gives s * mean. */
+    int (*gaussian)(sdw_backend *be, const float *m, const float *noise, float s, float *y, int64_t b,
+                    int64_t n, sdw_error *e);
     void (*destroy)(sdw_backend *be);
 } sdw_backend_ops;
 
@@ -93,5 +121,38 @@ int sdw_op_add(const sdw_tensor *a, const sdw_tensor *b, sdw_tensor *y, sdw_erro
 /* ids are host memory; table [vocab,dim], pos [tpos,dim] or NULL, y [rows/tpos,tpos,dim]. */
 int sdw_op_embed(const sdw_tensor *table, const int32_t *ids, const sdw_tensor *pos, sdw_tensor *y,
                  sdw_error *e);
+
+/* Image ops. Images are NCHW [b,c,h,w]. */
+
+/* Padding and stride of a 2-D convolution. The output size is the shape of y,
+ * so padding at the bottom and right is whatever that size needs (diffusers'
+ * VAE encoder pads only there), at most one more than pad_t/pad_l. */
+typedef struct sdw_conv2d_geom {
+    int stride, pad_t, pad_l;
+} sdw_conv2d_geom;
+
+/* x [b,c,h,w], w [o,c,kh,kw], bias [o] or NULL, y [b,o,oh,ow]. */
+int sdw_op_conv2d(const sdw_tensor *x, const sdw_tensor *w, const sdw_tensor *bias, sdw_conv2d_geom g,
+                  sdw_tensor *y, sdw_error *e);
+/* x [b,c,...] normalised over each group of c/groups channels and all the
+ * trailing positions, then * gamma[c] + beta[c], SiLU after when silu != 0. */
+int sdw_op_group_norm(const sdw_tensor *x, int groups, const sdw_tensor *gamma, const sdw_tensor *beta,
+                      float eps, int silu, sdw_tensor *y, sdw_error *e);
+/* x [b,c,h,w] -> y [b,c,oh,ow] by torch's nearest rule (2x: each pixel repeated). */
+int sdw_op_upsample_nearest(const sdw_tensor *x, sdw_tensor *y, sdw_error *e);
+/* Concatenation along dimension 1: a [b,ca,...], c [b,cc,...] -> y [b,ca+cc,...]. */
+int sdw_op_concat(const sdw_tensor *a, const sdw_tensor *c, sdw_tensor *y, sdw_error *e);
+/* x [b,m,n] -> y [b,n,m]; NCHW <-> [b,hw,c] through views of rank 3. */
+int sdw_op_transpose(const sdw_tensor *x, sdw_tensor *y, sdw_error *e);
+/* GEGLU: x [..., 2n] -> y [..., n] = x[..., :n] * gelu(x[..., n:]). */
+int sdw_op_geglu(const sdw_tensor *x, sdw_tensor *y, sdw_error *e);
+/* y[b,c,...] = x[b,c,...] + v[b,c]: a per-channel vector added to an image. */
+int sdw_op_add_channel(const sdw_tensor *x, const sdw_tensor *v, sdw_tensor *y, sdw_error *e);
+/* y = s * x */
+int sdw_op_scale(const sdw_tensor *x, float s, sdw_tensor *y, sdw_error *e);
+/* A diagonal Gaussian given as moments [b,2c,...] (mean channels, then log
+ * variance): y [b,c,...] = s * (mean + exp(clamp(logvar,-30,20)/2) * noise),
+ * or s * mean when noise is NULL. noise has y's shape. */
+int sdw_op_gaussian(const sdw_tensor *moments, const sdw_tensor *noise, float s, sdw_tensor *y, sdw_error *e);
 
 #endif

@@ -1,0 +1,246 @@
+/* The UNet against diffusers' UNet2DConditionModel on the two tiny fixture
+ * models (tests/reference/fixtures_unet_vae.py): batch 2, timesteps like 981
+ * and 500.5, a non-square latent for tiny-b; from the diffusers folder and
+ * from the same weights re-keyed as an LDM single file with the key map that
+ * diffusers' own converter confirmed; and the errors for bad configs,
+ * missing tensors and mismatched shapes. */
+#include <json-c/json.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "model.h"
+#include "safetensors.h"
+#include "tap.h"
+#include "unet.h"
+
+#define TOL 1e-4
+
+static sdw_backend *be;
+
+static float *load_f32(const sdw_st_file *f, const char *name, const sdw_st_tensor **info)
+{
+    const sdw_st_tensor *t = sdw_st_find(f, name);
+    if (!t)
+        return NULL;
+    float *p = malloc((size_t)t->numel * sizeof *p);
+    sdw_error e;
+    if (sdw_st_to_f32(t, p, &e)) {
+        free(p);
+        return NULL;
+    }
+    if (info)
+        *info = t;
+    return p;
+}
+
+static double rel_err(const float *got, const float *want, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i]))
+            return INFINITY;
+        double d = fabs((double)got[i] - want[i]);
+        num = d > num ? d : num;
+        den = fabs(want[i]) > den ? fabs(want[i]) : den;
+    }
+    return num / (den > 0 ? den : 1);
+}
+
+/* Runs the fixture case through u; the max relative error, or INFINITY. */
+static double run_case(sdw_unet *u, const sdw_st_file *fx, sdw_error *e)
+{
+    const sdw_st_tensor *li, *ci;
+    float *lat = load_f32(fx, "latents", &li), *ctx = load_f32(fx, "encoder_hidden_states", &ci);
+    float *ts = load_f32(fx, "timesteps", NULL), *want = load_f32(fx, "eps", NULL);
+    double r = INFINITY;
+    sdw_tensor x = {0}, c = {0}, y = {0};
+    if (lat && ctx && ts && want && !sdw_tensor_from_host(&x, be, 4, li->shape, lat, e) &&
+        !sdw_tensor_from_host(&c, be, 3, ci->shape, ctx, e) && !sdw_tensor_new(&y, be, 4, li->shape, e) &&
+        !sdw_unet_forward(u, &x, ts, &c, &y, e) && !sdw_tensor_to_host(&y, lat, e))
+        r = rel_err(lat, want, (size_t)li->numel);
+    sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y);
+    free(lat), free(ctx), free(ts), free(want);
+    return r;
+}
+
+/* The diffusers weights written again under their LDM names. */
+static int write_ldm(const sdw_model *m, const char *model, const char *path)
+{
+    char name[256];
+    snprintf(name, sizeof name, "ldm-keys-%s.json", model);
+    json_object *keys = json_object_from_file(tap_fixture(name)), *map;
+    if (!keys || !json_object_object_get_ex(keys, "unet", &map))
+        return -1;
+    const sdw_st_file *f = m->unet.files[0];
+    size_t n = f->ntensors;
+    sdw_st_entry *ents = calloc(n, sizeof *ents);
+    char **names = calloc(n, sizeof *names);
+    float **data = calloc(n, sizeof *data);
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        const sdw_st_tensor *t = &f->tensors[i];
+        json_object *ldm;
+        if (!json_object_object_get_ex(map, t->name, &ldm)) {
+            tap_diag("%s has no LDM name in %s", t->name, name);
+            rc = -1;
+            break;
+        }
+        names[i] = malloc(300);
+        snprintf(names[i], 300, "model.diffusion_model.%s", json_object_get_string(ldm));
+        data[i] = load_f32(f, t->name, NULL);
+        ents[i] = (sdw_st_entry){names[i], SDW_DT_F32, t->ndim, t->shape, data[i]};
+    }
+    sdw_error e;
+    if (!rc && (rc = sdw_st_write(path, ents, n, NULL, 0, &e)))
+        tap_diag("%s", e.msg);
+    for (size_t i = 0; i < n; i++)
+        free(names[i]), free(data[i]);
+    free(ents), free(names), free(data);
+    json_object_put(keys);
+    return rc;
+}
+
+static void check_model(const char *model)
+{
+    char path[256], tmp[] = "/tmp/sdw-unet-ldm-XXXXXX";
+    sdw_error e;
+    sdw_model m;
+    snprintf(path, sizeof path, "models/%s", model);
+    if (!tap_ok(sdw_model_open(&m, tap_fixture(path), &e) == 0, "%s: model opens%s%s", model, "", ""))
+        return tap_diag("%s", e.msg);
+    sdw_st_file fx;
+    snprintf(path, sizeof path, "unet-%s.safetensors", model);
+    if (sdw_st_open(&fx, tap_fixture(path), &e)) {
+        tap_ok(0, "%s: fixture %s: %s", model, path, e.msg);
+        sdw_model_close(&m);
+        return;
+    }
+    sdw_unet_config cfg;
+    sdw_unet *u = NULL;
+    int rc = sdw_unet_config_parse(&cfg, m.unet_config, &e);
+    if (!rc)
+        rc = sdw_unet_load(&u, be, &cfg, &m.unet, SDW_LAYOUT_DIFFUSERS, &e);
+    if (tap_ok(rc == 0, "%s: config parses and the UNet loads%s%s", model, rc ? ": " : "", rc ? e.msg : "")) {
+        double r = run_case(u, &fx, &e);
+        tap_ok(r <= TOL, "%s: eps matches diffusers, max rel err %.2e (tolerance %.0e)%s%s", model, r, TOL,
+               isinf(r) ? ": " : "", isinf(r) ? e.msg : "");
+        sdw_unet_free(u);
+    }
+
+    int fd = mkstemp(tmp);
+    if (fd >= 0)
+        close(fd);
+    if (fd >= 0 && write_ldm(&m, model, tmp) == 0) {
+        sdw_st_file lf;
+        u = NULL;
+        if (!(rc = sdw_st_open(&lf, tmp, &e))) {
+            const sdw_st_file *files[1] = {&lf};
+            sdw_weights w = {.files = files, .nfiles = 1};
+            snprintf(w.prefix, sizeof w.prefix, "model.diffusion_model.");
+            if (!(rc = sdw_unet_load(&u, be, &cfg, &w, SDW_LAYOUT_LDM, &e))) {
+                double r = run_case(u, &fx, &e);
+                tap_ok(r <= TOL, "%s: LDM single-file names give the same eps, max rel err %.2e%s%s", model, r,
+                       isinf(r) ? ": " : "", isinf(r) ? e.msg : "");
+                sdw_unet_free(u);
+            } else {
+                tap_ok(0, "%s: UNet loads from LDM names: %s", model, e.msg);
+            }
+            /* The diffusers names are not in an LDM file: loading it as diffusers names one. */
+            rc = sdw_unet_load(&u, be, &cfg, &w, SDW_LAYOUT_DIFFUSERS, &e);
+            tap_ok(rc == SDW_ENOTFOUND && strstr(e.msg, "conv_in.weight"),
+                   "%s: an LDM file read with diffusers names fails naming the tensor: %s", model, e.msg);
+            sdw_st_close(&lf);
+        } else {
+            tap_ok(0, "%s: LDM file opens: %s", model, e.msg);
+        }
+    } else {
+        tap_ok(0, "%s: LDM re-keyed file written", model);
+    }
+    unlink(tmp);
+    sdw_st_close(&fx);
+    sdw_model_close(&m);
+}
+
+/* Parses the model's config with one field replaced. */
+static int parse_with(const sdw_model *m, const char *key, json_object *val, sdw_unet_config *cfg, sdw_error *e)
+{
+    json_object *j = json_tokener_parse(json_object_to_json_string(m->unet_config));
+    json_object_object_add(j, key, val);
+    int rc = sdw_unet_config_parse(cfg, j, e);
+    json_object_put(j);
+    return rc;
+}
+
+static void check_errors(void)
+{
+    sdw_error e;
+    sdw_model m;
+    if (sdw_model_open(&m, tap_fixture("models/tiny-b"), &e)) {
+        tap_ok(0, "tiny-b opens: %s", e.msg);
+        return;
+    }
+    sdw_unet_config cfg;
+    int rc = parse_with(&m, "act_fn", json_object_new_string("gelu"), &cfg, &e);
+    tap_ok(rc == SDW_EUNSUPPORTED && strstr(e.msg, "act_fn"), "act_fn gelu is refused: %s", e.msg);
+    rc = parse_with(&m, "attention_head_dim", json_object_new_string("8"), &cfg, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "attention_head_dim"), "a string head count is refused: %s", e.msg);
+    json_object *two = json_object_new_array();
+    json_object_array_add(two, json_object_new_int(2));
+    json_object_array_add(two, json_object_new_int(2));
+    rc = parse_with(&m, "attention_head_dim", two, &cfg, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "2 entries for 3 blocks"), "a short per-block list is refused: %s",
+           e.msg);
+    rc = parse_with(&m, "up_block_types", json_object_new_string("UpBlock2D"), &cfg, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "up_block_types"), "up_block_types that is not a list: %s", e.msg);
+    rc = parse_with(&m, "num_attention_heads", json_object_new_int(8), &cfg, &e);
+    tap_ok(rc == SDW_EUNSUPPORTED, "num_attention_heads is refused like diffusers does: %s", e.msg);
+    rc = parse_with(&m, "only_cross_attention", json_object_new_boolean(1), &cfg, &e);
+    tap_ok(rc == SDW_EUNSUPPORTED, "only_cross_attention is refused: %s", e.msg);
+
+    sdw_unet *u = NULL;
+    rc = parse_with(&m, "cross_attention_dim", json_object_new_int(24), &cfg, &e);
+    if (!rc)
+        rc = sdw_unet_load(&u, be, &cfg, &m.unet, SDW_LAYOUT_DIFFUSERS, &e);
+    tap_ok(rc == SDW_EFORMAT && strstr(e.msg, "attn2.to_k.weight") && strstr(e.msg, "[16,24]"),
+           "a cross_attention_dim the weights do not have names the tensor and both shapes: %s", e.msg);
+    rc = parse_with(&m, "attention_head_dim", json_object_new_int(3), &cfg, &e);
+    if (!rc)
+        rc = sdw_unet_load(&u, be, &cfg, &m.unet, SDW_LAYOUT_DIFFUSERS, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "3 attention heads"), "3 heads for 16 channels is refused: %s", e.msg);
+    rc = parse_with(&m, "layers_per_block", json_object_new_int(3), &cfg, &e);
+    if (!rc)
+        rc = sdw_unet_load(&u, be, &cfg, &m.unet, SDW_LAYOUT_DIFFUSERS, &e);
+    tap_ok(rc == SDW_ENOTFOUND && strstr(e.msg, "resnets.2"), "a missing resnet is named: %s", e.msg);
+
+    if (!sdw_unet_config_parse(&cfg, m.unet_config, &e) &&
+        !sdw_unet_load(&u, be, &cfg, &m.unet, SDW_LAYOUT_DIFFUSERS, &e)) {
+        int64_t xs[4] = {1, 4, 8, 8}, cs[3] = {1, 77, 8}, ys[4] = {1, 4, 8, 8};
+        sdw_tensor x, c, y;
+        float t = 10;
+        sdw_tensor_new(&x, be, 4, xs, &e), sdw_tensor_new(&c, be, 3, cs, &e), sdw_tensor_new(&y, be, 4, ys, &e);
+        rc = sdw_unet_forward(u, &x, &t, &c, &y, &e);
+        tap_ok(rc == SDW_EINVAL && strstr(e.msg, "[1,77,8]"), "text states of the wrong width are refused: %s",
+               e.msg);
+        sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y);
+        sdw_unet_free(u);
+    } else {
+        tap_ok(0, "tiny-b loads: %s", e.msg);
+    }
+    sdw_model_close(&m);
+}
+
+int main(void)
+{
+    sdw_error e;
+    if (sdw_backend_cpu(&be, &e)) {
+        tap_ok(0, "CPU backend: %s", e.msg);
+        return tap_done();
+    }
+    check_model("tiny-a");
+    check_model("tiny-b");
+    check_errors();
+    sdw_backend_destroy(be);
+    return tap_done();
+}
