@@ -40,7 +40,7 @@ void sdw_gen_params_init(sdw_gen_params *gp, sdw_gen_kind kind)
     gp->steps = 20;
     gp->guidance = 7.5f;
     gp->width = gp->height = 512;
-    gp->strength = kind == SDW_GEN_INPAINT ? 1.0f : 0.8f;
+    gp->strength = kind == SDW_GEN_INPAINT ? 1.0 : 0.8;
 }
 
 int sdw_pipeline_scale(const sdw_pipeline *p)
@@ -247,7 +247,7 @@ static int prepare_images(sdw_pipeline *p, const sdw_gen_params *gp, gen_state *
             masked[c * plane + i] = pixels[c * plane + i] * (full[i] < 0.5f ? 1.0f : 0.0f);
     /* diffusers' draw order: the init image's posterior (4-channel models,
      * or strength < 1), then the initial noise, then the masked image's. */
-    int need_image = s->cin == p->latent_channels || gp->strength < 1.0f;
+    int need_image = s->cin == p->latent_channels || gp->strength < 1.0;
     if (!rc && need_image)
         rc = encode_image(p, s, pixels, s->image_latents, e);
     if (!rc)
@@ -274,7 +274,7 @@ static int initial_latents(sdw_pipeline *p, const sdw_gen_params *gp, gen_state 
         sdw_rng_randn(&s->rng, s->noise, s->n);
         return sdw_sched_add_noise(s->sched, 0, s->image_latents, s->noise, s->latents, s->n, e);
     }
-    if (gp->strength >= 1.0f) {
+    if (gp->strength >= 1.0) {
         for (size_t i = 0; i < s->n; i++)
             s->latents[i] = s->noise[i] * sigma;
         return SDW_OK;
@@ -438,7 +438,7 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
     s.h = H / p->scale, s.w = W / p->scale;
     s.cin = sdw_pipeline_unet_channels(p);
     sdw_rng_seed(&s.rng, gp->seed);
-    float strength = gp->kind == SDW_GEN_TXT2IMG ? 1.0f : gp->strength;
+    double strength = gp->kind == SDW_GEN_TXT2IMG ? 1.0 : gp->strength;
     if ((rc = alloc_state(p, &s, e)) || (rc = sdw_sched_create(&s.sched, p->model.scheduler_config, gp->sampler,
                                                                 gp->eta, e)) ||
         (rc = sdw_sched_set_timesteps(s.sched, gp->steps, strength, e)))

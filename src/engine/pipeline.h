@@ -32,7 +32,9 @@ typedef struct sdw_gen_params {
     const char *sampler;         /* NULL or "" = the model's own scheduler */
     float eta;                   /* ddim only */
     int clip_skip;               /* 0 = off */
-    float strength;              /* img2img (e.g. 0.8) and inpaint (e.g. 1.0): 0..1 */
+    double strength;             /* img2img (e.g. 0.8) and inpaint (e.g. 1.0): 0..1; double
+                                    because diffusers computes int(steps * strength) in
+                                    Python floats, and 0.7f * 10 truncates to 6 */
     const sdw_image *init_image; /* img2img and inpaint: RGB */
     const sdw_image *mask;       /* inpaint: grey or RGB, white = repaint, init's size */
 } sdw_gen_params;

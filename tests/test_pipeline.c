@@ -1,0 +1,235 @@
+/* Whole pipelines against diffusers on the tiny random-weight models: every
+ * case in tests/fixtures/pipeline/cases.json (txt2img with each sampler,
+ * non-square sizes, no CFG, img2img, 4- and 9-channel inpainting), written by
+ * tests/reference/fixtures_pipeline.py. Final latents within 1e-4 relative
+ * error, pixels within 1. */
+#include <json-c/json.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pipeline.h"
+#include "safetensors.h"
+#include "tap.h"
+
+#define LATENT_TOL 1e-4
+
+typedef struct loaded {
+    char name[64];
+    sdw_pipeline *p;
+} loaded;
+
+static sdw_backend *be;
+static loaded models[8];
+static int nmodels;
+
+static sdw_pipeline *model(const char *name)
+{
+    for (int i = 0; i < nmodels; i++)
+        if (!strcmp(models[i].name, name))
+            return models[i].p;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/%s", tap_fixture("models"), name);
+    sdw_error e;
+    sdw_pipeline *p = NULL;
+    int rc = sdw_pipeline_load(&p, be, dir, &e);
+    tap_ok(rc == 0, "%s loads%s%s", name, rc ? ": " : "", rc ? e.msg : "");
+    if (rc || nmodels == 8)
+        return NULL;
+    snprintf(models[nmodels].name, sizeof models[0].name, "%s", name);
+    models[nmodels++].p = p;
+    return p;
+}
+
+static const char *str(json_object *o, const char *key)
+{
+    json_object *v;
+    return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string) ? json_object_get_string(v)
+                                                                                             : NULL;
+}
+
+static double num(json_object *o, const char *key, double dflt)
+{
+    json_object *v;
+    return json_object_object_get_ex(o, key, &v) && !json_object_is_type(v, json_type_null) ? json_object_get_double(v)
+                                                                                            : dflt;
+}
+
+static int load_image(sdw_image *img, const char *file, int grey)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", tap_fixture("pipeline"), file);
+    sdw_error e;
+    int rc = sdw_image_load(img, path, grey, &e);
+    if (rc)
+        tap_diag("%s", e.msg);
+    return rc;
+}
+
+static float *load_ref(const sdw_st_file *f, const char *name, int64_t *numel)
+{
+    const sdw_st_tensor *t = sdw_st_find(f, name);
+    if (!t)
+        return NULL;
+    float *p = malloc((size_t)t->numel * sizeof *p);
+    sdw_error e;
+    if (sdw_st_to_f32(t, p, &e)) {
+        free(p);
+        return NULL;
+    }
+    *numel = t->numel;
+    return p;
+}
+
+static int count_steps(void *ctx, sdw_pipeline *p, int step, int total)
+{
+    int *calls = ctx;
+    *calls = step;
+    return 0;
+}
+
+static void run_case(json_object *c)
+{
+    const char *name = str(c, "name"), *kind = str(c, "kind");
+    sdw_pipeline *p = model(str(c, "model"));
+    if (!p) {
+        tap_ok(0, "%s: model available", name);
+        return;
+    }
+    sdw_gen_params gp;
+    sdw_gen_params_init(&gp, !strcmp(kind, "img2img") ? SDW_GEN_IMG2IMG
+                             : !strcmp(kind, "inpaint") ? SDW_GEN_INPAINT
+                                                        : SDW_GEN_TXT2IMG);
+    gp.prompt = str(c, "prompt");
+    gp.negative_prompt = str(c, "negative_prompt");
+    gp.steps = (int)num(c, "steps", 20);
+    gp.guidance = (float)num(c, "guidance", 7.5);
+    gp.width = (int)num(c, "width", 64);
+    gp.height = (int)num(c, "height", 64);
+    gp.seed = (uint64_t)num(c, "seed", 0);
+    gp.sampler = str(c, "sampler");
+    gp.eta = (float)num(c, "eta", 0);
+    gp.strength = num(c, "strength", gp.strength);
+    sdw_image init = {0}, mask = {0}, out = {0};
+    if (str(c, "init_image") && load_image(&init, str(c, "init_image"), 0)) {
+        tap_ok(0, "%s: init image readable", name);
+        return;
+    }
+    if (str(c, "mask_image") && load_image(&mask, str(c, "mask_image"), 1)) {
+        tap_ok(0, "%s: mask readable", name);
+        sdw_image_free(&init);
+        return;
+    }
+    gp.init_image = init.pixels ? &init : NULL;
+    gp.mask = mask.pixels ? &mask : NULL;
+
+    char file[256];
+    snprintf(file, sizeof file, "pipeline/%s.safetensors", name);
+    sdw_st_file ref;
+    sdw_error e;
+    int64_t nlat = 0, npix = 0;
+    float *want_lat = NULL, *want_pix = NULL;
+    if (sdw_st_open(&ref, tap_fixture(file), &e) == 0) {
+        want_lat = load_ref(&ref, "latents", &nlat);
+        want_pix = load_ref(&ref, "image", &npix);
+        sdw_st_close(&ref);
+    }
+    if (!tap_ok(want_lat && want_pix, "%s: reference readable", name))
+        goto out;
+
+    float *lat = malloc((size_t)nlat * sizeof *lat);
+    int calls = 0;
+    int rc = sdw_pipeline_generate(p, &gp, count_steps, &calls, &out, lat, NULL, &e);
+    if (!tap_ok(rc == 0, "%s: generates%s%s", name, rc ? ": " : "", rc ? e.msg : "")) {
+        free(lat);
+        goto out;
+    }
+    double num_ = 0, den = 0;
+    for (int64_t i = 0; i < nlat; i++) {
+        double d = fabs((double)lat[i] - want_lat[i]);
+        num_ = d > num_ ? d : num_;
+        den = fabs(want_lat[i]) > den ? fabs(want_lat[i]) : den;
+    }
+    double rel = isfinite(num_) ? num_ / (den > 0 ? den : 1) : INFINITY;
+    tap_ok(rel <= LATENT_TOL, "%s: %s %d steps (%d UNet calls): latents max rel err %.2e (tolerance %.0e)", name,
+           gp.sampler ? gp.sampler : "default", gp.steps, calls, rel, LATENT_TOL);
+    int maxd = out.width * out.height * 3 == npix ? 0 : 999;
+    for (int64_t i = 0; maxd < 999 && i < npix; i++) {
+        int d = abs((int)out.pixels[i] - (int)want_pix[i]);
+        maxd = d > maxd ? d : maxd;
+    }
+    tap_ok(maxd <= 1, "%s: %dx%d pixels within %d of diffusers'", name, out.width, out.height, maxd);
+    free(lat);
+    sdw_image_free(&out);
+out:
+    free(want_lat), free(want_pix);
+    sdw_image_free(&init), sdw_image_free(&mask);
+}
+
+static int cancel_at_two(void *ctx, sdw_pipeline *p, int step, int total)
+{
+    sdw_image img;
+    sdw_error e;
+    int ok = sdw_pipeline_preview(p, &img, &e) == 0 && img.width == 8 && img.height == 8;
+    *(int *)ctx += ok;
+    if (ok)
+        sdw_image_free(&img);
+    return step == 2;
+}
+
+static void test_callbacks_and_errors(void)
+{
+    sdw_pipeline *p = model("tiny-a");
+    if (!p)
+        return;
+    sdw_gen_params gp;
+    sdw_gen_params_init(&gp, SDW_GEN_TXT2IMG);
+    gp.prompt = "a cat";
+    gp.steps = 5;
+    gp.width = gp.height = 64;
+    gp.sampler = "euler";
+    sdw_image out = {0};
+    sdw_error e;
+    int previews = 0;
+    int rc = sdw_pipeline_generate(p, &gp, cancel_at_two, &previews, &out, NULL, NULL, &e);
+    tap_ok(rc == SDW_ECANCELLED && previews == 2, "a callback previews each step and cancels after step 2: %s",
+           e.msg);
+    gp.width = 60;
+    rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &out, NULL, NULL, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "multiple of 8"), "a size off the latent grid is refused: %s", e.msg);
+    gp.width = 64;
+    gp.sampler = "lms";
+    rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &out, NULL, NULL, &e);
+    tap_ok(rc != 0 && strstr(e.msg, "euler_a"), "an unknown sampler lists the valid ones: %s", e.msg);
+    gp.sampler = NULL;
+    gp.kind = SDW_GEN_IMG2IMG;
+    rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &out, NULL, NULL, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "init image"), "img2img without an image is refused: %s", e.msg);
+    sdw_gen_params_init(&gp, SDW_GEN_TXT2IMG);
+    gp.prompt = "x";
+    gp.seed = 3;
+    char *text = sdw_gen_params_text(&gp, 512, 512, "euler", "tiny");
+    tap_ok(text && strstr(text, "Steps: 20, Sampler: euler, CFG scale: 7.5, Seed: 3, Size: 512x512"),
+           "parameters text in A1111's form");
+    free(text);
+}
+
+int main(void)
+{
+    sdw_error e;
+    if (sdw_backend_cpu(&be, &e)) {
+        tap_ok(0, "cpu backend: %s", e.msg);
+        return tap_done();
+    }
+    json_object *cases = json_object_from_file(tap_fixture("pipeline/cases.json"));
+    if (tap_ok(cases && json_object_is_type(cases, json_type_array), "pipeline/cases.json readable")) {
+        for (size_t i = 0; i < json_object_array_length(cases); i++)
+            run_case(json_object_array_get_idx(cases, i));
+    }
+    json_object_put(cases);
+    test_callbacks_and_errors();
+    for (int i = 0; i < nmodels; i++)
+        sdw_pipeline_free(models[i].p);
+    sdw_backend_destroy(be);
+    return tap_done();
+}
