@@ -646,7 +646,8 @@ struct stream {
     bool after_cr;
     char event[64];
     struct buf data;
-    char last_id[256];
+    char id_buf[256];       /* the id field seen so far ... */
+    char last_id[256];      /* ... becomes the last event id at dispatch */
     long retry_ms;
     unsigned events;        /* dispatched on this connection */
     /* The job. */
@@ -758,6 +759,9 @@ static void on_event(struct stream *s, const char *type, const char *data)
 static void sse_line(struct stream *s, char *line, size_t n)
 {
     if (n == 0) {
+        /* An event cut off by a dropped connection never reaches this
+         * point, so its id is not claimed on reconnect. */
+        memcpy(s->last_id, s->id_buf, sizeof s->last_id);
         if (s->data.n) {
             if (s->data.p[s->data.n - 1] == '\n')
                 s->data.p[--s->data.n] = '\0';
@@ -782,7 +786,7 @@ static void sse_line(struct stream *s, char *line, size_t n)
         buf_write(val, 1, strlen(val), &s->data);
         buf_write("\n", 1, 1, &s->data);
     } else if (!strcmp(line, "id")) {
-        snprintf(s->last_id, sizeof s->last_id, "%s", val);
+        snprintf(s->id_buf, sizeof s->id_buf, "%s", val);
     } else if (!strcmp(line, "retry")) {
         char *end;
         long ms = strtol(val, &end, 10);
@@ -855,6 +859,7 @@ static int follow(struct stream *s, const char *url)
         s->data.n = 0;
         s->event[0] = '\0';
         s->events = 0;
+        memcpy(s->id_buf, s->last_id, sizeof s->id_buf);
         s->errbody.n = 0;
         s->h = h;
         CURLcode rc = curl_easy_perform(h);
