@@ -1,0 +1,374 @@
+/* sdworker demo page: plain JavaScript, no dependencies, same-origin API.
+ *
+ * Stable element ids (for headless-browser tests):
+ *   #ready-status    service readiness text; class status-ready | status-waiting | status-down
+ *   #job-form        the form; submitting it starts a job
+ *   #operation       select: image_generation | image_transform | image_inpaint
+ *   #model           select, filled from GET /v1/models
+ *   #prompt #negative-prompt #steps #guidance #width #height #seed #sampler
+ *   #init-image      file input (transform, inpaint)
+ *   #strength        range 0-1 (transform, inpaint); #strength-out shows it
+ *   #mask-canvas     canvas showing the init image; paint the area to repaint
+ *   #brush-size #mask-clear
+ *   #generate        submit button (disabled while a job runs)
+ *   #cancel          cancel button (enabled while a job runs)
+ *   #error           error box (hidden unless there is an error); shows error.message
+ *   #job-status      text: queued / running / done / cancelled / failed, with the job id
+ *   #progress        <progress> 0-100; #progress-text the percentage
+ *   #preview         <img> updated from `preview` events
+ *   #result          <img> with the final PNG
+ *   #seed-out        the seed of the result
+ *   #timings-out     the result's timings (JSON)
+ * The body gets data-job-state = idle | running | complete | error | cancelled
+ * so a test can wait for the end of a job.
+ */
+(function () {
+  'use strict';
+
+  var $ = function (id) { return document.getElementById(id); };
+  var form = $('job-form');
+  var op = $('operation');
+  var canvas = $('mask-canvas');
+  var ctx = canvas.getContext('2d');
+
+  var job = null;          /* {id, source} while a job runs */
+  var initImage = null;    /* {b64, img} of the chosen file */
+  var mask = null;         /* offscreen canvas at the image's size */
+
+  function setState(s) { document.body.setAttribute('data-job-state', s); }
+
+  function showError(message) {
+    var box = $('error');
+    box.textContent = message;
+    box.hidden = !message;
+  }
+
+  /* The API answers errors as {"error":{"code","message"}}; anything else
+   * (a proxy page, a network failure) still gets a readable message. */
+  function errorMessage(res, body) {
+    if (body && body.error && body.error.message) return body.error.message;
+    return 'HTTP ' + res.status + ' ' + (res.statusText || '');
+  }
+
+  function fetchJSON(url, options) {
+    return fetch(url, options).then(function (res) {
+      return res.text().then(function (text) {
+        var body = null;
+        try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
+        return { res: res, body: body };
+      });
+    });
+  }
+
+  /* ---- readiness ---- */
+
+  function pollReady() {
+    var el = $('ready-status');
+    fetchJSON('/ready').then(function (r) {
+      if (r.res.ok && r.body && r.body.ready) {
+        el.textContent = 'Ready';
+        el.className = 'status status-ready';
+        setTimeout(pollReady, 30000);
+      } else {
+        var why = r.body && (r.body.reason || (r.body.error && r.body.error.message));
+        el.textContent = 'Not ready' + (why ? ': ' + why : '');
+        el.className = 'status status-waiting';
+        setTimeout(pollReady, 3000);
+      }
+    }, function () {
+      el.textContent = 'Service unreachable';
+      el.className = 'status status-down';
+      setTimeout(pollReady, 3000);
+    });
+  }
+
+  /* ---- models: {"models":[{"name":...,"default":bool}]}; plain strings tolerated ---- */
+
+  function loadModels() {
+    var sel = $('model');
+    fetchJSON('/v1/models').then(function (r) {
+      var list = (r.body && (r.body.models || r.body.data)) || [];
+      sel.textContent = '';
+      list.forEach(function (m) {
+        var name = typeof m === 'string' ? m : (m.name || m.id);
+        if (!name) return;
+        var o = document.createElement('option');
+        o.value = name;
+        o.textContent = name;
+        if (m.default) o.selected = true;
+        sel.appendChild(o);
+      });
+      if (!sel.options.length) {
+        var o = document.createElement('option');
+        o.value = '';
+        o.textContent = r.res.ok ? '(no models)' : '(unavailable)';
+        sel.appendChild(o);
+        setTimeout(loadModels, 5000);
+      }
+    }, function () { setTimeout(loadModels, 5000); });
+  }
+
+  /* ---- operation-dependent fields ---- */
+
+  function updateFields() {
+    var v = op.value;
+    var withImage = v !== 'image_generation';
+    $('image-fields').hidden = !withImage;
+    $('mask-fields').hidden = v !== 'image_inpaint';
+    Array.prototype.forEach.call(document.querySelectorAll('.size-only'), function (el) {
+      el.hidden = withImage;
+    });
+    $('generate').textContent = { image_generation: 'Generate', image_transform: 'Transform', image_inpaint: 'Inpaint' }[v];
+  }
+
+  /* ---- init image and mask ---- */
+
+  function redraw() {
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    if (!initImage) return;
+    ctx.drawImage(initImage.img, 0, 0, canvas.width, canvas.height);
+    /* The mask's white areas shown as a translucent red overlay. */
+    var tint = document.createElement('canvas');
+    tint.width = canvas.width;
+    tint.height = canvas.height;
+    var t = tint.getContext('2d');
+    t.drawImage(mask, 0, 0, canvas.width, canvas.height);
+    var px = t.getImageData(0, 0, tint.width, tint.height);
+    for (var i = 0; i < px.data.length; i += 4) {
+      var white = px.data[i];
+      px.data[i] = 255; px.data[i + 1] = 40; px.data[i + 2] = 40;
+      px.data[i + 3] = white > 127 ? 140 : 0;
+    }
+    t.putImageData(px, 0, 0);
+    ctx.drawImage(tint, 0, 0);
+  }
+
+  function clearMask() {
+    if (!mask) return;
+    var m = mask.getContext('2d');
+    m.fillStyle = '#000';
+    m.fillRect(0, 0, mask.width, mask.height);
+    redraw();
+  }
+
+  function loadInitImage(file) {
+    initImage = null;
+    if (!file) { redraw(); return; }
+    var reader = new FileReader();
+    reader.onload = function () {
+      var dataUrl = reader.result;
+      var img = new Image();
+      img.onload = function () {
+        /* rbee's worker accepts bare base64 only; send it without the prefix. */
+        initImage = { b64: dataUrl.slice(dataUrl.indexOf(',') + 1), img: img };
+        mask = document.createElement('canvas');
+        mask.width = img.naturalWidth;
+        mask.height = img.naturalHeight;
+        /* Display at most 512 px wide, in the image's aspect ratio. */
+        var scale = Math.min(1, 512 / img.naturalWidth);
+        canvas.width = Math.round(img.naturalWidth * scale);
+        canvas.height = Math.round(img.naturalHeight * scale);
+        clearMask();
+      };
+      img.onerror = function () { showError('The file is not an image the browser can read.'); };
+      img.src = dataUrl;
+    };
+    reader.readAsDataURL(file);
+  }
+
+  var painting = false;
+  function paint(ev) {
+    if (!painting || !mask) return;
+    var r = canvas.getBoundingClientRect();
+    var x = (ev.clientX - r.left) * mask.width / r.width;
+    var y = (ev.clientY - r.top) * mask.height / r.height;
+    var radius = Number($('brush-size').value) / 2 * mask.width / r.width;
+    var m = mask.getContext('2d');
+    m.fillStyle = '#fff';
+    m.beginPath();
+    m.arc(x, y, radius, 0, 2 * Math.PI);
+    m.fill();
+    redraw();
+  }
+
+  /* The mask as a black/white PNG of the image's size, base64 without prefix. */
+  function maskB64() {
+    var url = mask.toDataURL('image/png');
+    return url.slice(url.indexOf(',') + 1);
+  }
+
+  /* ---- jobs ---- */
+
+  function setProgress(pct) {
+    var p = Math.max(0, Math.min(100, Number(pct) || 0));
+    $('progress').value = p;
+    $('progress').textContent = p.toFixed(0) + '%';
+    $('progress-text').textContent = p.toFixed(0) + '%';
+  }
+
+  function running(on) {
+    $('generate').disabled = on;
+    $('cancel').disabled = !on;
+  }
+
+  function finish(state, text) {
+    if (job && job.source) job.source.close();
+    job = null;
+    running(false);
+    setState(state);
+    $('job-status').textContent = text;
+  }
+
+  function buildRequest() {
+    var v = op.value;
+    var req = {
+      operation: v,
+      hive_id: 'localhost',
+      model: $('model').value,
+      prompt: $('prompt').value,
+      steps: Number($('steps').value),
+      guidance_scale: Number($('guidance').value)
+    };
+    var neg = $('negative-prompt').value;
+    if (neg) req.negative_prompt = neg;
+    var seed = $('seed').value.trim();
+    if (seed) {
+      if (!/^[0-9]+$/.test(seed)) throw new Error('The seed must be a whole number (or blank for random).');
+      /* Seeds may exceed 2^53; JSON numbers are sent as written. */
+      req.seed = '__SEED__';
+    }
+    if ($('sampler').value) req.sampler = $('sampler').value;
+    if (v === 'image_generation') {
+      req.width = Number($('width').value);
+      req.height = Number($('height').value);
+    } else {
+      if (!initImage) throw new Error('Choose an init image first.');
+      req.init_image = initImage.b64;
+      req.strength = Number($('strength').value);
+      if (v === 'image_inpaint') req.mask_image = maskB64();
+    }
+    var json = JSON.stringify(req);
+    return seed ? json.replace('"__SEED__"', seed) : json;
+  }
+
+  function submit(ev) {
+    ev.preventDefault();
+    if (job) return;
+    showError('');
+    if (!$('prompt').value.trim()) { showError('Enter a prompt.'); $('prompt').focus(); return; }
+    var body;
+    try { body = buildRequest(); } catch (e) { showError(e.message); return; }
+    running(true);
+    setState('running');
+    setProgress(0);
+    $('preview').hidden = true;
+    $('job-status').textContent = 'Submitting…';
+    fetchJSON('/v1/jobs', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'Accept': 'application/json' },
+      body: body
+    }).then(function (r) {
+      if (!r.res.ok || !r.body || !r.body.job_id) {
+        var msg = errorMessage(r.res, r.body);
+        var retry = r.res.headers.get('Retry-After');
+        if (retry) msg += ' (retry after ' + retry + ' s)';
+        showError(msg);
+        finish('error', 'Rejected');
+        return;
+      }
+      follow(r.body.job_id, r.body.sse_url || '/v1/jobs/' + r.body.job_id + '/stream');
+    }, function (e) {
+      showError('Could not reach the service: ' + e.message);
+      finish('error', 'Failed');
+    });
+  }
+
+  function follow(id, url) {
+    $('job-status').textContent = 'Queued: ' + id;
+    /* EventSource reconnects by itself and sends Last-Event-ID, so a
+     * dropped connection resumes where it stopped. */
+    var es = new EventSource(url);
+    job = { id: id, source: es };
+    function data(ev) {
+      try { return JSON.parse(ev.data); } catch (e) { return {}; }
+    }
+    es.addEventListener('progress', function (ev) {
+      var d = data(ev);
+      setProgress(d.percent);
+      $('job-status').textContent = 'Running: step ' + d.step + ' of ' + d.total + ' (' + id + ')';
+    });
+    es.addEventListener('preview', function (ev) {
+      var d = data(ev);
+      setProgress(d.percent);
+      if (d.image) {
+        $('preview').src = 'data:image/' + (d.format || 'png') + ';base64,' + d.image;
+        $('preview').hidden = false;
+      }
+    });
+    es.addEventListener('complete', function (ev) {
+      var d = data(ev);
+      setProgress(100);
+      $('result').src = 'data:image/' + (d.format || 'png') + ';base64,' + d.image;
+      $('result').hidden = false;
+      $('seed-out').textContent = d.seed !== undefined ? String(d.seed) : '–';
+      $('timings-out').textContent = d.timings ? JSON.stringify(d.timings, null, 1) : '';
+      finish('complete', 'Done: ' + id + (d.width ? ' (' + d.width + '×' + d.height + ')' : ''));
+    });
+    /* A server `error` event carries data; a connection error does not. */
+    es.addEventListener('error', function (ev) {
+      if (ev.data) {
+        var d = data(ev);
+        if (d.code === 'cancelled') {
+          finish('cancelled', 'Cancelled: ' + id);
+        } else {
+          showError(d.message || 'The job failed.');
+          finish('error', 'Failed: ' + id);
+        }
+      } else if (es.readyState === EventSource.CLOSED) {
+        showError('The event stream was closed by the server.');
+        finish('error', 'Lost: ' + id);
+      } else {
+        $('job-status').textContent = 'Reconnecting to ' + id + '…';
+      }
+    });
+  }
+
+  function cancel() {
+    if (!job) return;
+    var id = job.id;
+    $('cancel').disabled = true;
+    fetchJSON('/v1/jobs/' + encodeURIComponent(id), { method: 'DELETE' }).then(function (r) {
+      if (r.res.ok) {
+        finish('cancelled', 'Cancelled: ' + id);
+      } else {
+        showError(errorMessage(r.res, r.body));
+        $('cancel').disabled = false;
+      }
+    }, function (e) {
+      showError('Could not cancel: ' + e.message);
+      $('cancel').disabled = false;
+    });
+  }
+
+  /* ---- wiring ---- */
+
+  op.addEventListener('change', updateFields);
+  form.addEventListener('submit', submit);
+  $('cancel').addEventListener('click', cancel);
+  $('init-image').addEventListener('change', function () { loadInitImage(this.files[0]); });
+  $('mask-clear').addEventListener('click', clearMask);
+  $('strength').addEventListener('input', function () { $('strength-out').textContent = this.value; });
+  canvas.addEventListener('pointerdown', function (ev) {
+    painting = true;
+    canvas.setPointerCapture(ev.pointerId);
+    paint(ev);
+  });
+  canvas.addEventListener('pointermove', paint);
+  canvas.addEventListener('pointerup', function () { painting = false; });
+  canvas.addEventListener('pointercancel', function () { painting = false; });
+
+  setState('idle');
+  updateFields();
+  pollReady();
+  loadModels();
+})();
