@@ -86,17 +86,17 @@ const char *sdw_operation_name(sdw_operation op)
 }
 
 static const char *const sampler_names[] = {
-    [SDW_SAMPLER_DEFAULT] = "",
-    [SDW_SAMPLER_EULER] = "euler",
-    [SDW_SAMPLER_EULER_A] = "euler_a",
-    [SDW_SAMPLER_DDIM] = "ddim",
-    [SDW_SAMPLER_DPMPP_2M] = "dpmpp_2m",
-    [SDW_SAMPLER_DPMPP_2M_KARRAS] = "dpmpp_2m_karras",
-    [SDW_SAMPLER_PNDM] = "pndm",
+    [SDW_JOB_SAMPLER_DEFAULT] = "",
+    [SDW_JOB_SAMPLER_EULER] = "euler",
+    [SDW_JOB_SAMPLER_EULER_A] = "euler_a",
+    [SDW_JOB_SAMPLER_DDIM] = "ddim",
+    [SDW_JOB_SAMPLER_DPMPP_2M] = "dpmpp_2m",
+    [SDW_JOB_SAMPLER_DPMPP_2M_KARRAS] = "dpmpp_2m_karras",
+    [SDW_JOB_SAMPLER_PNDM] = "pndm",
 };
 #define N_SAMPLERS (sizeof sampler_names / sizeof sampler_names[0])
 
-const char *sdw_sampler_name(sdw_sampler s)
+const char *sdw_sampler_name(sdw_job_sampler s)
 {
     return (unsigned)s < N_SAMPLERS ? sampler_names[s] : "";
 }
@@ -492,17 +492,17 @@ static int get_image(parse_ctx *c, const char *name, const char *alias, sdw_imag
     return 0;
 }
 
-static int get_sampler(parse_ctx *c, sdw_sampler *out)
+static int get_sampler(parse_ctx *c, sdw_job_sampler *out)
 {
     const char *s;
     size_t n;
     int rc = get_str(c, "sampler", 0, &s, &n);
-    *out = SDW_SAMPLER_DEFAULT;
+    *out = SDW_JOB_SAMPLER_DEFAULT;
     if (rc || !s)
         return rc;
     for (size_t i = 0; i < N_SAMPLERS; i++)
         if (strcmp(s, sampler_names[i]) == 0) {
-            *out = (sdw_sampler)i;
+            *out = (sdw_job_sampler)i;
             return 0;
         }
     return bad(c, "sampler", "one of euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, pndm");
@@ -531,7 +531,7 @@ static int parse_fields(parse_ctx *c, sdw_operation op, sdw_job_request *r)
         (rc = get_int(c, "clip_skip", 0, 0, 11, &r->clip_skip)) ||
         (rc = get_seed(c, r)))
         return rc;
-    if (r->eta != 0 && r->sampler != SDW_SAMPLER_DDIM)
+    if (r->eta != 0 && r->sampler != SDW_JOB_SAMPLER_DDIM)
         return bad(c, "eta", "0 unless sampler is ddim");
 
     json_object *loras = field(c, "loras");
@@ -698,7 +698,7 @@ char *sdw_job_request_params_json(const sdw_job_request *r)
     }
     json_object_object_add(o, "seed", json_object_new_uint64(r->seed));
     json_object_object_add(o, "seed_random", json_object_new_boolean(r->seed_random));
-    if (r->sampler != SDW_SAMPLER_DEFAULT)
+    if (r->sampler != SDW_JOB_SAMPLER_DEFAULT)
         json_object_object_add(o, "sampler", json_object_new_string(sdw_sampler_name(r->sampler)));
     json_object_object_add(o, "eta", exact_double(r->eta));
     json_object_object_add(o, "clip_skip", json_object_new_int(r->clip_skip));

@@ -114,15 +114,15 @@ typedef enum sdw_operation {
 } sdw_operation;
 
 /* Schedulers. DEFAULT means the one in the model's scheduler config. */
-typedef enum sdw_sampler {
-    SDW_SAMPLER_DEFAULT = 0,
-    SDW_SAMPLER_EULER,
-    SDW_SAMPLER_EULER_A,
-    SDW_SAMPLER_DDIM,
-    SDW_SAMPLER_DPMPP_2M,
-    SDW_SAMPLER_DPMPP_2M_KARRAS,
-    SDW_SAMPLER_PNDM,
-} sdw_sampler;
+typedef enum sdw_job_sampler {
+    SDW_JOB_SAMPLER_DEFAULT = 0,
+    SDW_JOB_SAMPLER_EULER,
+    SDW_JOB_SAMPLER_EULER_A,
+    SDW_JOB_SAMPLER_DDIM,
+    SDW_JOB_SAMPLER_DPMPP_2M,
+    SDW_JOB_SAMPLER_DPMPP_2M_KARRAS,
+    SDW_JOB_SAMPLER_PNDM,
+} sdw_job_sampler;
 
 typedef enum sdw_image_format {
     SDW_IMAGE_NONE = 0,
@@ -150,7 +150,7 @@ typedef struct sdw_job_request {
     int width, height;                  /* 0 for transform/inpaint: from the image */
     uint64_t seed;
     bool seed_random;                   /* the client sent no seed; we chose it */
-    sdw_sampler sampler;
+    sdw_job_sampler sampler;
     double eta;
     int clip_skip;
     double strength;                    /* transform and inpaint only */
@@ -167,7 +167,7 @@ int sdw_contract_parse(const char *body, size_t len, const sdw_contract_limits *
 void sdw_job_request_free(sdw_job_request *req);
 
 const char *sdw_operation_name(sdw_operation op);
-const char *sdw_sampler_name(sdw_sampler s);   /* "" for DEFAULT */
+const char *sdw_sampler_name(sdw_job_sampler s);   /* "" for DEFAULT */
 
 /* The resolved parameters as JSON (everything but the image bytes; the seed
  * actually used and "seed_random"), for job status replies and logs.
