@@ -6,7 +6,7 @@
  * lost or repeated), draws progress on stderr, and writes the final PNG.
  * The exit status tells a script what happened; see usage(). */
 #ifdef HAVE_CONFIG_H
-#include "config.h"
+#include "sdw-build.h"
 #endif
 
 #include <curl/curl.h>

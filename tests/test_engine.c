@@ -1,0 +1,194 @@
+/* sdworker-engine end to end through the job ring, without HTTP: a job runs
+ * and streams progress then a PNG; a queued and a running job are
+ * cancelled; an engine killed with SIGKILL mid-job fails that job only,
+ * restarts, and then runs the job that was waiting. */
+#include <json-c/json.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "contract.h"
+#include "image.h"
+#include "ring.h"
+#include "tap.h"
+
+static char ring_name[64];
+static pid_t engine_pid;
+
+static void stop_engine(void)
+{
+    if (engine_pid > 0) {
+        kill(engine_pid, SIGTERM);
+        waitpid(engine_pid, NULL, 0);
+        engine_pid = 0;
+    }
+}
+
+static sdw_ring *start_engine(void)
+{
+    char model[4200], ringopt[128];
+    snprintf(model, sizeof model, "model.tiny=%s", tap_fixture("models/tiny-a"));
+    snprintf(ringopt, sizeof ringopt, "ring.name=%s", ring_name);
+    engine_pid = fork();
+    if (engine_pid == 0) {
+        execl("./sdworker-engine", "sdworker-engine", "-o", model, "-o", ringopt, "-o", "preview_interval=2", "-o",
+              "engine.restart_delay_ms=100", "-o", "log_level=warn", (char *)NULL);
+        _exit(127);
+    }
+    sdw_ring *r = NULL;
+    sdw_error e;
+    for (int i = 0; i < 200 && !r; i++) {
+        if (sdw_ring_open(ring_name, &r, &e))
+            usleep(50000);
+    }
+    return r;
+}
+
+static int wait_ready(sdw_ring *r, int timeout_ms, pid_t *pid)
+{
+    sdw_engine_info info;
+    sdw_error e;
+    for (int waited = 0; waited < timeout_ms; waited += 20) {
+        if (sdw_ring_engine_status(r, &info, &e) == 0 && info.state == SDW_ENGINE_READY) {
+            if (pid)
+                *pid = info.pid;
+            return 1;
+        }
+        usleep(20000);
+    }
+    return 0;
+}
+
+static int submit(sdw_ring *r, const char *json, sdw_job_id id)
+{
+    sdw_job_request req;
+    sdw_api_error ae;
+    sdw_error e;
+    if (sdw_contract_parse(json, strlen(json), NULL, &req, &ae)) {
+        tap_diag("parse: %s", ae.message);
+        return -1;
+    }
+    size_t len;
+    unsigned char *buf = sdw_job_request_serialize(&req, &len);
+    int rc = buf ? sdw_ring_submit(r, buf, len, id, &e) : -1;
+    free(buf);
+    sdw_job_request_free(&req);
+    return rc;
+}
+
+typedef struct seen {
+    int progress, previews, complete, error;
+    char error_code[64];
+    int width, height, png_ok;
+    uint64_t last_id;
+} seen;
+
+/* Reads a job's events until its stream ends; stop_after_progress > 0
+ * returns early after that many progress events. */
+static void follow(sdw_ring *r, const char *id, seen *s, int stop_after_progress)
+{
+    sdw_error e;
+    for (;;) {
+        sdw_ring_event ev;
+        int rc = sdw_ring_wait_event(r, id, s->last_id, 30000, &ev, &e);
+        if (rc != 1)
+            return;
+        s->last_id = ev.id;
+        json_object *o = json_tokener_parse(ev.data);
+        if (!strcmp(ev.name, "progress"))
+            s->progress++;
+        else if (!strcmp(ev.name, "preview"))
+            s->previews++;
+        else if (!strcmp(ev.name, "error")) {
+            s->error++;
+            json_object *c;
+            if (json_object_object_get_ex(o, "code", &c))
+                snprintf(s->error_code, sizeof s->error_code, "%s", json_object_get_string(c));
+        } else if (!strcmp(ev.name, "complete")) {
+            s->complete++;
+            json_object *img, *w, *h;
+            if (json_object_object_get_ex(o, "image", &img) && json_object_object_get_ex(o, "width", &w) &&
+                json_object_object_get_ex(o, "height", &h)) {
+                s->width = json_object_get_int(w), s->height = json_object_get_int(h);
+                unsigned char *png;
+                size_t len;
+                const char *b64 = json_object_get_string(img);
+                sdw_image dec;
+                if (sdw_base64_decode(b64, strlen(b64), 1 << 24, &png, &len) == 0) {
+                    s->png_ok = sdw_image_decode(&dec, png, len, 0, &e) == 0 && dec.width == s->width &&
+                                dec.height == s->height;
+                    if (s->png_ok)
+                        sdw_image_free(&dec);
+                    free(png);
+                }
+            }
+        }
+        json_object_put(o);
+        sdw_ring_event_free(&ev);
+        if (stop_after_progress && s->progress >= stop_after_progress)
+            return;
+    }
+}
+
+#define JOB(steps, extra)                                                                                       \
+    "{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"tiny\",\"prompt\":\"a cat\","           \
+    "\"width\":64,\"height\":64,\"seed\":7,\"sampler\":\"euler\",\"steps\":" #steps extra "}"
+
+int main(void)
+{
+    snprintf(ring_name, sizeof ring_name, "/sdw-test-engine-%d", (int)getpid());
+    sdw_ring *r = start_engine();
+    if (!tap_ok(r != NULL, "the supervisor creates the ring")) {
+        stop_engine();
+        return tap_done();
+    }
+    pid_t worker;
+    tap_ok(wait_ready(r, 30000, &worker), "the engine loads the model and reports ready");
+
+    sdw_job_id a, b;
+    seen sa = {0};
+    tap_ok(submit(r, JOB(4, ""), a) == 0, "a job is queued");
+    follow(r, a, &sa, 0);
+    tap_ok(sa.progress == 4 && sa.complete == 1 && sa.error == 0,
+           "it streams 4 progress events and one complete event (%d, %d, %d)", sa.progress, sa.complete, sa.error);
+    tap_ok(sa.png_ok && sa.width == 64 && sa.height == 64, "the complete event carries a 64x64 PNG");
+
+    /* A running job cancelled between steps; then a queued one at once. */
+    sdw_job_state after;
+    sdw_error e;
+    seen sb = {0};
+    tap_ok(submit(r, JOB(60, ""), b) == 0, "a long job is queued");
+    follow(r, b, &sb, 1);
+    sdw_job_id c;
+    submit(r, JOB(60, ""), c);
+    tap_ok(sdw_ring_cancel(r, c, &after, &e) == 0 && after == SDW_JOB_CANCELLED, "a queued job is cancelled at once");
+    tap_ok(sdw_ring_cancel(r, b, &after, &e) == 0, "a running job accepts a cancel request");
+    follow(r, b, &sb, 0);
+    tap_ok(sb.error == 1 && !strcmp(sb.error_code, "cancelled") && sb.complete == 0 && sb.progress < 60,
+           "the running job ends with a cancelled error after %d steps", sb.progress);
+
+    /* Kill the engine mid-job: that job fails, the queued one survives. */
+    sdw_job_id d, f;
+    seen sd = {0}, sf = {0};
+    submit(r, JOB(60, ""), d);
+    follow(r, d, &sd, 2);
+    submit(r, JOB(3, ",\"seed\":8"), f);
+    kill(worker, SIGKILL);
+    follow(r, d, &sd, 0);
+    tap_ok(sd.error == 1 && !strcmp(sd.error_code, "engine_crashed"), "the job running in a killed engine fails: %s",
+           sd.error_code);
+    pid_t worker2 = 0;
+    tap_ok(wait_ready(r, 30000, &worker2) && worker2 != worker, "a new engine starts and gets ready");
+    follow(r, f, &sf, 0);
+    tap_ok(sf.complete == 1 && sf.png_ok, "the job queued during the crash runs on the new engine");
+
+    sdw_ring_close(r);
+    stop_engine();
+    sdw_ring *gone;
+    tap_ok(sdw_ring_open(ring_name, &gone, &e) != 0, "SIGTERM stops the supervisor and removes the ring");
+    return tap_done();
+}
