@@ -410,6 +410,55 @@ identity) and the mask is the same size as its init image.
 Both come from separate runs with identically seeded generators. The script
 asserts that `vae.decode(latents / scaling_factor)` + `image_processor.postprocess`
 gives exactly the `output_type="np"` image.
+
+## What the pipelines do (diffusers 0.31, as checked by the script)
+
+For every img2img and inpaint case the script also runs the loop written out
+by hand (`by_hand()`), with each generator draw explicit, and asserts its
+latents equal the pipeline's bit for bit. One generator serves the whole call;
+every draw is `torch.randn` of the latent shape [1, 4, h, w].
+
+- Prompts: `tokenizer(..., padding="max_length", max_length=77,
+  truncation=True)`: BOS, the first 75 content tokens, EOS (the long-prompt
+  case has 95 tokens untokenised; 18 are dropped, diffusers only warns). The
+  negative prompt (`""` the same as none) is padded to 77 the same way.
+- Guidance: classifier-free guidance only when `guidance > 1`; at 1.0 the
+  negative prompt is never encoded and the UNet runs at batch 1. Otherwise the
+  UNet batch is [uncond, cond] and `eps = u + g * (c - u)`.
+- Strength: `init = min(int(steps * strength), steps)`, `t_start = steps - init`,
+  the loop runs `timesteps[t_start * order:]` (set_begin_index where the
+  scheduler has it), and the start latents are `add_noise(image_latents, noise,
+  timesteps[0])`, not scaled by `init_noise_sigma`.
+- Image encoding: pixels `p / 255 * 2 - 1`, VAE posterior *sample*
+  `mean + std * randn` (a generator draw), times `scaling_factor` (0.18215).
+- img2img draw order: posterior sample, initial noise, then the sampler's
+  per-step draws (euler_a every step; ddim only with eta > 0; euler,
+  dpmpp_2m(_karras) and pndm draw nothing).
+- inpaint draw order: (1) posterior sample of the init image, drawn when the
+  UNet has 4 channels (always) or strength < 1; the 9-channel model at
+  strength 1.0 skips it; (2) initial noise: at strength 1.0 the latents are
+  `noise * init_noise_sigma` (the image does not enter), else `add_noise` as
+  img2img; (3) posterior sample of the masked image, drawn for 4-channel models
+  too although they never use it; (4) the per-step draws.
+- Mask: converted to grayscale ("L"), resized to width x height with Lanczos
+  (identity here: same size), scaled to [0, 1], binarised `m >= 0.5 -> 1`
+  (128 -> 1, 127 -> 0). 1 = repaint. Masked image = init pixels (in [-1, 1])
+  times `(m < 0.5)`, i.e. 0 (mid-grey) inside the hole. The latent mask is
+  `interpolate(mask, (h, w))`, nearest: latent (i, j) = binarised pixel
+  (8i, 8j). For mask-64x64.png that is rows 1-5, columns 2-5 of the 8x8.
+- 9-channel UNet input, per CFG half: `cat([scale_model_input(x), mask,
+  masked_image_latents], dim=1)`; only the 4 latent channels are scaled.
+- 4-channel inpaint: after each `scheduler.step`, `x = (1 - mask) * known +
+  mask * x` with `known = add_noise(image_latents, noise, timesteps[i + 1])`
+  (the same initial noise every step); after the *last* step `known` is the
+  clean `image_latents`, so the returned latents equal the encoded init image
+  outside the mask. The pipeline does not paste original pixels back after
+  decoding.
+
+Float results depend on torch's memory layout (the VAE output keeps the init
+image's channels-last strides through img2img but not inpaint), so expect
+last-bit differences in any independent implementation: compare with a
+tolerance.
 """
 
 
