@@ -1,0 +1,1020 @@
+/* sdworker: the command-line client of the sdworker service, with
+ * rbee-keeper's planned syntax (`image generate|transform|inpaint`).
+ *
+ * It submits one operation (POST /v1/jobs), follows the job's event stream
+ * (reconnecting with Last-Event-ID when the connection drops, so no event is
+ * lost or repeated), draws progress on stderr, and writes the final PNG.
+ * The exit status tells a script what happened; see usage(). */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <curl/curl.h>
+#include <json-c/json.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+enum {
+    EXIT_OK = 0,
+    EXIT_USAGE = 1,
+    EXIT_REJECTED = 2,
+    EXIT_JOB_FAILED = 3,
+    EXIT_CONNECTION = 4,
+    EXIT_CANCELLED = 5,
+    EXIT_OUTPUT = 6,
+};
+
+#define DEFAULT_URL "http://127.0.0.1:8080"
+#define MAX_INPUT_FILE (64L << 20)
+/* Consecutive reconnects without receiving an event before giving up. */
+#define MAX_RECONNECTS 10
+
+static const char *prog = "sdworker";
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"Usage: %s image generate|transform|inpaint [OPTIONS] --output FILE\n"
+"\n"
+"Submits an image job to an sdworker service, follows its progress and\n"
+"writes the resulting PNG. The seed used is printed on stdout.\n"
+"\n"
+"Options:\n"
+"  --url URL               service base URL (default " DEFAULT_URL ")\n"
+"  --hive ID               hive_id sent with the operation (default localhost)\n"
+"  --model NAME            model name (required; see GET /v1/models)\n"
+"  --prompt TEXT           the prompt (required)\n"
+"  --negative-prompt TEXT  what to steer away from\n"
+"  --steps N               denoising steps (server default 20)\n"
+"  --guidance X            classifier-free guidance scale (server default 7.5)\n"
+"  --width N, --height N   image size, generate only (server default 512x512)\n"
+"  --seed N                seed (default: random, chosen by the server)\n"
+"  --sampler NAME          euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, pndm\n"
+"  --input FILE            init image, PNG or JPEG (transform, inpaint)\n"
+"  --mask FILE             mask image, white = repaint (inpaint)\n"
+"  --strength X            how far to move from the init image, 0-1\n"
+"                          (transform, inpaint; server default 0.8)\n"
+"  -o, --output FILE       where to write the PNG (required)\n"
+"  -q, --quiet             no progress or informational output\n"
+"  -h, --help              this text\n"
+"      --version           the version\n"
+"\n"
+"Value ranges are checked by the server, which answers with a message.\n"
+"Ctrl-C cancels the job on the server (DELETE /v1/jobs/{id}).\n"
+"\n"
+"Exit status:\n"
+"  0  the image was written\n"
+"  1  usage error (bad option, missing argument, unreadable input file)\n"
+"  2  the server rejected the request (its error message is printed)\n"
+"  3  the job failed (an error event, or the job was lost)\n"
+"  4  connection failure (the service could not be reached)\n"
+"  5  the job was cancelled\n"
+"  6  the output file could not be written\n",
+            prog);
+}
+
+static void msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void msg(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: ", prog);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* ---- base64 (standard alphabet; the service accepts no line breaks) ---- */
+
+static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static char *b64_encode(const unsigned char *in, size_t n)
+{
+    char *out = malloc(4 * ((n + 2) / 3) + 1);
+    if (!out)
+        return NULL;
+    char *o = out;
+    size_t i = 0;
+    for (; i + 2 < n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        *o++ = b64chars[v >> 18];
+        *o++ = b64chars[v >> 12 & 63];
+        *o++ = b64chars[v >> 6 & 63];
+        *o++ = b64chars[v & 63];
+    }
+    if (i < n) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
+        *o++ = b64chars[v >> 18];
+        *o++ = b64chars[v >> 12 & 63];
+        *o++ = i + 1 < n ? b64chars[v >> 6 & 63] : '=';
+        *o++ = '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+static int b64_value(char c)
+{
+    const char *p = c ? strchr(b64chars, c) : NULL;
+    return p ? (int)(p - b64chars) : -1;
+}
+
+/* Decodes standard base64, tolerating a "data:...;base64," prefix, missing
+ * padding and whitespace. Returns NULL on malformed input. */
+static unsigned char *b64_decode(const char *in, size_t *out_len)
+{
+    const char *comma = !strncmp(in, "data:", 5) ? strchr(in, ',') : NULL;
+    if (comma)
+        in = comma + 1;
+    size_t n = strlen(in);
+    unsigned char *out = malloc(n / 4 * 3 + 3);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    bool pad = false;
+    for (size_t i = 0; i < n; i++) {
+        char c = in[i];
+        if (c == ' ' || c == '\n' || c == '\r' || c == '\t')
+            continue;
+        if (c == '=') {
+            pad = true;
+            continue;
+        }
+        int v = b64_value(c);
+        if (v < 0 || pad) {
+            free(out);
+            return NULL;
+        }
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    *out_len = o;
+    return out;
+}
+
+/* ---- options ---- */
+
+struct opts {
+    const char *operation;   /* image_generation, image_transform, image_inpaint */
+    const char *url, *hive, *model, *prompt, *negative, *sampler;
+    const char *input, *mask, *output;
+    long steps, width, height;
+    double guidance, strength;
+    uint64_t seed;
+    bool has_steps, has_width, has_height, has_guidance, has_strength, has_seed;
+    bool quiet;
+};
+
+static int parse_long(const char *opt, const char *v, long *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end) {
+        msg("%s: '%s' is not an integer", opt, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int parse_double(const char *opt, const char *v, double *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end || x != x) {
+        msg("%s: '%s' is not a number", opt, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+enum { OPT_HIVE = 256, OPT_MODEL, OPT_PROMPT, OPT_NEG, OPT_STEPS, OPT_GUIDANCE, OPT_WIDTH,
+       OPT_HEIGHT, OPT_SEED, OPT_SAMPLER, OPT_INPUT, OPT_STRENGTH, OPT_MASK, OPT_URL, OPT_VERSION };
+
+/* Returns -1 to continue, or an exit status. */
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+    static const struct option longopts[] = {
+        { "hive", required_argument, NULL, OPT_HIVE },
+        { "model", required_argument, NULL, OPT_MODEL },
+        { "prompt", required_argument, NULL, OPT_PROMPT },
+        { "negative-prompt", required_argument, NULL, OPT_NEG },
+        { "steps", required_argument, NULL, OPT_STEPS },
+        { "guidance", required_argument, NULL, OPT_GUIDANCE },
+        { "width", required_argument, NULL, OPT_WIDTH },
+        { "height", required_argument, NULL, OPT_HEIGHT },
+        { "seed", required_argument, NULL, OPT_SEED },
+        { "sampler", required_argument, NULL, OPT_SAMPLER },
+        { "input", required_argument, NULL, OPT_INPUT },
+        { "strength", required_argument, NULL, OPT_STRENGTH },
+        { "mask", required_argument, NULL, OPT_MASK },
+        { "output", required_argument, NULL, 'o' },
+        { "url", required_argument, NULL, OPT_URL },
+        { "quiet", no_argument, NULL, 'q' },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, OPT_VERSION },
+        { NULL, 0, NULL, 0 },
+    };
+    memset(o, 0, sizeof *o);
+    o->url = DEFAULT_URL;
+    o->hive = "localhost";
+
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        usage(stdout);
+        return EXIT_OK;
+    }
+    if (argc >= 2 && !strcmp(argv[1], "--version")) {
+        printf("sdworker " PACKAGE_VERSION "\n");
+        return EXIT_OK;
+    }
+    if (argc < 3 || strcmp(argv[1], "image")) {
+        if (argc >= 2 && strcmp(argv[1], "image"))
+            msg("unknown command '%s'", argv[1]);
+        else
+            msg("missing command");
+        fprintf(stderr, "Try '%s --help'.\n", prog);
+        return EXIT_USAGE;
+    }
+    const char *sub = argv[2];
+    if (!strcmp(sub, "generate"))
+        o->operation = "image_generation";
+    else if (!strcmp(sub, "transform"))
+        o->operation = "image_transform";
+    else if (!strcmp(sub, "inpaint"))
+        o->operation = "image_inpaint";
+    else if (!strcmp(sub, "--help") || !strcmp(sub, "-h")) {
+        usage(stdout);
+        return EXIT_OK;
+    } else {
+        msg("unknown image command '%s' (generate, transform or inpaint)", sub);
+        return EXIT_USAGE;
+    }
+
+    /* getopt_long sees "sdworker --opt ..." */
+    int gargc = argc - 2;
+    char **gargv = argv + 2;
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(gargc, gargv, ":o:qh", longopts, NULL)) != -1) {
+        const char *name = gargv[optind - 1];
+        switch (c) {
+        case OPT_HIVE: o->hive = optarg; break;
+        case OPT_MODEL: o->model = optarg; break;
+        case OPT_PROMPT: o->prompt = optarg; break;
+        case OPT_NEG: o->negative = optarg; break;
+        case OPT_SAMPLER: o->sampler = optarg; break;
+        case OPT_INPUT: o->input = optarg; break;
+        case OPT_MASK: o->mask = optarg; break;
+        case OPT_URL: o->url = optarg; break;
+        case 'o': o->output = optarg; break;
+        case 'q': o->quiet = true; break;
+        case 'h': usage(stdout); return EXIT_OK;
+        case OPT_VERSION: printf("sdworker " PACKAGE_VERSION "\n"); return EXIT_OK;
+        case OPT_STEPS:
+            if (parse_long("--steps", optarg, &o->steps)) return EXIT_USAGE;
+            o->has_steps = true;
+            break;
+        case OPT_WIDTH:
+            if (parse_long("--width", optarg, &o->width)) return EXIT_USAGE;
+            o->has_width = true;
+            break;
+        case OPT_HEIGHT:
+            if (parse_long("--height", optarg, &o->height)) return EXIT_USAGE;
+            o->has_height = true;
+            break;
+        case OPT_GUIDANCE:
+            if (parse_double("--guidance", optarg, &o->guidance)) return EXIT_USAGE;
+            o->has_guidance = true;
+            break;
+        case OPT_STRENGTH:
+            if (parse_double("--strength", optarg, &o->strength)) return EXIT_USAGE;
+            o->has_strength = true;
+            break;
+        case OPT_SEED: {
+            char *end;
+            errno = 0;
+            o->seed = strtoull(optarg, &end, 10);
+            if (errno || end == optarg || *end || optarg[0] == '-') {
+                msg("--seed: '%s' is not an integer 0-%" PRIu64, optarg, UINT64_MAX);
+                return EXIT_USAGE;
+            }
+            o->has_seed = true;
+            break;
+        }
+        case ':':
+            msg("%s needs a value", name);
+            return EXIT_USAGE;
+        default:
+            msg("unknown option '%s'", name);
+            fprintf(stderr, "Try '%s --help'.\n", prog);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < gargc) {
+        msg("unexpected argument '%s'", gargv[optind]);
+        return EXIT_USAGE;
+    }
+    bool gen = !strcmp(o->operation, "image_generation");
+    bool inpaint = !strcmp(o->operation, "image_inpaint");
+    const char *missing = !o->model ? "--model" : !o->prompt ? "--prompt" : !o->output ? "--output"
+                        : !gen && !o->input ? "--input" : inpaint && !o->mask ? "--mask" : NULL;
+    if (missing) {
+        msg("image %s: %s is required", sub, missing);
+        return EXIT_USAGE;
+    }
+    if (!gen && (o->has_width || o->has_height)) {
+        msg("image %s: the size comes from --input; --width/--height apply to generate only", sub);
+        return EXIT_USAGE;
+    }
+    if (gen && (o->input || o->mask || o->has_strength)) {
+        msg("image generate: --input, --mask and --strength apply to transform and inpaint");
+        return EXIT_USAGE;
+    }
+    if (!inpaint && o->mask) {
+        msg("image %s: --mask applies to inpaint only", sub);
+        return EXIT_USAGE;
+    }
+    if (strncmp(o->url, "http://", 7) && strncmp(o->url, "https://", 8)) {
+        msg("--url: '%s' must start with http:// or https://", o->url);
+        return EXIT_USAGE;
+    }
+    return -1;
+}
+
+/* ---- request ---- */
+
+/* Reads a PNG or JPEG file and returns it base64-encoded, or NULL. */
+static char *read_image_b64(const char *opt, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        msg("%s %s: %s", opt, path, strerror(errno));
+        return NULL;
+    }
+    unsigned char *buf = malloc(MAX_INPUT_FILE + 1);
+    size_t n = buf ? fread(buf, 1, MAX_INPUT_FILE + 1, f) : 0;
+    bool err = ferror(f);
+    fclose(f);
+    char *out = NULL;
+    static const unsigned char png[8] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n' };
+    if (!buf || err)
+        msg("%s %s: read error", opt, path);
+    else if (n > MAX_INPUT_FILE)
+        msg("%s %s: larger than %ld bytes", opt, path, MAX_INPUT_FILE);
+    else if (!(n >= 8 && !memcmp(buf, png, 8)) && !(n >= 3 && buf[0] == 0xff && buf[1] == 0xd8 && buf[2] == 0xff))
+        msg("%s %s: not a PNG or JPEG file", opt, path);
+    else if (!(out = b64_encode(buf, n)))
+        msg("out of memory");
+    free(buf);
+    return out;
+}
+
+static void add_str(json_object *o, const char *k, const char *v)
+{
+    json_object_object_add(o, k, json_object_new_string(v));
+}
+
+/* The operation JSON in rbee's flat shape; NULL with a message on failure. */
+static char *build_request(const struct opts *o)
+{
+    json_object *r = json_object_new_object();
+    add_str(r, "operation", o->operation);
+    add_str(r, "hive_id", o->hive);
+    add_str(r, "model", o->model);
+    add_str(r, "prompt", o->prompt);
+    if (o->negative)
+        add_str(r, "negative_prompt", o->negative);
+    if (o->has_steps)
+        json_object_object_add(r, "steps", json_object_new_int64(o->steps));
+    if (o->has_guidance)
+        json_object_object_add(r, "guidance_scale", json_object_new_double(o->guidance));
+    if (o->has_width)
+        json_object_object_add(r, "width", json_object_new_int64(o->width));
+    if (o->has_height)
+        json_object_object_add(r, "height", json_object_new_int64(o->height));
+    if (o->has_seed)
+        json_object_object_add(r, "seed", o->seed <= INT64_MAX ? json_object_new_int64((int64_t)o->seed)
+                                                               : json_object_new_uint64(o->seed));
+    if (o->sampler)
+        add_str(r, "sampler", o->sampler);
+    if (o->has_strength)
+        json_object_object_add(r, "strength", json_object_new_double(o->strength));
+    char *result = NULL;
+    if (o->input) {
+        char *b = read_image_b64("--input", o->input);
+        if (!b)
+            goto out;
+        json_object_object_add(r, "init_image", json_object_new_string(b));
+        free(b);
+    }
+    if (o->mask) {
+        char *b = read_image_b64("--mask", o->mask);
+        if (!b)
+            goto out;
+        json_object_object_add(r, "mask_image", json_object_new_string(b));
+        free(b);
+    }
+    result = strdup(json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+out:
+    json_object_put(r);
+    return result;
+}
+
+/* ---- HTTP ---- */
+
+struct buf {
+    char *p;
+    size_t n, cap;
+};
+
+static size_t buf_write(char *data, size_t size, size_t nmemb, void *ud)
+{
+    struct buf *b = ud;
+    size_t n = size * nmemb;
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = (b->n + n + 1) * 2;
+        char *p = realloc(b->p, cap);
+        if (!p)
+            return 0;
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, data, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+    return n;
+}
+
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+static int xfer_check(void *ud, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
+{
+    (void)ud, (void)a, (void)b, (void)c, (void)d;
+    return interrupted;
+}
+
+static CURL *easy(const char *url, char *errbuf)
+{
+    CURL *h = curl_easy_init();
+    if (!h)
+        return NULL;
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 10L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_USERAGENT, "sdworker/" PACKAGE_VERSION);
+    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, xfer_check);
+    errbuf[0] = '\0';
+    return h;
+}
+
+static const char *curl_msg(CURLcode rc, const char *errbuf)
+{
+    return errbuf[0] ? errbuf : curl_easy_strerror(rc);
+}
+
+/* Prints the server's {"error":{"code","message"}} (or the raw body). */
+static void print_server_error(long status, const struct buf *body, const char *retry_after)
+{
+    json_object *j = body->p ? json_tokener_parse(body->p) : NULL;
+    json_object *err = NULL, *m = NULL, *code = NULL;
+    if (j && json_object_object_get_ex(j, "error", &err) && json_object_is_type(err, json_type_object)) {
+        json_object_object_get_ex(err, "message", &m);
+        json_object_object_get_ex(err, "code", &code);
+    }
+    if (m)
+        msg("server rejected the request (HTTP %ld%s%s): %s", status, code ? ", " : "",
+            code ? json_object_get_string(code) : "", json_object_get_string(m));
+    else
+        msg("server rejected the request (HTTP %ld): %.200s", status, body->p ? body->p : "");
+    if (retry_after)
+        msg("the server asks to retry after %s seconds", retry_after);
+    json_object_put(j);
+}
+
+struct hdrs {
+    char retry_after[32];
+};
+
+static size_t header_cb(char *data, size_t size, size_t nmemb, void *ud)
+{
+    struct hdrs *h = ud;
+    size_t n = size * nmemb;
+    if (n > 12 && !strncasecmp(data, "Retry-After:", 12)) {
+        size_t i = 12, j = 0;
+        while (i < n && data[i] == ' ')
+            i++;
+        while (i < n && j + 1 < sizeof h->retry_after && data[i] != '\r' && data[i] != '\n')
+            h->retry_after[j++] = data[i++];
+        h->retry_after[j] = '\0';
+    }
+    return n;
+}
+
+/* POSTs the job; on success fills job_id and the absolute stream URL. */
+static int submit(const struct opts *o, const char *body, char **job_id, char **stream_url)
+{
+    char url[4096], errbuf[CURL_ERROR_SIZE];
+    size_t ul = strlen(o->url);
+    while (ul && o->url[ul - 1] == '/')
+        ul--;
+    snprintf(url, sizeof url, "%.*s/v1/jobs", (int)ul, o->url);
+    CURL *h = easy(url, errbuf);
+    if (!h)
+        return EXIT_CONNECTION;
+    struct buf resp = { 0 };
+    struct hdrs hd = { { 0 } };
+    struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
+    headers = curl_slist_append(headers, "Accept: application/json");
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, buf_write);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &resp);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &hd);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 300L);
+    CURLcode rc = curl_easy_perform(h);
+    long status = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    int ret = EXIT_OK;
+    if (interrupted) {
+        msg("interrupted before the job was accepted");
+        ret = EXIT_CANCELLED;
+    } else if (rc != CURLE_OK) {
+        msg("cannot submit to %s: %s", url, curl_msg(rc, errbuf));
+        ret = EXIT_CONNECTION;
+    } else if (status < 200 || status > 299) {
+        print_server_error(status, &resp, hd.retry_after[0] ? hd.retry_after : NULL);
+        ret = EXIT_REJECTED;
+    } else {
+        json_object *j = json_tokener_parse(resp.p ? resp.p : "");
+        json_object *id = NULL, *sse = NULL;
+        if (!j || !json_object_object_get_ex(j, "job_id", &id) || !json_object_is_type(id, json_type_string)) {
+            msg("unexpected response to POST %s (HTTP %ld): %.200s", url, status, resp.p ? resp.p : "");
+            ret = EXIT_REJECTED;
+        } else {
+            *job_id = strdup(json_object_get_string(id));
+            char su[4096];
+            const char *s = json_object_object_get_ex(j, "sse_url", &sse) ? json_object_get_string(sse) : NULL;
+            /* An absolute path is taken relative to --url, so that a
+             * service behind a path prefix still works. */
+            if (s && (!strncmp(s, "http://", 7) || !strncmp(s, "https://", 8)))
+                snprintf(su, sizeof su, "%s", s);
+            else if (s && s[0] == '/')
+                snprintf(su, sizeof su, "%.*s%s", (int)ul, o->url, s);
+            else
+                snprintf(su, sizeof su, "%.*s/v1/jobs/%s/stream", (int)ul, o->url, *job_id);
+            *stream_url = strdup(su);
+        }
+        json_object_put(j);
+    }
+    curl_slist_free_all(headers);
+    curl_easy_cleanup(h);
+    free(resp.p);
+    return ret;
+}
+
+static void cancel_job(const struct opts *o, const char *job_id)
+{
+    char url[4096], errbuf[CURL_ERROR_SIZE];
+    size_t ul = strlen(o->url);
+    while (ul && o->url[ul - 1] == '/')
+        ul--;
+    snprintf(url, sizeof url, "%.*s/v1/jobs/%s", (int)ul, o->url, job_id);
+    interrupted = 0;
+    CURL *h = easy(url, errbuf);
+    if (!h)
+        return;
+    struct buf resp = { 0 };
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "DELETE");
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, buf_write);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &resp);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 10L);
+    CURLcode rc = curl_easy_perform(h);
+    long status = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    if (rc != CURLE_OK)
+        msg("could not cancel %s: %s", job_id, curl_msg(rc, errbuf));
+    else if (status != 200)
+        msg("cancelling %s: HTTP %ld", job_id, status);
+    curl_easy_cleanup(h);
+    free(resp.p);
+}
+
+/* ---- the event stream ---- */
+
+enum outcome { RUNNING = 0, COMPLETED, FAILED, CANCELLED };
+
+struct stream {
+    const struct opts *o;
+    CURL *h;
+    struct buf errbody;     /* the body of a non-200 answer to the GET */
+    /* SSE parser state (the WHATWG event-stream rules, on bytes). */
+    char *line;
+    size_t line_n, line_cap;
+    bool after_cr;
+    char event[64];
+    struct buf data;
+    char last_id[256];
+    long retry_ms;
+    unsigned events;        /* dispatched on this connection */
+    /* The job. */
+    enum outcome outcome;
+    char error[512];
+    unsigned char *image;
+    size_t image_len;
+    int64_t seed;
+    bool has_seed;
+    int width, height;
+    char *timings;
+    bool tty, bar_drawn;
+};
+
+static void draw_progress(struct stream *s, long step, long total, double pct, bool preview)
+{
+    if (s->o->quiet)
+        return;
+    if (!s->tty) {
+        fprintf(stderr, "%s: step %ld/%ld (%.0f%%)\n", preview ? "preview" : "progress", step, total, pct);
+        return;
+    }
+    enum { W = 30 };
+    int fill = pct <= 0 ? 0 : pct >= 100 ? W : (int)(pct * W / 100);
+    char bar[W + 1];
+    memset(bar, '#', (size_t)fill);
+    memset(bar + fill, '.', (size_t)(W - fill));
+    bar[W] = '\0';
+    fprintf(stderr, "\r[%s] %3.0f%%  step %ld/%ld", bar, pct, step, total);
+    s->bar_drawn = true;
+}
+
+static void end_bar(struct stream *s)
+{
+    if (s->bar_drawn) {
+        fputc('\n', stderr);
+        s->bar_drawn = false;
+    }
+}
+
+static void set_failed(struct stream *s, enum outcome oc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_failed(struct stream *s, enum outcome oc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->error, sizeof s->error, fmt, ap);
+    va_end(ap);
+    s->outcome = oc;
+}
+
+static double num(json_object *j, const char *k, double dflt)
+{
+    json_object *v;
+    return json_object_object_get_ex(j, k, &v) ? json_object_get_double(v) : dflt;
+}
+
+static void on_event(struct stream *s, const char *type, const char *data)
+{
+    s->events++;
+    /* rbee's job-client end markers, for servers that send them. */
+    if (!strcmp(data, "[DONE]")) {
+        if (s->outcome == RUNNING)
+            set_failed(s, FAILED, "the stream ended without an image");
+        return;
+    }
+    if (!strncmp(data, "[ERROR]", 7)) {
+        set_failed(s, FAILED, "%s", data[7] == ' ' ? data + 8 : data + 7);
+        return;
+    }
+    if (!strcmp(data, "[CANCELLED]")) {
+        set_failed(s, CANCELLED, "the job was cancelled");
+        return;
+    }
+    json_object *j = json_tokener_parse(data);
+    if (!j || !json_object_is_type(j, json_type_object)) {
+        json_object_put(j);
+        set_failed(s, FAILED, "malformed %s event from the server", type);
+        return;
+    }
+    if (!strcmp(type, "progress") || !strcmp(type, "preview")) {
+        long step = (long)num(j, "step", 0), total = (long)num(j, "total", 0);
+        double pct = num(j, "percent", total > 0 ? 100.0 * (double)step / (double)total : 0);
+        draw_progress(s, step, total, pct, type[1] == 'r' && type[2] == 'e');
+    } else if (!strcmp(type, "complete")) {
+        json_object *img, *v;
+        if (!json_object_object_get_ex(j, "image", &img) || !json_object_is_type(img, json_type_string) ||
+            !(s->image = b64_decode(json_object_get_string(img), &s->image_len)) || !s->image_len) {
+            set_failed(s, FAILED, "the complete event carries no valid base64 image");
+        } else {
+            s->outcome = COMPLETED;
+            if (json_object_object_get_ex(j, "seed", &v)) {
+                s->seed = json_object_get_int64(v);
+                s->has_seed = true;
+            }
+            s->width = (int)num(j, "width", 0);
+            s->height = (int)num(j, "height", 0);
+            if (json_object_object_get_ex(j, "timings", &v))
+                s->timings = strdup(json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN));
+        }
+    } else if (!strcmp(type, "error")) {
+        json_object *m, *code;
+        const char *text = json_object_object_get_ex(j, "message", &m) ? json_object_get_string(m) : "unknown error";
+        const char *c = json_object_object_get_ex(j, "code", &code) ? json_object_get_string(code) : "";
+        set_failed(s, strcmp(c, "cancelled") ? FAILED : CANCELLED, "%s", text);
+    }
+    json_object_put(j);
+}
+
+static void sse_line(struct stream *s, char *line, size_t n)
+{
+    if (n == 0) {
+        if (s->data.n) {
+            if (s->data.p[s->data.n - 1] == '\n')
+                s->data.p[--s->data.n] = '\0';
+            on_event(s, s->event[0] ? s->event : "message", s->data.p);
+        }
+        s->data.n = 0;
+        s->event[0] = '\0';
+        return;
+    }
+    if (line[0] == ':')
+        return;   /* comment: the server's keep-alive */
+    char *colon = memchr(line, ':', n);
+    char *val = colon ? colon + 1 : line + n;
+    if (colon) {
+        *colon = '\0';
+        if (*val == ' ')
+            val++;
+    }
+    if (!strcmp(line, "event")) {
+        snprintf(s->event, sizeof s->event, "%s", val);
+    } else if (!strcmp(line, "data")) {
+        buf_write(val, 1, strlen(val), &s->data);
+        buf_write("\n", 1, 1, &s->data);
+    } else if (!strcmp(line, "id")) {
+        snprintf(s->last_id, sizeof s->last_id, "%s", val);
+    } else if (!strcmp(line, "retry")) {
+        char *end;
+        long ms = strtol(val, &end, 10);
+        if (*val && !*end && ms >= 0)
+            s->retry_ms = ms;
+    }
+}
+
+static size_t sse_write(char *data, size_t size, size_t nmemb, void *ud)
+{
+    struct stream *s = ud;
+    size_t n = size * nmemb;
+    long status = 0;
+    curl_easy_getinfo(s->h, CURLINFO_RESPONSE_CODE, &status);
+    if (status != 200)
+        return buf_write(data, size, nmemb, &s->errbody);
+    for (size_t i = 0; i < n; i++) {
+        char c = data[i];
+        if (s->after_cr && c == '\n') {
+            s->after_cr = false;
+            continue;
+        }
+        s->after_cr = c == '\r';
+        if (c == '\r' || c == '\n') {
+            s->line[s->line_n] = '\0';
+            sse_line(s, s->line, s->line_n);
+            s->line_n = 0;
+            if (s->outcome != RUNNING)
+                return 0;   /* a final event: stop reading */
+            continue;
+        }
+        if (s->line_n + 2 > s->line_cap) {
+            size_t cap = s->line_cap ? s->line_cap * 2 : 4096;
+            char *p = realloc(s->line, cap);
+            if (!p)
+                return 0;
+            s->line = p;
+            s->line_cap = cap;
+        }
+        s->line[s->line_n++] = c;
+    }
+    return n;
+}
+
+/* Follows the stream until a final event, reconnecting with Last-Event-ID
+ * after a drop. Returns the exit status. */
+static int follow(struct stream *s, const char *url)
+{
+    int failures = 0;
+    for (;;) {
+        char errbuf[CURL_ERROR_SIZE];
+        CURL *h = easy(url, errbuf);
+        if (!h)
+            return EXIT_CONNECTION;
+        struct curl_slist *headers = curl_slist_append(NULL, "Accept: text/event-stream");
+        headers = curl_slist_append(headers, "Cache-Control: no-cache");
+        if (s->last_id[0]) {
+            char hdr[300];
+            snprintf(hdr, sizeof hdr, "Last-Event-ID: %s", s->last_id);
+            headers = curl_slist_append(headers, hdr);
+        }
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sse_write);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, s);
+        /* A stream silent for four keep-alive intervals is dead. */
+        curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 60L);
+        s->line_n = 0;
+        s->after_cr = false;
+        s->data.n = 0;
+        s->event[0] = '\0';
+        s->events = 0;
+        s->errbody.n = 0;
+        s->h = h;
+        CURLcode rc = curl_easy_perform(h);
+        long status = 0;
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        curl_slist_free_all(headers);
+        curl_easy_cleanup(h);
+        s->h = NULL;
+        if (interrupted)
+            return EXIT_CANCELLED;
+        if (s->outcome != RUNNING)
+            return EXIT_OK;
+        /* A client error will not go away by asking again (the job is
+         * unknown or expired); 429 and 5xx (an overloaded or restarting
+         * service) are retried like a dropped connection. */
+        if (status >= 400 && status < 500 && status != 408 && status != 429) {
+            json_object *j = s->errbody.p ? json_tokener_parse(s->errbody.p) : NULL;
+            json_object *err, *m;
+            if (j && json_object_object_get_ex(j, "error", &err) && json_object_object_get_ex(err, "message", &m))
+                set_failed(s, FAILED, "HTTP %ld on the event stream: %s", status, json_object_get_string(m));
+            else
+                set_failed(s, FAILED, "HTTP %ld on the event stream", status);
+            json_object_put(j);
+            return EXIT_OK;
+        }
+        if (s->events)
+            failures = 0;
+        if (++failures > MAX_RECONNECTS) {
+            end_bar(s);
+            msg("lost the event stream: %s", rc != CURLE_OK ? curl_msg(rc, errbuf) : "closed without a result");
+            return EXIT_CONNECTION;
+        }
+        if (!s->o->quiet && !s->tty)
+            fprintf(stderr, "%s: stream interrupted (%s), reconnecting\n", prog,
+                    rc != CURLE_OK ? curl_msg(rc, errbuf) : status == 200 ? "closed" : "HTTP error");
+        long ms = s->retry_ms;
+        struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+        while (nanosleep(&ts, &ts) && errno == EINTR && !interrupted)
+            ;
+        if (interrupted)
+            return EXIT_CANCELLED;
+    }
+}
+
+/* Refuses early, before any work is queued, when the output cannot be
+ * created: a missing or read-only directory, or a directory named as file. */
+static bool output_writable(const char *path)
+{
+    struct stat st;
+    if (!stat(path, &st) && S_ISDIR(st.st_mode)) {
+        msg("--output %s: is a directory", path);
+        return false;
+    }
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        strcpy(dir, ".");
+    else
+        snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    if (access(dir, W_OK)) {
+        msg("--output %s: %s: %s", path, dir, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+static int write_output(const char *path, const unsigned char *p, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        msg("--output %s: %s", path, strerror(errno));
+        return -1;
+    }
+    size_t w = fwrite(p, 1, n, f);
+    int rc = fclose(f);
+    if (w != n || rc) {
+        msg("--output %s: write failed: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc >= 0)
+        return rc;
+    if (!output_writable(o.output))
+        return EXIT_OUTPUT;
+    char *body = build_request(&o);
+    if (!body)
+        return EXIT_USAGE;
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sa.sa_flags = (int)SA_RESETHAND;   /* a second Ctrl-C ends the program at once */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    if (curl_global_init(CURL_GLOBAL_DEFAULT)) {
+        msg("libcurl initialisation failed");
+        free(body);
+        return EXIT_CONNECTION;
+    }
+    char *job_id = NULL, *stream_url = NULL;
+    rc = submit(&o, body, &job_id, &stream_url);
+    free(body);
+    if (rc != EXIT_OK)
+        goto done;
+    if (!o.quiet)
+        msg("job %s accepted", job_id);
+
+    struct stream s;
+    memset(&s, 0, sizeof s);
+    s.o = &o;
+    s.retry_ms = 1000;
+    s.tty = isatty(STDERR_FILENO);
+    rc = follow(&s, stream_url);
+    end_bar(&s);
+    if (rc == EXIT_CANCELLED && interrupted) {
+        msg("interrupted: cancelling %s", job_id);
+        cancel_job(&o, job_id);
+    } else if (rc == EXIT_OK) {
+        switch (s.outcome) {
+        case COMPLETED:
+            if (write_output(o.output, s.image, s.image_len)) {
+                rc = EXIT_OUTPUT;
+                break;
+            }
+            if (s.has_seed)
+                printf("seed: %" PRId64 "\n", s.seed);
+            if (!o.quiet) {
+                if (s.width > 0)
+                    msg("wrote %s (%dx%d)", o.output, s.width, s.height);
+                else
+                    msg("wrote %s", o.output);
+                if (s.timings)
+                    msg("timings: %s", s.timings);
+            }
+            break;
+        case CANCELLED:
+            msg("job %s was cancelled: %s", job_id, s.error);
+            rc = EXIT_CANCELLED;
+            break;
+        default:
+            msg("job %s failed: %s", job_id, s.error);
+            rc = EXIT_JOB_FAILED;
+            break;
+        }
+    }
+    free(s.line);
+    free(s.data.p);
+    free(s.errbody.p);
+    free(s.image);
+    free(s.timings);
+done:
+    free(job_id);
+    free(stream_url);
+    curl_global_cleanup();
+    return rc;
+}

@@ -1,0 +1,328 @@
+/* The configuration parser: defaults, every key, rejected values with their
+ * file:line, duplicates, overrides, models, and the dump round trip. */
+#include "tap.h"
+#include "service/config.h"
+
+#include <string.h>
+#include <unistd.h>
+
+static sdw_error err;
+
+static int parse(sdw_config *c, const char *text)
+{
+    sdw_config_defaults(c);
+    memset(&err, 0, sizeof err);
+    return sdw_config_parse(c, text, strlen(text), "t.conf", "/etc/sdworker", &err);
+}
+
+/* The text must be rejected with a message containing want. */
+static void rejects(const char *text, const char *want)
+{
+    sdw_config c;
+    int rc = parse(&c, text);
+    tap_ok(rc == SDW_EINVAL && strstr(err.msg, want), "rejected: %s (want '%s')", err.msg, want);
+}
+
+static void test_defaults(void)
+{
+    sdw_config c;
+    sdw_config_defaults(&c);
+    tap_ok(!strcmp(c.listen, "unix:/run/sdworker/fcgi.sock") && c.listen_unix &&
+           !strcmp(c.listen_path, "/run/sdworker/fcgi.sock"), "default listen");
+    tap_ok(c.pm == SDW_PM_DYNAMIC && c.pm_max_children == 16 && c.pm_max_requests == 1000,
+           "default pm");
+    tap_ok(c.pm_min_spare_servers <= c.pm_start_servers &&
+           c.pm_start_servers <= c.pm_max_spare_servers &&
+           c.pm_max_spare_servers <= c.pm_max_children, "default spare counts are consistent");
+    tap_ok(!strcmp(c.ring_name, "/sdworker") && c.ring_slots == 64 && c.ring_max_queued == 32,
+           "default ring");
+    tap_ok(c.result_ttl == 600 && c.preview_interval == 5 && c.keepalive_interval == 15,
+           "default timings");
+    tap_ok(c.max_body_bytes == 32u << 20 && c.max_prompt_bytes == 4096 &&
+           c.max_pixels == 1024 * 1024, "default limits");
+    tap_ok(c.device == SDW_DEVICE_CPU && c.threads == 0 && c.log_level == SDW_LOG_INFO,
+           "default device, threads, log level");
+    tap_ok(c.n_models == 0 && !sdw_config_model_find(&c, NULL), "no default model");
+    sdw_error e = { 0 };
+    tap_ok(sdw_config_validate(&c, &e) == SDW_EINVAL && strstr(e.msg, "no model"),
+           "validate requires a model: %s", e.msg);
+    size_t in, lg, img;
+    sdw_config_ring_sizes(&c, &in, &lg, &img);
+    tap_ok(in >= 2 * c.max_image_bytes && lg == 64 * 1024 && img >= 4 * c.max_pixels,
+           "derived ring sizes cover two images and a base64 PNG (%zu %zu %zu)", in, lg, img);
+}
+
+static void test_every_key(void)
+{
+    static const char text[] =
+        "# a comment\n"
+        "\n"
+        "   # an indented comment\n"
+        "listen = 127.0.0.1:9000\n"
+        "pm = static\n"
+        "pm.max_children = 40\n"
+        "pm.start_servers = 5\n"
+        "pm.min_spare_servers = 3\n"
+        "pm.max_spare_servers = 7\n"
+        "pm.max_requests = 0\n"
+        "ring.name = \"/sdw-test.1\"\n"
+        "ring.slots = 128\n"
+        "ring.max_queued = 100\n"
+        "ring.input_bytes = 8M\n"
+        "ring.log_bytes = 128k\n"
+        "ring.image_bytes = 1GiB\n"
+        "result_ttl = 60\n"
+        "preview_interval = 0\n"
+        "keepalive_interval = 30   # trailing comment\n"
+        "limits.max_body_bytes = 16MiB\n"
+        "limits.max_prompt_bytes = 1000\n"
+        "limits.max_image_bytes = 3000000\n"
+        "limits.max_pixels = 262144\n"
+        "device = cuda:1\n"
+        "threads = 8\n"
+        "engine.restart_delay_ms = 250\n"
+        "log_level = debug\r\n"
+        "model.sd15 = models/sd15\n"
+        "model.tiny = \"/srv/m/tiny #1\"\n";
+    sdw_config c;
+    int rc = parse(&c, text);
+    tap_ok(rc == 0, "every key parses (%s)", err.msg);
+    tap_ok(!c.listen_unix && !strcmp(c.listen_host, "127.0.0.1") && c.listen_port == 9000,
+           "listen TCP");
+    tap_ok(c.pm == SDW_PM_STATIC && c.pm_max_children == 40 && c.pm_start_servers == 5 &&
+           c.pm_min_spare_servers == 3 && c.pm_max_spare_servers == 7 && c.pm_max_requests == 0,
+           "pm keys");
+    tap_ok(!strcmp(c.ring_name, "/sdw-test.1") && c.ring_slots == 128 && c.ring_max_queued == 100,
+           "ring keys");
+    tap_ok(c.ring_input_bytes == 8u << 20 && c.ring_log_bytes == 128u << 10 &&
+           c.ring_image_bytes == 1u << 30, "ring sizes with suffixes");
+    tap_ok(c.result_ttl == 60 && c.preview_interval == 0 && c.keepalive_interval == 30,
+           "timings, trailing comment stripped");
+    tap_ok(c.max_body_bytes == 16u << 20 && c.max_prompt_bytes == 1000 &&
+           c.max_image_bytes == 3000000 && c.max_pixels == 262144, "limits");
+    tap_ok(c.device == SDW_DEVICE_CUDA && c.device_index == 1 && c.threads == 8 &&
+           c.engine_restart_delay_ms == 250, "device, threads, restart delay");
+    tap_ok(c.log_level == SDW_LOG_DEBUG, "log_level with CRLF line end");
+    tap_ok(c.n_models == 2 && !strcmp(c.models[0].path, "/etc/sdworker/models/sd15") &&
+           !strcmp(c.models[1].path, "/srv/m/tiny #1"),
+           "models: relative path anchored at basedir, quoted '#' kept (%s, %s)",
+           c.models[0].path, c.models[1].path);
+    const sdw_config_model *m = sdw_config_model_find(&c, NULL);
+    tap_ok(m && !strcmp(m->name, "sd15"), "first model is the default");
+    m = sdw_config_model_find(&c, "tiny");
+    tap_ok(m && !strcmp(m->name, "tiny"), "model found by name");
+    tap_ok(!sdw_config_model_find(&c, "sd21") && sdw_config_model_find(&c, "")->path ==
+           c.models[0].path, "unknown model is NULL, empty name is the default");
+    sdw_error e = { 0 };
+    tap_ok(sdw_config_validate(&c, &e) == 0, "static pool validates without spare checks (%s)",
+           e.msg);
+
+    sdw_config d;
+    rc = parse(&d, "device = cuda\nlisten = localhost:80\nlisten = unix:/tmp/s\n");
+    tap_ok(rc == SDW_EINVAL && strstr(err.msg, "t.conf:3: listen: duplicate key (first set at line 2)"),
+           "duplicate key in one file is an error with both lines: %s", err.msg);
+    rc = parse(&d, "device = cuda\nlisten = localhost:80\n");
+    tap_ok(rc == 0 && d.device == SDW_DEVICE_CUDA && d.device_index == 0 &&
+           !strcmp(d.listen_host, "localhost") && d.listen_port == 80, "cuda alone, localhost");
+    rc = parse(&d, "model.a = /x\nmodel.b = /y\nmodel.a = /z\n");
+    tap_ok(rc == SDW_EINVAL && strstr(err.msg, "t.conf:3: model.a: duplicate key (first set at line 1)") &&
+           !strcmp(d.models[0].path, "/x") && d.n_models == 2,
+           "duplicate model is an error and leaves the first value: %s", err.msg);
+}
+
+static void test_rejections(void)
+{
+    rejects("bogus = 1\n", "t.conf:1: bogus: unknown key");
+    rejects("\n\nlisten = /run/x.sock\n", "t.conf:3: listen:");
+    rejects("listen = unix:run/x\n", "must be absolute");
+    rejects("listen = 10.0.0.300:9000\n", "not an IPv4 address");
+    rejects("listen = 127.0.0.1:0\n", "port must be 1-65535");
+    rejects("listen = 127.0.0.1:70000\n", "port must be 1-65535");
+    rejects("listen = unix:/a/very/long/path/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n",
+            "socket path longer");
+    rejects("pm = ondemand\n", "t.conf:1: pm: 'ondemand': expected static or dynamic");
+    rejects("pm.max_children = 0\n", "pm.max_children: 0 is out of range");
+    rejects("pm.max_children = 12x\n", "pm.max_children: '12x': not an integer");
+    rejects("pm.max_children = -3\n", "out of range");
+    rejects("pm.max_requests = 99999999999999999999\n", "not an integer");
+    rejects("ring.name = sdworker\n", "ring.name: 'sdworker': expected '/'");
+    rejects("ring.name = /a/b\n", "ring.name:");
+    rejects("ring.slots = 0\n", "ring.slots: 0 is out of range");
+    rejects("ring.log_bytes = 0\n", "ring.log_bytes: 0 is out of range");
+    rejects("ring.input_bytes = 1k\n", "or 0 = derived");
+    rejects("ring.image_bytes = 12T\n", "expected a byte count");
+    rejects("limits.max_body_bytes = 32 MiB\n", "expected a byte count");
+    rejects("limits.max_body_bytes = -1\n", "expected a byte count");
+    rejects("limits.max_pixels = 5000000\n", "limits.max_pixels: 5000000 is out of range");
+    rejects("limits.max_prompt_bytes = 0\n", "out of range");
+    rejects("result_ttl = 0\n", "result_ttl:");
+    rejects("keepalive_interval = 0\n", "keepalive_interval:");
+    rejects("preview_interval = -1\n", "preview_interval:");
+    rejects("device = gpu\n", "device: 'gpu': expected cpu, cuda or cuda:N");
+    rejects("device = cuda:x\n", "device:");
+    rejects("device = cuda:64\n", "device:");
+    rejects("threads = many\n", "threads:");
+    rejects("engine.restart_delay_ms = -5\n", "engine.restart_delay_ms:");
+    rejects("log_level = verbose\n", "log_level: 'verbose'");
+    rejects("model.bad/name = /x\n", "model.bad/name: model names");
+    rejects("model. = /x\n", "model.: model names");
+    rejects("model.a = \"\"\n", "model.a: empty model path");
+    rejects("just some words\n", "t.conf:1: expected 'key = value'");
+    rejects("= 3\n", "expected 'key = value'");
+    rejects("threads =\n", "threads: empty value");
+    rejects("threads = # nothing\n", "threads: empty value");
+    rejects("ring.name = \"/abc\n", "unterminated quoted value");
+    rejects("ring.name = \"/abc\" extra\n", "unexpected text after the closing quote");
+    rejects("ring.name = \"/a\\bc\"\n", "may be escaped");
+    rejects("# ok\nthreads = 2\n\n   \npm=oops\n", "t.conf:5: pm:");
+    sdw_config c;
+    sdw_config_defaults(&c);
+    int rc = sdw_config_parse(&c, "threads = 1\0\n", 13, "nul.conf", NULL, &err);
+    tap_ok(rc == SDW_EFORMAT && strstr(err.msg, "NUL"), "NUL byte rejected: %s", err.msg);
+}
+
+static void test_validate(void)
+{
+    sdw_config c;
+    sdw_error e;
+    parse(&c, "model.m = /m\npm.max_spare_servers = 20\n");
+    tap_ok(sdw_config_validate(&c, &e) == SDW_EINVAL && strstr(e.msg, "pm.max_spare_servers (20)"),
+           "max_spare > max_children: %s", e.msg);
+    parse(&c, "model.m = /m\npm.min_spare_servers = 5\npm.start_servers=5\npm.max_spare_servers = 4\n");
+    tap_ok(sdw_config_validate(&c, &e) == SDW_EINVAL && strstr(e.msg, "pm.min_spare_servers (5)"),
+           "min_spare > max_spare: %s", e.msg);
+    parse(&c, "model.m = /m\npm.start_servers = 1\n");
+    tap_ok(sdw_config_validate(&c, &e) == SDW_EINVAL && strstr(e.msg, "pm.start_servers (1)"),
+           "start_servers below min_spare: %s", e.msg);
+    parse(&c, "model.m = /m\nring.slots = 8\n");
+    tap_ok(sdw_config_validate(&c, &e) == SDW_EINVAL && strstr(e.msg, "ring.max_queued (32)"),
+           "max_queued > slots: %s", e.msg);
+    parse(&c, "model.m = /m\n");
+    tap_ok(sdw_config_validate(&c, &e) == 0, "defaults plus a model validate");
+}
+
+static void test_overrides(void)
+{
+    sdw_config c;
+    parse(&c, "threads = 2\nmodel.a = /a\n");
+    sdw_error e = { 0 };
+    tap_ok(sdw_config_set(&c, "threads=6", &e) == 0 && c.threads == 6, "override replaces file value");
+    tap_ok(sdw_config_set(&c, "threads = 7", &e) == 0 && c.threads == 7, "override with spaces");
+    tap_ok(sdw_config_set(&c, "threads=8", &e) == 0 && c.threads == 8, "overrides may repeat (last wins)");
+    tap_ok(sdw_config_set(&c, "model.b=rel/b", &e) == 0 && c.n_models == 2 &&
+           !strcmp(c.models[1].path, "rel/b"), "model override appends, relative to cwd");
+    tap_ok(sdw_config_set(&c, "model.a=\"/new a\"", &e) == 0 && c.n_models == 2 &&
+           !strcmp(c.models[0].path, "/new a"), "model override replaces a path, keeps order");
+    int rc = sdw_config_set(&c, "threads", &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "command line"), "override without '=': %s", e.msg);
+    rc = sdw_config_set(&c, "nope=1", &e);
+    tap_ok(rc == SDW_EINVAL && !strcmp(e.msg, "command line: nope: unknown key"), "unknown override: %s", e.msg);
+    rc = sdw_config_set(&c, "threads=1\nthreads=2", &e);
+    tap_ok(rc == SDW_EINVAL, "override with a newline rejected");
+    rc = sdw_config_set(&c, "", &e);
+    tap_ok(rc == SDW_EINVAL, "empty override rejected");
+}
+
+static void test_models_limit(void)
+{
+    char text[SDW_CONFIG_MAX_MODELS * 32 + 64];
+    size_t n = 0;
+    for (int i = 0; i <= SDW_CONFIG_MAX_MODELS; i++)
+        n += (size_t)snprintf(text + n, sizeof text - n, "model.m%d = /m/%d\n", i, i);
+    sdw_config c;
+    int rc = parse(&c, text);
+    tap_ok(rc == SDW_EINVAL && strstr(err.msg, "more than") && c.n_models == SDW_CONFIG_MAX_MODELS,
+           "model count limit: %s", err.msg);
+    tap_ok(!strcmp(c.models[SDW_CONFIG_MAX_MODELS - 1].name, "m31") &&
+           !strcmp(sdw_config_model_find(&c, "m7")->path, "/m/7"), "models kept in file order");
+}
+
+static void test_dump_roundtrip(void)
+{
+    sdw_config a, b;
+    parse(&a, "listen = localhost:9001\npm = static\nring.name=/x\nring.image_bytes = 2M\n"
+              "device = cuda:3\nlog_level = warn\nmodel.one = \"/p with \\\"q\\\" # and \\\\\"\n"
+              "model.two = /two\n");
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    tap_ok(sdw_config_dump(&a, f) == 0, "dump writes");
+    fclose(f);
+    tap_ok(strstr(buf, "model.one = \"/p with \\\"q\\\" # and \\\\\"\n") != NULL,
+           "dump quotes and escapes a path that needs it");
+    tap_ok(strstr(buf, "ring.input_bytes = 0\n# (derived: ") != NULL, "dump shows derived sizes");
+    sdw_config_defaults(&b);
+    int rc = sdw_config_parse(&b, buf, len, "dump", NULL, &err);
+    tap_ok(rc == 0, "dump parses back (%s)", err.msg);
+    tap_ok(memcmp(&a, &b, sizeof a) == 0, "dump round-trips to an identical config");
+    free(buf);
+
+    sdw_config_defaults(&a);
+    buf = NULL;
+    f = open_memstream(&buf, &len);
+    sdw_config_dump(&a, f);
+    fclose(f);
+    tap_ok(strstr(buf, "keepalive_interval = 15\n") && strstr(buf, "limits.max_body_bytes = 33554432\n") &&
+           strstr(buf, "listen = unix:/run/sdworker/fcgi.sock\n"), "dump of defaults");
+    free(buf);
+}
+
+static void test_load(void)
+{
+    char dir[] = "/tmp/sdw-config-XXXXXX";
+    if (!mkdtemp(dir)) {
+        tap_skip("mkdtemp failed");
+        return;
+    }
+    char path[256];
+    snprintf(path, sizeof path, "%s/sdworker.conf", dir);
+    FILE *f = fopen(path, "w");
+    fputs("model.tiny = tiny-model\nthreads = 3\npm.max_children = x\n", f);
+    fclose(f);
+    sdw_config c;
+    sdw_config_defaults(&c);
+    sdw_error e;
+    int rc = sdw_config_load(&c, path, &e);
+    char want[300];
+    snprintf(want, sizeof want, "%s:3: pm.max_children: 'x': not an integer", path);
+    tap_ok(rc == SDW_EINVAL && !strcmp(e.msg, want), "load reports path:line: key: %s", e.msg);
+    char mp[300];
+    snprintf(mp, sizeof mp, "%s/tiny-model", dir);
+    tap_ok(!strcmp(c.models[0].path, mp), "relative model path anchored at the file's directory");
+    unlink(path);
+    rc = sdw_config_load(&c, path, &e);
+    tap_ok(rc == SDW_ENOTFOUND && strstr(e.msg, path), "missing file: %s", e.msg);
+    rmdir(dir);
+}
+
+static void test_sample(void)
+{
+    const char *src = getenv("SDW_FIXTURES");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/../../conf/sdworker.conf", src ? src : "tests/fixtures");
+    sdw_config c, d;
+    sdw_config_defaults(&c);
+    sdw_config_defaults(&d);
+    sdw_error e = { 0 };
+    int rc = sdw_config_load(&c, path, &e);
+    tap_ok(rc == 0, "conf/sdworker.conf parses (%s)", e.msg);
+    /* The sample documents the defaults: apart from its example model it
+     * must describe the same configuration as sdw_config_defaults. */
+    c.n_models = 0;
+    memset(c.models, 0, sizeof c.models);
+    tap_ok(memcmp(&c, &d, sizeof c) == 0, "the sample's values are the defaults");
+}
+
+int main(void)
+{
+    test_defaults();
+    test_every_key();
+    test_rejections();
+    test_validate();
+    test_overrides();
+    test_models_limit();
+    test_dump_roundtrip();
+    test_load();
+    test_sample();
+    return tap_done();
+}
