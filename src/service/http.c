@@ -33,12 +33,15 @@ static const char *reason_phrase(int status)
 
 int sdw_http_reply(FCGX_Stream *out, int status, const char *extra_headers, const char *body)
 {
+    /* libfcgi's FCGX_FPrintF has its own formatter without %zu: format here. */
+    char head[512];
     size_t len = strlen(body);
-    int rc = FCGX_FPrintF(out,
-                          "Status: %d %s\r\nContent-Type: application/json\r\n"
-                          "Cache-Control: no-store\r\nContent-Length: %zu\r\n%s\r\n",
-                          status, reason_phrase(status), len + 1, extra_headers ? extra_headers : "");
-    if (rc < 0 || FCGX_PutStr(body, (int)len, out) != (int)len || FCGX_PutS("\n", out) < 0)
+    int n = snprintf(head, sizeof head,
+                     "Status: %d %s\r\nContent-Type: application/json\r\n"
+                     "Cache-Control: no-store\r\nContent-Length: %zu\r\n%s\r\n",
+                     status, reason_phrase(status), len + 1, extra_headers ? extra_headers : "");
+    if (n < 0 || n >= (int)sizeof head || FCGX_PutStr(head, n, out) != n ||
+        FCGX_PutStr(body, (int)len, out) != (int)len || FCGX_PutS("\n", out) < 0)
         return -1;
     return 0;
 }
@@ -508,7 +511,8 @@ static void models(const sdw_config *cfg, FCGX_Stream *out)
     reply_json(out, 200, o);
 }
 
-static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out)
+/* ?full adds the process list, as php-fpm's status page does. */
+static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *query)
 {
     sdw_pool_stats st;
     sdw_pool_stats_get(ctx->pool, &st);
@@ -542,6 +546,23 @@ static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out)
         json_object_object_add(r, "recoveries", json_object_new_int((int)info.recoveries));
         json_object_object_add(o, "ring", r);
     }
+    if (query && strstr(query, "full")) {
+        int max = st.children + st.retiring + 16;
+        sdw_pool_proc *procs = calloc((size_t)max, sizeof *procs);
+        if (procs) {
+            int n = sdw_pool_list(ctx->pool, procs, max);
+            json_object *a = json_object_new_array();
+            for (int i = 0; i < n; i++) {
+                json_object *pr = json_object_new_object();
+                json_object_object_add(pr, "pid", json_object_new_int(procs[i].pid));
+                json_object_object_add(pr, "state", json_object_new_string(procs[i].state));
+                json_object_object_add(pr, "start_since_ms", json_object_new_int64(procs[i].age_ms));
+                json_object_array_add(a, pr);
+            }
+            json_object_object_add(o, "processes", a);
+            free(procs);
+        }
+    }
     reply_json(out, 200, o);
 }
 
@@ -568,7 +589,7 @@ void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req)
     case R_HEALTH: if (get) return health(out); break;
     case R_READY: if (get) return ready(ctx, out); break;
     case R_MODELS: if (get) return models(ctx->cfg, out); break;
-    case R_POOL_STATUS: if (get) return pool_status(ctx, out); break;
+    case R_POOL_STATUS: if (get) return pool_status(ctx, out, FCGX_GetParam("QUERY_STRING", req->envp)); break;
     case R_JOBS: if (strcmp(method, "POST") == 0) return submit_job(ctx, req); break;
     case R_JOB:
         if (get)

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcgiapp.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -166,6 +168,25 @@ void sdw_pool_stats_get(const sdw_pool *p, sdw_pool_stats *st)
     }
 }
 
+int sdw_pool_list(const sdw_pool *p, sdw_pool_proc *out, int max)
+{
+    static const char *const names[] = { "free", "starting", "idle", "busy", "stream", "retiring" };
+    const struct board *b = p->board;
+    int n = 0;
+    int64_t now = mono_ms();
+    for (int k = 0; k < __atomic_load_n(&b->high, __ATOMIC_ACQUIRE) && n < max; k++) {
+        const struct board_slot *sl = &b->slot[k];
+        int st = load_state(&sl->state);
+        if (st == CHILD_FREE || sl->pid <= 0)
+            continue;
+        out[n].pid = sl->pid;
+        out[n].state = sl->gen != b->gen ? names[CHILD_RETIRING] : names[st];
+        out[n].age_ms = now - sl->started_ms;
+        n++;
+    }
+    return n;
+}
+
 void sdw_pool_set_streaming(sdw_pool *p, bool streaming)
 {
     if (p->self < 0)
@@ -183,7 +204,6 @@ static void on_child_quit(int sig)
 {
     (void)sig;
     child_quit = 1;
-    FCGX_ShutdownPending();
 }
 
 /* In dynamic mode, tells the master when this child's change moved the idle
@@ -216,21 +236,26 @@ static void child_main(sdw_pool *p)
     sa.sa_handler = SIG_IGN;
     sigaction(SIGHUP, &sa, NULL);
     sigaction(SIGPIPE, &sa, NULL);
-    /* No SA_RESTART: the signal must interrupt accept(). */
+    /* No SA_RESTART: the signal must end the wait for a connection. */
     sa.sa_handler = on_child_quit;
     sigaction(SIGQUIT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    /* The quit signals stay blocked while a request is answered, so that a
-     * reload never interrupts a write to nginx; they arrive in accept. */
+    /* The quit signals stay blocked except in the wait for a connection,
+     * so that a reload never interrupts a read or write to nginx. */
     sigprocmask(SIG_SETMASK, &quit_set, NULL);
+    /* A master that dies without stopping us must not leave children
+     * accepting on its socket forever. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != p->board->master)
+        _exit(0);
 
     if (FCGX_Init() != 0) {
         sdw_pool_log(SDW_LOG_ERROR, "FCGX_Init failed");
         _exit(1);
     }
     FCGX_Request req;
-    if (FCGX_InitRequest(&req, p->listen_fd, FCGI_FAIL_ACCEPT_ON_INTR) != 0) {
+    if (FCGX_InitRequest(&req, p->listen_fd, 0) != 0) {
         sdw_pool_log(SDW_LOG_ERROR, "FCGX_InitRequest failed");
         _exit(1);
     }
@@ -242,12 +267,25 @@ static void child_main(sdw_pool *p)
             if (served > 0)
                 nudge_master(p, false);
         }
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        int rc = child_quit ? -1 : FCGX_Accept_r(&req);
-        sigprocmask(SIG_SETMASK, &quit_set, NULL);
+        /* The quit signals are taken only while waiting here: libfcgi's
+         * reads of a request's parameters are never interrupted. Every idle
+         * child wakes for a new connection; the listening socket is
+         * non-blocking, so the ones that lose the race see EAGAIN. */
+        struct pollfd pfd = { .fd = p->listen_fd, .events = POLLIN };
+        int pr = child_quit ? -1 : ppoll(&pfd, 1, NULL, &none);
+        if (child_quit)
+            break;
+        if (pr < 0) {
+            if (errno == EINTR)
+                continue;
+            sdw_pool_log(SDW_LOG_ERROR, "poll: %s, child exits", strerror(errno));
+            break;
+        }
+        int rc = FCGX_Accept_r(&req);
+        if (rc == -EAGAIN || rc == -EWOULDBLOCK || rc == -ECONNABORTED)
+            continue;
         if (rc < 0) {
-            if (!child_quit)
-                sdw_pool_log(SDW_LOG_ERROR, "accept failed (%d), child exits", rc);
+            sdw_pool_log(SDW_LOG_ERROR, "accept failed (%d), child exits", rc);
             break;
         }
         if (load_state(&me->state) != CHILD_RETIRING)
@@ -302,6 +340,11 @@ static int bind_socket(const sdw_config *c, sdw_error *e)
     umask(old);
     if (fd < 0)
         return sdw_fail(e, SDW_EIO, "cannot listen on %s: %s", c->listen, strerror(errno));
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        close(fd);
+        return sdw_fail(e, SDW_EIO, "%s: cannot make the socket non-blocking: %s", c->listen, strerror(errno));
+    }
     return fd;
 }
 

@@ -72,6 +72,14 @@ typedef struct sdw_pool_stats {
 
 /* A child's view of the pool, for the request handlers. */
 void sdw_pool_stats_get(const sdw_pool *p, sdw_pool_stats *st);
+typedef struct sdw_pool_proc {
+    int pid;
+    const char *state;              /* "starting", "idle", "busy", "stream", "retiring" */
+    int64_t age_ms;
+} sdw_pool_proc;
+
+/* Lists up to max children; returns how many were written. */
+int sdw_pool_list(const sdw_pool *p, sdw_pool_proc *out, int max);
 /* Marks the calling child as inside (or out of) an event stream. */
 void sdw_pool_set_streaming(sdw_pool *p, bool streaming);
 
