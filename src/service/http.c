@@ -445,9 +445,9 @@ static void job_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *i
     if (info.state == SDW_JOB_EXPIRED)
         return reply_expired(req->out, id);
     uint64_t after = sdw_sse_parse_last_event_id(FCGX_GetParam("HTTP_LAST_EVENT_ID", req->envp));
-    sdw_pool_set_streaming(ctx->pool, true);
+    sdw_pool_set_streaming(ctx->pool, id);
     sdw_sse_end end = sdw_sse_stream(ctx->ring, id, after, ctx->cfg->keepalive_interval, req->out);
-    sdw_pool_set_streaming(ctx->pool, false);
+    sdw_pool_set_streaming(ctx->pool, NULL);
     static const char *const how[] = { "finished", "client went away", "job expired", "ring failed" };
     sdw_pool_log(end == SDW_SSE_FAILED ? SDW_LOG_WARN : SDW_LOG_DEBUG, "job %s: stream ended (%s)", id,
                  how[end]);
@@ -556,7 +556,10 @@ static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *q
                 json_object *pr = json_object_new_object();
                 json_object_object_add(pr, "pid", json_object_new_int(procs[i].pid));
                 json_object_object_add(pr, "state", json_object_new_string(procs[i].state));
+                json_object_object_add(pr, "retiring", json_object_new_boolean(procs[i].retiring));
                 json_object_object_add(pr, "start_since_ms", json_object_new_int64(procs[i].age_ms));
+                if (procs[i].job[0])
+                    json_object_object_add(pr, "job_id", json_object_new_string(procs[i].job));
                 json_object_array_add(a, pr);
             }
             json_object_object_add(o, "processes", a);

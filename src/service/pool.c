@@ -37,14 +37,15 @@ enum child_state {
     CHILD_IDLE,
     CHILD_BUSY,
     CHILD_STREAM,
-    CHILD_RETIRING,  /* told to exit once its current request ends */
 };
 
 struct board_slot {
     pid_t pid;
     unsigned gen;
     int state;              /* enum child_state, atomic */
+    int retiring;           /* atomic: told to exit after its current request */
     int64_t started_ms;     /* CLOCK_MONOTONIC */
+    sdw_job_id job;         /* written by the child while it streams */
 };
 
 struct board {
@@ -127,7 +128,7 @@ static void count_children(const struct board *b, int *total, int *idle, int *bu
         int st = load_state(&sl->state);
         if (st == CHILD_FREE)
             continue;
-        if (st == CHILD_RETIRING || sl->gen != b->gen) {
+        if (load_state(&sl->retiring) || sl->gen != b->gen) {
             r++;
             if (st == CHILD_STREAM)
                 s++;
@@ -170,7 +171,7 @@ void sdw_pool_stats_get(const sdw_pool *p, sdw_pool_stats *st)
 
 int sdw_pool_list(const sdw_pool *p, sdw_pool_proc *out, int max)
 {
-    static const char *const names[] = { "free", "starting", "idle", "busy", "stream", "retiring" };
+    static const char *const names[] = { "free", "starting", "idle", "busy", "stream" };
     const struct board *b = p->board;
     int n = 0;
     int64_t now = mono_ms();
@@ -180,20 +181,24 @@ int sdw_pool_list(const sdw_pool *p, sdw_pool_proc *out, int max)
         if (st == CHILD_FREE || sl->pid <= 0)
             continue;
         out[n].pid = sl->pid;
-        out[n].state = sl->gen != b->gen ? names[CHILD_RETIRING] : names[st];
+        out[n].state = names[st];
+        out[n].retiring = load_state(&sl->retiring) || sl->gen != b->gen;
         out[n].age_ms = now - sl->started_ms;
+        memcpy(out[n].job, st == CHILD_STREAM ? sl->job : "", st == CHILD_STREAM ? sizeof out[n].job : 1);
+        out[n].job[SDW_JOB_ID_LEN] = '\0';
         n++;
     }
     return n;
 }
 
-void sdw_pool_set_streaming(sdw_pool *p, bool streaming)
+void sdw_pool_set_streaming(sdw_pool *p, const char *job_id)
 {
     if (p->self < 0)
         return;
-    int *state = &p->board->slot[p->self].state;
-    if (load_state(state) != CHILD_RETIRING)
-        store_state(state, streaming ? CHILD_STREAM : CHILD_BUSY);
+    struct board_slot *sl = &p->board->slot[p->self];
+    if (job_id)
+        snprintf(sl->job, sizeof sl->job, "%s", job_id);
+    store_state(&sl->state, job_id ? CHILD_STREAM : CHILD_BUSY);
 }
 
 /* ---- a child ---- */
@@ -262,11 +267,9 @@ static void child_main(sdw_pool *p)
     sdw_http_ctx ctx = { .cfg = &p->cfg, .ring = p->ring, .pool = p };
     int served = 0;
     for (;;) {
-        if (load_state(&me->state) != CHILD_RETIRING) {
-            store_state(&me->state, CHILD_IDLE);
-            if (served > 0)
-                nudge_master(p, false);
-        }
+        store_state(&me->state, CHILD_IDLE);
+        if (served > 0 && !load_state(&me->retiring))
+            nudge_master(p, false);
         /* The quit signals are taken only while waiting here: libfcgi's
          * reads of a request's parameters are never interrupted. Every idle
          * child wakes for a new connection; the listening socket is
@@ -288,8 +291,7 @@ static void child_main(sdw_pool *p)
             sdw_pool_log(SDW_LOG_ERROR, "accept failed (%d), child exits", rc);
             break;
         }
-        if (load_state(&me->state) != CHILD_RETIRING)
-            store_state(&me->state, CHILD_BUSY);
+        store_state(&me->state, CHILD_BUSY);
         __atomic_add_fetch(&p->board->accepted, 1, __ATOMIC_RELAXED);
         nudge_master(p, true);
         sdw_http_handle(&ctx, &req);
@@ -382,6 +384,7 @@ static int spawn(sdw_pool *p)
     struct board_slot *sl = &b->slot[k];
     sl->gen = b->gen;
     sl->pid = 0;
+    store_state(&sl->retiring, 0);
     sl->started_ms = mono_ms();
     store_state(&sl->state, CHILD_STARTING);
     if (k >= b->high)
@@ -404,7 +407,7 @@ static int spawn(sdw_pool *p)
 
 static void retire(struct board_slot *sl)
 {
-    store_state(&sl->state, CHILD_RETIRING);
+    store_state(&sl->retiring, 1);
     if (sl->pid > 0)
         kill(sl->pid, SIGQUIT);
 }
@@ -438,7 +441,7 @@ static int reap(struct board *b, bool stopping)
         if (k == b->high)
             continue;
         struct board_slot *sl = &b->slot[k];
-        bool expected = load_state(&sl->state) == CHILD_RETIRING || stopping;
+        bool expected = load_state(&sl->retiring) || stopping;
         bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
         if (!clean) {
             if (WIFSIGNALED(status))
@@ -481,7 +484,7 @@ static void maintain(sdw_pool *p, bool booting)
             int extra = idle - c->pm_max_spare_servers;
             for (int k = 0; k < b->high && extra > 0; k++) {
                 struct board_slot *sl = &b->slot[k];
-                if (sl->gen == b->gen && load_state(&sl->state) == CHILD_IDLE) {
+                if (sl->gen == b->gen && !load_state(&sl->retiring) && load_state(&sl->state) == CHILD_IDLE) {
                     retire(sl);
                     extra--;
                 }

@@ -74,14 +74,17 @@ typedef struct sdw_pool_stats {
 void sdw_pool_stats_get(const sdw_pool *p, sdw_pool_stats *st);
 typedef struct sdw_pool_proc {
     int pid;
-    const char *state;              /* "starting", "idle", "busy", "stream", "retiring" */
+    const char *state;              /* "starting", "idle", "busy", "stream" */
+    bool retiring;                  /* exits after its current request */
     int64_t age_ms;
+    sdw_job_id job;                 /* the job streamed, "" when none */
 } sdw_pool_proc;
 
 /* Lists up to max children; returns how many were written. */
 int sdw_pool_list(const sdw_pool *p, sdw_pool_proc *out, int max);
-/* Marks the calling child as inside (or out of) an event stream. */
-void sdw_pool_set_streaming(sdw_pool *p, bool streaming);
+/* Marks the calling child as streaming job_id's events, or (NULL) as out of
+ * the stream again. */
+void sdw_pool_set_streaming(sdw_pool *p, const char *job_id);
 
 /* One log line on stderr, "sdworker-fcgi[pid]: level: message", when level
  * is within the configured log_level. */
