@@ -360,7 +360,7 @@ ws=$!
 curl -sN --max-time 20 "$B/v1/jobs/$v/stream" > "$tmp/v1" &
 vs=$!
 i=0
-while [ $i -lt 100 ] && [ "$(grep -c '^id: ' "$tmp/v1")" -lt 5 ]; do sleep 0.05; i=$((i + 1)); done
+while [ $i -lt 100 ] && [ "$(grep -c '^id: ' "$tmp/v1" 2> /dev/null)" -lt 5 ]; do sleep 0.05; i=$((i + 1)); done
 req GET '/v1/pool/status?full'
 victim=$(echo "$body" | grep -o "{\"pid\":[0-9]*[^}]*\"job_id\":\"$v\"" | sed 's/{"pid":\([0-9]*\).*/\1/')
 has '"active_streams":2' && has "\"job_id\":\"$w\"" && [ -n "$victim" ]
@@ -390,13 +390,13 @@ h=$(job_of)
 curl -sN --max-time 20 "$B/v1/jobs/$h/stream" > "$tmp/h1" &
 hs=$!
 i=0
-while [ $i -lt 100 ] && [ "$(grep -c '^id: ' "$tmp/h1")" -lt 3 ]; do sleep 0.05; i=$((i + 1)); done
+while [ $i -lt 100 ] && [ "$(grep -c '^id: ' "$tmp/h1" 2> /dev/null)" -lt 3 ]; do sleep 0.05; i=$((i + 1)); done
 sed -i 's/^pm.max_spare_servers = 6/pm.max_spare_servers = 5/' "$CONF"
 kill -HUP $pool_pid
 i=0
 while [ $i -lt 50 ] && ! grep -q 'reloaded the configuration' "$tmp/pool.log"; do sleep 0.1; i=$((i + 1)); done
-req GET /v1/pool/status
-has '"reloads":1' && has '"retiring_processes":1'
+req GET '/v1/pool/status?full'
+has '"reloads":1' && echo "$body" | grep -q "\"retiring\":true,[^}]*\"job_id\":\"$h\""
 ok $? "SIGHUP: the configuration is reloaded; the stream's child retires"
 req GET /health
 [ "$code" = 200 ]
@@ -411,7 +411,7 @@ g=$(job_of)
 curl -sN --max-time 20 "$B/v1/jobs/$g/stream" > "$tmp/g" &
 gs=$!
 i=0
-while [ $i -lt 100 ] && [ "$(grep -c '^id: ' "$tmp/g")" -lt 2 ]; do sleep 0.05; i=$((i + 1)); done
+while [ $i -lt 100 ] && [ "$(grep -c '^id: ' "$tmp/g" 2> /dev/null)" -lt 2 ]; do sleep 0.05; i=$((i + 1)); done
 kill -TERM $pool_pid
 wait $gs
 tail -3 "$tmp/g" | grep -q '^event: complete'
