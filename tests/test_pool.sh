@@ -247,6 +247,7 @@ done
 [ "$code" = 200 ] && has '"ready":true' && has '"models":["sd15","tiny"]'
 ok $? "GET /ready with the engine ready: 200 with the models"
 
+count_ids() { if [ -f "$1" ]; then grep -c '^id: ' "$1"; else echo 0; fi; }
 # ids "1 2 3 ..." of a stream file; events "name:step" in order
 ids() { sed -n 's/^id: //p' "$1" | tr '\n' ' '; }
 events() { awk '/^event: /{e=$2} /^data: /{s=$0; sub(/.*"step":/,"",s); sub(/,.*/,"",s); if ($0 !~ /"step"/) s=""; print e ":" s}' "$1" | tr '\n' ' '; }
@@ -360,7 +361,7 @@ ws=$!
 curl -sN --max-time 20 "$B/v1/jobs/$v/stream" > "$tmp/v1" &
 vs=$!
 i=0
-while [ $i -lt 100 ] && [ "$(grep -c '^id: ' "$tmp/v1" 2> /dev/null)" -lt 5 ]; do sleep 0.05; i=$((i + 1)); done
+while [ $i -lt 100 ] && [ "$(count_ids "$tmp/v1")" -lt 5 ]; do sleep 0.05; i=$((i + 1)); done
 req GET '/v1/pool/status?full'
 victim=$(echo "$body" | grep -o "{\"pid\":[0-9]*[^}]*\"job_id\":\"$v\"" | sed 's/{"pid":\([0-9]*\).*/\1/')
 has '"active_streams":2' && has "\"job_id\":\"$w\"" && [ -n "$victim" ]
@@ -390,7 +391,7 @@ h=$(job_of)
 curl -sN --max-time 20 "$B/v1/jobs/$h/stream" > "$tmp/h1" &
 hs=$!
 i=0
-while [ $i -lt 100 ] && [ "$(grep -c '^id: ' "$tmp/h1" 2> /dev/null)" -lt 3 ]; do sleep 0.05; i=$((i + 1)); done
+while [ $i -lt 100 ] && [ "$(count_ids "$tmp/h1")" -lt 3 ]; do sleep 0.05; i=$((i + 1)); done
 sed -i 's/^pm.max_spare_servers = 6/pm.max_spare_servers = 5/' "$CONF"
 kill -HUP $pool_pid
 i=0
@@ -411,7 +412,7 @@ g=$(job_of)
 curl -sN --max-time 20 "$B/v1/jobs/$g/stream" > "$tmp/g" &
 gs=$!
 i=0
-while [ $i -lt 100 ] && [ "$(grep -c '^id: ' "$tmp/g" 2> /dev/null)" -lt 2 ]; do sleep 0.05; i=$((i + 1)); done
+while [ $i -lt 100 ] && [ "$(count_ids "$tmp/g")" -lt 2 ]; do sleep 0.05; i=$((i + 1)); done
 kill -TERM $pool_pid
 wait $gs
 tail -3 "$tmp/g" | grep -q '^event: complete'

@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -330,8 +331,19 @@ static int bind_socket(const sdw_config *c, sdw_error *e)
         /* A stale socket from a previous run would make bind fail; a live
          * pool on the same path is told apart by connecting to it. */
         struct stat st;
-        if (stat(c->listen_path, &st) == 0 && !S_ISSOCK(st.st_mode))
-            return sdw_fail(e, SDW_EIO, "%s exists and is not a socket", c->listen_path);
+        if (stat(c->listen_path, &st) == 0) {
+            if (!S_ISSOCK(st.st_mode))
+                return sdw_fail(e, SDW_EIO, "%s exists and is not a socket", c->listen_path);
+            int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            struct sockaddr_un sun = { .sun_family = AF_UNIX };
+            snprintf(sun.sun_path, sizeof sun.sun_path, "%s", c->listen_path);
+            bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof sun) == 0;
+            if (probe >= 0)
+                close(probe);
+            if (live)
+                return sdw_fail(e, SDW_EIO, "another process listens on %s", c->listen_path);
+            unlink(c->listen_path);
+        }
     } else {
         snprintf(spec, sizeof spec, "%s:%d", c->listen_host, c->listen_port);
     }
