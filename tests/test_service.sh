@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The whole service as scripts/start-service runs it (real engine with the
+# tiny-a fixture model, the FastCGI pool, a private nginx on a free loopback
+# port), driven over HTTP with curl and the sdworker client: the three
+# operations, cancel, 20 concurrent jobs, and kill -9 of the engine mid-job.
+set -u
+srcdir=${srcdir:-.}
+top=$(cd "$srcdir" && pwd)
+bld=$(pwd)
+fix=${SDW_FIXTURES:-$top/tests/fixtures}
+n=0; failed=0
+ok() { n=$((n+1)); if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed+1)); fi; }
+diag() { sed 's/^/# /'; }
+
+for tool in curl nginx; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "Bail out! $tool is required (scripts/install-deps installs it)"; exit 1; }
+done
+
+run=$(mktemp -d /tmp/sdw-service-XXXXXX)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo $((20000 + $$ % 20000)))
+export SDW_BUILD_DIR=$bld SDW_RUN_DIR=$run SDW_PORT=$port SDW_MODEL=$fix/models/tiny-a SDW_MODEL_NAME=tiny
+url=http://127.0.0.1:$port
+cleanup() { "$top/scripts/start-service" stop >/dev/null 2>&1; rm -rf "$run"; }
+trap cleanup EXIT
+
+out=$("$top/scripts/start-service" 2>&1); rc=$?
+ok $rc "start-service starts engine, pool and nginx: $(echo "$out" | tail -n 1)"
+[ $rc -eq 0 ] || { echo "$out" | diag; echo "1..$n"; exit 1; }
+
+code=$(curl -s -o "$run/ready.json" -w '%{http_code}' "$url/ready")
+ok $([ "$code" = 200 ] && grep -q '"ready":true' "$run/ready.json"; echo $?) "/ready is 200 once the model is loaded"
+ok $(curl -fs "$url/" | grep -q 'id="generate"'; echo $?) "the demo page is served"
+
+cli() { "$bld/sdworker" image "$@" --url "$url" --model tiny --quiet; }
+is_png() { [ "$(head -c 8 "$1" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ]; }
+
+cli generate --prompt "a red cube" --width 64 --height 96 --steps 4 --seed 5 --output "$run/gen.png" >"$run/gen.out" 2>&1
+ok $(is_png "$run/gen.png" && grep -q 5 "$run/gen.out"; echo $?) "image_generation through nginx writes a PNG and reports its seed"
+cli transform --prompt "a blue cube" --input "$fix/pipeline/init-64x64.png" --strength 0.6 --steps 5 --output "$run/tr.png" >/dev/null 2>&1
+ok $(is_png "$run/tr.png"; echo $?) "image_transform with an init image"
+cli inpaint --prompt "a hole" --input "$fix/pipeline/init-64x64.png" --mask "$fix/pipeline/mask-64x64.png" --steps 4 --output "$run/in.png" >/dev/null 2>&1
+ok $(is_png "$run/in.png"; echo $?) "image_inpaint with a mask"
+
+post() {
+  curl -s -H 'Content-Type: application/json' "$url/v1/jobs" \
+    -d "{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"tiny\",\"prompt\":\"x\",\"width\":64,\"height\":64,\"steps\":$1,\"sampler\":\"euler\"}" |
+    sed -n 's/.*"job_id":"\([^"]*\)".*/\1/p'
+}
+# Streams a job to a file in the background; waits for the first progress.
+stream_bg() {
+  curl -sN "$url/v1/jobs/$1/stream" >"$2" & echo $! >"$2.pid"
+  for _ in $(seq 100); do grep -q '^event: progress' "$2" 2>/dev/null && return 0; sleep 0.05; done
+  return 1
+}
+
+id=$(post 150)
+stream_bg "$id" "$run/cancel.sse"
+code=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "$url/v1/jobs/$id")
+wait "$(cat "$run/cancel.sse.pid")" 2>/dev/null
+ok $([ "$code" = 202 ] || [ "$code" = 200 ]; echo $?) "DELETE of a running job is accepted ($code)"
+ok $(grep -q '"code":"cancelled"' "$run/cancel.sse" && ! grep -q '^event: complete' "$run/cancel.sse"; echo $?) \
+  "its stream ends with a cancelled error event"
+
+pids=()
+for i in $(seq 20); do
+  cli generate --prompt "job $i" --width 64 --height 64 --steps 2 --seed "$i" --output "$run/c$i.png" >/dev/null 2>&1 &
+  pids+=($!)
+done
+okc=0
+for i in $(seq 20); do wait "${pids[$((i-1))]}" && is_png "$run/c$i.png" && okc=$((okc+1)); done
+ok $([ $okc -eq 20 ]; echo $?) "20 concurrent jobs all complete ($okc/20)"
+
+supervisor=$(cat "$run/engine.pid")
+id=$(post 150)
+stream_bg "$id" "$run/crash.sse"
+waiting=$(post 3)
+worker=$(pgrep -P "$supervisor" | head -n 1)
+kill -9 "$worker"
+wait "$(cat "$run/crash.sse.pid")" 2>/dev/null
+ok $(grep -q '"code":"engine_crashed"' "$run/crash.sse"; echo $?) "kill -9 of the engine fails the running job with engine_crashed"
+curl -sN "$url/v1/jobs/$waiting/stream" >"$run/after.sse"
+ok $(grep -q '^event: complete' "$run/after.sse"; echo $?) "the job queued during the crash completes on the restarted engine"
+new=$(pgrep -P "$supervisor" | head -n 1)
+ok $([ -n "$new" ] && [ "$new" != "$worker" ]; echo $?) "the supervisor started a new engine process"
+
+"$top/scripts/start-service" stop >/dev/null 2>&1
+ok $(! curl -s -o /dev/null "$url/health"; echo $?) "start-service stop stops everything"
+
+echo "1..$n"
+[ $failed -eq 0 ]
