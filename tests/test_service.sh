@@ -70,6 +70,18 @@ okc=0
 for i in $(seq 20); do wait "${pids[$((i-1))]}" && is_png "$run/c$i.png" && okc=$((okc+1)); done
 ok $([ $okc -eq 20 ]; echo $?) "20 concurrent jobs all complete ($okc/20)"
 
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+  TAP_START=$n /usr/bin/python3 "$top/tests/browser_demo.py" "$url/" "$run/demo.png" >"$run/browser.tap" 2>"$run/browser.err"
+  cat "$run/browser.tap"
+  n=$((n + $(grep -c '^\(not \)\?ok' "$run/browser.tap")))
+  failed=$((failed + $(grep -c '^not ok' "$run/browser.tap")))
+  if ! grep -q '^ok' "$run/browser.tap"; then ok 1 "the browser test ran"; diag <"$run/browser.err"; fi
+  [ -n "${SDW_SCREENSHOT:-}" ] && cp "$run/demo.png" "$SDW_SCREENSHOT"
+else
+  echo "Bail out! chromium and chromium-driver are required for the demo page test (scripts/install-deps installs them)"
+  exit 1
+fi
+
 supervisor=$(cat "$run/engine.pid")
 id=$(post 150)
 stream_bg "$id" "$run/crash.sse"
