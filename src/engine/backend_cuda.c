@@ -486,15 +486,15 @@ static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const voi
     int pick = -1;
     for (int i = 0; i < found && pick < 0; i++)
         if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= c->ws_bytes &&
-            (dt != SDW_K_F32 || (perf[i].mathType != CUDNN_TENSOR_OP_MATH &&
-                                 perf[i].mathType != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION)))
+            (dt != SDW_K_F32 || perf[i].mathType == CUDNN_FMA_MATH || perf[i].mathType == CUDNN_DEFAULT_MATH))
             pick = i;
     if (pick < 0) {
         plan_destroy(p);
         return sdw_fail(e, SDW_EDEVICE, "conv2d: cuDNN has no algorithm for %dx%dx%dx%d * %dx%dx%dx%d (%s)", b, ch, h,
                         wd, o, ch, kh, kw, dt == SDW_K_F32 ? "float32 without TF32" : "tensor cores");
     }
-    PLAN(cudnnSetConvolutionMathType(p->cd, perf[pick].mathType));
+    /* DEFAULT_MATH would allow TF32 on Ampere and later: float32 stays FMA. */
+    PLAN(cudnnSetConvolutionMathType(p->cd, dt == SDW_K_F32 ? CUDNN_FMA_MATH : perf[pick].mathType));
     p->algo = perf[pick].algo;
     p->ws_bytes = perf[pick].memory;
 #undef PLAN
