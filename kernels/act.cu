@@ -6,7 +6,7 @@ namespace {
 
 enum { kSilu = 0, kGelu = 1, kQuickGelu = 2 }; // sdw_act in tensor.h
 
-__global__ void act_kernel(const float *__restrict__ x, float *__restrict__ y, int64_t n, int act)
+__global__ void act_kernel(const float *x, float *y, int64_t n, int act)
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         float v = x[i];

@@ -1,6 +1,10 @@
-/* Each CUDA kernel against its CPU twin on fresh random inputs, with the
- * output poisoned (NaN) before every launch so that a kernel that skips
- * elements cannot pass. Skips when the machine has no CUDA device. */
+/* Every op of the CUDA backend against the CPU backend, on fresh random
+ * inputs, in each precision: float32 within 1e-5 relative error (max abs
+ * difference over max abs reference), fp16 and bf16 within 1e-2. Device
+ * outputs are poisoned (all bits set: NaN) before every op so that one that
+ * skips elements cannot pass, and NaN anywhere fails. Without a CUDA device
+ * the test checks that the backend refuses to start with a clear error and
+ * skips the rest. */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdlib.h>
@@ -10,11 +14,18 @@
 #include "tap.h"
 #include "tensor.h"
 
+#define NPREC 3
+static const char *prec_name[NPREC] = {"fp32", "fp16", "bf16"};
+static const double prec_tol[NPREC] = {1e-5, 1e-2, 1e-2};
+
+static sdw_backend *cpu, *gpu[NPREC];
 static uint64_t lcg = 0x9e3779b97f4a7c15ull;
 
 static float *rand_buf(size_t n, float scale, float offset)
 {
     float *p = malloc(n * sizeof *p);
+    if (!p)
+        abort();
     for (size_t i = 0; i < n; i++) {
         lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
         p[i] = (float)((double)(lcg >> 11) / 9007199254740992.0 * 2.0 - 1.0) * scale + offset;
@@ -22,28 +33,75 @@ static float *rand_buf(size_t n, float scale, float offset)
     return p;
 }
 
-static float *to_dev(const float *h, size_t n)
+static int64_t numel(int nd, const int64_t *s)
 {
-    float *d = NULL;
-    if (cudaMalloc((void **)&d, n * sizeof *d) != cudaSuccess || cudaMemcpy(d, h, n * sizeof *d, cudaMemcpyHostToDevice) != cudaSuccess)
-        return NULL;
-    return d;
+    int64_t n = 1;
+    for (int i = 0; i < nd; i++)
+        n *= s[i];
+    return n;
 }
 
-static float *poisoned(size_t n)
+/* An input on the CPU and on every device backend, from the same host data. */
+typedef struct arg {
+    sdw_tensor t[1 + NPREC];
+} arg;
+
+static int ok_so_far;
+
+static void arg_host(arg *a, int nd, const int64_t *s, const float *host)
 {
-    float *d = NULL;
-    if (cudaMalloc((void **)&d, n * sizeof *d) != cudaSuccess || cudaMemset(d, 0xff, n * sizeof *d) != cudaSuccess)
-        return NULL;
-    return d;
+    sdw_error e;
+    memset(a, 0, sizeof *a);
+    if (sdw_tensor_from_host(&a->t[0], cpu, nd, s, host, &e)) {
+        tap_diag("cpu upload: %s", e.msg);
+        ok_so_far = 0;
+    }
+    for (int p = 0; p < NPREC; p++)
+        if (sdw_tensor_from_host(&a->t[1 + p], gpu[p], nd, s, host, &e)) {
+            tap_diag("%s upload: %s", prec_name[p], e.msg);
+            ok_so_far = 0;
+        }
 }
 
-/* max |got - want| / max |want|; NaN anywhere counts as failure. */
+static void arg_rand(arg *a, int nd, const int64_t *s, float scale, float offset)
+{
+    float *h = rand_buf((size_t)numel(nd, s), scale, offset);
+    arg_host(a, nd, s, h);
+    free(h);
+}
+
+/* An output: uninitialised on the CPU, NaN-poisoned on the devices. */
+static void arg_out(arg *a, int nd, const int64_t *s)
+{
+    sdw_error e;
+    memset(a, 0, sizeof *a);
+    if (sdw_tensor_new(&a->t[0], cpu, nd, s, &e))
+        ok_so_far = 0;
+    for (int p = 0; p < NPREC; p++) {
+        if (sdw_tensor_new(&a->t[1 + p], gpu[p], nd, s, &e)) {
+            tap_diag("%s alloc: %s", prec_name[p], e.msg);
+            ok_so_far = 0;
+            continue;
+        }
+        /* The backend's stream does not synchronise with the legacy stream. */
+        if (cudaDeviceSynchronize() != cudaSuccess ||
+            cudaMemset(a->t[1 + p].data, 0xff, (size_t)numel(nd, s) * sizeof(float)) != cudaSuccess ||
+            cudaDeviceSynchronize() != cudaSuccess)
+            ok_so_far = 0;
+    }
+}
+
+static void arg_free(arg *a)
+{
+    for (int i = 0; i < 1 + NPREC; i++)
+        sdw_tensor_free(&a->t[i]);
+}
+
 static double rel_err(const float *got, const float *want, size_t n)
 {
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {
-        if (isnan(got[i]))
+        if (isnan(got[i]) || isnan(want[i]))
             return INFINITY;
         double d = fabs((double)got[i] - want[i]);
         num = d > num ? d : num;
@@ -52,75 +110,429 @@ static double rel_err(const float *got, const float *want, size_t n)
     return num / (den > 0 ? den : 1);
 }
 
-static void check_layer_norm(sdw_backend *cpu, int64_t rows, int64_t n)
-{
-    size_t total = (size_t)(rows * n);
-    float *x = rand_buf(total, 3, 4), *g = rand_buf((size_t)n, 1, 1), *b = rand_buf((size_t)n, 1, 0);
-    float *want = malloc(total * sizeof *want), *got = malloc(total * sizeof *got);
-    sdw_error e;
-    sdw_tensor tx, tg, tb, ty;
-    int64_t s[2] = {rows, n};
-    sdw_tensor_from_host(&tx, cpu, 2, s, x, &e);
-    sdw_tensor_from_host(&tg, cpu, 1, &n, g, &e);
-    sdw_tensor_from_host(&tb, cpu, 1, &n, b, &e);
-    sdw_tensor_new(&ty, cpu, 2, s, &e);
-    sdw_op_layer_norm(&tx, &tg, &tb, 1e-5f, &ty, &e);
-    sdw_tensor_to_host(&ty, want, &e);
+/* Runs one op on the CPU and each device backend (op receives the slot:
+ * 0 = CPU, 1.. = devices) and compares y. */
+typedef int (*op_fn)(int slot, void *ctx, sdw_error *e);
 
-    float *dx = to_dev(x, total), *dg = to_dev(g, (size_t)n), *db = to_dev(b, (size_t)n), *dy = poisoned(total);
-    cudaError_t rc = sdw_k_layer_norm(dx, dg, db, dy, rows, n, 1e-5f, 0);
-    if (rc == cudaSuccess)
-        rc = cudaMemcpy(got, dy, total * sizeof *got, cudaMemcpyDeviceToHost);
-    double r = rc == cudaSuccess ? rel_err(got, want, total) : INFINITY;
-    tap_ok(rc == cudaSuccess && r <= 1e-5, "layer_norm %lldx%lld vs CPU: rel err %.2e (%s)", (long long)rows,
-           (long long)n, r, cudaGetErrorString(rc));
-    cudaFree(dx), cudaFree(dg), cudaFree(db), cudaFree(dy);
-    sdw_tensor_free(&tx), sdw_tensor_free(&tg), sdw_tensor_free(&tb), sdw_tensor_free(&ty);
-    free(x), free(g), free(b), free(want), free(got);
+static void check(const char *what, op_fn op, void *ctx, arg *y)
+{
+    sdw_error e;
+    if (!ok_so_far) {
+        tap_ok(0, "%s: setup failed", what);
+        ok_so_far = 1;
+        return;
+    }
+    if (op(0, ctx, &e)) {
+        tap_ok(0, "%s: cpu: %s", what, e.msg);
+        return;
+    }
+    size_t n = (size_t)sdw_tensor_numel(&y->t[0]);
+    float *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
+    if (!want || !got || sdw_tensor_to_host(&y->t[0], want, &e))
+        abort();
+    for (int p = 0; p < NPREC; p++) {
+        int rc = op(1 + p, ctx, &e);
+        if (!rc)
+            rc = sdw_tensor_to_host(&y->t[1 + p], got, &e);
+        double r = rc ? INFINITY : rel_err(got, want, n);
+        tap_ok(!rc && r <= prec_tol[p], "%s %s vs CPU: rel err %.2e%s%s", what, prec_name[p], r, rc ? ": " : "",
+               rc ? e.msg : "");
+    }
+    free(want);
+    free(got);
 }
 
-static void check_act(sdw_backend *cpu, sdw_act act, const char *name, int64_t n)
+typedef struct ctx {
+    arg *x, *w, *b, *y, *z;
+    const int32_t *ids;
+    const float *host;
+    int i0, i1, i2;
+    float f;
+    sdw_conv2d_geom g;
+} ctx;
+
+#define T(a, s) ((a) ? &(a)->t[s] : NULL)
+
+static int do_linear(int s, void *v, sdw_error *e)
 {
-    float *x = rand_buf((size_t)n, 8, 0), *want = malloc((size_t)n * sizeof *want), *got = malloc((size_t)n * sizeof *got);
-    sdw_error e;
-    sdw_tensor tx, ty;
-    sdw_tensor_from_host(&tx, cpu, 1, &n, x, &e);
-    sdw_tensor_new(&ty, cpu, 1, &n, &e);
-    sdw_op_act(&tx, act, &ty, &e);
-    sdw_tensor_to_host(&ty, want, &e);
-    float *dx = to_dev(x, (size_t)n), *dy = poisoned((size_t)n);
-    cudaError_t rc = sdw_k_act(dx, dy, n, (int)act, 0);
-    if (rc == cudaSuccess)
-        rc = cudaMemcpy(got, dy, (size_t)n * sizeof *got, cudaMemcpyDeviceToHost);
-    double r = rc == cudaSuccess ? rel_err(got, want, (size_t)n) : INFINITY;
-    tap_ok(rc == cudaSuccess && r <= 1e-5, "%s n=%lld vs CPU: rel err %.2e (%s)", name, (long long)n, r,
-           cudaGetErrorString(rc));
-    cudaFree(dx), cudaFree(dy);
-    sdw_tensor_free(&tx), sdw_tensor_free(&ty);
-    free(x), free(want), free(got);
+    ctx *c = v;
+    return sdw_op_linear(T(c->x, s), T(c->w, s), T(c->b, s), T(c->y, s), e);
+}
+
+static void check_linear(int64_t m, int64_t n, int64_t k, int bias)
+{
+    arg x, w, b, y;
+    int64_t xs[2] = {m, k}, ws[2] = {n, k}, ys[2] = {m, n};
+    arg_rand(&x, 2, xs, 1, 0);
+    arg_rand(&w, 2, ws, 0.05f, 0);
+    arg_rand(&b, 1, &n, 1, 0);
+    arg_out(&y, 2, ys);
+    ctx c = {.x = &x, .w = &w, .b = bias ? &b : NULL, .y = &y};
+    char what[96];
+    snprintf(what, sizeof what, "linear %lldx%lld * %lldx%lld%s", (long long)m, (long long)k, (long long)n,
+             (long long)k, bias ? " + bias" : "");
+    check(what, do_linear, &c, &y);
+    arg_free(&x), arg_free(&w), arg_free(&b), arg_free(&y);
+}
+
+/* A weight rewritten after its low-precision copy was made, by an upload
+ * and then by an op writing into it: the product must use the new values. */
+static int do_rewrite(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    int64_t n = sdw_tensor_numel(&c->w->t[s]);
+    int rc = sdw_op_linear(T(c->x, s), T(c->w, s), NULL, T(c->y, s), e);
+    if (!rc)
+        rc = c->w->t[s].be->ops->upload(c->w->t[s].be, c->w->t[s].data, c->host, (size_t)n, e);
+    if (!rc)
+        rc = sdw_op_linear(T(c->x, s), T(c->w, s), NULL, T(c->y, s), e);
+    if (!rc)
+        rc = sdw_op_scale(T(c->w, s), -3.0f, T(c->w, s), e);
+    return rc ? rc : sdw_op_linear(T(c->x, s), T(c->w, s), NULL, T(c->y, s), e);
+}
+
+static void check_rewritten_weight(void)
+{
+    arg x, w, y;
+    int64_t xs[2] = {64, 96}, ws[2] = {48, 96}, ys[2] = {64, 48};
+    arg_rand(&x, 2, xs, 1, 0);
+    arg_rand(&w, 2, ws, 0.05f, 0);
+    arg_out(&y, 2, ys);
+    float *fresh = rand_buf((size_t)numel(2, ws), 0.05f, 0);
+    ctx c = {.x = &x, .w = &w, .y = &y, .host = fresh};
+    check("linear after its weight was re-uploaded and scaled in place", do_rewrite, &c, &y);
+    arg_free(&x), arg_free(&w), arg_free(&y);
+    free(fresh);
+}
+
+static int do_layer_norm(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    return sdw_op_layer_norm(T(c->x, s), T(c->w, s), T(c->b, s), 1e-5f, T(c->y, s), e);
+}
+
+static void check_layer_norm(int64_t rows, int64_t n)
+{
+    arg x, g, b, y;
+    int64_t s[2] = {rows, n};
+    arg_rand(&x, 2, s, 3, 4);
+    arg_rand(&g, 1, &n, 1, 1);
+    arg_rand(&b, 1, &n, 1, 0);
+    arg_out(&y, 2, s);
+    ctx c = {.x = &x, .w = &g, .b = &b, .y = &y};
+    char what[64];
+    snprintf(what, sizeof what, "layer_norm %lldx%lld", (long long)rows, (long long)n);
+    check(what, do_layer_norm, &c, &y);
+    arg_free(&x), arg_free(&g), arg_free(&b), arg_free(&y);
+}
+
+static int do_attention(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    return sdw_op_attention(T(c->x, s), T(c->w, s), T(c->b, s), c->i0, c->i1, T(c->y, s), e);
+}
+
+static void check_attention(int64_t b, int64_t tq, int64_t tk, int heads, int64_t d, int causal)
+{
+    arg q, k, v, o;
+    int64_t qs[3] = {b, tq, heads * d}, ks[3] = {b, tk, heads * d};
+    arg_rand(&q, 3, qs, 2, 0);
+    arg_rand(&k, 3, ks, 2, 0);
+    arg_rand(&v, 3, ks, 1, 0);
+    arg_out(&o, 3, qs);
+    ctx c = {.x = &q, .w = &k, .b = &v, .y = &o, .i0 = heads, .i1 = causal};
+    char what[96];
+    snprintf(what, sizeof what, "attention b=%lld tq=%lld tk=%lld heads=%d d=%lld%s", (long long)b, (long long)tq,
+             (long long)tk, heads, (long long)d, causal ? " causal" : "");
+    check(what, do_attention, &c, &o);
+    arg_free(&q), arg_free(&k), arg_free(&v), arg_free(&o);
+}
+
+static int do_act(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    return sdw_op_act(T(c->x, s), (sdw_act)c->i0, T(c->y, s), e);
+}
+
+static void check_act(sdw_act act, const char *name, int64_t n)
+{
+    arg x, y;
+    arg_rand(&x, 1, &n, 8, 0);
+    arg_out(&y, 1, &n);
+    ctx c = {.x = &x, .y = &y, .i0 = (int)act};
+    char what[64];
+    snprintf(what, sizeof what, "%s n=%lld", name, (long long)n);
+    check(what, do_act, &c, &y);
+    arg_free(&x), arg_free(&y);
+}
+
+static int do_add(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    return sdw_op_add(T(c->x, s), T(c->w, s), T(c->y, s), e);
+}
+
+static int do_scale(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    return sdw_op_scale(T(c->x, s), c->f, T(c->y, s), e);
+}
+
+static int do_geglu(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    return sdw_op_geglu(T(c->x, s), T(c->y, s), e);
+}
+
+static int do_add_channel(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    return sdw_op_add_channel(T(c->x, s), T(c->w, s), T(c->y, s), e);
+}
+
+static void check_elementwise(void)
+{
+    arg a, b, y;
+    int64_t n = 1000003;
+    arg_rand(&a, 1, &n, 5, 0);
+    arg_rand(&b, 1, &n, 5, 1);
+    arg_out(&y, 1, &n);
+    ctx c = {.x = &a, .w = &b, .y = &y, .f = 0.18215f};
+    check("add n=1000003", do_add, &c, &y);
+    arg_free(&y);
+    arg_out(&y, 1, &n);
+    check("scale n=1000003", do_scale, &c, &y);
+    arg_free(&a), arg_free(&b), arg_free(&y);
+
+    int64_t xs[2] = {300, 2 * 1280}, ys[2] = {300, 1280};
+    arg_rand(&a, 2, xs, 4, 0);
+    arg_out(&y, 2, ys);
+    c = (ctx){.x = &a, .y = &y};
+    check("geglu 300x2560", do_geglu, &c, &y);
+    arg_free(&a), arg_free(&y);
+
+    int64_t is[4] = {2, 320, 9, 13}, vs[2] = {2, 320};
+    arg_rand(&a, 4, is, 3, 0);
+    arg_rand(&b, 2, vs, 3, 0);
+    arg_out(&y, 4, is);
+    c = (ctx){.x = &a, .w = &b, .y = &y};
+    check("add_channel 2x320x9x13", do_add_channel, &c, &y);
+    arg_free(&a), arg_free(&b), arg_free(&y);
+}
+
+static int do_embed(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    return sdw_op_embed(T(c->x, s), c->ids, T(c->w, s), T(c->y, s), e);
+}
+
+static void check_embed(int with_pos)
+{
+    arg table, pos, y;
+    int64_t ts[2] = {1000, 96}, ps[2] = {80, 96}, ys[3] = {2, 77, 96};
+    int32_t ids[2 * 77];
+    for (int i = 0; i < 2 * 77; i++)
+        ids[i] = (int32_t)((i * 7919u + 13) % 1000);
+    arg_rand(&table, 2, ts, 1, 0);
+    arg_rand(&pos, 2, ps, 1, 0);
+    arg_out(&y, 3, ys);
+    ctx c = {.x = &table, .w = with_pos ? &pos : NULL, .y = &y, .ids = ids};
+    check(with_pos ? "embed 2x77 from 1000x96 + positions" : "embed 2x77 from 1000x96", do_embed, &c, &y);
+    arg_free(&table), arg_free(&pos), arg_free(&y);
+}
+
+static int do_conv(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    return sdw_op_conv2d(T(c->x, s), T(c->w, s), T(c->b, s), c->g, T(c->y, s), e);
+}
+
+static void check_conv(int64_t b, int64_t ch, int64_t h, int64_t w, int64_t o, int64_t k, int stride, int pad,
+                       int64_t oh, int64_t ow, int bias)
+{
+    arg x, wt, bs, y;
+    int64_t xs[4] = {b, ch, h, w}, wsh[4] = {o, ch, k, k}, ys[4] = {b, o, oh, ow};
+    arg_rand(&x, 4, xs, 1, 0);
+    arg_rand(&wt, 4, wsh, 1.0f / sqrtf((float)(ch * k * k)), 0);
+    arg_rand(&bs, 1, &o, 1, 0);
+    arg_out(&y, 4, ys);
+    ctx c = {.x = &x, .w = &wt, .b = bias ? &bs : NULL, .y = &y, .g = {stride, pad, pad}};
+    char what[128];
+    snprintf(what, sizeof what, "conv2d %lldx%lldx%lldx%lld k%lld s%d p%d -> %lldx%lldx%lldx%lld%s", (long long)b,
+             (long long)ch, (long long)h, (long long)w, (long long)k, stride, pad, (long long)b, (long long)o,
+             (long long)oh, (long long)ow, bias ? " + bias" : "");
+    check(what, do_conv, &c, &y);
+    arg_free(&x), arg_free(&wt), arg_free(&bs), arg_free(&y);
+}
+
+static int do_group_norm(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    return sdw_op_group_norm(T(c->x, s), c->i0, T(c->w, s), T(c->b, s), 1e-5f, c->i1, T(c->y, s), e);
+}
+
+static void check_group_norm(int64_t b, int64_t ch, int64_t h, int64_t w, int groups, int silu)
+{
+    arg x, g, bt, y;
+    int64_t s[4] = {b, ch, h, w};
+    arg_rand(&x, 4, s, 2, 3);
+    arg_rand(&g, 1, &ch, 1, 1);
+    arg_rand(&bt, 1, &ch, 1, 0);
+    arg_out(&y, 4, s);
+    ctx c = {.x = &x, .w = &g, .b = &bt, .y = &y, .i0 = groups, .i1 = silu};
+    char what[96];
+    snprintf(what, sizeof what, "group_norm%s %lldx%lldx%lldx%lld in %d groups", silu ? "+silu" : "", (long long)b,
+             (long long)ch, (long long)h, (long long)w, groups);
+    check(what, do_group_norm, &c, &y);
+    arg_free(&x), arg_free(&g), arg_free(&bt), arg_free(&y);
+}
+
+static int do_upsample(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    return sdw_op_upsample_nearest(T(c->x, s), T(c->y, s), e);
+}
+
+static void check_upsample(int64_t h, int64_t w, int64_t oh, int64_t ow)
+{
+    arg x, y;
+    int64_t xs[4] = {2, 5, h, w}, ys[4] = {2, 5, oh, ow};
+    arg_rand(&x, 4, xs, 1, 0);
+    arg_out(&y, 4, ys);
+    ctx c = {.x = &x, .y = &y};
+    char what[64];
+    snprintf(what, sizeof what, "upsample_nearest %lldx%lld -> %lldx%lld", (long long)h, (long long)w,
+             (long long)oh, (long long)ow);
+    check(what, do_upsample, &c, &y);
+    arg_free(&x), arg_free(&y);
+}
+
+static int do_concat(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    return sdw_op_concat(T(c->x, s), T(c->w, s), T(c->y, s), e);
+}
+
+static int do_transpose(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    return sdw_op_transpose(T(c->x, s), T(c->y, s), e);
+}
+
+static void check_layout(void)
+{
+    arg a, b, y;
+    int64_t as[4] = {2, 320, 16, 16}, bs[4] = {2, 640, 16, 16}, ys[4] = {2, 960, 16, 16};
+    arg_rand(&a, 4, as, 1, 0);
+    arg_rand(&b, 4, bs, 1, 0);
+    arg_out(&y, 4, ys);
+    ctx c = {.x = &a, .w = &b, .y = &y};
+    check("concat 2x320 + 2x640 channels", do_concat, &c, &y);
+    arg_free(&a), arg_free(&b), arg_free(&y);
+
+    int64_t dims[2][3] = {{2, 320, 4096}, {3, 33, 65}};
+    for (int i = 0; i < 2; i++) {
+        int64_t ts[3] = {dims[i][0], dims[i][2], dims[i][1]};
+        arg_rand(&a, 3, dims[i], 1, 0);
+        arg_out(&y, 3, ts);
+        c = (ctx){.x = &a, .y = &y};
+        char what[64];
+        snprintf(what, sizeof what, "transpose %lldx%lldx%lld", (long long)dims[i][0], (long long)dims[i][1],
+                 (long long)dims[i][2]);
+        check(what, do_transpose, &c, &y);
+        arg_free(&a), arg_free(&y);
+    }
+}
+
+static int do_gaussian(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    return sdw_op_gaussian(T(c->x, s), T(c->w, s), c->f, T(c->y, s), e);
+}
+
+static void check_gaussian(int with_noise)
+{
+    arg m, noise, y;
+    int64_t ms[4] = {2, 8, 24, 20}, ys[4] = {2, 4, 24, 20};
+    float *h = rand_buf((size_t)numel(4, ms), 3, 0);
+    for (int i = 0; i < 40; i++) /* logvars beyond both clamps */
+        h[4 * 24 * 20 + i] = i % 2 ? 45.0f : -60.0f;
+    arg_host(&m, 4, ms, h);
+    free(h);
+    arg_rand(&noise, 4, ys, 2, 0);
+    arg_out(&y, 4, ys);
+    ctx c = {.x = &m, .w = with_noise ? &noise : NULL, .y = &y, .f = 0.18215f};
+    check(with_noise ? "gaussian sample (logvar clamped)" : "gaussian mean", do_gaussian, &c, &y);
+    arg_free(&m), arg_free(&noise), arg_free(&y);
 }
 
 int main(void)
 {
     int count = 0;
-    cudaError_t rc = cudaGetDeviceCount(&count);
-    if (rc != cudaSuccess || count == 0) {
-        tap_skip("no CUDA device (%s)", rc != cudaSuccess ? cudaGetErrorString(rc) : "none found");
+    cudaError_t crc = cudaGetDeviceCount(&count);
+    sdw_error e;
+    if (crc != cudaSuccess || count == 0) {
+        sdw_backend *be = NULL;
+        int rc = sdw_backend_cuda(&be, 0, SDW_PREC_FP32, &e);
+        tap_ok(rc == SDW_EDEVICE && be == NULL && e.msg[0], "without a device the backend refuses: %s",
+               rc ? e.msg : "(it started)");
+        tap_skip("no CUDA device (%s)", crc != cudaSuccess ? cudaGetErrorString(crc) : "none found");
         return tap_done();
     }
-    sdw_backend *cpu;
-    sdw_error e;
     if (sdw_backend_cpu(&cpu, &e)) {
         tap_ok(0, "cpu backend: %s", e.msg);
         return tap_done();
     }
-    check_layer_norm(cpu, 154, 768);
-    check_layer_norm(cpu, 7, 33);
-    check_layer_norm(cpu, 4096, 320);
-    check_act(cpu, SDW_ACT_SILU, "silu", 1 << 20);
-    check_act(cpu, SDW_ACT_GELU, "gelu", 1000003);
-    check_act(cpu, SDW_ACT_QUICK_GELU, "quick_gelu", 77 * 3072);
+    for (int p = 0; p < NPREC; p++)
+        if (!tap_ok(sdw_backend_cuda(&gpu[p], 0, (sdw_precision)p, &e) == 0, "cuda backend %s starts%s%s",
+                    prec_name[p], gpu[p] ? "" : ": ", gpu[p] ? "" : e.msg))
+            return tap_done();
+    sdw_backend *bad = NULL;
+    int rc = sdw_backend_cuda(&bad, count, SDW_PREC_FP32, &e);
+    tap_ok(rc == SDW_ENOTFOUND && !bad, "device %d (one past the last) is refused: %s", count, e.msg);
+    ok_so_far = 1;
+
+    check_linear(154, 320, 768, 1);
+    check_linear(2048, 1280, 320, 1);
+    check_linear(7, 33, 5, 0);
+    check_rewritten_weight();
+    check_layer_norm(154, 768);
+    check_layer_norm(7, 33);
+    check_layer_norm(4096, 320);
+    check_attention(2, 4096, 4096, 8, 40, 0);
+    check_attention(2, 4096, 77, 8, 40, 0);
+    check_attention(2, 77, 77, 12, 64, 1);
+    check_attention(2, 1024, 1024, 8, 80, 0);
+    check_attention(2, 256, 256, 8, 160, 0);
+    check_attention(1, 100, 37, 3, 33, 0);
+    check_attention(1, 65, 65, 2, 100, 1);
+    check_act(SDW_ACT_SILU, "silu", 1 << 20);
+    check_act(SDW_ACT_GELU, "gelu", 1000003);
+    check_act(SDW_ACT_QUICK_GELU, "quick_gelu", 77 * 3072);
+    check_elementwise();
+    check_embed(1);
+    check_embed(0);
+    check_conv(2, 320, 32, 32, 320, 3, 1, 1, 32, 32, 1);
+    check_conv(2, 4, 64, 64, 320, 3, 1, 1, 64, 64, 1);
+    check_conv(2, 9, 24, 40, 32, 3, 1, 1, 24, 40, 0);
+    check_conv(2, 640, 16, 16, 320, 1, 1, 0, 16, 16, 1);
+    check_conv(1, 128, 64, 64, 128, 3, 2, 1, 32, 32, 1); /* UNet downsample */
+    check_conv(1, 64, 64, 64, 64, 3, 2, 0, 32, 32, 1);   /* VAE encoder: bottom/right pad 1 */
+    check_conv(1, 8, 31, 16, 5, 3, 2, 0, 15, 8, 1);      /* odd sizes, implied pad 0 and 1 */
+    check_group_norm(2, 320, 32, 32, 32, 1);
+    check_group_norm(2, 320, 32, 32, 32, 0);
+    check_group_norm(1, 9, 5, 7, 3, 1);
+    check_upsample(16, 16, 32, 32);
+    check_upsample(3, 5, 7, 11);
+    check_layout();
+    check_gaussian(1);
+    check_gaussian(0);
     tap_ok(sdw_k_act(NULL, NULL, 0, 0, 0) == cudaErrorInvalidValue, "an empty launch is refused");
+    tap_ok(sdw_k_attention(NULL, NULL, NULL, NULL, 1, 1, 1, 1, 161, 1.0f, 0, 0) == cudaErrorInvalidValue,
+           "attention refuses a head dimension above 160");
+
+    for (int p = 0; p < NPREC; p++)
+        sdw_backend_destroy(gpu[p]);
     sdw_backend_destroy(cpu);
     return tap_done();
 }

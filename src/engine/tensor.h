@@ -93,6 +93,22 @@ struct sdw_backend {
 
 /* The CPU backend: OpenBLAS sgemm for products, OpenMP for the rest. */
 int sdw_backend_cpu(sdw_backend **be, sdw_error *e);
+
+/* Storage and product precision of an accelerator backend: float32
+ * throughout, or fp16/bf16 operands for the matrix products and
+ * convolutions with float32 accumulation (tensors themselves stay float32). */
+typedef enum sdw_precision {
+    SDW_PREC_FP32,
+    SDW_PREC_FP16,
+    SDW_PREC_BF16,
+} sdw_precision;
+
+#include "sdw-build.h"
+#ifdef SDW_HAVE_CUDA
+/* The CUDA backend on device `device` (0-based). Fails with SDW_EDEVICE when
+ * there is no usable device, SDW_ENOTFOUND when the index is out of range. */
+int sdw_backend_cuda(sdw_backend **be, int device, sdw_precision prec, sdw_error *e);
+#endif
 void sdw_backend_destroy(sdw_backend *be);
 
 /* Tensor lifetime. sdw_tensor_new allocates uninitialised memory. */

@@ -1,0 +1,146 @@
+// Fused attention in float32: one pass over the keys with an online softmax
+// (running max and sum, the accumulator rescaled when the max grows), so no
+// [tq, tk] score matrix is ever stored. Each query row is handled by a group
+// of G consecutive lanes that split the head dimension between them (lane s
+// holds dimensions s, s+G, s+2G, ...), which keeps q and the accumulator in
+// registers up to d = 160 and makes the lanes of a group read consecutive
+// shared-memory words; the other groups of the warp read the same words
+// (a broadcast). Keys and values go through shared memory in tiles of BK
+// rows; scores are taken CH keys at a time so that the rescale happens once
+// per chunk rather than once per key.
+#include <math.h>
+
+#include "kernels.h"
+
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kChunk = 16;
+
+template <int G, int DPT>
+__global__ void __launch_bounds__(kThreads) attention_kernel(const float *__restrict__ q, const float *__restrict__ k,
+                                                             const float *__restrict__ v, float *__restrict__ out,
+                                                             int64_t tq, int64_t tk, int64_t heads, int d,
+                                                             float scale, int causal)
+{
+    constexpr int D = G * DPT; // head dimension padded to the lanes' share
+    constexpr int QPB = kThreads / G;
+    constexpr int BK = D <= 80 ? 64 : 32; // 40 KiB of static shared memory at most
+    static_assert(BK % kChunk == 0, "chunks tile the key block");
+    __shared__ float ks[BK * D];
+    __shared__ float vs[BK * D];
+
+    const int64_t bi = blockIdx.y / heads, h = blockIdx.y % heads, c_all = heads * d;
+    const int sub = threadIdx.x % G;
+    const int64_t qi = (int64_t)blockIdx.x * QPB + threadIdx.x / G;
+    const bool active = qi < tq;
+
+    float qr[DPT], acc[DPT];
+    const float *qrow = q + (bi * tq + (active ? qi : 0)) * c_all + h * d;
+#pragma unroll
+    for (int t = 0; t < DPT; t++) {
+        int c = t * G + sub;
+        qr[t] = active && c < d ? qrow[c] : 0.0f;
+        acc[t] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+
+    // The last key any query of this block may see; block-uniform, so every
+    // lane runs the same iterations and the full-warp shuffles stay converged.
+    int64_t last_q = (int64_t)(blockIdx.x + 1) * QPB - 1;
+    int64_t kend = causal ? (last_q + 1 < tk ? last_q + 1 : tk) : tk;
+    const float *kb = k + bi * tk * c_all + h * d, *vb = v + bi * tk * c_all + h * d;
+
+    for (int64_t k0 = 0; k0 < kend; k0 += BK) {
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < BK * D; idx += kThreads) {
+            int key = idx / D, c = idx % D;
+            int64_t kk = k0 + key;
+            bool ok = kk < tk && c < d;
+            ks[idx] = ok ? kb[kk * c_all + c] : 0.0f;
+            vs[idx] = ok ? vb[kk * c_all + c] : 0.0f;
+        }
+        __syncthreads();
+        int kn = (int)(kend - k0 < BK ? kend - k0 : BK);
+        for (int j0 = 0; j0 < kn; j0 += kChunk) {
+            float sc[kChunk];
+            float mc = -INFINITY;
+#pragma unroll
+            for (int jj = 0; jj < kChunk; jj++) {
+                const float *kr = ks + (j0 + jj) * D + sub;
+                float part = 0.0f;
+#pragma unroll
+                for (int t = 0; t < DPT; t++)
+                    part += qr[t] * kr[t * G];
+#pragma unroll
+                for (int off = G / 2; off > 0; off >>= 1)
+                    part += __shfl_xor_sync(0xffffffffu, part, off);
+                int64_t kk = k0 + j0 + jj;
+                bool ok = j0 + jj < kn && (!causal || kk <= qi);
+                sc[jj] = ok ? part * scale : -INFINITY;
+                mc = fmaxf(mc, sc[jj]);
+            }
+            // Key 0 is valid for every query, so m is finite after the first
+            // chunk and later all-masked chunks give p = 0, never NaN.
+            float mn = fmaxf(m, mc);
+            float corr = expf(m - mn);
+            l *= corr;
+#pragma unroll
+            for (int t = 0; t < DPT; t++)
+                acc[t] *= corr;
+#pragma unroll
+            for (int jj = 0; jj < kChunk; jj++) {
+                float p = expf(sc[jj] - mn);
+                l += p;
+                const float *vr = vs + (j0 + jj) * D + sub;
+#pragma unroll
+                for (int t = 0; t < DPT; t++)
+                    acc[t] += p * vr[t * G];
+            }
+            m = mn;
+        }
+    }
+    if (!active)
+        return;
+    float inv = 1.0f / l;
+    float *orow = out + (bi * tq + qi) * c_all + h * d;
+#pragma unroll
+    for (int t = 0; t < DPT; t++) {
+        int c = t * G + sub;
+        if (c < d)
+            orow[c] = acc[t] * inv;
+    }
+}
+
+template <int G, int DPT>
+cudaError_t launch(const float *q, const float *k, const float *v, float *out, int64_t b, int64_t tq, int64_t tk,
+                   int64_t heads, int64_t d, float scale, int causal, cudaStream_t stream)
+{
+    constexpr int QPB = kThreads / G;
+    int64_t qblocks = (tq + QPB - 1) / QPB;
+    if (qblocks > 0x7fffffff || b * heads > 65535)
+        return cudaErrorInvalidValue;
+    attention_kernel<G, DPT><<<dim3((unsigned)qblocks, (unsigned)(b * heads)), kThreads, 0, stream>>>(
+        q, k, v, out, tq, tk, heads, (int)d, scale, causal);
+    return cudaGetLastError();
+}
+
+} // namespace
+
+extern "C" cudaError_t sdw_k_attention(const float *q, const float *k, const float *v, float *out, int64_t b,
+                                       int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal,
+                                       cudaStream_t stream)
+{
+    if (b <= 0 || tq <= 0 || tk <= 0 || heads <= 0 || d <= 0 || d > 160 || (causal && tq != tk))
+        return cudaErrorInvalidValue;
+    switch (d) {
+    case 40: return launch<4, 10>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
+    case 64: return launch<4, 16>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
+    case 80: return launch<8, 10>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
+    case 160: return launch<8, 20>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
+    default:
+        if (d <= 64)
+            return launch<4, 16>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
+        return launch<8, 20>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
+    }
+}

@@ -1,0 +1,746 @@
+/* The CUDA backend: cuBLAS for matrix products, cuDNN for convolutions, our
+ * kernels (kernels/) for everything else, all on one stream.
+ *
+ * Tensors stay float32 in device memory, as the op interface has them. In
+ * fp16 or bf16 precision the products run on tensor cores with float32
+ * accumulation: the weight operand of linear and conv2d gets a low-precision
+ * copy (a "shadow") made the first time it is used and kept until its memory
+ * is written again or freed, and the activation operand is converted on the
+ * fly. Weights are uploaded once and never written, so each is converted
+ * once; a buffer that any op or upload writes loses its shadow, so a stale
+ * copy can never be read, whatever the model code does.
+ *
+ * Memory comes from a caching allocator: freed blocks are kept by exact
+ * (rounded) size and handed out again, so once the first step has run every
+ * later step reuses the same blocks and never calls cudaMalloc. Reuse is safe
+ * without events because every user of a block runs on the one stream. */
+#include "sdw-build.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <cudnn.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "tensor.h"
+
+/* Convolution algorithms may use this much scratch; cuDNN's search is
+ * limited to it. */
+#define CUDA_WS_BYTES ((size_t)256 << 20)
+
+typedef struct block {
+    char *p;
+    size_t bytes;
+} block;
+
+typedef struct shadow {
+    const float *src; /* the float32 weight it copies */
+    size_t n;         /* elements */
+    void *lp;         /* n fp16 or bf16 values */
+} shadow;
+
+typedef struct conv_plan {
+    int key[12];
+    cudnnTensorDescriptor_t xd, yd;
+    cudnnFilterDescriptor_t wd;
+    cudnnConvolutionDescriptor_t cd;
+    cudnnConvolutionFwdAlgo_t algo;
+    size_t ws_bytes;
+} conv_plan;
+
+typedef struct cuda_be {
+    sdw_backend pub;
+    int device;
+    sdw_precision prec;
+    int dtype; /* SDW_K_* of the product operands */
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    cudnnHandle_t dnn;
+    block *live, *cache; /* live sorted by address; cache unordered */
+    size_t nlive, caplive, ncache, capcache;
+    size_t reserved; /* bytes obtained from cudaMalloc */
+    shadow *shadows;
+    size_t nshadows, capshadows;
+    conv_plan *plans;
+    size_t nplans, capplans;
+    void *ws;
+    size_t ws_bytes;
+} cuda_be;
+
+static cuda_be *priv(sdw_backend *be)
+{
+    return be->priv;
+}
+
+static int cuda_err(sdw_error *e, cudaError_t rc, const char *call, const char *file, int line)
+{
+    return sdw_fail(e, rc == cudaErrorMemoryAllocation ? SDW_ENOMEM : SDW_EDEVICE, "%s:%d: %s: %s (%s)", file, line,
+                    call, cudaGetErrorString(rc), cudaGetErrorName(rc));
+}
+
+static int cublas_err(sdw_error *e, cublasStatus_t rc, const char *call, const char *file, int line)
+{
+    return sdw_fail(e, rc == CUBLAS_STATUS_ALLOC_FAILED ? SDW_ENOMEM : SDW_EDEVICE, "%s:%d: %s: %s", file, line, call,
+                    cublasGetStatusString(rc));
+}
+
+static int cudnn_err(sdw_error *e, cudnnStatus_t rc, const char *call, const char *file, int line)
+{
+    return sdw_fail(e, rc == CUDNN_STATUS_ALLOC_FAILED ? SDW_ENOMEM : SDW_EDEVICE, "%s:%d: %s: %s", file, line, call,
+                    cudnnGetErrorString(rc));
+}
+
+#define CU(call)                                                                                                  \
+    do {                                                                                                          \
+        cudaError_t cu_rc_ = (call);                                                                              \
+        if (cu_rc_ != cudaSuccess)                                                                                \
+            return cuda_err(e, cu_rc_, #call, __FILE__, __LINE__);                                                \
+    } while (0)
+#define CUBLAS(call)                                                                                              \
+    do {                                                                                                          \
+        cublasStatus_t cb_rc_ = (call);                                                                           \
+        if (cb_rc_ != CUBLAS_STATUS_SUCCESS)                                                                      \
+            return cublas_err(e, cb_rc_, #call, __FILE__, __LINE__);                                              \
+    } while (0)
+#define CUDNN(call)                                                                                               \
+    do {                                                                                                          \
+        cudnnStatus_t dn_rc_ = (call);                                                                            \
+        if (dn_rc_ != CUDNN_STATUS_SUCCESS)                                                                       \
+            return cudnn_err(e, dn_rc_, #call, __FILE__, __LINE__);                                               \
+    } while (0)
+/* Like CU, for the steps after a scratch block was taken: the block goes
+ * back to the cache (stream order keeps that safe) before returning. */
+#define CU_OR(call, cleanup)                                                                                      \
+    do {                                                                                                          \
+        cudaError_t cu_rc_ = (call);                                                                              \
+        if (cu_rc_ != cudaSuccess) {                                                                              \
+            cleanup;                                                                                              \
+            return cuda_err(e, cu_rc_, #call, __FILE__, __LINE__);                                                \
+        }                                                                                                         \
+    } while (0)
+
+static int grow(void **arr, size_t *cap, size_t need, size_t size, sdw_error *e)
+{
+    if (need <= *cap)
+        return SDW_OK;
+    size_t nc = *cap ? *cap * 2 : 64;
+    while (nc < need)
+        nc *= 2;
+    void *p = realloc(*arr, nc * size);
+    if (!p)
+        return sdw_fail(e, SDW_ENOMEM, "out of host memory");
+    *arr = p;
+    *cap = nc;
+    return SDW_OK;
+}
+
+/* Sizes are rounded so that blocks of nearly the same size share a cache
+ * bucket: 512 bytes below 1 MiB, 2 MiB above. */
+static size_t round_bytes(size_t bytes)
+{
+    if (bytes <= ((size_t)1 << 20))
+        return bytes ? (bytes + 511) & ~(size_t)511 : 512;
+    return (bytes + ((size_t)2 << 20) - 1) & ~(((size_t)2 << 20) - 1);
+}
+
+/* Index of the first live block at an address >= p. */
+static size_t live_lower(const cuda_be *c, const char *p)
+{
+    size_t lo = 0, hi = c->nlive;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c->live[mid].p < p)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static int release_cache(cuda_be *c, sdw_error *e)
+{
+    while (c->ncache) {
+        block b = c->cache[--c->ncache];
+        c->reserved -= b.bytes;
+        CU(cudaFree(b.p));
+    }
+    return SDW_OK;
+}
+
+static int dev_alloc(cuda_be *c, size_t want, void **out, sdw_error *e)
+{
+    size_t bytes = round_bytes(want);
+    int rc = grow((void **)&c->live, &c->caplive, c->nlive + 1, sizeof *c->live, e);
+    if (rc)
+        return rc;
+    block b = {NULL, bytes};
+    for (size_t i = 0; i < c->ncache; i++)
+        if (c->cache[i].bytes == bytes) {
+            b = c->cache[i];
+            c->cache[i] = c->cache[--c->ncache];
+            break;
+        }
+    if (!b.p) {
+        cudaError_t cr = cudaMalloc((void **)&b.p, bytes);
+        if (cr == cudaErrorMemoryAllocation) {
+            cudaGetLastError(); /* clears the sticky-free allocation error */
+            if ((rc = release_cache(c, e)))
+                return rc;
+            cr = cudaMalloc((void **)&b.p, bytes);
+        }
+        if (cr != cudaSuccess) {
+            cudaGetLastError();
+            size_t fr = 0, total = 0;
+            cudaMemGetInfo(&fr, &total);
+            return sdw_fail(e, cr == cudaErrorMemoryAllocation ? SDW_ENOMEM : SDW_EDEVICE,
+                            "CUDA device %d: cannot allocate %zu MiB (%s; %zu of %zu MiB free, %zu MiB held by sdworker)",
+                            c->device, bytes >> 20, cudaGetErrorString(cr), fr >> 20, total >> 20, c->reserved >> 20);
+        }
+        c->reserved += bytes;
+    }
+    size_t at = live_lower(c, b.p);
+    memmove(c->live + at + 1, c->live + at, (c->nlive - at) * sizeof *c->live);
+    c->live[at] = b;
+    c->nlive++;
+    *out = b.p;
+    return SDW_OK;
+}
+
+static void dev_free(cuda_be *c, void *p);
+
+/* Drops every shadow that overlaps the bytes [p, p + bytes): they were just
+ * written or freed. */
+static void wrote(cuda_be *c, const void *p, size_t bytes)
+{
+    const char *lo = p, *hi = lo + bytes;
+    for (size_t i = 0; i < c->nshadows;) {
+        const char *s = (const char *)c->shadows[i].src, *se = s + c->shadows[i].n * sizeof(float);
+        if (s < hi && lo < se) {
+            void *lp = c->shadows[i].lp;
+            c->shadows[i] = c->shadows[--c->nshadows];
+            dev_free(c, lp);
+        } else {
+            i++;
+        }
+    }
+}
+
+static void dev_free(cuda_be *c, void *p)
+{
+    if (!p)
+        return;
+    size_t at = live_lower(c, p);
+    if (at == c->nlive || c->live[at].p != p)
+        return;
+    block b = c->live[at];
+    memmove(c->live + at, c->live + at + 1, (c->nlive - at - 1) * sizeof *c->live);
+    c->nlive--;
+    wrote(c, b.p, b.bytes);
+    if (grow((void **)&c->cache, &c->capcache, c->ncache + 1, sizeof *c->cache, NULL) == SDW_OK) {
+        c->cache[c->ncache++] = b;
+    } else {
+        cudaFree(b.p);
+        c->reserved -= b.bytes;
+    }
+}
+
+static size_t dtype_size(int dtype)
+{
+    return dtype == SDW_K_F32 ? 4 : 2;
+}
+
+/* The low-precision copy of weight w (n floats), made on first use. */
+static int weight_lp(cuda_be *c, const float *w, size_t n, const void **out, sdw_error *e)
+{
+    for (size_t i = 0; i < c->nshadows; i++)
+        if (c->shadows[i].src == w && c->shadows[i].n == n) {
+            *out = c->shadows[i].lp;
+            return SDW_OK;
+        }
+    int rc = grow((void **)&c->shadows, &c->capshadows, c->nshadows + 1, sizeof *c->shadows, e);
+    void *lp = NULL;
+    if (rc || (rc = dev_alloc(c, n * dtype_size(c->dtype), &lp, e)))
+        return rc;
+    CU_OR(sdw_k_pack(w, lp, (int64_t)n, c->dtype, c->stream), dev_free(c, lp));
+    c->shadows[c->nshadows++] = (shadow){w, n, lp};
+    *out = lp;
+    return SDW_OK;
+}
+
+static int cuda_alloc(sdw_backend *be, size_t n, float **p, sdw_error *e)
+{
+    return dev_alloc(priv(be), n * sizeof(float), (void **)p, e);
+}
+
+static void cuda_free(sdw_backend *be, float *p)
+{
+    dev_free(priv(be), p);
+}
+
+static int cuda_upload(sdw_backend *be, float *dst, const float *src, size_t n, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    wrote(c, dst, n * sizeof *dst);
+    /* From pageable memory the call returns once src has been staged, so the
+     * caller may reuse src at once. */
+    CU(cudaMemcpyAsync(dst, src, n * sizeof *dst, cudaMemcpyHostToDevice, c->stream));
+    return SDW_OK;
+}
+
+static int cuda_download(sdw_backend *be, float *dst, const float *src, size_t n, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    CU(cudaMemcpyAsync(dst, src, n * sizeof *dst, cudaMemcpyDeviceToHost, c->stream));
+    /* Also where an earlier asynchronous kernel failure surfaces. */
+    CU(cudaStreamSynchronize(c->stream));
+    return SDW_OK;
+}
+
+static int too_big(sdw_error *e, const char *op, int64_t v)
+{
+    return sdw_fail(e, SDW_EUNSUPPORTED, "%s: dimension %lld exceeds the CUDA backend's int range", op, (long long)v);
+}
+
+static cudaDataType_t blas_type(int dtype)
+{
+    return dtype == SDW_K_F16 ? CUDA_R_16F : dtype == SDW_K_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
+static int cuda_linear(sdw_backend *be, const float *x, const float *w, const float *bias, float *y, int64_t m,
+                       int64_t n, int64_t k, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    if (m > INT_MAX || n > INT_MAX || k > INT_MAX)
+        return too_big(e, "linear", m > n ? (m > k ? m : k) : (n > k ? n : k));
+    wrote(c, y, (size_t)(m * n) * sizeof *y);
+    float alpha = 1.0f, beta = 0.0f;
+    if (bias) {
+        CU(sdw_k_fill_rows(bias, y, m, n, c->stream));
+        beta = 1.0f;
+    }
+    /* cuBLAS is column-major: row-major y[m,n] = x[m,k] w[n,k]^T is the
+     * column-major n x m product op(w) x with w read as k x n transposed and
+     * x as k x m, leading dimensions k, k and n. */
+    if (c->dtype == SDW_K_F32) {
+        CUBLAS(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &alpha, w, CUDA_R_32F, (int)k,
+                            x, CUDA_R_32F, (int)k, &beta, y, CUDA_R_32F, (int)n, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT));
+        return SDW_OK;
+    }
+    const void *wl;
+    void *xl = NULL;
+    int rc = weight_lp(c, w, (size_t)(n * k), &wl, e);
+    if (rc || (rc = dev_alloc(c, (size_t)(m * k) * dtype_size(c->dtype), &xl, e)))
+        return rc;
+    CU_OR(sdw_k_pack(x, xl, m * k, c->dtype, c->stream), dev_free(c, xl));
+    cudaDataType_t t = blas_type(c->dtype);
+    cublasStatus_t st = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &alpha, wl, t, (int)k,
+                                     xl, t, (int)k, &beta, y, CUDA_R_32F, (int)n, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT);
+    dev_free(c, xl);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return cublas_err(e, st, "cublasGemmEx", __FILE__, __LINE__);
+    return SDW_OK;
+}
+
+static int cuda_layer_norm(sdw_backend *be, const float *x, const float *gamma, const float *beta, float *y,
+                           int64_t rows, int64_t n, float eps, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    wrote(c, y, (size_t)(rows * n) * sizeof *y);
+    CU(sdw_k_layer_norm(x, gamma, beta, y, rows, n, eps, c->stream));
+    return SDW_OK;
+}
+
+static int cuda_attention(sdw_backend *be, const float *q, const float *k, const float *v, float *out, int64_t b,
+                          int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    if (d > 160)
+        return sdw_fail(e, SDW_EUNSUPPORTED, "attention: head dimension %lld above the CUDA kernel's 160",
+                        (long long)d);
+    if (b * heads > 65535)
+        return too_big(e, "attention", b * heads);
+    wrote(c, out, (size_t)(b * tq * heads * d) * sizeof *out);
+    CU(sdw_k_attention(q, k, v, out, b, tq, tk, heads, d, scale, causal, c->stream));
+    return SDW_OK;
+}
+
+static int cuda_act(sdw_backend *be, const float *x, float *y, int64_t n, sdw_act act, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    if (act != SDW_ACT_SILU && act != SDW_ACT_GELU && act != SDW_ACT_QUICK_GELU)
+        return sdw_fail(e, SDW_EINVAL, "unknown activation %d", (int)act);
+    wrote(c, y, (size_t)n * sizeof *y);
+    CU(sdw_k_act(x, y, n, (int)act, c->stream));
+    return SDW_OK;
+}
+
+static int cuda_add(sdw_backend *be, const float *a, const float *b, float *y, int64_t n, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    wrote(c, y, (size_t)n * sizeof *y);
+    CU(sdw_k_add(a, b, y, n, c->stream));
+    return SDW_OK;
+}
+
+static int cuda_embed(sdw_backend *be, const float *table, const int32_t *ids, const float *pos, float *y,
+                      int64_t rows, int64_t dim, int64_t tpos, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    wrote(c, y, (size_t)(rows * dim) * sizeof *y);
+    void *dids = NULL;
+    int rc = dev_alloc(c, (size_t)rows * sizeof *ids, &dids, e);
+    if (rc)
+        return rc;
+    CU_OR(cudaMemcpyAsync(dids, ids, (size_t)rows * sizeof *ids, cudaMemcpyHostToDevice, c->stream), dev_free(c, dids));
+    CU_OR(sdw_k_embed(table, dids, pos, y, rows, dim, tpos, c->stream), dev_free(c, dids));
+    dev_free(c, dids);
+    return SDW_OK;
+}
+
+static void plan_destroy(conv_plan *p)
+{
+    cudnnDestroyTensorDescriptor(p->xd);
+    cudnnDestroyTensorDescriptor(p->yd);
+    cudnnDestroyFilterDescriptor(p->wd);
+    cudnnDestroyConvolutionDescriptor(p->cd);
+}
+
+static int ensure_ws(cuda_be *c, size_t bytes, sdw_error *e)
+{
+    if (bytes <= c->ws_bytes)
+        return SDW_OK;
+    dev_free(c, c->ws);
+    c->ws = NULL;
+    c->ws_bytes = 0;
+    int rc = dev_alloc(c, bytes, &c->ws, e);
+    if (rc)
+        return rc;
+    c->ws_bytes = bytes;
+    return SDW_OK;
+}
+
+/* Describes the convolution and picks its algorithm once per shape: cuDNN
+ * times the candidates on the real buffers (x, w, y), and in float32 only
+ * algorithms without TF32 tensor-core math qualify, so that float32 results
+ * match the CPU reference. */
+static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const void *w, void *y, conv_plan **out,
+                         sdw_error *e)
+{
+    for (size_t i = 0; i < c->nplans; i++)
+        if (!memcmp(c->plans[i].key, key, sizeof c->plans[i].key)) {
+            *out = &c->plans[i];
+            return SDW_OK;
+        }
+    int rc = grow((void **)&c->plans, &c->capplans, c->nplans + 1, sizeof *c->plans, e);
+    if (rc)
+        return rc;
+    conv_plan *p = &c->plans[c->nplans];
+    memset(p, 0, sizeof *p);
+    memcpy(p->key, key, sizeof p->key);
+    int dt = key[0], b = key[1], ch = key[2], h = key[3], wd = key[4], o = key[5], kh = key[6], kw = key[7];
+    int pad_h = key[8], pad_w = key[9], stride = key[10];
+    cudnnDataType_t t = dt == SDW_K_F16 ? CUDNN_DATA_HALF : dt == SDW_K_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+    CUDNN(cudnnCreateTensorDescriptor(&p->xd));
+    cudnnStatus_t st = cudnnCreateTensorDescriptor(&p->yd);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnCreateFilterDescriptor(&p->wd);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnCreateConvolutionDescriptor(&p->cd);
+    if (st != CUDNN_STATUS_SUCCESS) {
+        plan_destroy(p);
+        return cudnn_err(e, st, "cudnnCreate*Descriptor", __FILE__, __LINE__);
+    }
+#define PLAN(call)                                                                                                \
+    do {                                                                                                          \
+        cudnnStatus_t pl_rc_ = (call);                                                                            \
+        if (pl_rc_ != CUDNN_STATUS_SUCCESS) {                                                                     \
+            plan_destroy(p);                                                                                      \
+            return cudnn_err(e, pl_rc_, #call, __FILE__, __LINE__);                                               \
+        }                                                                                                         \
+    } while (0)
+    PLAN(cudnnSetTensor4dDescriptor(p->xd, CUDNN_TENSOR_NCHW, t, b, ch, h, wd));
+    PLAN(cudnnSetFilter4dDescriptor(p->wd, t, CUDNN_TENSOR_NCHW, o, ch, kh, kw));
+    PLAN(cudnnSetConvolution2dDescriptor(p->cd, pad_h, pad_w, stride, stride, 1, 1, CUDNN_CROSS_CORRELATION,
+                                         CUDNN_DATA_FLOAT));
+    PLAN(cudnnSetConvolutionMathType(p->cd, dt == SDW_K_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
+    int on, oc, ohh, oww;
+    PLAN(cudnnGetConvolution2dForwardOutputDim(p->cd, p->xd, p->wd, &on, &oc, &ohh, &oww));
+    if (on != b || oc != o || ohh != key[11] >> 16 || oww != (key[11] & 0xffff)) {
+        plan_destroy(p);
+        return sdw_fail(e, SDW_EDEVICE, "conv2d: cuDNN output %dx%dx%dx%d, expected %dx%dx%dx%d", on, oc, ohh, oww, b,
+                        o, key[11] >> 16, key[11] & 0xffff);
+    }
+    PLAN(cudnnSetTensor4dDescriptor(p->yd, CUDNN_TENSOR_NCHW, t, on, oc, ohh, oww));
+    if ((rc = ensure_ws(c, CUDA_WS_BYTES, e))) {
+        plan_destroy(p);
+        return rc;
+    }
+    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    int found = 0;
+    PLAN(cudnnFindConvolutionForwardAlgorithmEx(c->dnn, p->xd, x, p->wd, w, p->cd, p->yd, y,
+                                                CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf, c->ws, c->ws_bytes));
+    int pick = -1;
+    for (int i = 0; i < found && pick < 0; i++)
+        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= c->ws_bytes &&
+            (dt != SDW_K_F32 || perf[i].mathType == CUDNN_FMA_MATH || perf[i].mathType == CUDNN_DEFAULT_MATH))
+            pick = i;
+    if (pick < 0) {
+        plan_destroy(p);
+        return sdw_fail(e, SDW_EDEVICE, "conv2d: cuDNN has no algorithm for %dx%dx%dx%d * %dx%dx%dx%d (%s)", b, ch, h,
+                        wd, o, ch, kh, kw, dt == SDW_K_F32 ? "float32 without TF32" : "tensor cores");
+    }
+    /* DEFAULT_MATH would allow TF32 on Ampere and later: float32 stays FMA. */
+    PLAN(cudnnSetConvolutionMathType(p->cd, dt == SDW_K_F32 ? CUDNN_FMA_MATH : perf[pick].mathType));
+    p->algo = perf[pick].algo;
+    p->ws_bytes = perf[pick].memory;
+#undef PLAN
+    c->nplans++;
+    *out = p;
+    return SDW_OK;
+}
+
+static int cuda_conv2d(sdw_backend *be, const float *x, const float *w, const float *bias, float *y, int64_t b,
+                       int64_t ch, int64_t h, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t oh, int64_t ow,
+                       int stride, int pad_t, int pad_l, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    int64_t dims[] = {b, ch, h, wd, o, kh, kw, oh, ow, b * ch * h * wd, b * o * oh * ow};
+    for (size_t i = 0; i < sizeof dims / sizeof *dims; i++)
+        if (dims[i] > INT_MAX || (i == 7 || i == 8 ? dims[i] > 0x7fff : 0))
+            return too_big(e, "conv2d", dims[i]);
+    wrote(c, y, (size_t)(b * o * oh * ow) * sizeof *y);
+    /* cuDNN pads symmetrically. When the output size implies other bottom or
+     * right padding (the VAE encoder's 0,1 downsampling), the input is padded
+     * here and convolved without padding. */
+    int64_t sym_h = h + 2 * pad_t >= kh ? (h + 2 * pad_t - kh) / stride + 1 : -1;
+    int64_t sym_w = wd + 2 * pad_l >= kw ? (wd + 2 * pad_l - kw) / stride + 1 : -1;
+    int explicit_pad = sym_h != oh || sym_w != ow;
+    int64_t hp = explicit_pad ? (oh - 1) * stride + kh : h, wp = explicit_pad ? (ow - 1) * stride + kw : wd;
+    if (hp > INT_MAX || wp > INT_MAX || b * ch * hp * wp > INT_MAX)
+        return too_big(e, "conv2d", b * ch * hp * wp);
+    int dt = c->dtype;
+    size_t es = dtype_size(dt);
+    const void *xin = x, *win = w;
+    void *xs = NULL, *ys = NULL, *yout = y;
+    int rc = SDW_OK;
+    if (dt != SDW_K_F32 && (rc = weight_lp(c, w, (size_t)(o * ch * kh * kw), &win, e)))
+        return rc;
+    if (explicit_pad || dt != SDW_K_F32) {
+        if ((rc = dev_alloc(c, (size_t)(b * ch * hp * wp) * es, &xs, e)))
+            return rc;
+        cudaError_t cr = explicit_pad
+                             ? sdw_k_pack_pad(x, xs, b * ch, h, wd, hp, wp, pad_t, pad_l, dt, c->stream)
+                             : sdw_k_pack(x, xs, b * ch * h * wd, dt, c->stream);
+        if (cr != cudaSuccess) {
+            dev_free(c, xs);
+            return cuda_err(e, cr, "sdw_k_pack", __FILE__, __LINE__);
+        }
+        xin = xs;
+    }
+    if (dt != SDW_K_F32) {
+        if ((rc = dev_alloc(c, (size_t)(b * o * oh * ow) * es, &ys, e))) {
+            dev_free(c, xs);
+            return rc;
+        }
+        yout = ys;
+    }
+    int key[12] = {dt, (int)b, (int)ch, (int)hp, (int)wp, (int)o, (int)kh, (int)kw, explicit_pad ? 0 : pad_t,
+                   explicit_pad ? 0 : pad_l, stride, (int)(oh << 16 | ow)};
+    conv_plan *p = NULL;
+    if ((rc = conv_plan_get(c, key, xin, win, yout, &p, e)) || (rc = ensure_ws(c, p->ws_bytes, e)))
+        goto out;
+    float alpha = 1.0f, beta = 0.0f;
+    cudnnStatus_t st = cudnnConvolutionForward(c->dnn, &alpha, p->xd, xin, p->wd, win, p->cd, p->algo, c->ws,
+                                               p->ws_bytes, &beta, p->yd, yout);
+    if (st != CUDNN_STATUS_SUCCESS) {
+        rc = cudnn_err(e, st, "cudnnConvolutionForward", __FILE__, __LINE__);
+        goto out;
+    }
+    if (dt != SDW_K_F32 || bias) {
+        cudaError_t cr = sdw_k_unpack_bias(yout, bias, y, b * o, oh * ow, o, dt, c->stream);
+        if (cr != cudaSuccess)
+            rc = cuda_err(e, cr, "sdw_k_unpack_bias", __FILE__, __LINE__);
+    }
+out:
+    dev_free(c, xs);
+    dev_free(c, ys);
+    return rc;
+}
+
+static int cuda_group_norm(sdw_backend *be, const float *x, const float *gamma, const float *beta, float *y,
+                           int64_t b, int64_t ch, int64_t n, int64_t groups, float eps, int silu, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    wrote(c, y, (size_t)(b * ch * n) * sizeof *y);
+    void *stats = NULL;
+    int rc = dev_alloc(c, (size_t)(b * groups) * 2 * sizeof(float), &stats, e);
+    if (rc)
+        return rc;
+    CU_OR(sdw_k_group_stats(x, stats, b, ch, n, groups, eps, c->stream), dev_free(c, stats));
+    CU_OR(sdw_k_group_apply(x, stats, gamma, beta, y, b, ch, n, groups, silu, c->stream), dev_free(c, stats));
+    dev_free(c, stats);
+    return SDW_OK;
+}
+
+static int cuda_upsample_nearest(sdw_backend *be, const float *x, float *y, int64_t bc, int64_t h, int64_t w,
+                                 int64_t oh, int64_t ow, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    wrote(c, y, (size_t)(bc * oh * ow) * sizeof *y);
+    CU(sdw_k_upsample_nearest(x, y, bc, h, w, oh, ow, c->stream));
+    return SDW_OK;
+}
+
+static int cuda_concat(sdw_backend *be, const float *a, const float *cc, float *y, int64_t b, int64_t na, int64_t nc,
+                       sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    wrote(c, y, (size_t)(b * (na + nc)) * sizeof *y);
+    CU(sdw_k_concat(a, cc, y, b, na, nc, c->stream));
+    return SDW_OK;
+}
+
+static int cuda_transpose(sdw_backend *be, const float *x, float *y, int64_t b, int64_t m, int64_t n, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    wrote(c, y, (size_t)(b * m * n) * sizeof *y);
+    CU(sdw_k_transpose(x, y, b, m, n, c->stream));
+    return SDW_OK;
+}
+
+static int cuda_geglu(sdw_backend *be, const float *x, float *y, int64_t rows, int64_t n, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    wrote(c, y, (size_t)(rows * n) * sizeof *y);
+    CU(sdw_k_geglu(x, y, rows, n, c->stream));
+    return SDW_OK;
+}
+
+static int cuda_add_rows(sdw_backend *be, const float *x, const float *v, float *y, int64_t rows, int64_t n,
+                         sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    wrote(c, y, (size_t)(rows * n) * sizeof *y);
+    CU(sdw_k_add_rows(x, v, y, rows, n, c->stream));
+    return SDW_OK;
+}
+
+static int cuda_scale(sdw_backend *be, const float *x, float s, float *y, int64_t n, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    wrote(c, y, (size_t)n * sizeof *y);
+    CU(sdw_k_scale(x, s, y, n, c->stream));
+    return SDW_OK;
+}
+
+static int cuda_gaussian(sdw_backend *be, const float *m, const float *noise, float s, float *y, int64_t b, int64_t n,
+                         sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    wrote(c, y, (size_t)(b * n) * sizeof *y);
+    CU(sdw_k_gaussian(m, noise, s, y, b, n, c->stream));
+    return SDW_OK;
+}
+
+static void cuda_destroy(sdw_backend *be)
+{
+    cuda_be *c = priv(be);
+    if (c->stream)
+        cudaStreamSynchronize(c->stream);
+    for (size_t i = 0; i < c->nplans; i++)
+        plan_destroy(&c->plans[i]);
+    for (size_t i = 0; i < c->nlive; i++)
+        cudaFree(c->live[i].p);
+    for (size_t i = 0; i < c->ncache; i++)
+        cudaFree(c->cache[i].p);
+    if (c->dnn)
+        cudnnDestroy(c->dnn);
+    if (c->blas)
+        cublasDestroy(c->blas);
+    if (c->stream)
+        cudaStreamDestroy(c->stream);
+    free(c->live);
+    free(c->cache);
+    free(c->shadows);
+    free(c->plans);
+    free(c);
+}
+
+static const sdw_backend_ops cuda_ops = {
+    .name = "cuda",
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .linear = cuda_linear,
+    .layer_norm = cuda_layer_norm,
+    .attention = cuda_attention,
+    .act = cuda_act,
+    .add = cuda_add,
+    .embed = cuda_embed,
+    .conv2d = cuda_conv2d,
+    .group_norm = cuda_group_norm,
+    .upsample_nearest = cuda_upsample_nearest,
+    .concat = cuda_concat,
+    .transpose = cuda_transpose,
+    .geglu = cuda_geglu,
+    .add_rows = cuda_add_rows,
+    .scale = cuda_scale,
+    .gaussian = cuda_gaussian,
+    .destroy = cuda_destroy,
+};
+
+static int cuda_init(cuda_be *c, sdw_error *e)
+{
+    int count = 0;
+    cudaError_t cr = cudaGetDeviceCount(&count);
+    if (cr != cudaSuccess || count == 0)
+        return sdw_fail(e, SDW_EDEVICE, "no CUDA device: %s",
+                        cr != cudaSuccess ? cudaGetErrorString(cr) : "the driver reports none");
+    if (c->device < 0 || c->device >= count)
+        return sdw_fail(e, SDW_ENOTFOUND, "CUDA device %d not present (%d found)", c->device, count);
+    struct cudaDeviceProp prop;
+    CU(cudaGetDeviceProperties(&prop, c->device));
+    if (prop.major < 8)
+        return sdw_fail(e, SDW_EUNSUPPORTED, "CUDA device %d (%s) is compute capability %d.%d; sdworker needs 8.0+",
+                        c->device, prop.name, prop.major, prop.minor);
+    CU(cudaSetDevice(c->device));
+    /* The first runtime call that needs a context: a device that is busy
+     * (exclusive-process mode) or out of memory fails here. */
+    cr = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
+    if (cr != cudaSuccess)
+        return sdw_fail(e, SDW_EDEVICE, "CUDA device %d (%s) unavailable: %s (%s)", c->device, prop.name,
+                        cudaGetErrorString(cr), cudaGetErrorName(cr));
+    CUBLAS(cublasCreate(&c->blas));
+    CUBLAS(cublasSetStream(c->blas, c->stream));
+    /* No TF32 behind our back: fp32 products stay fp32. */
+    CUBLAS(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));
+    CUDNN(cudnnCreate(&c->dnn));
+    CUDNN(cudnnSetStream(c->dnn, c->stream));
+    return SDW_OK;
+}
+
+int sdw_backend_cuda(sdw_backend **out, int device, sdw_precision prec, sdw_error *e)
+{
+    if (prec != SDW_PREC_FP32 && prec != SDW_PREC_FP16 && prec != SDW_PREC_BF16)
+        return sdw_fail(e, SDW_EINVAL, "unknown precision %d", (int)prec);
+    cuda_be *c = calloc(1, sizeof *c);
+    if (!c)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    c->pub.ops = &cuda_ops;
+    c->pub.priv = c;
+    c->device = device;
+    c->prec = prec;
+    c->dtype = prec == SDW_PREC_FP16 ? SDW_K_F16 : prec == SDW_PREC_BF16 ? SDW_K_BF16 : SDW_K_F32;
+    int rc = cuda_init(c, e);
+    if (rc) {
+        cuda_destroy(&c->pub);
+        return rc;
+    }
+    *out = &c->pub;
+    return SDW_OK;
+}

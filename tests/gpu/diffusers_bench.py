@@ -1,0 +1,65 @@
+"""The diffusers baseline for bench/gpu.sh: the same model directory, fp16,
+SDPA attention (diffusers' default AttnProcessor2_0 on torch 2), 512x512, 20
+euler steps, CFG 7.5, seed 42. The first run warms up; the second is timed,
+whole and by phase (text encode and VAE decode timed again on their own).
+Writes the metrics bench/gpu.sh tabulates as JSON."""
+import argparse
+import json
+import time
+
+import torch
+from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+
+def timed(fn):
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    r = fn()
+    torch.cuda.synchronize()
+    return r, time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--prompt", required=True)
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--json", required=True)
+    a = ap.parse_args()
+
+    pipe, load_s = timed(lambda: StableDiffusionPipeline.from_pretrained(
+        a.model, torch_dtype=torch.float16, safety_checker=None, requires_safety_checker=False).to("cuda"))
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(prompt=a.prompt, num_inference_steps=20, guidance_scale=7.5, width=512, height=512)
+
+    def run():
+        return pipe(generator=torch.Generator("cuda").manual_seed(42), **kw).images[0]
+
+    run()
+    torch.cuda.reset_peak_memory_stats()
+    image, total_s = timed(run)
+    image.save(a.output)
+    peak = torch.cuda.max_memory_reserved() >> 20
+
+    _, encode_s = timed(lambda: pipe.encode_prompt(a.prompt, "cuda", 1, True))
+    lat = torch.randn(1, 4, 64, 64, device="cuda", dtype=torch.float16)
+    _, decode_s = timed(lambda: pipe.vae.decode(lat / pipe.vae.config.scaling_factor))
+
+    steps = []
+    def cb(p, i, t, k):
+        torch.cuda.synchronize()
+        steps.append(time.perf_counter())
+        return k
+    run_cb = lambda: pipe(generator=torch.Generator("cuda").manual_seed(42), callback_on_step_end=cb, **kw)
+    timed(run_cb)
+    its = (len(steps) - 1) / (steps[-1] - steps[0]) if len(steps) > 1 else None
+
+    r = {"s/image": total_s, "it/s": its, "text encode s": encode_s, "VAE decode s": decode_s, "load s": load_s,
+         "peak MiB": peak, "torch": torch.__version__, "device": torch.cuda.get_device_name(0)}
+    json.dump(r, open(a.json, "w"), indent=1)
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+/* Whole pipelines on the CUDA backend against the CPU backend, on the tiny
+ * fixture models (tests/fixtures/models): txt2img with a deterministic and an
+ * ancestral sampler, img2img, and 9-channel inpainting. Final latents within
+ * 1e-4 relative error (max abs difference over max abs reference) in
+ * float32, within 1e-2 in fp16. A second identical generation must not grow
+ * the device memory in use: the caching allocator serves every later step
+ * from the blocks of the first. Skips without a CUDA device. */
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pipeline.h"
+#include "tap.h"
+
+typedef struct gen_case {
+    const char *name, *model, *sampler, *init, *mask;
+    sdw_gen_kind kind;
+    int width, height, steps;
+    double strength;
+} gen_case;
+
+static const gen_case cases[] = {
+    {"txt2img euler", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 6, 1.0},
+    {"txt2img euler_a 96x64", "tiny-b", "euler_a", NULL, NULL, SDW_GEN_TXT2IMG, 96, 64, 5, 1.0},
+    {"img2img ddim", "tiny-a", "ddim", "init-64x64.png", NULL, SDW_GEN_IMG2IMG, 64, 64, 8, 0.6},
+    {"inpaint 9-channel", "tiny-inpaint", "euler_a", "init-64x64.png", "mask-64x64.png", SDW_GEN_INPAINT, 64, 64, 5,
+     1.0},
+};
+
+static double rel_err(const float *got, const float *want, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i]) || isnan(want[i]))
+            return INFINITY;
+        double d = fabs((double)got[i] - want[i]);
+        num = d > num ? d : num;
+        den = fabs(want[i]) > den ? fabs(want[i]) : den;
+    }
+    return num / (den > 0 ? den : 1);
+}
+
+/* Runs case c on be; latents receives [4, h/8, w/8]. */
+static int run(sdw_backend *be, const gen_case *c, float *latents, sdw_error *e)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/%s", tap_fixture("models"), c->model);
+    sdw_pipeline *p = NULL;
+    int rc = sdw_pipeline_load(&p, be, dir, e);
+    if (rc)
+        return rc;
+    sdw_image init = {0}, mask = {0}, out = {0};
+    char path[4096];
+    if (c->init) {
+        snprintf(path, sizeof path, "%s/%s", tap_fixture("pipeline"), c->init);
+        rc = sdw_image_load(&init, path, 0, e);
+    }
+    if (!rc && c->mask) {
+        snprintf(path, sizeof path, "%s/%s", tap_fixture("pipeline"), c->mask);
+        rc = sdw_image_load(&mask, path, 1, e);
+    }
+    if (!rc) {
+        sdw_gen_params gp;
+        sdw_gen_params_init(&gp, c->kind);
+        gp.prompt = "a photograph of an astronaut riding a horse";
+        gp.negative_prompt = "blurry";
+        gp.steps = c->steps;
+        gp.guidance = 7.5f;
+        gp.width = c->width;
+        gp.height = c->height;
+        gp.seed = 42;
+        gp.sampler = c->sampler;
+        if (c->kind != SDW_GEN_TXT2IMG)
+            gp.strength = c->strength;
+        gp.init_image = init.pixels ? &init : NULL;
+        gp.mask = mask.pixels ? &mask : NULL;
+        sdw_gen_timings t;
+        rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &out, latents, &t, e);
+    }
+    sdw_image_free(&out);
+    sdw_image_free(&init);
+    sdw_image_free(&mask);
+    sdw_pipeline_free(p);
+    return rc;
+}
+
+int main(void)
+{
+    int count = 0;
+    cudaError_t crc = cudaGetDeviceCount(&count);
+    if (crc != cudaSuccess || count == 0) {
+        tap_skip("no CUDA device (%s)", crc != cudaSuccess ? cudaGetErrorString(crc) : "none found");
+        return tap_done();
+    }
+    sdw_error e;
+    sdw_backend *cpu = NULL, *f32 = NULL, *f16 = NULL;
+    if (!tap_ok(sdw_backend_cpu(&cpu, &e) == 0, "cpu backend") ||
+        !tap_ok(sdw_backend_cuda(&f32, 0, SDW_PREC_FP32, &e) == 0, "cuda fp32 backend%s%s", f32 ? "" : ": ",
+                f32 ? "" : e.msg) ||
+        !tap_ok(sdw_backend_cuda(&f16, 0, SDW_PREC_FP16, &e) == 0, "cuda fp16 backend%s%s", f16 ? "" : ": ",
+                f16 ? "" : e.msg))
+        return tap_done();
+
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const gen_case *c = &cases[i];
+        size_t n = (size_t)4 * (c->width / 8) * (c->height / 8);
+        float *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
+        if (!want || !got)
+            abort();
+        if (!tap_ok(run(cpu, c, want, &e) == 0, "%s on %s: cpu runs", c->name, c->model)) {
+            tap_diag("%s", e.msg);
+            free(want), free(got);
+            continue;
+        }
+        int rc = run(f32, c, got, &e);
+        double r = rc ? INFINITY : rel_err(got, want, n);
+        tap_ok(!rc && r <= 1e-4, "%s on %s: cuda fp32 latents vs cpu: rel err %.2e%s%s", c->name, c->model, r,
+               rc ? ": " : "", rc ? e.msg : "");
+        rc = run(f16, c, got, &e);
+        r = rc ? INFINITY : rel_err(got, want, n);
+        tap_ok(!rc && r <= 1e-2, "%s on %s: cuda fp16 latents vs cpu: rel err %.2e%s%s", c->name, c->model, r,
+               rc ? ": " : "", rc ? e.msg : "");
+        free(want), free(got);
+    }
+
+    /* Same generation twice on one loaded model: after the first, device
+     * memory in use must not grow. */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/%s", tap_fixture("models"), cases[0].model);
+    sdw_pipeline *p = NULL;
+    if (tap_ok(sdw_pipeline_load(&p, f16, dir, &e) == 0, "tiny-a loads on fp16")) {
+        sdw_gen_params gp;
+        sdw_gen_params_init(&gp, SDW_GEN_TXT2IMG);
+        gp.prompt = "a cat";
+        gp.steps = 4;
+        gp.width = gp.height = 64;
+        gp.sampler = "euler";
+        size_t free1 = 0, free2 = 0, total = 0;
+        sdw_image out = {0};
+        sdw_gen_timings t;
+        int rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &out, NULL, &t, &e);
+        sdw_image_free(&out);
+        if (!rc && cudaDeviceSynchronize() == cudaSuccess && cudaMemGetInfo(&free1, &total) == cudaSuccess)
+            rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &out, NULL, &t, &e);
+        sdw_image_free(&out);
+        int ok = !rc && cudaDeviceSynchronize() == cudaSuccess && cudaMemGetInfo(&free2, &total) == cudaSuccess;
+        tap_ok(ok && free2 >= free1, "a second generation allocates no device memory (free %zu -> %zu MiB)%s%s",
+               free1 >> 20, free2 >> 20, rc ? ": " : "", rc ? e.msg : "");
+        sdw_pipeline_free(p);
+    }
+    sdw_backend_destroy(f16);
+    sdw_backend_destroy(f32);
+    sdw_backend_destroy(cpu);
+    return tap_done();
+}
