@@ -290,6 +290,12 @@ static void recorder_free(recorder *r)
     memset(r, 0, sizeof *r);
 }
 
+static int ends_with(const char *s, const char *suf)
+{
+    size_t n = strlen(s), k = strlen(suf);
+    return n >= k && !strcmp(s + n - k, suf);
+}
+
 typedef enum part { PART_TEXT, PART_UNET, PART_VAE } part;
 
 static const char *const part_names[] = {"text_encoder", "unet", "vae"};
@@ -337,6 +343,28 @@ static int enumerate(const mk_config *c, part p, sdw_layout layout, recorder *r,
     return rc;
 }
 
+/* sdw_nn_load_matrix takes [rows, cols] or [rows, cols, 1, 1], and with
+ * nothing to probe it asks for the former; the files diffusers and LDM
+ * write hold some of those matrices as 1x1 convolutions, and the other
+ * programs that read these models want them so: the UNet transformers'
+ * proj_in/proj_out (use_linear_projection false, as in SD 1.x) in both
+ * layouts, the VAE attention projections in LDM files. */
+static void conv_shape(rec_tensor *t, part p, sdw_layout layout, const char *diffusers_name)
+{
+    static const char *const vae_attn[] = {".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight"};
+    int conv = 0;
+    if (t->ndim != 2)
+        return;
+    if (p == PART_UNET)
+        conv = strstr(diffusers_name, "attentions.") &&
+               (ends_with(diffusers_name, ".proj_in.weight") || ends_with(diffusers_name, ".proj_out.weight"));
+    if (p == PART_VAE && layout == SDW_LAYOUT_LDM)
+        for (size_t i = 0; i < sizeof vae_attn / sizeof vae_attn[0]; i++)
+            conv |= ends_with(diffusers_name, vae_attn[i]);
+    if (conv)
+        t->ndim = 4, t->shape[2] = t->shape[3] = 1;
+}
+
 /* ---- values ---- */
 
 static uint64_t name_hash(const char *s)
@@ -345,12 +373,6 @@ static uint64_t name_hash(const char *s)
     for (; *s; s++)
         h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
     return h;
-}
-
-static int ends_with(const char *s, const char *suf)
-{
-    size_t n = strlen(s), k = strlen(suf);
-    return n >= k && !strcmp(s + n - k, suf);
 }
 
 /* Values of the tensor whose diffusers name is `name`: scaled like a trained
@@ -447,8 +469,10 @@ static int make_folder(const mk_config *c, const char *root, uint64_t seed, sdw_
             const rec_tensor **t = malloc((r.n ? r.n : 1) * sizeof *t);
             if (!t)
                 rc = sdw_fail(e, SDW_ENOMEM, "out of memory");
-            for (size_t i = 0; t && i < r.n; i++)
+            for (size_t i = 0; t && i < r.n; i++) {
+                conv_shape(&r.t[i], p, SDW_LAYOUT_DIFFUSERS, r.t[i].name);
                 t[i] = &r.t[i];
+            }
             snprintf(path, sizeof path, "%s/%s", dir, files[p]);
             if (t)
                 rc = write_tensors(path, t, t, r.n, c, seed, e);
@@ -482,7 +506,8 @@ static int make_single(const mk_config *c, const char *path, uint64_t seed, sdw_
     n = 0;
     for (part p = PART_TEXT; !rc && p <= PART_VAE; p++)
         for (size_t i = 0; !rc && i < d[p].n; i++) {
-            const rec_tensor *a = &d[p].t[i], *b = &l[p].t[i];
+            rec_tensor *a = &d[p].t[i], *b = &l[p].t[i];
+            conv_shape(b, p, SDW_LAYOUT_LDM, a->name);
             if (a->numel != b->numel)
                 rc = sdw_fail(e, SDW_EFORMAT, "%s and %s differ in size", a->name, b->name);
             in[n] = a, out[n] = b, n++;
