@@ -52,6 +52,9 @@ int sdw_weights_find(const sdw_weights *w, const char *name, const sdw_st_tensor
             return 0;
         }
     }
+    if (w->synth)
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: tensor %s: synthetic weights are never looked up by name",
+                        w->part, full);
     if (!w->nfiles)
         return sdw_fail(e, SDW_ENOTFOUND, "%s: no weights loaded (looking for %s)", w->part, full);
     return sdw_fail(e, SDW_ENOTFOUND, "%s: tensor %s not found in %s", w->part, full, file_label(w));
@@ -80,12 +83,39 @@ static int find_in(const sdw_weights *w, const char *name, const sdw_st_tensor *
     return 0;
 }
 
+static int synth_load(const sdw_weights *w, const char *name, int ndim, const int64_t *shape, float **out,
+                      sdw_error *e)
+{
+    char full[512];
+    int rc = full_name(w, name, full, sizeof full, e);
+    if (rc < 0)
+        return rc;
+    int64_t numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0 || (shape[i] && numel > INT64_MAX / 4 / shape[i]))
+            return sdw_fail(e, SDW_EINVAL, "%s: %s: implausible shape", w->part, full);
+        numel *= shape[i];
+    }
+    float *buf = malloc(numel ? (size_t)numel * sizeof *buf : 1);
+    if (!buf)
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %s (%lld floats)", w->part, full,
+                        (long long)numel);
+    if ((rc = w->synth(w->synth_ctx, full, ndim, shape, buf, e)) < 0) {
+        free(buf);
+        return rc;
+    }
+    *out = buf;
+    return 0;
+}
+
 int sdw_weights_load(const sdw_weights *w, const char *name, int ndim, const int64_t *shape,
                      float **out, sdw_error *e)
 {
     const sdw_st_tensor *t;
     const sdw_st_file *f = NULL;
     *out = NULL;
+    if (w->synth)
+        return synth_load(w, name, ndim, shape, out, e);
     if (!find_in(w, name, &t, &f))
         return sdw_weights_find(w, name, &t, e);
     const char *path = f->path ? f->path : "<memory>";

@@ -25,12 +25,23 @@ typedef struct sdw_weights {
     size_t nfiles;
     char prefix[128];
     char part[32];  /* "text_encoder", "unet", "vae": starts every message */
+    /* A synthetic source instead of files (NULL: none): sdw_weights_load
+     * asks it to fill out[numel] for prefix+name with the shape the loader
+     * expects, and sdw_weights_find reports every name absent, so loaders
+     * take their diffusers-name paths. This is how the loaders themselves
+     * enumerate a model's parameters (sdworker-mkmodel). Returns 0 or a
+     * negative sdw_status after sdw_fail. */
+    int (*synth)(void *ctx, const char *full_name, int ndim, const int64_t *shape, float *out,
+                 sdw_error *e);
+    void *synth_ctx;
 } sdw_weights;
 
-/* Looks up prefix+name; SDW_ENOTFOUND when absent. */
+/* Looks up prefix+name; SDW_ENOTFOUND when absent (always, for a synthetic
+ * source). */
 int sdw_weights_find(const sdw_weights *w, const char *name, const sdw_st_tensor **t, sdw_error *e);
 /* Loads prefix+name as float32 into a new malloc'd buffer after checking that
- * it is floating point and has exactly the given shape. */
+ * it is floating point and has exactly the given shape (from the synthetic
+ * source, when set, in that shape). */
 int sdw_weights_load(const sdw_weights *w, const char *name, int ndim, const int64_t *shape,
                      float **out, sdw_error *e);
 

@@ -579,6 +579,132 @@ void sdw_tok_free(sdw_tokenizer *t)
     free(t);
 }
 
+/* ---- writing ---- */
+
+typedef struct tok_str {
+    char *s; /* NULL until known */
+} tok_str;
+
+static int cmp_rank(const void *a, const void *b)
+{
+    const merge_slot *x = *(const merge_slot *const *)a, *y = *(const merge_slot *const *)b;
+    return (x->rank > y->rank) - (x->rank < y->rank);
+}
+
+static char *str_cat(const char *a, const char *b)
+{
+    size_t na = strlen(a), nb = strlen(b);
+    char *s = malloc(na + nb + 1);
+    if (s) {
+        memcpy(s, a, na);
+        memcpy(s + na, b, nb + 1);
+    }
+    return s;
+}
+
+/* Spells every id from the byte symbols up, in rank order: a merge's parts
+ * are byte symbols or results of earlier merges. */
+static int spell_ids(const sdw_tokenizer *t, const merge_slot **ranked, size_t nm, tok_str *str, int32_t nid,
+                     sdw_error *e)
+{
+    uint32_t cp[256];
+    uint8_t order[256];
+    bytes_to_unicode(cp, order);
+    for (int b = 0; b < 256; b++) {
+        char sym[16];
+        utf8proc_ssize_t n = utf8proc_encode_char((utf8proc_int32_t)cp[b], (utf8proc_uint8_t *)sym);
+        sym[n] = 0;
+        str[t->byte_id[b]].s = strdup(sym);
+        memcpy(sym + n, "</w>", 5);
+        str[t->byte_end_id[b]].s = strdup(sym);
+        if (!str[t->byte_id[b]].s || !str[t->byte_end_id[b]].s)
+            return sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
+    }
+    if (!(str[t->start_id].s = strdup(START_TOK)) || !(str[t->end_id].s = strdup(END_TOK)))
+        return sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
+    for (size_t i = 0; i < nm; i++) {
+        int32_t a = (int32_t)((ranked[i]->key - 1) >> 32), b = (int32_t)((ranked[i]->key - 1) & 0xffffffffu);
+        if (a >= nid || b >= nid || !str[a].s || !str[b].s)
+            return sdw_fail(e, SDW_EFORMAT, "tokenizer: merge %d uses a symbol no earlier merge makes",
+                            ranked[i]->rank);
+        if (!str[ranked[i]->merged].s && !(str[ranked[i]->merged].s = str_cat(str[a].s, str[b].s)))
+            return sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
+    }
+    return 0;
+}
+
+static int write_vocab(const tok_str *str, int32_t nid, const char *path, sdw_error *e)
+{
+    json_object *o = json_object_new_object();
+    if (!o)
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", path);
+    for (int32_t i = 0; i < nid; i++)
+        if (str[i].s && json_object_object_add(o, str[i].s, json_object_new_int(i)) < 0) {
+            json_object_put(o);
+            return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", path);
+        }
+    int rc = json_object_to_file_ext(path, o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    json_object_put(o);
+    if (rc < 0)
+        return sdw_fail(e, SDW_EIO, "%s: cannot write: %s", path, strerror(errno));
+    return 0;
+}
+
+static int write_merges(const merge_slot **ranked, size_t nm, const tok_str *str,
+                        const char *path, sdw_error *e)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return sdw_fail(e, SDW_EIO, "%s: cannot create: %s", path, strerror(errno));
+    fputs("#version: 0.2\n", f);
+    for (size_t i = 0; i < nm; i++) {
+        int32_t a = (int32_t)((ranked[i]->key - 1) >> 32), b = (int32_t)((ranked[i]->key - 1) & 0xffffffffu);
+        fprintf(f, "%s %s\n", str[a].s, str[b].s);
+    }
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad)
+        return sdw_fail(e, SDW_EIO, "%s: write failed: %s", path, strerror(errno));
+    return 0;
+}
+
+int sdw_tok_save_hf(const sdw_tokenizer *t, const char *vocab_json, const char *merges_txt, sdw_error *e)
+{
+    size_t nm = 0;
+    int32_t nid = t->start_id > t->end_id ? t->start_id + 1 : t->end_id + 1;
+    for (size_t i = 0; i <= t->merge_mask; i++)
+        if (t->merges[i].key) {
+            nm++;
+            if (t->merges[i].merged >= nid)
+                nid = t->merges[i].merged + 1;
+        }
+    for (int b = 0; b < 256; b++) {
+        if (t->byte_id[b] >= nid)
+            nid = t->byte_id[b] + 1;
+        if (t->byte_end_id[b] >= nid)
+            nid = t->byte_end_id[b] + 1;
+    }
+    const merge_slot **ranked = malloc((nm ? nm : 1) * sizeof *ranked);
+    tok_str *str = calloc((size_t)nid, sizeof *str);
+    int rc = 0;
+    if (!ranked || !str) {
+        rc = sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
+        goto done;
+    }
+    nm = 0;
+    for (size_t i = 0; i <= t->merge_mask; i++)
+        if (t->merges[i].key)
+            ranked[nm++] = &t->merges[i];
+    qsort(ranked, nm, sizeof *ranked, cmp_rank);
+    if ((rc = spell_ids(t, ranked, nm, str, nid, e)) == 0 && (rc = write_vocab(str, nid, vocab_json, e)) == 0)
+        rc = write_merges(ranked, nm, str, merges_txt, e);
+done:
+    for (int32_t i = 0; str && i < nid; i++)
+        free(str[i].s);
+    free(str);
+    free(ranked);
+    return rc;
+}
+
 const char *sdw_tok_unicode_version(void)
 {
     return utf8proc_unicode_version();

@@ -22,6 +22,13 @@ int sdw_tok_load_bpe_gz(sdw_tokenizer **t, const char *path, sdw_error *e);
 int sdw_tok_load_default(sdw_tokenizer **t, sdw_error *e);
 void sdw_tok_free(sdw_tokenizer *t);
 
+/* Writes the tokenizer as a diffusers tokenizer/ folder's vocab.json and
+ * merges.txt (which sdw_tok_load_hf reads back to the same tokenizer): every
+ * token it can produce (byte symbols, merge results, the two special
+ * tokens) with its id, and its merges by rank. Tokens of a loaded vocab.json
+ * that no merge makes are not kept in memory, so they are not written. */
+int sdw_tok_save_hf(const sdw_tokenizer *t, const char *vocab_json, const char *merges_txt, sdw_error *e);
+
 /* Writes exactly `len` ids: BOS, the text's tokens truncated so that EOS
  * still fits, EOS, then pad_id: what tokenizer(text, padding="max_length",
  * max_length=len, truncation=True) gives. Returns the number of tokens before

@@ -1,0 +1,337 @@
+/* sdworker-generate: one image from the command line, through the same
+ * pipeline the service runs, on the CPU backend. */
+#include <errno.h>
+#include <getopt.h>
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "image.h"
+#include "pipeline.h"
+#include "scheduler.h"
+#include "tensor.h"
+
+enum { EXIT_USAGE = 2, EXIT_INPUT = 3, EXIT_MODEL = 4, EXIT_GENERATE = 5 };
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: sdworker-generate --model DIR|FILE --prompt TEXT [options]\n"
+            "\n"
+            "Generates one image with a Stable Diffusion 1.x model on the CPU: txt2img, img2img\n"
+            "(--init-image) or inpainting (--init-image and --mask).\n"
+            "\n"
+            "  --model P             a diffusers folder or a single-file .safetensors checkpoint\n"
+            "  --prompt TEXT         what to draw\n"
+            "  --negative-prompt T   what to steer away from (default empty)\n"
+            "  --steps N             sampling steps, 1..1000 (default 20)\n"
+            "  --guidance G          classifier-free guidance scale; <= 1 turns it off (default 7.5)\n"
+            "  --width W, --height H txt2img size, multiples of 8 (default 512x512); img2img and\n"
+            "                        inpainting use the init image's size\n"
+            "  --seed N              0..2^64-1; random when absent; printed either way\n"
+            "  --sampler NAME        %s\n"
+            "                        (default: the model's own scheduler)\n"
+            "  --eta X               ddim's eta (default 0)\n"
+            "  --clip-skip K         stop the text encoder K layers early (default 0: off)\n"
+            "  --init-image F        PNG or JPEG to start from (img2img, inpainting); a size that is\n"
+            "                        not a multiple of 8 is resized down to one, with a message\n"
+            "  --strength S          0..1: how much of the init image is redrawn (default 0.8,\n"
+            "                        1.0 when inpainting)\n"
+            "  --mask F              PNG or JPEG, white = repaint; resized to the init image's size\n"
+            "  --output F            the PNG to write (default out.png); the parameters go in its\n"
+            "                        tEXt \"parameters\" chunk\n"
+            "  --threads N           CPU threads (default: OpenMP's, OMP_NUM_THREADS)\n"
+            "  --quiet               no progress bar or timings; errors only\n"
+            "  --help                this text\n"
+            "\n"
+            "Prints the seed and the timings (load, text encoding, seconds per step, VAE decode) on\n"
+            "stdout; the progress bar goes to stderr (plain lines when stderr is not a terminal).\n"
+            "\n"
+            "Exit status: 0 success, 2 bad usage, 3 unreadable or unusable input image or mask,\n"
+            "4 the model cannot be loaded, 5 generation or writing the output failed.\n",
+            sdw_sampler_names);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+typedef struct progress {
+    int quiet, tty;
+    double start, last;
+} progress;
+
+static int on_step(void *ctx, sdw_pipeline *p, int step, int total)
+{
+    progress *pr = ctx;
+    if (pr->quiet)
+        return 0;
+    double t = now_s(), per = (t - pr->start) / step, eta = per * (total - step);
+    if (pr->tty) {
+        int width = 30, fill = total ? step * width / total : width;
+        char bar[64];
+        for (int i = 0; i < width; i++)
+            bar[i] = i < fill ? '#' : '.';
+        bar[width] = 0;
+        fprintf(stderr, "\r[%s] %d/%d  %.2f s/step  ETA %.0f s ", bar, step, total, per, eta);
+        if (step == total)
+            fputc('\n', stderr);
+    } else {
+        fprintf(stderr, "step %d/%d %.2f s/step ETA %.0f s\n", step, total, per, eta);
+    }
+    pr->last = t;
+    return 0;
+}
+
+static int parse_int(const char *opt, const char *s, long lo, long hi, int *v)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(s, &end, 10);
+    if (errno || !*s || *end || x < lo || x > hi) {
+        fprintf(stderr, "sdworker-generate: %s: '%s' is not an integer in %ld..%ld\n", opt, s, lo, hi);
+        return -1;
+    }
+    *v = (int)x;
+    return 0;
+}
+
+static int parse_float(const char *opt, const char *s, double lo, double hi, float *v)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(s, &end);
+    if (errno || !*s || *end || !(x >= lo && x <= hi)) {
+        fprintf(stderr, "sdworker-generate: %s: '%s' is not a number in %g..%g\n", opt, s, lo, hi);
+        return -1;
+    }
+    *v = (float)x;
+    return 0;
+}
+
+static uint64_t random_seed(void)
+{
+    uint64_t s = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(&s, sizeof s, 1, f) != 1)
+        s = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    if (f)
+        fclose(f);
+    return s;
+}
+
+static int sampler_known(const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = sdw_sampler_names; (p = strstr(p, name)); p += n)
+        if ((p == sdw_sampler_names || p[-1] == ' ') && (p[n] == ',' || p[n] == 0))
+            return 1;
+    return 0;
+}
+
+/* Loads an image (grey for masks); a size that is not a multiple of 8, or
+ * that differs from want_w x want_h when those are set, is resized. */
+static int load_input(const char *what, const char *path, int grey, int want_w, int want_h, sdw_image *img,
+                      int quiet)
+{
+    sdw_error e = {0};
+    if (sdw_image_load(img, path, grey, &e)) {
+        fprintf(stderr, "sdworker-generate: %s: %s\n", what, e.msg);
+        return -1;
+    }
+    int w = want_w ? want_w : img->width / 8 * 8, h = want_h ? want_h : img->height / 8 * 8;
+    if (w < 8 || h < 8) {
+        fprintf(stderr, "sdworker-generate: %s: %s is %dx%d; at least 8x8 is needed\n", what, path,
+                img->width, img->height);
+        return -1;
+    }
+    if (w == img->width && h == img->height)
+        return 0;
+    sdw_image r = {0};
+    if (sdw_image_resize(img, w, h, &r, &e)) {
+        fprintf(stderr, "sdworker-generate: %s: %s\n", what, e.msg);
+        return -1;
+    }
+    if (!quiet)
+        fprintf(stderr, "%s %s: resized from %dx%d to %dx%d%s\n", what, path, img->width, img->height, w, h,
+                want_w ? " (the init image's size)" : " (multiples of 8)");
+    sdw_image_free(img);
+    *img = r;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},      {"prompt", required_argument, 0, 'p'},
+        {"negative-prompt", required_argument, 0, 'n'}, {"steps", required_argument, 0, 's'},
+        {"guidance", required_argument, 0, 'g'},   {"width", required_argument, 0, 'W'},
+        {"height", required_argument, 0, 'H'},     {"seed", required_argument, 0, 'S'},
+        {"sampler", required_argument, 0, 'a'},    {"eta", required_argument, 0, 'e'},
+        {"clip-skip", required_argument, 0, 'k'},  {"init-image", required_argument, 0, 'i'},
+        {"strength", required_argument, 0, 't'},   {"mask", required_argument, 0, 'M'},
+        {"output", required_argument, 0, 'o'},     {"threads", required_argument, 0, 'T'},
+        {"quiet", no_argument, 0, 'q'},            {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    const char *model = NULL, *prompt = NULL, *negative = NULL, *sampler = NULL, *init_path = NULL,
+               *mask_path = NULL, *output = "out.png";
+    int steps = 20, width = 512, height = 512, clip_skip = 0, threads = 0, quiet = 0, have_seed = 0,
+        have_strength = 0, have_size = 0;
+    float guidance = 7.5f, eta = 0, strength = 0;
+    uint64_t seed = 0;
+    int o;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        int bad = 0;
+        char *end;
+        switch (o) {
+        case 'm': model = optarg; break;
+        case 'p': prompt = optarg; break;
+        case 'n': negative = optarg; break;
+        case 's': bad = parse_int("--steps", optarg, 1, 1000, &steps); break;
+        case 'g': bad = parse_float("--guidance", optarg, 0, 100, &guidance); break;
+        case 'W': bad = parse_int("--width", optarg, 8, 4096, &width), have_size = 1; break;
+        case 'H': bad = parse_int("--height", optarg, 8, 4096, &height), have_size = 1; break;
+        case 'S':
+            errno = 0;
+            seed = strtoull(optarg, &end, 10);
+            if (errno || !*optarg || *end || *optarg == '-') {
+                fprintf(stderr, "sdworker-generate: --seed: '%s' is not an integer in 0..2^64-1\n", optarg);
+                bad = 1;
+            }
+            have_seed = 1;
+            break;
+        case 'a': sampler = optarg; break;
+        case 'e': bad = parse_float("--eta", optarg, 0, 1, &eta); break;
+        case 'k': bad = parse_int("--clip-skip", optarg, 0, 11, &clip_skip); break;
+        case 'i': init_path = optarg; break;
+        case 't': bad = parse_float("--strength", optarg, 0, 1, &strength), have_strength = 1; break;
+        case 'M': mask_path = optarg; break;
+        case 'o': output = optarg; break;
+        case 'T': bad = parse_int("--threads", optarg, 1, 1024, &threads); break;
+        case 'q': quiet = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: fprintf(stderr, "sdworker-generate: see --help\n"); return EXIT_USAGE;
+        }
+        if (bad)
+            return EXIT_USAGE;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "sdworker-generate: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return EXIT_USAGE;
+    }
+    if (!model || !prompt) {
+        fprintf(stderr, "sdworker-generate: --model and --prompt are required (see --help)\n");
+        return EXIT_USAGE;
+    }
+    if (mask_path && !init_path) {
+        fprintf(stderr, "sdworker-generate: --mask needs --init-image\n");
+        return EXIT_USAGE;
+    }
+    if (!init_path && (width % 8 || height % 8)) {
+        fprintf(stderr, "sdworker-generate: --width and --height must be multiples of 8 (got %dx%d)\n", width,
+                height);
+        return EXIT_USAGE;
+    }
+    if (init_path && have_size) {
+        fprintf(stderr, "sdworker-generate: --width/--height apply to txt2img only; img2img and "
+                        "inpainting use the init image's size\n");
+        return EXIT_USAGE;
+    }
+    if (sampler && !sampler_known(sampler)) {
+        fprintf(stderr, "sdworker-generate: unknown sampler '%s' (valid: %s)\n", sampler, sdw_sampler_names);
+        return EXIT_USAGE;
+    }
+    if (threads) {
+        omp_set_num_threads(threads);
+        openblas_set_num_threads(threads);
+    }
+    if (!have_seed)
+        seed = random_seed();
+
+    sdw_image init = {0}, mask = {0}, out = {0};
+    sdw_gen_kind kind = mask_path ? SDW_GEN_INPAINT : init_path ? SDW_GEN_IMG2IMG : SDW_GEN_TXT2IMG;
+    if (init_path && load_input("init image", init_path, 0, 0, 0, &init, quiet))
+        return EXIT_INPUT;
+    if (mask_path && load_input("mask", mask_path, 1, init.width, init.height, &mask, quiet)) {
+        sdw_image_free(&init);
+        return EXIT_INPUT;
+    }
+
+    sdw_gen_params gp;
+    sdw_gen_params_init(&gp, kind);
+    gp.prompt = prompt;
+    gp.negative_prompt = negative;
+    gp.steps = steps;
+    gp.guidance = guidance;
+    gp.width = init_path ? init.width : width;
+    gp.height = init_path ? init.height : height;
+    gp.seed = seed;
+    gp.sampler = sampler;
+    gp.eta = eta;
+    gp.clip_skip = clip_skip;
+    if (have_strength)
+        gp.strength = strength;
+    gp.init_image = init_path ? &init : NULL;
+    gp.mask = mask_path ? &mask : NULL;
+
+    int status = 0;
+    sdw_error e = {0};
+    sdw_backend *be = NULL;
+    sdw_pipeline *p = NULL;
+    char *params = NULL;
+    sdw_gen_timings t = {0};
+    double t0 = now_s();
+    if (sdw_backend_cpu(&be, &e) || sdw_pipeline_load(&p, be, model, &e)) {
+        fprintf(stderr, "sdworker-generate: cannot load the model: %s\n", e.msg);
+        status = EXIT_MODEL;
+        goto done;
+    }
+    double load_s = now_s() - t0;
+    if (init_path && (init.width % sdw_pipeline_scale(p) || init.height % sdw_pipeline_scale(p))) {
+        fprintf(stderr, "sdworker-generate: the init image's size must be a multiple of the model's scale %d\n",
+                sdw_pipeline_scale(p));
+        status = EXIT_INPUT;
+        goto done;
+    }
+    if (!quiet)
+        printf("seed: %llu\n", (unsigned long long)seed);
+    fflush(stdout);
+    progress pr = {.quiet = quiet, .tty = isatty(2), .start = 0};
+    pr.start = now_s();
+    if (sdw_pipeline_generate(p, &gp, on_step, &pr, &out, NULL, &t, &e)) {
+        fprintf(stderr, "sdworker-generate: %s\n", e.msg);
+        status = EXIT_GENERATE;
+        goto done;
+    }
+    params = sdw_gen_params_text(&gp, out.width, out.height, sampler && *sampler ? sampler : "default", model);
+    const char *text[2] = {"parameters", params};
+    if (!params || sdw_png_save(&out, output, text, 1, &e)) {
+        fprintf(stderr, "sdworker-generate: %s: %s\n", output, params ? e.msg : "out of memory");
+        status = EXIT_GENERATE;
+        goto done;
+    }
+    if (!quiet) {
+        printf("output: %s (%dx%d)\n", output, out.width, out.height);
+        printf("load: %.2f s\ntext encode: %.2f s\nprepare: %.2f s\n", load_s, t.encode_s, t.prepare_s);
+        printf("denoise: %.2f s (%d UNet steps, %.3f s/step)\n", t.denoise_s, t.unet_calls,
+               t.unet_calls ? t.denoise_s / t.unet_calls : 0.0);
+        printf("vae decode: %.2f s\ntotal: %.2f s\n", t.decode_s, t.total_s + load_s);
+    }
+done:
+    free(params);
+    sdw_image_free(&out);
+    sdw_image_free(&init);
+    sdw_image_free(&mask);
+    sdw_pipeline_free(p);
+    sdw_backend_destroy(be);
+    return status;
+}

@@ -1,0 +1,611 @@
+/* sdworker-mkmodel: writes a random-weight Stable Diffusion 1.x model, as a
+ * diffusers folder or as a single-file LDM checkpoint.
+ *
+ * The tensor list is never written down here: the engine's own loaders
+ * (CLIP, UNet, VAE) run against a synthetic weight source that records every
+ * name and shape they ask for, so the files hold exactly what sdworker loads.
+ * Values are deterministic: each tensor has its own generator seeded from
+ * --seed and its diffusers name, so a folder and a single file made with the
+ * same seed hold the same numbers under different names. */
+#include <errno.h>
+#include <getopt.h>
+#include <json-c/json.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "clip.h"
+#include "model.h"
+#include "rng.h"
+#include "safetensors.h"
+#include "tensor.h"
+#include "tokenizer.h"
+#include "unet.h"
+#include "vae.h"
+
+#define MAX_BLOCKS 4
+
+typedef struct mk_config {
+    const char *name;
+    int text_hidden, text_inter, text_layers, text_heads;
+    int unet_in, unet_nblocks, unet_blocks[MAX_BLOCKS], unet_down_attn[MAX_BLOCKS], unet_layers, unet_heads;
+    int unet_groups, unet_sample;
+    int vae_nblocks, vae_blocks[MAX_BLOCKS], vae_layers, vae_groups, vae_sample;
+    sdw_dtype dtype;
+} mk_config;
+
+/* tiny: the service's demo model. Attention only below full latent
+ * resolution and a 16-channel VAE top level keep 512x512 cheap on a laptop,
+ * while every kind of block SD 1.5 has is still there (cross-attention down
+ * and up blocks, plain blocks, the attention mid block, a 4-level VAE with a
+ * scale of 8). */
+static const mk_config configs[] = {
+    {"tiny", 64, 128, 2, 2,
+     4, 3, {32, 64, 64}, {0, 1, 1}, 1, 2, 32, 64,
+     4, {16, 32, 64, 64}, 1, 16, 512, SDW_DT_F32},
+    {"sd15", 768, 3072, 12, 12,
+     4, 4, {320, 640, 1280, 1280}, {1, 1, 1, 0}, 2, 8, 32, 64,
+     4, {128, 256, 512, 512}, 2, 32, 512, SDW_DT_F16},
+    {"sd15-inpaint", 768, 3072, 12, 12,
+     9, 4, {320, 640, 1280, 1280}, {1, 1, 1, 0}, 2, 8, 32, 64,
+     4, {128, 256, 512, 512}, 2, 32, 512, SDW_DT_F16},
+};
+
+/* ---- config.json files ---- */
+
+static json_object *int_array(const int *v, int n)
+{
+    json_object *a = json_object_new_array();
+    for (int i = 0; i < n; i++)
+        json_object_array_add(a, json_object_new_int(v[i]));
+    return a;
+}
+
+static json_object *str_array(const char *const *v, int n)
+{
+    json_object *a = json_object_new_array();
+    for (int i = 0; i < n; i++)
+        json_object_array_add(a, json_object_new_string(v[i]));
+    return a;
+}
+
+static void add(json_object *o, const char *k, json_object *v)
+{
+    json_object_object_add(o, k, v);
+}
+
+static json_object *text_config(const mk_config *c)
+{
+    json_object *o = json_object_new_object();
+    add(o, "architectures", str_array((const char *const[]){"CLIPTextModel"}, 1));
+    add(o, "attention_dropout", json_object_new_double(0));
+    add(o, "bos_token_id", json_object_new_int(0));
+    add(o, "dropout", json_object_new_double(0));
+    add(o, "eos_token_id", json_object_new_int(2));
+    add(o, "hidden_act", json_object_new_string("quick_gelu"));
+    add(o, "hidden_size", json_object_new_int(c->text_hidden));
+    add(o, "initializer_factor", json_object_new_double(1));
+    add(o, "initializer_range", json_object_new_double(0.02));
+    add(o, "intermediate_size", json_object_new_int(c->text_inter));
+    add(o, "layer_norm_eps", json_object_new_double(1e-5));
+    add(o, "max_position_embeddings", json_object_new_int(SDW_TOK_CONTEXT));
+    add(o, "model_type", json_object_new_string("clip_text_model"));
+    add(o, "num_attention_heads", json_object_new_int(c->text_heads));
+    add(o, "num_hidden_layers", json_object_new_int(c->text_layers));
+    add(o, "pad_token_id", json_object_new_int(1));
+    add(o, "projection_dim", json_object_new_int(c->text_hidden));
+    add(o, "torch_dtype", json_object_new_string(c->dtype == SDW_DT_F16 ? "float16"
+                                                 : c->dtype == SDW_DT_BF16 ? "bfloat16" : "float32"));
+    add(o, "transformers_version", json_object_new_string("4.46.3"));
+    add(o, "vocab_size", json_object_new_int(49408));
+    return o;
+}
+
+static json_object *unet_config(const mk_config *c)
+{
+    const char *down[MAX_BLOCKS], *up[MAX_BLOCKS];
+    int n = c->unet_nblocks;
+    for (int i = 0; i < n; i++) {
+        down[i] = c->unet_down_attn[i] ? "CrossAttnDownBlock2D" : "DownBlock2D";
+        up[n - 1 - i] = c->unet_down_attn[i] ? "CrossAttnUpBlock2D" : "UpBlock2D";
+    }
+    json_object *o = json_object_new_object();
+    add(o, "_class_name", json_object_new_string("UNet2DConditionModel"));
+    add(o, "_diffusers_version", json_object_new_string("0.31.0"));
+    add(o, "act_fn", json_object_new_string("silu"));
+    add(o, "attention_head_dim", json_object_new_int(c->unet_heads));
+    add(o, "block_out_channels", int_array(c->unet_blocks, n));
+    add(o, "center_input_sample", json_object_new_boolean(0));
+    add(o, "cross_attention_dim", json_object_new_int(c->text_hidden));
+    add(o, "down_block_types", str_array(down, n));
+    add(o, "downsample_padding", json_object_new_int(1));
+    add(o, "flip_sin_to_cos", json_object_new_boolean(1));
+    add(o, "freq_shift", json_object_new_int(0));
+    add(o, "in_channels", json_object_new_int(c->unet_in));
+    add(o, "layers_per_block", json_object_new_int(c->unet_layers));
+    add(o, "mid_block_scale_factor", json_object_new_int(1));
+    add(o, "norm_eps", json_object_new_double(1e-5));
+    add(o, "norm_num_groups", json_object_new_int(c->unet_groups));
+    add(o, "out_channels", json_object_new_int(4));
+    add(o, "sample_size", json_object_new_int(c->unet_sample));
+    add(o, "up_block_types", str_array(up, n));
+    return o;
+}
+
+static json_object *vae_config(const mk_config *c)
+{
+    const char *down[MAX_BLOCKS], *up[MAX_BLOCKS];
+    for (int i = 0; i < c->vae_nblocks; i++)
+        down[i] = "DownEncoderBlock2D", up[i] = "UpDecoderBlock2D";
+    json_object *o = json_object_new_object();
+    add(o, "_class_name", json_object_new_string("AutoencoderKL"));
+    add(o, "_diffusers_version", json_object_new_string("0.31.0"));
+    add(o, "act_fn", json_object_new_string("silu"));
+    add(o, "block_out_channels", int_array(c->vae_blocks, c->vae_nblocks));
+    add(o, "down_block_types", str_array(down, c->vae_nblocks));
+    add(o, "in_channels", json_object_new_int(3));
+    add(o, "latent_channels", json_object_new_int(4));
+    add(o, "layers_per_block", json_object_new_int(c->vae_layers));
+    add(o, "norm_num_groups", json_object_new_int(c->vae_groups));
+    add(o, "out_channels", json_object_new_int(3));
+    add(o, "sample_size", json_object_new_int(c->vae_sample));
+    add(o, "scaling_factor", json_object_new_double(0.18215));
+    add(o, "up_block_types", str_array(up, c->vae_nblocks));
+    return o;
+}
+
+/* Stable Diffusion 1.5's scheduler_config.json. */
+static json_object *scheduler_config(void)
+{
+    json_object *o = json_object_new_object();
+    add(o, "_class_name", json_object_new_string("PNDMScheduler"));
+    add(o, "_diffusers_version", json_object_new_string("0.31.0"));
+    add(o, "beta_end", json_object_new_double(0.012));
+    add(o, "beta_schedule", json_object_new_string("scaled_linear"));
+    add(o, "beta_start", json_object_new_double(0.00085));
+    add(o, "clip_sample", json_object_new_boolean(0));
+    add(o, "num_train_timesteps", json_object_new_int(1000));
+    add(o, "prediction_type", json_object_new_string("epsilon"));
+    add(o, "set_alpha_to_one", json_object_new_boolean(0));
+    add(o, "skip_prk_steps", json_object_new_boolean(1));
+    add(o, "steps_offset", json_object_new_int(1));
+    add(o, "timestep_spacing", json_object_new_string("leading"));
+    add(o, "trained_betas", NULL);
+    return o;
+}
+
+static json_object *model_index(const mk_config *c)
+{
+    json_object *o = json_object_new_object();
+    add(o, "_class_name", json_object_new_string(c->unet_in == 9 ? "StableDiffusionInpaintPipeline"
+                                                                  : "StableDiffusionPipeline"));
+    add(o, "_diffusers_version", json_object_new_string("0.31.0"));
+    /* [null, null]: no safety checker or feature extractor */
+    json_object *none[2] = {json_object_new_array(), json_object_new_array()};
+    for (int i = 0; i < 2; i++)
+        json_object_array_add(none[i], NULL), json_object_array_add(none[i], NULL);
+    add(o, "feature_extractor", none[0]);
+    add(o, "requires_safety_checker", json_object_new_boolean(0));
+    add(o, "safety_checker", none[1]);
+    add(o, "scheduler", str_array((const char *const[]){"diffusers", "PNDMScheduler"}, 2));
+    add(o, "text_encoder", str_array((const char *const[]){"transformers", "CLIPTextModel"}, 2));
+    add(o, "tokenizer", str_array((const char *const[]){"transformers", "CLIPTokenizer"}, 2));
+    add(o, "unet", str_array((const char *const[]){"diffusers", "UNet2DConditionModel"}, 2));
+    add(o, "vae", str_array((const char *const[]){"diffusers", "AutoencoderKL"}, 2));
+    return o;
+}
+
+static json_object *special_tokens_map(void)
+{
+    json_object *o = json_object_new_object();
+    add(o, "bos_token", json_object_new_string("<|startoftext|>"));
+    add(o, "eos_token", json_object_new_string("<|endoftext|>"));
+    add(o, "pad_token", json_object_new_string("<|endoftext|>"));
+    add(o, "unk_token", json_object_new_string("<|endoftext|>"));
+    return o;
+}
+
+static json_object *tokenizer_config(void)
+{
+    json_object *o = json_object_new_object();
+    add(o, "add_prefix_space", json_object_new_boolean(0));
+    add(o, "bos_token", json_object_new_string("<|startoftext|>"));
+    add(o, "clean_up_tokenization_spaces", json_object_new_boolean(1));
+    add(o, "do_lower_case", json_object_new_boolean(1));
+    add(o, "eos_token", json_object_new_string("<|endoftext|>"));
+    add(o, "errors", json_object_new_string("replace"));
+    add(o, "model_max_length", json_object_new_int(SDW_TOK_CONTEXT));
+    add(o, "pad_token", json_object_new_string("<|endoftext|>"));
+    add(o, "tokenizer_class", json_object_new_string("CLIPTokenizer"));
+    add(o, "unk_token", json_object_new_string("<|endoftext|>"));
+    return o;
+}
+
+/* Writes o (and drops the reference) as dir/name. */
+static int write_json(const char *dir, const char *name, json_object *o, sdw_error *e)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int rc = json_object_to_file_ext(path, o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
+                                                  JSON_C_TO_STRING_NOSLASHESCAPE);
+    json_object_put(o);
+    if (rc < 0)
+        return sdw_fail(e, SDW_EIO, "%s: cannot write: %s", path, strerror(errno));
+    return 0;
+}
+
+static int make_dir(const char *path, sdw_error *e)
+{
+    if (mkdir(path, 0755) < 0 && errno != EEXIST)
+        return sdw_fail(e, SDW_EIO, "%s: cannot create: %s", path, strerror(errno));
+    return 0;
+}
+
+/* ---- enumerating parameters through the loaders ---- */
+
+typedef struct rec_tensor {
+    char *name; /* as the loader asked for it (prefix included) */
+    int ndim;
+    int64_t shape[4];
+    int64_t numel;
+} rec_tensor;
+
+typedef struct recorder {
+    rec_tensor *t;
+    size_t n, cap;
+} recorder;
+
+static int record(void *ctx, const char *full_name, int ndim, const int64_t *shape, float *out, sdw_error *e)
+{
+    recorder *r = ctx;
+    if (ndim < 1 || ndim > 4)
+        return sdw_fail(e, SDW_EINVAL, "%s: %d dimensions", full_name, ndim);
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 256;
+        rec_tensor *t = realloc(r->t, cap * sizeof *t);
+        if (!t)
+            return sdw_fail(e, SDW_ENOMEM, "out of memory");
+        r->t = t, r->cap = cap;
+    }
+    rec_tensor *t = &r->t[r->n];
+    if (!(t->name = strdup(full_name)))
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    t->ndim = ndim;
+    t->numel = 1;
+    for (int i = 0; i < ndim; i++)
+        t->shape[i] = shape[i], t->numel *= shape[i];
+    r->n++;
+    memset(out, 0, (size_t)t->numel * sizeof *out);
+    return 0;
+}
+
+static void recorder_free(recorder *r)
+{
+    for (size_t i = 0; i < r->n; i++)
+        free(r->t[i].name);
+    free(r->t);
+    memset(r, 0, sizeof *r);
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t n = strlen(s), k = strlen(suf);
+    return n >= k && !strcmp(s + n - k, suf);
+}
+
+typedef enum part { PART_TEXT, PART_UNET, PART_VAE } part;
+
+static const char *const part_names[] = {"text_encoder", "unet", "vae"};
+static const char *const ldm_prefixes[] = {"cond_stage_model.transformer.", "model.diffusion_model.",
+                                           "first_stage_model."};
+
+/* Runs one part's loader on the CPU backend with a recording source, then
+ * frees what it loaded. */
+static int enumerate(const mk_config *c, part p, sdw_layout layout, recorder *r, sdw_error *e)
+{
+    sdw_backend *be;
+    int rc = sdw_backend_cpu(&be, e);
+    if (rc)
+        return rc;
+    sdw_weights w = {.synth = record, .synth_ctx = r};
+    snprintf(w.part, sizeof w.part, "%s", part_names[p]);
+    if (layout == SDW_LAYOUT_LDM)
+        snprintf(w.prefix, sizeof w.prefix, "%s", ldm_prefixes[p]);
+    if (p == PART_TEXT) {
+        sdw_clip_config cc = {.vocab_size = 49408, .hidden_size = c->text_hidden,
+                              .intermediate_size = c->text_inter, .num_layers = c->text_layers,
+                              .num_heads = c->text_heads, .max_positions = SDW_TOK_CONTEXT, .quick_gelu = 1,
+                              .layer_norm_eps = 1e-5f, .pad_id = SDW_TOK_EOS};
+        sdw_clip *clip = NULL;
+        rc = sdw_clip_load(&clip, be, &cc, &w, e);
+        sdw_clip_free(clip);
+    } else if (p == PART_UNET) {
+        json_object *j = unet_config(c);
+        sdw_unet_config uc;
+        sdw_unet *u = NULL;
+        if (!(rc = sdw_unet_config_parse(&uc, j, e)))
+            rc = sdw_unet_load(&u, be, &uc, &w, layout, e);
+        sdw_unet_free(u);
+        json_object_put(j);
+    } else {
+        json_object *j = vae_config(c);
+        sdw_vae_config vc;
+        sdw_vae *v = NULL;
+        if (!(rc = sdw_vae_config_parse(&vc, j, e)))
+            rc = sdw_vae_load(&v, be, &vc, &w, layout, e);
+        sdw_vae_free(v);
+        json_object_put(j);
+    }
+    sdw_backend_destroy(be);
+    return rc;
+}
+
+/* sdw_nn_load_matrix takes [rows, cols] or [rows, cols, 1, 1], and with
+ * nothing to probe it asks for the former; the files diffusers and LDM
+ * write hold some of those matrices as 1x1 convolutions, and the other
+ * programs that read these models want them so: the UNet transformers'
+ * proj_in/proj_out (use_linear_projection false, as in SD 1.x) in both
+ * layouts, the VAE attention projections in LDM files. */
+static void conv_shape(rec_tensor *t, part p, sdw_layout layout, const char *diffusers_name)
+{
+    static const char *const vae_attn[] = {".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight"};
+    int conv = 0;
+    if (t->ndim != 2)
+        return;
+    if (p == PART_UNET)
+        conv = strstr(diffusers_name, "attentions.") &&
+               (ends_with(diffusers_name, ".proj_in.weight") || ends_with(diffusers_name, ".proj_out.weight"));
+    if (p == PART_VAE && layout == SDW_LAYOUT_LDM)
+        for (size_t i = 0; i < sizeof vae_attn / sizeof vae_attn[0]; i++)
+            conv |= ends_with(diffusers_name, vae_attn[i]);
+    if (conv)
+        t->ndim = 4, t->shape[2] = t->shape[3] = 1;
+}
+
+/* ---- values ---- */
+
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return h;
+}
+
+/* Values of the tensor whose diffusers name is `name`: scaled like a trained
+ * network's so activations stay O(1) through every layer. */
+static void fill(float *out, const rec_tensor *t, const char *name, uint64_t seed)
+{
+    sdw_rng rng;
+    sdw_rng_seed(&rng, seed ^ name_hash(name));
+    sdw_rng_randn(&rng, out, (size_t)t->numel);
+    float mul, off = 0;
+    if (ends_with(name, ".bias"))
+        mul = 0.1f;
+    else if (!strncmp(name, "text_model.embeddings.", 22))
+        mul = 0.5f;
+    else if (t->ndim == 1)
+        mul = 0.1f, off = 1;
+    else
+        mul = (float)(1.0 / sqrt((double)(t->numel / t->shape[0])));
+    for (int64_t i = 0; i < t->numel; i++)
+        out[i] = off + mul * out[i];
+}
+
+/* Writes the recorded tensors named out_names (in[i] gives each one's
+ * diffusers name, which seeds its values) to path. */
+static int write_tensors(const char *path, const rec_tensor *const *out, const rec_tensor *const *in, size_t n,
+                         const mk_config *c, uint64_t seed, sdw_error *e)
+{
+    sdw_st_entry *ent = calloc(n ? n : 1, sizeof *ent);
+    float **data = calloc(n ? n : 1, sizeof *data);
+    int rc = 0;
+    if (!ent || !data) {
+        rc = sdw_fail(e, SDW_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!(data[i] = malloc((size_t)in[i]->numel * sizeof **data))) {
+            rc = sdw_fail(e, SDW_ENOMEM, "out of memory for %s", in[i]->name);
+            goto out;
+        }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t i = 0; i < n; i++)
+        fill(data[i], in[i], in[i]->name, seed);
+    for (size_t i = 0; i < n; i++)
+        ent[i] = (sdw_st_entry){.name = out[i]->name, .dtype = c->dtype, .ndim = out[i]->ndim,
+                                .shape = out[i]->shape, .data = data[i]};
+    const char *meta[] = {"format", "pt", "sdworker", "random weights from sdworker-mkmodel"};
+    rc = sdw_st_write(path, ent, n, meta, 2, e);
+out:
+    for (size_t i = 0; data && i < n; i++)
+        free(data[i]);
+    free(data);
+    free(ent);
+    return rc;
+}
+
+/* ---- the two layouts ---- */
+
+static int write_tokenizer(const char *root, sdw_error *e)
+{
+    char dir[4096], vocab[4200], merges[4200];
+    sdw_tokenizer *t;
+    snprintf(dir, sizeof dir, "%s/tokenizer", root);
+    int rc = make_dir(dir, e);
+    if (rc || (rc = sdw_tok_load_default(&t, e)))
+        return rc;
+    snprintf(vocab, sizeof vocab, "%s/vocab.json", dir);
+    snprintf(merges, sizeof merges, "%s/merges.txt", dir);
+    rc = sdw_tok_save_hf(t, vocab, merges, e);
+    sdw_tok_free(t);
+    if (!rc && !(rc = write_json(dir, "special_tokens_map.json", special_tokens_map(), e)))
+        rc = write_json(dir, "tokenizer_config.json", tokenizer_config(), e);
+    return rc;
+}
+
+static int make_folder(const mk_config *c, const char *root, uint64_t seed, sdw_error *e)
+{
+    static const char *const files[] = {"model.safetensors", "diffusion_pytorch_model.safetensors",
+                                        "diffusion_pytorch_model.safetensors"};
+    char dir[4096], path[4200];
+    int rc;
+    if ((rc = make_dir(root, e)) || (rc = write_json(root, "model_index.json", model_index(c), e)) ||
+        (rc = write_tokenizer(root, e)))
+        return rc;
+    snprintf(dir, sizeof dir, "%s/scheduler", root);
+    if ((rc = make_dir(dir, e)) || (rc = write_json(dir, "scheduler_config.json", scheduler_config(), e)))
+        return rc;
+    for (part p = PART_TEXT; p <= PART_VAE; p++) {
+        snprintf(dir, sizeof dir, "%s/%s", root, part_names[p]);
+        json_object *cfg = p == PART_TEXT ? text_config(c) : p == PART_UNET ? unet_config(c) : vae_config(c);
+        if ((rc = make_dir(dir, e)) || (rc = write_json(dir, "config.json", cfg, e)))
+            return rc;
+        recorder r = {0};
+        if (!(rc = enumerate(c, p, SDW_LAYOUT_DIFFUSERS, &r, e))) {
+            const rec_tensor **t = malloc((r.n ? r.n : 1) * sizeof *t);
+            if (!t)
+                rc = sdw_fail(e, SDW_ENOMEM, "out of memory");
+            for (size_t i = 0; t && i < r.n; i++) {
+                conv_shape(&r.t[i], p, SDW_LAYOUT_DIFFUSERS, r.t[i].name);
+                t[i] = &r.t[i];
+            }
+            snprintf(path, sizeof path, "%s/%s", dir, files[p]);
+            if (t)
+                rc = write_tensors(path, t, t, r.n, c, seed, e);
+            free(t);
+        }
+        recorder_free(&r);
+        if (rc)
+            return sdw_fail_wrap(e, "%s", part_names[p]);
+    }
+    return 0;
+}
+
+/* The loaders ask for the same tensors in the same order whatever the
+ * layout, so running each twice pairs every diffusers name with the name the
+ * engine reads from a single file, with no mapping written down here. */
+static int make_single(const mk_config *c, const char *path, uint64_t seed, sdw_error *e)
+{
+    recorder d[3] = {{0}}, l[3] = {{0}};
+    const rec_tensor **in = NULL, **out = NULL;
+    size_t n = 0;
+    int rc = 0;
+    for (part p = PART_TEXT; !rc && p <= PART_VAE; p++)
+        if (!(rc = enumerate(c, p, SDW_LAYOUT_DIFFUSERS, &d[p], e)) &&
+            !(rc = enumerate(c, p, SDW_LAYOUT_LDM, &l[p], e)) && d[p].n != l[p].n)
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: %zu tensors by diffusers names, %zu by LDM names", part_names[p],
+                          d[p].n, l[p].n);
+    for (part p = PART_TEXT; p <= PART_VAE; p++)
+        n += d[p].n;
+    if (!rc && (!(in = malloc(n * sizeof *in)) || !(out = malloc(n * sizeof *out))))
+        rc = sdw_fail(e, SDW_ENOMEM, "out of memory");
+    n = 0;
+    for (part p = PART_TEXT; !rc && p <= PART_VAE; p++)
+        for (size_t i = 0; !rc && i < d[p].n; i++) {
+            rec_tensor *a = &d[p].t[i], *b = &l[p].t[i];
+            conv_shape(b, p, SDW_LAYOUT_LDM, a->name);
+            if (a->numel != b->numel)
+                rc = sdw_fail(e, SDW_EFORMAT, "%s and %s differ in size", a->name, b->name);
+            in[n] = a, out[n] = b, n++;
+        }
+    if (!rc)
+        rc = write_tensors(path, out, in, n, c, seed, e);
+    for (part p = PART_TEXT; p <= PART_VAE; p++)
+        recorder_free(&d[p]), recorder_free(&l[p]);
+    free(in);
+    free(out);
+    return rc;
+}
+
+/* ---- command line ---- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: sdworker-mkmodel --config tiny|sd15|sd15-inpaint [--dtype f16|f32|bf16] [--seed N]\n"
+            "                        (OUTDIR | --single-file OUT.safetensors)\n"
+            "\n"
+            "Writes a Stable Diffusion 1.x model with random weights, for tests and benchmarks.\n"
+            "\n"
+            "  OUTDIR            a diffusers folder: model_index.json, text_encoder/, tokenizer/\n"
+            "                    (the bundled CLIP vocabulary), unet/, vae/, scheduler/ (SD 1.5's PNDM)\n"
+            "  --single-file F   one safetensors file with LDM (CompVis) names instead; sdworker reads\n"
+            "                    single files with SD 1.x's fixed configuration, so only --config sd15\n"
+            "                    makes a single file sdworker can run\n"
+            "  --config NAME     sd15: Stable Diffusion 1.5's exact architecture (1.07 G parameters)\n"
+            "                    sd15-inpaint: the same with a 9-channel UNet input\n"
+            "                    tiny: a small SD-shaped model (text 64 wide, 2 layers; UNet blocks\n"
+            "                    32/64/64; VAE blocks 16/32/64/64, scale 8) that runs 512x512 in seconds\n"
+            "  --dtype T         f16 (default for sd15), f32 (default for tiny) or bf16\n"
+            "  --seed N          the weights' seed (default 0); the same seed gives the same files\n"
+            "\n"
+            "Exit status: 0 on success, 1 on a failure to build or write the model, 2 on bad usage.\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, 0, 'c'}, {"dtype", required_argument, 0, 'd'},
+        {"seed", required_argument, 0, 's'},   {"single-file", required_argument, 0, 'f'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
+    };
+    const char *cfg_name = NULL, *dtype = NULL, *single = NULL;
+    uint64_t seed = 0;
+    int o;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        char *end;
+        switch (o) {
+        case 'c': cfg_name = optarg; break;
+        case 'd': dtype = optarg; break;
+        case 'f': single = optarg; break;
+        case 's':
+            errno = 0;
+            seed = strtoull(optarg, &end, 10);
+            if (errno || !*optarg || *end || *optarg == '-') {
+                fprintf(stderr, "sdworker-mkmodel: --seed: '%s' is not a non-negative integer\n", optarg);
+                return 2;
+            }
+            break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    const char *outdir = optind < argc ? argv[optind] : NULL;
+    if (!cfg_name || (!outdir == !single) || argc - optind > (single ? 0 : 1)) {
+        fprintf(stderr, "sdworker-mkmodel: need --config and exactly one of OUTDIR or --single-file "
+                        "(see --help)\n");
+        return 2;
+    }
+    mk_config c;
+    size_t k;
+    for (k = 0; k < sizeof configs / sizeof configs[0] && strcmp(configs[k].name, cfg_name); k++)
+        ;
+    if (k == sizeof configs / sizeof configs[0]) {
+        fprintf(stderr, "sdworker-mkmodel: unknown config '%s' (tiny, sd15, sd15-inpaint)\n", cfg_name);
+        return 2;
+    }
+    c = configs[k];
+    if (dtype) {
+        if (!strcmp(dtype, "f16"))
+            c.dtype = SDW_DT_F16;
+        else if (!strcmp(dtype, "f32"))
+            c.dtype = SDW_DT_F32;
+        else if (!strcmp(dtype, "bf16"))
+            c.dtype = SDW_DT_BF16;
+        else {
+            fprintf(stderr, "sdworker-mkmodel: unknown dtype '%s' (f16, f32, bf16)\n", dtype);
+            return 2;
+        }
+    }
+    sdw_error e = {0};
+    int rc = single ? make_single(&c, single, seed, &e) : make_folder(&c, outdir, seed, &e);
+    if (rc) {
+        fprintf(stderr, "sdworker-mkmodel: %s\n", e.msg);
+        return 1;
+    }
+    return 0;
+}

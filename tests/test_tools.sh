@@ -1,0 +1,108 @@
+#!/bin/sh
+# sdworker-mkmodel and sdworker-generate end to end, on the tiny random model:
+# txt2img, img2img and inpainting, the PNG and its parameters chunk, resizing
+# of inputs that are not multiples of 8, the error exits, and the single-file
+# LDM layout. TAP output. SDW_SLOW_TESTS=1 also builds an SD 1.5 single file
+# (about 2 GB) and generates from it.
+set -u
+top=$(cd "$(dirname "$0")/.." && pwd)
+bin=${SDW_TOOLS_DIR:-$PWD/src/tools}
+fix=${SDW_FIXTURES:-$top/tests/fixtures}/tools
+: "${SDW_DATA_DIR:=$top/data}"
+export SDW_DATA_DIR
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/sdw-tools.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+n=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { n=$((n + 1)); echo "not ok $n - $1"; shift; for l in "$@"; do echo "# $l"; done; }
+check() { # check DESCRIPTION COMMAND...: passes when the command succeeds
+    d=$1; shift
+    if "$@" >"$tmp/check.out" 2>&1; then ok "$d"; else not_ok "$d" "$(tail -5 "$tmp/check.out")"; fi
+}
+skip() { n=$((n + 1)); echo "ok $n # SKIP $1"; }
+
+# PNG width and height from the IHDR chunk.
+png_size() { od -An -tu1 -j16 -N8 "$1" | awk '{print $1*16777216+$2*65536+$3*256+$4 "x" $5*16777216+$6*65536+$7*256+$8}'; }
+has_size() { [ -f "$1" ] && [ "$(png_size "$1")" = "$2" ]; }
+# The tEXt chunk: keyword, NUL, text (uncompressed, so grep -a sees it).
+has_param() { grep -aq "$2" "$1" && grep -aq "parameters" "$1"; }
+# run EXPECTED_STATUS STDERR_PATTERN COMMAND...
+exits() {
+    want=$1 pat=$2; shift 2
+    "$@" >"$tmp/out" 2>"$tmp/err"
+    got=$?
+    [ "$got" -eq "$want" ] && grep -q -- "$pat" "$tmp/err"
+}
+
+gen() { "$bin/sdworker-generate" --model "$tmp/tiny" --prompt "a photo of a cat" --steps 2 "$@"; }
+
+check "mkmodel tiny" "$bin/sdworker-mkmodel" --config tiny --seed 3 "$tmp/tiny"
+for f in model_index.json text_encoder/config.json text_encoder/model.safetensors tokenizer/vocab.json \
+    tokenizer/merges.txt tokenizer/special_tokens_map.json tokenizer/tokenizer_config.json unet/config.json \
+    unet/diffusion_pytorch_model.safetensors vae/config.json vae/diffusion_pytorch_model.safetensors \
+    scheduler/scheduler_config.json; do
+    [ -s "$tmp/tiny/$f" ] || missing="${missing:-} $f"
+done
+if [ -z "${missing:-}" ]; then ok "diffusers layout complete"; else not_ok "diffusers layout complete" "missing:$missing"; fi
+check "same seed, same weights" sh -c "'$bin/sdworker-mkmodel' --config tiny --seed 3 '$tmp/tiny2' &&
+    cmp '$tmp/tiny/unet/diffusion_pytorch_model.safetensors' '$tmp/tiny2/unet/diffusion_pytorch_model.safetensors'"
+check "another seed, other weights" sh -c "'$bin/sdworker-mkmodel' --config tiny --seed 4 '$tmp/tiny3' &&
+    ! cmp -s '$tmp/tiny/unet/diffusion_pytorch_model.safetensors' '$tmp/tiny3/unet/diffusion_pytorch_model.safetensors'"
+
+check "txt2img 64x64" gen --width 64 --height 64 --seed 7 --sampler euler --output "$tmp/t.png"
+check "txt2img PNG is 64x64" has_size "$tmp/t.png" 64x64
+check "parameters chunk" has_param "$tmp/t.png" "Seed: 7"
+check "parameters name the sampler and size" has_param "$tmp/t.png" "Sampler: euler, CFG scale: 7.5, Seed: 7, Size: 64x64"
+gen --width 64 --height 64 --seed 7 --sampler euler --quiet --output "$tmp/t2.png"
+check "same seed, same image" cmp "$tmp/t.png" "$tmp/t2.png"
+gen --width 64 --height 64 --quiet --output "$tmp/r.png" >"$tmp/r.out" 2>&1
+if grep -q "Seed: [0-9]" "$tmp/r.png" && [ -s "$tmp/r.png" ]; then ok "random seed recorded"; else not_ok "random seed recorded"; fi
+gen --width 64 --height 64 --sampler euler --output "$tmp/p.png" >"$tmp/p.out" 2>"$tmp/p.err"
+if grep -q "^seed: [0-9]" "$tmp/p.out" && grep -q "s/step" "$tmp/p.out" && grep -q "vae decode" "$tmp/p.out" &&
+    grep -q "step 2/2" "$tmp/p.err"; then
+    ok "seed, timings and progress printed"
+else
+    not_ok "seed, timings and progress printed" "$(cat "$tmp/p.out" "$tmp/p.err")"
+fi
+check "txt2img 512x512" gen --steps 1 --guidance 1 --seed 1 --quiet --output "$tmp/big.png"
+check "512x512 PNG" has_size "$tmp/big.png" 512x512
+
+exits 0 "resized from 70x52 to 64x48" gen --init-image "$fix/init-70x52.png" --strength 0.6 --seed 5 \
+    --output "$tmp/i.png" && ok "img2img resizes a 70x52 init image" || not_ok "img2img resizes a 70x52 init image" "$(cat "$tmp/err")"
+check "img2img PNG is 64x48" has_size "$tmp/i.png" 64x48
+exits 0 "mask .*resized from 30x20 to 64x48" gen --init-image "$fix/init-70x52.png" --mask "$fix/mask-30x20.png" \
+    --seed 5 --output "$tmp/m.png" && ok "inpaint resizes the mask to the image" || not_ok "inpaint resizes the mask to the image" "$(cat "$tmp/err")"
+check "inpaint PNG is 64x48" has_size "$tmp/m.png" 64x48
+
+exits 2 "valid: euler, euler_a" gen --sampler nope && ok "unknown sampler lists the valid ones" || not_ok "unknown sampler" "$(cat "$tmp/err")"
+exits 2 "required" "$bin/sdworker-generate" --prompt x && ok "missing --model" || not_ok "missing --model" "$(cat "$tmp/err")"
+exits 4 "cannot load the model" "$bin/sdworker-generate" --model "$tmp/nowhere" --prompt x && ok "missing model" || not_ok "missing model" "$(cat "$tmp/err")"
+echo "not an image" >"$tmp/bad.png"
+exits 3 "init image" gen --init-image "$tmp/bad.png" && ok "unreadable init image" || not_ok "unreadable init image" "$(cat "$tmp/err")"
+exits 3 "mask" gen --init-image "$fix/init-70x52.png" --mask "$tmp/nowhere.png" && ok "missing mask" || not_ok "missing mask" "$(cat "$tmp/err")"
+exits 2 "multiples of 8" gen --width 60 --height 64 && ok "txt2img size not a multiple of 8" || not_ok "txt2img size" "$(cat "$tmp/err")"
+exits 2 "needs --init-image" gen --mask "$fix/mask-30x20.png" && ok "mask without init image" || not_ok "mask without init image" "$(cat "$tmp/err")"
+exits 2 "--steps" gen --steps 0 && ok "bad --steps" || not_ok "bad --steps" "$(cat "$tmp/err")"
+exits 2 "unknown config" "$bin/sdworker-mkmodel" --config huge "$tmp/x" && ok "mkmodel: unknown config" || not_ok "mkmodel: unknown config" "$(cat "$tmp/err")"
+if "$bin/sdworker-generate" --help | grep -q "Exit status"; then ok "--help documents exit codes"; else not_ok "--help"; fi
+
+check "mkmodel --single-file tiny" "$bin/sdworker-mkmodel" --config tiny --seed 3 --single-file "$tmp/tiny.safetensors"
+for k in cond_stage_model.transformer.text_model.embeddings.token_embedding.weight \
+    model.diffusion_model.input_blocks.0.0.weight model.diffusion_model.middle_block.1.proj_in.weight \
+    model.diffusion_model.out.2.bias first_stage_model.decoder.up.3.block.0.conv1.weight \
+    first_stage_model.decoder.mid.attn_1.q.weight first_stage_model.post_quant_conv.weight; do
+    grep -aq "\"$k\"" "$tmp/tiny.safetensors" || absent="${absent:-} $k"
+done
+if [ -z "${absent:-}" ]; then ok "single file has LDM names"; else not_ok "single file has LDM names" "absent:$absent"; fi
+
+if [ "${SDW_SLOW_TESTS:-0}" = 1 ]; then
+    check "mkmodel --single-file sd15" "$bin/sdworker-mkmodel" --config sd15 --single-file "$tmp/sd15.safetensors"
+    check "generate from an SD 1.5 single file" "$bin/sdworker-generate" --model "$tmp/sd15.safetensors" \
+        --prompt "a photo of a cat" --steps 1 --width 64 --height 64 --seed 1 --quiet --output "$tmp/s.png"
+    check "single-file PNG" has_size "$tmp/s.png" 64x64
+else
+    skip "SD 1.5 single file (set SDW_SLOW_TESTS=1; sdworker reads single files as SD 1.x-sized)"
+fi
+
+echo "1..$n"
