@@ -64,6 +64,22 @@ void sdw_pipeline_free(sdw_pipeline *p)
     free(p);
 }
 
+/* A single file implies SD 1.x's UNet config, but inpainting checkpoints
+ * (sd-v1-5-inpainting) take 9 input channels: read them off conv_in. */
+static int ldm_in_channels(const sdw_model *m, sdw_unet_config *cfg, sdw_error *e)
+{
+    const sdw_st_tensor *t;
+    if (m->layout != SDW_LAYOUT_LDM)
+        return SDW_OK;
+    int rc = sdw_weights_find(&m->unet, "input_blocks.0.0.weight", &t, e);
+    if (rc)
+        return rc;
+    if (t->ndim != 4 || t->shape[1] <= 0 || t->shape[1] > 64)
+        return sdw_fail(e, SDW_EFORMAT, "unet: input_blocks.0.0.weight is not a convolution weight");
+    cfg->in_channels = (int)t->shape[1];
+    return SDW_OK;
+}
+
 static int load_parts(sdw_pipeline *p, sdw_error *e)
 {
     sdw_model *m = &p->model;
@@ -71,7 +87,7 @@ static int load_parts(sdw_pipeline *p, sdw_error *e)
     sdw_vae_config vcfg;
     int rc;
     if ((rc = sdw_model_require_pipeline(m, e)) || (rc = sdw_clip_load(&p->clip, p->be, &m->clip, &m->text_encoder, e)) ||
-        (rc = sdw_unet_config_parse(&ucfg, m->unet_config, e)) ||
+        (rc = sdw_unet_config_parse(&ucfg, m->unet_config, e)) || (rc = ldm_in_channels(m, &ucfg, e)) ||
         (rc = sdw_unet_load(&p->unet, p->be, &ucfg, &m->unet, m->layout, e)) ||
         (rc = sdw_vae_config_parse(&vcfg, m->vae_config, e)) ||
         (rc = sdw_vae_load(&p->vae, p->be, &vcfg, &m->vae, m->layout, e)))
@@ -107,6 +123,17 @@ int sdw_pipeline_load(sdw_pipeline **out, sdw_backend *be, const char *model_pat
     }
     *out = p;
     return SDW_OK;
+}
+
+const char *sdw_pipeline_sampler(const sdw_pipeline *p, const char *requested)
+{
+    sdw_sched *s;
+    sdw_error e;
+    if (sdw_sched_create(&s, p->model.scheduler_config, requested, 0.0f, &e))
+        return NULL;
+    const char *name = sdw_sched_sampler_name(s);
+    sdw_sched_free(s);
+    return name;
 }
 
 int sdw_pipeline_preview(const sdw_pipeline *p, sdw_image *img, sdw_error *e)
@@ -427,7 +454,7 @@ static int decode(sdw_pipeline *p, gen_state *s, sdw_image *out, sdw_error *e)
 int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_callback cb, void *ctx,
                           sdw_image *out, float *latents, sdw_gen_timings *t, sdw_error *e)
 {
-    sdw_gen_timings tm = {0};
+    sdw_gen_timings tm = {.load_s = t ? t->load_s : 0};
     double t0 = now_s(), t1;
     int W = 0, H = 0;
     int rc = check_params(p, gp, &W, &H, e);
@@ -477,7 +504,7 @@ char *sdw_gen_params_text(const sdw_gen_params *gp, int width, int height, const
     fprintf(f, "%s\n", gp->prompt ? gp->prompt : "");
     if (gp->negative_prompt && *gp->negative_prompt)
         fprintf(f, "Negative prompt: %s\n", gp->negative_prompt);
-    fprintf(f, "Steps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %dx%d", gp->steps, sampler, gp->guidance,
+    fprintf(f, "Steps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %dx%d", gp->steps, sampler ? sampler : "default", gp->guidance,
             (unsigned long long)gp->seed, width, height);
     if (gp->kind != SDW_GEN_TXT2IMG)
         fprintf(f, ", Denoising strength: %g", gp->strength);

@@ -44,7 +44,7 @@ typedef struct sdw_gen_params {
 void sdw_gen_params_init(sdw_gen_params *gp, sdw_gen_kind kind);
 
 typedef struct sdw_gen_timings {
-    double load_s;       /* set by sdw_pipeline_load's caller if wanted */
+    double load_s;       /* left as the caller set it (sdw_pipeline_load's time) */
     double encode_s;     /* tokenizer + text encoder */
     double prepare_s;    /* VAE encoding of init/masked images, initial noise */
     double denoise_s;    /* all sampling steps */
@@ -66,6 +66,11 @@ void sdw_pipeline_free(sdw_pipeline *p);
  * for inpainting models). */
 int sdw_pipeline_scale(const sdw_pipeline *p);
 int sdw_pipeline_unet_channels(const sdw_pipeline *p);
+
+/* The sampler a request for `requested` (NULL or "" = the model's own
+ * scheduler) runs with, e.g. "pndm" for SD 1.5's config; NULL when the name
+ * is unknown or the model's scheduler unsupported. */
+const char *sdw_pipeline_sampler(const sdw_pipeline *p, const char *requested);
 
 /* Runs one generation. out receives the RGB image; latents, when not NULL,
  * receives the final latents [4, h, w] (h, w = size / scale), as diffusers'

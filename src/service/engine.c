@@ -173,8 +173,7 @@ static const char *error_code(int rc)
 static int complete_event(engine *g, const char *id, const sdw_job_request *req, const sdw_gen_params *gp,
                           const sdw_image *img, const sdw_gen_timings *t, sdw_pipeline *p, sdw_error *e)
 {
-    char *params = sdw_gen_params_text(gp, img->width, img->height,
-                                       gp->sampler && *gp->sampler ? gp->sampler : "model default", req->model);
+    char *params = sdw_gen_params_text(gp, img->width, img->height, sdw_pipeline_sampler(p, gp->sampler), req->model);
     const char *text[] = {"parameters", params ? params : "", "Software", "sdworker " PACKAGE_VERSION};
     json_object *o = json_object_new_object();
     json_object_object_add(o, "type", json_object_new_string("complete"));

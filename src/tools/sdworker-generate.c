@@ -312,7 +312,7 @@ int main(int argc, char **argv)
         status = EXIT_GENERATE;
         goto done;
     }
-    params = sdw_gen_params_text(&gp, out.width, out.height, sampler && *sampler ? sampler : "default", model);
+    params = sdw_gen_params_text(&gp, out.width, out.height, sdw_pipeline_sampler(p, sampler), model);
     const char *text[2] = {"parameters", params};
     if (!params || sdw_png_save(&out, output, text, 1, &e)) {
         fprintf(stderr, "sdworker-generate: %s: %s\n", output, params ? e.msg : "out of memory");
