@@ -483,17 +483,21 @@ static void test_queue_full_and_expiry(void)
     sdw_ring_complete(r, a, "{}", 2, &e);
     sdw_ring_complete(r, b, "{}", 2, &e);
     sdw_ring_fail(r, c, "x", "y", &e);
-    tap_ok(submit(r, "d", d) == SDW_RING_EFULL, "all slots hold finished jobs within retention: no free slot");
-    sdw_engine_info ei;
-    sdw_ring_engine_status(r, &ei, &e);
-    tap_ok(ei.free_slots == 0 && ei.queued == 0 && ei.running == 0, "engine status counts");
     int64_t now = sdw_ring_now_ms();
     tap_ok(sdw_ring_sweep(r, now, &e) == 0, "nothing expires before the retention (600 s)");
-    tap_ok(sdw_ring_sweep(r, now + 600 * 1000 + 1000, &e) == 3, "all three expire after the retention");
-    tap_ok(state_of(r, a) == SDW_JOB_EXPIRED, "an expired job reports expired");
+    tap_ok(submit(r, "d", d) == 0 && state_of(r, a) == (sdw_job_state)-1 && state_of(r, b) == SDW_JOB_DONE &&
+               state_of(r, c) == SDW_JOB_FAILED,
+           "with every slot holding a finished job, the oldest result gives its slot to new work (and is gone)");
+    sdw_engine_info ei;
+    sdw_ring_engine_status(r, &ei, &e);
+    tap_ok(ei.free_slots == 0 && ei.queued == 1 && ei.running == 0, "engine status counts");
     sdw_ring_event ev;
-    tap_ok(sdw_ring_wait_event(r, a, 0, 0, &ev, &e) == SDW_ENOTFOUND, "its stream is gone");
-    tap_ok(submit(r, "d", d) == 0 && state_of(r, d) == SDW_JOB_QUEUED, "an expired slot is reused (EXPIRED -> FREE -> QUEUED)");
+    tap_ok(sdw_ring_wait_event(r, a, 0, 0, &ev, &e) == SDW_ENOTFOUND, "the evicted job's stream is gone");
+    tap_ok(sdw_ring_sweep(r, now + 600 * 1000 + 1000, &e) == 2, "the other two expire after the retention");
+    tap_ok(state_of(r, b) == SDW_JOB_EXPIRED, "an expired job reports expired");
+    sdw_job_id f;
+    tap_ok(submit(r, "f", f) == 0 && state_of(r, f) == SDW_JOB_QUEUED, "an expired slot is reused (EXPIRED -> FREE -> QUEUED)");
+    tap_ok(submit(r, "g", f) == SDW_RING_EFULL, "but the queue limit still holds");
     drop_ring(r);
 }
 

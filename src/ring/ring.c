@@ -628,6 +628,18 @@ int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, s
     for (unsigned i = 0; !pick && i < r->h->nslots; i++)
         if (slot_at(r, i)->state == SDW_JOB_EXPIRED)
             pick = slot_at(r, i);
+    /* Kept results must not turn work away: with no free slot, the oldest
+     * finished job gives up its slot before its retention ends. */
+    struct ring_slot *oldest = NULL;
+    for (unsigned i = 0; !pick && i < r->h->nslots; i++) {
+        struct ring_slot *s = slot_at(r, i);
+        if (is_terminal(s->state) && (!oldest || s->expires_mono_ms < oldest->expires_mono_ms))
+            oldest = s;
+    }
+    if (!pick && oldest && queued < r->h->max_queued && expire_locked(r, oldest, NULL) == 0) {
+        wake_all(&oldest->event_futex);
+        pick = oldest;
+    }
     if (queued >= r->h->max_queued || !pick) {
         ring_unlock(r);
         return sdw_fail(e, SDW_RING_EFULL, queued >= r->h->max_queued ? "job queue is full (%u queued)"
