@@ -11,6 +11,7 @@
 #include "clip.h"
 #include "model.h"
 #include "safetensors.h"
+#include "fixture.h"
 #include "tap.h"
 
 #define TOL 1e-4
@@ -23,22 +24,6 @@ typedef struct fixture {
     float *ids, *embeds, *skip1;
     json_object *prompts;
 } fixture;
-
-static float *load_f32(const sdw_st_file *f, const char *name, int64_t *numel)
-{
-    const sdw_st_tensor *t = sdw_st_find(f, name);
-    if (!t)
-        return NULL;
-    float *p = malloc((size_t)t->numel * sizeof *p);
-    sdw_error e;
-    if (sdw_st_to_f32(t, p, &e)) {
-        free(p);
-        return NULL;
-    }
-    if (numel)
-        *numel = t->numel;
-    return p;
-}
 
 static int fixture_open(fixture *fx, const char *model)
 {
@@ -53,9 +38,9 @@ static int fixture_open(fixture *fx, const char *model)
     if (!emb || emb->ndim != 3)
         return -1;
     fx->k = (int)emb->shape[0], fx->t = (int)emb->shape[1], fx->h = (int)emb->shape[2];
-    fx->ids = load_f32(&fx->st, "ids", NULL);
-    fx->embeds = load_f32(&fx->st, "embeds", NULL);
-    fx->skip1 = load_f32(&fx->st, "embeds_clip_skip1", NULL);
+    fx->ids = fixture_f32(&fx->st, "ids", NULL);
+    fx->embeds = fixture_f32(&fx->st, "embeds", NULL);
+    fx->skip1 = fixture_f32(&fx->st, "embeds_clip_skip1", NULL);
     const char *p = sdw_st_meta(&fx->st, "prompts");
     fx->prompts = p ? json_tokener_parse(p) : NULL;
     return fx->ids && fx->embeds && fx->skip1 && fx->prompts ? 0 : -1;
@@ -66,19 +51,6 @@ static void fixture_close(fixture *fx)
     free(fx->ids), free(fx->embeds), free(fx->skip1);
     json_object_put(fx->prompts);
     sdw_st_close(&fx->st);
-}
-
-static double rel_err(const float *got, const float *want, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - want[i]);
-        if (isnan(got[i]))
-            return INFINITY;
-        num = d > num ? d : num;
-        den = fabs(want[i]) > den ? fabs(want[i]) : den;
-    }
-    return num / (den > 0 ? den : 1);
 }
 
 /* Encodes all fixture prompts in one batch and compares both outputs. */
@@ -101,7 +73,7 @@ static void check_encoder(const char *label, const sdw_model *m, fixture *fx)
         rc = sdw_clip_encode(clip, ids, fx->k, fx->t, skip, &out, &e);
         if (rc == 0)
             rc = sdw_tensor_to_host(&out, got, &e);
-        double r = rc ? INFINITY : rel_err(got, skip ? fx->skip1 : fx->embeds, n);
+        double r = rc ? INFINITY : max_rel_err(got, skip ? fx->skip1 : fx->embeds, n);
         tap_ok(rc == 0 && r <= TOL, "%s: %d prompts, clip_skip %d: max rel err %.2e (tolerance %.0e)%s%s", label,
                fx->k, skip, r, TOL, rc ? ": " : "", rc ? e.msg : "");
     }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "fixture.h"
 #include "tap.h"
 #include "tensor.h"
 
@@ -97,19 +98,6 @@ static void arg_free(arg *a)
         sdw_tensor_free(&a->t[i]);
 }
 
-static double rel_err(const float *got, const float *want, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(got[i]) || isnan(want[i]))
-            return INFINITY;
-        double d = fabs((double)got[i] - want[i]);
-        num = d > num ? d : num;
-        den = fabs(want[i]) > den ? fabs(want[i]) : den;
-    }
-    return num / (den > 0 ? den : 1);
-}
-
 /* Runs one op on the CPU and each device backend (op receives the slot:
  * 0 = CPU, 1.. = devices) and compares y. */
 typedef int (*op_fn)(int slot, void *ctx, sdw_error *e);
@@ -134,7 +122,7 @@ static void check(const char *what, op_fn op, void *ctx, arg *y)
         int rc = op(1 + p, ctx, &e);
         if (!rc)
             rc = sdw_tensor_to_host(&y->t[1 + p], got, &e);
-        double r = rc ? INFINITY : rel_err(got, want, n);
+        double r = rc ? INFINITY : max_rel_err(got, want, n);
         tap_ok(!rc && r <= prec_tol[p], "%s %s vs CPU: rel err %.2e%s%s", what, prec_name[p], r, rc ? ": " : "",
                rc ? e.msg : "");
     }

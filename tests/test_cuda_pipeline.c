@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "pipeline.h"
+#include "fixture.h"
 #include "tap.h"
 
 typedef struct gen_case {
@@ -27,19 +28,6 @@ static const gen_case cases[] = {
     {"inpaint 9-channel", "tiny-inpaint", "euler_a", "init-64x64.png", "mask-64x64.png", SDW_GEN_INPAINT, 64, 64, 5,
      1.0},
 };
-
-static double rel_err(const float *got, const float *want, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(got[i]) || isnan(want[i]))
-            return INFINITY;
-        double d = fabs((double)got[i] - want[i]);
-        num = d > num ? d : num;
-        den = fabs(want[i]) > den ? fabs(want[i]) : den;
-    }
-    return num / (den > 0 ? den : 1);
-}
 
 /* Runs case c on be; latents receives [4, h/8, w/8]. */
 static int run(sdw_backend *be, const gen_case *c, float *latents, sdw_error *e)
@@ -114,11 +102,11 @@ int main(void)
             continue;
         }
         int rc = run(f32, c, got, &e);
-        double r = rc ? INFINITY : rel_err(got, want, n);
+        double r = rc ? INFINITY : max_rel_err(got, want, n);
         tap_ok(!rc && r <= 1e-4, "%s on %s: cuda fp32 latents vs cpu: rel err %.2e%s%s", c->name, c->model, r,
                rc ? ": " : "", rc ? e.msg : "");
         rc = run(f16, c, got, &e);
-        r = rc ? INFINITY : rel_err(got, want, n);
+        r = rc ? INFINITY : max_rel_err(got, want, n);
         tap_ok(!rc && r <= 1e-2, "%s on %s: cuda fp16 latents vs cpu: rel err %.2e%s%s", c->name, c->model, r,
                rc ? ": " : "", rc ? e.msg : "");
         free(want), free(got);

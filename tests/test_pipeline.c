@@ -10,6 +10,7 @@
 
 #include "pipeline.h"
 #include "safetensors.h"
+#include "fixture.h"
 #include "tap.h"
 
 #define LATENT_TOL 1e-4
@@ -66,21 +67,6 @@ static int load_image(sdw_image *img, const char *file, int grey)
     return rc;
 }
 
-static float *load_ref(const sdw_st_file *f, const char *name, int64_t *numel)
-{
-    const sdw_st_tensor *t = sdw_st_find(f, name);
-    if (!t)
-        return NULL;
-    float *p = malloc((size_t)t->numel * sizeof *p);
-    sdw_error e;
-    if (sdw_st_to_f32(t, p, &e)) {
-        free(p);
-        return NULL;
-    }
-    *numel = t->numel;
-    return p;
-}
-
 static int count_steps(void *ctx, sdw_pipeline *p, int step, int total)
 {
     int *calls = ctx;
@@ -130,8 +116,11 @@ static void run_case(json_object *c)
     int64_t nlat = 0, npix = 0;
     float *want_lat = NULL, *want_pix = NULL;
     if (sdw_st_open(&ref, tap_fixture(file), &e) == 0) {
-        want_lat = load_ref(&ref, "latents", &nlat);
-        want_pix = load_ref(&ref, "image", &npix);
+        const sdw_st_tensor *tl = NULL, *tp = NULL;
+        want_lat = fixture_f32(&ref, "latents", &tl);
+        want_pix = fixture_f32(&ref, "image", &tp);
+        nlat = tl ? tl->numel : 0;
+        npix = tp ? tp->numel : 0;
         sdw_st_close(&ref);
     }
     if (!tap_ok(want_lat && want_pix, "%s: reference readable", name))
@@ -144,13 +133,7 @@ static void run_case(json_object *c)
         free(lat);
         goto out;
     }
-    double num_ = 0, den = 0;
-    for (int64_t i = 0; i < nlat; i++) {
-        double d = fabs((double)lat[i] - want_lat[i]);
-        num_ = d > num_ ? d : num_;
-        den = fabs(want_lat[i]) > den ? fabs(want_lat[i]) : den;
-    }
-    double rel = isfinite(num_) ? num_ / (den > 0 ? den : 1) : INFINITY;
+    double rel = max_rel_err(lat, want_lat, (size_t)nlat);
     tap_ok(rel <= LATENT_TOL, "%s: %s %d steps (%d UNet calls): latents max rel err %.2e (tolerance %.0e)", name,
            gp.sampler ? gp.sampler : "default", gp.steps, calls, rel, LATENT_TOL);
     int maxd = out.width * out.height * 3 == npix ? 0 : 999;

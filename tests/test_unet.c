@@ -12,6 +12,7 @@
 
 #include "model.h"
 #include "safetensors.h"
+#include "fixture.h"
 #include "tap.h"
 #include "unet.h"
 
@@ -19,47 +20,18 @@
 
 static sdw_backend *be;
 
-static float *load_f32(const sdw_st_file *f, const char *name, const sdw_st_tensor **info)
-{
-    const sdw_st_tensor *t = sdw_st_find(f, name);
-    if (!t)
-        return NULL;
-    float *p = malloc((size_t)t->numel * sizeof *p);
-    sdw_error e;
-    if (sdw_st_to_f32(t, p, &e)) {
-        free(p);
-        return NULL;
-    }
-    if (info)
-        *info = t;
-    return p;
-}
-
-static double rel_err(const float *got, const float *want, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(got[i]))
-            return INFINITY;
-        double d = fabs((double)got[i] - want[i]);
-        num = d > num ? d : num;
-        den = fabs(want[i]) > den ? fabs(want[i]) : den;
-    }
-    return num / (den > 0 ? den : 1);
-}
-
 /* Runs the fixture case through u; the max relative error, or INFINITY. */
 static double run_case(sdw_unet *u, const sdw_st_file *fx, sdw_error *e)
 {
     const sdw_st_tensor *li, *ci;
-    float *lat = load_f32(fx, "latents", &li), *ctx = load_f32(fx, "encoder_hidden_states", &ci);
-    float *ts = load_f32(fx, "timesteps", NULL), *want = load_f32(fx, "eps", NULL);
+    float *lat = fixture_f32(fx, "latents", &li), *ctx = fixture_f32(fx, "encoder_hidden_states", &ci);
+    float *ts = fixture_f32(fx, "timesteps", NULL), *want = fixture_f32(fx, "eps", NULL);
     double r = INFINITY;
     sdw_tensor x = {0}, c = {0}, y = {0};
     if (lat && ctx && ts && want && !sdw_tensor_from_host(&x, be, 4, li->shape, lat, e) &&
         !sdw_tensor_from_host(&c, be, 3, ci->shape, ctx, e) && !sdw_tensor_new(&y, be, 4, li->shape, e) &&
         !sdw_unet_forward(u, &x, ts, &c, &y, e) && !sdw_tensor_to_host(&y, lat, e))
-        r = rel_err(lat, want, (size_t)li->numel);
+        r = max_rel_err(lat, want, (size_t)li->numel);
     sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y);
     free(lat), free(ctx), free(ts), free(want);
     return r;
@@ -89,7 +61,7 @@ static int write_ldm(const sdw_model *m, const char *model, const char *path)
         }
         names[i] = malloc(300);
         snprintf(names[i], 300, "model.diffusion_model.%s", json_object_get_string(ldm));
-        data[i] = load_f32(f, t->name, NULL);
+        data[i] = fixture_f32(f, t->name, NULL);
         ents[i] = (sdw_st_entry){names[i], SDW_DT_F32, t->ndim, t->shape, data[i]};
     }
     sdw_error e;

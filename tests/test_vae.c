@@ -12,6 +12,7 @@
 
 #include "model.h"
 #include "safetensors.h"
+#include "fixture.h"
 #include "tap.h"
 #include "vae.h"
 
@@ -19,54 +20,25 @@
 
 static sdw_backend *be;
 
-static float *load_f32(const sdw_st_file *f, const char *name, const sdw_st_tensor **info)
-{
-    const sdw_st_tensor *t = sdw_st_find(f, name);
-    if (!t)
-        return NULL;
-    float *p = malloc((size_t)t->numel * sizeof *p);
-    sdw_error e;
-    if (sdw_st_to_f32(t, p, &e)) {
-        free(p);
-        return NULL;
-    }
-    if (info)
-        *info = t;
-    return p;
-}
-
-static double rel_err(const float *got, const float *want, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(got[i]))
-            return INFINITY;
-        double d = fabs((double)got[i] - want[i]);
-        num = d > num ? d : num;
-        den = fabs(want[i]) > den ? fabs(want[i]) : den;
-    }
-    return num / (den > 0 ? den : 1);
-}
-
 /* Decode and both encodes; errors into r[3]. */
 static void run_cases(sdw_vae *v, const sdw_st_file *fx, double r[3], sdw_error *e)
 {
     const sdw_st_tensor *zi, *ii, *mi;
-    float *z = load_f32(fx, "latents", &zi), *dec = load_f32(fx, "decoded", NULL), *img = load_f32(fx, "image", &ii);
-    float *mean = load_f32(fx, "mean", &mi), *noise = load_f32(fx, "noise", NULL), *smp = load_f32(fx, "sample", NULL);
+    float *z = fixture_f32(fx, "latents", &zi), *dec = fixture_f32(fx, "decoded", NULL), *img = fixture_f32(fx, "image", &ii);
+    float *mean = fixture_f32(fx, "mean", &mi), *noise = fixture_f32(fx, "noise", NULL), *smp = fixture_f32(fx, "sample", NULL);
     r[0] = r[1] = r[2] = INFINITY;
     sdw_tensor tz = {0}, tout = {0}, ti = {0}, tn = {0}, tl = {0};
     int64_t os[4] = {zi->shape[0], 3, zi->shape[2] * 8, zi->shape[3] * 8};
     float *buf = malloc(sizeof *buf * (size_t)(os[0] * os[1] * os[2] * os[3] + ii->numel));
     if (!sdw_tensor_from_host(&tz, be, 4, zi->shape, z, e) && !sdw_tensor_new(&tout, be, 4, os, e) &&
         !sdw_vae_decode(v, &tz, &tout, e) && !sdw_tensor_to_host(&tout, buf, e))
-        r[0] = rel_err(buf, dec, (size_t)sdw_tensor_numel(&tout));
+        r[0] = max_rel_err(buf, dec, (size_t)sdw_tensor_numel(&tout));
     if (!sdw_tensor_from_host(&ti, be, 4, ii->shape, img, e) && !sdw_tensor_from_host(&tn, be, 4, mi->shape, noise, e) &&
         !sdw_tensor_new(&tl, be, 4, mi->shape, e)) {
         if (!sdw_vae_encode(v, &ti, NULL, &tl, e) && !sdw_tensor_to_host(&tl, buf, e))
-            r[1] = rel_err(buf, mean, (size_t)mi->numel);
+            r[1] = max_rel_err(buf, mean, (size_t)mi->numel);
         if (!sdw_vae_encode(v, &ti, &tn, &tl, e) && !sdw_tensor_to_host(&tl, buf, e))
-            r[2] = rel_err(buf, smp, (size_t)mi->numel);
+            r[2] = max_rel_err(buf, smp, (size_t)mi->numel);
     }
     sdw_tensor_free(&tz), sdw_tensor_free(&tout), sdw_tensor_free(&ti), sdw_tensor_free(&tn), sdw_tensor_free(&tl);
     free(z), free(dec), free(img), free(mean), free(noise), free(smp), free(buf);
@@ -105,7 +77,7 @@ static int write_ldm(const sdw_model *m, const char *model, const char *path)
         }
         names[i] = malloc(300);
         snprintf(names[i], 300, "first_stage_model.%s", json_object_get_string(ldm));
-        data[i] = load_f32(f, t->name, NULL);
+        data[i] = fixture_f32(f, t->name, NULL);
         /* the original checkpoints store the attention projections as 1x1 convs */
         int conv = t->ndim == 2 && strstr(names[i], ".attn_1.");
         shapes[i][0] = t->shape[0], shapes[i][1] = t->ndim > 1 ? t->shape[1] : 1, shapes[i][2] = shapes[i][3] = 1;
