@@ -49,7 +49,7 @@ post() {
 # Streams a job to a file in the background; waits for the first progress.
 stream_bg() {
   curl -sN "$url/v1/jobs/$1/stream" >"$2" & echo $! >"$2.pid"
-  for _ in $(seq 100); do grep -q '^event: progress' "$2" 2>/dev/null && return 0; sleep 0.05; done
+  for _ in $(seq 1200); do grep -q "^event: progress" "$2" 2>/dev/null && return 0; sleep 0.05; done
   return 1
 }
 
