@@ -110,27 +110,7 @@ static int write_ldm(const char *model_dir, const char *path)
     sdw_error e;
     if (sdw_st_open(&f, src, &e))
         return -1;
-    sdw_st_entry *ent = calloc(f.ntensors, sizeof *ent);
-    char **names = calloc(f.ntensors, sizeof *names);
-    float **data = calloc(f.ntensors, sizeof *data);
-    size_t n = 0;
-    int rc = 0;
-    for (size_t i = 0; i < f.ntensors && !rc; i++) {
-        const sdw_st_tensor *t = &f.tensors[i];
-        if (t->dtype != SDW_DT_F32 && t->dtype != SDW_DT_F16 && t->dtype != SDW_DT_BF16)
-            continue;
-        names[n] = malloc(strlen(t->name) + 40);
-        sprintf(names[n], "cond_stage_model.transformer.%s", t->name);
-        data[n] = malloc((size_t)t->numel * sizeof(float));
-        rc = sdw_st_to_f32(t, data[n], &e);
-        ent[n] = (sdw_st_entry){names[n], t->dtype, t->ndim, t->shape, data[n]};
-        n++;
-    }
-    if (!rc)
-        rc = sdw_st_write(path, ent, n, NULL, 0, &e);
-    for (size_t i = 0; i < n; i++)
-        free(names[i]), free(data[i]);
-    free(ent), free(names), free(data);
+    int rc = fixture_write_ldm(&f, NULL, "cond_stage_model.transformer.", 0, path);
     sdw_st_close(&f);
     return rc;
 }

@@ -43,33 +43,9 @@ static int write_ldm(const sdw_model *m, const char *model, const char *path)
     char name[256];
     snprintf(name, sizeof name, "ldm-keys-%s.json", model);
     json_object *keys = json_object_from_file(tap_fixture(name)), *map;
-    if (!keys || !json_object_object_get_ex(keys, "unet", &map))
-        return -1;
-    const sdw_st_file *f = m->unet.files[0];
-    size_t n = f->ntensors;
-    sdw_st_entry *ents = calloc(n, sizeof *ents);
-    char **names = calloc(n, sizeof *names);
-    float **data = calloc(n, sizeof *data);
-    int rc = 0;
-    for (size_t i = 0; i < n && !rc; i++) {
-        const sdw_st_tensor *t = &f->tensors[i];
-        json_object *ldm;
-        if (!json_object_object_get_ex(map, t->name, &ldm)) {
-            tap_diag("%s has no LDM name in %s", t->name, name);
-            rc = -1;
-            break;
-        }
-        names[i] = malloc(300);
-        snprintf(names[i], 300, "model.diffusion_model.%s", json_object_get_string(ldm));
-        data[i] = fixture_f32(f, t->name, NULL);
-        ents[i] = (sdw_st_entry){names[i], SDW_DT_F32, t->ndim, t->shape, data[i]};
-    }
-    sdw_error e;
-    if (!rc && (rc = sdw_st_write(path, ents, n, NULL, 0, &e)))
-        tap_diag("%s", e.msg);
-    for (size_t i = 0; i < n; i++)
-        free(names[i]), free(data[i]);
-    free(ents), free(names), free(data);
+    int rc = keys && json_object_object_get_ex(keys, "unet", &map)
+                 ? fixture_write_ldm(m->unet.files[0], map, "model.diffusion_model.", 0, path)
+                 : -1;
     json_object_put(keys);
     return rc;
 }
