@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole service as scripts/start-service runs it (real engine with the
-# tiny-a fixture model, the FastCGI pool, a private nginx on a free loopback
-# port), driven over HTTP with curl and the sdworker client: the three
+# The whole service as scripts/start-service runs it by default (the tiny
+# demo model made by sdworker-mkmodel on first start, the real engine, the
+# FastCGI pool, a private nginx on a free loopback port), driven over HTTP with curl and the sdworker client: the three
 # operations, cancel, 20 concurrent jobs, and kill -9 of the engine mid-job.
 set -u
 srcdir=${srcdir:-.}
@@ -18,7 +18,8 @@ done
 
 run=$(mktemp -d /tmp/sdw-service-XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo $((20000 + $$ % 20000)))
-export SDW_BUILD_DIR=$bld SDW_RUN_DIR=$run SDW_PORT=$port SDW_MODEL=$fix/models/tiny-a SDW_MODEL_NAME=tiny
+# No SDW_MODEL: the default start, which makes the tiny demo model first.
+export SDW_BUILD_DIR=$bld SDW_RUN_DIR=$run SDW_PORT=$port
 url=http://127.0.0.1:$port
 cleanup() { "$top/scripts/start-service" stop >/dev/null 2>&1; rm -rf "$run"; }
 trap cleanup EXIT
