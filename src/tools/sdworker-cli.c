@@ -7,6 +7,11 @@
  * The exit status tells a script what happened; see usage(). */
 #ifdef HAVE_CONFIG_H
 #include "sdw-build.h"
+
+#include "contract.h"
+
+/* The largest result image the client accepts (a 2048x2048 PNG fits). */
+#define MAX_IMAGE_BYTES ((size_t)64 << 20)
 #endif
 
 #include <curl/curl.h>
@@ -95,80 +100,6 @@ static void msg(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
-}
-
-/* ---- base64 (standard alphabet; the service accepts no line breaks) ---- */
-
-static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static char *b64_encode(const unsigned char *in, size_t n)
-{
-    char *out = malloc(4 * ((n + 2) / 3) + 1);
-    if (!out)
-        return NULL;
-    char *o = out;
-    size_t i = 0;
-    for (; i + 2 < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        *o++ = b64chars[v >> 18];
-        *o++ = b64chars[v >> 12 & 63];
-        *o++ = b64chars[v >> 6 & 63];
-        *o++ = b64chars[v & 63];
-    }
-    if (i < n) {
-        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
-        *o++ = b64chars[v >> 18];
-        *o++ = b64chars[v >> 12 & 63];
-        *o++ = i + 1 < n ? b64chars[v >> 6 & 63] : '=';
-        *o++ = '=';
-    }
-    *o = '\0';
-    return out;
-}
-
-static int b64_value(char c)
-{
-    const char *p = c ? strchr(b64chars, c) : NULL;
-    return p ? (int)(p - b64chars) : -1;
-}
-
-/* Decodes standard base64, tolerating a "data:...;base64," prefix, missing
- * padding and whitespace. Returns NULL on malformed input. */
-static unsigned char *b64_decode(const char *in, size_t *out_len)
-{
-    const char *comma = !strncmp(in, "data:", 5) ? strchr(in, ',') : NULL;
-    if (comma)
-        in = comma + 1;
-    size_t n = strlen(in);
-    unsigned char *out = malloc(n / 4 * 3 + 3);
-    if (!out)
-        return NULL;
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    bool pad = false;
-    for (size_t i = 0; i < n; i++) {
-        char c = in[i];
-        if (c == ' ' || c == '\n' || c == '\r' || c == '\t')
-            continue;
-        if (c == '=') {
-            pad = true;
-            continue;
-        }
-        int v = b64_value(c);
-        if (v < 0 || pad) {
-            free(out);
-            return NULL;
-        }
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-        }
-    }
-    *out_len = o;
-    return out;
 }
 
 /* ---- options ---- */
@@ -386,7 +317,7 @@ static char *read_image_b64(const char *opt, const char *path)
         msg("%s %s: larger than %ld bytes", opt, path, MAX_INPUT_FILE);
     else if (!(n >= 8 && !memcmp(buf, png, 8)) && !(n >= 3 && buf[0] == 0xff && buf[1] == 0xd8 && buf[2] == 0xff))
         msg("%s %s: not a PNG or JPEG file", opt, path);
-    else if (!(out = b64_encode(buf, n)))
+    else if (!(out = sdw_base64_encode(buf, n)))
         msg("out of memory");
     free(buf);
     return out;
@@ -734,7 +665,9 @@ static void on_event(struct stream *s, const char *type, const char *data)
     } else if (!strcmp(type, "complete")) {
         json_object *img, *v;
         if (!json_object_object_get_ex(j, "image", &img) || !json_object_is_type(img, json_type_string) ||
-            !(s->image = b64_decode(json_object_get_string(img), &s->image_len)) || !s->image_len) {
+            sdw_base64_decode(json_object_get_string(img), (size_t)json_object_get_string_len(img), MAX_IMAGE_BYTES,
+                              &s->image, &s->image_len) ||
+            !s->image_len) {
             set_failed(s, FAILED, "the complete event carries no valid base64 image");
         } else {
             s->outcome = COMPLETED;
