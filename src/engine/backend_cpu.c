@@ -5,10 +5,85 @@
  * rounding. */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tensor.h"
+
+/* OpenBLAS built with DYNAMIC_ARCH (Debian's is) picks its kernels in its
+ * library constructor from the CPU model number; a model newer than the
+ * library (0.3.21 does not know Emerald Rapids, for one) gets the SSE3
+ * "Prescott" kernels, 3-5x slower than the AVX2 ones. Its override, the
+ * OPENBLAS_CORETYPE variable, is read only then, so when that fallback
+ * happened on a CPU with AVX2 and FMA the selection is redone here with the
+ * variable set for the duration, through the library's exported
+ * (DYNAMIC_ARCH-only, hence weak) init and quit functions. The choice follows
+ * the instruction set: the AVX-512 kernels where AVX-512 F/BW/DQ/VL are
+ * present, else the AVX2+FMA ones. Nothing changes when the user set the
+ * variable or OpenBLAS recognised the CPU. */
+extern void gotoblas_dynamic_init(void) __attribute__((weak));
+extern void gotoblas_dynamic_quit(void) __attribute__((weak));
+
+static void repick_openblas_core(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    const char *core = openblas_get_corename();
+    if (!gotoblas_dynamic_init || !gotoblas_dynamic_quit || getenv("OPENBLAS_CORETYPE") || !core ||
+        strcmp(core, "Prescott"))
+        return;
+    __builtin_cpu_init();
+    const char *pick = NULL;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        pick = "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        pick = "Haswell";
+    if (!pick || setenv("OPENBLAS_CORETYPE", pick, 0))
+        return;
+    gotoblas_dynamic_quit();
+    gotoblas_dynamic_init();
+    unsetenv("OPENBLAS_CORETYPE");
+#endif
+}
+
+/* Every parallel loop, matrix products included, runs on OpenMP's threads:
+ * OpenBLAS is kept single-threaded and each product is split over the OpenMP
+ * team here. Two thread pools on the same cores (OpenBLAS's pthreads
+ * yielding in a loop while OpenMP's workers spin between regions) cost a
+ * third of the time on two cores. */
+static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, int64_t k, float alpha,
+                 const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
+{
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    int64_t span = m >= n ? m : n;
+    if (nt > 1 && (double)m * (double)n * (double)k < 1e6)
+        nt = 1;
+    if (nt > span / 16)
+        nt = (int)(span / 16) > 1 ? (int)(span / 16) : 1;
+    if (nt == 1) {
+        cblas_sgemm(CblasRowMajor, ta, tb, (blasint)m, (blasint)n, (blasint)k, alpha, a, (blasint)lda, b,
+                    (blasint)ldb, beta, c, (blasint)ldc);
+        return;
+    }
+    /* Split the longer side of C in multiples of 16 (the kernels' unroll). */
+    int64_t chunk = ((span + nt - 1) / nt + 15) / 16 * 16;
+#pragma omp parallel num_threads(nt)
+    {
+        int64_t i0 = (int64_t)omp_get_thread_num() * chunk;
+        int64_t len = span - i0 < chunk ? span - i0 : chunk;
+        if (len > 0) {
+            if (m >= n)
+                cblas_sgemm(CblasRowMajor, ta, tb, (blasint)len, (blasint)n, (blasint)k, alpha,
+                            ta == CblasNoTrans ? a + i0 * lda : a + i0, (blasint)lda, b, (blasint)ldb, beta,
+                            c + i0 * ldc, (blasint)ldc);
+            else
+                cblas_sgemm(CblasRowMajor, ta, tb, (blasint)m, (blasint)len, (blasint)k, alpha, a, (blasint)lda,
+                            tb == CblasNoTrans ? b + i0 : b + i0 * ldb, (blasint)ldb, beta, c + i0,
+                            (blasint)ldc);
+        }
+    }
+}
 
 /* Query rows per block in attention: bounds the score buffer to
  * SDW_ATTN_QBLOCK x tk floats (4 MiB at 4096 keys) instead of tq x tk. */
@@ -45,8 +120,7 @@ static int cpu_linear(sdw_backend *be, const float *x, const float *w, const flo
             memcpy(y + i * n, bias, (size_t)n * sizeof(float));
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n, (blasint)k, 1.0f, x,
-                (blasint)k, w, (blasint)k, beta, y, (blasint)n);
+    gemm(CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, beta, y, n);
     return SDW_OK;
 }
 
@@ -75,7 +149,6 @@ static int cpu_layer_norm(sdw_backend *be, const float *x, const float *gamma, c
 
 static void softmax_rows(float *s, int64_t rows, int64_t cols, int64_t row0, int causal)
 {
-#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < rows; i++) {
         float *sr = s + i * cols;
         int64_t valid = causal ? row0 + i + 1 : cols;
@@ -95,29 +168,37 @@ static void softmax_rows(float *s, int64_t rows, int64_t cols, int64_t row0, int
     }
 }
 
+/* One thread per (batch, head) pair, each with single-threaded products and
+ * its own score block of SDW_ATTN_QBLOCK x tk floats: scratch is threads x
+ * 4 MiB at 4096 keys, never heads x tq x tk, and no barrier between the
+ * products and the softmax. */
 static int cpu_attention(sdw_backend *be, const float *q, const float *k, const float *v, float *out, int64_t b,
                          int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal, sdw_error *e)
 {
     int64_t c = heads * d;
     int64_t qblock = tq < SDW_ATTN_QBLOCK ? tq : SDW_ATTN_QBLOCK;
+    int nt = omp_get_max_threads();
+    if (nt > b * heads)
+        nt = (int)(b * heads);
     float *s = NULL;
-    int rc = cpu_alloc(be, (size_t)(qblock * tk), &s, e);
+    int rc = cpu_alloc(be, (size_t)(nt * qblock * tk), &s, e);
     if (rc)
         return rc;
-    for (int64_t bi = 0; bi < b; bi++) {
-        for (int64_t h = 0; h < heads; h++) {
-            const float *qh = q + bi * tq * c + h * d;
-            const float *kh = k + bi * tk * c + h * d;
-            const float *vh = v + bi * tk * c + h * d;
-            float *oh = out + bi * tq * c + h * d;
-            for (int64_t r0 = 0; r0 < tq; r0 += qblock) {
-                int64_t nr = tq - r0 < qblock ? tq - r0 : qblock;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nr, (blasint)tk, (blasint)d, scale,
-                            qh + r0 * c, (blasint)c, kh, (blasint)c, 0.0f, s, (blasint)tk);
-                softmax_rows(s, nr, tk, r0, causal);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)d, (blasint)tk, 1.0f,
-                            s, (blasint)tk, vh, (blasint)c, 0.0f, oh + r0 * c, (blasint)c);
-            }
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
+    for (int64_t bh = 0; bh < b * heads; bh++) {
+        int64_t bi = bh / heads, h = bh % heads;
+        float *sc = s + (int64_t)omp_get_thread_num() * qblock * tk;
+        const float *qh = q + bi * tq * c + h * d;
+        const float *kh = k + bi * tk * c + h * d;
+        const float *vh = v + bi * tk * c + h * d;
+        float *oh = out + bi * tq * c + h * d;
+        for (int64_t r0 = 0; r0 < tq; r0 += qblock) {
+            int64_t nr = tq - r0 < qblock ? tq - r0 : qblock;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nr, (blasint)tk, (blasint)d, scale,
+                        qh + r0 * c, (blasint)c, kh, (blasint)c, 0.0f, sc, (blasint)tk);
+            softmax_rows(sc, nr, tk, r0, causal);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)d, (blasint)tk, 1.0f, sc,
+                        (blasint)tk, vh, (blasint)c, 0.0f, oh + r0 * c, (blasint)c);
         }
     }
     free(s);
@@ -230,8 +311,8 @@ static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, const flo
     /* A pointwise conv is a product with the image itself: no copy. */
     if (kh == 1 && kw == 1 && stride == 1 && pad_t == 0 && pad_l == 0 && oh == h && ow == wd) {
         for (int64_t bi = 0; bi < b; bi++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)o, (blasint)npix, (blasint)c, 1.0f, w,
-                        (blasint)c, x + bi * c * npix, (blasint)npix, beta, y + bi * o * npix, (blasint)npix);
+            gemm(CblasNoTrans, CblasNoTrans, o, npix, c, 1.0f, w, c, x + bi * c * npix, npix, beta, y + bi * o * npix,
+                 npix);
         return SDW_OK;
     }
     int64_t rb = SDW_CONV_SCRATCH / (k * ow);
@@ -246,8 +327,7 @@ static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, const flo
         for (int64_t oy0 = 0; oy0 < oh; oy0 += rb) {
             int64_t nr = oh - oy0 < rb ? oh - oy0 : rb;
             im2col(xb, col, c, h, wd, kh, kw, ow, oy0, nr, stride, pad_t, pad_l);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)o, (blasint)(nr * ow), (blasint)k, 1.0f,
-                        w, (blasint)k, col, (blasint)(nr * ow), beta, yb + oy0 * ow, (blasint)npix);
+            gemm(CblasNoTrans, CblasNoTrans, o, nr * ow, k, 1.0f, w, k, col, nr * ow, beta, yb + oy0 * ow, npix);
         }
     }
     free(col);
@@ -425,6 +505,8 @@ int sdw_backend_cpu(sdw_backend **out, sdw_error *e)
     if (!be)
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
     be->ops = &cpu_ops;
+    repick_openblas_core();
+    openblas_set_num_threads(1);
     *out = be;
     return SDW_OK;
 }
