@@ -4,11 +4,13 @@
  * shortcuts; reductions accumulate in double to stay clear of torch's own
  * rounding. */
 #include <cblas.h>
+#include <immintrin.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "safetensors.h"
 #include "tensor.h"
 
 /* OpenBLAS built with DYNAMIC_ARCH (Debian's is) picks its kernels in its
@@ -110,8 +112,82 @@ static int cpu_copy(sdw_backend *be, float *dst, const float *src, size_t n, sdw
     return SDW_OK;
 }
 
-static int cpu_linear(sdw_backend *be, const float *x, const float *w, const float *bias, float *y, int64_t m,
-                      int64_t n, int64_t k, sdw_error *e)
+/* Half-precision weights (f16 model files) stay halves in memory, half the
+ * float32 footprint; blocks of rows are converted exactly to float32 just
+ * before their product, so results equal those from float32 copies. */
+static int cpu_weight_f16(sdw_backend *be, const uint16_t *src, size_t n, float **p, int *f16, sdw_error *e)
+{
+    int rc = cpu_alloc(be, (n + 1) / 2, p, e);
+    if (rc)
+        return rc;
+    memcpy(*p, src, n * sizeof *src);
+    *f16 = 1;
+    return SDW_OK;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx,f16c"))) static void halves_f16c(const uint16_t *s, float *d, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+    for (; i < n; i++)
+        d[i] = sdw_f16_to_f32(s[i]);
+}
+#endif
+
+static void halves_to_f32(const uint16_t *s, float *d, int64_t n)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("f16c")) {
+        halves_f16c(s, d, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++)
+        d[i] = sdw_f16_to_f32(s[i]);
+}
+
+/* Rows per converted weight block: enough for the product to run at speed,
+ * few enough for blocks to share out evenly over the threads. */
+#define SDW_F16_BLOCK 256
+
+/* A product with a half weight w [wrows, k], in blocks of its rows, each
+ * converted into the thread's scratch and multiplied at once (while still in
+ * cache), the blocks shared over the OpenMP threads. w_left: C[wrows, n] =
+ * w x[k, n] (a convolution: x is the column matrix, ldx its row length);
+ * otherwise C[n, wrows] = x[n, k] w^T (a linear layer). */
+static int gemm_f16w(sdw_backend *be, int w_left, const uint16_t *w, int64_t wrows, int64_t k, const float *x,
+                     int64_t ldx, int64_t n, float beta, float *c, int64_t ldc, sdw_error *e)
+{
+    int nt = omp_get_max_threads();
+    int64_t nblk = nt * ((wrows + (int64_t)nt * SDW_F16_BLOCK - 1) / ((int64_t)nt * SDW_F16_BLOCK));
+    int64_t nb = ((wrows + nblk - 1) / nblk + 15) / 16 * 16;
+    nblk = (wrows + nb - 1) / nb;
+    if (nt > nblk)
+        nt = (int)nblk;
+    float *scratch = NULL;
+    int rc = cpu_alloc(be, (size_t)(nt * nb * k), &scratch, e);
+    if (rc)
+        return rc;
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
+    for (int64_t bi = 0; bi < nblk; bi++) {
+        int64_t r0 = bi * nb, nr = wrows - r0 < nb ? wrows - r0 : nb;
+        float *wf = scratch + (int64_t)omp_get_thread_num() * nb * k;
+        halves_to_f32(w + r0 * k, wf, nr * k);
+        if (w_left)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)n, (blasint)k, 1.0f, wf,
+                        (blasint)k, x, (blasint)ldx, beta, c + r0 * ldc, (blasint)ldc);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)nr, (blasint)k, 1.0f, x,
+                        (blasint)k, wf, (blasint)k, beta, c + r0, (blasint)ldc);
+    }
+    free(scratch);
+    return SDW_OK;
+}
+
+static int cpu_linear(sdw_backend *be, const float *x, const float *w, int w_f16, const float *bias, float *y,
+                      int64_t m, int64_t n, int64_t k, sdw_error *e)
 {
     float beta = 0.0f;
     if (bias) {
@@ -120,6 +196,8 @@ static int cpu_linear(sdw_backend *be, const float *x, const float *w, const flo
             memcpy(y + i * n, bias, (size_t)n * sizeof(float));
         beta = 1.0f;
     }
+    if (w_f16)
+        return gemm_f16w(be, 0, (const uint16_t *)w, n, k, x, k, m, beta, y, n, e);
     gemm(CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, beta, y, n);
     return SDW_OK;
 }
@@ -295,7 +373,7 @@ static void im2col(const float *x, float *col, int64_t c, int64_t h, int64_t wd,
     }
 }
 
-static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, const float *bias, float *y, int64_t b,
+static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, int w_f16, const float *bias, float *y, int64_t b,
                       int64_t c, int64_t h, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t oh, int64_t ow,
                       int stride, int pad_t, int pad_l, sdw_error *e)
 {
@@ -310,10 +388,16 @@ static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, const flo
     }
     /* A pointwise conv is a product with the image itself: no copy. */
     if (kh == 1 && kw == 1 && stride == 1 && pad_t == 0 && pad_l == 0 && oh == h && ow == wd) {
-        for (int64_t bi = 0; bi < b; bi++)
-            gemm(CblasNoTrans, CblasNoTrans, o, npix, c, 1.0f, w, c, x + bi * c * npix, npix, beta, y + bi * o * npix,
-                 npix);
-        return SDW_OK;
+        int rc = SDW_OK;
+        for (int64_t bi = 0; !rc && bi < b; bi++) {
+            if (w_f16)
+                rc = gemm_f16w(be, 1, (const uint16_t *)w, o, c, x + bi * c * npix, npix, npix, beta,
+                               y + bi * o * npix, npix, e);
+            else
+                gemm(CblasNoTrans, CblasNoTrans, o, npix, c, 1.0f, w, c, x + bi * c * npix, npix, beta,
+                     y + bi * o * npix, npix);
+        }
+        return rc;
     }
     int64_t rb = SDW_CONV_SCRATCH / (k * ow);
     rb = rb < 1 ? 1 : rb > oh ? oh : rb;
@@ -321,17 +405,20 @@ static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, const flo
     int rc = cpu_alloc(be, (size_t)(k * rb * ow), &col, e);
     if (rc)
         return rc;
-    for (int64_t bi = 0; bi < b; bi++) {
+    for (int64_t bi = 0; !rc && bi < b; bi++) {
         const float *xb = x + bi * c * h * wd;
         float *yb = y + bi * o * npix;
-        for (int64_t oy0 = 0; oy0 < oh; oy0 += rb) {
+        for (int64_t oy0 = 0; !rc && oy0 < oh; oy0 += rb) {
             int64_t nr = oh - oy0 < rb ? oh - oy0 : rb;
             im2col(xb, col, c, h, wd, kh, kw, ow, oy0, nr, stride, pad_t, pad_l);
-            gemm(CblasNoTrans, CblasNoTrans, o, nr * ow, k, 1.0f, w, k, col, nr * ow, beta, yb + oy0 * ow, npix);
+            if (w_f16)
+                rc = gemm_f16w(be, 1, (const uint16_t *)w, o, k, col, nr * ow, nr * ow, beta, yb + oy0 * ow, npix, e);
+            else
+                gemm(CblasNoTrans, CblasNoTrans, o, nr * ow, k, 1.0f, w, k, col, nr * ow, beta, yb + oy0 * ow, npix);
         }
     }
     free(col);
-    return SDW_OK;
+    return rc;
 }
 
 static inline float silu(float v)
@@ -481,6 +568,7 @@ static const sdw_backend_ops cpu_ops = {
     .free = cpu_free,
     .upload = cpu_copy,
     .download = cpu_copy,
+    .weight_f16 = cpu_weight_f16,
     .linear = cpu_linear,
     .layer_norm = cpu_layer_norm,
     .attention = cpu_attention,

@@ -162,6 +162,27 @@ int sdw_weights_load(const sdw_weights *w, const char *name, int ndim, const int
     return 0;
 }
 
+int sdw_weights_load_f16(const sdw_weights *w, const char *name, int ndim, const int64_t *shape,
+                         uint16_t **out, sdw_error *e)
+{
+    const sdw_st_tensor *t;
+    const sdw_st_file *f = NULL;
+    *out = NULL;
+    if (w->synth || !find_in(w, name, &t, &f) || t->dtype != SDW_DT_F16 || t->ndim != ndim)
+        return 1;
+    for (int i = 0; i < ndim; i++)
+        if (t->shape[i] != shape[i])
+            return 1;
+    uint16_t *buf = malloc(t->nbytes ? t->nbytes : 1);
+    if (!buf)
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %s (%lld halves)", w->part, t->name,
+                        (long long)t->numel);
+    memcpy(buf, t->data, t->nbytes);
+    release_pages(f, t);
+    *out = buf;
+    return 0;
+}
+
 /* ---- helpers ---- */
 
 static int is_dir(const char *p)
