@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "safetensors.h"
 #include "tap.h"
 #include "tensor.h"
 
@@ -403,6 +404,66 @@ static void test_image_misc(void)
     free(x);
 }
 
+/* Weights kept as halves (f16 files) must give the products of their exact
+ * float32 values: compared with the same values loaded as float32, for
+ * linear layers and convolutions over several converted row blocks. */
+static void test_f16_weights(void)
+{
+    sdw_error e;
+    int64_t m = 70, n = 600, k = 144;
+    size_t nw = (size_t)(n * k);
+    uint16_t *h = malloc(nw * sizeof *h);
+    float *wf = malloc(nw * sizeof *wf), *x = rand_buf((size_t)(m * k)), *b = rand_buf((size_t)n);
+    for (size_t i = 0; i < nw; i++) {
+        h[i] = sdw_f32_to_f16(frand());
+        wf[i] = sdw_f16_to_f32(h[i]);
+    }
+    sdw_tensor tx, tb, th, tf, y1, y2;
+    int64_t sx[2] = {m, k}, sw[2] = {n, k}, sy[2] = {m, n};
+    up(&tx, 2, sx, x), up(&tb, 1, &n, b), up(&tf, 2, sw, wf);
+    int rc = sdw_tensor_weight_f16(&th, be, 2, sw, h, &e);
+    tap_ok(rc == 0 && th.f16, "the cpu backend keeps an f16 weight as halves");
+    sdw_tensor_new(&y1, be, 2, sy, &e), sdw_tensor_new(&y2, be, 2, sy, &e);
+    rc = sdw_op_linear(&tx, &th, &tb, &y1, &e) || sdw_op_linear(&tx, &tf, &tb, &y2, &e);
+    float *g1 = download(&y1), *g2 = download(&y2);
+    double *ref = malloc((size_t)(m * n) * sizeof *ref);
+    for (size_t i = 0; i < (size_t)(m * n); i++)
+        ref[i] = g2[i];
+    double r = max_rel(g1, ref, (size_t)(m * n));
+    tap_ok(rc == 0 && r < 1e-6, "linear with an f16 weight equals its float32 copy: rel err %.2e", r);
+    free(g1), free(g2), free(ref);
+    sdw_tensor_free(&y1), sdw_tensor_free(&y2), sdw_tensor_free(&tx);
+
+    /* 1x1 (direct) and 3x3 (im2col) convolutions, o = 600, c = 144 and 16. */
+    for (int kk = 1; kk <= 3; kk += 2) {
+        int64_t c = k / (kk * kk), xs[4] = {2, c, 9, 11}, ws[4] = {n, c, kk, kk}, ys[4] = {2, n, 9, 11};
+        float *xi = rand_buf((size_t)(2 * c * 9 * 11));
+        sdw_tensor ti, hv, fv;
+        up(&ti, 4, xs, xi);
+        sdw_tensor_view(&hv, &th, 4, ws, &e), sdw_tensor_view(&fv, &tf, 4, ws, &e);
+        sdw_tensor_new(&y1, be, 4, ys, &e), sdw_tensor_new(&y2, be, 4, ys, &e);
+        sdw_conv2d_geom g = {1, kk / 2, kk / 2};
+        rc = sdw_op_conv2d(&ti, &hv, &tb, g, &y1, &e) || sdw_op_conv2d(&ti, &fv, &tb, g, &y2, &e);
+        size_t ny = (size_t)sdw_tensor_numel(&y1);
+        g1 = download(&y1), g2 = download(&y2);
+        ref = malloc(ny * sizeof *ref);
+        for (size_t i = 0; i < ny; i++)
+            ref[i] = g2[i];
+        r = max_rel(g1, ref, ny);
+        tap_ok(rc == 0 && r < 1e-6, "conv2d %dx%d with an f16 weight equals its float32 copy: rel err %.2e", kk, kk,
+               r);
+        free(g1), free(g2), free(ref), free(xi);
+        sdw_tensor_free(&y1), sdw_tensor_free(&y2), sdw_tensor_free(&ti);
+    }
+    rc = sdw_op_add(&th, &tf, &tf, &e);
+    tap_ok(rc == SDW_EINVAL, "an f16 weight is refused as an add operand: %s", e.msg);
+    float one;
+    rc = sdw_tensor_to_host(&th, &one, &e);
+    tap_ok(rc == SDW_EINVAL, "an f16 weight is not read back as float32: %s", e.msg);
+    sdw_tensor_free(&th), sdw_tensor_free(&tf), sdw_tensor_free(&tb);
+    free(h), free(wf), free(x), free(b);
+}
+
 int main(void)
 {
     sdw_error e;
@@ -431,6 +492,7 @@ int main(void)
     test_group_norm(0);
     test_group_norm(1);
     test_image_misc();
+    test_f16_weights();
     test_shape_errors();
     sdw_backend_destroy(be);
     return tap_done();

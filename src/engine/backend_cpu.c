@@ -4,11 +4,88 @@
  * shortcuts; reductions accumulate in double to stay clear of torch's own
  * rounding. */
 #include <cblas.h>
+#include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "safetensors.h"
 #include "tensor.h"
+
+/* OpenBLAS built with DYNAMIC_ARCH (Debian's is) picks its kernels in its
+ * library constructor from the CPU model number; a model newer than the
+ * library (0.3.21 does not know Emerald Rapids, for one) gets the SSE3
+ * "Prescott" kernels, 3-5x slower than the AVX2 ones. Its override, the
+ * OPENBLAS_CORETYPE variable, is read only then, so when that fallback
+ * happened on a CPU with AVX2 and FMA the selection is redone here with the
+ * variable set for the duration, through the library's exported
+ * (DYNAMIC_ARCH-only, hence weak) init and quit functions. The choice follows
+ * the instruction set: the AVX-512 kernels where AVX-512 F/BW/DQ/VL are
+ * present, else the AVX2+FMA ones. Nothing changes when the user set the
+ * variable or OpenBLAS recognised the CPU. */
+extern void gotoblas_dynamic_init(void) __attribute__((weak));
+extern void gotoblas_dynamic_quit(void) __attribute__((weak));
+
+static void repick_openblas_core(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    const char *core = openblas_get_corename();
+    if (!gotoblas_dynamic_init || !gotoblas_dynamic_quit || getenv("OPENBLAS_CORETYPE") || !core ||
+        strcmp(core, "Prescott"))
+        return;
+    __builtin_cpu_init();
+    const char *pick = NULL;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        pick = "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        pick = "Haswell";
+    if (!pick || setenv("OPENBLAS_CORETYPE", pick, 0))
+        return;
+    gotoblas_dynamic_quit();
+    gotoblas_dynamic_init();
+    unsetenv("OPENBLAS_CORETYPE");
+#endif
+}
+
+/* Every parallel loop, matrix products included, runs on OpenMP's threads:
+ * OpenBLAS is kept single-threaded and each product is split over the OpenMP
+ * team here. Two thread pools on the same cores (OpenBLAS's pthreads
+ * yielding in a loop while OpenMP's workers spin between regions) cost a
+ * third of the time on two cores. */
+static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, int64_t k, float alpha,
+                 const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
+{
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    int64_t span = m >= n ? m : n;
+    if (nt > 1 && (double)m * (double)n * (double)k < 1e6)
+        nt = 1;
+    if (nt > span / 16)
+        nt = (int)(span / 16) > 1 ? (int)(span / 16) : 1;
+    if (nt == 1) {
+        cblas_sgemm(CblasRowMajor, ta, tb, (blasint)m, (blasint)n, (blasint)k, alpha, a, (blasint)lda, b,
+                    (blasint)ldb, beta, c, (blasint)ldc);
+        return;
+    }
+    /* Split the longer side of C in multiples of 16 (the kernels' unroll). */
+    int64_t chunk = ((span + nt - 1) / nt + 15) / 16 * 16;
+#pragma omp parallel num_threads(nt)
+    {
+        int64_t i0 = (int64_t)omp_get_thread_num() * chunk;
+        int64_t len = span - i0 < chunk ? span - i0 : chunk;
+        if (len > 0) {
+            if (m >= n)
+                cblas_sgemm(CblasRowMajor, ta, tb, (blasint)len, (blasint)n, (blasint)k, alpha,
+                            ta == CblasNoTrans ? a + i0 * lda : a + i0, (blasint)lda, b, (blasint)ldb, beta,
+                            c + i0 * ldc, (blasint)ldc);
+            else
+                cblas_sgemm(CblasRowMajor, ta, tb, (blasint)m, (blasint)len, (blasint)k, alpha, a, (blasint)lda,
+                            tb == CblasNoTrans ? b + i0 : b + i0 * ldb, (blasint)ldb, beta, c + i0,
+                            (blasint)ldc);
+        }
+    }
+}
 
 /* Query rows per block in attention: bounds the score buffer to
  * SDW_ATTN_QBLOCK x tk floats (4 MiB at 4096 keys) instead of tq x tk. */
@@ -35,8 +112,82 @@ static int cpu_copy(sdw_backend *be, float *dst, const float *src, size_t n, sdw
     return SDW_OK;
 }
 
-static int cpu_linear(sdw_backend *be, const float *x, const float *w, const float *bias, float *y, int64_t m,
-                      int64_t n, int64_t k, sdw_error *e)
+/* Half-precision weights (f16 model files) stay halves in memory, half the
+ * float32 footprint; blocks of rows are converted exactly to float32 just
+ * before their product, so results equal those from float32 copies. */
+static int cpu_weight_f16(sdw_backend *be, const uint16_t *src, size_t n, float **p, int *f16, sdw_error *e)
+{
+    int rc = cpu_alloc(be, (n + 1) / 2, p, e);
+    if (rc)
+        return rc;
+    memcpy(*p, src, n * sizeof *src);
+    *f16 = 1;
+    return SDW_OK;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx,f16c"))) static void halves_f16c(const uint16_t *s, float *d, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+    for (; i < n; i++)
+        d[i] = sdw_f16_to_f32(s[i]);
+}
+#endif
+
+static void halves_to_f32(const uint16_t *s, float *d, int64_t n)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("f16c")) {
+        halves_f16c(s, d, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++)
+        d[i] = sdw_f16_to_f32(s[i]);
+}
+
+/* Rows per converted weight block: enough for the product to run at speed,
+ * few enough for blocks to share out evenly over the threads. */
+#define SDW_F16_BLOCK 256
+
+/* A product with a half weight w [wrows, k], in blocks of its rows, each
+ * converted into the thread's scratch and multiplied at once (while still in
+ * cache), the blocks shared over the OpenMP threads. w_left: C[wrows, n] =
+ * w x[k, n] (a convolution: x is the column matrix, ldx its row length);
+ * otherwise C[n, wrows] = x[n, k] w^T (a linear layer). */
+static int gemm_f16w(sdw_backend *be, int w_left, const uint16_t *w, int64_t wrows, int64_t k, const float *x,
+                     int64_t ldx, int64_t n, float beta, float *c, int64_t ldc, sdw_error *e)
+{
+    int nt = omp_get_max_threads();
+    int64_t nblk = nt * ((wrows + (int64_t)nt * SDW_F16_BLOCK - 1) / ((int64_t)nt * SDW_F16_BLOCK));
+    int64_t nb = ((wrows + nblk - 1) / nblk + 15) / 16 * 16;
+    nblk = (wrows + nb - 1) / nb;
+    if (nt > nblk)
+        nt = (int)nblk;
+    float *scratch = NULL;
+    int rc = cpu_alloc(be, (size_t)(nt * nb * k), &scratch, e);
+    if (rc)
+        return rc;
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
+    for (int64_t bi = 0; bi < nblk; bi++) {
+        int64_t r0 = bi * nb, nr = wrows - r0 < nb ? wrows - r0 : nb;
+        float *wf = scratch + (int64_t)omp_get_thread_num() * nb * k;
+        halves_to_f32(w + r0 * k, wf, nr * k);
+        if (w_left)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)n, (blasint)k, 1.0f, wf,
+                        (blasint)k, x, (blasint)ldx, beta, c + r0 * ldc, (blasint)ldc);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)nr, (blasint)k, 1.0f, x,
+                        (blasint)k, wf, (blasint)k, beta, c + r0, (blasint)ldc);
+    }
+    free(scratch);
+    return SDW_OK;
+}
+
+static int cpu_linear(sdw_backend *be, const float *x, const float *w, int w_f16, const float *bias, float *y,
+                      int64_t m, int64_t n, int64_t k, sdw_error *e)
 {
     float beta = 0.0f;
     if (bias) {
@@ -45,8 +196,9 @@ static int cpu_linear(sdw_backend *be, const float *x, const float *w, const flo
             memcpy(y + i * n, bias, (size_t)n * sizeof(float));
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n, (blasint)k, 1.0f, x,
-                (blasint)k, w, (blasint)k, beta, y, (blasint)n);
+    if (w_f16)
+        return gemm_f16w(be, 0, (const uint16_t *)w, n, k, x, k, m, beta, y, n, e);
+    gemm(CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, beta, y, n);
     return SDW_OK;
 }
 
@@ -75,7 +227,6 @@ static int cpu_layer_norm(sdw_backend *be, const float *x, const float *gamma, c
 
 static void softmax_rows(float *s, int64_t rows, int64_t cols, int64_t row0, int causal)
 {
-#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < rows; i++) {
         float *sr = s + i * cols;
         int64_t valid = causal ? row0 + i + 1 : cols;
@@ -95,29 +246,37 @@ static void softmax_rows(float *s, int64_t rows, int64_t cols, int64_t row0, int
     }
 }
 
+/* One thread per (batch, head) pair, each with single-threaded products and
+ * its own score block of SDW_ATTN_QBLOCK x tk floats: scratch is threads x
+ * 4 MiB at 4096 keys, never heads x tq x tk, and no barrier between the
+ * products and the softmax. */
 static int cpu_attention(sdw_backend *be, const float *q, const float *k, const float *v, float *out, int64_t b,
                          int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal, sdw_error *e)
 {
     int64_t c = heads * d;
     int64_t qblock = tq < SDW_ATTN_QBLOCK ? tq : SDW_ATTN_QBLOCK;
+    int nt = omp_get_max_threads();
+    if (nt > b * heads)
+        nt = (int)(b * heads);
     float *s = NULL;
-    int rc = cpu_alloc(be, (size_t)(qblock * tk), &s, e);
+    int rc = cpu_alloc(be, (size_t)(nt * qblock * tk), &s, e);
     if (rc)
         return rc;
-    for (int64_t bi = 0; bi < b; bi++) {
-        for (int64_t h = 0; h < heads; h++) {
-            const float *qh = q + bi * tq * c + h * d;
-            const float *kh = k + bi * tk * c + h * d;
-            const float *vh = v + bi * tk * c + h * d;
-            float *oh = out + bi * tq * c + h * d;
-            for (int64_t r0 = 0; r0 < tq; r0 += qblock) {
-                int64_t nr = tq - r0 < qblock ? tq - r0 : qblock;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nr, (blasint)tk, (blasint)d, scale,
-                            qh + r0 * c, (blasint)c, kh, (blasint)c, 0.0f, s, (blasint)tk);
-                softmax_rows(s, nr, tk, r0, causal);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)d, (blasint)tk, 1.0f,
-                            s, (blasint)tk, vh, (blasint)c, 0.0f, oh + r0 * c, (blasint)c);
-            }
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
+    for (int64_t bh = 0; bh < b * heads; bh++) {
+        int64_t bi = bh / heads, h = bh % heads;
+        float *sc = s + (int64_t)omp_get_thread_num() * qblock * tk;
+        const float *qh = q + bi * tq * c + h * d;
+        const float *kh = k + bi * tk * c + h * d;
+        const float *vh = v + bi * tk * c + h * d;
+        float *oh = out + bi * tq * c + h * d;
+        for (int64_t r0 = 0; r0 < tq; r0 += qblock) {
+            int64_t nr = tq - r0 < qblock ? tq - r0 : qblock;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nr, (blasint)tk, (blasint)d, scale,
+                        qh + r0 * c, (blasint)c, kh, (blasint)c, 0.0f, sc, (blasint)tk);
+            softmax_rows(sc, nr, tk, r0, causal);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)d, (blasint)tk, 1.0f, sc,
+                        (blasint)tk, vh, (blasint)c, 0.0f, oh + r0 * c, (blasint)c);
         }
     }
     free(s);
@@ -214,7 +373,7 @@ static void im2col(const float *x, float *col, int64_t c, int64_t h, int64_t wd,
     }
 }
 
-static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, const float *bias, float *y, int64_t b,
+static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, int w_f16, const float *bias, float *y, int64_t b,
                       int64_t c, int64_t h, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t oh, int64_t ow,
                       int stride, int pad_t, int pad_l, sdw_error *e)
 {
@@ -229,10 +388,16 @@ static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, const flo
     }
     /* A pointwise conv is a product with the image itself: no copy. */
     if (kh == 1 && kw == 1 && stride == 1 && pad_t == 0 && pad_l == 0 && oh == h && ow == wd) {
-        for (int64_t bi = 0; bi < b; bi++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)o, (blasint)npix, (blasint)c, 1.0f, w,
-                        (blasint)c, x + bi * c * npix, (blasint)npix, beta, y + bi * o * npix, (blasint)npix);
-        return SDW_OK;
+        int rc = SDW_OK;
+        for (int64_t bi = 0; !rc && bi < b; bi++) {
+            if (w_f16)
+                rc = gemm_f16w(be, 1, (const uint16_t *)w, o, c, x + bi * c * npix, npix, npix, beta,
+                               y + bi * o * npix, npix, e);
+            else
+                gemm(CblasNoTrans, CblasNoTrans, o, npix, c, 1.0f, w, c, x + bi * c * npix, npix, beta,
+                     y + bi * o * npix, npix);
+        }
+        return rc;
     }
     int64_t rb = SDW_CONV_SCRATCH / (k * ow);
     rb = rb < 1 ? 1 : rb > oh ? oh : rb;
@@ -240,18 +405,20 @@ static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, const flo
     int rc = cpu_alloc(be, (size_t)(k * rb * ow), &col, e);
     if (rc)
         return rc;
-    for (int64_t bi = 0; bi < b; bi++) {
+    for (int64_t bi = 0; !rc && bi < b; bi++) {
         const float *xb = x + bi * c * h * wd;
         float *yb = y + bi * o * npix;
-        for (int64_t oy0 = 0; oy0 < oh; oy0 += rb) {
+        for (int64_t oy0 = 0; !rc && oy0 < oh; oy0 += rb) {
             int64_t nr = oh - oy0 < rb ? oh - oy0 : rb;
             im2col(xb, col, c, h, wd, kh, kw, ow, oy0, nr, stride, pad_t, pad_l);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)o, (blasint)(nr * ow), (blasint)k, 1.0f,
-                        w, (blasint)k, col, (blasint)(nr * ow), beta, yb + oy0 * ow, (blasint)npix);
+            if (w_f16)
+                rc = gemm_f16w(be, 1, (const uint16_t *)w, o, k, col, nr * ow, nr * ow, beta, yb + oy0 * ow, npix, e);
+            else
+                gemm(CblasNoTrans, CblasNoTrans, o, nr * ow, k, 1.0f, w, k, col, nr * ow, beta, yb + oy0 * ow, npix);
         }
     }
     free(col);
-    return SDW_OK;
+    return rc;
 }
 
 static inline float silu(float v)
@@ -401,6 +568,7 @@ static const sdw_backend_ops cpu_ops = {
     .free = cpu_free,
     .upload = cpu_copy,
     .download = cpu_copy,
+    .weight_f16 = cpu_weight_f16,
     .linear = cpu_linear,
     .layer_norm = cpu_layer_norm,
     .attention = cpu_attention,
@@ -425,6 +593,8 @@ int sdw_backend_cpu(sdw_backend **out, sdw_error *e)
     if (!be)
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
     be->ops = &cpu_ops;
+    repick_openblas_core();
+    openblas_set_num_threads(1);
     *out = be;
     return SDW_OK;
 }

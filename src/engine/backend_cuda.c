@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
+#include "safetensors.h"
 #include "tensor.h"
 
 /* Convolution algorithms may use this much scratch; cuDNN's search is
@@ -308,9 +309,30 @@ static cudaDataType_t blas_type(int dtype)
     return dtype == SDW_K_F16 ? CUDA_R_16F : dtype == SDW_K_BF16 ? CUDA_R_16BF : CUDA_R_32F;
 }
 
-static int cuda_linear(sdw_backend *be, const float *x, const float *w, const float *bias, float *y, int64_t m,
-                       int64_t n, int64_t k, sdw_error *e)
+/* Weights given as halves become float32 on the host, then upload: the
+ * precision of the products is the backend's own setting. */
+static int cuda_weight_f16(sdw_backend *be, const uint16_t *src, size_t n, float **p, int *f16, sdw_error *e)
 {
+    float *host = malloc(n ? n * sizeof *host : 1);
+    if (!host)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory converting a weight");
+    for (size_t i = 0; i < n; i++)
+        host[i] = sdw_f16_to_f32(src[i]);
+    *f16 = 0;
+    int rc = cuda_alloc(be, n, p, e);
+    if (!rc && (rc = cuda_upload(be, *p, host, n, e))) {
+        cuda_free(be, *p);
+        *p = NULL;
+    }
+    free(host);
+    return rc;
+}
+
+static int cuda_linear(sdw_backend *be, const float *x, const float *w, int w_f16, const float *bias, float *y,
+                       int64_t m, int64_t n, int64_t k, sdw_error *e)
+{
+    if (w_f16)
+        return sdw_fail(e, SDW_EINVAL, "cuda: half-precision weights are stored as float32 here");
     cuda_be *c = priv(be);
     if (m > INT_MAX || n > INT_MAX || k > INT_MAX)
         return too_big(e, "linear", m > n ? (m > k ? m : k) : (n > k ? n : k));
@@ -503,10 +525,12 @@ static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const voi
     return SDW_OK;
 }
 
-static int cuda_conv2d(sdw_backend *be, const float *x, const float *w, const float *bias, float *y, int64_t b,
-                       int64_t ch, int64_t h, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t oh, int64_t ow,
-                       int stride, int pad_t, int pad_l, sdw_error *e)
+static int cuda_conv2d(sdw_backend *be, const float *x, const float *w, int w_f16, const float *bias, float *y,
+                       int64_t b, int64_t ch, int64_t h, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t oh,
+                       int64_t ow, int stride, int pad_t, int pad_l, sdw_error *e)
 {
+    if (w_f16)
+        return sdw_fail(e, SDW_EINVAL, "cuda: half-precision weights are stored as float32 here");
     cuda_be *c = priv(be);
     int64_t dims[] = {b, ch, h, wd, o, kh, kw, oh, ow, b * ch * h * wd, b * o * oh * ow};
     for (size_t i = 0; i < sizeof dims / sizeof *dims; i++)
@@ -676,6 +700,7 @@ static const sdw_backend_ops cuda_ops = {
     .free = cuda_free,
     .upload = cuda_upload,
     .download = cuda_download,
+    .weight_f16 = cuda_weight_f16,
     .linear = cuda_linear,
     .layer_norm = cuda_layer_norm,
     .attention = cuda_attention,

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -108,6 +109,20 @@ static int synth_load(const sdw_weights *w, const char *name, int ndim, const in
     return 0;
 }
 
+/* Each tensor is read once, at load, into the caller's own copy: its pages of
+ * the read-only file mapping are dropped from this process straight after
+ * (the page cache keeps them, and a later read refaults them from it), so the
+ * files do not stay resident beside the loaded weights. */
+static void release_pages(const sdw_st_file *f, const sdw_st_tensor *t)
+{
+    if (!f->map || !t->nbytes)
+        return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)t->data & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)t->data + t->nbytes + page - 1) & ~(page - 1);
+    madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 int sdw_weights_load(const sdw_weights *w, const char *name, int ndim, const int64_t *shape,
                      float **out, sdw_error *e)
 {
@@ -142,6 +157,28 @@ int sdw_weights_load(const sdw_weights *w, const char *name, int ndim, const int
         free(buf);
         return sdw_fail_wrap(e, "%s: %s", w->part, path);
     }
+    release_pages(f, t);
+    *out = buf;
+    return 0;
+}
+
+int sdw_weights_load_f16(const sdw_weights *w, const char *name, int ndim, const int64_t *shape,
+                         uint16_t **out, sdw_error *e)
+{
+    const sdw_st_tensor *t;
+    const sdw_st_file *f = NULL;
+    *out = NULL;
+    if (w->synth || !find_in(w, name, &t, &f) || t->dtype != SDW_DT_F16 || t->ndim != ndim)
+        return 1;
+    for (int i = 0; i < ndim; i++)
+        if (t->shape[i] != shape[i])
+            return 1;
+    uint16_t *buf = malloc(t->nbytes ? t->nbytes : 1);
+    if (!buf)
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %s (%lld halves)", w->part, t->name,
+                        (long long)t->numel);
+    memcpy(buf, t->data, t->nbytes);
+    release_pages(f, t);
     *out = buf;
     return 0;
 }

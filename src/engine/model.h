@@ -44,6 +44,12 @@ int sdw_weights_find(const sdw_weights *w, const char *name, const sdw_st_tensor
  * source, when set, in that shape). */
 int sdw_weights_load(const sdw_weights *w, const char *name, int ndim, const int64_t *shape,
                      float **out, sdw_error *e);
+/* When prefix+name is stored in a file as IEEE half precision with exactly
+ * the given shape, copies its values into a new malloc'd buffer and returns
+ * 0; returns 1 (out NULL) when it is not (absent, another dtype or shape, or a
+ * synthetic source), leaving sdw_weights_load to load or report it. */
+int sdw_weights_load_f16(const sdw_weights *w, const char *name, int ndim, const int64_t *shape,
+                         uint16_t **out, sdw_error *e);
 
 typedef struct sdw_clip_config {
     int vocab_size;        /* 49408 */

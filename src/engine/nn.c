@@ -55,7 +55,7 @@ int sdw_nn_load_matrix(const sdw_loader *l, sdw_tensor *t, const char *name, int
         return rc;
     if (!sdw_weights_find(l->w, fname, &st, e) && st->ndim == 4) {
         int64_t s4[4] = {rows, cols, 1, 1}, s2[2] = {rows, cols};
-        if ((rc = sdw_param_load(t, l->be, l->w, fname, 4, s4, e)))
+        if ((rc = sdw_param_load_weight(t, l->be, l->w, fname, 4, s4, e)))
             return rc;
         sdw_tensor v;
         if ((rc = sdw_tensor_view(&v, t, 2, s2, e)))
@@ -65,7 +65,7 @@ int sdw_nn_load_matrix(const sdw_loader *l, sdw_tensor *t, const char *name, int
         return SDW_OK;
     }
     int64_t s2[2] = {rows, cols};
-    return sdw_param_load(t, l->be, l->w, fname, 2, s2, e);
+    return sdw_param_load_weight(t, l->be, l->w, fname, 2, s2, e);
 }
 
 int sdw_linear_load(const sdw_loader *l, sdw_linear *m, const char *prefix, int64_t out, int64_t in, int bias,
@@ -100,7 +100,10 @@ int sdw_conv_load(const sdw_loader *l, sdw_conv *c, const char *prefix, int64_t 
     c->cin = cin, c->cout = cout, c->k = k;
     c->g = (sdw_conv2d_geom){.stride = stride, .pad_t = pad, .pad_l = pad};
     snprintf(name, sizeof name, "%s.weight", prefix);
-    int rc = sdw_nn_load(l, &c->w, name, 4, ws, e);
+    char fname[256];
+    int rc = file_name(l, name, fname, sizeof fname, e);
+    if (!rc)
+        rc = sdw_param_load_weight(&c->w, l->be, l->w, fname, 4, ws, e);
     if (!rc) {
         snprintf(name, sizeof name, "%s.bias", prefix);
         rc = sdw_nn_load(l, &c->b, name, 1, &cout, e);

@@ -13,3 +13,17 @@ int sdw_param_load(sdw_tensor *t, sdw_backend *be, const sdw_weights *w, const c
     free(host);
     return rc;
 }
+
+int sdw_param_load_weight(sdw_tensor *t, sdw_backend *be, const sdw_weights *w, const char *name, int ndim,
+                          const int64_t *shape, sdw_error *e)
+{
+    uint16_t *halves = NULL;
+    int rc = sdw_weights_load_f16(w, name, ndim, shape, &halves, e);
+    if (rc < 0)
+        return rc;
+    if (rc > 0)
+        return sdw_param_load(t, be, w, name, ndim, shape, e);
+    rc = sdw_tensor_weight_f16(t, be, ndim, shape, halves, e);
+    free(halves);
+    return rc;
+}

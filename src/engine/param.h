@@ -9,5 +9,9 @@
 /* Loads w's tensor `name` (which must have exactly the given shape) into t. */
 int sdw_param_load(sdw_tensor *t, sdw_backend *be, const sdw_weights *w, const char *name, int ndim,
                    const int64_t *shape, sdw_error *e);
+/* The same for the weight of a linear layer or convolution, which the
+ * backend may keep in half precision when the file stores it so. */
+int sdw_param_load_weight(sdw_tensor *t, sdw_backend *be, const sdw_weights *w, const char *name, int ndim,
+                          const int64_t *shape, sdw_error *e);
 
 #endif

@@ -64,8 +64,24 @@ int sdw_tensor_from_host(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t
     return rc;
 }
 
+int sdw_tensor_weight_f16(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape, const uint16_t *src,
+                          sdw_error *e)
+{
+    memset(t, 0, sizeof *t);
+    int rc = set_shape(t, ndim, shape, e);
+    if (rc)
+        return rc;
+    t->be = be;
+    if ((rc = be->ops->weight_f16(be, src, (size_t)sdw_tensor_numel(t), &t->data, &t->f16, e)))
+        return rc;
+    t->owns = 1;
+    return SDW_OK;
+}
+
 int sdw_tensor_to_host(const sdw_tensor *t, float *dst, sdw_error *e)
 {
+    if (t->f16)
+        return sdw_fail(e, SDW_EINVAL, "a half-precision weight cannot be read back as float32");
     return t->be->ops->download(t->be, dst, t->data, (size_t)sdw_tensor_numel(t), e);
 }
 
@@ -90,6 +106,7 @@ int sdw_tensor_view(sdw_tensor *v, const sdw_tensor *t, int ndim, const int64_t 
     tmp.be = t->be;
     tmp.data = t->data;
     tmp.owns = 0;
+    tmp.f16 = t->f16;
     *v = tmp;
     return SDW_OK;
 }
@@ -120,6 +137,16 @@ static int same_backend(const char *op, sdw_error *e, const sdw_tensor *a, const
 {
     if (b && a->be != b->be)
         return sdw_fail(e, SDW_EINVAL, "%s: operands live on different backends", op);
+    if (a->f16 || (b && b->f16))
+        return sdw_fail(e, SDW_EINVAL, "%s: a half-precision weight is not an operand here", op);
+    return SDW_OK;
+}
+
+/* A weight may be half precision. */
+static int same_backend_weight(const char *op, sdw_error *e, const sdw_tensor *x, const sdw_tensor *w)
+{
+    if (x->be != w->be)
+        return sdw_fail(e, SDW_EINVAL, "%s: operands live on different backends", op);
     return SDW_OK;
 }
 
@@ -135,9 +162,9 @@ int sdw_op_linear(const sdw_tensor *x, const sdw_tensor *w, const sdw_tensor *bi
         return shape_error(e, "linear", "bias", bias);
     if (last_dim(y) != n || rows_of(y) != m)
         return shape_error(e, "linear", "output", y);
-    if (same_backend("linear", e, x, w) || same_backend("linear", e, x, bias) || same_backend("linear", e, x, y))
+    if (same_backend_weight("linear", e, x, w) || same_backend("linear", e, x, bias) || same_backend("linear", e, x, y))
         return SDW_EINVAL;
-    return x->be->ops->linear(x->be, x->data, w->data, bias ? bias->data : NULL, y->data, m, n, k, e);
+    return x->be->ops->linear(x->be, x->data, w->data, w->f16, bias ? bias->data : NULL, y->data, m, n, k, e);
 }
 
 int sdw_op_layer_norm(const sdw_tensor *x, const sdw_tensor *gamma, const sdw_tensor *beta, float eps,
@@ -245,9 +272,9 @@ int sdw_op_conv2d(const sdw_tensor *x, const sdw_tensor *w, const sdw_tensor *bi
     int64_t pad_b = (oh - 1) * g.stride + kh - h - g.pad_t, pad_r = (ow - 1) * g.stride + kw - wd - g.pad_l;
     if (y->shape[0] != b || y->shape[1] != o || pad_b > g.pad_t + 1 || pad_r > g.pad_l + 1)
         return shape_error(e, "conv2d", "output", y);
-    if (same_backend("conv2d", e, x, w) || same_backend("conv2d", e, x, bias) || same_backend("conv2d", e, x, y))
+    if (same_backend_weight("conv2d", e, x, w) || same_backend("conv2d", e, x, bias) || same_backend("conv2d", e, x, y))
         return SDW_EINVAL;
-    return x->be->ops->conv2d(x->be, x->data, w->data, bias ? bias->data : NULL, y->data, b, c, h, wd, o, kh, kw,
+    return x->be->ops->conv2d(x->be, x->data, w->data, w->f16, bias ? bias->data : NULL, y->data, b, c, h, wd, o, kh, kw,
                               oh, ow, g.stride, g.pad_t, g.pad_l, e);
 }
 
