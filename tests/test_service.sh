@@ -19,6 +19,8 @@ done
 run=$(mktemp -d /tmp/sdw-service-XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo $((20000 + $$ % 20000)))
 # No SDW_MODEL: the default start, which makes the tiny demo model first.
+# No SDW_DATA_DIR either: start-service must find the tree's data itself.
+unset SDW_DATA_DIR
 export SDW_BUILD_DIR=$bld SDW_RUN_DIR=$run SDW_PORT=$port
 url=http://127.0.0.1:$port
 cleanup() { "$top/scripts/start-service" stop >/dev/null 2>&1; rm -rf "$run"; }
