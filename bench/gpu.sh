@@ -16,6 +16,8 @@ build=${1:?usage: bench/gpu.sh BUILDDIR OUTDIR}
 out=${2:?usage: bench/gpu.sh BUILDDIR OUTDIR}
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 here=$(cd "$(dirname "$0")/.." && pwd)
+# Not installed: the tools find the bundled CLIP vocabulary in the tree.
+export SDW_DATA_DIR=${SDW_DATA_DIR:-$here/data}
 model=$out/sd15-random
 prompt="a photograph of an astronaut riding a horse on the moon"
 common=(--prompt "$prompt" --steps 20 --guidance 7.5 --width 512 --height 512 --seed 42 --sampler euler)
@@ -41,13 +43,13 @@ peak_run() {
 }
 
 if [ ! -f "$model/model_index.json" ]; then
-  "$build/sdworker-mkmodel" --config sd15 --dtype f16 "$model" >"$out/mkmodel.log" 2>&1 || {
+  "$build/src/tools/sdworker-mkmodel" --config sd15 --dtype f16 "$model" >"$out/mkmodel.log" 2>&1 || {
     echo "sdworker-mkmodel failed (see $out/mkmodel.log)" | tee "$out/summary.txt"
     exit 1
   }
 fi
 
-gen=("$build/sdworker-generate" --model "$model" "${common[@]}" --device cuda:0 --timings)
+gen=("$build/src/tools/sdworker-generate" --model "$model" "${common[@]}" --device cuda:0 --timings)
 peak_run "$out/sdworker-warm.log" "${gen[@]}" --output "$out/sdworker-warm.png" >/dev/null
 read -r sdw_s sdw_peak sdw_rc < <(peak_run "$out/sdworker.log" "${gen[@]}" --output "$out/sdworker.png")
 

@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "sdw-build.h"
+
 #include "contract.h"
 #include "image.h"
 #include "ring.h"
@@ -28,15 +30,16 @@ static void stop_engine(void)
     }
 }
 
-static sdw_ring *start_engine(void)
+static sdw_ring *start_engine(const char *device)
 {
-    char model[4200], ringopt[128];
+    char model[4200], ringopt[128], devopt[64];
+    snprintf(devopt, sizeof devopt, "device=%s", device);
     snprintf(model, sizeof model, "model.tiny=%s", tap_fixture("models/tiny-a"));
     snprintf(ringopt, sizeof ringopt, "ring.name=%s", ring_name);
     engine_pid = fork();
     if (engine_pid == 0) {
         execl("./sdworker-engine", "sdworker-engine", "-o", model, "-o", ringopt, "-o", "preview_interval=2", "-o",
-              "engine.restart_delay_ms=100", "-o", "log_level=warn", (char *)NULL);
+              "engine.restart_delay_ms=100", "-o", "log_level=warn", "-o", devopt, (char *)NULL);
         _exit(127);
     }
     sdw_ring *r = NULL;
@@ -134,6 +137,30 @@ static void follow(sdw_ring *r, const char *id, seen *s, int stop_after_progress
     }
 }
 
+/* An engine that cannot get its device leaves the service up: /ready's
+ * reason (the ring's engine state) says why, and queued jobs wait. */
+static void check_bad_device(void)
+{
+    snprintf(ring_name, sizeof ring_name, "/sdw-test-engine-dev-%d", (int)getpid());
+#ifdef SDW_HAVE_CUDA
+    sdw_ring *r = start_engine("cuda:63");
+#else
+    sdw_ring *r = start_engine("cuda:0");
+#endif
+    sdw_engine_info info = {0};
+    sdw_error e;
+    int dead = 0;
+    for (int i = 0; r && i < 300 && !dead; i++) {
+        dead = sdw_ring_engine_status(r, &info, &e) == 0 && info.state == SDW_ENGINE_DEAD && info.reason[0];
+        if (!dead)
+            usleep(20000);
+    }
+    tap_ok(dead && strstr(info.reason, "cuda"), "an engine without its device reports why: %s", info.reason);
+    if (r)
+        sdw_ring_close(r);
+    stop_engine();
+}
+
 #define JOB(steps, extra)                                                                                       \
     "{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"tiny\",\"prompt\":\"a cat\","           \
     "\"width\":64,\"height\":64,\"seed\":7,\"sampler\":\"euler\",\"steps\":" #steps extra "}"
@@ -141,7 +168,7 @@ static void follow(sdw_ring *r, const char *id, seen *s, int stop_after_progress
 int main(void)
 {
     snprintf(ring_name, sizeof ring_name, "/sdw-test-engine-%d", (int)getpid());
-    sdw_ring *r = start_engine();
+    sdw_ring *r = start_engine("cpu");
     if (!tap_ok(r != NULL, "the supervisor creates the ring")) {
         stop_engine();
         return tap_done();
@@ -190,5 +217,6 @@ int main(void)
     stop_engine();
     sdw_ring *gone;
     tap_ok(sdw_ring_open(ring_name, &gone, &e) != 0, "SIGTERM stops the supervisor and removes the ring");
+    check_bad_device();
     return tap_done();
 }

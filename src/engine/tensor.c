@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int64_t sdw_tensor_numel(const sdw_tensor *t)
@@ -109,6 +110,31 @@ int sdw_tensor_view(sdw_tensor *v, const sdw_tensor *t, int ndim, const int64_t 
     tmp.f16 = t->f16;
     *v = tmp;
     return SDW_OK;
+}
+
+int sdw_backend_open(sdw_backend **be, const char *device, sdw_precision prec, sdw_error *e)
+{
+    if (!strcmp(device, "cpu"))
+        return sdw_backend_cpu(be, e);
+    char *end;
+    if (strncmp(device, "cuda:", 5) || device[5] < '0' || device[5] > '9')
+        return sdw_fail(e, SDW_EINVAL, "device \"%s\": expected cpu or cuda:N", device);
+    long index = strtol(device + 5, &end, 10);
+    if (*end || index > 64)
+        return sdw_fail(e, SDW_EINVAL, "device \"%s\": expected cpu or cuda:N", device);
+#ifdef SDW_HAVE_CUDA
+    return sdw_backend_cuda(be, (int)index, prec, e);
+#else
+    return sdw_fail(e, SDW_EUNSUPPORTED, "device %s: this build has no CUDA backend (./configure --with-cuda)",
+                    device);
+#endif
+}
+
+int sdw_precision_parse(const char *name)
+{
+    return !strcmp(name, "fp32") ? SDW_PREC_FP32 : !strcmp(name, "fp16") ? SDW_PREC_FP16
+                                             : !strcmp(name, "bf16") ? SDW_PREC_BF16
+                                                                     : -1;
 }
 
 void sdw_backend_destroy(sdw_backend *be)

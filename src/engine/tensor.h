@@ -116,6 +116,11 @@ typedef enum sdw_precision {
  * there is no usable device, SDW_ENOTFOUND when the index is out of range. */
 int sdw_backend_cuda(sdw_backend **be, int device, sdw_precision prec, sdw_error *e);
 #endif
+/* A backend by name: "cpu" or "cuda:N" (precision applies to CUDA). A CUDA
+ * name in a build without the CUDA backend is SDW_EUNSUPPORTED. */
+int sdw_backend_open(sdw_backend **be, const char *device, sdw_precision prec, sdw_error *e);
+/* "fp32", "fp16" or "bf16"; -1 for anything else. */
+int sdw_precision_parse(const char *name);
 void sdw_backend_destroy(sdw_backend *be);
 
 /* Tensor lifetime. sdw_tensor_new allocates uninitialised memory. */

@@ -278,10 +278,10 @@ int sdw_engine_run(const sdw_config *cfg, sdw_ring *ring, volatile sig_atomic_t 
         omp_set_num_threads(cfg->threads);
         openblas_set_num_threads(cfg->threads);
     }
-    if (cfg->device != SDW_DEVICE_CPU)
-        return sdw_fail(e, SDW_EUNSUPPORTED, "device cuda:%d: this build's engine runs on the CPU only",
-                        cfg->device_index);
-    int rc = sdw_backend_cpu(&g.be, e);
+    char device[32] = "cpu";
+    if (cfg->device == SDW_DEVICE_CUDA)
+        snprintf(device, sizeof device, "cuda:%d", cfg->device_index);
+    int rc = sdw_backend_open(&g.be, device, SDW_PREC_FP16, e);
     if (!rc)
         rc = load_models(&g, e);
     while (!rc && !*stop) {

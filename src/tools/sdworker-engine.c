@@ -147,7 +147,8 @@ int main(int argc, char **argv)
 
     sdw_error e;
     pid_t child = spawn_engine(&cfg, ring);
-    int64_t restart_at = 0, stop_deadline = 0;
+    int64_t restart_at = 0, stop_deadline = 0, started_at = sdw_ring_now_ms();
+    int64_t delay = cfg.engine_restart_delay_ms > 0 ? cfg.engine_restart_delay_ms : 1;
     int stopping = 0;
     for (;;) {
         struct timespec tick = {1, 0};
@@ -170,17 +171,30 @@ int main(int argc, char **argv)
             child = 0;
             if (stopping)
                 break;
-            char why[128];
-            describe_exit(status, why, sizeof why);
+            /* An engine that failed on purpose (no device, a model that
+             * does not load) left its reason in the ring: keep it. */
+            char why[400];
+            sdw_engine_info info;
+            if (sdw_ring_engine_status(ring, &info, &e) == 0 && info.state == SDW_ENGINE_DEAD && info.reason[0])
+                snprintf(why, sizeof why, "%s", info.reason);
+            else
+                describe_exit(status, why, sizeof why);
             int failed = sdw_ring_engine_died(ring, why, &e);
-            fprintf(stderr, "sdworker-engine: %s; %d running job(s) failed; restarting in %d ms\n", why,
-                    failed < 0 ? 0 : failed, cfg.engine_restart_delay_ms);
-            restart_at = sdw_ring_now_ms() + cfg.engine_restart_delay_ms;
+            fprintf(stderr, "sdworker-engine: %s; %d running job(s) failed\n", why, failed < 0 ? 0 : failed);
+            /* An engine that dies soon after starting (no device, a model
+             * that fails to load) is retried ever more slowly, up to a
+             * minute; /ready reports why meanwhile. */
+            int64_t now = sdw_ring_now_ms();
+            delay = now - started_at < 10000 ? (delay * 2 < 60000 ? delay * 2 : 60000) : cfg.engine_restart_delay_ms;
+            restart_at = now + delay;
         }
         if (stopping && child == 0)
             break;
-        if (!stopping && child == 0 && sdw_ring_now_ms() >= restart_at)
+        if (!stopping && child == 0 && sdw_ring_now_ms() >= restart_at) {
+            fprintf(stderr, "sdworker-engine: starting a new engine\n");
+            started_at = sdw_ring_now_ms();
             child = spawn_engine(&cfg, ring);
+        }
         sdw_ring_sweep(ring, sdw_ring_now_ms(), &e);
     }
     sdw_ring_close(ring);

@@ -23,7 +23,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: sdworker-generate --model DIR|FILE --prompt TEXT [options]\n"
             "\n"
-            "Generates one image with a Stable Diffusion 1.x model on the CPU: txt2img, img2img\n"
+            "Generates one image with a Stable Diffusion 1.x model: txt2img, img2img\n"
             "(--init-image) or inpainting (--init-image and --mask).\n"
             "\n"
             "  --model P             a diffusers folder or a single-file .safetensors checkpoint\n"
@@ -46,6 +46,9 @@ static void usage(FILE *f)
             "  --output F            the PNG to write (default out.png); the parameters go in its\n"
             "                        tEXt \"parameters\" chunk\n"
             "  --threads N           CPU threads (default: OpenMP's, OMP_NUM_THREADS)\n"
+            "  --device D            cpu (default) or cuda:N (builds configured --with-cuda)\n"
+            "  --precision P         CUDA products: fp16 (default), bf16 or fp32\n"
+            "  --timings             also print the timings as one JSON line (for benchmarks)\n"
             "  --quiet               no progress bar or timings; errors only\n"
             "  --help                this text\n"
             "\n"
@@ -104,7 +107,7 @@ static int parse_int(const char *opt, const char *s, long lo, long hi, int *v)
     return 0;
 }
 
-static int parse_float(const char *opt, const char *s, double lo, double hi, float *v)
+static int parse_double(const char *opt, const char *s, double lo, double hi, double *v)
 {
     char *end;
     errno = 0;
@@ -113,8 +116,16 @@ static int parse_float(const char *opt, const char *s, double lo, double hi, flo
         fprintf(stderr, "sdworker-generate: %s: '%s' is not a number in %g..%g\n", opt, s, lo, hi);
         return -1;
     }
-    *v = (float)x;
+    *v = x;
     return 0;
+}
+
+static int parse_float(const char *opt, const char *s, double lo, double hi, float *v)
+{
+    double x;
+    int rc = parse_double(opt, s, lo, hi, &x);
+    *v = (float)x;
+    return rc;
 }
 
 static uint64_t random_seed(void)
@@ -180,13 +191,17 @@ int main(int argc, char **argv)
         {"strength", required_argument, 0, 't'},   {"mask", required_argument, 0, 'M'},
         {"output", required_argument, 0, 'o'},     {"threads", required_argument, 0, 'T'},
         {"quiet", no_argument, 0, 'q'},            {"help", no_argument, 0, 'h'},
+        {"device", required_argument, 0, 'D'},     {"precision", required_argument, 0, 'P'},
+        {"timings", no_argument, 0, 'J'},
         {0, 0, 0, 0},
     };
     const char *model = NULL, *prompt = NULL, *negative = NULL, *sampler = NULL, *init_path = NULL,
-               *mask_path = NULL, *output = "out.png";
+               *mask_path = NULL, *output = "out.png", *device = "cpu";
+    int precision = SDW_PREC_FP16, json_timings = 0;
     int steps = 20, width = 512, height = 512, clip_skip = 0, threads = 0, quiet = 0, have_seed = 0,
         have_strength = 0, have_size = 0;
-    float guidance = 7.5f, eta = 0, strength = 0;
+    float guidance = 7.5f, eta = 0;
+    double strength = 0; /* double: 0.7 * 10 steps must keep 7 of them, as in Python */
     uint64_t seed = 0;
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -213,10 +228,19 @@ int main(int argc, char **argv)
         case 'e': bad = parse_float("--eta", optarg, 0, 1, &eta); break;
         case 'k': bad = parse_int("--clip-skip", optarg, 0, 11, &clip_skip); break;
         case 'i': init_path = optarg; break;
-        case 't': bad = parse_float("--strength", optarg, 0, 1, &strength), have_strength = 1; break;
+        case 't': bad = parse_double("--strength", optarg, 0, 1, &strength), have_strength = 1; break;
         case 'M': mask_path = optarg; break;
         case 'o': output = optarg; break;
         case 'T': bad = parse_int("--threads", optarg, 1, 1024, &threads); break;
+        case 'D': device = optarg; break;
+        case 'P':
+            precision = sdw_precision_parse(optarg);
+            if (precision < 0) {
+                fprintf(stderr, "sdworker-generate: --precision: expected fp32, fp16 or bf16, not '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
+        case 'J': json_timings = 1; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return 0;
         default: fprintf(stderr, "sdworker-generate: see --help\n"); return EXIT_USAGE;
@@ -290,7 +314,12 @@ int main(int argc, char **argv)
     char *params = NULL;
     sdw_gen_timings t = {0};
     double t0 = now_s();
-    if (sdw_backend_cpu(&be, &e) || sdw_pipeline_load(&p, be, model, &e)) {
+    if (sdw_backend_open(&be, device, (sdw_precision)precision, &e)) {
+        fprintf(stderr, "sdworker-generate: %s\n", e.msg);
+        status = EXIT_MODEL;
+        goto done;
+    }
+    if (sdw_pipeline_load(&p, be, model, &e)) {
         fprintf(stderr, "sdworker-generate: cannot load the model: %s\n", e.msg);
         status = EXIT_MODEL;
         goto done;
@@ -326,6 +355,10 @@ int main(int argc, char **argv)
                t.unet_calls ? t.denoise_s / t.unet_calls : 0.0);
         printf("vae decode: %.2f s\ntotal: %.2f s\n", t.decode_s, t.total_s + load_s);
     }
+    if (json_timings)
+        printf("{\"load_s\":%.6f,\"encode_s\":%.6f,\"prepare_s\":%.6f,\"denoise_s\":%.6f,\"unet_calls\":%d,"
+               "\"decode_s\":%.6f,\"total_s\":%.6f}\n",
+               load_s, t.encode_s, t.prepare_s, t.denoise_s, t.unet_calls, t.decode_s, t.total_s);
 done:
     free(params);
     sdw_image_free(&out);
