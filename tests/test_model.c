@@ -254,7 +254,7 @@ static void test_diffusers_ok(void)
     write_int_tensor_file(pathf("%s/int.safetensors", root));
     if (tap_ok(sdw_st_open(&f, pathf("%s/int.safetensors", root), &e) == 0, "int tensor file opens")) {
         const sdw_st_file *fp = &f;
-        sdw_weights iw = {&fp, 1, "", "unet"};
+        sdw_weights iw = {.files = &fp, .nfiles = 1, .prefix = "", .part = "unet"};
         const int64_t s2[1] = {2};
         rc = sdw_weights_load(&iw, "i", 1, s2, &w, &e);
         tap_ok(rc == SDW_EUNSUPPORTED && strstr(e.msg, "I32") && strstr(e.msg, "unet: i"),

@@ -37,8 +37,8 @@ int main(int argc, char **argv)
     qsort(names, n, sizeof *names, name_cmp);
     tap_ok(n >= 10, "corpus has %zu files", n);
     for (size_t i = 0; i < n; i++) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        char path[8192];
+        snprintf(path, sizeof path, "%.4000s/%.4000s", dir, names[i]);
         FILE *fp = fopen(path, "rb");
         uint8_t *buf = NULL;
         long len = -1;
