@@ -125,7 +125,63 @@ cudaError_t launch(const float *q, const float *k, const float *v, float *out, i
     return cudaGetLastError();
 }
 
+constexpr int kSoftThreads = 256;
+
+// Softmax in place over rows of length n, as the CPU backend's softmax_rows:
+// max, then expf(s - max) with the sum in double, then one multiply by the
+// float reciprocal. Row r is query r0 + r % rpb of its head; under the causal
+// mask only its first r0 + r % rpb + 1 entries count and the rest become 0.
+__global__ void __launch_bounds__(kSoftThreads) softmax_rows_kernel(float *s, int64_t n, int64_t rpb, int64_t r0,
+                                                                    int causal)
+{
+    __shared__ float fmax_s[kSoftThreads / 32];
+    __shared__ double sum_s[kSoftThreads / 32];
+    float *row = s + (int64_t)blockIdx.x * n;
+    int64_t valid = causal ? r0 + blockIdx.x % rpb + 1 : n;
+    valid = valid < n ? valid : n;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < valid; j += kSoftThreads)
+        mx = fmaxf(mx, row[j]);
+    for (int off = 16; off > 0; off >>= 1)
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    if (lane == 0)
+        fmax_s[warp] = mx;
+    __syncthreads();
+    mx = fmax_s[0];
+    for (int w = 1; w < kSoftThreads / 32; w++)
+        mx = fmaxf(mx, fmax_s[w]);
+
+    double sum = 0.0;
+    for (int64_t j = threadIdx.x; j < valid; j += kSoftThreads) {
+        float p = expf(row[j] - mx);
+        row[j] = p;
+        sum += p;
+    }
+    for (int off = 16; off > 0; off >>= 1)
+        sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0)
+        sum_s[warp] = sum;
+    __syncthreads();
+    sum = 0.0;
+    for (int w = 0; w < kSoftThreads / 32; w++)
+        sum += sum_s[w];
+    float inv = (float)(1.0 / sum);
+    for (int64_t j = threadIdx.x; j < n; j += kSoftThreads)
+        row[j] = j < valid ? row[j] * inv : 0.0f;
+}
+
 } // namespace
+
+extern "C" cudaError_t sdw_k_softmax_rows(float *s, int64_t rows, int64_t n, int64_t rpb, int64_t r0, int causal,
+                                          cudaStream_t stream)
+{
+    if (rows <= 0 || n <= 0 || rpb <= 0 || r0 < 0 || rows > 0x7fffffff)
+        return cudaErrorInvalidValue;
+    softmax_rows_kernel<<<(unsigned)rows, kSoftThreads, 0, stream>>>(s, n, rpb, r0, causal);
+    return cudaGetLastError();
+}
 
 extern "C" cudaError_t sdw_k_attention(const float *q, const float *k, const float *v, float *out, int64_t b,
                                        int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal,

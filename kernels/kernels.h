@@ -79,6 +79,14 @@ cudaError_t sdw_k_unpack_bias(const void *x, const float *bias, float *y, int64_
 cudaError_t sdw_k_attention(const float *q, const float *k, const float *v, float *out, int64_t b, int64_t tq,
                             int64_t tk, int64_t heads, int64_t d, float scale, int causal, cudaStream_t stream);
 
+/* Softmax in place over each of `rows` rows of s [rows, n], as the CPU
+ * backend's: rows come in blocks of rpb per head, row r being query
+ * r0 + r % rpb; when causal, only its first r0 + r % rpb + 1 entries count and
+ * the others are set to 0. The score step of the attention for head
+ * dimensions sdw_k_attention does not take. */
+cudaError_t sdw_k_softmax_rows(float *s, int64_t rows, int64_t n, int64_t rpb, int64_t r0, int causal,
+                               cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

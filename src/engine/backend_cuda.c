@@ -376,16 +376,66 @@ static int cuda_layer_norm(sdw_backend *be, const float *x, const float *gamma, 
     return SDW_OK;
 }
 
+/* Score scratch of the attention that goes through cuBLAS, in floats
+ * (128 MiB): query rows are taken in blocks whose scores for every head fit. */
+#define CUDA_ATTN_SCRATCH ((int64_t)1 << 25)
+
+/* Attention as the CPU backend computes it, for what the fused kernel does
+ * not take: head dimensions above 160 (the VAE's one head of 512) or more
+ * than 65535 (image, head) pairs. Per image and block of query rows, one
+ * batched product over the heads gives scale * q k^T, the softmax kernel
+ * normalises it, a second batched product multiplies by v. Float32 in every
+ * precision, like the fused kernel. */
+static int attention_gemm(cuda_be *c, const float *q, const float *k, const float *v, float *out, int64_t b,
+                          int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal, sdw_error *e)
+{
+    int64_t cc = heads * d, qb = CUDA_ATTN_SCRATCH / (heads * tk);
+    qb = qb < 1 ? 1 : qb > tq ? tq : qb;
+    if (tk > INT_MAX || cc > INT_MAX || heads > INT_MAX || qb * tk > INT_MAX)
+        return too_big(e, "attention", tk > cc ? tk : cc);
+    void *s = NULL;
+    int rc = dev_alloc(c, (size_t)(heads * qb * tk) * sizeof(float), &s, e);
+    if (rc)
+        return rc;
+    float one = 1.0f, zero = 0.0f;
+    for (int64_t bi = 0; !rc && bi < b; bi++)
+        for (int64_t r0 = 0; !rc && r0 < tq; r0 += qb) {
+            int64_t nr = tq - r0 < qb ? tq - r0 : qb;
+            const float *qh = q + (bi * tq + r0) * cc, *kh = k + bi * tk * cc, *vh = v + bi * tk * cc;
+            float *oh = out + (bi * tq + r0) * cc;
+            /* Column-major, per head: s^T [tk, nr] = (k [tk, d] as d x tk)^T (q [nr, d] as d x nr);
+             * then out^T [d, nr] = (v as d x tk) (s^T [tk, nr]). */
+            cublasStatus_t st = cublasGemmStridedBatchedEx(
+                c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)tk, (int)nr, (int)d, &scale, kh, CUDA_R_32F, (int)cc, d, qh,
+                CUDA_R_32F, (int)cc, d, &zero, s, CUDA_R_32F, (int)tk, nr * tk, (int)heads, CUBLAS_COMPUTE_32F,
+                CUBLAS_GEMM_DEFAULT);
+            if (st != CUBLAS_STATUS_SUCCESS) {
+                rc = cublas_err(e, st, "cublasGemmStridedBatchedEx", __FILE__, __LINE__);
+                break;
+            }
+            cudaError_t cr = sdw_k_softmax_rows(s, heads * nr, tk, nr, r0, causal, c->stream);
+            if (cr != cudaSuccess) {
+                rc = cuda_err(e, cr, "sdw_k_softmax_rows", __FILE__, __LINE__);
+                break;
+            }
+            st = cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d, (int)nr, (int)tk, &one, vh,
+                                            CUDA_R_32F, (int)cc, d, s, CUDA_R_32F, (int)tk, nr * tk, &zero, oh,
+                                            CUDA_R_32F, (int)cc, d, (int)heads, CUBLAS_COMPUTE_32F,
+                                            CUBLAS_GEMM_DEFAULT);
+            if (st != CUBLAS_STATUS_SUCCESS)
+                rc = cublas_err(e, st, "cublasGemmStridedBatchedEx", __FILE__, __LINE__);
+        }
+    dev_free(c, s);
+    return rc;
+}
+
 static int cuda_attention(sdw_backend *be, const float *q, const float *k, const float *v, float *out, int64_t b,
                           int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    if (d > 160)
-        return sdw_fail(e, SDW_EUNSUPPORTED, "attention: head dimension %lld above the CUDA kernel's 160",
-                        (long long)d);
-    if (b * heads > 65535)
-        return too_big(e, "attention", b * heads);
     wrote(c, out, (size_t)(b * tq * heads * d) * sizeof *out);
+    if (d > 160 || b * heads > 65535)
+        return attention_gemm(c, q, k, v, out, b, tq, tk, heads, d, scale, causal, e);
     CU(sdw_k_attention(q, k, v, out, b, tq, tk, heads, d, scale, causal, c->stream));
     return SDW_OK;
 }
