@@ -1,14 +1,17 @@
 // LayerNorm, one block per row. Two passes over the row (mean, then the
 // centred sum of squares) rather than a one-pass E[x^2]-E[x]^2, which loses
 // precision when the mean is large; rows are short enough (<= a few thousand)
-// to stay in L1 between passes.
+// to stay in L1 between passes. Sums are in double and the mean and 1/std
+// rounded to float once, as the CPU twin does. x and y may be the same
+// buffer (each element is read and written by one thread), so no
+// __restrict__ on them.
 #include "kernels.h"
 
 namespace {
 
 constexpr int kThreads = 256;
 
-__device__ float block_sum(float v, float *shared)
+__device__ double block_sum(double v, double *shared)
 {
     for (int off = 16; off > 0; off >>= 1)
         v += __shfl_xor_sync(0xffffffffu, v, off);
@@ -17,36 +20,36 @@ __device__ float block_sum(float v, float *shared)
         shared[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        v = lane < kThreads / 32 ? shared[lane] : 0.0f;
+        v = lane < kThreads / 32 ? shared[lane] : 0.0;
         for (int off = 16; off > 0; off >>= 1)
             v += __shfl_xor_sync(0xffffffffu, v, off);
         if (lane == 0)
             shared[0] = v;
     }
     __syncthreads();
-    float total = shared[0];
+    double total = shared[0];
     __syncthreads();
     return total;
 }
 
-__global__ void layer_norm_kernel(const float *__restrict__ x, const float *__restrict__ gamma,
-                                  const float *__restrict__ beta, float *__restrict__ y, int64_t n, float eps)
+__global__ void layer_norm_kernel(const float *x, const float *__restrict__ gamma, const float *__restrict__ beta,
+                                  float *y, int64_t n, float eps)
 {
-    __shared__ float shared[kThreads / 32];
+    __shared__ double shared[kThreads / 32];
     const float *xr = x + blockIdx.x * n;
     float *yr = y + blockIdx.x * n;
-    float s = 0.0f;
+    double s = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += kThreads)
         s += xr[i];
-    float mean = block_sum(s, shared) / (float)n;
-    float sq = 0.0f;
+    double mean = block_sum(s, shared) / (double)n;
+    double sq = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += kThreads) {
-        float d = xr[i] - mean;
+        double d = xr[i] - mean;
         sq += d * d;
     }
-    float rstd = rsqrtf(block_sum(sq, shared) / (float)n + eps);
+    float rstd = (float)(1.0 / sqrt(block_sum(sq, shared) / (double)n + eps)), fmean = (float)mean;
     for (int64_t i = threadIdx.x; i < n; i += kThreads)
-        yr[i] = (xr[i] - mean) * rstd * gamma[i] + beta[i];
+        yr[i] = (xr[i] - fmean) * rstd * gamma[i] + beta[i];
 }
 
 } // namespace
