@@ -12,6 +12,7 @@
 
 #include "kernels.h"
 #include "fixture.h"
+#include "safetensors.h"
 #include "tap.h"
 #include "tensor.h"
 
@@ -62,6 +63,33 @@ static void arg_host(arg *a, int nd, const int64_t *s, const float *host)
             tap_diag("%s upload: %s", prec_name[p], e.msg);
             ok_so_far = 0;
         }
+}
+
+/* A weight given as IEEE halves, as an f16 model file has it: the CPU
+ * backend keeps the halves (and its products take the w_f16 path), the
+ * device backends store what their weight_f16 makes of them. */
+static void arg_f16(arg *a, int nd, const int64_t *s, float scale)
+{
+    size_t n = (size_t)numel(nd, s);
+    float *h = rand_buf(n, scale, 0);
+    uint16_t *halves = malloc(n * sizeof *halves);
+    if (!halves)
+        abort();
+    for (size_t i = 0; i < n; i++)
+        halves[i] = sdw_f32_to_f16(h[i]);
+    free(h);
+    sdw_error e;
+    memset(a, 0, sizeof *a);
+    for (int i = 0; i < 1 + NPREC; i++)
+        if (sdw_tensor_weight_f16(&a->t[i], i ? gpu[i - 1] : cpu, nd, s, halves, &e)) {
+            tap_diag("%s f16 weight: %s", i ? prec_name[i - 1] : "cpu", e.msg);
+            ok_so_far = 0;
+        }
+    if (!a->t[0].f16) {
+        tap_diag("the CPU backend no longer keeps f16 weights as halves: the w_f16 path is not compared");
+        ok_so_far = 0;
+    }
+    free(halves);
 }
 
 static void arg_rand(arg *a, int nd, const int64_t *s, float scale, float offset)
@@ -159,6 +187,22 @@ static void check_linear(int64_t m, int64_t n, int64_t k, int bias)
     char what[96];
     snprintf(what, sizeof what, "linear %lldx%lld * %lldx%lld%s", (long long)m, (long long)k, (long long)n,
              (long long)k, bias ? " + bias" : "");
+    check(what, do_linear, &c, &y);
+    arg_free(&x), arg_free(&w), arg_free(&b), arg_free(&y);
+}
+
+static void check_linear_f16w(int64_t m, int64_t n, int64_t k)
+{
+    arg x, w, b, y;
+    int64_t xs[2] = {m, k}, ws[2] = {n, k}, ys[2] = {m, n};
+    arg_rand(&x, 2, xs, 1, 0);
+    arg_f16(&w, 2, ws, 0.05f);
+    arg_rand(&b, 1, &n, 1, 0);
+    arg_out(&y, 2, ys);
+    ctx c = {.x = &x, .w = &w, .b = &b, .y = &y};
+    char what[96];
+    snprintf(what, sizeof what, "linear %lldx%lld * %lldx%lld (f16 weight) + bias", (long long)m, (long long)k,
+             (long long)n, (long long)k);
     check(what, do_linear, &c, &y);
     arg_free(&x), arg_free(&w), arg_free(&b), arg_free(&y);
 }
@@ -353,6 +397,22 @@ static void check_conv(int64_t b, int64_t ch, int64_t h, int64_t w, int64_t o, i
     arg_free(&x), arg_free(&wt), arg_free(&bs), arg_free(&y);
 }
 
+static void check_conv_f16w(int64_t b, int64_t ch, int64_t h, int64_t w, int64_t o, int64_t k)
+{
+    arg x, wt, bs, y;
+    int64_t xs[4] = {b, ch, h, w}, wsh[4] = {o, ch, k, k}, ys[4] = {b, o, h, w};
+    arg_rand(&x, 4, xs, 1, 0);
+    arg_f16(&wt, 4, wsh, 1.0f / sqrtf((float)(ch * k * k)));
+    arg_rand(&bs, 1, &o, 1, 0);
+    arg_out(&y, 4, ys);
+    ctx c = {.x = &x, .w = &wt, .b = &bs, .y = &y, .g = {1, (int)(k / 2), (int)(k / 2)}};
+    char what[128];
+    snprintf(what, sizeof what, "conv2d %lldx%lldx%lldx%lld k%lld (f16 weight) -> %lld channels + bias", (long long)b,
+             (long long)ch, (long long)h, (long long)w, (long long)k, (long long)o);
+    check(what, do_conv, &c, &y);
+    arg_free(&x), arg_free(&wt), arg_free(&bs), arg_free(&y);
+}
+
 static int do_group_norm(int s, void *v, sdw_error *e)
 {
     ctx *c = v;
@@ -373,6 +433,33 @@ static void check_group_norm(int64_t b, int64_t ch, int64_t h, int64_t w, int gr
              (long long)ch, (long long)h, (long long)w, groups);
     check(what, do_group_norm, &c, &y);
     arg_free(&x), arg_free(&g), arg_free(&bt), arg_free(&y);
+}
+
+/* In place (y == x), as the VAE's last norm runs: x is uploaded afresh
+ * before each backend's run. */
+static int do_group_norm_inplace(int s, void *v, sdw_error *e)
+{
+    ctx *c = v;
+    sdw_tensor *x = T(c->x, s);
+    int rc = x->be->ops->upload(x->be, x->data, c->host, (size_t)sdw_tensor_numel(x), e);
+    return rc ? rc : sdw_op_group_norm(x, c->i0, T(c->w, s), T(c->b, s), 1e-6f, c->i1, x, e);
+}
+
+static void check_group_norm_inplace(int64_t b, int64_t ch, int64_t h, int64_t w, int groups, int silu)
+{
+    arg x, g, bt;
+    int64_t s[4] = {b, ch, h, w};
+    float *host = rand_buf((size_t)numel(4, s), 2, 3);
+    arg_host(&x, 4, s, host);
+    arg_rand(&g, 1, &ch, 1, 1);
+    arg_rand(&bt, 1, &ch, 1, 0);
+    ctx c = {.x = &x, .w = &g, .b = &bt, .host = host, .i0 = groups, .i1 = silu};
+    char what[96];
+    snprintf(what, sizeof what, "group_norm%s in place %lldx%lldx%lldx%lld in %d groups", silu ? "+silu" : "",
+             (long long)b, (long long)ch, (long long)h, (long long)w, groups);
+    check(what, do_group_norm_inplace, &c, &x);
+    arg_free(&x), arg_free(&g), arg_free(&bt);
+    free(host);
 }
 
 static int do_upsample(int s, void *v, sdw_error *e)
@@ -484,6 +571,8 @@ int main(void)
     check_linear(2048, 1280, 320, 1);
     check_linear(7, 33, 5, 0);
     check_rewritten_weight();
+    check_linear_f16w(154, 320, 768);
+    check_linear_f16w(7, 33, 5);
     check_layer_norm(154, 768);
     check_layer_norm(7, 33);
     check_layer_norm(4096, 320);
@@ -513,9 +602,14 @@ int main(void)
     check_conv(1, 128, 64, 64, 128, 3, 2, 1, 32, 32, 1); /* UNet downsample */
     check_conv(1, 64, 64, 64, 64, 3, 2, 0, 32, 32, 1);   /* VAE encoder: bottom/right pad 1 */
     check_conv(1, 8, 31, 16, 5, 3, 2, 0, 15, 8, 1);      /* odd sizes, implied pad 0 and 1 */
+    check_conv(1, 128, 512, 512, 3, 3, 1, 1, 512, 512, 1); /* the VAE decoder's last conv at 512x512 */
+    check_conv_f16w(2, 64, 20, 24, 96, 3);
+    check_conv_f16w(1, 40, 9, 7, 24, 1);
     check_group_norm(2, 320, 32, 32, 32, 1);
     check_group_norm(2, 320, 32, 32, 32, 0);
     check_group_norm(1, 9, 5, 7, 3, 1);
+    check_group_norm_inplace(1, 128, 512, 512, 32, 1); /* the VAE decoder's last norm: 33.5M elements */
+    check_group_norm_inplace(2, 6, 3, 5, 2, 0);
     check_upsample(16, 16, 32, 32);
     check_upsample(3, 5, 7, 11);
     check_layout();
