@@ -774,21 +774,21 @@ static int cuda_init(cuda_be *c, sdw_error *e)
     int count = 0;
     cudaError_t cr = cudaGetDeviceCount(&count);
     if (cr != cudaSuccess || count == 0)
-        return sdw_fail(e, SDW_EDEVICE, "no CUDA device: %s",
+        return sdw_fail(e, SDW_EDEVICE, "cuda:%d: no CUDA device: %s", c->device,
                         cr != cudaSuccess ? cudaGetErrorString(cr) : "the driver reports none");
     if (c->device < 0 || c->device >= count)
-        return sdw_fail(e, SDW_ENOTFOUND, "CUDA device %d not present (%d found)", c->device, count);
+        return sdw_fail(e, SDW_ENOTFOUND, "cuda:%d: not present (%d CUDA devices found)", c->device, count);
     struct cudaDeviceProp prop;
     CU(cudaGetDeviceProperties(&prop, c->device));
     if (prop.major < 8)
-        return sdw_fail(e, SDW_EUNSUPPORTED, "CUDA device %d (%s) is compute capability %d.%d; sdworker needs 8.0+",
+        return sdw_fail(e, SDW_EUNSUPPORTED, "cuda:%d (%s) is compute capability %d.%d; sdworker needs 8.0+",
                         c->device, prop.name, prop.major, prop.minor);
     CU(cudaSetDevice(c->device));
     /* The first runtime call that needs a context: a device that is busy
      * (exclusive-process mode) or out of memory fails here. */
     cr = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
     if (cr != cudaSuccess)
-        return sdw_fail(e, SDW_EDEVICE, "CUDA device %d (%s) unavailable: %s (%s)", c->device, prop.name,
+        return sdw_fail(e, SDW_EDEVICE, "cuda:%d (%s) unavailable: %s (%s)", c->device, prop.name,
                         cudaGetErrorString(cr), cudaGetErrorName(cr));
     CUBLAS(cublasCreate(&c->blas));
     CUBLAS(cublasSetStream(c->blas, c->stream));
