@@ -19,9 +19,13 @@
 # fewer than SDW_DIFFUSERS_MIN (default 120) seconds remain. Our programs run
 # with LD_LIBRARY_PATH=$SDW_LD_LIBRARY_PATH when that is set (the bundle's
 # libraries and the machine's CUDA); python3 keeps its own environment.
-# Exits 77 (skipped) without a GPU.
+# Exits 77 (skipped) without a GPU. With --model-only it only makes the
+# model (SDW_BENCH_MODEL, default /tmp/sdw-bench-sd15-random; about a minute
+# of one core), so that tests/gpu/run.sh can have it made while the tests run.
 set -uo pipefail
-dir=${1:?usage: bench/gpu.sh DIR OUTDIR}
+model_only=0
+[ "${1:-}" = --model-only ] && { model_only=1; shift; }
+dir=${1:?usage: bench/gpu.sh [--model-only] DIR OUTDIR}
 out=${2:?usage: bench/gpu.sh DIR OUTDIR}
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,43 +45,31 @@ limit() {
   [ "$l" -lt "$1" ] && echo $((l > 1 ? l : 1)) || echo "$1"
 }
 
+# The model goes to MODEL.part first, so that a folder named MODEL is whole.
+make_model() {
+  local s
+  s=$(date +%s)
+  [ -f "$model/model_index.json" ] && return 0
+  rm -rf "$model" "$model.part"
+  if timeout -k 5 "$(limit 180)" "${ours[@]}" "$tools/sdworker-mkmodel" --config sd15 --dtype f16 "$model.part" \
+    >"$out/mkmodel.log" 2>&1 && mv "$model.part" "$model"; then
+    echo "model: $model made in $(($(date +%s) - s))s" >>"$out/mkmodel.log"
+  else
+    rm -rf "$model.part"
+    echo "sdworker-mkmodel failed (see $out/mkmodel.log)" | tee "$out/summary.txt"
+    return 1
+  fi
+}
+if [ $model_only = 1 ]; then
+  make_model
+  exit
+fi
+
 if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
   echo "no GPU: nvidia-smi lists no device; bench skipped" | tee "$out/summary.txt"
   exit 77
 fi
-
-mem_used() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n1; }
-
-# peak_run LOG LIMIT CMD...: runs CMD for at most LIMIT seconds, its output
-# into LOG; prints "seconds peak_MiB exit_status".
-peak_run() {
-  local log=$1 base start end
-  shift
-  base=$(mem_used)
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 100 >"$log.mem" 2>/dev/null &
-  local mon=$!
-  start=$(date +%s.%N)
-  timeout -k 5 "$@" >"$log" 2>&1
-  local rc=$?
-  end=$(date +%s.%N)
-  kill "$mon" 2>/dev/null
-  wait "$mon" 2>/dev/null
-  local peak
-  peak=$(sort -n "$log.mem" | tail -n1)
-  echo "$(awk "BEGIN { print $end - $start }") $((${peak:-$base} - base)) $rc"
-}
-
-if [ ! -f "$model/model_index.json" ]; then
-  rm -rf "$model"
-  s=$(date +%s)
-  timeout -k 5 "$(limit 180)" "${ours[@]}" "$tools/sdworker-mkmodel" --config sd15 --dtype f16 "$model" \
-    >"$out/mkmodel.log" 2>&1 || {
-    rm -rf "$model"
-    echo "sdworker-mkmodel failed (see $out/mkmodel.log)" | tee "$out/summary.txt"
-    exit 1
-  }
-  echo "model: $model made in $(($(date +%s) - s))s" >>"$out/mkmodel.log"
-fi
+make_model || exit 1
 
 gen=("${ours[@]}" "$tools/sdworker-generate" --model "$model" "${common[@]}" --device cuda:0 --timings)
 read -r _ _ warm_rc < <(peak_run "$out/sdworker-warm.log" "$(limit 150)" "${gen[@]}" --output "$out/sdworker-warm.png")
