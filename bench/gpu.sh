@@ -45,6 +45,28 @@ limit() {
   [ "$l" -lt "$1" ] && echo $((l > 1 ? l : 1)) || echo "$1"
 }
 
+mem_used() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n1; }
+
+# peak_run LOG LIMIT CMD...: runs CMD for at most LIMIT seconds, its output
+# into LOG; prints "seconds peak_MiB exit_status".
+peak_run() {
+  local log=$1 base start end
+  shift
+  base=$(mem_used)
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 100 >"$log.mem" 2>/dev/null &
+  local mon=$!
+  start=$(date +%s.%N)
+  timeout -k 5 "$@" >"$log" 2>&1
+  local rc=$?
+  end=$(date +%s.%N)
+  kill "$mon" 2>/dev/null
+  wait "$mon" 2>/dev/null
+  local peak
+  peak=$(grep -E '^[0-9]+$' "$log.mem" | sort -n | tail -n1)
+  case $base in '' | *[!0-9]*) base=0 ;; esac
+  echo "$(awk "BEGIN { print $end - $start }") $((${peak:-$base} - base)) $rc"
+}
+
 # The model goes to MODEL.part first, so that a folder named MODEL is whole.
 make_model() {
   local s
@@ -72,6 +94,7 @@ fi
 make_model || exit 1
 
 gen=("${ours[@]}" "$tools/sdworker-generate" --model "$model" "${common[@]}" --device cuda:0 --timings)
+warm_rc=1
 read -r _ _ warm_rc < <(peak_run "$out/sdworker-warm.log" "$(limit 150)" "${gen[@]}" --output "$out/sdworker-warm.png")
 if [ "$warm_rc" = 0 ]; then
   read -r sdw_s sdw_peak sdw_rc < <(peak_run "$out/sdworker.log" "$(limit 120)" "${gen[@]}" --output "$out/sdworker.png")
@@ -96,7 +119,7 @@ else
   dif_rc=$?
 fi
 
-python3 - "$out" "$sdw_s" "$sdw_peak" "$sdw_rc" "$dif_rc" <<'PY' | tee "$out/summary.txt"
+python3 - "$out" "${sdw_s:-0}" "${sdw_peak:-0}" "${sdw_rc:-1}" "$dif_rc" <<'PY' | tee "$out/summary.txt"
 import json, re, sys
 out, wall, peak, rc, drc = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 t = {}
@@ -135,3 +158,4 @@ if drc < 0:
 elif drc:
     print(f"diffusers baseline failed (exit {drc}{', timed out' if drc in (124, 137) else ''}): see diffusers.log")
 PY
+[ "${sdw_rc:-1}" = 0 ]
