@@ -1,30 +1,54 @@
 #!/usr/bin/env bash
-# bench/gpu.sh BUILDDIR OUTDIR: one SD 1.5-architecture model with random fp16
+# bench/gpu.sh DIR OUTDIR: one SD 1.5-architecture model with random fp16
 # weights (sdworker-mkmodel --config sd15), one 512x512 image, 20 euler
 # steps, CFG 7.5, seed 42, on cuda:0: sdworker, then diffusers on the same
 # card with the same weights in fp16 with SDPA attention. Prints and writes
 # OUTDIR/summary.txt: seconds per image, it/s, text encode, VAE decode, load
-# time, peak device memory, and diffusers' time over ours.
+# time, peak device memory, and diffusers' time over ours. DIR is a build
+# tree (DIR/src/tools/sdworker-*) or the GPU bundle (DIR/bin/sdworker-*,
+# tests/gpu/prepare.sh).
 #
 # Each side runs twice and the second run is reported (the first pays for
 # cuDNN's algorithm search, cuBLAS and CUDA start-up). sdworker's phase times
 # come from the JSON line `sdworker-generate --timings` prints; without it
 # only whole-run times are reported. Peak memory is the device's memory in
 # use (nvidia-smi, every 100 ms) above what it was before the run.
+#
+# Time: every command has a limit; with SDW_BENCH_DEADLINE (epoch seconds,
+# set by tests/gpu/run.sh) the diffusers side is skipped, and says so, when
+# fewer than SDW_DIFFUSERS_MIN (default 120) seconds remain. Our programs run
+# with LD_LIBRARY_PATH=$SDW_LD_LIBRARY_PATH when that is set (the bundle's
+# libraries and the machine's CUDA); python3 keeps its own environment.
+# Exits 77 (skipped) without a GPU. With --model-only it only makes the
+# model (SDW_BENCH_MODEL, default /tmp/sdw-bench-sd15-random; about a minute
+# of one core), so that tests/gpu/run.sh can have it made while the tests run.
 set -uo pipefail
-build=${1:?usage: bench/gpu.sh BUILDDIR OUTDIR}
-out=${2:?usage: bench/gpu.sh BUILDDIR OUTDIR}
+model_only=0
+[ "${1:-}" = --model-only ] && { model_only=1; shift; }
+dir=${1:?usage: bench/gpu.sh [--model-only] DIR OUTDIR}
+out=${2:?usage: bench/gpu.sh DIR OUTDIR}
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 here=$(cd "$(dirname "$0")/.." && pwd)
+tools=$dir/src/tools
+[ -x "$dir/bin/sdworker-generate" ] && tools=$dir/bin
 # Not installed: the tools find the bundled CLIP vocabulary in the tree.
 export SDW_DATA_DIR=${SDW_DATA_DIR:-$here/data}
-model=$out/sd15-random
+ours=(env ${SDW_LD_LIBRARY_PATH:+LD_LIBRARY_PATH=$SDW_LD_LIBRARY_PATH})
+deadline=${SDW_BENCH_DEADLINE:-$(($(date +%s) + 3600))}
+model=${SDW_BENCH_MODEL:-/tmp/sdw-bench-sd15-random}
 prompt="a photograph of an astronaut riding a horse on the moon"
 common=(--prompt "$prompt" --steps 20 --guidance 7.5 --width 512 --height 512 --seed 42 --sampler euler)
 
+# limit N: N seconds, or fewer when the deadline is nearer.
+limit() {
+  local l=$((deadline - $(date +%s)))
+  [ "$l" -lt "$1" ] && echo $((l > 1 ? l : 1)) || echo "$1"
+}
+
 mem_used() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n1; }
 
-# peak_run LOG CMD...: runs CMD, its output into LOG; prints "seconds peak_MiB".
+# peak_run LOG LIMIT CMD...: runs CMD for at most LIMIT seconds, its output
+# into LOG; prints "seconds peak_MiB exit_status".
 peak_run() {
   local log=$1 base start end
   shift
@@ -32,36 +56,70 @@ peak_run() {
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 100 >"$log.mem" 2>/dev/null &
   local mon=$!
   start=$(date +%s.%N)
-  "$@" >"$log" 2>&1
+  timeout -k 5 "$@" >"$log" 2>&1
   local rc=$?
   end=$(date +%s.%N)
   kill "$mon" 2>/dev/null
   wait "$mon" 2>/dev/null
   local peak
-  peak=$(sort -n "$log.mem" | tail -n1)
+  peak=$(grep -E '^[0-9]+$' "$log.mem" | sort -n | tail -n1)
+  case $base in '' | *[!0-9]*) base=0 ;; esac
   echo "$(awk "BEGIN { print $end - $start }") $((${peak:-$base} - base)) $rc"
 }
 
-if [ ! -f "$model/model_index.json" ]; then
-  "$build/src/tools/sdworker-mkmodel" --config sd15 --dtype f16 "$model" >"$out/mkmodel.log" 2>&1 || {
+# The model goes to MODEL.part first, so that a folder named MODEL is whole.
+make_model() {
+  local s
+  s=$(date +%s)
+  [ -f "$model/model_index.json" ] && return 0
+  rm -rf "$model" "$model.part"
+  if timeout -k 5 "$(limit 180)" "${ours[@]}" "$tools/sdworker-mkmodel" --config sd15 --dtype f16 "$model.part" \
+    >"$out/mkmodel.log" 2>&1 && mv "$model.part" "$model"; then
+    echo "model: $model made in $(($(date +%s) - s))s" >>"$out/mkmodel.log"
+  else
+    rm -rf "$model.part"
     echo "sdworker-mkmodel failed (see $out/mkmodel.log)" | tee "$out/summary.txt"
-    exit 1
-  }
+    return 1
+  fi
+}
+if [ $model_only = 1 ]; then
+  make_model
+  exit
 fi
 
-gen=("$build/src/tools/sdworker-generate" --model "$model" "${common[@]}" --device cuda:0 --timings)
-peak_run "$out/sdworker-warm.log" "${gen[@]}" --output "$out/sdworker-warm.png" >/dev/null
-read -r sdw_s sdw_peak sdw_rc < <(peak_run "$out/sdworker.log" "${gen[@]}" --output "$out/sdworker.png")
-
-if [ -d "$here/.whl" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    "$here"/.whl/*.whl >"$out/pip.log" 2>&1 && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+  echo "no GPU: nvidia-smi lists no device; bench skipped" | tee "$out/summary.txt"
+  exit 77
 fi
-PYTHONUNBUFFERED=1 python3 "$here/tests/gpu/diffusers_bench.py" --model "$model" --prompt "$prompt" \
-  --output "$out/diffusers.png" --json "$out/diffusers.json" >"$out/diffusers.log" 2>&1
-dif_rc=$?
+make_model || exit 1
 
-python3 - "$out" "$sdw_s" "$sdw_peak" "$sdw_rc" "$dif_rc" <<'PY' | tee "$out/summary.txt"
+gen=("${ours[@]}" "$tools/sdworker-generate" --model "$model" "${common[@]}" --device cuda:0 --timings)
+warm_rc=1
+read -r _ _ warm_rc < <(peak_run "$out/sdworker-warm.log" "$(limit 150)" "${gen[@]}" --output "$out/sdworker-warm.png")
+if [ "$warm_rc" = 0 ]; then
+  read -r sdw_s sdw_peak sdw_rc < <(peak_run "$out/sdworker.log" "$(limit 120)" "${gen[@]}" --output "$out/sdworker.png")
+else
+  cp "$out/sdworker-warm.log" "$out/sdworker.log"
+  sdw_s=0 sdw_peak=0 sdw_rc=$warm_rc
+fi
+
+dif_rc=0
+dif_min=${SDW_DIFFUSERS_MIN:-120}
+if [ $((deadline - $(date +%s))) -lt "$dif_min" ]; then
+  echo "diffusers skipped: $((deadline - $(date +%s)))s of the time budget left, it needs $dif_min" >"$out/diffusers.log"
+  dif_rc=-1
+else
+  if [ -d "$here/.whl" ]; then
+    timeout 120 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      "$here"/.whl/*.whl >"$out/pip.log" 2>&1 && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 timeout -k 5 "$(limit 300)" python3 "$here/tests/gpu/diffusers_bench.py" \
+    --model "$model" --prompt "$prompt" --output "$out/diffusers.png" --json "$out/diffusers.json" \
+    >"$out/diffusers.log" 2>&1
+  dif_rc=$?
+fi
+
+python3 - "$out" "${sdw_s:-0}" "${sdw_peak:-0}" "${sdw_rc:-1}" "$dif_rc" <<'PY' | tee "$out/summary.txt"
 import json, re, sys
 out, wall, peak, rc, drc = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 t = {}
@@ -95,6 +153,9 @@ if sdw["s/image"] and dif.get("s/image"):
     print(f"diffusers s/image / sdworker s/image = {dif['s/image'] / sdw['s/image']:.2f} (above 1: sdworker faster)")
 if rc:
     print(f"sdworker-generate failed (exit {rc}): see sdworker.log")
-if drc:
-    print(f"diffusers baseline failed (exit {drc}): see diffusers.log")
+if drc < 0:
+    print(open(f"{out}/diffusers.log").read().strip())
+elif drc:
+    print(f"diffusers baseline failed (exit {drc}{', timed out' if drc in (124, 137) else ''}): see diffusers.log")
 PY
+[ "${sdw_rc:-1}" = 0 ]
