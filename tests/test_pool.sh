@@ -221,7 +221,7 @@ ok $? "a stream with nothing to send writes keep-alive comments"
 all=0
 for j in $queued; do
     req DELETE "/v1/jobs/$j"
-    [ "$code" = 200 ] && has "{\"job_id\":\"$j\",\"status\":\"cancelled\"}" || all=1
+    [ "$code" = 200 ] && has "{\"job_id\":\"$j\",\"status\":\"cancelled\",\"state\":\"cancelled\"}" || all=1
 done
 ok $all "DELETE of queued jobs: 200 cancelled"
 req DELETE "/v1/jobs/$q1"
@@ -306,8 +306,8 @@ done
 curl -sN --max-time 10 "$B/v1/jobs/$r/stream" > "$tmp/r" &
 rs=$!
 req DELETE "/v1/jobs/$r"
-[ "$code" = 202 ] && has '"status":"cancelling"'
-ok $? "DELETE of a running job: 202 cancelling"
+[ "$code" = 200 ] && has '"status":"cancelled"' && has '"state":"running"'
+ok $? "DELETE of a running job: 200 cancelled (state running until the next step)"
 wait $rs
 tail -3 "$tmp/r" | grep -q '^event: error' && grep -q '"code":"cancelled"' "$tmp/r" &&
     ! grep -q '^event: complete' "$tmp/r"

@@ -430,9 +430,11 @@ static void job_cancel(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id
     sdw_pool_log(SDW_LOG_INFO, "job %s: cancel (%s)", id, sdw_job_state_name(after));
     json_object *o = json_object_new_object();
     json_object_object_add(o, "job_id", json_object_new_string(id));
-    bool done = after == SDW_JOB_CANCELLED;
-    json_object_object_add(o, "status", json_object_new_string(done ? "cancelled" : "cancelling"));
-    reply_json(out, done ? 200 : 202, o);
+    /* rbee's reply, whatever the job was doing: a running job stops at its
+     * next step, which "state" tells a client that cares. */
+    json_object_object_add(o, "status", json_object_new_string("cancelled"));
+    json_object_object_add(o, "state", json_object_new_string(sdw_job_state_name(after)));
+    reply_json(out, 200, o);
 }
 
 static void job_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *id)

@@ -19,10 +19,11 @@
  *   queue work nobody will run.
  * - An expired job (finished longer ago than result_ttl) answers 410 with
  *   code "expired" on GET, DELETE and /stream; an id never seen answers 404.
- * - DELETE of a queued job: 200 {"job_id","status":"cancelled"}. Of a
- *   running job: 202 {"job_id","status":"cancelling"}: the engine stops at
- *   its next step and the stream ends with an error event of code
- *   "cancelled". Of a finished job: 409 job_finished.
+ * - DELETE of a queued or running job: 200 {"job_id","status":"cancelled",
+ *   "state"}, rbee's reply; "state" is "cancelled" for a queued job and
+ *   "running" for one the engine stops at its next step (its stream then
+ *   ends with an error event of code "cancelled"). Of a finished job: 409
+ *   job_finished.
  * - A full queue: 503 queue_full with Retry-After: SDW_HTTP_RETRY_AFTER_S. */
 #ifndef SDW_HTTP_H
 #define SDW_HTTP_H
