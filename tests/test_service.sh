@@ -74,7 +74,7 @@ for i in $(seq 20); do wait "${pids[$((i-1))]}" && is_png "$run/c$i.png" && okc=
 ok $([ $okc -eq 20 ]; echo $?) "20 concurrent jobs all complete ($okc/20)"
 
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
-  TAP_START=$n /usr/bin/python3 "$top/tests/browser_demo.py" "$url/" "$run/demo.png" >"$run/browser.tap" 2>"$run/browser.err"
+  TAP_START=$n /usr/bin/python3 "$top/tests/browser_demo.py" "$url/" "$run/demo.png" "$fix/pipeline/init-64x64.png" >"$run/browser.tap" 2>"$run/browser.err"
   cat "$run/browser.tap"
   n=$((n + $(grep -c '^\(not \)\?ok' "$run/browser.tap")))
   failed=$((failed + $(grep -c '^not ok' "$run/browser.tap")))
