@@ -33,6 +33,12 @@ static uint8_t luma(const uint8_t *rgb)
     return (uint8_t)((rgb[0] * 19595u + rgb[1] * 38470u + rgb[2] * 7471u + 0x8000u) >> 16);
 }
 
+uint8_t sdw_image_grey_at(const sdw_image *img, size_t pixel)
+{
+    const uint8_t *px = img->pixels + pixel * img->channels;
+    return img->channels == 1 ? px[0] : luma(px);
+}
+
 /* Replaces an RGB image by its grey version in place. */
 static void to_grey(sdw_image *img)
 {

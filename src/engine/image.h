@@ -25,6 +25,10 @@ int sdw_image_decode(sdw_image *img, const void *data, size_t len, int grey, sdw
 int sdw_image_load(sdw_image *img, const char *path, int grey, sdw_error *e);
 void sdw_image_free(sdw_image *img);
 
+/* A pixel's grey level: itself for a grey image, PIL's convert("L") luma
+ * (ITU-R 601-2, 16-bit fixed point) for an RGB one. */
+uint8_t sdw_image_grey_at(const sdw_image *img, size_t pixel);
+
 /* Encodes img as PNG into a malloc'd buffer; text is NULL or pairs of
  * key, value strings (ntext pairs) written as tEXt chunks. */
 int sdw_png_encode(const sdw_image *img, const char *const *text, size_t ntext, uint8_t **out, size_t *outlen,

@@ -255,13 +255,8 @@ static int prepare_images(sdw_pipeline *p, const sdw_gen_params *gp, gen_state *
         free(pixels);
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
     }
-    for (size_t i = 0; i < plane; i++) {
-        const uint8_t *px = m->pixels + i * m->channels;
-        /* An RGB mask is read as PIL's convert("L") luma. */
-        uint8_t l = m->channels == 1 ? px[0]
-                                     : (uint8_t)((px[0] * 19595u + px[1] * 38470u + px[2] * 7471u + 0x8000u) >> 16);
-        full[i] = l / 255.0f >= 0.5f ? 1.0f : 0.0f;
-    }
+    for (size_t i = 0; i < plane; i++)
+        full[i] = sdw_image_grey_at(m, i) / 255.0f >= 0.5f ? 1.0f : 0.0f;
     /* torch's nearest downsampling by an integer factor picks the top-left pixel. */
     for (int y = 0; y < s->h; y++)
         for (int x = 0; x < s->w; x++)
