@@ -464,6 +464,41 @@ static void test_f16_weights(void)
     free(h), free(wf), free(x), free(b);
 }
 
+/* Blocks over glibc's mmap threshold are reused once freed, pages and all
+ * (a fresh mapping would read as zeros), and a reused block holds whatever
+ * it held: ops must not rely on zeroed memory. */
+static void test_pool(void)
+{
+    sdw_error e;
+    sdw_tensor a, b, c;
+    int64_t big = 9 << 20, other = 10 << 20, small = 100;
+    int rc = sdw_tensor_new(&a, be, 1, &big, &e);
+    float *pa = a.data;
+    int aligned = rc == 0 && ((uintptr_t)pa & 63) == 0;
+    for (int64_t i = 0; rc == 0 && i < big; i += 4099)
+        pa[i] = 1.5f;
+    sdw_tensor_free(&a);
+    rc = rc || sdw_tensor_new(&b, be, 1, &big, &e);
+    int kept = rc == 0 && b.data == pa;
+    for (int64_t i = 0; kept && i < big; i += 4099)
+        kept = b.data[i] == 1.5f;
+    tap_ok(kept, "a freed %lld-float block, pages and contents, serves the next request of its size",
+           (long long)big);
+    rc = sdw_tensor_new(&c, be, 1, &other, &e);
+    aligned = aligned && rc == 0 && ((uintptr_t)c.data & 63) == 0 && c.data != b.data;
+    sdw_tensor_free(&c);
+    rc = sdw_tensor_new(&c, be, 1, &small, &e);
+    aligned = aligned && rc == 0 && ((uintptr_t)c.data & 63) == 0;
+    tap_ok(aligned, "pool and small blocks are 64-byte aligned and distinct");
+    for (int64_t i = 0; i < big; i++)
+        b.data[i] = (float)i;
+    int same = 1;
+    for (int64_t i = 0; i < big; i += 4099)
+        same &= b.data[i] == (float)i;
+    tap_ok(same, "a reused block is fully writable");
+    sdw_tensor_free(&b), sdw_tensor_free(&c);
+}
+
 int main(void)
 {
     sdw_error e;
@@ -494,6 +529,7 @@ int main(void)
     test_image_misc();
     test_f16_weights();
     test_shape_errors();
+    test_pool();
     sdw_backend_destroy(be);
     return tap_done();
 }

@@ -9,6 +9,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "safetensors.h"
 #include "tensor.h"
@@ -91,18 +92,128 @@ static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, i
  * SDW_ATTN_QBLOCK x tk floats (4 MiB at 4096 keys) instead of tq x tk. */
 #define SDW_ATTN_QBLOCK 256
 
+/* The largest activations (a transformer's feed-forward at 512x512 is 84 MB,
+ * the VAE decoder's 128-256 MB) are beyond glibc's largest mmap threshold
+ * (32 MiB), so malloc maps each afresh and its pages fault in (zeroed) one
+ * by one on every op. Blocks of SDW_POOL_MIN bytes or more therefore come
+ * from a pool: rounded up to one of eight sizes per octave, mapped directly,
+ * and kept on their size's free list when freed, up to SDW_POOL_CACHE bytes
+ * in all. A request that finds its list empty first unmaps cached blocks of
+ * other sizes (the largest first) worth at least what it maps, so the
+ * process never holds more than its peak of live blocks did without the
+ * pool. Smaller blocks stay with malloc, whose heap already reuses them
+ * (pooling them too, under that eviction rule, thrashed). Ops run from one
+ * thread at a time (OpenMP only inside them), so the lists need no lock. */
+#define SDW_POOL_MIN ((size_t)32 << 20)
+#define SDW_POOL_CACHE ((size_t)512 << 20)
+#define SDW_POOL_CLASSES 320
+/* Each block starts with this header, its data SDW_POOL_HDR bytes on (the
+ * data stays 64-byte aligned; small blocks carry it too, with class -1). */
+#define SDW_POOL_HDR 64
+
+typedef struct pool_block {
+    size_t bytes;            /* mapped length, header included */
+    int cls;                 /* size class, or -1 for a malloc'd block */
+    struct pool_block *next; /* on its free list */
+} pool_block;
+
+typedef struct cpu_backend {
+    sdw_backend base;
+    pool_block *free_list[SDW_POOL_CLASSES];
+    size_t cached; /* bytes on the free lists */
+} cpu_backend;
+
+/* The smallest class of at least `bytes`: 2^o * (8 + j) / 8 for octave o,
+ * step j. */
+static int pool_class(size_t bytes, size_t *class_bytes)
+{
+    int o = 63 - __builtin_clzll((unsigned long long)bytes);
+    for (;;) {
+        for (int j = 0; j < 8; j++) {
+            size_t c = ((size_t)1 << o) / 8 * (size_t)(8 + j);
+            if (c >= bytes) {
+                *class_bytes = c;
+                return (o - 16) * 8 + j;
+            }
+        }
+        o++;
+    }
+}
+
+static void pool_unmap(pool_block *b)
+{
+    munmap(b, b->bytes);
+}
+
+/* Unmaps cached blocks, the largest first, until `want` bytes are gone or
+ * nothing is cached. */
+static void pool_evict(cpu_backend *cb, size_t want)
+{
+    size_t gone = 0;
+    for (int c = SDW_POOL_CLASSES - 1; c >= 0 && gone < want; c--)
+        while (cb->free_list[c] && gone < want) {
+            pool_block *b = cb->free_list[c];
+            cb->free_list[c] = b->next;
+            cb->cached -= b->bytes;
+            gone += b->bytes;
+            pool_unmap(b);
+        }
+}
+
 static int cpu_alloc(sdw_backend *be, size_t n, float **p, sdw_error *e)
 {
-    size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
-    *p = aligned_alloc(64, bytes ? bytes : 64);
-    if (!*p)
-        return sdw_fail(e, SDW_ENOMEM, "out of memory allocating %zu bytes", bytes);
+    cpu_backend *cb = (cpu_backend *)be;
+    if (n > (SIZE_MAX - 2 * SDW_POOL_HDR) / 2 / sizeof(float))
+        return sdw_fail(e, SDW_ENOMEM, "out of memory allocating %zu floats", n);
+    size_t bytes = SDW_POOL_HDR + ((n * sizeof(float) + 63) & ~(size_t)63);
+    pool_block *b;
+    if (bytes < SDW_POOL_MIN) {
+        b = aligned_alloc(64, bytes);
+        if (!b)
+            return sdw_fail(e, SDW_ENOMEM, "out of memory allocating %zu bytes", bytes);
+        b->bytes = bytes;
+        b->cls = -1;
+    } else {
+        size_t cbytes;
+        int cls = pool_class(bytes, &cbytes);
+        if (cls >= SDW_POOL_CLASSES)
+            return sdw_fail(e, SDW_ENOMEM, "out of memory allocating %zu bytes", bytes);
+        b = cb->free_list[cls];
+        if (b) {
+            cb->free_list[cls] = b->next;
+            cb->cached -= b->bytes;
+        } else {
+            pool_evict(cb, cbytes);
+            b = mmap(NULL, cbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (b == MAP_FAILED) {
+                pool_evict(cb, SIZE_MAX);
+                b = mmap(NULL, cbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            }
+            if (b == MAP_FAILED)
+                return sdw_fail(e, SDW_ENOMEM, "out of memory allocating %zu bytes", bytes);
+            b->bytes = cbytes;
+            b->cls = cls;
+        }
+    }
+    *p = (float *)((char *)b + SDW_POOL_HDR);
     return SDW_OK;
 }
 
 static void cpu_free(sdw_backend *be, float *p)
 {
-    free(p);
+    cpu_backend *cb = (cpu_backend *)be;
+    if (!p)
+        return;
+    pool_block *b = (pool_block *)((char *)p - SDW_POOL_HDR);
+    if (b->cls < 0) {
+        free(b);
+    } else if (cb->cached + b->bytes <= SDW_POOL_CACHE) {
+        b->next = cb->free_list[b->cls];
+        cb->free_list[b->cls] = b;
+        cb->cached += b->bytes;
+    } else {
+        pool_unmap(b);
+    }
 }
 
 static int cpu_copy(sdw_backend *be, float *dst, const float *src, size_t n, sdw_error *e)
@@ -182,7 +293,7 @@ static int gemm_f16w(sdw_backend *be, int w_left, const uint16_t *w, int64_t wro
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)nr, (blasint)k, 1.0f, x,
                         (blasint)k, wf, (blasint)k, beta, c + r0, (blasint)ldc);
     }
-    free(scratch);
+    cpu_free(be, scratch);
     return SDW_OK;
 }
 
@@ -279,7 +390,7 @@ static int cpu_attention(sdw_backend *be, const float *q, const float *k, const 
                         (blasint)tk, vh, (blasint)c, 0.0f, oh + r0 * c, (blasint)c);
         }
     }
-    free(s);
+    cpu_free(be, s);
     return SDW_OK;
 }
 
@@ -417,7 +528,7 @@ static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, int w_f16
                 gemm(CblasNoTrans, CblasNoTrans, o, nr * ow, k, 1.0f, w, k, col, nr * ow, beta, yb + oy0 * ow, npix);
         }
     }
-    free(col);
+    cpu_free(be, col);
     return rc;
 }
 
@@ -559,6 +670,7 @@ static int cpu_gaussian(sdw_backend *be, const float *m, const float *noise, flo
 
 static void cpu_destroy(sdw_backend *be)
 {
+    pool_evict((cpu_backend *)be, SIZE_MAX);
     free(be);
 }
 
@@ -589,12 +701,12 @@ static const sdw_backend_ops cpu_ops = {
 
 int sdw_backend_cpu(sdw_backend **out, sdw_error *e)
 {
-    sdw_backend *be = calloc(1, sizeof *be);
-    if (!be)
+    cpu_backend *cb = calloc(1, sizeof *cb);
+    if (!cb)
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
-    be->ops = &cpu_ops;
+    cb->base.ops = &cpu_ops;
     repick_openblas_core();
     openblas_set_num_threads(1);
-    *out = be;
+    *out = &cb->base;
     return SDW_OK;
 }
