@@ -148,6 +148,39 @@ static void test_attention(int64_t b, int64_t tq, int64_t tk, int heads, int64_t
     free(q), free(k), free(v), free(o), free(ref), free(p);
 }
 
+/* The softmax's exp, seen through attention with two keys: logits 0 and
+ * t/2 (q = [t,0,0,0], k1 = [1,0,0,0], scale 1/2: exact) and one-hot values,
+ * so out[1] = e^(t/2) / (1 + e^(t/2)). Against double precision that is
+ * the exp's error plus two roundings (the reciprocal, the product): within
+ * 4 ulp (4 * 2^-23 relative) over t/2 in [-80, 0] only if the exp is within
+ * about 2. */
+static float *download(const sdw_tensor *t);
+
+static void test_softmax_exp(void)
+{
+    sdw_error e;
+    int64_t tq = 4001, s3[3] = {1, tq, 4}, k3[3] = {1, 2, 4};
+    float *q = calloc((size_t)(tq * 4), sizeof *q), kv[8] = {0, 0, 0, 0, 1, 0, 0, 0};
+    float vv[8] = {1, 0, 0, 0, 0, 1, 0, 0};
+    for (int64_t i = 0; i < tq; i++)
+        q[i * 4] = -160.0f * (float)i / (float)(tq - 1) + (i % 7) * 1e-3f;
+    sdw_tensor tq_, tk, tv, to;
+    up(&tq_, 3, s3, q), up(&tk, 3, k3, kv), up(&tv, 3, k3, vv);
+    sdw_tensor_new(&to, be, 3, s3, &e);
+    int rc = sdw_op_attention(&tq_, &tk, &tv, 1, 0, &to, &e);
+    float *o = download(&to);
+    double worst = 0.0;
+    for (int64_t i = 0; i < tq; i++) {
+        double x = exp((double)(q[i * 4] * 0.5f)), want = x / (1.0 + x);
+        double r = fabs(o[i * 4 + 1] - want) / want;
+        worst = r > worst ? r : worst;
+    }
+    tap_ok(rc == 0 && worst <= 4.0 / 8388608.0, "softmax exp over [-80, 0]: max rel err %.2e (%.2f ulp)", worst,
+           worst * 8388608.0);
+    free(o), free(q);
+    sdw_tensor_free(&tq_), sdw_tensor_free(&tk), sdw_tensor_free(&tv), sdw_tensor_free(&to);
+}
+
 static void test_act(sdw_act act, const char *name)
 {
     int64_t n = 4099;
@@ -515,6 +548,7 @@ int main(void)
     test_attention(1, 77, 77, 1, 16, 1);
     test_attention(2, 300, 77, 2, 16, 0);  /* more queries than one block, cross-attention shape */
     test_attention(1, 600, 600, 2, 8, 1);  /* causal mask across query blocks */
+    test_softmax_exp();
     test_act(SDW_ACT_SILU, "silu");
     test_act(SDW_ACT_GELU, "gelu");
     test_act(SDW_ACT_QUICK_GELU, "quick_gelu");

@@ -336,11 +336,91 @@ static int cpu_layer_norm(sdw_backend *be, const float *x, const float *gamma, c
     return SDW_OK;
 }
 
-static void softmax_rows(float *s, int64_t rows, int64_t cols, int64_t row0, int causal)
+#if defined(__x86_64__) && defined(__GNUC__)
+/* expf for 8 lanes, within 2 ulp of the exact value over the whole float
+ * range (denormal results included; +inf above log(FLT_MAX), 0 below the
+ * smallest denormal, NaN kept). x = n ln2 + r with |r| <= ln2/2 (ln2 in two
+ * parts, FMA), e^r by Cephes' degree-7 polynomial, and 2^n applied as
+ * 2^(n/2) twice so that neither factor leaves the normal range. */
+__attribute__((target("avx2,fma"))) static inline __m256 exp8(__m256 x)
+{
+    x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x);
+    x = _mm256_min_ps(_mm256_set1_ps(89.0f), x);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+/* One softmax row over its first `valid` entries: max, exp with the sum in
+ * double (4 lanes per half), scale. The tail goes through exp8 too, so every
+ * entry gets the same exp whatever its position. */
+__attribute__((target("avx2,fma"))) static void softmax_row_avx2(float *sr, int64_t valid)
+{
+    __m256 vmx = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= valid; j += 8)
+        vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(sr + j));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vmx);
+    float mx = -INFINITY;
+    for (int l = 0; l < 8; l++)
+        mx = lanes[l] > mx ? lanes[l] : mx;
+    for (int64_t t = j; t < valid; t++)
+        mx = sr[t] > mx ? sr[t] : mx;
+    __m256 vm = _mm256_set1_ps(mx);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    for (j = 0; j + 8 <= valid; j += 8) {
+        __m256 ev = exp8(_mm256_sub_ps(_mm256_loadu_ps(sr + j), vm));
+        _mm256_storeu_ps(sr + j, ev);
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(ev)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(ev, 1)));
+    }
+    double sum = 0.0, part[4];
+    if (j < valid) {
+        for (int l = 0; l < 8; l++)
+            lanes[l] = j + l < valid ? sr[j + l] : mx;
+        _mm256_storeu_ps(lanes, exp8(_mm256_sub_ps(_mm256_loadu_ps(lanes), vm)));
+        for (int64_t t = j; t < valid; t++) {
+            sr[t] = lanes[t - j];
+            sum += sr[t];
+        }
+    }
+    _mm256_storeu_pd(part, _mm256_add_pd(s0, s1));
+    sum += (part[0] + part[1]) + (part[2] + part[3]);
+    __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
+    for (j = 0; j + 8 <= valid; j += 8)
+        _mm256_storeu_ps(sr + j, _mm256_mul_ps(_mm256_loadu_ps(sr + j), inv));
+    for (; j < valid; j++)
+        sr[j] *= (float)(1.0 / sum);
+}
+#endif
+
+static void softmax_rows(float *s, int64_t rows, int64_t cols, int64_t row0, int causal, int avx2)
 {
     for (int64_t i = 0; i < rows; i++) {
         float *sr = s + i * cols;
         int64_t valid = causal ? row0 + i + 1 : cols;
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (avx2) {
+            softmax_row_avx2(sr, valid);
+            memset(sr + valid, 0, (size_t)(cols - valid) * sizeof *sr);
+            continue;
+        }
+#endif
         float mx = -INFINITY;
         for (int64_t j = 0; j < valid; j++)
             mx = sr[j] > mx ? sr[j] : mx;
@@ -357,6 +437,15 @@ static void softmax_rows(float *s, int64_t rows, int64_t cols, int64_t row0, int
     }
 }
 
+static int have_avx2_fma(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
 /* One thread per (batch, head) pair, each with single-threaded products and
  * its own score block of SDW_ATTN_QBLOCK x tk floats: scratch is threads x
  * 4 MiB at 4096 keys, never heads x tq x tk, and no barrier between the
@@ -369,6 +458,7 @@ static int cpu_attention(sdw_backend *be, const float *q, const float *k, const 
     int nt = omp_get_max_threads();
     if (nt > b * heads)
         nt = (int)(b * heads);
+    int avx2 = have_avx2_fma();
     float *s = NULL;
     int rc = cpu_alloc(be, (size_t)(nt * qblock * tk), &s, e);
     if (rc)
@@ -385,7 +475,7 @@ static int cpu_attention(sdw_backend *be, const float *q, const float *k, const 
             int64_t nr = tq - r0 < qblock ? tq - r0 : qblock;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nr, (blasint)tk, (blasint)d, scale,
                         qh + r0 * c, (blasint)c, kh, (blasint)c, 0.0f, sc, (blasint)tk);
-            softmax_rows(sc, nr, tk, r0, causal);
+            softmax_rows(sc, nr, tk, r0, causal, avx2);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)d, (blasint)tk, 1.0f, sc,
                         (blasint)tk, vh, (blasint)c, 0.0f, oh + r0 * c, (blasint)c);
         }
