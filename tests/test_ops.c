@@ -467,10 +467,12 @@ static void test_f16_weights(void)
     free(g1), free(g2), free(ref);
     sdw_tensor_free(&y1), sdw_tensor_free(&y2), sdw_tensor_free(&tx);
 
-    /* 1x1 (direct) and 3x3 (im2col) convolutions, o = 600, c = 144 and 16. */
-    for (int kk = 1; kk <= 3; kk += 2) {
-        int64_t c = k / (kk * kk), xs[4] = {2, c, 9, 11}, ws[4] = {n, c, kk, kk}, ys[4] = {2, n, 9, 11};
-        float *xi = rand_buf((size_t)(2 * c * 9 * 11));
+    /* 1x1 (direct) and 3x3 (im2col) convolutions, o = 600, c = 144 and 16,
+     * one image (halves converted block by block) and two (converted once). */
+    for (int t = 0; t < 4; t++) {
+        int kk = t < 2 ? 1 : 3, bs = 1 + t % 2;
+        int64_t c = k / (kk * kk), xs[4] = {bs, c, 9, 11}, ws[4] = {n, c, kk, kk}, ys[4] = {bs, n, 9, 11};
+        float *xi = rand_buf((size_t)(bs * c * 9 * 11));
         sdw_tensor ti, hv, fv;
         up(&ti, 4, xs, xi);
         sdw_tensor_view(&hv, &th, 4, ws, &e), sdw_tensor_view(&fv, &tf, 4, ws, &e);
@@ -483,8 +485,8 @@ static void test_f16_weights(void)
         for (size_t i = 0; i < ny; i++)
             ref[i] = g2[i];
         r = max_rel(g1, ref, ny);
-        tap_ok(rc == 0 && r < 1e-6, "conv2d %dx%d with an f16 weight equals its float32 copy: rel err %.2e", kk, kk,
-               r);
+        tap_ok(rc == 0 && r < 1e-6, "conv2d %dx%d, %d image(s), with an f16 weight equals its float32 copy: rel err %.2e",
+               kk, kk, bs, r);
         free(g1), free(g2), free(ref), free(xi);
         sdw_tensor_free(&y1), sdw_tensor_free(&y2), sdw_tensor_free(&ti);
     }

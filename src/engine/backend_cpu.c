@@ -263,13 +263,16 @@ static void halves_to_f32(const uint16_t *s, float *d, int64_t n)
  * few enough for blocks to share out evenly over the threads. */
 #define SDW_F16_BLOCK 256
 
-/* A product with a half weight w [wrows, k], in blocks of its rows, each
+/* Products with a half weight w [wrows, k], in blocks of its rows, each
  * converted into the thread's scratch and multiplied at once (while still in
- * cache), the blocks shared over the OpenMP threads. w_left: C[wrows, n] =
- * w x[k, n] (a convolution: x is the column matrix, ldx its row length);
- * otherwise C[n, wrows] = x[n, k] w^T (a linear layer). */
-static int gemm_f16w(sdw_backend *be, int w_left, const uint16_t *w, int64_t wrows, int64_t k, const float *x,
-                     int64_t ldx, int64_t n, float beta, float *c, int64_t ldc, sdw_error *e)
+ * cache), the blocks shared over the OpenMP threads. There are nx products
+ * with the same weight (the images of a batch), so that each block is
+ * converted once for all of them. w_left: C_i[wrows, n] = w x_i[k, n] (a
+ * convolution: x_i a column matrix or image, ldx its row length); otherwise
+ * C_i[n, wrows] = x_i[n, k] w^T (a linear layer). */
+static int gemm_f16w(sdw_backend *be, int w_left, const uint16_t *w, int64_t wrows, int64_t k, int nx,
+                     const float *const *xs, int64_t ldx, int64_t n, float beta, float *const *cs, int64_t ldc,
+                     sdw_error *e)
 {
     int nt = omp_get_max_threads();
     int64_t nblk = nt * ((wrows + (int64_t)nt * SDW_F16_BLOCK - 1) / ((int64_t)nt * SDW_F16_BLOCK));
@@ -286,12 +289,14 @@ static int gemm_f16w(sdw_backend *be, int w_left, const uint16_t *w, int64_t wro
         int64_t r0 = bi * nb, nr = wrows - r0 < nb ? wrows - r0 : nb;
         float *wf = scratch + (int64_t)omp_get_thread_num() * nb * k;
         halves_to_f32(w + r0 * k, wf, nr * k);
-        if (w_left)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)n, (blasint)k, 1.0f, wf,
-                        (blasint)k, x, (blasint)ldx, beta, c + r0 * ldc, (blasint)ldc);
-        else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)nr, (blasint)k, 1.0f, x,
-                        (blasint)k, wf, (blasint)k, beta, c + r0, (blasint)ldc);
+        for (int i = 0; i < nx; i++) {
+            if (w_left)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)n, (blasint)k, 1.0f,
+                            wf, (blasint)k, xs[i], (blasint)ldx, beta, cs[i] + r0 * ldc, (blasint)ldc);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)nr, (blasint)k, 1.0f,
+                            xs[i], (blasint)k, wf, (blasint)k, beta, cs[i] + r0, (blasint)ldc);
+        }
     }
     cpu_free(be, scratch);
     return SDW_OK;
@@ -308,7 +313,7 @@ static int cpu_linear(sdw_backend *be, const float *x, const float *w, int w_f16
         beta = 1.0f;
     }
     if (w_f16)
-        return gemm_f16w(be, 0, (const uint16_t *)w, n, k, x, k, m, beta, y, n, e);
+        return gemm_f16w(be, 0, (const uint16_t *)w, n, k, 1, &x, k, m, beta, &y, n, e);
     gemm(CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, beta, y, n);
     return SDW_OK;
 }
@@ -537,6 +542,8 @@ static int cpu_embed(sdw_backend *be, const float *table, const int32_t *ids, co
  * need a 1.2 GB column buffer while each sgemm stays wide enough to run at
  * full speed. */
 #define SDW_CONV_SCRATCH (4 << 20)
+/* Images whose products share one conversion of a half weight. */
+#define SDW_CONV_BATCH 4
 
 /* Column matrix rows [k][nr*ow] for output rows oy0..oy0+nr of one image. */
 static void im2col(const float *x, float *col, int64_t c, int64_t h, int64_t wd, int64_t kh, int64_t kw,
@@ -589,33 +596,50 @@ static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, int w_f16
     }
     /* A pointwise conv is a product with the image itself: no copy. */
     if (kh == 1 && kw == 1 && stride == 1 && pad_t == 0 && pad_l == 0 && oh == h && ow == wd) {
-        int rc = SDW_OK;
-        for (int64_t bi = 0; !rc && bi < b; bi++) {
-            if (w_f16)
-                rc = gemm_f16w(be, 1, (const uint16_t *)w, o, c, x + bi * c * npix, npix, npix, beta,
-                               y + bi * o * npix, npix, e);
-            else
+        if (!w_f16) {
+            for (int64_t bi = 0; bi < b; bi++)
                 gemm(CblasNoTrans, CblasNoTrans, o, npix, c, 1.0f, w, c, x + bi * c * npix, npix, beta,
                      y + bi * o * npix, npix);
+            return SDW_OK;
+        }
+        int rc = SDW_OK;
+        for (int64_t b0 = 0; !rc && b0 < b; b0 += SDW_CONV_BATCH) {
+            int nx = b - b0 < SDW_CONV_BATCH ? (int)(b - b0) : SDW_CONV_BATCH;
+            const float *xs[SDW_CONV_BATCH];
+            float *ys[SDW_CONV_BATCH];
+            for (int i = 0; i < nx; i++)
+                xs[i] = x + (b0 + i) * c * npix, ys[i] = y + (b0 + i) * o * npix;
+            rc = gemm_f16w(be, 1, (const uint16_t *)w, o, c, nx, xs, npix, npix, beta, ys, npix, e);
         }
         return rc;
     }
-    int64_t rb = SDW_CONV_SCRATCH / (k * ow);
+    /* Output rows in blocks whose column matrices, for up to SDW_CONV_BATCH
+     * images at once where they fit (so that a half weight is converted once
+     * for them all), stay within the scratch. */
+    int64_t nimg = w_f16 && b > 1 && SDW_CONV_SCRATCH / ((b < SDW_CONV_BATCH ? b : SDW_CONV_BATCH) * k * ow) >= 1
+                       ? (b < SDW_CONV_BATCH ? b : SDW_CONV_BATCH)
+                       : 1;
+    int64_t rb = SDW_CONV_SCRATCH / (nimg * k * ow);
     rb = rb < 1 ? 1 : rb > oh ? oh : rb;
     float *col = NULL;
-    int rc = cpu_alloc(be, (size_t)(k * rb * ow), &col, e);
+    int rc = cpu_alloc(be, (size_t)(nimg * k * rb * ow), &col, e);
     if (rc)
         return rc;
-    for (int64_t bi = 0; !rc && bi < b; bi++) {
-        const float *xb = x + bi * c * h * wd;
-        float *yb = y + bi * o * npix;
+    for (int64_t b0 = 0; !rc && b0 < b; b0 += nimg) {
+        int nx = b - b0 < nimg ? (int)(b - b0) : (int)nimg;
         for (int64_t oy0 = 0; !rc && oy0 < oh; oy0 += rb) {
             int64_t nr = oh - oy0 < rb ? oh - oy0 : rb;
-            im2col(xb, col, c, h, wd, kh, kw, ow, oy0, nr, stride, pad_t, pad_l);
+            const float *xs[SDW_CONV_BATCH];
+            float *ys[SDW_CONV_BATCH];
+            for (int i = 0; i < nx; i++) {
+                float *ci = col + i * k * nr * ow;
+                im2col(x + (b0 + i) * c * h * wd, ci, c, h, wd, kh, kw, ow, oy0, nr, stride, pad_t, pad_l);
+                xs[i] = ci, ys[i] = y + (b0 + i) * o * npix + oy0 * ow;
+            }
             if (w_f16)
-                rc = gemm_f16w(be, 1, (const uint16_t *)w, o, k, col, nr * ow, nr * ow, beta, yb + oy0 * ow, npix, e);
+                rc = gemm_f16w(be, 1, (const uint16_t *)w, o, k, nx, xs, nr * ow, nr * ow, beta, ys, npix, e);
             else
-                gemm(CblasNoTrans, CblasNoTrans, o, nr * ow, k, 1.0f, w, k, col, nr * ow, beta, yb + oy0 * ow, npix);
+                gemm(CblasNoTrans, CblasNoTrans, o, nr * ow, k, 1.0f, w, k, xs[0], nr * ow, beta, ys[0], npix);
         }
     }
     cpu_free(be, col);
