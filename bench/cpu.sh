@@ -1,15 +1,19 @@
 #!/bin/sh
-# CPU benchmark: SD 1.5-sized random-weight model (f16 files), euler, 4 steps,
-# CFG 7.5, seed 42, at 512x512 and 256x256 (or the sizes given as arguments,
-# e.g. bench/cpu.sh 256). Reports load, text-encode, per-step and VAE decode
-# times and peak RSS (GNU time). The model is built once into
-# $SDW_BENCH_CACHE (default ~/.cache/sdworker-bench) and reused.
+# CPU benchmark: SD 1.5-sized random-weight model (f16 files, or f32 with
+# SDW_BENCH_DTYPE=f32), euler, 4 steps, CFG 7.5, seed 42, at 512x512 and
+# 256x256 (or the sizes given as arguments, e.g. bench/cpu.sh 256). Reports
+# load, text-encode, per-step and VAE decode times and peak RSS (GNU time),
+# and the load average before the runs (the figures are only as good as the
+# machine is quiet). The model is built once into $SDW_BENCH_CACHE (default
+# ~/.cache/sdworker-bench) and reused.
 # Run from the source tree or a build tree; builds first when needed.
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=${SDW_BUILD_DIR:-$top}
 cache=${SDW_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sdworker-bench}
 sizes=${*:-512 256}
+dtype=${SDW_BENCH_DTYPE:-f16}
+case $dtype in f16 | f32) ;; *) echo "bench/cpu.sh: SDW_BENCH_DTYPE must be f16 or f32" >&2; exit 2 ;; esac
 : "${SDW_DATA_DIR:=$top/data}"
 export SDW_DATA_DIR
 
@@ -22,26 +26,27 @@ if [ ! -f "$build/Makefile" ]; then
 fi
 make -C "$build" -j2 src/tools/sdworker-mkmodel src/tools/sdworker-generate >/dev/null
 
-model=$cache/sd15-f16
+model=$cache/sd15-$dtype
 if [ ! -f "$model/vae/diffusion_pytorch_model.safetensors" ]; then
     mkdir -p "$cache"
     echo "building $model (once)..." >&2
     rm -rf "$model"
-    /usr/bin/time -v "$build/src/tools/sdworker-mkmodel" --config sd15 --dtype f16 "$model" 2>"$cache/mkmodel.time"
-    grep -E "Elapsed|Maximum resident" "$cache/mkmodel.time" | sed 's/^\s*/mkmodel sd15: /' >&2
+    /usr/bin/time -v "$build/src/tools/sdworker-mkmodel" --config sd15 --dtype $dtype "$model" 2>"$cache/mkmodel-$dtype.time"
+    grep -E "Elapsed|Maximum resident" "$cache/mkmodel-$dtype.time" | sed 's/^\s*/mkmodel sd15: /' >&2
 fi
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m) $(nproc) cores, OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}"
-echo "# $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
+echo "# $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $dtype weights, OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-8s %8s %8s %8s %8s %8s %8s\n' size load_s encode_s s/step decode_s total_s peak_GB
 for s in $sizes; do
-    out=$cache/bench-$s.png
+    out=$cache/bench-$s-$dtype.png
     /usr/bin/time -v "$build/src/tools/sdworker-generate" --model "$model" --prompt "a photo of a cat" \
         --steps 4 --sampler euler --guidance 7.5 --seed 42 --width "$s" --height "$s" --output "$out" \
-        >"$cache/bench-$s.out" 2>"$cache/bench-$s.err"
-    v() { sed -n "s/^$1: \([0-9.]*\).*/\1/p" "$cache/bench-$s.out"; }
-    step=$(sed -n 's/.*, \([0-9.]*\) s\/step).*/\1/p' "$cache/bench-$s.out")
-    rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$cache/bench-$s.err")
+        >"$cache/bench-$s-$dtype.out" 2>"$cache/bench-$s-$dtype.err"
+    v() { sed -n "s/^$1: \([0-9.]*\).*/\1/p" "$cache/bench-$s-$dtype.out"; }
+    step=$(sed -n 's/.*, \([0-9.]*\) s\/step).*/\1/p' "$cache/bench-$s-$dtype.out")
+    rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$cache/bench-$s-$dtype.err")
     printf '%-8s %8s %8s %8s %8s %8s %8.2f\n' "${s}x$s" "$(v load)" "$(v 'text encode')" "$step" \
         "$(v 'vae decode')" "$(v total)" "$(echo "$rss" | awk '{print $1 / 1048576}')"
 done

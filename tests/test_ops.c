@@ -148,6 +148,39 @@ static void test_attention(int64_t b, int64_t tq, int64_t tk, int heads, int64_t
     free(q), free(k), free(v), free(o), free(ref), free(p);
 }
 
+/* The softmax's exp, seen through attention with two keys: logits 0 and
+ * t/2 (q = [t,0,0,0], k1 = [1,0,0,0], scale 1/2: exact) and one-hot values,
+ * so out[1] = e^(t/2) / (1 + e^(t/2)). Against double precision that is
+ * the exp's error plus two roundings (the reciprocal, the product): within
+ * 4 ulp (4 * 2^-23 relative) over t/2 in [-80, 0] only if the exp is within
+ * about 2. */
+static float *download(const sdw_tensor *t);
+
+static void test_softmax_exp(void)
+{
+    sdw_error e;
+    int64_t tq = 4001, s3[3] = {1, tq, 4}, k3[3] = {1, 2, 4};
+    float *q = calloc((size_t)(tq * 4), sizeof *q), kv[8] = {0, 0, 0, 0, 1, 0, 0, 0};
+    float vv[8] = {1, 0, 0, 0, 0, 1, 0, 0};
+    for (int64_t i = 0; i < tq; i++)
+        q[i * 4] = -160.0f * (float)i / (float)(tq - 1) + (i % 7) * 1e-3f;
+    sdw_tensor tq_, tk, tv, to;
+    up(&tq_, 3, s3, q), up(&tk, 3, k3, kv), up(&tv, 3, k3, vv);
+    sdw_tensor_new(&to, be, 3, s3, &e);
+    int rc = sdw_op_attention(&tq_, &tk, &tv, 1, 0, &to, &e);
+    float *o = download(&to);
+    double worst = 0.0;
+    for (int64_t i = 0; i < tq; i++) {
+        double x = exp((double)(q[i * 4] * 0.5f)), want = x / (1.0 + x);
+        double r = fabs(o[i * 4 + 1] - want) / want;
+        worst = r > worst ? r : worst;
+    }
+    tap_ok(rc == 0 && worst <= 4.0 / 8388608.0, "softmax exp over [-80, 0]: max rel err %.2e (%.2f ulp)", worst,
+           worst * 8388608.0);
+    free(o), free(q);
+    sdw_tensor_free(&tq_), sdw_tensor_free(&tk), sdw_tensor_free(&tv), sdw_tensor_free(&to);
+}
+
 static void test_act(sdw_act act, const char *name)
 {
     int64_t n = 4099;
@@ -434,10 +467,12 @@ static void test_f16_weights(void)
     free(g1), free(g2), free(ref);
     sdw_tensor_free(&y1), sdw_tensor_free(&y2), sdw_tensor_free(&tx);
 
-    /* 1x1 (direct) and 3x3 (im2col) convolutions, o = 600, c = 144 and 16. */
-    for (int kk = 1; kk <= 3; kk += 2) {
-        int64_t c = k / (kk * kk), xs[4] = {2, c, 9, 11}, ws[4] = {n, c, kk, kk}, ys[4] = {2, n, 9, 11};
-        float *xi = rand_buf((size_t)(2 * c * 9 * 11));
+    /* 1x1 (direct) and 3x3 (im2col) convolutions, o = 600, c = 144 and 16,
+     * one image (halves converted block by block) and two (converted once). */
+    for (int t = 0; t < 4; t++) {
+        int kk = t < 2 ? 1 : 3, bs = 1 + t % 2;
+        int64_t c = k / (kk * kk), xs[4] = {bs, c, 9, 11}, ws[4] = {n, c, kk, kk}, ys[4] = {bs, n, 9, 11};
+        float *xi = rand_buf((size_t)(bs * c * 9 * 11));
         sdw_tensor ti, hv, fv;
         up(&ti, 4, xs, xi);
         sdw_tensor_view(&hv, &th, 4, ws, &e), sdw_tensor_view(&fv, &tf, 4, ws, &e);
@@ -450,8 +485,8 @@ static void test_f16_weights(void)
         for (size_t i = 0; i < ny; i++)
             ref[i] = g2[i];
         r = max_rel(g1, ref, ny);
-        tap_ok(rc == 0 && r < 1e-6, "conv2d %dx%d with an f16 weight equals its float32 copy: rel err %.2e", kk, kk,
-               r);
+        tap_ok(rc == 0 && r < 1e-6, "conv2d %dx%d, %d image(s), with an f16 weight equals its float32 copy: rel err %.2e",
+               kk, kk, bs, r);
         free(g1), free(g2), free(ref), free(xi);
         sdw_tensor_free(&y1), sdw_tensor_free(&y2), sdw_tensor_free(&ti);
     }
@@ -462,6 +497,41 @@ static void test_f16_weights(void)
     tap_ok(rc == SDW_EINVAL, "an f16 weight is not read back as float32: %s", e.msg);
     sdw_tensor_free(&th), sdw_tensor_free(&tf), sdw_tensor_free(&tb);
     free(h), free(wf), free(x), free(b);
+}
+
+/* Blocks over glibc's mmap threshold are reused once freed, pages and all
+ * (a fresh mapping would read as zeros), and a reused block holds whatever
+ * it held: ops must not rely on zeroed memory. */
+static void test_pool(void)
+{
+    sdw_error e;
+    sdw_tensor a, b, c;
+    int64_t big = 9 << 20, other = 10 << 20, small = 100;
+    int rc = sdw_tensor_new(&a, be, 1, &big, &e);
+    float *pa = a.data;
+    int aligned = rc == 0 && ((uintptr_t)pa & 63) == 0;
+    for (int64_t i = 0; rc == 0 && i < big; i += 4099)
+        pa[i] = 1.5f;
+    sdw_tensor_free(&a);
+    rc = rc || sdw_tensor_new(&b, be, 1, &big, &e);
+    int kept = rc == 0 && b.data == pa;
+    for (int64_t i = 0; kept && i < big; i += 4099)
+        kept = b.data[i] == 1.5f;
+    tap_ok(kept, "a freed %lld-float block, pages and contents, serves the next request of its size",
+           (long long)big);
+    rc = sdw_tensor_new(&c, be, 1, &other, &e);
+    aligned = aligned && rc == 0 && ((uintptr_t)c.data & 63) == 0 && c.data != b.data;
+    sdw_tensor_free(&c);
+    rc = sdw_tensor_new(&c, be, 1, &small, &e);
+    aligned = aligned && rc == 0 && ((uintptr_t)c.data & 63) == 0;
+    tap_ok(aligned, "pool and small blocks are 64-byte aligned and distinct");
+    for (int64_t i = 0; i < big; i++)
+        b.data[i] = (float)i;
+    int same = 1;
+    for (int64_t i = 0; i < big; i += 4099)
+        same &= b.data[i] == (float)i;
+    tap_ok(same, "a reused block is fully writable");
+    sdw_tensor_free(&b), sdw_tensor_free(&c);
 }
 
 int main(void)
@@ -480,6 +550,7 @@ int main(void)
     test_attention(1, 77, 77, 1, 16, 1);
     test_attention(2, 300, 77, 2, 16, 0);  /* more queries than one block, cross-attention shape */
     test_attention(1, 600, 600, 2, 8, 1);  /* causal mask across query blocks */
+    test_softmax_exp();
     test_act(SDW_ACT_SILU, "silu");
     test_act(SDW_ACT_GELU, "gelu");
     test_act(SDW_ACT_QUICK_GELU, "quick_gelu");
@@ -494,6 +565,7 @@ int main(void)
     test_image_misc();
     test_f16_weights();
     test_shape_errors();
+    test_pool();
     sdw_backend_destroy(be);
     return tap_done();
 }

@@ -9,6 +9,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "safetensors.h"
 #include "tensor.h"
@@ -91,18 +92,128 @@ static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, i
  * SDW_ATTN_QBLOCK x tk floats (4 MiB at 4096 keys) instead of tq x tk. */
 #define SDW_ATTN_QBLOCK 256
 
+/* The largest activations (a transformer's feed-forward at 512x512 is 84 MB,
+ * the VAE decoder's 128-256 MB) are beyond glibc's largest mmap threshold
+ * (32 MiB), so malloc maps each afresh and its pages fault in (zeroed) one
+ * by one on every op. Blocks of SDW_POOL_MIN bytes or more therefore come
+ * from a pool: rounded up to one of eight sizes per octave, mapped directly,
+ * and kept on their size's free list when freed, up to SDW_POOL_CACHE bytes
+ * in all. A request that finds its list empty first unmaps cached blocks of
+ * other sizes (the largest first) worth at least what it maps, so the
+ * process never holds more than its peak of live blocks did without the
+ * pool. Smaller blocks stay with malloc, whose heap already reuses them
+ * (pooling them too, under that eviction rule, thrashed). Ops run from one
+ * thread at a time (OpenMP only inside them), so the lists need no lock. */
+#define SDW_POOL_MIN ((size_t)32 << 20)
+#define SDW_POOL_CACHE ((size_t)512 << 20)
+#define SDW_POOL_CLASSES 320
+/* Each block starts with this header, its data SDW_POOL_HDR bytes on (the
+ * data stays 64-byte aligned; small blocks carry it too, with class -1). */
+#define SDW_POOL_HDR 64
+
+typedef struct pool_block {
+    size_t bytes;            /* mapped length, header included */
+    int cls;                 /* size class, or -1 for a malloc'd block */
+    struct pool_block *next; /* on its free list */
+} pool_block;
+
+typedef struct cpu_backend {
+    sdw_backend base;
+    pool_block *free_list[SDW_POOL_CLASSES];
+    size_t cached; /* bytes on the free lists */
+} cpu_backend;
+
+/* The smallest class of at least `bytes`: 2^o * (8 + j) / 8 for octave o,
+ * step j. */
+static int pool_class(size_t bytes, size_t *class_bytes)
+{
+    int o = 63 - __builtin_clzll((unsigned long long)bytes);
+    for (;;) {
+        for (int j = 0; j < 8; j++) {
+            size_t c = ((size_t)1 << o) / 8 * (size_t)(8 + j);
+            if (c >= bytes) {
+                *class_bytes = c;
+                return (o - 16) * 8 + j;
+            }
+        }
+        o++;
+    }
+}
+
+static void pool_unmap(pool_block *b)
+{
+    munmap(b, b->bytes);
+}
+
+/* Unmaps cached blocks, the largest first, until `want` bytes are gone or
+ * nothing is cached. */
+static void pool_evict(cpu_backend *cb, size_t want)
+{
+    size_t gone = 0;
+    for (int c = SDW_POOL_CLASSES - 1; c >= 0 && gone < want; c--)
+        while (cb->free_list[c] && gone < want) {
+            pool_block *b = cb->free_list[c];
+            cb->free_list[c] = b->next;
+            cb->cached -= b->bytes;
+            gone += b->bytes;
+            pool_unmap(b);
+        }
+}
+
 static int cpu_alloc(sdw_backend *be, size_t n, float **p, sdw_error *e)
 {
-    size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
-    *p = aligned_alloc(64, bytes ? bytes : 64);
-    if (!*p)
-        return sdw_fail(e, SDW_ENOMEM, "out of memory allocating %zu bytes", bytes);
+    cpu_backend *cb = (cpu_backend *)be;
+    if (n > (SIZE_MAX - 2 * SDW_POOL_HDR) / 2 / sizeof(float))
+        return sdw_fail(e, SDW_ENOMEM, "out of memory allocating %zu floats", n);
+    size_t bytes = SDW_POOL_HDR + ((n * sizeof(float) + 63) & ~(size_t)63);
+    pool_block *b;
+    if (bytes < SDW_POOL_MIN) {
+        b = aligned_alloc(64, bytes);
+        if (!b)
+            return sdw_fail(e, SDW_ENOMEM, "out of memory allocating %zu bytes", bytes);
+        b->bytes = bytes;
+        b->cls = -1;
+    } else {
+        size_t cbytes;
+        int cls = pool_class(bytes, &cbytes);
+        if (cls >= SDW_POOL_CLASSES)
+            return sdw_fail(e, SDW_ENOMEM, "out of memory allocating %zu bytes", bytes);
+        b = cb->free_list[cls];
+        if (b) {
+            cb->free_list[cls] = b->next;
+            cb->cached -= b->bytes;
+        } else {
+            pool_evict(cb, cbytes);
+            b = mmap(NULL, cbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (b == MAP_FAILED) {
+                pool_evict(cb, SIZE_MAX);
+                b = mmap(NULL, cbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            }
+            if (b == MAP_FAILED)
+                return sdw_fail(e, SDW_ENOMEM, "out of memory allocating %zu bytes", bytes);
+            b->bytes = cbytes;
+            b->cls = cls;
+        }
+    }
+    *p = (float *)((char *)b + SDW_POOL_HDR);
     return SDW_OK;
 }
 
 static void cpu_free(sdw_backend *be, float *p)
 {
-    free(p);
+    cpu_backend *cb = (cpu_backend *)be;
+    if (!p)
+        return;
+    pool_block *b = (pool_block *)((char *)p - SDW_POOL_HDR);
+    if (b->cls < 0) {
+        free(b);
+    } else if (cb->cached + b->bytes <= SDW_POOL_CACHE) {
+        b->next = cb->free_list[b->cls];
+        cb->free_list[b->cls] = b;
+        cb->cached += b->bytes;
+    } else {
+        pool_unmap(b);
+    }
 }
 
 static int cpu_copy(sdw_backend *be, float *dst, const float *src, size_t n, sdw_error *e)
@@ -152,13 +263,16 @@ static void halves_to_f32(const uint16_t *s, float *d, int64_t n)
  * few enough for blocks to share out evenly over the threads. */
 #define SDW_F16_BLOCK 256
 
-/* A product with a half weight w [wrows, k], in blocks of its rows, each
+/* Products with a half weight w [wrows, k], in blocks of its rows, each
  * converted into the thread's scratch and multiplied at once (while still in
- * cache), the blocks shared over the OpenMP threads. w_left: C[wrows, n] =
- * w x[k, n] (a convolution: x is the column matrix, ldx its row length);
- * otherwise C[n, wrows] = x[n, k] w^T (a linear layer). */
-static int gemm_f16w(sdw_backend *be, int w_left, const uint16_t *w, int64_t wrows, int64_t k, const float *x,
-                     int64_t ldx, int64_t n, float beta, float *c, int64_t ldc, sdw_error *e)
+ * cache), the blocks shared over the OpenMP threads. There are nx products
+ * with the same weight (the images of a batch), so that each block is
+ * converted once for all of them. w_left: C_i[wrows, n] = w x_i[k, n] (a
+ * convolution: x_i a column matrix or image, ldx its row length); otherwise
+ * C_i[n, wrows] = x_i[n, k] w^T (a linear layer). */
+static int gemm_f16w(sdw_backend *be, int w_left, const uint16_t *w, int64_t wrows, int64_t k, int nx,
+                     const float *const *xs, int64_t ldx, int64_t n, float beta, float *const *cs, int64_t ldc,
+                     sdw_error *e)
 {
     int nt = omp_get_max_threads();
     int64_t nblk = nt * ((wrows + (int64_t)nt * SDW_F16_BLOCK - 1) / ((int64_t)nt * SDW_F16_BLOCK));
@@ -175,14 +289,16 @@ static int gemm_f16w(sdw_backend *be, int w_left, const uint16_t *w, int64_t wro
         int64_t r0 = bi * nb, nr = wrows - r0 < nb ? wrows - r0 : nb;
         float *wf = scratch + (int64_t)omp_get_thread_num() * nb * k;
         halves_to_f32(w + r0 * k, wf, nr * k);
-        if (w_left)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)n, (blasint)k, 1.0f, wf,
-                        (blasint)k, x, (blasint)ldx, beta, c + r0 * ldc, (blasint)ldc);
-        else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)nr, (blasint)k, 1.0f, x,
-                        (blasint)k, wf, (blasint)k, beta, c + r0, (blasint)ldc);
+        for (int i = 0; i < nx; i++) {
+            if (w_left)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)n, (blasint)k, 1.0f,
+                            wf, (blasint)k, xs[i], (blasint)ldx, beta, cs[i] + r0 * ldc, (blasint)ldc);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)nr, (blasint)k, 1.0f,
+                            xs[i], (blasint)k, wf, (blasint)k, beta, cs[i] + r0, (blasint)ldc);
+        }
     }
-    free(scratch);
+    cpu_free(be, scratch);
     return SDW_OK;
 }
 
@@ -197,7 +313,7 @@ static int cpu_linear(sdw_backend *be, const float *x, const float *w, int w_f16
         beta = 1.0f;
     }
     if (w_f16)
-        return gemm_f16w(be, 0, (const uint16_t *)w, n, k, x, k, m, beta, y, n, e);
+        return gemm_f16w(be, 0, (const uint16_t *)w, n, k, 1, &x, k, m, beta, &y, n, e);
     gemm(CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, beta, y, n);
     return SDW_OK;
 }
@@ -225,11 +341,91 @@ static int cpu_layer_norm(sdw_backend *be, const float *x, const float *gamma, c
     return SDW_OK;
 }
 
-static void softmax_rows(float *s, int64_t rows, int64_t cols, int64_t row0, int causal)
+#if defined(__x86_64__) && defined(__GNUC__)
+/* expf for 8 lanes, within 2 ulp of the exact value over the whole float
+ * range (denormal results included; +inf above log(FLT_MAX), 0 below the
+ * smallest denormal, NaN kept). x = n ln2 + r with |r| <= ln2/2 (ln2 in two
+ * parts, FMA), e^r by Cephes' degree-7 polynomial, and 2^n applied as
+ * 2^(n/2) twice so that neither factor leaves the normal range. */
+__attribute__((target("avx2,fma"))) static inline __m256 exp8(__m256 x)
+{
+    x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x);
+    x = _mm256_min_ps(_mm256_set1_ps(89.0f), x);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+/* One softmax row over its first `valid` entries: max, exp with the sum in
+ * double (4 lanes per half), scale. The tail goes through exp8 too, so every
+ * entry gets the same exp whatever its position. */
+__attribute__((target("avx2,fma"))) static void softmax_row_avx2(float *sr, int64_t valid)
+{
+    __m256 vmx = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= valid; j += 8)
+        vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(sr + j));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vmx);
+    float mx = -INFINITY;
+    for (int l = 0; l < 8; l++)
+        mx = lanes[l] > mx ? lanes[l] : mx;
+    for (int64_t t = j; t < valid; t++)
+        mx = sr[t] > mx ? sr[t] : mx;
+    __m256 vm = _mm256_set1_ps(mx);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    for (j = 0; j + 8 <= valid; j += 8) {
+        __m256 ev = exp8(_mm256_sub_ps(_mm256_loadu_ps(sr + j), vm));
+        _mm256_storeu_ps(sr + j, ev);
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(ev)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(ev, 1)));
+    }
+    double sum = 0.0, part[4];
+    if (j < valid) {
+        for (int l = 0; l < 8; l++)
+            lanes[l] = j + l < valid ? sr[j + l] : mx;
+        _mm256_storeu_ps(lanes, exp8(_mm256_sub_ps(_mm256_loadu_ps(lanes), vm)));
+        for (int64_t t = j; t < valid; t++) {
+            sr[t] = lanes[t - j];
+            sum += sr[t];
+        }
+    }
+    _mm256_storeu_pd(part, _mm256_add_pd(s0, s1));
+    sum += (part[0] + part[1]) + (part[2] + part[3]);
+    __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
+    for (j = 0; j + 8 <= valid; j += 8)
+        _mm256_storeu_ps(sr + j, _mm256_mul_ps(_mm256_loadu_ps(sr + j), inv));
+    for (; j < valid; j++)
+        sr[j] *= (float)(1.0 / sum);
+}
+#endif
+
+static void softmax_rows(float *s, int64_t rows, int64_t cols, int64_t row0, int causal, int avx2)
 {
     for (int64_t i = 0; i < rows; i++) {
         float *sr = s + i * cols;
         int64_t valid = causal ? row0 + i + 1 : cols;
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (avx2) {
+            softmax_row_avx2(sr, valid);
+            memset(sr + valid, 0, (size_t)(cols - valid) * sizeof *sr);
+            continue;
+        }
+#endif
         float mx = -INFINITY;
         for (int64_t j = 0; j < valid; j++)
             mx = sr[j] > mx ? sr[j] : mx;
@@ -246,6 +442,15 @@ static void softmax_rows(float *s, int64_t rows, int64_t cols, int64_t row0, int
     }
 }
 
+static int have_avx2_fma(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
 /* One thread per (batch, head) pair, each with single-threaded products and
  * its own score block of SDW_ATTN_QBLOCK x tk floats: scratch is threads x
  * 4 MiB at 4096 keys, never heads x tq x tk, and no barrier between the
@@ -258,6 +463,7 @@ static int cpu_attention(sdw_backend *be, const float *q, const float *k, const 
     int nt = omp_get_max_threads();
     if (nt > b * heads)
         nt = (int)(b * heads);
+    int avx2 = have_avx2_fma();
     float *s = NULL;
     int rc = cpu_alloc(be, (size_t)(nt * qblock * tk), &s, e);
     if (rc)
@@ -274,12 +480,12 @@ static int cpu_attention(sdw_backend *be, const float *q, const float *k, const 
             int64_t nr = tq - r0 < qblock ? tq - r0 : qblock;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nr, (blasint)tk, (blasint)d, scale,
                         qh + r0 * c, (blasint)c, kh, (blasint)c, 0.0f, sc, (blasint)tk);
-            softmax_rows(sc, nr, tk, r0, causal);
+            softmax_rows(sc, nr, tk, r0, causal, avx2);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)d, (blasint)tk, 1.0f, sc,
                         (blasint)tk, vh, (blasint)c, 0.0f, oh + r0 * c, (blasint)c);
         }
     }
-    free(s);
+    cpu_free(be, s);
     return SDW_OK;
 }
 
@@ -336,6 +542,8 @@ static int cpu_embed(sdw_backend *be, const float *table, const int32_t *ids, co
  * need a 1.2 GB column buffer while each sgemm stays wide enough to run at
  * full speed. */
 #define SDW_CONV_SCRATCH (4 << 20)
+/* Images whose products share one conversion of a half weight. */
+#define SDW_CONV_BATCH 4
 
 /* Column matrix rows [k][nr*ow] for output rows oy0..oy0+nr of one image. */
 static void im2col(const float *x, float *col, int64_t c, int64_t h, int64_t wd, int64_t kh, int64_t kw,
@@ -388,36 +596,53 @@ static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, int w_f16
     }
     /* A pointwise conv is a product with the image itself: no copy. */
     if (kh == 1 && kw == 1 && stride == 1 && pad_t == 0 && pad_l == 0 && oh == h && ow == wd) {
-        int rc = SDW_OK;
-        for (int64_t bi = 0; !rc && bi < b; bi++) {
-            if (w_f16)
-                rc = gemm_f16w(be, 1, (const uint16_t *)w, o, c, x + bi * c * npix, npix, npix, beta,
-                               y + bi * o * npix, npix, e);
-            else
+        if (!w_f16) {
+            for (int64_t bi = 0; bi < b; bi++)
                 gemm(CblasNoTrans, CblasNoTrans, o, npix, c, 1.0f, w, c, x + bi * c * npix, npix, beta,
                      y + bi * o * npix, npix);
+            return SDW_OK;
+        }
+        int rc = SDW_OK;
+        for (int64_t b0 = 0; !rc && b0 < b; b0 += SDW_CONV_BATCH) {
+            int nx = b - b0 < SDW_CONV_BATCH ? (int)(b - b0) : SDW_CONV_BATCH;
+            const float *xs[SDW_CONV_BATCH];
+            float *ys[SDW_CONV_BATCH];
+            for (int i = 0; i < nx; i++)
+                xs[i] = x + (b0 + i) * c * npix, ys[i] = y + (b0 + i) * o * npix;
+            rc = gemm_f16w(be, 1, (const uint16_t *)w, o, c, nx, xs, npix, npix, beta, ys, npix, e);
         }
         return rc;
     }
-    int64_t rb = SDW_CONV_SCRATCH / (k * ow);
+    /* Output rows in blocks whose column matrices, for up to SDW_CONV_BATCH
+     * images at once where they fit (so that a half weight is converted once
+     * for them all), stay within the scratch. */
+    int64_t nimg = w_f16 && b > 1 && SDW_CONV_SCRATCH / ((b < SDW_CONV_BATCH ? b : SDW_CONV_BATCH) * k * ow) >= 1
+                       ? (b < SDW_CONV_BATCH ? b : SDW_CONV_BATCH)
+                       : 1;
+    int64_t rb = SDW_CONV_SCRATCH / (nimg * k * ow);
     rb = rb < 1 ? 1 : rb > oh ? oh : rb;
     float *col = NULL;
-    int rc = cpu_alloc(be, (size_t)(k * rb * ow), &col, e);
+    int rc = cpu_alloc(be, (size_t)(nimg * k * rb * ow), &col, e);
     if (rc)
         return rc;
-    for (int64_t bi = 0; !rc && bi < b; bi++) {
-        const float *xb = x + bi * c * h * wd;
-        float *yb = y + bi * o * npix;
+    for (int64_t b0 = 0; !rc && b0 < b; b0 += nimg) {
+        int nx = b - b0 < nimg ? (int)(b - b0) : (int)nimg;
         for (int64_t oy0 = 0; !rc && oy0 < oh; oy0 += rb) {
             int64_t nr = oh - oy0 < rb ? oh - oy0 : rb;
-            im2col(xb, col, c, h, wd, kh, kw, ow, oy0, nr, stride, pad_t, pad_l);
+            const float *xs[SDW_CONV_BATCH];
+            float *ys[SDW_CONV_BATCH];
+            for (int i = 0; i < nx; i++) {
+                float *ci = col + i * k * nr * ow;
+                im2col(x + (b0 + i) * c * h * wd, ci, c, h, wd, kh, kw, ow, oy0, nr, stride, pad_t, pad_l);
+                xs[i] = ci, ys[i] = y + (b0 + i) * o * npix + oy0 * ow;
+            }
             if (w_f16)
-                rc = gemm_f16w(be, 1, (const uint16_t *)w, o, k, col, nr * ow, nr * ow, beta, yb + oy0 * ow, npix, e);
+                rc = gemm_f16w(be, 1, (const uint16_t *)w, o, k, nx, xs, nr * ow, nr * ow, beta, ys, npix, e);
             else
-                gemm(CblasNoTrans, CblasNoTrans, o, nr * ow, k, 1.0f, w, k, col, nr * ow, beta, yb + oy0 * ow, npix);
+                gemm(CblasNoTrans, CblasNoTrans, o, nr * ow, k, 1.0f, w, k, xs[0], nr * ow, beta, ys[0], npix);
         }
     }
-    free(col);
+    cpu_free(be, col);
     return rc;
 }
 
@@ -559,6 +784,7 @@ static int cpu_gaussian(sdw_backend *be, const float *m, const float *noise, flo
 
 static void cpu_destroy(sdw_backend *be)
 {
+    pool_evict((cpu_backend *)be, SIZE_MAX);
     free(be);
 }
 
@@ -589,12 +815,12 @@ static const sdw_backend_ops cpu_ops = {
 
 int sdw_backend_cpu(sdw_backend **out, sdw_error *e)
 {
-    sdw_backend *be = calloc(1, sizeof *be);
-    if (!be)
+    cpu_backend *cb = calloc(1, sizeof *cb);
+    if (!cb)
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
-    be->ops = &cpu_ops;
+    cb->base.ops = &cpu_ops;
     repick_openblas_core();
     openblas_set_num_threads(1);
-    *out = be;
+    *out = &cb->base;
     return SDW_OK;
 }
