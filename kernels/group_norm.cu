@@ -3,32 +3,12 @@
 // squares) like the CPU twin; then a grid-wide pass that normalises every
 // element, so that the heavy pass is not limited to b * groups blocks.
 #include "kernels.h"
+#include "reduce.cuh"
 
 namespace {
 
 constexpr int kStatThreads = 512;
 constexpr int kThreads = 256;
-
-__device__ double block_sum(double v, double *shared)
-{
-    for (int off = 16; off > 0; off >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, off);
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0)
-        shared[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        v = lane < kStatThreads / 32 ? shared[lane] : 0.0;
-        for (int off = 16; off > 0; off >>= 1)
-            v += __shfl_xor_sync(0xffffffffu, v, off);
-        if (lane == 0)
-            shared[0] = v;
-    }
-    __syncthreads();
-    double total = shared[0];
-    __syncthreads();
-    return total;
-}
 
 __global__ void group_stats_kernel(const float *__restrict__ x, float *__restrict__ stats, int64_t len, float eps)
 {
@@ -37,13 +17,13 @@ __global__ void group_stats_kernel(const float *__restrict__ x, float *__restric
     double s = 0.0;
     for (int64_t i = threadIdx.x; i < len; i += kStatThreads)
         s += xg[i];
-    double mean = block_sum(s, shared) / (double)len;
+    double mean = sdw_block_sum<kStatThreads>(s, shared) / (double)len;
     double sq = 0.0;
     for (int64_t i = threadIdx.x; i < len; i += kStatThreads) {
         double d = xg[i] - mean;
         sq += d * d;
     }
-    double var = block_sum(sq, shared) / (double)len;
+    double var = sdw_block_sum<kStatThreads>(sq, shared) / (double)len;
     if (threadIdx.x == 0) {
         stats[2 * blockIdx.x] = (float)mean;
         stats[2 * blockIdx.x + 1] = (float)(1.0 / sqrt(var + eps));

@@ -6,31 +6,11 @@
 // buffer (each element is read and written by one thread), so no
 // __restrict__ on them.
 #include "kernels.h"
+#include "reduce.cuh"
 
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ double block_sum(double v, double *shared)
-{
-    for (int off = 16; off > 0; off >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, off);
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0)
-        shared[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        v = lane < kThreads / 32 ? shared[lane] : 0.0;
-        for (int off = 16; off > 0; off >>= 1)
-            v += __shfl_xor_sync(0xffffffffu, v, off);
-        if (lane == 0)
-            shared[0] = v;
-    }
-    __syncthreads();
-    double total = shared[0];
-    __syncthreads();
-    return total;
-}
 
 __global__ void layer_norm_kernel(const float *x, const float *__restrict__ gamma, const float *__restrict__ beta,
                                   float *y, int64_t n, float eps)
@@ -41,13 +21,13 @@ __global__ void layer_norm_kernel(const float *x, const float *__restrict__ gamm
     double s = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += kThreads)
         s += xr[i];
-    double mean = block_sum(s, shared) / (double)n;
+    double mean = sdw_block_sum<kThreads>(s, shared) / (double)n;
     double sq = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += kThreads) {
         double d = xr[i] - mean;
         sq += d * d;
     }
-    float rstd = (float)(1.0 / sqrt(block_sum(sq, shared) / (double)n + eps)), fmean = (float)mean;
+    float rstd = (float)(1.0 / sqrt(sdw_block_sum<kThreads>(sq, shared) / (double)n + eps)), fmean = (float)mean;
     for (int64_t i = threadIdx.x; i < n; i += kThreads)
         yr[i] = (xr[i] - fmean) * rstd * gamma[i] + beta[i];
 }
