@@ -318,6 +318,23 @@ static int cpu_linear(sdw_backend *be, const float *x, const float *w, int w_f16
     return SDW_OK;
 }
 
+/* Mean and 1/sqrt(var + eps) of x[0..n) for LayerNorm and GroupNorm: two
+ * passes in double (a one-pass E[x^2] - E[x]^2 loses precision when the mean
+ * is large), each rounded to float once. */
+static void moments(const float *x, int64_t n, float eps, float *mean, float *rstd)
+{
+    double sum = 0.0, sq = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        sum += x[i];
+    double m = sum / (double)n;
+    for (int64_t i = 0; i < n; i++) {
+        double d = x[i] - m;
+        sq += d * d;
+    }
+    *mean = (float)m;
+    *rstd = (float)(1.0 / sqrt(sq / (double)n + eps));
+}
+
 static int cpu_layer_norm(sdw_backend *be, const float *x, const float *gamma, const float *beta, float *y,
                           int64_t rows, int64_t n, float eps, sdw_error *e)
 {
@@ -325,16 +342,8 @@ static int cpu_layer_norm(sdw_backend *be, const float *x, const float *gamma, c
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * n;
         float *yr = y + r * n;
-        double sum = 0.0, sq = 0.0;
-        for (int64_t i = 0; i < n; i++)
-            sum += xr[i];
-        double mean = sum / (double)n;
-        for (int64_t i = 0; i < n; i++) {
-            double d = xr[i] - mean;
-            sq += d * d;
-        }
-        float rstd = (float)(1.0 / sqrt(sq / (double)n + eps));
-        float fmean = (float)mean;
+        float fmean, rstd;
+        moments(xr, n, eps, &fmean, &rstd);
         for (int64_t i = 0; i < n; i++)
             yr[i] = (xr[i] - fmean) * rstd * gamma[i] + beta[i];
     }
@@ -661,15 +670,8 @@ static int cpu_group_norm(sdw_backend *be, const float *x, const float *gamma, c
         const float *xg = x + (bi * c + g * cg) * n;
         float *yg = y + (bi * c + g * cg) * n;
         int64_t len = cg * n;
-        double sum = 0.0, sq = 0.0;
-        for (int64_t i = 0; i < len; i++)
-            sum += xg[i];
-        double mean = sum / (double)len;
-        for (int64_t i = 0; i < len; i++) {
-            double d = xg[i] - mean;
-            sq += d * d;
-        }
-        float rstd = (float)(1.0 / sqrt(sq / (double)len + eps)), fmean = (float)mean;
+        float fmean, rstd;
+        moments(xg, len, eps, &fmean, &rstd);
         for (int64_t j = 0; j < cg; j++) {
             int64_t ch = g * cg + j;
             float sc = rstd * gamma[ch], sh = beta[ch];
