@@ -367,15 +367,29 @@ static void last_events(sdw_ring *ring, const char *id, uint64_t last, json_obje
     }
 }
 
+/* Fills info for a job that still has its data; otherwise answers 404 (or
+ * the ring's error) or 410 expired and returns false. */
+static bool find_live_job(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id, sdw_job_info *info)
+{
+    sdw_error e = { 0 };
+    int rc = sdw_ring_job_status(ctx->ring, id, info, &e);
+    if (rc < 0) {
+        reply_lookup_error(out, id, rc, &e);
+        return false;
+    }
+    if (info->state == SDW_JOB_EXPIRED) {
+        reply_expired(out, id);
+        return false;
+    }
+    return true;
+}
+
 static void job_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id)
 {
     sdw_job_info info;
     sdw_error e = { 0 };
-    int rc = sdw_ring_job_status(ctx->ring, id, &info, &e);
-    if (rc < 0)
-        return reply_lookup_error(out, id, rc, &e);
-    if (info.state == SDW_JOB_EXPIRED)
-        return reply_expired(out, id);
+    if (!find_live_job(ctx, out, id, &info))
+        return;
     json_object *o = json_object_new_object();
     json_object_object_add(o, "job_id", json_object_new_string(id));
     json_object_object_add(o, "state", json_object_new_string(sdw_job_state_name(info.state)));
@@ -416,13 +430,10 @@ static void job_cancel(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id
 {
     sdw_job_info info;
     sdw_error e = { 0 };
-    int rc = sdw_ring_job_status(ctx->ring, id, &info, &e);
-    if (rc < 0)
-        return reply_lookup_error(out, id, rc, &e);
-    if (info.state == SDW_JOB_EXPIRED)
-        return reply_expired(out, id);
+    if (!find_live_job(ctx, out, id, &info))
+        return;
     sdw_job_state after;
-    rc = sdw_ring_cancel(ctx->ring, id, &after, &e);
+    int rc = sdw_ring_cancel(ctx->ring, id, &after, &e);
     if (rc == SDW_RING_ESTATE)
         return fail(out, 409, "job_finished", 0, "job %s has already finished", id);
     if (rc < 0)
@@ -440,12 +451,8 @@ static void job_cancel(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id
 static void job_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *id)
 {
     sdw_job_info info;
-    sdw_error e = { 0 };
-    int rc = sdw_ring_job_status(ctx->ring, id, &info, &e);
-    if (rc < 0)
-        return reply_lookup_error(req->out, id, rc, &e);
-    if (info.state == SDW_JOB_EXPIRED)
-        return reply_expired(req->out, id);
+    if (!find_live_job(ctx, req->out, id, &info))
+        return;
     uint64_t after = sdw_sse_parse_last_event_id(FCGX_GetParam("HTTP_LAST_EVENT_ID", req->envp));
     sdw_pool_set_streaming(ctx->pool, id);
     sdw_sse_end end = sdw_sse_stream(ctx->ring, id, after, ctx->cfg->keepalive_interval, req->out);
