@@ -66,8 +66,8 @@ static void arg_host(arg *a, int nd, const int64_t *s, const float *host)
 }
 
 /* A weight given as IEEE halves, as an f16 model file has it: the CPU
- * backend keeps the halves (and its products take the w_f16 path), the
- * device backends store what their weight_f16 makes of them. */
+ * backend keeps the halves (and its products take the w_lowp path), fp16 and
+ * bf16 devices their product type, fp32 floats. */
 static void arg_f16(arg *a, int nd, const int64_t *s, float scale)
 {
     size_t n = (size_t)numel(nd, s);
@@ -84,12 +84,35 @@ static void arg_f16(arg *a, int nd, const int64_t *s, float scale)
         if (sdw_tensor_weight_f16(&a->t[i], i ? gpu[i - 1] : cpu, nd, s, halves, &e)) {
             tap_diag("%s f16 weight: %s", i ? prec_name[i - 1] : "cpu", e.msg);
             ok_so_far = 0;
+        } else if (i && a->t[i].lowp != (i > 1)) {
+            tap_diag("%s keeps an f16 weight %s", prec_name[i - 1], a->t[i].lowp ? "in low precision" : "as float32");
+            ok_so_far = 0;
         }
-    if (!a->t[0].f16) {
-        tap_diag("the CPU backend no longer keeps f16 weights as halves: the w_f16 path is not compared");
+    if (!a->t[0].lowp) {
+        tap_diag("the CPU backend no longer keeps f16 weights as halves: the w_lowp path is not compared");
         ok_so_far = 0;
     }
     free(halves);
+}
+
+/* A weight given as floats, as an f32 model file has it: fp16 and bf16
+ * devices must store it converted (lowp), fp32 and the CPU as floats. */
+static void arg_w32(arg *a, int nd, const int64_t *s, float scale)
+{
+    float *h = rand_buf((size_t)numel(nd, s), scale, 0);
+    sdw_error e;
+    memset(a, 0, sizeof *a);
+    for (int i = 0; i < 1 + NPREC; i++) {
+        if (sdw_tensor_weight_f32(&a->t[i], i ? gpu[i - 1] : cpu, nd, s, h, &e)) {
+            tap_diag("%s f32 weight: %s", i ? prec_name[i - 1] : "cpu", e.msg);
+            ok_so_far = 0;
+        } else if (a->t[i].lowp != (i > 1)) {
+            tap_diag("%s keeps an f32 weight %s", i ? prec_name[i - 1] : "cpu",
+                     a->t[i].lowp ? "in low precision" : "as float32");
+            ok_so_far = 0;
+        }
+    }
+    free(h);
 }
 
 static void arg_rand(arg *a, int nd, const int64_t *s, float scale, float offset)
@@ -191,18 +214,20 @@ static void check_linear(int64_t m, int64_t n, int64_t k, int bias)
     arg_free(&x), arg_free(&w), arg_free(&b), arg_free(&y);
 }
 
-static void check_linear_f16w(int64_t m, int64_t n, int64_t k)
+/* Linear with its weight stored as a model loader stores it, from halves
+ * (f16 set) or from floats. */
+static void check_linear_w(int64_t m, int64_t n, int64_t k, int f16)
 {
     arg x, w, b, y;
     int64_t xs[2] = {m, k}, ws[2] = {n, k}, ys[2] = {m, n};
     arg_rand(&x, 2, xs, 1, 0);
-    arg_f16(&w, 2, ws, 0.05f);
+    (f16 ? arg_f16 : arg_w32)(&w, 2, ws, 0.05f);
     arg_rand(&b, 1, &n, 1, 0);
     arg_out(&y, 2, ys);
     ctx c = {.x = &x, .w = &w, .b = &b, .y = &y};
     char what[96];
-    snprintf(what, sizeof what, "linear %lldx%lld * %lldx%lld (f16 weight) + bias", (long long)m, (long long)k,
-             (long long)n, (long long)k);
+    snprintf(what, sizeof what, "linear %lldx%lld * %lldx%lld (%s weight) + bias", (long long)m, (long long)k,
+             (long long)n, (long long)k, f16 ? "f16" : "f32");
     check(what, do_linear, &c, &y);
     arg_free(&x), arg_free(&w), arg_free(&b), arg_free(&y);
 }
@@ -397,18 +422,18 @@ static void check_conv(int64_t b, int64_t ch, int64_t h, int64_t w, int64_t o, i
     arg_free(&x), arg_free(&wt), arg_free(&bs), arg_free(&y);
 }
 
-static void check_conv_f16w(int64_t b, int64_t ch, int64_t h, int64_t w, int64_t o, int64_t k)
+static void check_conv_w(int64_t b, int64_t ch, int64_t h, int64_t w, int64_t o, int64_t k, int f16)
 {
     arg x, wt, bs, y;
     int64_t xs[4] = {b, ch, h, w}, wsh[4] = {o, ch, k, k}, ys[4] = {b, o, h, w};
     arg_rand(&x, 4, xs, 1, 0);
-    arg_f16(&wt, 4, wsh, 1.0f / sqrtf((float)(ch * k * k)));
+    (f16 ? arg_f16 : arg_w32)(&wt, 4, wsh, 1.0f / sqrtf((float)(ch * k * k)));
     arg_rand(&bs, 1, &o, 1, 0);
     arg_out(&y, 4, ys);
     ctx c = {.x = &x, .w = &wt, .b = &bs, .y = &y, .g = {1, (int)(k / 2), (int)(k / 2)}};
     char what[128];
-    snprintf(what, sizeof what, "conv2d %lldx%lldx%lldx%lld k%lld (f16 weight) -> %lld channels + bias", (long long)b,
-             (long long)ch, (long long)h, (long long)w, (long long)k, (long long)o);
+    snprintf(what, sizeof what, "conv2d %lldx%lldx%lldx%lld k%lld (%s weight) -> %lld channels + bias", (long long)b,
+             (long long)ch, (long long)h, (long long)w, (long long)k, f16 ? "f16" : "f32", (long long)o);
     check(what, do_conv, &c, &y);
     arg_free(&x), arg_free(&wt), arg_free(&bs), arg_free(&y);
 }
@@ -571,8 +596,10 @@ int main(void)
     check_linear(2048, 1280, 320, 1);
     check_linear(7, 33, 5, 0);
     check_rewritten_weight();
-    check_linear_f16w(154, 320, 768);
-    check_linear_f16w(7, 33, 5);
+    check_linear_w(154, 320, 768, 1);
+    check_linear_w(7, 33, 5, 1);
+    check_linear_w(154, 320, 768, 0);
+    check_linear_w(7, 33, 5, 0);
     check_layer_norm(154, 768);
     check_layer_norm(7, 33);
     check_layer_norm(4096, 320);
@@ -603,8 +630,10 @@ int main(void)
     check_conv(1, 64, 64, 64, 64, 3, 2, 0, 32, 32, 1);   /* VAE encoder: bottom/right pad 1 */
     check_conv(1, 8, 31, 16, 5, 3, 2, 0, 15, 8, 1);      /* odd sizes, implied pad 0 and 1 */
     check_conv(1, 128, 512, 512, 3, 3, 1, 1, 512, 512, 1); /* the VAE decoder's last conv at 512x512 */
-    check_conv_f16w(2, 64, 20, 24, 96, 3);
-    check_conv_f16w(1, 40, 9, 7, 24, 1);
+    check_conv_w(2, 64, 20, 24, 96, 3, 1);
+    check_conv_w(1, 40, 9, 7, 24, 1, 1);
+    check_conv_w(2, 64, 20, 24, 96, 3, 0);
+    check_conv_w(1, 40, 9, 7, 24, 1, 0);
     check_group_norm(2, 320, 32, 32, 32, 1);
     check_group_norm(2, 320, 32, 32, 32, 0);
     check_group_norm(1, 9, 5, 7, 3, 1);

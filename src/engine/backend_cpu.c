@@ -226,13 +226,13 @@ static int cpu_copy(sdw_backend *be, float *dst, const float *src, size_t n, sdw
 /* Half-precision weights (f16 model files) stay halves in memory, half the
  * float32 footprint; blocks of rows are converted exactly to float32 just
  * before their product, so results equal those from float32 copies. */
-static int cpu_weight_f16(sdw_backend *be, const uint16_t *src, size_t n, float **p, int *f16, sdw_error *e)
+static int cpu_weight_f16(sdw_backend *be, const uint16_t *src, size_t n, float **p, int *lowp, sdw_error *e)
 {
     int rc = cpu_alloc(be, (n + 1) / 2, p, e);
     if (rc)
         return rc;
     memcpy(*p, src, n * sizeof *src);
-    *f16 = 1;
+    *lowp = 1;
     return SDW_OK;
 }
 
@@ -302,7 +302,7 @@ static int gemm_f16w(sdw_backend *be, int w_left, const uint16_t *w, int64_t wro
     return SDW_OK;
 }
 
-static int cpu_linear(sdw_backend *be, const float *x, const float *w, int w_f16, const float *bias, float *y,
+static int cpu_linear(sdw_backend *be, const float *x, const float *w, int w_lowp, const float *bias, float *y,
                       int64_t m, int64_t n, int64_t k, sdw_error *e)
 {
     float beta = 0.0f;
@@ -312,7 +312,7 @@ static int cpu_linear(sdw_backend *be, const float *x, const float *w, int w_f16
             memcpy(y + i * n, bias, (size_t)n * sizeof(float));
         beta = 1.0f;
     }
-    if (w_f16)
+    if (w_lowp)
         return gemm_f16w(be, 0, (const uint16_t *)w, n, k, 1, &x, k, m, beta, &y, n, e);
     gemm(CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, beta, y, n);
     return SDW_OK;
@@ -590,7 +590,7 @@ static void im2col(const float *x, float *col, int64_t c, int64_t h, int64_t wd,
     }
 }
 
-static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, int w_f16, const float *bias, float *y, int64_t b,
+static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, int w_lowp, const float *bias, float *y, int64_t b,
                       int64_t c, int64_t h, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t oh, int64_t ow,
                       int stride, int pad_t, int pad_l, sdw_error *e)
 {
@@ -605,7 +605,7 @@ static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, int w_f16
     }
     /* A pointwise conv is a product with the image itself: no copy. */
     if (kh == 1 && kw == 1 && stride == 1 && pad_t == 0 && pad_l == 0 && oh == h && ow == wd) {
-        if (!w_f16) {
+        if (!w_lowp) {
             for (int64_t bi = 0; bi < b; bi++)
                 gemm(CblasNoTrans, CblasNoTrans, o, npix, c, 1.0f, w, c, x + bi * c * npix, npix, beta,
                      y + bi * o * npix, npix);
@@ -625,7 +625,7 @@ static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, int w_f16
     /* Output rows in blocks whose column matrices, for up to SDW_CONV_BATCH
      * images at once where they fit (so that a half weight is converted once
      * for them all), stay within the scratch. */
-    int64_t nimg = w_f16 && b > 1 && SDW_CONV_SCRATCH / ((b < SDW_CONV_BATCH ? b : SDW_CONV_BATCH) * k * ow) >= 1
+    int64_t nimg = w_lowp && b > 1 && SDW_CONV_SCRATCH / ((b < SDW_CONV_BATCH ? b : SDW_CONV_BATCH) * k * ow) >= 1
                        ? (b < SDW_CONV_BATCH ? b : SDW_CONV_BATCH)
                        : 1;
     int64_t rb = SDW_CONV_SCRATCH / (nimg * k * ow);
@@ -645,7 +645,7 @@ static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, int w_f16
                 im2col(x + (b0 + i) * c * h * wd, ci, c, h, wd, kh, kw, ow, oy0, nr, stride, pad_t, pad_l);
                 xs[i] = ci, ys[i] = y + (b0 + i) * o * npix + oy0 * ow;
             }
-            if (w_f16)
+            if (w_lowp)
                 rc = gemm_f16w(be, 1, (const uint16_t *)w, o, k, nx, xs, nr * ow, nr * ow, beta, ys, npix, e);
             else
                 gemm(CblasNoTrans, CblasNoTrans, o, nr * ow, k, 1.0f, w, k, xs[0], nr * ow, beta, ys[0], npix);

@@ -1,13 +1,15 @@
 /* The CUDA backend: cuBLAS for matrix products, cuDNN for convolutions, our
  * kernels (kernels/) for everything else, all on one stream.
  *
- * Tensors stay float32 in device memory, as the op interface has them. In
- * fp16 or bf16 precision the products run on tensor cores with float32
- * accumulation: the weight operand of linear and conv2d gets a low-precision
- * copy (a "shadow") made the first time it is used and kept until its memory
- * is written again or freed, and the activation operand is converted on the
- * fly. Weights are uploaded once and never written, so each is converted
- * once; a buffer that any op or upload writes loses its shadow, so a stale
+ * Activations stay float32 in device memory, as the op interface has them.
+ * In fp16 or bf16 precision the products run on tensor cores with float32
+ * accumulation: the weights of linear and conv2d are converted to the
+ * product type once, when the model loads (sdw_tensor_weight_f16/_f32), and
+ * no float32 copy of them is kept; the activation operand is converted on
+ * the fly. A float32 tensor that is used as a weight anyway (a test's, or a
+ * model part loaded through the plain path) gets a low-precision copy (a
+ * "shadow") the first time, kept until its memory is written again or
+ * freed: a buffer that any op or upload writes loses its shadow, so a stale
  * copy can never be read, whatever the model code does.
  *
  * Memory comes from a caching allocator: freed blocks are kept by exact
@@ -309,17 +311,46 @@ static cudaDataType_t blas_type(int dtype)
     return dtype == SDW_K_F16 ? CUDA_R_16F : dtype == SDW_K_BF16 ? CUDA_R_16BF : CUDA_R_32F;
 }
 
-/* Weights given as halves become float32 on the host, then upload: the
- * precision of the products is the backend's own setting. */
-static int cuda_weight_f16(sdw_backend *be, const uint16_t *src, size_t n, float **p, int *f16, sdw_error *e)
+/* Uploads n 16-bit values as a new weight in the product type. */
+static int upload_lp(cuda_be *c, const uint16_t *src, size_t n, float **p, int *lowp, sdw_error *e)
 {
+    void *d = NULL;
+    int rc = dev_alloc(c, n * sizeof *src, &d, e);
+    if (rc)
+        return rc;
+    CU_OR(cudaMemcpyAsync(d, src, n * sizeof *src, cudaMemcpyHostToDevice, c->stream), dev_free(c, d));
+    *p = d;
+    *lowp = 1;
+    return SDW_OK;
+}
+
+/* Weights are converted once, here, to the type the products read: fp16
+ * and bf16 keep no float32 copy on the device, so the model takes half the
+ * memory, and no shadow is ever made for them. The conversions round to
+ * nearest even, as sdw_k_pack does for shadows and activations. */
+static int cuda_weight_f16(sdw_backend *be, const uint16_t *src, size_t n, float **p, int *lowp, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    if (c->dtype == SDW_K_F16)
+        return upload_lp(c, src, n, p, lowp, e);
+    int rc = SDW_OK;
+    if (c->dtype == SDW_K_BF16) {
+        uint16_t *host = malloc(n ? n * sizeof *host : 1);
+        if (!host)
+            return sdw_fail(e, SDW_ENOMEM, "out of memory converting a weight");
+        for (size_t i = 0; i < n; i++)
+            host[i] = sdw_f32_to_bf16(sdw_f16_to_f32(src[i]));
+        rc = upload_lp(c, host, n, p, lowp, e);
+        free(host);
+        return rc;
+    }
     float *host = malloc(n ? n * sizeof *host : 1);
     if (!host)
         return sdw_fail(e, SDW_ENOMEM, "out of memory converting a weight");
     for (size_t i = 0; i < n; i++)
         host[i] = sdw_f16_to_f32(src[i]);
-    *f16 = 0;
-    int rc = cuda_alloc(be, n, p, e);
+    *lowp = 0;
+    rc = cuda_alloc(be, n, p, e);
     if (!rc && (rc = cuda_upload(be, *p, host, n, e))) {
         cuda_free(be, *p);
         *p = NULL;
@@ -328,12 +359,47 @@ static int cuda_weight_f16(sdw_backend *be, const uint16_t *src, size_t n, float
     return rc;
 }
 
-static int cuda_linear(sdw_backend *be, const float *x, const float *w, int w_f16, const float *bias, float *y,
+static int cuda_weight_f32(sdw_backend *be, const float *src, size_t n, float **p, int *lowp, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    int rc;
+    if (c->dtype == SDW_K_F32) {
+        *lowp = 0;
+        if ((rc = cuda_alloc(be, n, p, e)))
+            return rc;
+        if ((rc = cuda_upload(be, *p, src, n, e))) {
+            cuda_free(be, *p);
+            *p = NULL;
+        }
+        return rc;
+    }
+    uint16_t *host = malloc(n ? n * sizeof *host : 1);
+    if (!host)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory converting a weight");
+    for (size_t i = 0; i < n; i++)
+        host[i] = c->dtype == SDW_K_F16 ? sdw_f32_to_f16(src[i]) : sdw_f32_to_bf16(src[i]);
+    rc = upload_lp(c, host, n, p, lowp, e);
+    free(host);
+    return rc;
+}
+
+/* The product-type copy of weight w (n values): w itself when the backend
+ * stored it so, else its shadow. */
+static int weight_operand(cuda_be *c, const float *w, int w_lowp, size_t n, const void **out, sdw_error *e)
+{
+    if (w_lowp) {
+        *out = w;
+        return SDW_OK;
+    }
+    return weight_lp(c, w, n, out, e);
+}
+
+static int cuda_linear(sdw_backend *be, const float *x, const float *w, int w_lowp, const float *bias, float *y,
                        int64_t m, int64_t n, int64_t k, sdw_error *e)
 {
-    if (w_f16)
-        return sdw_fail(e, SDW_EINVAL, "cuda: half-precision weights are stored as float32 here");
     cuda_be *c = priv(be);
+    if (w_lowp && c->dtype == SDW_K_F32)
+        return sdw_fail(e, SDW_EINVAL, "cuda: a low-precision weight in a float32 backend");
     if (m > INT_MAX || n > INT_MAX || k > INT_MAX)
         return too_big(e, "linear", m > n ? (m > k ? m : k) : (n > k ? n : k));
     wrote(c, y, (size_t)(m * n) * sizeof *y);
@@ -353,7 +419,7 @@ static int cuda_linear(sdw_backend *be, const float *x, const float *w, int w_f1
     }
     const void *wl;
     void *xl = NULL;
-    int rc = weight_lp(c, w, (size_t)(n * k), &wl, e);
+    int rc = weight_operand(c, w, w_lowp, (size_t)(n * k), &wl, e);
     if (rc || (rc = dev_alloc(c, (size_t)(m * k) * dtype_size(c->dtype), &xl, e)))
         return rc;
     CU_OR(sdw_k_pack(x, xl, m * k, c->dtype, c->stream), dev_free(c, xl));
@@ -575,13 +641,13 @@ static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const voi
     return SDW_OK;
 }
 
-static int cuda_conv2d(sdw_backend *be, const float *x, const float *w, int w_f16, const float *bias, float *y,
+static int cuda_conv2d(sdw_backend *be, const float *x, const float *w, int w_lowp, const float *bias, float *y,
                        int64_t b, int64_t ch, int64_t h, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t oh,
                        int64_t ow, int stride, int pad_t, int pad_l, sdw_error *e)
 {
-    if (w_f16)
-        return sdw_fail(e, SDW_EINVAL, "cuda: half-precision weights are stored as float32 here");
     cuda_be *c = priv(be);
+    if (w_lowp && c->dtype == SDW_K_F32)
+        return sdw_fail(e, SDW_EINVAL, "cuda: a low-precision weight in a float32 backend");
     int64_t dims[] = {b, ch, h, wd, o, kh, kw, oh, ow, b * ch * h * wd, b * o * oh * ow};
     for (size_t i = 0; i < sizeof dims / sizeof *dims; i++)
         if (dims[i] > INT_MAX || (i == 7 || i == 8 ? dims[i] > 0x7fff : 0))
@@ -601,7 +667,7 @@ static int cuda_conv2d(sdw_backend *be, const float *x, const float *w, int w_f1
     const void *xin = x, *win = w;
     void *xs = NULL, *ys = NULL, *yout = y;
     int rc = SDW_OK;
-    if (dt != SDW_K_F32 && (rc = weight_lp(c, w, (size_t)(o * ch * kh * kw), &win, e)))
+    if (dt != SDW_K_F32 && (rc = weight_operand(c, w, w_lowp, (size_t)(o * ch * kh * kw), &win, e)))
         return rc;
     if (explicit_pad || dt != SDW_K_F32) {
         if ((rc = dev_alloc(c, (size_t)(b * ch * hp * wp) * es, &xs, e)))
@@ -751,6 +817,7 @@ static const sdw_backend_ops cuda_ops = {
     .upload = cuda_upload,
     .download = cuda_download,
     .weight_f16 = cuda_weight_f16,
+    .weight_f32 = cuda_weight_f32,
     .linear = cuda_linear,
     .layer_norm = cuda_layer_norm,
     .attention = cuda_attention,

@@ -21,8 +21,14 @@ int sdw_param_load_weight(sdw_tensor *t, sdw_backend *be, const sdw_weights *w, 
     int rc = sdw_weights_load_f16(w, name, ndim, shape, &halves, e);
     if (rc < 0)
         return rc;
-    if (rc > 0)
-        return sdw_param_load(t, be, w, name, ndim, shape, e);
+    if (rc > 0) {
+        float *host = NULL;
+        if ((rc = sdw_weights_load(w, name, ndim, shape, &host, e)))
+            return rc;
+        rc = sdw_tensor_weight_f32(t, be, ndim, shape, host, e);
+        free(host);
+        return rc;
+    }
     rc = sdw_tensor_weight_f16(t, be, ndim, shape, halves, e);
     free(halves);
     return rc;

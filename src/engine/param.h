@@ -10,7 +10,8 @@
 int sdw_param_load(sdw_tensor *t, sdw_backend *be, const sdw_weights *w, const char *name, int ndim,
                    const int64_t *shape, sdw_error *e);
 /* The same for the weight of a linear layer or convolution, which the
- * backend may keep in half precision when the file stores it so. */
+ * backend may keep in a low-precision format: halves on the CPU when the
+ * file stores halves, the product type of the CUDA backend in fp16/bf16. */
 int sdw_param_load_weight(sdw_tensor *t, sdw_backend *be, const sdw_weights *w, const char *name, int ndim,
                           const int64_t *shape, sdw_error *e);
 

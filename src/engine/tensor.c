@@ -73,7 +73,23 @@ int sdw_tensor_weight_f16(sdw_tensor *t, sdw_backend *be, int ndim, const int64_
     if (rc)
         return rc;
     t->be = be;
-    if ((rc = be->ops->weight_f16(be, src, (size_t)sdw_tensor_numel(t), &t->data, &t->f16, e)))
+    if ((rc = be->ops->weight_f16(be, src, (size_t)sdw_tensor_numel(t), &t->data, &t->lowp, e)))
+        return rc;
+    t->owns = 1;
+    return SDW_OK;
+}
+
+int sdw_tensor_weight_f32(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape, const float *src,
+                          sdw_error *e)
+{
+    if (!be->ops->weight_f32)
+        return sdw_tensor_from_host(t, be, ndim, shape, src, e);
+    memset(t, 0, sizeof *t);
+    int rc = set_shape(t, ndim, shape, e);
+    if (rc)
+        return rc;
+    t->be = be;
+    if ((rc = be->ops->weight_f32(be, src, (size_t)sdw_tensor_numel(t), &t->data, &t->lowp, e)))
         return rc;
     t->owns = 1;
     return SDW_OK;
@@ -81,7 +97,7 @@ int sdw_tensor_weight_f16(sdw_tensor *t, sdw_backend *be, int ndim, const int64_
 
 int sdw_tensor_to_host(const sdw_tensor *t, float *dst, sdw_error *e)
 {
-    if (t->f16)
+    if (t->lowp)
         return sdw_fail(e, SDW_EINVAL, "a half-precision weight cannot be read back as float32");
     return t->be->ops->download(t->be, dst, t->data, (size_t)sdw_tensor_numel(t), e);
 }
@@ -107,7 +123,7 @@ int sdw_tensor_view(sdw_tensor *v, const sdw_tensor *t, int ndim, const int64_t 
     tmp.be = t->be;
     tmp.data = t->data;
     tmp.owns = 0;
-    tmp.f16 = t->f16;
+    tmp.lowp = t->lowp;
     *v = tmp;
     return SDW_OK;
 }
@@ -163,7 +179,7 @@ static int same_backend(const char *op, sdw_error *e, const sdw_tensor *a, const
 {
     if (b && a->be != b->be)
         return sdw_fail(e, SDW_EINVAL, "%s: operands live on different backends", op);
-    if (a->f16 || (b && b->f16))
+    if (a->lowp || (b && b->lowp))
         return sdw_fail(e, SDW_EINVAL, "%s: a half-precision weight is not an operand here", op);
     return SDW_OK;
 }
@@ -190,7 +206,7 @@ int sdw_op_linear(const sdw_tensor *x, const sdw_tensor *w, const sdw_tensor *bi
         return shape_error(e, "linear", "output", y);
     if (same_backend_weight("linear", e, x, w) || same_backend("linear", e, x, bias) || same_backend("linear", e, x, y))
         return SDW_EINVAL;
-    return x->be->ops->linear(x->be, x->data, w->data, w->f16, bias ? bias->data : NULL, y->data, m, n, k, e);
+    return x->be->ops->linear(x->be, x->data, w->data, w->lowp, bias ? bias->data : NULL, y->data, m, n, k, e);
 }
 
 int sdw_op_layer_norm(const sdw_tensor *x, const sdw_tensor *gamma, const sdw_tensor *beta, float eps,
@@ -300,7 +316,7 @@ int sdw_op_conv2d(const sdw_tensor *x, const sdw_tensor *w, const sdw_tensor *bi
         return shape_error(e, "conv2d", "output", y);
     if (same_backend_weight("conv2d", e, x, w) || same_backend("conv2d", e, x, bias) || same_backend("conv2d", e, x, y))
         return SDW_EINVAL;
-    return x->be->ops->conv2d(x->be, x->data, w->data, w->f16, bias ? bias->data : NULL, y->data, b, c, h, wd, o, kh, kw,
+    return x->be->ops->conv2d(x->be, x->data, w->data, w->lowp, bias ? bias->data : NULL, y->data, b, c, h, wd, o, kh, kw,
                               oh, ow, g.stride, g.pad_t, g.pad_l, e);
 }
 

@@ -24,9 +24,10 @@ typedef struct sdw_tensor {
     int ndim;
     int64_t shape[SDW_MAX_DIMS];
     int owns;    /* data was allocated for this tensor and is freed with it */
-    int f16;     /* data holds IEEE half-precision values (a weight the backend keeps
-                  * as stored; see sdw_tensor_weight_f16): only linear and conv2d
-                  * take such a tensor, as their weight */
+    int lowp;    /* data holds a weight in the backend's own low-precision format
+                  * (IEEE halves on the CPU, the product type on CUDA; see
+                  * sdw_tensor_weight_f16/_f32): only linear and conv2d take
+                  * such a tensor, as their weight */
 } sdw_tensor;
 
 typedef enum sdw_act {
@@ -42,12 +43,15 @@ typedef struct sdw_backend_ops {
     void (*free)(sdw_backend *be, float *p);
     int (*upload)(sdw_backend *be, float *dst, const float *src, size_t n, sdw_error *e);
     int (*download)(sdw_backend *be, float *dst, const float *src, size_t n, sdw_error *e);
-    /* Stores a weight given as n IEEE halves in new backend memory, as halves
-     * (*f16 = 1: then only linear and conv2d read it, with w_f16 set) or
-     * converted to float32 (*f16 = 0). */
-    int (*weight_f16)(sdw_backend *be, const uint16_t *src, size_t n, float **p, int *f16, sdw_error *e);
-    /* y[m,n] = x[m,k] w[n,k]^T (+ bias[n]); w holds halves when w_f16 */
-    int (*linear)(sdw_backend *be, const float *x, const float *w, int w_f16, const float *bias, float *y,
+    /* Stores a weight given as n IEEE halves in new backend memory, in the
+     * backend's low-precision format (*lowp = 1: then only linear and conv2d
+     * read it, with w_lowp set) or converted to float32 (*lowp = 0). */
+    int (*weight_f16)(sdw_backend *be, const uint16_t *src, size_t n, float **p, int *lowp, sdw_error *e);
+    /* The same for a weight given as n floats; NULL where the backend keeps
+     * float32 weights as they are. */
+    int (*weight_f32)(sdw_backend *be, const float *src, size_t n, float **p, int *lowp, sdw_error *e);
+    /* y[m,n] = x[m,k] w[n,k]^T (+ bias[n]); w is low precision when w_lowp */
+    int (*linear)(sdw_backend *be, const float *x, const float *w, int w_lowp, const float *bias, float *y,
                   int64_t m, int64_t n, int64_t k, sdw_error *e);
     /* per row of length n: (x - mean) / sqrt(var + eps) * gamma + beta */
     int (*layer_norm)(sdw_backend *be, const float *x, const float *gamma, const float *beta,
@@ -64,7 +68,7 @@ typedef struct sdw_backend_ops {
                  int64_t rows, int64_t dim, int64_t tpos, sdw_error *e);
     /* Images are NCHW. y[b,o,:,:] = bias[o] + sum over c,ky,kx of w[o,c,ky,kx] times
      * x[b,c,oy*stride-pad_t+ky, ox*stride-pad_l+kx], reads outside x being 0. */
-    int (*conv2d)(sdw_backend *be, const float *x, const float *w, int w_f16, const float *bias, float *y, int64_t b,
+    int (*conv2d)(sdw_backend *be, const float *x, const float *w, int w_lowp, const float *bias, float *y, int64_t b,
                   int64_t c, int64_t h, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t oh, int64_t ow,
                   int stride, int pad_t, int pad_l, sdw_error *e);
     /* x [b,c,n] in groups of c/groups channels: normalised per (b, group),
@@ -128,10 +132,16 @@ int sdw_tensor_new(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shap
 int sdw_tensor_from_host(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape,
                          const float *src, sdw_error *e);
 int sdw_tensor_to_host(const sdw_tensor *t, float *dst, sdw_error *e);
-/* A weight from IEEE halves: kept as halves where the backend computes with
- * them directly (the CPU backend converts blocks just before each product,
- * which is exact), float32 elsewhere. */
+/* A weight of linear or conv2d from IEEE halves: kept as halves where the
+ * backend computes with them directly (the CPU backend converts blocks just
+ * before each product, which is exact), converted once to the CUDA backend's
+ * product type in fp16 and bf16, float32 elsewhere. */
 int sdw_tensor_weight_f16(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape, const uint16_t *src,
+                          sdw_error *e);
+/* A weight of linear or conv2d from floats: float32 on the CPU and in fp32,
+ * converted once to the product type in fp16 and bf16 (so that no float32
+ * copy is kept on the device). */
+int sdw_tensor_weight_f32(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape, const float *src,
                           sdw_error *e);
 void sdw_tensor_free(sdw_tensor *t);
 int64_t sdw_tensor_numel(const sdw_tensor *t);
