@@ -4,7 +4,12 @@
  * 1e-4 relative error (max abs difference over max abs reference) in
  * float32, within 1e-2 in fp16. A second identical generation must not grow
  * the device memory in use: the caching allocator serves every later step
- * from the blocks of the first. Skips without a CUDA device. */
+ * from the blocks of the first. On CUDA the UNet step is recorded as a graph
+ * on the second call and replayed after: every case checks that it was
+ * (the replay count), and float32 runs once more with graphs turned off
+ * (SDW_CUDA_GRAPHS=0), which must give the same latents within 1e-5 (its
+ * own convolution algorithms may sum in another order).
+ * Skips without a CUDA device. */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdlib.h>
@@ -29,8 +34,8 @@ static const gen_case cases[] = {
      1.0},
 };
 
-/* Runs case c on be; latents receives [4, h/8, w/8]. */
-static int run(sdw_backend *be, const gen_case *c, float *latents, sdw_error *e)
+/* Runs case c on be; latents receives [4, h/8, w/8], t the timings. */
+static int run(sdw_backend *be, const gen_case *c, float *latents, sdw_gen_timings *t, sdw_error *e)
 {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/%s", tap_fixture("models"), c->model);
@@ -63,8 +68,7 @@ static int run(sdw_backend *be, const gen_case *c, float *latents, sdw_error *e)
             gp.strength = c->strength;
         gp.init_image = init.pixels ? &init : NULL;
         gp.mask = mask.pixels ? &mask : NULL;
-        sdw_gen_timings t;
-        rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &out, latents, &t, e);
+        rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &out, latents, t, e);
     }
     sdw_image_free(&out);
     sdw_image_free(&init);
@@ -82,34 +86,51 @@ int main(void)
         return tap_done();
     }
     sdw_error e;
-    sdw_backend *cpu = NULL, *f32 = NULL, *f16 = NULL;
+    sdw_backend *cpu = NULL, *f32 = NULL, *f16 = NULL, *plain = NULL;
     if (!tap_ok(sdw_backend_cpu(&cpu, &e) == 0, "cpu backend") ||
         !tap_ok(sdw_backend_cuda(&f32, 0, SDW_PREC_FP32, &e) == 0, "cuda fp32 backend%s%s", f32 ? "" : ": ",
                 f32 ? "" : e.msg) ||
         !tap_ok(sdw_backend_cuda(&f16, 0, SDW_PREC_FP16, &e) == 0, "cuda fp16 backend%s%s", f16 ? "" : ": ",
                 f16 ? "" : e.msg))
         return tap_done();
+    setenv("SDW_CUDA_GRAPHS", "0", 1);
+    int prc = sdw_backend_cuda(&plain, 0, SDW_PREC_FP32, &e);
+    unsetenv("SDW_CUDA_GRAPHS");
+    if (!tap_ok(prc == 0, "cuda fp32 backend without graphs%s%s", prc ? ": " : "", prc ? e.msg : ""))
+        return tap_done();
 
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const gen_case *c = &cases[i];
         size_t n = (size_t)4 * (c->width / 8) * (c->height / 8);
-        float *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
-        if (!want || !got)
+        float *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got), *direct = malloc(n * sizeof *direct);
+        if (!want || !got || !direct)
             abort();
-        if (!tap_ok(run(cpu, c, want, &e) == 0, "%s on %s: cpu runs", c->name, c->model)) {
+        sdw_gen_timings t;
+        if (!tap_ok(run(cpu, c, want, &t, &e) == 0, "%s on %s: cpu runs", c->name, c->model)) {
             tap_diag("%s", e.msg);
-            free(want), free(got);
+            free(want), free(got), free(direct);
             continue;
         }
-        int rc = run(f32, c, got, &e);
+        tap_ok(t.graph_replays == 0, "%s: the cpu replays nothing (%d)", c->name, t.graph_replays);
+        int rc = run(f32, c, got, &t, &e);
         double r = rc ? INFINITY : max_rel_err(got, want, n);
         tap_ok(!rc && r <= 1e-4, "%s on %s: cuda fp32 latents vs cpu: rel err %.2e%s%s", c->name, c->model, r,
                rc ? ": " : "", rc ? e.msg : "");
-        rc = run(f16, c, got, &e);
+        /* Step 1 runs op by op, step 2 is recorded, the rest are replays. */
+        tap_ok(!rc && t.graph_replays == t.unet_calls - 2, "%s: fp32 replayed %d of %d UNet steps%s%s", c->name,
+               t.graph_replays, t.unet_calls, t.graph_note[0] ? ": " : "", t.graph_note);
+        rc = run(plain, c, direct, &t, &e);
+        r = rc ? INFINITY : max_rel_err(got, direct, n);
+        tap_ok(!rc && r <= 1e-5 && t.graph_replays == 0,
+               "%s: fp32 without graphs gives the same latents: rel err %.2e, %d replays%s%s", c->name, r,
+               t.graph_replays, rc ? ": " : "", rc ? e.msg : "");
+        rc = run(f16, c, got, &t, &e);
         r = rc ? INFINITY : max_rel_err(got, want, n);
         tap_ok(!rc && r <= 1e-2, "%s on %s: cuda fp16 latents vs cpu: rel err %.2e%s%s", c->name, c->model, r,
                rc ? ": " : "", rc ? e.msg : "");
-        free(want), free(got);
+        tap_ok(!rc && t.graph_replays == t.unet_calls - 2, "%s: fp16 replayed %d of %d UNet steps%s%s", c->name,
+               t.graph_replays, t.unet_calls, t.graph_note[0] ? ": " : "", t.graph_note);
+        free(want), free(got), free(direct);
     }
 
     /* Same generation twice on one loaded model: after the first, device
@@ -137,6 +158,7 @@ int main(void)
                free1 >> 20, free2 >> 20, rc ? ": " : "", rc ? e.msg : "");
         sdw_pipeline_free(p);
     }
+    sdw_backend_destroy(plain);
     sdw_backend_destroy(f16);
     sdw_backend_destroy(f32);
     sdw_backend_destroy(cpu);

@@ -32,11 +32,22 @@
 /* Convolution algorithms may use this much scratch; cuDNN's search is
  * limited to it. */
 #define CUDA_WS_BYTES ((size_t)256 << 20)
+/* cuBLAS's workspace: what NVIDIA recommends for Hopper. */
+#define CUDA_BLAS_WS_BYTES ((size_t)32 << 20)
 
 typedef struct block {
     char *p;
     size_t bytes;
+    unsigned tag; /* the capture that used it, 0 outside captures */
 } block;
+
+/* A captured sequence of ops, and the blocks it uses for its temporaries:
+ * they are its own while it lives, since every replay writes them. */
+typedef struct cuda_graph {
+    cudaGraphExec_t exec;
+    block *blocks;
+    size_t nblocks;
+} cuda_graph;
 
 typedef struct shadow {
     const float *src; /* the float32 weight it copies */
@@ -70,6 +81,13 @@ typedef struct cuda_be {
     size_t nplans, capplans;
     void *ws;
     size_t ws_bytes;
+    void *blas_ws; /* cuBLAS's workspace, ours so that it never allocates during a capture */
+    int graphs;           /* captures allowed: SDW_CUDA_GRAPHS is not "0" */
+    unsigned capture_tag; /* nonzero while a capture is being recorded */
+    unsigned last_tag;
+    size_t graphs_alive;
+    block *retired; /* convolution workspaces replaced while a graph may still use them */
+    size_t nretired, capretired;
 } cuda_be;
 
 static cuda_be *priv(sdw_backend *be)
@@ -178,7 +196,7 @@ static int dev_alloc(cuda_be *c, size_t want, void **out, sdw_error *e)
     int rc = grow((void **)&c->live, &c->caplive, c->nlive + 1, sizeof *c->live, e);
     if (rc)
         return rc;
-    block b = {NULL, bytes};
+    block b = {NULL, bytes, 0};
     for (size_t i = 0; i < c->ncache; i++)
         if (c->cache[i].bytes == bytes) {
             b = c->cache[i];
@@ -187,7 +205,9 @@ static int dev_alloc(cuda_be *c, size_t want, void **out, sdw_error *e)
         }
     if (!b.p) {
         cudaError_t cr = cudaMalloc((void **)&b.p, bytes);
-        if (cr == cudaErrorMemoryAllocation) {
+        /* cudaFree synchronises, which would break a capture: there the
+         * capture fails instead and the step runs without it. */
+        if (cr == cudaErrorMemoryAllocation && !c->capture_tag) {
             cudaGetLastError(); /* clears the sticky-free allocation error */
             if ((rc = release_cache(c, e)))
                 return rc;
@@ -203,6 +223,7 @@ static int dev_alloc(cuda_be *c, size_t want, void **out, sdw_error *e)
         }
         c->reserved += bytes;
     }
+    b.tag = c->capture_tag;
     size_t at = live_lower(c, b.p);
     memmove(c->live + at + 1, c->live + at, (c->nlive - at) * sizeof *c->live);
     c->live[at] = b;
@@ -241,9 +262,11 @@ static void dev_free(cuda_be *c, void *p)
     memmove(c->live + at, c->live + at + 1, (c->nlive - at - 1) * sizeof *c->live);
     c->nlive--;
     wrote(c, b.p, b.bytes);
+    /* Freed during a capture: the graph may write it on every replay. */
+    b.tag = c->capture_tag;
     if (grow((void **)&c->cache, &c->capcache, c->ncache + 1, sizeof *c->cache, NULL) == SDW_OK) {
         c->cache[c->ncache++] = b;
-    } else {
+    } else if (!c->capture_tag) {
         cudaFree(b.p);
         c->reserved -= b.bytes;
     }
@@ -551,7 +574,15 @@ static int ensure_ws(cuda_be *c, size_t bytes, sdw_error *e)
 {
     if (bytes <= c->ws_bytes)
         return SDW_OK;
-    dev_free(c, c->ws);
+    /* A live graph's convolutions keep the old workspace's address. */
+    if (c->ws && (c->graphs_alive || c->capture_tag)) {
+        int rc = grow((void **)&c->retired, &c->capretired, c->nretired + 1, sizeof *c->retired, e);
+        if (rc)
+            return rc;
+        c->retired[c->nretired++] = (block){c->ws, c->ws_bytes, 0};
+    } else {
+        dev_free(c, c->ws);
+    }
     c->ws = NULL;
     c->ws_bytes = 0;
     int rc = dev_alloc(c, bytes, &c->ws, e);
@@ -573,6 +604,9 @@ static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const voi
             *out = &c->plans[i];
             return SDW_OK;
         }
+    if (c->capture_tag)
+        return sdw_fail(e, SDW_EUNSUPPORTED, "conv2d: no algorithm chosen yet for this shape, and choosing one "
+                                             "(timing candidates) cannot be captured; run the step once first");
     int rc = grow((void **)&c->plans, &c->capplans, c->nplans + 1, sizeof *c->plans, e);
     if (rc)
         return rc;
@@ -786,6 +820,126 @@ static int cuda_gaussian(sdw_backend *be, const float *m, const float *noise, fl
     return SDW_OK;
 }
 
+/* Graph capture. While capturing, every block handed out or given back is
+ * tagged; at the end the tagged blocks in the cache become the graph's own,
+ * so nothing outside it can be given memory that a replay writes. A tagged
+ * block still live at the end (a temporary the ops kept, a shadow made
+ * during the capture) would be written by every replay behind its owner's
+ * back: such a capture is refused and the caller runs its ops directly. */
+static void untag(cuda_be *c, unsigned tag)
+{
+    for (size_t i = 0; i < c->ncache; i++)
+        if (c->cache[i].tag == tag)
+            c->cache[i].tag = 0;
+    for (size_t i = 0; i < c->nlive; i++)
+        if (c->live[i].tag == tag)
+            c->live[i].tag = 0;
+}
+
+static int cuda_graph_begin(sdw_backend *be, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    if (!c->graphs)
+        return sdw_fail(e, SDW_EUNSUPPORTED, "CUDA graphs are turned off (SDW_CUDA_GRAPHS=0)");
+    if (c->capture_tag)
+        return sdw_fail(e, SDW_EINVAL, "a capture is already being recorded");
+    c->last_tag = c->last_tag + 1 ? c->last_tag + 1 : 1;
+    /* Relaxed: the allocator may still call cudaMalloc on the host side. */
+    CU(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed));
+    c->capture_tag = c->last_tag;
+    return SDW_OK;
+}
+
+static int cuda_graph_end(sdw_backend *be, int keep, void **out, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    if (!c->capture_tag)
+        return sdw_fail(e, SDW_EINVAL, "no capture is being recorded");
+    unsigned tag = c->capture_tag;
+    c->capture_tag = 0;
+    cudaGraph_t g = NULL;
+    cudaError_t cr = cudaStreamEndCapture(c->stream, &g);
+    int rc = SDW_OK;
+    if (cr != cudaSuccess) {
+        cudaGetLastError();
+        rc = cuda_err(e, cr, "cudaStreamEndCapture", __FILE__, __LINE__);
+    }
+    for (size_t i = 0; !rc && i < c->nlive; i++)
+        if (c->live[i].tag == tag)
+            rc = sdw_fail(e, SDW_EUNSUPPORTED, "capture: a block of %zu bytes taken during the capture is still in "
+                                               "use after it",
+                          c->live[i].bytes);
+    cuda_graph *cg = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < c->ncache; i++)
+        n += c->cache[i].tag == tag;
+    if (!rc && keep) {
+        cg = calloc(1, sizeof *cg);
+        if (cg)
+            cg->blocks = malloc((n ? n : 1) * sizeof *cg->blocks);
+        if (!cg || !cg->blocks)
+            rc = sdw_fail(e, SDW_ENOMEM, "out of host memory");
+    }
+    if (!rc && keep) {
+        cr = cudaGraphInstantiate(&cg->exec, g, 0);
+        if (cr != cudaSuccess) {
+            cudaGetLastError();
+            rc = cuda_err(e, cr, "cudaGraphInstantiate", __FILE__, __LINE__);
+        }
+    }
+    if (g)
+        cudaGraphDestroy(g);
+    if (rc || !keep) {
+        if (cg)
+            free(cg->blocks);
+        free(cg);
+        untag(c, tag);
+        return rc;
+    }
+    for (size_t i = 0; i < c->ncache;)
+        if (c->cache[i].tag == tag) {
+            cg->blocks[cg->nblocks++] = c->cache[i];
+            c->cache[i] = c->cache[--c->ncache];
+        } else {
+            i++;
+        }
+    c->graphs_alive++;
+    *out = cg;
+    return SDW_OK;
+}
+
+static int cuda_graph_launch(sdw_backend *be, void *g, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    CU(cudaGraphLaunch(((cuda_graph *)g)->exec, c->stream));
+    return SDW_OK;
+}
+
+static void cuda_graph_free(sdw_backend *be, void *g)
+{
+    cuda_be *c = priv(be);
+    cuda_graph *cg = g;
+    /* An exec still running is freed when it completes; its blocks' next
+     * users come after it on the one stream. */
+    cudaGraphExecDestroy(cg->exec);
+    for (size_t i = 0; i < cg->nblocks; i++) {
+        block b = cg->blocks[i];
+        b.tag = 0;
+        if (grow((void **)&c->cache, &c->capcache, c->ncache + 1, sizeof *c->cache, NULL) == SDW_OK) {
+            c->cache[c->ncache++] = b;
+        } else {
+            cudaFree(b.p);
+            c->reserved -= b.bytes;
+        }
+    }
+    free(cg->blocks);
+    free(cg);
+    if (--c->graphs_alive == 0 && !c->capture_tag) {
+        while (c->nretired)
+            dev_free(c, c->retired[--c->nretired].p);
+    }
+}
+
 static void cuda_destroy(sdw_backend *be)
 {
     cuda_be *c = priv(be);
@@ -807,6 +961,7 @@ static void cuda_destroy(sdw_backend *be)
     free(c->cache);
     free(c->shadows);
     free(c->plans);
+    free(c->retired);
     free(c);
 }
 
@@ -833,6 +988,10 @@ static const sdw_backend_ops cuda_ops = {
     .add_rows = cuda_add_rows,
     .scale = cuda_scale,
     .gaussian = cuda_gaussian,
+    .graph_begin = cuda_graph_begin,
+    .graph_end = cuda_graph_end,
+    .graph_launch = cuda_graph_launch,
+    .graph_free = cuda_graph_free,
     .destroy = cuda_destroy,
 };
 
@@ -861,8 +1020,16 @@ static int cuda_init(cuda_be *c, sdw_error *e)
     CUBLAS(cublasSetStream(c->blas, c->stream));
     /* No TF32 behind our back: fp32 products stay fp32. */
     CUBLAS(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));
+    /* cuBLAS would otherwise allocate its workspace on first use, which a
+     * capture cannot record. */
+    int rc = dev_alloc(c, CUDA_BLAS_WS_BYTES, &c->blas_ws, e);
+    if (rc)
+        return rc;
+    CUBLAS(cublasSetWorkspace(c->blas, c->blas_ws, CUDA_BLAS_WS_BYTES));
     CUDNN(cudnnCreate(&c->dnn));
     CUDNN(cudnnSetStream(c->dnn, c->stream));
+    const char *g = getenv("SDW_CUDA_GRAPHS");
+    c->graphs = !(g && !strcmp(g, "0"));
     return SDW_OK;
 }
 

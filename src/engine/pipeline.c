@@ -471,8 +471,13 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
         rc = initial_latents(p, gp, &s, e);
     t1 = now_s(), tm.prepare_s = t1 - t0, t0 = t1;
     p->cur_latents = s.latents, p->cur_h = s.h, p->cur_w = s.w;
+    long replays = sdw_unet_graph_replays(p->unet);
     if (!rc)
         rc = denoise(p, gp, &s, cb, ctx, &tm.unet_calls, e);
+    tm.graph_replays = (int)(sdw_unet_graph_replays(p->unet) - replays);
+    snprintf(tm.graph_note, sizeof tm.graph_note, "%s", sdw_unet_graph_note(p->unet));
+    /* The recorded step's memory goes back for the VAE and the next job. */
+    sdw_unet_release(p->unet);
     p->cur_latents = NULL;
     t1 = now_s(), tm.denoise_s = t1 - t0, t0 = t1;
     if (!rc && latents)

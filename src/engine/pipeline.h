@@ -49,6 +49,8 @@ typedef struct sdw_gen_timings {
     double prepare_s;    /* VAE encoding of init/masked images, initial noise */
     double denoise_s;    /* all sampling steps */
     int unet_calls;      /* sampling steps as UNet evaluations (PNDM: steps + 1) */
+    int graph_replays;   /* of which replayed from a recorded graph (CUDA) */
+    char graph_note[200]; /* why steps were not recorded, "" when they were or graphs do not apply */
     double decode_s;     /* VAE decode and pixel conversion */
     double total_s;
 } sdw_gen_timings;

@@ -128,6 +128,56 @@ int sdw_tensor_view(sdw_tensor *v, const sdw_tensor *t, int ndim, const int64_t 
     return SDW_OK;
 }
 
+struct sdw_graph {
+    sdw_backend *be;
+    void *impl;
+};
+
+int sdw_graph_begin(sdw_backend *be, sdw_error *e)
+{
+    if (!be->ops->graph_begin)
+        return sdw_fail(e, SDW_EUNSUPPORTED, "the %s backend runs ops directly (no graphs)", be->ops->name);
+    return be->ops->graph_begin(be, e);
+}
+
+int sdw_graph_end(sdw_backend *be, sdw_graph **g, sdw_error *e)
+{
+    sdw_graph *ng = malloc(sizeof *ng);
+    if (!ng) {
+        sdw_graph_abandon(be);
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    }
+    int rc = be->ops->graph_end(be, 1, &ng->impl, e);
+    if (rc) {
+        free(ng);
+        return rc;
+    }
+    ng->be = be;
+    *g = ng;
+    return SDW_OK;
+}
+
+void sdw_graph_abandon(sdw_backend *be)
+{
+    sdw_error ignored;
+    void *none = NULL;
+    if (be->ops->graph_end)
+        be->ops->graph_end(be, 0, &none, &ignored);
+}
+
+int sdw_graph_launch(sdw_graph *g, sdw_error *e)
+{
+    return g->be->ops->graph_launch(g->be, g->impl, e);
+}
+
+void sdw_graph_free(sdw_graph *g)
+{
+    if (!g)
+        return;
+    g->be->ops->graph_free(g->be, g->impl);
+    free(g);
+}
+
 int sdw_backend_open(sdw_backend **be, const char *device, sdw_precision prec, sdw_error *e)
 {
     if (!strcmp(device, "cpu"))

@@ -94,6 +94,13 @@ typedef struct sdw_backend_ops {
      * logvar clamped to [-30, 20]; noise NULL gives s * mean. */
     int (*gaussian)(sdw_backend *be, const float *m, const float *noise, float s, float *y, int64_t b,
                     int64_t n, sdw_error *e);
+    /* Recording and replaying ops (see sdw_graph_begin); NULL where the
+     * backend runs every op as it is called. graph_end with keep = 0
+     * abandons the recording. */
+    int (*graph_begin)(sdw_backend *be, sdw_error *e);
+    int (*graph_end)(sdw_backend *be, int keep, void **graph, sdw_error *e);
+    int (*graph_launch)(sdw_backend *be, void *graph, sdw_error *e);
+    void (*graph_free)(sdw_backend *be, void *graph);
     void (*destroy)(sdw_backend *be);
 } sdw_backend_ops;
 
@@ -126,6 +133,25 @@ int sdw_backend_open(sdw_backend **be, const char *device, sdw_precision prec, s
 /* "fp32", "fp16" or "bf16"; -1 for anything else. */
 int sdw_precision_parse(const char *name);
 void sdw_backend_destroy(sdw_backend *be);
+
+/* A recorded sequence of ops, replayed with one call (a CUDA graph: one
+ * launch instead of one per kernel). Between sdw_graph_begin and
+ * sdw_graph_end the ops are recorded, not run; sdw_graph_launch runs them.
+ * The recorded ops must not move data to or from the host, must free every
+ * tensor they allocate, and read and write the same addresses at every
+ * replay: inputs are uploaded into the buffers used while recording, before
+ * each launch. Memory the recorded ops used for their temporaries belongs to
+ * the graph until sdw_graph_free. sdw_graph_begin is SDW_EUNSUPPORTED on a
+ * backend without graphs (the CPU) or with them turned off; when
+ * sdw_graph_end fails, the ops recorded since sdw_graph_begin did not run and
+ * must be run again directly. */
+typedef struct sdw_graph sdw_graph;
+int sdw_graph_begin(sdw_backend *be, sdw_error *e);
+int sdw_graph_end(sdw_backend *be, sdw_graph **g, sdw_error *e);
+/* Ends a recording without keeping it (after an op failed while recording). */
+void sdw_graph_abandon(sdw_backend *be);
+int sdw_graph_launch(sdw_graph *g, sdw_error *e);
+void sdw_graph_free(sdw_graph *g);
 
 /* Tensor lifetime. sdw_tensor_new allocates uninitialised memory. */
 int sdw_tensor_new(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape, sdw_error *e);

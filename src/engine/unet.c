@@ -32,6 +32,18 @@ struct sdw_unet {
     up_block up[SDW_UNET_MAX_BLOCKS];
     sdw_resnet mid_res[2];
     sdw_transformer mid_attn;
+    /* The step as a replayable graph, where the backend has graphs: the
+     * first call with given buffers runs directly (and settles convolution
+     * algorithms and memory), the second records the step, later ones
+     * replay it. key says which buffers and shapes the graph was made for. */
+    sdw_tensor tfeat; /* timestep features [b, block_out[0]]: the graph's host-side input */
+    sdw_graph *graph;
+    const void *key[3];
+    int64_t key_shape[5];
+    int warm;        /* one direct call has run with key */
+    int graph_off;   /* recording failed or is unsupported: direct calls until sdw_unet_release */
+    char graph_why[sizeof(sdw_error){0}.msg];
+    long replays;
 };
 
 const sdw_unet_config *sdw_unet_config_of(const sdw_unet *u)
@@ -381,7 +393,28 @@ void sdw_unet_free(sdw_unet *u)
     sdw_conv_free(&u->conv_in), sdw_conv_free(&u->conv_out);
     sdw_linear_free(&u->t1), sdw_linear_free(&u->t2);
     sdw_gnorm_free(&u->norm_out);
+    sdw_unet_release(u);
     free(u);
+}
+
+void sdw_unet_release(sdw_unet *u)
+{
+    sdw_graph_free(u->graph);
+    u->graph = NULL;
+    sdw_tensor_free(&u->tfeat);
+    u->warm = 0;
+    u->graph_off = 0;
+    u->graph_why[0] = 0;
+}
+
+long sdw_unet_graph_replays(const sdw_unet *u)
+{
+    return u->replays;
+}
+
+const char *sdw_unet_graph_note(const sdw_unet *u)
+{
+    return u->graph_why;
 }
 
 static int alloc_block(sdw_resnet **res, sdw_transformer **attn, int n, int with_attn, sdw_error *e)
@@ -493,21 +526,33 @@ static void timestep_features(const sdw_unet_config *c, const float *t, int b, f
     }
 }
 
-static int time_embedding(sdw_unet *u, const float *timesteps, int b, sdw_tensor *temb_act, sdw_error *e)
+/* The timestep features, computed on the host, go into u->tfeat: the one
+ * input of the step that does not come in a caller's buffer. */
+static int upload_time_features(sdw_unet *u, const float *timesteps, int b, sdw_error *e)
 {
-    int64_t c0 = u->cfg.block_out[0], fs[2] = {b, c0}, ts[2] = {b, 4 * c0};
+    int64_t c0 = u->cfg.block_out[0], fs[2] = {b, c0};
+    int rc;
+    if (u->tfeat.data && u->tfeat.shape[0] != b)
+        sdw_unet_release(u); /* the graph, if any, reads the old buffer */
+    if (!u->tfeat.data && (rc = sdw_tensor_new(&u->tfeat, u->be, 2, fs, e)))
+        return rc;
     float *feat = malloc(sizeof *feat * (size_t)(b * c0));
     if (!feat)
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
     timestep_features(&u->cfg, timesteps, b, feat);
-    sdw_tensor f = {0}, h = {0};
-    int rc = sdw_tensor_from_host(&f, u->be, 2, fs, feat, e);
+    rc = u->be->ops->upload(u->be, u->tfeat.data, feat, (size_t)(b * c0), e);
     free(feat);
-    if (!rc && !(rc = sdw_tensor_new(&h, u->be, 2, ts, e)) && !(rc = sdw_linear_forward(&u->t1, &f, &h, e)) &&
-        !(rc = sdw_op_act(&h, SDW_ACT_SILU, &h, e)) && !(rc = sdw_tensor_new(temb_act, u->be, 2, ts, e)) &&
-        !(rc = sdw_linear_forward(&u->t2, &h, temb_act, e)))
+    return rc;
+}
+
+static int time_embedding(sdw_unet *u, int b, sdw_tensor *temb_act, sdw_error *e)
+{
+    int64_t ts[2] = {b, 4 * u->cfg.block_out[0]};
+    sdw_tensor h = {0};
+    int rc = sdw_tensor_new(&h, u->be, 2, ts, e);
+    if (!rc && !(rc = sdw_linear_forward(&u->t1, &u->tfeat, &h, e)) && !(rc = sdw_op_act(&h, SDW_ACT_SILU, &h, e)) &&
+        !(rc = sdw_tensor_new(temb_act, u->be, 2, ts, e)) && !(rc = sdw_linear_forward(&u->t2, &h, temb_act, e)))
         rc = sdw_op_act(temb_act, SDW_ACT_SILU, temb_act, e); /* every resnet applies SiLU first */
-    sdw_tensor_free(&f);
     sdw_tensor_free(&h);
     return rc;
 }
@@ -584,27 +629,17 @@ static int step_cat(sdw_tensor *h, const sdw_tensor *skip, sdw_error *e)
     return rc;
 }
 
-int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, const sdw_tensor *ctx,
-                     sdw_tensor *eps, sdw_error *e)
+/* The step after the timestep features: every op on the backend, nothing
+ * moved to or from the host, so that it can be recorded as a graph. */
+static int forward_body(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx, sdw_tensor *eps, sdw_error *e)
 {
     const sdw_unet_config *c = &u->cfg;
-    char s1[96], s2[96], s3[96];
-    if (x->ndim != 4 || x->shape[1] != c->in_channels || ctx->ndim != 3 || ctx->shape[0] != x->shape[0] ||
-        ctx->shape[2] != c->cross_attention_dim || eps->ndim != 4 || eps->shape[0] != x->shape[0] ||
-        eps->shape[1] != c->out_channels || eps->shape[2] != x->shape[2] || eps->shape[3] != x->shape[3])
-        return sdw_fail(e, SDW_EINVAL,
-                        "unet: latents %s, text states %s, output %s do not fit a UNet with %d input channels, "
-                        "%d output channels and text width %d",
-                        sdw_shape_str(x->ndim, x->shape, s1, sizeof s1),
-                        sdw_shape_str(ctx->ndim, ctx->shape, s2, sizeof s2),
-                        sdw_shape_str(eps->ndim, eps->shape, s3, sizeof s3), c->in_channels, c->out_channels,
-                        c->cross_attention_dim);
     int n = c->nblocks, lpb = c->layers_per_block, nskip = 0, b = (int)x->shape[0];
     sdw_tensor skips[1 + SDW_UNET_MAX_BLOCKS * 64];
     if (1 + n * lpb + n - 1 > (int)(sizeof skips / sizeof skips[0]))
         return sdw_fail(e, SDW_EUNSUPPORTED, "unet: %d layers per block is too many", lpb);
     sdw_tensor temb = {0}, h = {0};
-    int rc = time_embedding(u, timesteps, b, &temb, e);
+    int rc = time_embedding(u, b, &temb, e);
     if (!rc)
         rc = sdw_conv_forward(&u->conv_in, x, 0, &h, e);
     if (!rc && !(rc = step_copy(&h, &skips[nskip], e)))
@@ -641,6 +676,69 @@ int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, c
         sdw_tensor_free(&skips[--nskip]);
     sdw_tensor_free(&h);
     sdw_tensor_free(&temb);
+    return rc;
+}
+
+static int graph_key_matches(const sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx, const sdw_tensor *eps)
+{
+    return u->key[0] == x->data && u->key[1] == ctx->data && u->key[2] == eps->data &&
+           u->key_shape[0] == x->shape[0] && u->key_shape[1] == x->shape[1] && u->key_shape[2] == x->shape[2] &&
+           u->key_shape[3] == x->shape[3] && u->key_shape[4] == ctx->shape[1];
+}
+
+/* Records the step and runs it once. A recording that fails leaves the
+ * step to be run directly, from then on until sdw_unet_release. */
+static int record(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx, sdw_tensor *eps, sdw_error *e)
+{
+    sdw_error why;
+    int rc = sdw_graph_begin(u->be, &why);
+    if (!rc && (rc = forward_body(u, x, ctx, eps, &why)))
+        sdw_graph_abandon(u->be);
+    if (!rc && (rc = sdw_graph_end(u->be, &u->graph, &why)))
+        u->graph = NULL;
+    if (!rc)
+        return sdw_graph_launch(u->graph, e);
+    u->graph_off = 1;
+    snprintf(u->graph_why, sizeof u->graph_why, "%s", why.msg);
+    return forward_body(u, x, ctx, eps, e);
+}
+
+int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, const sdw_tensor *ctx,
+                     sdw_tensor *eps, sdw_error *e)
+{
+    const sdw_unet_config *c = &u->cfg;
+    char s1[96], s2[96], s3[96];
+    if (x->ndim != 4 || x->shape[1] != c->in_channels || ctx->ndim != 3 || ctx->shape[0] != x->shape[0] ||
+        ctx->shape[2] != c->cross_attention_dim || eps->ndim != 4 || eps->shape[0] != x->shape[0] ||
+        eps->shape[1] != c->out_channels || eps->shape[2] != x->shape[2] || eps->shape[3] != x->shape[3])
+        return sdw_fail(e, SDW_EINVAL,
+                        "unet: latents %s, text states %s, output %s do not fit a UNet with %d input channels, "
+                        "%d output channels and text width %d",
+                        sdw_shape_str(x->ndim, x->shape, s1, sizeof s1),
+                        sdw_shape_str(ctx->ndim, ctx->shape, s2, sizeof s2),
+                        sdw_shape_str(eps->ndim, eps->shape, s3, sizeof s3), c->in_channels, c->out_channels,
+                        c->cross_attention_dim);
+    int rc = upload_time_features(u, timesteps, (int)x->shape[0], e);
+    if (rc)
+        return rc;
+    if (u->graph && !graph_key_matches(u, x, ctx, eps)) {
+        sdw_graph_free(u->graph);
+        u->graph = NULL;
+        u->warm = 0;
+    }
+    if (u->graph) {
+        if (!(rc = sdw_graph_launch(u->graph, e)))
+            u->replays++;
+    } else if (!u->graph_off && u->be->ops->graph_begin && u->warm && graph_key_matches(u, x, ctx, eps)) {
+        rc = record(u, x, ctx, eps, e);
+    } else {
+        rc = forward_body(u, x, ctx, eps, e);
+        u->key[0] = x->data, u->key[1] = ctx->data, u->key[2] = eps->data;
+        for (int i = 0; i < 4; i++)
+            u->key_shape[i] = x->shape[i];
+        u->key_shape[4] = ctx->shape[1];
+        u->warm = !rc;
+    }
     if (rc)
         sdw_fail_wrap(e, "unet");
     return rc;

@@ -42,8 +42,22 @@ void sdw_unet_free(sdw_unet *u);
 const sdw_unet_config *sdw_unet_config_of(const sdw_unet *u);
 
 /* x [b,in_channels,h,w], timesteps: b floats on the host, ctx
- * [b,tokens,cross_attention_dim] -> eps [b,out_channels,h,w]. */
+ * [b,tokens,cross_attention_dim] -> eps [b,out_channels,h,w].
+ *
+ * On a backend with graphs (CUDA) the step is recorded once and replayed:
+ * the first call with given x, ctx and eps buffers runs op by op, the
+ * second records the step, later ones replay it, reading x and ctx from the
+ * same buffers. The recording, and the memory it uses for temporaries, is
+ * kept until the buffers or shapes change or sdw_unet_release: call that
+ * when a denoising loop ends, so that what follows (the VAE) can use the
+ * memory. SDW_CUDA_GRAPHS=0 in the environment turns recording off. */
 int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, const sdw_tensor *ctx,
                      sdw_tensor *eps, sdw_error *e);
+/* Drops the recorded step and its memory. */
+void sdw_unet_release(sdw_unet *u);
+/* How many steps have been replayed from a recording (tests, benchmarks). */
+long sdw_unet_graph_replays(const sdw_unet *u);
+/* Why the step is not being recorded ("" when it is, or was never tried). */
+const char *sdw_unet_graph_note(const sdw_unet *u);
 
 #endif

@@ -351,14 +351,19 @@ int main(int argc, char **argv)
     if (!quiet) {
         printf("output: %s (%dx%d)\n", output, out.width, out.height);
         printf("load: %.2f s\ntext encode: %.2f s\nprepare: %.2f s\n", load_s, t.encode_s, t.prepare_s);
-        printf("denoise: %.2f s (%d UNet steps, %.3f s/step)\n", t.denoise_s, t.unet_calls,
+        printf("denoise: %.2f s (%d UNet steps, %.3f s/step", t.denoise_s, t.unet_calls,
                t.unet_calls ? t.denoise_s / t.unet_calls : 0.0);
+        if (t.graph_replays)
+            printf(", %d replayed from a CUDA graph", t.graph_replays);
+        printf(")\n");
+        if (t.graph_note[0])
+            printf("not using a CUDA graph: %s\n", t.graph_note);
         printf("vae decode: %.2f s\ntotal: %.2f s\n", t.decode_s, t.total_s + load_s);
     }
     if (json_timings)
         printf("{\"load_s\":%.6f,\"encode_s\":%.6f,\"prepare_s\":%.6f,\"denoise_s\":%.6f,\"unet_calls\":%d,"
-               "\"decode_s\":%.6f,\"total_s\":%.6f}\n",
-               load_s, t.encode_s, t.prepare_s, t.denoise_s, t.unet_calls, t.decode_s, t.total_s);
+               "\"graph_replays\":%d,\"decode_s\":%.6f,\"total_s\":%.6f}\n",
+               load_s, t.encode_s, t.prepare_s, t.denoise_s, t.unet_calls, t.graph_replays, t.decode_s, t.total_s);
 done:
     free(params);
     sdw_image_free(&out);
