@@ -8,6 +8,10 @@
 # tree (DIR/src/tools/sdworker-*) or the GPU bundle (DIR/bin/sdworker-*,
 # tests/gpu/prepare.sh).
 #
+# Then, while time is left, sdworker once more with CUDA graphs off
+# (SDW_CUDA_GRAPHS=0) and once with the float32 SIMT attention in place of
+# the tensor-core one (SDW_CUDA_ATTENTION=simt): what each is worth.
+#
 # Each side runs twice and the second run is reported (the first pays for
 # cuDNN's algorithm search, cuBLAS and CUDA start-up). sdworker's phase times
 # come from the JSON line `sdworker-generate --timings` prints; without it
@@ -119,14 +123,31 @@ else
   dif_rc=$?
 fi
 
+# variant NAME VAR=VALUE: sdworker again with one switch, when 60 s are left.
+variant() {
+  if [ "${sdw_rc:-1}" != 0 ] || [ $((deadline - $(date +%s))) -lt 60 ]; then
+    echo "skipped (sdworker failed, or under 60 s of the budget left)" >"$out/sdworker-$1.log"
+    return
+  fi
+  timeout -k 5 "$(limit 90)" env "$2" "${gen[@]}" --output "$out/sdworker-$1.png" >"$out/sdworker-$1.log" 2>&1
+}
+variant nographs SDW_CUDA_GRAPHS=0
+variant simt SDW_CUDA_ATTENTION=simt
+
 python3 - "$out" "${sdw_s:-0}" "${sdw_peak:-0}" "${sdw_rc:-1}" "$dif_rc" <<'PY' | tee "$out/summary.txt"
 import json, re, sys
 out, wall, peak, rc, drc = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-t = {}
-for line in open(f"{out}/sdworker.log", errors="replace"):
-    line = line.strip()
-    if line.startswith("{") and "denoise_s" in line:
-        t = json.loads(line)
+def timings(log):
+    t = {}
+    try:
+        for line in open(log, errors="replace"):
+            line = line.strip()
+            if line.startswith("{") and "denoise_s" in line:
+                t = json.loads(line)
+    except OSError:
+        pass
+    return t
+t = timings(f"{out}/sdworker.log")
 d = {}
 try:
     d = json.load(open(f"{out}/diffusers.json"))
@@ -149,6 +170,14 @@ dif = {k: d.get(k) for k in sdw} if drc == 0 else {k: None for k in sdw}
 print(f"{'metric':<16} {'sdworker':>10} {'diffusers':>10}")
 for k in sdw:
     print(f"{k:<16} {f(sdw[k]):>10} {f(dif[k]):>10}")
+for name, what in (("nographs", "CUDA graphs off"), ("simt", "float32 SIMT attention")):
+    v = timings(f"{out}/sdworker-{name}.log")
+    if v.get("denoise_s"):
+        print(f"sdworker it/s with {what}: {(v.get('unet_calls') or 20) / v['denoise_s']:.3f}")
+    else:
+        print(f"sdworker with {what}: no result (see sdworker-{name}.log)")
+if t:
+    print(f"sdworker UNet steps replayed from a CUDA graph: {t.get('graph_replays', 0)} of {steps}")
 if sdw["s/image"] and dif.get("s/image"):
     print(f"diffusers s/image / sdworker s/image = {dif['s/image'] / sdw['s/image']:.2f} (above 1: sdworker faster)")
 if rc:

@@ -56,6 +56,15 @@ check "parameters chunk" has_param "$tmp/t.png" "Seed: 7"
 check "parameters name the sampler and size" has_param "$tmp/t.png" "Sampler: euler, CFG scale: 7.5, Seed: 7, Size: 64x64"
 gen --width 64 --height 64 --seed 7 --sampler euler --quiet --output "$tmp/t2.png"
 check "same seed, same image" cmp "$tmp/t.png" "$tmp/t2.png"
+gen --width 64 --height 48 --seed 7 --quiet --output "$tmp/l.png" --latents "$tmp/l1.f32"
+gen --width 64 --height 48 --seed 7 --quiet --output "$tmp/l.png" --latents "$tmp/l2.f32"
+gen --width 64 --height 48 --seed 8 --quiet --output "$tmp/l.png" --latents "$tmp/l3.f32"
+if [ "$(stat -c %s "$tmp/l1.f32" 2>/dev/null)" = $((4 * 6 * 8 * 4)) ] && cmp -s "$tmp/l1.f32" "$tmp/l2.f32" &&
+    ! cmp -s "$tmp/l1.f32" "$tmp/l3.f32"; then
+    ok "--latents writes 4x6x8 floats, the same for the same seed"
+else
+    not_ok "--latents" "$(ls -l "$tmp"/l*.f32 2>&1)"
+fi
 gen --width 64 --height 64 --quiet --output "$tmp/r.png" >"$tmp/r.out" 2>&1
 if grep -q "Seed: [0-9]" "$tmp/r.png" && [ -s "$tmp/r.png" ]; then ok "random seed recorded"; else not_ok "random seed recorded"; fi
 gen --width 64 --height 64 --sampler euler --output "$tmp/p.png" >"$tmp/p.out" 2>"$tmp/p.err"

@@ -49,6 +49,8 @@ static void usage(FILE *f)
             "  --device D            cpu (default) or cuda:N (builds configured --with-cuda)\n"
             "  --precision P         CUDA products: fp16 (default), bf16 or fp32\n"
             "  --timings             also print the timings as one JSON line (for benchmarks)\n"
+            "  --latents FILE        also write the final latents to FILE as raw float32 in\n"
+            "                        the machine's byte order, [4, height/8, width/8] (to compare devices)\n"
             "  --quiet               no progress bar or timings; errors only\n"
             "  --help                this text\n"
             "\n"
@@ -192,11 +194,11 @@ int main(int argc, char **argv)
         {"output", required_argument, 0, 'o'},     {"threads", required_argument, 0, 'T'},
         {"quiet", no_argument, 0, 'q'},            {"help", no_argument, 0, 'h'},
         {"device", required_argument, 0, 'D'},     {"precision", required_argument, 0, 'P'},
-        {"timings", no_argument, 0, 'J'},
+        {"timings", no_argument, 0, 'J'},         {"latents", required_argument, 0, 'L'},
         {0, 0, 0, 0},
     };
     const char *model = NULL, *prompt = NULL, *negative = NULL, *sampler = NULL, *init_path = NULL,
-               *mask_path = NULL, *output = "out.png", *device = "cpu";
+               *mask_path = NULL, *output = "out.png", *device = "cpu", *latents_path = NULL;
     int precision = SDW_PREC_FP16, json_timings = 0;
     int steps = 20, width = 512, height = 512, clip_skip = 0, threads = 0, quiet = 0, have_seed = 0,
         have_strength = 0, have_size = 0;
@@ -241,6 +243,7 @@ int main(int argc, char **argv)
             }
             break;
         case 'J': json_timings = 1; break;
+        case 'L': latents_path = optarg; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return 0;
         default: fprintf(stderr, "sdworker-generate: see --help\n"); return EXIT_USAGE;
@@ -312,6 +315,8 @@ int main(int argc, char **argv)
     sdw_backend *be = NULL;
     sdw_pipeline *p = NULL;
     char *params = NULL;
+    float *latents = NULL;
+    size_t nlat = 0;
     sdw_gen_timings t = {0};
     double t0 = now_s();
     if (sdw_backend_open(&be, device, (sdw_precision)precision, &e)) {
@@ -331,15 +336,35 @@ int main(int argc, char **argv)
         status = EXIT_INPUT;
         goto done;
     }
+    if (latents_path) {
+        int sc = sdw_pipeline_scale(p);
+        nlat = (size_t)4 * (size_t)(gp.width / sc) * (size_t)(gp.height / sc);
+        if (!(latents = malloc(nlat * sizeof *latents))) {
+            fprintf(stderr, "sdworker-generate: out of memory\n");
+            status = EXIT_GENERATE;
+            goto done;
+        }
+    }
     if (!quiet)
         printf("seed: %llu\n", (unsigned long long)seed);
     fflush(stdout);
     progress pr = {.quiet = quiet, .tty = isatty(2), .start = 0};
     pr.start = now_s();
-    if (sdw_pipeline_generate(p, &gp, on_step, &pr, &out, NULL, &t, &e)) {
+    if (sdw_pipeline_generate(p, &gp, on_step, &pr, &out, latents, &t, &e)) {
         fprintf(stderr, "sdworker-generate: %s\n", e.msg);
         status = EXIT_GENERATE;
         goto done;
+    }
+    if (latents_path) {
+        FILE *f = fopen(latents_path, "wb");
+        int ok = f && fwrite(latents, sizeof *latents, nlat, f) == nlat;
+        if (f && fclose(f))
+            ok = 0;
+        if (!ok) {
+            fprintf(stderr, "sdworker-generate: %s: %s\n", latents_path, strerror(errno));
+            status = EXIT_GENERATE;
+            goto done;
+        }
     }
     params = sdw_gen_params_text(&gp, out.width, out.height, sdw_pipeline_sampler(p, sampler), model);
     const char *text[2] = {"parameters", params};
@@ -366,6 +391,7 @@ int main(int argc, char **argv)
                load_s, t.encode_s, t.prepare_s, t.denoise_s, t.unet_calls, t.graph_replays, t.decode_s, t.total_s);
 done:
     free(params);
+    free(latents);
     sdw_image_free(&out);
     sdw_image_free(&init);
     sdw_image_free(&mask);

@@ -11,6 +11,8 @@
 #           cuBLAS product, a cuDNN handle (seconds)
 #   test_cuda_kernels, test_cuda_pipeline (TAP; against the CPU backend)
 #   test_ops (the CPU backend that those two compare against, on this CPU)
+#   sd15    tests/gpu/sd15_check.sh: the SD 1.5 architecture at 512x512, CUDA
+#           fp16 against the CPU, final latents after 1 and 4 steps
 #   bench   bench/gpu.sh: SD 1.5 architecture, random fp16 weights, 512x512,
 #           20 euler steps, CFG 7.5, sdworker then diffusers (skipped, and
 #           said so, when too little of the time budget is left)
@@ -204,6 +206,19 @@ for t in test_cuda_kernels test_cuda_pipeline; do
 done
 step test_ops 60 "${ours[@]}" "$b/bin/test_ops"
 tap test_ops
+
+# The full-size architecture on CUDA fp16 against the CPU, 1 and 4 steps.
+if [ $have_gpu = 0 ]; then
+  row sd15 skipped "no GPU (smoke found no CUDA device)"
+elif [ "$(left)" -lt 240 ]; then
+  row sd15 skipped "only $(left)s of the budget left (needs 240s, the bench included)"
+else
+  [ -n "$mkpid" ] && wait "$mkpid"
+  mkpid=
+  step sd15 120 "${ours[@]}" OMP_NUM_THREADS="$(nproc)" "$root/tests/gpu/sd15_check.sh" "$b/bin" \
+    "${SDW_BENCH_MODEL:-/tmp/sdw-bench-sd15-random}" "$out/sd15"
+  tap sd15
+fi
 
 if [ $have_gpu = 0 ]; then
   row bench skipped "no GPU (smoke found no CUDA device)"
