@@ -40,8 +40,8 @@ static void test_defaults(void)
            "default timings");
     tap_ok(c.max_body_bytes == 32u << 20 && c.max_prompt_bytes == 4096 &&
            c.max_pixels == 1024 * 1024, "default limits");
-    tap_ok(c.device == SDW_DEVICE_CPU && c.threads == 0 && c.log_level == SDW_LOG_INFO,
-           "default device, threads, log level");
+    tap_ok(c.device == SDW_DEVICE_CPU && c.threads == 0 && c.log_level == SDW_LOG_INFO && c.engine_warmup == -1,
+           "default device, threads, log level, warm-up (auto)");
     tap_ok(c.n_models == 0 && !sdw_config_model_find(&c, NULL), "no default model");
     sdw_error e = { 0 };
     tap_ok(sdw_config_validate(&c, &e) == SDW_EINVAL && strstr(e.msg, "no model"),
@@ -80,6 +80,7 @@ static void test_every_key(void)
         "limits.max_pixels = 262144\n"
         "device = cuda:1\n"
         "threads = 8\n"
+        "engine.warmup = 256\n"
         "engine.restart_delay_ms = 250\n"
         "log_level = debug\r\n"
         "model.sd15 = models/sd15\n"
@@ -101,7 +102,7 @@ static void test_every_key(void)
     tap_ok(c.max_body_bytes == 16u << 20 && c.max_prompt_bytes == 1000 &&
            c.max_image_bytes == 3000000 && c.max_pixels == 262144, "limits");
     tap_ok(c.device == SDW_DEVICE_CUDA && c.device_index == 1 && c.threads == 8 &&
-           c.engine_restart_delay_ms == 250, "device, threads, restart delay");
+           c.engine_restart_delay_ms == 250 && c.engine_warmup == 256, "device, threads, restart delay, warm-up");
     tap_ok(c.log_level == SDW_LOG_DEBUG, "log_level with CRLF line end");
     tap_ok(c.n_models == 2 && !strcmp(c.models[0].path, "/etc/sdworker/models/sd15") &&
            !strcmp(c.models[1].path, "/srv/m/tiny #1"),
@@ -163,6 +164,7 @@ static void test_rejections(void)
     rejects("device = cuda:64\n", "device:");
     rejects("threads = many\n", "threads:");
     rejects("engine.restart_delay_ms = -5\n", "engine.restart_delay_ms:");
+    rejects("engine.warmup = -2\n", "engine.warmup: -2 is out of range -1-2048");
     rejects("log_level = verbose\n", "log_level: 'verbose'");
     rejects("model.bad/name = /x\n", "model.bad/name: model names");
     rejects("model. = /x\n", "model.: model names");

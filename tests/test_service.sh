@@ -21,7 +21,8 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 # No SDW_MODEL: the default start, which makes the tiny demo model first.
 # No SDW_DATA_DIR either: start-service must find the tree's data itself.
 unset SDW_DATA_DIR
-export SDW_BUILD_DIR=$bld SDW_RUN_DIR=$run SDW_PORT=$port
+# A small warm-up, which the CPU does not get by default.
+export SDW_BUILD_DIR=$bld SDW_RUN_DIR=$run SDW_PORT=$port SDW_OPTS="engine.warmup=64"
 url=http://127.0.0.1:$port
 cleanup() { "$top/scripts/start-service" stop >/dev/null 2>&1; rm -rf "$run"; }
 trap cleanup EXIT
@@ -33,6 +34,7 @@ ok $rc "start-service starts engine, pool and nginx: $(echo "$out" | tail -n 1)"
 code=$(curl -s -o "$run/ready.json" -w '%{http_code}' "$url/ready")
 ok $([ "$code" = 200 ] && grep -q '"ready":true' "$run/ready.json"; echo $?) "/ready is 200 once the model is loaded"
 ok $(curl -fs "$url/" | grep -q 'id="generate"'; echo $?) "the demo page is served"
+ok $(grep -q 'model tiny warmed up at 64x64' "$run/engine.log"; echo $?) "the engine warmed the model up before ready"
 
 cli() { "$bld/sdworker" image "$@" --url "$url" --model tiny --quiet; }
 is_png() { [ "$(head -c 8 "$1" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ]; }

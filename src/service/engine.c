@@ -44,9 +44,34 @@ static void log_msg(const engine *g, sdw_log_level level, const char *fmt, ...)
     va_end(ap);
 }
 
+/* One discarded generation of side x side pixels, 2 steps (the second is
+ * the one recorded as a CUDA graph): what a first request would otherwise
+ * pay for, and a device too small for that size fails here, before ready. */
+static int warm_up(engine *g, const sdw_config_model *m, sdw_pipeline *p, int side, sdw_error *e)
+{
+    sdw_gen_params gp;
+    sdw_gen_params_init(&gp, SDW_GEN_TXT2IMG);
+    gp.prompt = "";
+    gp.steps = 2;
+    gp.width = gp.height = side / sdw_pipeline_scale(p) * sdw_pipeline_scale(p);
+    gp.seed = 0;
+    if (sdw_pipeline_unet_channels(p) != 4)
+        return SDW_OK; /* an inpainting model needs an image and a mask: its first request warms it */
+    sdw_image out = {0};
+    sdw_gen_timings t = {0};
+    int rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &out, NULL, &t, e);
+    sdw_image_free(&out);
+    if (rc)
+        return sdw_fail_wrap(e, "model %s: warm-up at %dx%d", m->name, gp.width, gp.height);
+    log_msg(g, SDW_LOG_INFO, "model %s warmed up at %dx%d in %.2f s%s%s", m->name, gp.width, gp.height, t.total_s,
+            t.graph_note[0] ? "; steps run op by op: " : "", t.graph_note);
+    return SDW_OK;
+}
+
 static int load_models(engine *g, sdw_error *e)
 {
     int rc = sdw_ring_set_engine(g->ring, SDW_ENGINE_LOADING, getpid(), "model loading", e);
+    int side = g->cfg->engine_warmup < 0 ? (g->cfg->device == SDW_DEVICE_CUDA ? 512 : 0) : g->cfg->engine_warmup;
     for (int i = 0; !rc && i < g->cfg->n_models; i++) {
         const sdw_config_model *m = &g->cfg->models[i];
         log_msg(g, SDW_LOG_INFO, "loading model %s from %s", m->name, m->path);
@@ -54,6 +79,8 @@ static int load_models(engine *g, sdw_error *e)
         if (rc)
             return sdw_fail_wrap(e, "model %s", m->name);
         g->npipes = i + 1;
+        if (side > 0 && (rc = warm_up(g, m, g->pipes[i], side, e)))
+            return rc;
     }
     return rc ? rc : sdw_ring_set_engine(g->ring, SDW_ENGINE_READY, getpid(), "", e);
 }
