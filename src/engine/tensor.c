@@ -65,18 +65,21 @@ int sdw_tensor_from_host(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t
     return rc;
 }
 
+/* The shape of a weight tensor whose memory the backend's weight op makes. */
+static int weight_shape(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape, sdw_error *e)
+{
+    memset(t, 0, sizeof *t);
+    t->be = be;
+    return set_shape(t, ndim, shape, e);
+}
+
 int sdw_tensor_weight_f16(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape, const uint16_t *src,
                           sdw_error *e)
 {
-    memset(t, 0, sizeof *t);
-    int rc = set_shape(t, ndim, shape, e);
-    if (rc)
-        return rc;
-    t->be = be;
-    if ((rc = be->ops->weight_f16(be, src, (size_t)sdw_tensor_numel(t), &t->data, &t->lowp, e)))
-        return rc;
-    t->owns = 1;
-    return SDW_OK;
+    int rc = weight_shape(t, be, ndim, shape, e);
+    if (!rc && !(rc = be->ops->weight_f16(be, src, (size_t)sdw_tensor_numel(t), &t->data, &t->lowp, e)))
+        t->owns = 1;
+    return rc;
 }
 
 int sdw_tensor_weight_f32(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape, const float *src,
@@ -84,15 +87,10 @@ int sdw_tensor_weight_f32(sdw_tensor *t, sdw_backend *be, int ndim, const int64_
 {
     if (!be->ops->weight_f32)
         return sdw_tensor_from_host(t, be, ndim, shape, src, e);
-    memset(t, 0, sizeof *t);
-    int rc = set_shape(t, ndim, shape, e);
-    if (rc)
-        return rc;
-    t->be = be;
-    if ((rc = be->ops->weight_f32(be, src, (size_t)sdw_tensor_numel(t), &t->data, &t->lowp, e)))
-        return rc;
-    t->owns = 1;
-    return SDW_OK;
+    int rc = weight_shape(t, be, ndim, shape, e);
+    if (!rc && !(rc = be->ops->weight_f32(be, src, (size_t)sdw_tensor_numel(t), &t->data, &t->lowp, e)))
+        t->owns = 1;
+    return rc;
 }
 
 int sdw_tensor_to_host(const sdw_tensor *t, float *dst, sdw_error *e)

@@ -207,26 +207,31 @@ done
 step test_ops 60 "${ours[@]}" "$b/bin/test_ops"
 tap test_ops
 
-# The full-size architecture on CUDA fp16 against the CPU, 1 and 4 steps.
-if [ $have_gpu = 0 ]; then
-  row sd15 skipped "no GPU (smoke found no CUDA device)"
-elif [ "$(left)" -lt 240 ]; then
-  row sd15 skipped "only $(left)s of the budget left (needs 240s, the bench included)"
-else
+# model_step NAME NEED: whether a step on the GPU with the bench's model
+# can start with NEED seconds of the budget left (it says why not); waits
+# for the model.
+model_step() {
+  if [ $have_gpu = 0 ]; then
+    row "$1" skipped "no GPU (smoke found no CUDA device)"
+    return 1
+  fi
+  if [ "$(left)" -lt "$2" ]; then
+    row "$1" skipped "only $(left)s of the budget left (needs $2s)"
+    return 1
+  fi
   [ -n "$mkpid" ] && wait "$mkpid"
   mkpid=
+}
+
+# The full-size architecture on CUDA fp16 against the CPU, 1 and 4 steps;
+# it leaves the bench its 120 s.
+if model_step sd15 240; then
   step sd15 120 "${ours[@]}" OMP_NUM_THREADS="$(nproc)" "$root/tests/gpu/sd15_check.sh" "$b/bin" \
     "${SDW_BENCH_MODEL:-/tmp/sdw-bench-sd15-random}" "$out/sd15"
   tap sd15
 fi
 
-if [ $have_gpu = 0 ]; then
-  row bench skipped "no GPU (smoke found no CUDA device)"
-elif [ "$(left)" -lt 120 ]; then
-  row bench skipped "only $(left)s of the budget left (needs 120s)"
-else
-  [ -n "$mkpid" ] && wait "$mkpid"
-  mkpid=
+if model_step bench 120; then
   export SDW_BENCH_DEADLINE=$((deadline - 5))
   step bench 400 "$root/bench/gpu.sh" "$b" "$out/bench"
   [ -f "$out/bench/summary.txt" ] && sed 's/^/  /' "$out/bench/summary.txt" >>"$summary"
