@@ -68,6 +68,7 @@ typedef struct cuda_be {
     size_t nplans, capplans;
     void *ws;
     size_t ws_bytes;
+    int attn_simt; /* SDW_CUDA_ATTENTION=simt: the float32 attention kernel in every precision */
 } cuda_be;
 
 static cuda_be *priv(sdw_backend *be)
@@ -436,7 +437,12 @@ static int cuda_attention(sdw_backend *be, const float *q, const float *k, const
     wrote(c, out, (size_t)(b * tq * heads * d) * sizeof *out);
     if (d > 160 || b * heads > 65535)
         return attention_gemm(c, q, k, v, out, b, tq, tk, heads, d, scale, causal, e);
-    CU(sdw_k_attention(q, k, v, out, b, tq, tk, heads, d, scale, causal, c->stream));
+    /* fp16 and bf16 round the operands of both products on tensor cores;
+     * float32, or SDW_CUDA_ATTENTION=simt, keeps the float32 kernel. */
+    if (c->dtype != SDW_K_F32 && !c->attn_simt)
+        CU(sdw_k_attention_tc(q, k, v, out, b, tq, tk, heads, d, scale, causal, c->dtype, c->stream));
+    else
+        CU(sdw_k_attention(q, k, v, out, b, tq, tk, heads, d, scale, causal, c->stream));
     return SDW_OK;
 }
 
@@ -811,6 +817,12 @@ int sdw_backend_cuda(sdw_backend **out, int device, sdw_precision prec, sdw_erro
     c->device = device;
     c->prec = prec;
     c->dtype = prec == SDW_PREC_FP16 ? SDW_K_F16 : prec == SDW_PREC_BF16 ? SDW_K_BF16 : SDW_K_F32;
+    /* SDW_CUDA_ATTENTION=simt forces the float32 attention kernel in every
+     * precision (to compare against, or to fall back on should the
+     * tensor-core kernel misbehave); unset, "auto" or anything else is the
+     * default: tensor cores in fp16 and bf16. Read once, here. */
+    const char *attn = getenv("SDW_CUDA_ATTENTION");
+    c->attn_simt = attn && !strcmp(attn, "simt");
     int rc = cuda_init(c, e);
     if (rc) {
         cuda_destroy(&c->pub);
