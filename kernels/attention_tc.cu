@@ -50,14 +50,19 @@ struct Smem {
     static constexpr int lds = kBK + kPad32; // scores (float)
     static constexpr int ldp = kBK + kPad16; // probabilities (16-bit)
     static constexpr int ldo = D + kPad32;   // output accumulator (float)
-    static constexpr size_t q = 0;
-    static constexpr size_t k = q + align128((size_t)kBQ * ldh * 2);
-    static constexpr size_t v = k + align128((size_t)kBK * ldh * 2);
-    static constexpr size_t s = v + align128((size_t)kBK * ldh * 2);
+    static constexpr size_t s = 0;
     static constexpr size_t p = s + align128((size_t)kBQ * lds * 4);
     static constexpr size_t o = p + align128((size_t)kBQ * ldp * 2);
-    static constexpr size_t l = o + align128((size_t)kBQ * ldo * 4);
+    static constexpr size_t k = o + align128((size_t)kBQ * ldo * 4);
+    static constexpr size_t v = k + align128((size_t)kBK * ldh * 2);
+    static constexpr size_t l = v + align128((size_t)kBK * ldh * 2);
     static constexpr size_t bytes = l + align128((size_t)kBQ * 4);
+    // The q tile is read once, into fragments, before the first key tile;
+    // it shares the space of the scores and probabilities, which are first
+    // written after the first tile's barriers. At d = 40 this is what
+    // lets three blocks share an A100 SM (four on an H100).
+    static constexpr size_t q = s;
+    static_assert((size_t)kBQ * ldh * 2 <= o - s, "q fits over the scores and probabilities");
     static_assert(bytes <= 163 * 1024, "fits sm_80's dynamic shared memory");
 };
 
