@@ -79,6 +79,14 @@ cudaError_t sdw_k_unpack_bias(const void *x, const float *bias, float *y, int64_
 cudaError_t sdw_k_attention(const float *q, const float *k, const float *v, float *out, int64_t b, int64_t tq,
                             int64_t tk, int64_t heads, int64_t d, float scale, int causal, cudaStream_t stream);
 
+/* The same attention on tensor cores, for the fp16 and bf16 precisions: q, k,
+ * v and the probabilities are rounded to dtype (SDW_K_F16 or SDW_K_BF16)
+ * before the two products, which accumulate in float32 as the softmax does.
+ * Any d from 1 to 160, padded with zeros to a multiple of 16. */
+cudaError_t sdw_k_attention_tc(const float *q, const float *k, const float *v, float *out, int64_t b, int64_t tq,
+                               int64_t tk, int64_t heads, int64_t d, float scale, int causal, int dtype,
+                               cudaStream_t stream);
+
 /* Softmax in place over each of `rows` rows of s [rows, n], as the CPU
  * backend's: rows come in blocks of rpb per head, row r being query
  * r0 + r % rpb; when causal, only its first r0 + r % rpb + 1 entries count and

@@ -305,6 +305,91 @@ static void check_attention(int64_t b, int64_t tq, int64_t tk, int heads, int64_
     arg_free(&q), arg_free(&k), arg_free(&v), arg_free(&o);
 }
 
+/* The tensor-core kernel called directly, on the fp32 backend's device
+ * copies of the inputs, in fp16 and bf16 against the CPU backend. (The fp16
+ * and bf16 backends in check_attention reach the same kernel through
+ * cuda_attention unless SDW_CUDA_ATTENTION=simt is set.) */
+static void check_attention_tc(int64_t b, int64_t tq, int64_t tk, int heads, int64_t d, int causal)
+{
+    arg q, k, v, o;
+    int64_t qs[3] = {b, tq, heads * d}, ks[3] = {b, tk, heads * d};
+    arg_rand(&q, 3, qs, 2, 0);
+    arg_rand(&k, 3, ks, 2, 0);
+    arg_rand(&v, 3, ks, 1, 0);
+    arg_out(&o, 3, qs);
+    ctx c = {.x = &q, .w = &k, .b = &v, .y = &o, .i0 = heads, .i1 = causal};
+    char what[96];
+    snprintf(what, sizeof what, "sdw_k_attention_tc b=%lld tq=%lld tk=%lld heads=%d d=%lld%s", (long long)b,
+             (long long)tq, (long long)tk, heads, (long long)d, causal ? " causal" : "");
+    size_t n = (size_t)(b * tq * heads * d);
+    float *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
+    if (!want || !got)
+        abort();
+    sdw_error e;
+    if (!ok_so_far || do_attention(0, &c, &e) || sdw_tensor_to_host(&o.t[0], want, &e)) {
+        tap_ok(0, "%s: setup failed", what);
+        ok_so_far = 1;
+    } else
+        for (int dt = SDW_K_F16; dt <= SDW_K_BF16; dt++) {
+            float *dq = q.t[1].data, *dk = k.t[1].data, *dv = v.t[1].data, *dout = o.t[1].data;
+            cudaError_t rc = cudaDeviceSynchronize();
+            if (rc == cudaSuccess)
+                rc = cudaMemset(dout, 0xff, n * sizeof(float));
+            if (rc == cudaSuccess)
+                rc = sdw_k_attention_tc(dq, dk, dv, dout, b, tq, tk, heads, d, 1.0f / sqrtf((float)d), causal, dt,
+                                        0);
+            if (rc == cudaSuccess)
+                rc = cudaDeviceSynchronize();
+            if (rc == cudaSuccess)
+                rc = cudaMemcpy(got, dout, n * sizeof(float), cudaMemcpyDeviceToHost);
+            double r = rc != cudaSuccess ? INFINITY : max_rel_err(got, want, n);
+            tap_ok(rc == cudaSuccess && r <= prec_tol[dt], "%s %s vs CPU: rel err %.2e%s%s", what, prec_name[dt], r,
+                   rc != cudaSuccess ? ": " : "", rc != cudaSuccess ? cudaGetErrorString(rc) : "");
+        }
+    free(want);
+    free(got);
+    arg_free(&q), arg_free(&k), arg_free(&v), arg_free(&o);
+}
+
+/* SDW_CUDA_ATTENTION=simt: an fp16 backend started with it runs the float32
+ * kernel, so its attention has the fp32 backend's bits exactly. */
+static void check_attention_simt(void)
+{
+    const char *old = getenv("SDW_CUDA_ATTENTION");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("SDW_CUDA_ATTENTION", "simt", 1);
+    sdw_backend *simt = NULL;
+    sdw_error e;
+    int rc = sdw_backend_cuda(&simt, 0, SDW_PREC_FP16, &e);
+    if (saved)
+        setenv("SDW_CUDA_ATTENTION", saved, 1);
+    else
+        unsetenv("SDW_CUDA_ATTENTION");
+    free(saved);
+    if (!tap_ok(rc == 0, "fp16 backend with SDW_CUDA_ATTENTION=simt starts%s%s", rc ? ": " : "", rc ? e.msg : ""))
+        return;
+    int64_t s[3] = {2, 77, 8 * 40}, n = 2 * 77 * 8 * 40;
+    float *hq = rand_buf((size_t)n, 2, 0), *hk = rand_buf((size_t)n, 2, 0), *hv = rand_buf((size_t)n, 1, 0);
+    float *a = malloc((size_t)n * sizeof *a), *bb = malloc((size_t)n * sizeof *bb);
+    if (!a || !bb)
+        abort();
+    sdw_backend *bes[2] = {gpu[0], simt};
+    float *res[2] = {a, bb};
+    rc = 0;
+    for (int i = 0; i < 2 && !rc; i++) {
+        sdw_tensor q = {0}, k = {0}, v = {0}, o = {0};
+        rc = sdw_tensor_from_host(&q, bes[i], 3, s, hq, &e) || sdw_tensor_from_host(&k, bes[i], 3, s, hk, &e) ||
+             sdw_tensor_from_host(&v, bes[i], 3, s, hv, &e) || sdw_tensor_new(&o, bes[i], 3, s, &e) ||
+             sdw_op_attention(&q, &k, &v, 8, 0, &o, &e) || sdw_tensor_to_host(&o, res[i], &e);
+        sdw_tensor_free(&q), sdw_tensor_free(&k), sdw_tensor_free(&v), sdw_tensor_free(&o);
+    }
+    tap_ok(!rc && !memcmp(a, bb, (size_t)n * sizeof *a),
+           "SDW_CUDA_ATTENTION=simt: fp16 attention equals the fp32 kernel's bit for bit%s%s", rc ? ": " : "",
+           rc ? e.msg : "");
+    free(hq), free(hk), free(hv), free(a), free(bb);
+    sdw_backend_destroy(simt);
+}
+
 static int do_act(int s, void *v, sdw_error *e)
 {
     ctx *c = v;
@@ -610,6 +695,16 @@ int main(void)
     check_attention(2, 256, 256, 8, 160, 0);
     check_attention(1, 100, 37, 3, 33, 0);
     check_attention(1, 65, 65, 2, 100, 1);
+    check_attention(2, 64, 64, 8, 160, 0);  /* the UNet's innermost self-attention at 512x512 */
+    check_attention(2, 64, 77, 8, 160, 0);  /* and its cross-attention */
+    check_attention(1, 5, 130, 2, 8, 0);    /* fewer queries than a warp's 16 rows, keys past two tiles */
+    check_attention(1, 130, 130, 2, 120, 1);
+    check_attention_tc(2, 4096, 77, 8, 40, 0);
+    check_attention_tc(2, 256, 256, 8, 160, 0);
+    check_attention_tc(2, 77, 77, 12, 64, 1);
+    check_attention_tc(1, 100, 37, 3, 33, 0);
+    check_attention_tc(1, 129, 129, 1, 1, 1);
+    check_attention_simt();
     /* Head dimensions above the fused kernel's 160 go through cuBLAS: the
      * VAE's mid-block attention (one head of 512 over 64x64 tokens), and odd
      * sizes with and without the causal mask. */
@@ -647,6 +742,12 @@ int main(void)
     tap_ok(sdw_k_act(NULL, NULL, 0, 0, 0) == cudaErrorInvalidValue, "an empty launch is refused");
     tap_ok(sdw_k_attention(NULL, NULL, NULL, NULL, 1, 1, 1, 1, 161, 1.0f, 0, 0) == cudaErrorInvalidValue,
            "attention refuses a head dimension above 160");
+    tap_ok(sdw_k_attention_tc(NULL, NULL, NULL, NULL, 1, 1, 1, 1, 161, 1.0f, 0, SDW_K_F16, 0) == cudaErrorInvalidValue,
+           "tensor-core attention refuses a head dimension above 160");
+    tap_ok(sdw_k_attention_tc(NULL, NULL, NULL, NULL, 1, 1, 1, 1, 40, 1.0f, 0, SDW_K_F32, 0) == cudaErrorInvalidValue,
+           "tensor-core attention refuses float32 operands");
+    tap_ok(sdw_k_attention_tc(NULL, NULL, NULL, NULL, 1, 2, 3, 1, 40, 1.0f, 1, SDW_K_BF16, 0) == cudaErrorInvalidValue,
+           "tensor-core attention refuses a causal mask with tq != tk");
 
     for (int p = 0; p < NPREC; p++)
         sdw_backend_destroy(gpu[p]);

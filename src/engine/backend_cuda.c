@@ -88,6 +88,7 @@ typedef struct cuda_be {
     size_t graphs_alive;
     block *retired; /* convolution workspaces replaced while a graph may still use them */
     size_t nretired, capretired;
+    int attn_simt; /* SDW_CUDA_ATTENTION=simt: the float32 attention kernel in every precision */
 } cuda_be;
 
 static cuda_be *priv(sdw_backend *be)
@@ -474,7 +475,7 @@ static int cuda_layer_norm(sdw_backend *be, const float *x, const float *gamma, 
  * than 65535 (image, head) pairs. Per image and block of query rows, one
  * batched product over the heads gives scale * q k^T, the softmax kernel
  * normalises it, a second batched product multiplies by v. Float32 in every
- * precision, like the fused kernel. */
+ * precision (the fused kernel is float32 only in fp32). */
 static int attention_gemm(cuda_be *c, const float *q, const float *k, const float *v, float *out, int64_t b,
                           int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal, sdw_error *e)
 {
@@ -525,7 +526,12 @@ static int cuda_attention(sdw_backend *be, const float *q, const float *k, const
     wrote(c, out, (size_t)(b * tq * heads * d) * sizeof *out);
     if (d > 160 || b * heads > 65535)
         return attention_gemm(c, q, k, v, out, b, tq, tk, heads, d, scale, causal, e);
-    CU(sdw_k_attention(q, k, v, out, b, tq, tk, heads, d, scale, causal, c->stream));
+    /* fp16 and bf16 round the operands of both products on tensor cores;
+     * float32, or SDW_CUDA_ATTENTION=simt, keeps the float32 kernel. */
+    if (c->dtype != SDW_K_F32 && !c->attn_simt)
+        CU(sdw_k_attention_tc(q, k, v, out, b, tq, tk, heads, d, scale, causal, c->dtype, c->stream));
+    else
+        CU(sdw_k_attention(q, k, v, out, b, tq, tk, heads, d, scale, causal, c->stream));
     return SDW_OK;
 }
 
@@ -1028,8 +1034,6 @@ static int cuda_init(cuda_be *c, sdw_error *e)
     CUBLAS(cublasSetWorkspace(c->blas, c->blas_ws, CUDA_BLAS_WS_BYTES));
     CUDNN(cudnnCreate(&c->dnn));
     CUDNN(cudnnSetStream(c->dnn, c->stream));
-    const char *g = getenv("SDW_CUDA_GRAPHS");
-    c->graphs = !(g && !strcmp(g, "0"));
     return SDW_OK;
 }
 
@@ -1045,6 +1049,15 @@ int sdw_backend_cuda(sdw_backend **out, int device, sdw_precision prec, sdw_erro
     c->device = device;
     c->prec = prec;
     c->dtype = prec == SDW_PREC_FP16 ? SDW_K_F16 : prec == SDW_PREC_BF16 ? SDW_K_BF16 : SDW_K_F32;
+    /* SDW_CUDA_ATTENTION=simt forces the float32 attention kernel in every
+     * precision (to compare against, or to fall back on should the
+     * tensor-core kernel misbehave); unset, "auto" or anything else is the
+     * default: tensor cores in fp16 and bf16. Read once, here. */
+    const char *attn = getenv("SDW_CUDA_ATTENTION");
+    c->attn_simt = attn && !strcmp(attn, "simt");
+    /* SDW_CUDA_GRAPHS=0 turns graph recording off (graph_begin refuses). */
+    const char *g = getenv("SDW_CUDA_GRAPHS");
+    c->graphs = !(g && !strcmp(g, "0"));
     int rc = cuda_init(c, e);
     if (rc) {
         cuda_destroy(&c->pub);
