@@ -34,13 +34,17 @@ static int load_mat(sdw_clip *c, const sdw_weights *w, sdw_tensor *t, const char
     return sdw_param_load(t, c->be, w, name, 2, shape, e);
 }
 
-/* Loads a Linear (weight [out,in] + bias) or a LayerNorm (weight + bias). */
+/* Loads a Linear (weight [out,in] + bias) or a LayerNorm (weight + bias).
+ * A Linear's weight is read only by linear, so the backend may keep it in
+ * its low-precision form (halves from an f16 file on the CPU: half the
+ * memory, the same products). */
 static int load_linear(sdw_clip *c, const sdw_weights *w, const char *prefix, sdw_tensor *wt, sdw_tensor *bt,
                        int64_t out, int64_t in, sdw_error *e)
 {
     char name[256];
+    int64_t shape[2] = {out, in};
     snprintf(name, sizeof name, "%s.weight", prefix);
-    int rc = in ? load_mat(c, w, wt, name, out, in, e) : load_vec(c, w, wt, name, out, e);
+    int rc = in ? sdw_param_load_weight(wt, c->be, w, name, 2, shape, e) : load_vec(c, w, wt, name, out, e);
     if (rc)
         return rc;
     snprintf(name, sizeof name, "%s.bias", prefix);
