@@ -381,21 +381,29 @@ static void test_image_misc(void)
     tap_ok(!bad, "transpose [2,3,15] -> [2,15,3]");
     free(got), sdw_tensor_free(&vt);
 
-    int64_t gs[2] = {3, 30}, gh[2] = {3, 15}, vs[2] = {2, 3};
-    sdw_tensor tg;
-    up(&tg, 2, gs, x);
-    sdw_tensor_new(&ty, be, 2, gh, &e);
-    rc = sdw_op_geglu(&tg, &ty, &e);
-    got = download(&ty);
-    double ref[45];
-    for (int r = 0; r < 3; r++)
-        for (int i = 0; i < 15; i++) {
-            double a = x[r * 30 + i], g = x[r * 30 + 15 + i];
-            ref[r * 15 + i] = a * 0.5 * g * (1 + erf(g / sqrt(2.0)));
-        }
-    double err = max_rel(got, ref, 45);
-    tap_ok(rc == 0 && err < 1e-6, "geglu: rel err %.2e", err);
-    free(got), sdw_tensor_free(&ty), sdw_tensor_free(&tg);
+    int64_t vs[2] = {2, 3};
+    /* Rows of 15 (the scalar tail only) and of 1283 (vector lanes, where
+     * the CPU has them, and a tail), gates spread over [-8, 8]. */
+    for (int t = 0; t < 2; t++) {
+        int64_t gn = t ? 1283 : 15, gs[2] = {3, 2 * gn}, gh[2] = {3, gn};
+        float *gx = rand_buf((size_t)(6 * gn));
+        for (int64_t i = 0; i < 6 * gn; i++)
+            gx[i] *= 8.0f;
+        sdw_tensor tg;
+        up(&tg, 2, gs, gx);
+        sdw_tensor_new(&ty, be, 2, gh, &e);
+        rc = sdw_op_geglu(&tg, &ty, &e);
+        got = download(&ty);
+        double *ref = malloc((size_t)(3 * gn) * sizeof *ref);
+        for (int64_t r = 0; r < 3; r++)
+            for (int64_t i = 0; i < gn; i++) {
+                double a = gx[r * 2 * gn + i], g = gx[r * 2 * gn + gn + i];
+                ref[r * gn + i] = a * 0.5 * g * (1 + erf(g / sqrt(2.0)));
+            }
+        double err = max_rel(got, ref, (size_t)(3 * gn));
+        tap_ok(rc == 0 && err < 1e-6, "geglu 3x%lld: rel err %.2e", (long long)gn, err);
+        free(got), free(ref), free(gx), sdw_tensor_free(&ty), sdw_tensor_free(&tg);
+    }
 
     sdw_tensor tv;
     up(&tv, 2, vs, x + 50);
@@ -430,7 +438,7 @@ static void test_image_misc(void)
             double lv = fmin(fmax(mom[b * 6 + 3 + i], -30), 20);
             gref[b * 3 + i] = 0.25 * (mom[b * 6 + i] + exp(0.5 * lv) * noise[b * 3 + i]);
         }
-    err = max_rel(got, gref, 6);
+    double err = max_rel(got, gref, 6);
     tap_ok(rc == 0 && err < 1e-6, "gaussian with clamped logvar: rel err %.2e", err);
     free(got), sdw_tensor_free(&tz), sdw_tensor_free(&tm), sdw_tensor_free(&tn);
     sdw_tensor_free(&tx);

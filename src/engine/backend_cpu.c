@@ -498,6 +498,50 @@ static int cpu_attention(sdw_backend *be, const float *q, const float *k, const 
     return SDW_OK;
 }
 
+#if defined(SDW_HAVE_MVEC_ERFF) && defined(__x86_64__) && defined(__GNUC__)
+/* erff on eight lanes from glibc's libmvec (the vector-function ABI's AVX2
+ * variant), declared with AVX2 enabled so that the ymm calling convention
+ * applies. GELU's erf is most of GEGLU's time; the scalar erff call per
+ * element cost about 5% of a UNet step. */
+#pragma GCC push_options
+#pragma GCC target("avx2")
+__m256 _ZGVdN8v_erff(__m256 x);
+#pragma GCC pop_options
+
+/* The first n & ~7 elements of gelu_span; returns how many it did. */
+__attribute__((target("avx2"))) static int64_t gelu_span_avx2(const float *x, const float *a, float *y, int64_t n)
+{
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f), r2 = _mm256_set1_ps((float)M_SQRT1_2);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 g = _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, _ZGVdN8v_erff(_mm256_mul_ps(v, r2))));
+        _mm256_storeu_ps(y + i, a ? _mm256_mul_ps(_mm256_loadu_ps(a + i), g) : g);
+    }
+    return i;
+}
+#endif
+
+/* y[i] = a[i] * gelu(x[i]) (a NULL: gelu(x[i])), exact-erf GELU in the
+ * scalar code's order of operations. */
+static void gelu_span(const float *x, const float *a, float *y, int64_t n, int avx2)
+{
+    int64_t i = 0;
+#if defined(SDW_HAVE_MVEC_ERFF) && defined(__x86_64__) && defined(__GNUC__)
+    if (avx2)
+        i = gelu_span_avx2(x, a, y, n);
+#else
+    (void)avx2;
+#endif
+    for (; i < n; i++) {
+        float g = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+        y[i] = a ? a[i] * g : g;
+    }
+}
+
+/* Elements per OpenMP chunk of an elementwise GELU. */
+#define GELU_CHUNK 4096
+
 static int cpu_act(sdw_backend *be, const float *x, float *y, int64_t n, sdw_act act, sdw_error *e)
 {
     switch (act) {
@@ -506,11 +550,13 @@ static int cpu_act(sdw_backend *be, const float *x, float *y, int64_t n, sdw_act
         for (int64_t i = 0; i < n; i++)
             y[i] = x[i] / (1.0f + expf(-x[i]));
         return SDW_OK;
-    case SDW_ACT_GELU:
+    case SDW_ACT_GELU: {
+        int avx2 = have_avx2_fma();
 #pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < n; i++)
-            y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+        for (int64_t i = 0; i < n; i += GELU_CHUNK)
+            gelu_span(x + i, NULL, y + i, n - i < GELU_CHUNK ? n - i : GELU_CHUNK, avx2);
         return SDW_OK;
+    }
     case SDW_ACT_QUICK_GELU:
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < n; i++)
@@ -738,13 +784,10 @@ static int cpu_transpose(sdw_backend *be, const float *x, float *y, int64_t b, i
 
 static int cpu_geglu(sdw_backend *be, const float *x, float *y, int64_t rows, int64_t n, sdw_error *e)
 {
+    int avx2 = have_avx2_fma();
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *a = x + r * 2 * n, *g = a + n;
-        float *yr = y + r * n;
-        for (int64_t i = 0; i < n; i++)
-            yr[i] = a[i] * (0.5f * g[i] * (1.0f + erff(g[i] * (float)M_SQRT1_2)));
-    }
+    for (int64_t r = 0; r < rows; r++)
+        gelu_span(x + r * 2 * n + n, x + r * 2 * n, y + r * n, n, avx2);
     return SDW_OK;
 }
 
