@@ -39,7 +39,7 @@ bundle=$root/.gpu
 progs="src/tools/sdworker-generate src/tools/sdworker-mkmodel tests/test_cuda_kernels tests/test_cuda_pipeline tests/test_ops"
 # Loaded from the GPU machine, never bundled: the C and C++ runtimes that
 # every image has, and CUDA's libraries and driver.
-system_re='^(ld-linux.*|linux-vdso.*|libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt|libcudnn.*)\.so'
+system_re='^(ld-linux.*|linux-vdso.*|libc|libm|libmvec|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt|libcudnn.*)\.so'
 
 exclude=$(git rev-parse --git-path info/exclude)
 grep -qx '/.gpu/' .gitignore "$exclude" 2>/dev/null || { mkdir -p "$(dirname "$exclude")"; echo '/.gpu/' >>"$exclude"; }
