@@ -12,10 +12,11 @@
  * freed: a buffer that any op or upload writes loses its shadow, so a stale
  * copy can never be read, whatever the model code does.
  *
- * Memory comes from a caching allocator: freed blocks are kept by exact
- * (rounded) size and handed out again, so once the first step has run every
- * later step reuses the same blocks and never calls cudaMalloc. Reuse is safe
- * without events because every user of a block runs on the one stream. */
+ * Memory comes from a caching allocator (devmem.h): freed blocks are kept by
+ * exact (rounded) size and handed out again, so once the first step has run
+ * every later step reuses the same blocks and never calls cudaMalloc. Reuse
+ * is safe without events because every user of a block runs on the one
+ * stream. */
 #include "sdw-build.h"
 
 #include <cublas_v2.h>
@@ -25,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "devmem.h"
 #include "kernels/kernels.h"
 #include "safetensors.h"
 #include "tensor.h"
@@ -35,18 +37,11 @@
 /* cuBLAS's workspace: what NVIDIA recommends for Hopper. */
 #define CUDA_BLAS_WS_BYTES ((size_t)32 << 20)
 
-typedef struct block {
-    char *p;
-    size_t bytes;
-    unsigned tag; /* the capture that used it, 0 outside captures */
-} block;
-
 /* A captured sequence of ops, and the blocks it uses for its temporaries:
  * they are its own while it lives, since every replay writes them. */
 typedef struct cuda_graph {
     cudaGraphExec_t exec;
-    block *blocks;
-    size_t nblocks;
+    sdw_devmem_owned *owned;
 } cuda_graph;
 
 typedef struct shadow {
@@ -72,9 +67,7 @@ typedef struct cuda_be {
     cudaStream_t stream;
     cublasHandle_t blas;
     cudnnHandle_t dnn;
-    block *live, *cache; /* live sorted by address; cache unordered */
-    size_t nlive, caplive, ncache, capcache;
-    size_t reserved; /* bytes obtained from cudaMalloc */
+    sdw_devmem *mem;
     shadow *shadows;
     size_t nshadows, capshadows;
     conv_plan *plans;
@@ -82,12 +75,7 @@ typedef struct cuda_be {
     void *ws;
     size_t ws_bytes;
     void *blas_ws; /* cuBLAS's workspace, ours so that it never allocates during a capture */
-    int graphs;           /* captures allowed: SDW_CUDA_GRAPHS is not "0" */
-    unsigned capture_tag; /* nonzero while a capture is being recorded */
-    unsigned last_tag;
-    size_t graphs_alive;
-    block *retired; /* convolution workspaces replaced while a graph may still use them */
-    size_t nretired, capretired;
+    int graphs; /* captures allowed: SDW_CUDA_GRAPHS is not "0" */
     int attn_simt; /* SDW_CUDA_ATTENTION=simt: the float32 attention kernel in every precision */
 } cuda_be;
 
@@ -158,82 +146,45 @@ static int grow(void **arr, size_t *cap, size_t need, size_t size, sdw_error *e)
     return SDW_OK;
 }
 
-/* Sizes are rounded so that blocks of nearly the same size share a cache
- * bucket: 512 bytes below 1 MiB, 2 MiB above. */
-static size_t round_bytes(size_t bytes)
+/* The allocator's hooks (devmem.h): cudaMalloc and cudaFree, and the
+ * shadows of a block dropped when it is given back. */
+static int raw_alloc(void *ctx, size_t bytes, void **p, sdw_error *e)
 {
-    if (bytes <= ((size_t)1 << 20))
-        return bytes ? (bytes + 511) & ~(size_t)511 : 512;
-    return (bytes + ((size_t)2 << 20) - 1) & ~(((size_t)2 << 20) - 1);
+    cuda_be *c = ctx;
+    cudaError_t cr = cudaMalloc(p, bytes);
+    if (cr == cudaSuccess)
+        return SDW_OK;
+    cudaGetLastError(); /* an allocation failure is not sticky: clear it */
+    size_t fr = 0, total = 0;
+    cudaMemGetInfo(&fr, &total);
+    return sdw_fail(e, cr == cudaErrorMemoryAllocation ? SDW_ENOMEM : SDW_EDEVICE,
+                    "CUDA device %d: cannot allocate %zu MiB (%s; %zu of %zu MiB free, %zu MiB held by sdworker)",
+                    c->device, bytes >> 20, cudaGetErrorString(cr), fr >> 20, total >> 20,
+                    sdw_devmem_reserved(c->mem) >> 20);
 }
 
-/* Index of the first live block at an address >= p. */
-static size_t live_lower(const cuda_be *c, const char *p)
+static void raw_free(void *ctx, void *p)
 {
-    size_t lo = 0, hi = c->nlive;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (c->live[mid].p < p)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
+    (void)ctx;
+    cudaFree(p);
 }
 
-static int release_cache(cuda_be *c, sdw_error *e)
+static void wrote(cuda_be *c, const void *p, size_t bytes);
+
+static void released(void *ctx, void *p, size_t bytes)
 {
-    while (c->ncache) {
-        block b = c->cache[--c->ncache];
-        c->reserved -= b.bytes;
-        CU(cudaFree(b.p));
-    }
-    return SDW_OK;
+    wrote(ctx, p, bytes);
 }
 
-static int dev_alloc(cuda_be *c, size_t want, void **out, sdw_error *e)
+static int dev_alloc(cuda_be *c, size_t bytes, void **out, sdw_error *e)
 {
-    size_t bytes = round_bytes(want);
-    int rc = grow((void **)&c->live, &c->caplive, c->nlive + 1, sizeof *c->live, e);
-    if (rc)
-        return rc;
-    block b = {NULL, bytes, 0};
-    for (size_t i = 0; i < c->ncache; i++)
-        if (c->cache[i].bytes == bytes) {
-            b = c->cache[i];
-            c->cache[i] = c->cache[--c->ncache];
-            break;
-        }
-    if (!b.p) {
-        cudaError_t cr = cudaMalloc((void **)&b.p, bytes);
-        /* cudaFree synchronises, which would break a capture: there the
-         * capture fails instead and the step runs without it. */
-        if (cr == cudaErrorMemoryAllocation && !c->capture_tag) {
-            cudaGetLastError(); /* clears the sticky-free allocation error */
-            if ((rc = release_cache(c, e)))
-                return rc;
-            cr = cudaMalloc((void **)&b.p, bytes);
-        }
-        if (cr != cudaSuccess) {
-            cudaGetLastError();
-            size_t fr = 0, total = 0;
-            cudaMemGetInfo(&fr, &total);
-            return sdw_fail(e, cr == cudaErrorMemoryAllocation ? SDW_ENOMEM : SDW_EDEVICE,
-                            "CUDA device %d: cannot allocate %zu MiB (%s; %zu of %zu MiB free, %zu MiB held by sdworker)",
-                            c->device, bytes >> 20, cudaGetErrorString(cr), fr >> 20, total >> 20, c->reserved >> 20);
-        }
-        c->reserved += bytes;
-    }
-    b.tag = c->capture_tag;
-    size_t at = live_lower(c, b.p);
-    memmove(c->live + at + 1, c->live + at, (c->nlive - at) * sizeof *c->live);
-    c->live[at] = b;
-    c->nlive++;
-    *out = b.p;
-    return SDW_OK;
+    return sdw_devmem_alloc(c->mem, bytes, out, e);
 }
 
-static void dev_free(cuda_be *c, void *p);
+static void dev_free(cuda_be *c, void *p)
+{
+    sdw_devmem_free(c->mem, p);
+}
 
 /* Drops every shadow that overlaps the bytes [p, p + bytes): they were just
  * written or freed. */
@@ -249,27 +200,6 @@ static void wrote(cuda_be *c, const void *p, size_t bytes)
         } else {
             i++;
         }
-    }
-}
-
-static void dev_free(cuda_be *c, void *p)
-{
-    if (!p)
-        return;
-    size_t at = live_lower(c, p);
-    if (at == c->nlive || c->live[at].p != p)
-        return;
-    block b = c->live[at];
-    memmove(c->live + at, c->live + at + 1, (c->nlive - at - 1) * sizeof *c->live);
-    c->nlive--;
-    wrote(c, b.p, b.bytes);
-    /* Freed during a capture: the graph may write it on every replay. */
-    b.tag = c->capture_tag;
-    if (grow((void **)&c->cache, &c->capcache, c->ncache + 1, sizeof *c->cache, NULL) == SDW_OK) {
-        c->cache[c->ncache++] = b;
-    } else if (!c->capture_tag) {
-        cudaFree(b.p);
-        c->reserved -= b.bytes;
     }
 }
 
@@ -581,14 +511,7 @@ static int ensure_ws(cuda_be *c, size_t bytes, sdw_error *e)
     if (bytes <= c->ws_bytes)
         return SDW_OK;
     /* A live graph's convolutions keep the old workspace's address. */
-    if (c->ws && (c->graphs_alive || c->capture_tag)) {
-        int rc = grow((void **)&c->retired, &c->capretired, c->nretired + 1, sizeof *c->retired, e);
-        if (rc)
-            return rc;
-        c->retired[c->nretired++] = (block){c->ws, c->ws_bytes, 0};
-    } else {
-        dev_free(c, c->ws);
-    }
+    sdw_devmem_retire(c->mem, c->ws);
     c->ws = NULL;
     c->ws_bytes = 0;
     int rc = dev_alloc(c, bytes, &c->ws, e);
@@ -610,7 +533,7 @@ static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const voi
             *out = &c->plans[i];
             return SDW_OK;
         }
-    if (c->capture_tag)
+    if (sdw_devmem_recording(c->mem))
         return sdw_fail(e, SDW_EUNSUPPORTED, "conv2d: no algorithm chosen yet for this shape, and choosing one "
                                              "(timing candidates) cannot be captured; run the step once first");
     int rc = grow((void **)&c->plans, &c->capplans, c->nplans + 1, sizeof *c->plans, e);
@@ -826,90 +749,59 @@ static int cuda_gaussian(sdw_backend *be, const float *m, const float *noise, fl
     return SDW_OK;
 }
 
-/* Graph capture. While capturing, every block handed out or given back is
- * tagged; at the end the tagged blocks in the cache become the graph's own,
- * so nothing outside it can be given memory that a replay writes. A tagged
- * block still live at the end (a temporary the ops kept, a shadow made
- * during the capture) would be written by every replay behind its owner's
- * back: such a capture is refused and the caller runs its ops directly. */
-static void untag(cuda_be *c, unsigned tag)
-{
-    for (size_t i = 0; i < c->ncache; i++)
-        if (c->cache[i].tag == tag)
-            c->cache[i].tag = 0;
-    for (size_t i = 0; i < c->nlive; i++)
-        if (c->live[i].tag == tag)
-            c->live[i].tag = 0;
-}
-
+/* Graph capture. The allocator (devmem.h) tags the blocks a capture takes
+ * and gives back and makes them the graph's own when it is kept, so nothing
+ * outside it can be given memory that a replay writes; a capture that
+ * leaves such a block live (a temporary the ops kept, a shadow made during
+ * it) is refused, and the caller runs its ops directly. */
 static int cuda_graph_begin(sdw_backend *be, sdw_error *e)
 {
     cuda_be *c = priv(be);
     if (!c->graphs)
         return sdw_fail(e, SDW_EUNSUPPORTED, "CUDA graphs are turned off (SDW_CUDA_GRAPHS=0)");
-    if (c->capture_tag)
+    if (sdw_devmem_recording(c->mem))
         return sdw_fail(e, SDW_EINVAL, "a capture is already being recorded");
-    c->last_tag = c->last_tag + 1 ? c->last_tag + 1 : 1;
     /* Relaxed: the allocator may still call cudaMalloc on the host side. */
     CU(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed));
-    c->capture_tag = c->last_tag;
+    sdw_devmem_record_begin(c->mem);
     return SDW_OK;
 }
 
 static int cuda_graph_end(sdw_backend *be, int keep, void **out, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    if (!c->capture_tag)
+    if (!sdw_devmem_recording(c->mem))
         return sdw_fail(e, SDW_EINVAL, "no capture is being recorded");
-    unsigned tag = c->capture_tag;
-    c->capture_tag = 0;
     cudaGraph_t g = NULL;
     cudaError_t cr = cudaStreamEndCapture(c->stream, &g);
     int rc = SDW_OK;
     if (cr != cudaSuccess) {
         cudaGetLastError();
         rc = cuda_err(e, cr, "cudaStreamEndCapture", __FILE__, __LINE__);
+        keep = 0;
     }
-    for (size_t i = 0; !rc && i < c->nlive; i++)
-        if (c->live[i].tag == tag)
-            rc = sdw_fail(e, SDW_EUNSUPPORTED, "capture: a block of %zu bytes taken during the capture is still in "
-                                               "use after it",
-                          c->live[i].bytes);
-    cuda_graph *cg = NULL;
-    size_t n = 0;
-    for (size_t i = 0; i < c->ncache; i++)
-        n += c->cache[i].tag == tag;
-    if (!rc && keep) {
-        cg = calloc(1, sizeof *cg);
-        if (cg)
-            cg->blocks = malloc((n ? n : 1) * sizeof *cg->blocks);
-        if (!cg || !cg->blocks)
-            rc = sdw_fail(e, SDW_ENOMEM, "out of host memory");
+    cuda_graph *cg = keep ? calloc(1, sizeof *cg) : NULL;
+    if (keep && !cg) {
+        rc = sdw_fail(e, SDW_ENOMEM, "out of host memory");
+        keep = 0;
     }
+    int mrc = sdw_devmem_record_end(c->mem, keep, keep ? &cg->owned : NULL, e);
+    if (!rc && mrc)
+        rc = mrc;
     if (!rc && keep) {
         cr = cudaGraphInstantiate(&cg->exec, g, 0);
         if (cr != cudaSuccess) {
             cudaGetLastError();
             rc = cuda_err(e, cr, "cudaGraphInstantiate", __FILE__, __LINE__);
+            sdw_devmem_owned_release(c->mem, cg->owned);
         }
     }
     if (g)
         cudaGraphDestroy(g);
     if (rc || !keep) {
-        if (cg)
-            free(cg->blocks);
         free(cg);
-        untag(c, tag);
         return rc;
     }
-    for (size_t i = 0; i < c->ncache;)
-        if (c->cache[i].tag == tag) {
-            cg->blocks[cg->nblocks++] = c->cache[i];
-            c->cache[i] = c->cache[--c->ncache];
-        } else {
-            i++;
-        }
-    c->graphs_alive++;
     *out = cg;
     return SDW_OK;
 }
@@ -925,25 +817,13 @@ static void cuda_graph_free(sdw_backend *be, void *g)
 {
     cuda_be *c = priv(be);
     cuda_graph *cg = g;
-    /* An exec still running is freed when it completes; its blocks' next
-     * users come after it on the one stream. */
+    /* The last launch has finished (every step downloads its result, so
+     * this costs nothing) before its exec goes; the blocks' next users come
+     * after it on the one stream anyway. */
+    cudaStreamSynchronize(c->stream);
     cudaGraphExecDestroy(cg->exec);
-    for (size_t i = 0; i < cg->nblocks; i++) {
-        block b = cg->blocks[i];
-        b.tag = 0;
-        if (grow((void **)&c->cache, &c->capcache, c->ncache + 1, sizeof *c->cache, NULL) == SDW_OK) {
-            c->cache[c->ncache++] = b;
-        } else {
-            cudaFree(b.p);
-            c->reserved -= b.bytes;
-        }
-    }
-    free(cg->blocks);
+    sdw_devmem_owned_release(c->mem, cg->owned);
     free(cg);
-    if (--c->graphs_alive == 0 && !c->capture_tag) {
-        while (c->nretired)
-            dev_free(c, c->retired[--c->nretired].p);
-    }
 }
 
 static void cuda_destroy(sdw_backend *be)
@@ -953,21 +833,15 @@ static void cuda_destroy(sdw_backend *be)
         cudaStreamSynchronize(c->stream);
     for (size_t i = 0; i < c->nplans; i++)
         plan_destroy(&c->plans[i]);
-    for (size_t i = 0; i < c->nlive; i++)
-        cudaFree(c->live[i].p);
-    for (size_t i = 0; i < c->ncache; i++)
-        cudaFree(c->cache[i].p);
     if (c->dnn)
         cudnnDestroy(c->dnn);
     if (c->blas)
         cublasDestroy(c->blas);
+    sdw_devmem_destroy(c->mem);
     if (c->stream)
         cudaStreamDestroy(c->stream);
-    free(c->live);
-    free(c->cache);
     free(c->shadows);
     free(c->plans);
-    free(c->retired);
     free(c);
 }
 
@@ -1058,7 +932,10 @@ int sdw_backend_cuda(sdw_backend **out, int device, sdw_precision prec, sdw_erro
     /* SDW_CUDA_GRAPHS=0 turns graph recording off (graph_begin refuses). */
     const char *g = getenv("SDW_CUDA_GRAPHS");
     c->graphs = !(g && !strcmp(g, "0"));
-    int rc = cuda_init(c, e);
+    sdw_devmem_hooks hooks = {.ctx = c, .raw_alloc = raw_alloc, .raw_free = raw_free, .released = released};
+    int rc = sdw_devmem_new(&c->mem, &hooks, e);
+    if (!rc)
+        rc = cuda_init(c, e);
     if (rc) {
         cuda_destroy(&c->pub);
         return rc;
