@@ -485,9 +485,12 @@ static void test_queue_full_and_expiry(void)
     sdw_ring_fail(r, c, "x", "y", &e);
     int64_t now = sdw_ring_now_ms();
     tap_ok(sdw_ring_sweep(r, now, &e) == 0, "nothing expires before the retention (600 s)");
-    tap_ok(submit(r, "d", d) == 0 && state_of(r, a) == (sdw_job_state)-1 && state_of(r, b) == SDW_JOB_DONE &&
+    tap_ok(submit(r, "d", d) == 0 && state_of(r, a) == SDW_JOB_EXPIRED && state_of(r, b) == SDW_JOB_DONE &&
                state_of(r, c) == SDW_JOB_FAILED,
-           "with every slot holding a finished job, the oldest result gives its slot to new work (and is gone)");
+           "with every slot holding a finished job, the oldest result gives its slot to new work "
+           "(and its id answers expired)");
+    sdw_job_id never = "job-0123456789abcdef0123456789abcdef";
+    tap_ok(state_of(r, never) == (sdw_job_state)-1, "an id never issued is still unknown");
     sdw_engine_info ei;
     sdw_ring_engine_status(r, &ei, &e);
     tap_ok(ei.free_slots == 0 && ei.queued == 1 && ei.running == 0, "engine status counts");
@@ -691,6 +694,30 @@ static void test_producers(void)
     drop_ring(r);
 }
 
+/* A slot's id stays known as expired after the slot goes to new work, for
+ * the last 1024 such ids; older ones are forgotten (then 404, not 410). */
+static void test_gone_ids(void)
+{
+    sdw_error e;
+    sdw_ring *r = make_ring(1, 1, 0, 0);
+    if (!tap_ok(r != NULL, "ring with one slot"))
+        return;
+    sdw_job_id first, prev, cur, got;
+    int ok = 1;
+    for (int i = 0; i < 1030 && ok; i++) {
+        ok = submit(r, "x", cur) == 0 && take(r, got, NULL, 0) == 1 && sdw_ring_complete(r, cur, "{}", 2, &e) == 0;
+        if (i == 0)
+            memcpy(first, cur, sizeof first);
+        else if (i == 1029)
+            ok = ok && state_of(r, prev) == SDW_JOB_EXPIRED;
+        memcpy(prev, cur, sizeof prev);
+    }
+    tap_ok(ok && state_of(r, cur) == SDW_JOB_DONE, "1030 jobs through one slot: the newest is done, the one before "
+                                                    "it answers expired");
+    tap_ok(state_of(r, first) == (sdw_job_state)-1, "the first, 1029 reuses ago, is forgotten");
+    drop_ring(r);
+}
+
 int main(void)
 {
     test_table();
@@ -702,6 +729,7 @@ int main(void)
     test_wait();
     test_cancel_running();
     test_queue_full_and_expiry();
+    test_gone_ids();
     test_engine_death();
     test_robust();
     test_producers();

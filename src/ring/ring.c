@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #define RING_MAGIC 0x31474e4952574453ull /* "SDWRING1" */
-#define RING_VERSION 1
+#define RING_VERSION 2
 #define ALIGN(x, a) (((x) + (a) - 1) / (a) * (a))
 /* Room in every log kept back for the terminal error event, so that a job
  * whose progress events filled its log can still report how it ended. The
@@ -26,6 +26,9 @@
 #define ERROR_RESERVE 2048
 #define ERROR_CODE_MAX 32
 #define ERROR_MESSAGE_MAX 256
+/* Ids of jobs whose slot went to new work, newest last: a late request for
+ * one gets "expired" (HTTP 410) rather than "no such job" (404). */
+#define RING_GONE 1024
 
 struct ring_header {
     uint64_t magic;
@@ -38,6 +41,8 @@ struct ring_header {
     int32_t engine_pid;
     int64_t heartbeat_ms;
     char engine_reason[256];
+    uint32_t gone_next;
+    uint8_t gone[RING_GONE][16];
 };
 
 struct ring_slot {
@@ -645,8 +650,10 @@ int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, s
         return sdw_fail(e, SDW_RING_EFULL, queued >= r->h->max_queued ? "job queue is full (%u queued)"
                                                                        : "no free job slot (%u queued)", queued);
     }
-    if (pick->state == SDW_JOB_EXPIRED)
+    if (pick->state == SDW_JOB_EXPIRED) {
+        memcpy(r->h->gone[r->h->gone_next++ % RING_GONE], pick->id, 16);
         transition(pick, SDW_JOB_FREE, NULL);
+    }
     memcpy(pick->id, raw, 16);
     memcpy(input_of(r, pick), input, len);
     pick->input_len = len;
@@ -697,12 +704,31 @@ int sdw_ring_cancel(sdw_ring *r, const char *id, sdw_job_state *after, sdw_error
     return rc;
 }
 
+/* Whether id is one of the remembered ids of jobs whose slot was reused. */
+static bool gone_locked(const sdw_ring *r, const char *id)
+{
+    uint8_t raw[16];
+    if (!parse_id(id, raw))
+        return false;
+    uint32_t n = r->h->gone_next < RING_GONE ? r->h->gone_next : RING_GONE;
+    for (uint32_t i = 0; i < n; i++)
+        if (memcmp(r->h->gone[i], raw, 16) == 0)
+            return true;
+    return false;
+}
+
 int sdw_ring_job_status(sdw_ring *r, const char *id, sdw_job_info *info, sdw_error *e)
 {
     int rc = ring_lock(r, e);
     if (rc)
         return rc;
     struct ring_slot *s = find_locked(r, id, e);
+    if (!s && gone_locked(r, id)) {
+        memset(info, 0, sizeof *info);
+        info->state = SDW_JOB_EXPIRED;
+        ring_unlock(r);
+        return 0;
+    }
     if (s) {
         memset(info, 0, sizeof *info);
         info->state = (sdw_job_state)s->state;

@@ -133,7 +133,9 @@ typedef struct sdw_job_info {
     int64_t created_ms, started_ms, finished_ms; /* CLOCK_REALTIME ms, 0 = not yet */
 } sdw_job_info;
 
-/* SDW_ENOTFOUND for an unknown id; an expired job reports SDW_JOB_EXPIRED. */
+/* SDW_ENOTFOUND for an unknown id; an expired job reports SDW_JOB_EXPIRED,
+ * and so does one whose slot has gone to new work since (the last 1024 such
+ * ids are remembered), with nothing else known about it. */
 int sdw_ring_job_status(sdw_ring *r, const char *id, sdw_job_info *info, sdw_error *e);
 
 /* A malloc'd copy of the job's input (for a status reply that shows the
