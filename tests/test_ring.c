@@ -133,7 +133,7 @@ static void test_create_open(void)
     tap_ok(sdw_ring_job_status(r, NULL, &info, &e) == SDW_ENOTFOUND, "NULL id: not found");
     char big[5000];
     memset(big, 'x', sizeof big);
-    tap_ok(sdw_ring_submit(r, big, sizeof big, id, &e) == SDW_RING_ETOOBIG, "input larger than the slot area");
+    tap_ok(sdw_ring_submit(r, big, sizeof big, id, &e) == SDW_ETOOBIG, "input larger than the slot area");
     drop_ring(r);
 }
 
@@ -147,11 +147,11 @@ static void test_lifecycle(void)
     char in[64];
     sdw_job_state after;
     tap_ok(submit(r, "params", id) == 0 && state_of(r, id) == SDW_JOB_QUEUED, "FREE -> QUEUED by submit");
-    tap_ok(sdw_ring_append(r, id, "progress", "{}", 2, &e) == SDW_RING_ESTATE, "no events while queued");
-    tap_ok(sdw_ring_preview(r, id, "{}", 2, &e) == SDW_RING_ESTATE, "no preview while queued");
-    tap_ok(sdw_ring_complete(r, id, "{}", 2, &e) == SDW_RING_ESTATE, "QUEUED -> DONE refused");
-    tap_ok(sdw_ring_finish_cancelled(r, id, &e) == SDW_RING_ESTATE, "finish_cancelled on a queued job refused");
-    tap_ok(sdw_ring_expire(r, id, &e) == SDW_RING_ESTATE, "QUEUED -> EXPIRED refused");
+    tap_ok(sdw_ring_append(r, id, "progress", "{}", 2, &e) == SDW_ESTATE, "no events while queued");
+    tap_ok(sdw_ring_preview(r, id, "{}", 2, &e) == SDW_ESTATE, "no preview while queued");
+    tap_ok(sdw_ring_complete(r, id, "{}", 2, &e) == SDW_ESTATE, "QUEUED -> DONE refused");
+    tap_ok(sdw_ring_finish_cancelled(r, id, &e) == SDW_ESTATE, "finish_cancelled on a queued job refused");
+    tap_ok(sdw_ring_expire(r, id, &e) == SDW_ESTATE, "QUEUED -> EXPIRED refused");
     tap_ok(state_of(r, id) == SDW_JOB_QUEUED, "refusals changed nothing");
     tap_ok(take(r, got, in, sizeof in) == 1 && strcmp(got, id) == 0 && strcmp(in, "params") == 0,
            "QUEUED -> RUNNING by take, with the input");
@@ -162,25 +162,25 @@ static void test_lifecycle(void)
     free(copy);
     tap_ok(state_of(r, id) == SDW_JOB_RUNNING, "state running");
     tap_ok(take(r, got, NULL, 0) == 0, "take with nothing queued times out at once");
-    tap_ok(sdw_ring_expire(r, id, &e) == SDW_RING_ESTATE, "RUNNING -> EXPIRED refused");
+    tap_ok(sdw_ring_expire(r, id, &e) == SDW_ESTATE, "RUNNING -> EXPIRED refused");
     tap_ok(sdw_ring_append(r, id, "progress", "{\"step\":1}", 10, &e) == 0, "progress while running");
     tap_ok(sdw_ring_append(r, id, "preview", "{}", 2, &e) == SDW_EINVAL, "preview through append refused");
     tap_ok(sdw_ring_append(r, id, "Bad Name", "{}", 2, &e) == SDW_EINVAL, "bad event name refused");
     tap_ok(sdw_ring_cancel_requested(r, id, &e) == 0, "no cancel requested");
     tap_ok(sdw_ring_complete(r, id, "{\"type\":\"complete\"}", 19, &e) == 0 && state_of(r, id) == SDW_JOB_DONE,
            "RUNNING -> DONE by complete");
-    tap_ok(sdw_ring_complete(r, id, "{}", 2, &e) == SDW_RING_ESTATE, "DONE -> DONE refused");
-    tap_ok(sdw_ring_fail(r, id, "x", "y", &e) == SDW_RING_ESTATE, "DONE -> FAILED refused");
-    tap_ok(sdw_ring_cancel(r, id, &after, &e) == SDW_RING_ESTATE && after == SDW_JOB_DONE, "cancelling a done job refused");
-    tap_ok(sdw_ring_append(r, id, "progress", "{}", 2, &e) == SDW_RING_ESTATE, "no events after done");
-    tap_ok(sdw_ring_finish_cancelled(r, id, &e) == SDW_RING_ESTATE, "DONE -> CANCELLED refused");
+    tap_ok(sdw_ring_complete(r, id, "{}", 2, &e) == SDW_ESTATE, "DONE -> DONE refused");
+    tap_ok(sdw_ring_fail(r, id, "x", "y", &e) == SDW_ESTATE, "DONE -> FAILED refused");
+    tap_ok(sdw_ring_cancel(r, id, &after, &e) == SDW_ESTATE && after == SDW_JOB_DONE, "cancelling a done job refused");
+    tap_ok(sdw_ring_append(r, id, "progress", "{}", 2, &e) == SDW_ESTATE, "no events after done");
+    tap_ok(sdw_ring_finish_cancelled(r, id, &e) == SDW_ESTATE, "DONE -> CANCELLED refused");
     sdw_job_info info;
     sdw_ring_job_status(r, id, &info, &e);
     tap_ok(info.created_ms > 0 && info.started_ms >= info.created_ms && info.finished_ms >= info.started_ms &&
                info.last_event_id == 2,
            "times and last event id recorded");
     tap_ok(sdw_ring_expire(r, id, &e) == 0 && state_of(r, id) == SDW_JOB_EXPIRED, "DONE -> EXPIRED");
-    tap_ok(sdw_ring_expire(r, id, &e) == SDW_RING_ESTATE, "EXPIRED -> EXPIRED refused");
+    tap_ok(sdw_ring_expire(r, id, &e) == SDW_ESTATE, "EXPIRED -> EXPIRED refused");
     sdw_ring_event ev;
     tap_ok(sdw_ring_wait_event(r, id, 0, 0, &ev, &e) == SDW_ENOTFOUND, "events of an expired job are gone");
     tap_ok(sdw_ring_read_input(r, id, &copy, &clen, &e) == SDW_ENOTFOUND, "and so is its input");
@@ -334,14 +334,14 @@ static void test_log_bounds(void)
     take(r, got, NULL, 0);
     char big[4096];
     memset(big, 'p', sizeof big);
-    tap_ok(sdw_ring_complete(r, id, big, 2048, &e) == SDW_RING_ETOOBIG && state_of(r, id) == SDW_JOB_RUNNING,
+    tap_ok(sdw_ring_complete(r, id, big, 2048, &e) == SDW_ETOOBIG && state_of(r, id) == SDW_JOB_RUNNING,
            "complete larger than the image area refused, job still running");
     tap_ok(sdw_ring_preview(r, id, big, 2047, &e) == 0, "a preview exactly filling the image area (with its NUL)");
     tap_ok(sdw_ring_preview(r, id, big, 2000, &e) == 0, "preview within the image area");
     int appended = 0, rc;
     while ((rc = sdw_ring_append(r, id, "progress", "{\"step\":1,\"total\":20,\"percent\":5.0}", 36, &e)) == 0)
         appended++;
-    tap_ok(rc == SDW_RING_ETOOBIG && appended > 10, "log fills up and refuses further events (%d fitted)", appended);
+    tap_ok(rc == SDW_ETOOBIG && appended > 10, "log fills up and refuses further events (%d fitted)", appended);
     /* The worst case for the reserve: a long code and a long message made
      * of control characters, each escaped to six bytes. */
     char code[100], msg[1000];
@@ -460,7 +460,7 @@ static void test_cancel_running(void)
     tap_ok(n == 3 && strcmp(names[2], "error") == 0 && strstr(datas[2], "cancelled"), "stream ends with a cancelled error");
     for (int i = 0; i < n; i++)
         free(datas[i]);
-    tap_ok(sdw_ring_cancel(r, id, &after, &e) == SDW_RING_ESTATE, "cancelling twice refused");
+    tap_ok(sdw_ring_cancel(r, id, &after, &e) == SDW_ESTATE, "cancelling twice refused");
     tap_ok(sdw_ring_cancel(r, "job-0123456789abcdef0123456789abcdef", &after, &e) == SDW_ENOTFOUND, "cancel unknown: not found");
     drop_ring(r);
 }
@@ -474,10 +474,10 @@ static void test_queue_full_and_expiry(void)
     sdw_job_id a, b, c, d, got;
     submit(r, "a", a);
     submit(r, "b", b);
-    tap_ok(submit(r, "c", c) == SDW_RING_EFULL, "third queued job: queue full");
+    tap_ok(submit(r, "c", c) == SDW_EFULL, "third queued job: queue full");
     take(r, got, NULL, 0);
     tap_ok(submit(r, "c", c) == 0, "after the engine takes one, a job fits again");
-    tap_ok(submit(r, "d", d) == SDW_RING_EFULL, "queue full again");
+    tap_ok(submit(r, "d", d) == SDW_EFULL, "queue full again");
     take(r, got, NULL, 0);
     take(r, got, NULL, 0);
     sdw_ring_complete(r, a, "{}", 2, &e);
@@ -500,7 +500,7 @@ static void test_queue_full_and_expiry(void)
     tap_ok(state_of(r, b) == SDW_JOB_EXPIRED, "an expired job reports expired");
     sdw_job_id f;
     tap_ok(submit(r, "f", f) == 0 && state_of(r, f) == SDW_JOB_QUEUED, "an expired slot is reused (EXPIRED -> FREE -> QUEUED)");
-    tap_ok(submit(r, "g", f) == SDW_RING_EFULL, "but the queue limit still holds");
+    tap_ok(submit(r, "g", f) == SDW_EFULL, "but the queue limit still holds");
     drop_ring(r);
 }
 

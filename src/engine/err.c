@@ -49,6 +49,9 @@ const char *sdw_status_name(int code)
     case SDW_ENOTFOUND: return "not_found";
     case SDW_EDEVICE: return "device_error";
     case SDW_ECANCELLED: return "cancelled";
+    case SDW_EFULL: return "full";
+    case SDW_ESTATE: return "wrong_state";
+    case SDW_ETOOBIG: return "too_big";
     }
     return "unknown_error";
 }

@@ -18,6 +18,9 @@ typedef enum sdw_status {
     SDW_ENOTFOUND = -6,     /* missing file, tensor or model */
     SDW_EDEVICE = -7,       /* CUDA, cuBLAS or cuDNN failure */
     SDW_ECANCELLED = -8,    /* stopped on request */
+    SDW_EFULL = -9,         /* job ring: no free slot or too many queued (503 + Retry-After) */
+    SDW_ESTATE = -10,       /* job ring: the job is not in a state that allows this */
+    SDW_ETOOBIG = -11,      /* job ring: input or event larger than its slot area */
 } sdw_status;
 
 typedef struct sdw_error {

@@ -312,7 +312,7 @@ static void publish_fence(void)
 static int transition(struct ring_slot *s, sdw_job_state to, sdw_error *e)
 {
     if (!sdw_job_transition_allowed((sdw_job_state)s->state, to))
-        return sdw_fail(e, SDW_RING_ESTATE, "job is %s, cannot become %s",
+        return sdw_fail(e, SDW_ESTATE, "job is %s, cannot become %s",
                         sdw_job_state_name((sdw_job_state)s->state), sdw_job_state_name(to));
     __atomic_store_n(&s->state, (uint32_t)to, __ATOMIC_SEQ_CST);
     return 0;
@@ -338,7 +338,7 @@ static int append_locked(sdw_ring *r, struct ring_slot *s, const char *name, con
     uint64_t size = ALIGN(sizeof rec + len + 1, 8);
     uint64_t room = r->h->log_cap - s->log_used;
     if (len > UINT32_MAX || size > room || (!terminal && size + ERROR_RESERVE > room))
-        return sdw_fail(e, SDW_RING_ETOOBIG, "event log of the job is full (%zu bytes)", (size_t)r->h->log_cap);
+        return sdw_fail(e, SDW_ETOOBIG, "event log of the job is full (%zu bytes)", (size_t)r->h->log_cap);
     strncpy(rec.name, name, sizeof rec.name - 1);
     unsigned char *p = log_of(r, s) + s->log_used;
     memcpy(p, &rec, sizeof rec);
@@ -356,7 +356,7 @@ static int put_image_locked(sdw_ring *r, struct ring_slot *s, const char *name, 
                             sdw_error *e)
 {
     if (len >= r->h->image_cap)
-        return sdw_fail(e, SDW_RING_ETOOBIG, "%s event of %zu bytes exceeds the slot image area (%zu bytes)",
+        return sdw_fail(e, SDW_ETOOBIG, "%s event of %zu bytes exceeds the slot image area (%zu bytes)",
                         name, len, (size_t)r->h->image_cap);
     uint64_t id = s->last_event_id + 1;
     s->big_id = 0;
@@ -613,7 +613,7 @@ int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, s
 {
     uint8_t raw[16];
     if (len > r->h->input_cap)
-        return sdw_fail(e, SDW_RING_ETOOBIG, "job input of %zu bytes exceeds the slot input area (%zu bytes)",
+        return sdw_fail(e, SDW_ETOOBIG, "job input of %zu bytes exceeds the slot input area (%zu bytes)",
                         len, (size_t)r->h->input_cap);
     if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw)
         return sdw_fail(e, SDW_EIO, "getrandom for a job id: %s", strerror(errno));
@@ -647,7 +647,7 @@ int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, s
     }
     if (queued >= r->h->max_queued || !pick) {
         ring_unlock(r);
-        return sdw_fail(e, SDW_RING_EFULL, queued >= r->h->max_queued ? "job queue is full (%u queued)"
+        return sdw_fail(e, SDW_EFULL, queued >= r->h->max_queued ? "job queue is full (%u queued)"
                                                                        : "no free job slot (%u queued)", queued);
     }
     if (pick->state == SDW_JOB_EXPIRED) {
@@ -691,7 +691,7 @@ int sdw_ring_cancel(sdw_ring *r, const char *id, sdw_job_state *after, sdw_error
         s->cancel_requested = 1;
         bump(&s->event_futex);
     } else {
-        rc = sdw_fail(e, SDW_RING_ESTATE, "job is already %s", sdw_job_state_name((sdw_job_state)s->state));
+        rc = sdw_fail(e, SDW_ESTATE, "job is already %s", sdw_job_state_name((sdw_job_state)s->state));
     }
     if (s && after)
         *after = (sdw_job_state)s->state;
@@ -882,7 +882,7 @@ int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size
 static int need_running(struct ring_slot *s, const char *what, sdw_error *e)
 {
     if (s->state != SDW_JOB_RUNNING)
-        return sdw_fail(e, SDW_RING_ESTATE, "%s: job is %s, not running", what,
+        return sdw_fail(e, SDW_ESTATE, "%s: job is %s, not running", what,
                         sdw_job_state_name((sdw_job_state)s->state));
     return 0;
 }

@@ -23,7 +23,7 @@
  *                               the id still answers "expired"
  *   EXPIRED -> FREE             sdw_ring_submit reusing the slot
  *
- * Any other transition fails with SDW_RING_ESTATE and changes nothing.
+ * Any other transition fails with SDW_ESTATE and changes nothing.
  *
  * Events: every job has event ids 1, 2, 3, ... in publication order. Small
  * events (progress, error and any other name) are kept in the slot's log
@@ -41,7 +41,7 @@
  * nothing behind; there is no sleep-polling.
  *
  * Return values: 0 or a positive count/flag on success, a negative sdw_status
- * (or one of the SDW_RING_E* below) on failure, with e filled. */
+ * (SDW_EFULL, SDW_ESTATE and SDW_ETOOBIG among them) on failure, with e filled. */
 #ifndef SDW_RING_H
 #define SDW_RING_H
 
@@ -51,10 +51,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
-
-#define SDW_RING_EFULL (-32)   /* no free slot or too many queued: 503 + Retry-After */
-#define SDW_RING_ESTATE (-33)  /* the job is not in a state that allows this */
-#define SDW_RING_ETOOBIG (-34) /* input or event larger than its slot area */
 
 /* Job ids are "job-" followed by 32 lower-case hex digits (128 random bits
  * from getrandom), in the shape of rbee's job-<uuid> ids. */
@@ -114,15 +110,15 @@ int sdw_ring_unlink(const char *name, sdw_error *e);
 /* ---- pool side ---- */
 
 /* FREE/EXPIRED -> QUEUED. Copies the input into a slot and writes the new id.
- * SDW_RING_EFULL when no slot is free (after expiring finished jobs past
- * their retention) or max_queued jobs are already waiting; SDW_RING_ETOOBIG
+ * SDW_EFULL when no slot is free (after expiring finished jobs past
+ * their retention) or max_queued jobs are already waiting; SDW_ETOOBIG
  * when len exceeds input_bytes. Wakes the engine. */
 int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, sdw_error *e);
 
 /* Cancels a job: a QUEUED job becomes CANCELLED at once (with an error event
  * of code "cancelled"); a RUNNING one gets its cancel-requested flag set and
  * finishes as CANCELLED when the engine next checks. Returns the state the
- * job is in afterwards. SDW_RING_ESTATE for a finished job. */
+ * job is in afterwards. SDW_ESTATE for a finished job. */
 int sdw_ring_cancel(sdw_ring *r, const char *id, sdw_job_state *after, sdw_error *e);
 
 typedef struct sdw_job_info {

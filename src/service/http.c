@@ -296,9 +296,9 @@ static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req)
     sdw_error e = { 0 };
     rc = sdw_ring_submit(ctx->ring, blob, len, id, &e);
     free(blob);
-    if (rc == SDW_RING_EFULL)
+    if (rc == SDW_EFULL)
         return fail(out, 503, SDW_API_QUEUE_FULL, SDW_HTTP_RETRY_AFTER_S, "the job queue is full: %s", e.msg);
-    if (rc == SDW_RING_ETOOBIG)
+    if (rc == SDW_ETOOBIG)
         return fail(out, 413, SDW_API_PAYLOAD_TOO_LARGE, 0, "the request does not fit a job slot: %s", e.msg);
     if (rc < 0)
         return fail(out, 500, SDW_API_INTERNAL, 0, "submit: %s", e.msg);
@@ -434,7 +434,7 @@ static void job_cancel(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id
         return;
     sdw_job_state after;
     int rc = sdw_ring_cancel(ctx->ring, id, &after, &e);
-    if (rc == SDW_RING_ESTATE)
+    if (rc == SDW_ESTATE)
         return fail(out, 409, "job_finished", 0, "job %s has already finished", id);
     if (rc < 0)
         return reply_lookup_error(out, id, rc, &e);
