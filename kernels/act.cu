@@ -1,6 +1,7 @@
 // Elementwise activations. The constants and formulas match the CPU twin
 // (src/engine/backend_cpu.c, cpu_act) so that the two agree to rounding.
 #include "kernels.h"
+#include "launch.cuh"
 
 namespace {
 
@@ -25,6 +26,6 @@ extern "C" cudaError_t sdw_k_act(const float *x, float *y, int64_t n, int act, c
     if (n <= 0 || act < kSilu || act > kQuickGelu)
         return cudaErrorInvalidValue;
     int64_t blocks = (n + 255) / 256;
-    act_kernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), 256, 0, stream>>>(x, y, n, act);
+    SDW_LAUNCH((unsigned)(blocks < 65535 ? blocks : 65535), 256, 0, stream, act_kernel)(x, y, n, act);
     return cudaGetLastError();
 }

@@ -11,6 +11,7 @@
 #include <math.h>
 
 #include "kernels.h"
+#include "launch.cuh"
 
 namespace {
 
@@ -120,7 +121,7 @@ cudaError_t launch(const float *q, const float *k, const float *v, float *out, i
     int64_t qblocks = (tq + QPB - 1) / QPB;
     if (qblocks > 0x7fffffff || b * heads > 65535)
         return cudaErrorInvalidValue;
-    attention_kernel<G, DPT><<<dim3((unsigned)qblocks, (unsigned)(b * heads)), kThreads, 0, stream>>>(
+    SDW_LAUNCH(dim3((unsigned)qblocks, (unsigned)(b * heads)), kThreads, 0, stream, attention_kernel<G, DPT>)(
         q, k, v, out, tq, tk, heads, (int)d, scale, causal);
     return cudaGetLastError();
 }
@@ -179,7 +180,7 @@ extern "C" cudaError_t sdw_k_softmax_rows(float *s, int64_t rows, int64_t n, int
 {
     if (rows <= 0 || n <= 0 || rpb <= 0 || r0 < 0 || rows > 0x7fffffff)
         return cudaErrorInvalidValue;
-    softmax_rows_kernel<<<(unsigned)rows, kSoftThreads, 0, stream>>>(s, n, rpb, r0, causal);
+    SDW_LAUNCH((unsigned)rows, kSoftThreads, 0, stream, softmax_rows_kernel)(s, n, rpb, r0, causal);
     return cudaGetLastError();
 }
 

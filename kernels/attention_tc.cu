@@ -20,6 +20,7 @@
 #include <mma.h>
 
 #include "kernels.h"
+#include "launch.cuh"
 
 namespace {
 
@@ -101,7 +102,7 @@ __global__ void __launch_bounds__(kThreads)
     using frag_v = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major>;
     using frag_acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
-    extern __shared__ __align__(128) unsigned char smem[];
+    SDW_DYNAMIC_SHARED(128, unsigned char, smem);
     T *qs = (T *)(smem + L::q), *ks = (T *)(smem + L::k), *vs = (T *)(smem + L::v);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float *ss = (float *)(smem + L::s) + warp * kRows * L::lds;
@@ -254,7 +255,7 @@ cudaError_t launch(const float *q, const float *k, const float *v, float *out, i
         if (rc != cudaSuccess)
             return rc;
     }
-    attention_tc_kernel<D, T><<<dim3((unsigned)qblocks, (unsigned)(b * heads)), kThreads, bytes, stream>>>(
+    SDW_LAUNCH(dim3((unsigned)qblocks, (unsigned)(b * heads)), kThreads, bytes, stream, attention_tc_kernel<D, T>)(
         q, k, v, out, tq, tk, heads, (int)d, scale * 1.4426950408889634f, causal);
     return cudaGetLastError();
 }

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 
 #include "kernels.h"
+#include "launch.cuh"
 
 namespace {
 
@@ -169,7 +170,7 @@ extern "C" cudaError_t sdw_k_add(const float *a, const float *b, float *y, int64
 {
     if (n <= 0)
         return cudaErrorInvalidValue;
-    add_kernel<<<grid_for(n), kThreads, 0, stream>>>(a, b, y, n);
+    SDW_LAUNCH(grid_for(n), kThreads, 0, stream, add_kernel)(a, b, y, n);
     return cudaGetLastError();
 }
 
@@ -177,7 +178,7 @@ extern "C" cudaError_t sdw_k_scale(const float *x, float s, float *y, int64_t n,
 {
     if (n <= 0)
         return cudaErrorInvalidValue;
-    scale_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, s, y, n);
+    SDW_LAUNCH(grid_for(n), kThreads, 0, stream, scale_kernel)(x, s, y, n);
     return cudaGetLastError();
 }
 
@@ -186,7 +187,7 @@ extern "C" cudaError_t sdw_k_add_rows(const float *x, const float *v, float *y, 
 {
     if (rows <= 0 || n <= 0)
         return cudaErrorInvalidValue;
-    add_rows_kernel<<<grid_for(rows * n), kThreads, 0, stream>>>(x, v, y, rows, n);
+    SDW_LAUNCH(grid_for(rows * n), kThreads, 0, stream, add_rows_kernel)(x, v, y, rows, n);
     return cudaGetLastError();
 }
 
@@ -194,7 +195,7 @@ extern "C" cudaError_t sdw_k_fill_rows(const float *v, float *y, int64_t rows, i
 {
     if (rows <= 0 || n <= 0)
         return cudaErrorInvalidValue;
-    fill_rows_kernel<<<grid_for(rows * n), kThreads, 0, stream>>>(v, y, rows, n);
+    SDW_LAUNCH(grid_for(rows * n), kThreads, 0, stream, fill_rows_kernel)(v, y, rows, n);
     return cudaGetLastError();
 }
 
@@ -203,7 +204,7 @@ extern "C" cudaError_t sdw_k_gaussian(const float *m, const float *noise, float 
 {
     if (b <= 0 || n <= 0)
         return cudaErrorInvalidValue;
-    gaussian_kernel<<<grid_for(b * n), kThreads, 0, stream>>>(m, noise, s, y, b, n);
+    SDW_LAUNCH(grid_for(b * n), kThreads, 0, stream, gaussian_kernel)(m, noise, s, y, b, n);
     return cudaGetLastError();
 }
 
@@ -211,7 +212,7 @@ extern "C" cudaError_t sdw_k_geglu(const float *x, float *y, int64_t rows, int64
 {
     if (rows <= 0 || n <= 0)
         return cudaErrorInvalidValue;
-    geglu_kernel<<<grid_for(rows * n), kThreads, 0, stream>>>(x, y, rows, n);
+    SDW_LAUNCH(grid_for(rows * n), kThreads, 0, stream, geglu_kernel)(x, y, rows, n);
     return cudaGetLastError();
 }
 
@@ -220,7 +221,7 @@ extern "C" cudaError_t sdw_k_concat(const float *a, const float *c, float *y, in
 {
     if (b <= 0 || na <= 0 || nc <= 0)
         return cudaErrorInvalidValue;
-    concat_kernel<<<grid_for(b * (na + nc)), kThreads, 0, stream>>>(a, c, y, b, na, nc);
+    SDW_LAUNCH(grid_for(b * (na + nc)), kThreads, 0, stream, concat_kernel)(a, c, y, b, na, nc);
     return cudaGetLastError();
 }
 
@@ -230,7 +231,7 @@ extern "C" cudaError_t sdw_k_transpose(const float *x, float *y, int64_t b, int6
     int64_t tm = (m + kTile - 1) / kTile, tn = (n + kTile - 1) / kTile;
     if (b <= 0 || m <= 0 || n <= 0 || tn > 0x7fffffff || tm > 65535 || b > 65535)
         return cudaErrorInvalidValue;
-    transpose_kernel<<<dim3((unsigned)tn, (unsigned)tm, (unsigned)b), dim3(kTile, 8), 0, stream>>>(x, y, m, n);
+    SDW_LAUNCH(dim3((unsigned)tn, (unsigned)tm, (unsigned)b), dim3(kTile, 8), 0, stream, transpose_kernel)(x, y, m, n);
     return cudaGetLastError();
 }
 
@@ -239,7 +240,7 @@ extern "C" cudaError_t sdw_k_embed(const float *table, const int32_t *ids, const
 {
     if (rows <= 0 || dim <= 0 || (pos && tpos <= 0))
         return cudaErrorInvalidValue;
-    embed_kernel<<<grid_for(rows * dim), kThreads, 0, stream>>>(table, ids, pos, y, rows, dim, tpos);
+    SDW_LAUNCH(grid_for(rows * dim), kThreads, 0, stream, embed_kernel)(table, ids, pos, y, rows, dim, tpos);
     return cudaGetLastError();
 }
 
@@ -249,7 +250,7 @@ extern "C" cudaError_t sdw_k_upsample_nearest(const float *x, float *y, int64_t 
     if (bc <= 0 || h <= 0 || w <= 0 || oh <= 0 || ow <= 0)
         return cudaErrorInvalidValue;
     float sy = (float)h / (float)oh, sx = (float)w / (float)ow;
-    upsample_kernel<<<grid_for(bc * oh * ow), kThreads, 0, stream>>>(x, y, bc, h, w, oh, ow, sy, sx);
+    SDW_LAUNCH(grid_for(bc * oh * ow), kThreads, 0, stream, upsample_kernel)(x, y, bc, h, w, oh, ow, sy, sx);
     return cudaGetLastError();
 }
 
@@ -258,9 +259,11 @@ extern "C" cudaError_t sdw_k_pack(const float *x, void *y, int64_t n, int dtype,
     if (n <= 0)
         return cudaErrorInvalidValue;
     switch (dtype) {
-    case SDW_K_F32: pack_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, (float *)y, n); break;
-    case SDW_K_F16: pack_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, (__half *)y, n); break;
-    case SDW_K_BF16: pack_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, (__nv_bfloat16 *)y, n); break;
+    case SDW_K_F32: SDW_LAUNCH(grid_for(n), kThreads, 0, stream, pack_kernel<float>)(x, (float *)y, n); break;
+    case SDW_K_F16: SDW_LAUNCH(grid_for(n), kThreads, 0, stream, pack_kernel<__half>)(x, (__half *)y, n); break;
+    case SDW_K_BF16:
+        SDW_LAUNCH(grid_for(n), kThreads, 0, stream, pack_kernel<__nv_bfloat16>)(x, (__nv_bfloat16 *)y, n);
+        break;
     default: return cudaErrorInvalidValue;
     }
     return cudaGetLastError();
@@ -273,10 +276,15 @@ extern "C" cudaError_t sdw_k_pack_pad(const float *x, void *y, int64_t bc, int64
         return cudaErrorInvalidValue;
     unsigned g = grid_for(bc * hp * wp);
     switch (dtype) {
-    case SDW_K_F32: pack_pad_kernel<<<g, kThreads, 0, stream>>>(x, (float *)y, bc, h, w, hp, wp, pad_t, pad_l); break;
-    case SDW_K_F16: pack_pad_kernel<<<g, kThreads, 0, stream>>>(x, (__half *)y, bc, h, w, hp, wp, pad_t, pad_l); break;
+    case SDW_K_F32:
+        SDW_LAUNCH(g, kThreads, 0, stream, pack_pad_kernel<float>)(x, (float *)y, bc, h, w, hp, wp, pad_t, pad_l);
+        break;
+    case SDW_K_F16:
+        SDW_LAUNCH(g, kThreads, 0, stream, pack_pad_kernel<__half>)(x, (__half *)y, bc, h, w, hp, wp, pad_t, pad_l);
+        break;
     case SDW_K_BF16:
-        pack_pad_kernel<<<g, kThreads, 0, stream>>>(x, (__nv_bfloat16 *)y, bc, h, w, hp, wp, pad_t, pad_l);
+        SDW_LAUNCH(g, kThreads, 0, stream, pack_pad_kernel<__nv_bfloat16>)(x, (__nv_bfloat16 *)y, bc, h, w, hp, wp,
+                                                                           pad_t, pad_l);
         break;
     default: return cudaErrorInvalidValue;
     }
@@ -290,10 +298,15 @@ extern "C" cudaError_t sdw_k_unpack_bias(const void *x, const float *bias, float
         return cudaErrorInvalidValue;
     unsigned g = grid_for(rows * n);
     switch (dtype) {
-    case SDW_K_F32: unpack_bias_kernel<<<g, kThreads, 0, stream>>>((const float *)x, bias, y, rows, n, nb); break;
-    case SDW_K_F16: unpack_bias_kernel<<<g, kThreads, 0, stream>>>((const __half *)x, bias, y, rows, n, nb); break;
+    case SDW_K_F32:
+        SDW_LAUNCH(g, kThreads, 0, stream, unpack_bias_kernel<float>)((const float *)x, bias, y, rows, n, nb);
+        break;
+    case SDW_K_F16:
+        SDW_LAUNCH(g, kThreads, 0, stream, unpack_bias_kernel<__half>)((const __half *)x, bias, y, rows, n, nb);
+        break;
     case SDW_K_BF16:
-        unpack_bias_kernel<<<g, kThreads, 0, stream>>>((const __nv_bfloat16 *)x, bias, y, rows, n, nb);
+        SDW_LAUNCH(g, kThreads, 0, stream, unpack_bias_kernel<__nv_bfloat16>)((const __nv_bfloat16 *)x, bias, y, rows,
+                                                                              n, nb);
         break;
     default: return cudaErrorInvalidValue;
     }

@@ -3,6 +3,7 @@
 // squares) like the CPU twin; then a grid-wide pass that normalises every
 // element, so that the heavy pass is not limited to b * groups blocks.
 #include "kernels.h"
+#include "launch.cuh"
 #include "reduce.cuh"
 
 namespace {
@@ -49,7 +50,7 @@ extern "C" cudaError_t sdw_k_group_stats(const float *x, float *stats, int64_t b
 {
     if (b <= 0 || c <= 0 || n <= 0 || groups <= 0 || c % groups || b * groups > 0x7fffffff)
         return cudaErrorInvalidValue;
-    group_stats_kernel<<<(unsigned)(b * groups), kStatThreads, 0, stream>>>(x, stats, c / groups * n, eps);
+    SDW_LAUNCH((unsigned)(b * groups), kStatThreads, 0, stream, group_stats_kernel)(x, stats, c / groups * n, eps);
     return cudaGetLastError();
 }
 
@@ -60,7 +61,7 @@ extern "C" cudaError_t sdw_k_group_apply(const float *x, const float *stats, con
     if (b <= 0 || c <= 0 || n <= 0 || groups <= 0 || c % groups)
         return cudaErrorInvalidValue;
     int64_t total = b * c * n, blocks = (total + kThreads - 1) / kThreads;
-    group_apply_kernel<<<(unsigned)(blocks < 65535 * 4 ? blocks : 65535 * 4), kThreads, 0, stream>>>(
+    SDW_LAUNCH((unsigned)(blocks < 65535 * 4 ? blocks : 65535 * 4), kThreads, 0, stream, group_apply_kernel)(
         x, stats, gamma, beta, y, total, c, n, c / groups, silu);
     return cudaGetLastError();
 }

@@ -6,6 +6,7 @@
 // buffer (each element is read and written by one thread), so no
 // __restrict__ on them.
 #include "kernels.h"
+#include "launch.cuh"
 #include "reduce.cuh"
 
 namespace {
@@ -39,6 +40,6 @@ extern "C" cudaError_t sdw_k_layer_norm(const float *x, const float *gamma, cons
 {
     if (rows <= 0 || n <= 0 || rows > 0x7fffffff)
         return cudaErrorInvalidValue;
-    layer_norm_kernel<<<(unsigned)rows, kThreads, 0, stream>>>(x, gamma, beta, y, n, eps);
+    SDW_LAUNCH((unsigned)rows, kThreads, 0, stream, layer_norm_kernel)(x, gamma, beta, y, n, eps);
     return cudaGetLastError();
 }

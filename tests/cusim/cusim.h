@@ -1,0 +1,384 @@
+// A host stand-in for the CUDA device code of kernels/*.cu, so that their
+// real source runs on a machine without a GPU: compiled as C++ with
+// -DSDW_CUSIM (kernels/launch.cuh then includes this header), a launch runs
+// its blocks one after another, each with one std::thread per CUDA thread.
+// That is slow but literal: every thread has its own registers and its own
+// path through the code, so indexing, barriers, shuffles and block
+// reductions are exercised as written, and TSan sees the accesses that the
+// barriers are meant to order.
+//
+// What it does not model: timing and occupancy, the memory model beyond the
+// barriers (a store is visible to whoever synchronises with it, no sooner
+// and no later than x86 makes it), bank conflicts, warp divergence costs,
+// and the register layout of wmma fragments (see mma.h). Blocks never run
+// concurrently, so function-static variables serve as __shared__ memory.
+#ifndef SDW_CUSIM_H
+#define SDW_CUSIM_H
+
+#ifndef __cplusplus
+#error "cusim.h is C++"
+#endif
+
+// Defined before the toolkit's headers, whose host_defines.h keeps a
+// qualifier that is already defined rather than turning it into an
+// attribute g++ would warn about.
+#define __host__
+#define __device__
+#define __global__
+#define __shared__ static
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+#include <vector_types.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <math.h>
+#include <thread>
+#include <type_traits>
+#include <vector>
+#ifdef __linux__
+#include <climits>
+#include <ctime>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+#undef __forceinline__
+#define __forceinline__ inline
+
+// Barriers go through macros so that each arrival carries its source line:
+// threads of one block that meet different __syncthreads() calls are a bug
+// on the GPU (undefined behaviour), here a clear abort.
+#define __syncthreads() sdw_cusim::syncthreads(__FILE__, __LINE__)
+
+inline thread_local uint3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+constexpr int warpSize = 32;
+
+namespace sdw_cusim {
+
+constexpr unsigned kMaxThreads = 1024;
+constexpr size_t kMaxDynamicShared = 227 * 1024; // sm_90's opt-in limit
+constexpr size_t kDefaultDynamicShared = 48 * 1024;
+constexpr int kDeadlockSeconds = 120;
+
+[[noreturn]] inline void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+inline void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("cusim: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    abort();
+}
+
+// A reusable barrier for n threads. The threads far outnumber the cores, so
+// waiters sleep on a futex instead of spinning. Ordering comes from the
+// acquire/release atomics alone, which is also what ThreadSanitizer follows:
+// it adds no edge between generations that the GPU would not have.
+class Barrier {
+public:
+    void reset(unsigned n)
+    {
+        n_ = n;
+        arrived_.store(0, std::memory_order_relaxed);
+        sites_.assign(n, Site());
+    }
+
+    // slot is the caller's index among the n; file and line its call site.
+    void wait(unsigned slot, const char *file, int line)
+    {
+        sites_[slot] = Site{file, line};
+        unsigned gen = gen_.load(std::memory_order_acquire);
+        if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+            check_sites();
+            arrived_.store(0, std::memory_order_relaxed);
+            gen_.fetch_add(1, std::memory_order_acq_rel);
+            wake();
+            return;
+        }
+        sleep_while(gen);
+    }
+
+private:
+    struct Site {
+        const char *file = nullptr;
+        int line = 0;
+    };
+
+    void check_sites() const
+    {
+        for (unsigned i = 1; i < n_; i++)
+            if (sites_[i].line != sites_[0].line || strcmp(sites_[i].file, sites_[0].file))
+                die("threads of one block or warp wait at different barriers: thread %u at %s:%d, thread %u at "
+                    "%s:%d (a barrier in divergent code, or a thread that left the kernel early)",
+                    0u, sites_[0].file, sites_[0].line, i, sites_[i].file, sites_[i].line);
+    }
+
+    void sleep_while(unsigned gen)
+    {
+        time_t start = time(nullptr);
+        for (int spin = 0; gen_.load(std::memory_order_acquire) == gen; spin++) {
+            if (spin < 64)
+                continue;
+#ifdef __linux__
+            struct timespec ts = {1, 0};
+            syscall(SYS_futex, reinterpret_cast<unsigned *>(&gen_), FUTEX_WAIT_PRIVATE, gen, &ts, nullptr, 0);
+#else
+            std::this_thread::yield();
+#endif
+            if (time(nullptr) - start > kDeadlockSeconds)
+                die("a barrier has waited %d s: deadlock (%u of %u threads arrived)", kDeadlockSeconds,
+                    arrived_.load(), n_);
+        }
+    }
+
+    void wake()
+    {
+#ifdef __linux__
+        syscall(SYS_futex, reinterpret_cast<unsigned *>(&gen_), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+#endif
+    }
+
+    static_assert(sizeof(std::atomic<unsigned>) == sizeof(unsigned), "a futex word");
+    std::atomic<unsigned> gen_{0}, arrived_{0};
+    unsigned n_ = 0;
+    std::vector<Site> sites_;
+};
+
+// A warp: its barrier (__syncwarp, and the step inside every shuffle) and
+// the words through which lanes exchange shuffled values. Two sets of words
+// used in turn let a shuffle take a single barrier: a lane can only write
+// one set again after every lane has passed the barrier of the shuffle
+// after, and so has read it.
+struct Warp {
+    Barrier bar;
+    unsigned lanes = 0;
+    alignas(64) unsigned char words[2][32][8];
+};
+
+// The state of one launch; blocks of it run one at a time.
+struct Grid {
+    Barrier block_bar;
+    std::vector<Warp> warps;
+    unsigned char *shared = nullptr; // dynamic shared memory of the running block
+    size_t shared_bytes = 0;
+};
+
+inline Grid *g_grid;
+// Buffer of the dynamic shared memory, refilled with 0xff (NaN in float,
+// half and bfloat16) before every block, so that a read of something no
+// thread wrote shows up.
+alignas(128) inline unsigned char g_shared[kMaxDynamicShared];
+// Opt-ins made with cudaFuncSetAttribute, by kernel.
+inline std::map<const void *, size_t> g_max_shared;
+inline thread_local cudaError_t g_last_error = cudaSuccess;
+
+struct Self {
+    unsigned linear = 0, lane = 0, parity = 0;
+    Warp *warp = nullptr;
+};
+inline thread_local Self self;
+
+inline void syncthreads(const char *file, int line)
+{
+    g_grid->block_bar.wait(self.linear, file, line);
+}
+
+inline void syncwarp(unsigned mask, const char *file, int line)
+{
+    Warp &w = *self.warp;
+    unsigned full = w.lanes == 32 ? 0xffffffffu : (1u << w.lanes) - 1;
+    if (mask != full)
+        die("%s:%d: __syncwarp(0x%08x) over part of a warp is not simulated", file, line, mask);
+    w.bar.wait(self.lane, file, line);
+}
+
+// Lane `lane` receives the v of lane src(lane); a source outside the warp
+// gives the lane its own value, as the hardware does for shfl_xor and
+// shfl_up/down past the edge.
+template <typename T, typename Src>
+T shuffle(unsigned mask, T v, int width, Src src, const char *file, int line)
+{
+    static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= 8, "a 4- or 8-byte value");
+    Warp &w = *self.warp;
+    unsigned full = w.lanes == 32 ? 0xffffffffu : (1u << w.lanes) - 1;
+    if (mask != full || width != 32)
+        die("%s:%d: shuffle with mask 0x%08x, width %d: only whole warps are simulated", file, line, mask, width);
+    unsigned p = self.parity;
+    self.parity ^= 1;
+    memcpy(w.words[p][self.lane], &v, sizeof v);
+    w.bar.wait(self.lane, file, line);
+    int from = src((int)self.lane);
+    if (from >= 0 && from < (int)w.lanes)
+        memcpy(&v, w.words[p][from], sizeof v);
+    return v;
+}
+
+inline unsigned char *dynamic_shared()
+{
+    return g_grid->shared;
+}
+
+// Whether [p, p + bytes) lies in the running block's dynamic shared memory;
+// -1 when it starts outside it (global memory), 0 when it straddles its end.
+inline int in_dynamic_shared(const void *p, size_t bytes)
+{
+    const unsigned char *c = static_cast<const unsigned char *>(p);
+    if (!g_grid || c < g_grid->shared || c >= g_grid->shared + g_grid->shared_bytes)
+        return -1;
+    return c + bytes <= g_grid->shared + g_grid->shared_bytes;
+}
+
+inline void run(dim3 grid, dim3 block, size_t shared, const void *kernel, void (*body)(void *), void *ctx)
+{
+    uint64_t nthreads = (uint64_t)block.x * block.y * block.z;
+    if (nthreads > kMaxThreads || block.x > 1024 || block.y > 1024 || block.z > 64)
+        die("launch with blockDim %ux%ux%u: more than %u threads or a dimension past the limit", block.x, block.y,
+            block.z, kMaxThreads);
+    if (shared > kMaxDynamicShared)
+        die("launch with %zu bytes of dynamic shared memory, over the %zu an sm_90 block may have", shared,
+            kMaxDynamicShared);
+    if (nthreads == 0 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
+        grid.z > 65535) {
+        g_last_error = cudaErrorInvalidConfiguration;
+        return;
+    }
+    if (shared > kDefaultDynamicShared) {
+        auto it = g_max_shared.find(kernel);
+        if (it == g_max_shared.end() || it->second < shared) {
+            g_last_error = cudaErrorInvalidValue; // what a GPU says to a launch that did not opt in
+            return;
+        }
+    }
+    if (g_grid)
+        die("a launch from inside a kernel, or from two host threads at once");
+
+    Grid g;
+    g.block_bar.reset((unsigned)nthreads);
+    g.warps = std::vector<Warp>((nthreads + 31) / 32);
+    for (size_t w = 0; w < g.warps.size(); w++) {
+        g.warps[w].lanes = (unsigned)(nthreads - 32 * w < 32 ? nthreads - 32 * w : 32);
+        g.warps[w].bar.reset(g.warps[w].lanes);
+    }
+    g.shared = g_shared;
+    g.shared_bytes = shared;
+    memset(g_shared, 0xff, shared);
+    g_grid = &g;
+    blockDim = block;
+    gridDim = grid;
+
+    const uint64_t nblocks = (uint64_t)grid.x * grid.y * grid.z;
+    auto thread_main = [&](unsigned t) {
+        self.linear = t;
+        self.lane = t % 32;
+        self.parity = 0;
+        self.warp = &g.warps[t / 32];
+        threadIdx = uint3{t % block.x, t / block.x % block.y, t / (block.x * block.y)};
+        for (uint64_t b = 0; b < nblocks; b++) {
+            blockIdx = uint3{(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y)};
+            body(ctx);
+            // Every thread is out of this block before the next one starts
+            // (static __shared__ variables carry over, as they may not on
+            // a GPU; only the dynamic memory is poisoned again).
+            g.block_bar.wait(t, "(end of block)", 0);
+            if (t == 0 && shared)
+                memset(g_shared, 0xff, shared);
+            g.block_bar.wait(t, "(start of block)", 0);
+        }
+    };
+    std::vector<std::thread> threads;
+    threads.reserve(nthreads);
+    for (unsigned t = 0; t < nthreads; t++)
+        threads.emplace_back(thread_main, t);
+    for (auto &th : threads)
+        th.join();
+    g_grid = nullptr;
+}
+
+// The callable that SDW_LAUNCH(grid, block, shared, stream, kernel) stands
+// for: called with the kernel's arguments, it runs the whole grid before it
+// returns (a stream is as good as synchronous here).
+template <typename... P>
+struct Launch {
+    void (*kernel)(P...);
+    dim3 grid, block;
+    size_t shared;
+
+    template <typename... A>
+    void operator()(A &&...args) const
+    {
+        auto call = [&] { kernel(args...); };
+        run(grid, block, shared, reinterpret_cast<const void *>(kernel),
+            [](void *c) { (*static_cast<decltype(call) *>(c))(); }, &call);
+    }
+};
+
+template <typename... P>
+Launch<P...> launch(dim3 grid, dim3 block, size_t shared, cudaStream_t, void (*kernel)(P...))
+{
+    return Launch<P...>{kernel, grid, block, shared};
+}
+
+} // namespace sdw_cusim
+
+#define __syncwarp(...) sdw_cusim::syncwarp(sdw_cusim_mask(__VA_ARGS__), __FILE__, __LINE__)
+inline unsigned sdw_cusim_mask(unsigned mask = 0xffffffffu)
+{
+    return mask;
+}
+
+#define __shfl_sync(mask, v, src, ...) \
+    sdw_cusim::shuffle((mask), (v), sdw_cusim_width(__VA_ARGS__), [&](int) { return (int)(src); }, __FILE__, __LINE__)
+#define __shfl_xor_sync(mask, v, lanemask, ...)                                                                      \
+    sdw_cusim::shuffle((mask), (v), sdw_cusim_width(__VA_ARGS__), [&](int l) { return l ^ (int)(lanemask); }, __FILE__, \
+                       __LINE__)
+#define __shfl_down_sync(mask, v, delta, ...)                                                                        \
+    sdw_cusim::shuffle((mask), (v), sdw_cusim_width(__VA_ARGS__), [&](int l) { return l + (int)(delta); }, __FILE__, \
+                       __LINE__)
+#define __shfl_up_sync(mask, v, delta, ...) \
+    sdw_cusim::shuffle((mask), (v), sdw_cusim_width(__VA_ARGS__), [&](int l) { return l - (int)(delta); }, __FILE__, __LINE__)
+inline int sdw_cusim_width(int width = 32)
+{
+    return width;
+}
+
+// The runtime calls the kernels make. The toolkit declares the C functions;
+// the template is the C++ overload that cuda_runtime.h gives nvcc code.
+extern "C" inline cudaError_t cudaGetLastError(void)
+{
+    cudaError_t e = sdw_cusim::g_last_error;
+    sdw_cusim::g_last_error = cudaSuccess;
+    return e;
+}
+
+extern "C" inline cudaError_t cudaPeekAtLastError(void)
+{
+    return sdw_cusim::g_last_error;
+}
+
+template <typename... P>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute attr, int value)
+{
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize)
+        return cudaSuccess;
+    if (value < 0 || (size_t)value > sdw_cusim::kMaxDynamicShared)
+        return cudaErrorInvalidValue;
+    sdw_cusim::g_max_shared[reinterpret_cast<const void *>(kernel)] = (size_t)value;
+    return cudaSuccess;
+}
+
+#endif

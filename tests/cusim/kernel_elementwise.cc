@@ -1,0 +1,5 @@
+// kernels/elementwise.cu built as host C++ for the simulator. cusim.h comes first so
+// that its qualifiers are in place before the toolkit's headers see them.
+#include "cusim.h"
+
+#include "elementwise.cu"

@@ -1,0 +1,5 @@
+// kernels/layer_norm.cu built as host C++ for the simulator. cusim.h comes first so
+// that its qualifiers are in place before the toolkit's headers see them.
+#include "cusim.h"
+
+#include "layer_norm.cu"
