@@ -289,15 +289,22 @@ static int do_attention(int s, void *v, sdw_error *e)
     return sdw_op_attention(T(c->x, s), T(c->w, s), T(c->b, s), c->i0, c->i1, T(c->y, s), e);
 }
 
+/* Fresh q, k, v and a poisoned output for one attention case, as ctx. */
+static ctx attention_args(arg *q, arg *k, arg *v, arg *o, int64_t b, int64_t tq, int64_t tk, int heads, int64_t d,
+                          int causal)
+{
+    int64_t qs[3] = {b, tq, heads * d}, ks[3] = {b, tk, heads * d};
+    arg_rand(q, 3, qs, 2, 0);
+    arg_rand(k, 3, ks, 2, 0);
+    arg_rand(v, 3, ks, 1, 0);
+    arg_out(o, 3, qs);
+    return (ctx){.x = q, .w = k, .b = v, .y = o, .i0 = heads, .i1 = causal};
+}
+
 static void check_attention(int64_t b, int64_t tq, int64_t tk, int heads, int64_t d, int causal)
 {
     arg q, k, v, o;
-    int64_t qs[3] = {b, tq, heads * d}, ks[3] = {b, tk, heads * d};
-    arg_rand(&q, 3, qs, 2, 0);
-    arg_rand(&k, 3, ks, 2, 0);
-    arg_rand(&v, 3, ks, 1, 0);
-    arg_out(&o, 3, qs);
-    ctx c = {.x = &q, .w = &k, .b = &v, .y = &o, .i0 = heads, .i1 = causal};
+    ctx c = attention_args(&q, &k, &v, &o, b, tq, tk, heads, d, causal);
     char what[96];
     snprintf(what, sizeof what, "attention b=%lld tq=%lld tk=%lld heads=%d d=%lld%s", (long long)b, (long long)tq,
              (long long)tk, heads, (long long)d, causal ? " causal" : "");
@@ -312,12 +319,7 @@ static void check_attention(int64_t b, int64_t tq, int64_t tk, int heads, int64_
 static void check_attention_tc(int64_t b, int64_t tq, int64_t tk, int heads, int64_t d, int causal)
 {
     arg q, k, v, o;
-    int64_t qs[3] = {b, tq, heads * d}, ks[3] = {b, tk, heads * d};
-    arg_rand(&q, 3, qs, 2, 0);
-    arg_rand(&k, 3, ks, 2, 0);
-    arg_rand(&v, 3, ks, 1, 0);
-    arg_out(&o, 3, qs);
-    ctx c = {.x = &q, .w = &k, .b = &v, .y = &o, .i0 = heads, .i1 = causal};
+    ctx c = attention_args(&q, &k, &v, &o, b, tq, tk, heads, d, causal);
     char what[96];
     snprintf(what, sizeof what, "sdw_k_attention_tc b=%lld tq=%lld tk=%lld heads=%d d=%lld%s", (long long)b,
              (long long)tq, (long long)tk, heads, (long long)d, causal ? " causal" : "");
