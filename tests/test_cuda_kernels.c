@@ -434,25 +434,28 @@ static int do_add_channel(int s, void *v, sdw_error *e)
     return sdw_op_add_channel(T(c->x, s), T(c->w, s), T(c->y, s), e);
 }
 
-static void check_elementwise(void)
+static void check_elementwise(int64_t n, int64_t geglu_rows)
 {
     arg a, b, y;
-    int64_t n = 1000003;
     arg_rand(&a, 1, &n, 5, 0);
     arg_rand(&b, 1, &n, 5, 1);
     arg_out(&y, 1, &n);
     ctx c = {.x = &a, .w = &b, .y = &y, .f = 0.18215f};
-    check("add n=1000003", do_add, &c, &y);
+    char what[64];
+    snprintf(what, sizeof what, "add n=%lld", (long long)n);
+    check(what, do_add, &c, &y);
     arg_free(&y);
     arg_out(&y, 1, &n);
-    check("scale n=1000003", do_scale, &c, &y);
+    snprintf(what, sizeof what, "scale n=%lld", (long long)n);
+    check(what, do_scale, &c, &y);
     arg_free(&a), arg_free(&b), arg_free(&y);
 
-    int64_t xs[2] = {300, 2 * 1280}, ys[2] = {300, 1280};
+    int64_t xs[2] = {geglu_rows, 2 * 1280}, ys[2] = {geglu_rows, 1280};
     arg_rand(&a, 2, xs, 4, 0);
     arg_out(&y, 2, ys);
     c = (ctx){.x = &a, .y = &y};
-    check("geglu 300x2560", do_geglu, &c, &y);
+    snprintf(what, sizeof what, "geglu %lldx2560", (long long)geglu_rows);
+    check(what, do_geglu, &c, &y);
     arg_free(&a), arg_free(&y);
 
     int64_t is[4] = {2, 320, 9, 13}, vs[2] = {2, 320};
@@ -606,24 +609,27 @@ static int do_transpose(int s, void *v, sdw_error *e)
     return sdw_op_transpose(T(c->x, s), T(c->y, s), e);
 }
 
-static void check_layout(void)
+/* Concatenation of ch and 2 ch channels of hw x hw, transposes of
+ * 2 x ch x t and of an odd shape. */
+static void check_layout(int64_t ch, int64_t hw, int64_t t)
 {
     arg a, b, y;
-    int64_t as[4] = {2, 320, 16, 16}, bs[4] = {2, 640, 16, 16}, ys[4] = {2, 960, 16, 16};
+    int64_t as[4] = {2, ch, hw, hw}, bs[4] = {2, 2 * ch, hw, hw}, ys[4] = {2, 3 * ch, hw, hw};
     arg_rand(&a, 4, as, 1, 0);
     arg_rand(&b, 4, bs, 1, 0);
     arg_out(&y, 4, ys);
     ctx c = {.x = &a, .w = &b, .y = &y};
-    check("concat 2x320 + 2x640 channels", do_concat, &c, &y);
+    char what[64];
+    snprintf(what, sizeof what, "concat 2x%lld + 2x%lld channels", (long long)ch, (long long)(2 * ch));
+    check(what, do_concat, &c, &y);
     arg_free(&a), arg_free(&b), arg_free(&y);
 
-    int64_t dims[2][3] = {{2, 320, 4096}, {3, 33, 65}};
+    int64_t dims[2][3] = {{2, ch, t}, {3, 33, 65}};
     for (int i = 0; i < 2; i++) {
         int64_t ts[3] = {dims[i][0], dims[i][2], dims[i][1]};
         arg_rand(&a, 3, dims[i], 1, 0);
         arg_out(&y, 3, ts);
         c = (ctx){.x = &a, .y = &y};
-        char what[64];
         snprintf(what, sizeof what, "transpose %lldx%lldx%lld", (long long)dims[i][0], (long long)dims[i][1],
                  (long long)dims[i][2]);
         check(what, do_transpose, &c, &y);
@@ -679,6 +685,55 @@ int main(void)
     tap_ok(rc == SDW_ENOTFOUND && !bad, "device %d (one past the last) is refused: %s", count, e.msg);
     ok_so_far = 1;
 
+#ifdef SDW_CUSIM
+    /* Built against the host simulation of the kernels and the fake CUDA
+     * libraries (tests/cusim), where a block of threads takes milliseconds:
+     * the same kinds of cases (every op and storage, odd sizes, explicit
+     * padding, the cuBLAS attention past d = 160, causal) on small shapes. */
+    check_linear(37, 80, 96, 1);
+    check_linear(7, 33, 5, 0);
+    check_rewritten_weight();
+    check_linear_w(37, 80, 96, 1);
+    check_linear_w(7, 33, 5, 1);
+    check_linear_w(37, 80, 96, 0);
+    check_linear_w(7, 33, 5, 0);
+    check_layer_norm(20, 320);
+    check_layer_norm(7, 33);
+    check_attention(2, 77, 77, 2, 40, 1);
+    check_attention(1, 100, 37, 3, 33, 0);
+    check_attention(1, 64, 77, 2, 160, 0);
+    check_attention(1, 5, 130, 2, 8, 0);
+    check_attention_tc(1, 100, 37, 3, 33, 0);
+    check_attention_tc(1, 65, 65, 1, 16, 1);
+    check_attention_simt();
+    check_attention(1, 64, 64, 1, 512, 0);
+    check_attention(2, 37, 50, 3, 161, 0);
+    check_attention(1, 45, 45, 2, 200, 1);
+    check_act(SDW_ACT_SILU, "silu", 1000);
+    check_act(SDW_ACT_GELU, "gelu", 1003);
+    check_act(SDW_ACT_QUICK_GELU, "quick_gelu", 513);
+    check_elementwise(10007, 3);
+    check_embed(1);
+    check_embed(0);
+    check_conv(2, 9, 24, 40, 32, 3, 1, 1, 24, 40, 0);
+    check_conv(1, 40, 8, 8, 24, 1, 1, 0, 8, 8, 1);
+    check_conv(1, 16, 16, 16, 24, 3, 2, 1, 8, 8, 1); /* downsample */
+    check_conv(1, 16, 16, 16, 16, 3, 2, 0, 8, 8, 1); /* bottom/right pad 1 */
+    check_conv(1, 8, 31, 16, 5, 3, 2, 0, 15, 8, 1);
+    check_conv_w(1, 16, 10, 12, 24, 3, 1);
+    check_conv_w(1, 40, 9, 7, 24, 1, 1);
+    check_conv_w(1, 16, 10, 12, 24, 3, 0);
+    check_conv_w(1, 40, 9, 7, 24, 1, 0);
+    check_group_norm(2, 32, 8, 8, 8, 1);
+    check_group_norm(1, 9, 5, 7, 3, 0);
+    check_group_norm_inplace(1, 16, 16, 16, 4, 1);
+    check_group_norm_inplace(2, 6, 3, 5, 2, 0);
+    check_upsample(8, 8, 16, 16);
+    check_upsample(3, 5, 7, 11);
+    check_layout(16, 8, 64);
+    check_gaussian(1);
+    check_gaussian(0);
+#else
     check_linear(154, 320, 768, 1);
     check_linear(2048, 1280, 320, 1);
     check_linear(7, 33, 5, 0);
@@ -716,7 +771,7 @@ int main(void)
     check_act(SDW_ACT_SILU, "silu", 1 << 20);
     check_act(SDW_ACT_GELU, "gelu", 1000003);
     check_act(SDW_ACT_QUICK_GELU, "quick_gelu", 77 * 3072);
-    check_elementwise();
+    check_elementwise(1000003, 300);
     check_embed(1);
     check_embed(0);
     check_conv(2, 320, 32, 32, 320, 3, 1, 1, 32, 32, 1);
@@ -738,9 +793,10 @@ int main(void)
     check_group_norm_inplace(2, 6, 3, 5, 2, 0);
     check_upsample(16, 16, 32, 32);
     check_upsample(3, 5, 7, 11);
-    check_layout();
+    check_layout(320, 16, 4096);
     check_gaussian(1);
     check_gaussian(0);
+#endif
     tap_ok(sdw_k_act(NULL, NULL, 0, 0, 0) == cudaErrorInvalidValue, "an empty launch is refused");
     tap_ok(sdw_k_attention(NULL, NULL, NULL, NULL, 1, 1, 1, 1, 161, 1.0f, 0, 0) == cudaErrorInvalidValue,
            "attention refuses a head dimension above 160");

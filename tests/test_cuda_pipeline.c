@@ -27,11 +27,18 @@ typedef struct gen_case {
 } gen_case;
 
 static const gen_case cases[] = {
+#ifdef SDW_CUSIM
+    /* Through the host simulation of the kernels and the fake CUDA
+     * libraries (tests/cusim), where each op takes milliseconds: one small
+     * case, with the fewest UNet steps that still include replays. */
+    {"txt2img euler 32x32", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0},
+#else
     {"txt2img euler", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 6, 1.0},
     {"txt2img euler_a 96x64", "tiny-b", "euler_a", NULL, NULL, SDW_GEN_TXT2IMG, 96, 64, 5, 1.0},
     {"img2img ddim", "tiny-a", "ddim", "init-64x64.png", NULL, SDW_GEN_IMG2IMG, 64, 64, 8, 0.6},
     {"inpaint 9-channel", "tiny-inpaint", "euler_a", "init-64x64.png", "mask-64x64.png", SDW_GEN_INPAINT, 64, 64, 5,
      1.0},
+#endif
 };
 
 /* Runs case c on be; latents receives [4, h/8, w/8], t the timings. */

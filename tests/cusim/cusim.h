@@ -39,10 +39,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <math.h>
 #include <thread>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 #ifdef __linux__
 #include <climits>
@@ -243,7 +246,10 @@ inline int in_dynamic_shared(const void *p, size_t bytes)
     return c + bytes <= g_grid->shared + g_grid->shared_bytes;
 }
 
-inline void run(dim3 grid, dim3 block, size_t shared, const void *kernel, void (*body)(void *), void *ctx)
+// What a launch with this configuration returns before it runs: an error
+// the GPU reports to the launch (then nothing runs), or cudaSuccess; a
+// configuration no kernel of ours may ever use aborts.
+inline cudaError_t launch_error(dim3 grid, dim3 block, size_t shared, const void *kernel)
 {
     uint64_t nthreads = (uint64_t)block.x * block.y * block.z;
     if (nthreads > kMaxThreads || block.x > 1024 || block.y > 1024 || block.z > 64)
@@ -253,17 +259,24 @@ inline void run(dim3 grid, dim3 block, size_t shared, const void *kernel, void (
         die("launch with %zu bytes of dynamic shared memory, over the %zu an sm_90 block may have", shared,
             kMaxDynamicShared);
     if (nthreads == 0 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
-        grid.z > 65535) {
-        g_last_error = cudaErrorInvalidConfiguration;
-        return;
-    }
+        grid.z > 65535)
+        return cudaErrorInvalidConfiguration;
     if (shared > kDefaultDynamicShared) {
         auto it = g_max_shared.find(kernel);
-        if (it == g_max_shared.end() || it->second < shared) {
-            g_last_error = cudaErrorInvalidValue; // what a GPU says to a launch that did not opt in
-            return;
-        }
+        if (it == g_max_shared.end() || it->second < shared)
+            return cudaErrorInvalidValue; // what a GPU says to a launch that did not opt in
     }
+    return cudaSuccess;
+}
+
+inline void run(dim3 grid, dim3 block, size_t shared, const void *kernel, void (*body)(void *), void *ctx)
+{
+    cudaError_t rc = launch_error(grid, block, shared, kernel);
+    if (rc != cudaSuccess) {
+        g_last_error = rc;
+        return;
+    }
+    uint64_t nthreads = (uint64_t)block.x * block.y * block.z;
     if (g_grid)
         die("a launch from inside a kernel, or from two host threads at once");
 
@@ -295,9 +308,13 @@ inline void run(dim3 grid, dim3 block, size_t shared, const void *kernel, void (
             // (static __shared__ variables carry over, as they may not on
             // a GPU; only the dynamic memory is poisoned again).
             g.block_bar.wait(t, "(end of block)", 0);
-            if (t == 0 && shared)
-                memset(g_shared, 0xff, shared);
-            g.block_bar.wait(t, "(start of block)", 0);
+            // Without dynamic shared memory there is nothing to refill,
+            // and the barrier above already orders the blocks.
+            if (shared) {
+                if (t == 0)
+                    memset(g_shared, 0xff, shared);
+                g.block_bar.wait(t, "(start of block)", 0);
+            }
         }
     };
     std::vector<std::thread> threads;
@@ -309,28 +326,48 @@ inline void run(dim3 grid, dim3 block, size_t shared, const void *kernel, void (
     g_grid = nullptr;
 }
 
+// Set by a host stand-in for the CUDA runtime (tests/cusim/fake_cudart.cc)
+// when one is linked: given a launch into `stream`, it keeps the launch for
+// later and returns true while that stream is being captured into a graph,
+// and returns false (the launch runs now) otherwise.
+inline bool (*g_capture)(cudaStream_t stream, std::function<void()> launch);
+
 // The callable that SDW_LAUNCH(grid, block, shared, stream, kernel) stands
 // for: called with the kernel's arguments, it runs the whole grid before it
-// returns (a stream is as good as synchronous here).
+// returns (a stream is as good as synchronous here), unless the stream is
+// being captured: then the launch is checked and kept, with its arguments
+// by value, as a graph node would keep them.
 template <typename... P>
 struct Launch {
     void (*kernel)(P...);
     dim3 grid, block;
     size_t shared;
+    cudaStream_t stream;
 
     template <typename... A>
     void operator()(A &&...args) const
     {
+        const void *key = reinterpret_cast<const void *>(kernel);
+        if (g_capture) {
+            cudaError_t rc = launch_error(grid, block, shared, key);
+            if (rc != cudaSuccess) {
+                g_last_error = rc;
+                return;
+            }
+            std::tuple<std::decay_t<P>...> saved(std::forward<A>(args)...);
+            Launch again = *this;
+            if (g_capture(stream, [again, saved] { std::apply(again, saved); }))
+                return;
+        }
         auto call = [&] { kernel(args...); };
-        run(grid, block, shared, reinterpret_cast<const void *>(kernel),
-            [](void *c) { (*static_cast<decltype(call) *>(c))(); }, &call);
+        run(grid, block, shared, key, [](void *c) { (*static_cast<decltype(call) *>(c))(); }, &call);
     }
 };
 
 template <typename... P>
-Launch<P...> launch(dim3 grid, dim3 block, size_t shared, cudaStream_t, void (*kernel)(P...))
+Launch<P...> launch(dim3 grid, dim3 block, size_t shared, cudaStream_t stream, void (*kernel)(P...))
 {
-    return Launch<P...>{kernel, grid, block, shared};
+    return Launch<P...>{kernel, grid, block, shared, stream};
 }
 
 } // namespace sdw_cusim

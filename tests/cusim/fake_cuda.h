@@ -1,0 +1,34 @@
+// What the host stand-ins for the CUDA runtime (fake_cudart.cc), cuBLAS
+// (fake_cublas.cc) and cuDNN (fake_cudnn.cc) share: the registry of
+// "device" allocations and the streams. They let src/engine/backend_cuda.c
+// run unchanged on a machine without a GPU, with kernels/*.cu running in
+// the simulator of cusim.h, so that the backend's use of the three APIs
+// (argument orders, sizes, descriptors, graph capture) is checked where the
+// real libraries cannot run. One device, used from one host thread.
+#ifndef SDW_FAKE_CUDA_H
+#define SDW_FAKE_CUDA_H
+
+#include "cusim.h"
+
+#include <functional>
+
+namespace sdw_fake {
+
+// Whether [p, p + bytes) lies inside one live cudaMalloc allocation.
+bool device_range(const void *p, size_t bytes);
+// Whether p points into a live allocation at all.
+bool device_pointer(const void *p);
+// Whether s is 0, a special stream handle or a live stream.
+bool valid_stream(cudaStream_t s);
+// Whether s is being captured (its capture may have been invalidated).
+bool capturing(cudaStream_t s);
+// Marks the capture on s as broken by an operation a capture may not
+// contain: cudaStreamEndCapture then fails.
+void invalidate(cudaStream_t s);
+// Runs work in stream order: now (every stream is synchronous here), or,
+// while s is being captured, as a node of the graph.
+void submit(cudaStream_t s, std::function<void()> work);
+
+} // namespace sdw_fake
+
+#endif
