@@ -50,18 +50,6 @@ float load(const void *p, cudaDataType t, int64_t i)
     }
 }
 
-// TF32 keeps 10 of float's 23 mantissa bits (rounded to nearest): what
-// tensor cores read float32 operands as when TF32 math is allowed.
-float tf32(float v)
-{
-    uint32_t u;
-    memcpy(&u, &v, sizeof u);
-    if ((u & 0x7f800000u) != 0x7f800000u)
-        u = (u + 0xfffu + ((u >> 13) & 1)) & ~0x1fffu;
-    memcpy(&v, &u, sizeof v);
-    return v;
-}
-
 struct Gemm {
     cublasOperation_t ta, tb;
     int m, n, k;
@@ -110,13 +98,13 @@ struct Gemm {
                 for (int l = 0; l < k; l++) {
                     int64_t at_ = ta == CUBLAS_OP_N ? r + (int64_t)l * lda : l + (int64_t)r * lda;
                     float v = load(a, at, i * sa + at_);
-                    ra[(size_t)r * k + l] = round_tf32 ? tf32(v) : v;
+                    ra[(size_t)r * k + l] = round_tf32 ? sdw_fake::tf32(v) : v;
                 }
             for (int col = 0; col < n; col++)
                 for (int l = 0; l < k; l++) {
                     int64_t bt_ = tb == CUBLAS_OP_N ? l + (int64_t)col * ldb : col + (int64_t)l * ldb;
                     float v = load(b, bt, i * sb + bt_);
-                    cb[(size_t)col * k + l] = round_tf32 ? tf32(v) : v;
+                    cb[(size_t)col * k + l] = round_tf32 ? sdw_fake::tf32(v) : v;
                 }
             float *ci = static_cast<float *>(c) + i * sc;
             for (int col = 0; col < n; col++)

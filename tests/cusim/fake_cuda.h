@@ -10,6 +10,8 @@
 
 #include "cusim.h"
 
+#include <cstdint>
+#include <cstring>
 #include <functional>
 
 namespace sdw_fake {
@@ -28,6 +30,19 @@ void invalidate(cudaStream_t s);
 // Runs work in stream order: now (every stream is synchronous here), or,
 // while s is being captured, as a node of the graph.
 void submit(cudaStream_t s, std::function<void()> work);
+
+// TF32 keeps 10 of float's 23 mantissa bits (rounded to nearest): what
+// tensor cores read float32 operands as when TF32 math is allowed, in
+// cuBLAS and cuDNN alike.
+inline float tf32(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    if ((u & 0x7f800000u) != 0x7f800000u)
+        u = (u + 0xfffu + ((u >> 13) & 1)) & ~0x1fffu;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
 
 } // namespace sdw_fake
 

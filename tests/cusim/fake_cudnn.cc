@@ -97,16 +97,6 @@ void store(void *p, cudnnDataType_t t, size_t i, float v)
     }
 }
 
-float tf32(float v)
-{
-    uint32_t u;
-    memcpy(&u, &v, sizeof u);
-    if ((u & 0x7f800000u) != 0x7f800000u)
-        u = (u + 0xfffu + ((u >> 13) & 1)) & ~0x1fffu;
-    memcpy(&v, &u, sizeof v);
-    return v;
-}
-
 // The documented 4-d sizes of the layout types the backend uses; the
 // real library has more (NHWC, vectorised types), not simulated here.
 cudnnStatus_t check_4d(cudnnTensorFormat_t format, cudnnDataType_t type, int n, int c, int h, int w)
@@ -218,9 +208,9 @@ struct Conv {
         bool round = x.type == CUDNN_DATA_FLOAT && cd.math != CUDNN_FMA_MATH;
         std::vector<float> xf((size_t)x.n * x.c * x.h * x.w), wf((size_t)w.k * w.c * w.h * w.w);
         for (size_t i = 0; i < xf.size(); i++)
-            xf[i] = round ? tf32(load(xp, x.type, i)) : load(xp, x.type, i);
+            xf[i] = round ? sdw_fake::tf32(load(xp, x.type, i)) : load(xp, x.type, i);
         for (size_t i = 0; i < wf.size(); i++)
-            wf[i] = round ? tf32(load(wp, w.type, i)) : load(wp, w.type, i);
+            wf[i] = round ? sdw_fake::tf32(load(wp, w.type, i)) : load(wp, w.type, i);
         bool flip = cd.mode == CUDNN_CONVOLUTION;
         for (int n = 0; n < y.n; n++)
             for (int k = 0; k < y.c; k++)
