@@ -676,10 +676,12 @@ int main(void)
         tap_ok(0, "cpu backend: %s", e.msg);
         return tap_done();
     }
-    for (int p = 0; p < NPREC; p++)
-        if (!tap_ok(sdw_backend_cuda(&gpu[p], 0, (sdw_precision)p, &e) == 0, "cuda backend %s starts%s%s",
-                    prec_name[p], gpu[p] ? "" : ": ", gpu[p] ? "" : e.msg))
+    for (int p = 0; p < NPREC; p++) {
+        /* The call first: the message's arguments must see its result. */
+        int brc = sdw_backend_cuda(&gpu[p], 0, (sdw_precision)p, &e);
+        if (!tap_ok(brc == 0, "cuda backend %s starts%s%s", prec_name[p], brc ? ": " : "", brc ? e.msg : ""))
             return tap_done();
+    }
     sdw_backend *bad = NULL;
     int rc = sdw_backend_cuda(&bad, count, SDW_PREC_FP32, &e);
     tap_ok(rc == SDW_ENOTFOUND && !bad, "device %d (one past the last) is refused: %s", count, e.msg);

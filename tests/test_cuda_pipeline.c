@@ -102,11 +102,14 @@ int main(void)
     }
     sdw_error e;
     sdw_backend *cpu = NULL, *f32 = NULL, *f16 = NULL, *plain = NULL;
-    if (!tap_ok(sdw_backend_cpu(&cpu, &e) == 0, "cpu backend") ||
-        !tap_ok(sdw_backend_cuda(&f32, 0, SDW_PREC_FP32, &e) == 0, "cuda fp32 backend%s%s", f32 ? "" : ": ",
-                f32 ? "" : e.msg) ||
-        !tap_ok(sdw_backend_cuda(&f16, 0, SDW_PREC_FP16, &e) == 0, "cuda fp16 backend%s%s", f16 ? "" : ": ",
-                f16 ? "" : e.msg))
+    if (!tap_ok(sdw_backend_cpu(&cpu, &e) == 0, "cpu backend"))
+        return tap_done();
+    /* The call first: the message's arguments must see its result. */
+    int brc = sdw_backend_cuda(&f32, 0, SDW_PREC_FP32, &e);
+    if (!tap_ok(brc == 0, "cuda fp32 backend%s%s", brc ? ": " : "", brc ? e.msg : ""))
+        return tap_done();
+    brc = sdw_backend_cuda(&f16, 0, SDW_PREC_FP16, &e);
+    if (!tap_ok(brc == 0, "cuda fp16 backend%s%s", brc ? ": " : "", brc ? e.msg : ""))
         return tap_done();
     setenv("SDW_CUDA_GRAPHS", "0", 1);
     int prc = sdw_backend_cuda(&plain, 0, SDW_PREC_FP32, &e);
