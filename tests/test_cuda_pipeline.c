@@ -86,14 +86,6 @@ static int run(sdw_backend *be, const gen_case *c, float *latents, sdw_gen_timin
 
 int main(void)
 {
-#ifdef SDW_CUSIM
-    /* Minutes through the simulator: only when asked for. */
-    const char *slow = getenv("SDW_SLOW_TESTS");
-    if (!slow || strcmp(slow, "1")) {
-        tap_skip("the pipeline through the simulated GPU takes minutes: set SDW_SLOW_TESTS=1");
-        return tap_done();
-    }
-#endif
     int count = 0;
     cudaError_t crc = cudaGetDeviceCount(&count);
     if (crc != cudaSuccess || count == 0) {

@@ -1,6 +1,6 @@
 /* Every kernel in kernels/, run on the host by the simulator in
  * tests/cusim (the real kernel source, built as C++ with -DSDW_CUSIM, one
- * host thread per CUDA thread), against its CPU twin, on fresh random
+ * fiber per CUDA thread), against its CPU twin, on fresh random
  * inputs, with host memory standing in for device memory. The error measure
  * is tests/fixture.h's: max |got - want| / max |want|, NaN counting as
  * infinitely wrong; float32 kernels within 1e-5, fp16 and bf16 within 1e-2,

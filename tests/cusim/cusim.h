@@ -1,11 +1,21 @@
 // A host stand-in for the CUDA device code of kernels/*.cu, so that their
 // real source runs on a machine without a GPU: compiled as C++ with
 // -DSDW_CUSIM (kernels/launch.cuh then includes this header), a launch runs
-// its blocks one after another, each with one std::thread per CUDA thread.
-// That is slow but literal: every thread has its own registers and its own
-// path through the code, so indexing, barriers, shuffles and block
-// reductions are exercised as written, and TSan sees the accesses that the
-// barriers are meant to order.
+// its blocks one after another. Every CUDA thread has its own registers and
+// its own path through the code, so indexing, barriers, shuffles and block
+// reductions are exercised as written.
+//
+// By default a block's threads are fibers (ucontext) on the launching host
+// thread: each runs until it reaches a barrier or a shuffle, and the
+// barrier releases once the whole block or warp is there. Thread creation
+// and futex wake-ups made the literal version slow. A write and a read with
+// no barrier between them only go wrong when the reader runs first, so the
+// order in which fibers resume flips at every barrier generation and from
+// one block to the next: each pair of threads meets in both orders.
+// Fibers on one OS thread hide data races from ThreadSanitizer, so
+// SDW_CUSIM_THREADS=1 in the environment (and any -fsanitize=thread build)
+// runs one std::thread per CUDA thread instead, with futex barriers, which
+// TSan sees as the GPU orders them.
 //
 // What it does not model: timing and occupancy, the memory model beyond the
 // barriers (a store is visible to whoever synchronises with it, no sooner
@@ -33,6 +43,7 @@
 #include <vector_types.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cmath>
 #include <cstdarg>
 #include <cstdint>
@@ -47,6 +58,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+#include <sys/mman.h>
+#include <ucontext.h>
 #ifdef __linux__
 #include <climits>
 #include <ctime>
@@ -88,6 +101,46 @@ inline void die(const char *fmt, ...)
     abort();
 }
 
+#if defined(__SANITIZE_THREAD__)
+#define SDW_CUSIM_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SDW_CUSIM_TSAN 1
+#endif
+#endif
+
+// Whether CUDA threads are std::threads rather than fibers (see the top).
+inline bool use_threads()
+{
+#ifdef SDW_CUSIM_TSAN
+    return true;
+#else
+    static const bool threads = [] {
+        const char *e = getenv("SDW_CUSIM_THREADS");
+        return e && !strcmp(e, "1");
+    }();
+    return threads;
+#endif
+}
+
+// Where a thread waits: a barrier's call site.
+struct Site {
+    const char *file = nullptr;
+    int line = 0;
+};
+
+inline bool same_site(const Site &a, const Site &b)
+{
+    return a.line == b.line && !strcmp(a.file, b.file);
+}
+
+[[noreturn]] inline void die_sites(unsigned a, const Site &sa, unsigned b, const Site &sb)
+{
+    die("threads of one block or warp wait at different barriers: thread %u at %s:%d, thread %u at "
+        "%s:%d (a barrier in divergent code, or a thread that left the kernel early)",
+        a, sa.file, sa.line, b, sb.file, sb.line);
+}
+
 // A reusable barrier for n threads. The threads far outnumber the cores, so
 // waiters sleep on a futex instead of spinning. Ordering comes from the
 // acquire/release atomics alone, which is also what ThreadSanitizer follows:
@@ -117,18 +170,11 @@ public:
     }
 
 private:
-    struct Site {
-        const char *file = nullptr;
-        int line = 0;
-    };
-
     void check_sites() const
     {
         for (unsigned i = 1; i < n_; i++)
-            if (sites_[i].line != sites_[0].line || strcmp(sites_[i].file, sites_[0].file))
-                die("threads of one block or warp wait at different barriers: thread %u at %s:%d, thread %u at "
-                    "%s:%d (a barrier in divergent code, or a thread that left the kernel early)",
-                    0u, sites_[0].file, sites_[0].line, i, sites_[i].file, sites_[i].line);
+            if (!same_site(sites_[i], sites_[0]))
+                die_sites(0, sites_[0], i, sites_[i]);
     }
 
     void sleep_while(unsigned gen)
@@ -179,6 +225,7 @@ struct Grid {
     std::vector<Warp> warps;
     unsigned char *shared = nullptr; // dynamic shared memory of the running block
     size_t shared_bytes = 0;
+    bool fibers = false; // or one std::thread per CUDA thread
 };
 
 inline Grid *g_grid;
@@ -196,9 +243,118 @@ struct Self {
 };
 inline thread_local Self self;
 
+// One CUDA thread as a fiber. What a CUDA thread keeps in thread_local
+// variables (self, threadIdx) lives here while the fiber is switched out:
+// all fibers share the launching host thread's copies.
+struct Fiber {
+    enum State : unsigned char { runnable, at_block, at_warp, done };
+    ucontext_t ctx;
+    Self self;
+    uint3 tid;
+    State state = runnable;
+    Site site;
+};
+
+// A stack per possible thread of a block, mapped once (without reserving
+// swap) and kept across blocks and launches: pages no fiber touched cost
+// nothing, and those it did are reused. Kernels keep arrays in registers
+// (attention_tc's wmma fragments are 1 KiB each here), so the stacks are
+// generous; a guard page below each turns an overflow into a fault instead
+// of a silent write into the neighbour's stack.
+constexpr size_t kFiberStack = 256 * 1024;
+constexpr size_t kFiberGuard = 4096;
+
+struct Fibers {
+    Fiber *fib = nullptr; // kMaxThreads of them
+    unsigned char *stacks = nullptr;
+    ucontext_t sched; // the launching thread, between fibers
+    Fiber *cur = nullptr;
+    unsigned n = 0, pos = 0; // the block's threads; the next place in this pass's order
+    bool down = false;       // this pass's order
+    void (*body)(void *) = nullptr;
+    void *ctx = nullptr;
+    uint64_t blocks = 0; // blocks run so far, over all launches
+};
+
+inline Fibers &fibers()
+{
+    static Fibers *f = [] {
+        Fibers *f = new Fibers();
+        f->fib = new Fiber[kMaxThreads];
+        const size_t per = kFiberGuard + kFiberStack;
+#ifdef MAP_NORESERVE
+        const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+#else
+        const int flags = MAP_PRIVATE | MAP_ANONYMOUS;
+#endif
+        void *m = mmap(nullptr, per * kMaxThreads, PROT_READ | PROT_WRITE, flags, -1, 0);
+        if (m == MAP_FAILED)
+            die("cannot map %zu MiB of fiber stacks: %s", per * kMaxThreads >> 20, strerror(errno));
+        f->stacks = static_cast<unsigned char *>(m);
+        for (unsigned t = 0; t < kMaxThreads; t++) {
+            if (mprotect(f->stacks + t * per, kFiberGuard, PROT_NONE))
+                die("mprotect of a fiber stack guard: %s", strerror(errno));
+            if (getcontext(&f->fib[t].ctx))
+                die("getcontext: %s", strerror(errno));
+        }
+        return f;
+    }();
+    return *f;
+}
+
+// Switches from `from` (a fiber that stops, or the scheduler) to the next
+// runnable fiber of the pass, or back to the scheduler at its end. A fiber
+// hands over to the next one directly, as swapcontext costs a system call.
+inline void fiber_next(Fibers &f, ucontext_t *from)
+{
+    while (f.pos < f.n) {
+        unsigned i = f.pos++;
+        Fiber &fb = f.fib[f.down ? f.n - 1 - i : i];
+        if (fb.state != Fiber::runnable)
+            continue;
+        f.cur = &fb;
+        self = fb.self;
+        threadIdx = fb.tid;
+        swapcontext(from, &fb.ctx);
+        return;
+    }
+    if (from != &f.sched)
+        swapcontext(from, &f.sched);
+}
+
+// Stops this fiber until the barrier at file:line releases.
+inline void fiber_stop(Fiber::State at, const char *file, int line)
+{
+    Fibers &f = fibers();
+    Fiber *me = f.cur;
+    me->state = at;
+    me->site = Site{file, line};
+    me->self = self;
+    fiber_next(f, &me->ctx);
+}
+
+inline void fiber_entry()
+{
+    Fibers &f = fibers();
+    f.body(f.ctx);
+    fiber_stop(Fiber::done, "(end of block)", 0);
+    die("a fiber was resumed after its block ended");
+}
+
 inline void syncthreads(const char *file, int line)
 {
-    g_grid->block_bar.wait(self.linear, file, line);
+    if (g_grid->fibers)
+        fiber_stop(Fiber::at_block, file, line);
+    else
+        g_grid->block_bar.wait(self.linear, file, line);
+}
+
+inline void warp_wait(Warp &w, const char *file, int line)
+{
+    if (g_grid->fibers)
+        fiber_stop(Fiber::at_warp, file, line);
+    else
+        w.bar.wait(self.lane, file, line);
 }
 
 inline void syncwarp(unsigned mask, const char *file, int line)
@@ -207,7 +363,7 @@ inline void syncwarp(unsigned mask, const char *file, int line)
     unsigned full = w.lanes == 32 ? 0xffffffffu : (1u << w.lanes) - 1;
     if (mask != full)
         die("%s:%d: __syncwarp(0x%08x) over part of a warp is not simulated", file, line, mask);
-    w.bar.wait(self.lane, file, line);
+    warp_wait(w, file, line);
 }
 
 // Lane `lane` receives the v of lane src(lane); a source outside the warp
@@ -224,7 +380,7 @@ T shuffle(unsigned mask, T v, int width, Src src, const char *file, int line)
     unsigned p = self.parity;
     self.parity ^= 1;
     memcpy(w.words[p][self.lane], &v, sizeof v);
-    w.bar.wait(self.lane, file, line);
+    warp_wait(w, file, line);
     int from = src((int)self.lane);
     if (from >= 0 && from < (int)w.lanes)
         memcpy(&v, w.words[p][from], sizeof v);
@@ -269,31 +425,9 @@ inline cudaError_t launch_error(dim3 grid, dim3 block, size_t shared, const void
     return cudaSuccess;
 }
 
-inline void run(dim3 grid, dim3 block, size_t shared, const void *kernel, void (*body)(void *), void *ctx)
+inline void run_threads(Grid &g, dim3 grid, dim3 block, unsigned nthreads, size_t shared, void (*body)(void *),
+                        void *ctx)
 {
-    cudaError_t rc = launch_error(grid, block, shared, kernel);
-    if (rc != cudaSuccess) {
-        g_last_error = rc;
-        return;
-    }
-    uint64_t nthreads = (uint64_t)block.x * block.y * block.z;
-    if (g_grid)
-        die("a launch from inside a kernel, or from two host threads at once");
-
-    Grid g;
-    g.block_bar.reset((unsigned)nthreads);
-    g.warps = std::vector<Warp>((nthreads + 31) / 32);
-    for (size_t w = 0; w < g.warps.size(); w++) {
-        g.warps[w].lanes = (unsigned)(nthreads - 32 * w < 32 ? nthreads - 32 * w : 32);
-        g.warps[w].bar.reset(g.warps[w].lanes);
-    }
-    g.shared = g_shared;
-    g.shared_bytes = shared;
-    memset(g_shared, 0xff, shared);
-    g_grid = &g;
-    blockDim = block;
-    gridDim = grid;
-
     const uint64_t nblocks = (uint64_t)grid.x * grid.y * grid.z;
     auto thread_main = [&](unsigned t) {
         self.linear = t;
@@ -323,6 +457,135 @@ inline void run(dim3 grid, dim3 block, size_t shared, const void *kernel, void (
         threads.emplace_back(thread_main, t);
     for (auto &th : threads)
         th.join();
+}
+
+[[noreturn]] inline void die_deadlock(const Fibers &f, unsigned n)
+{
+    for (unsigned t = 0; t < n; t++) {
+        const Fiber &a = f.fib[t];
+        if (a.state != Fiber::at_warp)
+            continue;
+        unsigned w0 = t / 32 * 32, w1 = w0 + 32 < n ? w0 + 32 : n;
+        for (unsigned u = w0; u < w1; u++) {
+            const Fiber &b = f.fib[u];
+            if (b.state == Fiber::at_block)
+                die("deadlock: thread %u waits for its warp at %s:%d, thread %u at __syncthreads at %s:%d", t,
+                    a.site.file, a.site.line, u, b.site.file, b.site.line);
+            if (b.state == Fiber::done)
+                die("deadlock: thread %u waits for its warp at %s:%d, thread %u of that warp has left the kernel", t,
+                    a.site.file, a.site.line, u);
+        }
+    }
+    die("deadlock: no thread of the block can go on");
+}
+
+// Releases whatever barrier every thread it waits for has reached, once
+// no fiber can run; returns false when the block is over.
+inline bool fiber_release(Fibers &f, unsigned n)
+{
+    bool released = false;
+    for (unsigned w0 = 0; w0 < n; w0 += 32) {
+        unsigned w1 = w0 + 32 < n ? w0 + 32 : n, u;
+        for (u = w0; u < w1 && f.fib[u].state == Fiber::at_warp; u++)
+            ;
+        if (u < w1)
+            continue;
+        for (u = w0 + 1; u < w1; u++)
+            if (!same_site(f.fib[u].site, f.fib[w0].site))
+                die_sites(w0, f.fib[w0].site, u, f.fib[u].site);
+        for (u = w0; u < w1; u++)
+            f.fib[u].state = Fiber::runnable;
+        released = true;
+    }
+    if (released)
+        return true;
+    // Leaving the kernel counts as arriving at the end of the block, so a
+    // __syncthreads that some threads skipped gets the same message as
+    // with threads.
+    bool all_done = true;
+    for (unsigned t = 0; t < n; t++) {
+        if (f.fib[t].state == Fiber::at_warp)
+            die_deadlock(f, n);
+        all_done &= f.fib[t].state == Fiber::done;
+    }
+    if (all_done)
+        return false;
+    for (unsigned t = 1; t < n; t++)
+        if (!same_site(f.fib[t].site, f.fib[0].site))
+            die_sites(0, f.fib[0].site, t, f.fib[t].site);
+    for (unsigned t = 0; t < n; t++)
+        f.fib[t].state = Fiber::runnable;
+    return true;
+}
+
+inline void run_fibers(Grid &g, dim3 grid, dim3 block, unsigned n, size_t shared, void (*body)(void *), void *ctx)
+{
+    Fibers &f = fibers();
+    f.body = body;
+    f.ctx = ctx;
+    const uint64_t nblocks = (uint64_t)grid.x * grid.y * grid.z;
+    for (uint64_t b = 0; b < nblocks; b++) {
+        blockIdx = uint3{(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y)};
+        // Static __shared__ variables carry over, as they may not on a GPU;
+        // only the dynamic memory is poisoned again.
+        if (b && shared)
+            memset(g_shared, 0xff, shared);
+        for (unsigned t = 0; t < n; t++) {
+            Fiber &fb = f.fib[t];
+            fb.state = Fiber::runnable;
+            fb.self = Self{t, t % 32, 0, &g.warps[t / 32]};
+            fb.tid = uint3{t % block.x, t / block.x % block.y, t / (block.x * block.y)};
+            fb.ctx.uc_stack.ss_sp = f.stacks + t * (kFiberGuard + kFiberStack) + kFiberGuard;
+            fb.ctx.uc_stack.ss_size = kFiberStack;
+            fb.ctx.uc_link = nullptr;
+            makecontext(&fb.ctx, fiber_entry, 0);
+        }
+        // Every runnable fiber runs up to its next barrier, in one order
+        // and then the other: the order flips with each barrier generation
+        // (all of a generation resume in the same pass) and, through the
+        // block count, between blocks, so that code between two barriers
+        // runs in both orders whatever the parity of its position.
+        f.n = n;
+        for (uint64_t pass = f.blocks++;; pass++) {
+            f.down = pass & 1;
+            f.pos = 0;
+            fiber_next(f, &f.sched);
+            if (!fiber_release(f, n))
+                break;
+        }
+    }
+    f.cur = nullptr;
+}
+
+inline void run(dim3 grid, dim3 block, size_t shared, const void *kernel, void (*body)(void *), void *ctx)
+{
+    cudaError_t rc = launch_error(grid, block, shared, kernel);
+    if (rc != cudaSuccess) {
+        g_last_error = rc;
+        return;
+    }
+    unsigned nthreads = block.x * block.y * block.z;
+    if (g_grid)
+        die("a launch from inside a kernel, or from two host threads at once");
+
+    Grid g;
+    g.block_bar.reset(nthreads);
+    g.warps = std::vector<Warp>((nthreads + 31) / 32);
+    for (size_t w = 0; w < g.warps.size(); w++) {
+        g.warps[w].lanes = (unsigned)(nthreads - 32 * w < 32 ? nthreads - 32 * w : 32);
+        g.warps[w].bar.reset(g.warps[w].lanes);
+    }
+    g.shared = g_shared;
+    g.shared_bytes = shared;
+    g.fibers = !use_threads();
+    memset(g_shared, 0xff, shared);
+    g_grid = &g;
+    blockDim = block;
+    gridDim = grid;
+    if (g.fibers)
+        run_fibers(g, grid, block, nthreads, shared, body, ctx);
+    else
+        run_threads(g, grid, block, nthreads, shared, body, ctx);
     g_grid = nullptr;
 }
 
