@@ -216,6 +216,8 @@ private:
 struct Warp {
     Barrier bar;
     unsigned lanes = 0;
+    unsigned arrived = 0; // with fibers: lanes at the warp's barrier
+    bool down = false;    // with fibers: the order its lanes last ran in
     alignas(64) unsigned char words[2][32][8];
 };
 
@@ -271,6 +273,9 @@ struct Fibers {
     Fiber *cur = nullptr;
     unsigned n = 0, pos = 0; // the block's threads; the next place in this pass's order
     bool down = false;       // this pass's order
+    // A warp whose barrier released runs on before the pass goes on.
+    unsigned warp0 = 0, warp_n = 0, warp_pos = 0;
+    bool warp_down = false;
     void (*body)(void *) = nullptr;
     void *ctx = nullptr;
     uint64_t blocks = 0; // blocks run so far, over all launches
@@ -307,9 +312,19 @@ inline Fibers &fibers()
 // hands over to the next one directly, as swapcontext costs a system call.
 inline void fiber_next(Fibers &f, ucontext_t *from)
 {
-    while (f.pos < f.n) {
-        unsigned i = f.pos++;
-        Fiber &fb = f.fib[f.down ? f.n - 1 - i : i];
+    for (;;) {
+        unsigned i;
+        Fiber *next;
+        if (f.warp_pos < f.warp_n) {
+            i = f.warp_pos++;
+            next = &f.fib[f.warp0 + (f.warp_down ? f.warp_n - 1 - i : i)];
+        } else if (f.pos < f.n) {
+            i = f.pos++;
+            next = &f.fib[f.down ? f.n - 1 - i : i];
+        } else {
+            break;
+        }
+        Fiber &fb = *next;
         if (fb.state != Fiber::runnable)
             continue;
         f.cur = &fb;
@@ -330,6 +345,25 @@ inline void fiber_stop(Fiber::State at, const char *file, int line)
     me->state = at;
     me->site = Site{file, line};
     me->self = self;
+    Warp &w = *self.warp;
+    if (at == Fiber::at_warp && ++w.arrived == w.lanes) {
+        // The last lane in: the warp goes on at once, in the other order,
+        // up to its next __syncthreads. Warps thus run ahead of one
+        // another, as they may on a GPU, and code that only a warp-level
+        // barrier separates from another warp's meets it in both orders.
+        w.arrived = 0;
+        unsigned w0 = self.linear / 32 * 32;
+        for (unsigned u = w0 + 1; u < w0 + w.lanes; u++)
+            if (!same_site(f.fib[u].site, f.fib[w0].site))
+                die_sites(w0, f.fib[w0].site, u, f.fib[u].site);
+        for (unsigned u = w0; u < w0 + w.lanes; u++)
+            f.fib[u].state = Fiber::runnable;
+        w.down = !w.down;
+        f.warp0 = w0;
+        f.warp_n = w.lanes;
+        f.warp_pos = 0;
+        f.warp_down = w.down;
+    }
     fiber_next(f, &me->ctx);
 }
 
@@ -479,26 +513,10 @@ inline void run_threads(Grid &g, dim3 grid, dim3 block, unsigned nthreads, size_
     die("deadlock: no thread of the block can go on");
 }
 
-// Releases whatever barrier every thread it waits for has reached, once
-// no fiber can run; returns false when the block is over.
+// Releases the block's barrier once no fiber can run (warps release their
+// own as their last lane arrives); returns false when the block is over.
 inline bool fiber_release(Fibers &f, unsigned n)
 {
-    bool released = false;
-    for (unsigned w0 = 0; w0 < n; w0 += 32) {
-        unsigned w1 = w0 + 32 < n ? w0 + 32 : n, u;
-        for (u = w0; u < w1 && f.fib[u].state == Fiber::at_warp; u++)
-            ;
-        if (u < w1)
-            continue;
-        for (u = w0 + 1; u < w1; u++)
-            if (!same_site(f.fib[u].site, f.fib[w0].site))
-                die_sites(w0, f.fib[w0].site, u, f.fib[u].site);
-        for (u = w0; u < w1; u++)
-            f.fib[u].state = Fiber::runnable;
-        released = true;
-    }
-    if (released)
-        return true;
     // Leaving the kernel counts as arriving at the end of the block, so a
     // __syncthreads that some threads skipped gets the same message as
     // with threads.
@@ -540,15 +558,19 @@ inline void run_fibers(Grid &g, dim3 grid, dim3 block, unsigned n, size_t shared
             fb.ctx.uc_link = nullptr;
             makecontext(&fb.ctx, fiber_entry, 0);
         }
-        // Every runnable fiber runs up to its next barrier, in one order
-        // and then the other: the order flips with each barrier generation
-        // (all of a generation resume in the same pass) and, through the
-        // block count, between blocks, so that code between two barriers
-        // runs in both orders whatever the parity of its position.
+        // Every runnable fiber runs up to its next __syncthreads (through
+        // its warp's barriers, see fiber_stop), in one order and then the
+        // other: the order flips with each generation (all of one resume
+        // in the same pass) and, through the block count, between blocks,
+        // so that code between two barriers runs in both orders whatever
+        // the parity of its position.
         f.n = n;
         for (uint64_t pass = f.blocks++;; pass++) {
             f.down = pass & 1;
             f.pos = 0;
+            f.warp_n = f.warp_pos = 0;
+            for (Warp &w : g.warps)
+                w.down = f.down;
             fiber_next(f, &f.sched);
             if (!fiber_release(f, n))
                 break;
