@@ -44,15 +44,19 @@ static void log_msg(const engine *g, sdw_log_level level, const char *fmt, ...)
     va_end(ap);
 }
 
-/* One discarded generation of side x side pixels, 2 steps (the second is
- * the one recorded as a CUDA graph): what a first request would otherwise
- * pay for, and a device too small for that size fails here, before ready. */
+/* One discarded generation of side x side pixels, 3 euler steps (the
+ * second is recorded as a CUDA graph, the third replays it): what a first
+ * request would otherwise pay for, and a device too small for that size
+ * fails here, before ready. Euler, not the model's own scheduler, so that a
+ * model whose scheduler is unsupported still starts (its requests name a
+ * sampler). */
 static int warm_up(engine *g, const sdw_config_model *m, sdw_pipeline *p, int side, sdw_error *e)
 {
     sdw_gen_params gp;
     sdw_gen_params_init(&gp, SDW_GEN_TXT2IMG);
     gp.prompt = "";
-    gp.steps = 2;
+    gp.steps = 3;
+    gp.sampler = "euler";
     gp.width = gp.height = side / sdw_pipeline_scale(p) * sdw_pipeline_scale(p);
     gp.seed = 0;
     if (sdw_pipeline_unet_channels(p) != 4)
