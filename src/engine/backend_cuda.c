@@ -282,37 +282,6 @@ static int upload_lp(cuda_be *c, const uint16_t *src, size_t n, float **p, int *
  * and bf16 keep no float32 copy on the device, so the model takes half the
  * memory, and no shadow is ever made for them. The conversions round to
  * nearest even, as sdw_k_pack does for shadows and activations. */
-static int cuda_weight_f16(sdw_backend *be, const uint16_t *src, size_t n, float **p, int *lowp, sdw_error *e)
-{
-    cuda_be *c = priv(be);
-    if (c->dtype == SDW_K_F16)
-        return upload_lp(c, src, n, p, lowp, e);
-    int rc = SDW_OK;
-    if (c->dtype == SDW_K_BF16) {
-        uint16_t *host = malloc(n ? n * sizeof *host : 1);
-        if (!host)
-            return sdw_fail(e, SDW_ENOMEM, "out of memory converting a weight");
-        for (size_t i = 0; i < n; i++)
-            host[i] = sdw_f32_to_bf16(sdw_f16_to_f32(src[i]));
-        rc = upload_lp(c, host, n, p, lowp, e);
-        free(host);
-        return rc;
-    }
-    float *host = malloc(n ? n * sizeof *host : 1);
-    if (!host)
-        return sdw_fail(e, SDW_ENOMEM, "out of memory converting a weight");
-    for (size_t i = 0; i < n; i++)
-        host[i] = sdw_f16_to_f32(src[i]);
-    *lowp = 0;
-    rc = cuda_alloc(be, n, p, e);
-    if (!rc && (rc = cuda_upload(be, *p, host, n, e))) {
-        cuda_free(be, *p);
-        *p = NULL;
-    }
-    free(host);
-    return rc;
-}
-
 static int cuda_weight_f32(sdw_backend *be, const float *src, size_t n, float **p, int *lowp, sdw_error *e)
 {
     cuda_be *c = priv(be);
@@ -333,6 +302,23 @@ static int cuda_weight_f32(sdw_backend *be, const float *src, size_t n, float **
     for (size_t i = 0; i < n; i++)
         host[i] = c->dtype == SDW_K_F16 ? sdw_f32_to_f16(src[i]) : sdw_f32_to_bf16(src[i]);
     rc = upload_lp(c, host, n, p, lowp, e);
+    free(host);
+    return rc;
+}
+
+/* Halves go up as they are in fp16; in fp32 and bf16 they take the float
+ * path (every half is exact as a float). */
+static int cuda_weight_f16(sdw_backend *be, const uint16_t *src, size_t n, float **p, int *lowp, sdw_error *e)
+{
+    cuda_be *c = priv(be);
+    if (c->dtype == SDW_K_F16)
+        return upload_lp(c, src, n, p, lowp, e);
+    float *host = malloc(n ? n * sizeof *host : 1);
+    if (!host)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory converting a weight");
+    for (size_t i = 0; i < n; i++)
+        host[i] = sdw_f16_to_f32(src[i]);
+    int rc = cuda_weight_f32(be, host, n, p, lowp, e);
     free(host);
     return rc;
 }

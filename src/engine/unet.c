@@ -8,6 +8,13 @@
 
 #include "nn.h"
 
+/* What a recorded step was made for: its buffers and shapes. All zero when
+ * no direct call has run with any. */
+typedef struct step_key {
+    const void *x, *ctx, *eps;
+    int64_t xs[4], tokens;
+} step_key;
+
 typedef struct down_block {
     sdw_resnet *res;
     sdw_transformer *attn; /* NULL for DownBlock2D */
@@ -35,12 +42,10 @@ struct sdw_unet {
     /* The step as a replayable graph, where the backend has graphs: the
      * first call with given buffers runs directly (and settles convolution
      * algorithms and memory), the second records the step, later ones
-     * replay it. key says which buffers and shapes the graph was made for. */
+     * replay it. */
     sdw_tensor tfeat; /* timestep features [b, block_out[0]]: the graph's host-side input */
     sdw_graph *graph;
-    const void *key[3];
-    int64_t key_shape[5];
-    int warm;        /* one direct call has run with key */
+    step_key key;    /* of the last successful direct call, or of the graph */
     int graph_off;   /* recording failed or is unsupported: direct calls until sdw_unet_release */
     char graph_why[sizeof(sdw_error){0}.msg];
     long replays;
@@ -402,7 +407,7 @@ void sdw_unet_release(sdw_unet *u)
     sdw_graph_free(u->graph);
     u->graph = NULL;
     sdw_tensor_free(&u->tfeat);
-    u->warm = 0;
+    u->key = (step_key){0};
     u->graph_off = 0;
     u->graph_why[0] = 0;
 }
@@ -679,11 +684,16 @@ static int forward_body(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx,
     return rc;
 }
 
-static int graph_key_matches(const sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx, const sdw_tensor *eps)
+static step_key key_of(const sdw_tensor *x, const sdw_tensor *ctx, const sdw_tensor *eps)
 {
-    return u->key[0] == x->data && u->key[1] == ctx->data && u->key[2] == eps->data &&
-           u->key_shape[0] == x->shape[0] && u->key_shape[1] == x->shape[1] && u->key_shape[2] == x->shape[2] &&
-           u->key_shape[3] == x->shape[3] && u->key_shape[4] == ctx->shape[1];
+    return (step_key){x->data, ctx->data, eps->data, {x->shape[0], x->shape[1], x->shape[2], x->shape[3]},
+                      ctx->shape[1]};
+}
+
+static int same_key(const step_key *a, const step_key *b)
+{
+    return a->x == b->x && a->ctx == b->ctx && a->eps == b->eps && !memcmp(a->xs, b->xs, sizeof a->xs) &&
+           a->tokens == b->tokens;
 }
 
 /* Records the step and runs it once. A recording that fails leaves the
@@ -721,23 +731,20 @@ int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, c
     int rc = upload_time_features(u, timesteps, (int)x->shape[0], e);
     if (rc)
         return rc;
-    if (u->graph && !graph_key_matches(u, x, ctx, eps)) {
+    step_key k = key_of(x, ctx, eps);
+    int same = same_key(&u->key, &k);
+    if (u->graph && !same) {
         sdw_graph_free(u->graph);
         u->graph = NULL;
-        u->warm = 0;
     }
     if (u->graph) {
         if (!(rc = sdw_graph_launch(u->graph, e)))
             u->replays++;
-    } else if (!u->graph_off && u->be->ops->graph_begin && u->warm && graph_key_matches(u, x, ctx, eps)) {
+    } else if (!u->graph_off && u->be->ops->graph_begin && same) {
         rc = record(u, x, ctx, eps, e);
     } else {
         rc = forward_body(u, x, ctx, eps, e);
-        u->key[0] = x->data, u->key[1] = ctx->data, u->key[2] = eps->data;
-        for (int i = 0; i < 4; i++)
-            u->key_shape[i] = x->shape[i];
-        u->key_shape[4] = ctx->shape[1];
-        u->warm = !rc;
+        u->key = rc ? (step_key){0} : k;
     }
     if (rc)
         sdw_fail_wrap(e, "unet");

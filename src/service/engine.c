@@ -52,6 +52,8 @@ static void log_msg(const engine *g, sdw_log_level level, const char *fmt, ...)
  * sampler). */
 static int warm_up(engine *g, const sdw_config_model *m, sdw_pipeline *p, int side, sdw_error *e)
 {
+    if (sdw_pipeline_unet_channels(p) != 4)
+        return SDW_OK; /* an inpainting model needs an image and a mask: its first request warms it */
     sdw_gen_params gp;
     sdw_gen_params_init(&gp, SDW_GEN_TXT2IMG);
     gp.prompt = "";
@@ -59,8 +61,6 @@ static int warm_up(engine *g, const sdw_config_model *m, sdw_pipeline *p, int si
     gp.sampler = "euler";
     gp.width = gp.height = side / sdw_pipeline_scale(p) * sdw_pipeline_scale(p);
     gp.seed = 0;
-    if (sdw_pipeline_unet_channels(p) != 4)
-        return SDW_OK; /* an inpainting model needs an image and a mask: its first request warms it */
     sdw_image out = {0};
     sdw_gen_timings t = {0};
     int rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &out, NULL, &t, e);
