@@ -1,16 +1,16 @@
 /* The CUDA backend: cuBLAS for matrix products, cuDNN for convolutions, our
  * kernels (kernels/) for everything else, all on one stream.
  *
- * Activations stay float32 in device memory, as the op interface has them.
- * In fp16 or bf16 precision the products run on tensor cores with float32
- * accumulation: the weights of linear and conv2d are converted to the
- * product type once, when the model loads (sdw_tensor_weight_f16/_f32), and
- * no float32 copy of them is kept; the activation operand is converted on
- * the fly. A float32 tensor that is used as a weight anyway (a test's, or a
- * model part loaded through the plain path) gets a low-precision copy (a
- * "shadow") the first time, kept until its memory is written again or
- * freed: a buffer that any op or upload writes loses its shadow, so a stale
- * copy can never be read, whatever the model code does.
+ * Every tensor is stored in one type, the storage type of the precision:
+ * float32 in fp32; IEEE half in fp16 and bfloat16 in bf16, activations and
+ * weights alike, as diffusers runs a model it has cast to torch.float16.
+ * The op interface's float pointers are then handles to 2-byte elements:
+ * uploads and downloads convert on the host (rounding to nearest even, as
+ * the kernels do when they store), and no op converts anything on the
+ * device. Every product and convolution accumulates in float32 and every
+ * kernel computes in float32; what a low precision rounds is each stored
+ * value, once. float32 products exclude TF32, so that fp32 matches the CPU
+ * reference.
  *
  * Memory comes from a caching allocator (devmem.h): freed blocks are kept by
  * exact (rounded) size and handed out again, so once the first step has run
@@ -44,12 +44,6 @@ typedef struct cuda_graph {
     sdw_devmem_owned *owned;
 } cuda_graph;
 
-typedef struct shadow {
-    const float *src; /* the float32 weight it copies */
-    size_t n;         /* elements */
-    void *lp;         /* n fp16 or bf16 values */
-} shadow;
-
 typedef struct conv_plan {
     int key[12];
     cudnnTensorDescriptor_t xd, yd;
@@ -63,13 +57,11 @@ typedef struct cuda_be {
     sdw_backend pub;
     int device;
     sdw_precision prec;
-    int dtype; /* SDW_K_* of the product operands */
+    int dtype; /* SDW_K_*: the storage type of every tensor */
     cudaStream_t stream;
     cublasHandle_t blas;
     cudnnHandle_t dnn;
     sdw_devmem *mem;
-    shadow *shadows;
-    size_t nshadows, capshadows;
     conv_plan *plans;
     size_t nplans, capplans;
     void *ws;
@@ -146,8 +138,7 @@ static int grow(void **arr, size_t *cap, size_t need, size_t size, sdw_error *e)
     return SDW_OK;
 }
 
-/* The allocator's hooks (devmem.h): cudaMalloc and cudaFree, and the
- * shadows of a block dropped when it is given back. */
+/* The allocator's hooks (devmem.h): cudaMalloc and cudaFree. */
 static int raw_alloc(void *ctx, size_t bytes, void **p, sdw_error *e)
 {
     cuda_be *c = ctx;
@@ -169,13 +160,6 @@ static void raw_free(void *ctx, void *p)
     cudaFree(p);
 }
 
-static void wrote(cuda_be *c, const void *p, size_t bytes);
-
-static void released(void *ctx, void *p, size_t bytes)
-{
-    wrote(ctx, p, bytes);
-}
-
 static int dev_alloc(cuda_be *c, size_t bytes, void **out, sdw_error *e)
 {
     return sdw_devmem_alloc(c->mem, bytes, out, e);
@@ -186,49 +170,15 @@ static void dev_free(cuda_be *c, void *p)
     sdw_devmem_free(c->mem, p);
 }
 
-/* Drops every shadow that overlaps the bytes [p, p + bytes): they were just
- * written or freed. */
-static void wrote(cuda_be *c, const void *p, size_t bytes)
-{
-    const char *lo = p, *hi = lo + bytes;
-    for (size_t i = 0; i < c->nshadows;) {
-        const char *s = (const char *)c->shadows[i].src, *se = s + c->shadows[i].n * sizeof(float);
-        if (s < hi && lo < se) {
-            void *lp = c->shadows[i].lp;
-            c->shadows[i] = c->shadows[--c->nshadows];
-            dev_free(c, lp);
-        } else {
-            i++;
-        }
-    }
-}
-
 static size_t dtype_size(int dtype)
 {
     return dtype == SDW_K_F32 ? 4 : 2;
 }
 
-/* The low-precision copy of weight w (n floats), made on first use. */
-static int weight_lp(cuda_be *c, const float *w, size_t n, const void **out, sdw_error *e)
-{
-    for (size_t i = 0; i < c->nshadows; i++)
-        if (c->shadows[i].src == w && c->shadows[i].n == n) {
-            *out = c->shadows[i].lp;
-            return SDW_OK;
-        }
-    int rc = grow((void **)&c->shadows, &c->capshadows, c->nshadows + 1, sizeof *c->shadows, e);
-    void *lp = NULL;
-    if (rc || (rc = dev_alloc(c, n * dtype_size(c->dtype), &lp, e)))
-        return rc;
-    CU_OR(sdw_k_pack(w, lp, (int64_t)n, c->dtype, c->stream), dev_free(c, lp));
-    c->shadows[c->nshadows++] = (shadow){w, n, lp};
-    *out = lp;
-    return SDW_OK;
-}
-
 static int cuda_alloc(sdw_backend *be, size_t n, float **p, sdw_error *e)
 {
-    return dev_alloc(priv(be), n * sizeof(float), (void **)p, e);
+    cuda_be *c = priv(be);
+    return dev_alloc(c, n * dtype_size(c->dtype), (void **)p, e);
 }
 
 static void cuda_free(sdw_backend *be, float *p)
@@ -236,22 +186,56 @@ static void cuda_free(sdw_backend *be, float *p)
     dev_free(priv(be), p);
 }
 
+/* n floats in the storage type, into a new host buffer (free it). */
+static int to_storage(const cuda_be *c, const float *src, size_t n, uint16_t **out, sdw_error *e)
+{
+    uint16_t *h = malloc(n ? n * sizeof *h : 1);
+    if (!h)
+        return sdw_fail(e, SDW_ENOMEM, "out of host memory converting %zu values", n);
+    for (size_t i = 0; i < n; i++)
+        h[i] = c->dtype == SDW_K_F16 ? sdw_f32_to_f16(src[i]) : sdw_f32_to_bf16(src[i]);
+    *out = h;
+    return SDW_OK;
+}
+
 static int cuda_upload(sdw_backend *be, float *dst, const float *src, size_t n, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    wrote(c, dst, n * sizeof *dst);
-    /* From pageable memory the call returns once src has been staged, so the
-     * caller may reuse src at once. */
-    CU(cudaMemcpyAsync(dst, src, n * sizeof *dst, cudaMemcpyHostToDevice, c->stream));
+    /* From pageable memory the call returns once the source has been
+     * staged, so the caller may reuse src (and we may free h) at once. */
+    if (c->dtype == SDW_K_F32) {
+        CU(cudaMemcpyAsync(dst, src, n * sizeof *src, cudaMemcpyHostToDevice, c->stream));
+        return SDW_OK;
+    }
+    uint16_t *h;
+    int rc = to_storage(c, src, n, &h, e);
+    if (rc)
+        return rc;
+    cudaError_t cr = cudaMemcpyAsync(dst, h, n * sizeof *h, cudaMemcpyHostToDevice, c->stream);
+    free(h);
+    if (cr != cudaSuccess)
+        return cuda_err(e, cr, "cudaMemcpyAsync", __FILE__, __LINE__);
     return SDW_OK;
 }
 
 static int cuda_download(sdw_backend *be, float *dst, const float *src, size_t n, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    CU(cudaMemcpyAsync(dst, src, n * sizeof *dst, cudaMemcpyDeviceToHost, c->stream));
-    /* Also where an earlier asynchronous kernel failure surfaces. */
-    CU(cudaStreamSynchronize(c->stream));
+    uint16_t *h = NULL;
+    if (c->dtype != SDW_K_F32 && !(h = malloc(n ? n * sizeof *h : 1)))
+        return sdw_fail(e, SDW_ENOMEM, "out of host memory converting %zu values", n);
+    cudaError_t cr = cudaMemcpyAsync(h ? (void *)h : (void *)dst, src, n * dtype_size(c->dtype),
+                                     cudaMemcpyDeviceToHost, c->stream);
+    /* The synchronisation is also where an earlier asynchronous kernel
+     * failure surfaces. */
+    if (cr == cudaSuccess)
+        cr = cudaStreamSynchronize(c->stream);
+    if (cr == cudaSuccess && h)
+        for (size_t i = 0; i < n; i++)
+            dst[i] = c->dtype == SDW_K_F16 ? sdw_f16_to_f32(h[i]) : sdw_bf16_to_f32(h[i]);
+    free(h);
+    if (cr != cudaSuccess)
+        return cuda_err(e, cr, "cudaMemcpyAsync/cudaStreamSynchronize", __FILE__, __LINE__);
     return SDW_OK;
 }
 
@@ -265,111 +249,66 @@ static cudaDataType_t blas_type(int dtype)
     return dtype == SDW_K_F16 ? CUDA_R_16F : dtype == SDW_K_BF16 ? CUDA_R_16BF : CUDA_R_32F;
 }
 
-/* Uploads n 16-bit values as a new weight in the product type. */
-static int upload_lp(cuda_be *c, const uint16_t *src, size_t n, float **p, int *lowp, sdw_error *e)
-{
-    void *d = NULL;
-    int rc = dev_alloc(c, n * sizeof *src, &d, e);
-    if (rc)
-        return rc;
-    CU_OR(cudaMemcpyAsync(d, src, n * sizeof *src, cudaMemcpyHostToDevice, c->stream), dev_free(c, d));
-    *p = d;
-    *lowp = 1;
-    return SDW_OK;
-}
-
-/* Weights are converted once, here, to the type the products read: fp16
- * and bf16 keep no float32 copy on the device, so the model takes half the
- * memory, and no shadow is ever made for them. The conversions round to
- * nearest even, as sdw_k_pack does for shadows and activations. */
-static int cuda_weight_f32(sdw_backend *be, const float *src, size_t n, float **p, int *lowp, sdw_error *e)
-{
-    cuda_be *c = priv(be);
-    int rc;
-    if (c->dtype == SDW_K_F32) {
-        *lowp = 0;
-        if ((rc = cuda_alloc(be, n, p, e)))
-            return rc;
-        if ((rc = cuda_upload(be, *p, src, n, e))) {
-            cuda_free(be, *p);
-            *p = NULL;
-        }
-        return rc;
-    }
-    uint16_t *host = malloc(n ? n * sizeof *host : 1);
-    if (!host)
-        return sdw_fail(e, SDW_ENOMEM, "out of memory converting a weight");
-    for (size_t i = 0; i < n; i++)
-        host[i] = c->dtype == SDW_K_F16 ? sdw_f32_to_f16(src[i]) : sdw_f32_to_bf16(src[i]);
-    rc = upload_lp(c, host, n, p, lowp, e);
-    free(host);
-    return rc;
-}
-
-/* Halves go up as they are in fp16; in fp32 and bf16 they take the float
- * path (every half is exact as a float). */
+/* A weight given as halves is stored like any tensor; fp16 takes the halves
+ * as they are, the other types convert them through float32 (every half is
+ * exact as a float). */
 static int cuda_weight_f16(sdw_backend *be, const uint16_t *src, size_t n, float **p, int *lowp, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    if (c->dtype == SDW_K_F16)
-        return upload_lp(c, src, n, p, lowp, e);
-    float *host = malloc(n ? n * sizeof *host : 1);
-    if (!host)
-        return sdw_fail(e, SDW_ENOMEM, "out of memory converting a weight");
-    for (size_t i = 0; i < n; i++)
-        host[i] = sdw_f16_to_f32(src[i]);
-    int rc = cuda_weight_f32(be, host, n, p, lowp, e);
-    free(host);
+    *lowp = 0;
+    int rc = cuda_alloc(be, n, p, e);
+    if (rc)
+        return rc;
+    if (c->dtype == SDW_K_F16) {
+        cudaError_t cr = cudaMemcpyAsync(*p, src, n * sizeof *src, cudaMemcpyHostToDevice, c->stream);
+        if (cr != cudaSuccess)
+            rc = cuda_err(e, cr, "cudaMemcpyAsync", __FILE__, __LINE__);
+    } else {
+        float *host = malloc(n ? n * sizeof *host : 1);
+        if (!host)
+            rc = sdw_fail(e, SDW_ENOMEM, "out of memory converting a weight");
+        for (size_t i = 0; host && i < n; i++)
+            host[i] = sdw_f16_to_f32(src[i]);
+        if (host)
+            rc = cuda_upload(be, *p, host, n, e);
+        free(host);
+    }
+    if (rc) {
+        cuda_free(be, *p);
+        *p = NULL;
+    }
     return rc;
 }
 
-/* The product-type copy of weight w (n values): w itself when the backend
- * stored it so, else its shadow. */
-static int weight_operand(cuda_be *c, const float *w, int w_lowp, size_t n, const void **out, sdw_error *e)
+/* Only the CPU backend makes low-precision weights (its halves); a tensor
+ * here is always in the storage type. */
+static int no_lowp(int w_lowp, const char *op, sdw_error *e)
 {
-    if (w_lowp) {
-        *out = w;
-        return SDW_OK;
-    }
-    return weight_lp(c, w, n, out, e);
+    return w_lowp ? sdw_fail(e, SDW_EINVAL, "cuda: %s: a weight in another backend's format", op) : SDW_OK;
 }
 
 static int cuda_linear(sdw_backend *be, const float *x, const float *w, int w_lowp, const float *bias, float *y,
                        int64_t m, int64_t n, int64_t k, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    if (w_lowp && c->dtype == SDW_K_F32)
-        return sdw_fail(e, SDW_EINVAL, "cuda: a low-precision weight in a float32 backend");
+    int rc = no_lowp(w_lowp, "linear", e);
+    if (rc)
+        return rc;
     if (m > INT_MAX || n > INT_MAX || k > INT_MAX)
         return too_big(e, "linear", m > n ? (m > k ? m : k) : (n > k ? n : k));
-    wrote(c, y, (size_t)(m * n) * sizeof *y);
+    /* The bias goes in first and the product accumulates onto it in float32
+     * (beta = 1), so that y is rounded to the storage type once. */
     float alpha = 1.0f, beta = 0.0f;
     if (bias) {
-        CU(sdw_k_fill_rows(bias, y, m, n, c->stream));
+        CU(sdw_k_fill_rows(bias, y, m, n, c->dtype, c->stream));
         beta = 1.0f;
     }
     /* cuBLAS is column-major: row-major y[m,n] = x[m,k] w[n,k]^T is the
      * column-major n x m product op(w) x with w read as k x n transposed and
      * x as k x m, leading dimensions k, k and n. */
-    if (c->dtype == SDW_K_F32) {
-        CUBLAS(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &alpha, w, CUDA_R_32F, (int)k,
-                            x, CUDA_R_32F, (int)k, &beta, y, CUDA_R_32F, (int)n, CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT));
-        return SDW_OK;
-    }
-    const void *wl;
-    void *xl = NULL;
-    int rc = weight_operand(c, w, w_lowp, (size_t)(n * k), &wl, e);
-    if (rc || (rc = dev_alloc(c, (size_t)(m * k) * dtype_size(c->dtype), &xl, e)))
-        return rc;
-    CU_OR(sdw_k_pack(x, xl, m * k, c->dtype, c->stream), dev_free(c, xl));
     cudaDataType_t t = blas_type(c->dtype);
-    cublasStatus_t st = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &alpha, wl, t, (int)k,
-                                     xl, t, (int)k, &beta, y, CUDA_R_32F, (int)n, CUBLAS_COMPUTE_32F,
-                                     CUBLAS_GEMM_DEFAULT);
-    dev_free(c, xl);
-    if (st != CUBLAS_STATUS_SUCCESS)
-        return cublas_err(e, st, "cublasGemmEx", __FILE__, __LINE__);
+    CUBLAS(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &alpha, w, t, (int)k, x, t, (int)k,
+                        &beta, y, t, (int)n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return SDW_OK;
 }
 
@@ -377,8 +316,7 @@ static int cuda_layer_norm(sdw_backend *be, const float *x, const float *gamma, 
                            int64_t rows, int64_t n, float eps, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    wrote(c, y, (size_t)(rows * n) * sizeof *y);
-    CU(sdw_k_layer_norm(x, gamma, beta, y, rows, n, eps, c->stream));
+    CU(sdw_k_layer_norm(x, gamma, beta, y, rows, n, eps, c->dtype, c->stream));
     return SDW_OK;
 }
 
@@ -386,12 +324,12 @@ static int cuda_layer_norm(sdw_backend *be, const float *x, const float *gamma, 
  * (128 MiB): query rows are taken in blocks whose scores for every head fit. */
 #define CUDA_ATTN_SCRATCH ((int64_t)1 << 25)
 
-/* Attention as the CPU backend computes it, for what the fused kernel does
+/* Attention as the CPU backend computes it, for what the fused kernels do
  * not take: head dimensions above 160 (the VAE's one head of 512) or more
  * than 65535 (image, head) pairs. Per image and block of query rows, one
- * batched product over the heads gives scale * q k^T, the softmax kernel
- * normalises it, a second batched product multiplies by v. Float32 in every
- * precision (the fused kernel is float32 only in fp32). */
+ * batched product over the heads gives the float32 scores scale * q k^T,
+ * the softmax kernel normalises them into probabilities of the storage
+ * type, and a second batched product multiplies by v. */
 static int attention_gemm(cuda_be *c, const float *q, const float *k, const float *v, float *out, int64_t b,
                           int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal, sdw_error *e)
 {
@@ -399,38 +337,49 @@ static int attention_gemm(cuda_be *c, const float *q, const float *k, const floa
     qb = qb < 1 ? 1 : qb > tq ? tq : qb;
     if (tk > INT_MAX || cc > INT_MAX || heads > INT_MAX || qb * tk > INT_MAX)
         return too_big(e, "attention", tk > cc ? tk : cc);
-    void *s = NULL;
-    int rc = dev_alloc(c, (size_t)(heads * qb * tk) * sizeof(float), &s, e);
+    size_t es = dtype_size(c->dtype), ns = (size_t)(heads * qb * tk);
+    cudaDataType_t t = blas_type(c->dtype);
+    void *s = NULL, *pr = NULL;
+    int rc = dev_alloc(c, ns * sizeof(float), &s, e);
     if (rc)
         return rc;
+    /* float32 probabilities overwrite their scores. */
+    if (c->dtype == SDW_K_F32)
+        pr = s;
+    else if ((rc = dev_alloc(c, ns * es, &pr, e))) {
+        dev_free(c, s);
+        return rc;
+    }
     float one = 1.0f, zero = 0.0f;
     for (int64_t bi = 0; !rc && bi < b; bi++)
         for (int64_t r0 = 0; !rc && r0 < tq; r0 += qb) {
             int64_t nr = tq - r0 < qb ? tq - r0 : qb;
-            const float *qh = q + (bi * tq + r0) * cc, *kh = k + bi * tk * cc, *vh = v + bi * tk * cc;
-            float *oh = out + (bi * tq + r0) * cc;
+            size_t qo = (size_t)((bi * tq + r0) * cc) * es, ko = (size_t)(bi * tk * cc) * es;
+            const char *qh = (const char *)q + qo, *kh = (const char *)k + ko, *vh = (const char *)v + ko;
+            char *oh = (char *)out + qo;
             /* Column-major, per head: s^T [tk, nr] = (k [tk, d] as d x tk)^T (q [nr, d] as d x nr);
-             * then out^T [d, nr] = (v as d x tk) (s^T [tk, nr]). */
+             * then out^T [d, nr] = (v as d x tk) (p^T [tk, nr]). */
             cublasStatus_t st = cublasGemmStridedBatchedEx(
-                c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)tk, (int)nr, (int)d, &scale, kh, CUDA_R_32F, (int)cc, d, qh,
-                CUDA_R_32F, (int)cc, d, &zero, s, CUDA_R_32F, (int)tk, nr * tk, (int)heads, CUBLAS_COMPUTE_32F,
+                c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)tk, (int)nr, (int)d, &scale, kh, t, (int)cc, d, qh, t,
+                (int)cc, d, &zero, s, CUDA_R_32F, (int)tk, nr * tk, (int)heads, CUBLAS_COMPUTE_32F,
                 CUBLAS_GEMM_DEFAULT);
             if (st != CUBLAS_STATUS_SUCCESS) {
                 rc = cublas_err(e, st, "cublasGemmStridedBatchedEx", __FILE__, __LINE__);
                 break;
             }
-            cudaError_t cr = sdw_k_softmax_rows(s, heads * nr, tk, nr, r0, causal, c->stream);
+            cudaError_t cr = sdw_k_softmax_rows(s, pr, heads * nr, tk, nr, r0, causal, c->dtype, c->stream);
             if (cr != cudaSuccess) {
                 rc = cuda_err(e, cr, "sdw_k_softmax_rows", __FILE__, __LINE__);
                 break;
             }
-            st = cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d, (int)nr, (int)tk, &one, vh,
-                                            CUDA_R_32F, (int)cc, d, s, CUDA_R_32F, (int)tk, nr * tk, &zero, oh,
-                                            CUDA_R_32F, (int)cc, d, (int)heads, CUBLAS_COMPUTE_32F,
-                                            CUBLAS_GEMM_DEFAULT);
+            st = cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d, (int)nr, (int)tk, &one, vh, t,
+                                            (int)cc, d, pr, t, (int)tk, nr * tk, &zero, oh, t, (int)cc, d,
+                                            (int)heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
             if (st != CUBLAS_STATUS_SUCCESS)
                 rc = cublas_err(e, st, "cublasGemmStridedBatchedEx", __FILE__, __LINE__);
         }
+    if (pr != s)
+        dev_free(c, pr);
     dev_free(c, s);
     return rc;
 }
@@ -439,15 +388,14 @@ static int cuda_attention(sdw_backend *be, const float *q, const float *k, const
                           int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    wrote(c, out, (size_t)(b * tq * heads * d) * sizeof *out);
     if (d > 160 || b * heads > 65535)
         return attention_gemm(c, q, k, v, out, b, tq, tk, heads, d, scale, causal, e);
-    /* fp16 and bf16 round the operands of both products on tensor cores;
-     * float32, or SDW_CUDA_ATTENTION=simt, keeps the float32 kernel. */
+    /* fp16 and bf16 run both products on tensor cores; float32, or
+     * SDW_CUDA_ATTENTION=simt, the float32 kernel. */
     if (c->dtype != SDW_K_F32 && !c->attn_simt)
         CU(sdw_k_attention_tc(q, k, v, out, b, tq, tk, heads, d, scale, causal, c->dtype, c->stream));
     else
-        CU(sdw_k_attention(q, k, v, out, b, tq, tk, heads, d, scale, causal, c->stream));
+        CU(sdw_k_attention(q, k, v, out, b, tq, tk, heads, d, scale, causal, c->dtype, c->stream));
     return SDW_OK;
 }
 
@@ -456,16 +404,14 @@ static int cuda_act(sdw_backend *be, const float *x, float *y, int64_t n, sdw_ac
     cuda_be *c = priv(be);
     if (act != SDW_ACT_SILU && act != SDW_ACT_GELU && act != SDW_ACT_QUICK_GELU)
         return sdw_fail(e, SDW_EINVAL, "unknown activation %d", (int)act);
-    wrote(c, y, (size_t)n * sizeof *y);
-    CU(sdw_k_act(x, y, n, (int)act, c->stream));
+    CU(sdw_k_act(x, y, n, (int)act, c->dtype, c->stream));
     return SDW_OK;
 }
 
 static int cuda_add(sdw_backend *be, const float *a, const float *b, float *y, int64_t n, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    wrote(c, y, (size_t)n * sizeof *y);
-    CU(sdw_k_add(a, b, y, n, c->stream));
+    CU(sdw_k_add(a, b, y, n, c->dtype, c->stream));
     return SDW_OK;
 }
 
@@ -473,13 +419,12 @@ static int cuda_embed(sdw_backend *be, const float *table, const int32_t *ids, c
                       int64_t rows, int64_t dim, int64_t tpos, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    wrote(c, y, (size_t)(rows * dim) * sizeof *y);
     void *dids = NULL;
     int rc = dev_alloc(c, (size_t)rows * sizeof *ids, &dids, e);
     if (rc)
         return rc;
     CU_OR(cudaMemcpyAsync(dids, ids, (size_t)rows * sizeof *ids, cudaMemcpyHostToDevice, c->stream), dev_free(c, dids));
-    CU_OR(sdw_k_embed(table, dids, pos, y, rows, dim, tpos, c->stream), dev_free(c, dids));
+    CU_OR(sdw_k_embed(table, dids, pos, y, rows, dim, tpos, c->dtype, c->stream), dev_free(c, dids));
     dev_free(c, dids);
     return SDW_OK;
 }
@@ -595,13 +540,13 @@ static int cuda_conv2d(sdw_backend *be, const float *x, const float *w, int w_lo
                        int64_t ow, int stride, int pad_t, int pad_l, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    if (w_lowp && c->dtype == SDW_K_F32)
-        return sdw_fail(e, SDW_EINVAL, "cuda: a low-precision weight in a float32 backend");
+    int rc = no_lowp(w_lowp, "conv2d", e);
+    if (rc)
+        return rc;
     int64_t dims[] = {b, ch, h, wd, o, kh, kw, oh, ow, b * ch * h * wd, b * o * oh * ow};
     for (size_t i = 0; i < sizeof dims / sizeof *dims; i++)
         if (dims[i] > INT_MAX || (i == 7 || i == 8 ? dims[i] > 0x7fff : 0))
             return too_big(e, "conv2d", dims[i]);
-    wrote(c, y, (size_t)(b * o * oh * ow) * sizeof *y);
     /* cuDNN pads symmetrically. When the output size implies other bottom or
      * right padding (the VAE encoder's 0,1 downsampling), the input is padded
      * here and convolved without padding. */
@@ -612,51 +557,34 @@ static int cuda_conv2d(sdw_backend *be, const float *x, const float *w, int w_lo
     if (hp > INT_MAX || wp > INT_MAX || b * ch * hp * wp > INT_MAX)
         return too_big(e, "conv2d", b * ch * hp * wp);
     int dt = c->dtype;
-    size_t es = dtype_size(dt);
-    const void *xin = x, *win = w;
-    void *xs = NULL, *ys = NULL, *yout = y;
-    int rc = SDW_OK;
-    if (dt != SDW_K_F32 && (rc = weight_operand(c, w, w_lowp, (size_t)(o * ch * kh * kw), &win, e)))
-        return rc;
-    if (explicit_pad || dt != SDW_K_F32) {
-        if ((rc = dev_alloc(c, (size_t)(b * ch * hp * wp) * es, &xs, e)))
+    const void *xin = x;
+    void *xs = NULL;
+    if (explicit_pad) {
+        if ((rc = dev_alloc(c, (size_t)(b * ch * hp * wp) * dtype_size(dt), &xs, e)))
             return rc;
-        cudaError_t cr = explicit_pad
-                             ? sdw_k_pack_pad(x, xs, b * ch, h, wd, hp, wp, pad_t, pad_l, dt, c->stream)
-                             : sdw_k_pack(x, xs, b * ch * h * wd, dt, c->stream);
-        if (cr != cudaSuccess) {
-            dev_free(c, xs);
-            return cuda_err(e, cr, "sdw_k_pack", __FILE__, __LINE__);
-        }
+        CU_OR(sdw_k_pad(x, xs, b * ch, h, wd, hp, wp, pad_t, pad_l, dt, c->stream), dev_free(c, xs));
         xin = xs;
-    }
-    if (dt != SDW_K_F32) {
-        if ((rc = dev_alloc(c, (size_t)(b * o * oh * ow) * es, &ys, e))) {
-            dev_free(c, xs);
-            return rc;
-        }
-        yout = ys;
     }
     int key[12] = {dt, (int)b, (int)ch, (int)hp, (int)wp, (int)o, (int)kh, (int)kw, explicit_pad ? 0 : pad_t,
                    explicit_pad ? 0 : pad_l, stride, (int)(oh << 16 | ow)};
     conv_plan *p = NULL;
-    if ((rc = conv_plan_get(c, key, xin, win, yout, &p, e)) || (rc = ensure_ws(c, p->ws_bytes, e)))
+    if ((rc = conv_plan_get(c, key, xin, w, y, &p, e)) || (rc = ensure_ws(c, p->ws_bytes, e)))
         goto out;
     float alpha = 1.0f, beta = 0.0f;
-    cudnnStatus_t st = cudnnConvolutionForward(c->dnn, &alpha, p->xd, xin, p->wd, win, p->cd, p->algo, c->ws,
-                                               p->ws_bytes, &beta, p->yd, yout);
+    cudnnStatus_t st = cudnnConvolutionForward(c->dnn, &alpha, p->xd, xin, p->wd, w, p->cd, p->algo, c->ws,
+                                               p->ws_bytes, &beta, p->yd, y);
     if (st != CUDNN_STATUS_SUCCESS) {
         rc = cudnn_err(e, st, "cudnnConvolutionForward", __FILE__, __LINE__);
         goto out;
     }
-    if (dt != SDW_K_F32 || bias) {
-        cudaError_t cr = sdw_k_unpack_bias(yout, bias, y, b * o, oh * ow, o, dt, c->stream);
+    /* In place, one pass over y: bias[o] for every image's channel o. */
+    if (bias) {
+        cudaError_t cr = sdw_k_add_rows(y, bias, y, b * o, oh * ow, o, dt, c->stream);
         if (cr != cudaSuccess)
-            rc = cuda_err(e, cr, "sdw_k_unpack_bias", __FILE__, __LINE__);
+            rc = cuda_err(e, cr, "sdw_k_add_rows", __FILE__, __LINE__);
     }
 out:
     dev_free(c, xs);
-    dev_free(c, ys);
     return rc;
 }
 
@@ -664,13 +592,12 @@ static int cuda_group_norm(sdw_backend *be, const float *x, const float *gamma, 
                            int64_t b, int64_t ch, int64_t n, int64_t groups, float eps, int silu, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    wrote(c, y, (size_t)(b * ch * n) * sizeof *y);
     void *stats = NULL;
     int rc = dev_alloc(c, (size_t)(b * groups) * 2 * sizeof(float), &stats, e);
     if (rc)
         return rc;
-    CU_OR(sdw_k_group_stats(x, stats, b, ch, n, groups, eps, c->stream), dev_free(c, stats));
-    CU_OR(sdw_k_group_apply(x, stats, gamma, beta, y, b, ch, n, groups, silu, c->stream), dev_free(c, stats));
+    CU_OR(sdw_k_group_stats(x, stats, b, ch, n, groups, eps, c->dtype, c->stream), dev_free(c, stats));
+    CU_OR(sdw_k_group_apply(x, stats, gamma, beta, y, b, ch, n, groups, silu, c->dtype, c->stream), dev_free(c, stats));
     dev_free(c, stats);
     return SDW_OK;
 }
@@ -679,8 +606,7 @@ static int cuda_upsample_nearest(sdw_backend *be, const float *x, float *y, int6
                                  int64_t oh, int64_t ow, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    wrote(c, y, (size_t)(bc * oh * ow) * sizeof *y);
-    CU(sdw_k_upsample_nearest(x, y, bc, h, w, oh, ow, c->stream));
+    CU(sdw_k_upsample_nearest(x, y, bc, h, w, oh, ow, c->dtype, c->stream));
     return SDW_OK;
 }
 
@@ -688,24 +614,21 @@ static int cuda_concat(sdw_backend *be, const float *a, const float *cc, float *
                        sdw_error *e)
 {
     cuda_be *c = priv(be);
-    wrote(c, y, (size_t)(b * (na + nc)) * sizeof *y);
-    CU(sdw_k_concat(a, cc, y, b, na, nc, c->stream));
+    CU(sdw_k_concat(a, cc, y, b, na, nc, c->dtype, c->stream));
     return SDW_OK;
 }
 
 static int cuda_transpose(sdw_backend *be, const float *x, float *y, int64_t b, int64_t m, int64_t n, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    wrote(c, y, (size_t)(b * m * n) * sizeof *y);
-    CU(sdw_k_transpose(x, y, b, m, n, c->stream));
+    CU(sdw_k_transpose(x, y, b, m, n, c->dtype, c->stream));
     return SDW_OK;
 }
 
 static int cuda_geglu(sdw_backend *be, const float *x, float *y, int64_t rows, int64_t n, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    wrote(c, y, (size_t)(rows * n) * sizeof *y);
-    CU(sdw_k_geglu(x, y, rows, n, c->stream));
+    CU(sdw_k_geglu(x, y, rows, n, c->dtype, c->stream));
     return SDW_OK;
 }
 
@@ -713,16 +636,14 @@ static int cuda_add_rows(sdw_backend *be, const float *x, const float *v, float 
                          sdw_error *e)
 {
     cuda_be *c = priv(be);
-    wrote(c, y, (size_t)(rows * n) * sizeof *y);
-    CU(sdw_k_add_rows(x, v, y, rows, n, c->stream));
+    CU(sdw_k_add_rows(x, v, y, rows, n, rows, c->dtype, c->stream));
     return SDW_OK;
 }
 
 static int cuda_scale(sdw_backend *be, const float *x, float s, float *y, int64_t n, sdw_error *e)
 {
     cuda_be *c = priv(be);
-    wrote(c, y, (size_t)n * sizeof *y);
-    CU(sdw_k_scale(x, s, y, n, c->stream));
+    CU(sdw_k_scale(x, s, y, n, c->dtype, c->stream));
     return SDW_OK;
 }
 
@@ -730,16 +651,15 @@ static int cuda_gaussian(sdw_backend *be, const float *m, const float *noise, fl
                          sdw_error *e)
 {
     cuda_be *c = priv(be);
-    wrote(c, y, (size_t)(b * n) * sizeof *y);
-    CU(sdw_k_gaussian(m, noise, s, y, b, n, c->stream));
+    CU(sdw_k_gaussian(m, noise, s, y, b, n, c->dtype, c->stream));
     return SDW_OK;
 }
 
 /* Graph capture. The allocator (devmem.h) tags the blocks a capture takes
  * and gives back and makes them the graph's own when it is kept, so nothing
  * outside it can be given memory that a replay writes; a capture that
- * leaves such a block live (a temporary the ops kept, a shadow made during
- * it) is refused, and the caller runs its ops directly. */
+ * leaves such a block live (a temporary the ops kept) is refused, and the
+ * caller runs its ops directly. */
 static int cuda_graph_begin(sdw_backend *be, sdw_error *e)
 {
     cuda_be *c = priv(be);
@@ -826,7 +746,6 @@ static void cuda_destroy(sdw_backend *be)
     sdw_devmem_destroy(c->mem);
     if (c->stream)
         cudaStreamDestroy(c->stream);
-    free(c->shadows);
     free(c->plans);
     free(c);
 }
@@ -838,7 +757,6 @@ static const sdw_backend_ops cuda_ops = {
     .upload = cuda_upload,
     .download = cuda_download,
     .weight_f16 = cuda_weight_f16,
-    .weight_f32 = cuda_weight_f32,
     .linear = cuda_linear,
     .layer_norm = cuda_layer_norm,
     .attention = cuda_attention,
@@ -918,7 +836,7 @@ int sdw_backend_cuda(sdw_backend **out, int device, sdw_precision prec, sdw_erro
     /* SDW_CUDA_GRAPHS=0 turns graph recording off (graph_begin refuses). */
     const char *g = getenv("SDW_CUDA_GRAPHS");
     c->graphs = !(g && !strcmp(g, "0"));
-    sdw_devmem_hooks hooks = {.ctx = c, .raw_alloc = raw_alloc, .raw_free = raw_free, .released = released};
+    sdw_devmem_hooks hooks = {.ctx = c, .raw_alloc = raw_alloc, .raw_free = raw_free};
     int rc = sdw_devmem_new(&c->mem, &hooks, e);
     if (!rc)
         rc = cuda_init(c, e);

@@ -25,7 +25,7 @@ int sdw_param_load_weight(sdw_tensor *t, sdw_backend *be, const sdw_weights *w, 
         float *host = NULL;
         if ((rc = sdw_weights_load(w, name, ndim, shape, &host, e)))
             return rc;
-        rc = sdw_tensor_weight_f32(t, be, ndim, shape, host, e);
+        rc = sdw_tensor_from_host(t, be, ndim, shape, host, e);
         free(host);
         return rc;
     }

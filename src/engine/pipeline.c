@@ -188,27 +188,27 @@ static int encode_text(sdw_pipeline *p, const sdw_gen_params *gp, gen_state *s, 
     }
     if (gp->clip_skip == 0)
         return sdw_clip_encode(p->clip, ids, s->batch, tokens, 0, &s->ctx, e);
+    /* Each text alone (their clip_skip differs), gathered on the host: a
+     * tensor's data is a handle, not an address to offset. */
     int64_t one[3] = {1, tokens, cc->hidden_size};
     size_t row = (size_t)tokens * cc->hidden_size;
+    float *host = malloc((size_t)s->batch * row * sizeof *host);
+    if (!host)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
     sdw_tensor part;
-    for (int b = 0; b < s->batch; b++) {
+    for (int b = 0; !rc && b < s->batch; b++) {
         int skip = b + 1 == s->batch ? gp->clip_skip : 0;
         if ((rc = sdw_tensor_new(&part, p->be, 3, one, e)))
-            return rc;
+            break;
         rc = sdw_clip_encode(p->clip, ids + b * tokens, 1, tokens, skip, &part, e);
-        float *host = rc ? NULL : malloc(row * sizeof *host);
-        if (!rc && !host)
-            rc = sdw_fail(e, SDW_ENOMEM, "out of memory");
         if (!rc)
-            rc = sdw_tensor_to_host(&part, host, e);
-        if (!rc)
-            rc = p->be->ops->upload(p->be, s->ctx.data + b * row, host, row, e);
-        free(host);
+            rc = sdw_tensor_to_host(&part, host + b * row, e);
         sdw_tensor_free(&part);
-        if (rc)
-            return rc;
     }
-    return SDW_OK;
+    if (!rc)
+        rc = p->be->ops->upload(p->be, s->ctx.data, host, (size_t)s->batch * row, e);
+    free(host);
+    return rc;
 }
 
 /* 0.18215 * (mean + std * noise) of an image's posterior, noise drawn from

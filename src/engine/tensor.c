@@ -82,17 +82,6 @@ int sdw_tensor_weight_f16(sdw_tensor *t, sdw_backend *be, int ndim, const int64_
     return rc;
 }
 
-int sdw_tensor_weight_f32(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape, const float *src,
-                          sdw_error *e)
-{
-    if (!be->ops->weight_f32)
-        return sdw_tensor_from_host(t, be, ndim, shape, src, e);
-    int rc = weight_shape(t, be, ndim, shape, e);
-    if (!rc && !(rc = be->ops->weight_f32(be, src, (size_t)sdw_tensor_numel(t), &t->data, &t->lowp, e)))
-        t->owns = 1;
-    return rc;
-}
-
 int sdw_tensor_to_host(const sdw_tensor *t, float *dst, sdw_error *e)
 {
     if (t->lowp)

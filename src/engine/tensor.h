@@ -1,7 +1,10 @@
 /* Tensors and the op interface that model code is written against.
  *
- * A tensor is float32, row-major, up to four dimensions, and lives in the
- * memory of the backend that made it. Model code (the CLIP text encoder, and
+ * A tensor is float32 as model code sees it, row-major, up to four
+ * dimensions, and lives in the memory of the backend that made it, in the
+ * backend's storage type: float32 on the CPU, the precision's type on CUDA
+ * (half in fp16, bfloat16 in bf16), so that `data` is a handle to be passed
+ * to ops, never an address to compute with. Model code (the CLIP text encoder, and
  * later the UNet and VAE) calls only the sdw_op_* functions below; each checks
  * shapes once here and then dispatches to the backend, so the CPU backend and
  * the CUDA backend implement the same small set of kernels and nothing else.
@@ -24,10 +27,10 @@ typedef struct sdw_tensor {
     int ndim;
     int64_t shape[SDW_MAX_DIMS];
     int owns;    /* data was allocated for this tensor and is freed with it */
-    int lowp;    /* data holds a weight in the backend's own low-precision format
-                  * (IEEE halves on the CPU, the product type on CUDA; see
-                  * sdw_tensor_weight_f16/_f32): only linear and conv2d take
-                  * such a tensor, as their weight */
+    int lowp;    /* data holds a weight in IEEE halves where the backend keeps
+                  * other tensors in float32 (the CPU's; see
+                  * sdw_tensor_weight_f16): only linear and conv2d take such a
+                  * tensor, as their weight */
 } sdw_tensor;
 
 typedef enum sdw_act {
@@ -39,17 +42,16 @@ typedef enum sdw_act {
 /* The kernels a backend provides. Shapes have been checked by the caller. */
 typedef struct sdw_backend_ops {
     const char *name;
+    /* Memory for n elements of the storage type. */
     int (*alloc)(sdw_backend *be, size_t n, float **p, sdw_error *e);
     void (*free)(sdw_backend *be, float *p);
+    /* n floats to or from the storage type. */
     int (*upload)(sdw_backend *be, float *dst, const float *src, size_t n, sdw_error *e);
     int (*download)(sdw_backend *be, float *dst, const float *src, size_t n, sdw_error *e);
-    /* Stores a weight given as n IEEE halves in new backend memory, in the
-     * backend's low-precision format (*lowp = 1: then only linear and conv2d
-     * read it, with w_lowp set) or converted to float32 (*lowp = 0). */
+    /* Stores a weight given as n IEEE halves in new backend memory: as
+     * halves (*lowp = 1: then only linear and conv2d read it, with w_lowp
+     * set), or in the storage type (*lowp = 0). */
     int (*weight_f16)(sdw_backend *be, const uint16_t *src, size_t n, float **p, int *lowp, sdw_error *e);
-    /* The same for a weight given as n floats; NULL where the backend keeps
-     * float32 weights as they are. */
-    int (*weight_f32)(sdw_backend *be, const float *src, size_t n, float **p, int *lowp, sdw_error *e);
     /* y[m,n] = x[m,k] w[n,k]^T (+ bias[n]); w is low precision when w_lowp */
     int (*linear)(sdw_backend *be, const float *x, const float *w, int w_lowp, const float *bias, float *y,
                   int64_t m, int64_t n, int64_t k, sdw_error *e);
@@ -112,9 +114,10 @@ struct sdw_backend {
 /* The CPU backend: OpenBLAS sgemm for products, OpenMP for the rest. */
 int sdw_backend_cpu(sdw_backend **be, sdw_error *e);
 
-/* Storage and product precision of an accelerator backend: float32
- * throughout, or fp16/bf16 operands for the matrix products and
- * convolutions with float32 accumulation (tensors themselves stay float32). */
+/* Precision of an accelerator backend: the type every tensor is stored in
+ * (float32, or IEEE half or bfloat16 for activations and weights alike),
+ * with float32 accumulation in products and convolutions and float32
+ * arithmetic in every other op whatever the storage. */
 typedef enum sdw_precision {
     SDW_PREC_FP32,
     SDW_PREC_FP16,
@@ -158,16 +161,10 @@ int sdw_tensor_new(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shap
 int sdw_tensor_from_host(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape,
                          const float *src, sdw_error *e);
 int sdw_tensor_to_host(const sdw_tensor *t, float *dst, sdw_error *e);
-/* A weight of linear or conv2d from IEEE halves: kept as halves where the
- * backend computes with them directly (the CPU backend converts blocks just
- * before each product, which is exact), converted once to the CUDA backend's
- * product type in fp16 and bf16, float32 elsewhere. */
+/* A weight of linear or conv2d from IEEE halves: kept as halves (lowp) on
+ * the CPU, which converts blocks just before each product (exact); stored
+ * like any tensor on CUDA (fp16 takes the halves as they are). */
 int sdw_tensor_weight_f16(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape, const uint16_t *src,
-                          sdw_error *e);
-/* A weight of linear or conv2d from floats: float32 on the CPU and in fp32,
- * converted once to the product type in fp16 and bf16 (so that no float32
- * copy is kept on the device). */
-int sdw_tensor_weight_f32(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape, const float *src,
                           sdw_error *e);
 void sdw_tensor_free(sdw_tensor *t);
 int64_t sdw_tensor_numel(const sdw_tensor *t);

@@ -50,13 +50,23 @@ float load(const void *p, cudaDataType t, int64_t i)
     }
 }
 
+// Rounds once, to nearest even, as the library's epilogue does.
+void store(void *p, cudaDataType t, int64_t i, float v)
+{
+    switch (t) {
+    case CUDA_R_16F: static_cast<__half *>(p)[i] = __float2half_rn(v); break;
+    case CUDA_R_16BF: static_cast<__nv_bfloat16 *>(p)[i] = __float2bfloat16_rn(v); break;
+    default: static_cast<float *>(p)[i] = v; break;
+    }
+}
+
 struct Gemm {
     cublasOperation_t ta, tb;
     int m, n, k;
     float alpha, beta;
     const void *a, *b;
     void *c;
-    cudaDataType at, bt;
+    cudaDataType at, bt, ct;
     int lda, ldb, ldc;
     long long sa, sb, sc;
     int batch;
@@ -78,7 +88,7 @@ struct Gemm {
     }
     size_t c_bytes() const
     {
-        return extent(m, n, ldc, sc, sizeof(float));
+        return extent(m, n, ldc, sc, type_size(ct));
     }
     bool in_bounds() const
     {
@@ -106,16 +116,16 @@ struct Gemm {
                     float v = load(b, bt, i * sb + bt_);
                     cb[(size_t)col * k + l] = round_tf32 ? sdw_fake::tf32(v) : v;
                 }
-            float *ci = static_cast<float *>(c) + i * sc;
             for (int col = 0; col < n; col++)
                 for (int r = 0; r < m; r++) {
                     const float *x = &ra[(size_t)r * k], *y = &cb[(size_t)col * k];
                     double s = 0;
                     for (int l = 0; l < k; l++)
                         s += (double)x[l] * y[l];
-                    float &out = ci[r + (int64_t)col * ldc];
+                    int64_t at_c = i * sc + r + (int64_t)col * ldc;
                     // "If beta == 0, C does not have to be a valid input."
-                    out = (float)(alpha * s + (beta == 0.0f ? 0.0 : (double)beta * out));
+                    double prev = beta == 0.0f ? 0.0 : (double)beta * load(c, ct, at_c);
+                    store(c, ct, at_c, (float)(alpha * s + prev));
                 }
         }
     }
@@ -148,13 +158,15 @@ cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t transa, cublasOpera
           (algo >= CUBLAS_GEMM_ALGO0 && algo <= CUBLAS_GEMM_ALGO23) ||
           (algo >= CUBLAS_GEMM_ALGO0_TENSOR_OP && algo <= CUBLAS_GEMM_ALGO15_TENSOR_OP)))
         return CUBLAS_STATUS_INVALID_VALUE;
-    // The combinations of the "cublasGemmEx: supported types" table with a
-    // float32 C under CUBLAS_COMPUTE_32F; the others the real library has
-    // are not simulated.
+    // The combinations of the "cublasGemmEx: supported types" table under
+    // CUBLAS_COMPUTE_32F that have A and B of one type and C of that type or
+    // float32 (16F or 16BF operands); the others the real library has are
+    // not simulated.
     bool fast_tf32 = computeType == CUBLAS_COMPUTE_32F_FAST_TF32;
     if (computeType != CUBLAS_COMPUTE_32F && computeType != CUBLAS_COMPUTE_32F_PEDANTIC && !fast_tf32)
         return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (Ctype != CUDA_R_32F || Atype != Btype || !type_size(Atype) || (fast_tf32 && Atype != CUDA_R_32F))
+    if ((Ctype != CUDA_R_32F && Ctype != Atype) || Atype != Btype || !type_size(Atype) ||
+        (fast_tf32 && Atype != CUDA_R_32F))
         return CUBLAS_STATUS_NOT_SUPPORTED;
     // In CUBLAS_POINTER_MODE_HOST (the default) alpha and beta are read on
     // the host, at the call.
@@ -173,6 +185,7 @@ cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t transa, cublasOpera
            C,
            Atype,
            Btype,
+           Ctype,
            lda,
            ldb,
            ldc,

@@ -55,7 +55,7 @@ int main(void)
         return tap_done();
     cuda_ok(cudaMemcpy(x, host, sizeof host, cudaMemcpyHostToDevice), "upload");
     cudaMemset(y, 0xff, N * sizeof *y);
-    if (cuda_ok(sdw_k_scale(x, 0.5f, y, N, 0), "our kernel launches (sdw_k_scale)") &&
+    if (cuda_ok(sdw_k_scale(x, 0.5f, y, N, SDW_K_F32, 0), "our kernel launches (sdw_k_scale)") &&
         cuda_ok(cudaDeviceSynchronize(), "our kernel runs") &&
         cuda_ok(cudaMemcpy(back, y, sizeof back, cudaMemcpyDeviceToHost), "download")) {
         int bad = 0;
