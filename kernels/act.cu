@@ -12,13 +12,12 @@ template <typename T>
 __global__ void act_kernel(const T *x, T *y, int64_t n, int act)
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        float v = sdw_load(x[i]), r;
+        float v = sdw_load(x[i]);
         switch (act) {
-        case kSilu: r = v / (1.0f + expf(-v)); break;
-        case kGelu: r = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); break;
-        default: r = v / (1.0f + expf(-1.702f * v)); break;
+        case kSilu: y[i] = sdw_store<T>(v / (1.0f + expf(-v))); break;
+        case kGelu: y[i] = sdw_store<T>(0.5f * v * (1.0f + erff(v * 0.70710678118654752f))); break;
+        default: y[i] = sdw_store<T>(v / (1.0f + expf(-1.702f * v))); break;
         }
-        y[i] = sdw_store<T>(r);
     }
 }
 
