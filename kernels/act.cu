@@ -1,5 +1,6 @@
 // Elementwise activations. The constants and formulas match the CPU twin
 // (src/engine/backend_cpu.c, cpu_act) so that the two agree to rounding.
+#include "dtype.cuh"
 #include "kernels.h"
 #include "launch.cuh"
 
@@ -7,25 +8,30 @@ namespace {
 
 enum { kSilu = 0, kGelu = 1, kQuickGelu = 2 }; // sdw_act in tensor.h
 
-__global__ void act_kernel(const float *x, float *y, int64_t n, int act)
+template <typename T>
+__global__ void act_kernel(const T *x, T *y, int64_t n, int act)
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        float v = x[i];
+        float v = sdw_load(x[i]);
         switch (act) {
-        case kSilu: y[i] = v / (1.0f + expf(-v)); break;
-        case kGelu: y[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); break;
-        default: y[i] = v / (1.0f + expf(-1.702f * v)); break;
+        case kSilu: y[i] = sdw_store<T>(v / (1.0f + expf(-v))); break;
+        case kGelu: y[i] = sdw_store<T>(0.5f * v * (1.0f + erff(v * 0.70710678118654752f))); break;
+        default: y[i] = sdw_store<T>(v / (1.0f + expf(-1.702f * v))); break;
         }
     }
 }
 
 } // namespace
 
-extern "C" cudaError_t sdw_k_act(const float *x, float *y, int64_t n, int act, cudaStream_t stream)
+extern "C" cudaError_t sdw_k_act(const void *x, void *y, int64_t n, int act, int dt, cudaStream_t stream)
 {
     if (n <= 0 || act < kSilu || act > kQuickGelu)
         return cudaErrorInvalidValue;
     int64_t blocks = (n + 255) / 256;
-    SDW_LAUNCH((unsigned)(blocks < 65535 ? blocks : 65535), 256, 0, stream, act_kernel)(x, y, n, act);
-    return cudaGetLastError();
+    unsigned grid = (unsigned)(blocks < 65535 ? blocks : 65535);
+    return sdw_dispatch(dt, [&](auto t) {
+        using T = decltype(t);
+        SDW_LAUNCH(grid, 256, 0, stream, act_kernel<T>)((const T *)x, (T *)y, n, act);
+        return cudaGetLastError();
+    });
 }

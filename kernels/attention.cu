@@ -6,10 +6,12 @@
 // registers up to d = 160 and makes the lanes of a group read consecutive
 // shared-memory words; the other groups of the warp read the same words
 // (a broadcast). Keys and values go through shared memory in tiles of BK
-// rows; scores are taken CH keys at a time so that the rescale happens once
-// per chunk rather than once per key.
+// rows, converted to float32 as they are copied there; scores are taken CH
+// keys at a time so that the rescale happens once per chunk rather than once
+// per key.
 #include <math.h>
 
+#include "dtype.cuh"
 #include "kernels.h"
 #include "launch.cuh"
 
@@ -18,11 +20,11 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kChunk = 16;
 
-template <int G, int DPT>
-__global__ void __launch_bounds__(kThreads) attention_kernel(const float *__restrict__ q, const float *__restrict__ k,
-                                                             const float *__restrict__ v, float *__restrict__ out,
-                                                             int64_t tq, int64_t tk, int64_t heads, int d,
-                                                             float scale, int causal)
+template <typename T, int G, int DPT>
+__global__ void __launch_bounds__(kThreads) attention_kernel(const T *__restrict__ q, const T *__restrict__ k,
+                                                             const T *__restrict__ v, T *__restrict__ out, int64_t tq,
+                                                             int64_t tk, int64_t heads, int d, float scale,
+                                                             int causal)
 {
     constexpr int D = G * DPT; // head dimension padded to the lanes' share
     constexpr int QPB = kThreads / G;
@@ -37,11 +39,11 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const float *__rest
     const bool active = qi < tq;
 
     float qr[DPT], acc[DPT];
-    const float *qrow = q + (bi * tq + (active ? qi : 0)) * c_all + h * d;
+    const T *qrow = q + (bi * tq + (active ? qi : 0)) * c_all + h * d;
 #pragma unroll
     for (int t = 0; t < DPT; t++) {
         int c = t * G + sub;
-        qr[t] = active && c < d ? qrow[c] : 0.0f;
+        qr[t] = active && c < d ? sdw_load(qrow[c]) : 0.0f;
         acc[t] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
@@ -50,7 +52,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const float *__rest
     // lane runs the same iterations and the full-warp shuffles stay converged.
     int64_t last_q = (int64_t)(blockIdx.x + 1) * QPB - 1;
     int64_t kend = causal ? (last_q + 1 < tk ? last_q + 1 : tk) : tk;
-    const float *kb = k + bi * tk * c_all + h * d, *vb = v + bi * tk * c_all + h * d;
+    const T *kb = k + bi * tk * c_all + h * d, *vb = v + bi * tk * c_all + h * d;
 
     for (int64_t k0 = 0; k0 < kend; k0 += BK) {
         __syncthreads();
@@ -58,8 +60,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const float *__rest
             int key = idx / D, c = idx % D;
             int64_t kk = k0 + key;
             bool ok = kk < tk && c < d;
-            ks[idx] = ok ? kb[kk * c_all + c] : 0.0f;
-            vs[idx] = ok ? vb[kk * c_all + c] : 0.0f;
+            ks[idx] = ok ? sdw_load(kb[kk * c_all + c]) : 0.0f;
+            vs[idx] = ok ? sdw_load(vb[kk * c_all + c]) : 0.0f;
         }
         __syncthreads();
         int kn = (int)(kend - k0 < BK ? kend - k0 : BK);
@@ -104,40 +106,45 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const float *__rest
     if (!active)
         return;
     float inv = 1.0f / l;
-    float *orow = out + (bi * tq + qi) * c_all + h * d;
+    T *orow = out + (bi * tq + qi) * c_all + h * d;
 #pragma unroll
     for (int t = 0; t < DPT; t++) {
         int c = t * G + sub;
         if (c < d)
-            orow[c] = acc[t] * inv;
+            orow[c] = sdw_store<T>(acc[t] * inv);
     }
 }
 
-template <int G, int DPT>
-cudaError_t launch(const float *q, const float *k, const float *v, float *out, int64_t b, int64_t tq, int64_t tk,
+template <typename T, int G, int DPT>
+cudaError_t launch(const void *q, const void *k, const void *v, void *out, int64_t b, int64_t tq, int64_t tk,
                    int64_t heads, int64_t d, float scale, int causal, cudaStream_t stream)
 {
     constexpr int QPB = kThreads / G;
     int64_t qblocks = (tq + QPB - 1) / QPB;
     if (qblocks > 0x7fffffff || b * heads > 65535)
         return cudaErrorInvalidValue;
-    SDW_LAUNCH(dim3((unsigned)qblocks, (unsigned)(b * heads)), kThreads, 0, stream, attention_kernel<G, DPT>)(
-        q, k, v, out, tq, tk, heads, (int)d, scale, causal);
+    SDW_LAUNCH(dim3((unsigned)qblocks, (unsigned)(b * heads)), kThreads, 0, stream, attention_kernel<T, G, DPT>)(
+        (const T *)q, (const T *)k, (const T *)v, (T *)out, tq, tk, heads, (int)d, scale, causal);
     return cudaGetLastError();
 }
 
 constexpr int kSoftThreads = 256;
 
-// Softmax in place over rows of length n, as the CPU backend's softmax_rows:
-// max, then expf(s - max) with the sum in double, then one multiply by the
-// float reciprocal. Row r is query r0 + r % rpb of its head; under the causal
-// mask only its first r0 + r % rpb + 1 entries count and the rest become 0.
-__global__ void __launch_bounds__(kSoftThreads) softmax_rows_kernel(float *s, int64_t n, int64_t rpb, int64_t r0,
-                                                                    int causal)
+// Softmax over rows of length n, as the CPU backend's softmax_rows: max,
+// then expf(s - max) with the sum in double, then one multiply by the float
+// reciprocal. Row r is query r0 + r % rpb of its head; under the causal mask
+// only its first r0 + r % rpb + 1 entries count and the rest become 0. The
+// exponentials are taken again in the last pass rather than kept in p, so
+// that a 16-bit p is rounded once; p may alias s (float), as every entry is
+// read and written by the same thread.
+template <typename T>
+__global__ void __launch_bounds__(kSoftThreads) softmax_rows_kernel(const float *s, T *p, int64_t n, int64_t rpb,
+                                                                    int64_t r0, int causal)
 {
     __shared__ float fmax_s[kSoftThreads / 32];
     __shared__ double sum_s[kSoftThreads / 32];
-    float *row = s + (int64_t)blockIdx.x * n;
+    const float *row = s + (int64_t)blockIdx.x * n;
+    T *prow = p + (int64_t)blockIdx.x * n;
     int64_t valid = causal ? r0 + blockIdx.x % rpb + 1 : n;
     valid = valid < n ? valid : n;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -155,11 +162,8 @@ __global__ void __launch_bounds__(kSoftThreads) softmax_rows_kernel(float *s, in
         mx = fmaxf(mx, fmax_s[w]);
 
     double sum = 0.0;
-    for (int64_t j = threadIdx.x; j < valid; j += kSoftThreads) {
-        float p = expf(row[j] - mx);
-        row[j] = p;
-        sum += p;
-    }
+    for (int64_t j = threadIdx.x; j < valid; j += kSoftThreads)
+        sum += expf(row[j] - mx);
     for (int off = 16; off > 0; off >>= 1)
         sum += __shfl_xor_sync(0xffffffffu, sum, off);
     if (lane == 0)
@@ -170,34 +174,40 @@ __global__ void __launch_bounds__(kSoftThreads) softmax_rows_kernel(float *s, in
         sum += sum_s[w];
     float inv = (float)(1.0 / sum);
     for (int64_t j = threadIdx.x; j < n; j += kSoftThreads)
-        row[j] = j < valid ? row[j] * inv : 0.0f;
+        prow[j] = sdw_store<T>(j < valid ? expf(row[j] - mx) * inv : 0.0f);
 }
 
 } // namespace
 
-extern "C" cudaError_t sdw_k_softmax_rows(float *s, int64_t rows, int64_t n, int64_t rpb, int64_t r0, int causal,
-                                          cudaStream_t stream)
+extern "C" cudaError_t sdw_k_softmax_rows(const float *s, void *p, int64_t rows, int64_t n, int64_t rpb, int64_t r0,
+                                          int causal, int dt, cudaStream_t stream)
 {
     if (rows <= 0 || n <= 0 || rpb <= 0 || r0 < 0 || rows > 0x7fffffff)
         return cudaErrorInvalidValue;
-    SDW_LAUNCH((unsigned)rows, kSoftThreads, 0, stream, softmax_rows_kernel)(s, n, rpb, r0, causal);
-    return cudaGetLastError();
+    return sdw_dispatch(dt, [&](auto t) {
+        using T = decltype(t);
+        SDW_LAUNCH((unsigned)rows, kSoftThreads, 0, stream, softmax_rows_kernel<T>)(s, (T *)p, n, rpb, r0, causal);
+        return cudaGetLastError();
+    });
 }
 
-extern "C" cudaError_t sdw_k_attention(const float *q, const float *k, const float *v, float *out, int64_t b,
+extern "C" cudaError_t sdw_k_attention(const void *q, const void *k, const void *v, void *out, int64_t b,
                                        int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal,
-                                       cudaStream_t stream)
+                                       int dt, cudaStream_t stream)
 {
     if (b <= 0 || tq <= 0 || tk <= 0 || heads <= 0 || d <= 0 || d > 160 || (causal && tq != tk))
         return cudaErrorInvalidValue;
-    switch (d) {
-    case 40: return launch<4, 10>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
-    case 64: return launch<4, 16>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
-    case 80: return launch<8, 10>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
-    case 160: return launch<8, 20>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
-    default:
-        if (d <= 64)
-            return launch<4, 16>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
-        return launch<8, 20>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
-    }
+    return sdw_dispatch(dt, [&](auto t) {
+        using T = decltype(t);
+        switch (d) {
+        case 40: return launch<T, 4, 10>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
+        case 64: return launch<T, 4, 16>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
+        case 80: return launch<T, 8, 10>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
+        case 160: return launch<T, 8, 20>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
+        default:
+            if (d <= 64)
+                return launch<T, 4, 16>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
+            return launch<T, 8, 20>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
+        }
+    });
 }

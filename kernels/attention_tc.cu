@@ -1,12 +1,12 @@
 // Fused attention on tensor cores, for the fp16 and bf16 precisions: the
 // one-pass online softmax of attention.cu, but the two products of each key
-// tile (q k^T and p v) are 16x16x16 wmma products, with q, k, v and the
-// probabilities rounded to half or bfloat16 and everything accumulated and
-// normalised in float32. A block takes 64 query rows of one (image, head);
-// each of its four warps owns 16 of them, and the warps share 64-key tiles of
-// k and v, converted from the float32 tensors while they are copied into
-// shared memory. The head dimension is padded with zeros to a multiple of 16,
-// which adds nothing to either product.
+// tile (q k^T and p v) are 16x16x16 wmma products on q, k and v as they are
+// stored (half or bfloat16) and on the probabilities rounded to that type,
+// with everything accumulated and normalised in float32. A block takes 64
+// query rows of one (image, head); each of its four warps owns 16 of them,
+// and the warps share 64-key tiles of k and v, copied into shared memory.
+// The head dimension is padded with zeros to a multiple of 16, which adds
+// nothing to either product.
 //
 // wmma leaves open which lane holds which element of a fragment, so all the
 // work done per row goes through shared memory instead: a warp stores its
@@ -14,11 +14,10 @@
 // (and rescale that row of the output when its max grows), and the output
 // accumulator itself lives in shared memory between tiles, in fragments only
 // for the p v product.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <math.h>
 #include <mma.h>
 
+#include "dtype.cuh"
 #include "kernels.h"
 #include "launch.cuh"
 
@@ -67,34 +66,12 @@ struct Smem {
     static_assert(bytes <= 163 * 1024, "fits sm_80's dynamic shared memory");
 };
 
-template <typename T>
-__device__ __forceinline__ T to_lp(float x);
-template <>
-__device__ __forceinline__ __half to_lp<__half>(float x)
-{
-    return __float2half_rn(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 to_lp<__nv_bfloat16>(float x)
-{
-    return __float2bfloat16_rn(x);
-}
-__device__ __forceinline__ float from_lp(__half x)
-{
-    return __half2float(x);
-}
-__device__ __forceinline__ float from_lp(__nv_bfloat16 x)
-{
-    return __bfloat162float(x);
-}
-
 // Scores arrive as log2-scaled (scale_log2 = scale * log2(e)) so that each
 // probability is one exp2f.
 template <int D, typename T>
 __global__ void __launch_bounds__(kThreads)
-    attention_tc_kernel(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
-                        float *__restrict__ out, int64_t tq, int64_t tk, int64_t heads, int d, float scale_log2,
-                        int causal)
+    attention_tc_kernel(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v, T *__restrict__ out,
+                        int64_t tq, int64_t tk, int64_t heads, int d, float scale_log2, int causal)
 {
     using L = Smem<D>;
     using frag_q = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
@@ -112,15 +89,16 @@ __global__ void __launch_bounds__(kThreads)
 
     const int64_t bi = blockIdx.y / heads, h = blockIdx.y % heads, c_all = heads * d;
     const int64_t q0 = (int64_t)blockIdx.x * kBQ;
-    const float *qb = q + bi * tq * c_all + h * d;
-    const float *kb = k + bi * tk * c_all + h * d, *vb = v + bi * tk * c_all + h * d;
+    const T *qb = q + bi * tq * c_all + h * d;
+    const T *kb = k + bi * tk * c_all + h * d, *vb = v + bi * tk * c_all + h * d;
+    const T zero = sdw_store<T>(0.0f);
 
     // Query rows past tq and dimensions past d are zeros: such a row gets
     // finite scores (all 0) and is never written; the padded dimensions add 0.
     for (int idx = threadIdx.x; idx < kBQ * D; idx += kThreads) {
         int r = idx / D, c = idx % D;
         int64_t qi = q0 + r;
-        qs[r * L::ldh + c] = to_lp<T>(qi < tq && c < d ? qb[qi * c_all + c] : 0.0f);
+        qs[r * L::ldh + c] = qi < tq && c < d ? qb[qi * c_all + c] : zero;
     }
     for (int idx = lane; idx < kRows * D; idx += 32)
         os[idx / D * L::ldo + idx % D] = 0.0f;
@@ -149,8 +127,8 @@ __global__ void __launch_bounds__(kThreads)
             int j = idx / D, c = idx % D;
             int64_t key = k0 + j;
             bool ok = key < tk && c < d;
-            ks[j * L::ldh + c] = to_lp<T>(ok ? kb[key * c_all + c] : 0.0f);
-            vs[j * L::ldh + c] = to_lp<T>(ok ? vb[key * c_all + c] : 0.0f);
+            ks[j * L::ldh + c] = ok ? kb[key * c_all + c] : zero;
+            vs[j * L::ldh + c] = ok ? vb[key * c_all + c] : zero;
         }
         __syncthreads();
 
@@ -188,11 +166,11 @@ __global__ void __launch_bounds__(kThreads)
         T *prow = ps + r * L::ldp;
 #pragma unroll
         for (int i = 0; i < kBK / 2; i++) {
-            T p = to_lp<T>(exp2f(x[i] - base));
+            T p = sdw_store<T>(exp2f(x[i] - base));
             prow[2 * i + half] = p;
             // The sum takes the rounded p that the product uses, so the
             // output stays a weighted mean of v.
-            sum += from_lp(p);
+            sum += sdw_load(p);
         }
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         l = l * corr + sum;
@@ -232,14 +210,14 @@ __global__ void __launch_bounds__(kThreads)
         if (qi >= tq)
             break;
         float inv = 1.0f / ls[rr];
-        float *orow = out + (bi * tq + qi) * c_all + h * d;
+        T *orow = out + (bi * tq + qi) * c_all + h * d;
         for (int c = lane; c < d; c += 32)
-            orow[c] = os[rr * L::ldo + c] * inv;
+            orow[c] = sdw_store<T>(os[rr * L::ldo + c] * inv);
     }
 }
 
 template <int D, typename T>
-cudaError_t launch(const float *q, const float *k, const float *v, float *out, int64_t b, int64_t tq, int64_t tk,
+cudaError_t launch(const void *q, const void *k, const void *v, void *out, int64_t b, int64_t tq, int64_t tk,
                    int64_t heads, int64_t d, float scale, int causal, cudaStream_t stream)
 {
     int64_t qblocks = (tq + kBQ - 1) / kBQ;
@@ -256,12 +234,12 @@ cudaError_t launch(const float *q, const float *k, const float *v, float *out, i
             return rc;
     }
     SDW_LAUNCH(dim3((unsigned)qblocks, (unsigned)(b * heads)), kThreads, bytes, stream, attention_tc_kernel<D, T>)(
-        q, k, v, out, tq, tk, heads, (int)d, scale * 1.4426950408889634f, causal);
+        (const T *)q, (const T *)k, (const T *)v, (T *)out, tq, tk, heads, (int)d, scale * 1.4426950408889634f, causal);
     return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t dispatch(const float *q, const float *k, const float *v, float *out, int64_t b, int64_t tq, int64_t tk,
+cudaError_t launch_d(const void *q, const void *k, const void *v, void *out, int64_t b, int64_t tq, int64_t tk,
                      int64_t heads, int64_t d, float scale, int causal, cudaStream_t stream)
 {
     // One instantiation per multiple of 16, so no d pays for more than 15
@@ -283,15 +261,13 @@ cudaError_t dispatch(const float *q, const float *k, const float *v, float *out,
 
 } // namespace
 
-extern "C" cudaError_t sdw_k_attention_tc(const float *q, const float *k, const float *v, float *out, int64_t b,
+extern "C" cudaError_t sdw_k_attention_tc(const void *q, const void *k, const void *v, void *out, int64_t b,
                                           int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal,
-                                          int dtype, cudaStream_t stream)
+                                          int dt, cudaStream_t stream)
 {
     if (b <= 0 || tq <= 0 || tk <= 0 || heads <= 0 || d <= 0 || d > kMaxD || (causal && tq != tk))
         return cudaErrorInvalidValue;
-    if (dtype == SDW_K_F16)
-        return dispatch<__half>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
-    if (dtype == SDW_K_BF16)
-        return dispatch<__nv_bfloat16>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
-    return cudaErrorInvalidValue;
+    return sdw_dispatch_16(dt, [&](auto t) {
+        return launch_d<decltype(t)>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);
+    });
 }

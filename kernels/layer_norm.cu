@@ -5,6 +5,7 @@
 // rounded to float once, as the CPU twin does. x and y may be the same
 // buffer (each element is read and written by one thread), so no
 // __restrict__ on them.
+#include "dtype.cuh"
 #include "kernels.h"
 #include "launch.cuh"
 #include "reduce.cuh"
@@ -13,33 +14,38 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void layer_norm_kernel(const float *x, const float *__restrict__ gamma, const float *__restrict__ beta,
-                                  float *y, int64_t n, float eps)
+template <typename T>
+__global__ void layer_norm_kernel(const T *x, const T *__restrict__ gamma, const T *__restrict__ beta, T *y,
+                                  int64_t n, float eps)
 {
     __shared__ double shared[kThreads / 32];
-    const float *xr = x + blockIdx.x * n;
-    float *yr = y + blockIdx.x * n;
+    const T *xr = x + blockIdx.x * n;
+    T *yr = y + blockIdx.x * n;
     double s = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += kThreads)
-        s += xr[i];
+        s += sdw_load(xr[i]);
     double mean = sdw_block_sum<kThreads>(s, shared) / (double)n;
     double sq = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += kThreads) {
-        double d = xr[i] - mean;
+        double d = sdw_load(xr[i]) - mean;
         sq += d * d;
     }
     float rstd = (float)(1.0 / sqrt(sdw_block_sum<kThreads>(sq, shared) / (double)n + eps)), fmean = (float)mean;
     for (int64_t i = threadIdx.x; i < n; i += kThreads)
-        yr[i] = (xr[i] - fmean) * rstd * gamma[i] + beta[i];
+        yr[i] = sdw_store<T>((sdw_load(xr[i]) - fmean) * rstd * sdw_load(gamma[i]) + sdw_load(beta[i]));
 }
 
 } // namespace
 
-extern "C" cudaError_t sdw_k_layer_norm(const float *x, const float *gamma, const float *beta, float *y,
-                                        int64_t rows, int64_t n, float eps, cudaStream_t stream)
+extern "C" cudaError_t sdw_k_layer_norm(const void *x, const void *gamma, const void *beta, void *y, int64_t rows,
+                                        int64_t n, float eps, int dt, cudaStream_t stream)
 {
     if (rows <= 0 || n <= 0 || rows > 0x7fffffff)
         return cudaErrorInvalidValue;
-    SDW_LAUNCH((unsigned)rows, kThreads, 0, stream, layer_norm_kernel)(x, gamma, beta, y, n, eps);
-    return cudaGetLastError();
+    return sdw_dispatch(dt, [&](auto t) {
+        using T = decltype(t);
+        SDW_LAUNCH((unsigned)rows, kThreads, 0, stream, layer_norm_kernel<T>)((const T *)x, (const T *)gamma,
+                                                                             (const T *)beta, (T *)y, n, eps);
+        return cudaGetLastError();
+    });
 }
