@@ -207,7 +207,7 @@ static int cuda_upload(sdw_backend *be, float *dst, const float *src, size_t n, 
         CU(cudaMemcpyAsync(dst, src, n * sizeof *src, cudaMemcpyHostToDevice, c->stream));
         return SDW_OK;
     }
-    uint16_t *h;
+    uint16_t *h = NULL;
     int rc = to_storage(c, src, n, &h, e);
     if (rc)
         return rc;

@@ -47,7 +47,7 @@ static void usage(FILE *f)
             "                        tEXt \"parameters\" chunk\n"
             "  --threads N           CPU threads (default: OpenMP's, OMP_NUM_THREADS)\n"
             "  --device D            cpu (default) or cuda:N (builds configured --with-cuda)\n"
-            "  --precision P         CUDA products: fp16 (default), bf16 or fp32\n"
+            "  --precision P         CUDA tensor storage: fp16 (default), bf16 or fp32\n"
             "  --timings             also print the timings as one JSON line (for benchmarks)\n"
             "  --latents FILE        also write the final latents to FILE as raw float32 in\n"
             "                        the machine's byte order, [4, height/8, width/8] (to compare devices)\n"
