@@ -9,7 +9,7 @@
 # tests/gpu/prepare.sh).
 #
 # Then, while time is left, sdworker once more with CUDA graphs off
-# (SDW_CUDA_GRAPHS=0) and once with the float32 SIMT attention in place of
+# (SDW_CUDA_GRAPHS=0) and once with the SIMT attention (float32 arithmetic) in place of
 # the tensor-core one (SDW_CUDA_ATTENTION=simt): what each is worth.
 #
 # Each side runs twice and the second run is reported (the first pays for
@@ -170,7 +170,7 @@ dif = {k: d.get(k) for k in sdw} if drc == 0 else {k: None for k in sdw}
 print(f"{'metric':<16} {'sdworker':>10} {'diffusers':>10}")
 for k in sdw:
     print(f"{k:<16} {f(sdw[k]):>10} {f(dif[k]):>10}")
-for name, what in (("nographs", "CUDA graphs off"), ("simt", "float32 SIMT attention")):
+for name, what in (("nographs", "CUDA graphs off"), ("simt", "SIMT attention")):
     v = timings(f"{out}/sdworker-{name}.log")
     if v.get("denoise_s"):
         print(f"sdworker it/s with {what}: {(v.get('unet_calls') or 20) / v['denoise_s']:.3f}")
