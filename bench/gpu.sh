@@ -10,7 +10,10 @@
 #
 # Then, while time is left, sdworker once more with CUDA graphs off
 # (SDW_CUDA_GRAPHS=0) and once with the SIMT attention (float32 arithmetic) in place of
-# the tensor-core one (SDW_CUDA_ATTENTION=simt): what each is worth.
+# the tensor-core one (SDW_CUDA_ATTENTION=simt): what each is worth; and a
+# profile of two steps (sdworker-generate --profile): the time of each op
+# alone, totals per op in the summary, the costliest shapes in
+# OUTDIR/sdworker-profile.log.
 #
 # Each side runs twice and the second run is reported (the first pays for
 # cuDNN's algorithm search, cuBLAS and CUDA start-up). sdworker's phase times
@@ -123,16 +126,23 @@ else
   dif_rc=$?
 fi
 
-# variant NAME VAR=VALUE: sdworker again with one switch, when 60 s are left.
+# variant NAME VAR=VALUE|"" [ARGS...]: sdworker again with one switch in its
+# environment (or none) and ARGS after the usual ones, when 60 s are left.
 variant() {
   if [ "${sdw_rc:-1}" != 0 ] || [ $((deadline - $(date +%s))) -lt 60 ]; then
     echo "skipped (sdworker failed, or under 60 s of the budget left)" >"$out/sdworker-$1.log"
     return
   fi
-  timeout -k 5 "$(limit 90)" env "$2" "${gen[@]}" --output "$out/sdworker-$1.png" >"$out/sdworker-$1.log" 2>&1
+  local name=$1 var=$2
+  shift 2
+  timeout -k 5 "$(limit 90)" env ${var:+"$var"} "${gen[@]}" "$@" --output "$out/sdworker-$name.png" \
+    >"$out/sdworker-$name.log" 2>&1
 }
 variant nographs SDW_CUDA_GRAPHS=0
 variant simt SDW_CUDA_ATTENTION=simt
+# Where the time goes: two steps, generated twice, the second with every op
+# timed alone (sdworker-generate --profile).
+variant profile "" --steps 2 --profile=40
 
 python3 - "$out" "${sdw_s:-0}" "${sdw_peak:-0}" "${sdw_rc:-1}" "$dif_rc" <<'PY' | tee "$out/summary.txt"
 import json, re, sys
@@ -178,6 +188,16 @@ for name, what in (("nographs", "CUDA graphs off"), ("simt", "SIMT attention")):
         print(f"sdworker with {what}: no result (see sdworker-{name}.log)")
 if t:
     print(f"sdworker UNet steps replayed from a CUDA graph: {t.get('graph_replays', 0)} of {steps}")
+try:
+    prof = open(f"{out}/sdworker-profile.log", errors="replace").read()
+except OSError:
+    prof = ""
+if "by op:" in prof:
+    head = next((l for l in prof.splitlines() if l.startswith("profile:")), "")
+    print(f"sdworker {head} (2 steps + VAE; costliest shapes in sdworker-profile.log)")
+    print(prof[prof.index("by op:"):].rstrip())
+else:
+    print("sdworker profile: no result (see sdworker-profile.log)")
 if sdw["s/image"] and dif.get("s/image"):
     print(f"diffusers s/image / sdworker s/image = {dif['s/image'] / sdw['s/image']:.2f} (above 1: sdworker faster)")
 if rc:

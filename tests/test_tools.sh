@@ -74,6 +74,16 @@ if grep -q "^seed: [0-9]" "$tmp/p.out" && grep -q "s/step" "$tmp/p.out" && grep 
 else
     not_ok "seed, timings and progress printed" "$(cat "$tmp/p.out" "$tmp/p.err")"
 fi
+gen --width 64 --height 64 --seed 7 --sampler euler --quiet --profile=5 --output "$tmp/pr.png" >"$tmp/pr.out" 2>&1
+rows=$(sed -n '/^  share/,/^(/p' "$tmp/pr.out" | grep -c '%')
+if cmp -s "$tmp/pr.png" "$tmp/t.png" && grep -q "^profile: [0-9]* ops" "$tmp/pr.out" && [ "$rows" = 5 ] &&
+    sed -n "/^by op:/,\$p" "$tmp/pr.out" | grep -q " conv2d$"; then
+    ok "--profile=5: the same image, then five costliest shapes and the totals per op"
+else
+    not_ok "--profile=5" "$(cat "$tmp/pr.out")"
+fi
+exits 2 "--profile" gen --profile=0 --output "$tmp/x.png" && ok "--profile=0 is refused" ||
+    not_ok "--profile=0 is refused" "$(cat "$tmp/err")"
 check "txt2img 512x512" gen --steps 1 --guidance 1 --seed 1 --quiet --output "$tmp/big.png"
 check "512x512 PNG" has_size "$tmp/big.png" 512x512
 

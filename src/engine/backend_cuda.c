@@ -655,6 +655,12 @@ static int cuda_gaussian(sdw_backend *be, const float *m, const float *noise, fl
     return SDW_OK;
 }
 
+static int cuda_sync(sdw_backend *be, sdw_error *e)
+{
+    CU(cudaStreamSynchronize(priv(be)->stream));
+    return SDW_OK;
+}
+
 /* Graph capture. The allocator (devmem.h) tags the blocks a capture takes
  * and gives back and makes them the graph's own when it is kept, so nothing
  * outside it can be given memory that a replay writes; a capture that
@@ -772,6 +778,7 @@ static const sdw_backend_ops cuda_ops = {
     .add_rows = cuda_add_rows,
     .scale = cuda_scale,
     .gaussian = cuda_gaussian,
+    .sync = cuda_sync,
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,
     .graph_launch = cuda_graph_launch,

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "profile.h"
+
 int64_t sdw_tensor_numel(const sdw_tensor *t)
 {
     int64_t n = 1;
@@ -122,6 +124,8 @@ struct sdw_graph {
 
 int sdw_graph_begin(sdw_backend *be, sdw_error *e)
 {
+    if (be->prof)
+        return sdw_fail(e, SDW_EUNSUPPORTED, "a profile is attached: every op runs on its own, timed");
     if (!be->ops->graph_begin)
         return sdw_fail(e, SDW_EUNSUPPORTED, "the %s backend runs ops directly (no graphs)", be->ops->name);
     return be->ops->graph_begin(be, e);
@@ -196,6 +200,21 @@ void sdw_backend_destroy(sdw_backend *be)
         be->ops->destroy(be);
 }
 
+/* Returns the backend call's result; with a profile attached (profile.h)
+ * the call is timed, into the row that the printf arguments after `flops`
+ * name (evaluated only then). */
+#define RUN(be, e, flops, call, ...)                                                                               \
+    do {                                                                                                           \
+        if (!(be)->prof)                                                                                           \
+            return (call);                                                                                         \
+        double t0_;                                                                                                \
+        int rc_ = sdw_profile_enter((be), &t0_, (e));                                                              \
+        if (!rc_)                                                                                                  \
+            rc_ = (call);                                                                                          \
+        return sdw_profile_leave((be), t0_, rc_, (flops), (e), __VA_ARGS__);                                       \
+    } while (0)
+#define LL(v) ((long long)(v))
+
 static int64_t last_dim(const sdw_tensor *t)
 {
     return t->shape[t->ndim - 1];
@@ -243,7 +262,9 @@ int sdw_op_linear(const sdw_tensor *x, const sdw_tensor *w, const sdw_tensor *bi
         return shape_error(e, "linear", "output", y);
     if (same_backend_weight("linear", e, x, w) || same_backend("linear", e, x, bias) || same_backend("linear", e, x, y))
         return SDW_EINVAL;
-    return x->be->ops->linear(x->be, x->data, w->data, w->lowp, bias ? bias->data : NULL, y->data, m, n, k, e);
+    RUN(x->be, e, 2.0 * m * n * k,
+        x->be->ops->linear(x->be, x->data, w->data, w->lowp, bias ? bias->data : NULL, y->data, m, n, k, e),
+        "linear %lldx%lld * %lldx%lld%s", LL(m), LL(k), LL(n), LL(k), bias ? " + bias" : "");
 }
 
 int sdw_op_layer_norm(const sdw_tensor *x, const sdw_tensor *gamma, const sdw_tensor *beta, float eps,
@@ -259,7 +280,8 @@ int sdw_op_layer_norm(const sdw_tensor *x, const sdw_tensor *gamma, const sdw_te
     if (same_backend("layer_norm", e, x, gamma) || same_backend("layer_norm", e, x, beta) ||
         same_backend("layer_norm", e, x, y))
         return SDW_EINVAL;
-    return x->be->ops->layer_norm(x->be, x->data, gamma->data, beta->data, y->data, rows_of(x), n, eps, e);
+    RUN(x->be, e, 0, x->be->ops->layer_norm(x->be, x->data, gamma->data, beta->data, y->data, rows_of(x), n, eps, e),
+        "layer_norm %lldx%lld", LL(rows_of(x)), LL(n));
 }
 
 int sdw_op_attention(const sdw_tensor *q, const sdw_tensor *k, const sdw_tensor *v, int heads, int causal,
@@ -283,8 +305,10 @@ int sdw_op_attention(const sdw_tensor *q, const sdw_tensor *k, const sdw_tensor 
         same_backend("attention", e, q, out))
         return SDW_EINVAL;
     int64_t d = c / heads;
-    return q->be->ops->attention(q->be, q->data, k->data, v->data, out->data, b, tq, tk, heads, d,
-                                 1.0f / sqrtf((float)d), causal, e);
+    RUN(q->be, e, 4.0 * b * heads * tq * tk * d,
+        q->be->ops->attention(q->be, q->data, k->data, v->data, out->data, b, tq, tk, heads, d, 1.0f / sqrtf((float)d),
+                              causal, e),
+        "attention b%lld q%lld k%lld heads%d d%lld%s", LL(b), LL(tq), LL(tk), heads, LL(d), causal ? " causal" : "");
 }
 
 int sdw_op_act(const sdw_tensor *x, sdw_act act, sdw_tensor *y, sdw_error *e)
@@ -293,7 +317,9 @@ int sdw_op_act(const sdw_tensor *x, sdw_act act, sdw_tensor *y, sdw_error *e)
         return shape_error(e, "activation", "output", y);
     if (same_backend("activation", e, x, y))
         return SDW_EINVAL;
-    return x->be->ops->act(x->be, x->data, y->data, sdw_tensor_numel(x), act, e);
+    static const char *const names[] = {"silu", "gelu", "quick_gelu"};
+    RUN(x->be, e, 0, x->be->ops->act(x->be, x->data, y->data, sdw_tensor_numel(x), act, e), "act %s %lld",
+        (unsigned)act < 3 ? names[act] : "?", LL(sdw_tensor_numel(x)));
 }
 
 int sdw_op_add(const sdw_tensor *a, const sdw_tensor *b, sdw_tensor *y, sdw_error *e)
@@ -305,7 +331,7 @@ int sdw_op_add(const sdw_tensor *a, const sdw_tensor *b, sdw_tensor *y, sdw_erro
         return shape_error(e, "add", "output", y);
     if (same_backend("add", e, a, b) || same_backend("add", e, a, y))
         return SDW_EINVAL;
-    return a->be->ops->add(a->be, a->data, b->data, y->data, n, e);
+    RUN(a->be, e, 0, a->be->ops->add(a->be, a->data, b->data, y->data, n, e), "add %lld", LL(n));
 }
 
 int sdw_op_embed(const sdw_tensor *table, const int32_t *ids, const sdw_tensor *pos, sdw_tensor *y,
@@ -325,7 +351,9 @@ int sdw_op_embed(const sdw_tensor *table, const int32_t *ids, const sdw_tensor *
                             (long long)vocab);
     if (same_backend("embed", e, table, pos) || same_backend("embed", e, table, y))
         return SDW_EINVAL;
-    return table->be->ops->embed(table->be, table->data, ids, pos ? pos->data : NULL, y->data, rows, dim, tpos, e);
+    RUN(table->be, e, 0,
+        table->be->ops->embed(table->be, table->data, ids, pos ? pos->data : NULL, y->data, rows, dim, tpos, e),
+        "embed %lldx%lld", LL(rows), LL(dim));
 }
 
 static int check_image(const char *op, const char *what, const sdw_tensor *t, sdw_error *e)
@@ -353,8 +381,11 @@ int sdw_op_conv2d(const sdw_tensor *x, const sdw_tensor *w, const sdw_tensor *bi
         return shape_error(e, "conv2d", "output", y);
     if (same_backend_weight("conv2d", e, x, w) || same_backend("conv2d", e, x, bias) || same_backend("conv2d", e, x, y))
         return SDW_EINVAL;
-    return x->be->ops->conv2d(x->be, x->data, w->data, w->lowp, bias ? bias->data : NULL, y->data, b, c, h, wd, o, kh, kw,
-                              oh, ow, g.stride, g.pad_t, g.pad_l, e);
+    RUN(x->be, e, 2.0 * b * o * oh * ow * c * kh * kw,
+        x->be->ops->conv2d(x->be, x->data, w->data, w->lowp, bias ? bias->data : NULL, y->data, b, c, h, wd, o, kh, kw,
+                           oh, ow, g.stride, g.pad_t, g.pad_l, e),
+        "conv2d %lldx%lldx%lldx%lld * %lldx%lldx%lldx%lld stride %d", LL(b), LL(c), LL(h), LL(wd), LL(o), LL(c),
+        LL(kh), LL(kw), g.stride);
 }
 
 int sdw_op_group_norm(const sdw_tensor *x, int groups, const sdw_tensor *gamma, const sdw_tensor *beta,
@@ -375,7 +406,9 @@ int sdw_op_group_norm(const sdw_tensor *x, int groups, const sdw_tensor *gamma, 
     if (same_backend("group_norm", e, x, gamma) || same_backend("group_norm", e, x, beta) ||
         same_backend("group_norm", e, x, y))
         return SDW_EINVAL;
-    return x->be->ops->group_norm(x->be, x->data, gamma->data, beta->data, y->data, b, c, n, groups, eps, silu, e);
+    RUN(x->be, e, 0,
+        x->be->ops->group_norm(x->be, x->data, gamma->data, beta->data, y->data, b, c, n, groups, eps, silu, e),
+        "group_norm%s %lldx%lldx%lld in %d groups", silu ? "+silu" : "", LL(b), LL(c), LL(n), groups);
 }
 
 int sdw_op_upsample_nearest(const sdw_tensor *x, sdw_tensor *y, sdw_error *e)
@@ -386,8 +419,11 @@ int sdw_op_upsample_nearest(const sdw_tensor *x, sdw_tensor *y, sdw_error *e)
         return shape_error(e, "upsample", "output", y);
     if (same_backend("upsample", e, x, y))
         return SDW_EINVAL;
-    return x->be->ops->upsample_nearest(x->be, x->data, y->data, x->shape[0] * x->shape[1], x->shape[2],
-                                        x->shape[3], y->shape[2], y->shape[3], e);
+    RUN(x->be, e, 0,
+        x->be->ops->upsample_nearest(x->be, x->data, y->data, x->shape[0] * x->shape[1], x->shape[2], x->shape[3],
+                                     y->shape[2], y->shape[3], e),
+        "upsample %lldx%lldx%lldx%lld -> %lldx%lld", LL(x->shape[0]), LL(x->shape[1]), LL(x->shape[2]),
+        LL(x->shape[3]), LL(y->shape[2]), LL(y->shape[3]));
 }
 
 int sdw_op_concat(const sdw_tensor *a, const sdw_tensor *c, sdw_tensor *y, sdw_error *e)
@@ -403,8 +439,9 @@ int sdw_op_concat(const sdw_tensor *a, const sdw_tensor *c, sdw_tensor *y, sdw_e
     if (same_backend("concat", e, a, c) || same_backend("concat", e, a, y))
         return SDW_EINVAL;
     int64_t b = a->shape[0];
-    return a->be->ops->concat(a->be, a->data, c->data, y->data, b, sdw_tensor_numel(a) / b,
-                              sdw_tensor_numel(c) / b, e);
+    RUN(a->be, e, 0,
+        a->be->ops->concat(a->be, a->data, c->data, y->data, b, sdw_tensor_numel(a) / b, sdw_tensor_numel(c) / b, e),
+        "concat %lldx(%lld + %lld)", LL(b), LL(sdw_tensor_numel(a) / b), LL(sdw_tensor_numel(c) / b));
 }
 
 int sdw_op_transpose(const sdw_tensor *x, sdw_tensor *y, sdw_error *e)
@@ -415,7 +452,8 @@ int sdw_op_transpose(const sdw_tensor *x, sdw_tensor *y, sdw_error *e)
         return shape_error(e, "transpose", "output", y);
     if (same_backend("transpose", e, x, y))
         return SDW_EINVAL;
-    return x->be->ops->transpose(x->be, x->data, y->data, x->shape[0], x->shape[1], x->shape[2], e);
+    RUN(x->be, e, 0, x->be->ops->transpose(x->be, x->data, y->data, x->shape[0], x->shape[1], x->shape[2], e),
+        "transpose %lldx%lldx%lld", LL(x->shape[0]), LL(x->shape[1]), LL(x->shape[2]));
 }
 
 int sdw_op_geglu(const sdw_tensor *x, sdw_tensor *y, sdw_error *e)
@@ -427,7 +465,8 @@ int sdw_op_geglu(const sdw_tensor *x, sdw_tensor *y, sdw_error *e)
         return shape_error(e, "geglu", "output", y);
     if (same_backend("geglu", e, x, y))
         return SDW_EINVAL;
-    return x->be->ops->geglu(x->be, x->data, y->data, rows_of(x), n2 / 2, e);
+    RUN(x->be, e, 0, x->be->ops->geglu(x->be, x->data, y->data, rows_of(x), n2 / 2, e), "geglu %lldx%lld",
+        LL(rows_of(x)), LL(n2));
 }
 
 int sdw_op_add_channel(const sdw_tensor *x, const sdw_tensor *v, sdw_tensor *y, sdw_error *e)
@@ -441,7 +480,8 @@ int sdw_op_add_channel(const sdw_tensor *x, const sdw_tensor *v, sdw_tensor *y, 
         return shape_error(e, "add_channel", "output", y);
     if (same_backend("add_channel", e, x, v) || same_backend("add_channel", e, x, y))
         return SDW_EINVAL;
-    return x->be->ops->add_rows(x->be, x->data, v->data, y->data, rows, sdw_tensor_numel(x) / rows, e);
+    RUN(x->be, e, 0, x->be->ops->add_rows(x->be, x->data, v->data, y->data, rows, sdw_tensor_numel(x) / rows, e),
+        "add_channel %lldx%lld", LL(rows), LL(sdw_tensor_numel(x) / rows));
 }
 
 int sdw_op_scale(const sdw_tensor *x, float s, sdw_tensor *y, sdw_error *e)
@@ -450,7 +490,8 @@ int sdw_op_scale(const sdw_tensor *x, float s, sdw_tensor *y, sdw_error *e)
         return shape_error(e, "scale", "output", y);
     if (same_backend("scale", e, x, y))
         return SDW_EINVAL;
-    return x->be->ops->scale(x->be, x->data, s, y->data, sdw_tensor_numel(x), e);
+    RUN(x->be, e, 0, x->be->ops->scale(x->be, x->data, s, y->data, sdw_tensor_numel(x), e), "scale %lld",
+        LL(sdw_tensor_numel(x)));
 }
 
 int sdw_op_gaussian(const sdw_tensor *moments, const sdw_tensor *noise, float s, sdw_tensor *y, sdw_error *e)
@@ -465,5 +506,7 @@ int sdw_op_gaussian(const sdw_tensor *moments, const sdw_tensor *noise, float s,
         return shape_error(e, "gaussian", "noise", noise);
     if (same_backend("gaussian", e, moments, noise) || same_backend("gaussian", e, moments, y))
         return SDW_EINVAL;
-    return moments->be->ops->gaussian(moments->be, moments->data, noise ? noise->data : NULL, s, y->data, b, n, e);
+    RUN(moments->be, e, 0,
+        moments->be->ops->gaussian(moments->be, moments->data, noise ? noise->data : NULL, s, y->data, b, n, e),
+        "gaussian %lldx%lld%s", LL(b), LL(n), noise ? "" : " (mean)");
 }

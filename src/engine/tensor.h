@@ -96,6 +96,9 @@ typedef struct sdw_backend_ops {
      * logvar clamped to [-30, 20]; noise NULL gives s * mean. */
     int (*gaussian)(sdw_backend *be, const float *m, const float *noise, float s, float *y, int64_t b,
                     int64_t n, sdw_error *e);
+    /* Waits until every op issued so far has finished (what a profile
+     * times, profile.h); NULL where ops finish before they return. */
+    int (*sync)(sdw_backend *be, sdw_error *e);
     /* Recording and replaying ops (see sdw_graph_begin); NULL where the
      * backend runs every op as it is called. graph_end with keep = 0
      * abandons the recording. */
@@ -106,9 +109,12 @@ typedef struct sdw_backend_ops {
     void (*destroy)(sdw_backend *be);
 } sdw_backend_ops;
 
+struct sdw_profile;
+
 struct sdw_backend {
     const sdw_backend_ops *ops;
     void *priv;
+    struct sdw_profile *prof; /* per-op timings while attached (profile.h) */
 };
 
 /* The CPU backend: OpenBLAS sgemm for products, OpenMP for the rest. */

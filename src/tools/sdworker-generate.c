@@ -13,6 +13,7 @@
 
 #include "image.h"
 #include "pipeline.h"
+#include "profile.h"
 #include "scheduler.h"
 #include "tensor.h"
 
@@ -51,6 +52,9 @@ static void usage(FILE *f)
             "  --timings             also print the timings as one JSON line (for benchmarks)\n"
             "  --latents FILE        also write the final latents to FILE as raw float32 in\n"
             "                        the machine's byte order, [4, height/8, width/8] (to compare devices)\n"
+            "  --profile[=N]         then generate the same image again with every op timed alone,\n"
+            "                        and print where the time went: the N costliest ops by shape\n"
+            "                        (default 30) and the totals per op\n"
             "  --quiet               no progress bar or timings; errors only\n"
             "  --help                this text\n"
             "\n"
@@ -60,6 +64,30 @@ static void usage(FILE *f)
             "Exit status: 0 success, 2 bad usage, 3 unreadable or unusable input image or mask,\n"
             "4 the model cannot be loaded, 5 generation or writing the output failed.\n",
             sdw_sampler_names);
+}
+
+/* --profile: the same generation again with a profile attached (the first
+ * one warmed up the backend: algorithm choices, memory), then its table. */
+static int profile(sdw_pipeline *p, sdw_backend *be, const sdw_gen_params *gp, int rows)
+{
+    sdw_error e = {0};
+    sdw_profile *prof = NULL;
+    sdw_image img = {0};
+    sdw_gen_timings t = {0};
+    if (sdw_profile_new(&prof, &e)) {
+        fprintf(stderr, "sdworker-generate: %s\n", e.msg);
+        return EXIT_GENERATE;
+    }
+    sdw_backend_profile(be, prof);
+    int rc = sdw_pipeline_generate(p, gp, NULL, NULL, &img, NULL, &t, &e);
+    sdw_backend_profile(be, NULL);
+    if (rc)
+        fprintf(stderr, "sdworker-generate: profiled run: %s\n", e.msg);
+    else
+        sdw_profile_print(prof, stdout, rows);
+    sdw_image_free(&img);
+    sdw_profile_free(prof);
+    return rc ? EXIT_GENERATE : 0;
 }
 
 static double now_s(void)
@@ -195,11 +223,11 @@ int main(int argc, char **argv)
         {"quiet", no_argument, 0, 'q'},            {"help", no_argument, 0, 'h'},
         {"device", required_argument, 0, 'D'},     {"precision", required_argument, 0, 'P'},
         {"timings", no_argument, 0, 'J'},         {"latents", required_argument, 0, 'L'},
-        {0, 0, 0, 0},
+        {"profile", optional_argument, 0, 'F'},    {0, 0, 0, 0},
     };
     const char *model = NULL, *prompt = NULL, *negative = NULL, *sampler = NULL, *init_path = NULL,
                *mask_path = NULL, *output = "out.png", *device = "cpu", *latents_path = NULL;
-    int precision = SDW_PREC_FP16, json_timings = 0;
+    int precision = SDW_PREC_FP16, json_timings = 0, profile_rows = 0;
     int steps = 20, width = 512, height = 512, clip_skip = 0, threads = 0, quiet = 0, have_seed = 0,
         have_strength = 0, have_size = 0;
     float guidance = 7.5f, eta = 0;
@@ -243,6 +271,11 @@ int main(int argc, char **argv)
             }
             break;
         case 'J': json_timings = 1; break;
+        case 'F':
+            profile_rows = 30;
+            if (optarg)
+                bad = parse_int("--profile", optarg, 1, 100000, &profile_rows);
+            break;
         case 'L': latents_path = optarg; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return 0;
@@ -385,6 +418,8 @@ int main(int argc, char **argv)
             printf("not using a CUDA graph: %s\n", t.graph_note);
         printf("vae decode: %.2f s\ntotal: %.2f s\n", t.decode_s, t.total_s + load_s);
     }
+    if (profile_rows && (status = profile(p, be, &gp, profile_rows)))
+        goto done;
     if (json_timings)
         printf("{\"load_s\":%.6f,\"encode_s\":%.6f,\"prepare_s\":%.6f,\"denoise_s\":%.6f,\"unet_calls\":%d,"
                "\"graph_replays\":%d,\"decode_s\":%.6f,\"total_s\":%.6f}\n",
