@@ -8,8 +8,10 @@
  * on the second call and replayed after: every case checks that it was
  * (the replay count), and float32 runs once more with graphs turned off
  * (SDW_CUDA_GRAPHS=0), which must give the same latents within 1e-5 (its
- * own convolution algorithms may sum in another order).
- * Skips without a CUDA device. */
+ * own convolution algorithms may sum in another order). Against the host
+ * stand-ins (SDW_CUSIM), a device shrunk to leave 48 MiB free must fail a
+ * generation with SDW_ENOMEM and a clear message, and the same pipeline
+ * must work again once memory is back. Skips without a CUDA device. */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdlib.h>
@@ -168,6 +170,48 @@ int main(void)
                free1 >> 20, free2 >> 20, rc ? ": " : "", rc ? e.msg : "");
         sdw_pipeline_free(p);
     }
+#ifdef SDW_CUSIM
+    /* Out of device memory, on the fake device shrunk to what is in use
+     * plus 48 MiB: a new fp16 backend starts (cuBLAS's 32 MiB workspace) and
+     * loads the tiny model, but its first convolution's workspace does not
+     * fit. The generation must fail with SDW_ENOMEM and a message that says
+     * what it asked for and what was free, and the same pipeline must
+     * generate once the memory is there again. */
+    size_t fr = 0, total = 0;
+    sdw_backend *small = NULL;
+    p = NULL;
+    if (cudaMemGetInfo(&fr, &total) == cudaSuccess) {
+        char mib[32];
+        snprintf(mib, sizeof mib, "%zu", ((total - fr) >> 20) + 48);
+        setenv("SDW_FAKE_DEVICE_MIB", mib, 1);
+    }
+    int src = sdw_backend_cuda(&small, 0, SDW_PREC_FP16, &e);
+    int lrc = src ? src : sdw_pipeline_load(&p, small, dir, &e);
+    tap_ok(!src && !lrc, "a backend and the tiny model fit in 48 MiB%s%s", src || lrc ? ": " : "",
+           src || lrc ? e.msg : "");
+    if (!lrc) {
+        sdw_gen_params gp;
+        sdw_gen_params_init(&gp, SDW_GEN_TXT2IMG);
+        gp.prompt = "a cat";
+        gp.steps = 3;
+        gp.width = gp.height = 32;
+        gp.sampler = "euler";
+        sdw_image out = {0};
+        sdw_gen_timings t;
+        int rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &out, NULL, &t, &e);
+        tap_ok(rc == SDW_ENOMEM && strstr(e.msg, "cannot allocate") && strstr(e.msg, "MiB free"),
+               "a generation that does not fit fails with SDW_ENOMEM: %s", rc ? e.msg : "(it ran)");
+        sdw_image_free(&out);
+        unsetenv("SDW_FAKE_DEVICE_MIB");
+        rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &out, NULL, &t, &e);
+        tap_ok(!rc && out.width == 32, "with the memory back, the same pipeline generates%s%s", rc ? ": " : "",
+               rc ? e.msg : "");
+        sdw_image_free(&out);
+    }
+    unsetenv("SDW_FAKE_DEVICE_MIB");
+    sdw_pipeline_free(p);
+    sdw_backend_destroy(small);
+#endif
     sdw_backend_destroy(plain);
     sdw_backend_destroy(f16);
     sdw_backend_destroy(f32);

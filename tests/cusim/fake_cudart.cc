@@ -11,6 +11,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdlib>
 #include <map>
 #include <set>
 #include <vector>
@@ -31,8 +32,15 @@ struct CUgraphExec_st {
 
 namespace {
 
-// What the one simulated device claims to have; cudaMalloc fails past it.
-constexpr size_t kTotalBytes = (size_t)16 << 30;
+// What the one simulated device claims to have, 16 GiB or
+// SDW_FAKE_DEVICE_MIB (read at every call, so that a test can shrink the
+// device to what is in use to see allocations fail); cudaMalloc fails past
+// it.
+size_t total_bytes()
+{
+    const char *mib = getenv("SDW_FAKE_DEVICE_MIB");
+    return mib && *mib ? (size_t)strtoull(mib, nullptr, 10) << 20 : (size_t)16 << 30;
+}
 // New allocations up to this size are filled with 0xff (NaN as float, half
 // and bfloat16), so that reading memory nobody wrote shows; larger ones,
 // workspaces, are left as they come to spare the host the pages.
@@ -230,7 +238,7 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device)
     snprintf(prop->name, sizeof prop->name, "simulated");
     prop->major = 9;
     prop->minor = 0;
-    prop->totalGlobalMem = kTotalBytes;
+    prop->totalGlobalMem = total_bytes();
     prop->multiProcessorCount = 132;
     prop->warpSize = 32;
     prop->maxThreadsPerBlock = 1024;
@@ -261,7 +269,7 @@ cudaError_t cudaMalloc(void **devPtr, size_t size)
     if (size == 0)
         return cudaSuccess;
     size_t bytes = (size + 255) & ~(size_t)255;
-    if (bytes < size || bytes > kTotalBytes - g_live_bytes)
+    if (bytes < size || g_live_bytes > total_bytes() || bytes > total_bytes() - g_live_bytes)
         return fail(cudaErrorMemoryAllocation);
     void *p = aligned_alloc(256, bytes);
     if (!p)
@@ -294,8 +302,9 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total)
 {
     if (!free_bytes || !total)
         return fail(cudaErrorInvalidValue);
-    *free_bytes = kTotalBytes - g_live_bytes;
-    *total = kTotalBytes;
+    size_t all = total_bytes();
+    *free_bytes = g_live_bytes < all ? all - g_live_bytes : 0;
+    *total = all;
     return cudaSuccess;
 }
 
