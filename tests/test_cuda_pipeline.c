@@ -2,7 +2,7 @@
  * fixture models (tests/fixtures/models): txt2img with a deterministic and an
  * ancestral sampler, img2img, and 9-channel inpainting. Final latents within
  * 1e-4 relative error (max abs difference over max abs reference) in
- * float32, within 1e-2 in fp16. A second identical generation must not grow
+ * float32, within 1e-2 in fp16, within BF16_TOL in bf16. A second identical generation must not grow
  * the device memory in use: the caching allocator serves every later step
  * from the blocks of the first. On CUDA the UNet step is recorded as a graph
  * on the second call and replayed after: every case checks that it was
@@ -20,6 +20,10 @@
 #include "pipeline.h"
 #include "fixture.h"
 #include "tap.h"
+
+/* bfloat16 keeps 8 significant bits to half's 11: its latents may differ
+ * from the CPU's up to eight times as much as fp16's 1e-2. */
+#define BF16_TOL 8e-2
 
 typedef struct gen_case {
     const char *name, *model, *sampler, *init, *mask;
@@ -95,7 +99,7 @@ int main(void)
         return tap_done();
     }
     sdw_error e;
-    sdw_backend *cpu = NULL, *f32 = NULL, *f16 = NULL, *plain = NULL;
+    sdw_backend *cpu = NULL, *f32 = NULL, *f16 = NULL, *bf16 = NULL, *plain = NULL;
     if (!tap_ok(sdw_backend_cpu(&cpu, &e) == 0, "cpu backend"))
         return tap_done();
     /* The call first: the message's arguments must see its result. */
@@ -104,6 +108,9 @@ int main(void)
         return tap_done();
     brc = sdw_backend_cuda(&f16, 0, SDW_PREC_FP16, &e);
     if (!tap_ok(brc == 0, "cuda fp16 backend%s%s", brc ? ": " : "", brc ? e.msg : ""))
+        return tap_done();
+    brc = sdw_backend_cuda(&bf16, 0, SDW_PREC_BF16, &e);
+    if (!tap_ok(brc == 0, "cuda bf16 backend%s%s", brc ? ": " : "", brc ? e.msg : ""))
         return tap_done();
     setenv("SDW_CUDA_GRAPHS", "0", 1);
     int prc = sdw_backend_cuda(&plain, 0, SDW_PREC_FP32, &e);
@@ -142,6 +149,10 @@ int main(void)
                rc ? ": " : "", rc ? e.msg : "");
         tap_ok(!rc && t.graph_replays == t.unet_calls - 2, "%s: fp16 replayed %d of %d UNet steps%s%s", c->name,
                t.graph_replays, t.unet_calls, t.graph_note[0] ? ": " : "", t.graph_note);
+        rc = run(bf16, c, got, &t, &e);
+        r = rc ? INFINITY : max_rel_err(got, want, n);
+        tap_ok(!rc && r <= BF16_TOL, "%s on %s: cuda bf16 latents vs cpu: rel err %.2e (tol %.0e)%s%s", c->name,
+               c->model, r, BF16_TOL, rc ? ": " : "", rc ? e.msg : "");
         free(want), free(got), free(direct);
     }
 
@@ -214,6 +225,7 @@ int main(void)
 #endif
     sdw_backend_destroy(plain);
     sdw_backend_destroy(f16);
+    sdw_backend_destroy(bf16);
     sdw_backend_destroy(f32);
     sdw_backend_destroy(cpu);
     return tap_done();
