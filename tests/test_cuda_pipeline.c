@@ -90,6 +90,18 @@ static int run(sdw_backend *be, const gen_case *c, float *latents, sdw_gen_timin
     return rc;
 }
 
+/* txt2img "a cat", euler, steps steps at size x size. */
+static sdw_gen_params cat_params(int steps, int size)
+{
+    sdw_gen_params gp;
+    sdw_gen_params_init(&gp, SDW_GEN_TXT2IMG);
+    gp.prompt = "a cat";
+    gp.steps = steps;
+    gp.width = gp.height = size;
+    gp.sampler = "euler";
+    return gp;
+}
+
 int main(void)
 {
     int count = 0;
@@ -162,12 +174,7 @@ int main(void)
     snprintf(dir, sizeof dir, "%s/%s", tap_fixture("models"), cases[0].model);
     sdw_pipeline *p = NULL;
     if (tap_ok(sdw_pipeline_load(&p, f16, dir, &e) == 0, "tiny-a loads on fp16")) {
-        sdw_gen_params gp;
-        sdw_gen_params_init(&gp, SDW_GEN_TXT2IMG);
-        gp.prompt = "a cat";
-        gp.steps = 4;
-        gp.width = gp.height = 64;
-        gp.sampler = "euler";
+        sdw_gen_params gp = cat_params(4, 64);
         size_t free1 = 0, free2 = 0, total = 0;
         sdw_image out = {0};
         sdw_gen_timings t;
@@ -201,12 +208,7 @@ int main(void)
     tap_ok(!src && !lrc, "a backend and the tiny model fit in 48 MiB%s%s", src || lrc ? ": " : "",
            src || lrc ? e.msg : "");
     if (!lrc) {
-        sdw_gen_params gp;
-        sdw_gen_params_init(&gp, SDW_GEN_TXT2IMG);
-        gp.prompt = "a cat";
-        gp.steps = 3;
-        gp.width = gp.height = 32;
-        gp.sampler = "euler";
+        sdw_gen_params gp = cat_params(3, 32);
         sdw_image out = {0};
         sdw_gen_timings t;
         int rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &out, NULL, &t, &e);
