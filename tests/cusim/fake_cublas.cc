@@ -13,8 +13,6 @@
 #include "fake_cuda.h"
 
 #include <cublas_v2.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include <algorithm>
 #include <set>
@@ -41,23 +39,19 @@ size_t type_size(cudaDataType t)
     }
 }
 
-float load(const void *p, cudaDataType t, int64_t i)
+sdw_fake::Elem elem(cudaDataType t)
 {
-    switch (t) {
-    case CUDA_R_16F: return __half2float(static_cast<const __half *>(p)[i]);
-    case CUDA_R_16BF: return __bfloat162float(static_cast<const __nv_bfloat16 *>(p)[i]);
-    default: return static_cast<const float *>(p)[i];
-    }
+    return t == CUDA_R_16F ? sdw_fake::Elem::f16 : t == CUDA_R_16BF ? sdw_fake::Elem::bf16 : sdw_fake::Elem::f32;
 }
 
-// Rounds once, to nearest even, as the library's epilogue does.
+float load(const void *p, cudaDataType t, int64_t i)
+{
+    return sdw_fake::load(p, elem(t), i);
+}
+
 void store(void *p, cudaDataType t, int64_t i, float v)
 {
-    switch (t) {
-    case CUDA_R_16F: static_cast<__half *>(p)[i] = __float2half_rn(v); break;
-    case CUDA_R_16BF: static_cast<__nv_bfloat16 *>(p)[i] = __float2bfloat16_rn(v); break;
-    default: static_cast<float *>(p)[i] = v; break;
-    }
+    sdw_fake::store(p, elem(t), i, v);
 }
 
 struct Gemm {

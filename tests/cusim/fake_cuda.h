@@ -31,6 +31,29 @@ void invalidate(cudaStream_t s);
 // while s is being captured, as a node of the graph.
 void submit(cudaStream_t s, std::function<void()> work);
 
+// The element types the fake libraries read and write, whatever each
+// library's own enum calls them: loads widen to float, stores round once, to
+// nearest even, as the libraries' epilogues do.
+enum class Elem { f32, f16, bf16 };
+
+inline float load(const void *p, Elem t, int64_t i)
+{
+    switch (t) {
+    case Elem::f16: return __half2float(static_cast<const __half *>(p)[i]);
+    case Elem::bf16: return __bfloat162float(static_cast<const __nv_bfloat16 *>(p)[i]);
+    default: return static_cast<const float *>(p)[i];
+    }
+}
+
+inline void store(void *p, Elem t, int64_t i, float v)
+{
+    switch (t) {
+    case Elem::f16: static_cast<__half *>(p)[i] = __float2half_rn(v); break;
+    case Elem::bf16: static_cast<__nv_bfloat16 *>(p)[i] = __float2bfloat16_rn(v); break;
+    default: static_cast<float *>(p)[i] = v; break;
+    }
+}
+
 // TF32 keeps 10 of float's 23 mantissa bits (rounded to nearest): what
 // tensor cores read float32 operands as when TF32 math is allowed, in
 // cuBLAS and cuDNN alike.

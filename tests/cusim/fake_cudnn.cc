@@ -11,8 +11,6 @@
 // asks for FMA math, as Ampere and later GPUs do by default.
 #include "fake_cuda.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cudnn.h>
 
 #include <set>
@@ -79,22 +77,21 @@ size_t type_size(cudnnDataType_t t)
     return t == CUDNN_DATA_FLOAT ? 4 : t == CUDNN_DATA_HALF || t == CUDNN_DATA_BFLOAT16 ? 2 : 0;
 }
 
+sdw_fake::Elem elem(cudnnDataType_t t)
+{
+    return t == CUDNN_DATA_HALF       ? sdw_fake::Elem::f16
+           : t == CUDNN_DATA_BFLOAT16 ? sdw_fake::Elem::bf16
+                                      : sdw_fake::Elem::f32;
+}
+
 float load(const void *p, cudnnDataType_t t, size_t i)
 {
-    switch (t) {
-    case CUDNN_DATA_HALF: return __half2float(static_cast<const __half *>(p)[i]);
-    case CUDNN_DATA_BFLOAT16: return __bfloat162float(static_cast<const __nv_bfloat16 *>(p)[i]);
-    default: return static_cast<const float *>(p)[i];
-    }
+    return sdw_fake::load(p, elem(t), (int64_t)i);
 }
 
 void store(void *p, cudnnDataType_t t, size_t i, float v)
 {
-    switch (t) {
-    case CUDNN_DATA_HALF: static_cast<__half *>(p)[i] = __float2half_rn(v); break;
-    case CUDNN_DATA_BFLOAT16: static_cast<__nv_bfloat16 *>(p)[i] = __float2bfloat16_rn(v); break;
-    default: static_cast<float *>(p)[i] = v; break;
-    }
+    sdw_fake::store(p, elem(t), (int64_t)i, v);
 }
 
 // The documented 4-d sizes of the layout types the backend uses; the
