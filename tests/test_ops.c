@@ -292,10 +292,26 @@ static void test_conv2d(int64_t b, int64_t c, int64_t h, int64_t w, int64_t o, i
     int rc = sdw_op_conv2d(&tx, &tw, &tb, (sdw_conv2d_geom){stride, pad, pad}, &ty, &e);
     float *got = download(&ty);
     double r = max_rel(got, ref, (size_t)(b * o * oh * ow));
-    tap_ok(rc == 0 && r < 1e-5, "conv2d b%lld c%lld %lldx%lld -> o%lld k%lld stride %d pad %d(+%d): rel err %.2e",
-           (long long)b, (long long)c, (long long)h, (long long)w, (long long)o, (long long)k, stride, pad, extra, r);
+    tap_ok(rc == 0 && r < 1e-5, "conv2d b%lld c%lld %lldx%lld -> o%lld k%lld stride %d pad %d(+%d)%s: rel err %.2e",
+           (long long)b, (long long)c, (long long)h, (long long)w, (long long)o, (long long)k, stride, pad, extra,
+           getenv("SDW_CPU_WINOGRAD") ? ", im2col only" : "", r);
     sdw_tensor_free(&tx), sdw_tensor_free(&tw), sdw_tensor_free(&tb), sdw_tensor_free(&ty);
     free(x), free(wt), free(bias), free(ref), free(got);
+}
+
+/* 3x3, stride 1, pad 1 over 128 tiles (2x2 outputs) or more take the
+ * Winograd path by default: odd sizes (partial tiles), every weight
+ * transformed at once over several blocks of tile rows (the 300x40), and
+ * every tile at once over two blocks of output channels (the 400 -> 200). */
+static void test_convs(void)
+{
+    test_conv2d(2, 3, 7, 9, 5, 3, 1, 1, 0);
+    test_conv2d(1, 4, 8, 12, 6, 3, 2, 1, 0);
+    test_conv2d(2, 3, 8, 8, 4, 3, 2, 0, 1); /* the VAE encoder's bottom/right-only padding */
+    test_conv2d(2, 5, 6, 7, 3, 1, 1, 0, 0);
+    test_conv2d(2, 8, 17, 23, 12, 3, 1, 1, 0);
+    test_conv2d(1, 64, 300, 40, 2, 3, 1, 1, 0);
+    test_conv2d(2, 400, 15, 17, 200, 3, 1, 1, 0);
 }
 
 static void test_group_norm(int silu)
@@ -475,12 +491,13 @@ static void test_f16_weights(void)
     free(g1), free(g2), free(ref);
     sdw_tensor_free(&y1), sdw_tensor_free(&y2), sdw_tensor_free(&tx);
 
-    /* 1x1 (direct) and 3x3 (im2col) convolutions, o = 600, c = 144 and 16,
-     * one image (halves converted block by block) and two (converted once). */
-    for (int t = 0; t < 4; t++) {
-        int kk = t < 2 ? 1 : 3, bs = 1 + t % 2;
-        int64_t c = k / (kk * kk), xs[4] = {bs, c, 9, 11}, ws[4] = {n, c, kk, kk}, ys[4] = {bs, n, 9, 11};
-        float *xi = rand_buf((size_t)(bs * c * 9 * 11));
+    /* 1x1 (direct) and 3x3 convolutions, o = 600, c = 144 and 16, one image
+     * (halves converted block by block) and two (converted once); the 3x3
+     * ones through im2col (9x11: 30 tiles) and Winograd (24x22: 132). */
+    for (int t = 0; t < 6; t++) {
+        int kk = t < 2 ? 1 : 3, bs = 1 + t % 2, ih = t < 4 ? 9 : 24, iw = t < 4 ? 11 : 22;
+        int64_t c = k / (kk * kk), xs[4] = {bs, c, ih, iw}, ws[4] = {n, c, kk, kk}, ys[4] = {bs, n, ih, iw};
+        float *xi = rand_buf((size_t)(bs * c * ih * iw));
         sdw_tensor ti, hv, fv;
         up(&ti, 4, xs, xi);
         sdw_tensor_view(&hv, &th, 4, ws, &e), sdw_tensor_view(&fv, &tf, 4, ws, &e);
@@ -493,8 +510,9 @@ static void test_f16_weights(void)
         for (size_t i = 0; i < ny; i++)
             ref[i] = g2[i];
         r = max_rel(g1, ref, ny);
-        tap_ok(rc == 0 && r < 1e-6, "conv2d %dx%d, %d image(s), with an f16 weight equals its float32 copy: rel err %.2e",
-               kk, kk, bs, r);
+        tap_ok(rc == 0 && r < 1e-6,
+               "conv2d %dx%d over %dx%d, %d image(s), with an f16 weight equals its float32 copy: rel err %.2e", kk,
+               kk, ih, iw, bs, r);
         free(g1), free(g2), free(ref), free(xi);
         sdw_tensor_free(&y1), sdw_tensor_free(&y2), sdw_tensor_free(&ti);
     }
@@ -563,11 +581,19 @@ int main(void)
     test_act(SDW_ACT_GELU, "gelu");
     test_act(SDW_ACT_QUICK_GELU, "quick_gelu");
     test_embed();
-    test_conv2d(2, 3, 7, 9, 5, 3, 1, 1, 0);
-    test_conv2d(1, 4, 8, 12, 6, 3, 2, 1, 0);
-    test_conv2d(2, 3, 8, 8, 4, 3, 2, 0, 1); /* the VAE encoder's bottom/right-only padding */
-    test_conv2d(2, 5, 6, 7, 3, 1, 1, 0, 0);
-    test_conv2d(1, 64, 300, 40, 2, 3, 1, 1, 0); /* several im2col row blocks */
+    test_convs();
+    /* The same convolutions with the Winograd path switched off: the 3x3
+     * ones over many tiles then go through im2col, in several row blocks. */
+    sdw_backend *wino = be;
+    setenv("SDW_CPU_WINOGRAD", "0", 1);
+    if (sdw_backend_cpu(&be, &e))
+        tap_ok(0, "cpu backend without Winograd: %s", e.msg);
+    else {
+        test_convs();
+        sdw_backend_destroy(be);
+    }
+    unsetenv("SDW_CPU_WINOGRAD");
+    be = wino;
     test_group_norm(0);
     test_group_norm(1);
     test_image_misc();

@@ -2,8 +2,10 @@
  * (tests/reference/fixtures_unet_vae.py): decode of scaled latents, encode to
  * the scaled posterior mean and to a sample with stored noise; from the
  * diffusers folder and from the weights re-keyed under LDM names (attention
- * projections as 1x1 convs, as the original checkpoints store them); and
- * errors for bad configs, missing tensors and wrong shapes. */
+ * projections as 1x1 convs, as the original checkpoints store them); tiny-a
+ * again at 128x128, where the CPU backend's 3x3 convolutions take the
+ * Winograd path; and errors for bad configs, missing tensors and wrong
+ * shapes. */
 #include <json-c/json.h>
 #include <math.h>
 #include <stdlib.h>
@@ -65,7 +67,9 @@ static int write_ldm(const sdw_model *m, const char *model, const char *path)
     return rc;
 }
 
-static void check_model(const char *model)
+/* fixture: "vae-<model><suffix>.safetensors"; the LDM re-keyed weights are
+ * checked on the first fixture only. */
+static void check_model(const char *model, const char *suffix)
 {
     char path[256], tmp[] = "/tmp/sdw-vae-ldm-XXXXXX";
     sdw_error e;
@@ -75,7 +79,7 @@ static void check_model(const char *model)
     if (!tap_ok(sdw_model_open(&m, tap_fixture(path), &e) == 0, "%s: model opens", model))
         return tap_diag("%s", e.msg);
     sdw_st_file fx;
-    snprintf(path, sizeof path, "vae-%s.safetensors", model);
+    snprintf(path, sizeof path, "vae-%s%s.safetensors", model, suffix);
     if (sdw_st_open(&fx, tap_fixture(path), &e)) {
         tap_ok(0, "%s: fixture %s: %s", model, path, e.msg);
         sdw_model_close(&m);
@@ -88,8 +92,14 @@ static void check_model(const char *model)
         rc = sdw_vae_load(&v, be, &cfg, &m.vae, SDW_LAYOUT_DIFFUSERS, &e);
     if (tap_ok(rc == 0, "%s: config parses and the VAE loads%s%s", model, rc ? ": " : "", rc ? e.msg : "")) {
         run_cases(v, &fx, r, &e);
-        report(model, "diffusers names", r, &e);
+        snprintf(path, sizeof path, "diffusers names%s%s", *suffix ? ", fixture " : "", suffix);
+        report(model, path, r, &e);
         sdw_vae_free(v);
+    }
+    if (*suffix) {
+        sdw_st_close(&fx);
+        sdw_model_close(&m);
+        return;
     }
     int fd = mkstemp(tmp);
     if (fd >= 0)
@@ -176,8 +186,9 @@ int main(void)
         tap_ok(0, "CPU backend: %s", e.msg);
         return tap_done();
     }
-    check_model("tiny-a");
-    check_model("tiny-b");
+    check_model("tiny-a", "");
+    check_model("tiny-b", "");
+    check_model("tiny-a", "-128");
     check_errors();
     sdw_backend_destroy(be);
     return tap_done();

@@ -4,6 +4,8 @@
 Writes, under tests/fixtures/:
   unet-<model>.safetensors  latents, timesteps, encoder states -> eps (diffusers UNet2DConditionModel)
   vae-<model>.safetensors   latents -> decoded image; image -> posterior mean and sample (noise stored)
+  vae-<model>-128.safetensors  the same for tiny-a at 128x128, where the 3x3 convolutions cover
+                            enough pixels for the CPU backend's Winograd path (128 tiles or more)
   ldm-keys-<model>.json     {diffusers name: LDM single-file name} for the UNet and VAE, checked by
                             running diffusers' own single-file converters on a state dict keyed that way
 
@@ -124,6 +126,18 @@ def check_map(sd, cfg, namer, convert, prefix):
     return mapping
 
 
+def vae_case(vae, shape, g, path):
+    z = torch.randn((shape[0], 4, shape[2] // 8, shape[3] // 8), generator=g)
+    dec = vae.decode(z / vae.config.scaling_factor).sample
+    img = torch.rand(shape, generator=g) * 2 - 1
+    post = vae.encode(img).latent_dist
+    noise = torch.randn(post.mean.shape, generator=g)
+    sample = post.mean + post.std * noise
+    save_file({"latents": z.contiguous(), "decoded": dec.contiguous(), "image": img.contiguous(),
+               "mean": (post.mean * vae.config.scaling_factor).contiguous(), "noise": noise.contiguous(),
+               "sample": (sample * vae.config.scaling_factor).contiguous()}, path)
+
+
 @torch.no_grad()
 def main():
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
@@ -141,23 +155,17 @@ def main():
         save_file({"latents": lat.contiguous(), "timesteps": t, "encoder_hidden_states": enc.contiguous(),
                    "eps": eps.contiguous()}, os.path.join(FIX, f"unet-{name}.safetensors"))
 
-        z = torch.randn((case["image"][0], 4, case["image"][2] // 8, case["image"][3] // 8), generator=g)
-        dec = vae.decode(z / vae.config.scaling_factor).sample
-        img = torch.rand(case["image"], generator=g) * 2 - 1
-        post = vae.encode(img).latent_dist
-        noise = torch.randn(post.mean.shape, generator=g)
-        sample = post.mean + post.std * noise
-        save_file({"latents": z.contiguous(), "decoded": dec.contiguous(), "image": img.contiguous(),
-                   "mean": (post.mean * vae.config.scaling_factor).contiguous(), "noise": noise.contiguous(),
-                   "sample": (sample * vae.config.scaling_factor).contiguous()},
-                  os.path.join(FIX, f"vae-{name}.safetensors"))
-
+        vae_case(vae, case["image"], g, os.path.join(FIX, f"vae-{name}.safetensors"))
         umap = check_map(unet.state_dict(), ucfg, unet_ldm_name, convert_ldm_unet_checkpoint,
                          "model.diffusion_model.")
         vmap = check_map(vae.state_dict(), vcfg, vae_ldm_name, convert_ldm_vae_checkpoint, "first_stage_model.")
         with open(os.path.join(FIX, f"ldm-keys-{name}.json"), "w") as f:
             json.dump({"unet": umap, "vae": vmap}, f, indent=0, sort_keys=True)
             f.write("\n")
+
+    vae = load_pipeline("tiny-a").vae.eval()
+    vae_case(vae, (1, 3, 128, 128), torch.Generator("cpu").manual_seed(2025),
+             os.path.join(FIX, "vae-tiny-a-128.safetensors"))
 
 
 if __name__ == "__main__":
