@@ -6,6 +6,11 @@
 # and the load average before the runs (the figures are only as good as the
 # machine is quiet). The model is built once into $SDW_BENCH_CACHE (default
 # ~/.cache/sdworker-bench) and reused.
+# With SDW_BENCH_DIFFUSERS set to a Python that has diffusers and torch (the
+# reference venv: /opt/sdw-ref/bin/python), diffusers runs the same model,
+# settings and sizes after sdworker, on the same CPU in the same run
+# (bench/cpu_diffusers.py: float32, SDPA), with a row of ratios
+# sdworker / diffusers (below 1: sdworker is faster or smaller).
 # Run from the source tree or a build tree; builds first when needed.
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,6 +52,18 @@ for s in $sizes; do
     v() { sed -n "s/^$1: \([0-9.]*\).*/\1/p" "$cache/bench-$s-$dtype.out"; }
     step=$(sed -n 's/.*, \([0-9.]*\) s\/step).*/\1/p' "$cache/bench-$s-$dtype.out")
     rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$cache/bench-$s-$dtype.err")
+    gb=$(echo "$rss" | awk '{print $1 / 1048576}')
     printf '%-8s %8s %8s %8s %8s %8s %8.2f\n' "${s}x$s" "$(v load)" "$(v 'text encode')" "$step" \
-        "$(v 'vae decode')" "$(v total)" "$(echo "$rss" | awk '{print $1 / 1048576}')"
+        "$(v 'vae decode')" "$(v total)" "$gb"
+    [ -n "${SDW_BENCH_DIFFUSERS:-}" ] || continue
+    mine="$(v load) $(v 'text encode') $step $(v 'vae decode') $(v total) $gb"
+    /usr/bin/time -v "$SDW_BENCH_DIFFUSERS" "$top/bench/cpu_diffusers.py" --model "$model" \
+        --prompt "a photo of a cat" --steps 4 --size "$s" --output "$cache/peer-$s-$dtype.png" \
+        >"$cache/peer-$s-$dtype.out" 2>"$cache/peer-$s-$dtype.err" ||
+        { echo "diffusers failed: see $cache/peer-$s-$dtype.err" >&2; tail -n 5 "$cache/peer-$s-$dtype.err" >&2; exit 1; }
+    p() { sed -n "s/^$1: \([0-9.]*\)$/\1/p" "$cache/peer-$s-$dtype.out"; }
+    rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$cache/peer-$s-$dtype.err")
+    theirs="$(p load) $(p 'text encode') $(p 's\/step') $(p 'vae decode') $(p total) $(echo "$rss" | awk '{print $1 / 1048576}')"
+    echo "$theirs" | awk '{ printf "%-8s %8s %8s %8s %8s %8s %8.2f\n", "diffusers", $1, $2, $3, $4, $5, $6 }'
+    echo "$mine $theirs" | awk '{ printf "%-8s", "ratio"; for (i = 1; i <= 6; i++) printf " %7.2fx", $i / $(i + 6); print "" }'
 done
