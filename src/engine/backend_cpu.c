@@ -742,6 +742,7 @@ static void wino_input(const float *x, float *v, int64_t xs, float *scratch, int
                 if (iy >= 0 && iy < h)
                     memcpy(pa + 1, xc + iy * wd, (size_t)wd * sizeof *pa);
             }
+#pragma omp simd
             for (int64_t i = 0; i < pw; i++) {
                 sr[i] = p[i] - p[2 * pw + i];
                 sr[pw + i] = p[pw + i] + p[2 * pw + i];
@@ -751,9 +752,11 @@ static void wino_input(const float *x, float *v, int64_t xs, float *scratch, int
             float *dst = v + ci * nr * tw + (k % nr) * tw;
             for (int a = 0; a < 4; a++) {
                 const float *sa = sr + a * pw;
+#pragma omp simd
                 for (int64_t i = 0; i <= tw; i++)
                     ev[i] = sa[2 * i], od[i] = sa[2 * i + 1];
                 float *d0 = dst + 4 * a * xs, *d1 = d0 + xs, *d2 = d1 + xs, *d3 = d2 + xs;
+#pragma omp simd
                 for (int64_t i = 0; i < tw; i++) {
                     d0[i] = ev[i] - ev[i + 1];
                     d1[i] = od[i] + ev[i + 1];
@@ -776,6 +779,7 @@ static void wino_weight(const float *w, int w_lowp, float *u, int64_t us, float 
         if (w_lowp)
             halves_to_f32((const uint16_t *)w + (o0 + oi) * c * 9, f, c * 9);
         const float *wo = w_lowp ? f : w + (o0 + oi) * c * 9;
+#pragma omp simd
         for (int64_t ci = 0; ci < c; ci++) {
             const float *g = wo + ci * 9;
             float s[4][3];
@@ -812,6 +816,7 @@ static void wino_output(const float *m, int64_t ms, float *scratch, int64_t ts, 
             for (int q = 0; q < 4; q++) {
                 const float *m0 = src + q * ms, *m1 = m0 + 4 * ms, *m2 = m1 + 4 * ms, *m3 = m2 + 4 * ms;
                 float *ra = rr + q * tw, *rb = rr + (4 + q) * tw;
+#pragma omp simd
                 for (int64_t i = 0; i < tw; i++) {
                     ra[i] = m0[i] + m1[i] + m2[i];
                     rb[i] = m1[i] - m2[i] - m3[i];
@@ -820,6 +825,7 @@ static void wino_output(const float *m, int64_t ms, float *scratch, int64_t ts, 
             float *yc = y + (img * o + o0 + oi) * oh * ow;
             for (int a = 0; a < 2 && 2 * ty + a < oh; a++) {
                 const float *q0 = rr + 4 * a * tw, *q1 = q0 + tw, *q2 = q1 + tw, *q3 = q2 + tw;
+#pragma omp simd
                 for (int64_t i = 0; i < tw; i++) {
                     v0[i] = q0[i] + q1[i] + q2[i];
                     v1[i] = q1[i] - q2[i] - q3[i];
@@ -827,9 +833,11 @@ static void wino_output(const float *m, int64_t ms, float *scratch, int64_t ts, 
                 float *row = yc + (2 * ty + a) * ow;
                 int64_t full = ow / 2;
                 if (add)
+#pragma omp simd
                     for (int64_t i = 0; i < full; i++)
                         row[2 * i] += v0[i], row[2 * i + 1] += v1[i];
                 else
+#pragma omp simd
                     for (int64_t i = 0; i < full; i++)
                         row[2 * i] = v0[i], row[2 * i + 1] = v1[i];
                 if (ow & 1)
