@@ -67,8 +67,8 @@ static int write_ldm(const sdw_model *m, const char *model, const char *path)
     return rc;
 }
 
-/* fixture: "vae-<model><suffix>.safetensors"; the LDM re-keyed weights are
- * checked on the first fixture only. */
+/* Against the fixture "vae-<model><suffix>.safetensors"; the weights
+ * re-keyed under LDM names only against the model's own (suffix ""). */
 static void check_model(const char *model, const char *suffix)
 {
     char path[256], tmp[] = "/tmp/sdw-vae-ldm-XXXXXX";
