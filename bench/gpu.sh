@@ -8,7 +8,11 @@
 # tree (DIR/src/tools/sdworker-*) or the GPU bundle (DIR/bin/sdworker-*,
 # tests/gpu/prepare.sh).
 #
-# Then, while time is left, sdworker once more with CUDA graphs off
+# Then, while time is left: sdworker with SDW_CUDA_TRIM=1 (the UNet's
+# cached device memory given back before the VAE decode), its peak memory
+# and speed beside the default's, with the allocator's own figures for both
+# (reserved at the start, at most while denoising, while decoding); then
+# sdworker once more with CUDA graphs off
 # (SDW_CUDA_GRAPHS=0) and once with the SIMT attention (float32 arithmetic) in place of
 # the tensor-core one (SDW_CUDA_ATTENTION=simt): what each is worth; and a
 # profile of two steps (sdworker-generate --profile): the time of each op
@@ -138,15 +142,23 @@ variant() {
   timeout -k 5 "$(limit 90)" env ${var:+"$var"} "${gen[@]}" "$@" --output "$out/sdworker-$name.png" \
     >"$out/sdworker-$name.log" 2>&1
 }
+trim_peak=0 trim_rc=1
+if [ "${sdw_rc:-1}" = 0 ] && [ $((deadline - $(date +%s))) -ge 60 ]; then
+  read -r _ trim_peak trim_rc < <(peak_run "$out/sdworker-trim.log" "$(limit 90)" env SDW_CUDA_TRIM=1 "${gen[@]}" \
+    --output "$out/sdworker-trim.png")
+else
+  echo "skipped (sdworker failed, or under 60 s of the budget left)" >"$out/sdworker-trim.log"
+fi
 variant nographs SDW_CUDA_GRAPHS=0
 variant simt SDW_CUDA_ATTENTION=simt
 # Where the time goes: two steps, generated twice, the second with every op
 # timed alone (sdworker-generate --profile).
 variant profile "" --steps 2 --profile=40
 
-python3 - "$out" "${sdw_s:-0}" "${sdw_peak:-0}" "${sdw_rc:-1}" "$dif_rc" <<'PY' | tee "$out/summary.txt"
+python3 - "$out" "${sdw_s:-0}" "${sdw_peak:-0}" "${sdw_rc:-1}" "$dif_rc" "$trim_peak" "$trim_rc" <<'PY' | tee "$out/summary.txt"
 import json, re, sys
 out, wall, peak, rc, drc = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+trim_peak, trim_rc = int(sys.argv[6]), int(sys.argv[7])
 def timings(log):
     t = {}
     try:
@@ -188,6 +200,20 @@ for name, what in (("nographs", "CUDA graphs off"), ("simt", "SIMT attention")):
         print(f"sdworker with {what}: no result (see sdworker-{name}.log)")
 if t:
     print(f"sdworker UNet steps replayed from a CUDA graph: {t.get('graph_replays', 0)} of {steps}")
+def mem(v):
+    if "mem_start_mib" not in v:
+        return "no allocator figures"
+    return (f"allocator: {v['mem_start_mib']} MiB at the start, at most {v['mem_denoise_peak_mib']} denoising, "
+            f"{v['mem_decode_peak_mib']} decoding")
+if t:
+    print(f"sdworker device memory, {mem(t)}")
+v = timings(f"{out}/sdworker-trim.log")
+if trim_rc == 0 and v.get("denoise_s"):
+    print(f"sdworker with SDW_CUDA_TRIM=1: peak {trim_peak} MiB (default {peak}), "
+          f"it/s {(v.get('unet_calls') or 20) / v['denoise_s']:.3f}, VAE decode {v.get('decode_s', 0):.3f} s; "
+          f"{mem(v)}")
+else:
+    print("sdworker with SDW_CUDA_TRIM=1: no result (see sdworker-trim.log)")
 try:
     prof = open(f"{out}/sdworker-profile.log", errors="replace").read()
 except OSError:

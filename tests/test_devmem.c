@@ -85,9 +85,15 @@ static void test_reuse(void)
     sdw_devmem_free(m, (char *)b + 8);
     sdw_devmem_free(m, NULL);
     tap_ok(f.released == 1, "freeing an address inside a block, or NULL, does nothing");
+    size_t top = 1024 + (4 << 20) + 1024;
+    size_t p1 = sdw_devmem_take_peak(m);
     sdw_devmem_free(m, b);
     sdw_devmem_trim(m);
     tap_ok(f.frees == 1 && sdw_devmem_reserved(m) == 1024 + 1024, "trim gives the cached blocks back");
+    size_t p2 = sdw_devmem_take_peak(m), p3 = sdw_devmem_take_peak(m);
+    tap_ok(p1 == top && p2 == top && p3 == 2048,
+           "the peak is the most ever reserved (%zu), kept until taken (%zu), then what is reserved (%zu)", p1, p2,
+           p3);
     sdw_devmem_destroy(m);
     tap_ok(f.frees == f.allocs && f.held == 0, "destroy gives every block back (%zu of %zu)", f.frees, f.allocs);
 }

@@ -69,6 +69,7 @@ typedef struct cuda_be {
     void *blas_ws; /* cuBLAS's workspace, ours so that it never allocates during a capture */
     int graphs; /* captures allowed: SDW_CUDA_GRAPHS is not "0" */
     int attn_simt; /* SDW_CUDA_ATTENTION=simt: the float32 attention kernel in every precision */
+    int trim;      /* SDW_CUDA_TRIM=1: cached blocks go back to the driver before each VAE decode */
 } cuda_be;
 
 static cuda_be *priv(sdw_backend *be)
@@ -666,6 +667,25 @@ static int cuda_sync(sdw_backend *be, sdw_error *e)
  * outside it can be given memory that a replay writes; a capture that
  * leaves such a block live (a temporary the ops kept) is refused, and the
  * caller runs its ops directly. */
+static size_t cuda_memory(sdw_backend *be, size_t *peak)
+{
+    cuda_be *c = priv(be);
+    *peak = sdw_devmem_take_peak(c->mem);
+    return sdw_devmem_reserved(c->mem);
+}
+
+/* The caching allocator keeps blocks by size, so the UNet's (released with
+ * its recorded step) would stay reserved beside the VAE decoder's larger
+ * ones, and the decoder's beside the next job's UNet: with the switch on,
+ * the peak is the larger phase's alone, at the price of the next job's
+ * first step and decode obtaining their blocks from the driver again. */
+static void cuda_trim(sdw_backend *be)
+{
+    cuda_be *c = priv(be);
+    if (c->trim)
+        sdw_devmem_trim(c->mem);
+}
+
 static int cuda_graph_begin(sdw_backend *be, sdw_error *e)
 {
     cuda_be *c = priv(be);
@@ -779,6 +799,8 @@ static const sdw_backend_ops cuda_ops = {
     .scale = cuda_scale,
     .gaussian = cuda_gaussian,
     .sync = cuda_sync,
+    .memory = cuda_memory,
+    .trim = cuda_trim,
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,
     .graph_launch = cuda_graph_launch,
@@ -843,6 +865,8 @@ int sdw_backend_cuda(sdw_backend **out, int device, sdw_precision prec, sdw_erro
     /* SDW_CUDA_GRAPHS=0 turns graph recording off (graph_begin refuses). */
     const char *g = getenv("SDW_CUDA_GRAPHS");
     c->graphs = !(g && !strcmp(g, "0"));
+    const char *tr = getenv("SDW_CUDA_TRIM");
+    c->trim = tr && !strcmp(tr, "1");
     sdw_devmem_hooks hooks = {.ctx = c, .raw_alloc = raw_alloc, .raw_free = raw_free};
     int rc = sdw_devmem_new(&c->mem, &hooks, e);
     if (!rc)

@@ -24,6 +24,7 @@ struct sdw_devmem {
     blocks cache;   /* unordered */
     blocks retired; /* live blocks given up while a recording may use them (also in live) */
     size_t reserved;
+    size_t peak; /* most reserved since sdw_devmem_take_peak */
     size_t owned_sets;
     unsigned tag, last_tag;
 };
@@ -100,6 +101,13 @@ size_t sdw_devmem_reserved(const sdw_devmem *m)
     return m->reserved;
 }
 
+size_t sdw_devmem_take_peak(sdw_devmem *m)
+{
+    size_t p = m->peak > m->reserved ? m->peak : m->reserved;
+    m->peak = m->reserved;
+    return p;
+}
+
 void sdw_devmem_trim(sdw_devmem *m)
 {
     if (m->tag)
@@ -129,6 +137,8 @@ int sdw_devmem_alloc(sdw_devmem *m, size_t want, void **out, sdw_error *e)
         if (rc)
             return rc;
         m->reserved += bytes;
+        if (m->reserved > m->peak)
+            m->peak = m->reserved;
     }
     b.tag = m->tag;
     /* Room first, so that a failure leaves nothing half done. */

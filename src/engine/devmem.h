@@ -48,6 +48,9 @@ int sdw_devmem_alloc(sdw_devmem *m, size_t bytes, void **p, sdw_error *e);
 void sdw_devmem_free(sdw_devmem *m, void *p);
 /* Bytes obtained from raw_alloc and not yet given back. */
 size_t sdw_devmem_reserved(const sdw_devmem *m);
+/* The most bytes reserved at once since the previous call (or since
+ * sdw_devmem_new); counting starts again from what is reserved now. */
+size_t sdw_devmem_take_peak(sdw_devmem *m);
 /* Gives the cached blocks back to raw_free (not during a recording). */
 void sdw_devmem_trim(sdw_devmem *m);
 

@@ -451,6 +451,8 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
 {
     sdw_gen_timings tm = {.load_s = t ? t->load_s : 0};
     double t0 = now_s(), t1;
+    size_t peak;
+    tm.mem_start = sdw_backend_memory(p->be, &peak);
     int W = 0, H = 0;
     int rc = check_params(p, gp, &W, &H, e);
     if (rc)
@@ -478,6 +480,8 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
     snprintf(tm.graph_note, sizeof tm.graph_note, "%s", sdw_unet_graph_note(p->unet));
     /* The recorded step's memory goes back for the VAE and the next job. */
     sdw_unet_release(p->unet);
+    sdw_backend_memory(p->be, &tm.mem_denoise_peak);
+    sdw_backend_trim(p->be);
     p->cur_latents = NULL;
     t1 = now_s(), tm.denoise_s = t1 - t0, t0 = t1;
     if (!rc && latents)
@@ -485,6 +489,7 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
     if (!rc)
         rc = decode(p, &s, out, e);
     tm.decode_s = now_s() - t0;
+    sdw_backend_memory(p->be, &tm.mem_decode_peak);
     tm.total_s = tm.encode_s + tm.prepare_s + tm.denoise_s + tm.decode_s;
     if (t)
         *t = tm;

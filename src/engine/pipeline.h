@@ -53,6 +53,10 @@ typedef struct sdw_gen_timings {
     char graph_note[200]; /* why steps were not recorded, "" when they were or graphs do not apply */
     double decode_s;     /* VAE decode and pixel conversion */
     double total_s;
+    /* Device memory in bytes, 0 on the CPU (sdw_backend_memory): reserved
+     * when the generation starts, the most reserved at once while encoding
+     * and denoising, and while decoding (after sdw_backend_trim). */
+    size_t mem_start, mem_denoise_peak, mem_decode_peak;
 } sdw_gen_timings;
 
 typedef struct sdw_pipeline sdw_pipeline;

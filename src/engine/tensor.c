@@ -200,6 +200,18 @@ void sdw_backend_destroy(sdw_backend *be)
         be->ops->destroy(be);
 }
 
+size_t sdw_backend_memory(sdw_backend *be, size_t *peak)
+{
+    *peak = 0;
+    return be->ops->memory ? be->ops->memory(be, peak) : 0;
+}
+
+void sdw_backend_trim(sdw_backend *be)
+{
+    if (be->ops->trim)
+        be->ops->trim(be);
+}
+
 /* Returns the backend call's result; with a profile attached (profile.h)
  * the call is timed, into the row that the printf arguments after `flops`
  * name (evaluated only then). */

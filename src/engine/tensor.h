@@ -99,6 +99,13 @@ typedef struct sdw_backend_ops {
     /* Waits until every op issued so far has finished (what a profile
      * times, profile.h); NULL where ops finish before they return. */
     int (*sync)(sdw_backend *be, sdw_error *e);
+    /* Device memory the backend allocates itself (NULL on the CPU): the
+     * bytes reserved now; *peak the most reserved at once since the
+     * previous call. */
+    size_t (*memory)(sdw_backend *be, size_t *peak);
+    /* Between a generation's denoising and its VAE decode: gives cached
+     * memory back where the backend is set to (NULL: nothing to do). */
+    void (*trim)(sdw_backend *be);
     /* Recording and replaying ops (see sdw_graph_begin); NULL where the
      * backend runs every op as it is called. graph_end with keep = 0
      * abandons the recording. */
@@ -142,6 +149,12 @@ int sdw_backend_open(sdw_backend **be, const char *device, sdw_precision prec, s
 /* "fp32", "fp16" or "bf16"; -1 for anything else. */
 int sdw_precision_parse(const char *name);
 void sdw_backend_destroy(sdw_backend *be);
+/* Device memory reserved now, and in *peak the most reserved at once since
+ * the previous call, in bytes; both 0 where the backend does not allocate
+ * its own (the CPU). */
+size_t sdw_backend_memory(sdw_backend *be, size_t *peak);
+/* See sdw_backend_ops.trim. */
+void sdw_backend_trim(sdw_backend *be);
 
 /* A recorded sequence of ops, replayed with one call (a CUDA graph: one
  * launch instead of one per kernel). Between sdw_graph_begin and

@@ -417,13 +417,19 @@ int main(int argc, char **argv)
         if (t.graph_note[0])
             printf("not using a CUDA graph: %s\n", t.graph_note);
         printf("vae decode: %.2f s\ntotal: %.2f s\n", t.decode_s, t.total_s + load_s);
+        if (t.mem_start)
+            printf("device memory: %zu MiB reserved at the start, at most %zu MiB encoding and denoising, "
+                   "%zu MiB decoding\n",
+                   t.mem_start >> 20, t.mem_denoise_peak >> 20, t.mem_decode_peak >> 20);
     }
     if (profile_rows && (status = profile(p, be, &gp, profile_rows)))
         goto done;
     if (json_timings)
         printf("{\"load_s\":%.6f,\"encode_s\":%.6f,\"prepare_s\":%.6f,\"denoise_s\":%.6f,\"unet_calls\":%d,"
-               "\"graph_replays\":%d,\"decode_s\":%.6f,\"total_s\":%.6f}\n",
-               load_s, t.encode_s, t.prepare_s, t.denoise_s, t.unet_calls, t.graph_replays, t.decode_s, t.total_s);
+               "\"graph_replays\":%d,\"decode_s\":%.6f,\"total_s\":%.6f,\"mem_start_mib\":%zu,"
+               "\"mem_denoise_peak_mib\":%zu,\"mem_decode_peak_mib\":%zu}\n",
+               load_s, t.encode_s, t.prepare_s, t.denoise_s, t.unet_calls, t.graph_replays, t.decode_s, t.total_s,
+               t.mem_start >> 20, t.mem_denoise_peak >> 20, t.mem_decode_peak >> 20);
 done:
     free(params);
     free(latents);
