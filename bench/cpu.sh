@@ -44,26 +44,27 @@ echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m) $(nproc) cores, OMP_NUM_THREADS=
 echo "# $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $dtype weights, OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
 echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-8s %8s %8s %8s %8s %8s %8s\n' size load_s encode_s s/step decode_s total_s peak_GB
+prompt="a photo of a cat" steps=4
+# val FILE NAME: the number after "NAME: " in FILE; gib FILE: GNU time's
+# peak RSS in FILE, in GiB.
+val() { sed -n "s/^$2: \([0-9.]*\).*/\1/p" "$1"; }
+gib() { sed -n 's/.*Maximum resident set size (kbytes): //p' "$1" | awk '{print $1 / 1048576}'; }
 for s in $sizes; do
-    out=$cache/bench-$s-$dtype.png
-    /usr/bin/time -v "$build/src/tools/sdworker-generate" --model "$model" --prompt "a photo of a cat" \
-        --steps 4 --sampler euler --guidance 7.5 --seed 42 --width "$s" --height "$s" --output "$out" \
-        >"$cache/bench-$s-$dtype.out" 2>"$cache/bench-$s-$dtype.err"
-    v() { sed -n "s/^$1: \([0-9.]*\).*/\1/p" "$cache/bench-$s-$dtype.out"; }
-    step=$(sed -n 's/.*, \([0-9.]*\) s\/step).*/\1/p' "$cache/bench-$s-$dtype.out")
-    rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$cache/bench-$s-$dtype.err")
-    gb=$(echo "$rss" | awk '{print $1 / 1048576}')
-    printf '%-8s %8s %8s %8s %8s %8s %8.2f\n' "${s}x$s" "$(v load)" "$(v 'text encode')" "$step" \
-        "$(v 'vae decode')" "$(v total)" "$gb"
+    run=$cache/bench-$s-$dtype
+    /usr/bin/time -v "$build/src/tools/sdworker-generate" --model "$model" --prompt "$prompt" \
+        --steps "$steps" --sampler euler --guidance 7.5 --seed 42 --width "$s" --height "$s" --output "$run.png" \
+        >"$run.out" 2>"$run.err"
+    step=$(sed -n 's/.*, \([0-9.]*\) s\/step).*/\1/p' "$run.out")
+    mine="$(val "$run.out" load) $(val "$run.out" 'text encode') $step $(val "$run.out" 'vae decode')"
+    mine="$mine $(val "$run.out" total) $(gib "$run.err")"
+    echo "${s}x$s $mine" | awk '{ printf "%-8s %8s %8s %8s %8s %8s %8.2f\n", $1, $2, $3, $4, $5, $6, $7 }'
     [ -n "${SDW_BENCH_DIFFUSERS:-}" ] || continue
-    mine="$(v load) $(v 'text encode') $step $(v 'vae decode') $(v total) $gb"
+    peer=$cache/peer-$s-$dtype
     /usr/bin/time -v "$SDW_BENCH_DIFFUSERS" "$top/bench/cpu_diffusers.py" --model "$model" \
-        --prompt "a photo of a cat" --steps 4 --size "$s" --output "$cache/peer-$s-$dtype.png" \
-        >"$cache/peer-$s-$dtype.out" 2>"$cache/peer-$s-$dtype.err" ||
-        { echo "diffusers failed: see $cache/peer-$s-$dtype.err" >&2; tail -n 5 "$cache/peer-$s-$dtype.err" >&2; exit 1; }
-    p() { sed -n "s/^$1: \([0-9.]*\)$/\1/p" "$cache/peer-$s-$dtype.out"; }
-    rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$cache/peer-$s-$dtype.err")
-    theirs="$(p load) $(p 'text encode') $(p 's\/step') $(p 'vae decode') $(p total) $(echo "$rss" | awk '{print $1 / 1048576}')"
-    echo "$theirs" | awk '{ printf "%-8s %8s %8s %8s %8s %8s %8.2f\n", "diffusers", $1, $2, $3, $4, $5, $6 }'
+        --prompt "$prompt" --steps "$steps" --size "$s" --output "$peer.png" >"$peer.out" 2>"$peer.err" ||
+        { echo "diffusers failed: see $peer.err" >&2; tail -n 5 "$peer.err" >&2; exit 1; }
+    theirs="$(val "$peer.out" load) $(val "$peer.out" 'text encode') $(val "$peer.out" 's\/step')"
+    theirs="$theirs $(val "$peer.out" 'vae decode') $(val "$peer.out" total) $(gib "$peer.err")"
+    echo "diffusers $theirs" | awk '{ printf "%-8s %8s %8s %8s %8s %8s %8.2f\n", $1, $2, $3, $4, $5, $6, $7 }'
     echo "$mine $theirs" | awk '{ printf "%-8s", "ratio"; for (i = 1; i <= 6; i++) printf " %7.2fx", $i / $(i + 6); print "" }'
 done

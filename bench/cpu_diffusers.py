@@ -1,7 +1,6 @@
 """The diffusers peer for bench/cpu.sh, on the same CPU in the same run: the
-same model directory, float32 (what diffusers runs on a CPU; its float16
-kernels there are slower or missing), SDPA attention (diffusers' default on
-torch 2), euler, CFG 7.5, seed 42, with the steps and size bench/cpu.sh uses.
+same model directory, float32 (the dtype diffusers loads by default, what
+a CPU user runs), SDPA attention (diffusers' default on torch 2), euler, CFG 7.5, seed 42, with the steps and size bench/cpu.sh uses.
 Prints `name: seconds` lines as sdworker-generate does: load, text encode
 (timed on its own), seconds per step (between the first and the last step's
 end, so the first step's warm-up is left out, in diffusers' favour), VAE
