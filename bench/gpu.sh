@@ -131,7 +131,8 @@ else
 fi
 
 # variant NAME VAR=VALUE|"" [ARGS...]: sdworker again with one switch in its
-# environment (or none) and ARGS after the usual ones, when 60 s are left.
+# environment (or none) and ARGS after the usual ones, when 60 s are left;
+# peak_run's "seconds peak_MiB exit_status" into OUTDIR/sdworker-NAME.peak.
 variant() {
   if [ "${sdw_rc:-1}" != 0 ] || [ $((deadline - $(date +%s))) -lt 60 ]; then
     echo "skipped (sdworker failed, or under 60 s of the budget left)" >"$out/sdworker-$1.log"
@@ -139,26 +140,19 @@ variant() {
   fi
   local name=$1 var=$2
   shift 2
-  timeout -k 5 "$(limit 90)" env ${var:+"$var"} "${gen[@]}" "$@" --output "$out/sdworker-$name.png" \
-    >"$out/sdworker-$name.log" 2>&1
+  peak_run "$out/sdworker-$name.log" "$(limit 90)" env ${var:+"$var"} "${gen[@]}" "$@" \
+    --output "$out/sdworker-$name.png" >"$out/sdworker-$name.peak"
 }
-trim_peak=0 trim_rc=1
-if [ "${sdw_rc:-1}" = 0 ] && [ $((deadline - $(date +%s))) -ge 60 ]; then
-  read -r _ trim_peak trim_rc < <(peak_run "$out/sdworker-trim.log" "$(limit 90)" env SDW_CUDA_TRIM=1 "${gen[@]}" \
-    --output "$out/sdworker-trim.png")
-else
-  echo "skipped (sdworker failed, or under 60 s of the budget left)" >"$out/sdworker-trim.log"
-fi
+variant trim SDW_CUDA_TRIM=1
 variant nographs SDW_CUDA_GRAPHS=0
 variant simt SDW_CUDA_ATTENTION=simt
 # Where the time goes: two steps, generated twice, the second with every op
 # timed alone (sdworker-generate --profile).
 variant profile "" --steps 2 --profile=40
 
-python3 - "$out" "${sdw_s:-0}" "${sdw_peak:-0}" "${sdw_rc:-1}" "$dif_rc" "$trim_peak" "$trim_rc" <<'PY' | tee "$out/summary.txt"
+python3 - "$out" "${sdw_s:-0}" "${sdw_peak:-0}" "${sdw_rc:-1}" "$dif_rc" <<'PY' | tee "$out/summary.txt"
 import json, re, sys
 out, wall, peak, rc, drc = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-trim_peak, trim_rc = int(sys.argv[6]), int(sys.argv[7])
 def timings(log):
     t = {}
     try:
@@ -207,8 +201,12 @@ def mem(v):
             f"{v['mem_decode_peak_mib']} decoding")
 if t:
     print(f"sdworker device memory, {mem(t)}")
+try:
+    _, trim_peak, trim_rc = open(f"{out}/sdworker-trim.peak").read().split()
+except (OSError, ValueError):
+    trim_peak, trim_rc = "0", "1"
 v = timings(f"{out}/sdworker-trim.log")
-if trim_rc == 0 and v.get("denoise_s"):
+if trim_rc == "0" and v.get("denoise_s"):
     print(f"sdworker with SDW_CUDA_TRIM=1: peak {trim_peak} MiB (default {peak}), "
           f"it/s {(v.get('unet_calls') or 20) / v['denoise_s']:.3f}, VAE decode {v.get('decode_s', 0):.3f} s; "
           f"{mem(v)}")
