@@ -451,7 +451,7 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
 {
     sdw_gen_timings tm = {.load_s = t ? t->load_s : 0};
     double t0 = now_s(), t1;
-    size_t peak;
+    size_t peak; /* since the previous generation: discarded, the count starts here */
     tm.mem_start = sdw_backend_memory(p->be, &peak);
     int W = 0, H = 0;
     int rc = check_params(p, gp, &W, &H, e);
