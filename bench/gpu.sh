@@ -13,17 +13,24 @@
 # and speed beside the default's, with the allocator's own figures for both
 # (reserved at the start, at most while denoising, while decoding); then
 # sdworker once more with CUDA graphs off
-# (SDW_CUDA_GRAPHS=0) and once with the SIMT attention (float32 arithmetic) in place of
-# the tensor-core one (SDW_CUDA_ATTENTION=simt): what each is worth; and a
+# (SDW_CUDA_GRAPHS=0), once with the SIMT attention (float32 arithmetic) in
+# place of the tensor-core one (SDW_CUDA_ATTENTION=simt) and once with 1 GiB
+# of convolution workspace (SDW_CUDA_WORKSPACE_MIB=1024): what each is worth; and a
 # profile of two steps (sdworker-generate --profile): the time of each op
 # alone, totals per op in the summary, the costliest shapes in
 # OUTDIR/sdworker-profile.log.
 #
-# Each side runs twice and the second run is reported (the first pays for
-# cuDNN's algorithm search, cuBLAS and CUDA start-up). sdworker's phase times
-# come from the JSON line `sdworker-generate --timings` prints; without it
-# only whole-run times are reported. Peak memory is the device's memory in
-# use (nvidia-smi, every 100 ms) above what it was before the run.
+# Each side generates twice in one process and the second image is reported
+# (the first pays for cuDNN's algorithm search, graph capture, cuBLAS and
+# CUDA start-up, as a service does once at load): sdworker-generate
+# --warmup, and diffusers_bench.py's untimed first run; both first images'
+# times are shown too. sdworker runs once before that, untimed, so that both
+# read the model from the page cache. sdworker's phase times come from the
+# JSON line `sdworker-generate --timings` prints; without it only whole-run
+# times are reported. Peak memory is the device's memory in use by the
+# process (nvidia-smi, every 100 ms, above what it was before the run: CUDA
+# context and libraries included) for both, and the allocator's own peak
+# beside it (ours; torch's max_memory_reserved).
 #
 # Time: every command has a limit; with SDW_BENCH_DEADLINE (epoch seconds,
 # set by tests/gpu/run.sh) the diffusers side is skipped, and says so, when
@@ -104,7 +111,7 @@ if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
 fi
 make_model || exit 1
 
-gen=("${ours[@]}" "$tools/sdworker-generate" --model "$model" "${common[@]}" --device cuda:0 --timings)
+gen=("${ours[@]}" "$tools/sdworker-generate" --model "$model" "${common[@]}" --device cuda:0 --timings --warmup)
 warm_rc=1
 read -r _ _ warm_rc < <(peak_run "$out/sdworker-warm.log" "$(limit 150)" "${gen[@]}" --output "$out/sdworker-warm.png")
 if [ "$warm_rc" = 0 ]; then
@@ -124,10 +131,9 @@ else
     timeout 120 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       "$here"/.whl/*.whl >"$out/pip.log" 2>&1 && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
-  HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 timeout -k 5 "$(limit 300)" python3 "$here/tests/gpu/diffusers_bench.py" \
-    --model "$model" --prompt "$prompt" --output "$out/diffusers.png" --json "$out/diffusers.json" \
-    >"$out/diffusers.log" 2>&1
-  dif_rc=$?
+  read -r _ dif_peak dif_rc < <(peak_run "$out/diffusers.log" "$(limit 300)" env HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
+    python3 "$here/tests/gpu/diffusers_bench.py" --model "$model" --prompt "$prompt" --output "$out/diffusers.png" \
+    --json "$out/diffusers.json")
 fi
 
 # variant NAME VAR=VALUE|"" [ARGS...]: sdworker again with one switch in its
@@ -146,13 +152,15 @@ variant() {
 variant trim SDW_CUDA_TRIM=1
 variant nographs SDW_CUDA_GRAPHS=0
 variant simt SDW_CUDA_ATTENTION=simt
+variant ws1g SDW_CUDA_WORKSPACE_MIB=1024
 # Where the time goes: two steps, generated twice, the second with every op
 # timed alone (sdworker-generate --profile).
 variant profile "" --steps 2 --profile=40
 
-python3 - "$out" "${sdw_s:-0}" "${sdw_peak:-0}" "${sdw_rc:-1}" "$dif_rc" <<'PY' | tee "$out/summary.txt"
+python3 - "$out" "${sdw_s:-0}" "${sdw_peak:-0}" "${sdw_rc:-1}" "$dif_rc" "${dif_peak:-0}" <<'PY' | tee "$out/summary.txt"
 import json, re, sys
 out, wall, peak, rc, drc = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+dpeak = int(sys.argv[6])
 def timings(log):
     t = {}
     try:
@@ -173,16 +181,21 @@ def f(v, unit=""):
     return "-" if v is None else (f"{v:.3f}{unit}" if isinstance(v, float) else f"{v}{unit}")
 gen_s = t.get("total_s") if t else None
 steps = t.get("unet_calls") or 20
+alloc = max(t.get("mem_denoise_peak_mib", 0), t.get("mem_decode_peak_mib", 0))
 sdw = {
     "s/image": gen_s if gen_s is not None else (wall if rc == 0 else None),
+    "first image s": t.get("warmup_s"),
     "it/s": steps / t["denoise_s"] if t.get("denoise_s") else None,
     "text encode s": t.get("encode_s"),
     "VAE decode s": t.get("decode_s"),
     "load s": t.get("load_s"),
     "peak MiB": peak if rc == 0 else None,
+    "allocator peak MiB": alloc or None,
     "process wall s": wall if rc == 0 else None,
 }
 dif = {k: d.get(k) for k in sdw} if drc == 0 else {k: None for k in sdw}
+if drc == 0:
+    dif["peak MiB"] = dpeak
 print(f"{'metric':<16} {'sdworker':>10} {'diffusers':>10}")
 for k in sdw:
     print(f"{k:<16} {f(sdw[k]):>10} {f(dif[k]):>10}")
@@ -212,6 +225,16 @@ if trim_rc == "0" and v.get("denoise_s"):
           f"{mem(v)}")
 else:
     print("sdworker with SDW_CUDA_TRIM=1: no result (see sdworker-trim.log)")
+v = timings(f"{out}/sdworker-ws1g.log")
+try:
+    ws_peak = open(f"{out}/sdworker-ws1g.peak").read().split()[1]
+except (OSError, IndexError):
+    ws_peak = "?"
+if v.get("decode_s"):
+    print(f"sdworker with SDW_CUDA_WORKSPACE_MIB=1024: VAE decode {v['decode_s']:.3f} s, "
+          f"it/s {(v.get('unet_calls') or 20) / v['denoise_s']:.3f}, peak {ws_peak} MiB; {mem(v)}")
+else:
+    print("sdworker with SDW_CUDA_WORKSPACE_MIB=1024: no result (see sdworker-ws1g.log)")
 try:
     prof = open(f"{out}/sdworker-profile.log", errors="replace").read()
 except OSError:
@@ -224,6 +247,8 @@ else:
     print("sdworker profile: no result (see sdworker-profile.log)")
 if sdw["s/image"] and dif.get("s/image"):
     print(f"diffusers s/image / sdworker s/image = {dif['s/image'] / sdw['s/image']:.2f} (above 1: sdworker faster)")
+if sdw["it/s"] and dif.get("it/s"):
+    print(f"sdworker it/s / diffusers it/s = {sdw['it/s'] / dif['it/s']:.2f}")
 if rc:
     print(f"sdworker-generate failed (exit {rc}): see sdworker.log")
 if drc < 0:

@@ -2,7 +2,8 @@
  * inputs, in each precision: float32 within 1e-5 relative error (max abs
  * difference over max abs reference), fp16 and bf16 within 1e-2, where the
  * device stores inputs and outputs in half or bfloat16 while the CPU keeps
- * the float32 inputs: the bound covers that rounding too. Device
+ * the float32 inputs: the bound covers that rounding too (except bf16
+ * GroupNorm's, which needs 1.5e-2: see group_norm_tol). Device
  * outputs are poisoned (all bits set: NaN) before every op so that one that
  * skips elements cannot pass, and NaN anywhere fails. Without a CUDA device
  * the test checks that the backend refuses to start with a clear error and
@@ -137,7 +138,9 @@ static void arg_free(arg *a)
  * 0 = CPU, 1.. = devices) and compares y. */
 typedef int (*op_fn)(int slot, void *ctx, sdw_error *e);
 
-static void check(const char *what, op_fn op, void *ctx, arg *y)
+/* check with bounds of its own per precision, for an op whose inputs'
+ * rounding to the storage type alone moves the result past prec_tol. */
+static void check_tol(const char *what, op_fn op, void *ctx, arg *y, const double tol[NPREC])
 {
     sdw_error e;
     if (!ok_so_far) {
@@ -158,12 +161,23 @@ static void check(const char *what, op_fn op, void *ctx, arg *y)
         if (!rc)
             rc = sdw_tensor_to_host(&y->t[1 + p], got, &e);
         double r = rc ? INFINITY : max_rel_err(got, want, n);
-        tap_ok(!rc && r <= prec_tol[p], "%s %s vs CPU: rel err %.2e%s%s", what, prec_name[p], r, rc ? ": " : "",
+        tap_ok(!rc && r <= tol[p], "%s %s vs CPU: rel err %.2e%s%s", what, prec_name[p], r, rc ? ": " : "",
                rc ? e.msg : "");
     }
     free(want);
     free(got);
 }
+
+static void check(const char *what, op_fn op, void *ctx, arg *y)
+{
+    check_tol(what, op, ctx, y, prec_tol);
+}
+
+/* GroupNorm's inputs here sit 1.5 spreads off zero, so the normalisation
+ * scales their rounding up: computed exactly in float64 (torch) from inputs
+ * and output rounded to bfloat16, these cases land at 0.96e-2 to 1.06e-2,
+ * bf16's floor for them, above prec_tol. fp16 (3 more bits) stays within 1e-2. */
+static const double group_norm_tol[NPREC] = {1e-5, 1e-2, 1.5e-2};
 
 typedef struct ctx {
     arg *x, *w, *b, *y, *z;
@@ -537,7 +551,7 @@ static void check_group_norm(int64_t b, int64_t ch, int64_t h, int64_t w, int gr
     char what[96];
     snprintf(what, sizeof what, "group_norm%s %lldx%lldx%lldx%lld in %d groups", silu ? "+silu" : "", (long long)b,
              (long long)ch, (long long)h, (long long)w, groups);
-    check(what, do_group_norm, &c, &y);
+    check_tol(what, do_group_norm, &c, &y, group_norm_tol);
     arg_free(&x), arg_free(&g), arg_free(&bt), arg_free(&y);
 }
 
@@ -563,7 +577,7 @@ static void check_group_norm_inplace(int64_t b, int64_t ch, int64_t h, int64_t w
     char what[96];
     snprintf(what, sizeof what, "group_norm%s in place %lldx%lldx%lldx%lld in %d groups", silu ? "+silu" : "",
              (long long)b, (long long)ch, (long long)h, (long long)w, groups);
-    check(what, do_group_norm_inplace, &c, &x);
+    check_tol(what, do_group_norm_inplace, &c, &x, group_norm_tol);
     arg_free(&x), arg_free(&g), arg_free(&bt);
     free(host);
 }
@@ -676,6 +690,20 @@ int main(void)
     sdw_backend *bad = NULL;
     int rc = sdw_backend_cuda(&bad, count, SDW_PREC_FP32, &e);
     tap_ok(rc == SDW_ENOTFOUND && !bad, "device %d (one past the last) is refused: %s", count, e.msg);
+    const char *ws_bad[] = {"0", "12x", "", "65537"};
+    for (size_t i = 0; i < sizeof ws_bad / sizeof *ws_bad; i++) {
+        setenv("SDW_CUDA_WORKSPACE_MIB", ws_bad[i], 1);
+        rc = sdw_backend_cuda(&bad, 0, SDW_PREC_FP16, &e);
+        tap_ok(rc == SDW_EINVAL && !bad && strstr(e.msg, "SDW_CUDA_WORKSPACE_MIB"),
+               "SDW_CUDA_WORKSPACE_MIB='%s' is refused: %s", ws_bad[i], rc ? e.msg : "(it started)");
+        sdw_backend_destroy(bad);
+        bad = NULL;
+    }
+    setenv("SDW_CUDA_WORKSPACE_MIB", "64", 1);
+    rc = sdw_backend_cuda(&bad, 0, SDW_PREC_FP16, &e);
+    unsetenv("SDW_CUDA_WORKSPACE_MIB");
+    tap_ok(rc == 0, "SDW_CUDA_WORKSPACE_MIB=64 starts%s%s", rc ? ": " : "", rc ? e.msg : "");
+    sdw_backend_destroy(bad);
     ok_so_far = 1;
 
 #ifdef SDW_CUSIM

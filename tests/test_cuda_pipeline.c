@@ -193,7 +193,10 @@ int main(void)
         /* SDW_CUDA_TRIM=1: the UNet's cached blocks go back before the
          * decode, so the decode's peak is no higher (lower wherever the
          * decoder does not reuse every size the UNet left; on the fake
-         * device, by 16 KiB) and the image the same. */
+         * device, by 16 KiB). The trimmed backend is a second one, and cuDNN
+         * times its candidates afresh: on a real device it may pick other
+         * convolution algorithms, which sum in another order, so its latents
+         * agree within fp16's bound rather than bit for bit. */
         sdw_backend *trim = NULL;
         sdw_pipeline *pt = NULL;
         setenv("SDW_CUDA_TRIM", "1", 1);
@@ -203,18 +206,18 @@ int main(void)
             trc = sdw_pipeline_load(&pt, trim, dir, &e);
         sdw_image a = {0}, b = {0};
         sdw_gen_timings tt;
+        size_t nlat = (size_t)4 * 8 * 8;
+        float la[4 * 8 * 8], lb[4 * 8 * 8];
         if (!trc)
-            trc = sdw_pipeline_generate(p, &gp, NULL, NULL, &a, NULL, &t, &e);
+            trc = sdw_pipeline_generate(p, &gp, NULL, NULL, &a, la, &t, &e);
         for (int i = 0; !trc && i < 2; i++) {
             sdw_image_free(&b);
-            trc = sdw_pipeline_generate(pt, &gp, NULL, NULL, &b, NULL, &tt, &e);
+            trc = sdw_pipeline_generate(pt, &gp, NULL, NULL, &b, lb, &tt, &e);
         }
-        int same = !trc && a.width == b.width && a.height == b.height &&
-                   a.channels == b.channels &&
-                   !memcmp(a.pixels, b.pixels, (size_t)a.width * (size_t)a.height * (size_t)a.channels);
-        tap_ok(same && tt.mem_decode_peak <= t.mem_decode_peak,
-               "with SDW_CUDA_TRIM=1 the decode peaks at %zu KiB, not %zu, and the image is the same%s%s",
-               tt.mem_decode_peak >> 10, t.mem_decode_peak >> 10, trc ? ": " : "", trc ? e.msg : "");
+        double r = trc ? INFINITY : max_rel_err(lb, la, nlat);
+        tap_ok(!trc && r <= 1e-2 && tt.mem_decode_peak <= t.mem_decode_peak,
+               "with SDW_CUDA_TRIM=1 the decode peaks at %zu KiB, not %zu, and the latents agree: rel err %.2e%s%s",
+               tt.mem_decode_peak >> 10, t.mem_decode_peak >> 10, r, trc ? ": " : "", trc ? e.msg : "");
         sdw_image_free(&a), sdw_image_free(&b);
         sdw_pipeline_free(pt);
         sdw_backend_destroy(trim);

@@ -82,6 +82,13 @@ if cmp -s "$tmp/pr.png" "$tmp/t.png" && grep -q "^profile: [0-9]* ops" "$tmp/pr.
 else
     not_ok "--profile=5" "$(cat "$tmp/pr.out")"
 fi
+gen --width 64 --height 64 --seed 7 --sampler euler --warmup --timings --output "$tmp/w.png" >"$tmp/w.out" 2>&1
+if cmp -s "$tmp/w.png" "$tmp/t.png" && grep -q "^warm-up: [0-9.]* s (text encode" "$tmp/w.out" &&
+    grep -q '"warmup_s":[0-9.]*[1-9]' "$tmp/w.out" && [ "$(grep -c "^step 2/2" "$tmp/w.out")" = 1 ]; then
+    ok "--warmup: one untimed generation first, its times on one line and in the JSON, then the same image"
+else
+    not_ok "--warmup" "$(cat "$tmp/w.out")"
+fi
 exits 2 "--profile" gen --profile=0 --output "$tmp/x.png" && ok "--profile=0 is refused" ||
     not_ok "--profile=0 is refused" "$(cat "$tmp/err")"
 check "txt2img 512x512" gen --steps 1 --guidance 1 --seed 1 --quiet --output "$tmp/big.png"

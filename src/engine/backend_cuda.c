@@ -31,9 +31,9 @@
 #include "safetensors.h"
 #include "tensor.h"
 
-/* Convolution algorithms may use this much scratch; cuDNN's search is
- * limited to it. */
-#define CUDA_WS_BYTES ((size_t)256 << 20)
+/* Convolution algorithms may use this much scratch unless
+ * SDW_CUDA_WORKSPACE_MIB says otherwise; cuDNN's search is limited to it. */
+#define CUDA_WS_MIB 256
 /* cuBLAS's workspace: what NVIDIA recommends for Hopper. */
 #define CUDA_BLAS_WS_BYTES ((size_t)32 << 20)
 
@@ -66,6 +66,7 @@ typedef struct cuda_be {
     size_t nplans, capplans;
     void *ws;
     size_t ws_bytes;
+    size_t ws_cap; /* the most a convolution's algorithm may use */
     void *blas_ws; /* cuBLAS's workspace, ours so that it never allocates during a capture */
     int graphs; /* captures allowed: SDW_CUDA_GRAPHS is not "0" */
     int attn_simt; /* SDW_CUDA_ATTENTION=simt: the float32 attention kernel in every precision */
@@ -508,7 +509,7 @@ static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const voi
                         o, key[11] >> 16, key[11] & 0xffff);
     }
     PLAN(cudnnSetTensor4dDescriptor(p->yd, CUDNN_TENSOR_NCHW, t, on, oc, ohh, oww));
-    if ((rc = ensure_ws(c, CUDA_WS_BYTES, e))) {
+    if ((rc = ensure_ws(c, c->ws_cap, e))) {
         plan_destroy(p);
         return rc;
     }
@@ -518,7 +519,7 @@ static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const voi
                                                 CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf, c->ws, c->ws_bytes));
     int pick = -1;
     for (int i = 0; i < found && pick < 0; i++)
-        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= c->ws_bytes &&
+        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= c->ws_cap &&
             (dt != SDW_K_F32 || perf[i].mathType == CUDNN_FMA_MATH || perf[i].mathType == CUDNN_DEFAULT_MATH))
             pick = i;
     if (pick < 0) {
@@ -867,6 +868,20 @@ int sdw_backend_cuda(sdw_backend **out, int device, sdw_precision prec, sdw_erro
     c->graphs = !(g && !strcmp(g, "0"));
     const char *tr = getenv("SDW_CUDA_TRIM");
     c->trim = tr && !strcmp(tr, "1");
+    /* SDW_CUDA_WORKSPACE_MIB: the convolutions' scratch. At 512x512 and
+     * above, cuDNN's fastest algorithms for the VAE decoder's widest layers
+     * may need more than the default. */
+    const char *ws = getenv("SDW_CUDA_WORKSPACE_MIB");
+    long mib = CUDA_WS_MIB;
+    if (ws) {
+        char *end;
+        mib = strtol(ws, &end, 10);
+        if (!*ws || *end || mib < 1 || mib > 65536) {
+            free(c);
+            return sdw_fail(e, SDW_EINVAL, "SDW_CUDA_WORKSPACE_MIB: '%s' is not a size in MiB in 1..65536", ws);
+        }
+    }
+    c->ws_cap = (size_t)mib << 20;
     sdw_devmem_hooks hooks = {.ctx = c, .raw_alloc = raw_alloc, .raw_free = raw_free};
     int rc = sdw_devmem_new(&c->mem, &hooks, e);
     if (!rc)

@@ -52,6 +52,10 @@ static void usage(FILE *f)
             "  --timings             also print the timings as one JSON line (for benchmarks)\n"
             "  --latents FILE        also write the final latents to FILE as raw float32 in\n"
             "                        the machine's byte order, [4, height/8, width/8] (to compare devices)\n"
+            "  --warmup              first generate the same image once, untimed, as a long-running\n"
+            "                        service would have done before: the timings then leave out\n"
+            "                        one-off costs (CUDA: cuDNN's algorithm search, graph capture)\n"
+            "                        and the warm-up's own are printed on one line before them\n"
             "  --profile[=N]         then generate the same image again with every op timed alone,\n"
             "                        and print where the time went: the N costliest ops by shape\n"
             "                        (default 30) and the totals per op\n"
@@ -223,11 +227,12 @@ int main(int argc, char **argv)
         {"quiet", no_argument, 0, 'q'},            {"help", no_argument, 0, 'h'},
         {"device", required_argument, 0, 'D'},     {"precision", required_argument, 0, 'P'},
         {"timings", no_argument, 0, 'J'},         {"latents", required_argument, 0, 'L'},
-        {"profile", optional_argument, 0, 'F'},    {0, 0, 0, 0},
+        {"profile", optional_argument, 0, 'F'},    {"warmup", no_argument, 0, 'w'},
+        {0, 0, 0, 0},
     };
     const char *model = NULL, *prompt = NULL, *negative = NULL, *sampler = NULL, *init_path = NULL,
                *mask_path = NULL, *output = "out.png", *device = "cpu", *latents_path = NULL;
-    int precision = SDW_PREC_FP16, json_timings = 0, profile_rows = 0;
+    int precision = SDW_PREC_FP16, json_timings = 0, profile_rows = 0, warmup = 0;
     int steps = 20, width = 512, height = 512, clip_skip = 0, threads = 0, quiet = 0, have_seed = 0,
         have_strength = 0, have_size = 0;
     float guidance = 7.5f, eta = 0;
@@ -277,6 +282,7 @@ int main(int argc, char **argv)
                 bad = parse_int("--profile", optarg, 1, 100000, &profile_rows);
             break;
         case 'L': latents_path = optarg; break;
+        case 'w': warmup = 1; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return 0;
         default: fprintf(stderr, "sdworker-generate: see --help\n"); return EXIT_USAGE;
@@ -350,7 +356,7 @@ int main(int argc, char **argv)
     char *params = NULL;
     float *latents = NULL;
     size_t nlat = 0;
-    sdw_gen_timings t = {0};
+    sdw_gen_timings t = {0}, wt = {0};
     double t0 = now_s();
     if (sdw_backend_open(&be, device, (sdw_precision)precision, &e)) {
         fprintf(stderr, "sdworker-generate: %s\n", e.msg);
@@ -381,6 +387,20 @@ int main(int argc, char **argv)
     if (!quiet)
         printf("seed: %llu\n", (unsigned long long)seed);
     fflush(stdout);
+    if (warmup) {
+        sdw_image w = {0};
+        int rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &w, NULL, &wt, &e);
+        sdw_image_free(&w);
+        if (rc) {
+            fprintf(stderr, "sdworker-generate: warm-up: %s\n", e.msg);
+            status = EXIT_GENERATE;
+            goto done;
+        }
+        if (!quiet)
+            printf("warm-up: %.2f s (text encode %.2f s, denoise %.2f s, vae decode %.2f s)\n", wt.total_s,
+                   wt.encode_s, wt.denoise_s, wt.decode_s);
+        fflush(stdout);
+    }
     progress pr = {.quiet = quiet, .tty = isatty(2), .start = 0};
     pr.start = now_s();
     if (sdw_pipeline_generate(p, &gp, on_step, &pr, &out, latents, &t, &e)) {
@@ -427,9 +447,11 @@ int main(int argc, char **argv)
     if (json_timings)
         printf("{\"load_s\":%.6f,\"encode_s\":%.6f,\"prepare_s\":%.6f,\"denoise_s\":%.6f,\"unet_calls\":%d,"
                "\"graph_replays\":%d,\"decode_s\":%.6f,\"total_s\":%.6f,\"mem_start_mib\":%zu,"
-               "\"mem_denoise_peak_mib\":%zu,\"mem_decode_peak_mib\":%zu}\n",
+               "\"mem_denoise_peak_mib\":%zu,\"mem_decode_peak_mib\":%zu,\"warmup_s\":%.6f,"
+               "\"warmup_denoise_s\":%.6f,\"warmup_decode_s\":%.6f}\n",
                load_s, t.encode_s, t.prepare_s, t.denoise_s, t.unet_calls, t.graph_replays, t.decode_s, t.total_s,
-               t.mem_start >> 20, t.mem_denoise_peak >> 20, t.mem_decode_peak >> 20);
+               t.mem_start >> 20, t.mem_denoise_peak >> 20, t.mem_decode_peak >> 20, wt.total_s, wt.denoise_s,
+               wt.decode_s);
 done:
     free(params);
     free(latents);
