@@ -1,42 +1,42 @@
-// Fused attention on tensor cores, for the fp16 and bf16 precisions: the
-// one-pass online softmax of attention.cu, but the two products of each key
-// tile (q k^T and p v) are 16x16x16 wmma products on q, k and v as they are
-// stored (half or bfloat16) and on the probabilities rounded to that type,
-// with everything accumulated and normalised in float32. A block takes 64
-// query rows of one (image, head); each of its four warps owns 16 of them,
-// and the warps share 64-key tiles of k and v, copied into shared memory.
-// The head dimension is padded with zeros to a multiple of 16, which adds
-// nothing to either product.
+// Fused attention on tensor cores, for the fp16 and bf16 precisions, after
+// FlashAttention-2: one pass over the keys with an online softmax, and no
+// [tq x tk] buffer. A block takes 64 query rows of one (image, head); each of
+// its four warps owns 16 of them and keeps all it knows about them in
+// registers: its q rows as mma operands, and its scores, probabilities and
+// output sums as mma accumulators (float32). The warps share 64-key tiles of
+// k and v in shared memory, v transposed, so that every operand register is
+// one 32-bit load. Both products (q k^T, then p v) are mma.sync m16n8k16
+// (mma.cuh) on q, k and v as stored and on the probabilities rounded to the
+// type; the softmax and the normalisation are float32. The head dimension is
+// padded with zeros to a multiple of 16, which adds nothing to either
+// product.
 //
-// wmma leaves open which lane holds which element of a fragment, so all the
-// work done per row goes through shared memory instead: a warp stores its
-// 16x64 score tile as float, two lanes per row turn it into probabilities
-// (and rescale that row of the output when its max grows), and the output
-// accumulator itself lives in shared memory between tiles, in fragments only
-// for the p v product.
+// The layout that mma.cuh states is what keeps p in registers: the score
+// accumulators of keys 16j..16j+15 (two 8-key tiles), rounded and paired,
+// are the A operand of the p v product over those keys as they stand. Each
+// lane holds two elements of two rows (g and g + 8) of every tile, and the
+// four lanes of a quad (the same g) hold a row between them: a row's max
+// and sum are two xor-shuffles away.
 #include <math.h>
-#include <mma.h>
 
 #include "dtype.cuh"
 #include "kernels.h"
 #include "launch.cuh"
+#include "mma.cuh"
 
 namespace {
 
-using namespace nvcuda;
-
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kRows = 16;           // query rows per warp: one wmma tile
+constexpr int kRows = 16;           // query rows per warp: one mma tile
 constexpr int kBQ = kWarps * kRows; // query rows per block
 constexpr int kBK = 64;             // keys per tile
 constexpr int kMaxD = 160;
 
-// Row pitches are padded so that consecutive rows start on different banks.
-// wmma wants pitches that are multiples of 8 elements for 16-bit types and 4
-// for float; then every 16-row step is a multiple of 32 bytes, the alignment
-// its pointers need, given 128-byte aligned sections.
-constexpr int kPad16 = 8, kPad32 = 4;
+// Rows are padded by 8 elements (16 bytes), so that the eight rows a quad
+// index g reaches in one operand load start 4 banks apart at every padded
+// head dimension, and 16-byte stores into a row stay aligned.
+constexpr int kPad = 8;
 
 constexpr size_t align128(size_t n)
 {
@@ -46,46 +46,40 @@ constexpr size_t align128(size_t n)
 template <int D>
 struct Smem {
     static_assert(D % 16 == 0 && D <= kMaxD, "padded head dimension");
-    static constexpr int ldh = D + kPad16;   // q, k and v tiles (16-bit)
-    static constexpr int lds = kBK + kPad32; // scores (float)
-    static constexpr int ldp = kBK + kPad16; // probabilities (16-bit)
-    static constexpr int ldo = D + kPad32;   // output accumulator (float)
-    static constexpr size_t s = 0;
-    static constexpr size_t p = s + align128((size_t)kBQ * lds * 4);
-    static constexpr size_t o = p + align128((size_t)kBQ * ldp * 2);
-    static constexpr size_t k = o + align128((size_t)kBQ * ldo * 4);
-    static constexpr size_t v = k + align128((size_t)kBK * ldh * 2);
-    static constexpr size_t l = v + align128((size_t)kBK * ldh * 2);
-    static constexpr size_t bytes = l + align128((size_t)kBQ * 4);
-    // The q tile is read once, into fragments, before the first key tile;
-    // it shares the space of the scores and probabilities, which are first
-    // written after the first tile's barriers. At d = 40 this is what
-    // lets three blocks share an A100 SM (four on an H100).
-    static constexpr size_t q = s;
-    static_assert((size_t)kBQ * ldh * 2 <= o - s, "q fits over the scores and probabilities");
+    static constexpr int ldq = D + kPad;   // q tile [row][dim]
+    static constexpr int ldk = D + kPad;   // k tile [key][dim]
+    static constexpr int ldv = kBK + kPad; // v tile transposed [dim][key]
+    static constexpr size_t q = 0;
+    static constexpr size_t k = q + align128((size_t)kBQ * ldq * 2);
+    static constexpr size_t v = k + align128((size_t)kBK * ldk * 2);
+    static constexpr size_t bytes = v + align128((size_t)D * ldv * 2);
     static_assert(bytes <= 163 * 1024, "fits sm_80's dynamic shared memory");
 };
 
-// Scores arrive as log2-scaled (scale_log2 = scale * log2(e)) so that each
-// probability is one exp2f.
+// 16 bytes from src to dst, both 16-byte aligned: one load and one store on
+// the GPU; the host build copies, which its aliasing rules require.
+__device__ __forceinline__ void copy16(void *dst, const void *src)
+{
+#ifdef SDW_CUSIM
+    memcpy(dst, src, 16);
+#else
+    *static_cast<uint4 *>(dst) = *static_cast<const uint4 *>(src);
+#endif
+}
+
+// Scores are scaled by scale_log2 = scale * log2(e), so that each
+// probability is one exp2f. vec: d and the row pitch heads * d are
+// multiples of 8 and q, k and v 16-byte aligned, so that k and v tiles move
+// in 16-byte pieces.
 template <int D, typename T>
 __global__ void __launch_bounds__(kThreads)
     attention_tc_kernel(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v, T *__restrict__ out,
-                        int64_t tq, int64_t tk, int64_t heads, int d, float scale_log2, int causal)
+                        int64_t tq, int64_t tk, int64_t heads, int d, float scale_log2, int causal, int vec)
 {
     using L = Smem<D>;
-    using frag_q = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
-    using frag_kt = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major>;
-    using frag_v = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major>;
-    using frag_acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-
     SDW_DYNAMIC_SHARED(128, unsigned char, smem);
-    T *qs = (T *)(smem + L::q), *ks = (T *)(smem + L::k), *vs = (T *)(smem + L::v);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float *ss = (float *)(smem + L::s) + warp * kRows * L::lds;
-    T *ps = (T *)(smem + L::p) + warp * kRows * L::ldp;
-    float *os = (float *)(smem + L::o) + warp * kRows * L::ldo;
-    float *ls = (float *)(smem + L::l) + warp * kRows;
+    T *qs = (T *)(smem + L::q), *ks = (T *)(smem + L::k), *vt = (T *)(smem + L::v);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 
     const int64_t bi = blockIdx.y / heads, h = blockIdx.y % heads, c_all = heads * d;
     const int64_t q0 = (int64_t)blockIdx.x * kBQ;
@@ -94,26 +88,37 @@ __global__ void __launch_bounds__(kThreads)
     const T zero = sdw_store<T>(0.0f);
 
     // Query rows past tq and dimensions past d are zeros: such a row gets
-    // finite scores (all 0) and is never written; the padded dimensions add 0.
+    // finite scores (all 0) and is never written; the padded dimensions of
+    // q, k and v (zeroed once, here: the tile loads below write [0, d) only)
+    // add 0 to both products.
     for (int idx = threadIdx.x; idx < kBQ * D; idx += kThreads) {
         int r = idx / D, c = idx % D;
         int64_t qi = q0 + r;
-        qs[r * L::ldh + c] = qi < tq && c < d ? qb[qi * c_all + c] : zero;
+        qs[r * L::ldq + c] = qi < tq && c < d ? qb[qi * c_all + c] : zero;
     }
-    for (int idx = lane; idx < kRows * D; idx += 32)
-        os[idx / D * L::ldo + idx % D] = 0.0f;
+    for (int idx = threadIdx.x; idx < kBK * (D - d); idx += kThreads) {
+        int j = idx / (D - d), c = d + idx % (D - d);
+        ks[j * L::ldk + c] = zero;
+        vt[c * L::ldv + j] = zero;
+    }
     __syncthreads();
-    frag_q qf[D / 16];
+    uint32_t qf[D / 16][4];
+    const T *qw = qs + warp * kRows * L::ldq;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-        wmma::load_matrix_sync(qf[kk], qs + warp * kRows * L::ldh + kk * 16, L::ldh);
+    for (int kk = 0; kk < D / 16; kk++) {
+        qf[kk][0] = sdw_ld32(qw + g * L::ldq + kk * 16 + 2 * t);
+        qf[kk][1] = sdw_ld32(qw + (g + 8) * L::ldq + kk * 16 + 2 * t);
+        qf[kk][2] = sdw_ld32(qw + g * L::ldq + kk * 16 + 8 + 2 * t);
+        qf[kk][3] = sdw_ld32(qw + (g + 8) * L::ldq + kk * 16 + 8 + 2 * t);
+    }
 
-    // Softmax lanes: lane 2r + half takes row r of the warp's 16, columns
-    // half, half + 2, ... of each score tile; both lanes of a pair keep the
-    // same running max m and sum l.
-    const int r = lane / 2, half = lane % 2;
-    const int64_t qrow = q0 + warp * kRows + r;
-    float m = -INFINITY, l = 0.0f;
+    // This lane's rows: g and g + 8 of the warp's 16 (index 0 and 1 below).
+    const int64_t row[2] = {q0 + warp * kRows + g, q0 + warp * kRows + g + 8};
+    float o[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
     // Under the causal mask no query of this block sees past its last row;
     // kend is block-uniform, so every warp runs the same tiles and meets the
@@ -123,96 +128,127 @@ __global__ void __launch_bounds__(kThreads)
         __syncthreads(); // every warp is done with the previous k and v tiles
         // Keys past tk are zeros, not whatever memory follows: their
         // probability is 0, and 0 * NaN would still poison the product.
-        for (int idx = threadIdx.x; idx < kBK * D; idx += kThreads) {
-            int j = idx / D, c = idx % D;
-            int64_t key = k0 + j;
-            bool ok = key < tk && c < d;
-            ks[j * L::ldh + c] = ok ? kb[key * c_all + c] : zero;
-            vs[j * L::ldh + c] = ok ? vb[key * c_all + c] : zero;
+        if (vec) {
+            const int cv = d / 8;
+            for (int idx = threadIdx.x; idx < kBK * cv; idx += kThreads) {
+                int j = idx / cv, c = idx % cv * 8;
+                int64_t key = k0 + j;
+                alignas(16) T kx[8], vx[8];
+                if (key < tk) {
+                    copy16(kx, kb + key * c_all + c);
+                    copy16(vx, vb + key * c_all + c);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 8; i++)
+                        kx[i] = vx[i] = zero;
+                }
+                copy16(ks + j * L::ldk + c, kx);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    vt[(c + i) * L::ldv + j] = vx[i];
+            }
+        } else {
+            for (int idx = threadIdx.x; idx < kBK * d; idx += kThreads) {
+                int j = idx / d, c = idx % d;
+                int64_t key = k0 + j;
+                bool ok = key < tk;
+                ks[j * L::ldk + c] = ok ? kb[key * c_all + c] : zero;
+                vt[c * L::ldv + j] = ok ? vb[key * c_all + c] : zero;
+            }
         }
         __syncthreads();
 
+        // Scores of 16 rows by 64 keys: eight 8-key accumulator tiles.
+        float s[kBK / 8][4];
 #pragma unroll
-        for (int j = 0; j < kBK / 16; j++) {
-            frag_acc sf;
-            wmma::fill_fragment(sf, 0.0f);
+        for (int n = 0; n < kBK / 8; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            const T *kr = ks + (n * 8 + g) * L::ldk + 2 * t;
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) {
-                frag_kt kf; // k stored [key][dim] is k^T in column-major order
-                wmma::load_matrix_sync(kf, ks + j * 16 * L::ldh + kk * 16, L::ldh);
-                wmma::mma_sync(sf, qf[kk], kf, sf);
+                uint32_t b[2] = {sdw_ld32(kr + kk * 16), sdw_ld32(kr + kk * 16 + 8)};
+                sdw_mma16816<T>(s[n], qf[kk], b);
             }
-            wmma::store_matrix_sync(ss + j * 16, sf, L::lds, wmma::mem_row_major);
         }
-        __syncwarp(); // each lane reads scores that other lanes stored
 
-        float x[kBK / 2];
-        float mx = -INFINITY;
-        const float *srow = ss + r * L::lds;
+        float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int i = 0; i < kBK / 2; i++) {
-            int64_t key = k0 + 2 * i + half;
-            bool ok = key < tk && (!causal || key <= qrow);
-            x[i] = ok ? srow[2 * i + half] * scale_log2 : -INFINITY;
-            mx = fmaxf(mx, x[i]);
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        float mn = fmaxf(m, mx);
-        // A row that has seen no key yet (m and mn both -inf) would get
-        // exp2(-inf - -inf) = NaN; with base 0 its p and corr are 0 instead.
-        // Every real row sees key 0 in the first tile, so this only guards.
-        float base = mn == -INFINITY ? 0.0f : mn;
-        float corr = exp2f(m - base), sum = 0.0f;
-        T *prow = ps + r * L::ldp;
+        for (int n = 0; n < kBK / 8; n++)
 #pragma unroll
-        for (int i = 0; i < kBK / 2; i++) {
-            T p = sdw_store<T>(exp2f(x[i] - base));
-            prow[2 * i + half] = p;
-            // The sum takes the rounded p that the product uses, so the
-            // output stays a weighted mean of v.
-            sum += sdw_load(p);
-        }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        l = l * corr + sum;
-        m = mn;
-        float *orow = os + r * L::ldo;
-#pragma unroll 4
-        for (int c = half; c < D; c += 2)
-            orow[c] *= corr;
-        __syncwarp(); // p and the rescaled rows are read by the whole warp
-
-        frag_q pf[kBK / 16];
-#pragma unroll
-        for (int kk = 0; kk < kBK / 16; kk++)
-            wmma::load_matrix_sync(pf[kk], ps + kk * 16, L::ldp);
-#pragma unroll
-        for (int n = 0; n < D / 16; n++) {
-            frag_acc of;
-            wmma::load_matrix_sync(of, os + n * 16, L::ldo, wmma::mem_row_major);
-#pragma unroll
-            for (int kk = 0; kk < kBK / 16; kk++) {
-                frag_v vf;
-                wmma::load_matrix_sync(vf, vs + kk * 16 * L::ldh + n * 16, L::ldh);
-                wmma::mma_sync(of, pf[kk], vf, of);
+            for (int i = 0; i < 4; i++) {
+                int64_t key = k0 + n * 8 + 2 * t + (i & 1);
+                bool ok = key < tk && (!causal || key <= row[i / 2]);
+                s[n][i] = ok ? s[n][i] * scale_log2 : -INFINITY;
+                mx[i / 2] = fmaxf(mx[i / 2], s[n][i]);
             }
-            wmma::store_matrix_sync(os + n * 16, of, L::ldo, wmma::mem_row_major);
+        float base[2], corr[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            float mn = fmaxf(m[r], mx[r]);
+            // A row that has seen no key yet (m and mn both -inf) would get
+            // exp2(-inf - -inf) = NaN; with base 0 its p and corr are 0
+            // instead. Every real row sees key 0 in the first tile, so this
+            // only guards.
+            base[r] = mn == -INFINITY ? 0.0f : mn;
+            corr[r] = exp2f(m[r] - base[r]);
+            m[r] = mn;
         }
-        // The next tile's first __syncwarp orders these stores before the
-        // lanes touch os, and its stores to ss and ps come after this
-        // warp's reads of them (the __syncwarp above).
+
+        // Probabilities, rounded to T, straight into the A operands of p v.
+        // The sums take the rounded p that the product uses, so the output
+        // stays a weighted mean of v. Each lane sums its own columns; the
+        // quad's partial sums meet once, at the end (corr is the same for
+        // all four).
+        uint32_t pa[kBK / 16][4];
+        float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int n = 0; n < kBK / 8; n++) {
+            T p[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                p[i] = sdw_store<T>(exp2f(s[n][i] - base[i / 2]));
+                sum[i / 2] += sdw_load(p[i]);
+            }
+            pa[n / 2][(n % 2) * 2] = sdw_pack2(p[0], p[1]);
+            pa[n / 2][(n % 2) * 2 + 1] = sdw_pack2(p[2], p[3]);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+            l[r] = l[r] * corr[r] + sum[r];
+
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            o[n][0] *= corr[0];
+            o[n][1] *= corr[0];
+            o[n][2] *= corr[1];
+            o[n][3] *= corr[1];
+            const T *vr = vt + (n * 8 + g) * L::ldv + 2 * t;
+#pragma unroll
+            for (int j = 0; j < kBK / 16; j++) {
+                uint32_t b[2] = {sdw_ld32(vr + j * 16), sdw_ld32(vr + j * 16 + 8)};
+                sdw_mma16816<T>(o[n], pa[j], b);
+            }
+        }
     }
 
-    if (half == 0)
-        ls[r] = l;
-    __syncwarp();
-    for (int rr = 0; rr < kRows; rr++) {
-        int64_t qi = q0 + warp * kRows + rr;
-        if (qi >= tq)
-            break;
-        float inv = 1.0f / ls[rr];
-        T *orow = out + (bi * tq + qi) * c_all + h * d;
-        for (int c = lane; c < d; c += 32)
-            orow[c] = sdw_store<T>(os[rr * L::ldo + c] * inv);
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        if (row[r] >= tq)
+            continue;
+        float inv = 1.0f / l[r];
+        T *orow = out + (bi * tq + row[r]) * c_all + h * d;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            int c = n * 8 + 2 * t;
+            if (c < d)
+                orow[c] = sdw_store<T>(o[n][2 * r] * inv);
+            if (c + 1 < d)
+                orow[c + 1] = sdw_store<T>(o[n][2 * r + 1] * inv);
+        }
     }
 }
 
@@ -233,8 +269,11 @@ cudaError_t launch(const void *q, const void *k, const void *v, void *out, int64
         if (rc != cudaSuccess)
             return rc;
     }
+    int vec = d % 8 == 0 && heads * d % 8 == 0 && (uintptr_t)q % 16 == 0 && (uintptr_t)k % 16 == 0 &&
+              (uintptr_t)v % 16 == 0;
     SDW_LAUNCH(dim3((unsigned)qblocks, (unsigned)(b * heads)), kThreads, bytes, stream, attention_tc_kernel<D, T>)(
-        (const T *)q, (const T *)k, (const T *)v, (T *)out, tq, tk, heads, (int)d, scale * 1.4426950408889634f, causal);
+        (const T *)q, (const T *)k, (const T *)v, (T *)out, tq, tk, heads, (int)d, scale * 1.4426950408889634f, causal,
+        vec);
     return cudaGetLastError();
 }
 

@@ -510,9 +510,12 @@ int main(void)
         check_attention(dt, 1, 300, 300, 1, 64, 1, 0);
     }
 
-    // Tensor cores: d = 1 and 40 padded, 16, 80 and 160 exact; query blocks
-    // of 64 rows with a partial one, tk past a multiple of 64.
+    // Tensor cores: d = 1, 36 and 40 padded, 16, 80 and 160 exact; query
+    // blocks of 64 rows with a partial one, tk past a multiple of 64; k and v
+    // tiles moved in 16-byte pieces (d a multiple of 8) and, at d = 1 and
+    // 36, element by element.
     for (int dt : {SDW_K_F16, SDW_K_BF16}) {
+        check_attention(dt, 1, 70, 90, 3, 36, 0, 1);
         check_attention(dt, 1, 100, 37, 2, 40, 0, 1);
         check_attention(dt, 1, 65, 65, 1, 16, 1, 1);
         check_attention(dt, 2, 70, 130, 1, 80, 0, 1);

@@ -20,7 +20,8 @@
 // What it does not model: timing and occupancy, the memory model beyond the
 // barriers (a store is visible to whoever synchronises with it, no sooner
 // and no later than x86 makes it), bank conflicts, warp divergence costs,
-// and the register layout of wmma fragments (see mma.h). Blocks never run
+// and the tensor cores' own summation order and rounding (see ptx_mma.h).
+// Blocks never run
 // concurrently, so function-static variables serve as __shared__ memory.
 #ifndef SDW_CUSIM_H
 #define SDW_CUSIM_H
@@ -219,6 +220,8 @@ struct Warp {
     unsigned arrived = 0; // with fibers: lanes at the warp's barrier
     bool down = false;    // with fibers: the order its lanes last ran in
     alignas(64) unsigned char words[2][32][8];
+    // The same for exchange(): up to 32 bytes from every lane at once.
+    alignas(64) unsigned char block[2][32][32];
 };
 
 // The state of one launch; blocks of it run one at a time.
@@ -260,7 +263,8 @@ struct Fiber {
 // A stack per possible thread of a block, mapped once (without reserving
 // swap) and kept across blocks and launches: pages no fiber touched cost
 // nothing, and those it did are reused. Kernels keep arrays in registers
-// (attention_tc's wmma fragments are 1 KiB each here), so the stacks are
+// (attention_tc's operands and accumulators, and ptx_mma.h's whole tiles
+// and 1 KiB exchange), so the stacks are
 // generous; a guard page below each turns an overflow into a fault instead
 // of a silent write into the neighbour's stack.
 constexpr size_t kFiberStack = 256 * 1024;
@@ -419,6 +423,22 @@ T shuffle(unsigned mask, T v, int width, Src src, const char *file, int line)
     if (from >= 0 && from < (int)w.lanes)
         memcpy(&v, w.words[p][from], sizeof v);
     return v;
+}
+
+// Every lane of the warp gives `bytes` (at most 32) from mine and receives
+// all lanes' in all[lane]: what a warp-wide instruction such as mma.sync
+// sees, whose operands are spread over its lanes' registers. One barrier,
+// with the words of shuffle() in turn (self.parity).
+inline void exchange(const void *mine, size_t bytes, unsigned char (*all)[32], const char *file, int line)
+{
+    Warp &w = *self.warp;
+    if (w.lanes != 32 || bytes > 32)
+        die("%s:%d: a warp-wide exchange needs 32 lanes and at most 32 bytes from each", file, line);
+    unsigned p = self.parity;
+    self.parity ^= 1;
+    memcpy(w.block[p][self.lane], mine, bytes);
+    warp_wait(w, file, line);
+    memcpy(all, w.block[p], sizeof w.block[p]);
 }
 
 inline unsigned char *dynamic_shared()
