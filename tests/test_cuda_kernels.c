@@ -736,6 +736,7 @@ int main(void)
     check_embed(0);
     check_conv(2, 9, 24, 40, 32, 3, 1, 1, 24, 40, 0);
     check_conv(1, 40, 8, 8, 24, 1, 1, 0, 8, 8, 1);
+    check_conv(2, 24, 5, 7, 16, 1, 1, 0, 5, 7, 0); /* 1x1: a strided batch of products through cuBLAS */
     check_conv(1, 16, 16, 16, 24, 3, 2, 1, 8, 8, 1); /* downsample */
     check_conv(1, 16, 16, 16, 16, 3, 2, 0, 8, 8, 1); /* bottom/right pad 1 */
     check_conv(1, 8, 31, 16, 5, 3, 2, 0, 15, 8, 1);
@@ -793,6 +794,7 @@ int main(void)
     check_conv(2, 4, 64, 64, 320, 3, 1, 1, 64, 64, 1);
     check_conv(2, 9, 24, 40, 32, 3, 1, 1, 24, 40, 0);
     check_conv(2, 640, 16, 16, 320, 1, 1, 0, 16, 16, 1);
+    check_conv(2, 2560, 8, 8, 1280, 1, 1, 0, 8, 8, 0);
     check_conv(1, 128, 64, 64, 128, 3, 2, 1, 32, 32, 1); /* UNet downsample */
     check_conv(1, 64, 64, 64, 64, 3, 2, 0, 32, 32, 1);   /* VAE encoder: bottom/right pad 1 */
     check_conv(1, 8, 31, 16, 5, 3, 2, 0, 15, 8, 1);      /* odd sizes, implied pad 0 and 1 */
