@@ -14,8 +14,9 @@
 # (reserved at the start, at most while denoising, while decoding); then
 # sdworker once more with CUDA graphs off
 # (SDW_CUDA_GRAPHS=0), once with the SIMT attention (float32 arithmetic) in
-# place of the tensor-core one (SDW_CUDA_ATTENTION=simt) and once with 1 GiB
-# of convolution workspace (SDW_CUDA_WORKSPACE_MIB=1024): what each is worth; and a
+# place of the tensor-core one (SDW_CUDA_ATTENTION=simt), once with 1 GiB
+# of convolution workspace (SDW_CUDA_WORKSPACE_MIB=1024) and once with every
+# convolution on cuDNN (SDW_CUDA_CONV=cudnn): what each is worth; and a
 # profile of two steps (sdworker-generate --profile): the time of each op
 # alone, totals per op in the summary, the costliest shapes in
 # OUTDIR/sdworker-profile.log.
@@ -153,6 +154,7 @@ variant trim SDW_CUDA_TRIM=1
 variant nographs SDW_CUDA_GRAPHS=0
 variant simt SDW_CUDA_ATTENTION=simt
 variant ws1g SDW_CUDA_WORKSPACE_MIB=1024
+variant cudnn SDW_CUDA_CONV=cudnn
 # Where the time goes: two steps, generated twice, the second with every op
 # timed alone (sdworker-generate --profile).
 variant profile "" --steps 2 --profile=40
@@ -199,7 +201,8 @@ if drc == 0:
 print(f"{'metric':<16} {'sdworker':>10} {'diffusers':>10}")
 for k in sdw:
     print(f"{k:<16} {f(sdw[k]):>10} {f(dif[k]):>10}")
-for name, what in (("nographs", "CUDA graphs off"), ("simt", "SIMT attention")):
+for name, what in (("nographs", "CUDA graphs off"), ("simt", "SIMT attention"),
+                   ("cudnn", "every convolution on cuDNN (SDW_CUDA_CONV=cudnn)")):
     v = timings(f"{out}/sdworker-{name}.log")
     if v.get("denoise_s"):
         print(f"sdworker it/s with {what}: {(v.get('unet_calls') or 20) / v['denoise_s']:.3f}")

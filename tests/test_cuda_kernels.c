@@ -493,6 +493,10 @@ static void check_embed(int with_pos)
     arg_free(&table), arg_free(&pos), arg_free(&y);
 }
 
+/* How the GPU backends take convolutions, for the checks' names: "" when
+ * they pick (the default), else the SDW_CUDA_CONV they started with. */
+static char conv_label[64];
+
 static int do_conv(int s, void *v, sdw_error *e)
 {
     ctx *c = v;
@@ -510,9 +514,9 @@ static void check_conv(int64_t b, int64_t ch, int64_t h, int64_t w, int64_t o, i
     arg_out(&y, 4, ys);
     ctx c = {.x = &x, .w = &wt, .b = bias ? &bs : NULL, .y = &y, .g = {stride, pad, pad}};
     char what[128];
-    snprintf(what, sizeof what, "conv2d %lldx%lldx%lldx%lld k%lld s%d p%d -> %lldx%lldx%lldx%lld%s", (long long)b,
+    snprintf(what, sizeof what, "conv2d %lldx%lldx%lldx%lld k%lld s%d p%d -> %lldx%lldx%lldx%lld%s%s", (long long)b,
              (long long)ch, (long long)h, (long long)w, (long long)k, stride, pad, (long long)b, (long long)o,
-             (long long)oh, (long long)ow, bias ? " + bias" : "");
+             (long long)oh, (long long)ow, bias ? " + bias" : "", conv_label);
     check(what, do_conv, &c, &y);
     arg_free(&x), arg_free(&wt), arg_free(&bs), arg_free(&y);
 }
@@ -527,8 +531,8 @@ static void check_conv_w(int64_t b, int64_t ch, int64_t h, int64_t w, int64_t o,
     arg_out(&y, 4, ys);
     ctx c = {.x = &x, .w = &wt, .b = &bs, .y = &y, .g = {1, (int)(k / 2), (int)(k / 2)}};
     char what[128];
-    snprintf(what, sizeof what, "conv2d %lldx%lldx%lldx%lld k%lld (f16 weight) -> %lld channels + bias", (long long)b,
-             (long long)ch, (long long)h, (long long)w, (long long)k, (long long)o);
+    snprintf(what, sizeof what, "conv2d %lldx%lldx%lldx%lld k%lld (f16 weight) -> %lld channels + bias%s",
+             (long long)b, (long long)ch, (long long)h, (long long)w, (long long)k, (long long)o, conv_label);
     check(what, do_conv, &c, &y);
     arg_free(&x), arg_free(&wt), arg_free(&bs), arg_free(&y);
 }
@@ -664,6 +668,61 @@ static void check_gaussian(int with_noise)
     arg_free(&m), arg_free(&noise), arg_free(&y);
 }
 
+/* The convolution cases, run once per way the backend can take them
+ * (main): cuDNN or im2col and a cuBLAS product, or the faster per shape. */
+static void conv_cases(void)
+{
+#ifdef SDW_CUSIM
+    check_conv(2, 9, 24, 40, 32, 3, 1, 1, 24, 40, 0);
+    check_conv(1, 40, 8, 8, 24, 1, 1, 0, 8, 8, 1);
+    check_conv(2, 24, 5, 7, 16, 1, 1, 0, 5, 7, 0); /* 1x1: a strided batch of products through cuBLAS */
+    check_conv(1, 16, 16, 16, 24, 3, 2, 1, 8, 8, 1); /* downsample */
+    check_conv(1, 16, 16, 16, 16, 3, 2, 0, 8, 8, 1); /* bottom/right pad 1 */
+    check_conv(1, 8, 31, 16, 5, 3, 2, 0, 15, 8, 1);
+    check_conv_w(1, 16, 10, 12, 24, 3);
+    check_conv_w(1, 40, 9, 7, 24, 1);
+#else
+    check_conv(2, 320, 32, 32, 320, 3, 1, 1, 32, 32, 1);
+    check_conv(2, 1280, 8, 8, 1280, 3, 1, 1, 8, 8, 1); /* the UNet's innermost: 128 positions, 11520 deep */
+    check_conv(2, 4, 64, 64, 320, 3, 1, 1, 64, 64, 1);
+    check_conv(2, 9, 24, 40, 32, 3, 1, 1, 24, 40, 0);
+    check_conv(2, 640, 16, 16, 320, 1, 1, 0, 16, 16, 1);
+    check_conv(2, 2560, 8, 8, 1280, 1, 1, 0, 8, 8, 0);
+    check_conv(1, 128, 64, 64, 128, 3, 2, 1, 32, 32, 1); /* UNet downsample */
+    check_conv(1, 64, 64, 64, 64, 3, 2, 0, 32, 32, 1);   /* VAE encoder: bottom/right pad 1 */
+    check_conv(1, 8, 31, 16, 5, 3, 2, 0, 15, 8, 1);      /* odd sizes, implied pad 0 and 1 */
+    check_conv(1, 128, 512, 512, 3, 3, 1, 1, 512, 512, 1); /* the VAE decoder's last conv at 512x512 */
+    check_conv_w(2, 64, 20, 24, 96, 3);
+    check_conv_w(1, 40, 9, 7, 24, 1);
+#endif
+}
+
+/* The GPU backends, one per precision, started afresh with SDW_CUDA_CONV set
+ * to conv (NULL: unset). */
+static int start_gpus(const char *conv)
+{
+    sdw_error e;
+    for (int p = 0; p < NPREC; p++) {
+        sdw_backend_destroy(gpu[p]);
+        gpu[p] = NULL;
+    }
+    if (conv)
+        setenv("SDW_CUDA_CONV", conv, 1);
+    for (int p = 0; p < NPREC; p++) {
+        /* The call first: the message's arguments must see its result. */
+        int brc = sdw_backend_cuda(&gpu[p], 0, (sdw_precision)p, &e);
+        if (!tap_ok(brc == 0, "cuda backend %s%s%s starts%s%s", prec_name[p], conv ? " with SDW_CUDA_CONV=" : "",
+                    conv ? conv : "", brc ? ": " : "", brc ? e.msg : ""))
+            break;
+    }
+    unsetenv("SDW_CUDA_CONV");
+    snprintf(conv_label, sizeof conv_label, "%s%s%s", conv ? " [SDW_CUDA_CONV=" : "", conv ? conv : "", conv ? "]" : "");
+    for (int p = 0; p < NPREC; p++)
+        if (!gpu[p])
+            return -1;
+    return 0;
+}
+
 int main(void)
 {
     int count = 0;
@@ -681,12 +740,8 @@ int main(void)
         tap_ok(0, "cpu backend: %s", e.msg);
         return tap_done();
     }
-    for (int p = 0; p < NPREC; p++) {
-        /* The call first: the message's arguments must see its result. */
-        int brc = sdw_backend_cuda(&gpu[p], 0, (sdw_precision)p, &e);
-        if (!tap_ok(brc == 0, "cuda backend %s starts%s%s", prec_name[p], brc ? ": " : "", brc ? e.msg : ""))
-            return tap_done();
-    }
+    if (start_gpus(NULL))
+        return tap_done();
     sdw_backend *bad = NULL;
     int rc = sdw_backend_cuda(&bad, count, SDW_PREC_FP32, &e);
     tap_ok(rc == SDW_ENOTFOUND && !bad, "device %d (one past the last) is refused: %s", count, e.msg);
@@ -734,14 +789,7 @@ int main(void)
     check_elementwise(10007, 3);
     check_embed(1);
     check_embed(0);
-    check_conv(2, 9, 24, 40, 32, 3, 1, 1, 24, 40, 0);
-    check_conv(1, 40, 8, 8, 24, 1, 1, 0, 8, 8, 1);
-    check_conv(2, 24, 5, 7, 16, 1, 1, 0, 5, 7, 0); /* 1x1: a strided batch of products through cuBLAS */
-    check_conv(1, 16, 16, 16, 24, 3, 2, 1, 8, 8, 1); /* downsample */
-    check_conv(1, 16, 16, 16, 16, 3, 2, 0, 8, 8, 1); /* bottom/right pad 1 */
-    check_conv(1, 8, 31, 16, 5, 3, 2, 0, 15, 8, 1);
-    check_conv_w(1, 16, 10, 12, 24, 3);
-    check_conv_w(1, 40, 9, 7, 24, 1);
+    conv_cases();
     check_group_norm(2, 32, 8, 8, 8, 1);
     check_group_norm(1, 9, 5, 7, 3, 0);
     check_group_norm_inplace(1, 16, 16, 16, 4, 1);
@@ -790,17 +838,7 @@ int main(void)
     check_elementwise(1000003, 300);
     check_embed(1);
     check_embed(0);
-    check_conv(2, 320, 32, 32, 320, 3, 1, 1, 32, 32, 1);
-    check_conv(2, 4, 64, 64, 320, 3, 1, 1, 64, 64, 1);
-    check_conv(2, 9, 24, 40, 32, 3, 1, 1, 24, 40, 0);
-    check_conv(2, 640, 16, 16, 320, 1, 1, 0, 16, 16, 1);
-    check_conv(2, 2560, 8, 8, 1280, 1, 1, 0, 8, 8, 0);
-    check_conv(1, 128, 64, 64, 128, 3, 2, 1, 32, 32, 1); /* UNet downsample */
-    check_conv(1, 64, 64, 64, 64, 3, 2, 0, 32, 32, 1);   /* VAE encoder: bottom/right pad 1 */
-    check_conv(1, 8, 31, 16, 5, 3, 2, 0, 15, 8, 1);      /* odd sizes, implied pad 0 and 1 */
-    check_conv(1, 128, 512, 512, 3, 3, 1, 1, 512, 512, 1); /* the VAE decoder's last conv at 512x512 */
-    check_conv_w(2, 64, 20, 24, 96, 3);
-    check_conv_w(1, 40, 9, 7, 24, 1);
+    conv_cases();
     check_group_norm(2, 320, 32, 32, 32, 1);
     check_group_norm(2, 320, 32, 32, 32, 0);
     check_group_norm(1, 9, 5, 7, 3, 1);
@@ -823,6 +861,10 @@ int main(void)
     tap_ok(sdw_k_attention_tc(NULL, NULL, NULL, NULL, 1, 2, 3, 1, 40, 1.0f, 1, SDW_K_BF16, 0) == cudaErrorInvalidValue,
            "tensor-core attention refuses a causal mask with tq != tk");
 
+    const char *modes[] = {"cudnn", "gemm"};
+    for (size_t i = 0; i < sizeof modes / sizeof *modes; i++)
+        if (!start_gpus(modes[i]))
+            conv_cases();
     for (int p = 0; p < NPREC; p++)
         sdw_backend_destroy(gpu[p]);
     sdw_backend_destroy(cpu);

@@ -23,8 +23,10 @@
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
 #include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "devmem.h"
 #include "kernels/kernels.h"
@@ -50,7 +52,8 @@ typedef struct conv_plan {
     cudnnFilterDescriptor_t wd;
     cudnnConvolutionDescriptor_t cd;
     cudnnConvolutionFwdAlgo_t algo;
-    size_t ws_bytes;
+    int gemm;        /* im2col into the workspace and one product per image (cuBLAS) instead of cuDNN */
+    size_t ws_bytes; /* the workspace it needs: cuDNN's algorithm's, or the columns */
 } conv_plan;
 
 typedef struct cuda_be {
@@ -71,6 +74,7 @@ typedef struct cuda_be {
     int graphs; /* captures allowed: SDW_CUDA_GRAPHS is not "0" */
     int attn_simt; /* SDW_CUDA_ATTENTION=simt: the float32 attention kernel in every precision */
     int trim;      /* SDW_CUDA_TRIM=1: cached blocks go back to the driver before each VAE decode */
+    int conv_mode; /* SDW_CUDA_CONV: CONV_AUTO, CONV_CUDNN or CONV_GEMM */
 } cuda_be;
 
 static cuda_be *priv(sdw_backend *be)
@@ -454,10 +458,71 @@ static int ensure_ws(cuda_be *c, size_t bytes, sdw_error *e)
     return SDW_OK;
 }
 
-/* Describes the convolution and picks its algorithm once per shape: cuDNN
- * times the candidates on the real buffers (x, w, y), and in float32 only
+enum { CONV_AUTO, CONV_CUDNN, CONV_GEMM };
+
+/* y[b] (o x np) = w (o x rows) cols[b] (rows x np), one strided batch.
+ * Column-major that is y^T = cols^T w^T: np x o from np x rows and rows x o,
+ * leading dimensions np, rows and np. */
+static int conv_gemm(cuda_be *c, const void *cols, const void *w, void *y, int64_t b, int64_t rows, int64_t np,
+                     int64_t o, sdw_error *e)
+{
+    float alpha = 1.0f, beta = 0.0f;
+    cudaDataType_t t = blas_type(c->dtype);
+    CUBLAS(cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)np, (int)o, (int)rows, &alpha, cols, t,
+                                      (int)np, rows * np, w, t, (int)rows, 0, &beta, y, t, (int)np, o * np, (int)b,
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return SDW_OK;
+}
+
+/* Runs a planned convolution of x by w into y (no bias). The columns'
+ * product is the 1x1 one (conv1x1) over ch * kh * kw rows. */
+static int conv_run(cuda_be *c, const conv_plan *p, const void *x, const void *w, void *y, sdw_error *e)
+{
+    const int *k = p->key;
+    if (!p->gemm) {
+        float alpha = 1.0f, beta = 0.0f;
+        CUDNN(cudnnConvolutionForward(c->dnn, &alpha, p->xd, x, p->wd, w, p->cd, p->algo, c->ws, p->ws_bytes, &beta,
+                                      p->yd, y));
+        return SDW_OK;
+    }
+    int64_t b = k[1], ch = k[2], oh = k[11] >> 16, ow = k[11] & 0xffff;
+    CU(sdw_k_im2col(x, c->ws, b, ch, k[3], k[4], k[6], k[7], oh, ow, k[10], k[8], k[9], c->dtype, c->stream));
+    return conv_gemm(c, c->ws, w, y, b, ch * k[6] * k[7], oh * ow, k[5], e);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Seconds per run of the plan, the best of three after one to warm up,
+ * each waited for: cuDNN's own timings cannot be compared with a cuBLAS
+ * product's, so both ways are timed alike. */
+static int conv_time(cuda_be *c, const conv_plan *p, const void *x, const void *w, void *y, double *secs,
+                     sdw_error *e)
+{
+    *secs = INFINITY;
+    for (int i = 0; i < 4; i++) {
+        double t0 = now_s();
+        int rc = conv_run(c, p, x, w, y, e);
+        if (rc)
+            return rc;
+        CU(cudaStreamSynchronize(c->stream));
+        if (i && now_s() - t0 < *secs)
+            *secs = now_s() - t0;
+    }
+    return SDW_OK;
+}
+
+/* Describes the convolution and picks how to run it, once per shape: cuDNN
+ * times its candidates on the real buffers (x, w, y), and in float32 only
  * algorithms without TF32 tensor-core math qualify, so that float32 results
- * match the CPU reference. */
+ * match the CPU reference. Then, when the columns fit in the workspace, the
+ * best of them is timed against im2col and a cuBLAS product (cuDNN's NCHW
+ * algorithms are slow on the UNet's small, wide layers), and the faster one
+ * kept; SDW_CUDA_CONV=cudnn or gemm takes one way wherever it can. */
 static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const void *w, void *y, conv_plan **out,
                          sdw_error *e)
 {
@@ -531,6 +596,23 @@ static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const voi
     PLAN(cudnnSetConvolutionMathType(p->cd, dt == SDW_K_F32 ? CUDNN_FMA_MATH : perf[pick].mathType));
     p->algo = perf[pick].algo;
     p->ws_bytes = perf[pick].memory;
+    size_t col = (size_t)b * (size_t)ch * (size_t)(kh * kw) * (size_t)(key[11] >> 16) * (size_t)(key[11] & 0xffff) *
+                 dtype_size(dt);
+    if (c->conv_mode != CONV_CUDNN && col <= c->ws_cap) {
+        conv_plan g = *p;
+        g.gemm = 1;
+        g.ws_bytes = col;
+        double t_dnn = 0, t_gemm = 0;
+        if (c->conv_mode == CONV_AUTO && ((rc = conv_time(c, p, x, w, y, &t_dnn, e)) ||
+                                          (rc = conv_time(c, &g, x, w, y, &t_gemm, e)))) {
+            plan_destroy(p);
+            return rc;
+        }
+        if (c->conv_mode == CONV_GEMM || t_gemm < t_dnn) {
+            p->gemm = 1;
+            p->ws_bytes = col;
+        }
+    }
 #undef PLAN
     c->nplans++;
     *out = p;
@@ -538,23 +620,17 @@ static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const voi
 }
 
 /* A 1x1 convolution is a product per image, y[b] (o x hw) = w (o x ch) x[b]
- * (ch x hw), taken as one strided batch through cuBLAS: cuDNN's NCHW
- * algorithms for these shapes (the UNet's shortcuts, a few hundred
+ * (ch x hw), taken as one strided batch through cuBLAS (conv_gemm): cuDNN's
+ * NCHW algorithms for these shapes (the UNet's shortcuts, a few hundred
  * positions over thousands of channels) ran at 4 to 15 TFLOP/s on an H100.
- * Column-major, the product is y^T = x^T w^T: hw x o from hw x ch and
- * ch x o, leading dimensions hw, ch and hw. The bias is added after, as on
- * cuDNN's path. */
+ * The bias is added after, as on cuDNN's path. */
 static int conv1x1(cuda_be *c, const float *x, const float *w, const float *bias, float *y, int64_t b, int64_t ch,
                    int64_t hw, int64_t o, sdw_error *e)
 {
-    float alpha = 1.0f, beta = 0.0f;
-    cudaDataType_t t = blas_type(c->dtype);
-    CUBLAS(cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)hw, (int)o, (int)ch, &alpha, x, t,
-                                      (int)hw, ch * hw, w, t, (int)ch, 0, &beta, y, t, (int)hw, o * hw, (int)b,
-                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    if (bias)
+    int rc = conv_gemm(c, x, w, y, b, ch, hw, o, e);
+    if (!rc && bias)
         CU(sdw_k_add_rows(y, bias, y, b * o, hw, o, c->dtype, c->stream));
-    return SDW_OK;
+    return rc;
 }
 
 static int cuda_conv2d(sdw_backend *be, const float *x, const float *w, int w_lowp, const float *bias, float *y,
@@ -592,15 +668,9 @@ static int cuda_conv2d(sdw_backend *be, const float *x, const float *w, int w_lo
     int key[12] = {dt, (int)b, (int)ch, (int)hp, (int)wp, (int)o, (int)kh, (int)kw, explicit_pad ? 0 : pad_t,
                    explicit_pad ? 0 : pad_l, stride, (int)(oh << 16 | ow)};
     conv_plan *p = NULL;
-    if ((rc = conv_plan_get(c, key, xin, w, y, &p, e)) || (rc = ensure_ws(c, p->ws_bytes, e)))
+    if ((rc = conv_plan_get(c, key, xin, w, y, &p, e)) || (rc = ensure_ws(c, p->ws_bytes, e)) ||
+        (rc = conv_run(c, p, xin, w, y, e)))
         goto out;
-    float alpha = 1.0f, beta = 0.0f;
-    cudnnStatus_t st = cudnnConvolutionForward(c->dnn, &alpha, p->xd, xin, p->wd, w, p->cd, p->algo, c->ws,
-                                               p->ws_bytes, &beta, p->yd, y);
-    if (st != CUDNN_STATUS_SUCCESS) {
-        rc = cudnn_err(e, st, "cudnnConvolutionForward", __FILE__, __LINE__);
-        goto out;
-    }
     /* In place, one pass over y: bias[o] for every image's channel o. */
     if (bias) {
         cudaError_t cr = sdw_k_add_rows(y, bias, y, b * o, oh * ow, o, dt, c->stream);
@@ -904,6 +974,11 @@ int sdw_backend_cuda(sdw_backend **out, int device, sdw_precision prec, sdw_erro
         }
     }
     c->ws_cap = (size_t)mib << 20;
+    /* SDW_CUDA_CONV=cudnn or gemm: one way for every convolution that it
+     * can take (to compare, or to test both); unset or anything else, the
+     * faster for each shape. */
+    const char *cv = getenv("SDW_CUDA_CONV");
+    c->conv_mode = cv && !strcmp(cv, "cudnn") ? CONV_CUDNN : cv && !strcmp(cv, "gemm") ? CONV_GEMM : CONV_AUTO;
     sdw_devmem_hooks hooks = {.ctx = c, .raw_alloc = raw_alloc, .raw_free = raw_free};
     int rc = sdw_devmem_new(&c->mem, &hooks, e);
     if (!rc)
