@@ -146,13 +146,13 @@ __global__ void pad_kernel(const T *__restrict__ x, T *__restrict__ y, int64_t b
 
 template <typename T>
 __global__ void im2col_kernel(const T *__restrict__ x, T *__restrict__ col, int64_t b, int64_t c, int64_t h,
-                              int64_t w, int64_t kh, int64_t kw, int64_t oh, int64_t ow, int stride, int pad_t,
-                              int pad_l)
+                              int64_t w, int64_t kh, int64_t kw, int64_t ow, int stride, int pad_t, int pad_l,
+                              int64_t p0, int64_t np)
 {
-    const int64_t np = oh * ow, rows = c * kh * kw;
+    const int64_t rows = c * kh * kw;
     GRID_STRIDE(i, b * rows * np)
     {
-        int64_t p = i % np, r = i / np % rows, bi = i / (np * rows);
+        int64_t p = p0 + i % np, r = i / np % rows, bi = i / (np * rows);
         int64_t ch = r / (kh * kw), ky = r / kw % kh, kx = r % kw;
         int64_t iy = p / ow * stride - pad_t + ky, ix = p % ow * stride - pad_l + kx;
         col[i] = iy >= 0 && iy < h && ix >= 0 && ix < w ? x[((bi * c + ch) * h + iy) * w + ix] : sdw_store<T>(0.0f);
@@ -162,16 +162,16 @@ __global__ void im2col_kernel(const T *__restrict__ x, T *__restrict__ col, int6
 } // namespace
 
 extern "C" cudaError_t sdw_k_im2col(const void *x, void *col, int64_t b, int64_t c, int64_t h, int64_t w, int64_t kh,
-                                    int64_t kw, int64_t oh, int64_t ow, int stride, int pad_t, int pad_l, int dt,
-                                    cudaStream_t stream)
+                                    int64_t kw, int64_t oh, int64_t ow, int stride, int pad_t, int pad_l, int64_t p0,
+                                    int64_t np, int dt, cudaStream_t stream)
 {
     if (b <= 0 || c <= 0 || h <= 0 || w <= 0 || kh <= 0 || kw <= 0 || oh <= 0 || ow <= 0 || stride <= 0 ||
-        pad_t < 0 || pad_l < 0)
+        pad_t < 0 || pad_l < 0 || p0 < 0 || np <= 0 || p0 + np > oh * ow)
         return cudaErrorInvalidValue;
     return sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH(grid_for(b * c * kh * kw * oh * ow), kThreads, 0, stream, im2col_kernel<T>)(
-            (const T *)x, (T *)col, b, c, h, w, kh, kw, oh, ow, stride, pad_t, pad_l);
+        SDW_LAUNCH(grid_for(b * c * kh * kw * np), kThreads, 0, stream, im2col_kernel<T>)(
+            (const T *)x, (T *)col, b, c, h, w, kh, kw, ow, stride, pad_t, pad_l, p0, np);
         return cudaGetLastError();
     });
 }

@@ -62,11 +62,13 @@ cudaError_t sdw_k_upsample_nearest(const void *x, void *y, int64_t bc, int64_t h
 cudaError_t sdw_k_pad(const void *x, void *y, int64_t bc, int64_t h, int64_t w, int64_t hp, int64_t wp, int pad_t,
                       int pad_l, int dt, cudaStream_t stream);
 
-/* The columns of a convolution as one product per image takes them:
- * col[b][(c * kh + ky) * kw + kx][oy * ow + ox] = x[b][c][oy * stride - pad_t
- * + ky][ox * stride - pad_l + kx], 0 outside x (h x w). */
+/* The columns of a convolution as one product per image takes them, for
+ * the np output positions from p0 on (of oh * ow, row-major):
+ * col[b][(c * kh + ky) * kw + kx][p - p0] = x[b][c][oy * stride - pad_t +
+ * ky][ox * stride - pad_l + kx] with p = oy * ow + ox, 0 outside x (h x w). */
 cudaError_t sdw_k_im2col(const void *x, void *col, int64_t b, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
-                         int64_t oh, int64_t ow, int stride, int pad_t, int pad_l, int dt, cudaStream_t stream);
+                         int64_t oh, int64_t ow, int stride, int pad_t, int pad_l, int64_t p0, int64_t np, int dt,
+                         cudaStream_t stream);
 
 /* GroupNorm over x [b, c, n]: sdw_k_group_stats writes float32 (mean, rstd)
  * per (b, group) into stats [b * groups * 2], accumulating in double as the

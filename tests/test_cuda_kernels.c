@@ -681,6 +681,9 @@ static void conv_cases(void)
     check_conv(1, 8, 31, 16, 5, 3, 2, 0, 15, 8, 1);
     check_conv_w(1, 16, 10, 12, 24, 3);
     check_conv_w(1, 40, 9, 7, 24, 1);
+    /* Columns past 1 MiB: in bands of positions under SDW_CUDA_WORKSPACE_MIB=1. */
+    check_conv(1, 32, 48, 40, 8, 3, 1, 1, 48, 40, 1);
+    check_conv(2, 16, 40, 40, 8, 3, 1, 1, 40, 40, 0);
 #else
     check_conv(2, 320, 32, 32, 320, 3, 1, 1, 32, 32, 1);
     check_conv(2, 1280, 8, 8, 1280, 3, 1, 1, 8, 8, 1); /* the UNet's innermost: 128 positions, 11520 deep */
@@ -698,8 +701,8 @@ static void conv_cases(void)
 }
 
 /* The GPU backends, one per precision, started afresh with SDW_CUDA_CONV set
- * to conv (NULL: unset). */
-static int start_gpus(const char *conv)
+ * to conv and SDW_CUDA_WORKSPACE_MIB to ws (NULL: unset). */
+static int start_gpus(const char *conv, const char *ws)
 {
     sdw_error e;
     for (int p = 0; p < NPREC; p++) {
@@ -708,15 +711,20 @@ static int start_gpus(const char *conv)
     }
     if (conv)
         setenv("SDW_CUDA_CONV", conv, 1);
+    if (ws)
+        setenv("SDW_CUDA_WORKSPACE_MIB", ws, 1);
     for (int p = 0; p < NPREC; p++) {
         /* The call first: the message's arguments must see its result. */
         int brc = sdw_backend_cuda(&gpu[p], 0, (sdw_precision)p, &e);
-        if (!tap_ok(brc == 0, "cuda backend %s%s%s starts%s%s", prec_name[p], conv ? " with SDW_CUDA_CONV=" : "",
-                    conv ? conv : "", brc ? ": " : "", brc ? e.msg : ""))
+        if (!tap_ok(brc == 0, "cuda backend %s%s%s%s%s starts%s%s", prec_name[p], conv ? " with SDW_CUDA_CONV=" : "",
+                    conv ? conv : "", ws ? " SDW_CUDA_WORKSPACE_MIB=" : "", ws ? ws : "", brc ? ": " : "",
+                    brc ? e.msg : ""))
             break;
     }
     unsetenv("SDW_CUDA_CONV");
-    snprintf(conv_label, sizeof conv_label, "%s%s%s", conv ? " [SDW_CUDA_CONV=" : "", conv ? conv : "", conv ? "]" : "");
+    unsetenv("SDW_CUDA_WORKSPACE_MIB");
+    snprintf(conv_label, sizeof conv_label, "%s%s%s%s%s", conv ? " [SDW_CUDA_CONV=" : "", conv ? conv : "",
+             ws ? " SDW_CUDA_WORKSPACE_MIB=" : "", ws ? ws : "", conv ? "]" : "");
     for (int p = 0; p < NPREC; p++)
         if (!gpu[p])
             return -1;
@@ -740,7 +748,7 @@ int main(void)
         tap_ok(0, "cpu backend: %s", e.msg);
         return tap_done();
     }
-    if (start_gpus(NULL))
+    if (start_gpus(NULL, NULL))
         return tap_done();
     sdw_backend *bad = NULL;
     int rc = sdw_backend_cuda(&bad, count, SDW_PREC_FP32, &e);
@@ -861,9 +869,9 @@ int main(void)
     tap_ok(sdw_k_attention_tc(NULL, NULL, NULL, NULL, 1, 2, 3, 1, 40, 1.0f, 1, SDW_K_BF16, 0) == cudaErrorInvalidValue,
            "tensor-core attention refuses a causal mask with tq != tk");
 
-    const char *modes[] = {"cudnn", "gemm"};
+    const char *modes[][2] = {{"cudnn", NULL}, {"gemm", NULL}, {"gemm", "1"}};
     for (size_t i = 0; i < sizeof modes / sizeof *modes; i++)
-        if (!start_gpus(modes[i]))
+        if (!start_gpus(modes[i][0], modes[i][1]))
             conv_cases();
     for (int p = 0; p < NPREC; p++)
         sdw_backend_destroy(gpu[p]);

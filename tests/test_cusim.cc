@@ -342,33 +342,35 @@ void check_elementwise(int dt)
         report(what, sdw_k_pad(dx.p(), got.p(), bc, h, w, hp, wp, pt, pl, dt, 0), 0, got, want, 0);
     }
     // im2col: the columns a convolution's product per image takes, from the
-    // contract (b, c, h, w, kh, kw, oh, ow, stride, pad_t, pad_l): 3x3 same,
-    // strided with uneven padding, 1x3, and 1x1.
-    const int64_t ic[][11] = {{2, 3, 5, 7, 3, 3, 5, 7, 1, 1, 1},
-                              {1, 2, 9, 8, 3, 3, 4, 4, 2, 0, 1},
-                              {1, 4, 3, 6, 1, 3, 3, 4, 1, 0, 0},
-                              {2, 5, 4, 3, 1, 1, 4, 3, 1, 0, 0}};
+    // contract (b, c, h, w, kh, kw, oh, ow, stride, pad_t, pad_l, p0, np):
+    // 3x3 same, whole and a band of positions from the middle of a row to
+    // the middle of another; strided with uneven padding; 1x3; 1x1.
+    const int64_t ic[][13] = {{2, 3, 5, 7, 3, 3, 5, 7, 1, 1, 1, 0, 35},
+                              {2, 3, 5, 7, 3, 3, 5, 7, 1, 1, 1, 10, 13},
+                              {1, 2, 9, 8, 3, 3, 4, 4, 2, 0, 1, 0, 16},
+                              {1, 4, 3, 6, 1, 3, 3, 4, 1, 0, 0, 0, 12},
+                              {2, 5, 4, 3, 1, 1, 4, 3, 1, 0, 0, 0, 12}};
     for (auto &s : ic) {
         int64_t b = s[0], c = s[1], h = s[2], w = s[3], kh = s[4], kw = s[5], oh = s[6], ow = s[7];
         int st = (int)s[8], pt = (int)s[9], pl = (int)s[10];
-        int64_t rows = c * kh * kw, np = oh * ow;
+        int64_t p0 = s[11], np = s[12], rows = c * kh * kw;
         vec x = rand_vec(b * c * h * w, 3), want(b * rows * np);
         Dev dx = stored(x, dt), got = poisoned(b * rows * np, dt);
         for (int64_t bi = 0; bi < b; bi++)
             for (int64_t ch = 0; ch < c; ch++)
                 for (int64_t ky = 0; ky < kh; ky++)
                     for (int64_t kx = 0; kx < kw; kx++)
-                        for (int64_t oy = 0; oy < oh; oy++)
-                            for (int64_t ox = 0; ox < ow; ox++) {
-                                int64_t iy = oy * st - pt + ky, ix = ox * st - pl + kx;
-                                want[(bi * rows + (ch * kh + ky) * kw + kx) * np + oy * ow + ox] =
-                                    iy >= 0 && iy < h && ix >= 0 && ix < w ? x[((bi * c + ch) * h + iy) * w + ix]
-                                                                           : 0.0f;
-                            }
-        snprintf(what, sizeof what, "im2col %s %lldx%lldx%lldx%lld k%lldx%lld s%d -> %lldx%lld at (%d, %d)", tn,
+                        for (int64_t p = p0; p < p0 + np; p++) {
+                            int64_t iy = p / ow * st - pt + ky, ix = p % ow * st - pl + kx;
+                            want[(bi * rows + (ch * kh + ky) * kw + kx) * np + p - p0] =
+                                iy >= 0 && iy < h && ix >= 0 && ix < w ? x[((bi * c + ch) * h + iy) * w + ix] : 0.0f;
+                        }
+        snprintf(what, sizeof what,
+                 "im2col %s %lldx%lldx%lldx%lld k%lldx%lld s%d -> %lldx%lld at (%d, %d), positions %lld..%lld", tn,
                  (long long)b, (long long)c, (long long)h, (long long)w, (long long)kh, (long long)kw, st,
-                 (long long)oh, (long long)ow, pt, pl);
-        report(what, sdw_k_im2col(dx.p(), got.p(), b, c, h, w, kh, kw, oh, ow, st, pt, pl, dt, 0), 0, got, want, 0);
+                 (long long)oh, (long long)ow, pt, pl, (long long)p0, (long long)(p0 + np - 1));
+        report(what, sdw_k_im2col(dx.p(), got.p(), b, c, h, w, kh, kw, oh, ow, st, pt, pl, p0, np, dt, 0), 0, got,
+               want, 0);
     }
 }
 
@@ -465,7 +467,7 @@ void check_refusals()
          [&](void *y, int dt) { return sdw_k_upsample_nearest(x, y, 1, 2, 2, 4, 4, dt, 0); }},
         {"pad", SDW_K_F32, [&](void *y, int dt) { return sdw_k_pad(x, y, 1, 2, 2, 3, 3, 1, 1, dt, 0); }},
         {"im2col", SDW_K_F32,
-         [&](void *y, int dt) { return sdw_k_im2col(x, y, 1, 1, 2, 2, 1, 1, 2, 2, 1, 0, 0, dt, 0); }},
+         [&](void *y, int dt) { return sdw_k_im2col(x, y, 1, 1, 2, 2, 1, 1, 2, 2, 1, 0, 0, 0, 4, dt, 0); }},
         {"group_stats", SDW_K_F32,
          [&](void *y, int dt) { return sdw_k_group_stats(x, (float *)y, 1, 4, 2, 2, 1e-5f, dt, 0); }},
         {"group_apply", SDW_K_F32,

@@ -53,6 +53,8 @@ typedef struct conv_plan {
     cudnnConvolutionDescriptor_t cd;
     cudnnConvolutionFwdAlgo_t algo;
     int gemm;        /* im2col into the workspace and one product per image (cuBLAS) instead of cuDNN */
+    int whole;       /* gemm: the columns of every image fit in the workspace at once */
+    int64_t band;    /* gemm, not whole: output positions of one image per product */
     size_t ws_bytes; /* the workspace it needs: cuDNN's algorithm's, or the columns */
 } conv_plan;
 
@@ -460,22 +462,27 @@ static int ensure_ws(cuda_be *c, size_t bytes, sdw_error *e)
 
 enum { CONV_AUTO, CONV_CUDNN, CONV_GEMM };
 
-/* y[b] (o x np) = w (o x rows) cols[b] (rows x np), one strided batch.
- * Column-major that is y^T = cols^T w^T: np x o from np x rows and rows x o,
- * leading dimensions np, rows and np. */
+/* For b images, positions p0..p0 + np - 1 of their y (o x ytotal each) =
+ * w (o x rows) cols[b] (rows x np), one strided batch. Column-major that is
+ * y^T = cols^T w^T: np x o from np x rows and rows x o, leading dimensions
+ * np, rows and ytotal. */
 static int conv_gemm(cuda_be *c, const void *cols, const void *w, void *y, int64_t b, int64_t rows, int64_t np,
-                     int64_t o, sdw_error *e)
+                     int64_t o, int64_t p0, int64_t ytotal, sdw_error *e)
 {
     float alpha = 1.0f, beta = 0.0f;
     cudaDataType_t t = blas_type(c->dtype);
+    void *yp = (char *)y + (size_t)p0 * dtype_size(c->dtype);
     CUBLAS(cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)np, (int)o, (int)rows, &alpha, cols, t,
-                                      (int)np, rows * np, w, t, (int)rows, 0, &beta, y, t, (int)np, o * np, (int)b,
-                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                      (int)np, rows * np, w, t, (int)rows, 0, &beta, yp, t, (int)ytotal, o * ytotal,
+                                      (int)b, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return SDW_OK;
 }
 
 /* Runs a planned convolution of x by w into y (no bias). The columns'
- * product is the 1x1 one (conv1x1) over ch * kh * kw rows. */
+ * product is the 1x1 one (conv1x1) over ch * kh * kw rows; where the
+ * columns of every image do not fit in the workspace at once, they are
+ * made and multiplied a band of output positions (p->band) of one image at
+ * a time. */
 static int conv_run(cuda_be *c, const conv_plan *p, const void *x, const void *w, void *y, sdw_error *e)
 {
     const int *k = p->key;
@@ -485,9 +492,26 @@ static int conv_run(cuda_be *c, const conv_plan *p, const void *x, const void *w
                                       p->yd, y));
         return SDW_OK;
     }
-    int64_t b = k[1], ch = k[2], oh = k[11] >> 16, ow = k[11] & 0xffff;
-    CU(sdw_k_im2col(x, c->ws, b, ch, k[3], k[4], k[6], k[7], oh, ow, k[10], k[8], k[9], c->dtype, c->stream));
-    return conv_gemm(c, c->ws, w, y, b, ch * k[6] * k[7], oh * ow, k[5], e);
+    int64_t b = k[1], ch = k[2], oh = k[11] >> 16, ow = k[11] & 0xffff, np = oh * ow, rows = ch * k[6] * k[7];
+    if (p->whole) {
+        CU(sdw_k_im2col(x, c->ws, b, ch, k[3], k[4], k[6], k[7], oh, ow, k[10], k[8], k[9], 0, np, c->dtype,
+                        c->stream));
+        return conv_gemm(c, c->ws, w, y, b, rows, np, k[5], 0, np, e);
+    }
+    size_t ds = dtype_size(c->dtype);
+    for (int64_t i = 0; i < b; i++) {
+        const void *xi = (const char *)x + (size_t)(i * ch * k[3] * k[4]) * ds;
+        void *yi = (char *)y + (size_t)(i * k[5] * np) * ds;
+        for (int64_t p0 = 0; p0 < np; p0 += p->band) {
+            int64_t n = np - p0 < p->band ? np - p0 : p->band;
+            CU(sdw_k_im2col(xi, c->ws, 1, ch, k[3], k[4], k[6], k[7], oh, ow, k[10], k[8], k[9], p0, n, c->dtype,
+                            c->stream));
+            int rc = conv_gemm(c, c->ws, w, yi, 1, rows, n, k[5], p0, np, e);
+            if (rc)
+                return rc;
+        }
+    }
+    return SDW_OK;
 }
 
 static double now_s(void)
@@ -596,11 +620,22 @@ static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const voi
     PLAN(cudnnSetConvolutionMathType(p->cd, dt == SDW_K_F32 ? CUDNN_FMA_MATH : perf[pick].mathType));
     p->algo = perf[pick].algo;
     p->ws_bytes = perf[pick].memory;
-    size_t col = (size_t)b * (size_t)ch * (size_t)(kh * kw) * (size_t)(key[11] >> 16) * (size_t)(key[11] & 0xffff) *
-                 dtype_size(dt);
-    if (c->conv_mode != CONV_CUDNN && col <= c->ws_cap) {
+    /* The columns of every image at once, or else of one image a band of
+     * positions at a time, a multiple of 256 (whole GEMM tiles) where it can. */
+    int64_t np = (int64_t)(key[11] >> 16) * (key[11] & 0xffff);
+    size_t per_pos = (size_t)ch * (size_t)(kh * kw) * dtype_size(dt);
+    int whole = (size_t)b * (size_t)np * per_pos <= c->ws_cap;
+    int64_t band = np;
+    if (!whole) {
+        band = (int64_t)(c->ws_cap / per_pos);
+        band = band > np ? np : band > 256 ? band / 256 * 256 : band;
+    }
+    if (c->conv_mode != CONV_CUDNN && band > 0) {
+        size_t col = (size_t)(whole ? b : 1) * (size_t)band * per_pos;
         conv_plan g = *p;
         g.gemm = 1;
+        g.whole = whole;
+        g.band = band;
         g.ws_bytes = col;
         double t_dnn = 0, t_gemm = 0;
         if (c->conv_mode == CONV_AUTO && ((rc = conv_time(c, p, x, w, y, &t_dnn, e)) ||
@@ -610,6 +645,8 @@ static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const voi
         }
         if (c->conv_mode == CONV_GEMM || t_gemm < t_dnn) {
             p->gemm = 1;
+            p->whole = whole;
+            p->band = band;
             p->ws_bytes = col;
         }
     }
@@ -627,7 +664,7 @@ static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const voi
 static int conv1x1(cuda_be *c, const float *x, const float *w, const float *bias, float *y, int64_t b, int64_t ch,
                    int64_t hw, int64_t o, sdw_error *e)
 {
-    int rc = conv_gemm(c, x, w, y, b, ch, hw, o, e);
+    int rc = conv_gemm(c, x, w, y, b, ch, hw, o, 0, hw, e);
     if (!rc && bias)
         CU(sdw_k_add_rows(y, bias, y, b * o, hw, o, c->dtype, c->stream));
     return rc;
