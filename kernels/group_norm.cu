@@ -1,7 +1,13 @@
-// GroupNorm in two launches: statistics with one block per (image, group),
-// accumulated in double and in two passes (mean, then the centred sum of
-// squares) like the CPU twin; then a grid-wide pass that normalises every
-// element, so that the heavy pass is not limited to b * groups blocks.
+// GroupNorm in three launches. Statistics first: each (image, group) is cut
+// into `splits` pieces, one block each, so that a batch of one with 32
+// groups still fills the GPU; a block writes its piece's count, mean and
+// centred sum of squares (two passes over the piece, in double, like the CPU
+// twin over the whole group). A second launch merges each group's pieces in
+// order (Chan et al.'s pairwise update), which gives the mean and variance
+// the two whole-group passes would, to double rounding, and the same every
+// run. Then one pass normalises every element, a block per row of n (one
+// image's channel) or part of it, so that the channel's scale and shift are
+// worked out once and no element pays for 64-bit index division.
 #include "dtype.cuh"
 #include "kernels.h"
 #include "launch.cuh"
@@ -11,54 +17,104 @@ namespace {
 
 constexpr int kStatThreads = 512;
 constexpr int kThreads = 256;
+// Statistics: about this many blocks in all, none with fewer than
+// kMinPiece elements.
+constexpr int64_t kTargetBlocks = 1024, kMinPiece = 4096;
+
+int64_t splits_for(int64_t bg, int64_t len)
+{
+    int64_t s = (kTargetBlocks + bg - 1) / bg, most = (len + kMinPiece - 1) / kMinPiece;
+    s = s < most ? s : most;
+    return s < 1 ? 1 : s > 65535 ? 65535 : s;
+}
 
 template <typename T>
-__global__ void group_stats_kernel(const T *__restrict__ x, float *__restrict__ stats, int64_t len, float eps)
+__global__ void group_piece_kernel(const T *__restrict__ x, double *__restrict__ part, int64_t len, int64_t splits)
 {
     __shared__ double shared[kStatThreads / 32];
-    const T *xg = x + blockIdx.x * len;
-    double s = 0.0;
-    for (int64_t i = threadIdx.x; i < len; i += kStatThreads)
-        s += sdw_load(xg[i]);
-    double mean = sdw_block_sum<kStatThreads>(s, shared) / (double)len;
+    const int64_t bg = blockIdx.x, s = blockIdx.y;
+    const int64_t lo = len * s / splits, hi = len * (s + 1) / splits;
+    const T *xg = x + bg * len;
+    double sum = 0.0;
+    for (int64_t i = lo + threadIdx.x; i < hi; i += kStatThreads)
+        sum += sdw_load(xg[i]);
+    double mean = sdw_block_sum<kStatThreads>(sum, shared) / (double)(hi - lo);
     double sq = 0.0;
-    for (int64_t i = threadIdx.x; i < len; i += kStatThreads) {
+    for (int64_t i = lo + threadIdx.x; i < hi; i += kStatThreads) {
         double d = sdw_load(xg[i]) - mean;
         sq += d * d;
     }
-    double var = sdw_block_sum<kStatThreads>(sq, shared) / (double)len;
+    sq = sdw_block_sum<kStatThreads>(sq, shared);
     if (threadIdx.x == 0) {
-        stats[2 * blockIdx.x] = (float)mean;
-        stats[2 * blockIdx.x + 1] = (float)(1.0 / sqrt(var + eps));
+        double *p = part + (bg * splits + s) * 3;
+        p[0] = (double)(hi - lo);
+        p[1] = mean;
+        p[2] = sq;
     }
+}
+
+__global__ void group_merge_kernel(const double *__restrict__ part, float *__restrict__ stats, int64_t bgs,
+                                   int64_t splits, int64_t len, float eps)
+{
+    int64_t bg = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (bg >= bgs)
+        return;
+    const double *p = part + bg * splits * 3;
+    double n = p[0], mean = p[1], m2 = p[2];
+    for (int64_t s = 1; s < splits; s++) {
+        const double *q = p + s * 3;
+        double nn = n + q[0], delta = q[1] - mean;
+        mean += delta * q[0] / nn;
+        m2 += q[2] + delta * delta * n * q[0] / nn;
+        n = nn;
+    }
+    stats[2 * bg] = (float)mean;
+    stats[2 * bg + 1] = (float)(1.0 / sqrt(m2 / (double)len + eps));
 }
 
 template <typename T>
 __global__ void group_apply_kernel(const T *x, const float *__restrict__ stats, const T *__restrict__ gamma,
-                                   const T *__restrict__ beta, T *y, int64_t total, int64_t c, int64_t n, int64_t cg,
+                                   const T *__restrict__ beta, T *y, int64_t rows, int64_t c, int64_t n, int64_t cg,
                                    int silu)
 {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t bc = i / n, ch = bc % c, grp = bc / cg; // bc / cg == b * groups + group
-        float mean = stats[2 * grp], rstd = stats[2 * grp + 1];
-        float v = (sdw_load(x[i]) - mean) * (rstd * sdw_load(gamma[ch])) + sdw_load(beta[ch]);
-        y[i] = sdw_store<T>(silu ? v / (1.0f + expf(-v)) : v);
+    for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+        int64_t ch = row % c, grp = row / cg; // row / cg == b * groups + group
+        float mean = stats[2 * grp], scale = stats[2 * grp + 1] * sdw_load(gamma[ch]), shift = sdw_load(beta[ch]);
+        const T *xr = x + row * n;
+        T *yr = y + row * n;
+        for (int64_t i = blockIdx.x * (int64_t)kThreads + threadIdx.x; i < n; i += (int64_t)gridDim.x * kThreads) {
+            float v = (sdw_load(xr[i]) - mean) * scale + shift;
+            yr[i] = sdw_store<T>(silu ? v / (1.0f + expf(-v)) : v);
+        }
     }
 }
 
 } // namespace
 
-extern "C" cudaError_t sdw_k_group_stats(const void *x, float *stats, int64_t b, int64_t c, int64_t n, int64_t groups,
-                                         float eps, int dt, cudaStream_t stream)
+extern "C" int64_t sdw_k_group_scratch(int64_t b, int64_t c, int64_t n, int64_t groups)
+{
+    if (b <= 0 || c <= 0 || n <= 0 || groups <= 0 || c % groups)
+        return 0;
+    return b * groups * splits_for(b * groups, c / groups * n) * 3;
+}
+
+extern "C" cudaError_t sdw_k_group_stats(const void *x, float *stats, double *part, int64_t b, int64_t c, int64_t n,
+                                         int64_t groups, float eps, int dt, cudaStream_t stream)
 {
     if (b <= 0 || c <= 0 || n <= 0 || groups <= 0 || c % groups || b * groups > 0x7fffffff)
         return cudaErrorInvalidValue;
-    return sdw_dispatch(dt, [&](auto t) {
+    const int64_t bg = b * groups, len = c / groups * n, splits = splits_for(bg, len);
+    cudaError_t rc = sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH((unsigned)(b * groups), kStatThreads, 0, stream, group_stats_kernel<T>)((const T *)x, stats,
-                                                                                          c / groups * n, eps);
+        SDW_LAUNCH(dim3((unsigned)bg, (unsigned)splits), kStatThreads, 0, stream, group_piece_kernel<T>)(
+            (const T *)x, part, len, splits);
         return cudaGetLastError();
     });
+    if (rc != cudaSuccess)
+        return rc;
+    SDW_LAUNCH((unsigned)((bg + kThreads - 1) / kThreads), kThreads, 0, stream, group_merge_kernel)(part, stats, bg,
+                                                                                                   splits, len, eps);
+    return cudaGetLastError();
 }
 
 extern "C" cudaError_t sdw_k_group_apply(const void *x, const float *stats, const void *gamma, const void *beta,
@@ -67,13 +123,15 @@ extern "C" cudaError_t sdw_k_group_apply(const void *x, const float *stats, cons
 {
     if (b <= 0 || c <= 0 || n <= 0 || groups <= 0 || c % groups)
         return cudaErrorInvalidValue;
-    int64_t total = b * c * n, blocks = (total + kThreads - 1) / kThreads;
-    unsigned grid = (unsigned)(blocks < 65535 * 4 ? blocks : 65535 * 4);
+    // Four elements per thread in a block's first sweep of its row, and
+    // enough rows side by side to fill the GPU.
+    int64_t rows = b * c, bx = (n + kThreads * 4 - 1) / (kThreads * 4);
+    unsigned gx = (unsigned)(bx < 1024 ? bx : 1024), gy = (unsigned)(rows < 65535 ? rows : 65535);
     return sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH(grid, kThreads, 0, stream, group_apply_kernel<T>)((const T *)x, stats, (const T *)gamma,
-                                                                    (const T *)beta, (T *)y, total, c, n, c / groups,
-                                                                    silu);
+        SDW_LAUNCH(dim3(gx, gy), kThreads, 0, stream, group_apply_kernel<T>)((const T *)x, stats, (const T *)gamma,
+                                                                            (const T *)beta, (T *)y, rows, c, n,
+                                                                            c / groups, silu);
         return cudaGetLastError();
     });
 }

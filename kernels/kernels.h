@@ -71,11 +71,15 @@ cudaError_t sdw_k_im2col(const void *x, void *col, int64_t b, int64_t c, int64_t
                          cudaStream_t stream);
 
 /* GroupNorm over x [b, c, n]: sdw_k_group_stats writes float32 (mean, rstd)
- * per (b, group) into stats [b * groups * 2], accumulating in double as the
- * CPU twin does; sdw_k_group_apply then normalises, scales and shifts, and
- * applies SiLU when silu != 0. */
-cudaError_t sdw_k_group_stats(const void *x, float *stats, int64_t b, int64_t c, int64_t n, int64_t groups,
-                              float eps, int dt, cudaStream_t stream);
+ * per (b, group) into stats [b * groups * 2], accumulating in double (a
+ * group is split over several blocks, whose counts, means and centred sums
+ * of squares are merged exactly as the CPU twin's two passes would give
+ * them), with sdw_k_group_scratch(b, c, n, groups) doubles of scratch in
+ * part; sdw_k_group_apply then normalises, scales and shifts, and applies
+ * SiLU when silu != 0. */
+int64_t sdw_k_group_scratch(int64_t b, int64_t c, int64_t n, int64_t groups);
+cudaError_t sdw_k_group_stats(const void *x, float *stats, double *part, int64_t b, int64_t c, int64_t n,
+                              int64_t groups, float eps, int dt, cudaStream_t stream);
 cudaError_t sdw_k_group_apply(const void *x, const float *stats, const void *gamma, const void *beta, void *y,
                               int64_t b, int64_t c, int64_t n, int64_t groups, int silu, int dt, cudaStream_t stream);
 

@@ -379,9 +379,11 @@ void check_group_norm(int dt, int64_t b, int64_t c, int64_t n, int64_t groups, i
     int64_t total = b * c * n;
     vec x = rand_vec(total, 3, 2), g = rand_vec(c, 1, 1), bt = rand_vec(c, 1), want(total);
     Dev dx = stored(x, dt), dg = stored(g, dt), dbt = stored(bt, dt), got = poisoned(total, dt);
-    Dev stats = poisoned(b * groups * 2, SDW_K_F32);
+    Dev stats = poisoned(b * groups * 2, SDW_K_F32), part = poisoned(2 * sdw_k_group_scratch(b, c, n, groups), SDW_K_F32);
     int crc = cpu->ops->group_norm(cpu, x.data(), g.data(), bt.data(), want.data(), b, c, n, groups, 1e-6f, silu, &err);
-    cudaError_t rc = sdw_k_group_stats(dx.p(), (float *)stats.p(), b, c, n, groups, 1e-6f, dt, 0);
+    cudaError_t rc = sdw_k_group_stats(dx.p(), (float *)stats.p(), (double *)part.p(), b, c, n, groups, 1e-6f, dt, 0);
+    if (rc == cudaSuccess && !guard_intact(part))
+        rc = cudaErrorIllegalAddress;
     if (rc == cudaSuccess && !guard_intact(stats))
         rc = cudaErrorIllegalAddress; // stats are float32 whatever dt
     if (rc == cudaSuccess)
@@ -444,6 +446,7 @@ void check_refusals()
 {
     vec in(4096, 0.0f);
     float stats[8] = {0, 1, 0, 1, 0, 1, 0, 1};
+    double part[16] = {0};
     int32_t ids[4] = {0};
     const float *x = in.data();
     struct Call {
@@ -469,7 +472,7 @@ void check_refusals()
         {"im2col", SDW_K_F32,
          [&](void *y, int dt) { return sdw_k_im2col(x, y, 1, 1, 2, 2, 1, 1, 2, 2, 1, 0, 0, 0, 4, dt, 0); }},
         {"group_stats", SDW_K_F32,
-         [&](void *y, int dt) { return sdw_k_group_stats(x, (float *)y, 1, 4, 2, 2, 1e-5f, dt, 0); }},
+         [&](void *y, int dt) { return sdw_k_group_stats(x, (float *)y, part, 1, 4, 2, 2, 1e-5f, dt, 0); }},
         {"group_apply", SDW_K_F32,
          [&](void *y, int dt) { return sdw_k_group_apply(x, stats, x, x, y, 1, 4, 2, 2, 1, dt, 0); }},
         {"attention", SDW_K_F32,
@@ -497,7 +500,7 @@ void check_refusals()
            "attention refuses d = 161");
     tap_ok(sdw_k_attention_tc(x, x, x, in.data(), 1, 2, 3, 1, 16, 1.0f, 1, SDW_K_F16, 0) == cudaErrorInvalidValue,
            "attention_tc refuses causal with tq != tk");
-    tap_ok(sdw_k_group_stats(x, in.data(), 1, 6, 1, 4, 1e-5f, SDW_K_F32, 0) == cudaErrorInvalidValue,
+    tap_ok(sdw_k_group_stats(x, in.data(), part, 1, 6, 1, 4, 1e-5f, SDW_K_F32, 0) == cudaErrorInvalidValue,
            "group_stats refuses channels not divisible by groups");
 }
 
@@ -526,6 +529,7 @@ int main(void)
         check_group_norm(dt, 2, 64, 50, 32, 1);
         check_group_norm(dt, 1, 32, 300, 8, 1);
         check_group_norm(dt, 3, 6, 7, 3, 0);
+        check_group_norm(dt, 1, 8, 3001, 2, 1); // each group in three uneven pieces, merged
 
         check_softmax_rows(dt, 2, 40, 77, 0, 1, dt == SDW_K_F32);
         check_softmax_rows(dt, 3, 17, 300, 100, 1, false);

@@ -723,11 +723,15 @@ static int cuda_group_norm(sdw_backend *be, const float *x, const float *gamma, 
                            int64_t b, int64_t ch, int64_t n, int64_t groups, float eps, int silu, sdw_error *e)
 {
     cuda_be *c = priv(be);
+    /* One block: the float32 (mean, rstd) pairs, then the doubles of the
+     * pieces' statistics, at an 8-byte boundary. */
+    size_t sb = ((size_t)(b * groups) * 2 * sizeof(float) + 7) / 8 * 8;
     void *stats = NULL;
-    int rc = dev_alloc(c, (size_t)(b * groups) * 2 * sizeof(float), &stats, e);
+    int rc = dev_alloc(c, sb + (size_t)sdw_k_group_scratch(b, ch, n, groups) * sizeof(double), &stats, e);
     if (rc)
         return rc;
-    CU_OR(sdw_k_group_stats(x, stats, b, ch, n, groups, eps, c->dtype, c->stream), dev_free(c, stats));
+    double *part = (double *)((char *)stats + sb);
+    CU_OR(sdw_k_group_stats(x, stats, part, b, ch, n, groups, eps, c->dtype, c->stream), dev_free(c, stats));
     CU_OR(sdw_k_group_apply(x, stats, gamma, beta, y, b, ch, n, groups, silu, c->dtype, c->stream), dev_free(c, stats));
     dev_free(c, stats);
     return SDW_OK;
