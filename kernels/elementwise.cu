@@ -144,18 +144,19 @@ __global__ void pad_kernel(const T *__restrict__ x, T *__restrict__ y, int64_t b
     }
 }
 
-template <typename T>
-__global__ void im2col_kernel(const T *__restrict__ x, T *__restrict__ col, int64_t b, int64_t c, int64_t h,
-                              int64_t w, int64_t kh, int64_t kw, int64_t ow, int stride, int pad_t, int pad_l,
-                              int64_t p0, int64_t np)
+// I is the index type: int32_t wherever every index fits (the sdw_k_im2col
+// below checks), so that each element's divisions are 32-bit ones.
+template <typename T, typename I>
+__global__ void im2col_kernel(const T *__restrict__ x, T *__restrict__ col, I b, I c, I h, I w, I kh, I kw, I ow,
+                              I stride, I pad_t, I pad_l, I p0, I np)
 {
-    const int64_t rows = c * kh * kw;
-    GRID_STRIDE(i, b * rows * np)
-    {
-        int64_t p = p0 + i % np, r = i / np % rows, bi = i / (np * rows);
-        int64_t ch = r / (kh * kw), ky = r / kw % kh, kx = r % kw;
-        int64_t iy = p / ow * stride - pad_t + ky, ix = p % ow * stride - pad_l + kx;
-        col[i] = iy >= 0 && iy < h && ix >= 0 && ix < w ? x[((bi * c + ch) * h + iy) * w + ix] : sdw_store<T>(0.0f);
+    const I rows = c * kh * kw, total = b * rows * np;
+    for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * (I)blockDim.x) {
+        I p = p0 + i % np, r = i / np % rows, bi = i / (np * rows);
+        I ch = r / (kh * kw), ky = r / kw % kh, kx = r % kw;
+        I iy = p / ow * stride - pad_t + ky, ix = p % ow * stride - pad_l + kx;
+        col[i] = iy >= 0 && iy < h && ix >= 0 && ix < w ? x[((int64_t)(bi * c + ch) * h + iy) * w + ix]
+                                                         : sdw_store<T>(0.0f);
     }
 }
 
@@ -170,8 +171,16 @@ extern "C" cudaError_t sdw_k_im2col(const void *x, void *col, int64_t b, int64_t
         return cudaErrorInvalidValue;
     return sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH(grid_for(b * c * kh * kw * np), kThreads, 0, stream, im2col_kernel<T>)(
-            (const T *)x, (T *)col, b, c, h, w, kh, kw, ow, stride, pad_t, pad_l, p0, np);
+        // The last index of either tensor, plus a grid's stride past it.
+        int64_t most = b * c * kh * kw * np, xs = b * c * h * w;
+        if ((most > xs ? most : xs) + (int64_t)65535 * kThreads < INT32_MAX && oh * ow < INT32_MAX)
+            SDW_LAUNCH(grid_for(most), kThreads, 0, stream, im2col_kernel<T, int32_t>)(
+                (const T *)x, (T *)col, (int32_t)b, (int32_t)c, (int32_t)h, (int32_t)w, (int32_t)kh, (int32_t)kw,
+                (int32_t)ow, stride, pad_t, pad_l, (int32_t)p0, (int32_t)np);
+        else
+            SDW_LAUNCH(grid_for(most), kThreads, 0, stream, im2col_kernel<T, int64_t>)(
+                (const T *)x, (T *)col, b, c, h, w, kh, kw, ow, (int64_t)stride, (int64_t)pad_t, (int64_t)pad_l, p0,
+                np);
         return cudaGetLastError();
     });
 }

@@ -542,8 +542,8 @@ static int conv_time(cuda_be *c, const conv_plan *p, const void *x, const void *
 
 /* Describes the convolution and picks how to run it, once per shape: cuDNN
  * times its candidates on the real buffers (x, w, y), and in float32 only
- * algorithms without TF32 tensor-core math qualify, so that float32 results
- * match the CPU reference. Then, when the columns fit in the workspace, the
+ * direct algorithms without TF32 tensor-core math qualify, so that float32
+ * results match the CPU reference. Then, when the columns fit in the workspace, the
  * best of them is timed against im2col and a cuBLAS product (cuDNN's NCHW
  * algorithms are slow on the UNet's small, wide layers), and the faster one
  * kept; SDW_CUDA_CONV=cudnn or gemm takes one way wherever it can. */
@@ -606,10 +606,18 @@ static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const voi
     int found = 0;
     PLAN(cudnnFindConvolutionForwardAlgorithmEx(c->dnn, p->xd, x, p->wd, w, p->cd, p->yd, y,
                                                 CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf, c->ws, c->ws_bytes));
+    /* Float32 also keeps to the algorithms that sum the products directly:
+     * the FFT and Winograd ones transform the operands and round the
+     * transforms (an H100 picked one for the UNet's 8x8 layers that was
+     * 2.2e-5 off the CPU at 11520 products per output). */
     int pick = -1;
     for (int i = 0; i < found && pick < 0; i++)
         if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= c->ws_cap &&
-            (dt != SDW_K_F32 || perf[i].mathType == CUDNN_FMA_MATH || perf[i].mathType == CUDNN_DEFAULT_MATH))
+            (dt != SDW_K_F32 || ((perf[i].mathType == CUDNN_FMA_MATH || perf[i].mathType == CUDNN_DEFAULT_MATH) &&
+                                 (perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM ||
+                                  perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
+                                  perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_GEMM ||
+                                  perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_DIRECT))))
             pick = i;
     if (pick < 0) {
         plan_destroy(p);
