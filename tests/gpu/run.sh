@@ -49,7 +49,8 @@ finish() {
   done
   tgz=$(mktemp /tmp/sdw-gpu-logs.XXXXXX)
   if (cd "$out" && tar -czf "$tgz" --exclude=./summary.txt --exclude='*.mem' .); then
-    find "$out" -mindepth 1 ! -name summary.txt -delete
+    find "$out" -mindepth 1 -type f ! -path "$out/summary.txt" -delete
+    find "$out" -mindepth 1 -type d -empty -delete
     mv "$tgz" "$out/logs.tar.gz"
   fi
   echo
