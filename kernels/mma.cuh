@@ -26,23 +26,19 @@
 template <typename T>
 __device__ __forceinline__ void sdw_mma16816(float d[4], const uint32_t a[4], const uint32_t b[2]);
 
-template <>
-__device__ __forceinline__ void sdw_mma16816<__half>(float d[4], const uint32_t a[4], const uint32_t b[2])
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-                 "{%8, %9}, {%0, %1, %2, %3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-template <>
-__device__ __forceinline__ void sdw_mma16816<__nv_bfloat16>(float d[4], const uint32_t a[4], const uint32_t b[2])
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-                 "{%8, %9}, {%0, %1, %2, %3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
+// One specialisation per operand type; ptx names it in the instruction.
+#define SDW_MMA16816(T, ptx)                                                                                      \
+    template <>                                                                                                   \
+    __device__ __forceinline__ void sdw_mma16816<T>(float d[4], const uint32_t a[4], const uint32_t b[2])         \
+    {                                                                                                             \
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." ptx "." ptx ".f32 {%0, %1, %2, %3}, "               \
+                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"                                              \
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                             \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));                         \
+    }
+SDW_MMA16816(__half, "f16")
+SDW_MMA16816(__nv_bfloat16, "bf16")
+#undef SDW_MMA16816
 #endif
 
 // Two consecutive 16-bit elements as one operand register. p must be 4-byte
