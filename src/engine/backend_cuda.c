@@ -75,7 +75,7 @@ typedef struct cuda_be {
     void *blas_ws; /* cuBLAS's workspace, ours so that it never allocates during a capture */
     int graphs; /* captures allowed: SDW_CUDA_GRAPHS is not "0" */
     int attn_simt; /* SDW_CUDA_ATTENTION=simt: the float32 attention kernel in every precision */
-    int trim;      /* SDW_CUDA_TRIM=1: cached blocks go back to the driver before each VAE decode */
+    int trim;      /* SDW_CUDA_TRIM=1: cached blocks go back to the driver before each denoising and decode */
     int conv_mode; /* SDW_CUDA_CONV: CONV_AUTO, CONV_CUDNN or CONV_GEMM */
 } cuda_be;
 

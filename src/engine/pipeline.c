@@ -452,6 +452,9 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
     sdw_gen_timings tm = {.load_s = t ? t->load_s : 0};
     double t0 = now_s(), t1;
     size_t peak; /* since the previous generation: discarded, the count starts here */
+    /* Without this the VAE's cached blocks, of other sizes than the UNet's,
+     * would stay reserved through the denoising too. */
+    sdw_backend_trim(p->be);
     tm.mem_start = sdw_backend_memory(p->be, &peak);
     int W = 0, H = 0;
     int rc = check_params(p, gp, &W, &H, e);

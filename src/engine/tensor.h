@@ -103,8 +103,9 @@ typedef struct sdw_backend_ops {
      * bytes reserved now; *peak the most reserved at once since the
      * previous call. */
     size_t (*memory)(sdw_backend *be, size_t *peak);
-    /* Between a generation's denoising and its VAE decode: gives cached
-     * memory back where the backend is set to (NULL: nothing to do). */
+    /* At the start of a generation and between its denoising and its VAE
+     * decode: gives cached memory back where the backend is set to (NULL:
+     * nothing to do). */
     void (*trim)(sdw_backend *be);
     /* Recording and replaying ops (see sdw_graph_begin); NULL where the
      * backend runs every op as it is called. graph_end with keep = 0
