@@ -543,10 +543,10 @@ static int conv_time(cuda_be *c, const conv_plan *p, const void *x, const void *
 /* Describes the convolution and picks how to run it, once per shape: cuDNN
  * times its candidates on the real buffers (x, w, y), and in float32 only
  * direct algorithms without TF32 tensor-core math qualify, so that float32
- * results match the CPU reference. Then, when the columns fit in the workspace, the
- * best of them is timed against im2col and a cuBLAS product (cuDNN's NCHW
- * algorithms are slow on the UNet's small, wide layers), and the faster one
- * kept; SDW_CUDA_CONV=cudnn or gemm takes one way wherever it can. */
+ * results match the CPU reference. Then the best of them is timed against
+ * im2col and a cuBLAS product (cuDNN's NCHW algorithms are slow on the
+ * UNet's small, wide layers), and the faster one kept; SDW_CUDA_CONV=cudnn
+ * or gemm takes one way throughout. */
 static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const void *w, void *y, conv_plan **out,
                          sdw_error *e)
 {
