@@ -217,27 +217,20 @@ def mem(v):
             f"{v['mem_decode_peak_mib']} decoding")
 if t:
     print(f"sdworker device memory, {mem(t)}")
-try:
-    _, trim_peak, trim_rc = open(f"{out}/sdworker-trim.peak").read().split()
-except (OSError, ValueError):
-    trim_peak, trim_rc = "0", "1"
-v = timings(f"{out}/sdworker-trim.log")
-if trim_rc == "0" and v.get("denoise_s"):
-    print(f"sdworker with SDW_CUDA_TRIM=1: peak {trim_peak} MiB (default {peak}), "
-          f"it/s {(v.get('unet_calls') or 20) / v['denoise_s']:.3f}, VAE decode {v.get('decode_s', 0):.3f} s; "
-          f"{mem(v)}")
-else:
-    print("sdworker with SDW_CUDA_TRIM=1: no result (see sdworker-trim.log)")
-v = timings(f"{out}/sdworker-ws1g.log")
-try:
-    ws_peak = open(f"{out}/sdworker-ws1g.peak").read().split()[1]
-except (OSError, IndexError):
-    ws_peak = "?"
-if v.get("decode_s"):
-    print(f"sdworker with SDW_CUDA_WORKSPACE_MIB=1024: VAE decode {v['decode_s']:.3f} s, "
-          f"it/s {(v.get('unet_calls') or 20) / v['denoise_s']:.3f}, peak {ws_peak} MiB; {mem(v)}")
-else:
-    print("sdworker with SDW_CUDA_WORKSPACE_MIB=1024: no result (see sdworker-ws1g.log)")
+def peak_of(name):
+    try:
+        _, p, r = open(f"{out}/sdworker-{name}.peak").read().split()
+    except (OSError, ValueError):
+        return None
+    return p if r == "0" else None
+for name, setting in (("trim", "SDW_CUDA_TRIM=1"), ("ws1g", "SDW_CUDA_WORKSPACE_MIB=1024")):
+    v, p = timings(f"{out}/sdworker-{name}.log"), peak_of(name)
+    if p is not None and v.get("denoise_s"):
+        print(f"sdworker with {setting}: peak {p} MiB (default {peak}), "
+              f"it/s {(v.get('unet_calls') or 20) / v['denoise_s']:.3f}, VAE decode {v.get('decode_s', 0):.3f} s; "
+              f"{mem(v)}")
+    else:
+        print(f"sdworker with {setting}: no result (see sdworker-{name}.log)")
 try:
     prof = open(f"{out}/sdworker-profile.log", errors="replace").read()
 except OSError:

@@ -70,26 +70,33 @@ static void usage(FILE *f)
             sdw_sampler_names);
 }
 
+/* The generation once more, its image dropped: --warmup's, --profile's. */
+static int generate_unkept(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_timings *t, sdw_error *e)
+{
+    sdw_image img = {0};
+    int rc = sdw_pipeline_generate(p, gp, NULL, NULL, &img, NULL, t, e);
+    sdw_image_free(&img);
+    return rc;
+}
+
 /* --profile: the same generation again with a profile attached (the first
  * one warmed up the backend: algorithm choices, memory), then its table. */
 static int profile(sdw_pipeline *p, sdw_backend *be, const sdw_gen_params *gp, int rows)
 {
     sdw_error e = {0};
     sdw_profile *prof = NULL;
-    sdw_image img = {0};
     sdw_gen_timings t = {0};
     if (sdw_profile_new(&prof, &e)) {
         fprintf(stderr, "sdworker-generate: %s\n", e.msg);
         return EXIT_GENERATE;
     }
     sdw_backend_profile(be, prof);
-    int rc = sdw_pipeline_generate(p, gp, NULL, NULL, &img, NULL, &t, &e);
+    int rc = generate_unkept(p, gp, &t, &e);
     sdw_backend_profile(be, NULL);
     if (rc)
         fprintf(stderr, "sdworker-generate: profiled run: %s\n", e.msg);
     else
         sdw_profile_print(prof, stdout, rows);
-    sdw_image_free(&img);
     sdw_profile_free(prof);
     return rc ? EXIT_GENERATE : 0;
 }
@@ -388,10 +395,7 @@ int main(int argc, char **argv)
         printf("seed: %llu\n", (unsigned long long)seed);
     fflush(stdout);
     if (warmup) {
-        sdw_image w = {0};
-        int rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &w, NULL, &wt, &e);
-        sdw_image_free(&w);
-        if (rc) {
+        if (generate_unkept(p, &gp, &wt, &e)) {
             fprintf(stderr, "sdworker-generate: warm-up: %s\n", e.msg);
             status = EXIT_GENERATE;
             goto done;
