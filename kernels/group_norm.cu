@@ -34,17 +34,8 @@ __global__ void group_piece_kernel(const T *__restrict__ x, double *__restrict__
     __shared__ double shared[kStatThreads / 32];
     const int64_t bg = blockIdx.x, s = blockIdx.y;
     const int64_t lo = len * s / splits, hi = len * (s + 1) / splits;
-    const T *xg = x + bg * len;
-    double sum = 0.0;
-    for (int64_t i = lo + threadIdx.x; i < hi; i += kStatThreads)
-        sum += sdw_load(xg[i]);
-    double mean = sdw_block_sum<kStatThreads>(sum, shared) / (double)(hi - lo);
-    double sq = 0.0;
-    for (int64_t i = lo + threadIdx.x; i < hi; i += kStatThreads) {
-        double d = sdw_load(xg[i]) - mean;
-        sq += d * d;
-    }
-    sq = sdw_block_sum<kStatThreads>(sq, shared);
+    double mean, sq;
+    sdw_block_moments<kStatThreads>(x + bg * len, lo, hi, shared, &mean, &sq);
     if (threadIdx.x == 0) {
         double *p = part + (bg * splits + s) * 3;
         p[0] = (double)(hi - lo);

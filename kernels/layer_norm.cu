@@ -1,8 +1,7 @@
-// LayerNorm, one block per row. Two passes over the row (mean, then the
-// centred sum of squares) rather than a one-pass E[x^2]-E[x]^2, which loses
-// precision when the mean is large; rows are short enough (<= a few thousand)
-// to stay in L1 between passes. Sums are in double and the mean and 1/std
-// rounded to float once, as the CPU twin does. x and y may be the same
+// LayerNorm, one block per row: its mean and variance by sdw_block_moments
+// (two passes in double; rows are short enough, a few thousand at most, to
+// stay in L1 between them), the mean and 1/std rounded to float once, as the
+// CPU twin does. x and y may be the same
 // buffer (each element is read and written by one thread), so no
 // __restrict__ on them.
 #include "dtype.cuh"
@@ -21,16 +20,9 @@ __global__ void layer_norm_kernel(const T *x, const T *__restrict__ gamma, const
     __shared__ double shared[kThreads / 32];
     const T *xr = x + blockIdx.x * n;
     T *yr = y + blockIdx.x * n;
-    double s = 0.0;
-    for (int64_t i = threadIdx.x; i < n; i += kThreads)
-        s += sdw_load(xr[i]);
-    double mean = sdw_block_sum<kThreads>(s, shared) / (double)n;
-    double sq = 0.0;
-    for (int64_t i = threadIdx.x; i < n; i += kThreads) {
-        double d = sdw_load(xr[i]) - mean;
-        sq += d * d;
-    }
-    float rstd = (float)(1.0 / sqrt(sdw_block_sum<kThreads>(sq, shared) / (double)n + eps)), fmean = (float)mean;
+    double mean, m2;
+    sdw_block_moments<kThreads>(xr, 0, n, shared, &mean, &m2);
+    float rstd = (float)(1.0 / sqrt(m2 / (double)n + eps)), fmean = (float)mean;
     for (int64_t i = threadIdx.x; i < n; i += kThreads)
         yr[i] = sdw_store<T>((sdw_load(xr[i]) - fmean) * rstd * sdw_load(gamma[i]) + sdw_load(beta[i]));
 }
