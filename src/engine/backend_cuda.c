@@ -26,8 +26,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "devmem.h"
 #include "kernels/kernels.h"
 #include "safetensors.h"
@@ -514,13 +514,6 @@ static int conv_run(cuda_be *c, const conv_plan *p, const void *x, const void *w
     return SDW_OK;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Seconds per run of the plan, the best of three after one to warm up,
  * each waited for: cuDNN's own timings cannot be compared with a cuBLAS
  * product's, so both ways are timed alike. */
@@ -529,13 +522,14 @@ static int conv_time(cuda_be *c, const conv_plan *p, const void *x, const void *
 {
     *secs = INFINITY;
     for (int i = 0; i < 4; i++) {
-        double t0 = now_s();
+        double t0 = sdw_now_s();
         int rc = conv_run(c, p, x, w, y, e);
         if (rc)
             return rc;
         CU(cudaStreamSynchronize(c->stream));
-        if (i && now_s() - t0 < *secs)
-            *secs = now_s() - t0;
+        double dt = sdw_now_s() - t0;
+        if (i && dt < *secs)
+            *secs = dt;
     }
     return SDW_OK;
 }

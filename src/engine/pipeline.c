@@ -4,8 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "clip.h"
 #include "model.h"
 #include "rng.h"
@@ -25,13 +25,6 @@ struct sdw_pipeline {
     const float *cur_latents;
     int cur_h, cur_w;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 void sdw_gen_params_init(sdw_gen_params *gp, sdw_gen_kind kind)
 {
@@ -450,7 +443,7 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
                           sdw_image *out, float *latents, sdw_gen_timings *t, sdw_error *e)
 {
     sdw_gen_timings tm = {.load_s = t ? t->load_s : 0};
-    double t0 = now_s(), t1;
+    double t0 = sdw_now_s(), t1;
     size_t peak; /* since the previous generation: discarded, the count starts here */
     /* Without this the VAE's cached blocks, of other sizes than the UNet's,
      * would stay reserved through the denoising too. */
@@ -471,10 +464,10 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
         (rc = sdw_sched_set_timesteps(s.sched, gp->steps, strength, e)))
         goto done;
     rc = encode_text(p, gp, &s, e);
-    t1 = now_s(), tm.encode_s = t1 - t0, t0 = t1;
+    t1 = sdw_now_s(), tm.encode_s = t1 - t0, t0 = t1;
     if (!rc)
         rc = initial_latents(p, gp, &s, e);
-    t1 = now_s(), tm.prepare_s = t1 - t0, t0 = t1;
+    t1 = sdw_now_s(), tm.prepare_s = t1 - t0, t0 = t1;
     p->cur_latents = s.latents, p->cur_h = s.h, p->cur_w = s.w;
     long replays = sdw_unet_graph_replays(p->unet);
     if (!rc)
@@ -486,12 +479,12 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
     sdw_backend_memory(p->be, &tm.mem_denoise_peak);
     sdw_backend_trim(p->be);
     p->cur_latents = NULL;
-    t1 = now_s(), tm.denoise_s = t1 - t0, t0 = t1;
+    t1 = sdw_now_s(), tm.denoise_s = t1 - t0, t0 = t1;
     if (!rc && latents)
         memcpy(latents, s.latents, s.n * sizeof *latents);
     if (!rc)
         rc = decode(p, &s, out, e);
-    tm.decode_s = now_s() - t0;
+    tm.decode_s = sdw_now_s() - t0;
     sdw_backend_memory(p->be, &tm.mem_decode_peak);
     tm.total_s = tm.encode_s + tm.prepare_s + tm.denoise_s + tm.decode_s;
     if (t)

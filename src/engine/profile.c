@@ -3,7 +3,8 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "clock.h"
 
 struct sdw_profile {
     sdw_profile_row *rows;
@@ -30,13 +31,6 @@ void sdw_backend_profile(sdw_backend *be, sdw_profile *p)
     be->prof = p;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int wait_for(sdw_backend *be, sdw_error *e)
 {
     return be->ops->sync ? be->ops->sync(be, e) : SDW_OK;
@@ -45,7 +39,7 @@ static int wait_for(sdw_backend *be, sdw_error *e)
 int sdw_profile_enter(sdw_backend *be, double *t0, sdw_error *e)
 {
     int rc = wait_for(be, e);
-    *t0 = now_s();
+    *t0 = sdw_now_s();
     return rc;
 }
 
@@ -76,7 +70,7 @@ int sdw_profile_leave(sdw_backend *be, double t0, int rc, double flops, sdw_erro
         rc = wait_for(be, e);
     if (rc)
         return rc;
-    double dt = now_s() - t0;
+    double dt = sdw_now_s() - t0;
     char what[sizeof ((sdw_profile_row *)0)->what];
     va_list ap;
     va_start(ap, fmt);

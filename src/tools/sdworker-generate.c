@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "image.h"
 #include "pipeline.h"
 #include "profile.h"
@@ -101,13 +102,6 @@ static int profile(sdw_pipeline *p, sdw_backend *be, const sdw_gen_params *gp, i
     return rc ? EXIT_GENERATE : 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 typedef struct progress {
     int quiet, tty;
     double start, last;
@@ -118,7 +112,7 @@ static int on_step(void *ctx, sdw_pipeline *p, int step, int total)
     progress *pr = ctx;
     if (pr->quiet)
         return 0;
-    double t = now_s(), per = (t - pr->start) / step, eta = per * (total - step);
+    double t = sdw_now_s(), per = (t - pr->start) / step, eta = per * (total - step);
     if (pr->tty) {
         int width = 30, fill = total ? step * width / total : width;
         char bar[64];
@@ -364,7 +358,7 @@ int main(int argc, char **argv)
     float *latents = NULL;
     size_t nlat = 0;
     sdw_gen_timings t = {0}, wt = {0};
-    double t0 = now_s();
+    double t0 = sdw_now_s();
     if (sdw_backend_open(&be, device, (sdw_precision)precision, &e)) {
         fprintf(stderr, "sdworker-generate: %s\n", e.msg);
         status = EXIT_MODEL;
@@ -375,7 +369,7 @@ int main(int argc, char **argv)
         status = EXIT_MODEL;
         goto done;
     }
-    double load_s = now_s() - t0;
+    double load_s = sdw_now_s() - t0;
     if (init_path && (init.width % sdw_pipeline_scale(p) || init.height % sdw_pipeline_scale(p))) {
         fprintf(stderr, "sdworker-generate: the init image's size must be a multiple of the model's scale %d\n",
                 sdw_pipeline_scale(p));
@@ -406,7 +400,7 @@ int main(int argc, char **argv)
         fflush(stdout);
     }
     progress pr = {.quiet = quiet, .tty = isatty(2), .start = 0};
-    pr.start = now_s();
+    pr.start = sdw_now_s();
     if (sdw_pipeline_generate(p, &gp, on_step, &pr, &out, latents, &t, &e)) {
         fprintf(stderr, "sdworker-generate: %s\n", e.msg);
         status = EXIT_GENERATE;
