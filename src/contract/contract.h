@@ -108,9 +108,9 @@ typedef struct sdw_contract_limits {
 sdw_contract_limits sdw_contract_default_limits(void);
 
 typedef enum sdw_operation {
-    SDW_OP_IMAGE_GENERATION = 1,
-    SDW_OP_IMAGE_TRANSFORM,
-    SDW_OP_IMAGE_INPAINT,
+    SDW_OPERATION_GENERATE = 1,
+    SDW_OPERATION_TRANSFORM,
+    SDW_OPERATION_INPAINT,
 } sdw_operation;
 
 /* Schedulers. DEFAULT means the one in the model's scheduler config. */

@@ -8,7 +8,7 @@
 #ifdef HAVE_CONFIG_H
 #include "sdw-build.h"
 
-#include "contract.h"
+#include "contract/contract.h"
 
 /* The largest result image the client accepts (a 2048x2048 PNG fits). */
 #define MAX_IMAGE_BYTES ((size_t)64 << 20)

@@ -11,12 +11,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "image.h"
-#include "pipeline.h"
-#include "profile.h"
-#include "scheduler.h"
-#include "tensor.h"
+#include "backend/backend.h"
+#include "base/clock.h"
+#include "image/image.h"
+#include "pipeline/pipeline.h"
+#include "pipeline/pixels.h"
+#include "tensor/profile.h"
+#include "pipeline/scheduler.h"
+#include "tensor/tensor.h"
 
 enum { EXIT_USAGE = 2, EXIT_INPUT = 3, EXIT_MODEL = 4, EXIT_GENERATE = 5 };
 
@@ -359,7 +361,8 @@ int main(int argc, char **argv)
     size_t nlat = 0;
     sdw_gen_timings t = {0}, wt = {0};
     double t0 = sdw_now_s();
-    if (sdw_backend_open(&be, device, (sdw_precision)precision, &e)) {
+    sdw_device dev;
+    if (sdw_device_parse(device, &dev, &e) || sdw_backend_open(&be, dev, (sdw_precision)precision, &e)) {
         fprintf(stderr, "sdworker-generate: %s\n", e.msg);
         status = EXIT_MODEL;
         goto done;
