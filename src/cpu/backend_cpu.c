@@ -13,6 +13,7 @@
 
 #include "backend/backend.h"
 #include "base/half.h"
+#include "cpu/cpu_internal.h"
 #include "tensor/tensor.h"
 
 /* OpenBLAS built with DYNAMIC_ARCH (Debian's is) picks its kernels in its
@@ -56,8 +57,8 @@ static void repick_openblas_core(void)
  * team here. Two thread pools on the same cores (OpenBLAS's pthreads
  * yielding in a loop while OpenMP's workers spin between regions) cost a
  * third of the time on two cores. */
-static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, int64_t k, float alpha,
-                 const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
+void sdw_cpu_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, int64_t k, float alpha,
+                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
 {
     int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
     int64_t span = m >= n ? m : n;
@@ -112,6 +113,7 @@ static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, i
  * data stays 64-byte aligned; small blocks carry it too, with class -1). */
 #define SDW_POOL_HDR 64
 
+
 typedef struct pool_block {
     size_t bytes;            /* mapped length, header included */
     int cls;                 /* size class, or -1 for a malloc'd block */
@@ -124,6 +126,11 @@ typedef struct cpu_backend {
     size_t cached; /* bytes on the free lists */
     int winograd;  /* 3x3 convolutions may take the Winograd path */
 } cpu_backend;
+
+int sdw_cpu_winograd(const sdw_backend *be)
+{
+    return ((const cpu_backend *)be)->winograd;
+}
 
 /* The smallest class of at least `bytes`: 2^o * (8 + j) / 8 for octave o,
  * step j. */
@@ -162,7 +169,7 @@ static void pool_evict(cpu_backend *cb, size_t want)
         }
 }
 
-static int cpu_alloc(sdw_backend *be, size_t n, float **p, sdw_error *e)
+int sdw_cpu_alloc(sdw_backend *be, size_t n, float **p, sdw_error *e)
 {
     cpu_backend *cb = (cpu_backend *)be;
     if (n > (SIZE_MAX - 2 * SDW_POOL_HDR) / 2 / sizeof(float))
@@ -201,7 +208,7 @@ static int cpu_alloc(sdw_backend *be, size_t n, float **p, sdw_error *e)
     return SDW_OK;
 }
 
-static void cpu_free(sdw_backend *be, float *p)
+void sdw_cpu_free(sdw_backend *be, float *p)
 {
     cpu_backend *cb = (cpu_backend *)be;
     if (!p)
@@ -230,7 +237,7 @@ static int cpu_copy(sdw_backend *be, float *dst, const float *src, size_t n, sdw
  * before their product, so results equal those from float32 copies. */
 static int cpu_weight_f16(sdw_backend *be, const uint16_t *src, size_t n, float **p, int *lowp, sdw_error *e)
 {
-    int rc = cpu_alloc(be, (n + 1) / 2, p, e);
+    int rc = sdw_cpu_alloc(be, (n + 1) / 2, p, e);
     if (rc)
         return rc;
     memcpy(*p, src, n * sizeof *src);
@@ -249,7 +256,7 @@ __attribute__((target("avx,f16c"))) static void halves_f16c(const uint16_t *s, f
 }
 #endif
 
-static void halves_to_f32(const uint16_t *s, float *d, int64_t n)
+void sdw_cpu_halves_to_f32(const uint16_t *s, float *d, int64_t n)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (__builtin_cpu_supports("f16c")) {
@@ -272,9 +279,9 @@ static void halves_to_f32(const uint16_t *s, float *d, int64_t n)
  * converted once for all of them. w_left: C_i[wrows, n] = w x_i[k, n] (a
  * convolution: x_i a column matrix or image, ldx its row length); otherwise
  * C_i[n, wrows] = x_i[n, k] w^T (a linear layer). */
-static int gemm_f16w(sdw_backend *be, int w_left, const uint16_t *w, int64_t wrows, int64_t k, int nx,
-                     const float *const *xs, int64_t ldx, int64_t n, float beta, float *const *cs, int64_t ldc,
-                     sdw_error *e)
+int sdw_cpu_gemm_f16w(sdw_backend *be, int w_left, const uint16_t *w, int64_t wrows, int64_t k, int nx,
+                      const float *const *xs, int64_t ldx, int64_t n, float beta, float *const *cs, int64_t ldc,
+                      sdw_error *e)
 {
     int nt = omp_get_max_threads();
     int64_t nblk = nt * ((wrows + (int64_t)nt * SDW_F16_BLOCK - 1) / ((int64_t)nt * SDW_F16_BLOCK));
@@ -283,14 +290,14 @@ static int gemm_f16w(sdw_backend *be, int w_left, const uint16_t *w, int64_t wro
     if (nt > nblk)
         nt = (int)nblk;
     float *scratch = NULL;
-    int rc = cpu_alloc(be, (size_t)(nt * nb * k), &scratch, e);
+    int rc = sdw_cpu_alloc(be, (size_t)(nt * nb * k), &scratch, e);
     if (rc)
         return rc;
 #pragma omp parallel for num_threads(nt) schedule(dynamic)
     for (int64_t bi = 0; bi < nblk; bi++) {
         int64_t r0 = bi * nb, nr = wrows - r0 < nb ? wrows - r0 : nb;
         float *wf = scratch + (int64_t)omp_get_thread_num() * nb * k;
-        halves_to_f32(w + r0 * k, wf, nr * k);
+        sdw_cpu_halves_to_f32(w + r0 * k, wf, nr * k);
         for (int i = 0; i < nx; i++) {
             if (w_left)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)n, (blasint)k, 1.0f,
@@ -300,7 +307,7 @@ static int gemm_f16w(sdw_backend *be, int w_left, const uint16_t *w, int64_t wro
                             xs[i], (blasint)k, wf, (blasint)k, beta, cs[i] + r0, (blasint)ldc);
         }
     }
-    cpu_free(be, scratch);
+    sdw_cpu_free(be, scratch);
     return SDW_OK;
 }
 
@@ -315,8 +322,8 @@ static int cpu_linear(sdw_backend *be, const float *x, const float *w, int w_low
         beta = 1.0f;
     }
     if (w_lowp)
-        return gemm_f16w(be, 0, (const uint16_t *)w, n, k, 1, &x, k, m, beta, &y, n, e);
-    gemm(CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, beta, y, n);
+        return sdw_cpu_gemm_f16w(be, 0, (const uint16_t *)w, n, k, 1, &x, k, m, beta, &y, n, e);
+    sdw_cpu_gemm(CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, beta, y, n);
     return SDW_OK;
 }
 
@@ -524,7 +531,7 @@ static int cpu_attention(sdw_backend *be, const float *q, const float *k, const 
         nt = (int)(b * heads);
     int avx2 = have_avx2_fma();
     float *s = NULL;
-    int rc = cpu_alloc(be, (size_t)(nt * qblock * tk), &s, e);
+    int rc = sdw_cpu_alloc(be, (size_t)(nt * qblock * tk), &s, e);
     if (rc)
         return rc;
 #pragma omp parallel for num_threads(nt) schedule(dynamic)
@@ -544,7 +551,7 @@ static int cpu_attention(sdw_backend *be, const float *q, const float *k, const 
                         (blasint)tk, vh, (blasint)c, 0.0f, oh + r0 * c, (blasint)c);
         }
     }
-    cpu_free(be, s);
+    sdw_cpu_free(be, s);
     return SDW_OK;
 }
 
@@ -640,344 +647,6 @@ static int cpu_embed(sdw_backend *be, const float *table, const int32_t *ids, co
         }
     }
     return SDW_OK;
-}
-
-/* im2col scratch per convolution, in floats (16 MiB): output rows are taken
- * in blocks whose column matrix fits, so that a 3x3 conv at 512x512 does not
- * need a 1.2 GB column buffer while each sgemm stays wide enough to run at
- * full speed. */
-#define SDW_CONV_SCRATCH (4 << 20)
-/* Images whose products share one conversion of a half weight. */
-#define SDW_CONV_BATCH 4
-
-/* Column matrix rows [k][nr*ow] for output rows oy0..oy0+nr of one image. */
-static void im2col(const float *x, float *col, int64_t c, int64_t h, int64_t wd, int64_t kh, int64_t kw,
-                   int64_t ow, int64_t oy0, int64_t nr, int stride, int pad_t, int pad_l)
-{
-    int64_t k = c * kh * kw, ncols = nr * ow;
-#pragma omp parallel for schedule(static)
-    for (int64_t ki = 0; ki < k; ki++) {
-        int64_t ci = ki / (kh * kw), ky = ki / kw % kh, kx = ki % kw;
-        const float *xc = x + ci * h * wd;
-        float *dst = col + ki * ncols;
-        /* Output columns ox whose input column ix = ox*stride - pad_l + kx is inside. */
-        int64_t lo = 0, hi = ow;
-        while (lo < ow && lo * stride - pad_l + kx < 0)
-            lo++;
-        while (hi > lo && (hi - 1) * stride - pad_l + kx >= wd)
-            hi--;
-        for (int64_t r = 0; r < nr; r++, dst += ow) {
-            int64_t iy = (oy0 + r) * stride - pad_t + ky;
-            if (iy < 0 || iy >= h) {
-                memset(dst, 0, (size_t)ow * sizeof *dst);
-                continue;
-            }
-            const float *src = xc + iy * wd - pad_l + kx;
-            for (int64_t ox = 0; ox < lo; ox++)
-                dst[ox] = 0.0f;
-            if (stride == 1)
-                memcpy(dst + lo, src + lo, (size_t)(hi - lo) * sizeof *dst);
-            else
-                for (int64_t ox = lo; ox < hi; ox++)
-                    dst[ox] = src[ox * stride];
-            for (int64_t ox = hi; ox < ow; ox++)
-                dst[ox] = 0.0f;
-        }
-    }
-}
-
-/* Winograd F(2x2, 3x3) for the 3x3, stride-1, pad-1 convolutions over many
- * pixels (most of a UNet step and nearly all of the VAE decoder): each 2x2
- * output tile is A^T [(G g G^T) . (B^T d B)] A of its 4x4 input patch d, so
- * the product over channels becomes 16 products [o, c] x [c, tiles], 16
- * multiplications per tile and channel pair where the column matrix takes
- * 36. The transforms only add, subtract and halve, which keeps the rounding
- * within a few ulps of the direct sum (tests/test_ops bounds both paths by
- * the same 1e-5 against a double reference). Few tiles do not pay for
- * transforming the weights, and products that narrow run slowly: those go
- * through im2col. */
-#define SDW_WINO_MIN_TILES 128
-/* Floats per transformed block (inputs, weights, products): 4 MiB each,
- * the size of this Xeon's two L2 caches (2, 8 and 16 MiB measured slower). */
-#define SDW_WINO_BLOCK (1 << 20)
-/* Floats for the side transformed whole (64 MiB). */
-#define SDW_WINO_ALL (16 << 20)
-
-/* Floats between two of the 16 transformed planes: whole cache lines and
- * one more, so that the planes, written and read side by side, do not share
- * cache sets (a multiple of 4 KiB apart, they would). */
-static int64_t wino_plane(int64_t n)
-{
-    return (n + 15) / 16 * 16 + 16;
-}
-
-/* Floats of scratch per thread: the input and output transforms of rows of
- * tw tiles, or one output channel's weights (c x 3 x 3) as float32. */
-static int64_t wino_scratch(int64_t tw, int64_t c)
-{
-    int64_t rows = 8 * (2 * tw + 2) + 2 * (tw + 1);
-    return rows > 9 * c ? rows : 9 * c;
-}
-
-/* v[xi][ci][j] = (B^T d B)[xi] for the patches of tile rows r0..r0+nr of
- * the batch (th tile rows an image, tw tiles a row; j = (r - r0) tw + tx).
- * Per channel and tile row: the four input rows, zero-padded, are combined
- * along the columns first (B^T d), then split into even and odd columns, so
- * that every step runs along a row of tiles. */
-static void wino_input(const float *x, float *v, int64_t xs, float *scratch, int64_t ts, int64_t c, int64_t h,
-                       int64_t wd, int64_t th, int64_t tw, int64_t r0, int64_t nr)
-{
-    int64_t pw = 2 * tw + 2;
-#pragma omp parallel
-    {
-        float *p = scratch + omp_get_thread_num() * ts, *sr = p + 4 * pw, *ev = p + 8 * pw,
-              *od = ev + tw + 1;
-#pragma omp for schedule(static)
-        for (int64_t k = 0; k < c * nr; k++) {
-            int64_t ci = k / nr, r = r0 + k % nr, img = r / th, ty = r % th;
-            const float *xc = x + (img * c + ci) * h * wd;
-            for (int a = 0; a < 4; a++) {
-                int64_t iy = 2 * ty - 1 + a;
-                float *pa = p + a * pw;
-                memset(pa, 0, (size_t)pw * sizeof *pa);
-                if (iy >= 0 && iy < h)
-                    memcpy(pa + 1, xc + iy * wd, (size_t)wd * sizeof *pa);
-            }
-#pragma omp simd
-            for (int64_t i = 0; i < pw; i++) {
-                sr[i] = p[i] - p[2 * pw + i];
-                sr[pw + i] = p[pw + i] + p[2 * pw + i];
-                sr[2 * pw + i] = p[2 * pw + i] - p[pw + i];
-                sr[3 * pw + i] = p[pw + i] - p[3 * pw + i];
-            }
-            float *dst = v + ci * nr * tw + (k % nr) * tw;
-            for (int a = 0; a < 4; a++) {
-                const float *sa = sr + a * pw;
-#pragma omp simd
-                for (int64_t i = 0; i <= tw; i++)
-                    ev[i] = sa[2 * i], od[i] = sa[2 * i + 1];
-                float *d0 = dst + 4 * a * xs, *d1 = d0 + xs, *d2 = d1 + xs, *d3 = d2 + xs;
-#pragma omp simd
-                for (int64_t i = 0; i < tw; i++) {
-                    d0[i] = ev[i] - ev[i + 1];
-                    d1[i] = od[i] + ev[i + 1];
-                    d2[i] = ev[i + 1] - od[i];
-                    d3[i] = od[i] - od[i + 1];
-                }
-            }
-        }
-    }
-}
-
-/* u[xi][oi][ci] = (G g G^T)[xi] for output channels o0..o0+no; half
- * weights are converted a channel at a time (F16C) into the scratch. */
-static void wino_weight(const float *w, int w_lowp, float *u, int64_t us, float *scratch, int64_t ts, int64_t o0,
-                        int64_t no, int64_t c)
-{
-#pragma omp parallel for schedule(static)
-    for (int64_t oi = 0; oi < no; oi++) {
-        float *f = scratch + omp_get_thread_num() * ts;
-        if (w_lowp)
-            halves_to_f32((const uint16_t *)w + (o0 + oi) * c * 9, f, c * 9);
-        const float *wo = w_lowp ? f : w + (o0 + oi) * c * 9;
-#pragma omp simd
-        for (int64_t ci = 0; ci < c; ci++) {
-            const float *g = wo + ci * 9;
-            float s[4][3];
-            for (int q = 0; q < 3; q++) {
-                s[0][q] = g[q];
-                s[1][q] = 0.5f * (g[q] + g[3 + q] + g[6 + q]);
-                s[2][q] = 0.5f * (g[q] - g[3 + q] + g[6 + q]);
-                s[3][q] = g[6 + q];
-            }
-            float *dst = u + oi * c + ci;
-            for (int a = 0; a < 4; a++) {
-                dst[(4 * a + 0) * us] = s[a][0];
-                dst[(4 * a + 1) * us] = 0.5f * (s[a][0] + s[a][1] + s[a][2]);
-                dst[(4 * a + 2) * us] = 0.5f * (s[a][0] - s[a][1] + s[a][2]);
-                dst[(4 * a + 3) * us] = s[a][2];
-            }
-        }
-    }
-}
-
-/* y (+)= A^T m A for output channels o0..o0+no and tile rows r0..r0+nr,
- * the tiles' parts inside the oh x ow image; along rows of tiles, as the
- * input transform. */
-static void wino_output(const float *m, int64_t ms, float *scratch, int64_t ts, float *y, int add, int64_t o0,
-                        int64_t no, int64_t o, int64_t oh, int64_t ow, int64_t th, int64_t tw, int64_t r0, int64_t nr)
-{
-#pragma omp parallel
-    {
-        float *rr = scratch + omp_get_thread_num() * ts, *v0 = rr + 8 * tw, *v1 = v0 + tw;
-#pragma omp for schedule(static)
-        for (int64_t k = 0; k < no * nr; k++) {
-            int64_t oi = k / nr, r = r0 + k % nr, img = r / th, ty = r % th;
-            const float *src = m + oi * nr * tw + (k % nr) * tw;
-            for (int q = 0; q < 4; q++) {
-                const float *m0 = src + q * ms, *m1 = m0 + 4 * ms, *m2 = m1 + 4 * ms, *m3 = m2 + 4 * ms;
-                float *ra = rr + q * tw, *rb = rr + (4 + q) * tw;
-#pragma omp simd
-                for (int64_t i = 0; i < tw; i++) {
-                    ra[i] = m0[i] + m1[i] + m2[i];
-                    rb[i] = m1[i] - m2[i] - m3[i];
-                }
-            }
-            float *yc = y + (img * o + o0 + oi) * oh * ow;
-            for (int a = 0; a < 2 && 2 * ty + a < oh; a++) {
-                const float *q0 = rr + 4 * a * tw, *q1 = q0 + tw, *q2 = q1 + tw, *q3 = q2 + tw;
-#pragma omp simd
-                for (int64_t i = 0; i < tw; i++) {
-                    v0[i] = q0[i] + q1[i] + q2[i];
-                    v1[i] = q1[i] - q2[i] - q3[i];
-                }
-                float *row = yc + (2 * ty + a) * ow;
-                int64_t full = ow / 2;
-                if (add)
-#pragma omp simd
-                    for (int64_t i = 0; i < full; i++)
-                        row[2 * i] += v0[i], row[2 * i + 1] += v1[i];
-                else
-#pragma omp simd
-                    for (int64_t i = 0; i < full; i++)
-                        row[2 * i] = v0[i], row[2 * i + 1] = v1[i];
-                if (ow & 1)
-                    row[ow - 1] = add ? row[ow - 1] + v0[full] : v0[full];
-            }
-        }
-    }
-}
-
-/* Blocks for a Winograd convolution: tile rows rb at a time, output
- * channels ob at a time. Each transform should run once: all the tiles'
- * inputs are transformed at once where there are fewer tiles than output
- * channels (ob then bounds the weights' and products' blocks), else all the
- * weights (rb then bounds the inputs' and products' blocks). 0 when that
- * side would exceed SDW_WINO_ALL floats or there are too few tiles. */
-static int wino_plan(int64_t b, int64_t c, int64_t h, int64_t wd, int64_t o, int64_t *rb, int64_t *ob)
-{
-    int64_t tw = (wd + 1) / 2, rows = b * ((h + 1) / 2), tiles = rows * tw;
-    if (tiles < SDW_WINO_MIN_TILES)
-        return 0;
-    if (tiles <= o) {
-        if (16 * c * tiles > SDW_WINO_ALL)
-            return 0;
-        int64_t n = SDW_WINO_BLOCK / (16 * (c > tiles ? c : tiles));
-        *rb = rows;
-        *ob = n < 16 ? 16 : n > o ? o : n;
-    } else {
-        if (16 * o * c > SDW_WINO_ALL)
-            return 0;
-        int64_t n = SDW_WINO_BLOCK / (16 * (c > o ? c : o) * tw);
-        *ob = o;
-        *rb = n < 1 ? 1 : n > rows ? rows : n;
-    }
-    return 1;
-}
-
-static int conv3x3_winograd(sdw_backend *be, const float *x, const float *w, int w_lowp, float *y, int64_t b,
-                            int64_t c, int64_t h, int64_t wd, int64_t o, int64_t rb, int64_t ob, int add,
-                            sdw_error *e)
-{
-    int64_t th = (h + 1) / 2, tw = (wd + 1) / 2, rows = b * th;
-    int64_t vs = wino_plane(c * rb * tw), us = wino_plane(ob * c), ms = wino_plane(ob * rb * tw);
-    int64_t ts = wino_scratch(tw, c);
-    float *v = NULL, *u = NULL, *m = NULL, *t = NULL;
-    int rc = cpu_alloc(be, (size_t)(16 * vs), &v, e);
-    if (!rc)
-        rc = cpu_alloc(be, (size_t)(16 * us), &u, e);
-    if (!rc)
-        rc = cpu_alloc(be, (size_t)(16 * ms), &m, e);
-    if (!rc)
-        rc = cpu_alloc(be, (size_t)(omp_get_max_threads() * ts), &t, e);
-    for (int64_t r0 = 0; !rc && r0 < rows; r0 += rb) {
-        int64_t nr = rows - r0 < rb ? rows - r0 : rb, nt = nr * tw;
-        wino_input(x, v, vs, t, ts, c, h, wd, th, tw, r0, nr);
-        for (int64_t o0 = 0; o0 < o; o0 += ob) {
-            int64_t no = o - o0 < ob ? o - o0 : ob;
-            if (ob < o || r0 == 0)
-                wino_weight(w, w_lowp, u, us, t, ts, o0, no, c);
-#pragma omp parallel for schedule(static)
-            for (int xi = 0; xi < 16; xi++)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)no, (blasint)nt, (blasint)c, 1.0f,
-                            u + xi * us, (blasint)c, v + xi * vs, (blasint)nt, 0.0f, m + xi * ms, (blasint)nt);
-            wino_output(m, ms, t, ts, y, add, o0, no, o, h, wd, th, tw, r0, nr);
-        }
-    }
-    cpu_free(be, t);
-    cpu_free(be, m);
-    cpu_free(be, u);
-    cpu_free(be, v);
-    return rc;
-}
-
-static int cpu_conv2d(sdw_backend *be, const float *x, const float *w, int w_lowp, const float *bias, float *y, int64_t b,
-                      int64_t c, int64_t h, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t oh, int64_t ow,
-                      int stride, int pad_t, int pad_l, sdw_error *e)
-{
-    int64_t k = c * kh * kw, npix = oh * ow;
-    float beta = 0.0f;
-    if (bias) {
-#pragma omp parallel for schedule(static)
-        for (int64_t r = 0; r < b * o; r++)
-            for (int64_t i = 0; i < npix; i++)
-                y[r * npix + i] = bias[r % o];
-        beta = 1.0f;
-    }
-    int64_t wrb, wob;
-    if (((cpu_backend *)be)->winograd && kh == 3 && kw == 3 && stride == 1 && pad_t == 1 && pad_l == 1 &&
-        oh == h && ow == wd && wino_plan(b, c, h, wd, o, &wrb, &wob))
-        return conv3x3_winograd(be, x, w, w_lowp, y, b, c, h, wd, o, wrb, wob, bias != NULL, e);
-    /* A pointwise conv is a product with the image itself: no copy. */
-    if (kh == 1 && kw == 1 && stride == 1 && pad_t == 0 && pad_l == 0 && oh == h && ow == wd) {
-        if (!w_lowp) {
-            for (int64_t bi = 0; bi < b; bi++)
-                gemm(CblasNoTrans, CblasNoTrans, o, npix, c, 1.0f, w, c, x + bi * c * npix, npix, beta,
-                     y + bi * o * npix, npix);
-            return SDW_OK;
-        }
-        int rc = SDW_OK;
-        for (int64_t b0 = 0; !rc && b0 < b; b0 += SDW_CONV_BATCH) {
-            int nx = b - b0 < SDW_CONV_BATCH ? (int)(b - b0) : SDW_CONV_BATCH;
-            const float *xs[SDW_CONV_BATCH];
-            float *ys[SDW_CONV_BATCH];
-            for (int i = 0; i < nx; i++)
-                xs[i] = x + (b0 + i) * c * npix, ys[i] = y + (b0 + i) * o * npix;
-            rc = gemm_f16w(be, 1, (const uint16_t *)w, o, c, nx, xs, npix, npix, beta, ys, npix, e);
-        }
-        return rc;
-    }
-    /* Output rows in blocks whose column matrices, for up to SDW_CONV_BATCH
-     * images at once where they fit (so that a half weight is converted once
-     * for them all), stay within the scratch. */
-    int64_t nimg = w_lowp && b > 1 && SDW_CONV_SCRATCH / ((b < SDW_CONV_BATCH ? b : SDW_CONV_BATCH) * k * ow) >= 1
-                       ? (b < SDW_CONV_BATCH ? b : SDW_CONV_BATCH)
-                       : 1;
-    int64_t rb = SDW_CONV_SCRATCH / (nimg * k * ow);
-    rb = rb < 1 ? 1 : rb > oh ? oh : rb;
-    float *col = NULL;
-    int rc = cpu_alloc(be, (size_t)(nimg * k * rb * ow), &col, e);
-    if (rc)
-        return rc;
-    for (int64_t b0 = 0; !rc && b0 < b; b0 += nimg) {
-        int nx = b - b0 < nimg ? (int)(b - b0) : (int)nimg;
-        for (int64_t oy0 = 0; !rc && oy0 < oh; oy0 += rb) {
-            int64_t nr = oh - oy0 < rb ? oh - oy0 : rb;
-            const float *xs[SDW_CONV_BATCH];
-            float *ys[SDW_CONV_BATCH];
-            for (int i = 0; i < nx; i++) {
-                float *ci = col + i * k * nr * ow;
-                im2col(x + (b0 + i) * c * h * wd, ci, c, h, wd, kh, kw, ow, oy0, nr, stride, pad_t, pad_l);
-                xs[i] = ci, ys[i] = y + (b0 + i) * o * npix + oy0 * ow;
-            }
-            if (w_lowp)
-                rc = gemm_f16w(be, 1, (const uint16_t *)w, o, k, nx, xs, nr * ow, nr * ow, beta, ys, npix, e);
-            else
-                gemm(CblasNoTrans, CblasNoTrans, o, nr * ow, k, 1.0f, w, k, xs[0], nr * ow, beta, ys[0], npix);
-        }
-    }
-    cpu_free(be, col);
-    return rc;
 }
 
 static inline float silu(float v)
@@ -1139,8 +808,8 @@ static void cpu_destroy(sdw_backend *be)
 
 static const sdw_backend_ops cpu_ops = {
     .name = "cpu",
-    .alloc = cpu_alloc,
-    .free = cpu_free,
+    .alloc = sdw_cpu_alloc,
+    .free = sdw_cpu_free,
     .upload = cpu_copy,
     .download = cpu_copy,
     .weight_f16 = cpu_weight_f16,
@@ -1150,7 +819,7 @@ static const sdw_backend_ops cpu_ops = {
     .act = cpu_act,
     .add = cpu_add,
     .embed = cpu_embed,
-    .conv2d = cpu_conv2d,
+    .conv2d = sdw_cpu_conv2d,
     .group_norm = cpu_group_norm,
     .upsample_nearest = cpu_upsample_nearest,
     .concat = cpu_concat,

@@ -19,20 +19,13 @@
  * stream. */
 #include "sdw-build.h"
 
-#include <cublas_v2.h>
-#include <cuda_runtime_api.h>
-#include <cudnn.h>
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend/backend.h"
-#include "base/clock.h"
-#include "cuda/devmem.h"
-#include "kernels/kernels.h"
 #include "base/half.h"
-#include "tensor/tensor.h"
+#include "cuda/cuda_internal.h"
 
 /* Convolution algorithms may use this much scratch unless
  * SDW_CUDA_WORKSPACE_MIB says otherwise; cuDNN's search is limited to it. */
@@ -40,111 +33,22 @@
 /* cuBLAS's workspace: what NVIDIA recommends for Hopper. */
 #define CUDA_BLAS_WS_BYTES ((size_t)32 << 20)
 
-/* A captured sequence of ops, and the blocks it uses for its temporaries:
- * they are its own while it lives, since every replay writes them. */
-typedef struct cuda_graph {
-    cudaGraphExec_t exec;
-    sdw_devmem_owned *owned;
-} cuda_graph;
-
-typedef struct conv_plan {
-    int key[12];
-    cudnnTensorDescriptor_t xd, yd;
-    cudnnFilterDescriptor_t wd;
-    cudnnConvolutionDescriptor_t cd;
-    cudnnConvolutionFwdAlgo_t algo;
-    int gemm;        /* im2col into the workspace and one product per image (cuBLAS) instead of cuDNN */
-    int whole;       /* gemm: the columns of every image fit in the workspace at once */
-    int64_t band;    /* gemm, not whole: output positions of one image per product */
-    size_t ws_bytes; /* the workspace it needs: cuDNN's algorithm's, or the columns */
-} conv_plan;
-
-typedef struct cuda_be {
-    sdw_backend pub;
-    int device;
-    sdw_precision prec;
-    int dtype; /* SDW_K_*: the storage type of every tensor */
-    cudaStream_t stream;
-    cublasHandle_t blas;
-    cudnnHandle_t dnn;
-    sdw_devmem *mem;
-    conv_plan *plans;
-    size_t nplans, capplans;
-    void *ws;
-    size_t ws_bytes;
-    size_t ws_cap; /* the most a convolution's algorithm may use */
-    void *blas_ws; /* cuBLAS's workspace, ours so that it never allocates during a capture */
-    int graphs; /* captures allowed: SDW_CUDA_GRAPHS is not "0" */
-    int attn_simt; /* SDW_CUDA_ATTENTION=simt: the float32 attention kernel in every precision */
-    int trim;      /* SDW_CUDA_TRIM=1: cached blocks go back to the driver before each denoising and decode */
-    int conv_mode; /* SDW_CUDA_CONV: CONV_AUTO, CONV_CUDNN or CONV_GEMM */
-} cuda_be;
-
-static cuda_be *priv(sdw_backend *be)
-{
-    return be->priv;
-}
-
-static int cuda_err(sdw_error *e, cudaError_t rc, const char *call, const char *file, int line)
+int sdw_cuda_err(sdw_error *e, cudaError_t rc, const char *call, const char *file, int line)
 {
     return sdw_fail(e, rc == cudaErrorMemoryAllocation ? SDW_ENOMEM : SDW_EDEVICE, "%s:%d: %s: %s (%s)", file, line,
                     call, cudaGetErrorString(rc), cudaGetErrorName(rc));
 }
 
-static int cublas_err(sdw_error *e, cublasStatus_t rc, const char *call, const char *file, int line)
+int sdw_cublas_err(sdw_error *e, cublasStatus_t rc, const char *call, const char *file, int line)
 {
     return sdw_fail(e, rc == CUBLAS_STATUS_ALLOC_FAILED ? SDW_ENOMEM : SDW_EDEVICE, "%s:%d: %s: %s", file, line, call,
                     cublasGetStatusString(rc));
 }
 
-static int cudnn_err(sdw_error *e, cudnnStatus_t rc, const char *call, const char *file, int line)
+int sdw_cudnn_err(sdw_error *e, cudnnStatus_t rc, const char *call, const char *file, int line)
 {
     return sdw_fail(e, rc == CUDNN_STATUS_ALLOC_FAILED ? SDW_ENOMEM : SDW_EDEVICE, "%s:%d: %s: %s", file, line, call,
                     cudnnGetErrorString(rc));
-}
-
-#define CU(call)                                                                                                  \
-    do {                                                                                                          \
-        cudaError_t cu_rc_ = (call);                                                                              \
-        if (cu_rc_ != cudaSuccess)                                                                                \
-            return cuda_err(e, cu_rc_, #call, __FILE__, __LINE__);                                                \
-    } while (0)
-#define CUBLAS(call)                                                                                              \
-    do {                                                                                                          \
-        cublasStatus_t cb_rc_ = (call);                                                                           \
-        if (cb_rc_ != CUBLAS_STATUS_SUCCESS)                                                                      \
-            return cublas_err(e, cb_rc_, #call, __FILE__, __LINE__);                                              \
-    } while (0)
-#define CUDNN(call)                                                                                               \
-    do {                                                                                                          \
-        cudnnStatus_t dn_rc_ = (call);                                                                            \
-        if (dn_rc_ != CUDNN_STATUS_SUCCESS)                                                                       \
-            return cudnn_err(e, dn_rc_, #call, __FILE__, __LINE__);                                               \
-    } while (0)
-/* Like CU, for the steps after a scratch block was taken: the block goes
- * back to the cache (stream order keeps that safe) before returning. */
-#define CU_OR(call, cleanup)                                                                                      \
-    do {                                                                                                          \
-        cudaError_t cu_rc_ = (call);                                                                              \
-        if (cu_rc_ != cudaSuccess) {                                                                              \
-            cleanup;                                                                                              \
-            return cuda_err(e, cu_rc_, #call, __FILE__, __LINE__);                                                \
-        }                                                                                                         \
-    } while (0)
-
-static int grow(void **arr, size_t *cap, size_t need, size_t size, sdw_error *e)
-{
-    if (need <= *cap)
-        return SDW_OK;
-    size_t nc = *cap ? *cap * 2 : 64;
-    while (nc < need)
-        nc *= 2;
-    void *p = realloc(*arr, nc * size);
-    if (!p)
-        return sdw_fail(e, SDW_ENOMEM, "out of host memory");
-    *arr = p;
-    *cap = nc;
-    return SDW_OK;
 }
 
 /* The allocator's hooks (devmem.h): cudaMalloc and cudaFree. */
@@ -167,21 +71,6 @@ static void raw_free(void *ctx, void *p)
 {
     (void)ctx;
     cudaFree(p);
-}
-
-static int dev_alloc(cuda_be *c, size_t bytes, void **out, sdw_error *e)
-{
-    return sdw_devmem_alloc(c->mem, bytes, out, e);
-}
-
-static void dev_free(cuda_be *c, void *p)
-{
-    sdw_devmem_free(c->mem, p);
-}
-
-static size_t dtype_size(int dtype)
-{
-    return dtype == SDW_K_F32 ? 4 : 2;
 }
 
 static int cuda_alloc(sdw_backend *be, size_t n, float **p, sdw_error *e)
@@ -223,7 +112,7 @@ static int cuda_upload(sdw_backend *be, float *dst, const float *src, size_t n, 
     cudaError_t cr = cudaMemcpyAsync(dst, h, n * sizeof *h, cudaMemcpyHostToDevice, c->stream);
     free(h);
     if (cr != cudaSuccess)
-        return cuda_err(e, cr, "cudaMemcpyAsync", __FILE__, __LINE__);
+        return sdw_cuda_err(e, cr, "cudaMemcpyAsync", __FILE__, __LINE__);
     return SDW_OK;
 }
 
@@ -244,18 +133,8 @@ static int cuda_download(sdw_backend *be, float *dst, const float *src, size_t n
             dst[i] = c->dtype == SDW_K_F16 ? sdw_f16_to_f32(h[i]) : sdw_bf16_to_f32(h[i]);
     free(h);
     if (cr != cudaSuccess)
-        return cuda_err(e, cr, "cudaMemcpyAsync/cudaStreamSynchronize", __FILE__, __LINE__);
+        return sdw_cuda_err(e, cr, "cudaMemcpyAsync/cudaStreamSynchronize", __FILE__, __LINE__);
     return SDW_OK;
-}
-
-static int too_big(sdw_error *e, const char *op, int64_t v)
-{
-    return sdw_fail(e, SDW_EUNSUPPORTED, "%s: dimension %lld exceeds the CUDA backend's int range", op, (long long)v);
-}
-
-static cudaDataType_t blas_type(int dtype)
-{
-    return dtype == SDW_K_F16 ? CUDA_R_16F : dtype == SDW_K_BF16 ? CUDA_R_16BF : CUDA_R_32F;
 }
 
 /* A weight given as halves is stored like any tensor; fp16 takes the halves
@@ -271,7 +150,7 @@ static int cuda_weight_f16(sdw_backend *be, const uint16_t *src, size_t n, float
     if (c->dtype == SDW_K_F16) {
         cudaError_t cr = cudaMemcpyAsync(*p, src, n * sizeof *src, cudaMemcpyHostToDevice, c->stream);
         if (cr != cudaSuccess)
-            rc = cuda_err(e, cr, "cudaMemcpyAsync", __FILE__, __LINE__);
+            rc = sdw_cuda_err(e, cr, "cudaMemcpyAsync", __FILE__, __LINE__);
     } else {
         float *host = malloc(n ? n * sizeof *host : 1);
         if (!host)
@@ -287,13 +166,6 @@ static int cuda_weight_f16(sdw_backend *be, const uint16_t *src, size_t n, float
         *p = NULL;
     }
     return rc;
-}
-
-/* Only the CPU backend makes low-precision weights (its halves); a tensor
- * here is always in the storage type. */
-static int no_lowp(int w_lowp, const char *op, sdw_error *e)
-{
-    return w_lowp ? sdw_fail(e, SDW_EINVAL, "cuda: %s: a weight in another backend's format", op) : SDW_OK;
 }
 
 static int cuda_linear(sdw_backend *be, const float *x, const float *w, int w_lowp, const float *bias, float *y,
@@ -373,19 +245,19 @@ static int attention_gemm(cuda_be *c, const float *q, const float *k, const floa
                 (int)cc, d, &zero, s, CUDA_R_32F, (int)tk, nr * tk, (int)heads, CUBLAS_COMPUTE_32F,
                 CUBLAS_GEMM_DEFAULT);
             if (st != CUBLAS_STATUS_SUCCESS) {
-                rc = cublas_err(e, st, "cublasGemmStridedBatchedEx", __FILE__, __LINE__);
+                rc = sdw_cublas_err(e, st, "cublasGemmStridedBatchedEx", __FILE__, __LINE__);
                 break;
             }
             cudaError_t cr = sdw_k_softmax_rows(s, pr, heads * nr, tk, nr, r0, causal, c->dtype, c->stream);
             if (cr != cudaSuccess) {
-                rc = cuda_err(e, cr, "sdw_k_softmax_rows", __FILE__, __LINE__);
+                rc = sdw_cuda_err(e, cr, "sdw_k_softmax_rows", __FILE__, __LINE__);
                 break;
             }
             st = cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d, (int)nr, (int)tk, &one, vh, t,
                                             (int)cc, d, pr, t, (int)tk, nr * tk, &zero, oh, t, (int)cc, d,
                                             (int)heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
             if (st != CUBLAS_STATUS_SUCCESS)
-                rc = cublas_err(e, st, "cublasGemmStridedBatchedEx", __FILE__, __LINE__);
+                rc = sdw_cublas_err(e, st, "cublasGemmStridedBatchedEx", __FILE__, __LINE__);
         }
     if (pr != s)
         dev_free(c, pr);
@@ -436,290 +308,6 @@ static int cuda_embed(sdw_backend *be, const float *table, const int32_t *ids, c
     CU_OR(sdw_k_embed(table, dids, pos, y, rows, dim, tpos, c->dtype, c->stream), dev_free(c, dids));
     dev_free(c, dids);
     return SDW_OK;
-}
-
-static void plan_destroy(conv_plan *p)
-{
-    cudnnDestroyTensorDescriptor(p->xd);
-    cudnnDestroyTensorDescriptor(p->yd);
-    cudnnDestroyFilterDescriptor(p->wd);
-    cudnnDestroyConvolutionDescriptor(p->cd);
-}
-
-static int ensure_ws(cuda_be *c, size_t bytes, sdw_error *e)
-{
-    if (bytes <= c->ws_bytes)
-        return SDW_OK;
-    /* A live graph's convolutions keep the old workspace's address. */
-    sdw_devmem_retire(c->mem, c->ws);
-    c->ws = NULL;
-    c->ws_bytes = 0;
-    int rc = dev_alloc(c, bytes, &c->ws, e);
-    if (rc)
-        return rc;
-    c->ws_bytes = bytes;
-    return SDW_OK;
-}
-
-enum { CONV_AUTO, CONV_CUDNN, CONV_GEMM };
-
-/* For b images, positions p0..p0 + np - 1 of their y (o x ytotal each) =
- * w (o x rows) cols[b] (rows x np), one strided batch. Column-major that is
- * y^T = cols^T w^T: np x o from np x rows and rows x o, leading dimensions
- * np, rows and ytotal. */
-static int conv_gemm(cuda_be *c, const void *cols, const void *w, void *y, int64_t b, int64_t rows, int64_t np,
-                     int64_t o, int64_t p0, int64_t ytotal, sdw_error *e)
-{
-    float alpha = 1.0f, beta = 0.0f;
-    cudaDataType_t t = blas_type(c->dtype);
-    void *yp = (char *)y + (size_t)p0 * dtype_size(c->dtype);
-    CUBLAS(cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)np, (int)o, (int)rows, &alpha, cols, t,
-                                      (int)np, rows * np, w, t, (int)rows, 0, &beta, yp, t, (int)ytotal, o * ytotal,
-                                      (int)b, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    return SDW_OK;
-}
-
-/* Runs a planned convolution of x by w into y (no bias). The columns'
- * product is the 1x1 one (conv1x1) over ch * kh * kw rows; where the
- * columns of every image do not fit in the workspace at once, they are
- * made and multiplied a band of output positions (p->band) of one image at
- * a time. */
-static int conv_run(cuda_be *c, const conv_plan *p, const void *x, const void *w, void *y, sdw_error *e)
-{
-    const int *k = p->key;
-    if (!p->gemm) {
-        float alpha = 1.0f, beta = 0.0f;
-        CUDNN(cudnnConvolutionForward(c->dnn, &alpha, p->xd, x, p->wd, w, p->cd, p->algo, c->ws, p->ws_bytes, &beta,
-                                      p->yd, y));
-        return SDW_OK;
-    }
-    int64_t b = k[1], ch = k[2], oh = k[11] >> 16, ow = k[11] & 0xffff, np = oh * ow, rows = ch * k[6] * k[7];
-    if (p->whole) {
-        CU(sdw_k_im2col(x, c->ws, b, ch, k[3], k[4], k[6], k[7], oh, ow, k[10], k[8], k[9], 0, np, c->dtype,
-                        c->stream));
-        return conv_gemm(c, c->ws, w, y, b, rows, np, k[5], 0, np, e);
-    }
-    size_t ds = dtype_size(c->dtype);
-    for (int64_t i = 0; i < b; i++) {
-        const void *xi = (const char *)x + (size_t)(i * ch * k[3] * k[4]) * ds;
-        void *yi = (char *)y + (size_t)(i * k[5] * np) * ds;
-        for (int64_t p0 = 0; p0 < np; p0 += p->band) {
-            int64_t n = np - p0 < p->band ? np - p0 : p->band;
-            CU(sdw_k_im2col(xi, c->ws, 1, ch, k[3], k[4], k[6], k[7], oh, ow, k[10], k[8], k[9], p0, n, c->dtype,
-                            c->stream));
-            int rc = conv_gemm(c, c->ws, w, yi, 1, rows, n, k[5], p0, np, e);
-            if (rc)
-                return rc;
-        }
-    }
-    return SDW_OK;
-}
-
-/* Seconds per run of the plan, the best of three after one to warm up,
- * each waited for: cuDNN's own timings cannot be compared with a cuBLAS
- * product's, so both ways are timed alike. */
-static int conv_time(cuda_be *c, const conv_plan *p, const void *x, const void *w, void *y, double *secs,
-                     sdw_error *e)
-{
-    *secs = INFINITY;
-    for (int i = 0; i < 4; i++) {
-        double t0 = sdw_now_s();
-        int rc = conv_run(c, p, x, w, y, e);
-        if (rc)
-            return rc;
-        CU(cudaStreamSynchronize(c->stream));
-        double dt = sdw_now_s() - t0;
-        if (i && dt < *secs)
-            *secs = dt;
-    }
-    return SDW_OK;
-}
-
-/* Describes the convolution and picks how to run it, once per shape: cuDNN
- * times its candidates on the real buffers (x, w, y), and in float32 only
- * direct algorithms without TF32 tensor-core math qualify, so that float32
- * results match the CPU reference. Then the best of them is timed against
- * im2col and a cuBLAS product (cuDNN's NCHW algorithms are slow on the
- * UNet's small, wide layers), and the faster one kept; SDW_CUDA_CONV=cudnn
- * or gemm takes one way throughout. */
-static int conv_plan_get(cuda_be *c, const int key[12], const void *x, const void *w, void *y, conv_plan **out,
-                         sdw_error *e)
-{
-    for (size_t i = 0; i < c->nplans; i++)
-        if (!memcmp(c->plans[i].key, key, sizeof c->plans[i].key)) {
-            *out = &c->plans[i];
-            return SDW_OK;
-        }
-    if (sdw_devmem_recording(c->mem))
-        return sdw_fail(e, SDW_EUNSUPPORTED, "conv2d: no algorithm chosen yet for this shape, and choosing one "
-                                             "(timing candidates) cannot be captured; run the step once first");
-    int rc = grow((void **)&c->plans, &c->capplans, c->nplans + 1, sizeof *c->plans, e);
-    if (rc)
-        return rc;
-    conv_plan *p = &c->plans[c->nplans];
-    memset(p, 0, sizeof *p);
-    memcpy(p->key, key, sizeof p->key);
-    int dt = key[0], b = key[1], ch = key[2], h = key[3], wd = key[4], o = key[5], kh = key[6], kw = key[7];
-    int pad_h = key[8], pad_w = key[9], stride = key[10];
-    cudnnDataType_t t = dt == SDW_K_F16 ? CUDNN_DATA_HALF : dt == SDW_K_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
-    CUDNN(cudnnCreateTensorDescriptor(&p->xd));
-    cudnnStatus_t st = cudnnCreateTensorDescriptor(&p->yd);
-    if (st == CUDNN_STATUS_SUCCESS)
-        st = cudnnCreateFilterDescriptor(&p->wd);
-    if (st == CUDNN_STATUS_SUCCESS)
-        st = cudnnCreateConvolutionDescriptor(&p->cd);
-    if (st != CUDNN_STATUS_SUCCESS) {
-        plan_destroy(p);
-        return cudnn_err(e, st, "cudnnCreate*Descriptor", __FILE__, __LINE__);
-    }
-#define PLAN(call)                                                                                                \
-    do {                                                                                                          \
-        cudnnStatus_t pl_rc_ = (call);                                                                            \
-        if (pl_rc_ != CUDNN_STATUS_SUCCESS) {                                                                     \
-            plan_destroy(p);                                                                                      \
-            return cudnn_err(e, pl_rc_, #call, __FILE__, __LINE__);                                               \
-        }                                                                                                         \
-    } while (0)
-    PLAN(cudnnSetTensor4dDescriptor(p->xd, CUDNN_TENSOR_NCHW, t, b, ch, h, wd));
-    PLAN(cudnnSetFilter4dDescriptor(p->wd, t, CUDNN_TENSOR_NCHW, o, ch, kh, kw));
-    PLAN(cudnnSetConvolution2dDescriptor(p->cd, pad_h, pad_w, stride, stride, 1, 1, CUDNN_CROSS_CORRELATION,
-                                         CUDNN_DATA_FLOAT));
-    PLAN(cudnnSetConvolutionMathType(p->cd, dt == SDW_K_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
-    int on, oc, ohh, oww;
-    PLAN(cudnnGetConvolution2dForwardOutputDim(p->cd, p->xd, p->wd, &on, &oc, &ohh, &oww));
-    if (on != b || oc != o || ohh != key[11] >> 16 || oww != (key[11] & 0xffff)) {
-        plan_destroy(p);
-        return sdw_fail(e, SDW_EDEVICE, "conv2d: cuDNN output %dx%dx%dx%d, expected %dx%dx%dx%d", on, oc, ohh, oww, b,
-                        o, key[11] >> 16, key[11] & 0xffff);
-    }
-    PLAN(cudnnSetTensor4dDescriptor(p->yd, CUDNN_TENSOR_NCHW, t, on, oc, ohh, oww));
-    if ((rc = ensure_ws(c, c->ws_cap, e))) {
-        plan_destroy(p);
-        return rc;
-    }
-    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    int found = 0;
-    PLAN(cudnnFindConvolutionForwardAlgorithmEx(c->dnn, p->xd, x, p->wd, w, p->cd, p->yd, y,
-                                                CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf, c->ws, c->ws_bytes));
-    /* Float32 also keeps to the algorithms that sum the products directly:
-     * the FFT and Winograd ones transform the operands and round the
-     * transforms (an H100 picked one for the UNet's 8x8 layers that was
-     * 2.2e-5 off the CPU at 11520 products per output). */
-    int pick = -1;
-    for (int i = 0; i < found && pick < 0; i++)
-        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= c->ws_cap &&
-            (dt != SDW_K_F32 || ((perf[i].mathType == CUDNN_FMA_MATH || perf[i].mathType == CUDNN_DEFAULT_MATH) &&
-                                 (perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM ||
-                                  perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
-                                  perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_GEMM ||
-                                  perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_DIRECT))))
-            pick = i;
-    if (pick < 0) {
-        plan_destroy(p);
-        return sdw_fail(e, SDW_EDEVICE, "conv2d: cuDNN has no algorithm for %dx%dx%dx%d * %dx%dx%dx%d (%s)", b, ch, h,
-                        wd, o, ch, kh, kw, dt == SDW_K_F32 ? "float32 without TF32" : "tensor cores");
-    }
-    /* DEFAULT_MATH would allow TF32 on Ampere and later: float32 stays FMA. */
-    PLAN(cudnnSetConvolutionMathType(p->cd, dt == SDW_K_F32 ? CUDNN_FMA_MATH : perf[pick].mathType));
-    p->algo = perf[pick].algo;
-    p->ws_bytes = perf[pick].memory;
-    /* The columns of every image at once, or else of one image a band of
-     * positions at a time, a multiple of 256 (whole GEMM tiles) where it can. */
-    int64_t np = (int64_t)(key[11] >> 16) * (key[11] & 0xffff);
-    size_t per_pos = (size_t)ch * (size_t)(kh * kw) * dtype_size(dt);
-    int whole = (size_t)b * (size_t)np * per_pos <= c->ws_cap;
-    int64_t band = np;
-    if (!whole) {
-        band = (int64_t)(c->ws_cap / per_pos);
-        band = band > np ? np : band > 256 ? band / 256 * 256 : band;
-    }
-    if (c->conv_mode != CONV_CUDNN && band > 0) {
-        size_t col = (size_t)(whole ? b : 1) * (size_t)band * per_pos;
-        conv_plan g = *p;
-        g.gemm = 1;
-        g.whole = whole;
-        g.band = band;
-        g.ws_bytes = col;
-        double t_dnn = 0, t_gemm = 0;
-        if (c->conv_mode == CONV_AUTO && ((rc = conv_time(c, p, x, w, y, &t_dnn, e)) ||
-                                          (rc = conv_time(c, &g, x, w, y, &t_gemm, e)))) {
-            plan_destroy(p);
-            return rc;
-        }
-        if (c->conv_mode == CONV_GEMM || t_gemm < t_dnn) {
-            p->gemm = 1;
-            p->whole = whole;
-            p->band = band;
-            p->ws_bytes = col;
-        }
-    }
-#undef PLAN
-    c->nplans++;
-    *out = p;
-    return SDW_OK;
-}
-
-/* A 1x1 convolution is a product per image, y[b] (o x hw) = w (o x ch) x[b]
- * (ch x hw), taken as one strided batch through cuBLAS (conv_gemm): cuDNN's
- * NCHW algorithms for these shapes (the UNet's shortcuts, a few hundred
- * positions over thousands of channels) ran at 4 to 15 TFLOP/s on an H100.
- * The bias is added after, as on cuDNN's path. */
-static int conv1x1(cuda_be *c, const float *x, const float *w, const float *bias, float *y, int64_t b, int64_t ch,
-                   int64_t hw, int64_t o, sdw_error *e)
-{
-    int rc = conv_gemm(c, x, w, y, b, ch, hw, o, 0, hw, e);
-    if (!rc && bias)
-        CU(sdw_k_add_rows(y, bias, y, b * o, hw, o, c->dtype, c->stream));
-    return rc;
-}
-
-static int cuda_conv2d(sdw_backend *be, const float *x, const float *w, int w_lowp, const float *bias, float *y,
-                       int64_t b, int64_t ch, int64_t h, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t oh,
-                       int64_t ow, int stride, int pad_t, int pad_l, sdw_error *e)
-{
-    cuda_be *c = priv(be);
-    int rc = no_lowp(w_lowp, "conv2d", e);
-    if (rc)
-        return rc;
-    int64_t dims[] = {b, ch, h, wd, o, kh, kw, oh, ow, b * ch * h * wd, b * o * oh * ow};
-    for (size_t i = 0; i < sizeof dims / sizeof *dims; i++)
-        if (dims[i] > INT_MAX || (i == 7 || i == 8 ? dims[i] > 0x7fff : 0))
-            return too_big(e, "conv2d", dims[i]);
-    /* cuDNN pads symmetrically. When the output size implies other bottom or
-     * right padding (the VAE encoder's 0,1 downsampling), the input is padded
-     * here and convolved without padding. */
-    int64_t sym_h = h + 2 * pad_t >= kh ? (h + 2 * pad_t - kh) / stride + 1 : -1;
-    int64_t sym_w = wd + 2 * pad_l >= kw ? (wd + 2 * pad_l - kw) / stride + 1 : -1;
-    int explicit_pad = sym_h != oh || sym_w != ow;
-    int64_t hp = explicit_pad ? (oh - 1) * stride + kh : h, wp = explicit_pad ? (ow - 1) * stride + kw : wd;
-    if (hp > INT_MAX || wp > INT_MAX || b * ch * hp * wp > INT_MAX)
-        return too_big(e, "conv2d", b * ch * hp * wp);
-    int dt = c->dtype;
-    if (kh == 1 && kw == 1 && stride == 1 && !explicit_pad && pad_t == 0 && pad_l == 0)
-        return conv1x1(c, x, w, bias, y, b, ch, h * wd, o, e);
-    const void *xin = x;
-    void *xs = NULL;
-    if (explicit_pad) {
-        if ((rc = dev_alloc(c, (size_t)(b * ch * hp * wp) * dtype_size(dt), &xs, e)))
-            return rc;
-        CU_OR(sdw_k_pad(x, xs, b * ch, h, wd, hp, wp, pad_t, pad_l, dt, c->stream), dev_free(c, xs));
-        xin = xs;
-    }
-    int key[12] = {dt, (int)b, (int)ch, (int)hp, (int)wp, (int)o, (int)kh, (int)kw, explicit_pad ? 0 : pad_t,
-                   explicit_pad ? 0 : pad_l, stride, (int)(oh << 16 | ow)};
-    conv_plan *p = NULL;
-    if ((rc = conv_plan_get(c, key, xin, w, y, &p, e)) || (rc = ensure_ws(c, p->ws_bytes, e)) ||
-        (rc = conv_run(c, p, xin, w, y, e)))
-        goto out;
-    /* In place, one pass over y: bias[o] for every image's channel o. */
-    if (bias) {
-        cudaError_t cr = sdw_k_add_rows(y, bias, y, b * o, oh * ow, o, dt, c->stream);
-        if (cr != cudaSuccess)
-            rc = cuda_err(e, cr, "sdw_k_add_rows", __FILE__, __LINE__);
-    }
-out:
-    dev_free(c, xs);
-    return rc;
 }
 
 static int cuda_group_norm(sdw_backend *be, const float *x, const float *gamma, const float *beta, float *y,
@@ -846,7 +434,7 @@ static int cuda_graph_end(sdw_backend *be, int keep, void **out, sdw_error *e)
     int rc = SDW_OK;
     if (cr != cudaSuccess) {
         cudaGetLastError();
-        rc = cuda_err(e, cr, "cudaStreamEndCapture", __FILE__, __LINE__);
+        rc = sdw_cuda_err(e, cr, "cudaStreamEndCapture", __FILE__, __LINE__);
         keep = 0;
     }
     cuda_graph *cg = keep ? calloc(1, sizeof *cg) : NULL;
@@ -861,7 +449,7 @@ static int cuda_graph_end(sdw_backend *be, int keep, void **out, sdw_error *e)
         cr = cudaGraphInstantiate(&cg->exec, g, 0);
         if (cr != cudaSuccess) {
             cudaGetLastError();
-            rc = cuda_err(e, cr, "cudaGraphInstantiate", __FILE__, __LINE__);
+            rc = sdw_cuda_err(e, cr, "cudaGraphInstantiate", __FILE__, __LINE__);
             sdw_devmem_owned_release(c->mem, cg->owned);
         }
     }
@@ -900,8 +488,7 @@ static void cuda_destroy(sdw_backend *be)
     cuda_be *c = priv(be);
     if (c->stream)
         cudaStreamSynchronize(c->stream);
-    for (size_t i = 0; i < c->nplans; i++)
-        plan_destroy(&c->plans[i]);
+    sdw_cuda_conv_plans_free(c);
     if (c->dnn)
         cudnnDestroy(c->dnn);
     if (c->blas)
@@ -909,7 +496,6 @@ static void cuda_destroy(sdw_backend *be)
     sdw_devmem_destroy(c->mem);
     if (c->stream)
         cudaStreamDestroy(c->stream);
-    free(c->plans);
     free(c);
 }
 
@@ -926,7 +512,7 @@ static const sdw_backend_ops cuda_ops = {
     .act = cuda_act,
     .add = cuda_add,
     .embed = cuda_embed,
-    .conv2d = cuda_conv2d,
+    .conv2d = sdw_cuda_conv2d,
     .group_norm = cuda_group_norm,
     .upsample_nearest = cuda_upsample_nearest,
     .concat = cuda_concat,
@@ -992,6 +578,7 @@ int sdw_backend_cuda(sdw_backend **out, int device, sdw_precision prec, sdw_erro
     c->pub.priv = c;
     c->device = device;
     c->prec = prec;
+    sdw_array_init(&c->plans, sizeof(conv_plan));
     c->dtype = prec == SDW_PREC_FP16 ? SDW_K_F16 : prec == SDW_PREC_BF16 ? SDW_K_BF16 : SDW_K_F32;
     /* SDW_CUDA_ATTENTION=simt forces the float32 attention kernel in every
      * precision (to compare against, or to fall back on should the

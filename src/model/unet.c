@@ -545,7 +545,7 @@ static int upload_time_features(sdw_unet *u, const float *timesteps, int b, sdw_
     if (!feat)
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
     timestep_features(&u->cfg, timesteps, b, feat);
-    rc = u->be->ops->upload(u->be, u->tfeat.data, feat, (size_t)(b * c0), e);
+    rc = sdw_tensor_upload(&u->tfeat, feat, e);
     free(feat);
     return rc;
 }
@@ -740,7 +740,7 @@ int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, c
     if (u->graph) {
         if (!(rc = sdw_graph_launch(u->graph, e)))
             u->replays++;
-    } else if (!u->graph_off && u->be->ops->graph_begin && same) {
+    } else if (!u->graph_off && sdw_backend_has_graphs(u->be) && same) {
         rc = record(u, x, ctx, eps, e);
     } else {
         rc = forward_body(u, x, ctx, eps, e);

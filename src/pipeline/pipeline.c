@@ -200,7 +200,7 @@ static int encode_text(sdw_pipeline *p, const sdw_gen_params *gp, gen_state *s, 
         sdw_tensor_free(&part);
     }
     if (!rc)
-        rc = p->be->ops->upload(p->be, s->ctx.data, host, (size_t)s->batch * row, e);
+        rc = sdw_tensor_upload(&s->ctx, host, e);
     free(host);
     return rc;
 }
@@ -328,7 +328,7 @@ static int denoise(sdw_pipeline *p, const sdw_gen_params *gp, gen_state *s, sdw_
         float t[2] = {ts[i], ts[i]};
         sdw_sched_scale_model_input(s->sched, s->latents, scaled, s->n);
         build_unet_input(p, s, scaled);
-        rc = p->be->ops->upload(p->be, s->x.data, s->unet_in, (size_t)s->batch * s->cin * plane, e);
+        rc = sdw_tensor_upload(&s->x, s->unet_in, e);
         if (!rc)
             rc = sdw_unet_forward(p->unet, &s->x, t, &s->ctx, &s->eps, e);
         if (!rc)

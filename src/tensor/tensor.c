@@ -84,6 +84,13 @@ int sdw_tensor_weight_f16(sdw_tensor *t, sdw_backend *be, int ndim, const int64_
     return rc;
 }
 
+int sdw_tensor_upload(sdw_tensor *t, const float *src, sdw_error *e)
+{
+    if (t->lowp)
+        return sdw_fail(e, SDW_EINVAL, "a half-precision weight cannot be overwritten with float32");
+    return t->be->ops->upload(t->be, t->data, src, (size_t)sdw_tensor_numel(t), e);
+}
+
 int sdw_tensor_to_host(const sdw_tensor *t, float *dst, sdw_error *e)
 {
     if (t->lowp)
@@ -121,6 +128,11 @@ struct sdw_graph {
     sdw_backend *be;
     void *impl;
 };
+
+int sdw_backend_has_graphs(const sdw_backend *be)
+{
+    return be->ops->graph_begin != NULL;
+}
 
 int sdw_graph_begin(sdw_backend *be, sdw_error *e)
 {

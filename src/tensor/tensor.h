@@ -145,6 +145,9 @@ void sdw_backend_trim(sdw_backend *be);
  * sdw_graph_end fails, the ops recorded since sdw_graph_begin did not run and
  * must be run again directly. */
 typedef struct sdw_graph sdw_graph;
+/* Whether the backend can record at all (a recording may still fail, or be
+ * turned off, at sdw_graph_begin). */
+int sdw_backend_has_graphs(const sdw_backend *be);
 int sdw_graph_begin(sdw_backend *be, sdw_error *e);
 int sdw_graph_end(sdw_backend *be, sdw_graph **g, sdw_error *e);
 /* Ends a recording without keeping it (after an op failed while recording). */
@@ -156,6 +159,8 @@ void sdw_graph_free(sdw_graph *g);
 int sdw_tensor_new(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape, sdw_error *e);
 int sdw_tensor_from_host(sdw_tensor *t, sdw_backend *be, int ndim, const int64_t *shape,
                          const float *src, sdw_error *e);
+/* Overwrites the whole of t with numel floats from the host. */
+int sdw_tensor_upload(sdw_tensor *t, const float *src, sdw_error *e);
 int sdw_tensor_to_host(const sdw_tensor *t, float *dst, sdw_error *e);
 /* A weight of linear or conv2d from IEEE halves: kept as halves (lowp) on
  * the CPU, which converts blocks just before each product (exact); stored
