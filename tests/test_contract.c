@@ -112,7 +112,7 @@ static void test_defaults(void)
     tap_ok(rc == 0, "all fields given");
     tap_ok(strcmp(r.negative_prompt, "blurry") == 0 && r.steps == 30 && r.guidance_scale == 5 &&
                r.width == 640 && r.height == 384 && r.seed == 42 && !r.seed_random &&
-               strcmp(r.worker_id, "w1") == 0 && r.sampler == SDW_JOB_SAMPLER_DDIM && r.eta == 0.5 &&
+               strcmp(r.worker_id, "w1") == 0 && r.sampler == SDW_SAMPLER_DDIM && r.eta == 0.5 &&
                r.clip_skip == 2,
            "all given fields read");
     sdw_job_request_free(&r);
@@ -596,7 +596,7 @@ static void test_serialize(void)
     tap_ok(back.op == r.op && strcmp(back.prompt, r.prompt) == 0 && strcmp(back.negative_prompt, "dog") == 0 &&
                strcmp(back.model, "org/m") == 0 && strcmp(back.worker_id, "w") == 0 && back.steps == 33 &&
                back.guidance_scale == r.guidance_scale && back.seed == UINT64_MAX && !back.seed_random &&
-               back.sampler == SDW_JOB_SAMPLER_DDIM && back.eta == r.eta && back.clip_skip == 1 &&
+               back.sampler == SDW_SAMPLER_DDIM && back.eta == r.eta && back.clip_skip == 1 &&
                back.strength == r.strength,
            "all parameters survive the round trip exactly");
     tap_ok(back.init_image.len == r.init_image.len && memcmp(back.init_image.data, r.init_image.data, r.init_image.len) == 0 &&

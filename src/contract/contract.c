@@ -85,21 +85,6 @@ const char *sdw_operation_name(sdw_operation op)
     return "";
 }
 
-static const char *const sampler_names[] = {
-    [SDW_JOB_SAMPLER_DEFAULT] = "",
-    [SDW_JOB_SAMPLER_EULER] = "euler",
-    [SDW_JOB_SAMPLER_EULER_A] = "euler_a",
-    [SDW_JOB_SAMPLER_DDIM] = "ddim",
-    [SDW_JOB_SAMPLER_DPMPP_2M] = "dpmpp_2m",
-    [SDW_JOB_SAMPLER_DPMPP_2M_KARRAS] = "dpmpp_2m_karras",
-    [SDW_JOB_SAMPLER_PNDM] = "pndm",
-};
-#define N_SAMPLERS (sizeof sampler_names / sizeof sampler_names[0])
-
-const char *sdw_sampler_name(sdw_job_sampler s)
-{
-    return (unsigned)s < N_SAMPLERS ? sampler_names[s] : "";
-}
 
 /* The rbee operations that exist but are not image work. */
 static const char *const other_rbee_ops[] = {
@@ -492,7 +477,7 @@ static int get_image(parse_ctx *c, const char *name, const char *alias, sdw_imag
     return 0;
 }
 
-static int get_sampler(parse_ctx *c, sdw_job_sampler *out)
+static int get_sampler(parse_ctx *c, int *out)
 {
     const char *s;
     size_t n;
@@ -500,12 +485,12 @@ static int get_sampler(parse_ctx *c, sdw_job_sampler *out)
     *out = SDW_JOB_SAMPLER_DEFAULT;
     if (rc || !s)
         return rc;
-    for (size_t i = 0; i < N_SAMPLERS; i++)
-        if (strcmp(s, sampler_names[i]) == 0) {
-            *out = (sdw_job_sampler)i;
-            return 0;
-        }
-    return bad(c, "sampler", "one of euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, pndm");
+    int named = sdw_sampler_parse(s);
+    if (named >= 0) {
+        *out = named;
+        return 0;
+    }
+    return sdw_api_fail(c->e, 400, SDW_API_INVALID_VALUE, "sampler must be one of %s", sdw_sampler_names);
 }
 
 static int parse_fields(parse_ctx *c, sdw_operation op, sdw_job_request *r)
@@ -531,7 +516,7 @@ static int parse_fields(parse_ctx *c, sdw_operation op, sdw_job_request *r)
         (rc = get_int(c, "clip_skip", 0, 0, 11, &r->clip_skip)) ||
         (rc = get_seed(c, r)))
         return rc;
-    if (r->eta != 0 && r->sampler != SDW_JOB_SAMPLER_DDIM)
+    if (r->eta != 0 && r->sampler != SDW_SAMPLER_DDIM)
         return bad(c, "eta", "0 unless sampler is ddim");
 
     json_object *loras = field(c, "loras");

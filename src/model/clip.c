@@ -17,11 +17,6 @@ struct sdw_clip {
     clip_layer *layers;
 };
 
-const sdw_clip_config *sdw_clip_config_of(const sdw_clip *c)
-{
-    return &c->cfg;
-}
-
 static int load_vec(sdw_clip *c, const sdw_weights *w, sdw_tensor *t, const char *name, int64_t n, sdw_error *e)
 {
     return sdw_param_load(t, c->be, w, name, 1, &n, e);

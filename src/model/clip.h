@@ -12,7 +12,6 @@ typedef struct sdw_clip sdw_clip;
 int sdw_clip_load(sdw_clip **c, sdw_backend *be, const sdw_clip_config *cfg, const sdw_weights *w,
                   sdw_error *e);
 void sdw_clip_free(sdw_clip *c);
-const sdw_clip_config *sdw_clip_config_of(const sdw_clip *c);
 
 /* ids: host [batch, tokens] with tokens <= max_positions; out: [batch,
  * tokens, hidden] on the encoder's backend. clip_skip k (0 = off) stops k

@@ -36,11 +36,6 @@ struct sdw_vae {
     vae_mid enc_mid, dec_mid;
 };
 
-const sdw_vae_config *sdw_vae_config_of(const sdw_vae *v)
-{
-    return &v->cfg;
-}
-
 static const sdw_vae_config sd1_vae = {
     .in_channels = 3,
     .out_channels = 3,

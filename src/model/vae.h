@@ -27,7 +27,6 @@ int sdw_vae_config_parse(sdw_vae_config *cfg, const json_object *json, sdw_error
 int sdw_vae_load(sdw_vae **out, sdw_backend *be, const sdw_vae_config *cfg, const sdw_weights *w,
                  sdw_layout layout, sdw_error *e);
 void sdw_vae_free(sdw_vae *v);
-const sdw_vae_config *sdw_vae_config_of(const sdw_vae *v);
 
 /* latents [b,latent,h,w] as the sampler holds them (scaled by
  * scaling_factor) -> image [b,out,h*f,w*f], f = 2^(nblocks-1), about [-1,1]. */

@@ -18,11 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char sdw_sampler_names[] = "euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, pndm";
-
-static const char *const sampler_name[] = {"euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras",
-                                           "pndm"};
-
 enum spacing { SP_LEADING, SP_TRAILING, SP_LINSPACE };
 
 struct sdw_sched {
@@ -93,16 +88,6 @@ static int cfg_num(const json_object *cfg, const char *key, double def, double *
         return sdw_fail(e, SDW_EFORMAT, "scheduler config: %s is not a number", key);
     *out = json_object_get_double(v);
     return 0;
-}
-
-static int parse_sampler(const char *name, sdw_sampler *out)
-{
-    for (size_t i = 0; i < sizeof sampler_name / sizeof *sampler_name; i++)
-        if (!strcmp(name, sampler_name[i])) {
-            *out = (sdw_sampler)i;
-            return 0;
-        }
-    return -1;
 }
 
 static int class_sampler(const json_object *cfg, sdw_sampler *out, sdw_error *e)
@@ -246,8 +231,10 @@ int sdw_sched_create(sdw_sched **out, const json_object *config, const char *sam
     int rc;
     json_object *own = NULL;
     if (sampler && *sampler) {
-        if (parse_sampler(sampler, &k))
+        int named = sdw_sampler_parse(sampler);
+        if (named < 0)
             return sdw_fail(e, SDW_EINVAL, "unknown sampler \"%s\" (valid: %s)", sampler, sdw_sampler_names);
+        k = (sdw_sampler)named;
     } else if ((rc = class_sampler(config, &k, e))) {
         return rc;
     }
@@ -370,7 +357,7 @@ void sdw_sched_free(sdw_sched *s)
 }
 
 sdw_sampler sdw_sched_sampler(const sdw_sched *s) { return s->kind; }
-const char *sdw_sched_sampler_name(const sdw_sched *s) { return sampler_name[s->kind]; }
+const char *sdw_sched_sampler_name(const sdw_sched *s) { return sdw_sampler_name(s->kind); }
 
 /* ---- timesteps ---- */
 
@@ -578,7 +565,6 @@ int sdw_sched_set_timesteps(sdw_sched *s, int steps, double strength, sdw_error 
 int sdw_sched_num_calls(const sdw_sched *s) { return s->ts ? s->nfull - s->begin : 0; }
 const float *sdw_sched_timesteps(const sdw_sched *s) { return s->ts ? s->ts + s->begin : NULL; }
 const float *sdw_sched_sigmas(const sdw_sched *s) { return s->sigmas ? s->sigmas + s->begin : NULL; }
-int sdw_sched_position(const sdw_sched *s) { return s->idx - s->begin; }
 float sdw_sched_init_noise_sigma(const sdw_sched *s) { return s->init_sigma; }
 
 float sdw_sched_input_divisor(const sdw_sched *s)
@@ -857,7 +843,7 @@ int sdw_sched_step(sdw_sched *s, const float *model_output, float *x, const floa
     if (n == 0 || (s->n && n != s->n))
         return sdw_fail(e, SDW_EINVAL, "scheduler step: %zu elements, run started with %zu", n, s->n);
     if (sdw_sched_step_needs_noise(s) && !noise)
-        return sdw_fail(e, SDW_EINVAL, "%s step needs noise", sampler_name[s->kind]);
+        return sdw_fail(e, SDW_EINVAL, "%s step needs noise", sdw_sampler_name(s->kind));
     if (!s->n) {
         int rc = alloc_state(s, n, e);
         if (rc)

@@ -28,18 +28,8 @@
 #include <stddef.h>
 
 #include "base/err.h"
+#include "base/sampler.h"
 
-typedef enum sdw_sampler {
-    SDW_SAMPLER_EULER,           /* EulerDiscreteScheduler */
-    SDW_SAMPLER_EULER_A,         /* EulerAncestralDiscreteScheduler */
-    SDW_SAMPLER_DDIM,            /* DDIMScheduler (eta from the request) */
-    SDW_SAMPLER_DPMPP_2M,        /* DPMSolverMultistepScheduler, use_karras_sigmas false */
-    SDW_SAMPLER_DPMPP_2M_KARRAS, /* DPMSolverMultistepScheduler, use_karras_sigmas true */
-    SDW_SAMPLER_PNDM,            /* PNDMScheduler with skip_prk_steps (PLMS) */
-} sdw_sampler;
-
-/* "euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, pndm", for messages. */
-extern const char sdw_sampler_names[];
 
 typedef struct sdw_sched sdw_sched;
 
@@ -72,8 +62,6 @@ const float *sdw_sched_timesteps(const sdw_sched *s);
 /* The Euler/DPM sigmas matching sdw_sched_timesteps(), plus the final one
  * (num_calls + 1 values); NULL for ddim and pndm. */
 const float *sdw_sched_sigmas(const sdw_sched *s);
-/* Index into sdw_sched_timesteps() of the next step(). */
-int sdw_sched_position(const sdw_sched *s);
 
 /* Initial latents are randn * this for txt2img (1 except for the Euler family). */
 float sdw_sched_init_noise_sigma(const sdw_sched *s);

@@ -176,15 +176,6 @@ static uint64_t random_seed(void)
     return s;
 }
 
-static int sampler_known(const char *name)
-{
-    size_t n = strlen(name);
-    for (const char *p = sdw_sampler_names; (p = strstr(p, name)); p += n)
-        if ((p == sdw_sampler_names || p[-1] == ' ') && (p[n] == ',' || p[n] == 0))
-            return 1;
-    return 0;
-}
-
 /* Loads an image (grey for masks); a size that is not a multiple of 8, or
  * that differs from want_w x want_h when those are set, is resized. */
 static int load_input(const char *what, const char *path, int grey, int want_w, int want_h, sdw_image *img,
@@ -315,7 +306,7 @@ int main(int argc, char **argv)
                         "inpainting use the init image's size\n");
         return EXIT_USAGE;
     }
-    if (sampler && !sampler_known(sampler)) {
+    if (sampler && sdw_sampler_parse(sampler) < 0) {
         fprintf(stderr, "sdworker-generate: unknown sampler '%s' (valid: %s)\n", sampler, sdw_sampler_names);
         return EXIT_USAGE;
     }
