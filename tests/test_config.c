@@ -1,7 +1,7 @@
 /* The configuration parser: defaults, every key, rejected values with their
  * file:line, duplicates, overrides, models, and the dump round trip. */
-#include "tap.h"
 #include "config/config.h"
+#include "tap.h"
 
 #include <string.h>
 #include <unistd.h>

@@ -1,8 +1,8 @@
 /* The request contract: defaults, every range boundary, types, malformed
  * bodies, rbee's other operations, images and the error JSON. */
 #define _GNU_SOURCE
-#include "contract/contract.h"
 #include "base/err.h"
+#include "contract/contract.h"
 #include "tap.h"
 
 #include <json-c/json.h>

@@ -13,10 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
-#include "fixture.h"
 #include "backend/backend.h"
 #include "base/half.h"
+#include "fixture.h"
+#include "kernels.h"
 #include "tap.h"
 #include "tensor/tensor.h"
 

@@ -13,11 +13,11 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
+#include "fixture.h"
 #include "model/model.h"
 #include "model/safetensors.h"
-#include "fixture.h"
-#include "tap.h"
 #include "model/vae.h"
+#include "tap.h"
 
 #define TOL 1e-4
 

@@ -578,7 +578,6 @@ int sdw_backend_cuda(sdw_backend **out, int device, sdw_precision prec, sdw_erro
     c->pub.priv = c;
     c->device = device;
     c->prec = prec;
-    sdw_array_init(&c->plans, sizeof(conv_plan));
     c->dtype = prec == SDW_PREC_FP16 ? SDW_K_F16 : prec == SDW_PREC_BF16 ? SDW_K_BF16 : SDW_K_F32;
     /* SDW_CUDA_ATTENTION=simt forces the float32 attention kernel in every
      * precision (to compare against, or to fall back on should the

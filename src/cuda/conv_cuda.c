@@ -23,8 +23,8 @@ static void plan_destroy(conv_plan *p)
 void sdw_cuda_conv_plans_free(cuda_be *c)
 {
     for (size_t i = 0; i < c->plans.n; i++)
-        plan_destroy(sdw_array_at(&c->plans, i));
-    sdw_array_free(&c->plans);
+        plan_destroy(&c->plans.v[i]);
+    sdw_vec_free(&c->plans);
 }
 
 static int ensure_ws(cuda_be *c, size_t bytes, sdw_error *e)
@@ -124,21 +124,19 @@ static int conv_time(cuda_be *c, const conv_plan *p, const void *x, const void *
 static int conv_plan_get(cuda_be *c, const conv_shape *key, const void *x, const void *w, void *y, conv_plan **out,
                          sdw_error *e)
 {
-    for (size_t i = 0; i < c->plans.n; i++) {
-        conv_plan *known = sdw_array_at(&c->plans, i);
-        if (!memcmp(&known->key, key, sizeof *key)) {
-            *out = known;
+    for (size_t i = 0; i < c->plans.n; i++)
+        if (!memcmp(&c->plans.v[i].key, key, sizeof *key)) {
+            *out = &c->plans.v[i];
             return SDW_OK;
         }
-    }
     if (sdw_devmem_recording(c->mem))
         return sdw_fail(e, SDW_EUNSUPPORTED, "conv2d: no algorithm chosen yet for this shape, and choosing one "
                                              "(timing candidates) cannot be captured; run the step once first");
     /* Room first, so that a plan made is never lost to a failed push. */
-    int rc = sdw_array_reserve(&c->plans, c->plans.n + 1, e);
+    int rc = sdw_vec_reserve(&c->plans, c->plans.n + 1, e);
     if (rc)
         return rc;
-    conv_plan *p = sdw_array_at(&c->plans, c->plans.n);
+    conv_plan *p = &c->plans.v[c->plans.n];
     memset(p, 0, sizeof *p);
     p->key = *key;
     int dt = key->dtype, b = key->b, ch = key->ch, h = key->h, wd = key->w, o = key->o, kh = key->kh, kw = key->kw;

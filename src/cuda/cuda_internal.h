@@ -11,7 +11,7 @@
 #include <cudnn.h>
 
 #include "backend/backend.h"
-#include "base/array.h"
+#include "base/vec.h"
 #include "cuda/devmem.h"
 #include "kernels/kernels.h"
 #include "tensor/tensor.h"
@@ -53,7 +53,7 @@ typedef struct cuda_be {
     cublasHandle_t blas;
     cudnnHandle_t dnn;
     sdw_devmem *mem;
-    sdw_array plans; /* of conv_plan, one per shape seen */
+    SDW_VEC(conv_plan) plans; /* one per shape seen */
     void *ws;
     size_t ws_bytes;
     size_t ws_cap; /* the most a convolution's algorithm may use */

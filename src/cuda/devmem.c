@@ -1,5 +1,7 @@
 #include "cuda/devmem.h"
 
+#include "base/vec.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,10 +11,7 @@ typedef struct block {
     unsigned tag; /* the recording that used it; 0 outside recordings */
 } block;
 
-typedef struct blocks {
-    block *v;
-    size_t n, cap;
-} blocks;
+typedef SDW_VEC(block) blocks;
 
 struct sdw_devmem_owned {
     blocks set;
@@ -28,20 +27,6 @@ struct sdw_devmem {
     size_t owned_sets;
     unsigned tag, last_tag;
 };
-
-static int push(blocks *b, block x)
-{
-    if (b->n == b->cap) {
-        size_t nc = b->cap ? b->cap * 2 : 64;
-        block *v = realloc(b->v, nc * sizeof *v);
-        if (!v)
-            return -1;
-        b->v = v;
-        b->cap = nc;
-    }
-    b->v[b->n++] = x;
-    return 0;
-}
 
 /* Sizes are rounded so that blocks of nearly the same size share a cache
  * bucket: 512 bytes below 1 MiB, 2 MiB above. */
@@ -142,8 +127,8 @@ int sdw_devmem_alloc(sdw_devmem *m, size_t want, void **out, sdw_error *e)
     }
     b.tag = m->tag;
     /* Room first, so that a failure leaves nothing half done. */
-    if (push(&m->live, b)) {
-        if (push(&m->cache, b))
+    if (sdw_vec_push(&m->live, b, NULL)) {
+        if (sdw_vec_push(&m->cache, b, NULL))
             raw_free(m, b);
         return sdw_fail(e, SDW_ENOMEM, "out of host memory");
     }
@@ -177,7 +162,7 @@ void sdw_devmem_free(sdw_devmem *m, void *p)
         m->h.released(m->h.ctx, b.p, b.bytes);
     /* Given back during a recording: a replay may write it. */
     b.tag = m->tag;
-    if (push(&m->cache, b) && !m->tag)
+    if (sdw_vec_push(&m->cache, b, NULL) && !m->tag)
         raw_free(m, b);
     /* Without host memory for the cache entry during a recording the block
      * is lost until destroy would have found it: it cannot be freed there,
@@ -216,7 +201,7 @@ int sdw_devmem_record_end(sdw_devmem *m, int keep, sdw_devmem_owned **owned, sdw
     if (keep && !rc && !(o = calloc(1, sizeof *o)))
         rc = sdw_fail(e, SDW_ENOMEM, "out of host memory");
     for (size_t i = 0; o && !rc && i < m->cache.n; i++)
-        if (m->cache.v[i].tag == tag && push(&o->set, m->cache.v[i]))
+        if (m->cache.v[i].tag == tag && sdw_vec_push(&o->set, m->cache.v[i], NULL))
             rc = sdw_fail(e, SDW_ENOMEM, "out of host memory");
     if (rc || !keep) {
         if (o)
@@ -243,7 +228,7 @@ void sdw_devmem_owned_release(sdw_devmem *m, sdw_devmem_owned *o)
     for (size_t i = 0; i < o->set.n; i++) {
         block b = o->set.v[i];
         b.tag = 0;
-        if (push(&m->cache, b))
+        if (sdw_vec_push(&m->cache, b, NULL))
             raw_free(m, b);
     }
     free(o->set.v);
@@ -261,7 +246,7 @@ void sdw_devmem_retire(sdw_devmem *m, void *p)
     if (m->owned_sets || m->tag) {
         /* Without host memory to note it, it stays live until destroy:
          * lost, but never handed out under a replay. */
-        push(&m->retired, m->live.v[at]);
+        sdw_vec_push(&m->retired, m->live.v[at], NULL);
         return;
     }
     sdw_devmem_free(m, p);

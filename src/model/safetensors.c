@@ -1,5 +1,6 @@
 #include "model/safetensors.h"
 #include "base/half.h"
+#include "base/vec.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -81,9 +82,9 @@ static int str_cmp(const void *a, const void *b)
  * and nesting state is enough. Returns the number of keys. */
 static size_t count_top_keys(const char *s, size_t n, char ***raw_keys)
 {
-    size_t count = 0, cap = 0;
+    size_t count = 0;
     int depth = 0;
-    char **keys = NULL;
+    SDW_VEC(char *) keys = {0};
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         if (c == '{' || c == '[') {
@@ -104,24 +105,18 @@ static size_t count_top_keys(const char *s, size_t n, char ***raw_keys)
                 j++;
             if (j < n && s[j] == ':') {
                 if (raw_keys) {
-                    if (count == cap) {
-                        size_t nc = cap ? cap * 2 : 64;
-                        char **nk = realloc(keys, nc * sizeof *nk);
-                        if (!nk)
-                            break;
-                        keys = nk;
-                        cap = nc;
-                    }
-                    keys[count] = strndup(s + start, i + 1 - start);
-                    if (!keys[count])
+                    char *key = strndup(s + start, i + 1 - start);
+                    if (!key || sdw_vec_push(&keys, key, NULL)) {
+                        free(key);
                         break;
+                    }
                 }
                 count++;
             }
         }
     }
     if (raw_keys)
-        *raw_keys = keys;
+        *raw_keys = keys.v;
     return count;
 }
 

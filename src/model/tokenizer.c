@@ -38,6 +38,8 @@
 #define _GNU_SOURCE /* memmem */
 #include "model/tokenizer.h"
 
+#include "base/vec.h"
+
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdbool.h>
@@ -827,42 +829,18 @@ static uint32_t lower_sigma(const uint32_t *w, size_t n, size_t i)
 
 /* ---- growable buffers for one encode call ---- */
 
-typedef struct u32vec {
-    uint32_t *v;
-    size_t n, cap;
-} u32vec;
+typedef SDW_VEC(uint32_t) u32vec;
+typedef SDW_VEC(int32_t) i32vec;
 
-typedef struct i32vec {
-    int32_t *v;
-    size_t n, cap;
-} i32vec;
-
+/* true when pushed: the callers chain them with && */
 static bool u32_push(u32vec *b, uint32_t x)
 {
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 64;
-        uint32_t *nv = realloc(b->v, cap * sizeof *nv);
-        if (!nv)
-            return false;
-        b->v = nv;
-        b->cap = cap;
-    }
-    b->v[b->n++] = x;
-    return true;
+    return sdw_vec_push(b, x, NULL) == SDW_OK;
 }
 
 static bool i32_push(i32vec *b, int32_t x)
 {
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 128;
-        int32_t *nv = realloc(b->v, cap * sizeof *nv);
-        if (!nv)
-            return false;
-        b->v = nv;
-        b->cap = cap;
-    }
-    b->v[b->n++] = x;
-    return true;
+    return sdw_vec_push(b, x, NULL) == SDW_OK;
 }
 
 typedef struct bpe_work {

@@ -8,11 +8,11 @@
 #include "base/clock.h"
 #include "model/clip.h"
 #include "model/model.h"
+#include "model/unet.h"
+#include "model/vae.h"
 #include "pipeline/pixels.h"
 #include "pipeline/rng.h"
 #include "pipeline/scheduler.h"
-#include "model/unet.h"
-#include "model/vae.h"
 
 struct sdw_pipeline {
     sdw_backend *be;

@@ -31,8 +31,8 @@
 #ifndef SDW_POOL_H
 #define SDW_POOL_H
 
-#include "config/config.h"
 #include "base/err.h"
+#include "config/config.h"
 #include "ring/ring.h"
 
 #include <stdarg.h>

@@ -8,8 +8,8 @@
 
 #include <signal.h>
 
-#include "config/config.h"
 #include "base/err.h"
+#include "config/config.h"
 #include "ring/ring.h"
 
 /* Loads every configured model (state LOADING, then READY) and serves jobs

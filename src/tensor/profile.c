@@ -5,10 +5,10 @@
 #include <string.h>
 
 #include "base/clock.h"
+#include "base/vec.h"
 
 struct sdw_profile {
-    sdw_profile_row *rows;
-    size_t n, cap;
+    SDW_VEC(sdw_profile_row) rows;
     int sorted;
 };
 
@@ -22,7 +22,7 @@ int sdw_profile_new(sdw_profile **p, sdw_error *e)
 void sdw_profile_free(sdw_profile *p)
 {
     if (p)
-        free(p->rows);
+        sdw_vec_free(&p->rows);
     free(p);
 }
 
@@ -47,19 +47,12 @@ int sdw_profile_enter(sdw_backend *be, double *t0, sdw_error *e)
  * is then lost, not the op). */
 static sdw_profile_row *row_for(sdw_profile *p, const char *what)
 {
-    for (size_t i = 0; i < p->n; i++)
-        if (!strcmp(p->rows[i].what, what))
-            return &p->rows[i];
-    if (p->n == p->cap) {
-        size_t nc = p->cap ? 2 * p->cap : 64;
-        sdw_profile_row *r = realloc(p->rows, nc * sizeof *r);
-        if (!r)
-            return NULL;
-        p->rows = r;
-        p->cap = nc;
-    }
-    sdw_profile_row *r = &p->rows[p->n++];
-    memset(r, 0, sizeof *r);
+    for (size_t i = 0; i < p->rows.n; i++)
+        if (!strcmp(p->rows.v[i].what, what))
+            return &p->rows.v[i];
+    if (sdw_vec_push(&p->rows, (sdw_profile_row){0}, NULL))
+        return NULL;
+    sdw_profile_row *r = &p->rows.v[p->rows.n - 1];
     snprintf(r->what, sizeof r->what, "%s", what);
     return r;
 }
@@ -94,11 +87,11 @@ static int by_time(const void *a, const void *b)
 
 const sdw_profile_row *sdw_profile_rows(sdw_profile *p, size_t *n)
 {
-    if (!p->sorted && p->n)
-        qsort(p->rows, p->n, sizeof *p->rows, by_time);
+    if (!p->sorted && p->rows.n)
+        qsort(p->rows.v, p->rows.n, sizeof *p->rows.v, by_time);
     p->sorted = 1;
-    *n = p->n;
-    return p->rows;
+    *n = p->rows.n;
+    return p->rows.v;
 }
 
 static void print_row(FILE *f, double total, double s, int64_t calls, double flops, const char *what)

@@ -16,8 +16,8 @@
 #include <unistd.h>
 
 #include "config/config.h"
-#include "runner/runner.h"
 #include "ring/ring.h"
+#include "runner/runner.h"
 
 /* How long a stopping engine may finish its current job. */
 #define STOP_GRACE_MS 10000

@@ -16,8 +16,8 @@
 #include "image/image.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/pixels.h"
-#include "tensor/profile.h"
 #include "pipeline/scheduler.h"
+#include "tensor/profile.h"
 #include "tensor/tensor.h"
 
 enum { EXIT_USAGE = 2, EXIT_INPUT = 3, EXIT_MODEL = 4, EXIT_GENERATE = 5 };
