@@ -285,7 +285,8 @@ static int set_api_key(sdw_config *c, const char *name, const char *v, const cha
 {
     if (!entry_name_ok(name))
         return bad(e, where, key, "API key names are 1-%d of A-Z a-z 0-9 . _ -", SDW_CONFIG_NAME_MAX - 1);
-    sdw_config_key k = { 0 };
+    sdw_config_key k;
+    memset(&k, 0, sizeof k); /* padding too: configurations are compared with memcmp */
     static const char prefix[] = "sha256:";
     size_t hl = strcspn(v, " \t");
     if (strncmp(v, prefix, sizeof prefix - 1) || hl != sizeof prefix - 1 + 2 * SDW_CONFIG_KEY_HASH_LEN)
