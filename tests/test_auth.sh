@@ -4,8 +4,9 @@
 # Retry-After for a key's max_queued and per_minute (counted across pool
 # processes: every child serves one request), a key that cannot see, stream
 # or cancel another key's job, the full pool status for an admin key only,
-# the client's --api-key and SDW_API_KEY, and the demo page's key field in
-# headless Chromium when it is installed.
+# the client's --api-key and SDW_API_KEY, the demo page's key field in
+# headless Chromium when it is installed, and a reload that removes the keys
+# (the open API's full status: loopback clients only).
 srcdir=${srcdir:-.}
 POOL=./sdworker-fcgi
 ENGINE=./tests/test_pool_engine
@@ -77,6 +78,10 @@ api_key.ops = $(hash "$OPS") admin
 EOF
 CONF=$tmp/sdworker.conf
 
+# An address of this host that is not loopback, if it has one: the full
+# status without keys must refuse clients there.
+ext_ip=$(hostname -I 2> /dev/null | tr ' ' '\n' | grep -E '^[0-9.]+$' | grep -v '^127\.' | head -n 1)
+
 "$ENGINE" create "$CONF" || bail "cannot create the job ring"
 "$ENGINE" state "$CONF" loading "model loading" || bail "cannot set the engine state"
 "$POOL" -c "$CONF" --ring-wait 2 --grace 5 2> "$tmp/pool.log" &
@@ -84,7 +89,7 @@ pool_pid=$!
 
 for try in 1 2 3 4 5; do
     port=$((20000 + ($$ * 11 + try * 977) % 40000))
-    sed -e "s|@RUNDIR@|$tmp/run|g" -e "s|@WWWDIR@|$tmp/www|g" \
+    sed -e "s|listen @LISTEN@;|listen @LISTEN@;${ext_ip:+ listen $ext_ip:$port;}|" -e "s|@RUNDIR@|$tmp/run|g" -e "s|@WWWDIR@|$tmp/www|g" \
         -e "s|@SOCKET@|unix:$tmp/run/fcgi.sock|g" -e "s|@LISTEN@|127.0.0.1:$port|g" \
         "$srcdir/conf/nginx/nginx-local.conf.in" > "$tmp/run/nginx.conf"
     "$NGINX" -p "$tmp/run" -e "$tmp/run/error.log" -c "$tmp/run/nginx.conf" \
@@ -272,6 +277,39 @@ if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && /usr/bin/python3 
 else
     n=$((n + 1))
     echo "ok $n # SKIP the demo page's key field needs chromium, chromium-driver and python3-selenium"
+fi
+
+# ---- keys removed by a reload: the API is open again ----
+sed -i '/^api_key\./d' "$CONF"
+kill -HUP $pool_pid
+i=0
+while [ $i -lt 50 ] && ! grep -q 'reloaded the configuration (.*, 0 API keys)' "$tmp/pool.log"; do sleep 0.1; i=$((i + 1)); done
+i=0
+while [ $i -lt 50 ]; do
+    req - GET /v1/models
+    [ "$code" = 200 ] && break
+    sleep 0.1
+    i=$((i + 1))
+done
+[ "$code" = 200 ]
+ok $? "SIGHUP with the keys removed: the API answers without a key"
+req - GET "/v1/jobs/$a1"
+[ "$code" = 200 ]
+ok $? "and a job submitted with a key is visible to all"
+req - GET '/v1/pool/status?full'
+[ "$code" = 200 ] && has '"processes":[{"pid":'
+ok $? "without keys the full status answers the loopback address"
+if [ -n "$ext_ip" ]; then
+    code=$(curl -s -o "$tmp/b" -w '%{http_code}' "http://$ext_ip:$port/v1/pool/status?full")
+    body=$(cat "$tmp/b")
+    is_error 403 forbidden && has 'loopback'
+    ok $? "and 403 forbidden to a client on $ext_ip"
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://$ext_ip:$port/v1/pool/status")
+    [ "$code" = 200 ]
+    ok $? "while the plain status answers it"
+else
+    n=$((n + 1))
+    echo "ok $n # SKIP this host has no address besides loopback to try the full status from"
 fi
 
 ! grep -q "$ALICE\|$BOB\|$OPS" "$tmp/pool.log" "$tmp/run/access.log" "$tmp/run/error.log"
