@@ -8,9 +8,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "clip.h"
-#include "model.h"
-#include "safetensors.h"
+#include "model/clip.h"
+#include "backend/backend.h"
+#include "model/model.h"
+#include "model/safetensors.h"
 #include "fixture.h"
 #include "tap.h"
 

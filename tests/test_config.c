@@ -1,7 +1,7 @@
 /* The configuration parser: defaults, every key, rejected values with their
  * file:line, duplicates, overrides, models, and the dump round trip. */
 #include "tap.h"
-#include "service/config.h"
+#include "config/config.h"
 
 #include <string.h>
 #include <unistd.h>
@@ -40,7 +40,7 @@ static void test_defaults(void)
            "default timings");
     tap_ok(c.max_body_bytes == 32u << 20 && c.max_prompt_bytes == 4096 &&
            c.max_pixels == 1024 * 1024, "default limits");
-    tap_ok(c.device == SDW_DEVICE_CPU && c.threads == 0 && c.log_level == SDW_LOG_INFO && c.engine_warmup == -1,
+    tap_ok(c.device.kind == SDW_DEVICE_CPU && c.threads == 0 && c.log_level == SDW_LOG_INFO && c.engine_warmup == -1,
            "default device, threads, log level, warm-up (auto)");
     tap_ok(c.n_models == 0 && !sdw_config_model_find(&c, NULL), "no default model");
     sdw_error e = { 0 };
@@ -101,7 +101,7 @@ static void test_every_key(void)
            "timings, trailing comment stripped");
     tap_ok(c.max_body_bytes == 16u << 20 && c.max_prompt_bytes == 1000 &&
            c.max_image_bytes == 3000000 && c.max_pixels == 262144, "limits");
-    tap_ok(c.device == SDW_DEVICE_CUDA && c.device_index == 1 && c.threads == 8 &&
+    tap_ok(c.device.kind == SDW_DEVICE_CUDA && c.device.index == 1 && c.threads == 8 &&
            c.engine_restart_delay_ms == 250 && c.engine_warmup == 256, "device, threads, restart delay, warm-up");
     tap_ok(c.log_level == SDW_LOG_DEBUG, "log_level with CRLF line end");
     tap_ok(c.n_models == 2 && !strcmp(c.models[0].path, "/etc/sdworker/models/sd15") &&
@@ -123,7 +123,7 @@ static void test_every_key(void)
     tap_ok(rc == SDW_EINVAL && strstr(err.msg, "t.conf:3: listen: duplicate key (first set at line 2)"),
            "duplicate key in one file is an error with both lines: %s", err.msg);
     rc = parse(&d, "device = cuda\nlisten = localhost:80\n");
-    tap_ok(rc == 0 && d.device == SDW_DEVICE_CUDA && d.device_index == 0 &&
+    tap_ok(rc == 0 && d.device.kind == SDW_DEVICE_CUDA && d.device.index == 0 &&
            !strcmp(d.listen_host, "localhost") && d.listen_port == 80, "cuda alone, localhost");
     rc = parse(&d, "model.a = /x\nmodel.b = /y\nmodel.a = /z\n");
     tap_ok(rc == SDW_EINVAL && strstr(err.msg, "t.conf:3: model.a: duplicate key (first set at line 1)") &&

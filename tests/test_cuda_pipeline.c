@@ -17,9 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pipeline.h"
+#include "pipeline/pipeline.h"
 #include "fixture.h"
 #include "tap.h"
+#include "backend/backend.h"
 
 /* bfloat16 keeps 8 significant bits to half's 11: its latents may differ
  * from the CPU's up to eight times as much as fp16's 1e-2. */

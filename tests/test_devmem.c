@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "devmem.h"
+#include "cuda/devmem.h"
 #include "tap.h"
 
 typedef struct fake {

@@ -8,8 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pipeline.h"
-#include "safetensors.h"
+#include "pipeline/pipeline.h"
+#include "backend/backend.h"
+#include "model/safetensors.h"
 #include "fixture.h"
 #include "tap.h"
 

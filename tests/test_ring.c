@@ -2,7 +2,7 @@
  * waits across processes, recovery from a lock holder killed with SIGKILL,
  * queue limits, expiry, cancel, engine death and concurrent producers. */
 #define _GNU_SOURCE
-#include "ring.h"
+#include "ring/ring.h"
 #include "tap.h"
 
 #include <signal.h>

@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "tap.h"
-#include "tokenizer.h"
+#include "model/tokenizer.h"
 
 static char tmpdir[] = "/tmp/sdw-tok-XXXXXX";
 

@@ -45,7 +45,7 @@
 #ifndef SDW_RING_H
 #define SDW_RING_H
 
-#include "err.h"
+#include "base/err.h"
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -8,7 +8,7 @@
 #ifdef HAVE_CONFIG_H
 #include "sdw-build.h"
 
-#include "contract.h"
+#include "contract/contract.h"
 
 /* The largest result image the client accepts (a 2048x2048 PNG fits). */
 #define MAX_IMAGE_BYTES ((size_t)64 << 20)
@@ -69,7 +69,7 @@ static void usage(FILE *f)
 "  --guidance X            classifier-free guidance scale (server default 7.5)\n"
 "  --width N, --height N   image size, generate only (server default 512x512)\n"
 "  --seed N                seed (default: random, chosen by the server)\n"
-"  --sampler NAME          euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, pndm\n"
+"  --sampler NAME          %s\n"
 "  --input FILE            init image, PNG or JPEG (transform, inpaint)\n"
 "  --mask FILE             mask image, white = repaint (inpaint)\n"
 "  --strength X            how far to move from the init image, 0-1\n"
@@ -90,7 +90,7 @@ static void usage(FILE *f)
 "  4  connection failure (the service could not be reached)\n"
 "  5  the job was cancelled\n"
 "  6  the output file could not be written\n",
-            prog);
+            prog, sdw_sampler_names);
 }
 
 static void msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -1,6 +1,6 @@
 /* sdworker-fcgi: the prefork FastCGI pool behind nginx (src/service/pool.h). */
-#include "auth.h"
-#include "pool.h"
+#include "pool/auth.h"
+#include "pool/pool.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -71,6 +71,7 @@ int main(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
+    sdw_log_init("sdworker-fcgi", SDW_LOG_INFO);
     sdw_pool_options o = { .ring_wait_s = 10, .grace_s = 10 };
     const char **overrides = calloc((size_t)argc, sizeof *overrides);
     if (!overrides)

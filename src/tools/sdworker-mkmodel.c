@@ -17,14 +17,15 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "clip.h"
-#include "model.h"
-#include "rng.h"
-#include "safetensors.h"
-#include "tensor.h"
-#include "tokenizer.h"
-#include "unet.h"
-#include "vae.h"
+#include "backend/backend.h"
+#include "model/clip.h"
+#include "model/model.h"
+#include "pipeline/rng.h"
+#include "model/safetensors.h"
+#include "tensor/tensor.h"
+#include "model/tokenizer.h"
+#include "model/unet.h"
+#include "model/vae.h"
 
 #define MAX_BLOCKS 4
 
