@@ -52,6 +52,7 @@ const char *sdw_status_name(int code)
     case SDW_EFULL: return "full";
     case SDW_ESTATE: return "wrong_state";
     case SDW_ETOOBIG: return "too_big";
+    case SDW_ELIMIT: return "limit_reached";
     }
     return "unknown_error";
 }

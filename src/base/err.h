@@ -21,6 +21,7 @@ typedef enum sdw_status {
     SDW_EFULL = -9,         /* job ring: no free slot or too many queued (503 + Retry-After) */
     SDW_ESTATE = -10,       /* job ring: the job is not in a state that allows this */
     SDW_ETOOBIG = -11,      /* job ring: input or event larger than its slot area */
+    SDW_ELIMIT = -12,       /* job ring: the owner's own queued-job limit (429 + Retry-After) */
 } sdw_status;
 
 typedef struct sdw_error {

@@ -202,7 +202,8 @@ static int set_device(sdw_config *c, const char *v, const char *where, const cha
     return 0;
 }
 
-static bool model_name_ok(const char *n)
+/* Model and API key names. */
+static bool entry_name_ok(const char *n)
 {
     size_t len = strlen(n);
     if (!len || len >= SDW_CONFIG_NAME_MAX)
@@ -217,7 +218,7 @@ static bool model_name_ok(const char *n)
 static int set_model(sdw_config *c, const char *name, const char *v, const char *basedir,
                      const char *where, const char *key, sdw_error *e)
 {
-    if (!model_name_ok(name))
+    if (!entry_name_ok(name))
         return bad(e, where, key, "model names are 1-%d of A-Z a-z 0-9 . _ -", SDW_CONFIG_NAME_MAX - 1);
     if (!*v)
         return bad(e, where, key, "empty model path");
@@ -240,6 +241,99 @@ static int set_model(sdw_config *c, const char *name, const char *v, const char 
         strcpy(c->models[i].name, name);
     }
     strcpy(c->models[i].path, path);
+    return i;
+}
+
+static int hex_digit(char ch)
+{
+    return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+         : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+}
+
+/* "max_queued=N" style option: 1 when word is name=..., with *out set. */
+static int key_option(const char *word, const char *name, long long max, long long *out,
+                      const char *where, const char *key, sdw_error *e)
+{
+    size_t n = strlen(name);
+    if (strncmp(word, name, n) || word[n] != '=')
+        return 0;
+    if (parse_ll(word + n + 1, out) || *out < 0 || *out > max)
+        return bad(e, where, key, "'%s': %s must be 0-%lld (0 = no limit)", word, name, max);
+    return 1;
+}
+
+/* Returns the index of the API key set, or a negative status. The value is
+ * parsed whole before anything changes, so a rejected line changes nothing. */
+static int set_api_key(sdw_config *c, const char *name, const char *v, const char *where,
+                       const char *key, sdw_error *e)
+{
+    if (!entry_name_ok(name))
+        return bad(e, where, key, "API key names are 1-%d of A-Z a-z 0-9 . _ -", SDW_CONFIG_NAME_MAX - 1);
+    sdw_config_key k;
+    memset(&k, 0, sizeof k); /* padding too: configurations are compared with memcmp */
+    static const char prefix[] = "sha256:";
+    size_t hl = strcspn(v, " \t");
+    if (strncmp(v, prefix, sizeof prefix - 1) || hl != sizeof prefix - 1 + 2 * SDW_CONFIG_KEY_HASH_LEN)
+        return bad(e, where, key, "expected sha256:<%d hex digits> (the key's hash, from "
+                   "sdworker-fcgi --hash-key), then options", 2 * SDW_CONFIG_KEY_HASH_LEN);
+    for (int i = 0; i < SDW_CONFIG_KEY_HASH_LEN; i++) {
+        int hi = hex_digit(v[sizeof prefix - 1 + 2 * i]), lo = hex_digit(v[sizeof prefix + 2 * i]);
+        if (hi < 0 || lo < 0)
+            return bad(e, where, key, "the sha256 hash must be %d hex digits", 2 * SDW_CONFIG_KEY_HASH_LEN);
+        k.sha256[i] = (unsigned char)(hi << 4 | lo);
+    }
+    bool seen_queued = false, seen_minute = false;
+    const char *p = v + hl;
+    for (;;) {
+        p += strspn(p, " \t");
+        if (!*p)
+            break;
+        char word[64];
+        size_t wl = strcspn(p, " \t");
+        if (wl >= sizeof word)
+            return bad(e, where, key, "'%.20s...': options are admin, max_queued=N and per_minute=N", p);
+        memcpy(word, p, wl);
+        word[wl] = '\0';
+        p += wl;
+        long long x;
+        int rc;
+        if (!strcmp(word, "admin")) {
+            if (k.admin)
+                return bad(e, where, key, "'admin' given twice");
+            k.admin = true;
+        } else if ((rc = key_option(word, "max_queued", 65536, &x, where, key, e)) != 0) {
+            if (rc < 0)
+                return rc;
+            if (seen_queued)
+                return bad(e, where, key, "max_queued given twice");
+            seen_queued = true;
+            k.max_queued = (int)x;
+        } else if ((rc = key_option(word, "per_minute", 1000000, &x, where, key, e)) != 0) {
+            if (rc < 0)
+                return rc;
+            if (seen_minute)
+                return bad(e, where, key, "per_minute given twice");
+            seen_minute = true;
+            k.per_minute = (int)x;
+        } else {
+            return bad(e, where, key, "'%s': options are admin, max_queued=N and per_minute=N", word);
+        }
+    }
+    k.owner = (uint32_t)k.sha256[0] << 24 | (uint32_t)k.sha256[1] << 16 | (uint32_t)k.sha256[2] << 8 |
+              k.sha256[3];
+    if (k.owner == 0)
+        k.owner = 1;
+    int i;
+    for (i = 0; i < c->n_keys; i++)
+        if (!strcmp(c->keys[i].name, name))
+            break;
+    if (i == c->n_keys) {
+        if (c->n_keys == SDW_CONFIG_MAX_KEYS)
+            return bad(e, where, key, "more than %d API keys", SDW_CONFIG_MAX_KEYS);
+        c->n_keys++;
+    }
+    strcpy(k.name, name);
+    c->keys[i] = k;
     return i;
 }
 
@@ -361,6 +455,8 @@ static int assign(sdw_config *c, const char *key, const char *val, const char *b
 {
     if (!strncmp(key, "model.", 6))
         return set_model(c, key + 6, val, basedir, where, key, e);
+    if (!strncmp(key, "api_key.", 8))
+        return set_api_key(c, key + 8, val, where, key, e);
     const struct key *k = find_key(key);
     if (!k)
         return bad(e, where, key, "unknown key");
@@ -383,6 +479,7 @@ int sdw_config_parse(sdw_config *c, const char *text, size_t len, const char *or
      * text, to report duplicates with both line numbers. */
     int key_line[N_KEYS] = { 0 };
     int model_line[SDW_CONFIG_MAX_MODELS] = { 0 };
+    int api_key_line[SDW_CONFIG_MAX_KEYS] = { 0 };
     int rc = 0, lineno = 0;
     char *line = buf;
     while (line && rc == 0) {
@@ -406,6 +503,10 @@ int sdw_config_parse(sdw_config *c, const char *text, size_t len, const char *or
                 for (int i = 0; i < c->n_models; i++)
                     if (!strcmp(c->models[i].name, key + 6))
                         seen = &model_line[i];
+            } else if (!strncmp(key, "api_key.", 8)) {
+                for (int i = 0; i < c->n_keys; i++)
+                    if (!strcmp(c->keys[i].name, key + 8))
+                        seen = &api_key_line[i];
             } else {
                 const struct key *k = find_key(key);
                 if (k)
@@ -419,6 +520,8 @@ int sdw_config_parse(sdw_config *c, const char *text, size_t len, const char *or
                     rc = idx;
                 else if (!strncmp(key, "model.", 6))
                     model_line[idx] = lineno;
+                else if (!strncmp(key, "api_key.", 8))
+                    api_key_line[idx] = lineno;
                 else
                     key_line[idx] = lineno;
             }
@@ -504,6 +607,18 @@ int sdw_config_validate(const sdw_config *c, sdw_error *e)
                         c->ring_max_queued, c->ring_slots);
     if (c->n_models == 0)
         return sdw_fail(e, SDW_EINVAL, "no model configured (add a line model.<name> = <path>)");
+    for (int i = 0; i < c->n_keys; i++)
+        for (int j = i + 1; j < c->n_keys; j++) {
+            const sdw_config_key *a = &c->keys[i], *b = &c->keys[j];
+            if (!memcmp(a->sha256, b->sha256, sizeof a->sha256))
+                return sdw_fail(e, SDW_EINVAL, "api_key.%s and api_key.%s are the same key", a->name, b->name);
+            /* Jobs are told apart by owner: two keys sharing one would see
+             * each other's jobs. */
+            if (a->owner == b->owner)
+                return sdw_fail(e, SDW_EINVAL,
+                                "api_key.%s and api_key.%s: their hashes begin with the same 32 bits; "
+                                "make a new key for one of them", a->name, b->name);
+        }
     return 0;
 }
 
@@ -590,6 +705,19 @@ int sdw_config_dump(const sdw_config *c, FILE *f)
         char key[SDW_CONFIG_NAME_MAX + 8];
         snprintf(key, sizeof key, "model.%s", c->models[i].name);
         put_str(f, key, c->models[i].path);
+    }
+    for (int i = 0; i < c->n_keys; i++) {
+        const sdw_config_key *k = &c->keys[i];
+        fprintf(f, "api_key.%s = sha256:", k->name);
+        for (int j = 0; j < SDW_CONFIG_KEY_HASH_LEN; j++)
+            fprintf(f, "%02x", k->sha256[j]);
+        if (k->admin)
+            fputs(" admin", f);
+        if (k->max_queued)
+            fprintf(f, " max_queued=%d", k->max_queued);
+        if (k->per_minute)
+            fprintf(f, " per_minute=%d", k->per_minute);
+        fputc('\n', f);
     }
     return ferror(f) ? SDW_EIO : 0;
 }

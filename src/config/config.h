@@ -16,6 +16,16 @@
  * relative to the file's directory. Paths are not opened here: the engine
  * reports a missing model when it loads it.
  *
+ * API keys: `api_key.<name> = sha256:<64 hex digits> [admin] [max_queued=N]
+ * [per_minute=N]`, repeatable with distinct names (1-63 of A-Z a-z 0-9 . _ -),
+ * like models. The value is the SHA-256 of the key, never the key itself
+ * (`sdworker-fcgi --hash-key` prints it), then options separated by spaces:
+ * admin (may read the pool's full status and every job), max_queued (jobs of
+ * this key waiting in the queue at once, 0 = only ring.max_queued applies)
+ * and per_minute (submissions a minute, 0 = no limit). With no api_key line
+ * the API is open. Two names for one key, or two keys whose owner ids (the
+ * hash's first 32 bits) coincide, fail sdw_config_validate.
+ *
  * Usage: sdw_config_defaults, then sdw_config_load (optional), then
  * sdw_config_set for each command-line override, then sdw_config_validate
  * for the checks that involve several keys. Every error message starts with
@@ -29,11 +39,14 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #define SDW_CONFIG_MAX_MODELS 32
 #define SDW_CONFIG_NAME_MAX 64      /* model names, with the NUL */
 #define SDW_CONFIG_PATH_MAX 4096
+#define SDW_CONFIG_MAX_KEYS 64
+#define SDW_CONFIG_KEY_HASH_LEN 32  /* SHA-256 */
 
 typedef enum sdw_pm_mode { SDW_PM_STATIC = 0, SDW_PM_DYNAMIC } sdw_pm_mode;
 
@@ -41,6 +54,19 @@ typedef struct sdw_config_model {
     char name[SDW_CONFIG_NAME_MAX];
     char path[SDW_CONFIG_PATH_MAX];
 } sdw_config_model;
+
+typedef struct sdw_config_key {
+    char name[SDW_CONFIG_NAME_MAX];
+    unsigned char sha256[SDW_CONFIG_KEY_HASH_LEN];
+    /* Who a job belongs to in the job ring: the hash's first 32 bits, or 1
+     * when they are 0 (0 = a job submitted while no keys were configured). Taken from the
+     * key rather than its name or position so that reordering or renaming
+     * keys keeps every job with its owner, and a replaced key loses them. */
+    uint32_t owner;
+    bool admin;
+    int max_queued;                 /* 0 = no per-key limit */
+    int per_minute;                 /* 0 = no limit */
+} sdw_config_key;
 
 typedef struct sdw_config {
     /* FastCGI socket as written ("unix:/run/sdworker/fcgi.sock" or
@@ -86,6 +112,9 @@ typedef struct sdw_config {
 
     int n_models;
     sdw_config_model models[SDW_CONFIG_MAX_MODELS];
+
+    int n_keys;                     /* 0 = the API is open */
+    sdw_config_key keys[SDW_CONFIG_MAX_KEYS];
 } sdw_config;
 
 /* Fills c with the defaults (no models). */
@@ -100,12 +129,12 @@ int sdw_config_parse(sdw_config *c, const char *text, size_t len, const char *or
                      const char *basedir, sdw_error *e);
 
 /* Applies one "key=value" override from the command line (spaces around '='
- * allowed, value may be quoted). A model.<name> override replaces that
- * model's path or appends a new model. */
+ * allowed, value may be quoted). A model.<name> or api_key.<name> override
+ * replaces that entry or appends a new one. */
 int sdw_config_set(sdw_config *c, const char *assignment, sdw_error *e);
 
 /* Checks the relations between keys: pm spare counts within max_children,
- * ring.max_queued <= ring.slots, and at least one model. */
+ * ring.max_queued <= ring.slots, at least one model, API keys distinct. */
 int sdw_config_validate(const sdw_config *c, sdw_error *e);
 
 /* The model called name, or the default (first) model when name is NULL or
@@ -116,8 +145,8 @@ const sdw_config_model *sdw_config_model_find(const sdw_config *c, const char *n
 void sdw_config_ring_sizes(const sdw_config *c, size_t *input_bytes, size_t *log_bytes,
                            size_t *image_bytes);
 
-/* Writes every key with its current value in the file format (models last,
- * the default first), so that the output parses back to the same config.
+/* Writes every key with its current value in the file format (models, the
+ * default first, then API keys, last), so that the output parses back to the same config.
  * Returns 0 or SDW_EIO. */
 int sdw_config_dump(const sdw_config *c, FILE *f);
 

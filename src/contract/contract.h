@@ -75,6 +75,10 @@
 #define SDW_API_UNSUPPORTED_MEDIA_TYPE "unsupported_media_type"
 #define SDW_API_QUEUE_FULL "queue_full"
 #define SDW_API_ENGINE_UNAVAILABLE "engine_unavailable"
+#define SDW_API_UNAUTHORIZED "unauthorized"          /* 401: no API key, or a wrong one */
+#define SDW_API_FORBIDDEN "forbidden"                /* 403: the key may not do this */
+#define SDW_API_RATE_LIMITED "rate_limited"          /* 429: the key's per_minute */
+#define SDW_API_TOO_MANY_QUEUED "too_many_queued"    /* 429: the key's max_queued */
 #define SDW_API_INTERNAL "internal_error"
 
 /* An error as the HTTP client sees it. code is one of the SDW_API_* strings

@@ -3,6 +3,7 @@
 #include "contract/contract.h"
 #include "pool/sse.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -19,6 +20,8 @@ static const char *reason_phrase(int status)
     case 200: return "OK";
     case 202: return "Accepted";
     case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 409: return "Conflict";
@@ -223,7 +226,7 @@ static void served_models(const sdw_config *cfg, char *buf, size_t n)
         k += (size_t)snprintf(buf + k, n - k, "%s%s", i ? ", " : "", cfg->models[i].name);
 }
 
-static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req)
+static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_auth_caller *who)
 {
     FCGX_Stream *out = req->out;
     const sdw_config *cfg = ctx->cfg;
@@ -294,15 +297,19 @@ static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req)
         return fail(out, 500, SDW_API_INTERNAL, 0, "out of memory");
     sdw_job_id id;
     sdw_error e = { 0 };
-    rc = sdw_ring_submit(ctx->ring, blob, len, id, &e);
+    rc = sdw_ring_submit_as(ctx->ring, blob, len, who->owner, who->key ? (unsigned)who->key->max_queued : 0, id,
+                            &e);
     free(blob);
+    if (rc == SDW_ELIMIT)
+        return fail(out, 429, SDW_API_TOO_MANY_QUEUED, SDW_HTTP_RETRY_AFTER_S,
+                    "this key already has %d queued jobs, its max_queued", who->key->max_queued);
     if (rc == SDW_EFULL)
         return fail(out, 503, SDW_API_QUEUE_FULL, SDW_HTTP_RETRY_AFTER_S, "the job queue is full: %s", e.msg);
     if (rc == SDW_ETOOBIG)
         return fail(out, 413, SDW_API_PAYLOAD_TOO_LARGE, 0, "the request does not fit a job slot: %s", e.msg);
     if (rc < 0)
         return fail(out, 500, SDW_API_INTERNAL, 0, "submit: %s", e.msg);
-    sdw_log(SDW_LOG_INFO, "job %s queued", id);
+    sdw_log(SDW_LOG_INFO, "job %s queued%s%s", id, who->key ? " for key " : "", who->key ? who->key->name : "");
     char url[64], location[96];
     snprintf(url, sizeof url, "/v1/jobs/%s/stream", id);
     snprintf(location, sizeof location, "Location: /v1/jobs/%s\r\n", id);
@@ -367,14 +374,20 @@ static void last_events(sdw_ring *ring, const char *id, uint64_t last, json_obje
     }
 }
 
-/* Fills info for a job that still has its data; otherwise answers 404 (or
- * the ring's error) or 410 expired and returns false. */
-static bool find_live_job(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id, sdw_job_info *info)
+/* Fills info for a job that still has its data and that the caller may see;
+ * otherwise answers 404 (or the ring's error) or 410 expired and returns
+ * false. Another key's job is answered exactly as an unknown id. */
+static bool find_live_job(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id, sdw_job_info *info,
+                          const sdw_auth_caller *who)
 {
     sdw_error e = { 0 };
     int rc = sdw_ring_job_status(ctx->ring, id, info, &e);
     if (rc < 0) {
         reply_lookup_error(out, id, rc, &e);
+        return false;
+    }
+    if (ctx->cfg->n_keys && !who->admin && info->state != SDW_JOB_EXPIRED && info->owner != who->owner) {
+        reply_lookup_error(out, id, SDW_ENOTFOUND, &e);
         return false;
     }
     if (info->state == SDW_JOB_EXPIRED) {
@@ -384,11 +397,11 @@ static bool find_live_job(const sdw_http_ctx *ctx, FCGX_Stream *out, const char 
     return true;
 }
 
-static void job_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id)
+static void job_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id, const sdw_auth_caller *who)
 {
     sdw_job_info info;
     sdw_error e = { 0 };
-    if (!find_live_job(ctx, out, id, &info))
+    if (!find_live_job(ctx, out, id, &info, who))
         return;
     json_object *o = json_object_new_object();
     json_object_object_add(o, "job_id", json_object_new_string(id));
@@ -426,11 +439,11 @@ static void job_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id
     reply_json(out, 200, o);
 }
 
-static void job_cancel(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id)
+static void job_cancel(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id, const sdw_auth_caller *who)
 {
     sdw_job_info info;
     sdw_error e = { 0 };
-    if (!find_live_job(ctx, out, id, &info))
+    if (!find_live_job(ctx, out, id, &info, who))
         return;
     sdw_job_state after;
     int rc = sdw_ring_cancel(ctx->ring, id, &after, &e);
@@ -448,10 +461,10 @@ static void job_cancel(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id
     reply_json(out, 200, o);
 }
 
-static void job_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *id)
+static void job_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *id, const sdw_auth_caller *who)
 {
     sdw_job_info info;
-    if (!find_live_job(ctx, req->out, id, &info))
+    if (!find_live_job(ctx, req->out, id, &info, who))
         return;
     uint64_t after = sdw_sse_parse_last_event_id(FCGX_GetParam("HTTP_LAST_EVENT_ID", req->envp));
     sdw_pool_set_streaming(ctx->pool, id);
@@ -521,8 +534,12 @@ static void models(const sdw_config *cfg, FCGX_Stream *out)
 }
 
 /* ?full adds the process list, as php-fpm's status page does. */
-static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *query)
+static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *query, const sdw_auth_caller *who)
 {
+    bool full = query && strstr(query, "full");
+    if (full && !who->admin)
+        return fail(out, 403, SDW_API_FORBIDDEN, 0, "the full pool status (processes, job ids) %s",
+                    ctx->cfg->n_keys ? "needs an admin API key" : "is answered on the loopback address only");
     sdw_pool_stats st;
     sdw_pool_stats_get(ctx->pool, &st);
     json_object *o = json_object_new_object();
@@ -555,7 +572,7 @@ static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *q
         json_object_object_add(r, "recoveries", json_object_new_int((int)info.recoveries));
         json_object_object_add(o, "ring", r);
     }
-    if (query && strstr(query, "full")) {
+    if (full) {
         int max = st.children + st.retiring + 16;
         sdw_pool_proc *procs = calloc((size_t)max, sizeof *procs);
         if (procs) {
@@ -578,6 +595,58 @@ static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *q
     reply_json(out, 200, o);
 }
 
+/* ---- API keys ---- */
+
+static bool loopback(const char *addr)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (addr && inet_pton(AF_INET, addr, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    return addr && inet_pton(AF_INET6, addr, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
+/* Who is asking, and whether they may: answers 401 or 429 itself and
+ * returns false when not. Runs before routing so that no path under /v1/,
+ * known or not, answers anything else without a key. */
+static bool authorize(const sdw_http_ctx *ctx, FCGX_Request *req, const char *method, const char *path,
+                      enum route r, sdw_auth_caller *who)
+{
+    const sdw_config *cfg = ctx->cfg;
+    memset(who, 0, sizeof *who);
+    if (!cfg->n_keys) {
+        /* No keys: the API is open, and the host itself is the operator. */
+        who->admin = loopback(FCGX_GetParam("REMOTE_ADDR", req->envp));
+        return true;
+    }
+    if (strncmp(path, "/v1/", 4) && strcmp(path, "/v1"))
+        return true;
+    sdw_error e = { 0 };
+    int rc = sdw_auth_identify(cfg, FCGX_GetParam("HTTP_AUTHORIZATION", req->envp), who, &e);
+    if (rc < 0) {
+        /* RFC 6750: no error attribute when no credentials came at all. */
+        sdw_api_error err = { .http_status = 401, .code = SDW_API_UNAUTHORIZED };
+        snprintf(err.message, sizeof err.message, "%s", e.msg);
+        reply_error(req->out, &err,
+                    rc == SDW_ENOTFOUND ? "WWW-Authenticate: Bearer realm=\"sdworker\"\r\n"
+                                        : "WWW-Authenticate: Bearer realm=\"sdworker\", error=\"invalid_token\"\r\n");
+        return false;
+    }
+    if (r == R_JOBS && strcmp(method, "POST") == 0 && who->key->per_minute > 0) {
+        int retry = 0;
+        rc = sdw_auth_rate_take(ctx->rates, who->owner, who->key->per_minute, sdw_ring_now_ms(), &retry, &e);
+        if (rc == SDW_ELIMIT) {
+            fail(req->out, 429, SDW_API_RATE_LIMITED, retry, "%s (per_minute)", e.msg);
+            return false;
+        }
+        if (rc < 0) {
+            fail(req->out, 500, SDW_API_INTERNAL, 0, "%s", e.msg);
+            return false;
+        }
+    }
+    return true;
+}
+
 /* ---- dispatch ---- */
 
 void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req)
@@ -589,6 +658,9 @@ void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req)
         return fail(out, 400, SDW_API_INVALID_REQUEST, 0, "the request carries no method or path");
     char id[SDW_JOB_ID_LEN + 1];
     enum route r = route_of(path, id);
+    sdw_auth_caller who;
+    if (!authorize(ctx, req, method, path, r, &who))
+        return;
     const char *allow;
     switch (r) {
     case R_JOBS: allow = "POST"; break;
@@ -601,15 +673,18 @@ void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req)
     case R_HEALTH: if (get) return health(out); break;
     case R_READY: if (get) return ready(ctx, out); break;
     case R_MODELS: if (get) return models(ctx->cfg, out); break;
-    case R_POOL_STATUS: if (get) return pool_status(ctx, out, FCGX_GetParam("QUERY_STRING", req->envp)); break;
-    case R_JOBS: if (strcmp(method, "POST") == 0) return submit_job(ctx, req); break;
+    case R_POOL_STATUS:
+        if (get)
+            return pool_status(ctx, out, FCGX_GetParam("QUERY_STRING", req->envp), &who);
+        break;
+    case R_JOBS: if (strcmp(method, "POST") == 0) return submit_job(ctx, req, &who); break;
     case R_JOB:
         if (get)
-            return job_status(ctx, out, id);
+            return job_status(ctx, out, id, &who);
         if (strcmp(method, "DELETE") == 0)
-            return job_cancel(ctx, out, id);
+            return job_cancel(ctx, out, id, &who);
         break;
-    case R_JOB_STREAM: if (get) return job_stream(ctx, req, id); break;
+    case R_JOB_STREAM: if (get) return job_stream(ctx, req, id, &who); break;
     case R_NONE: break;
     }
     char headers[64];

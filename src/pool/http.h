@@ -24,11 +24,29 @@
  *   "running" for one the engine stops at its next step (its stream then
  *   ends with an error event of code "cancelled"). Of a finished job: 409
  *   job_finished.
- * - A full queue: 503 queue_full with Retry-After: SDW_HTTP_RETRY_AFTER_S. */
+ * - A full queue: 503 queue_full with Retry-After: SDW_HTTP_RETRY_AFTER_S.
+ * - API keys (auth.h), when the configuration has any: every path under
+ *   /v1/ answers 401 unauthorized (with WWW-Authenticate: Bearer) without a
+ *   valid key, before routing, so that nothing about the API is learnt
+ *   without one; /health and /ready stay open for probes. A key sees,
+ *   streams and cancels only its own jobs: another key's job answers 404 as
+ *   an unknown one would. An expired job answers 410 to any key (its data
+ *   is gone, and an id whose slot went to new work has no owner left). An
+ *   admin key may act on every job. POST /v1/jobs beyond the key's
+ *   per_minute answers 429 rate_limited, beyond its max_queued 429
+ *   too_many_queued, both with Retry-After. A POST that per_minute lets
+ *   through counts whether the job is then accepted or not (a 400, a 429
+ *   too_many_queued): the rate bounds the work a key makes the pool do.
+ * - /v1/pool/status?full (pids and the job ids streamed) answers only an
+ *   admin key, and with no keys configured only a client on the loopback
+ *   address (REMOTE_ADDR 127.0.0.0/8 or ::1, i.e. on the host itself
+ *   through a local nginx); others get 403 forbidden. The plain status has
+ *   no job ids and answers any caller the API answers. */
 #ifndef SDW_HTTP_H
 #define SDW_HTTP_H
 
 #include "config/config.h"
+#include "pool/auth.h"
 #include "pool/pool.h"
 #include "ring/ring.h"
 
@@ -41,6 +59,7 @@ typedef struct sdw_http_ctx {
     const sdw_config *cfg;
     sdw_ring *ring;
     sdw_pool *pool;
+    sdw_auth_rates *rates;          /* per-key submission rates, shared by the pool */
 } sdw_http_ctx;
 
 /* Answers one accepted request completely (the caller finishes it). */

@@ -68,6 +68,7 @@ struct sdw_pool {
     sdw_ring *ring;
     int listen_fd;
     struct board *board;
+    sdw_auth_rates *rates;  /* shared by the children, kept across reloads */
     int self;               /* the child's slot; -1 in the master */
 };
 
@@ -244,7 +245,7 @@ static void child_main(sdw_pool *p)
         sdw_log(SDW_LOG_ERROR, "FCGX_InitRequest failed");
         _exit(1);
     }
-    sdw_http_ctx ctx = { .cfg = &p->cfg, .ring = p->ring, .pool = p };
+    sdw_http_ctx ctx = { .cfg = &p->cfg, .ring = p->ring, .pool = p, .rates = p->rates };
     int served = 0;
     for (;;) {
         store_state(&me->state, CHILD_IDLE);
@@ -531,8 +532,8 @@ static void reload(sdw_pool *p)
         if (load_state(&sl->state) != CHILD_FREE && sl->gen != b->gen)
             retire(sl);
     }
-    sdw_log(SDW_LOG_INFO, "reloaded the configuration (pm %s, max_children %d)",
-            p->cfg.pm == SDW_PM_STATIC ? "static" : "dynamic", p->cfg.pm_max_children);
+    sdw_log(SDW_LOG_INFO, "reloaded the configuration (pm %s, max_children %d, %d API keys)",
+            p->cfg.pm == SDW_PM_STATIC ? "static" : "dynamic", p->cfg.pm_max_children, p->cfg.n_keys);
 }
 
 int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
@@ -581,13 +582,20 @@ int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
         close(p->listen_fd);
         return sdw_fail(e, SDW_ENOMEM, "scoreboard: %s", strerror(errno));
     }
+    rc = sdw_auth_rates_create(&p->rates, e);
+    if (rc < 0) {
+        munmap(p->board, sizeof *p->board);
+        sdw_ring_close(p->ring);
+        close(p->listen_fd);
+        return rc;
+    }
     struct board *b = p->board;
     b->master = getpid();
     b->start_time_s = time(NULL);
     publish_pm(b, &p->cfg);
-    sdw_log(SDW_LOG_INFO, "listening on %s, ring %s, pm %s, max_children %d", p->cfg.listen,
-            p->cfg.ring_name, p->cfg.pm == SDW_PM_STATIC ? "static" : "dynamic",
-            p->cfg.pm_max_children);
+    sdw_log(SDW_LOG_INFO, "listening on %s, ring %s, pm %s, max_children %d, %d API keys%s", p->cfg.listen,
+            p->cfg.ring_name, p->cfg.pm == SDW_PM_STATIC ? "static" : "dynamic", p->cfg.pm_max_children,
+            p->cfg.n_keys, p->cfg.n_keys ? "" : " (the API is open)");
 
     bool booting = true, stopping = false, killed = false;
     int64_t stop_deadline = 0, pause_until = 0;
@@ -649,6 +657,7 @@ int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
     }
     sdw_ring_close(p->ring);
     munmap(p->board, sizeof *p->board);
+    sdw_auth_rates_destroy(p->rates);
     sdw_log(SDW_LOG_INFO, "stopped");
     return 0;
 }
