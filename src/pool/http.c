@@ -115,17 +115,6 @@ static json_object *json_now(void)
 
 /* ---- routing ---- */
 
-enum route {
-    R_NONE = 0,
-    R_HEALTH,
-    R_READY,
-    R_MODELS,
-    R_POOL_STATUS,
-    R_JOBS,
-    R_JOB,
-    R_JOB_STREAM,
-};
-
 static bool valid_job_id(const char *s, size_t n)
 {
     if (n != SDW_JOB_ID_LEN || strncmp(s, "job-", 4) != 0)
@@ -136,9 +125,7 @@ static bool valid_job_id(const char *s, size_t n)
     return true;
 }
 
-/* The request path as the client sent it, without the query and one
- * trailing slash; false when none of the variables is set. */
-static bool request_path(FCGX_ParamArray env, char *buf, size_t n)
+bool sdw_http_request_path(FCGX_ParamArray env, char *buf, size_t n)
 {
     const char *script = FCGX_GetParam("SCRIPT_NAME", env);
     const char *info = FCGX_GetParam("PATH_INFO", env);
@@ -160,37 +147,37 @@ static bool request_path(FCGX_ParamArray env, char *buf, size_t n)
     return true;
 }
 
-static enum route route_of(const char *path, char *job_id)
+sdw_http_route sdw_http_route_of(const char *path, char job_id[SDW_JOB_ID_LEN + 1])
 {
     if (strcmp(path, "/health") == 0)
-        return R_HEALTH;
+        return SDW_ROUTE_HEALTH;
     if (strcmp(path, "/ready") == 0)
-        return R_READY;
+        return SDW_ROUTE_READY;
     if (strcmp(path, "/v1/models") == 0)
-        return R_MODELS;
+        return SDW_ROUTE_MODELS;
     if (strcmp(path, "/v1/pool/status") == 0)
-        return R_POOL_STATUS;
+        return SDW_ROUTE_POOL_STATUS;
     if (strcmp(path, "/v1/jobs") == 0)
-        return R_JOBS;
+        return SDW_ROUTE_JOBS;
     static const char prefix[] = "/v1/jobs/";
     if (strncmp(path, prefix, sizeof prefix - 1) != 0)
-        return R_NONE;
+        return SDW_ROUTE_NONE;
     const char *id = path + sizeof prefix - 1;
     size_t n = strcspn(id, "/");
     if (!valid_job_id(id, n))
-        return R_NONE;
+        return SDW_ROUTE_NONE;
     memcpy(job_id, id, n);
     job_id[n] = '\0';
     if (id[n] == '\0')
-        return R_JOB;
+        return SDW_ROUTE_JOB;
     if (strcmp(id + n, "/stream") == 0)
-        return R_JOB_STREAM;
-    return R_NONE;
+        return SDW_ROUTE_JOB_STREAM;
+    return SDW_ROUTE_NONE;
 }
 
 /* ---- POST /v1/jobs ---- */
 
-static bool is_json_type(const char *ct)
+bool sdw_http_is_json_type(const char *ct)
 {
     static const char json[] = "application/json";
     if (!ct)
@@ -244,7 +231,7 @@ static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_aut
                     "request body of %llu bytes exceeds limits.max_body_bytes (%zu)", length,
                     cfg->max_body_bytes);
     const char *ct = FCGX_GetParam("CONTENT_TYPE", req->envp);
-    if (!is_json_type(ct))
+    if (!sdw_http_is_json_type(ct))
         return fail(out, 415, SDW_API_UNSUPPORTED_MEDIA_TYPE, 0,
                     "Content-Type must be application/json, not %s", ct && *ct ? ct : "(none)");
     char *body = malloc(length + 1);
@@ -610,7 +597,7 @@ static bool loopback(const char *addr)
  * returns false when not. Runs before routing so that no path under /v1/,
  * known or not, answers anything else without a key. */
 static bool authorize(const sdw_http_ctx *ctx, FCGX_Request *req, const char *method, const char *path,
-                      enum route r, sdw_auth_caller *who)
+                      sdw_http_route r, sdw_auth_caller *who)
 {
     const sdw_config *cfg = ctx->cfg;
     memset(who, 0, sizeof *who);
@@ -632,7 +619,7 @@ static bool authorize(const sdw_http_ctx *ctx, FCGX_Request *req, const char *me
                                         : "WWW-Authenticate: Bearer realm=\"sdworker\", error=\"invalid_token\"\r\n");
         return false;
     }
-    if (r == R_JOBS && strcmp(method, "POST") == 0 && who->key->per_minute > 0) {
+    if (r == SDW_ROUTE_JOBS && strcmp(method, "POST") == 0 && who->key->per_minute > 0) {
         int retry = 0;
         rc = sdw_auth_rate_take(ctx->rates, who->owner, who->key->per_minute, sdw_ring_now_ms(), &retry, &e);
         if (rc == SDW_ELIMIT) {
@@ -654,38 +641,38 @@ void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req)
     FCGX_Stream *out = req->out;
     const char *method = FCGX_GetParam("REQUEST_METHOD", req->envp);
     char path[1024];
-    if (!method || !request_path(req->envp, path, sizeof path))
+    if (!method || !sdw_http_request_path(req->envp, path, sizeof path))
         return fail(out, 400, SDW_API_INVALID_REQUEST, 0, "the request carries no method or path");
     char id[SDW_JOB_ID_LEN + 1];
-    enum route r = route_of(path, id);
+    sdw_http_route r = sdw_http_route_of(path, id);
     sdw_auth_caller who;
     if (!authorize(ctx, req, method, path, r, &who))
         return;
     const char *allow;
     switch (r) {
-    case R_JOBS: allow = "POST"; break;
-    case R_JOB: allow = "GET, DELETE"; break;
-    case R_NONE: return fail(out, 404, SDW_API_NOT_FOUND, 0, "no route for %.200s", path);
+    case SDW_ROUTE_JOBS: allow = "POST"; break;
+    case SDW_ROUTE_JOB: allow = "GET, DELETE"; break;
+    case SDW_ROUTE_NONE: return fail(out, 404, SDW_API_NOT_FOUND, 0, "no route for %.200s", path);
     default: allow = "GET"; break;
     }
     bool get = strcmp(method, "GET") == 0;
     switch (r) {
-    case R_HEALTH: if (get) return health(out); break;
-    case R_READY: if (get) return ready(ctx, out); break;
-    case R_MODELS: if (get) return models(ctx->cfg, out); break;
-    case R_POOL_STATUS:
+    case SDW_ROUTE_HEALTH: if (get) return health(out); break;
+    case SDW_ROUTE_READY: if (get) return ready(ctx, out); break;
+    case SDW_ROUTE_MODELS: if (get) return models(ctx->cfg, out); break;
+    case SDW_ROUTE_POOL_STATUS:
         if (get)
             return pool_status(ctx, out, FCGX_GetParam("QUERY_STRING", req->envp), &who);
         break;
-    case R_JOBS: if (strcmp(method, "POST") == 0) return submit_job(ctx, req, &who); break;
-    case R_JOB:
+    case SDW_ROUTE_JOBS: if (strcmp(method, "POST") == 0) return submit_job(ctx, req, &who); break;
+    case SDW_ROUTE_JOB:
         if (get)
             return job_status(ctx, out, id, &who);
         if (strcmp(method, "DELETE") == 0)
             return job_cancel(ctx, out, id, &who);
         break;
-    case R_JOB_STREAM: if (get) return job_stream(ctx, req, id, &who); break;
-    case R_NONE: break;
+    case SDW_ROUTE_JOB_STREAM: if (get) return job_stream(ctx, req, id, &who); break;
+    case SDW_ROUTE_NONE: break;
     }
     char headers[64];
     snprintf(headers, sizeof headers, "Allow: %s\r\n", allow);

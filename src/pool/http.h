@@ -51,6 +51,8 @@
 #include "ring/ring.h"
 
 #include <fcgiapp.h>
+#include <stdbool.h>
+#include <stddef.h>
 
 #define SDW_HTTP_DEAD_ENGINE_S 60
 #define SDW_HTTP_RETRY_AFTER_S 5
@@ -61,6 +63,33 @@ typedef struct sdw_http_ctx {
     sdw_pool *pool;
     sdw_auth_rates *rates;          /* per-key submission rates, shared by the pool */
 } sdw_http_ctx;
+
+/* The pure parsing of a request's FastCGI parameters, apart from the
+ * answering so that the fuzz targets (tests/fuzz/fuzz_http.c) reach it
+ * without a socket, a ring or a pool. */
+typedef enum sdw_http_route {
+    SDW_ROUTE_NONE = 0,
+    SDW_ROUTE_HEALTH,
+    SDW_ROUTE_READY,
+    SDW_ROUTE_MODELS,
+    SDW_ROUTE_POOL_STATUS,
+    SDW_ROUTE_JOBS,
+    SDW_ROUTE_JOB,          /* /v1/jobs/{id} */
+    SDW_ROUTE_JOB_STREAM,   /* /v1/jobs/{id}/stream */
+} sdw_http_route;
+
+/* The request path as the client sent it (see routing above), without the
+ * query and one trailing slash, truncated to n - 1 bytes; false when none of
+ * the variables is set. */
+bool sdw_http_request_path(FCGX_ParamArray env, char *buf, size_t n);
+
+/* The route of a path from sdw_http_request_path; for the two job routes,
+ * job_id receives the id (which has the form of sdw_job_id). */
+sdw_http_route sdw_http_route_of(const char *path, char job_id[SDW_JOB_ID_LEN + 1]);
+
+/* Whether a Content-Type value (may be NULL) is application/json, with or
+ * without parameters. */
+bool sdw_http_is_json_type(const char *content_type);
 
 /* Answers one accepted request completely (the caller finishes it). */
 void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req);

@@ -3,7 +3,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "fuzz_safetensors.h"
+#include "fuzz.h"
 #include "model/safetensors.h"
 
 int fuzz_safetensors_one(const uint8_t *data, size_t size)
@@ -29,9 +29,4 @@ int fuzz_safetensors_one(const uint8_t *data, size_t size)
     return 0;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
-    fuzz_safetensors_one(data, size);
-    return 0;
-}
+SDW_FUZZ_ENTRY(fuzz_safetensors_one)
