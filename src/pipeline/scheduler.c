@@ -522,9 +522,10 @@ int sdw_sched_set_timesteps(sdw_sched *s, int steps, double strength, sdw_error 
     }
     for (int i = 0; i < n; i++) {
         if (g[i] < 0 || g[i] > T - 1) {
+            double bad = g[i];
             free(g);
             return sdw_fail(e, SDW_EINVAL, "%d steps with this scheduler config give timestep %g outside [0, %d]",
-                            steps, g[i], s->T - 1);
+                            steps, bad, s->T - 1);
         }
         s->ts[i] = (float)g[i];
     }
