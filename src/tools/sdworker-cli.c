@@ -148,7 +148,52 @@ enum { OPT_HIVE = 256, OPT_MODEL, OPT_PROMPT, OPT_NEG, OPT_STEPS, OPT_GUIDANCE, 
        OPT_VERSION };
 
 /* Returns -1 to continue, or an exit status. */
-static int parse_args(int argc, char **argv, struct opts *o)
+/* "image generate|transform|inpaint" (or --help, --version): the
+ * operation into o, and *sub the image command's name. -1 to go on, else
+ * the exit status. */
+static int parse_command(int argc, char **argv, struct opts *o, const char **sub_out)
+{
+    memset(o, 0, sizeof *o);
+    o->url = DEFAULT_URL;
+    o->api_key = getenv("SDW_API_KEY");
+    o->hive = "localhost";
+
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        usage(stdout);
+        return EXIT_OK;
+    }
+    if (argc >= 2 && !strcmp(argv[1], "--version")) {
+        printf("sdworker " PACKAGE_VERSION "\n");
+        return EXIT_OK;
+    }
+    if (argc < 3 || strcmp(argv[1], "image")) {
+        if (argc >= 2 && strcmp(argv[1], "image"))
+            msg("unknown command '%s'", argv[1]);
+        else
+            msg("missing command");
+        fprintf(stderr, "Try '%s --help'.\n", prog);
+        return EXIT_USAGE;
+    }
+    const char *sub = *sub_out = argv[2];
+    if (!strcmp(sub, "generate"))
+        o->operation = "image_generation";
+    else if (!strcmp(sub, "transform"))
+        o->operation = "image_transform";
+    else if (!strcmp(sub, "inpaint"))
+        o->operation = "image_inpaint";
+    else if (!strcmp(sub, "--help") || !strcmp(sub, "-h")) {
+        usage(stdout);
+        return EXIT_OK;
+    } else {
+        msg("unknown image command '%s' (generate, transform or inpaint)", sub);
+        return EXIT_USAGE;
+    }
+
+    return -1;
+}
+
+/* The options after "image COMMAND"; -1 to go on, else the exit status. */
+static int parse_options(int argc, char **argv, struct opts *o)
 {
     static const struct option longopts[] = {
         { "hive", required_argument, NULL, OPT_HIVE },
@@ -172,42 +217,6 @@ static int parse_args(int argc, char **argv, struct opts *o)
         { "version", no_argument, NULL, OPT_VERSION },
         { NULL, 0, NULL, 0 },
     };
-    memset(o, 0, sizeof *o);
-    o->url = DEFAULT_URL;
-    o->api_key = getenv("SDW_API_KEY");
-    o->hive = "localhost";
-
-    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        usage(stdout);
-        return EXIT_OK;
-    }
-    if (argc >= 2 && !strcmp(argv[1], "--version")) {
-        printf("sdworker " PACKAGE_VERSION "\n");
-        return EXIT_OK;
-    }
-    if (argc < 3 || strcmp(argv[1], "image")) {
-        if (argc >= 2 && strcmp(argv[1], "image"))
-            msg("unknown command '%s'", argv[1]);
-        else
-            msg("missing command");
-        fprintf(stderr, "Try '%s --help'.\n", prog);
-        return EXIT_USAGE;
-    }
-    const char *sub = argv[2];
-    if (!strcmp(sub, "generate"))
-        o->operation = "image_generation";
-    else if (!strcmp(sub, "transform"))
-        o->operation = "image_transform";
-    else if (!strcmp(sub, "inpaint"))
-        o->operation = "image_inpaint";
-    else if (!strcmp(sub, "--help") || !strcmp(sub, "-h")) {
-        usage(stdout);
-        return EXIT_OK;
-    } else {
-        msg("unknown image command '%s' (generate, transform or inpaint)", sub);
-        return EXIT_USAGE;
-    }
-
     /* getopt_long sees "sdworker --opt ..." */
     int gargc = argc - 2;
     char **gargv = argv + 2;
@@ -274,6 +283,12 @@ static int parse_args(int argc, char **argv, struct opts *o)
         msg("unexpected argument '%s'", gargv[optind]);
         return EXIT_USAGE;
     }
+    return -1;
+}
+
+/* The checks that involve several options, and the API key's form. */
+static int check_options(struct opts *o, const char *sub)
+{
     bool gen = !strcmp(o->operation, "image_generation");
     bool inpaint = !strcmp(o->operation, "image_inpaint");
     const char *missing = !o->model ? "--model" : !o->prompt ? "--prompt" : !o->output ? "--output"
@@ -308,6 +323,17 @@ static int parse_args(int argc, char **argv, struct opts *o)
             return EXIT_USAGE;
         }
     return -1;
+}
+
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+    const char *sub = NULL;
+    int rc = parse_command(argc, argv, o, &sub);
+    if (rc < 0)
+        rc = parse_options(argc, argv, o);
+    if (rc < 0)
+        rc = check_options(o, sub);
+    return rc;
 }
 
 /* ---- request ---- */
