@@ -13,7 +13,7 @@
  *   #generate        submit button (disabled while a job runs)
  *   #cancel          cancel button (enabled while a job runs)
  *   #error           error box (hidden unless there is an error); shows error.message
- *   #job-status      text: queued / running / done / cancelled / failed, with the job id
+ *   #job-status      text: queued (with its position) / running / done / cancelled / failed, with the job id
  *   #progress        <progress> 0-100; #progress-text the percentage
  *   #preview         <img> updated from `preview` events
  *   #result          <img> with the final PNG
@@ -292,6 +292,11 @@
     function data(ev) {
       try { return JSON.parse(ev.data); } catch (e) { return {}; }
     }
+    /* Sent at once while the job waits, and again whenever it moves up. */
+    es.addEventListener('queued', function (ev) {
+      var d = data(ev);
+      $('job-status').textContent = 'Queued: position ' + d.position + ' (' + id + ')';
+    });
     es.addEventListener('progress', function (ev) {
       var d = data(ev);
       setProgress(d.percent);

@@ -426,13 +426,15 @@ static int end_with_error_locked(sdw_ring *r, struct ring_slot *s, sdw_job_state
     return 0;
 }
 
-/* A job left the queue: every job behind it moved up, and the streams
- * waiting in sdw_ring_wait_queue_position on those jobs must say so. */
-static void queue_moved_locked(sdw_ring *r)
+/* The job of sequence number seq left the queue: every job behind it moved
+ * up, and the streams waiting in sdw_ring_wait_queue_position on those jobs
+ * must say so. The ones ahead stay where they are and are not woken (a
+ * cancelled job at the tail wakes nobody). */
+static void queue_moved_locked(sdw_ring *r, uint64_t seq)
 {
     for (unsigned i = 0; i < r->h->nslots; i++) {
         struct ring_slot *s = slot_at(r, i);
-        if (s->state == SDW_JOB_QUEUED) {
+        if (s->state == SDW_JOB_QUEUED && s->seq > seq) {
             bump(&s->event_futex);
             wake_all(&s->event_futex);
         }
@@ -714,7 +716,7 @@ int sdw_ring_cancel(sdw_ring *r, const char *id, sdw_job_state *after, sdw_error
         rc = SDW_ENOTFOUND;
     } else if (s->state == SDW_JOB_QUEUED) {
         rc = end_with_error_locked(r, s, SDW_JOB_CANCELLED, json, e);
-        queue_moved_locked(r);
+        queue_moved_locked(r, s->seq);
     } else if (s->state == SDW_JOB_RUNNING) {
         s->cancel_requested = 1;
         bump(&s->event_futex);
@@ -912,7 +914,7 @@ int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size
             transition(oldest, SDW_JOB_RUNNING, NULL);
             oldest->started_ms = clock_ms(CLOCK_REALTIME);
             bump(&oldest->event_futex);
-            queue_moved_locked(r);
+            queue_moved_locked(r, oldest->seq);
             format_id(oldest->id, id);
             ring_unlock(r);
             wake_all(&oldest->event_futex);
@@ -983,7 +985,7 @@ int sdw_ring_fail(sdw_ring *r, const char *id, const char *code, const char *mes
     bool was_queued = s && s->state == SDW_JOB_QUEUED;
     rc = s ? end_with_error_locked(r, s, SDW_JOB_FAILED, json, e) : SDW_ENOTFOUND;
     if (was_queued)
-        queue_moved_locked(r);
+        queue_moved_locked(r, s->seq);
     ring_unlock(r);
     free(json);
     if (s)
