@@ -68,7 +68,7 @@ python3 "$top/tests/sse_swarm.py" --port "$SDW_PORT" --jobs "$jobs" --streams "$
   --post-body "$body" --status --rss-pid "$(cat "$SDW_RUN_DIR/nginx.pid")" --rss-pid "$(cat "$SDW_RUN_DIR/fcgi.pid")" \
   --timeout 300 >"$SDW_RUN_DIR/swarm.json"
 for j in ${jobs//,/ }; do curl -s -o /dev/null -X DELETE "$url/v1/jobs/$j"; done
-python3 - "$SDW_RUN_DIR/swarm.json" "$streams" <<'EOF'
+python3 - "$SDW_RUN_DIR/swarm.json" "$streams" "$(cat "$SDW_RUN_DIR/nginx.pid")" "$(cat "$SDW_RUN_DIR/fcgi.pid")" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 n = int(sys.argv[2])
@@ -88,6 +88,11 @@ print("memory of nginx + pool: %d processes, RSS %.1f MiB, PSS %.1f MiB before; 
          w["pss_kib"] / 1024))
 print("per open stream: RSS %.1f KiB, PSS %.1f KiB"
       % ((w["rss_kib"] - b["rss_kib"]) / opened, (w["pss_kib"] - b["pss_kib"]) / opened))
+for name, pid in zip(("nginx", "pool"), sys.argv[3:]):
+    tb, tw = b["trees"][pid], w["trees"][pid]
+    print("  %-5s %d -> %d processes, per stream RSS %.1f KiB, PSS %.1f KiB"
+          % (name, tb["processes"], tw["processes"], (tw["rss_kib"] - tb["rss_kib"]) / opened,
+             (tw["pss_kib"] - tb["pss_kib"]) / opened))
 EOF
 # A closed stream's thread ends at its next keep-alive (15 s): wait for
 # them, so that the stop finds nothing running.

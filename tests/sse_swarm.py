@@ -57,21 +57,26 @@ def tree(root):
 
 
 def memory(roots):
-    """Summed RSS and PSS in KiB of the trees (PSS splits shared pages)."""
-    rss = pss = n = 0
+    """RSS and PSS in KiB (PSS splits shared pages) summed over the trees,
+    and per tree under "trees"."""
+    total = {"processes": 0, "rss_kib": 0, "pss_kib": 0, "trees": {}}
     for root in roots:
+        t = {"processes": 0, "rss_kib": 0, "pss_kib": 0}
         for p in tree(root):
             try:
                 with open(f"/proc/{p}/smaps_rollup") as f:
                     for line in f:
                         if line.startswith("Rss:"):
-                            rss += int(line.split()[1])
+                            t["rss_kib"] += int(line.split()[1])
                         elif line.startswith("Pss:"):
-                            pss += int(line.split()[1])
-                n += 1
+                            t["pss_kib"] += int(line.split()[1])
+                t["processes"] += 1
             except OSError:
                 pass
-    return {"processes": n, "rss_kib": rss, "pss_kib": pss}
+        total["trees"][str(root)] = t
+        for k in ("processes", "rss_kib", "pss_kib"):
+            total[k] += t[k]
+    return total
 
 
 async def request(port, method, path, body=None):

@@ -41,8 +41,12 @@
  * logger, a few KiB deep; what is never touched costs no memory. */
 #define STREAM_STACK (64 * 1024)
 /* How often a full child that left the accepting to its siblings looks
- * again whether they have all filled up too. */
-#define FULL_RECHECK_MS 200
+ * again whether one of them still can take a connection. */
+#define FULL_RECHECK_MS 50
+/* A sibling whose main thread has been answering one request (or starting)
+ * this long does not count as taking connections: the full children accept
+ * again, so one slow request never holds up the pool. */
+#define STALL_MS 50
 
 enum child_state {
     CHILD_FREE = 0,  /* slot unused */
@@ -59,6 +63,7 @@ struct board_slot {
     int streams;            /* atomic: open streams, written by the child */
     int max_streams;        /* its configuration's pm.max_streams_per_child */
     int64_t started_ms;     /* CLOCK_MONOTONIC */
+    int64_t busy_ms;        /* atomic: when the main thread last took a request */
 };
 
 /* One open stream, for the status page. A child claims a free entry (owner
@@ -265,15 +270,21 @@ static void nudge_master(const sdw_pool *p, bool less_spare)
         kill(b->master, SIGUSR2);
 }
 
-/* Whether another current child could take a stream now. */
-static bool sibling_has_room(const sdw_pool *p)
+/* Whether another current child with room for a stream is taking
+ * connections now: waiting in accept, or busy or starting only briefly. */
+static bool sibling_takes_streams(const sdw_pool *p)
 {
     const struct board *b = p->board;
+    int64_t now = mono_ms();
     for (int k = 0; k < __atomic_load_n(&b->high, __ATOMIC_ACQUIRE); k++) {
         const struct board_slot *sl = &b->slot[k];
         int st = load_state(&sl->state);
-        if (k != p->self && st != CHILD_FREE && sl->gen == b->gen && !load_state(&sl->retiring) &&
-            has_room(sl))
+        if (k == p->self || st == CHILD_FREE || sl->gen != b->gen || load_state(&sl->retiring) || !has_room(sl))
+            continue;
+        if (st == CHILD_IDLE)
+            return true;
+        int64_t since = st == CHILD_BUSY ? __atomic_load_n(&sl->busy_ms, __ATOMIC_RELAXED) : sl->started_ms;
+        if (now - since < STALL_MS)
             return true;
     }
     return false;
@@ -463,9 +474,10 @@ static void child_main(sdw_pool *p)
         if (served > 0 && !load_state(&me->retiring))
             nudge_master(p, false);
         /* A full child leaves the connections to siblings with room, and
-         * looks again now and then: when they have all filled up, every
-         * child accepts, so /health and submits are always answered. */
-        bool listen = has_room(me) || !sibling_has_room(p);
+         * looks again now and then: when they have all filled up (or are
+         * held up by a slow request), it accepts too, so /health and
+         * submits are always answered. */
+        bool listen = has_room(me) || !sibling_takes_streams(p);
         /* The quit signals are taken only while waiting here: libfcgi's
          * reads of a request's parameters are never interrupted. Every
          * accepting child wakes for a new connection; the listening socket
@@ -492,6 +504,7 @@ static void child_main(sdw_pool *p)
             sdw_pool_log(SDW_LOG_ERROR, "accept failed (%d), child exits", rc);
             break;
         }
+        __atomic_store_n(&me->busy_ms, mono_ms(), __ATOMIC_RELAXED);
         store_state(&me->state, CHILD_BUSY);
         __atomic_add_fetch(&p->board->accepted, 1, __ATOMIC_RELAXED);
         nudge_master(p, true);

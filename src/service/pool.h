@@ -15,9 +15,10 @@
  *            ones with no stream beyond pm.max_spare_servers are told to
  *            exit.
  * A child with no room for another stream stops competing for connections
- * while a sibling has room, so streams spread over the children and the
- * short requests go to a child that can take anything; when every child is
- * full they all accept again (and answer streams with 503).
+ * while a sibling with room is taking them, so streams spread over the
+ * children and the short requests go to a child that can take anything;
+ * when every child is full (or the ones with room are held up by a slow
+ * request) the full ones accept again (and answer streams with 503).
  * A child retires after pm.max_requests requests (0 = never) and is replaced.
  * A child that dies is replaced; its open streams end, and their clients
  * reconnect with Last-Event-ID.
