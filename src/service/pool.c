@@ -100,8 +100,7 @@ struct sdw_pool {
     /* A child's own, used by its main thread only: */
     sdw_http_ctx ctx;
     int wake_fd;            /* eventfd: a stream thread has ended */
-    FCGX_Request *req;      /* the request being answered */
-    bool req_taken;         /* ... now owned by a stream thread */
+    bool req_taken;         /* the request being answered now belongs to a stream thread */
     pthread_attr_t stream_attr;
 };
 
@@ -342,8 +341,6 @@ int sdw_pool_stream_start(sdw_pool *p, FCGX_Request *req, const char *job_id, ui
 {
     struct board_slot *me = &p->board->slot[p->self];
     int open = __atomic_load_n(&me->streams, __ATOMIC_RELAXED);
-    if (req != p->req || p->req_taken)
-        return sdw_fail(e, SDW_EINVAL, "not the request the main thread is answering");
     if (open >= p->cfg.pm_max_streams_per_child)
         return sdw_fail(e, SDW_EFULL, "every stream this server can hold is open (%d per process)",
                         p->cfg.pm_max_streams_per_child);
@@ -508,7 +505,6 @@ static void child_main(sdw_pool *p)
         store_state(&me->state, CHILD_BUSY);
         __atomic_add_fetch(&p->board->accepted, 1, __ATOMIC_RELAXED);
         nudge_master(p, true);
-        p->req = req;
         p->req_taken = false;
         sdw_http_handle(&p->ctx, req);
         if (p->req_taken) {
