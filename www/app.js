@@ -15,7 +15,7 @@
  *   #generate        submit button (disabled while a job runs)
  *   #cancel          cancel button (enabled while a job runs)
  *   #error           error box (hidden unless there is an error); shows error.message
- *   #job-status      text: queued / running / done / cancelled / failed, with the job id
+ *   #job-status      text: queued (with its position) / running / done / cancelled / failed, with the job id
  *   #progress        <progress> 0-100; #progress-text the percentage
  *   #preview         <img> updated from `preview` events
  *   #result          <img> with the final PNG
@@ -440,6 +440,10 @@
       try { return JSON.parse(ev.data); } catch (e) { return {}; }
     }
     var handlers = {
+      /* Sent at once while the job waits, and again whenever it moves up. */
+      queued: function (d) {
+        $('job-status').textContent = 'Queued: position ' + d.position + ' (' + id + ')';
+      },
       progress: function (d) {
         setProgress(d.percent);
         $('job-status').textContent = 'Running: step ' + d.step + ' of ' + d.total + ' (' + id + ')';
