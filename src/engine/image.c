@@ -20,9 +20,11 @@ static int image_alloc(sdw_image *img, int64_t w, int64_t h, int channels, size_
 {
     if (max_pixels > SDW_IMAGE_MAX_PIXELS)
         max_pixels = SDW_IMAGE_MAX_PIXELS;
-    if (w <= 0 || h <= 0 || (uint64_t)w * (uint64_t)h > max_pixels)
-        return sdw_fail(e, SDW_EINVAL, "image size %lldx%lld outside 1..%zu pixels", (long long)w, (long long)h,
-                        max_pixels);
+    if (w <= 0 || h <= 0)
+        return sdw_fail(e, SDW_EINVAL, "image is %lldx%lld: no pixels", (long long)w, (long long)h);
+    if ((uint64_t)w * (uint64_t)h > max_pixels)
+        return sdw_fail(e, SDW_EINVAL, "image is %lldx%lld, %llu pixels, over the limit of %zu", (long long)w,
+                        (long long)h, (unsigned long long)w * (unsigned long long)h, max_pixels);
     img->pixels = malloc((size_t)w * h * channels);
     if (!img->pixels)
         return sdw_fail(e, SDW_ENOMEM, "out of memory for a %lldx%lld image", (long long)w, (long long)h);
