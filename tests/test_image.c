@@ -7,8 +7,9 @@
 
 #include <jpeglib.h>
 
-#include "image.h"
+#include "image/image.h"
 #include "image_fixtures.h"
+#include "pipeline/pixels.h"
 #include "tap.h"
 
 static sdw_image gradient(int w, int h)

@@ -2,7 +2,7 @@
  * waits across processes, recovery from a lock holder killed with SIGKILL,
  * queue limits, expiry, cancel, engine death and concurrent producers. */
 #define _GNU_SOURCE
-#include "ring.h"
+#include "ring/ring.h"
 #include "tap.h"
 
 #include <signal.h>
@@ -504,6 +504,33 @@ static void test_queue_full_and_expiry(void)
     drop_ring(r);
 }
 
+/* Per-owner queue limits and the owner each job records. */
+static void test_owners(void)
+{
+    sdw_ring *r = make_ring(8, 6, 0, 0);
+    if (!r)
+        return tap_skip("no ring");
+    sdw_job_id a1, a2, b1, any, extra;
+    sdw_error e = {0};
+    int ok = sdw_ring_submit_as(r, "a1", 2, 7, 2, a1, &e) == 0 && sdw_ring_submit_as(r, "a2", 2, 7, 2, a2, &e) == 0 &&
+             sdw_ring_submit_as(r, "b1", 2, 9, 1, b1, &e) == 0 && submit(r, "any", any) == 0;
+    tap_ok(ok, "jobs of two owners and one without (%s)", e.msg);
+    tap_ok(sdw_ring_submit_as(r, "a3", 2, 7, 2, extra, &e) == SDW_ELIMIT && strstr(e.msg, "2 jobs"),
+           "an owner's third job past max_queued 2: SDW_ELIMIT (%s)", e.msg);
+    tap_ok(sdw_ring_submit_as(r, "b2", 2, 9, 1, extra, &e) == SDW_ELIMIT, "the other owner's own limit");
+    tap_ok(sdw_ring_submit_as(r, "a3", 2, 7, 0, extra, &e) == 0, "no limit (0) for the same owner: accepted");
+    sdw_job_info info;
+    tap_ok(sdw_ring_job_status(r, a1, &info, &e) == 0 && info.owner == 7 && sdw_ring_job_status(r, b1, &info, &e) == 0 &&
+           info.owner == 9 && sdw_ring_job_status(r, any, &info, &e) == 0 && info.owner == 0,
+           "each job reports its owner (0 without one)");
+    sdw_job_id t;
+    take(r, t, NULL, 0);
+    tap_ok(!strcmp(t, a1) && sdw_ring_submit_as(r, "a4", 2, 7, 3, extra, &e) == 0 &&
+           sdw_ring_submit_as(r, "a5", 2, 7, 3, extra, &e) == SDW_ELIMIT,
+           "a running job no longer counts as queued: two queued and one running take a third, not a fourth");
+    drop_ring(r);
+}
+
 static void test_engine_death(void)
 {
     sdw_error e;
@@ -730,6 +757,7 @@ int main(void)
     test_cancel_running();
     test_queue_full_and_expiry();
     test_gone_ids();
+    test_owners();
     test_engine_death();
     test_robust();
     test_producers();

@@ -4,8 +4,8 @@
  * it again on what it takes from the ring. A file of its own because it
  * needs the image decoders, which sdw_contract_parse's users (the CLI) do
  * not link. */
-#include "contract.h"
-#include "image.h"
+#include "contract/contract.h"
+#include "image/image.h"
 
 #include <string.h>
 
@@ -48,10 +48,10 @@ int sdw_job_request_decode_images(const sdw_job_request *req, size_t max_pixels,
 {
     memset(init, 0, sizeof *init);
     memset(mask, 0, sizeof *mask);
-    if (req->op == SDW_OP_IMAGE_GENERATION)
+    if (req->op == SDW_OPERATION_GENERATE)
         return 0;
     int rc = decode_one(&req->init_image, "init_image", 0, max_pixels, init, e);
-    if (rc || req->op != SDW_OP_IMAGE_INPAINT)
+    if (rc || req->op != SDW_OPERATION_INPAINT)
         return rc;
     rc = decode_one(&req->mask_image, "mask_image", 1, max_pixels, mask, e);
     if (!rc && (mask->width != init->width || mask->height != init->height))

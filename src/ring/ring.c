@@ -1,4 +1,4 @@
-#include "ring.h"
+#include "ring/ring.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,10 @@ struct ring_slot {
     uint32_t event_futex;  /* bumped on every event and state change */
     uint32_t cancel_requested;
     uint8_t id[16];
+    /* The submitter's key (sdw_ring_submit_as). It sits in what was padding
+     * before seq, so the layout, and RING_VERSION, stay as they were: a
+     * ring made before it reads 0 = no key. */
+    uint32_t owner;
     uint64_t seq;
     int64_t created_ms, started_ms, finished_ms, expires_mono_ms;
     uint64_t input_len;
@@ -58,6 +63,10 @@ struct ring_slot {
     uint64_t big_id, big_len;
     char big_name[16];
 };
+
+/* owner took padding: every other field must stay where it was. */
+_Static_assert(offsetof(struct ring_slot, seq) == 32 && sizeof(struct ring_slot) == 128,
+               "struct ring_slot changed layout: bump RING_VERSION");
 
 struct log_rec {
     uint64_t id;
@@ -611,6 +620,12 @@ static int sweep_locked(sdw_ring *r, int64_t now_ms)
 
 int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, sdw_error *e)
 {
+    return sdw_ring_submit_as(r, input, len, 0, 0, id, e);
+}
+
+int sdw_ring_submit_as(sdw_ring *r, const void *input, size_t len, uint32_t owner, unsigned owner_max_queued,
+                       sdw_job_id id, sdw_error *e)
+{
     uint8_t raw[16];
     if (len > r->h->input_cap)
         return sdw_fail(e, SDW_ETOOBIG, "job input of %zu bytes exceeds the slot input area (%zu bytes)",
@@ -621,14 +636,22 @@ int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, s
     if (rc)
         return rc;
     sweep_locked(r, sdw_ring_now_ms());
-    unsigned queued = 0;
+    unsigned queued = 0, owned = 0;
     struct ring_slot *pick = NULL;
     for (unsigned i = 0; i < r->h->nslots; i++) {
         struct ring_slot *s = slot_at(r, i);
-        if (s->state == SDW_JOB_QUEUED)
+        if (s->state == SDW_JOB_QUEUED) {
             queued++;
-        else if (!pick && s->state == SDW_JOB_FREE)
+            owned += s->owner == owner;
+        } else if (!pick && s->state == SDW_JOB_FREE) {
             pick = s;
+        }
+    }
+    /* Counted under the lock, so that concurrent submits of one owner from
+     * several processes cannot pass the limit together. */
+    if (owner_max_queued && owned >= owner_max_queued) {
+        ring_unlock(r);
+        return sdw_fail(e, SDW_ELIMIT, "%u jobs of this key are queued (its max_queued)", owned);
     }
     for (unsigned i = 0; !pick && i < r->h->nslots; i++)
         if (slot_at(r, i)->state == SDW_JOB_EXPIRED)
@@ -655,6 +678,7 @@ int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, s
         transition(pick, SDW_JOB_FREE, NULL);
     }
     memcpy(pick->id, raw, 16);
+    pick->owner = owner;
     memcpy(input_of(r, pick), input, len);
     pick->input_len = len;
     pick->cancel_requested = 0;
@@ -732,6 +756,7 @@ int sdw_ring_job_status(sdw_ring *r, const char *id, sdw_job_info *info, sdw_err
     if (s) {
         memset(info, 0, sizeof *info);
         info->state = (sdw_job_state)s->state;
+        info->owner = s->owner;
         info->cancel_requested = s->cancel_requested != 0;
         info->last_event_id = s->last_event_id;
         info->created_ms = s->created_ms;

@@ -41,11 +41,11 @@
  * nothing behind; there is no sleep-polling.
  *
  * Return values: 0 or a positive count/flag on success, a negative sdw_status
- * (SDW_EFULL, SDW_ESTATE and SDW_ETOOBIG among them) on failure, with e filled. */
+ * (SDW_EFULL, SDW_ELIMIT, SDW_ESTATE and SDW_ETOOBIG among them) on failure, with e filled. */
 #ifndef SDW_RING_H
 #define SDW_RING_H
 
-#include "err.h"
+#include "base/err.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -114,6 +114,12 @@ int sdw_ring_unlink(const char *name, sdw_error *e);
  * their retention) or max_queued jobs are already waiting; SDW_ETOOBIG
  * when len exceeds input_bytes. Wakes the engine. */
 int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, sdw_error *e);
+/* sdw_ring_submit for an owner (an API key's id; 0 = none), recorded in the
+ * job (sdw_job_info.owner). SDW_ELIMIT, before any other check of the
+ * queue, when owner_max_queued (0 = no limit) of the owner's jobs are
+ * already queued. */
+int sdw_ring_submit_as(sdw_ring *r, const void *input, size_t len, uint32_t owner, unsigned owner_max_queued,
+                       sdw_job_id id, sdw_error *e);
 
 /* Cancels a job: a QUEUED job becomes CANCELLED at once (with an error event
  * of code "cancelled"); a RUNNING one gets its cancel-requested flag set and
@@ -123,6 +129,7 @@ int sdw_ring_cancel(sdw_ring *r, const char *id, sdw_job_state *after, sdw_error
 
 typedef struct sdw_job_info {
     sdw_job_state state;
+    uint32_t owner;             /* sdw_ring_submit_as's; 0 for an id known only as gone */
     unsigned queue_position;    /* 1 = next to run; 0 when not queued */
     bool cancel_requested;
     uint64_t last_event_id;

@@ -15,9 +15,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "config.h"
-#include "engine.h"
-#include "ring.h"
+#include "config/config.h"
+#include "ring/ring.h"
+#include "runner/runner.h"
 
 /* How long a stopping engine may finish its current job. */
 #define STOP_GRACE_MS 10000
@@ -75,7 +75,7 @@ static int load_config(int argc, char **argv, sdw_config *cfg, int *print)
         rc = sdw_config_validate(cfg, &e);
     free(sets);
     if (rc)
-        fprintf(stderr, "sdworker-engine: %s\n", e.msg);
+        sdw_log(SDW_LOG_ERROR, "%s", e.msg);
     return rc;
 }
 
@@ -91,7 +91,7 @@ static int create_ring(const sdw_config *cfg, sdw_ring **ring)
      * serve: its jobs' clients are gone with the pool that served them. */
     sdw_ring_unlink(cfg->ring_name, &e);
     if (sdw_ring_create(&rc, ring, &e)) {
-        fprintf(stderr, "sdworker-engine: %s\n", e.msg);
+        sdw_log(SDW_LOG_ERROR, "%s", e.msg);
         return -1;
     }
     return 0;
@@ -108,9 +108,9 @@ static pid_t spawn_engine(const sdw_config *cfg, sdw_ring *ring)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     sdw_error e = {0};
-    int rc = sdw_engine_run(cfg, ring, &stop_requested, &e);
+    int rc = sdw_runner_run(cfg, ring, &stop_requested, &e);
     if (rc) {
-        fprintf(stderr, "sdworker-engine[%d]: %s\n", (int)getpid(), e.msg);
+        sdw_log(SDW_LOG_ERROR, "%s", e.msg);
         sdw_ring_set_engine(ring, SDW_ENGINE_DEAD, getpid(), e.msg, &e);
     }
     _exit(rc ? 3 : 0);
@@ -128,8 +128,10 @@ int main(int argc, char **argv)
 {
     sdw_config cfg;
     int print;
+    sdw_log_init("sdworker-engine", SDW_LOG_INFO);
     if (load_config(argc, argv, &cfg, &print))
         return 1;
+    sdw_log_set_level(cfg.log_level);
     if (print)
         return sdw_config_dump(&cfg, stdout) ? 1 : 0;
     sdw_ring *ring;
@@ -180,7 +182,7 @@ int main(int argc, char **argv)
             else
                 describe_exit(status, why, sizeof why);
             int failed = sdw_ring_engine_died(ring, why, &e);
-            fprintf(stderr, "sdworker-engine: %s; %d running job(s) failed\n", why, failed < 0 ? 0 : failed);
+            sdw_log(SDW_LOG_WARN, "%s; %d running job(s) failed", why, failed < 0 ? 0 : failed);
             /* An engine that dies soon after starting (no device, a model
              * that fails to load) is retried ever more slowly, up to a
              * minute; /ready reports why meanwhile. */
@@ -191,7 +193,7 @@ int main(int argc, char **argv)
         if (stopping && child == 0)
             break;
         if (!stopping && child == 0 && sdw_ring_now_ms() >= restart_at) {
-            fprintf(stderr, "sdworker-engine: starting a new engine\n");
+            sdw_log(SDW_LOG_INFO, "starting a new engine");
             started_at = sdw_ring_now_ms();
             child = spawn_engine(&cfg, ring);
         }

@@ -11,12 +11,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "image.h"
-#include "pipeline.h"
-#include "profile.h"
-#include "scheduler.h"
-#include "tensor.h"
+#include "backend/backend.h"
+#include "base/clock.h"
+#include "image/image.h"
+#include "pipeline/pipeline.h"
+#include "pipeline/pixels.h"
+#include "pipeline/scheduler.h"
+#include "tensor/profile.h"
+#include "tensor/tensor.h"
 
 enum { EXIT_USAGE = 2, EXIT_INPUT = 3, EXIT_MODEL = 4, EXIT_GENERATE = 5 };
 
@@ -174,15 +176,6 @@ static uint64_t random_seed(void)
     return s;
 }
 
-static int sampler_known(const char *name)
-{
-    size_t n = strlen(name);
-    for (const char *p = sdw_sampler_names; (p = strstr(p, name)); p += n)
-        if ((p == sdw_sampler_names || p[-1] == ' ') && (p[n] == ',' || p[n] == 0))
-            return 1;
-    return 0;
-}
-
 /* Loads an image (grey for masks); a size that is not a multiple of 8, or
  * that differs from want_w x want_h when those are set, is resized. */
 static int load_input(const char *what, const char *path, int grey, int want_w, int want_h, sdw_image *img,
@@ -313,7 +306,7 @@ int main(int argc, char **argv)
                         "inpainting use the init image's size\n");
         return EXIT_USAGE;
     }
-    if (sampler && !sampler_known(sampler)) {
+    if (sampler && sdw_sampler_parse(sampler) < 0) {
         fprintf(stderr, "sdworker-generate: unknown sampler '%s' (valid: %s)\n", sampler, sdw_sampler_names);
         return EXIT_USAGE;
     }
@@ -359,7 +352,8 @@ int main(int argc, char **argv)
     size_t nlat = 0;
     sdw_gen_timings t = {0}, wt = {0};
     double t0 = sdw_now_s();
-    if (sdw_backend_open(&be, device, (sdw_precision)precision, &e)) {
+    sdw_device dev;
+    if (sdw_device_parse(device, &dev, &e) || sdw_backend_open(&be, dev, (sdw_precision)precision, &e)) {
         fprintf(stderr, "sdworker-generate: %s\n", e.msg);
         status = EXIT_MODEL;
         goto done;

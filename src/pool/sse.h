@@ -1,0 +1,33 @@
+/* Server-sent events for GET /v1/jobs/{id}/stream.
+ *
+ * The stream replays every event after Last-Event-ID (or from the first),
+ * then waits on the job ring for new ones, writing each as
+ *   id: N\nevent: NAME\ndata: JSON\n\n
+ * and flushing it at once (nginx passes it on unbuffered: X-Accel-Buffering
+ * no). With nothing to send for keepalive_interval seconds it writes a
+ * ": keep-alive" comment. It ends after the complete or error event, or when
+ * a write fails because the client went away. */
+#ifndef SDW_SSE_H
+#define SDW_SSE_H
+
+#include "ring/ring.h"
+
+#include <fcgiapp.h>
+#include <stdint.h>
+
+typedef enum sdw_sse_end {
+    SDW_SSE_FINISHED = 0,    /* the job ended and every event was sent */
+    SDW_SSE_DISCONNECTED,    /* a write failed */
+    SDW_SSE_GONE,            /* the job expired or vanished mid-stream */
+    SDW_SSE_FAILED,          /* the ring failed */
+} sdw_sse_end;
+
+/* Parses a Last-Event-ID header value: a decimal event id, else 0 (replay
+ * everything). */
+uint64_t sdw_sse_parse_last_event_id(const char *value);
+
+/* Writes the response headers and streams the job's events. */
+sdw_sse_end sdw_sse_stream(sdw_ring *ring, const char *job_id, uint64_t after, int keepalive_s,
+                           FCGX_Stream *out);
+
+#endif
