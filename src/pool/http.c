@@ -1,6 +1,7 @@
 #include "pool/http.h"
 
 #include "contract/contract.h"
+#include "image/image.h"
 #include "pool/sse.h"
 
 #include <arpa/inet.h>
@@ -284,6 +285,16 @@ static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_aut
         sdw_job_request_free(&jr);
         return;
     }
+    /* Decoded here, in full, so that a bad image is this request's 400
+     * and not a failed job; the engine decodes them again from the ring. */
+    sdw_image init, mask;
+    rc = sdw_job_request_decode_images(&jr, cfg->max_pixels, &init, &mask, &err);
+    if (rc < 0) {
+        sdw_job_request_free(&jr);
+        return reply_error(out, &err, NULL);
+    }
+    sdw_image_free(&init);
+    sdw_image_free(&mask);
     char reason[256];
     if (engine_gone(ctx->ring, reason, sizeof reason)) {
         sdw_job_request_free(&jr);

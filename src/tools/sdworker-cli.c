@@ -65,15 +65,19 @@ static void usage(FILE *f)
 "  --model NAME            model name (required; see GET /v1/models)\n"
 "  --prompt TEXT           the prompt (required)\n"
 "  --negative-prompt TEXT  what to steer away from\n"
-"  --steps N               denoising steps (server default 20)\n"
-"  --guidance X            classifier-free guidance scale (server default 7.5)\n"
-"  --width N, --height N   image size, generate only (server default 512x512)\n"
-"  --seed N                seed (default: random, chosen by the server)\n"
+"  --steps N               denoising steps, 1-150 (server default 20)\n"
+"  --guidance X            classifier-free guidance scale, 0-30 (server\n"
+"                          default 7.5)\n"
+"  --width N, --height N   image size, generate only: multiples of 8 in\n"
+"                          64-2048 (server default 512x512)\n"
+"  --seed N                seed, 0 to 18446744073709551615 (default: random,\n"
+"                          chosen by the server)\n"
 "  --sampler NAME          %s\n"
 "  --input FILE            init image, PNG or JPEG (transform, inpaint)\n"
 "  --mask FILE             mask image, white = repaint (inpaint)\n"
-"  --strength X            how far to move from the init image, 0-1\n"
-"                          (transform, inpaint; server default 0.8)\n"
+"  --strength X            how far to move from the init image, over 0 and at\n"
+"                          most 1, with steps * strength >= 1 (transform,\n"
+"                          inpaint; server default 0.8, 1 for inpaint)\n"
 "  -o, --output FILE       where to write the PNG (required)\n"
 "  -q, --quiet             no progress or informational output\n"
 "  -h, --help              this text\n"
@@ -636,7 +640,7 @@ struct stream {
     char error[512];
     unsigned char *image;
     size_t image_len;
-    int64_t seed;
+    uint64_t seed;
     bool has_seed;
     int width, height;
     char *timings;
@@ -685,6 +689,31 @@ static double num(json_object *j, const char *k, double dflt)
     return json_object_object_get_ex(j, k, &v) ? json_object_get_double(v) : dflt;
 }
 
+/* A seed as the server sends it: a JSON integer, which json-c holds as
+ * int64 or, above INT64_MAX, as uint64 (get_int64 would clip those), or a
+ * decimal string. */
+static bool event_seed(json_object *v, uint64_t *seed)
+{
+    if (json_object_is_type(v, json_type_int)) {
+        if (json_object_get_int64(v) < 0)
+            return false;
+        *seed = json_object_get_uint64(v);
+        return true;
+    }
+    if (json_object_is_type(v, json_type_string)) {
+        const char *t = json_object_get_string(v);
+        size_t n = strlen(t);
+        char *end;
+        errno = 0;
+        unsigned long long x = strtoull(t, &end, 10);
+        if (n == 0 || n > 20 || strspn(t, "0123456789") != n || errno)
+            return false;
+        *seed = x;
+        return true;
+    }
+    return false;
+}
+
 static void on_event(struct stream *s, const char *type, const char *data)
 {
     s->events++;
@@ -722,8 +751,9 @@ static void on_event(struct stream *s, const char *type, const char *data)
         } else {
             s->outcome = COMPLETED;
             if (json_object_object_get_ex(j, "seed", &v)) {
-                s->seed = json_object_get_int64(v);
-                s->has_seed = true;
+                s->has_seed = event_seed(v, &s->seed);
+                if (!s->has_seed && !s->o->quiet)
+                    msg("the complete event's seed is not an integer 0-%" PRIu64, UINT64_MAX);
             }
             s->width = (int)num(j, "width", 0);
             s->height = (int)num(j, "height", 0);
@@ -976,7 +1006,7 @@ int main(int argc, char **argv)
                 break;
             }
             if (s.has_seed)
-                printf("seed: %" PRId64 "\n", s.seed);
+                printf("seed: %" PRIu64 "\n", s.seed);
             if (!o.quiet) {
                 if (s.width > 0)
                     msg("wrote %s (%dx%d)", o.output, s.width, s.height);
