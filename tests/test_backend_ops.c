@@ -260,11 +260,11 @@ struct bo_case {
     unsigned flags;
     int64_t p[11];
 };
-/* Also run by the backends that force a way of taking convolutions. */
+/* Also run by the backends that force a way of taking convolutions. The
+ * other cases run with the default group open, and those that check the
+ * CUDA backend itself rather than an op against the CPU ("cuda", and the
+ * SIMT attention) report their own lines. */
 #define BO_CONV 1u
-/* A check of the CUDA backend itself rather than of an op against the CPU:
- * run once, with the default group open. */
-#define BO_ONCE 2u
 
 /* A case's parameter, for its label. */
 #define P(i) ((long long)c->p[i])
@@ -911,11 +911,11 @@ static void run_cuda_kernel_args(const bo_case *bc, const char *what)
            "tensor-core attention refuses a causal mask with tq != tk");
 }
 
-#define CUDA_OPEN() {"cuda", label_cuda_open, run_cuda_open, BO_ONCE, {0}}
-#define CUDA_KERNEL_ARGS() {"cuda", label_cuda_kernel_args, run_cuda_kernel_args, BO_ONCE, {0}}
+#define CUDA_OPEN() {"cuda", label_cuda_open, run_cuda_open, 0, {0}}
+#define CUDA_KERNEL_ARGS() {"cuda", label_cuda_kernel_args, run_cuda_kernel_args, 0, {0}}
 #define ATTENTION_TC(b, tq, tk, heads, d, causal)                                                                  \
     {"attention_tc", label_attention, run_attention_tc, 0, {b, tq, tk, heads, d, causal}}
-#define ATTENTION_SIMT() {"attention", label_attention_simt, run_attention_simt, BO_ONCE, {0}}
+#define ATTENTION_SIMT() {"attention", label_attention_simt, run_attention_simt, 0, {0}}
 #endif
 
 #define LINEAR(m, n, k, bias) {"linear", label_linear, run_linear, 0, {m, n, k, bias, 0}}
@@ -1092,7 +1092,7 @@ static int case_selected(const bo_case *c, int group)
 {
     if (only_op && strcmp(c->op, only_op))
         return 0;
-    return group == 0 || ((c->flags & BO_CONV) && !(c->flags & BO_ONCE));
+    return group == 0 || (c->flags & BO_CONV);
 }
 
 static void backend_name(char *buf, size_t len, int group, int p)
