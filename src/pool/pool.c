@@ -660,69 +660,69 @@ static void reload(sdw_pool *p)
             p->cfg.pm == SDW_PM_STATIC ? "static" : "dynamic", p->cfg.pm_max_children, p->cfg.n_keys);
 }
 
-int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
+/* The master's signals are taken only inside ppoll (with waitmask), so no
+ * flag is missed between a check and the wait. */
+static void master_signals(sigset_t *waitmask)
 {
-    sdw_pool pool = { .opt = *o, .listen_fd = -1, .self = -1, .wake_fd = -1 };
-    sdw_pool *p = &pool;
-    int rc = sdw_pool_load_config(o, &p->cfg, e);
-    if (rc < 0)
-        return rc;
-    sdw_log_set_level(p->cfg.log_level);
-
     struct sigaction sa = { 0 };
     sa.sa_handler = on_master_signal;
     sigemptyset(&sa.sa_mask);
-    sigset_t handled, waitmask;
+    sigset_t handled;
     sigemptyset(&handled);
-    int sigs[] = { SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGUSR2 };
+    static const int sigs[] = { SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGUSR2 };
     for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
         sigaddset(&handled, sigs[i]);
         sigaction(sigs[i], &sa, NULL);
     }
-    /* Signals are only taken inside ppoll, so no flag is missed between a
-     * check and the wait. */
-    sigprocmask(SIG_BLOCK, &handled, &waitmask);
-    sigdelset(&waitmask, SIGCHLD);
-    sigdelset(&waitmask, SIGHUP);
-    sigdelset(&waitmask, SIGTERM);
-    sigdelset(&waitmask, SIGINT);
-    sigdelset(&waitmask, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &handled, waitmask);
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        sigdelset(waitmask, sigs[i]);
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
-    raise_nofile();
+}
 
+/* The socket, the ring, the scoreboard and the rate table, or nothing. */
+static int master_open(sdw_pool *p, sdw_error *e)
+{
     p->listen_fd = bind_socket(&p->cfg, e);
     if (p->listen_fd < 0)
         return p->listen_fd;
-    rc = open_ring(&p->cfg, o->ring_wait_s, &p->ring, e);
-    if (rc < 0) {
-        close(p->listen_fd);
-        if (p->cfg.listen_unix)
-            unlink(p->cfg.listen_path);
-        return rc;
-    }
+    int rc = open_ring(&p->cfg, p->opt.ring_wait_s, &p->ring, e);
+    if (rc < 0)
+        goto no_ring;
     p->board = mmap(NULL, sizeof(sdw_board), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p->board == MAP_FAILED) {
-        sdw_ring_close(p->ring);
-        close(p->listen_fd);
-        return sdw_fail(e, SDW_ENOMEM, "scoreboard: %s", strerror(errno));
+        rc = sdw_fail(e, SDW_ENOMEM, "scoreboard: %s", strerror(errno));
+        goto no_board;
     }
-    rc = sdw_auth_rates_create(&p->rates, e);
-    if (rc < 0) {
-        munmap(p->board, sizeof *p->board);
-        sdw_ring_close(p->ring);
-        close(p->listen_fd);
-        return rc;
-    }
-    sdw_board *b = p->board;
-    b->master = getpid();
-    b->start_time_s = time(NULL);
-    publish_pm(b, &p->cfg);
-    sdw_log(SDW_LOG_INFO, "listening on %s, ring %s, pm %s, max_children %d, max_streams_per_child %d, %d API keys%s",
-            p->cfg.listen, p->cfg.ring_name, p->cfg.pm == SDW_PM_STATIC ? "static" : "dynamic",
-            p->cfg.pm_max_children, p->cfg.pm_max_streams_per_child, p->cfg.n_keys,
-            p->cfg.n_keys ? "" : " (the API is open)");
+    if ((rc = sdw_auth_rates_create(&p->rates, e)) < 0)
+        goto no_rates;
+    p->board->master = getpid();
+    p->board->start_time_s = time(NULL);
+    publish_pm(p->board, &p->cfg);
+    return 0;
+no_rates:
+    munmap(p->board, sizeof *p->board);
+no_board:
+    sdw_ring_close(p->ring);
+no_ring:
+    close(p->listen_fd);
+    if (p->cfg.listen_unix)
+        unlink(p->cfg.listen_path);
+    return rc;
+}
 
+static void set_timeout(struct timespec *ts, int64_t ms)
+{
+    ts->tv_sec = ms / 1000;
+    ts->tv_nsec = (ms % 1000) * 1000000L;
+}
+
+/* Keeps the children until a stop, then lets them finish for the grace
+ * period and kills the rest. */
+static void master_loop(sdw_pool *p, const sigset_t *waitmask)
+{
+    sdw_board *b = p->board;
     bool booting = true, stopping = false, killed = false;
     int64_t stop_deadline = 0, pause_until = 0;
     int fast_fail_run = 0;
@@ -737,9 +737,9 @@ int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
         }
         if (got_term && !stopping) {
             stopping = true;
-            stop_deadline = sdw_now_ms() + (int64_t)o->grace_s * 1000;
+            stop_deadline = sdw_now_ms() + (int64_t)p->opt.grace_s * 1000;
             sdw_log(SDW_LOG_INFO, "stopping: %d children finish their requests (grace %d s)",
-                    live_children(b), o->grace_s);
+                    live_children(b), p->opt.grace_s);
             close(p->listen_fd);
             if (p->cfg.listen_unix)
                 unlink(p->cfg.listen_path);
@@ -757,11 +757,8 @@ int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
                 signal_all(b, SIGKILL);
                 killed = true;
             }
-            if (!killed) {
-                ts.tv_sec = left / 1000;
-                ts.tv_nsec = (left % 1000) * 1000000L;
-                tsp = &ts;
-            }
+            if (!killed)
+                set_timeout(tsp = &ts, left);
         } else {
             if (got_hup) {
                 got_hup = 0;
@@ -773,14 +770,32 @@ int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
                 maintain(p, booting);
                 booting = false;
             } else {
-                ts.tv_sec = wait / 1000;
-                ts.tv_nsec = (wait % 1000) * 1000000L;
-                tsp = &ts;
+                set_timeout(tsp = &ts, wait);
             }
         }
         if (!got_chld && !got_hup && !got_usr2 && !(got_term && !stopping))
-            ppoll(NULL, 0, tsp, &waitmask);
+            ppoll(NULL, 0, tsp, waitmask);
     }
+}
+
+int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
+{
+    sdw_pool pool = { .opt = *o, .listen_fd = -1, .self = -1, .wake_fd = -1 };
+    sdw_pool *p = &pool;
+    int rc = sdw_pool_load_config(o, &p->cfg, e);
+    if (rc < 0)
+        return rc;
+    sdw_log_set_level(p->cfg.log_level);
+    sigset_t waitmask;
+    master_signals(&waitmask);
+    raise_nofile();
+    if ((rc = master_open(p, e)) < 0)
+        return rc;
+    sdw_log(SDW_LOG_INFO, "listening on %s, ring %s, pm %s, max_children %d, max_streams_per_child %d, %d API keys%s",
+            p->cfg.listen, p->cfg.ring_name, p->cfg.pm == SDW_PM_STATIC ? "static" : "dynamic",
+            p->cfg.pm_max_children, p->cfg.pm_max_streams_per_child, p->cfg.n_keys,
+            p->cfg.n_keys ? "" : " (the API is open)");
+    master_loop(p, &waitmask);
     sdw_ring_close(p->ring);
     munmap(p->board, sizeof *p->board);
     sdw_auth_rates_destroy(p->rates);
