@@ -171,19 +171,20 @@ static void wake_all(uint32_t *word)
 }
 
 /* Sleeps until *word is no longer seen, the deadline passes, or a signal;
- * the caller re-checks its condition in every case. */
-static void wait_change(uint32_t *word, uint32_t seen, int64_t deadline_ms)
+ * the caller re-checks its condition in every case. Returns 1 when a
+ * signal ended the sleep. */
+static int wait_change(uint32_t *word, uint32_t seen, int64_t deadline_ms)
 {
     struct timespec ts, *tsp = NULL;
     if (deadline_ms >= 0) {
         int64_t left = deadline_ms - sdw_ring_now_ms();
         if (left <= 0)
-            return;
+            return 0;
         ts.tv_sec = left / 1000;
         ts.tv_nsec = (left % 1000) * 1000000;
         tsp = &ts;
     }
-    syscall(SYS_futex, word, FUTEX_WAIT, seen, tsp, NULL, 0);
+    return syscall(SYS_futex, word, FUTEX_WAIT, seen, tsp, NULL, 0) != 0 && errno == EINTR;
 }
 
 static int64_t deadline_of(int timeout_ms)
@@ -674,7 +675,7 @@ static int lock_owner(int fd, const char *name, int64_t deadline_ms, sdw_error *
         if (errno != EWOULDBLOCK && errno != EINTR)
             return sdw_fail(e, SDW_EIO, "locking job ring %s: %s", name, strerror(errno));
         if (sdw_ring_now_ms() >= deadline_ms)
-            return sdw_fail(e, SDW_EIO, "job ring %s is held by another sdworker-engine (or by an engine it "
+            return sdw_fail(e, SDW_ESTATE, "job ring %s is held by another sdworker-engine (or by an engine it "
                                         "started that has not exited yet)", name);
         struct timespec ts = {0, 100 * 1000000L};
         nanosleep(&ts, NULL);
@@ -1169,7 +1170,10 @@ int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size
         ring_unlock(r);
         if (timeout_ms == 0 || expired_deadline(deadline))
             return 0;
-        wait_change(&r->h->work_futex, seen, deadline);
+        /* A signal (the engine's stop request) ends the wait, so that no
+         * job is taken after it. */
+        if (wait_change(&r->h->work_futex, seen, deadline))
+            return 0;
     }
 }
 

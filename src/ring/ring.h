@@ -122,7 +122,8 @@ typedef struct sdw_ring_attach_info {
 
 /* The supervisor's open. Takes the ring's owner lock (an flock on the
  * object, held until sdw_ring_close by this process and by the engine it
- * forks), waiting up to wait_ms for a previous owner to exit; then re-opens
+ * forks), waiting up to wait_ms for a previous owner to exit (SDW_ESTATE
+ * when it does not); then re-opens
  * the ring there when its version and layout match cfg (max_queued and
  * retention_s are taken from cfg; jobs RUNNING at the stop fail with an
  * "engine_stopped" error event; the engine state becomes STARTING), or
@@ -205,7 +206,8 @@ void sdw_ring_event_free(sdw_ring_event *ev);
 
 /* QUEUED -> RUNNING for the oldest queued job, waiting up to timeout_ms for
  * one (-1 = forever). Returns 1 with id and a malloc'd copy of the input,
- * 0 on timeout. */
+ * 0 on timeout or when a signal handler ran during the wait. A negative
+ * SDW_ESTATE once the ring was replaced by a new one. */
 int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size_t *len, sdw_error *e);
 
 /* Appends a small event (RUNNING jobs only); data is JSON text. Names
