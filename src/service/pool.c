@@ -202,6 +202,26 @@ void sdw_pool_set_streaming(sdw_pool *p, const char *job_id)
     store_state(&sl->state, job_id ? CHILD_STREAM : CHILD_BUSY);
 }
 
+/* The supervisor replaces the ring when its layout changes, and a process
+ * still mapping the old one would queue jobs that no engine takes and keep
+ * its memory alive. Children check before every request, the master when
+ * it wakes, so that children forked later start from the current ring. */
+static void refresh_ring(sdw_pool *p)
+{
+    if (sdw_ring_stale(p->ring) != 1)
+        return;
+    sdw_ring *next;
+    sdw_error e = { 0 };
+    if (sdw_ring_open(p->cfg.ring_name, &next, &e) < 0) {
+        sdw_pool_log(SDW_LOG_DEBUG, "the job ring was replaced; the new one is not ready yet: %s", e.msg);
+        return;
+    }
+    sdw_ring_close(p->ring);
+    p->ring = next;
+    sdw_pool_log(p->self < 0 ? SDW_LOG_INFO : SDW_LOG_DEBUG, "the job ring %s was replaced; re-attached",
+                 p->cfg.ring_name);
+}
+
 /* ---- a child ---- */
 
 static volatile sig_atomic_t child_quit;
@@ -295,6 +315,8 @@ static void child_main(sdw_pool *p)
         store_state(&me->state, CHILD_BUSY);
         __atomic_add_fetch(&p->board->accepted, 1, __ATOMIC_RELAXED);
         nudge_master(p, true);
+        refresh_ring(p);
+        ctx.ring = p->ring;
         sdw_http_handle(&ctx, &req);
         FCGX_Finish_r(&req);
         served++;
@@ -655,6 +677,7 @@ int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
                 reload(p);
             }
             got_usr2 = 0;
+            refresh_ring(p);
             int64_t wait = pause_until - mono_ms();
             if (wait <= 0) {
                 maintain(p, booting);

@@ -71,12 +71,16 @@ sdw_sse_end sdw_sse_stream(sdw_ring *ring, const char *job_id, uint64_t after, i
             if (w < 0)
                 return SDW_SSE_DISCONNECTED;
         } else if (rc == 0) {
+            /* A ring replaced without being marked retired (it could not
+             * be read) is seen here; the client reconnects to a fresh child. */
+            if (sdw_ring_stale(ring) == 1)
+                return SDW_SSE_GONE;
             static const char ka[] = ": keep-alive\n\n";
             if (put(out, ka, sizeof ka - 1) < 0 || FCGX_FFlush(out) < 0)
                 return SDW_SSE_DISCONNECTED;
         } else if (rc == SDW_RING_END) {
             return SDW_SSE_FINISHED;
-        } else if (rc == SDW_ENOTFOUND) {
+        } else if (rc == SDW_ENOTFOUND || rc == SDW_RING_RETIRED) {
             return SDW_SSE_GONE;
         } else {
             return SDW_SSE_FAILED;
