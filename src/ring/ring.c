@@ -759,7 +759,9 @@ int sdw_ring_attach(const sdw_ring_config *cfg, int wait_ms, sdw_ring **out, sdw
         return rc;
     struct layout l = layout_of(cfg);
     int64_t deadline = sdw_ring_now_ms() + (wait_ms > 0 ? wait_ms : 0);
-    for (;;) {
+    /* Each pass replaces at most one object; more than a few passes means
+     * something else keeps changing the name. */
+    for (int pass = 0; pass < 8; pass++) {
         int fd = shm_open(cfg->name, O_RDWR | O_CREAT, 0600);
         if (fd < 0)
             return sdw_fail(e, SDW_EIO, "shm_open %s: %s", cfg->name, strerror(errno));
@@ -768,10 +770,15 @@ int sdw_ring_attach(const sdw_ring_config *cfg, int wait_ms, sdw_ring **out, sdw
             return rc;
         }
         /* The owner before us may have replaced the object while we waited. */
-        struct stat st;
-        if (!names_object(cfg->name, fd) || fstat(fd, &st) != 0) {
+        if (!names_object(cfg->name, fd)) {
             close(fd);
             continue;
+        }
+        struct stat st;
+        if (fstat(fd, &st) != 0) {
+            rc = sdw_fail(e, SDW_EIO, "fstat of job ring %s: %s", cfg->name, strerror(errno));
+            close(fd);
+            return rc;
         }
         if (st.st_size == 0) {
             info->created = true;
@@ -823,6 +830,7 @@ int sdw_ring_attach(const sdw_ring_config *cfg, int wait_ms, sdw_ring **out, sdw
         shm_unlink(cfg->name);
         close(fd);
     }
+    return sdw_fail(e, SDW_EIO, "job ring %s keeps being replaced by another process", cfg->name);
 }
 
 /* Runs the statements given on the job's slot s under the lock, with rc_
