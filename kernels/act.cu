@@ -1,5 +1,5 @@
 // Elementwise activations. The constants and formulas match the CPU twin
-// (src/engine/backend_cpu.c, cpu_act) so that the two agree to rounding.
+// (src/cpu/backend_cpu.c, cpu_act) so that the two agree to rounding.
 #include "dtype.cuh"
 #include "kernels.h"
 #include "launch.cuh"
@@ -11,7 +11,7 @@ enum { kSilu = 0, kGelu = 1, kQuickGelu = 2 }; // sdw_act in tensor.h
 template <typename T>
 __global__ void act_kernel(const T *x, T *y, int64_t n, int act)
 {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    SDW_GRID_STRIDE(i, n) {
         float v = sdw_load(x[i]);
         switch (act) {
         case kSilu: y[i] = sdw_store<T>(v / (1.0f + expf(-v))); break;
@@ -27,11 +27,9 @@ extern "C" cudaError_t sdw_k_act(const void *x, void *y, int64_t n, int act, int
 {
     if (n <= 0 || act < kSilu || act > kQuickGelu)
         return cudaErrorInvalidValue;
-    int64_t blocks = (n + 255) / 256;
-    unsigned grid = (unsigned)(blocks < 65535 ? blocks : 65535);
     return sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH(grid, 256, 0, stream, act_kernel<T>)((const T *)x, (T *)y, n, act);
+        SDW_LAUNCH(sdw_grid_for(n), SDW_BLOCK_THREADS, 0, stream, act_kernel<T>)((const T *)x, (T *)y, n, act);
         return cudaGetLastError();
     });
 }

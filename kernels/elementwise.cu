@@ -1,6 +1,6 @@
 // Elementwise and copy kernels: every one is a grid-stride loop over its
 // output, memory-bound, with the arithmetic written as in its CPU twin
-// (src/engine/backend_cpu.c) so that the two agree to rounding. Pointers that
+// (src/cpu/backend_cpu.c) so that the two agree to rounding. Pointers that
 // an in-place call may alias carry no __restrict__.
 #include "dtype.cuh"
 #include "kernels.h"
@@ -8,45 +8,34 @@
 
 namespace {
 
-constexpr int kThreads = 256;
-
-unsigned grid_for(int64_t n)
-{
-    int64_t blocks = (n + kThreads - 1) / kThreads;
-    return (unsigned)(blocks < 65535 ? blocks : 65535);
-}
-
-#define GRID_STRIDE(i, n) \
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
-
 template <typename T>
 __global__ void add_kernel(const T *a, const T *b, T *y, int64_t n)
 {
-    GRID_STRIDE(i, n) y[i] = sdw_store<T>(sdw_load(a[i]) + sdw_load(b[i]));
+    SDW_GRID_STRIDE(i, n) y[i] = sdw_store<T>(sdw_load(a[i]) + sdw_load(b[i]));
 }
 
 template <typename T>
 __global__ void scale_kernel(const T *x, float s, T *y, int64_t n)
 {
-    GRID_STRIDE(i, n) y[i] = sdw_store<T>(s * sdw_load(x[i]));
+    SDW_GRID_STRIDE(i, n) y[i] = sdw_store<T>(s * sdw_load(x[i]));
 }
 
 template <typename T>
 __global__ void add_rows_kernel(const T *x, const T *v, T *y, int64_t rows, int64_t n, int64_t nv)
 {
-    GRID_STRIDE(i, rows * n) y[i] = sdw_store<T>(sdw_load(x[i]) + sdw_load(v[i / n % nv]));
+    SDW_GRID_STRIDE(i, rows * n) y[i] = sdw_store<T>(sdw_load(x[i]) + sdw_load(v[i / n % nv]));
 }
 
 template <typename T>
 __global__ void fill_rows_kernel(const T *__restrict__ v, T *__restrict__ y, int64_t rows, int64_t n)
 {
-    GRID_STRIDE(i, rows * n) y[i] = v[i % n];
+    SDW_GRID_STRIDE(i, rows * n) y[i] = v[i % n];
 }
 
 template <typename T>
 __global__ void gaussian_kernel(const T *m, const T *noise, float s, T *y, int64_t b, int64_t n)
 {
-    GRID_STRIDE(i, b * n)
+    SDW_GRID_STRIDE(i, b * n)
     {
         int64_t bi = i / n, j = i % n;
         float v = sdw_load(m[bi * 2 * n + j]);
@@ -62,7 +51,7 @@ __global__ void gaussian_kernel(const T *m, const T *noise, float s, T *y, int64
 template <typename T>
 __global__ void geglu_kernel(const T *__restrict__ x, T *__restrict__ y, int64_t rows, int64_t n)
 {
-    GRID_STRIDE(i, rows * n)
+    SDW_GRID_STRIDE(i, rows * n)
     {
         int64_t r = i / n, j = i % n;
         float a = sdw_load(x[r * 2 * n + j]), g = sdw_load(x[r * 2 * n + n + j]);
@@ -75,7 +64,7 @@ __global__ void concat_kernel(const T *__restrict__ a, const T *__restrict__ c, 
                               int64_t na, int64_t nc)
 {
     int64_t row = na + nc;
-    GRID_STRIDE(i, b * row)
+    SDW_GRID_STRIDE(i, b * row)
     {
         int64_t r = i / row, j = i % row;
         y[i] = j < na ? a[r * na + j] : c[r * nc + (j - na)];
@@ -110,7 +99,7 @@ template <typename T>
 __global__ void embed_kernel(const T *__restrict__ table, const int32_t *__restrict__ ids, const T *__restrict__ pos,
                              T *__restrict__ y, int64_t rows, int64_t dim, int64_t tpos)
 {
-    GRID_STRIDE(i, rows * dim)
+    SDW_GRID_STRIDE(i, rows * dim)
     {
         int64_t r = i / dim, j = i % dim;
         T v = table[(int64_t)ids[r] * dim + j];
@@ -122,7 +111,7 @@ template <typename T>
 __global__ void upsample_kernel(const T *__restrict__ x, T *__restrict__ y, int64_t bc, int64_t h, int64_t w,
                                 int64_t oh, int64_t ow, float sy, float sx)
 {
-    GRID_STRIDE(i, bc * oh * ow)
+    SDW_GRID_STRIDE(i, bc * oh * ow)
     {
         int64_t p = i / (oh * ow), oy = i / ow % oh, ox = i % ow;
         int64_t iy = oh == 2 * h ? oy >> 1 : (int64_t)floorf((float)oy * sy);
@@ -137,7 +126,7 @@ template <typename T>
 __global__ void pad_kernel(const T *__restrict__ x, T *__restrict__ y, int64_t bc, int64_t h, int64_t w, int64_t hp,
                            int64_t wp, int pad_t, int pad_l)
 {
-    GRID_STRIDE(i, bc * hp * wp)
+    SDW_GRID_STRIDE(i, bc * hp * wp)
     {
         int64_t p = i / (hp * wp), r = i / wp % hp - pad_t, c = i % wp - pad_l;
         y[i] = r >= 0 && r < h && c >= 0 && c < w ? x[(p * h + r) * w + c] : sdw_store<T>(0.0f);
@@ -173,12 +162,12 @@ extern "C" cudaError_t sdw_k_im2col(const void *x, void *col, int64_t b, int64_t
         using T = decltype(t);
         // The last index of either tensor, plus a grid's stride past it.
         int64_t most = b * c * kh * kw * np, xs = b * c * h * w;
-        if ((most > xs ? most : xs) + (int64_t)65535 * kThreads < INT32_MAX && oh * ow < INT32_MAX)
-            SDW_LAUNCH(grid_for(most), kThreads, 0, stream, im2col_kernel<T, int32_t>)(
+        if ((most > xs ? most : xs) + (int64_t)65535 * SDW_BLOCK_THREADS < INT32_MAX && oh * ow < INT32_MAX)
+            SDW_LAUNCH(sdw_grid_for(most), SDW_BLOCK_THREADS, 0, stream, im2col_kernel<T, int32_t>)(
                 (const T *)x, (T *)col, (int32_t)b, (int32_t)c, (int32_t)h, (int32_t)w, (int32_t)kh, (int32_t)kw,
                 (int32_t)ow, stride, pad_t, pad_l, (int32_t)p0, (int32_t)np);
         else
-            SDW_LAUNCH(grid_for(most), kThreads, 0, stream, im2col_kernel<T, int64_t>)(
+            SDW_LAUNCH(sdw_grid_for(most), SDW_BLOCK_THREADS, 0, stream, im2col_kernel<T, int64_t>)(
                 (const T *)x, (T *)col, b, c, h, w, kh, kw, ow, (int64_t)stride, (int64_t)pad_t, (int64_t)pad_l, p0,
                 np);
         return cudaGetLastError();
@@ -191,7 +180,7 @@ extern "C" cudaError_t sdw_k_add(const void *a, const void *b, void *y, int64_t 
         return cudaErrorInvalidValue;
     return sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH(grid_for(n), kThreads, 0, stream, add_kernel<T>)((const T *)a, (const T *)b, (T *)y, n);
+        SDW_LAUNCH(sdw_grid_for(n), SDW_BLOCK_THREADS, 0, stream, add_kernel<T>)((const T *)a, (const T *)b, (T *)y, n);
         return cudaGetLastError();
     });
 }
@@ -202,7 +191,7 @@ extern "C" cudaError_t sdw_k_scale(const void *x, float s, void *y, int64_t n, i
         return cudaErrorInvalidValue;
     return sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH(grid_for(n), kThreads, 0, stream, scale_kernel<T>)((const T *)x, s, (T *)y, n);
+        SDW_LAUNCH(sdw_grid_for(n), SDW_BLOCK_THREADS, 0, stream, scale_kernel<T>)((const T *)x, s, (T *)y, n);
         return cudaGetLastError();
     });
 }
@@ -214,7 +203,7 @@ extern "C" cudaError_t sdw_k_add_rows(const void *x, const void *v, void *y, int
         return cudaErrorInvalidValue;
     return sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH(grid_for(rows * n), kThreads, 0, stream, add_rows_kernel<T>)((const T *)x, (const T *)v, (T *)y,
+        SDW_LAUNCH(sdw_grid_for(rows * n), SDW_BLOCK_THREADS, 0, stream, add_rows_kernel<T>)((const T *)x, (const T *)v, (T *)y,
                                                                                rows, n, nv);
         return cudaGetLastError();
     });
@@ -226,7 +215,7 @@ extern "C" cudaError_t sdw_k_fill_rows(const void *v, void *y, int64_t rows, int
         return cudaErrorInvalidValue;
     return sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH(grid_for(rows * n), kThreads, 0, stream, fill_rows_kernel<T>)((const T *)v, (T *)y, rows, n);
+        SDW_LAUNCH(sdw_grid_for(rows * n), SDW_BLOCK_THREADS, 0, stream, fill_rows_kernel<T>)((const T *)v, (T *)y, rows, n);
         return cudaGetLastError();
     });
 }
@@ -238,7 +227,7 @@ extern "C" cudaError_t sdw_k_gaussian(const void *m, const void *noise, float s,
         return cudaErrorInvalidValue;
     return sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH(grid_for(b * n), kThreads, 0, stream, gaussian_kernel<T>)((const T *)m, (const T *)noise, s,
+        SDW_LAUNCH(sdw_grid_for(b * n), SDW_BLOCK_THREADS, 0, stream, gaussian_kernel<T>)((const T *)m, (const T *)noise, s,
                                                                             (T *)y, b, n);
         return cudaGetLastError();
     });
@@ -250,7 +239,7 @@ extern "C" cudaError_t sdw_k_geglu(const void *x, void *y, int64_t rows, int64_t
         return cudaErrorInvalidValue;
     return sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH(grid_for(rows * n), kThreads, 0, stream, geglu_kernel<T>)((const T *)x, (T *)y, rows, n);
+        SDW_LAUNCH(sdw_grid_for(rows * n), SDW_BLOCK_THREADS, 0, stream, geglu_kernel<T>)((const T *)x, (T *)y, rows, n);
         return cudaGetLastError();
     });
 }
@@ -262,7 +251,7 @@ extern "C" cudaError_t sdw_k_concat(const void *a, const void *c, void *y, int64
         return cudaErrorInvalidValue;
     return sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH(grid_for(b * (na + nc)), kThreads, 0, stream, concat_kernel<T>)((const T *)a, (const T *)c,
+        SDW_LAUNCH(sdw_grid_for(b * (na + nc)), SDW_BLOCK_THREADS, 0, stream, concat_kernel<T>)((const T *)a, (const T *)c,
                                                                                   (T *)y, b, na, nc);
         return cudaGetLastError();
     });
@@ -289,7 +278,7 @@ extern "C" cudaError_t sdw_k_embed(const void *table, const int32_t *ids, const 
         return cudaErrorInvalidValue;
     return sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH(grid_for(rows * dim), kThreads, 0, stream, embed_kernel<T>)((const T *)table, ids, (const T *)pos,
+        SDW_LAUNCH(sdw_grid_for(rows * dim), SDW_BLOCK_THREADS, 0, stream, embed_kernel<T>)((const T *)table, ids, (const T *)pos,
                                                                               (T *)y, rows, dim, tpos);
         return cudaGetLastError();
     });
@@ -303,7 +292,7 @@ extern "C" cudaError_t sdw_k_upsample_nearest(const void *x, void *y, int64_t bc
     float sy = (float)h / (float)oh, sx = (float)w / (float)ow;
     return sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH(grid_for(bc * oh * ow), kThreads, 0, stream, upsample_kernel<T>)((const T *)x, (T *)y, bc, h, w, oh,
+        SDW_LAUNCH(sdw_grid_for(bc * oh * ow), SDW_BLOCK_THREADS, 0, stream, upsample_kernel<T>)((const T *)x, (T *)y, bc, h, w, oh,
                                                                                    ow, sy, sx);
         return cudaGetLastError();
     });
@@ -316,7 +305,7 @@ extern "C" cudaError_t sdw_k_pad(const void *x, void *y, int64_t bc, int64_t h, 
         return cudaErrorInvalidValue;
     return sdw_dispatch(dt, [&](auto t) {
         using T = decltype(t);
-        SDW_LAUNCH(grid_for(bc * hp * wp), kThreads, 0, stream, pad_kernel<T>)((const T *)x, (T *)y, bc, h, w, hp, wp,
+        SDW_LAUNCH(sdw_grid_for(bc * hp * wp), SDW_BLOCK_THREADS, 0, stream, pad_kernel<T>)((const T *)x, (T *)y, bc, h, w, hp, wp,
                                                                               pad_t, pad_l);
         return cudaGetLastError();
     });

@@ -21,4 +21,20 @@
 #define SDW_DYNAMIC_SHARED(align, type, name) extern __shared__ __align__(align) type name[]
 #endif
 
+#include <stdint.h>
+
+// The elementwise kernels' shape: a grid-stride loop over n outputs,
+// SDW_BLOCK_THREADS threads a block and at most 65535 blocks (the limit of
+// a grid's y and z, kept for x too so that one rule serves every launch).
+#define SDW_BLOCK_THREADS 256
+
+static inline unsigned sdw_grid_for(int64_t n)
+{
+    int64_t blocks = (n + SDW_BLOCK_THREADS - 1) / SDW_BLOCK_THREADS;
+    return (unsigned)(blocks < 65535 ? blocks : 65535);
+}
+
+#define SDW_GRID_STRIDE(i, n) \
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
 #endif

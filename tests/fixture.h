@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "safetensors.h"
+#include "model/safetensors.h"
 
 /* f's tensor `name` as a malloc'd float32 array (NULL when absent or not
  * floating point); *info, when given, receives its description. */

@@ -26,7 +26,10 @@ static char tmpdir[64];
 static const unsigned char image_bytes[] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 'I', 'M', 'G' };
 #define IMAGE_B64 "iVBORw0KGgpJTUc="
 
-enum scenario { OK_RUN, REJECT, JOB_ERROR, CANCELLED_EVT, DROP_ONCE, GONE };
+enum scenario { OK_RUN, REJECT, JOB_ERROR, CANCELLED_EVT, DROP_ONCE, GONE, KEYED };
+
+/* KEYED: the server answers 401 unless a request carries this key. */
+#define GOOD_KEY "right-key-0123456789abcdef"
 
 /* ---- the canned server (a child process) ---- */
 
@@ -91,6 +94,20 @@ static void serve(int ls, enum scenario sc, const char *log)
             continue;
         char *body;
         if (read_request(fd, buf, sizeof buf, &body) == 0) {
+            const char *auth = strcasestr(buf, "\r\nAuthorization:");
+            char value[256] = "none";
+            if (auth && auth < body)
+                sscanf(auth + 16, " %255[^\r\n]", value);
+            char what[32];
+            snprintf(what, sizeof what, "AUTH(%.*s)", (int)strcspn(buf, " "), buf);
+            log_append(log, what, value);
+            if (sc == KEYED && strcmp(value, "Bearer " GOOD_KEY)) {
+                send_all(fd, "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
+                             "WWW-Authenticate: Bearer realm=\"sdworker\"\r\nConnection: close\r\n\r\n"
+                             "{\"error\":{\"code\":\"unauthorized\",\"message\":\"the API key is not valid\"}}");
+                close(fd);
+                continue;
+            }
             if (!strncmp(buf, "POST /v1/jobs ", 14)) {
                 log_append(log, "POST", body);
                 if (sc == REJECT)
@@ -446,6 +463,50 @@ static void with_server(void)
 #undef FIELD
 }
 
+/* --api-key and SDW_API_KEY: sent as a Bearer token on every request. */
+static void api_keys(void)
+{
+    char log[128], url[64], outp[128], logtext[1 << 16];
+    snprintf(log, sizeof log, "%s/keys.log", tmpdir);
+    snprintf(outp, sizeof outp, "%s/key.png", tmpdir);
+    int port;
+    struct run r;
+    pid_t pid = start_server(KEYED, &port, log);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+
+    RUN(&r, "image", "generate", "--model", "m", "--prompt", "p", "-o", outp, "--url", url);
+    tap_ok(r.status == 2 && strstr(r.err, "the API key is not valid") && strstr(r.err, "HTTP 401"),
+           "no key for a keyed server: exit 2 with its message (%s)", oneline(r.err));
+    slurp(log, logtext, sizeof logtext);
+    tap_ok(strstr(logtext, "AUTH(POST)\nnone\n") != NULL, "without a key no Authorization header is sent");
+
+    unlink(log);
+    RUN(&r, "image", "generate", "--model", "m", "--prompt", "p", "-o", outp, "--url", url, "--api-key", GOOD_KEY);
+    tap_ok(r.status == 0 && file_equals(outp, image_bytes, sizeof image_bytes),
+           "--api-key: the run completes (%d: %s)", r.status, oneline(r.err));
+    slurp(log, logtext, sizeof logtext);
+    tap_ok(strstr(logtext, "AUTH(POST)\nBearer " GOOD_KEY "\n") && strstr(logtext, "AUTH(GET)\nBearer " GOOD_KEY "\n") &&
+           !strstr(logtext, ")\nnone\n"), "--api-key goes as Authorization: Bearer on the submit and the stream");
+    tap_ok(!strstr(r.err, GOOD_KEY) && !strstr(r.out, GOOD_KEY), "the key is not printed");
+
+    unlink(log);
+    setenv("SDW_API_KEY", GOOD_KEY, 1);
+    RUN(&r, "image", "generate", "--model", "m", "--prompt", "p", "-o", outp, "--url", url);
+    slurp(log, logtext, sizeof logtext);
+    tap_ok(r.status == 0 && strstr(logtext, "AUTH(POST)\nBearer " GOOD_KEY "\n"),
+           "SDW_API_KEY is sent when there is no --api-key (%d: %s)", r.status, oneline(r.err));
+    RUN(&r, "image", "generate", "--model", "m", "--prompt", "p", "-o", outp, "--url", url, "--api-key",
+        "wrong-key-0123456789abcdef");
+    tap_ok(r.status == 2 && strstr(r.err, "HTTP 401"), "--api-key wins over SDW_API_KEY (%s)", oneline(r.err));
+    setenv("SDW_API_KEY", "two words", 1);
+    RUN(&r, "image", "generate", "--model", "m", "--prompt", "p", "-o", outp, "--url", url);
+    tap_ok(r.status == 1 && strstr(r.err, "space or control character") && !strstr(r.err, "two words"),
+           "a key that would break the header line: exit 1, not echoed (%s)", oneline(r.err));
+    unsetenv("SDW_API_KEY");
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -460,9 +521,12 @@ int main(void)
         tap_ok(0, "mkdtemp");
         return tap_done();
     }
+    /* The caller's environment must not decide what is sent. */
+    unsetenv("SDW_API_KEY");
     usage_errors();
     connection_failure();
     with_server();
+    api_keys();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0)

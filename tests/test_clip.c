@@ -8,10 +8,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "clip.h"
-#include "model.h"
-#include "safetensors.h"
+#include "backend/backend.h"
 #include "fixture.h"
+#include "model/clip.h"
+#include "model/model.h"
+#include "model/safetensors.h"
 #include "tap.h"
 
 #define TOL 1e-4

@@ -1,7 +1,7 @@
 /* The configuration parser: defaults, every key, rejected values with their
  * file:line, duplicates, overrides, models, and the dump round trip. */
+#include "config/config.h"
 #include "tap.h"
-#include "service/config.h"
 
 #include <string.h>
 #include <unistd.h>
@@ -40,7 +40,7 @@ static void test_defaults(void)
            "default timings");
     tap_ok(c.max_body_bytes == 32u << 20 && c.max_prompt_bytes == 4096 &&
            c.max_pixels == 1024 * 1024, "default limits");
-    tap_ok(c.device == SDW_DEVICE_CPU && c.threads == 0 && c.log_level == SDW_LOG_INFO && c.engine_warmup == -1,
+    tap_ok(c.device.kind == SDW_DEVICE_CPU && c.threads == 0 && c.log_level == SDW_LOG_INFO && c.engine_warmup == -1,
            "default device, threads, log level, warm-up (auto)");
     tap_ok(c.n_models == 0 && !sdw_config_model_find(&c, NULL), "no default model");
     sdw_error e = { 0 };
@@ -102,7 +102,7 @@ static void test_every_key(void)
            "timings, trailing comment stripped");
     tap_ok(c.max_body_bytes == 16u << 20 && c.max_prompt_bytes == 1000 &&
            c.max_image_bytes == 3000000 && c.max_pixels == 262144, "limits");
-    tap_ok(c.device == SDW_DEVICE_CUDA && c.device_index == 1 && c.threads == 8 &&
+    tap_ok(c.device.kind == SDW_DEVICE_CUDA && c.device.index == 1 && c.threads == 8 &&
            c.engine_restart_delay_ms == 250 && c.engine_stop_timeout_s == 7 && c.engine_warmup == 256,
            "device, threads, restart delay, stop timeout, warm-up");
     tap_ok(c.log_level == SDW_LOG_DEBUG, "log_level with CRLF line end");
@@ -125,7 +125,7 @@ static void test_every_key(void)
     tap_ok(rc == SDW_EINVAL && strstr(err.msg, "t.conf:3: listen: duplicate key (first set at line 2)"),
            "duplicate key in one file is an error with both lines: %s", err.msg);
     rc = parse(&d, "device = cuda\nlisten = localhost:80\n");
-    tap_ok(rc == 0 && d.device == SDW_DEVICE_CUDA && d.device_index == 0 &&
+    tap_ok(rc == 0 && d.device.kind == SDW_DEVICE_CUDA && d.device.index == 0 &&
            !strcmp(d.listen_host, "localhost") && d.listen_port == 80, "cuda alone, localhost");
     rc = parse(&d, "model.a = /x\nmodel.b = /y\nmodel.a = /z\n");
     tap_ok(rc == SDW_EINVAL && strstr(err.msg, "t.conf:3: model.a: duplicate key (first set at line 1)") &&
@@ -242,12 +242,76 @@ static void test_models_limit(void)
            !strcmp(sdw_config_model_find(&c, "m7")->path, "/m/7"), "models kept in file order");
 }
 
+#define H1 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+#define H2 "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100"
+
+static void test_api_keys(void)
+{
+    sdw_config c;
+    int rc = parse(&c, "model.m = /m\n"
+                       "api_key.alice = sha256:" H1 "\n"
+                       "api_key.ops-1 = sha256:" H2 "  admin max_queued=4\tper_minute=30 # comment\n"
+                       "api_key.z = \"sha256:" "0000000089ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef" " per_minute=0\"\n");
+    tap_ok(rc == 0 && c.n_keys == 3, "three API keys parse (%s)", err.msg);
+    const sdw_config_key *a = &c.keys[0], *o = &c.keys[1], *z = &c.keys[2];
+    tap_ok(!strcmp(a->name, "alice") && a->sha256[0] == 0x01 && a->sha256[31] == 0xef && !a->admin &&
+           a->max_queued == 0 && a->per_minute == 0, "a key without options: no limits, not admin");
+    tap_ok(a->owner == 0x01234567u, "the owner id is the hash's first 32 bits (%08x)", a->owner);
+    tap_ok(!strcmp(o->name, "ops-1") && o->admin && o->max_queued == 4 && o->per_minute == 30 &&
+           o->owner == 0xffeeddccu, "admin, max_queued and per_minute, spaces and tabs, trailing comment");
+    tap_ok(z->sha256[4] == 0x89 && z->owner == 1, "upper-case hex; a hash starting with 32 zero bits owns as 1");
+    sdw_error e = { 0 };
+    tap_ok(sdw_config_validate(&c, &e) == 0, "distinct keys validate (%s)", e.msg);
+
+    rc = parse(&c, "api_key.a = sha256:" H1 "\napi_key.a = sha256:" H2 "\n");
+    tap_ok(rc == SDW_EINVAL && strstr(err.msg, "t.conf:2: api_key.a: duplicate key (first set at line 1)"),
+           "a key name twice in a file: %s", err.msg);
+    parse(&c, "model.m = /m\napi_key.a = sha256:" H1 "\napi_key.b = sha256:" H1 " admin\n");
+    tap_ok(sdw_config_validate(&c, &e) == SDW_EINVAL && strstr(e.msg, "api_key.a and api_key.b are the same key"),
+           "one key under two names fails validation: %s", e.msg);
+    parse(&c, "model.m = /m\napi_key.a = sha256:" H1 "\n"
+              "api_key.b = sha256:01234567" "ffffffffffffffffffffffffffffffffffffffffffffffffffffffff" "\n");
+    tap_ok(sdw_config_validate(&c, &e) == SDW_EINVAL && strstr(e.msg, "same 32 bits"),
+           "two keys with one owner id fail validation: %s", e.msg);
+
+    rejects("api_key.a = " H1 "\n", "api_key.a: expected sha256:<64 hex digits>");
+    rejects("api_key.a = sha256:" H1 "0\n", "expected sha256:<64 hex digits>");
+    rejects("api_key.a = sha256:0123\n", "expected sha256:<64 hex digits>");
+    rejects("api_key.a = sha256:g123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n",
+            "must be 64 hex digits");
+    rejects("api_key.a = md5:0123456789abcdef0123456789abcdef\n", "expected sha256:");
+    rejects("api_key.a = sha256:" H1 " root\n", "'root': options are admin, max_queued=N and per_minute=N");
+    rejects("api_key.a = sha256:" H1 " max_queued=-1\n", "max_queued must be 0-65536");
+    rejects("api_key.a = sha256:" H1 " per_minute=lots\n", "per_minute must be 0-1000000");
+    rejects("api_key.a = sha256:" H1 " per_minute=1 per_minute=2\n", "per_minute given twice");
+    rejects("api_key.a = sha256:" H1 " admin admin\n", "'admin' given twice");
+    rejects("api_key.a = sha256:" H1 " max_queued=0000000000000000000000000000000000000000000000000000000000001\n",
+            "options are admin");
+    rejects("api_key.a/b = sha256:" H1 "\n", "api_key.a/b: API key names are");
+    rejects("api_key. = sha256:" H1 "\n", "API key names are");
+
+    parse(&c, "api_key.a = sha256:" H1 " per_minute=5\n");
+    tap_ok(sdw_config_set(&c, "api_key.a=sha256:" H2 " admin", &e) == 0 && c.n_keys == 1 && c.keys[0].admin &&
+           c.keys[0].per_minute == 0 && c.keys[0].sha256[0] == 0xff, "an override replaces a key whole");
+    tap_ok(sdw_config_set(&c, "api_key.b = sha256:" H1, &e) == 0 && c.n_keys == 2 && !strcmp(c.keys[1].name, "b"),
+           "an override adds a key");
+
+    char text[SDW_CONFIG_MAX_KEYS * 100 + 100];
+    size_t n = 0;
+    for (int i = 0; i <= SDW_CONFIG_MAX_KEYS; i++)
+        n += (size_t)snprintf(text + n, sizeof text - n, "api_key.k%d = sha256:%08x%s\n", i, i + 1, H1 + 8);
+    rc = parse(&c, text);
+    tap_ok(rc == SDW_EINVAL && strstr(err.msg, "more than 64 API keys") && c.n_keys == SDW_CONFIG_MAX_KEYS,
+           "API key count limit: %s", err.msg);
+}
+
 static void test_dump_roundtrip(void)
 {
     sdw_config a, b;
     parse(&a, "listen = localhost:9001\npm = static\nring.name=/x\nring.image_bytes = 2M\n"
               "device = cuda:3\nlog_level = warn\nmodel.one = \"/p with \\\"q\\\" # and \\\\\"\n"
-              "model.two = /two\n");
+              "model.two = /two\n"
+              "api_key.alice = sha256:" H1 "\napi_key.ops = sha256:" H2 " admin max_queued=3 per_minute=9\n");
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -256,6 +320,8 @@ static void test_dump_roundtrip(void)
     tap_ok(strstr(buf, "model.one = \"/p with \\\"q\\\" # and \\\\\"\n") != NULL,
            "dump quotes and escapes a path that needs it");
     tap_ok(strstr(buf, "ring.input_bytes = 0\n# (derived: ") != NULL, "dump shows derived sizes");
+    tap_ok(strstr(buf, "api_key.alice = sha256:" H1 "\napi_key.ops = sha256:" H2
+                       " admin max_queued=3 per_minute=9\n") != NULL, "dump writes API keys with their options");
     sdw_config_defaults(&b);
     int rc = sdw_config_parse(&b, buf, len, "dump", NULL, &err);
     tap_ok(rc == 0, "dump parses back (%s)", err.msg);
@@ -326,6 +392,7 @@ int main(void)
     test_validate();
     test_overrides();
     test_models_limit();
+    test_api_keys();
     test_dump_roundtrip();
     test_load();
     test_sample();

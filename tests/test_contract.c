@@ -1,8 +1,8 @@
 /* The request contract: defaults, every range boundary, types, malformed
  * bodies, rbee's other operations, images and the error JSON. */
 #define _GNU_SOURCE
-#include "contract.h"
-#include "err.h"
+#include "base/err.h"
+#include "contract/contract.h"
 #include "tap.h"
 
 #include <json-c/json.h>
@@ -81,7 +81,7 @@ static void test_defaults(void)
     char *b = gen("");
     int rc = parse_str(b, &r, &e, NULL);
     tap_ok(rc == 0, "minimal image_generation parses");
-    tap_ok(r.op == SDW_OP_IMAGE_GENERATION, "op");
+    tap_ok(r.op == SDW_OPERATION_GENERATE, "op");
     tap_ok(strcmp(r.hive_id, "localhost") == 0 && strcmp(r.model, "sd15") == 0, "hive_id and model");
     tap_ok(strcmp(r.prompt, "a cat") == 0, "prompt");
     tap_ok(r.negative_prompt && r.negative_prompt[0] == '\0', "negative_prompt defaults to \"\"");
@@ -112,7 +112,7 @@ static void test_defaults(void)
     tap_ok(rc == 0, "all fields given");
     tap_ok(strcmp(r.negative_prompt, "blurry") == 0 && r.steps == 30 && r.guidance_scale == 5 &&
                r.width == 640 && r.height == 384 && r.seed == 42 && !r.seed_random &&
-               strcmp(r.worker_id, "w1") == 0 && r.sampler == SDW_JOB_SAMPLER_DDIM && r.eta == 0.5 &&
+               strcmp(r.worker_id, "w1") == 0 && r.sampler == SDW_SAMPLER_DDIM && r.eta == 0.5 &&
                r.clip_skip == 2,
            "all given fields read");
     sdw_job_request_free(&r);
@@ -122,7 +122,7 @@ static void test_defaults(void)
     b = xform("image_transform", extra);
     free(extra);
     rc = parse_str(b, &r, &e, NULL);
-    tap_ok(rc == 0 && r.op == SDW_OP_IMAGE_TRANSFORM, "image_transform parses");
+    tap_ok(rc == 0 && r.op == SDW_OPERATION_TRANSFORM, "image_transform parses");
     tap_ok(r.strength == 0.8, "transform strength default 0.8");
     tap_ok(r.width == 0 && r.height == 0, "transform width/height ignored (from the image)");
     tap_ok(r.init_image.format == SDW_IMAGE_PNG && r.init_image.len == sizeof png_bytes &&
@@ -134,7 +134,7 @@ static void test_defaults(void)
     b = fmt_alloc("{\"operation\":\"image_inpaint\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\","
                   "\"init_image\":\"%s\",\"mask_image\":\"%s\"}", jpeg_b64, png_b64);
     rc = parse_str(b, &r, &e, NULL);
-    tap_ok(rc == 0 && r.op == SDW_OP_IMAGE_INPAINT, "image_inpaint parses");
+    tap_ok(rc == 0 && r.op == SDW_OPERATION_INPAINT, "image_inpaint parses");
     tap_ok(r.strength == 1.0, "inpaint strength default 1.0");
     tap_ok(r.init_image.format == SDW_IMAGE_JPEG && r.mask_image.format == SDW_IMAGE_PNG, "inpaint images detected");
     sdw_job_request_free(&r);
@@ -596,7 +596,7 @@ static void test_serialize(void)
     tap_ok(back.op == r.op && strcmp(back.prompt, r.prompt) == 0 && strcmp(back.negative_prompt, "dog") == 0 &&
                strcmp(back.model, "org/m") == 0 && strcmp(back.worker_id, "w") == 0 && back.steps == 33 &&
                back.guidance_scale == r.guidance_scale && back.seed == UINT64_MAX && !back.seed_random &&
-               back.sampler == SDW_JOB_SAMPLER_DDIM && back.eta == r.eta && back.clip_skip == 1 &&
+               back.sampler == SDW_SAMPLER_DDIM && back.eta == r.eta && back.clip_skip == 1 &&
                back.strength == r.strength,
            "all parameters survive the round trip exactly");
     tap_ok(back.init_image.len == r.init_image.len && memcmp(back.init_image.data, r.init_image.data, r.init_image.len) == 0 &&

@@ -13,11 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "backend/backend.h"
+#include "base/half.h"
 #include "fixture.h"
-#include "safetensors.h"
+#include "kernels.h"
 #include "tap.h"
-#include "tensor.h"
+#include "tensor/tensor.h"
 
 #define NPREC 3
 static const char *prec_name[NPREC] = {"fp32", "fp16", "bf16"};

@@ -17,8 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pipeline.h"
+#include "backend/backend.h"
 #include "fixture.h"
+#include "pipeline/pipeline.h"
 #include "tap.h"
 
 /* bfloat16 keeps 8 significant bits to half's 11: its latents may differ

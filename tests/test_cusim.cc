@@ -30,9 +30,10 @@
 
 #include "kernels.h"
 extern "C" {
-#include "safetensors.h"
+#include "backend/backend.h"
+#include "base/half.h"
 #include "tap.h"
-#include "tensor.h"
+#include "tensor/tensor.h"
 }
 
 namespace {

@@ -1,4 +1,4 @@
-/* The device-memory allocator's bookkeeping (src/engine/devmem.c), with
+/* The device-memory allocator's bookkeeping (src/cuda/devmem.c), with
  * malloc standing in for cudaMalloc: reuse by size, the retry after an
  * out-of-memory failure, and the ownership rules of recordings (CUDA
  * graphs): the blocks a recording used are never handed out while it lives,
@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "devmem.h"
+#include "cuda/devmem.h"
 #include "tap.h"
 
 typedef struct fake {

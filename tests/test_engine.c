@@ -16,9 +16,9 @@
 
 #include "sdw-build.h"
 
-#include "contract.h"
-#include "image.h"
-#include "ring.h"
+#include "contract/contract.h"
+#include "image/image.h"
+#include "ring/ring.h"
 #include "tap.h"
 
 static char ring_name[64];

@@ -13,10 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
+#include "backend/backend.h"
 #include "fixture.h"
+#include "model/model.h"
+#include "model/unet.h"
 #include "tap.h"
-#include "unet.h"
 
 enum { OP_LINEAR, OP_LAYER_NORM, OP_ATTENTION, OP_ACT, OP_ADD, OP_CONV2D, OP_GROUP_NORM, OP_UPSAMPLE, OP_CONCAT,
        OP_TRANSPOSE, OP_GEGLU, OP_ADD_ROWS, OP_SCALE, OP_GAUSSIAN };

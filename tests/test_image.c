@@ -6,7 +6,8 @@
 
 #include <jpeglib.h>
 
-#include "image.h"
+#include "image/image.h"
+#include "pipeline/pixels.h"
 #include "tap.h"
 
 static sdw_image gradient(int w, int h)

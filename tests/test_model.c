@@ -7,7 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "model.h"
+#include "model/model.h"
 #include "tap.h"
 
 static char root[] = "/tmp/sdw-model-XXXXXX";

@@ -4,9 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "safetensors.h"
+#include "backend/backend.h"
+#include "base/half.h"
 #include "tap.h"
-#include "tensor.h"
+#include "tensor/tensor.h"
 
 static uint64_t lcg = 88172645463325252ull;
 

@@ -8,9 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pipeline.h"
-#include "safetensors.h"
+#include "backend/backend.h"
 #include "fixture.h"
+#include "model/safetensors.h"
+#include "pipeline/pipeline.h"
 #include "tap.h"
 
 #define LATENT_TOL 1e-4

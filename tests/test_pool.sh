@@ -44,6 +44,8 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
 mkdir -p "$tmp/run" "$tmp/www"
+# A stream costs nginx two files and the pool one.
+ulimit -n "$(ulimit -Hn)" 2> /dev/null
 cat > "$tmp/sdworker.conf" << EOF
 listen = unix:$tmp/run/fcgi.sock
 pm = dynamic
@@ -216,6 +218,8 @@ req GET "/v1/jobs/$q2"
     has '"created":"' && has '"started":null'
 ok $? "GET /v1/jobs/{id} of a queued job: state, position, times, parameters"
 curl -sN --max-time 2 "$B/v1/jobs/$q2/stream" > "$tmp/ka" 2> /dev/null
+[ "$(sed -n '1,2p' "$tmp/ka" | tr '\n' ' ')" = 'event: queued data: {"type":"queued","position":2} ' ]
+ok $? "a queued job's stream starts with a queued event and its position"
 grep -q '^: keep-alive' "$tmp/ka"
 ok $? "a stream with nothing to send writes keep-alive comments"
 all=0
@@ -352,20 +356,30 @@ is_error 410 result_expired
 ok $? "stream of an expired job: 410 result_expired"
 
 # ---- kill -9 of the child serving a stream ----
+# A child serves many streams: the bystander's is opened while the victim's
+# child is stopped, so that another child takes it.
 post "$(gen victim sd15 60)"
 v=$(job_of)
 post "$(gen bystander sd15 10)"
 w=$(job_of)
-curl -sN --max-time 20 "$B/v1/jobs/$w/stream" > "$tmp/w" &
-ws=$!
 curl -sN --max-time 20 "$B/v1/jobs/$v/stream" > "$tmp/v1" &
 vs=$!
 i=0
 while [ $i -lt 100 ] && [ "$(count_ids "$tmp/v1")" -lt 5 ]; do sleep 0.05; i=$((i + 1)); done
+# the pid of the process whose "jobs" list names $1
+child_of() { echo "$body" | grep -o "{\"pid\":[0-9]*[^}]*\"$1\"" | sed 's/{"pid":\([0-9]*\).*/\1/'; }
 req GET '/v1/pool/status?full'
-victim=$(echo "$body" | grep -o "{\"pid\":[0-9]*[^}]*\"job_id\":\"$v\"" | sed 's/{"pid":\([0-9]*\).*/\1/')
-has '"active_streams":2' && has "\"job_id\":\"$w\"" && [ -n "$victim" ]
-ok $? "pool status shows both streams and which child serves which job (victim: $victim)"
+victim=$(child_of "$v")
+[ -n "$victim" ] && kill -STOP "$victim"
+curl -sN --max-time 20 "$B/v1/jobs/$w/stream" > "$tmp/w" &
+ws=$!
+i=0
+while [ $i -lt 100 ] && ! grep -q '^event: queued' "$tmp/w"; do sleep 0.05; i=$((i + 1)); done
+req GET '/v1/pool/status?full'
+other=$(child_of "$w")
+has '"active_streams":2' && [ -n "$victim" ] && [ -n "$other" ] && [ "$other" != "$victim" ] &&
+    echo "$body" | grep -q "{\"pid\":$victim,[^}]*\"streams\":1,\"jobs\":\[\"$v\"\]"
+ok $? "pool status shows both streams and which child serves which job (victim: $victim, other: $other)"
 kill -9 $victim
 wait $vs
 last=$(sed -n 's/^id: //p' "$tmp/v1" | tail -1)
@@ -397,7 +411,7 @@ kill -HUP $pool_pid
 i=0
 while [ $i -lt 50 ] && ! grep -q 'reloaded the configuration' "$tmp/pool.log"; do sleep 0.1; i=$((i + 1)); done
 req GET '/v1/pool/status?full'
-has '"reloads":1' && echo "$body" | grep -q "\"retiring\":true,[^}]*\"job_id\":\"$h\""
+has '"reloads":1' && echo "$body" | grep -q "\"retiring\":true,[^}]*\"$h\""
 ok $? "SIGHUP: the configuration is reloaded; the stream's child retires"
 req GET /health
 [ "$code" = 200 ]

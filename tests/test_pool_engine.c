@@ -13,9 +13,9 @@
  * every PREVIEW_EVERY steps (0 = none) and a complete event; a prompt that
  * contains "fail" ends with an error event at step 2 instead, and a cancel
  * request is honoured before each step. */
-#include "service/config.h"
-#include "contract.h"
-#include "ring.h"
+#include "config/config.h"
+#include "contract/contract.h"
+#include "ring/ring.h"
 
 #include <stdio.h>
 #include <stdlib.h>

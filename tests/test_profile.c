@@ -7,8 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "profile.h"
+#include "backend/backend.h"
 #include "tap.h"
+#include "tensor/profile.h"
 
 static const sdw_profile_row *find(sdw_profile *p, const char *what)
 {

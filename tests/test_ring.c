@@ -1,16 +1,19 @@
 /* The shared-memory job ring: state machine, FIFO, event replay, blocking
  * waits across processes, recovery from a lock holder killed with SIGKILL,
  * queue limits, expiry, eviction, cancel, engine death, concurrent
- * producers, and the supervisor's attach across restarts. */
+ * producers, queue positions, the threads of one process waiting at once,
+ * and the supervisor's attach across restarts. */
 #define _GNU_SOURCE
-#include "ring.h"
+#include "ring/ring.h"
 #include "tap.h"
 
 #include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
-#include <sys/mman.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -507,6 +510,33 @@ static void test_queue_full_and_expiry(void)
     drop_ring(r);
 }
 
+/* Per-owner queue limits and the owner each job records. */
+static void test_owners(void)
+{
+    sdw_ring *r = make_ring(8, 6, 0, 0);
+    if (!r)
+        return tap_skip("no ring");
+    sdw_job_id a1, a2, b1, any, extra;
+    sdw_error e = {0};
+    int ok = sdw_ring_submit_as(r, "a1", 2, 7, 2, a1, &e) == 0 && sdw_ring_submit_as(r, "a2", 2, 7, 2, a2, &e) == 0 &&
+             sdw_ring_submit_as(r, "b1", 2, 9, 1, b1, &e) == 0 && submit(r, "any", any) == 0;
+    tap_ok(ok, "jobs of two owners and one without (%s)", e.msg);
+    tap_ok(sdw_ring_submit_as(r, "a3", 2, 7, 2, extra, &e) == SDW_ELIMIT && strstr(e.msg, "2 jobs"),
+           "an owner's third job past max_queued 2: SDW_ELIMIT (%s)", e.msg);
+    tap_ok(sdw_ring_submit_as(r, "b2", 2, 9, 1, extra, &e) == SDW_ELIMIT, "the other owner's own limit");
+    tap_ok(sdw_ring_submit_as(r, "a3", 2, 7, 0, extra, &e) == 0, "no limit (0) for the same owner: accepted");
+    sdw_job_info info;
+    tap_ok(sdw_ring_job_status(r, a1, &info, &e) == 0 && info.owner == 7 && sdw_ring_job_status(r, b1, &info, &e) == 0 &&
+           info.owner == 9 && sdw_ring_job_status(r, any, &info, &e) == 0 && info.owner == 0,
+           "each job reports its owner (0 without one)");
+    sdw_job_id t;
+    take(r, t, NULL, 0);
+    tap_ok(!strcmp(t, a1) && sdw_ring_submit_as(r, "a4", 2, 7, 3, extra, &e) == 0 &&
+           sdw_ring_submit_as(r, "a5", 2, 7, 3, extra, &e) == SDW_ELIMIT,
+           "a running job no longer counts as queued: two queued and one running take a third, not a fourth");
+    drop_ring(r);
+}
+
 static void test_engine_death(void)
 {
     sdw_error e;
@@ -871,6 +901,89 @@ static void test_attach(void)
                                                                     "sdw_ring_unlink does");
 }
 
+struct waiter {
+    sdw_ring *r;
+    const char *id;
+    unsigned known;
+    int rc;
+    unsigned pos;
+    char name[16];
+};
+
+static void *wait_position(void *arg)
+{
+    struct waiter *w = arg;
+    w->rc = sdw_ring_wait_queue_position(w->r, w->id, w->known, -1, &w->pos, NULL);
+    return NULL;
+}
+
+static void *wait_event_thread(void *arg)
+{
+    struct waiter *w = arg;
+    sdw_ring_event ev;
+    w->rc = sdw_ring_wait_event(w->r, w->id, 0, -1, &ev, NULL);
+    if (w->rc == 1) {
+        snprintf(w->name, sizeof w->name, "%s", ev.name);
+        sdw_ring_event_free(&ev);
+    }
+    return NULL;
+}
+
+static void test_queue_position(void)
+{
+    sdw_error e;
+    sdw_ring *r = make_ring(8, 8, 0, 0);
+    if (!tap_ok(r != NULL, "ring for queue positions"))
+        return;
+    alarm(WATCHDOG_S);
+    sdw_job_id a, b, c, got;
+    submit(r, "a", a);
+    submit(r, "b", b);
+    submit(r, "c", c);
+    unsigned pos = 0;
+    tap_ok(sdw_ring_wait_queue_position(r, c, UINT_MAX, 0, &pos, &e) == 1 && pos == 3,
+           "an unknown place reads the position at once (3)");
+    tap_ok(sdw_ring_wait_queue_position(r, c, 3, 30, &pos, &e) == 0, "an unchanged position times out");
+    struct waiter w = { .r = r, .id = c, .known = 3 };
+    pthread_t t;
+    pthread_create(&t, NULL, wait_position, &w);
+    sdw_job_state after;
+    sdw_ring_cancel(r, b, &after, &e);
+    pthread_join(t, NULL);
+    tap_ok(w.rc == 1 && w.pos == 2, "cancelling the job ahead wakes a waiting thread with the new position (%u)",
+           w.pos);
+    take(r, got, NULL, 0);
+    tap_ok(sdw_ring_wait_queue_position(r, c, 2, 0, &pos, &e) == 1 && pos == 1, "taking the head moves it to 1");
+    tap_ok(sdw_ring_wait_queue_position(r, a, UINT_MAX, 0, &pos, &e) == 1 && pos == 0, "a running job is at 0");
+    w = (struct waiter){ .r = r, .id = c, .known = 1 };
+    pthread_create(&t, NULL, wait_position, &w);
+    sdw_ring_complete(r, a, "{}", 2, &e);
+    take(r, got, NULL, 0);
+    pthread_join(t, NULL);
+    tap_ok(w.rc == 1 && w.pos == 0 && strcmp(got, c) == 0, "the waiter learns that its job left the queue");
+    tap_ok(sdw_ring_wait_queue_position(r, "job-0123456789abcdef0123456789abcdef", 0, 0, &pos, &e) == SDW_ENOTFOUND,
+           "an unknown job: SDW_ENOTFOUND");
+
+    /* Threads of one process wait on one job at once, as a pool child's
+     * stream threads do; one append wakes them all. */
+    enum { T = 8 };
+    struct waiter ws[T];
+    pthread_t ts[T];
+    for (int i = 0; i < T; i++) {
+        ws[i] = (struct waiter){ .r = r, .id = c };
+        pthread_create(&ts[i], NULL, wait_event_thread, &ws[i]);
+    }
+    sdw_ring_append(r, c, "progress", "{\"step\":1}", 10, &e);
+    int all = 1;
+    for (int i = 0; i < T; i++) {
+        pthread_join(ts[i], NULL);
+        all &= ws[i].rc == 1 && strcmp(ws[i].name, "progress") == 0;
+    }
+    tap_ok(all, "%d threads waiting on one job all get its event", T);
+    alarm(0);
+    drop_ring(r);
+}
+
 int main(void)
 {
     test_table();
@@ -880,11 +993,13 @@ int main(void)
     test_replay();
     test_log_bounds();
     test_wait();
+    test_queue_position();
     test_cancel_running();
     test_queue_full_and_expiry();
     test_gone_ids();
     test_eviction();
     test_attach();
+    test_owners();
     test_engine_death();
     test_robust();
     test_producers();

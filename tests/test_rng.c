@@ -9,8 +9,8 @@
 
 #include <json-c/json.h>
 
-#include "rng.h"
-#include "safetensors.h"
+#include "model/safetensors.h"
+#include "pipeline/rng.h"
 #include "tap.h"
 
 static void test_mt19937_reference(void)

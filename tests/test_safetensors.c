@@ -7,7 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "safetensors.h"
+#include "base/half.h"
+#include "model/safetensors.h"
 #include "tap.h"
 
 static char tmpdir[] = "/tmp/sdw-st-XXXXXX";

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "scheduler.h"
+#include "pipeline/scheduler.h"
 #include "tap.h"
 
 #define TRAJ_TOL 1e-5

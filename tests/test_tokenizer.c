@@ -9,8 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "model/tokenizer.h"
 #include "tap.h"
-#include "tokenizer.h"
 
 static char tmpdir[] = "/tmp/sdw-tok-XXXXXX";
 

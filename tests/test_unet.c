@@ -10,11 +10,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "model.h"
-#include "safetensors.h"
+#include "backend/backend.h"
 #include "fixture.h"
+#include "model/model.h"
+#include "model/safetensors.h"
+#include "model/unet.h"
 #include "tap.h"
-#include "unet.h"
 
 #define TOL 1e-4
 

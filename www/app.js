@@ -1,6 +1,8 @@
 /* sdworker demo page: plain JavaScript, no dependencies, same-origin API.
  *
  * Stable element ids (for headless-browser tests):
+ *   #api-key         API key, sent as Authorization: Bearer on every /v1/ request
+ *                    and kept in localStorage ("sdworker.apiKey")
  *   #ready-status    service readiness text; class status-ready | status-waiting | status-down
  *   #job-form        the form; submitting it starts a job
  *   #operation       select: image_generation | image_transform | image_inpaint
@@ -13,7 +15,7 @@
  *   #generate        submit button (disabled while a job runs)
  *   #cancel          cancel button (enabled while a job runs)
  *   #error           error box (hidden unless there is an error); shows error.message
- *   #job-status      text: queued / running / done / cancelled / failed, with the job id
+ *   #job-status      text: queued (with its position) / running / done / cancelled / failed, with the job id
  *   #progress        <progress> 0-100; #progress-text the percentage
  *   #preview         <img> updated from `preview` events
  *   #result          <img> with the final PNG
@@ -21,6 +23,12 @@
  *   #timings-out     the result's timings (JSON)
  * The body gets data-job-state = idle | running | complete | error | cancelled
  * so a test can wait for the end of a job.
+ *
+ * Event streams are read with fetch() and a ReadableStream, not EventSource:
+ * EventSource cannot send an Authorization header, and a key in the URL
+ * would end up in access logs. The reader follows the SSE format (event,
+ * data, id, retry; comments; CRLF, LF or CR line ends) and, like
+ * EventSource, reconnects after a dropped connection with Last-Event-ID.
  */
 (function () {
   'use strict';
@@ -32,6 +40,9 @@
   var ctx = canvas.getContext('2d');
 
   var job = null;          /* {id, source} while a job runs */
+  var KEY_STORE = 'sdworker.apiKey';
+  /* After this many reconnects in a row without an event, the job is lost. */
+  var MAX_RECONNECTS = 10;
   var initImage = null;    /* {b64, img} of the chosen file */
   var mask = null;         /* offscreen canvas at the image's size */
 
@@ -50,7 +61,33 @@
     return 'HTTP ' + res.status + ' ' + (res.statusText || '');
   }
 
+  /* ---- the API key ---- */
+
+  function storage() {
+    try { return window.localStorage; } catch (e) { return null; }
+  }
+
+  function apiKey() { return $('api-key').value.trim(); }
+
+  /* headers plus Authorization when a key is set. */
+  function withKey(headers) {
+    var h = headers || {};
+    if (apiKey()) h.Authorization = 'Bearer ' + apiKey();
+    return h;
+  }
+
+  function keyChanged() {
+    var st = storage();
+    if (st) {
+      if (apiKey()) st.setItem(KEY_STORE, apiKey());
+      else st.removeItem(KEY_STORE);
+    }
+    loadModels();
+  }
+
   function fetchJSON(url, options) {
+    options = options || {};
+    options.headers = withKey(options.headers);
     return fetch(url, options).then(function (res) {
       return res.text().then(function (text) {
         var body = null;
@@ -84,8 +121,10 @@
 
   /* ---- models: {"models":[{"name":...,"default":bool}]}; plain strings tolerated ---- */
 
+  var modelsTimer = null;
   function loadModels() {
     var sel = $('model');
+    clearTimeout(modelsTimer);
     fetchJSON('/v1/models').then(function (r) {
       var list = (r.body && (r.body.models || r.body.data)) || [];
       sel.textContent = '';
@@ -101,11 +140,12 @@
       if (!sel.options.length) {
         var o = document.createElement('option');
         o.value = '';
-        o.textContent = r.res.ok ? '(no models)' : '(unavailable)';
+        o.textContent = r.res.ok ? '(no models)' : r.res.status === 401 ? '(enter an API key)' : '(unavailable)';
         sel.appendChild(o);
-        setTimeout(loadModels, 5000);
+        /* A missing key is waited for in the key field, not by polling. */
+        if (r.res.status !== 401) modelsTimer = setTimeout(loadModels, 5000);
       }
-    }, function () { setTimeout(loadModels, 5000); });
+    }, function () { modelsTimer = setTimeout(loadModels, 5000); });
   }
 
   /* ---- operation-dependent fields ---- */
@@ -211,10 +251,25 @@
     $('cancel').disabled = !on;
   }
 
+  /* The previous job's images and figures, so that a cancelled or failed
+   * job does not leave another job's result looking like its own. */
+  function clearResult() {
+    ['preview', 'result'].forEach(function (id) {
+      $(id).hidden = true;
+      $(id).removeAttribute('src');
+    });
+    $('seed-out').textContent = '–';
+    $('timings-out').textContent = '';
+  }
+
   function finish(state, text) {
     if (job && job.source) job.source.close();
     job = null;
     running(false);
+    if (state === 'error' || state === 'cancelled') {
+      clearResult();
+      setProgress(0);
+    }
     setState(state);
     $('job-status').textContent = text;
   }
@@ -283,54 +338,152 @@
     });
   }
 
+  /* ---- event streams ---- */
+
+  /* Splits SSE text into events: onEvent({type, data, id}) for each. */
+  function sseParser(onEvent, state) {
+    var buf = '', type = '', data = '', hasData = false;
+    function line(l) {
+      if (l === '') {
+        if (hasData) onEvent({ type: type || 'message', data: data, id: state.lastId });
+        type = ''; data = ''; hasData = false;
+        return;
+      }
+      if (l.charAt(0) === ':') return;
+      var colon = l.indexOf(':');
+      var field = colon < 0 ? l : l.slice(0, colon);
+      var value = colon < 0 ? '' : l.slice(colon + 1);
+      if (value.charAt(0) === ' ') value = value.slice(1);
+      if (field === 'event') type = value;
+      else if (field === 'data') { data = hasData ? data + '\n' + value : value; hasData = true; }
+      else if (field === 'id') { if (value.indexOf('\0') < 0) state.lastId = value; }
+      else if (field === 'retry') { if (/^[0-9]+$/.test(value)) state.retry = Number(value); }
+    }
+    function push(text) {
+      buf += text;
+      var re = /\r\n|\r|\n/g, start = 0, m;
+      while ((m = re.exec(buf))) {
+        /* A CR at the end may be the first half of a CRLF. */
+        if (m[0] === '\r' && m.index === buf.length - 1) break;
+        line(buf.slice(start, m.index));
+        start = re.lastIndex;
+      }
+      buf = buf.slice(start);
+    }
+    /* At the end of a connection a held CR ends its line after all. */
+    push.end = function () { if (buf.slice(-1) === '\r') push('\n'); };
+    return push;
+  }
+
+  /* Reads url's events until close(); on: {event(ev), reconnecting(),
+   * failed(message)}. A 4xx answer ends it (the job is unknown, expired,
+   * or the key is wrong); a dropped connection or a 5xx is retried. */
+  function openStream(url, on) {
+    var st = { lastId: '', retry: 1000, closed: false, failures: 0, abort: null };
+    function retry() {
+      if (st.closed) return;
+      if (++st.failures > MAX_RECONNECTS) {
+        on.failed('The event stream was lost.');
+        return;
+      }
+      on.reconnecting();
+      setTimeout(connect, st.retry);
+    }
+    function connect() {
+      if (st.closed) return;
+      var ac = window.AbortController ? new AbortController() : null;
+      st.abort = ac;
+      var headers = withKey({ 'Accept': 'text/event-stream' });
+      if (st.lastId) headers['Last-Event-ID'] = st.lastId;
+      fetch(url, { headers: headers, cache: 'no-store', signal: ac ? ac.signal : undefined }).then(function (res) {
+        if (!res.ok) {
+          if (res.status < 500) {
+            return res.text().then(function (text) {
+              var body = null;
+              try { body = JSON.parse(text); } catch (e) { body = null; }
+              if (!st.closed) on.failed(errorMessage(res, body));
+            });
+          }
+          return retry();
+        }
+        var reader = res.body.getReader();
+        var decoder = new TextDecoder();
+        var push = sseParser(function (ev) {
+          st.failures = 0;
+          if (!st.closed) on.event(ev);
+        }, st);
+        function pump() {
+          return reader.read().then(function (r) {
+            if (r.done) {
+              push.end();
+              return retry();
+            }
+            push(decoder.decode(r.value, { stream: true }));
+            return st.closed ? reader.cancel() : pump();
+          });
+        }
+        return pump();
+      }).catch(function () { retry(); });
+    }
+    connect();
+    return {
+      close: function () {
+        st.closed = true;
+        if (st.abort) st.abort.abort();
+      }
+    };
+  }
+
   function follow(id, url) {
     $('job-status').textContent = 'Queued: ' + id;
-    /* EventSource reconnects by itself and sends Last-Event-ID, so a
-     * dropped connection resumes where it stopped. */
-    var es = new EventSource(url);
-    job = { id: id, source: es };
     function data(ev) {
       try { return JSON.parse(ev.data); } catch (e) { return {}; }
     }
-    es.addEventListener('progress', function (ev) {
-      var d = data(ev);
-      setProgress(d.percent);
-      $('job-status').textContent = 'Running: step ' + d.step + ' of ' + d.total + ' (' + id + ')';
-    });
-    es.addEventListener('preview', function (ev) {
-      var d = data(ev);
-      setProgress(d.percent);
-      if (d.image) {
-        $('preview').src = 'data:image/' + (d.format || 'png') + ';base64,' + d.image;
-        $('preview').hidden = false;
-      }
-    });
-    es.addEventListener('complete', function (ev) {
-      var d = data(ev);
-      setProgress(100);
-      $('result').src = 'data:image/' + (d.format || 'png') + ';base64,' + d.image;
-      $('result').hidden = false;
-      $('seed-out').textContent = d.seed !== undefined ? String(d.seed) : '–';
-      $('timings-out').textContent = d.timings ? JSON.stringify(d.timings, null, 1) : '';
-      finish('complete', 'Done: ' + id + (d.width ? ' (' + d.width + '×' + d.height + ')' : ''));
-    });
-    /* A server `error` event carries data; a connection error does not. */
-    es.addEventListener('error', function (ev) {
-      if (ev.data) {
-        var d = data(ev);
+    var handlers = {
+      /* Sent at once while the job waits, and again whenever it moves up. */
+      queued: function (d) {
+        $('job-status').textContent = 'Queued: position ' + d.position + ' (' + id + ')';
+      },
+      progress: function (d) {
+        setProgress(d.percent);
+        $('job-status').textContent = 'Running: step ' + d.step + ' of ' + d.total + ' (' + id + ')';
+      },
+      preview: function (d) {
+        setProgress(d.percent);
+        if (d.image) {
+          $('preview').src = 'data:image/' + (d.format || 'png') + ';base64,' + d.image;
+          $('preview').hidden = false;
+        }
+      },
+      complete: function (d) {
+        setProgress(100);
+        $('result').src = 'data:image/' + (d.format || 'png') + ';base64,' + d.image;
+        $('result').hidden = false;
+        $('seed-out').textContent = d.seed !== undefined ? String(d.seed) : '–';
+        $('timings-out').textContent = d.timings ? JSON.stringify(d.timings, null, 1) : '';
+        finish('complete', 'Done: ' + id + (d.width ? ' (' + d.width + '×' + d.height + ')' : ''));
+      },
+      error: function (d) {
         if (d.code === 'cancelled') {
           finish('cancelled', 'Cancelled: ' + id);
         } else {
           showError(d.message || 'The job failed.');
           finish('error', 'Failed: ' + id);
         }
-      } else if (es.readyState === EventSource.CLOSED) {
-        showError('The event stream was closed by the server.');
+      }
+    };
+    var source = openStream(url, {
+      event: function (ev) {
+        /* Event names the page does not know (e.g. a queue position) are skipped. */
+        if (handlers.hasOwnProperty(ev.type)) handlers[ev.type](data(ev));
+      },
+      reconnecting: function () { $('job-status').textContent = 'Reconnecting to ' + id + '…'; },
+      failed: function (message) {
+        showError(message);
         finish('error', 'Lost: ' + id);
-      } else {
-        $('job-status').textContent = 'Reconnecting to ' + id + '…';
       }
     });
+    job = { id: id, source: source };
   }
 
   function cancel() {
@@ -352,6 +505,9 @@
 
   /* ---- wiring ---- */
 
+  var st = storage();
+  if (st && st.getItem(KEY_STORE)) $('api-key').value = st.getItem(KEY_STORE);
+  $('api-key').addEventListener('change', keyChanged);
   op.addEventListener('change', updateFields);
   form.addEventListener('submit', submit);
   $('cancel').addEventListener('click', cancel);

@@ -1,5 +1,5 @@
-#include "contract.h"
-#include "err.h"
+#include "contract/contract.h"
+#include "base/err.h"
 
 #include <errno.h>
 #include <json-c/json.h>
@@ -78,28 +78,13 @@ sdw_contract_limits sdw_contract_default_limits(void)
 const char *sdw_operation_name(sdw_operation op)
 {
     switch (op) {
-    case SDW_OP_IMAGE_GENERATION: return "image_generation";
-    case SDW_OP_IMAGE_TRANSFORM: return "image_transform";
-    case SDW_OP_IMAGE_INPAINT: return "image_inpaint";
+    case SDW_OPERATION_GENERATE: return "image_generation";
+    case SDW_OPERATION_TRANSFORM: return "image_transform";
+    case SDW_OPERATION_INPAINT: return "image_inpaint";
     }
     return "";
 }
 
-static const char *const sampler_names[] = {
-    [SDW_JOB_SAMPLER_DEFAULT] = "",
-    [SDW_JOB_SAMPLER_EULER] = "euler",
-    [SDW_JOB_SAMPLER_EULER_A] = "euler_a",
-    [SDW_JOB_SAMPLER_DDIM] = "ddim",
-    [SDW_JOB_SAMPLER_DPMPP_2M] = "dpmpp_2m",
-    [SDW_JOB_SAMPLER_DPMPP_2M_KARRAS] = "dpmpp_2m_karras",
-    [SDW_JOB_SAMPLER_PNDM] = "pndm",
-};
-#define N_SAMPLERS (sizeof sampler_names / sizeof sampler_names[0])
-
-const char *sdw_sampler_name(sdw_job_sampler s)
-{
-    return (unsigned)s < N_SAMPLERS ? sampler_names[s] : "";
-}
 
 /* The rbee operations that exist but are not image work. */
 static const char *const other_rbee_ops[] = {
@@ -492,7 +477,7 @@ static int get_image(parse_ctx *c, const char *name, const char *alias, sdw_imag
     return 0;
 }
 
-static int get_sampler(parse_ctx *c, sdw_job_sampler *out)
+static int get_sampler(parse_ctx *c, int *out)
 {
     const char *s;
     size_t n;
@@ -500,12 +485,12 @@ static int get_sampler(parse_ctx *c, sdw_job_sampler *out)
     *out = SDW_JOB_SAMPLER_DEFAULT;
     if (rc || !s)
         return rc;
-    for (size_t i = 0; i < N_SAMPLERS; i++)
-        if (strcmp(s, sampler_names[i]) == 0) {
-            *out = (sdw_job_sampler)i;
-            return 0;
-        }
-    return bad(c, "sampler", "one of euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, pndm");
+    int named = sdw_sampler_parse(s);
+    if (named >= 0) {
+        *out = named;
+        return 0;
+    }
+    return sdw_api_fail(c->e, 400, SDW_API_INVALID_VALUE, "sampler must be one of %s", sdw_sampler_names);
 }
 
 static int parse_fields(parse_ctx *c, sdw_operation op, sdw_job_request *r)
@@ -531,7 +516,7 @@ static int parse_fields(parse_ctx *c, sdw_operation op, sdw_job_request *r)
         (rc = get_int(c, "clip_skip", 0, 0, 11, &r->clip_skip)) ||
         (rc = get_seed(c, r)))
         return rc;
-    if (r->eta != 0 && r->sampler != SDW_JOB_SAMPLER_DDIM)
+    if (r->eta != 0 && r->sampler != SDW_SAMPLER_DDIM)
         return bad(c, "eta", "0 unless sampler is ddim");
 
     json_object *loras = field(c, "loras");
@@ -540,7 +525,7 @@ static int parse_fields(parse_ctx *c, sdw_operation op, sdw_job_request *r)
     if (loras && json_object_array_length(loras) > 0)
         return sdw_api_fail(c->e, 400, SDW_API_UNSUPPORTED_FEATURE, "LoRA is not supported yet");
 
-    if (op == SDW_OP_IMAGE_GENERATION) {
+    if (op == SDW_OPERATION_GENERATE) {
         if ((rc = get_int(c, "width", 512, 64, 2048, &r->width)) ||
             (rc = get_int(c, "height", 512, 64, 2048, &r->height)))
             return rc;
@@ -553,13 +538,13 @@ static int parse_fields(parse_ctx *c, sdw_operation op, sdw_job_request *r)
                                 "width*height must be at most %zu pixels", c->lim->max_pixels);
         return 0;
     }
-    if ((rc = get_num(c, "strength", op == SDW_OP_IMAGE_INPAINT ? 1.0 : 0.8, 0, 1, &r->strength)))
+    if ((rc = get_num(c, "strength", op == SDW_OPERATION_INPAINT ? 1.0 : 0.8, 0, 1, &r->strength)))
         return rc;
     if (c->internal)
         return 0;
     if ((rc = get_image(c, "init_image", "input_image", &r->init_image)))
         return rc;
-    if (op == SDW_OP_IMAGE_INPAINT && (rc = get_image(c, "mask_image", NULL, &r->mask_image)))
+    if (op == SDW_OPERATION_INPAINT && (rc = get_image(c, "mask_image", NULL, &r->mask_image)))
         return rc;
     return 0;
 }
@@ -572,7 +557,7 @@ static int parse_operation(json_object *root, sdw_api_error *e, sdw_operation *o
     const char *name = json_object_get_string(v);
     if (strlen(name) != (size_t)json_object_get_string_len(v))
         return sdw_api_fail(e, 400, SDW_API_UNKNOWN_OPERATION, "unknown operation (contains a NUL character)");
-    for (int k = SDW_OP_IMAGE_GENERATION; k <= SDW_OP_IMAGE_INPAINT; k++)
+    for (int k = SDW_OPERATION_GENERATE; k <= SDW_OPERATION_INPAINT; k++)
         if (strcmp(name, sdw_operation_name((sdw_operation)k)) == 0) {
             *op = (sdw_operation)k;
             return 0;
@@ -634,7 +619,7 @@ static int parse_json(const char *body, size_t len, const sdw_contract_limits *l
         json_object_put(root);
         return sdw_api_fail(e, 400, SDW_API_INVALID_REQUEST, "the body must be a JSON object");
     }
-    sdw_operation op = SDW_OP_IMAGE_GENERATION;
+    sdw_operation op = SDW_OPERATION_GENERATE;
     rc = parse_operation(root, e, &op);
     if (!rc) {
         parse_ctx c = {.obj = root, .lim = lim, .e = e, .internal = internal};
@@ -690,7 +675,7 @@ char *sdw_job_request_params_json(const sdw_job_request *r)
                            json_object_new_string(r->negative_prompt ? r->negative_prompt : ""));
     json_object_object_add(o, "steps", json_object_new_int(r->steps));
     json_object_object_add(o, "guidance_scale", exact_double(r->guidance_scale));
-    if (r->op == SDW_OP_IMAGE_GENERATION) {
+    if (r->op == SDW_OPERATION_GENERATE) {
         json_object_object_add(o, "width", json_object_new_int(r->width));
         json_object_object_add(o, "height", json_object_new_int(r->height));
     } else {
@@ -780,7 +765,7 @@ int sdw_job_request_deserialize(const unsigned char *buf, size_t len, sdw_job_re
     int rc = parse_json((const char *)buf + BLOB_HEADER, pl, &open, 1, req, e);
     if (rc)
         return rc;
-    int needs_init = req->op != SDW_OP_IMAGE_GENERATION, needs_mask = req->op == SDW_OP_IMAGE_INPAINT;
+    int needs_init = req->op != SDW_OPERATION_GENERATE, needs_mask = req->op == SDW_OPERATION_INPAINT;
     if (needs_init != (il > 0) || needs_mask != (ml > 0))
         rc = sdw_api_fail(e, 400, SDW_API_INVALID_REQUEST, "serialised job request has the wrong images for %s",
                           sdw_operation_name(req->op));

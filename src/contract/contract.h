@@ -56,6 +56,8 @@
 #ifndef SDW_CONTRACT_H
 #define SDW_CONTRACT_H
 
+#include "base/sampler.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -74,6 +76,10 @@
 #define SDW_API_UNSUPPORTED_MEDIA_TYPE "unsupported_media_type"
 #define SDW_API_QUEUE_FULL "queue_full"
 #define SDW_API_ENGINE_UNAVAILABLE "engine_unavailable"
+#define SDW_API_UNAUTHORIZED "unauthorized"          /* 401: no API key, or a wrong one */
+#define SDW_API_FORBIDDEN "forbidden"                /* 403: the key may not do this */
+#define SDW_API_RATE_LIMITED "rate_limited"          /* 429: the key's per_minute */
+#define SDW_API_TOO_MANY_QUEUED "too_many_queued"    /* 429: the key's max_queued */
 #define SDW_API_INTERNAL "internal_error"
 
 /* An error as the HTTP client sees it. code is one of the SDW_API_* strings
@@ -109,21 +115,14 @@ typedef struct sdw_contract_limits {
 sdw_contract_limits sdw_contract_default_limits(void);
 
 typedef enum sdw_operation {
-    SDW_OP_IMAGE_GENERATION = 1,
-    SDW_OP_IMAGE_TRANSFORM,
-    SDW_OP_IMAGE_INPAINT,
+    SDW_OPERATION_GENERATE = 1,
+    SDW_OPERATION_TRANSFORM,
+    SDW_OPERATION_INPAINT,
 } sdw_operation;
 
-/* Schedulers. DEFAULT means the one in the model's scheduler config. */
-typedef enum sdw_job_sampler {
-    SDW_JOB_SAMPLER_DEFAULT = 0,
-    SDW_JOB_SAMPLER_EULER,
-    SDW_JOB_SAMPLER_EULER_A,
-    SDW_JOB_SAMPLER_DDIM,
-    SDW_JOB_SAMPLER_DPMPP_2M,
-    SDW_JOB_SAMPLER_DPMPP_2M_KARRAS,
-    SDW_JOB_SAMPLER_PNDM,
-} sdw_job_sampler;
+/* A job's sampler: an sdw_sampler (base/sampler.h), or DEFAULT for the one
+ * in the model's scheduler config. */
+#define SDW_JOB_SAMPLER_DEFAULT (-1)
 
 typedef enum sdw_image_format {
     SDW_IMAGE_NONE = 0,
@@ -151,7 +150,7 @@ typedef struct sdw_job_request {
     int width, height;                  /* 0 for transform/inpaint: from the image */
     uint64_t seed;
     bool seed_random;                   /* the client sent no seed; we chose it */
-    sdw_job_sampler sampler;
+    int sampler;                    /* sdw_sampler or SDW_JOB_SAMPLER_DEFAULT */
     double eta;
     int clip_skip;
     double strength;                    /* transform and inpaint only */
@@ -168,7 +167,6 @@ int sdw_contract_parse(const char *body, size_t len, const sdw_contract_limits *
 void sdw_job_request_free(sdw_job_request *req);
 
 const char *sdw_operation_name(sdw_operation op);
-const char *sdw_sampler_name(sdw_job_sampler s);   /* "" for DEFAULT */
 
 /* The resolved parameters as JSON (everything but the image bytes; the seed
  * actually used and "seed_random"), for job status replies and logs.

@@ -1,4 +1,4 @@
-#include "ring.h"
+#include "ring/ring.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,10 @@ struct ring_slot {
     uint32_t event_futex;  /* bumped on every event and state change */
     uint32_t cancel_requested;
     uint8_t id[16];
+    /* The submitter's key (sdw_ring_submit_as). It sits in what was padding
+     * before seq, so the layout, and RING_VERSION, stay as they were: a
+     * ring made before it reads 0 = no key. */
+    uint32_t owner;
     uint64_t seq;
     int64_t created_ms, started_ms, finished_ms, expires_mono_ms;
     uint64_t input_len;
@@ -72,6 +77,10 @@ struct ring_slot {
     uint64_t big_id, big_len;
     char big_name[16];
 };
+
+/* owner took padding: every other field must stay where it was. */
+_Static_assert(offsetof(struct ring_slot, seq) == 32 && sizeof(struct ring_slot) == 128,
+               "struct ring_slot changed layout: bump RING_VERSION");
 
 struct log_rec {
     uint64_t id;
@@ -443,6 +452,35 @@ static int end_with_error_locked(sdw_ring *r, struct ring_slot *s, sdw_job_state
     transition(s, to, e);
     bump(&s->event_futex);
     return 0;
+}
+
+/* The job of sequence number seq left the queue: every job behind it moved
+ * up, and the streams waiting in sdw_ring_wait_queue_position on those jobs
+ * must say so. The ones ahead stay where they are and are not woken (a
+ * cancelled job at the tail wakes nobody). */
+static void queue_moved_locked(sdw_ring *r, uint64_t seq)
+{
+    for (unsigned i = 0; i < r->h->nslots; i++) {
+        struct ring_slot *s = slot_at(r, i);
+        if (s->state == SDW_JOB_QUEUED && s->seq > seq) {
+            bump(&s->event_futex);
+            wake_all(&s->event_futex);
+        }
+    }
+}
+
+/* 1 = next to run, 0 = not queued. */
+static unsigned queue_position_locked(sdw_ring *r, const struct ring_slot *s)
+{
+    if (s->state != SDW_JOB_QUEUED)
+        return 0;
+    unsigned pos = 1;
+    for (unsigned i = 0; i < r->h->nslots; i++) {
+        const struct ring_slot *o = slot_at(r, i);
+        if (o->state == SDW_JOB_QUEUED && o->seq < s->seq)
+            pos++;
+    }
+    return pos;
 }
 
 /* ---- create / open ---- */
@@ -898,6 +936,12 @@ static int sweep_locked(sdw_ring *r, int64_t now_ms)
 
 int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, sdw_error *e)
 {
+    return sdw_ring_submit_as(r, input, len, 0, 0, id, e);
+}
+
+int sdw_ring_submit_as(sdw_ring *r, const void *input, size_t len, uint32_t owner, unsigned owner_max_queued,
+                       sdw_job_id id, sdw_error *e)
+{
     uint8_t raw[16];
     if (len > r->h->input_cap)
         return sdw_fail(e, SDW_ETOOBIG, "job input of %zu bytes exceeds the slot input area (%zu bytes)",
@@ -912,14 +956,22 @@ int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, s
         return sdw_fail(e, SDW_EFULL, "the job ring is being replaced; retry");
     }
     sweep_locked(r, sdw_ring_now_ms());
-    unsigned queued = 0;
+    unsigned queued = 0, owned = 0;
     struct ring_slot *pick = NULL;
     for (unsigned i = 0; i < r->h->nslots; i++) {
         struct ring_slot *s = slot_at(r, i);
-        if (s->state == SDW_JOB_QUEUED)
+        if (s->state == SDW_JOB_QUEUED) {
             queued++;
-        else if (!pick && s->state == SDW_JOB_FREE)
+            owned += s->owner == owner;
+        } else if (!pick && s->state == SDW_JOB_FREE) {
             pick = s;
+        }
+    }
+    /* Counted under the lock, so that concurrent submits of one owner from
+     * several processes cannot pass the limit together. */
+    if (owner_max_queued && owned >= owner_max_queued) {
+        ring_unlock(r);
+        return sdw_fail(e, SDW_ELIMIT, "%u jobs of this key are queued (its max_queued)", owned);
     }
     for (unsigned i = 0; !pick && i < r->h->nslots; i++)
         if (slot_at(r, i)->state == SDW_JOB_EXPIRED)
@@ -949,6 +1001,7 @@ int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, s
         transition(pick, SDW_JOB_FREE, NULL);
     }
     memcpy(pick->id, raw, 16);
+    pick->owner = owner;
     memcpy(input_of(r, pick), input, len);
     pick->input_len = len;
     pick->cancel_requested = 0;
@@ -981,6 +1034,7 @@ int sdw_ring_cancel(sdw_ring *r, const char *id, sdw_job_state *after, sdw_error
         rc = SDW_ENOTFOUND;
     } else if (s->state == SDW_JOB_QUEUED) {
         rc = end_with_error_locked(r, s, SDW_JOB_CANCELLED, json, e);
+        queue_moved_locked(r, s->seq);
     } else if (s->state == SDW_JOB_RUNNING) {
         s->cancel_requested = 1;
         bump(&s->event_futex);
@@ -1027,19 +1081,13 @@ int sdw_ring_job_status(sdw_ring *r, const char *id, sdw_job_info *info, sdw_err
     if (s) {
         memset(info, 0, sizeof *info);
         info->state = (sdw_job_state)s->state;
+        info->owner = s->owner;
         info->cancel_requested = s->cancel_requested != 0;
         info->last_event_id = s->last_event_id;
         info->created_ms = s->created_ms;
         info->started_ms = s->started_ms;
         info->finished_ms = s->finished_ms;
-        if (s->state == SDW_JOB_QUEUED) {
-            info->queue_position = 1;
-            for (unsigned i = 0; i < r->h->nslots; i++) {
-                struct ring_slot *o = slot_at(r, i);
-                if (o->state == SDW_JOB_QUEUED && o->seq < s->seq)
-                    info->queue_position++;
-            }
-        }
+        info->queue_position = queue_position_locked(r, s);
     }
     ring_unlock(r);
     return s ? 0 : SDW_ENOTFOUND;
@@ -1112,6 +1160,36 @@ int sdw_ring_wait_event(sdw_ring *r, const char *id, uint64_t after, int timeout
     }
 }
 
+int sdw_ring_wait_queue_position(sdw_ring *r, const char *id, unsigned known, int timeout_ms,
+                                 unsigned *position, sdw_error *e)
+{
+    int64_t deadline = deadline_of(timeout_ms);
+    for (;;) {
+        int rc = ring_lock(r, e);
+        if (rc)
+            return rc;
+        if (__atomic_load_n(&r->h->retired, __ATOMIC_ACQUIRE)) {
+            ring_unlock(r);
+            return SDW_RING_RETIRED;
+        }
+        struct ring_slot *s = find_locked(r, id, e);
+        if (!s || s->state == SDW_JOB_EXPIRED) {
+            ring_unlock(r);
+            return sdw_fail(e, SDW_ENOTFOUND, "no job %.40s (%s)", id ? id : "", s ? "expired" : "unknown");
+        }
+        unsigned pos = queue_position_locked(r, s);
+        uint32_t seen = __atomic_load_n(&s->event_futex, __ATOMIC_SEQ_CST);
+        ring_unlock(r);
+        if (pos != known) {
+            *position = pos;
+            return 1;
+        }
+        if (timeout_ms == 0 || expired_deadline(deadline))
+            return 0;
+        wait_change(&s->event_futex, seen, deadline);
+    }
+}
+
 void sdw_ring_event_free(sdw_ring_event *ev)
 {
     if (ev) {
@@ -1168,6 +1246,7 @@ int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size
             transition(oldest, SDW_JOB_RUNNING, NULL);
             oldest->started_ms = clock_ms(CLOCK_REALTIME);
             bump(&oldest->event_futex);
+            queue_moved_locked(r, oldest->seq);
             format_id(oldest->id, id);
             ring_unlock(r);
             wake_all(&oldest->event_futex);
@@ -1238,7 +1317,10 @@ int sdw_ring_fail(sdw_ring *r, const char *id, const char *code, const char *mes
         return rc;
     }
     struct ring_slot *s = find_locked(r, id, e);
+    bool was_queued = s && s->state == SDW_JOB_QUEUED;
     rc = s ? end_with_error_locked(r, s, SDW_JOB_FAILED, json, e) : SDW_ENOTFOUND;
+    if (was_queued)
+        queue_moved_locked(r, s->seq);
     ring_unlock(r);
     free(json);
     if (s)

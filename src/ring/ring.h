@@ -47,14 +47,16 @@
  * that dies holding it is recovered from by the next locker, which repairs
  * the slot the dead process was writing. Blocking waits are futex waits on
  * per-slot and ring-wide counters, so a process killed while waiting leaves
- * nothing behind; there is no sleep-polling.
+ * nothing behind; there is no sleep-polling. The threads of one process may
+ * call in at once (the pool's stream threads each wait on their own job):
+ * the calls keep no state outside the mapping and their arguments.
  *
  * Return values: 0 or a positive count/flag on success, a negative sdw_status
- * (SDW_EFULL, SDW_ESTATE and SDW_ETOOBIG among them) on failure, with e filled. */
+ * (SDW_EFULL, SDW_ELIMIT, SDW_ESTATE and SDW_ETOOBIG among them) on failure, with e filled. */
 #ifndef SDW_RING_H
 #define SDW_RING_H
 
-#include "err.h"
+#include "base/err.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -157,6 +159,12 @@ int sdw_ring_stale(sdw_ring *r);
  * being replaced; SDW_ETOOBIG when len exceeds input_bytes. Wakes the
  * engine. */
 int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, sdw_error *e);
+/* sdw_ring_submit for an owner (an API key's id; 0 = none), recorded in the
+ * job (sdw_job_info.owner). SDW_ELIMIT, before any other check of the
+ * queue, when owner_max_queued (0 = no limit) of the owner's jobs are
+ * already queued. */
+int sdw_ring_submit_as(sdw_ring *r, const void *input, size_t len, uint32_t owner, unsigned owner_max_queued,
+                       sdw_job_id id, sdw_error *e);
 
 /* Cancels a job: a QUEUED job becomes CANCELLED at once (with an error event
  * of code "cancelled"); a RUNNING one gets its cancel-requested flag set and
@@ -166,6 +174,7 @@ int sdw_ring_cancel(sdw_ring *r, const char *id, sdw_job_state *after, sdw_error
 
 typedef struct sdw_job_info {
     sdw_job_state state;
+    uint32_t owner;             /* sdw_ring_submit_as's; 0 for an id known only as gone */
     unsigned queue_position;    /* 1 = next to run; 0 when not queued */
     bool cancel_requested;
     uint64_t last_event_id;
@@ -201,6 +210,15 @@ typedef struct sdw_ring_event {
 int sdw_ring_wait_event(sdw_ring *r, const char *id, uint64_t after, int timeout_ms,
                         sdw_ring_event *ev, sdw_error *e);
 void sdw_ring_event_free(sdw_ring_event *ev);
+
+/* Waits up to timeout_ms for the job's place in the queue (1 = next to run,
+ * 0 = not queued: running or finished) to differ from known. Returns 1 with
+ * *position filled when it does (at once when known is a place the job is
+ * not in, e.g. UINT_MAX), 0 on timeout, SDW_RING_RETIRED when the ring was
+ * replaced, SDW_ENOTFOUND for an unknown or expired job. The place changes only when a job ahead leaves the queue
+ * (taken, cancelled or failed); those calls wake the waiters. */
+int sdw_ring_wait_queue_position(sdw_ring *r, const char *id, unsigned known, int timeout_ms,
+                                 unsigned *position, sdw_error *e);
 
 /* ---- engine side ---- */
 

@@ -8,7 +8,7 @@
 #ifdef HAVE_CONFIG_H
 #include "sdw-build.h"
 
-#include "contract.h"
+#include "contract/contract.h"
 
 /* The largest result image the client accepts (a 2048x2048 PNG fits). */
 #define MAX_IMAGE_BYTES ((size_t)64 << 20)
@@ -59,6 +59,8 @@ static void usage(FILE *f)
 "\n"
 "Options:\n"
 "  --url URL               service base URL (default " DEFAULT_URL ")\n"
+"  --api-key KEY           API key, sent as Authorization: Bearer KEY (default:\n"
+"                          $SDW_API_KEY; the environment keeps it out of ps)\n"
 "  --hive ID               hive_id sent with the operation (default localhost)\n"
 "  --model NAME            model name (required; see GET /v1/models)\n"
 "  --prompt TEXT           the prompt (required)\n"
@@ -67,7 +69,7 @@ static void usage(FILE *f)
 "  --guidance X            classifier-free guidance scale (server default 7.5)\n"
 "  --width N, --height N   image size, generate only (server default 512x512)\n"
 "  --seed N                seed (default: random, chosen by the server)\n"
-"  --sampler NAME          euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, pndm\n"
+"  --sampler NAME          %s\n"
 "  --input FILE            init image, PNG or JPEG (transform, inpaint)\n"
 "  --mask FILE             mask image, white = repaint (inpaint)\n"
 "  --strength X            how far to move from the init image, 0-1\n"
@@ -88,7 +90,7 @@ static void usage(FILE *f)
 "  4  connection failure (the service could not be reached)\n"
 "  5  the job was cancelled\n"
 "  6  the output file could not be written\n",
-            prog);
+            prog, sdw_sampler_names);
 }
 
 static void msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -106,7 +108,7 @@ static void msg(const char *fmt, ...)
 
 struct opts {
     const char *operation;   /* image_generation, image_transform, image_inpaint */
-    const char *url, *hive, *model, *prompt, *negative, *sampler;
+    const char *url, *api_key, *hive, *model, *prompt, *negative, *sampler;
     const char *input, *mask, *output;
     long steps, width, height;
     double guidance, strength;
@@ -142,34 +144,18 @@ static int parse_double(const char *opt, const char *v, double *out)
 }
 
 enum { OPT_HIVE = 256, OPT_MODEL, OPT_PROMPT, OPT_NEG, OPT_STEPS, OPT_GUIDANCE, OPT_WIDTH,
-       OPT_HEIGHT, OPT_SEED, OPT_SAMPLER, OPT_INPUT, OPT_STRENGTH, OPT_MASK, OPT_URL, OPT_VERSION };
+       OPT_HEIGHT, OPT_SEED, OPT_SAMPLER, OPT_INPUT, OPT_STRENGTH, OPT_MASK, OPT_URL, OPT_API_KEY,
+       OPT_VERSION };
 
 /* Returns -1 to continue, or an exit status. */
-static int parse_args(int argc, char **argv, struct opts *o)
+/* "image generate|transform|inpaint" (or --help, --version): the
+ * operation into o, and *sub the image command's name. -1 to go on, else
+ * the exit status. */
+static int parse_command(int argc, char **argv, struct opts *o, const char **sub_out)
 {
-    static const struct option longopts[] = {
-        { "hive", required_argument, NULL, OPT_HIVE },
-        { "model", required_argument, NULL, OPT_MODEL },
-        { "prompt", required_argument, NULL, OPT_PROMPT },
-        { "negative-prompt", required_argument, NULL, OPT_NEG },
-        { "steps", required_argument, NULL, OPT_STEPS },
-        { "guidance", required_argument, NULL, OPT_GUIDANCE },
-        { "width", required_argument, NULL, OPT_WIDTH },
-        { "height", required_argument, NULL, OPT_HEIGHT },
-        { "seed", required_argument, NULL, OPT_SEED },
-        { "sampler", required_argument, NULL, OPT_SAMPLER },
-        { "input", required_argument, NULL, OPT_INPUT },
-        { "strength", required_argument, NULL, OPT_STRENGTH },
-        { "mask", required_argument, NULL, OPT_MASK },
-        { "output", required_argument, NULL, 'o' },
-        { "url", required_argument, NULL, OPT_URL },
-        { "quiet", no_argument, NULL, 'q' },
-        { "help", no_argument, NULL, 'h' },
-        { "version", no_argument, NULL, OPT_VERSION },
-        { NULL, 0, NULL, 0 },
-    };
     memset(o, 0, sizeof *o);
     o->url = DEFAULT_URL;
+    o->api_key = getenv("SDW_API_KEY");
     o->hive = "localhost";
 
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
@@ -188,7 +174,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         fprintf(stderr, "Try '%s --help'.\n", prog);
         return EXIT_USAGE;
     }
-    const char *sub = argv[2];
+    const char *sub = *sub_out = argv[2];
     if (!strcmp(sub, "generate"))
         o->operation = "image_generation";
     else if (!strcmp(sub, "transform"))
@@ -203,6 +189,34 @@ static int parse_args(int argc, char **argv, struct opts *o)
         return EXIT_USAGE;
     }
 
+    return -1;
+}
+
+/* The options after "image COMMAND"; -1 to go on, else the exit status. */
+static int parse_options(int argc, char **argv, struct opts *o)
+{
+    static const struct option longopts[] = {
+        { "hive", required_argument, NULL, OPT_HIVE },
+        { "model", required_argument, NULL, OPT_MODEL },
+        { "prompt", required_argument, NULL, OPT_PROMPT },
+        { "negative-prompt", required_argument, NULL, OPT_NEG },
+        { "steps", required_argument, NULL, OPT_STEPS },
+        { "guidance", required_argument, NULL, OPT_GUIDANCE },
+        { "width", required_argument, NULL, OPT_WIDTH },
+        { "height", required_argument, NULL, OPT_HEIGHT },
+        { "seed", required_argument, NULL, OPT_SEED },
+        { "sampler", required_argument, NULL, OPT_SAMPLER },
+        { "input", required_argument, NULL, OPT_INPUT },
+        { "strength", required_argument, NULL, OPT_STRENGTH },
+        { "mask", required_argument, NULL, OPT_MASK },
+        { "output", required_argument, NULL, 'o' },
+        { "url", required_argument, NULL, OPT_URL },
+        { "api-key", required_argument, NULL, OPT_API_KEY },
+        { "quiet", no_argument, NULL, 'q' },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, OPT_VERSION },
+        { NULL, 0, NULL, 0 },
+    };
     /* getopt_long sees "sdworker --opt ..." */
     int gargc = argc - 2;
     char **gargv = argv + 2;
@@ -220,6 +234,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         case OPT_INPUT: o->input = optarg; break;
         case OPT_MASK: o->mask = optarg; break;
         case OPT_URL: o->url = optarg; break;
+        case OPT_API_KEY: o->api_key = optarg; break;
         case 'o': o->output = optarg; break;
         case 'q': o->quiet = true; break;
         case 'h': usage(stdout); return EXIT_OK;
@@ -268,6 +283,12 @@ static int parse_args(int argc, char **argv, struct opts *o)
         msg("unexpected argument '%s'", gargv[optind]);
         return EXIT_USAGE;
     }
+    return -1;
+}
+
+/* The checks that involve several options, and the API key's form. */
+static int check_options(struct opts *o, const char *sub)
+{
     bool gen = !strcmp(o->operation, "image_generation");
     bool inpaint = !strcmp(o->operation, "image_inpaint");
     const char *missing = !o->model ? "--model" : !o->prompt ? "--prompt" : !o->output ? "--output"
@@ -292,7 +313,27 @@ static int parse_args(int argc, char **argv, struct opts *o)
         msg("--url: '%s' must start with http:// or https://", o->url);
         return EXIT_USAGE;
     }
+    if (o->api_key && !*o->api_key)
+        o->api_key = NULL;
+    /* The key goes into a header line: nothing may break out of it. The
+     * message does not repeat the key. */
+    for (const char *p = o->api_key; p && *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f) {
+            msg("the API key (--api-key or SDW_API_KEY) contains a space or control character");
+            return EXIT_USAGE;
+        }
     return -1;
+}
+
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+    const char *sub = NULL;
+    int rc = parse_command(argc, argv, o, &sub);
+    if (rc < 0)
+        rc = parse_options(argc, argv, o);
+    if (rc < 0)
+        rc = check_options(o, sub);
+    return rc;
 }
 
 /* ---- request ---- */
@@ -413,11 +454,20 @@ static int xfer_check(void *ud, curl_off_t a, curl_off_t b, curl_off_t c, curl_o
     return interrupted;
 }
 
+/* Set once from the options; every request carries it. */
+static const char *api_key;
+
 static CURL *easy(const char *url, char *errbuf)
 {
     CURL *h = curl_easy_init();
     if (!h)
         return NULL;
+    if (api_key) {
+        /* libcurl sends it on the first request, and not to another host
+         * a redirect may lead to. */
+        curl_easy_setopt(h, CURLOPT_HTTPAUTH, (long)CURLAUTH_BEARER);
+        curl_easy_setopt(h, CURLOPT_XOAUTH2_BEARER, api_key);
+    }
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 10L);
@@ -883,6 +933,7 @@ int main(int argc, char **argv)
         return rc;
     if (!output_writable(o.output))
         return EXIT_OUTPUT;
+    api_key = o.api_key;
     char *body = build_request(&o);
     if (!body)
         return EXIT_USAGE;

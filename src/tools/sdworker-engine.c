@@ -21,9 +21,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "config.h"
-#include "engine.h"
-#include "ring.h"
+#include "config/config.h"
+#include "ring/ring.h"
+#include "runner/runner.h"
 
 /* After engine.stop_timeout_s the engine has ended its job itself unless a
  * single step or the decode outlasts the estimate; this much later it is
@@ -87,7 +87,7 @@ static int load_config(int argc, char **argv, sdw_config *cfg, int *print)
         rc = sdw_config_validate(cfg, &e);
     free(sets);
     if (rc)
-        fprintf(stderr, "sdworker-engine: %s\n", e.msg);
+        sdw_log(SDW_LOG_ERROR, "%s", e.msg);
     return rc;
 }
 
@@ -103,25 +103,25 @@ static int attach_ring(const sdw_config *cfg, sdw_ring **ring)
     int wait_ms = cfg->engine_stop_timeout_s * 1000 + STOP_KILL_SLACK_MS + ATTACH_SLACK_MS;
     int st = sdw_ring_attach(&rc, 0, ring, &info, &e);
     if (st == SDW_ESTATE) {
-        fprintf(stderr, "sdworker-engine: %s; waiting up to %d s for it to exit\n", e.msg, wait_ms / 1000);
+        sdw_log(SDW_LOG_WARN, "%s; waiting up to %d s for it to exit", e.msg, wait_ms / 1000);
         st = sdw_ring_attach(&rc, wait_ms, ring, &info, &e);
     }
     if (st) {
-        fprintf(stderr, "sdworker-engine: %s\n", e.msg);
+        sdw_log(SDW_LOG_ERROR, "%s", e.msg);
         return -1;
     }
     if (info.replaced[0] && info.dropped >= 0)
-        fprintf(stderr, "sdworker-engine: replaced job ring %s: %s; its %d job(s) were dropped\n", cfg->ring_name,
-                info.replaced, info.dropped);
+        sdw_log(SDW_LOG_WARN, "replaced job ring %s: %s; its %d job(s) were dropped", cfg->ring_name, info.replaced,
+                info.dropped);
     else if (info.replaced[0])
-        fprintf(stderr, "sdworker-engine: replaced job ring %s: %s; whatever it held was dropped\n",
-                cfg->ring_name, info.replaced);
+        sdw_log(SDW_LOG_WARN, "replaced job ring %s: %s; whatever it held was dropped", cfg->ring_name,
+                info.replaced);
     else if (info.created)
-        fprintf(stderr, "sdworker-engine: created job ring %s (%u slots)\n", cfg->ring_name, rc.slots);
+        sdw_log(SDW_LOG_INFO, "created job ring %s (%u slots)", cfg->ring_name, rc.slots);
     else
-        fprintf(stderr,
-                "sdworker-engine: re-opened job ring %s: %u queued job(s) and %u result(s) kept, %u job(s) "
-                "running at the last stop failed (engine_stopped)\n",
+        sdw_log(SDW_LOG_INFO,
+                "re-opened job ring %s: %u queued job(s) and %u result(s) kept, %u job(s) running at the last "
+                "stop failed (engine_stopped)",
                 cfg->ring_name, info.queued, info.kept, info.interrupted);
     return 0;
 }
@@ -146,9 +146,9 @@ static pid_t spawn_engine(const sdw_config *cfg, sdw_ring *ring)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     sdw_error e = {0};
-    int rc = sdw_engine_run(cfg, ring, &stop_requested, &e);
+    int rc = sdw_runner_run(cfg, ring, &stop_requested, &e);
     if (rc) {
-        fprintf(stderr, "sdworker-engine[%d]: %s\n", (int)getpid(), e.msg);
+        sdw_log(SDW_LOG_ERROR, "%s", e.msg);
         sdw_ring_set_engine(ring, SDW_ENGINE_DEAD, getpid(), e.msg, &e);
     }
     _exit(rc ? 3 : 0);
@@ -166,8 +166,10 @@ int main(int argc, char **argv)
 {
     sdw_config cfg;
     int print;
+    sdw_log_init("sdworker-engine", SDW_LOG_INFO);
     if (load_config(argc, argv, &cfg, &print))
         return 1;
+    sdw_log_set_level(cfg.log_level);
     if (print)
         return sdw_config_dump(&cfg, stdout) ? 1 : 0;
     sdw_ring *ring;
@@ -195,13 +197,13 @@ int main(int argc, char **argv)
             stopping = 1;
             stop_deadline = sdw_ring_now_ms() + (int64_t)cfg.engine_stop_timeout_s * 1000 + STOP_KILL_SLACK_MS;
             if (child > 0) {
-                fprintf(stderr, "sdworker-engine: stopping; a running job may finish within %d s, queued jobs "
-                                "stay in the ring\n", cfg.engine_stop_timeout_s);
+                sdw_log(SDW_LOG_INFO, "stopping; a running job may finish within %d s, queued jobs stay in the ring",
+                        cfg.engine_stop_timeout_s);
                 kill(child, SIGTERM);
             }
         }
         if (stopping && child > 0 && sdw_ring_now_ms() >= stop_deadline) {
-            fprintf(stderr, "sdworker-engine: the engine did not stop in time; killing it\n");
+            sdw_log(SDW_LOG_WARN, "the engine did not stop in time; killing it");
             kill(child, SIGKILL);
             stop_deadline = INT64_MAX;
         }
@@ -222,7 +224,7 @@ int main(int argc, char **argv)
             else
                 describe_exit(status, why, sizeof why);
             int failed = sdw_ring_engine_died(ring, why, &e);
-            fprintf(stderr, "sdworker-engine: %s; %d running job(s) failed\n", why, failed < 0 ? 0 : failed);
+            sdw_log(SDW_LOG_WARN, "%s; %d running job(s) failed", why, failed < 0 ? 0 : failed);
             /* An engine that dies soon after starting (no device, a model
              * that fails to load) is retried ever more slowly, up to a
              * minute; /ready reports why meanwhile. */
@@ -233,7 +235,7 @@ int main(int argc, char **argv)
         if (stopping && child == 0)
             break;
         if (!stopping && child == 0 && sdw_ring_now_ms() >= restart_at) {
-            fprintf(stderr, "sdworker-engine: starting a new engine\n");
+            sdw_log(SDW_LOG_INFO, "starting a new engine");
             started_at = sdw_ring_now_ms();
             child = spawn_engine(&cfg, ring);
         }
@@ -245,9 +247,8 @@ int main(int argc, char **argv)
     int failed = sdw_ring_engine_stopped(ring, "engine stopped", &e);
     sdw_engine_info info;
     if (sdw_ring_engine_status(ring, &info, &e) == 0)
-        fprintf(stderr, "sdworker-engine: stopped; %d running job(s) failed (engine_stopped), %u queued job(s) "
-                        "stay in the ring %s for the next start\n", failed < 0 ? 0 : failed, info.queued,
-                cfg.ring_name);
+        sdw_log(SDW_LOG_INFO, "stopped; %d running job(s) failed (engine_stopped), %u queued job(s) stay in the ring "
+                "%s for the next start", failed < 0 ? 0 : failed, info.queued, cfg.ring_name);
     sdw_ring_close(ring);
     return 0;
 }

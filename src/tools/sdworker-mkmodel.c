@@ -17,14 +17,16 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "clip.h"
-#include "model.h"
-#include "rng.h"
-#include "safetensors.h"
-#include "tensor.h"
-#include "tokenizer.h"
-#include "unet.h"
-#include "vae.h"
+#include "backend/backend.h"
+#include "base/vec.h"
+#include "model/clip.h"
+#include "model/model.h"
+#include "model/safetensors.h"
+#include "model/tokenizer.h"
+#include "model/unet.h"
+#include "model/vae.h"
+#include "pipeline/rng.h"
+#include "tensor/tensor.h"
 
 #define MAX_BLOCKS 4
 
@@ -253,24 +255,17 @@ typedef struct rec_tensor {
     int64_t numel;
 } rec_tensor;
 
-typedef struct recorder {
-    rec_tensor *t;
-    size_t n, cap;
-} recorder;
+typedef SDW_VEC(rec_tensor) recorder;
 
 static int record(void *ctx, const char *full_name, int ndim, const int64_t *shape, float *out, sdw_error *e)
 {
     recorder *r = ctx;
     if (ndim < 1 || ndim > 4)
         return sdw_fail(e, SDW_EINVAL, "%s: %d dimensions", full_name, ndim);
-    if (r->n == r->cap) {
-        size_t cap = r->cap ? 2 * r->cap : 256;
-        rec_tensor *t = realloc(r->t, cap * sizeof *t);
-        if (!t)
-            return sdw_fail(e, SDW_ENOMEM, "out of memory");
-        r->t = t, r->cap = cap;
-    }
-    rec_tensor *t = &r->t[r->n];
+    int rc = sdw_vec_reserve(r, r->n + 1, e);
+    if (rc)
+        return rc;
+    rec_tensor *t = &r->v[r->n];
     if (!(t->name = strdup(full_name)))
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
     t->ndim = ndim;
@@ -285,9 +280,8 @@ static int record(void *ctx, const char *full_name, int ndim, const int64_t *sha
 static void recorder_free(recorder *r)
 {
     for (size_t i = 0; i < r->n; i++)
-        free(r->t[i].name);
-    free(r->t);
-    memset(r, 0, sizeof *r);
+        free(r->v[i].name);
+    sdw_vec_free(r);
 }
 
 static int ends_with(const char *s, const char *suf)
@@ -470,8 +464,8 @@ static int make_folder(const mk_config *c, const char *root, uint64_t seed, sdw_
             if (!t)
                 rc = sdw_fail(e, SDW_ENOMEM, "out of memory");
             for (size_t i = 0; t && i < r.n; i++) {
-                conv_shape(&r.t[i], p, SDW_LAYOUT_DIFFUSERS, r.t[i].name);
-                t[i] = &r.t[i];
+                conv_shape(&r.v[i], p, SDW_LAYOUT_DIFFUSERS, r.v[i].name);
+                t[i] = &r.v[i];
             }
             snprintf(path, sizeof path, "%s/%s", dir, files[p]);
             if (t)
@@ -506,7 +500,7 @@ static int make_single(const mk_config *c, const char *path, uint64_t seed, sdw_
     n = 0;
     for (part p = PART_TEXT; !rc && p <= PART_VAE; p++)
         for (size_t i = 0; !rc && i < d[p].n; i++) {
-            rec_tensor *a = &d[p].t[i], *b = &l[p].t[i];
+            rec_tensor *a = &d[p].v[i], *b = &l[p].v[i];
             conv_shape(b, p, SDW_LAYOUT_LDM, a->name);
             if (a->numel != b->numel)
                 rc = sdw_fail(e, SDW_EFORMAT, "%s and %s differ in size", a->name, b->name);

@@ -1,4 +1,4 @@
-// A host stand-in for the cuBLAS calls of src/engine/backend_cuda.c (see
+// A host stand-in for the cuBLAS calls of the CUDA backend, src/cuda/ (see
 // fake_cuda.h): handles, stream, math mode and workspace, and the general
 // products cublasGemmEx and cublasGemmStridedBatchedEx with what the
 // backend uses of them (float32, fp16 or bf16 operands, float32 results,

@@ -1,6 +1,6 @@
 // What the host stand-ins for the CUDA runtime (fake_cudart.cc), cuBLAS
 // (fake_cublas.cc) and cuDNN (fake_cudnn.cc) share: the registry of
-// "device" allocations and the streams. They let src/engine/backend_cuda.c
+// "device" allocations and the streams. They let the CUDA backend (src/cuda/)
 // run unchanged on a machine without a GPU, with kernels/*.cu running in
 // the simulator of cusim.h, so that the backend's use of the three APIs
 // (argument orders, sizes, descriptors, graph capture) is checked where the

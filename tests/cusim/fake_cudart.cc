@@ -1,5 +1,5 @@
 // A host stand-in for the part of the CUDA runtime that
-// src/engine/backend_cuda.c and its tests call (see fake_cuda.h). Device
+// the CUDA backend (src/cuda/) and its tests call (see fake_cuda.h). Device
 // memory is host memory from aligned_alloc, registered so that copies,
 // cuBLAS and cuDNN can refuse pointers that do not lie inside a live
 // allocation. Streams run their work at once, except while being captured:

@@ -1,4 +1,4 @@
-// A host stand-in for the cuDNN calls of src/engine/backend_cuda.c (see
+// A host stand-in for the cuDNN calls of the CUDA backend, src/cuda/ (see
 // fake_cuda.h): 4-d NCHW tensor and filter descriptors in float, half or
 // bfloat16, 2-d convolution descriptors, the algorithm search and the
 // forward convolution. The convolution is the documented one, computed

@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fuzz_safetensors.h"
 #include "../tap.h"
+#include "fuzz_safetensors.h"
 
 static int name_cmp(const void *a, const void *b)
 {

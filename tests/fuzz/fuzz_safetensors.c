@@ -4,7 +4,7 @@
 #include <stdlib.h>
 
 #include "fuzz_safetensors.h"
-#include "safetensors.h"
+#include "model/safetensors.h"
 
 int fuzz_safetensors_one(const uint8_t *data, size_t size)
 {

@@ -1,0 +1,200 @@
+#include "model/clip.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "model/param.h"
+
+typedef struct clip_layer {
+    sdw_tensor ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b;
+    sdw_tensor ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
+} clip_layer;
+
+struct sdw_clip {
+    sdw_backend *be;
+    sdw_clip_config cfg;
+    sdw_tensor tok_emb, pos_emb, final_w, final_b;
+    clip_layer *layers;
+};
+
+static int load_vec(sdw_clip *c, const sdw_weights *w, sdw_tensor *t, const char *name, int64_t n, sdw_error *e)
+{
+    return sdw_param_load(t, c->be, w, name, 1, &n, e);
+}
+
+static int load_mat(sdw_clip *c, const sdw_weights *w, sdw_tensor *t, const char *name, int64_t rows,
+                    int64_t cols, sdw_error *e)
+{
+    int64_t shape[2] = {rows, cols};
+    return sdw_param_load(t, c->be, w, name, 2, shape, e);
+}
+
+/* Loads a Linear (weight [out,in] + bias) or a LayerNorm (weight + bias).
+ * A Linear's weight is read only by linear, so the backend may keep it in
+ * its low-precision form (halves from an f16 file on the CPU: half the
+ * memory, the same products). */
+static int load_linear(sdw_clip *c, const sdw_weights *w, const char *prefix, sdw_tensor *wt, sdw_tensor *bt,
+                       int64_t out, int64_t in, sdw_error *e)
+{
+    char name[256];
+    int64_t shape[2] = {out, in};
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    int rc = in ? sdw_param_load_weight(wt, c->be, w, name, 2, shape, e) : load_vec(c, w, wt, name, out, e);
+    if (rc)
+        return rc;
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    return load_vec(c, w, bt, name, out, e);
+}
+
+static int load_layer(sdw_clip *c, const sdw_weights *w, int i, clip_layer *l, sdw_error *e)
+{
+    int64_t h = c->cfg.hidden_size, f = c->cfg.intermediate_size;
+    char p[192];
+    struct {
+        const char *name;
+        sdw_tensor *w, *b;
+        int64_t out, in;
+    } parts[] = {
+        {"layer_norm1", &l->ln1_w, &l->ln1_b, h, 0},    {"self_attn.q_proj", &l->q_w, &l->q_b, h, h},
+        {"self_attn.k_proj", &l->k_w, &l->k_b, h, h},   {"self_attn.v_proj", &l->v_w, &l->v_b, h, h},
+        {"self_attn.out_proj", &l->o_w, &l->o_b, h, h}, {"layer_norm2", &l->ln2_w, &l->ln2_b, h, 0},
+        {"mlp.fc1", &l->fc1_w, &l->fc1_b, f, h},        {"mlp.fc2", &l->fc2_w, &l->fc2_b, h, f},
+    };
+    for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++) {
+        snprintf(p, sizeof p, "text_model.encoder.layers.%d.%s", i, parts[k].name);
+        int rc = load_linear(c, w, p, parts[k].w, parts[k].b, parts[k].out, parts[k].in, e);
+        if (rc)
+            return rc;
+    }
+    return SDW_OK;
+}
+
+static void free_layer(clip_layer *l)
+{
+    sdw_tensor *all[] = {&l->ln1_w, &l->ln1_b, &l->q_w,   &l->q_b,   &l->k_w,   &l->k_b,   &l->v_w,   &l->v_b,
+                         &l->o_w,   &l->o_b,   &l->ln2_w, &l->ln2_b, &l->fc1_w, &l->fc1_b, &l->fc2_w, &l->fc2_b};
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
+        sdw_tensor_free(all[k]);
+}
+
+void sdw_clip_free(sdw_clip *c)
+{
+    if (!c)
+        return;
+    if (c->layers)
+        for (int i = 0; i < c->cfg.num_layers; i++)
+            free_layer(&c->layers[i]);
+    free(c->layers);
+    sdw_tensor_free(&c->tok_emb);
+    sdw_tensor_free(&c->pos_emb);
+    sdw_tensor_free(&c->final_w);
+    sdw_tensor_free(&c->final_b);
+    free(c);
+}
+
+int sdw_clip_load(sdw_clip **out, sdw_backend *be, const sdw_clip_config *cfg, const sdw_weights *w,
+                  sdw_error *e)
+{
+    if (cfg->num_heads <= 0 || cfg->hidden_size % cfg->num_heads)
+        return sdw_fail(e, SDW_EINVAL, "text encoder: hidden size %d does not split into %d heads",
+                        cfg->hidden_size, cfg->num_heads);
+    sdw_clip *c = calloc(1, sizeof *c);
+    if (!c)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    c->be = be;
+    c->cfg = *cfg;
+    c->layers = calloc((size_t)cfg->num_layers, sizeof *c->layers);
+    int rc = c->layers ? SDW_OK : sdw_fail(e, SDW_ENOMEM, "out of memory");
+    if (!rc)
+        rc = load_mat(c, w, &c->tok_emb, "text_model.embeddings.token_embedding.weight", cfg->vocab_size,
+                      cfg->hidden_size, e);
+    if (!rc)
+        rc = load_mat(c, w, &c->pos_emb, "text_model.embeddings.position_embedding.weight", cfg->max_positions,
+                      cfg->hidden_size, e);
+    for (int i = 0; !rc && i < cfg->num_layers; i++)
+        rc = load_layer(c, w, i, &c->layers[i], e);
+    if (!rc)
+        rc = load_linear(c, w, "text_model.final_layer_norm", &c->final_w, &c->final_b, cfg->hidden_size, 0, e);
+    if (rc) {
+        sdw_fail_wrap(e, "text encoder");
+        sdw_clip_free(c);
+        return rc;
+    }
+    *out = c;
+    return SDW_OK;
+}
+
+/* Scratch activations of one forward pass. */
+typedef struct clip_scratch {
+    sdw_tensor h, q, k, v, attn, proj, mlp;
+} clip_scratch;
+
+static void scratch_free(clip_scratch *s)
+{
+    sdw_tensor *all[] = {&s->h, &s->q, &s->k, &s->v, &s->attn, &s->proj, &s->mlp};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        sdw_tensor_free(all[i]);
+}
+
+static int scratch_new(sdw_clip *c, clip_scratch *s, int batch, int tokens, sdw_error *e)
+{
+    int64_t hs[3] = {batch, tokens, c->cfg.hidden_size};
+    int64_t fs[3] = {batch, tokens, c->cfg.intermediate_size};
+    sdw_tensor *hidden[] = {&s->h, &s->q, &s->k, &s->v, &s->attn, &s->proj};
+    for (size_t i = 0; i < sizeof hidden / sizeof hidden[0]; i++) {
+        int rc = sdw_tensor_new(hidden[i], c->be, 3, hs, e);
+        if (rc)
+            return rc;
+    }
+    return sdw_tensor_new(&s->mlp, c->be, 3, fs, e);
+}
+
+/* One pre-LN block, x updated in place:
+ * x += out_proj(attn(LN1 x)); x += fc2(act(fc1(LN2 x))). */
+static int run_layer(sdw_clip *c, const clip_layer *l, sdw_tensor *x, clip_scratch *s, sdw_error *e)
+{
+    const sdw_clip_config *cfg = &c->cfg;
+    int rc;
+    if ((rc = sdw_op_layer_norm(x, &l->ln1_w, &l->ln1_b, cfg->layer_norm_eps, &s->h, e)) ||
+        (rc = sdw_op_linear(&s->h, &l->q_w, &l->q_b, &s->q, e)) ||
+        (rc = sdw_op_linear(&s->h, &l->k_w, &l->k_b, &s->k, e)) ||
+        (rc = sdw_op_linear(&s->h, &l->v_w, &l->v_b, &s->v, e)) ||
+        (rc = sdw_op_attention(&s->q, &s->k, &s->v, cfg->num_heads, 1, &s->attn, e)) ||
+        (rc = sdw_op_linear(&s->attn, &l->o_w, &l->o_b, &s->proj, e)) || (rc = sdw_op_add(x, &s->proj, x, e)) ||
+        (rc = sdw_op_layer_norm(x, &l->ln2_w, &l->ln2_b, cfg->layer_norm_eps, &s->h, e)) ||
+        (rc = sdw_op_linear(&s->h, &l->fc1_w, &l->fc1_b, &s->mlp, e)) ||
+        (rc = sdw_op_act(&s->mlp, cfg->quick_gelu ? SDW_ACT_QUICK_GELU : SDW_ACT_GELU, &s->mlp, e)) ||
+        (rc = sdw_op_linear(&s->mlp, &l->fc2_w, &l->fc2_b, &s->proj, e)) || (rc = sdw_op_add(x, &s->proj, x, e)))
+        return rc;
+    return SDW_OK;
+}
+
+int sdw_clip_encode(sdw_clip *c, const int32_t *ids, int batch, int tokens, int clip_skip, sdw_tensor *out,
+                    sdw_error *e)
+{
+    const sdw_clip_config *cfg = &c->cfg;
+    if (batch <= 0 || tokens <= 0 || tokens > cfg->max_positions)
+        return sdw_fail(e, SDW_EINVAL, "text encoder: %d tokens outside 1..%d", tokens, cfg->max_positions);
+    if (clip_skip < 0 || clip_skip >= cfg->num_layers)
+        return sdw_fail(e, SDW_EINVAL, "text encoder: clip_skip %d outside 0..%d", clip_skip, cfg->num_layers - 1);
+    if (out->ndim != 3 || out->shape[0] != batch || out->shape[1] != tokens || out->shape[2] != cfg->hidden_size) {
+        char s[96];
+        return sdw_fail(e, SDW_EINVAL, "text encoder: output has shape %s, expected [%d,%d,%d]",
+                        sdw_shape_str(out->ndim, out->shape, s, sizeof s), batch, tokens, cfg->hidden_size);
+    }
+    clip_scratch s = {0};
+    sdw_tensor x = {0};
+    int64_t xs[3] = {batch, tokens, cfg->hidden_size};
+    int rc = scratch_new(c, &s, batch, tokens, e);
+    if (!rc)
+        rc = sdw_tensor_new(&x, c->be, 3, xs, e);
+    if (!rc)
+        rc = sdw_op_embed(&c->tok_emb, ids, &c->pos_emb, &x, e);
+    for (int i = 0; !rc && i < cfg->num_layers - clip_skip; i++)
+        rc = run_layer(c, &c->layers[i], &x, &s, e);
+    if (!rc)
+        rc = sdw_op_layer_norm(&x, &c->final_w, &c->final_b, cfg->layer_norm_eps, out, e);
+    sdw_tensor_free(&x);
+    scratch_free(&s);
+    return rc;
+}

@@ -1,0 +1,669 @@
+#include "model/model.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* A model opens at most one file per part: text encoder, UNet, VAE. */
+#define MAX_FILES 3
+
+#define LDM_CLIP_PREFIX "cond_stage_model.transformer."
+#define LDM_UNET_PREFIX "model.diffusion_model."
+#define LDM_VAE_PREFIX "first_stage_model."
+#define TOKEN_EMB "text_model.embeddings.token_embedding.weight"
+#define POS_EMB "text_model.embeddings.position_embedding.weight"
+
+static const char pickle_advice[] =
+    "pickle checkpoints (.ckpt/.pt/.pth/.bin) run arbitrary code when loaded, so sdworker never "
+    "opens them; convert it once, yourself, in a trusted environment, e.g. python -c \"import torch, "
+    "safetensors.torch as st; sd = torch.load('IN.ckpt', map_location='cpu', weights_only=True); "
+    "sd = sd.get('state_dict', sd); st.save_file({k: v.contiguous() for k, v in sd.items() if "
+    "hasattr(v, 'contiguous')}, 'OUT.safetensors')\" or diffusers' "
+    "scripts/convert_original_stable_diffusion_to_diffusers.py, and load the .safetensors result";
+
+/* ---- weights ---- */
+
+static int full_name(const sdw_weights *w, const char *name, char *buf, size_t cap, sdw_error *e)
+{
+    if ((size_t)snprintf(buf, cap, "%s%s", w->prefix, name) >= cap)
+        return sdw_fail(e, SDW_EINVAL, "%s: tensor name '%s' is too long", w->part, name);
+    return 0;
+}
+
+static const char *file_label(const sdw_weights *w)
+{
+    return w->nfiles && w->files[0]->path ? w->files[0]->path : "<memory>";
+}
+
+int sdw_weights_find(const sdw_weights *w, const char *name, const sdw_st_tensor **t, sdw_error *e)
+{
+    char full[512];
+    int rc = full_name(w, name, full, sizeof full, e);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < w->nfiles; i++) {
+        const sdw_st_tensor *x = sdw_st_find(w->files[i], full);
+        if (x) {
+            *t = x;
+            return 0;
+        }
+    }
+    if (w->synth)
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: tensor %s: synthetic weights are never looked up by name",
+                        w->part, full);
+    if (!w->nfiles)
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: no weights loaded (looking for %s)", w->part, full);
+    return sdw_fail(e, SDW_ENOTFOUND, "%s: tensor %s not found in %s", w->part, full, file_label(w));
+}
+
+static void format_shape(char *buf, size_t cap, int ndim, const int64_t *shape)
+{
+    size_t k = (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < ndim && k < cap; i++)
+        k += (size_t)snprintf(buf + k, cap - k, "%s%lld", i ? "," : "", (long long)shape[i]);
+    if (k < cap)
+        snprintf(buf + k, cap - k, "]");
+}
+
+static int find_in(const sdw_weights *w, const char *name, const sdw_st_tensor **t,
+                   const sdw_st_file **owner)
+{
+    char full[512];
+    if ((size_t)snprintf(full, sizeof full, "%s%s", w->prefix, name) >= sizeof full)
+        return 0;
+    for (size_t i = 0; i < w->nfiles; i++)
+        if ((*t = sdw_st_find(w->files[i], full))) {
+            *owner = w->files[i];
+            return 1;
+        }
+    return 0;
+}
+
+static int synth_load(const sdw_weights *w, const char *name, int ndim, const int64_t *shape, float **out,
+                      sdw_error *e)
+{
+    char full[512];
+    int rc = full_name(w, name, full, sizeof full, e);
+    if (rc < 0)
+        return rc;
+    int64_t numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0 || (shape[i] && numel > INT64_MAX / 4 / shape[i]))
+            return sdw_fail(e, SDW_EINVAL, "%s: %s: implausible shape", w->part, full);
+        numel *= shape[i];
+    }
+    float *buf = malloc(numel ? (size_t)numel * sizeof *buf : 1);
+    if (!buf)
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %s (%lld floats)", w->part, full,
+                        (long long)numel);
+    if ((rc = w->synth(w->synth_ctx, full, ndim, shape, buf, e)) < 0) {
+        free(buf);
+        return rc;
+    }
+    *out = buf;
+    return 0;
+}
+
+/* Each tensor is read once, at load, into the caller's own copy: its pages of
+ * the read-only file mapping are dropped from this process straight after
+ * (the page cache keeps them, and a later read refaults them from it), so the
+ * files do not stay resident beside the loaded weights. */
+static void release_pages(const sdw_st_file *f, const sdw_st_tensor *t)
+{
+    if (!f->map || !t->nbytes)
+        return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)t->data & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)t->data + t->nbytes + page - 1) & ~(page - 1);
+    madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+int sdw_weights_load(const sdw_weights *w, const char *name, int ndim, const int64_t *shape,
+                     float **out, sdw_error *e)
+{
+    const sdw_st_tensor *t;
+    const sdw_st_file *f = NULL;
+    *out = NULL;
+    if (w->synth)
+        return synth_load(w, name, ndim, shape, out, e);
+    if (!find_in(w, name, &t, &f))
+        return sdw_weights_find(w, name, &t, e);
+    const char *path = f->path ? f->path : "<memory>";
+    if (t->dtype != SDW_DT_F32 && t->dtype != SDW_DT_F16 && t->dtype != SDW_DT_BF16 &&
+        t->dtype != SDW_DT_F64)
+        return sdw_fail(e, SDW_EUNSUPPORTED, "%s: %s has dtype %s, expected a float type (in %s)",
+                        w->part, t->name, sdw_dtype_name(t->dtype), path);
+    int same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++)
+        same = t->shape[i] == shape[i];
+    if (!same) {
+        char have[160], want[160];
+        format_shape(have, sizeof have, t->ndim, t->shape);
+        format_shape(want, sizeof want, ndim, shape);
+        return sdw_fail(e, SDW_EFORMAT, "%s: %s has shape %s, expected %s (in %s)", w->part, t->name,
+                        have, want, path);
+    }
+    float *buf = malloc(t->numel ? (size_t)t->numel * sizeof *buf : 1);
+    if (!buf)
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %s (%lld floats)", w->part, t->name,
+                        (long long)t->numel);
+    int rc = sdw_st_to_f32(t, buf, e);
+    if (rc < 0) {
+        free(buf);
+        return sdw_fail_wrap(e, "%s: %s", w->part, path);
+    }
+    release_pages(f, t);
+    *out = buf;
+    return 0;
+}
+
+int sdw_weights_load_f16(const sdw_weights *w, const char *name, int ndim, const int64_t *shape,
+                         uint16_t **out, sdw_error *e)
+{
+    const sdw_st_tensor *t;
+    const sdw_st_file *f = NULL;
+    *out = NULL;
+    if (w->synth || !find_in(w, name, &t, &f) || t->dtype != SDW_DT_F16 || t->ndim != ndim)
+        return 1;
+    for (int i = 0; i < ndim; i++)
+        if (t->shape[i] != shape[i])
+            return 1;
+    uint16_t *buf = malloc(t->nbytes ? t->nbytes : 1);
+    if (!buf)
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %s (%lld halves)", w->part, t->name,
+                        (long long)t->numel);
+    memcpy(buf, t->data, t->nbytes);
+    release_pages(f, t);
+    *out = buf;
+    return 0;
+}
+
+/* ---- helpers ---- */
+
+static int is_dir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int is_file(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int join(char *buf, size_t cap, const char *dir, const char *rel, sdw_error *e)
+{
+    if ((size_t)snprintf(buf, cap, "%s/%s", dir, rel) >= cap)
+        return sdw_fail(e, SDW_EINVAL, "%s/%s: path too long", dir, rel);
+    return 0;
+}
+
+/* Parses a JSON file that must hold an object. */
+static int read_json(const char *path, json_object **out, sdw_error *e)
+{
+    *out = NULL;
+    if (!is_file(path))
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: missing", path);
+    json_object *o = json_object_from_file(path);
+    if (!o)
+        return sdw_fail(e, SDW_EFORMAT, "%s: not valid JSON (%s)", path, json_util_get_last_err());
+    if (!json_object_is_type(o, json_type_object)) {
+        json_object_put(o);
+        return sdw_fail(e, SDW_EFORMAT, "%s: not a JSON object", path);
+    }
+    *out = o;
+    return 0;
+}
+
+static int cfg_int(json_object *cfg, const char *path, const char *key, int lo, int hi, int *v,
+                   sdw_error *e)
+{
+    json_object *x;
+    if (!json_object_object_get_ex(cfg, key, &x))
+        return sdw_fail(e, SDW_EFORMAT, "%s: missing field %s", path, key);
+    if (!json_object_is_type(x, json_type_int))
+        return sdw_fail(e, SDW_EFORMAT, "%s: field %s must be an integer", path, key);
+    int64_t n = json_object_get_int64(x);
+    if (n < lo || n > hi)
+        return sdw_fail(e, SDW_EFORMAT, "%s: field %s = %lld is out of range [%d, %d]", path, key,
+                        (long long)n, lo, hi);
+    *v = (int)n;
+    return 0;
+}
+
+/* Checks what both layouts must agree on, whichever way the sizes were found. */
+static int check_clip(const sdw_clip_config *c, const char *src, sdw_error *e)
+{
+    if (c->num_heads < 1 || c->hidden_size % c->num_heads)
+        return sdw_fail(e, SDW_EFORMAT, "%s: hidden_size %d is not divisible by %d attention heads",
+                        src, c->hidden_size, c->num_heads);
+    if (c->max_positions < SDW_TOK_CONTEXT)
+        return sdw_fail(e, SDW_EUNSUPPORTED,
+                        "%s: max_position_embeddings %d is below the %d tokens a prompt uses", src,
+                        c->max_positions, SDW_TOK_CONTEXT);
+    return 0;
+}
+
+static int parse_clip_config(sdw_clip_config *c, const char *path, sdw_error *e)
+{
+    json_object *cfg;
+    int rc = read_json(path, &cfg, e);
+    if (rc < 0)
+        return rc;
+    json_object *x;
+    if ((rc = cfg_int(cfg, path, "vocab_size", 1, 1 << 20, &c->vocab_size, e)) < 0 ||
+        (rc = cfg_int(cfg, path, "hidden_size", 1, 16384, &c->hidden_size, e)) < 0 ||
+        (rc = cfg_int(cfg, path, "intermediate_size", 1, 65536, &c->intermediate_size, e)) < 0 ||
+        (rc = cfg_int(cfg, path, "num_hidden_layers", 1, 256, &c->num_layers, e)) < 0 ||
+        (rc = cfg_int(cfg, path, "num_attention_heads", 1, 1024, &c->num_heads, e)) < 0 ||
+        (rc = cfg_int(cfg, path, "max_position_embeddings", 1, 16384, &c->max_positions, e)) < 0)
+        goto out;
+    /* transformers' CLIPTextConfig defaults, used when the field is absent. */
+    c->quick_gelu = 1;
+    c->layer_norm_eps = 1e-5f;
+    if (json_object_object_get_ex(cfg, "hidden_act", &x)) {
+        const char *act = json_object_is_type(x, json_type_string) ? json_object_get_string(x) : NULL;
+        if (!act) {
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: field hidden_act must be a string", path);
+            goto out;
+        }
+        if (strcmp(act, "quick_gelu") == 0)
+            c->quick_gelu = 1;
+        else if (strcmp(act, "gelu") == 0)
+            c->quick_gelu = 0;
+        else {
+            rc = sdw_fail(e, SDW_EUNSUPPORTED, "%s: hidden_act '%s' is not supported (quick_gelu, gelu)",
+                          path, act);
+            goto out;
+        }
+    }
+    if (json_object_object_get_ex(cfg, "layer_norm_eps", &x)) {
+        if (!json_object_is_type(x, json_type_double) && !json_object_is_type(x, json_type_int)) {
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: field layer_norm_eps must be a number", path);
+            goto out;
+        }
+        double eps = json_object_get_double(x);
+        if (!(eps > 0 && eps < 1)) {
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: field layer_norm_eps = %g is out of range (0, 1)", path,
+                          eps);
+            goto out;
+        }
+        c->layer_norm_eps = (float)eps;
+    }
+    rc = check_clip(c, path, e);
+out:
+    json_object_put(cfg);
+    return rc;
+}
+
+static int open_file(sdw_model *m, const char *path, sdw_st_file **f, sdw_error *e)
+{
+    if (m->nfiles >= MAX_FILES)
+        return sdw_fail(e, SDW_EINVAL, "%s: too many files in one model", path);
+    int rc = sdw_st_open(&m->files[m->nfiles], path, e);
+    if (rc < 0)
+        return rc;
+    *f = &m->files[m->nfiles++];
+    return 0;
+}
+
+static int set_weights(sdw_weights *w, const char *part, const sdw_st_file *f, const char *prefix,
+                       sdw_error *e)
+{
+    const sdw_st_file **files = malloc(sizeof *files);
+    if (!files)
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", part);
+    files[0] = f;
+    w->files = files;
+    w->nfiles = 1;
+    snprintf(w->prefix, sizeof w->prefix, "%s", prefix);
+    snprintf(w->part, sizeof w->part, "%s", part);
+    return 0;
+}
+
+/* The embedding tables fix vocab, hidden and position sizes; comparing them
+ * with the config here turns a mismatched config into one clear error instead
+ * of a shape failure deep inside the encoder. */
+static int check_embeddings(const sdw_model *m, sdw_error *e)
+{
+    const sdw_weights *w = &m->text_encoder;
+    const sdw_st_tensor *t;
+    int rc;
+    const int64_t want_tok[2] = {m->clip.vocab_size, m->clip.hidden_size};
+    const int64_t want_pos[2] = {m->clip.max_positions, m->clip.hidden_size};
+    const char *names[2] = {TOKEN_EMB, POS_EMB};
+    const int64_t *want[2] = {want_tok, want_pos};
+    for (int i = 0; i < 2; i++) {
+        if ((rc = sdw_weights_find(w, names[i], &t, e)) < 0)
+            return rc;
+        if (t->ndim != 2 || t->shape[0] != want[i][0] || t->shape[1] != want[i][1]) {
+            char have[160], exp[160];
+            format_shape(have, sizeof have, t->ndim, t->shape);
+            format_shape(exp, sizeof exp, 2, want[i]);
+            return sdw_fail(e, SDW_EFORMAT, "%s: %s has shape %s, but the config implies %s (in %s)",
+                            w->part, t->name, have, exp, file_label(w));
+        }
+    }
+    return 0;
+}
+
+/* ---- diffusers folder ---- */
+
+/* special_tokens_map.json names the pad token either as a string or as an
+ * AddedToken object {"content": ...}; its id comes from vocab.json. */
+static int read_pad_id(const char *tokdir, int32_t *pad, sdw_error *e)
+{
+    char path[4096], vpath[4096];
+    int rc;
+    *pad = SDW_TOK_EOS;
+    if ((rc = join(path, sizeof path, tokdir, "special_tokens_map.json", e)) < 0)
+        return rc;
+    if (!is_file(path))
+        return 0;
+    json_object *map, *x, *vocab = NULL;
+    if ((rc = read_json(path, &map, e)) < 0)
+        return rc;
+    const char *tok = NULL;
+    if (json_object_object_get_ex(map, "pad_token", &x)) {
+        json_object *c;
+        if (json_object_is_type(x, json_type_string))
+            tok = json_object_get_string(x);
+        else if (json_object_is_type(x, json_type_object) &&
+                 json_object_object_get_ex(x, "content", &c) && json_object_is_type(c, json_type_string))
+            tok = json_object_get_string(c);
+        else {
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: pad_token must be a string or {\"content\": string}",
+                          path);
+            goto out;
+        }
+    }
+    if (!tok)
+        goto out;
+    if ((rc = join(vpath, sizeof vpath, tokdir, "vocab.json", e)) < 0 ||
+        (rc = read_json(vpath, &vocab, e)) < 0)
+        goto out;
+    if (!json_object_object_get_ex(vocab, tok, &x) || !json_object_is_type(x, json_type_int) ||
+        json_object_get_int64(x) < 0 || json_object_get_int64(x) > INT32_MAX) {
+        rc = sdw_fail(e, SDW_EFORMAT, "%s: pad_token '%s' has no id in %s", path, tok, vpath);
+        goto out;
+    }
+    *pad = (int32_t)json_object_get_int64(x);
+out:
+    json_object_put(vocab);
+    json_object_put(map);
+    return rc;
+}
+
+/* Opens dir/<base>.safetensors, or the .fp16 variant diffusers saves with
+ * variant="fp16". */
+static int open_variant(sdw_model *m, const char *dir, const char *base, const char *pickle_name,
+                        sdw_st_file **f, sdw_error *e)
+{
+    char path[4096], path16[4096];
+    char n1[128], n2[128];
+    snprintf(n1, sizeof n1, "%s.safetensors", base);
+    snprintf(n2, sizeof n2, "%s.fp16.safetensors", base);
+    int rc;
+    if ((rc = join(path, sizeof path, dir, n1, e)) < 0 || (rc = join(path16, sizeof path16, dir, n2, e)) < 0)
+        return rc;
+    if (is_file(path))
+        return open_file(m, path, f, e);
+    if (is_file(path16))
+        return open_file(m, path16, f, e);
+    char bin[4096];
+    if ((rc = join(bin, sizeof bin, dir, pickle_name, e)) < 0)
+        return rc;
+    if (is_file(bin))
+        return sdw_fail(e, SDW_EUNSUPPORTED, "%s: only a pickle weights file is present; %s", bin,
+                        pickle_advice);
+    return sdw_fail(e, SDW_ENOTFOUND, "%s: missing (neither %s nor %s exists)", dir, n1, n2);
+}
+
+/* A UNet or VAE folder: absent is fine here (see sdw_model_require_pipeline),
+ * present but broken is an error. */
+static int open_part(sdw_model *m, const char *root, const char *part, sdw_weights *w,
+                     json_object **cfg, sdw_error *e)
+{
+    char dir[4096], path[4096];
+    int rc;
+    snprintf(w->part, sizeof w->part, "%s", part);
+    if ((rc = join(dir, sizeof dir, root, part, e)) < 0)
+        return rc;
+    if (!is_dir(dir))
+        return 0;
+    if ((rc = join(path, sizeof path, dir, "config.json", e)) < 0 || (rc = read_json(path, cfg, e)) < 0)
+        return rc;
+    sdw_st_file *f;
+    if ((rc = open_variant(m, dir, "diffusion_pytorch_model", "diffusion_pytorch_model.bin", &f, e)) < 0)
+        return rc;
+    return set_weights(w, part, f, "", e);
+}
+
+static int open_diffusers(sdw_model *m, const char *root, sdw_error *e)
+{
+    char path[4096], dir[4096], merges[4096];
+    json_object *index;
+    int rc;
+    m->layout = SDW_LAYOUT_DIFFUSERS;
+    if ((rc = join(path, sizeof path, root, "model_index.json", e)) < 0)
+        return rc;
+    if (!is_file(path))
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: not a diffusers model folder (no model_index.json)", root);
+    if ((rc = read_json(path, &index, e)) < 0)
+        return rc;
+    json_object_put(index);
+
+    if ((rc = join(dir, sizeof dir, root, "text_encoder", e)) < 0)
+        return rc;
+    if (!is_dir(dir))
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: missing folder", dir);
+    if ((rc = join(path, sizeof path, dir, "config.json", e)) < 0 ||
+        (rc = parse_clip_config(&m->clip, path, e)) < 0)
+        return rc;
+    sdw_st_file *f;
+    if ((rc = open_variant(m, dir, "model", "pytorch_model.bin", &f, e)) < 0 ||
+        (rc = set_weights(&m->text_encoder, "text_encoder", f, "", e)) < 0 ||
+        (rc = check_embeddings(m, e)) < 0)
+        return rc;
+
+    if ((rc = join(dir, sizeof dir, root, "tokenizer", e)) < 0 ||
+        (rc = join(path, sizeof path, dir, "vocab.json", e)) < 0 ||
+        (rc = join(merges, sizeof merges, dir, "merges.txt", e)) < 0)
+        return rc;
+    if (!is_file(path))
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: missing", path);
+    if (!is_file(merges))
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: missing", merges);
+    if ((rc = read_pad_id(dir, &m->clip.pad_id, e)) < 0)
+        return rc;
+    if (m->clip.pad_id >= m->clip.vocab_size)
+        return sdw_fail(e, SDW_EFORMAT, "%s: pad token id %d is outside the text encoder's vocabulary (%d)",
+                        dir, m->clip.pad_id, m->clip.vocab_size);
+    if ((rc = sdw_tok_load_hf(&m->tokenizer, path, merges, e)) < 0)
+        return sdw_fail_wrap(e, "tokenizer");
+
+    if ((rc = open_part(m, root, "unet", &m->unet, &m->unet_config, e)) < 0 ||
+        (rc = open_part(m, root, "vae", &m->vae, &m->vae_config, e)) < 0)
+        return rc;
+    if ((rc = join(path, sizeof path, root, "scheduler/scheduler_config.json", e)) < 0)
+        return rc;
+    if (is_file(path) && (rc = read_json(path, &m->scheduler_config, e)) < 0)
+        return rc;
+    return 0;
+}
+
+/* ---- single-file LDM checkpoint ---- */
+
+static int has_prefix(const sdw_st_file *f, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    for (size_t i = 0; i < f->ntensors; i++)
+        if (strncmp(f->tensors[i].name, prefix, n) == 0)
+            return 1;
+    return 0;
+}
+
+static int open_ldm(sdw_model *m, const char *path, sdw_error *e)
+{
+    sdw_st_file *f;
+    int rc;
+    m->layout = SDW_LAYOUT_LDM;
+    if ((rc = open_file(m, path, &f, e)) < 0)
+        return rc;
+    if ((rc = set_weights(&m->text_encoder, "text_encoder", f, LDM_CLIP_PREFIX, e)) < 0 ||
+        (rc = set_weights(&m->unet, "unet", f, LDM_UNET_PREFIX, e)) < 0 ||
+        (rc = set_weights(&m->vae, "vae", f, LDM_VAE_PREFIX, e)) < 0)
+        return rc;
+    const sdw_st_tensor *tok = sdw_st_find(f, LDM_CLIP_PREFIX TOKEN_EMB);
+    if (!tok) {
+        if (has_prefix(f, "cond_stage_model.model."))
+            return sdw_fail(e, SDW_EUNSUPPORTED,
+                            "%s: an SD 2.x checkpoint (OpenCLIP text encoder under "
+                            "cond_stage_model.model.); only SD 1.x is supported",
+                            path);
+        return sdw_fail(e, SDW_ENOTFOUND,
+                        "%s: not an SD 1.x checkpoint: tensor " LDM_CLIP_PREFIX TOKEN_EMB " is missing",
+                        path);
+    }
+    const sdw_st_tensor *pos = sdw_st_find(f, LDM_CLIP_PREFIX POS_EMB);
+    if (!pos)
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: tensor " LDM_CLIP_PREFIX POS_EMB " is missing", path);
+    if (tok->ndim != 2 || pos->ndim != 2 || tok->shape[0] < 1 || tok->shape[1] < 1 ||
+        tok->shape[0] > (1 << 20) || tok->shape[1] > 16384 || pos->shape[0] > 16384)
+        return sdw_fail(e, SDW_EFORMAT, "%s: %s or %s has an implausible shape", path, tok->name,
+                        pos->name);
+    sdw_clip_config *c = &m->clip;
+    c->vocab_size = (int)tok->shape[0];
+    c->hidden_size = (int)tok->shape[1];
+    c->max_positions = (int)pos->shape[0];
+    c->num_heads = c->hidden_size / 64 > 1 ? c->hidden_size / 64 : 1;
+    c->quick_gelu = 1;
+    c->layer_norm_eps = 1e-5f;
+    c->pad_id = SDW_TOK_EOS;
+
+    static const char lp[] = LDM_CLIP_PREFIX "text_model.encoder.layers.";
+    long layers = 0;
+    for (size_t i = 0; i < f->ntensors; i++) {
+        const char *nm = f->tensors[i].name;
+        if (strncmp(nm, lp, sizeof lp - 1) != 0)
+            continue;
+        char *end;
+        long k = strtol(nm + sizeof lp - 1, &end, 10);
+        if (end != nm + sizeof lp - 1 && *end == '.' && k >= 0 && k < 256 && k + 1 > layers)
+            layers = k + 1;
+    }
+    if (layers == 0)
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: no text encoder layers (%s*)", path, lp);
+    c->num_layers = (int)layers;
+    const sdw_st_tensor *fc1 = sdw_st_find(f, LDM_CLIP_PREFIX "text_model.encoder.layers.0.mlp.fc1.weight");
+    if (!fc1)
+        return sdw_fail(e, SDW_ENOTFOUND,
+                        "%s: tensor " LDM_CLIP_PREFIX "text_model.encoder.layers.0.mlp.fc1.weight is missing",
+                        path);
+    if (fc1->ndim != 2 || fc1->shape[0] < 1 || fc1->shape[0] > 65536)
+        return sdw_fail(e, SDW_EFORMAT, "%s: %s has an implausible shape", path, fc1->name);
+    c->intermediate_size = (int)fc1->shape[0];
+    if ((rc = check_clip(c, path, e)) < 0)
+        return rc;
+    if (c->pad_id >= c->vocab_size)
+        return sdw_fail(e, SDW_EFORMAT, "%s: vocabulary of %d tokens lacks the pad token %d", path,
+                        c->vocab_size, c->pad_id);
+    if ((rc = sdw_tok_load_default(&m->tokenizer, e)) < 0)
+        return sdw_fail_wrap(e, "%s: bundled tokenizer", path);
+    return 0;
+}
+
+/* ---- entry points ---- */
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t n = strlen(s), k = strlen(suf);
+    return n >= k && strcasecmp(s + n - k, suf) == 0;
+}
+
+/* Zip (torch.save since 1.6) or a raw pickle stream (protocol 2 and up). */
+static int looks_like_pickle(const char *path)
+{
+    unsigned char b[4] = {0};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, b, sizeof b);
+    close(fd);
+    if (n >= 4 && memcmp(b, "PK\x03\x04", 4) == 0)
+        return 1;
+    return n >= 2 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5;
+}
+
+int sdw_model_open(sdw_model *m, const char *path, sdw_error *e)
+{
+    memset(m, 0, sizeof *m);
+    if ((size_t)snprintf(m->path, sizeof m->path, "%s", path) >= sizeof m->path)
+        return sdw_fail(e, SDW_EINVAL, "model path too long");
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return sdw_fail(e, errno == ENOENT ? SDW_ENOTFOUND : SDW_EIO, "%s: %s", path, strerror(errno));
+    if (!(m->files = calloc(MAX_FILES, sizeof *m->files)))
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", path);
+    int rc;
+    if (S_ISDIR(st.st_mode)) {
+        rc = open_diffusers(m, path, e);
+    } else if (!S_ISREG(st.st_mode)) {
+        rc = sdw_fail(e, SDW_EINVAL, "%s: neither a folder nor a regular file", path);
+    } else if (ends_with(path, ".ckpt") || ends_with(path, ".pt") || ends_with(path, ".pth") ||
+               ends_with(path, ".bin") || looks_like_pickle(path)) {
+        rc = sdw_fail(e, SDW_EUNSUPPORTED, "%s: %s", path, pickle_advice);
+    } else if (ends_with(path, ".safetensors")) {
+        rc = open_ldm(m, path, e);
+    } else {
+        rc = sdw_fail(e, SDW_EUNSUPPORTED,
+                      "%s: unknown model format (expected a diffusers folder or a .safetensors file)",
+                      path);
+    }
+    if (rc < 0)
+        sdw_model_close(m);
+    return rc;
+}
+
+int sdw_model_require_pipeline(const sdw_model *m, sdw_error *e)
+{
+    if (m->layout == SDW_LAYOUT_LDM) {
+        const sdw_st_file *f = m->text_encoder.files[0];
+        if (!has_prefix(f, LDM_UNET_PREFIX))
+            return sdw_fail(e, SDW_ENOTFOUND, "%s: no UNet tensors (" LDM_UNET_PREFIX "*)", f->path);
+        if (!has_prefix(f, LDM_VAE_PREFIX))
+            return sdw_fail(e, SDW_ENOTFOUND, "%s: no VAE tensors (" LDM_VAE_PREFIX "*)", f->path);
+        return 0;
+    }
+    if (!m->unet.nfiles)
+        return sdw_fail(e, SDW_ENOTFOUND, "%s/unet: missing folder", m->path);
+    if (!m->vae.nfiles)
+        return sdw_fail(e, SDW_ENOTFOUND, "%s/vae: missing folder", m->path);
+    if (!m->scheduler_config)
+        return sdw_fail(e, SDW_ENOTFOUND, "%s/scheduler/scheduler_config.json: missing", m->path);
+    return 0;
+}
+
+void sdw_model_close(sdw_model *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->nfiles; i++)
+        sdw_st_close(&m->files[i]);
+    free(m->files);
+    free((void *)m->text_encoder.files);
+    free((void *)m->unet.files);
+    free((void *)m->vae.files);
+    if (m->tokenizer)
+        sdw_tok_free(m->tokenizer);
+    json_object_put(m->unet_config);
+    json_object_put(m->vae_config);
+    json_object_put(m->scheduler_config);
+    memset(m, 0, sizeof *m);
+}

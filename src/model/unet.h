@@ -1,0 +1,63 @@
+/* The diffusers UNet2DConditionModel (SD 1.x/2.x family): the noise
+ * prediction eps(latents, timestep, text states), built from the model's
+ * config.json and loaded from either a diffusers folder or the
+ * model.diffusion_model.* tensors of a single-file LDM checkpoint. */
+#ifndef SDW_UNET_H
+#define SDW_UNET_H
+
+#include <json-c/json.h>
+
+#include "model/model.h"
+#include "tensor/tensor.h"
+
+#define SDW_UNET_MAX_BLOCKS 8
+
+typedef struct sdw_unet_config {
+    int in_channels, out_channels;
+    int nblocks;
+    int block_out[SDW_UNET_MAX_BLOCKS];
+    int down_attn[SDW_UNET_MAX_BLOCKS]; /* CrossAttnDownBlock2D (1) or DownBlock2D (0) */
+    int up_attn[SDW_UNET_MAX_BLOCKS];   /* in up-block order: CrossAttnUpBlock2D (1) or UpBlock2D */
+    int heads[SDW_UNET_MAX_BLOCKS];     /* per down block; up blocks take them reversed, the mid block the last */
+    int tlayers[SDW_UNET_MAX_BLOCKS];   /* transformer_layers_per_block, likewise */
+    int layers_per_block;
+    int cross_attention_dim;
+    int linear_projection;
+    int norm_groups;
+    float norm_eps;
+    int flip_sin_to_cos;
+    float freq_shift;
+} sdw_unet_config;
+
+typedef struct sdw_unet sdw_unet;
+
+/* Reads a diffusers UNet config.json, refusing what this UNet does not
+ * implement; NULL gives SD 1.x (the configuration implied by LDM files). */
+int sdw_unet_config_parse(sdw_unet_config *cfg, const json_object *json, sdw_error *e);
+
+/* layout says how w's tensors are named (diffusers or LDM). */
+int sdw_unet_load(sdw_unet **out, sdw_backend *be, const sdw_unet_config *cfg, const sdw_weights *w,
+                  sdw_layout layout, sdw_error *e);
+void sdw_unet_free(sdw_unet *u);
+const sdw_unet_config *sdw_unet_config_of(const sdw_unet *u);
+
+/* x [b,in_channels,h,w], timesteps: b floats on the host, ctx
+ * [b,tokens,cross_attention_dim] -> eps [b,out_channels,h,w].
+ *
+ * On a backend with graphs (CUDA) the step is recorded once and replayed:
+ * the first call with given x, ctx and eps buffers runs op by op, the
+ * second records the step, later ones replay it, reading x and ctx from the
+ * same buffers. The recording, and the memory it uses for temporaries, is
+ * kept until the buffers or shapes change or sdw_unet_release: call that
+ * when a denoising loop ends, so that what follows (the VAE) can use the
+ * memory. SDW_CUDA_GRAPHS=0 in the environment turns recording off. */
+int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, const sdw_tensor *ctx,
+                     sdw_tensor *eps, sdw_error *e);
+/* Drops the recorded step and its memory. */
+void sdw_unet_release(sdw_unet *u);
+/* How many steps have been replayed from a recording (tests, benchmarks). */
+long sdw_unet_graph_replays(const sdw_unet *u);
+/* Why the step is not being recorded ("" when it is, or was never tried). */
+const char *sdw_unet_graph_note(const sdw_unet *u);
+
+#endif

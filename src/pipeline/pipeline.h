@@ -1,0 +1,97 @@
+/* The Stable Diffusion 1.x pipelines: txt2img, img2img and inpainting, as
+ * diffusers runs them (same noise draws in the same order from one
+ * torch-exact generator, same scheduler arithmetic), on any backend.
+ *
+ * A pipeline holds one loaded model: tokenizer, CLIP text encoder, UNet,
+ * VAE and the model's scheduler configuration. Generation reports each step
+ * through a callback, which can render a cheap preview and cancel. */
+#ifndef SDW_PIPELINE_H
+#define SDW_PIPELINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/err.h"
+#include "image/image.h"
+#include "tensor/tensor.h"
+
+typedef enum sdw_gen_kind {
+    SDW_GEN_TXT2IMG,
+    SDW_GEN_IMG2IMG,
+    SDW_GEN_INPAINT,
+} sdw_gen_kind;
+
+typedef struct sdw_gen_params {
+    sdw_gen_kind kind;
+    const char *prompt;          /* UTF-8, NUL-terminated */
+    const char *negative_prompt; /* NULL = "" */
+    int steps;                   /* 1..1000 */
+    float guidance;              /* > 1 enables classifier-free guidance */
+    int width, height;           /* txt2img only; multiples of the VAE's scale (8) */
+    uint64_t seed;
+    const char *sampler;         /* NULL or "" = the model's own scheduler */
+    float eta;                   /* ddim only */
+    int clip_skip;               /* 0 = off */
+    double strength;             /* img2img (e.g. 0.8) and inpaint (e.g. 1.0): 0..1; double
+                                    because diffusers computes int(steps * strength) in
+                                    Python floats, and 0.7f * 10 truncates to 6 */
+    const sdw_image *init_image; /* img2img and inpaint: RGB */
+    const sdw_image *mask;       /* inpaint: grey or RGB, white = repaint, init's size */
+} sdw_gen_params;
+
+/* Defaults as diffusers and rbee have them: 20 steps, guidance 7.5,
+ * 512x512, strength 0.8 (1.0 for inpaint), the model's sampler. */
+void sdw_gen_params_init(sdw_gen_params *gp, sdw_gen_kind kind);
+
+typedef struct sdw_gen_timings {
+    double load_s;       /* left as the caller set it (sdw_pipeline_load's time) */
+    double encode_s;     /* tokenizer + text encoder */
+    double prepare_s;    /* VAE encoding of init/masked images, initial noise */
+    double denoise_s;    /* all sampling steps */
+    int unet_calls;      /* sampling steps as UNet evaluations (PNDM: steps + 1) */
+    int graph_replays;   /* of which replayed from a recorded graph (CUDA) */
+    char graph_note[200]; /* why steps were not recorded, "" when they were or graphs do not apply */
+    double decode_s;     /* VAE decode and pixel conversion */
+    double total_s;
+    /* Device memory in bytes, 0 on the CPU (sdw_backend_memory): reserved
+     * when the generation starts, the most reserved at once while encoding
+     * and denoising, and while decoding (after sdw_backend_trim). */
+    size_t mem_start, mem_denoise_peak, mem_decode_peak;
+} sdw_gen_timings;
+
+typedef struct sdw_pipeline sdw_pipeline;
+
+/* Called after every sampling step (step counts from 1 to total). Return
+ * non-zero to cancel: generation then stops with SDW_ECANCELLED. */
+typedef int (*sdw_gen_callback)(void *ctx, sdw_pipeline *p, int step, int total);
+
+int sdw_pipeline_load(sdw_pipeline **p, sdw_backend *be, const char *model_path, sdw_error *e);
+void sdw_pipeline_free(sdw_pipeline *p);
+
+/* The VAE's downscale (8 for SD 1.x) and the UNet's input channels (4, or 9
+ * for inpainting models). */
+int sdw_pipeline_scale(const sdw_pipeline *p);
+int sdw_pipeline_unet_channels(const sdw_pipeline *p);
+
+/* The sampler a request for `requested` (NULL or "" = the model's own
+ * scheduler) runs with, e.g. "pndm" for SD 1.5's config; NULL when the name
+ * is unknown or the model's scheduler unsupported. */
+const char *sdw_pipeline_sampler(const sdw_pipeline *p, const char *requested);
+
+/* Runs one generation. out receives the RGB image; latents, when not NULL,
+ * receives the final latents [4, h, w] (h, w = size / scale), as diffusers'
+ * output_type="latent" returns them. */
+int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_callback cb, void *ctx,
+                          sdw_image *out, float *latents, sdw_gen_timings *t, sdw_error *e);
+
+/* Inside a callback: a preview of the current latents, one pixel per
+ * latent, from a fixed linear map (no VAE). */
+int sdw_pipeline_preview(const sdw_pipeline *p, sdw_image *img, sdw_error *e);
+
+/* The parameters in A1111's "parameters" text form, for a PNG tEXt chunk:
+ * "prompt\nNegative prompt: ...\nSteps: 20, Sampler: euler, CFG scale: 7.5,
+ * Seed: 42, Size: 512x512, ...". Returns a malloc'd string. */
+char *sdw_gen_params_text(const sdw_gen_params *gp, int width, int height, const char *sampler,
+                          const char *model);
+
+#endif
