@@ -452,11 +452,11 @@ ok $? "20 concurrent jobs: $done20 of 20 streams complete ($(($(date +%s) - star
 # ---- expiry ----
 "$ENGINE" expire "$CONF" "$a"
 req GET "/v1/jobs/$a"
-is_error 410 expired
-ok $? "GET of an expired job: 410 expired"
+is_error 410 result_expired
+ok $? "GET of an expired job: 410 result_expired"
 req GET "/v1/jobs/$a/stream"
-is_error 410 expired
-ok $? "stream of an expired job: 410 expired"
+is_error 410 result_expired
+ok $? "stream of an expired job: 410 result_expired"
 
 # ---- kill -9 of the child serving a stream ----
 # A child serves many streams: the bystander's is opened while the victim's

@@ -51,6 +51,7 @@ static const struct key keys[] = {
     { "device", K_DEVICE, 0, 0, 0, false },
     { "threads", K_INT, OFF(threads), 0, 4096, false },
     { "engine.restart_delay_ms", K_INT, OFF(engine_restart_delay_ms), 0, 600000, false },
+    { "engine.stop_timeout_s", K_INT, OFF(engine_stop_timeout_s), 0, 3600, false },
     { "engine.warmup", K_INT, OFF(engine_warmup), -1, 2048, false },
     { "log_level", K_LOG, 0, 0, 0, false },
 };
@@ -85,6 +86,7 @@ void sdw_config_defaults(sdw_config *c)
     c->device = (sdw_device){SDW_DEVICE_CPU, 0};
     c->threads = 0;
     c->engine_restart_delay_ms = 1000;
+    c->engine_stop_timeout_s = 20;
     c->engine_warmup = -1;
     c->log_level = SDW_LOG_INFO;
 }

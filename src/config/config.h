@@ -108,6 +108,7 @@ typedef struct sdw_config {
     int threads;                    /* 0 = all cores */
 
     int engine_restart_delay_ms;
+    int engine_stop_timeout_s;      /* a stopping engine's grace for its running job */
     int engine_warmup;              /* side of the square warm-up image; 0 none, -1 512 on CUDA, none on the CPU */
     sdw_log_level log_level;
 

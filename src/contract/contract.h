@@ -85,6 +85,7 @@
 #define SDW_API_UNKNOWN_OPERATION "unknown_operation"
 #define SDW_API_UNSUPPORTED_FEATURE "unsupported_feature"
 #define SDW_API_NOT_FOUND "not_found"
+#define SDW_API_RESULT_EXPIRED "result_expired"
 #define SDW_API_UNKNOWN_MODEL "unknown_model"
 #define SDW_API_METHOD_NOT_ALLOWED "method_not_allowed"
 #define SDW_API_PAYLOAD_TOO_LARGE "payload_too_large"

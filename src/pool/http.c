@@ -343,7 +343,9 @@ static void reply_lookup_error(FCGX_Stream *out, const char *id, int rc, const s
 
 static void reply_expired(FCGX_Stream *out, const char *id)
 {
-    fail(out, 410, "expired", 0, "job %s finished longer ago than result_ttl and its data is gone", id);
+    fail(out, 410, SDW_API_RESULT_EXPIRED, 0,
+         "job %s has finished and its result is no longer kept (result_ttl passed, or every job slot was "
+         "needed for newer work)", id);
 }
 
 /* Step and total from the newest progress or preview event, and the error
@@ -491,7 +493,7 @@ static void job_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *i
 void sdw_http_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *job_id, uint64_t after)
 {
     sdw_sse_end end = sdw_sse_stream(ctx->ring, job_id, after, ctx->cfg->keepalive_interval, req->out);
-    static const char *const how[] = { "finished", "client went away", "job expired", "ring failed" };
+    static const char *const how[] = { "finished", "client went away", "job or ring gone", "ring failed" };
     sdw_log(end == SDW_SSE_FAILED ? SDW_LOG_WARN : SDW_LOG_DEBUG, "job %s: stream ended (%s)", job_id,
             how[end]);
 }
@@ -512,6 +514,24 @@ static json_object *model_names(const sdw_config *cfg)
     for (int i = 0; i < cfg->n_models; i++)
         json_object_array_add(a, json_object_new_string(cfg->models[i].name));
     return a;
+}
+
+/* The ring's slots by what they hold: they add up to "slots", and
+ * "free_slots" counts only slots holding nothing, not kept results that a
+ * submission would take when nothing is free ("evicted_results" counts
+ * those taken). */
+static json_object *ring_json(const sdw_engine_info *info)
+{
+    json_object *r = json_object_new_object();
+    json_object_object_add(r, "engine", json_object_new_string(sdw_engine_state_name(info->state)));
+    json_object_object_add(r, "slots", json_object_new_int((int)info->slots));
+    json_object_object_add(r, "queued", json_object_new_int((int)info->queued));
+    json_object_object_add(r, "running", json_object_new_int((int)info->running));
+    json_object_object_add(r, "kept_results", json_object_new_int((int)info->kept));
+    json_object_object_add(r, "free_slots", json_object_new_int((int)info->free_slots));
+    json_object_object_add(r, "evicted_results", json_object_new_uint64(info->evicted));
+    json_object_object_add(r, "recoveries", json_object_new_int((int)info->recoveries));
+    return r;
 }
 
 static void ready(const sdw_http_ctx *ctx, FCGX_Stream *out)
@@ -537,6 +557,8 @@ static void ready(const sdw_http_ctx *ctx, FCGX_Stream *out)
         if (rc == 0)
             json_object_object_add(o, "engine", json_object_new_string(sdw_engine_state_name(info.state)));
     }
+    if (rc == 0)
+        json_object_object_add(o, "ring", ring_json(&info));
     reply_json(out, ok ? 200 : 503, o);
 }
 
@@ -584,16 +606,8 @@ static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *q
     json_object_object_add(o, "reloads", json_object_new_int((int)st.reloads));
     sdw_engine_info info;
     sdw_error e = { 0 };
-    if (sdw_ring_engine_status(ctx->ring, &info, &e) == 0) {
-        json_object *r = json_object_new_object();
-        json_object_object_add(r, "engine", json_object_new_string(sdw_engine_state_name(info.state)));
-        json_object_object_add(r, "queued", json_object_new_int((int)info.queued));
-        json_object_object_add(r, "running", json_object_new_int((int)info.running));
-        json_object_object_add(r, "free_slots", json_object_new_int((int)info.free_slots));
-        json_object_object_add(r, "slots", json_object_new_int(ctx->cfg->ring_slots));
-        json_object_object_add(r, "recoveries", json_object_new_int((int)info.recoveries));
-        json_object_object_add(o, "ring", r);
-    }
+    if (sdw_ring_engine_status(ctx->ring, &info, &e) == 0)
+        json_object_object_add(o, "ring", ring_json(&info));
     if (full) {
         int max = st.children + st.retiring + 16, max_streams = st.streams + 64;
         sdw_pool_proc *procs = calloc((size_t)max, sizeof *procs);

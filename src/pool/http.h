@@ -17,8 +17,10 @@
  *   has been DEAD with no heartbeat for SDW_HTTP_DEAD_ENGINE_S makes submits
  *   fail with 503 engine_unavailable (+ Retry-After), so clients do not
  *   queue work nobody will run.
- * - An expired job (finished longer ago than result_ttl) answers 410 with
- *   code "expired" on GET, DELETE and /stream; an id never seen answers 404.
+ * - An expired job (finished longer ago than result_ttl, or its slot taken
+ *   for newer work when every slot was in use) answers 410 with code
+ *   "result_expired" on GET, DELETE and /stream; an id never seen answers
+ *   404.
  * - DELETE of a queued or running job: 200 {"job_id","status":"cancelled",
  *   "state"}, rbee's reply; "state" is "cancelled" for a queued job and
  *   "running" for one the engine stops at its next step (its stream then

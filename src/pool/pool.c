@@ -43,10 +43,19 @@
  * again, so one slow request never holds up the pool. */
 #define STALL_MS 50
 
+/* A child's mapping of the ring and the stream threads still reading it:
+ * a child that re-attaches to a replaced ring unmaps the old one only when
+ * its last stream there has ended. */
+struct ring_use {
+    sdw_ring *ring;
+    int users;              /* atomic: the child while it is current, and each stream on it */
+};
+
 struct sdw_pool {
     sdw_pool_options opt;
     sdw_config cfg;
-    sdw_ring *ring;
+    sdw_ring *ring;         /* the current mapping */
+    struct ring_use *use;   /* a child's users of ring; NULL in the master */
     int listen_fd;
     sdw_board *board;
     sdw_auth_rates *rates;  /* shared by the children, kept across reloads */
@@ -144,17 +153,60 @@ static int claim_entry(sdw_pool *p, const char *job_id)
 
 struct stream_job {
     sdw_pool *p;
+    sdw_http_ctx ctx;       /* the child's, with the ring the stream started on */
+    struct ring_use *use;
     FCGX_Request *req;
     int entry;
     sdw_job_id job;
     uint64_t after;
 };
 
+static void ring_use_put(struct ring_use *u)
+{
+    if (__atomic_sub_fetch(&u->users, 1, __ATOMIC_ACQ_REL) == 0) {
+        sdw_ring_close(u->ring);
+        free(u);
+    }
+}
+
+/* The supervisor replaces the ring when its layout changes, and a process
+ * still mapping the old one would queue jobs that no engine takes and keep
+ * its memory alive. Children check before every request, the master when
+ * it wakes, so that children forked later start from the current ring. */
+static void refresh_ring(sdw_pool *p)
+{
+    if (sdw_ring_stale(p->ring) != 1)
+        return;
+    sdw_ring *next;
+    sdw_error e = { 0 };
+    if (sdw_ring_open(p->cfg.ring_name, &next, &e) < 0) {
+        sdw_log(SDW_LOG_DEBUG, "the job ring was replaced; the new one is not ready yet: %s", e.msg);
+        return;
+    }
+    if (p->use) {
+        struct ring_use *u = malloc(sizeof *u);
+        if (!u) {
+            sdw_ring_close(next);
+            return;
+        }
+        *u = (struct ring_use){ .ring = next, .users = 1 };
+        ring_use_put(p->use);
+        p->use = u;
+        p->ctx.ring = next;
+    } else {
+        sdw_ring_close(p->ring);
+    }
+    p->ring = next;
+    sdw_log(p->self < 0 ? SDW_LOG_INFO : SDW_LOG_DEBUG, "the job ring %s was replaced; re-attached",
+            p->cfg.ring_name);
+}
+
 static void *stream_thread(void *arg)
 {
     struct stream_job *sj = arg;
     sdw_pool *p = sj->p;
-    sdw_http_stream(&p->ctx, sj->req, sj->job, sj->after);
+    sdw_http_stream(&sj->ctx, sj->req, sj->job, sj->after);
+    ring_use_put(sj->use);
     FCGX_Finish_r(sj->req);
     free(sj->req);
     sdw_board_store(&p->board->stream[sj->entry].owner, 0);
@@ -189,6 +241,9 @@ static int stream_start(void *host, FCGX_Request *req, const char *job_id, uint6
         return sdw_fail(e, SDW_EFULL, "the pool's table of %d open streams is full", SDW_STREAM_SLOTS);
     }
     sj->p = p;
+    sj->ctx = p->ctx;
+    sj->use = p->use;
+    __atomic_add_fetch(&sj->use->users, 1, __ATOMIC_RELAXED);
     sj->req = req;
     sj->after = after;
     snprintf(sj->job, sizeof sj->job, "%s", job_id);
@@ -205,6 +260,7 @@ static int stream_start(void *host, FCGX_Request *req, const char *job_id, uint6
     if (rc != 0) {
         __atomic_sub_fetch(&me->streams, 1, __ATOMIC_RELEASE);
         sdw_board_store(&p->board->stream[sj->entry].owner, 0);
+        ring_use_put(sj->use);
         free(sj);
         return sdw_fail(e, SDW_ENOMEM, "cannot start a stream thread: %s", strerror(rc));
     }
@@ -300,6 +356,12 @@ static void child_main(sdw_pool *p)
         sdw_log(SDW_LOG_ERROR, "FCGX_InitRequest failed");
         _exit(1);
     }
+    p->use = malloc(sizeof *p->use);
+    if (!p->use) {
+        sdw_log(SDW_LOG_ERROR, "out of memory, child exits");
+        _exit(1);
+    }
+    *p->use = (struct ring_use){ .ring = p->ring, .users = 1 };
     p->ctx = (sdw_http_ctx){ .cfg = &p->cfg,
                              .ring = p->ring,
                              .board = p->board,
@@ -347,6 +409,7 @@ static void child_main(sdw_pool *p)
         sdw_board_store(&me->state, SDW_CHILD_BUSY);
         __atomic_add_fetch(&p->board->accepted, 1, __ATOMIC_RELAXED);
         nudge_master(p, true);
+        refresh_ring(p);
         p->req_taken = false;
         sdw_http_handle(&p->ctx, req);
         if (p->req_taken) {
@@ -765,6 +828,7 @@ static void master_loop(sdw_pool *p, const sigset_t *waitmask)
                 reload(p);
             }
             got_usr2 = 0;
+            refresh_ring(p);
             int64_t wait = pause_until - sdw_now_ms();
             if (wait <= 0) {
                 maintain(p, booting);

@@ -81,9 +81,13 @@ static bool stream_queue(sdw_ring *ring, const char *job_id, int keepalive_s, FC
             w = put(out, ev, (size_t)n) < 0 || FCGX_FFlush(out) < 0 ? -1 : 0;
             sent = pos;
         } else if (rc == 0) {
+            if (sdw_ring_stale(ring) == 1) {
+                *end = SDW_SSE_GONE;
+                return false;
+            }
             w = keep_alive(out);
         } else {
-            *end = rc == SDW_ENOTFOUND ? SDW_SSE_GONE : SDW_SSE_FAILED;
+            *end = rc == SDW_ENOTFOUND || rc == SDW_RING_RETIRED ? SDW_SSE_GONE : SDW_SSE_FAILED;
             return false;
         }
         if (w < 0) {
@@ -117,11 +121,15 @@ sdw_sse_end sdw_sse_stream(sdw_ring *ring, const char *job_id, uint64_t after, i
             if (w < 0)
                 return SDW_SSE_DISCONNECTED;
         } else if (rc == 0) {
+            /* A ring replaced without being marked retired (it could not
+             * be read) is seen here; the client reconnects to a fresh child. */
+            if (sdw_ring_stale(ring) == 1)
+                return SDW_SSE_GONE;
             if (keep_alive(out) < 0)
                 return SDW_SSE_DISCONNECTED;
         } else if (rc == SDW_RING_END) {
             return SDW_SSE_FINISHED;
-        } else if (rc == SDW_ENOTFOUND) {
+        } else if (rc == SDW_ENOTFOUND || rc == SDW_RING_RETIRED) {
             return SDW_SSE_GONE;
         } else {
             return SDW_SSE_FAILED;

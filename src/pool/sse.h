@@ -8,8 +8,10 @@
  *   id: N\nevent: NAME\ndata: JSON\n\n
  * and flushing it at once (nginx passes it on unbuffered: X-Accel-Buffering
  * no). With nothing to send for keepalive_interval seconds it writes a
- * ": keep-alive" comment. It ends after the complete or error event, or when
- * a write fails because the client went away. */
+ * ": keep-alive" comment. It ends after the complete or error event, when
+ * a write fails because the client went away, or when the job or the whole
+ * ring is gone (the supervisor replaced it: the client reconnects and finds
+ * the new one). */
 #ifndef SDW_SSE_H
 #define SDW_SSE_H
 
@@ -21,7 +23,7 @@
 typedef enum sdw_sse_end {
     SDW_SSE_FINISHED = 0,    /* the job ended and every event was sent */
     SDW_SSE_DISCONNECTED,    /* a write failed */
-    SDW_SSE_GONE,            /* the job expired or vanished mid-stream */
+    SDW_SSE_GONE,            /* the job expired or vanished mid-stream, or the ring was replaced */
     SDW_SSE_FAILED,          /* the ring failed */
 } sdw_sse_end;
 

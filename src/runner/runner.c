@@ -23,6 +23,8 @@ typedef struct engine {
     sdw_backend *be;
     sdw_pipeline *pipes[SDW_CONFIG_MAX_MODELS];
     int npipes;
+    volatile sig_atomic_t *stop;
+    int64_t stop_seen_ms;   /* when a step first saw the stop request */
 } engine;
 
 /* What one running job needs in the step callback. */
@@ -30,6 +32,8 @@ typedef struct job {
     engine *eng;
     const char *id;
     int preview_interval;
+    int64_t started_ms;
+    bool stopped;           /* given up because the stop grace would not cover it */
 } job;
 
 /* One discarded generation of side x side pixels, 3 euler steps (the
@@ -120,8 +124,23 @@ static json_object *step_object(const char *type, int step, int total)
     return o;
 }
 
+/* On a stop the running job goes on while the steps left (and about one
+ * more for the decode), at its pace so far, fit what is left of
+ * engine.stop_timeout_s; otherwise it ends now, with an error event that
+ * says so, rather than be killed without one when the grace runs out. */
+static bool fits_stop_grace(job *j, int step, int total)
+{
+    engine *g = j->eng;
+    int64_t now = sdw_ring_now_ms();
+    if (!g->stop_seen_ms)
+        g->stop_seen_ms = now;
+    int64_t left = g->stop_seen_ms + (int64_t)g->cfg->engine_stop_timeout_s * 1000 - now;
+    int64_t per_step = (now - j->started_ms) / (step > 0 ? step : 1);
+    return per_step * (total - step + 1) <= left;
+}
+
 /* Between steps: progress, a preview every preview_interval steps, a
- * heartbeat, and the cancel check. */
+ * heartbeat, the stop and the cancel check. */
 static int on_step(void *ctx, sdw_pipeline *p, int step, int total)
 {
     job *j = ctx;
@@ -145,7 +164,9 @@ static int on_step(void *ctx, sdw_pipeline *p, int step, int total)
         }
     }
     sdw_ring_heartbeat(r, &e);
-    return sdw_ring_cancel_requested(r, j->id, &e) == 1;
+    if (*j->eng->stop && !fits_stop_grace(j, step, total))
+        j->stopped = true;
+    return j->stopped || sdw_ring_cancel_requested(r, j->id, &e) == 1;
 }
 
 /* An input image off the VAE's grid is resized down to it, as diffusers'
@@ -258,7 +279,7 @@ static void run_job(engine *g, const char *id, const unsigned char *input, size_
             sdw_fail_wrap(&e, "mask_image");
         gp.mask = &mask;
     }
-    job j = {g, id, g->cfg->preview_interval};
+    job j = {g, id, g->cfg->preview_interval, sdw_ring_now_ms(), false};
     sdw_gen_timings t;
     if (!rc) {
         sdw_log(SDW_LOG_INFO, "%s: %s, %d steps, seed %llu", id, sdw_operation_name(req.op), gp.steps,
@@ -267,7 +288,11 @@ static void run_job(engine *g, const char *id, const unsigned char *input, size_
     }
     if (!rc)
         rc = complete_event(g, id, &req, &gp, &out, &t, p, &e);
-    if (rc == SDW_ECANCELLED) {
+    if (rc == SDW_ECANCELLED && j.stopped) {
+        sdw_ring_fail(g->ring, id, "engine_stopped",
+                      "the service was stopped while this job was running; submit it again", &e);
+        sdw_log(SDW_LOG_WARN, "%s: stopped: it could not finish within engine.stop_timeout_s", id);
+    } else if (rc == SDW_ECANCELLED) {
         sdw_ring_finish_cancelled(g->ring, id, &e);
         sdw_log(SDW_LOG_INFO, "%s: cancelled", id);
     } else if (rc) {
@@ -284,7 +309,7 @@ static void run_job(engine *g, const char *id, const unsigned char *input, size_
 
 int sdw_runner_run(const sdw_config *cfg, sdw_ring *ring, volatile sig_atomic_t *stop, sdw_error *e)
 {
-    engine g = {.cfg = cfg, .ring = ring};
+    engine g = {.cfg = cfg, .ring = ring, .stop = stop};
     if (cfg->threads > 0) {
         omp_set_num_threads(cfg->threads);
         openblas_set_num_threads(cfg->threads);
