@@ -1,7 +1,9 @@
 /* sdworker-engine end to end through the job ring, without HTTP: a job runs
- * and streams progress then a PNG; a queued and a running job are
- * cancelled; an engine killed with SIGKILL mid-job fails that job only,
- * restarts, and then runs the job that was waiting. */
+ * and streams progress then a PNG; a job the pool would have refused is
+ * refused by the engine too; a queued and a running job are cancelled; an
+ * engine killed with SIGKILL mid-job fails that job only, restarts, and then
+ * runs the job that was waiting. */
+#define _GNU_SOURCE
 #include <json-c/json.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,6 +17,7 @@
 
 #include "contract/contract.h"
 #include "image/image.h"
+#include "image_fixtures.h"
 #include "ring/ring.h"
 #include "tap.h"
 
@@ -161,6 +164,28 @@ static void check_bad_device(void)
     stop_engine();
 }
 
+/* An inpaint request for a 64x64 image with a 64x72 mask: the pool answers
+ * it 400 invalid_mask_image, and the engine, which may find it in a ring
+ * the pool did not write, refuses it the same way. */
+static char *mismatched_inpaint(void)
+{
+    size_t n;
+    unsigned char *f = fx_png(64, 64, 8, PNG_COLOR_TYPE_RGB, &n);
+    char *init = sdw_base64_encode(f, n);
+    free(f);
+    f = fx_png(64, 72, 8, PNG_COLOR_TYPE_GRAY, &n);
+    char *mask = sdw_base64_encode(f, n);
+    free(f);
+    char *json = NULL;
+    if (asprintf(&json,
+                 "{\"operation\":\"image_inpaint\",\"hive_id\":\"h\",\"model\":\"tiny\",\"prompt\":\"a cat\","
+                 "\"steps\":4,\"init_image\":\"%s\",\"mask_image\":\"%s\"}", init, mask) < 0)
+        json = NULL;
+    free(init);
+    free(mask);
+    return json;
+}
+
 #define JOB(steps, extra)                                                                                       \
     "{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"tiny\",\"prompt\":\"a cat\","           \
     "\"width\":64,\"height\":64,\"seed\":7,\"sampler\":\"euler\",\"steps\":" #steps extra "}"
@@ -183,6 +208,15 @@ int main(void)
     tap_ok(sa.progress == 4 && sa.complete == 1 && sa.error == 0,
            "it streams 4 progress events and one complete event (%d, %d, %d)", sa.progress, sa.complete, sa.error);
     tap_ok(sa.png_ok && sa.width == 64 && sa.height == 64, "the complete event carries a 64x64 PNG");
+
+    sdw_job_id m;
+    seen sm = {0};
+    char *bad = mismatched_inpaint();
+    tap_ok(bad && submit(r, bad, m) == 0, "an inpaint job with a mask of another size reaches the ring");
+    follow(r, m, &sm, 0);
+    tap_ok(sm.error == 1 && sm.progress == 0 && !strcmp(sm.error_code, "invalid_mask_image"),
+           "the engine refuses it before any step: %s", sm.error_code);
+    free(bad);
 
     /* A running job cancelled between steps; then a queued one at once. */
     sdw_job_state after;

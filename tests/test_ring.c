@@ -1,10 +1,13 @@
 /* The shared-memory job ring: state machine, FIFO, event replay, blocking
  * waits across processes, recovery from a lock holder killed with SIGKILL,
- * queue limits, expiry, cancel, engine death and concurrent producers. */
+ * queue limits, expiry, cancel, engine death, concurrent producers, queue
+ * positions, and the threads of one process waiting at once. */
 #define _GNU_SOURCE
 #include "ring/ring.h"
 #include "tap.h"
 
+#include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -745,6 +748,89 @@ static void test_gone_ids(void)
     drop_ring(r);
 }
 
+struct waiter {
+    sdw_ring *r;
+    const char *id;
+    unsigned known;
+    int rc;
+    unsigned pos;
+    char name[16];
+};
+
+static void *wait_position(void *arg)
+{
+    struct waiter *w = arg;
+    w->rc = sdw_ring_wait_queue_position(w->r, w->id, w->known, -1, &w->pos, NULL);
+    return NULL;
+}
+
+static void *wait_event_thread(void *arg)
+{
+    struct waiter *w = arg;
+    sdw_ring_event ev;
+    w->rc = sdw_ring_wait_event(w->r, w->id, 0, -1, &ev, NULL);
+    if (w->rc == 1) {
+        snprintf(w->name, sizeof w->name, "%s", ev.name);
+        sdw_ring_event_free(&ev);
+    }
+    return NULL;
+}
+
+static void test_queue_position(void)
+{
+    sdw_error e;
+    sdw_ring *r = make_ring(8, 8, 0, 0);
+    if (!tap_ok(r != NULL, "ring for queue positions"))
+        return;
+    alarm(WATCHDOG_S);
+    sdw_job_id a, b, c, got;
+    submit(r, "a", a);
+    submit(r, "b", b);
+    submit(r, "c", c);
+    unsigned pos = 0;
+    tap_ok(sdw_ring_wait_queue_position(r, c, UINT_MAX, 0, &pos, &e) == 1 && pos == 3,
+           "an unknown place reads the position at once (3)");
+    tap_ok(sdw_ring_wait_queue_position(r, c, 3, 30, &pos, &e) == 0, "an unchanged position times out");
+    struct waiter w = { .r = r, .id = c, .known = 3 };
+    pthread_t t;
+    pthread_create(&t, NULL, wait_position, &w);
+    sdw_job_state after;
+    sdw_ring_cancel(r, b, &after, &e);
+    pthread_join(t, NULL);
+    tap_ok(w.rc == 1 && w.pos == 2, "cancelling the job ahead wakes a waiting thread with the new position (%u)",
+           w.pos);
+    take(r, got, NULL, 0);
+    tap_ok(sdw_ring_wait_queue_position(r, c, 2, 0, &pos, &e) == 1 && pos == 1, "taking the head moves it to 1");
+    tap_ok(sdw_ring_wait_queue_position(r, a, UINT_MAX, 0, &pos, &e) == 1 && pos == 0, "a running job is at 0");
+    w = (struct waiter){ .r = r, .id = c, .known = 1 };
+    pthread_create(&t, NULL, wait_position, &w);
+    sdw_ring_complete(r, a, "{}", 2, &e);
+    take(r, got, NULL, 0);
+    pthread_join(t, NULL);
+    tap_ok(w.rc == 1 && w.pos == 0 && strcmp(got, c) == 0, "the waiter learns that its job left the queue");
+    tap_ok(sdw_ring_wait_queue_position(r, "job-0123456789abcdef0123456789abcdef", 0, 0, &pos, &e) == SDW_ENOTFOUND,
+           "an unknown job: SDW_ENOTFOUND");
+
+    /* Threads of one process wait on one job at once, as a pool child's
+     * stream threads do; one append wakes them all. */
+    enum { T = 8 };
+    struct waiter ws[T];
+    pthread_t ts[T];
+    for (int i = 0; i < T; i++) {
+        ws[i] = (struct waiter){ .r = r, .id = c };
+        pthread_create(&ts[i], NULL, wait_event_thread, &ws[i]);
+    }
+    sdw_ring_append(r, c, "progress", "{\"step\":1}", 10, &e);
+    int all = 1;
+    for (int i = 0; i < T; i++) {
+        pthread_join(ts[i], NULL);
+        all &= ws[i].rc == 1 && strcmp(ws[i].name, "progress") == 0;
+    }
+    tap_ok(all, "%d threads waiting on one job all get its event", T);
+    alarm(0);
+    drop_ring(r);
+}
+
 int main(void)
 {
     test_table();
@@ -754,6 +840,7 @@ int main(void)
     test_replay();
     test_log_bounds();
     test_wait();
+    test_queue_position();
     test_cancel_running();
     test_queue_full_and_expiry();
     test_gone_ids();

@@ -34,6 +34,7 @@ static const struct key keys[] = {
     { "pm.min_spare_servers", K_INT, OFF(pm_min_spare_servers), 1, 4096, false },
     { "pm.max_spare_servers", K_INT, OFF(pm_max_spare_servers), 1, 4096, false },
     { "pm.max_requests", K_INT, OFF(pm_max_requests), 0, INT_MAX, false },
+    { "pm.max_streams_per_child", K_INT, OFF(pm_max_streams_per_child), 1, 4096, false },
     { "ring.name", K_RING_NAME, 0, 0, 0, false },
     { "ring.slots", K_INT, OFF(ring_slots), 1, 65536, false },
     { "ring.max_queued", K_INT, OFF(ring_max_queued), 1, 65536, false },
@@ -67,6 +68,7 @@ void sdw_config_defaults(sdw_config *c)
     c->pm_min_spare_servers = 2;
     c->pm_max_spare_servers = 6;
     c->pm_max_requests = 1000;
+    c->pm_max_streams_per_child = 128;
     strcpy(c->ring_name, "/sdworker");
     c->ring_slots = 64;
     c->ring_max_queued = 32;

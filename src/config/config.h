@@ -84,6 +84,7 @@ typedef struct sdw_config {
     int pm_min_spare_servers;       /* dynamic only */
     int pm_max_spare_servers;       /* dynamic only */
     int pm_max_requests;            /* 0 = a child is never recycled */
+    int pm_max_streams_per_child;   /* event streams one child serves at once */
 
     char ring_name[202];            /* "/" + up to 200 of [A-Za-z0-9._-] */
     int ring_slots;

@@ -1,6 +1,7 @@
 #include "pool/http.h"
 
 #include "contract/contract.h"
+#include "image/image.h"
 #include "pool/sse.h"
 
 #include <arpa/inet.h>
@@ -293,6 +294,16 @@ static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_aut
         sdw_job_request_free(&jr);
         return;
     }
+    /* Decoded here, in full, so that a bad image is this request's 400
+     * and not a failed job; the engine decodes them again from the ring. */
+    sdw_image init, mask;
+    rc = sdw_job_request_decode_images(&jr, cfg->max_pixels, &init, &mask, &err);
+    if (rc < 0) {
+        sdw_job_request_free(&jr);
+        return reply_error(out, &err, NULL);
+    }
+    sdw_image_free(&init);
+    sdw_image_free(&mask);
     char reason[256];
     if (engine_gone(ctx->ring, reason, sizeof reason)) {
         sdw_job_request_free(&jr);
@@ -470,17 +481,27 @@ static void job_cancel(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id
     reply_json(out, 200, o);
 }
 
+/* The lookup answers here, at once (404, 410, another key's job); the
+ * stream itself goes to a stream thread, so this process takes its next
+ * request right away. */
 static void job_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *id, const sdw_auth_caller *who)
 {
     sdw_job_info info;
     if (!find_live_job(ctx, req->out, id, &info, who))
         return;
     uint64_t after = sdw_sse_parse_last_event_id(FCGX_GetParam("HTTP_LAST_EVENT_ID", req->envp));
-    sdw_pool_set_streaming(ctx->pool, id);
-    sdw_sse_end end = sdw_sse_stream(ctx->ring, id, after, ctx->cfg->keepalive_interval, req->out);
-    sdw_pool_set_streaming(ctx->pool, NULL);
+    sdw_error e = { 0 };
+    int rc = sdw_pool_stream_start(ctx->pool, req, id, after, &e);
+    if (rc < 0)
+        fail(req->out, 503, "too_many_streams", SDW_HTTP_RETRY_AFTER_S, "cannot open the stream of %s: %s", id,
+             e.msg);
+}
+
+void sdw_http_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *job_id, uint64_t after)
+{
+    sdw_sse_end end = sdw_sse_stream(ctx->ring, job_id, after, ctx->cfg->keepalive_interval, req->out);
     static const char *const how[] = { "finished", "client went away", "job expired", "ring failed" };
-    sdw_log(end == SDW_SSE_FAILED ? SDW_LOG_WARN : SDW_LOG_DEBUG, "job %s: stream ended (%s)", id,
+    sdw_log(end == SDW_SSE_FAILED ? SDW_LOG_WARN : SDW_LOG_DEBUG, "job %s: stream ended (%s)", job_id,
             how[end]);
 }
 
@@ -577,6 +598,7 @@ static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *q
     json_object_object_add(o, "max_children", json_object_new_int(st.max_children));
     json_object_object_add(o, "max_children_reached", json_object_new_uint64(st.max_children_reached));
     json_object_object_add(o, "active_streams", json_object_new_int(st.streams));
+    json_object_object_add(o, "max_streams_per_child", json_object_new_int(st.max_streams_per_child));
     json_object_object_add(o, "reloads", json_object_new_int((int)st.reloads));
     sdw_engine_info info;
     sdw_error e = { 0 };
@@ -591,10 +613,12 @@ static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *q
         json_object_object_add(o, "ring", r);
     }
     if (full) {
-        int max = st.children + st.retiring + 16;
+        int max = st.children + st.retiring + 16, max_streams = st.streams + 64;
         sdw_pool_proc *procs = calloc((size_t)max, sizeof *procs);
-        if (procs) {
+        sdw_pool_stream *streams = calloc((size_t)max_streams, sizeof *streams);
+        if (procs && streams) {
             int n = sdw_pool_list(ctx->pool, procs, max);
+            int ns = sdw_pool_list_streams(ctx->pool, streams, max_streams);
             json_object *a = json_object_new_array();
             for (int i = 0; i < n; i++) {
                 json_object *pr = json_object_new_object();
@@ -602,13 +626,18 @@ static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *q
                 json_object_object_add(pr, "state", json_object_new_string(procs[i].state));
                 json_object_object_add(pr, "retiring", json_object_new_boolean(procs[i].retiring));
                 json_object_object_add(pr, "start_since_ms", json_object_new_int64(procs[i].age_ms));
-                if (procs[i].job[0])
-                    json_object_object_add(pr, "job_id", json_object_new_string(procs[i].job));
+                json_object_object_add(pr, "streams", json_object_new_int(procs[i].streams));
+                json_object *jobs = json_object_new_array();
+                for (int k = 0; k < ns; k++)
+                    if (streams[k].pid == procs[i].pid)
+                        json_object_array_add(jobs, json_object_new_string(streams[k].job));
+                json_object_object_add(pr, "jobs", jobs);
                 json_object_array_add(a, pr);
             }
             json_object_object_add(o, "processes", a);
-            free(procs);
         }
+        free(procs);
+        free(streams);
     }
     reply_json(out, 200, o);
 }

@@ -44,7 +44,9 @@
  *   admin key, and with no keys configured only a client on the loopback
  *   address (REMOTE_ADDR 127.0.0.0/8 or ::1, i.e. on the host itself
  *   through a local nginx); others get 403 forbidden. The plain status has
- *   no job ids and answers any caller the API answers. */
+ *   no job ids and answers any caller the API answers.
+ * - A stream when the process has no room for another (a thread each, up to
+ *   pm.max_streams_per_child): 503 too_many_streams with Retry-After. */
 #ifndef SDW_HTTP_H
 #define SDW_HTTP_H
 
@@ -65,8 +67,14 @@ typedef struct sdw_http_ctx {
     sdw_auth_rates *rates;          /* per-key submission rates, shared by the pool */
 } sdw_http_ctx;
 
-/* Answers one accepted request completely (the caller finishes it). */
+/* Answers one accepted request completely (the caller finishes it), except
+ * an event stream, which it hands to a stream thread of the pool
+ * (sdw_pool_stream_start): then the request is no longer the caller's. */
 void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req);
+
+/* The stream thread's half of GET /v1/jobs/{id}/stream: the SSE response
+ * (sse.h) until the job ends or the client goes away. */
+void sdw_http_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *job_id, uint64_t after);
 
 /* Writes a complete JSON response: status line, Content-Type, optional extra
  * header lines (each ending in \r\n, may be NULL) and the body. Returns 0,

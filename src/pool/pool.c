@@ -9,12 +9,15 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/stat.h>
@@ -25,19 +28,31 @@
 /* Scoreboard slots: enough for pm.max_children's upper bound (4096) twice,
  * so a reload can start a full new set while the old one drains. */
 #define BOARD_SLOTS 8192
-#define LISTEN_BACKLOG 128
+/* Open streams the status page can name, over all children: 16 times the
+ * default capacity (16 x 128). Pages are backed only as entries are used. */
+#define STREAM_SLOTS 32768
+#define LISTEN_BACKLOG 1024
 /* Children that die this soon after their start count as failing to start;
  * after a run of them the master waits before forking again. */
 #define FAST_FAIL_MS 1000
 #define FAST_FAIL_LIMIT 5
 #define RESPAWN_PAUSE_MS 1000
+/* A stream thread's stack: it runs the SSE loop, the ring calls and the
+ * logger, a few KiB deep; what is never touched costs no memory. */
+#define STREAM_STACK (64 * 1024)
+/* How often a full child that left the accepting to its siblings looks
+ * again whether one of them still can take a connection. */
+#define FULL_RECHECK_MS 50
+/* A sibling whose main thread has been answering one request (or starting)
+ * this long does not count as taking connections: the full children accept
+ * again, so one slow request never holds up the pool. */
+#define STALL_MS 50
 
 enum child_state {
     CHILD_FREE = 0,  /* slot unused */
     CHILD_STARTING,  /* forked, not yet in accept: counts as idle */
-    CHILD_IDLE,
-    CHILD_BUSY,
-    CHILD_STREAM,
+    CHILD_IDLE,      /* the main thread waits for a connection */
+    CHILD_BUSY,      /* the main thread answers a request */
 };
 
 struct board_slot {
@@ -45,21 +60,34 @@ struct board_slot {
     unsigned gen;
     int state;              /* enum child_state, atomic */
     int retiring;           /* atomic: told to exit after its current request */
+    int streams;            /* atomic: open streams, written by the child */
+    int max_streams;        /* its configuration's pm.max_streams_per_child */
     int64_t started_ms;     /* CLOCK_MONOTONIC */
-    sdw_job_id job;         /* written by the child while it streams */
+    int64_t busy_ms;        /* atomic: when the main thread last took a request */
+};
+
+/* One open stream, for the status page. A child claims a free entry (owner
+ * 0 -> its slot + 1) and clears it when the stream ends; the master clears
+ * the entries of a child that died. */
+struct stream_entry {
+    int owner;              /* atomic */
+    pid_t pid;
+    sdw_job_id job;
 };
 
 struct board {
     pid_t master;
     sdw_pm_mode mode;
-    int max_children, min_spare, max_spare;
+    int max_children, min_spare, max_spare, max_streams;
     unsigned gen;           /* the configuration generation children must match */
     unsigned reloads;
     int high;               /* slots [0, high) may be in use */
+    int stream_high;        /* atomic: entries [0, stream_high) may be in use */
     int64_t start_time_s;
     uint64_t accepted;      /* atomic */
     uint64_t max_reached;   /* atomic */
     struct board_slot slot[BOARD_SLOTS];
+    struct stream_entry stream[STREAM_SLOTS];
 };
 
 struct sdw_pool {
@@ -70,6 +98,11 @@ struct sdw_pool {
     struct board *board;
     sdw_auth_rates *rates;  /* shared by the children, kept across reloads */
     int self;               /* the child's slot; -1 in the master */
+    /* A child's own, used by its main thread only: */
+    sdw_http_ctx ctx;
+    int wake_fd;            /* eventfd: a stream thread has ended */
+    bool req_taken;         /* the request being answered now belongs to a stream thread */
+    pthread_attr_t stream_attr;
 };
 
 static int64_t mono_ms(void)
@@ -100,6 +133,13 @@ int sdw_pool_load_config(const sdw_pool_options *o, sdw_config *c, sdw_error *e)
 
 /* ---- the scoreboard, as children and the status page see it ---- */
 
+static bool has_room(const struct board_slot *sl)
+{
+    return __atomic_load_n(&sl->streams, __ATOMIC_ACQUIRE) < sl->max_streams;
+}
+
+/* idle: spare children, waiting in accept (or about to) with room for
+ * another stream; busy: the other current ones. */
 static void count_children(const struct board *b, int *total, int *idle, int *busy, int *streams,
                            int *retiring)
 {
@@ -109,19 +149,16 @@ static void count_children(const struct board *b, int *total, int *idle, int *bu
         int st = load_state(&sl->state);
         if (st == CHILD_FREE)
             continue;
+        s += __atomic_load_n(&sl->streams, __ATOMIC_RELAXED);
         if (load_state(&sl->retiring) || sl->gen != b->gen) {
             r++;
-            if (st == CHILD_STREAM)
-                s++;
             continue;
         }
         t++;
-        if (st == CHILD_STARTING || st == CHILD_IDLE)
+        if ((st == CHILD_STARTING || st == CHILD_IDLE) && has_room(sl))
             i++;
         else
             a++;
-        if (st == CHILD_STREAM)
-            s++;
     }
     *total = t, *idle = i, *busy = a, *streams = s, *retiring = r;
 }
@@ -133,6 +170,7 @@ void sdw_pool_stats_get(const sdw_pool *p, sdw_pool_stats *st)
     st->mode = b->mode;
     st->max_children = b->max_children;
     count_children(b, &st->children, &st->idle, &st->active, &st->streams, &st->retiring);
+    st->max_streams_per_child = b->max_streams;
     st->accepted = __atomic_load_n(&b->accepted, __ATOMIC_RELAXED);
     st->max_children_reached = __atomic_load_n(&b->max_reached, __ATOMIC_RELAXED);
     st->start_time_s = b->start_time_s;
@@ -152,7 +190,7 @@ void sdw_pool_stats_get(const sdw_pool *p, sdw_pool_stats *st)
 
 int sdw_pool_list(const sdw_pool *p, sdw_pool_proc *out, int max)
 {
-    static const char *const names[] = { "free", "starting", "idle", "busy", "stream" };
+    static const char *const names[] = { "free", "starting", "idle", "busy" };
     const struct board *b = p->board;
     int n = 0;
     int64_t now = mono_ms();
@@ -165,21 +203,26 @@ int sdw_pool_list(const sdw_pool *p, sdw_pool_proc *out, int max)
         out[n].state = names[st];
         out[n].retiring = load_state(&sl->retiring) || sl->gen != b->gen;
         out[n].age_ms = now - sl->started_ms;
-        memcpy(out[n].job, st == CHILD_STREAM ? sl->job : "", st == CHILD_STREAM ? sizeof out[n].job : 1);
-        out[n].job[SDW_JOB_ID_LEN] = '\0';
+        out[n].streams = __atomic_load_n(&sl->streams, __ATOMIC_RELAXED);
         n++;
     }
     return n;
 }
 
-void sdw_pool_set_streaming(sdw_pool *p, const char *job_id)
+int sdw_pool_list_streams(const sdw_pool *p, sdw_pool_stream *out, int max)
 {
-    if (p->self < 0)
-        return;
-    struct board_slot *sl = &p->board->slot[p->self];
-    if (job_id)
-        snprintf(sl->job, sizeof sl->job, "%s", job_id);
-    store_state(&sl->state, job_id ? CHILD_STREAM : CHILD_BUSY);
+    const struct board *b = p->board;
+    int n = 0;
+    for (int k = 0; k < __atomic_load_n(&b->stream_high, __ATOMIC_ACQUIRE) && n < max; k++) {
+        const struct stream_entry *en = &b->stream[k];
+        if (!load_state(&en->owner))
+            continue;
+        out[n].pid = en->pid;
+        memcpy(out[n].job, en->job, sizeof out[n].job);
+        out[n].job[SDW_JOB_ID_LEN] = '\0';
+        n++;
+    }
+    return n;
 }
 
 /* ---- a child ---- */
@@ -192,17 +235,159 @@ static void on_child_quit(int sig)
     child_quit = 1;
 }
 
-/* In dynamic mode, tells the master when this child's change moved the idle
- * count past a spare bound, so that it forks or retires children. */
-static void nudge_master(const sdw_pool *p, bool became_busy)
+/* In dynamic mode, tells the master when this child's change moved the
+ * spare count past a bound, so that it forks or retires children; a child
+ * that retires by itself always tells it, to be replaced. */
+static void nudge_master(const sdw_pool *p, bool less_spare)
 {
     const struct board *b = p->board;
     if (b->mode != SDW_PM_DYNAMIC)
         return;
     int total, idle, busy, streams, retiring;
     count_children(b, &total, &idle, &busy, &streams, &retiring);
-    if ((became_busy && idle < b->min_spare) || (!became_busy && idle > b->max_spare))
+    if ((less_spare && idle < b->min_spare) || (!less_spare && idle > b->max_spare))
         kill(b->master, SIGUSR2);
+}
+
+/* Whether another current child with room for a stream is taking
+ * connections now: waiting in accept, or busy or starting only briefly. */
+static bool sibling_takes_streams(const sdw_pool *p)
+{
+    const struct board *b = p->board;
+    int64_t now = mono_ms();
+    for (int k = 0; k < __atomic_load_n(&b->high, __ATOMIC_ACQUIRE); k++) {
+        const struct board_slot *sl = &b->slot[k];
+        int st = load_state(&sl->state);
+        if (k == p->self || st == CHILD_FREE || sl->gen != b->gen || load_state(&sl->retiring) || !has_room(sl))
+            continue;
+        if (st == CHILD_IDLE)
+            return true;
+        int64_t since = st == CHILD_BUSY ? __atomic_load_n(&sl->busy_ms, __ATOMIC_RELAXED) : sl->started_ms;
+        if (now - since < STALL_MS)
+            return true;
+    }
+    return false;
+}
+
+static int claim_entry(sdw_pool *p, const char *job_id)
+{
+    struct board *b = p->board;
+    for (int k = 0; k < STREAM_SLOTS; k++) {
+        struct stream_entry *en = &b->stream[k];
+        int free_ = 0;
+        /* Claimed as -(slot + 1) until the fields are written, so that the
+         * status page never shows a half-written entry. */
+        if (!__atomic_compare_exchange_n(&en->owner, &free_, -(p->self + 1), false, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_RELAXED))
+            continue;
+        en->pid = getpid();
+        snprintf(en->job, sizeof en->job, "%s", job_id);
+        store_state(&en->owner, p->self + 1);
+        int high = __atomic_load_n(&b->stream_high, __ATOMIC_RELAXED);
+        while (high < k + 1 && !__atomic_compare_exchange_n(&b->stream_high, &high, k + 1, true,
+                                                             __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+            ;
+        return k;
+    }
+    return -1;
+}
+
+struct stream_job {
+    sdw_pool *p;
+    FCGX_Request *req;
+    int entry;
+    sdw_job_id job;
+    uint64_t after;
+};
+
+static void *stream_thread(void *arg)
+{
+    struct stream_job *sj = arg;
+    sdw_pool *p = sj->p;
+    sdw_http_stream(&p->ctx, sj->req, sj->job, sj->after);
+    FCGX_Finish_r(sj->req);
+    free(sj->req);
+    store_state(&p->board->stream[sj->entry].owner, 0);
+    __atomic_sub_fetch(&p->board->slot[p->self].streams, 1, __ATOMIC_RELEASE);
+    free(sj);
+    /* The main thread may wait for room, or for the last stream to end. */
+    uint64_t one = 1;
+    ssize_t w = write(p->wake_fd, &one, sizeof one);
+    (void)w;
+    return NULL;
+}
+
+int sdw_pool_stream_start(sdw_pool *p, FCGX_Request *req, const char *job_id, uint64_t after, sdw_error *e)
+{
+    struct board_slot *me = &p->board->slot[p->self];
+    int open = __atomic_load_n(&me->streams, __ATOMIC_RELAXED);
+    if (open >= p->cfg.pm_max_streams_per_child)
+        return sdw_fail(e, SDW_EFULL, "every stream this server can hold is open (%d per process)",
+                        p->cfg.pm_max_streams_per_child);
+    struct stream_job *sj = malloc(sizeof *sj);
+    if (!sj)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    sj->entry = claim_entry(p, job_id);
+    if (sj->entry < 0) {
+        free(sj);
+        return sdw_fail(e, SDW_EFULL, "the pool's table of %d open streams is full", STREAM_SLOTS);
+    }
+    sj->p = p;
+    sj->req = req;
+    sj->after = after;
+    snprintf(sj->job, sizeof sj->job, "%s", job_id);
+    /* Counted before the thread runs: it may end before pthread_create
+     * returns. The thread starts with every signal blocked (the main thread
+     * alone takes the quit signals). */
+    __atomic_add_fetch(&me->streams, 1, __ATOMIC_RELEASE);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t t;
+    int rc = pthread_create(&t, &p->stream_attr, stream_thread, sj);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        __atomic_sub_fetch(&me->streams, 1, __ATOMIC_RELEASE);
+        store_state(&p->board->stream[sj->entry].owner, 0);
+        free(sj);
+        return sdw_fail(e, SDW_ENOMEM, "cannot start a stream thread: %s", strerror(rc));
+    }
+    p->req_taken = true;
+    return 0;
+}
+
+static FCGX_Request *new_request(const sdw_pool *p)
+{
+    FCGX_Request *req = malloc(sizeof *req);
+    if (req && FCGX_InitRequest(req, p->listen_fd, 0) != 0) {
+        free(req);
+        req = NULL;
+    }
+    return req;
+}
+
+static void drain_wake(int fd)
+{
+    uint64_t v;
+    while (read(fd, &v, sizeof v) == (ssize_t)sizeof v)
+        ;
+}
+
+/* Waits for the open streams to end: a retiring child lets them run to the
+ * job's end (the master's SIGKILL at the end of a stop's grace cuts them,
+ * and their clients reconnect with Last-Event-ID). */
+static void wait_streams(sdw_pool *p)
+{
+    struct board_slot *me = &p->board->slot[p->self];
+    int open;
+    while ((open = __atomic_load_n(&me->streams, __ATOMIC_ACQUIRE)) > 0) {
+        struct pollfd pfd = { .fd = p->wake_fd, .events = POLLIN };
+        if (poll(&pfd, 1, -1) < 0 && errno != EINTR) {
+            sdw_log(SDW_LOG_ERROR, "poll: %s; leaving %d streams", strerror(errno), open);
+            return;
+        }
+        drain_wake(p->wake_fd);
+    }
 }
 
 static void child_main(sdw_pool *p)
@@ -236,27 +421,47 @@ static void child_main(sdw_pool *p)
     if (getppid() != p->board->master)
         _exit(0);
 
+    p->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->wake_fd < 0) {
+        sdw_log(SDW_LOG_ERROR, "eventfd: %s", strerror(errno));
+        _exit(1);
+    }
+    int rc = pthread_attr_init(&p->stream_attr);
+    if (rc == 0)
+        rc = pthread_attr_setstacksize(&p->stream_attr, STREAM_STACK);
+    if (rc == 0)
+        rc = pthread_attr_setdetachstate(&p->stream_attr, PTHREAD_CREATE_DETACHED);
+    if (rc != 0) {
+        sdw_log(SDW_LOG_ERROR, "stream thread attributes: %s", strerror(rc));
+        _exit(1);
+    }
     if (FCGX_Init() != 0) {
         sdw_log(SDW_LOG_ERROR, "FCGX_Init failed");
         _exit(1);
     }
-    FCGX_Request req;
-    if (FCGX_InitRequest(&req, p->listen_fd, 0) != 0) {
+    FCGX_Request *req = new_request(p);
+    if (!req) {
         sdw_log(SDW_LOG_ERROR, "FCGX_InitRequest failed");
         _exit(1);
     }
-    sdw_http_ctx ctx = { .cfg = &p->cfg, .ring = p->ring, .pool = p, .rates = p->rates };
+    p->ctx = (sdw_http_ctx){ .cfg = &p->cfg, .ring = p->ring, .pool = p, .rates = p->rates };
     int served = 0;
     for (;;) {
         store_state(&me->state, CHILD_IDLE);
         if (served > 0 && !load_state(&me->retiring))
             nudge_master(p, false);
+        /* A full child leaves the connections to siblings with room, and
+         * looks again now and then: when they have all filled up (or are
+         * held up by a slow request), it accepts too, so /health and
+         * submits are always answered. */
+        bool listen = has_room(me) || !sibling_takes_streams(p);
         /* The quit signals are taken only while waiting here: libfcgi's
-         * reads of a request's parameters are never interrupted. Every idle
-         * child wakes for a new connection; the listening socket is
-         * non-blocking, so the ones that lose the race see EAGAIN. */
-        struct pollfd pfd = { .fd = p->listen_fd, .events = POLLIN };
-        int pr = child_quit ? -1 : ppoll(&pfd, 1, NULL, &none);
+         * reads of a request's parameters are never interrupted. Every
+         * accepting child wakes for a new connection; the listening socket
+         * is non-blocking, so the ones that lose the race see EAGAIN. */
+        struct pollfd pfd[2] = { { .fd = p->wake_fd, .events = POLLIN }, { .fd = p->listen_fd, .events = POLLIN } };
+        struct timespec recheck = { 0, FULL_RECHECK_MS * 1000000L };
+        int pr = child_quit ? -1 : ppoll(pfd, listen ? 2 : 1, listen ? NULL : &recheck, &none);
         if (child_quit)
             break;
         if (pr < 0) {
@@ -265,18 +470,32 @@ static void child_main(sdw_pool *p)
             sdw_log(SDW_LOG_ERROR, "poll: %s, child exits", strerror(errno));
             break;
         }
-        int rc = FCGX_Accept_r(&req);
+        if (pfd[0].revents & POLLIN)
+            drain_wake(p->wake_fd);
+        if (!listen || !(pfd[1].revents & POLLIN))
+            continue;
+        rc = FCGX_Accept_r(req);
         if (rc == -EAGAIN || rc == -EWOULDBLOCK || rc == -ECONNABORTED)
             continue;
         if (rc < 0) {
             sdw_log(SDW_LOG_ERROR, "accept failed (%d), child exits", rc);
             break;
         }
+        __atomic_store_n(&me->busy_ms, mono_ms(), __ATOMIC_RELAXED);
         store_state(&me->state, CHILD_BUSY);
         __atomic_add_fetch(&p->board->accepted, 1, __ATOMIC_RELAXED);
         nudge_master(p, true);
-        sdw_http_handle(&ctx, &req);
-        FCGX_Finish_r(&req);
+        p->req_taken = false;
+        sdw_http_handle(&p->ctx, req);
+        if (p->req_taken) {
+            req = new_request(p);
+            if (!req) {
+                sdw_log(SDW_LOG_ERROR, "out of memory for a request, child exits");
+                break;
+            }
+        } else {
+            FCGX_Finish_r(req);
+        }
         served++;
         if (child_quit)
             break;
@@ -285,7 +504,18 @@ static void child_main(sdw_pool *p)
             break;
         }
     }
-    FCGX_Free(&req, 0);
+    /* Out of the accept loop for good: the master replaces this child
+     * while its streams run to their end. */
+    store_state(&me->state, CHILD_IDLE);
+    if (!load_state(&me->retiring)) {
+        store_state(&me->retiring, 1);
+        kill(p->board->master, SIGUSR2);
+    }
+    if (req) {
+        FCGX_Free(req, 1);
+        free(req);
+    }
+    wait_streams(p);
     _exit(0);
 }
 
@@ -376,6 +606,8 @@ static int spawn(sdw_pool *p)
     struct board_slot *sl = &b->slot[k];
     sl->gen = b->gen;
     sl->pid = 0;
+    sl->max_streams = p->cfg.pm_max_streams_per_child;
+    store_state(&sl->streams, 0);
     store_state(&sl->retiring, 0);
     sl->started_ms = mono_ms();
     store_state(&sl->state, CHILD_STARTING);
@@ -447,6 +679,12 @@ static int reap(struct board *b, bool stopping)
         } else {
             sdw_log(SDW_LOG_DEBUG, "child %d exited", (int)pid);
         }
+        /* Its streams died with it; the slot's next child starts clean. */
+        for (int j = 0; j < __atomic_load_n(&b->stream_high, __ATOMIC_ACQUIRE); j++) {
+            int owner = load_state(&b->stream[j].owner);
+            if (owner == k + 1 || owner == -(k + 1))
+                store_state(&b->stream[j].owner, 0);
+        }
         sl->pid = 0;
         store_state(&sl->state, CHILD_FREE);
     }
@@ -476,7 +714,9 @@ static void maintain(sdw_pool *p, bool booting)
             int extra = idle - c->pm_max_spare_servers;
             for (int k = 0; k < b->high && extra > 0; k++) {
                 struct board_slot *sl = &b->slot[k];
-                if (sl->gen == b->gen && !load_state(&sl->retiring) && load_state(&sl->state) == CHILD_IDLE) {
+                /* One with streams would linger until they end: keep it. */
+                if (sl->gen == b->gen && !load_state(&sl->retiring) && load_state(&sl->state) == CHILD_IDLE &&
+                    load_state(&sl->streams) == 0) {
                     retire(sl);
                     extra--;
                 }
@@ -498,6 +738,28 @@ static void publish_pm(struct board *b, const sdw_config *c)
     b->max_children = c->pm_max_children;
     b->min_spare = c->pm_min_spare_servers;
     b->max_spare = c->pm_max_spare_servers;
+    b->max_streams = c->pm_max_streams_per_child;
+}
+
+/* Every stream holds a connection to nginx in a child: the soft limit of
+ * open files (often 1024) goes up to the hard one. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        sdw_log(SDW_LOG_WARN, "getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        return;
+    }
+    if (rl.rlim_cur == rl.rlim_max)
+        return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        sdw_log(SDW_LOG_WARN, "cannot raise the open-file limit from %llu: %s", (unsigned long long)was,
+                strerror(errno));
+    else
+        sdw_log(SDW_LOG_DEBUG, "open-file limit raised from %llu to %llu", (unsigned long long)was,
+                (unsigned long long)rl.rlim_cur);
 }
 
 static void reload(sdw_pool *p)
@@ -538,7 +800,7 @@ static void reload(sdw_pool *p)
 
 int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
 {
-    sdw_pool pool = { .opt = *o, .listen_fd = -1, .self = -1 };
+    sdw_pool pool = { .opt = *o, .listen_fd = -1, .self = -1, .wake_fd = -1 };
     sdw_pool *p = &pool;
     int rc = sdw_pool_load_config(o, &p->cfg, e);
     if (rc < 0)
@@ -565,6 +827,7 @@ int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
     sigdelset(&waitmask, SIGUSR2);
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
+    raise_nofile();
 
     p->listen_fd = bind_socket(&p->cfg, e);
     if (p->listen_fd < 0)
@@ -593,9 +856,10 @@ int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
     b->master = getpid();
     b->start_time_s = time(NULL);
     publish_pm(b, &p->cfg);
-    sdw_log(SDW_LOG_INFO, "listening on %s, ring %s, pm %s, max_children %d, %d API keys%s", p->cfg.listen,
-            p->cfg.ring_name, p->cfg.pm == SDW_PM_STATIC ? "static" : "dynamic", p->cfg.pm_max_children,
-            p->cfg.n_keys, p->cfg.n_keys ? "" : " (the API is open)");
+    sdw_log(SDW_LOG_INFO, "listening on %s, ring %s, pm %s, max_children %d, max_streams_per_child %d, %d API keys%s",
+            p->cfg.listen, p->cfg.ring_name, p->cfg.pm == SDW_PM_STATIC ? "static" : "dynamic",
+            p->cfg.pm_max_children, p->cfg.pm_max_streams_per_child, p->cfg.n_keys,
+            p->cfg.n_keys ? "" : " (the API is open)");
 
     bool booting = true, stopping = false, killed = false;
     int64_t stop_deadline = 0, pause_until = 0;

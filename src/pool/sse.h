@@ -1,6 +1,9 @@
 /* Server-sent events for GET /v1/jobs/{id}/stream.
  *
- * The stream replays every event after Last-Event-ID (or from the first),
+ * While the job is queued the stream says where, at once and at every move:
+ *   event: queued\ndata: {"type":"queued","position":N}\n\n
+ * (1 = next to run; no id line, so Last-Event-ID is untouched). Then it
+ * replays every event after Last-Event-ID (or from the first),
  * then waits on the job ring for new ones, writing each as
  *   id: N\nevent: NAME\ndata: JSON\n\n
  * and flushing it at once (nginx passes it on unbuffered: X-Accel-Buffering

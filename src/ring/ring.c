@@ -435,6 +435,35 @@ static int end_with_error_locked(sdw_ring *r, struct ring_slot *s, sdw_job_state
     return 0;
 }
 
+/* The job of sequence number seq left the queue: every job behind it moved
+ * up, and the streams waiting in sdw_ring_wait_queue_position on those jobs
+ * must say so. The ones ahead stay where they are and are not woken (a
+ * cancelled job at the tail wakes nobody). */
+static void queue_moved_locked(sdw_ring *r, uint64_t seq)
+{
+    for (unsigned i = 0; i < r->h->nslots; i++) {
+        struct ring_slot *s = slot_at(r, i);
+        if (s->state == SDW_JOB_QUEUED && s->seq > seq) {
+            bump(&s->event_futex);
+            wake_all(&s->event_futex);
+        }
+    }
+}
+
+/* 1 = next to run, 0 = not queued. */
+static unsigned queue_position_locked(sdw_ring *r, const struct ring_slot *s)
+{
+    if (s->state != SDW_JOB_QUEUED)
+        return 0;
+    unsigned pos = 1;
+    for (unsigned i = 0; i < r->h->nslots; i++) {
+        const struct ring_slot *o = slot_at(r, i);
+        if (o->state == SDW_JOB_QUEUED && o->seq < s->seq)
+            pos++;
+    }
+    return pos;
+}
+
 /* ---- create / open ---- */
 
 static int valid_name(const char *name)
@@ -711,6 +740,7 @@ int sdw_ring_cancel(sdw_ring *r, const char *id, sdw_job_state *after, sdw_error
         rc = SDW_ENOTFOUND;
     } else if (s->state == SDW_JOB_QUEUED) {
         rc = end_with_error_locked(r, s, SDW_JOB_CANCELLED, json, e);
+        queue_moved_locked(r, s->seq);
     } else if (s->state == SDW_JOB_RUNNING) {
         s->cancel_requested = 1;
         bump(&s->event_futex);
@@ -762,14 +792,7 @@ int sdw_ring_job_status(sdw_ring *r, const char *id, sdw_job_info *info, sdw_err
         info->created_ms = s->created_ms;
         info->started_ms = s->started_ms;
         info->finished_ms = s->finished_ms;
-        if (s->state == SDW_JOB_QUEUED) {
-            info->queue_position = 1;
-            for (unsigned i = 0; i < r->h->nslots; i++) {
-                struct ring_slot *o = slot_at(r, i);
-                if (o->state == SDW_JOB_QUEUED && o->seq < s->seq)
-                    info->queue_position++;
-            }
-        }
+        info->queue_position = queue_position_locked(r, s);
     }
     ring_unlock(r);
     return s ? 0 : SDW_ENOTFOUND;
@@ -838,6 +861,32 @@ int sdw_ring_wait_event(sdw_ring *r, const char *id, uint64_t after, int timeout
     }
 }
 
+int sdw_ring_wait_queue_position(sdw_ring *r, const char *id, unsigned known, int timeout_ms,
+                                 unsigned *position, sdw_error *e)
+{
+    int64_t deadline = deadline_of(timeout_ms);
+    for (;;) {
+        int rc = ring_lock(r, e);
+        if (rc)
+            return rc;
+        struct ring_slot *s = find_locked(r, id, e);
+        if (!s || s->state == SDW_JOB_EXPIRED) {
+            ring_unlock(r);
+            return sdw_fail(e, SDW_ENOTFOUND, "no job %.40s (%s)", id ? id : "", s ? "expired" : "unknown");
+        }
+        unsigned pos = queue_position_locked(r, s);
+        uint32_t seen = __atomic_load_n(&s->event_futex, __ATOMIC_SEQ_CST);
+        ring_unlock(r);
+        if (pos != known) {
+            *position = pos;
+            return 1;
+        }
+        if (timeout_ms == 0 || expired_deadline(deadline))
+            return 0;
+        wait_change(&s->event_futex, seen, deadline);
+    }
+}
+
 void sdw_ring_event_free(sdw_ring_event *ev)
 {
     if (ev) {
@@ -890,6 +939,7 @@ int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size
             transition(oldest, SDW_JOB_RUNNING, NULL);
             oldest->started_ms = clock_ms(CLOCK_REALTIME);
             bump(&oldest->event_futex);
+            queue_moved_locked(r, oldest->seq);
             format_id(oldest->id, id);
             ring_unlock(r);
             wake_all(&oldest->event_futex);
@@ -957,7 +1007,10 @@ int sdw_ring_fail(sdw_ring *r, const char *id, const char *code, const char *mes
         return rc;
     }
     struct ring_slot *s = find_locked(r, id, e);
+    bool was_queued = s && s->state == SDW_JOB_QUEUED;
     rc = s ? end_with_error_locked(r, s, SDW_JOB_FAILED, json, e) : SDW_ENOTFOUND;
+    if (was_queued)
+        queue_moved_locked(r, s->seq);
     ring_unlock(r);
     free(json);
     if (s)

@@ -38,7 +38,9 @@
  * that dies holding it is recovered from by the next locker, which repairs
  * the slot the dead process was writing. Blocking waits are futex waits on
  * per-slot and ring-wide counters, so a process killed while waiting leaves
- * nothing behind; there is no sleep-polling.
+ * nothing behind; there is no sleep-polling. The threads of one process may
+ * call in at once (the pool's stream threads each wait on their own job):
+ * the calls keep no state outside the mapping and their arguments.
  *
  * Return values: 0 or a positive count/flag on success, a negative sdw_status
  * (SDW_EFULL, SDW_ELIMIT, SDW_ESTATE and SDW_ETOOBIG among them) on failure, with e filled. */
@@ -162,6 +164,15 @@ typedef struct sdw_ring_event {
 int sdw_ring_wait_event(sdw_ring *r, const char *id, uint64_t after, int timeout_ms,
                         sdw_ring_event *ev, sdw_error *e);
 void sdw_ring_event_free(sdw_ring_event *ev);
+
+/* Waits up to timeout_ms for the job's place in the queue (1 = next to run,
+ * 0 = not queued: running or finished) to differ from known. Returns 1 with
+ * *position filled when it does (at once when known is a place the job is
+ * not in, e.g. UINT_MAX), 0 on timeout, SDW_ENOTFOUND for an unknown or
+ * expired job. The place changes only when a job ahead leaves the queue
+ * (taken, cancelled or failed); those calls wake the waiters. */
+int sdw_ring_wait_queue_position(sdw_ring *r, const char *id, unsigned known, int timeout_ms,
+                                 unsigned *position, sdw_error *e);
 
 /* ---- engine side ---- */
 

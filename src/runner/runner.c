@@ -148,32 +148,21 @@ static int on_step(void *ctx, sdw_pipeline *p, int step, int total)
     return sdw_ring_cancel_requested(r, j->id, &e) == 1;
 }
 
-/* Decodes an input image; one whose size is off the VAE's grid is resized
- * down to it, as diffusers' image processor does. */
-static int input_image(const sdw_image_blob *b, int grey, int scale, size_t max_pixels, sdw_image *out,
-                       sdw_error *e)
+/* An input image off the VAE's grid is resized down to it, as diffusers'
+ * image processor does; the mask, the image's size, lands on the same. */
+static int fit_grid(sdw_image *img, int scale, sdw_error *e)
 {
-    sdw_image raw;
-    int rc = sdw_image_decode(&raw, b->data, b->len, grey, e);
-    if (rc)
-        return rc;
-    if ((size_t)raw.width * raw.height > max_pixels) {
-        rc = sdw_fail(e, SDW_EINVAL, "image is %dx%d, more than the %zu pixels allowed", raw.width, raw.height,
-                      max_pixels);
-        sdw_image_free(&raw);
-        return rc;
-    }
-    int w = raw.width / scale * scale, h = raw.height / scale * scale;
-    if (w == raw.width && h == raw.height) {
-        *out = raw;
+    int w = img->width / scale * scale, h = img->height / scale * scale;
+    if (w == img->width && h == img->height)
         return SDW_OK;
+    if (w == 0 || h == 0)
+        return sdw_fail(e, SDW_EINVAL, "image %dx%d is smaller than %dx%d", img->width, img->height, scale, scale);
+    sdw_image sized;
+    int rc = sdw_image_resize(img, w, h, &sized, e);
+    if (!rc) {
+        sdw_image_free(img);
+        *img = sized;
     }
-    if (w == 0 || h == 0) {
-        sdw_image_free(&raw);
-        return sdw_fail(e, SDW_EINVAL, "image %dx%d is smaller than %dx%d", raw.width, raw.height, scale, scale);
-    }
-    rc = sdw_image_resize(&raw, w, h, out, e);
-    sdw_image_free(&raw);
     return rc;
 }
 
@@ -246,22 +235,25 @@ static void run_job(engine *g, const char *id, const unsigned char *input, size_
     gp.eta = (float)req.eta;
     gp.clip_skip = req.clip_skip;
     gp.strength = req.strength;
-    sdw_image init = {0}, mask = {0}, out = {0};
+    sdw_image init, mask, out = {0};
+    /* The pool checked the images already; this is the same check again,
+     * for a ring written by something else or a configuration changed
+     * in between. */
+    if (sdw_job_request_decode_images(&req, g->cfg->max_pixels, &init, &mask, &ae)) {
+        sdw_log(SDW_LOG_WARN, "%s: refused: %s", id, ae.message);
+        sdw_ring_fail(g->ring, id, ae.code, ae.message, &e);
+        sdw_job_request_free(&req);
+        return;
+    }
     int scale = sdw_pipeline_scale(p), rc = SDW_OK;
     if (gp.kind != SDW_GEN_TXT2IMG) {
-        rc = input_image(&req.init_image, 0, scale, g->cfg->max_pixels, &init, &e);
+        rc = fit_grid(&init, scale, &e);
         if (rc)
             sdw_fail_wrap(&e, "init_image");
         gp.init_image = &init;
     }
     if (!rc && gp.kind == SDW_GEN_INPAINT) {
-        rc = input_image(&req.mask_image, 1, 1, g->cfg->max_pixels, &mask, &e);
-        sdw_image sized;
-        if (!rc && (mask.width != init.width || mask.height != init.height)) {
-            rc = sdw_image_resize(&mask, init.width, init.height, &sized, &e);
-            sdw_image_free(&mask);
-            mask = sized;
-        }
+        rc = fit_grid(&mask, scale, &e);
         if (rc)
             sdw_fail_wrap(&e, "mask_image");
         gp.mask = &mask;
