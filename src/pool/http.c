@@ -491,7 +491,7 @@ static void job_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *i
         return;
     uint64_t after = sdw_sse_parse_last_event_id(FCGX_GetParam("HTTP_LAST_EVENT_ID", req->envp));
     sdw_error e = { 0 };
-    int rc = sdw_pool_stream_start(ctx->pool, req, id, after, &e);
+    int rc = ctx->stream_start(ctx->host, req, id, after, &e);
     if (rc < 0)
         fail(req->out, 503, "too_many_streams", SDW_HTTP_RETRY_AFTER_S, "cannot open the stream of %s: %s", id,
              e.msg);
@@ -580,7 +580,7 @@ static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *q
         return fail(out, 403, SDW_API_FORBIDDEN, 0, "the full pool status (processes, job ids) %s",
                     ctx->cfg->n_keys ? "needs an admin API key" : "is answered on the loopback address only");
     sdw_pool_stats st;
-    sdw_pool_stats_get(ctx->pool, &st);
+    sdw_board_stats(ctx->board, ctx->listen_fd, &st);
     json_object *o = json_object_new_object();
     json_object_object_add(o, "pool", json_object_new_string("sdworker"));
     json_object_object_add(o, "process_manager",
@@ -617,8 +617,8 @@ static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *q
         sdw_pool_proc *procs = calloc((size_t)max, sizeof *procs);
         sdw_pool_stream *streams = calloc((size_t)max_streams, sizeof *streams);
         if (procs && streams) {
-            int n = sdw_pool_list(ctx->pool, procs, max);
-            int ns = sdw_pool_list_streams(ctx->pool, streams, max_streams);
+            int n = sdw_board_list(ctx->board, procs, max);
+            int ns = sdw_board_list_streams(ctx->board, streams, max_streams);
             json_object *a = json_object_new_array();
             for (int i = 0; i < n; i++) {
                 json_object *pr = json_object_new_object();

@@ -52,7 +52,7 @@
 
 #include "config/config.h"
 #include "pool/auth.h"
-#include "pool/pool.h"
+#include "pool/board.h"
 #include "ring/ring.h"
 
 #include <fcgiapp.h>
@@ -63,13 +63,20 @@
 typedef struct sdw_http_ctx {
     const sdw_config *cfg;
     sdw_ring *ring;
-    sdw_pool *pool;
+    const sdw_board *board;         /* the pool's scoreboard, for the status page */
+    int listen_fd;                  /* the listening TCP socket, -1 for a Unix one */
     sdw_auth_rates *rates;          /* per-key submission rates, shared by the pool */
+    /* Hands a stream request, looked up and allowed, to the process's
+     * stream threads (the pool's; host is theirs): 0 when they own req and
+     * run sdw_http_stream on it, else an error with req still the
+     * caller's to answer. */
+    int (*stream_start)(void *host, FCGX_Request *req, const char *job_id, uint64_t after, sdw_error *e);
+    void *host;
 } sdw_http_ctx;
 
 /* Answers one accepted request completely (the caller finishes it), except
- * an event stream, which it hands to a stream thread of the pool
- * (sdw_pool_stream_start): then the request is no longer the caller's. */
+ * an event stream, which it hands on through ctx->stream_start: then the
+ * request is no longer the caller's. */
 void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req);
 
 /* The stream thread's half of GET /v1/jobs/{id}/stream: the SSE response

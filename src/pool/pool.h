@@ -72,48 +72,4 @@ int sdw_pool_run(const sdw_pool_options *o, sdw_error *e);
 
 typedef struct sdw_pool sdw_pool;
 
-typedef struct sdw_pool_stats {
-    sdw_pm_mode mode;
-    int max_children;
-    int children;                   /* current configuration's children */
-    int idle, active;               /* idle in accept / answering a request */
-    int streams;                    /* open event streams, retiring children's too */
-    int max_streams_per_child;
-    int retiring;                   /* children finishing before they exit */
-    uint64_t accepted;              /* requests accepted since the start */
-    uint64_t max_children_reached;  /* times every child was busy at max_children */
-    int64_t start_time_s;           /* CLOCK_REALTIME seconds */
-    unsigned reloads;
-    int listen_queue, listen_queue_max; /* -1 when unknown (Unix socket) */
-} sdw_pool_stats;
-
-/* A child's view of the pool, for the request handlers. */
-void sdw_pool_stats_get(const sdw_pool *p, sdw_pool_stats *st);
-typedef struct sdw_pool_proc {
-    int pid;
-    const char *state;              /* "starting", "idle", "busy" (the main thread's) */
-    bool retiring;                  /* exits after its current request and streams */
-    int64_t age_ms;
-    int streams;                    /* open event streams */
-} sdw_pool_proc;
-
-/* Lists up to max children; returns how many were written. */
-int sdw_pool_list(const sdw_pool *p, sdw_pool_proc *out, int max);
-
-typedef struct sdw_pool_stream {
-    int pid;                        /* the child serving it */
-    sdw_job_id job;
-} sdw_pool_stream;
-
-/* Lists up to max open streams; returns how many were written. */
-int sdw_pool_list_streams(const sdw_pool *p, sdw_pool_stream *out, int max);
-
-/* Hands the stream request req, just accepted by the calling child's main
- * thread, to a new stream thread, which runs sdw_http_stream(req, job_id,
- * after) and finishes and frees req. Returns 0 when the thread owns req (the
- * caller must not touch it again); SDW_EFULL when the child already serves
- * pm.max_streams_per_child streams, SDW_ENOMEM when no thread could start:
- * then req is still the caller's to answer. */
-int sdw_pool_stream_start(sdw_pool *p, FCGX_Request *req, const char *job_id, uint64_t after, sdw_error *e);
-
 #endif
