@@ -78,9 +78,8 @@ pool_pid=$!
 
 for try in 1 2 3 4 5; do
     port=$((20000 + ($$ * 7 + try * 977) % 40000))
-    sed -e "s|@RUNDIR@|$tmp/run|g" -e "s|@WWWDIR@|$tmp/www|g" \
-        -e "s|@SOCKET@|unix:$tmp/run/fcgi.sock|g" -e "s|@LISTEN@|127.0.0.1:$port|g" \
-        "$srcdir/conf/nginx/nginx-local.conf.in" > "$tmp/run/nginx.conf"
+    "$srcdir/scripts/nginx-local-conf" "$tmp/run" "$tmp/www" "unix:$tmp/run/fcgi.sock" "127.0.0.1:$port" \
+        > "$tmp/run/nginx.conf"
     "$NGINX" -p "$tmp/run" -e "$tmp/run/error.log" -c "$tmp/run/nginx.conf" \
         2>> "$tmp/run/start.log" &
     nginx_pid=$!
@@ -115,6 +114,14 @@ req() {
 }
 has() { case $body in *"$1"*) return 0 ;; esac; return 1; }
 is_error() { [ "$code" = "$1" ] && has "{\"error\":{\"code\":\"$2\",\"message\":\""; }
+# same_head PATH: HEAD answers what GET does (status, Content-Type and
+# Content-Length) and sends no body.
+same_head() {
+    get=$(curl -s -o /dev/null -D - "$B$1" | tr -d '\r' | grep -i '^HTTP/\|^Content-Type:\|^Content-Length:' | sed 's/ *$//')
+    size=$(curl -s -I -D "$tmp/hh" -o /dev/null -w '%{size_download}' "$B$1")
+    hd=$(tr -d '\r' < "$tmp/hh" | grep -i '^HTTP/\|^Content-Type:\|^Content-Length:' | sed 's/ *$//')
+    [ -n "$get" ] && [ "$get" = "$hd" ] && [ "$size" = 0 ] || { diag "GET: $get / HEAD: $hd, $size bytes"; false; }
+}
 post() { req POST /v1/jobs -H 'Content-Type: application/json' --data-binary "$1"; }
 job_of() { echo "$body" | sed -n 's/.*"job_id":"\(job-[0-9a-f]*\)".*/\1/p'; }
 gen() { echo "{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"${2:-sd15}\",\"prompt\":\"$1\",\"steps\":${3:-4}}"; }
@@ -253,8 +260,14 @@ req GET /v1/jobs/not-a-job-id
 is_error 404 not_found
 ok $? "malformed job id: 404"
 req GET /v1/nothing
+is_error 404 not_found && grep -qi '^Content-Type: application/json' "$tmp/h"
+ok $? "unknown path under /v1/: 404 not_found as JSON"
+req POST /v1/no/such/thing
 is_error 404 not_found
-ok $? "unknown path: 404 not_found"
+ok $? "unknown path under /v1/, any method: 404 not_found"
+req GET /v1
+is_error 404 not_found
+ok $? "/v1 itself: the pool's 404 not_found"
 req PUT /v1/jobs
 is_error 405 method_not_allowed && grep -qi '^Allow: POST' "$tmp/h"
 ok $? "PUT /v1/jobs: 405 with Allow: POST"
@@ -262,8 +275,15 @@ req POST /health
 is_error 405 method_not_allowed && grep -qi '^Allow: GET' "$tmp/h"
 ok $? "POST /health: 405 with Allow: GET"
 req PATCH /v1/jobs/job-0123456789abcdef0123456789abcdef
-is_error 405 method_not_allowed && grep -qi '^Allow: GET, DELETE' "$tmp/h"
-ok $? "PATCH /v1/jobs/{id}: 405 with Allow: GET, DELETE"
+is_error 405 method_not_allowed && grep -qi '^Allow: GET, HEAD, DELETE' "$tmp/h"
+ok $? "PATCH /v1/jobs/{id}: 405 with Allow: GET, HEAD, DELETE"
+same_head /health && same_head /ready && same_head /v1/models && same_head /v1/pool/status
+ok $? "HEAD /health, /ready, /v1/models, /v1/pool/status: GET's status and headers, no body"
+same_head /v1/jobs/job-0123456789abcdef0123456789abcdef && same_head /v1/nothing
+ok $? "HEAD of an unknown job or path: GET's 404, no body"
+code=$(curl -s -I -o /dev/null -D "$tmp/h" -w '%{http_code}' "$B/v1/jobs")
+[ "$code" = 405 ] && grep -qi '^Allow: POST' "$tmp/h"
+ok $? "HEAD /v1/jobs: 405 with Allow: POST ($code)"
 
 # ---- the queue, with no engine taking jobs ----
 req POST /v1/jobs -H 'Content-Type: application/json; charset=utf-8' --data-binary "$(gen queued1)"
@@ -283,6 +303,12 @@ req GET "/v1/jobs/$q2"
 [ "$code" = 200 ] && has '"state":"queued"' && has '"queue_position":2' && has '"prompt":"queued2"' &&
     has '"created":"' && has '"started":null'
 ok $? "GET /v1/jobs/{id} of a queued job: state, position, times, parameters"
+same_head "/v1/jobs/$q2"
+ok $? "HEAD /v1/jobs/{id}: GET's status and headers, no body"
+# curl -I waits for the end of the response: a stream held open times out (28).
+size=$(curl -s -I -D "$tmp/hh" -o /dev/null --max-time 3 -w '%{http_code} %{size_download}' "$B/v1/jobs/$q2/stream")
+[ $? = 0 ] && [ "$size" = "200 0" ] && grep -qi '^Content-Type: text/event-stream' "$tmp/hh"
+ok $? "HEAD of a queued job's stream: 200 text/event-stream at once, no events"
 curl -sN --max-time 2 "$B/v1/jobs/$q2/stream" > "$tmp/ka" 2> /dev/null
 [ "$(sed -n '1,2p' "$tmp/ka" | tr '\n' ' ')" = 'event: queued data: {"type":"queued","position":2} ' ]
 ok $? "a queued job's stream starts with a queued event and its position"
@@ -540,8 +566,11 @@ pool_pid=
 [ $rc -eq 0 ] && [ ! -e "$tmp/run/fcgi.sock" ]
 ok $? "SIGTERM: the pool exits 0 and removes its socket"
 req GET /health
-[ "$code" = 503 ] && has '"code":"unavailable"'
-ok $? "with the pool gone nginx answers 503 unavailable as JSON"
+[ "$code" = 502 ] && has '{"error":{"code":"bad_gateway","message":"' && grep -qi '^Retry-After: 5' "$tmp/h" &&
+    grep -qi '^Content-Type: application/json' "$tmp/h"
+ok $? "with the pool gone nginx answers 502 bad_gateway as JSON, with Retry-After"
+same_head /v1/models
+ok $? "and HEAD gets the same 502 without a body"
 
 echo "1..$n"
 exit $failed

@@ -35,6 +35,12 @@ static const char *reason_phrase(int status)
     }
 }
 
+/* Whether the request this thread answers is a HEAD: every reply then
+ * keeps its status and headers, Content-Length included, and drops its body
+ * (RFC 9110 9.3.2; a CGI script must not send one, RFC 3875 4.3.2). One per
+ * thread, as a child's threads answer requests side by side. */
+static _Thread_local bool head_only;
+
 int sdw_http_reply(FCGX_Stream *out, int status, const char *extra_headers, const char *body)
 {
     /* libfcgi's FCGX_FPrintF has its own formatter without %zu: format here. */
@@ -44,8 +50,11 @@ int sdw_http_reply(FCGX_Stream *out, int status, const char *extra_headers, cons
                      "Status: %d %s\r\nContent-Type: application/json\r\n"
                      "Cache-Control: no-store\r\nContent-Length: %zu\r\n%s\r\n",
                      status, reason_phrase(status), len + 1, extra_headers ? extra_headers : "");
-    if (n < 0 || n >= (int)sizeof head || FCGX_PutStr(head, n, out) != n ||
-        FCGX_PutStr(body, (int)len, out) != (int)len || FCGX_PutS("\n", out) < 0)
+    if (n < 0 || n >= (int)sizeof head || FCGX_PutStr(head, n, out) != n)
+        return -1;
+    if (head_only)
+        return 0;
+    if (FCGX_PutStr(body, (int)len, out) != (int)len || FCGX_PutS("\n", out) < 0)
         return -1;
     return 0;
 }
@@ -498,6 +507,15 @@ void sdw_http_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *job
             how[end]);
 }
 
+/* The stream's response head alone: whether the job can be streamed, and
+ * as what, without holding a stream open. */
+static void stream_head(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id, const sdw_auth_caller *who)
+{
+    sdw_job_info info;
+    if (find_live_job(ctx, out, id, &info, who))
+        sdw_sse_head(out);
+}
+
 /* ---- service endpoints ---- */
 
 static void health(FCGX_Stream *out)
@@ -696,6 +714,7 @@ void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req)
 {
     FCGX_Stream *out = req->out;
     const char *method = FCGX_GetParam("REQUEST_METHOD", req->envp);
+    head_only = method && strcmp(method, "HEAD") == 0;
     char path[1024];
     if (!method || !request_path(req->envp, path, sizeof path))
         return fail(out, 400, SDW_API_INVALID_REQUEST, 0, "the request carries no method or path");
@@ -707,11 +726,13 @@ void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req)
     const char *allow;
     switch (r) {
     case R_JOBS: allow = "POST"; break;
-    case R_JOB: allow = "GET, DELETE"; break;
+    case R_JOB: allow = "GET, HEAD, DELETE"; break;
     case R_NONE: return fail(out, 404, SDW_API_NOT_FOUND, 0, "no route for %.200s", path);
-    default: allow = "GET"; break;
+    default: allow = "GET, HEAD"; break;
     }
-    bool get = strcmp(method, "GET") == 0;
+    /* HEAD goes wherever GET does, to the same handler: same status and
+     * headers, and sdw_http_reply leaves the body out. */
+    bool get = head_only || strcmp(method, "GET") == 0;
     switch (r) {
     case R_HEALTH: if (get) return health(out); break;
     case R_READY: if (get) return ready(ctx, out); break;
@@ -727,7 +748,12 @@ void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req)
         if (strcmp(method, "DELETE") == 0)
             return job_cancel(ctx, out, id, &who);
         break;
-    case R_JOB_STREAM: if (get) return job_stream(ctx, req, id, &who); break;
+    case R_JOB_STREAM:
+        if (head_only)
+            return stream_head(ctx, out, id, &who);
+        if (get)
+            return job_stream(ctx, req, id, &who);
+        break;
     case R_NONE: break;
     }
     char headers[64];

@@ -5,6 +5,9 @@
  *   DELETE /v1/jobs/{id}          cancel
  *   GET    /v1/jobs/{id}/stream   server-sent events (sse.h)
  *   GET    /health, /ready, /v1/models, /v1/pool/status
+ *   HEAD   wherever GET goes: GET's status and headers, no body (on a
+ *          stream, the event-stream head without holding the stream)
+ *   (the reference for clients, with every field and code: doc/api.md)
  *
  * Routing uses SCRIPT_NAME + PATH_INFO when PATH_INFO is set (nginx's
  * configuration in conf/nginx), else DOCUMENT_URI, else REQUEST_URI without

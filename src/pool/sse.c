@@ -97,15 +97,20 @@ static bool stream_queue(sdw_ring *ring, const char *job_id, int keepalive_s, FC
     }
 }
 
-sdw_sse_end sdw_sse_stream(sdw_ring *ring, const char *job_id, uint64_t after, int keepalive_s,
-                           FCGX_Stream *out)
+int sdw_sse_head(FCGX_Stream *out)
 {
     static const char headers[] = "Status: 200 OK\r\n"
                                   "Content-Type: text/event-stream\r\n"
                                   "Cache-Control: no-cache\r\n"
                                   "X-Accel-Buffering: no\r\n"
                                   "\r\n";
-    if (put(out, headers, sizeof headers - 1) < 0 || FCGX_FFlush(out) < 0)
+    return put(out, headers, sizeof headers - 1) < 0 || FCGX_FFlush(out) < 0 ? -1 : 0;
+}
+
+sdw_sse_end sdw_sse_stream(sdw_ring *ring, const char *job_id, uint64_t after, int keepalive_s,
+                           FCGX_Stream *out)
+{
+    if (sdw_sse_head(out) < 0)
         return SDW_SSE_DISCONNECTED;
     sdw_sse_end end;
     if (!stream_queue(ring, job_id, keepalive_s, out, &end))

@@ -31,6 +31,10 @@ typedef enum sdw_sse_end {
  * everything). */
 uint64_t sdw_sse_parse_last_event_id(const char *value);
 
+/* Writes the response headers alone and flushes them (HEAD on a stream);
+ * returns 0, or -1 when the client is gone. */
+int sdw_sse_head(FCGX_Stream *out);
+
 /* Writes the response headers and streams the job's events. */
 sdw_sse_end sdw_sse_stream(sdw_ring *ring, const char *job_id, uint64_t after, int keepalive_s,
                            FCGX_Stream *out);
