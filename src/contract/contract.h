@@ -59,8 +59,15 @@
  *   405 method_not_allowed
  *   413 payload_too_large     body, or an image's file bytes, beyond the limits
  *   415 unsupported_media_type an image that is neither PNG nor JPEG
- *   429 queue_full            too many queued jobs (retry_after_s set)
- *   503 queue_full            no free job slot (retry_after_s set)
+ *   401 unauthorized          no API key, or a wrong one (keys configured)
+ *   403 forbidden             the key may not do this (the full pool status)
+ *   410 result_expired        the job's result is gone (its TTL, or its slot
+ *                             taken when the ring was full)
+ *   429 rate_limited          the key's per_minute (retry_after_s set)
+ *   429 too_many_queued       the key's max_queued (retry_after_s set)
+ *   503 queue_full            no free job slot, or ring.max_queued jobs
+ *                             waiting (retry_after_s set)
+ *   503 too_many_streams      the pool process has no room for a stream
  *   503 engine_unavailable    the engine is loading, dead or restarting
  *   500 internal_error        the server failed (e.g. no randomness for a seed)
  *
@@ -96,6 +103,7 @@
 #define SDW_API_FORBIDDEN "forbidden"                /* 403: the key may not do this */
 #define SDW_API_RATE_LIMITED "rate_limited"          /* 429: the key's per_minute */
 #define SDW_API_TOO_MANY_QUEUED "too_many_queued"    /* 429: the key's max_queued */
+#define SDW_API_TOO_MANY_STREAMS "too_many_streams"  /* 503: a pool process is full */
 #define SDW_API_INTERNAL "internal_error"
 
 /* An error as the HTTP client sees it. code is one of the SDW_API_* strings

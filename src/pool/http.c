@@ -495,7 +495,7 @@ static void job_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *i
     sdw_error e = { 0 };
     int rc = ctx->stream_start(ctx->host, req, id, after, &e);
     if (rc < 0)
-        fail(req->out, 503, "too_many_streams", SDW_HTTP_RETRY_AFTER_S, "cannot open the stream of %s: %s", id,
+        fail(req->out, 503, SDW_API_TOO_MANY_STREAMS, SDW_HTTP_RETRY_AFTER_S, "cannot open the stream of %s: %s", id,
              e.msg);
 }
 

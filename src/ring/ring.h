@@ -6,7 +6,8 @@
  * header and a fixed number of job slots. Each slot owns three fixed areas:
  * the request input (an opaque blob, sdw_job_request_serialize's output),
  * an append-only log of small events, and one "image" area holding the
- * newest large event (a preview or the complete event). See README.md.
+ * newest large event (a preview or the complete event). See
+ * doc/architecture.md, "The job ring".
  *
  * Job states and the only allowed transitions:
  *
