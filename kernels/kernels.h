@@ -1,6 +1,14 @@
-/* Our own CUDA kernels, callable from C. Each has a CPU twin in
- * src/engine/backend_cpu.c that is its numerical reference, and a test in
- * tests/test_cuda_kernels.c that compares the two on fresh random inputs.
+/* Our own CUDA kernels, callable from C. Each has a CPU twin that is its
+ * numerical reference: the CPU backend's op of the same name in
+ * src/cpu/backend_cpu.c (layer_norm, act, add, scale, add_rows, gaussian,
+ * geglu, concat, transpose, embed, upsample_nearest; group_norm for
+ * group_stats and group_apply, attention for attention and attention_tc),
+ * src/cpu/conv_cpu.c's im2col (by whole output rows) for im2col, or, for
+ * the kernels no CPU op stands for, src/cpu/twins.c (fill_rows, pad,
+ * softmax_rows).
+ * tests/test_cusim.cc compares each kernel with its twin on the host
+ * simulator, and tests/test_backend_ops.c each op of the CUDA backend with
+ * the CPU backend's, on fresh random inputs.
  * Pointers are device memory; launches are asynchronous on `stream` and
  * return the launch's cudaError_t (0 on success). A launch whose sizes do not
  * fit the grid returns cudaErrorInvalidValue without running. */

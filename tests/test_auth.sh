@@ -89,9 +89,8 @@ pool_pid=$!
 
 for try in 1 2 3 4 5; do
     port=$((20000 + ($$ * 11 + try * 977) % 40000))
-    sed -e "s|listen @LISTEN@;|listen @LISTEN@;${ext_ip:+ listen $ext_ip:$port;}|" -e "s|@RUNDIR@|$tmp/run|g" -e "s|@WWWDIR@|$tmp/www|g" \
-        -e "s|@SOCKET@|unix:$tmp/run/fcgi.sock|g" -e "s|@LISTEN@|127.0.0.1:$port|g" \
-        "$srcdir/conf/nginx/nginx-local.conf.in" > "$tmp/run/nginx.conf"
+    "$srcdir/scripts/nginx-local-conf" "$tmp/run" "$tmp/www" "unix:$tmp/run/fcgi.sock" "127.0.0.1:$port" |
+        sed "s|listen 127.0.0.1:$port;|&${ext_ip:+ listen $ext_ip:$port;}|" > "$tmp/run/nginx.conf"
     "$NGINX" -p "$tmp/run" -e "$tmp/run/error.log" -c "$tmp/run/nginx.conf" \
         2>> "$tmp/run/start.log" &
     nginx_pid=$!

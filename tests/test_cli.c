@@ -31,6 +31,9 @@ enum scenario { OK_RUN, REJECT, JOB_ERROR, CANCELLED_EVT, DROP_ONCE, GONE, KEYED
 /* KEYED: the server answers 401 unless a request carries this key. */
 #define GOOD_KEY "right-key-0123456789abcdef"
 
+/* The seed member of the canned complete event, as JSON text. */
+static const char *complete_seed = "1234567";
+
 /* ---- the canned server (a child process) ---- */
 
 static void send_all(int fd, const char *s)
@@ -153,10 +156,12 @@ static void serve(int ls, enum scenario sc, const char *log)
                 else if (sc == CANCELLED_EVT)
                     send_all(fd, "id: 5\nevent: error\ndata: {\"type\":\"error\",\"message\":\"cancelled by request\","
                                  "\"code\":\"cancelled\"}\n\n");
-                else
+                else {
                     send_all(fd, "id: 5\nevent: complete\ndata: {\"type\":\"complete\",\"image\":\"" IMAGE_B64 "\","
-                                 "\"format\":\"png\",\"seed\":1234567,\n"
-                                 "data: \"width\":512,\"height\":512,\"timings\":{\"total_ms\":42}}\n\n");
+                                 "\"format\":\"png\",\"seed\":");
+                    send_all(fd, complete_seed);
+                    send_all(fd, ",\ndata: \"width\":512,\"height\":512,\"timings\":{\"total_ms\":42}}\n\n");
+                }
             } else {
                 send_all(fd, "HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n");
             }
@@ -411,6 +416,32 @@ static void with_server(void)
     json_object_put(j);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+
+    /* 2b. Seeds of the whole unsigned 64-bit range, as the server sends
+     * them (a JSON integer, or a string), come out exactly. */
+    static const struct {
+        const char *json, *printed;
+    } seeds[] = {
+        {"11630110443127060619", "seed: 11630110443127060619\n"},
+        {"9223372036854775808", "seed: 9223372036854775808\n"},
+        {"18446744073709551615", "seed: 18446744073709551615\n"},
+        {"0", "seed: 0\n"},
+        {"\"11630110443127060619\"", "seed: 11630110443127060619\n"},
+        {"-1", ""},
+        {"\"12x\"", ""},
+    };
+    for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
+        complete_seed = seeds[i].json;
+        pid = start_server(OK_RUN, &port, log);
+        snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+        RUN(&r, "image", "generate", "--model", "m", "--prompt", "p", "-o", outp, "--url", url);
+        tap_ok(r.status == 0 && !strcmp(r.out, seeds[i].printed) &&
+                   (seeds[i].printed[0] || strstr(r.err, "seed is not an integer")),
+               "complete event seed %s: stdout '%s'", seeds[i].json, oneline(r.out));
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+    complete_seed = "1234567";
 
     /* 3. Rejection. */
     pid = start_server(REJECT, &port, log);

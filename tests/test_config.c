@@ -82,6 +82,7 @@ static void test_every_key(void)
         "threads = 8\n"
         "engine.warmup = 256\n"
         "engine.restart_delay_ms = 250\n"
+        "engine.stop_timeout_s = 7\n"
         "log_level = debug\r\n"
         "model.sd15 = models/sd15\n"
         "model.tiny = \"/srv/m/tiny #1\"\n";
@@ -102,7 +103,8 @@ static void test_every_key(void)
     tap_ok(c.max_body_bytes == 16u << 20 && c.max_prompt_bytes == 1000 &&
            c.max_image_bytes == 3000000 && c.max_pixels == 262144, "limits");
     tap_ok(c.device.kind == SDW_DEVICE_CUDA && c.device.index == 1 && c.threads == 8 &&
-           c.engine_restart_delay_ms == 250 && c.engine_warmup == 256, "device, threads, restart delay, warm-up");
+           c.engine_restart_delay_ms == 250 && c.engine_stop_timeout_s == 7 && c.engine_warmup == 256,
+           "device, threads, restart delay, stop timeout, warm-up");
     tap_ok(c.log_level == SDW_LOG_DEBUG, "log_level with CRLF line end");
     tap_ok(c.n_models == 2 && !strcmp(c.models[0].path, "/etc/sdworker/models/sd15") &&
            !strcmp(c.models[1].path, "/srv/m/tiny #1"),
@@ -164,6 +166,7 @@ static void test_rejections(void)
     rejects("device = cuda:64\n", "device:");
     rejects("threads = many\n", "threads:");
     rejects("engine.restart_delay_ms = -5\n", "engine.restart_delay_ms:");
+    rejects("engine.stop_timeout_s = 3601\n", "engine.stop_timeout_s:");
     rejects("engine.warmup = -2\n", "engine.warmup: -2 is out of range -1-2048");
     rejects("log_level = verbose\n", "log_level: 'verbose'");
     rejects("model.bad/name = /x\n", "model.bad/name: model names");

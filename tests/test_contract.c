@@ -1,8 +1,12 @@
 /* The request contract: defaults, every range boundary, types, malformed
- * bodies, rbee's other operations, images and the error JSON. */
+ * bodies, rbee's other operations, images (their bytes, then their pixels
+ * as sdw_job_request_decode_images checks them), seeds over the whole
+ * 64-bit range, and the error JSON with the field at fault. */
 #define _GNU_SOURCE
 #include "base/err.h"
 #include "contract/contract.h"
+#include "image/image.h"
+#include "image_fixtures.h"
 #include "tap.h"
 
 #include <json-c/json.h>
@@ -476,7 +480,19 @@ static void test_images(void)
                "strength 1.01");
     expect_err(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":-0.01}", xf, png_b64), 400, SDW_API_INVALID_VALUE,
                "strength -0.01");
-    expect_ok(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":0}", xf, png_b64), "strength 0");
+    expect_err(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":0}", xf, png_b64), 400, SDW_API_INVALID_VALUE,
+               "strength 0 (diffusers refuses it: no step to run)");
+    expect_err(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":0.0}", xf, png_b64), 400, SDW_API_INVALID_VALUE,
+               "strength 0.0");
+    expect_err(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":0.04}", xf, png_b64), 400, SDW_API_INVALID_VALUE,
+               "strength 0.04 with 20 steps: int(0.8) = 0 steps");
+    expect_ok(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":0.05}", xf, png_b64), "strength 0.05 with 20 steps");
+    expect_ok(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":0.1,\"steps\":10}", xf, png_b64),
+              "strength 0.1 with 10 steps (10 * 0.1 is 1.0 in doubles)");
+    expect_err(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":0.5,\"steps\":1}", xf, png_b64), 400,
+               SDW_API_INVALID_VALUE, "strength 0.5 with 1 step");
+    expect_err(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":1e-3,\"steps\":150}", xf, png_b64), 400,
+               SDW_API_INVALID_VALUE, "strength 0.001 with 150 steps");
     expect_ok(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":1}", xf, png_b64), "strength 1");
     expect_err(fmt_alloc("{\"operation\":\"image_inpaint\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\",\"init_image\":\"%s\"}",
                          png_b64), 400, SDW_API_INVALID_REQUEST, "inpaint without a mask");
@@ -490,6 +506,235 @@ static void test_images(void)
     lim.max_image_bytes = sizeof png_bytes;
     b = fmt_alloc("%s,\"init_image\":\"%s\"}", xf, png_b64);
     tap_ok(parse_str(b, &r, &e, &lim) == 0, "image exactly max_image_bytes");
+    sdw_job_request_free(&r);
+    free(b);
+}
+
+/* The error names the member at fault, in the error JSON too. */
+static void expect_field(char *body, int status, const char *code, const char *field, const char *what)
+{
+    sdw_job_request r;
+    sdw_api_error e;
+    int rc = parse_str(body, &r, &e, NULL);
+    char *json = rc ? sdw_api_error_json(&e) : NULL;
+    char want[128];
+    snprintf(want, sizeof want, "\"field\":\"%s\"}}", field);
+    int good = rc < 0 && e.http_status == status && strcmp(e.code, code) == 0 && strcmp(e.field, field) == 0 &&
+               json && (field[0] ? strstr(json, want) != NULL : strstr(json, "\"field\"") == NULL);
+    if (!tap_ok(good, "%s: %d %s naming %s", what, status, code, field))
+        tap_diag("got %d %s field '%s': %s", e.http_status, e.code ? e.code : "(null)", e.field, json ? json : "");
+    if (rc == 0)
+        sdw_job_request_free(&r);
+    free(json);
+    free(body);
+}
+
+static void test_fields(void)
+{
+    const char *xf = "{\"operation\":\"image_transform\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\"";
+    expect_field(fmt_alloc("%s,\"init_image\":\"%s\",\"strength\":0}", xf, png_b64), 400, SDW_API_INVALID_VALUE,
+                 "strength", "strength 0");
+    expect_field(gen(",\"steps\":0"), 400, SDW_API_INVALID_VALUE, "steps", "steps 0");
+    expect_field(fmt_alloc("%s}", xf), 400, SDW_API_INVALID_REQUEST, "init_image", "a missing image");
+    expect_field(fmt_alloc("%s,\"input_image\":\"@@\"}", xf), 400, SDW_API_INVALID_VALUE, "init_image",
+                 "bad base64 in the alias input_image (the canonical name)");
+    expect_field(fmt_alloc("%s,\"init_image\":\"aGVsbG8=\"}", xf), 415, SDW_API_UNSUPPORTED_MEDIA_TYPE, "init_image",
+                 "an image that is not one");
+    expect_field(gen(",\"seed\":18446744073709551616"), 400, SDW_API_INVALID_VALUE, "seed", "seed 2^64");
+    expect_field(gen(",\"seed\":-1"), 400, SDW_API_INVALID_VALUE, "seed", "seed -1");
+    expect_field(gen(",\"seed\":-99999999999999999999"), 400, SDW_API_INVALID_VALUE, "seed",
+                 "a seed below -2^63 (caught before json-c saturates it)");
+    expect_field(gen(",\"x\\\"y\":99999999999999999999"), 400, SDW_API_INVALID_VALUE, "",
+                 "an unknown member that is no identifier is not echoed as a field");
+
+    sdw_api_error e;
+    sdw_api_fail(&e, 404, SDW_API_NOT_FOUND, "no such job");
+    char *json = sdw_api_error_json(&e);
+    tap_ok(json && strcmp(json, "{\"error\":{\"code\":\"not_found\",\"message\":\"no such job\"}}") == 0,
+           "an error of no field has no \"field\": %s", json);
+    free(json);
+}
+
+/* A seed beyond 2^64 - 1 says so, and random seeds cover all 64 bits. */
+static void test_seed_range(void)
+{
+    sdw_job_request r;
+    sdw_api_error e;
+    char *b = gen(",\"seed\":18446744073709551616");
+    parse_str(b, &r, &e, NULL);
+    tap_ok(strstr(e.message, "seed") && strstr(e.message, "18446744073709551615"),
+           "seed 2^64: the message gives the range: %s", e.message);
+    free(b);
+    b = gen(",\"seed\":11630110443127060619");
+    int rc = parse_str(b, &r, &e, NULL);
+    char *pj = rc ? NULL : sdw_job_request_params_json(&r);
+    tap_ok(rc == 0 && r.seed == 11630110443127060619ull && pj && strstr(pj, "\"seed\":11630110443127060619,"),
+           "a seed above 2^63 is kept exactly, in the params JSON too");
+    free(pj);
+    sdw_job_request_free(&r);
+    free(b);
+    uint64_t all_or = 0, all_and = UINT64_MAX;
+    int high = 0;
+    b = gen("");
+    for (int i = 0; i < 64; i++) {
+        if (parse_str(b, &r, &e, NULL) == 0) {
+            all_or |= r.seed, all_and &= r.seed;
+            high += r.seed >> 63;
+        }
+        sdw_job_request_free(&r);
+    }
+    free(b);
+    /* Each check fails by chance with probability about 2^-57 or less. */
+    tap_ok(all_or == UINT64_MAX && all_and == 0 && high > 0 && high < 64,
+           "64 server-chosen seeds set and clear every bit (%d of them at or above 2^63)", high);
+}
+
+/* A request around a base64 image file; steals img. */
+static char *with_image(const char *op, const char *member, unsigned char *img, size_t len, const char *extra)
+{
+    char *b64 = sdw_base64_encode(img, len);
+    char *body = fmt_alloc("{\"operation\":\"%s\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\",\"%s\":\"%s\"%s}", op,
+                           member, b64, extra);
+    free(b64);
+    free(img);
+    return body;
+}
+
+static char *png_b64_of(int w, int h)
+{
+    size_t len;
+    unsigned char *png = fx_png(w, h, 8, PNG_COLOR_TYPE_RGB, &len);
+    char *b64 = sdw_base64_encode(png, len);
+    free(png);
+    return b64;
+}
+
+/* Parses body, then decodes its images as the pool does before queueing. */
+static void expect_images(char *body, const char *code, const char *field, const char *what)
+{
+    sdw_job_request r;
+    sdw_api_error e;
+    sdw_image init, mask;
+    int rc = parse_str(body, &r, &e, NULL);
+    if (rc == 0) {
+        rc = sdw_job_request_decode_images(&r, 1024 * 1024, &init, &mask, &e);
+        sdw_job_request_free(&r);
+    }
+    if (!code) {
+        if (!tap_ok(rc == 0 && init.pixels, "accepts %s", what))
+            tap_diag("got %d %s: %s", e.http_status, e.code, e.message);
+        if (rc == 0)
+            sdw_image_free(&init), sdw_image_free(&mask);
+    } else {
+        int good = rc < 0 && e.http_status == 400 && strcmp(e.code, code) == 0 && strcmp(e.field, field) == 0;
+        if (!tap_ok(good, "rejects %s: 400 %s naming %s", what, code, field))
+            tap_diag("got rc=%d %d %s field '%s': %s", rc, e.http_status, e.code ? e.code : "", e.field, e.message);
+        else
+            tap_diag("%s", e.message);
+    }
+    free(body);
+}
+
+static void test_decode_images(void)
+{
+    size_t len;
+    unsigned char *f;
+    const char *T = "image_transform", *I = "image_inpaint";
+    f = fx_png(64, 64, 8, PNG_COLOR_TYPE_RGB, &len);
+    expect_images(with_image(T, "init_image", f, len, ""), NULL, NULL,
+                  "a 64x64 PNG");
+    f = fx_png(64, 64, 8, PNG_COLOR_TYPE_RGB, &len);
+    expect_images(with_image(T, "init_image", f, len - 40, ""), SDW_API_INVALID_INIT_IMAGE, "init_image",
+                  "a truncated PNG");
+    f = fx_png(64, 64, 8, PNG_COLOR_TYPE_RGB, &len);
+    expect_images(with_image(T, "input_image", f, len - 40, ""), SDW_API_INVALID_INIT_IMAGE, "init_image",
+                  "a truncated PNG sent as input_image");
+    f = fx_png_declared(20000, 20000, &len);
+    expect_images(with_image(T, "init_image", f, len, ""), SDW_API_INVALID_INIT_IMAGE, "init_image",
+                  "a PNG declaring 20000x20000");
+    f = fx_png(1032, 1024, 8, PNG_COLOR_TYPE_RGB, &len);
+    expect_images(with_image(T, "init_image", f, len, ""),
+                  SDW_API_INVALID_INIT_IMAGE, "init_image", "a 1032x1024 PNG over max_pixels");
+    f = fx_jpeg(64, 64, JCS_CMYK, 0, &len);
+    expect_images(with_image(T, "init_image", f, len, ""),
+                  SDW_API_INVALID_INIT_IMAGE, "init_image", "a CMYK JPEG");
+    f = fx_jpeg(64, 64, JCS_YCCK, 0, &len);
+    expect_images(with_image(T, "init_image", f, len, ""),
+                  SDW_API_INVALID_INIT_IMAGE, "init_image", "a YCCK JPEG");
+    f = fx_jpeg(64, 64, JCS_YCbCr, 0, &len);
+    expect_images(with_image(T, "init_image", f, len, ""), NULL, NULL,
+                  "a 64x64 JPEG");
+    f = fx_jpeg(64, 64, JCS_YCbCr, 0, &len);
+    expect_images(with_image(T, "init_image", f, len / 2, ""), SDW_API_INVALID_INIT_IMAGE, "init_image",
+                  "a truncated JPEG");
+    f = fx_png(71, 64, 8, PNG_COLOR_TYPE_RGB, &len);
+    expect_images(with_image(T, "init_image", f, len, ""), NULL, NULL,
+                  "a 71x64 PNG (64x64 on the grid)");
+    f = fx_png(63, 64, 8, PNG_COLOR_TYPE_RGB, &len);
+    expect_images(with_image(T, "init_image", f, len, ""),
+                  SDW_API_INVALID_INIT_IMAGE, "init_image", "a 63x64 PNG (56x64 on the grid)");
+    f = fx_png(2056, 64, 8, PNG_COLOR_TYPE_RGB, &len);
+    expect_images(with_image(T, "init_image", f, len, ""),
+                  SDW_API_INVALID_INIT_IMAGE, "init_image", "a 2056x64 PNG");
+
+    char *init = png_b64_of(64, 72), mask_extra[16384];
+    f = fx_png(64, 72, 8, PNG_COLOR_TYPE_GRAY, &len);
+    char *m = sdw_base64_encode(f, len);
+    free(f);
+    snprintf(mask_extra, sizeof mask_extra, ",\"mask_image\":\"%s\"", m);
+    free(m);
+    expect_images(fmt_alloc("{\"operation\":\"%s\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\",\"init_image\":\"%s\"%s}", I,
+                            init, mask_extra), NULL, NULL, "inpaint with a mask of the image's size");
+    f = fx_png(64, 64, 8, PNG_COLOR_TYPE_GRAY, &len);
+    m = sdw_base64_encode(f, len);
+    free(f);
+    snprintf(mask_extra, sizeof mask_extra, ",\"mask_image\":\"%s\"", m);
+    free(m);
+    expect_images(fmt_alloc("{\"operation\":\"%s\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\",\"init_image\":\"%s\"%s}", I,
+                            init, mask_extra), SDW_API_INVALID_MASK_IMAGE, "mask_image",
+                  "a 64x64 mask for a 64x72 image");
+    f = fx_png(64, 72, 8, PNG_COLOR_TYPE_GRAY, &len);
+    m = sdw_base64_encode(f, len - 30);
+    free(f);
+    snprintf(mask_extra, sizeof mask_extra, ",\"mask_image\":\"%s\"", m);
+    free(m);
+    expect_images(fmt_alloc("{\"operation\":\"%s\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\",\"init_image\":\"%s\"%s}", I,
+                            init, mask_extra), SDW_API_INVALID_MASK_IMAGE, "mask_image", "a truncated mask");
+    f = fx_jpeg(64, 72, JCS_CMYK, 0, &len);
+    m = sdw_base64_encode(f, len);
+    free(f);
+    snprintf(mask_extra, sizeof mask_extra, ",\"mask_image\":\"%s\"", m);
+    free(m);
+    expect_images(fmt_alloc("{\"operation\":\"%s\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\",\"init_image\":\"%s\"%s}", I,
+                            init, mask_extra), SDW_API_INVALID_MASK_IMAGE, "mask_image", "a CMYK mask");
+    free(init);
+
+    sdw_job_request r;
+    sdw_api_error e;
+    sdw_image a, b;
+    char *body = gen("");
+    parse_str(body, &r, &e, NULL);
+    tap_ok(sdw_job_request_decode_images(&r, 1024 * 1024, &a, &b, &e) == 0 && !a.pixels && !b.pixels,
+           "a generation has no images to decode");
+    sdw_job_request_free(&r);
+    free(body);
+}
+
+/* The engine's second line: what it takes from the ring is checked as
+ * strictly as what the pool took from the client. */
+static void test_ring_checks(void)
+{
+    sdw_job_request r, back;
+    sdw_api_error e;
+    char *b = fmt_alloc("{\"operation\":\"image_transform\",\"hive_id\":\"h\",\"model\":\"m\",\"prompt\":\"x\","
+                        "\"init_image\":\"%s\"}", png_b64);
+    int rc = parse_str(b, &r, &e, NULL);
+    r.strength = 0;
+    size_t n = 0;
+    unsigned char *blob = rc ? NULL : sdw_job_request_serialize(&r, &n);
+    rc = blob ? sdw_job_request_deserialize(blob, n, &back, &e) : 0;
+    tap_ok(rc < 0 && strcmp(e.field, "strength") == 0, "a ring entry with strength 0 is refused: %s", e.message);
+    free(blob);
     sdw_job_request_free(&r);
     free(b);
 }
@@ -641,6 +886,10 @@ int main(void)
     test_base64();
     test_error_json();
     test_serialize();
+    test_fields();
+    test_seed_range();
+    test_decode_images();
+    test_ring_checks();
     free(png_b64);
     free(jpeg_b64);
     return tap_done();

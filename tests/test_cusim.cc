@@ -13,9 +13,9 @@
  * call and followed by a poisoned guard, so a kernel that skips elements or
  * writes past its output (say, floats into a 16-bit tensor) cannot pass.
  * Shapes are small (the simulator is slow) but cover partial blocks and
- * tiles, odd sizes and every instantiation. On a GPU,
- * tests/test_cuda_kernels.c checks the same kernels through the CUDA
- * backend. */
+ * tiles, odd sizes and every instantiation. tests/test_backend_ops.c checks
+ * the same kernels through the CUDA backend's ops, on a GPU and over the
+ * simulator. */
 // First, as in tests/cusim/kernel_*.cc: its qualifiers go before the
 // toolkit's headers, and it defines the runtime calls the kernels make
 // (cudaGetLastError).
@@ -32,6 +32,7 @@
 extern "C" {
 #include "backend/backend.h"
 #include "base/half.h"
+#include "cpu/twins.h"
 #include "tap.h"
 #include "tensor/tensor.h"
 }
@@ -251,12 +252,11 @@ void check_elementwise(int dt)
     }
     {
         // fill_rows has no CPU op of its own (the CPU linear starts from
-        // the bias directly): the reference is the contract.
+        // the bias directly): its twin is src/cpu/twins.c's.
         int64_t rows = 37, n = 29;
         vec bias = rand_vec(n, 1), want(rows * n);
         Dev dbias = stored(bias, dt), got = poisoned(rows * n, dt);
-        for (int64_t i = 0; i < rows * n; i++)
-            want[i] = bias[i % n];
+        sdw_cpu_fill_rows(bias.data(), want.data(), rows, n);
         snprintf(what, sizeof what, "fill_rows %s 37x29", tn);
         report(what, sdw_k_fill_rows(dbias.p(), got.p(), rows, n, dt, 0), 0, got, want, 0);
     }
@@ -324,20 +324,14 @@ void check_elementwise(int dt)
     }
     // x [bc, h, w] -> [bc, hp, wp] with pad_t rows above, pad_l columns left;
     // no CPU op (the CPU convolution reads past its input as zeros), so the
-    // reference is the contract.
+    // reference is its twin in src/cpu/twins.c.
     const int64_t pp[][7] = {{3, 7, 9, 9, 11, 1, 1}, {2, 8, 8, 9, 9, 0, 0}, {1, 5, 6, 8, 7, 2, 0}};
     for (auto &s : pp) {
         int64_t bc = s[0], h = s[1], w = s[2], hp = s[3], wp = s[4];
         int pt = (int)s[5], pl = (int)s[6];
         vec x = rand_vec(bc * h * w, 3), want(bc * hp * wp);
         Dev dx = stored(x, dt), got = poisoned(bc * hp * wp, dt);
-        for (int64_t p = 0; p < bc; p++)
-            for (int64_t r = 0; r < hp; r++)
-                for (int64_t col = 0; col < wp; col++) {
-                    int64_t sr = r - pt, sc = col - pl;
-                    want[(p * hp + r) * wp + col] = sr >= 0 && sr < h && sc >= 0 && sc < w ? x[(p * h + sr) * w + sc]
-                                                                                              : 0.0f;
-                }
+        sdw_cpu_pad(x.data(), want.data(), bc, h, w, hp, wp, pt, pl);
         snprintf(what, sizeof what, "pad %s %lldx%lldx%lld -> %lldx%lld at (%d, %d)", tn, (long long)bc, (long long)h,
                  (long long)w, (long long)hp, (long long)wp, pt, pl);
         report(what, sdw_k_pad(dx.p(), got.p(), bc, h, w, hp, wp, pt, pl, dt, 0), 0, got, want, 0);
@@ -396,24 +390,13 @@ void check_group_norm(int dt, int64_t b, int64_t c, int64_t n, int64_t groups, i
     report(what, rc, crc, got, want, tol_for(dt));
 }
 
-// kernels.h's contract for sdw_k_softmax_rows, in double. The scores are
-// float32 whatever dt; a float32 p is also written over s.
+// Against its twin in src/cpu/twins.c, which computes in double. The
+// scores are float32 whatever dt; a float32 p is also written over s.
 void check_softmax_rows(int dt, int64_t heads, int64_t rpb, int64_t n, int64_t r0, int causal, bool in_place)
 {
     int64_t rows = heads * rpb;
     vec s = rand_vec(rows * n, 8), want(rows * n);
-    for (int64_t r = 0; r < rows; r++) {
-        const float *x = &s[r * n];
-        int64_t valid = causal ? r0 + r % rpb + 1 : n;
-        valid = valid < n ? valid : n;
-        double mx = -INFINITY, sum = 0;
-        for (int64_t j = 0; j < valid; j++)
-            mx = x[j] > mx ? x[j] : mx;
-        for (int64_t j = 0; j < valid; j++)
-            sum += exp(x[j] - mx);
-        for (int64_t j = 0; j < n; j++)
-            want[r * n + j] = j < valid ? (float)(exp(x[j] - mx) / sum) : 0.0f;
-    }
+    sdw_cpu_softmax_rows(s.data(), want.data(), rows, n, rpb, r0, causal);
     Dev ds = stored(s, SDW_K_F32), got = in_place ? ds : poisoned(rows * n, dt);
     cudaError_t rc = sdw_k_softmax_rows((const float *)(in_place ? got : ds).p(), got.p(), rows, n, rpb, r0, causal,
                                         dt, 0);

@@ -1,7 +1,12 @@
 /* sdworker-engine end to end through the job ring, without HTTP: a job runs
- * and streams progress then a PNG; a queued and a running job are
- * cancelled; an engine killed with SIGKILL mid-job fails that job only,
- * restarts, and then runs the job that was waiting. */
+ * and streams progress then a PNG; a job the pool would have refused is
+ * refused by the engine too; a queued and a running job are cancelled; an
+ * engine killed with SIGKILL mid-job fails that job only, restarts, and then
+ * runs the job that was waiting; a supervisor stopped with SIGTERM lets the
+ * running job finish (or, with no grace, ends it with engine_stopped) and
+ * leaves the queue in the ring for the next one; a supervisor with another
+ * ring layout replaces the ring. */
+#define _GNU_SOURCE
 #include <json-c/json.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,22 +20,27 @@
 
 #include "contract/contract.h"
 #include "image/image.h"
+#include "image_fixtures.h"
 #include "ring/ring.h"
 #include "tap.h"
 
 static char ring_name[64];
 static pid_t engine_pid;
 
-static void stop_engine(void)
+/* SIGTERM to the supervisor; true when it exited 0. */
+static int stop_engine(void)
 {
+    int status = -1;
     if (engine_pid > 0) {
         kill(engine_pid, SIGTERM);
-        waitpid(engine_pid, NULL, 0);
+        waitpid(engine_pid, &status, 0);
         engine_pid = 0;
     }
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
-static sdw_ring *start_engine(const char *device)
+/* extra: one more -o setting, or NULL. */
+static sdw_ring *start_engine(const char *device, const char *extra)
 {
     char model[4200], ringopt[128], devopt[64];
     snprintf(devopt, sizeof devopt, "device=%s", device);
@@ -39,7 +49,8 @@ static sdw_ring *start_engine(const char *device)
     engine_pid = fork();
     if (engine_pid == 0) {
         execl("./sdworker-engine", "sdworker-engine", "-o", model, "-o", ringopt, "-o", "preview_interval=2", "-o",
-              "engine.restart_delay_ms=100", "-o", "log_level=warn", "-o", devopt, (char *)NULL);
+              "engine.restart_delay_ms=100", "-o", "log_level=warn", "-o", devopt, "-o",
+              extra ? extra : "log_level=warn", (char *)NULL);
         _exit(127);
     }
     sdw_ring *r = NULL;
@@ -49,6 +60,13 @@ static sdw_ring *start_engine(const char *device)
             usleep(50000);
     }
     return r;
+}
+
+static sdw_job_state state_of(sdw_ring *r, const char *id)
+{
+    sdw_job_info info;
+    sdw_error e;
+    return sdw_ring_job_status(r, id, &info, &e) == 0 ? info.state : (sdw_job_state)-1;
 }
 
 static int wait_ready(sdw_ring *r, int timeout_ms, pid_t *pid)
@@ -143,9 +161,9 @@ static void check_bad_device(void)
 {
     snprintf(ring_name, sizeof ring_name, "/sdw-test-engine-dev-%d", (int)getpid());
 #ifdef SDW_HAVE_CUDA
-    sdw_ring *r = start_engine("cuda:63");
+    sdw_ring *r = start_engine("cuda:63", NULL);
 #else
-    sdw_ring *r = start_engine("cuda:0");
+    sdw_ring *r = start_engine("cuda:0", NULL);
 #endif
     sdw_engine_info info = {0};
     sdw_error e;
@@ -159,6 +177,29 @@ static void check_bad_device(void)
     if (r)
         sdw_ring_close(r);
     stop_engine();
+    sdw_ring_unlink(ring_name, NULL);
+}
+
+/* An inpaint request for a 64x64 image with a 64x72 mask: the pool answers
+ * it 400 invalid_mask_image, and the engine, which may find it in a ring
+ * the pool did not write, refuses it the same way. */
+static char *mismatched_inpaint(void)
+{
+    size_t n;
+    unsigned char *f = fx_png(64, 64, 8, PNG_COLOR_TYPE_RGB, &n);
+    char *init = sdw_base64_encode(f, n);
+    free(f);
+    f = fx_png(64, 72, 8, PNG_COLOR_TYPE_GRAY, &n);
+    char *mask = sdw_base64_encode(f, n);
+    free(f);
+    char *json = NULL;
+    if (asprintf(&json,
+                 "{\"operation\":\"image_inpaint\",\"hive_id\":\"h\",\"model\":\"tiny\",\"prompt\":\"a cat\","
+                 "\"steps\":4,\"init_image\":\"%s\",\"mask_image\":\"%s\"}", init, mask) < 0)
+        json = NULL;
+    free(init);
+    free(mask);
+    return json;
 }
 
 #define JOB(steps, extra)                                                                                       \
@@ -168,7 +209,7 @@ static void check_bad_device(void)
 int main(void)
 {
     snprintf(ring_name, sizeof ring_name, "/sdw-test-engine-%d", (int)getpid());
-    sdw_ring *r = start_engine("cpu");
+    sdw_ring *r = start_engine("cpu", NULL);
     if (!tap_ok(r != NULL, "the supervisor creates the ring")) {
         stop_engine();
         return tap_done();
@@ -183,6 +224,15 @@ int main(void)
     tap_ok(sa.progress == 4 && sa.complete == 1 && sa.error == 0,
            "it streams 4 progress events and one complete event (%d, %d, %d)", sa.progress, sa.complete, sa.error);
     tap_ok(sa.png_ok && sa.width == 64 && sa.height == 64, "the complete event carries a 64x64 PNG");
+
+    sdw_job_id mm;
+    seen sm = {0};
+    char *bad = mismatched_inpaint();
+    tap_ok(bad && submit(r, bad, mm) == 0, "an inpaint job with a mask of another size reaches the ring");
+    follow(r, mm, &sm, 0);
+    tap_ok(sm.error == 1 && sm.progress == 0 && !strcmp(sm.error_code, "invalid_mask_image"),
+           "the engine refuses it before any step: %s", sm.error_code);
+    free(bad);
 
     /* A running job cancelled between steps; then a queued one at once. */
     sdw_job_state after;
@@ -213,10 +263,59 @@ int main(void)
     follow(r, f, &sf, 0);
     tap_ok(sf.complete == 1 && sf.png_ok, "the job queued during the crash runs on the new engine");
 
+    /* SIGTERM with a job running and one queued: the running one finishes
+     * within the grace, the queued one waits in the ring for the next
+     * supervisor, which re-opens it rather than making a new one. */
+    sdw_job_id g, h;
+    seen sg = {0}, sh = {0};
+    submit(r, JOB(30, ""), g);
+    follow(r, g, &sg, 2);
+    submit(r, JOB(3, ",\"seed\":9"), h);
+    tap_ok(stop_engine(), "SIGTERM stops the supervisor (exit 0)");
+    follow(r, g, &sg, 0);
+    tap_ok(sg.complete == 1 && sg.error == 0 && sg.progress == 30,
+           "the job running at the stop finished within engine.stop_timeout_s (%d steps)", sg.progress);
+    tap_ok(sdw_ring_stale(r) == 0 && state_of(r, h) == SDW_JOB_QUEUED, "the ring stays, the queued job in it");
+    sdw_ring *r2 = start_engine("cpu", NULL);
+    tap_ok(r2 && wait_ready(r2, 30000, NULL) && sdw_ring_stale(r) == 0,
+           "a new supervisor re-opens the same ring and gets ready");
+    follow(r, h, &sh, 0);
+    tap_ok(sh.complete == 1 && sh.png_ok, "the job queued across the restart completes");
+    sdw_ring_close(r2);
+    stop_engine();
+
+    /* No grace: the running job ends with engine_stopped, never silently. */
+    sdw_job_id k, m;
+    seen sk = {0};
+    r2 = start_engine("cpu", "engine.stop_timeout_s=0");
+    wait_ready(r, 30000, NULL);
+    submit(r, JOB(60, ""), k);
+    follow(r, k, &sk, 2);
+    submit(r, JOB(3, ",\"seed\":10"), m);
+    tap_ok(stop_engine(), "SIGTERM with engine.stop_timeout_s = 0 stops the supervisor");
+    follow(r, k, &sk, 0);
+    tap_ok(sk.error == 1 && !strcmp(sk.error_code, "engine_stopped") && sk.complete == 0,
+           "the running job ends with an engine_stopped error event after %d steps", sk.progress);
+    tap_ok(state_of(r, m) == SDW_JOB_QUEUED, "the queued job is still queued");
+    sdw_ring_close(r2);
+
+    /* Another layout: the ring is replaced; the old mapping notices. */
+    r2 = start_engine("cpu", "ring.slots=32");
+    if (r2)
+        sdw_ring_close(r2); /* perhaps the old ring, mapped before the replacement */
+    int stale = 0;
+    for (int i = 0; i < 200 && !(stale = sdw_ring_stale(r) == 1); i++)
+        usleep(50000);
+    r2 = NULL;
+    for (int i = 0; i < 200 && sdw_ring_open(ring_name, &r2, &e); i++)
+        usleep(50000);
+    tap_ok(stale && r2 && wait_ready(r2, 30000, NULL) && state_of(r2, m) == (sdw_job_state)-1,
+           "a supervisor with another ring.slots replaces the ring; mappings of the old one are stale");
+    if (r2)
+        sdw_ring_close(r2);
     sdw_ring_close(r);
     stop_engine();
-    sdw_ring *gone;
-    tap_ok(sdw_ring_open(ring_name, &gone, &e) != 0, "SIGTERM stops the supervisor and removes the ring");
+    sdw_ring_unlink(ring_name, NULL);
     check_bad_device();
     return tap_done();
 }

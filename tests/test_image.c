@@ -1,5 +1,6 @@
 /* PNG and JPEG decoding, PNG encoding with tEXt, resizing, the pixel/float
- * conversions diffusers uses, and the error paths for broken input. */
+ * conversions diffusers uses, the colour types and sizes decoding accepts
+ * or refuses, and the error paths for broken input. */
 #include <png.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +8,7 @@
 #include <jpeglib.h>
 
 #include "image/image.h"
+#include "image_fixtures.h"
 #include "pipeline/pixels.h"
 #include "tap.h"
 
@@ -131,6 +133,154 @@ static void test_errors(void)
     tap_ok(rc != 0, "a corrupt PNG header is refused: %s", e.msg);
 }
 
+/* What the service accepts and refuses (image.h lists it). */
+static void test_png_types(void)
+{
+    static const struct {
+        int depth, type;
+        const char *name;
+    } types[] = {
+        {8, PNG_COLOR_TYPE_GRAY, "8-bit grey"},       {16, PNG_COLOR_TYPE_GRAY, "16-bit grey"},
+        {8, PNG_COLOR_TYPE_GRAY_ALPHA, "grey+alpha"}, {8, PNG_COLOR_TYPE_RGB, "8-bit RGB"},
+        {16, PNG_COLOR_TYPE_RGB, "16-bit RGB"},       {16, PNG_COLOR_TYPE_RGB_ALPHA, "16-bit RGBA"},
+        {8, PNG_COLOR_TYPE_PALETTE, "palette"},
+    };
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        size_t len;
+        unsigned char *png = fx_png(19, 11, types[i].depth, types[i].type, &len);
+        sdw_image img;
+        sdw_error e;
+        int rc = png ? sdw_image_decode(&img, png, len, 0, &e) : -1;
+        /* Where the file has a channel, its samples must come through at 8
+         * bits: the high byte of a 16-bit one, give or take a level. */
+        int worst = 0, grey = types[i].type == PNG_COLOR_TYPE_GRAY || types[i].type == PNG_COLOR_TYPE_GRAY_ALPHA;
+        for (int y = 0; rc == 0 && types[i].type != PNG_COLOR_TYPE_PALETTE && y < 11; y++)
+            for (int x = 0; x < 19; x++)
+                for (int k = 0; k < 3; k++) {
+                    unsigned want = fx_sample(x, y, grey ? 0 : k, 19, 11, types[i].depth) >> (types[i].depth - 8);
+                    int d = abs((int)img.pixels[(y * 19 + x) * 3 + k] - (int)want);
+                    worst = d > worst ? d : worst;
+                }
+        if (rc == 0 && types[i].type == PNG_COLOR_TYPE_PALETTE) {
+            unsigned idx = fx_sample(5, 0, 0, 19, 11, 8);
+            worst = abs((int)img.pixels[5 * 3] - (int)idx) + abs((int)img.pixels[5 * 3 + 1] - (int)(255 - idx));
+        }
+        tap_ok(rc == 0 && img.width == 19 && img.height == 11 && img.channels == 3 && worst <= 1,
+               "PNG %s decodes to 8-bit RGB (largest difference %d)", types[i].name, worst);
+        if (rc == 0)
+            sdw_image_free(&img);
+        free(png);
+    }
+}
+
+static void test_png_limits(void)
+{
+    size_t len;
+    sdw_image img;
+    sdw_error e;
+    /* Decoding it would need 1.2 GB for the pixels: the size is refused
+     * from the header alone, which only an EINVAL (not the EFORMAT its
+     * missing pixel data would give) can show. */
+    unsigned char *bomb = fx_png_declared(20000, 20000, &len);
+    int rc = sdw_image_decode(&img, bomb, len, 0, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "20000x20000"),
+           "a %zu-byte PNG declaring 20000x20000 is refused before allocating: %s", len, e.msg);
+    rc = sdw_image_decode_max(&img, bomb, len, 1, 1024 * 1024, &e);
+    tap_ok(rc == SDW_EINVAL, "... and as a mask, under a smaller limit");
+    free(bomb);
+    unsigned char *wide = fx_png_declared(2000000, 1, &len);
+    rc = sdw_image_decode(&img, wide, len, 0, &e);
+    tap_ok(rc == SDW_EFORMAT, "a width beyond libpng's own limit is a broken PNG: %s", e.msg);
+    free(wide);
+
+    unsigned char *png = fx_png(64, 65, 8, PNG_COLOR_TYPE_RGB, &len);
+    rc = sdw_image_decode_max(&img, png, len, 0, 64 * 64, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "64x65"), "64x65 over a 4096-pixel limit: %s", e.msg);
+    rc = sdw_image_decode_max(&img, png, len, 0, 64 * 65, &e);
+    tap_ok(rc == 0 && img.width == 64 && img.height == 65, "64x65 exactly at the limit decodes");
+    if (rc == 0)
+        sdw_image_free(&img);
+    rc = sdw_image_decode_max(&img, png, len, 0, (size_t)1 << 40, &e);
+    tap_ok(rc == 0, "a limit above SDW_IMAGE_MAX_PIXELS is clamped, not an error");
+    if (rc == 0)
+        sdw_image_free(&img);
+
+    /* Every prefix that loses pixel data is refused. Losing only the final
+     * IEND chunk (12 bytes) is not: every pixel is there, and Pillow
+     * accepts such a file too. */
+    int refused = 0, total = 0, whole = 0;
+    for (size_t cut = 8; cut < len; cut++) {
+        rc = sdw_image_decode(&img, png, cut, 0, &e);
+        if (rc == 0)
+            sdw_image_free(&img);
+        if (cut < len - 12)
+            total++, refused += rc == SDW_EFORMAT;
+        else
+            whole += rc == 0;
+    }
+    tap_ok(refused == total, "every truncation into the pixel data of a %zu-byte PNG is a broken PNG (%d of %d)", len,
+           refused, total);
+    tap_ok(whole == 12, "a PNG cut only in its IEND chunk decodes (%d of 12)", whole);
+    free(png);
+}
+
+static void test_jpeg_types(void)
+{
+    size_t len;
+    sdw_image img;
+    sdw_error e;
+    unsigned char *jpg = fx_jpeg(40, 24, JCS_GRAYSCALE, 0, &len);
+    int rc = sdw_image_decode(&img, jpg, len, 0, &e);
+    tap_ok(rc == 0 && img.channels == 3 && img.pixels[0] == img.pixels[1] && img.pixels[1] == img.pixels[2],
+           "a grey JPEG decodes to RGB");
+    if (rc == 0)
+        sdw_image_free(&img);
+    free(jpg);
+    jpg = fx_jpeg(40, 24, JCS_RGB, 0, &len);
+    rc = sdw_image_decode(&img, jpg, len, 0, &e);
+    tap_ok(rc == 0 && img.width == 40, "an RGB (not YCbCr) JPEG decodes");
+    if (rc == 0)
+        sdw_image_free(&img);
+    free(jpg);
+
+    jpg = fx_jpeg(40, 24, JCS_CMYK, 0, &len);
+    rc = sdw_image_decode(&img, jpg, len, 0, &e);
+    tap_ok(jpg && rc == SDW_EUNSUPPORTED && strstr(e.msg, "CMYK"), "a CMYK JPEG is refused: %s", e.msg);
+    free(jpg);
+    jpg = fx_jpeg(40, 24, JCS_YCCK, 0, &len);
+    rc = sdw_image_decode(&img, jpg, len, 1, &e);
+    tap_ok(jpg && rc == SDW_EUNSUPPORTED && strstr(e.msg, "CMYK"), "a YCCK JPEG is refused, as a mask too: %s",
+           e.msg);
+    free(jpg);
+
+    jpg = fx_jpeg(64, 64, JCS_YCbCr, 0, &len);
+    rc = sdw_image_decode_max(&img, jpg, len, 0, 64 * 63, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "64x64"), "a JPEG over the pixel limit is refused: %s", e.msg);
+    /* libjpeg pads a JPEG that ends early with grey and only warns. */
+    int refused = 0, total = 0;
+    for (size_t cut = 3; cut < len; cut++, total++) {
+        rc = sdw_image_decode(&img, jpg, cut, 0, &e);
+        if (rc == 0)
+            sdw_image_free(&img);
+        refused += rc == SDW_EFORMAT;
+    }
+    tap_ok(refused == total, "every truncation of a %zu-byte JPEG is refused (%d of %d)", len, refused, total);
+    rc = sdw_image_decode(&img, jpg, len - 2, 0, &e);
+    tap_ok(rc == SDW_EFORMAT && strstr(e.msg, "Premature end"), "... down to the EOI marker alone: %s", e.msg);
+    free(jpg);
+
+    jpg = fx_jpeg(16, 16, JCS_YCbCr, 100, &len);
+    rc = sdw_image_decode(&img, jpg, len, 0, &e);
+    tap_ok(jpg && rc == 0, "a progressive JPEG of 100 scans decodes");
+    if (rc == 0)
+        sdw_image_free(&img);
+    free(jpg);
+    jpg = fx_jpeg(16, 16, JCS_YCbCr, 101, &len);
+    rc = sdw_image_decode(&img, jpg, len, 0, &e);
+    tap_ok(jpg && rc == SDW_EFORMAT && strstr(e.msg, "scans"), "one of 101 scans is refused: %s", e.msg);
+    free(jpg);
+}
+
 static void test_float_conversions(void)
 {
     sdw_image img = gradient(16, 8), back;
@@ -181,6 +331,9 @@ int main(void)
     test_png_alpha_and_grey();
     test_jpeg();
     test_errors();
+    test_png_types();
+    test_png_limits();
+    test_jpeg_types();
     test_float_conversions();
     test_resize();
     test_preview();

@@ -2,7 +2,9 @@
 # The nginx configurations: both parse (nginx -t), the private one and the
 # system one carry the same server body, and a private nginx with no pool
 # behind it serves www/ and answers API requests with sdworker's JSON error
-# shape (503 + Retry-After when the pool is down, 413 for a big body).
+# shape (502 + Retry-After when the pool is down, 413 for a big body, 400 for
+# a request it cannot parse, 504 when the pool does not answer), HEAD
+# included; the generated configuration keeps the template's comments.
 srcdir=${srcdir:-.}
 n=0
 failed=0
@@ -34,13 +36,30 @@ ok $? "the server body was found"
 
 mkdir -p "$tmp/run"
 gen_local() {
-    sed -e "s|@RUNDIR@|$tmp/run|g" -e "s|@WWWDIR@|$(cd "$srcdir/www" && pwd)|g" \
-        -e "s|@SOCKET@|unix:$tmp/run/fcgi.sock|g" -e "s|@LISTEN@|127.0.0.1:$1|g" \
-        "$srcdir/conf/nginx/nginx-local.conf.in" > "$tmp/run/nginx.conf"
+    "$srcdir/scripts/nginx-local-conf" "$tmp/run" "$(cd "$srcdir/www" && pwd)" "unix:$tmp/run/fcgi.sock" \
+        "127.0.0.1:$1" > "$tmp/run/nginx.conf"
 }
 gen_local 8080
 "$NGINX" -t -q -p "$tmp/run" -e "$tmp/run/error.log" -c "$tmp/run/nginx.conf" 2>&2
 ok $? "nginx -t accepts the substituted nginx-local.conf.in"
+grep '^[[:space:]]*#' "$srcdir/conf/nginx/nginx-local.conf.in" > "$tmp/comments.in"
+tail -n +3 "$tmp/run/nginx.conf" | grep '^[[:space:]]*#' | diff -u "$tmp/comments.in" - >&2 &&
+    ! grep -v '^[[:space:]]*#' "$tmp/run/nginx.conf" | grep -Eq '@(RUNDIR|WWWDIR|SOCKET|LISTEN)@'
+ok $? "the generated nginx.conf keeps every comment as written and fills in every placeholder"
+
+# Every status nginx may answer itself has a JSON body of the API's shape,
+# in both configurations (the running test below provokes those it can).
+bad=0
+for f in sdworker.conf.in nginx-local.conf.in; do
+    [ "$(grep -c '^ *error_page [0-9]* = @sdw_' "$srcdir/conf/nginx/$f")" -ge 6 ] || bad=1
+    for st in $(sed -n 's/^ *error_page \([0-9]*\) = @sdw_[0-9]*;$/\1/p' "$srcdir/conf/nginx/$f"); do
+        awk -v st="$st" '$1 == "location" && $2 == "@sdw_" st { on = 1 } on && /^ *}/ { exit }
+            on && $1 == "return" && $2 == st && $3 ~ /^.\{"error":\{"code":"[a-z_]+","message":"/ { found = 1 }
+            on && /default_type application\/json;/ { json = 1 } END { exit !(found && json) }' \
+            "$srcdir/conf/nginx/$f" || { echo "# $f: no JSON answer for $st" >&2; bad=1; }
+    done
+done
+ok $bad "400, 413, 500, 502, 503 and 504 each answer application/json with {\"error\":{\"code\",\"message\"}}"
 
 cat > "$tmp/system.conf" <<EOC
 pid $tmp/run/system.pid;
@@ -91,23 +110,60 @@ ct=$(curl -s -o /dev/null -w '%{content_type}' "$base/app.js")
 ok $? "app.js is served as application/javascript ($ct)"
 
 curl -s -D "$tmp/h" -o "$tmp/b" "$base/health"
-grep -q '^HTTP/1.1 503' "$tmp/h" && grep -qi '^Retry-After: 5' "$tmp/h" &&
+grep -q '^HTTP/1.1 502' "$tmp/h" && grep -qi '^Retry-After: 5' "$tmp/h" &&
     grep -qi '^Content-Type: application/json' "$tmp/h"
-ok $? "/health without a pool: 503, Retry-After, JSON"
-grep -q '^{"error":{"code":"unavailable","message":"[^"]*"}}$' "$tmp/b"
-ok $? "the 503 body has the JSON error shape"
+ok $? "/health without a pool: 502, Retry-After, JSON"
+grep -q '^{"error":{"code":"bad_gateway","message":"[^"]*"}}$' "$tmp/b"
+ok $? "the 502 body has the JSON error shape"
+curl -s -I -o "$tmp/h" -w '%{size_download}' "$base/health" > "$tmp/size"
+grep -q '^HTTP/1.1 502' "$tmp/h" && grep -qi '^Content-Type: application/json' "$tmp/h" && [ "$(cat "$tmp/size")" = 0 ]
+ok $? "HEAD /health without a pool: the same 502 and Content-Type, no body"
 code=$(curl -s -o "$tmp/b" -w '%{http_code}' "$base/v1/jobs/job-x/stream")
-[ "$code" = 503 ] && grep -q '"code":"unavailable"' "$tmp/b"
+[ "$code" = 502 ] && grep -q '"code":"bad_gateway"' "$tmp/b"
 ok $? "/v1/ paths go to the pool too ($code)"
+code=$(curl -s -o "$tmp/b" -w '%{http_code}' "$base/v1")
+[ "$code" = 502 ] && grep -q '"code":"bad_gateway"' "$tmp/b"
+ok $? "so does /v1 itself ($code)"
 code=$(curl -s -o /dev/null -w '%{http_code}' "$base/ready/x")
 [ "$code" = 404 ]
 ok $? "/ready/x is not an API path ($code)"
+code=$(curl -s -o "$tmp/b" -D "$tmp/h" -w '%{http_code}' -H 'Host: a b' "$base/v1/models")
+[ "$code" = 400 ] && grep -qi '^Content-Type: application/json' "$tmp/h" &&
+    grep -q '^{"error":{"code":"invalid_request","message":"[^"]*"}}$' "$tmp/b"
+ok $? "a request nginx cannot parse (a Host with a space): 400 as JSON ($code)"
 
 head -c 34000000 /dev/zero > "$tmp/big"
 code=$(curl -s -o "$tmp/b" -w '%{http_code}' -H 'Content-Type: application/json' \
     --data-binary "@$tmp/big" "$base/v1/jobs")
 [ "$code" = 413 ] && grep -q '^{"error":{"code":"payload_too_large"' "$tmp/b"
 ok $? "a body over 32 MiB: 413 with the JSON error shape ($code)"
+rm -f "$tmp/big"
+
+# A pool that accepts and never answers, behind a read timeout of 1 s: 504.
+if command -v python3 > /dev/null; then
+    kill "$pid" 2> /dev/null
+    wait "$pid" 2> /dev/null
+    sed -i 's/fastcgi_read_timeout [0-9a-z]*;/fastcgi_read_timeout 1s;/' "$tmp/run/nginx.conf"
+    python3 -c 'import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
+conns = []
+while True: conns.append(s.accept()[0])' "$tmp/run/fcgi.sock" &
+    mute=$!
+    "$NGINX" -p "$tmp/run" -e "$tmp/run/error.log" -c "$tmp/run/nginx.conf" 2>> "$tmp/run/start.log" &
+    pid=$!
+    i=0
+    while [ $i -lt 50 ] && { [ ! -S "$tmp/run/fcgi.sock" ] || ! curl -s -o /dev/null "$base/"; }; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    code=$(curl -s -o "$tmp/b" -D "$tmp/h" -w '%{http_code}' --max-time 10 "$base/v1/models")
+    kill "$mute"
+    [ "$code" = 504 ] && grep -qi '^Content-Type: application/json' "$tmp/h" &&
+        grep -q '^{"error":{"code":"gateway_timeout","message":"[^"]*"}}$' "$tmp/b"
+    ok $? "a pool that does not answer within fastcgi_read_timeout: 504 as JSON ($code)"
+else
+    echo "ok $((n += 1)) # SKIP python3 is not installed (the silent pool of the 504 check)"
+fi
 
 echo "1..$n"
 exit $failed

@@ -196,6 +196,10 @@ static void test_callbacks_and_errors(void)
     tap_ok(text && strstr(text, "Steps: 20, Sampler: euler, CFG scale: 7.5, Seed: 3, Size: 512x512"),
            "parameters text in A1111's form");
     free(text);
+    gp.seed = 11630110443127060619ull;
+    text = sdw_gen_params_text(&gp, 512, 512, "euler", "tiny");
+    tap_ok(text && strstr(text, "Seed: 11630110443127060619,"), "a seed above 2^63 is written exactly");
+    free(text);
 }
 
 int main(void)

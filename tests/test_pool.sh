@@ -17,6 +17,7 @@ ok() {
     if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=1; fi
 }
 diag() { echo "# $*"; }
+skip() { n=$((n + 1)); echo "ok $n # SKIP $*"; }
 bail() {
     echo "Bail out! $*"
     exit 1
@@ -44,6 +45,8 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
 mkdir -p "$tmp/run" "$tmp/www"
+# A stream costs nginx two files and the pool one.
+ulimit -n "$(ulimit -Hn)" 2> /dev/null
 cat > "$tmp/sdworker.conf" << EOF
 listen = unix:$tmp/run/fcgi.sock
 pm = dynamic
@@ -75,9 +78,8 @@ pool_pid=$!
 
 for try in 1 2 3 4 5; do
     port=$((20000 + ($$ * 7 + try * 977) % 40000))
-    sed -e "s|@RUNDIR@|$tmp/run|g" -e "s|@WWWDIR@|$tmp/www|g" \
-        -e "s|@SOCKET@|unix:$tmp/run/fcgi.sock|g" -e "s|@LISTEN@|127.0.0.1:$port|g" \
-        "$srcdir/conf/nginx/nginx-local.conf.in" > "$tmp/run/nginx.conf"
+    "$srcdir/scripts/nginx-local-conf" "$tmp/run" "$tmp/www" "unix:$tmp/run/fcgi.sock" "127.0.0.1:$port" \
+        > "$tmp/run/nginx.conf"
     "$NGINX" -p "$tmp/run" -e "$tmp/run/error.log" -c "$tmp/run/nginx.conf" \
         2>> "$tmp/run/start.log" &
     nginx_pid=$!
@@ -112,9 +114,43 @@ req() {
 }
 has() { case $body in *"$1"*) return 0 ;; esac; return 1; }
 is_error() { [ "$code" = "$1" ] && has "{\"error\":{\"code\":\"$2\",\"message\":\""; }
+# same_head PATH: HEAD answers what GET does (status, Content-Type and
+# Content-Length) and sends no body.
+same_head() {
+    get=$(curl -s -o /dev/null -D - "$B$1" | tr -d '\r' | grep -i '^HTTP/\|^Content-Type:\|^Content-Length:' | sed 's/ *$//')
+    size=$(curl -s -I -D "$tmp/hh" -o /dev/null -w '%{size_download}' "$B$1")
+    hd=$(tr -d '\r' < "$tmp/hh" | grep -i '^HTTP/\|^Content-Type:\|^Content-Length:' | sed 's/ *$//')
+    [ -n "$get" ] && [ "$get" = "$hd" ] && [ "$size" = 0 ] || { diag "GET: $get / HEAD: $hd, $size bytes"; false; }
+}
 post() { req POST /v1/jobs -H 'Content-Type: application/json' --data-binary "$1"; }
 job_of() { echo "$body" | sed -n 's/.*"job_id":"\(job-[0-9a-f]*\)".*/\1/p'; }
 gen() { echo "{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"${2:-sd15}\",\"prompt\":\"$1\",\"steps\":${3:-4}}"; }
+# png W H [CUT]: base64 of a W x H RGB PNG (python3's zlib; no pixel data
+# beyond 2^20 pixels, for a file that only declares its size), less its last
+# CUT bytes.
+png() {
+    python3 -c '
+import base64, struct, sys, zlib
+w, h, cut = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def chunk(t, d):
+    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+rows = b"".join(b"\0" + bytes((x * 7 + y * 3) & 255 for x in range(3 * w)) for y in range(h)) if w * h <= 1 << 20 else b""
+f = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) \
+    + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+sys.stdout.write(base64.b64encode(f[:len(f) - cut]).decode())
+' "$1" "$2" "${3:-0}"
+}
+# The header of a 64x64 four-component (CMYK) baseline JPEG: SOI, SOF0, SOS.
+cmyk_jpeg() {
+    python3 -c '
+import base64, sys
+sof = bytes([0xff, 0xc0, 0, 20, 8, 0, 64, 0, 64, 4]) + b"".join(bytes([c, 0x11, 0]) for c in range(1, 5))
+sos = bytes([0xff, 0xda, 0, 14, 4]) + b"".join(bytes([c, 0]) for c in range(1, 5)) + bytes([0, 63, 0])
+sys.stdout.write(base64.b64encode(b"\xff\xd8" + sof + sos + bytes(64) + b"\xff\xd9").decode())'
+}
+# xf OPERATION INIT [MEMBERS]: a transform or inpaint request around base64 INIT.
+xf() { echo "{\"operation\":\"$1\",\"hive_id\":\"h\",\"model\":\"sd15\",\"prompt\":\"x\",\"steps\":3,\"init_image\":\"$2\"$3}"; }
+command -v python3 > /dev/null || bail "python3 is required (it makes the test images)"
 
 # ---- service endpoints ----
 req GET /health
@@ -152,8 +188,47 @@ post '{"operation":"image_transform","hive_id":"h","model":"sd15","prompt":"x","
 is_error 400 invalid_value
 ok $? "broken base64: 400 invalid_value"
 post '{"operation":"image_transform","hive_id":"h","model":"sd15","prompt":"x","init_image":"aGVsbG8gd29ybGQ="}'
-is_error 415 unsupported_media_type
-ok $? "an image that is not PNG or JPEG: 415"
+is_error 415 unsupported_media_type && has '"field":"init_image"'
+ok $? "an image that is not PNG or JPEG: 415 naming init_image"
+
+# ---- images decoded at submission: each a 400 naming the image ----
+post "$(xf image_transform "$(png 64 64 40)")"
+is_error 400 invalid_init_image && has '"field":"init_image"' && has 'broken PNG'
+ok $? "a truncated PNG: 400 invalid_init_image ($body)"
+post "$(xf image_transform "$(png 20000 20000)")"
+is_error 400 invalid_init_image && has '20000x20000' && has '"field":"init_image"'
+ok $? "a PNG declaring 20000x20000: 400 invalid_init_image ($body)"
+post "$(xf image_transform "$(png 1032 1024)")"
+is_error 400 invalid_init_image && has '1032x1024'
+ok $? "a 1032x1024 PNG, over limits.max_pixels: 400 invalid_init_image"
+post "$(xf image_transform "$(cmyk_jpeg)")"
+is_error 400 invalid_init_image && has 'CMYK'
+ok $? "a CMYK JPEG: 400 invalid_init_image ($body)"
+post "$(xf image_transform "$(png 40 64)")"
+is_error 400 invalid_init_image && has '40x64'
+ok $? "a 40x64 image, a side under 64: 400 invalid_init_image"
+post "$(xf image_inpaint "$(png 64 64)" ",\"mask_image\":\"$(png 64 72)\"")"
+is_error 400 invalid_mask_image && has '"field":"mask_image"' && has 'same size'
+ok $? "a 64x72 mask for a 64x64 image: 400 invalid_mask_image ($body)"
+post "$(xf image_inpaint "$(png 64 64)" ",\"mask_image\":\"$(png 64 64 30)\"")"
+is_error 400 invalid_mask_image && has 'broken PNG'
+ok $? "a truncated mask: 400 invalid_mask_image"
+post "$(xf image_transform "$(png 64 64)" ',"strength":0')"
+is_error 400 invalid_value && has '"field":"strength"'
+ok $? "strength 0: 400 invalid_value naming strength ($body)"
+post "$(gen x sd15 | sed 's/}$/,"seed":18446744073709551616}/')"
+is_error 400 invalid_value && has '"field":"seed"' && has '18446744073709551615'
+ok $? "seed 2^64: 400 invalid_value naming seed, with the range ($body)"
+post "$(gen x sd15 | sed 's/}$/,"seed":-1}/')"
+is_error 400 invalid_value && has '"field":"seed"'
+ok $? "seed -1: 400 invalid_value naming seed"
+req GET /v1/pool/status
+has '"queued":0'
+ok $? "none of the refused requests was queued ($(echo "$body" | grep -o '"queued":[0-9]*'))"
+if nm -u "$POOL" > "$tmp/undef" 2> /dev/null; then
+    ! grep -Eq 'GOMP_|omp_|cblas_|openblas|cuda|cudnn' "$tmp/undef"
+    ok $? "the pool decodes images without linking engine code (no OpenMP, BLAS or CUDA symbols)"
+fi
 head -c 300000 /dev/zero | tr '\0' 'a' > "$tmp/big"
 req POST /v1/jobs -H 'Content-Type: application/json' --data-binary @"$tmp/big"
 is_error 413 payload_too_large
@@ -185,8 +260,14 @@ req GET /v1/jobs/not-a-job-id
 is_error 404 not_found
 ok $? "malformed job id: 404"
 req GET /v1/nothing
+is_error 404 not_found && grep -qi '^Content-Type: application/json' "$tmp/h"
+ok $? "unknown path under /v1/: 404 not_found as JSON"
+req POST /v1/no/such/thing
 is_error 404 not_found
-ok $? "unknown path: 404 not_found"
+ok $? "unknown path under /v1/, any method: 404 not_found"
+req GET /v1
+is_error 404 not_found
+ok $? "/v1 itself: the pool's 404 not_found"
 req PUT /v1/jobs
 is_error 405 method_not_allowed && grep -qi '^Allow: POST' "$tmp/h"
 ok $? "PUT /v1/jobs: 405 with Allow: POST"
@@ -194,8 +275,15 @@ req POST /health
 is_error 405 method_not_allowed && grep -qi '^Allow: GET' "$tmp/h"
 ok $? "POST /health: 405 with Allow: GET"
 req PATCH /v1/jobs/job-0123456789abcdef0123456789abcdef
-is_error 405 method_not_allowed && grep -qi '^Allow: GET, DELETE' "$tmp/h"
-ok $? "PATCH /v1/jobs/{id}: 405 with Allow: GET, DELETE"
+is_error 405 method_not_allowed && grep -qi '^Allow: GET, HEAD, DELETE' "$tmp/h"
+ok $? "PATCH /v1/jobs/{id}: 405 with Allow: GET, HEAD, DELETE"
+same_head /health && same_head /ready && same_head /v1/models && same_head /v1/pool/status
+ok $? "HEAD /health, /ready, /v1/models, /v1/pool/status: GET's status and headers, no body"
+same_head /v1/jobs/job-0123456789abcdef0123456789abcdef && same_head /v1/nothing
+ok $? "HEAD of an unknown job or path: GET's 404, no body"
+code=$(curl -s -I -o /dev/null -D "$tmp/h" -w '%{http_code}' "$B/v1/jobs")
+[ "$code" = 405 ] && grep -qi '^Allow: POST' "$tmp/h"
+ok $? "HEAD /v1/jobs: 405 with Allow: POST ($code)"
 
 # ---- the queue, with no engine taking jobs ----
 req POST /v1/jobs -H 'Content-Type: application/json; charset=utf-8' --data-binary "$(gen queued1)"
@@ -215,7 +303,15 @@ req GET "/v1/jobs/$q2"
 [ "$code" = 200 ] && has '"state":"queued"' && has '"queue_position":2' && has '"prompt":"queued2"' &&
     has '"created":"' && has '"started":null'
 ok $? "GET /v1/jobs/{id} of a queued job: state, position, times, parameters"
+same_head "/v1/jobs/$q2"
+ok $? "HEAD /v1/jobs/{id}: GET's status and headers, no body"
+# curl -I waits for the end of the response: a stream held open times out (28).
+size=$(curl -s -I -D "$tmp/hh" -o /dev/null --max-time 3 -w '%{http_code} %{size_download}' "$B/v1/jobs/$q2/stream")
+[ $? = 0 ] && [ "$size" = "200 0" ] && grep -qi '^Content-Type: text/event-stream' "$tmp/hh"
+ok $? "HEAD of a queued job's stream: 200 text/event-stream at once, no events"
 curl -sN --max-time 2 "$B/v1/jobs/$q2/stream" > "$tmp/ka" 2> /dev/null
+[ "$(sed -n '1,2p' "$tmp/ka" | tr '\n' ' ')" = 'event: queued data: {"type":"queued","position":2} ' ]
+ok $? "a queued job's stream starts with a queued event and its position"
 grep -q '^: keep-alive' "$tmp/ka"
 ok $? "a stream with nothing to send writes keep-alive comments"
 all=0
@@ -246,6 +342,43 @@ while [ $i -lt 50 ]; do
 done
 [ "$code" = 200 ] && has '"ready":true' && has '"models":["sd15","tiny"]'
 ok $? "GET /ready with the engine ready: 200 with the models"
+
+# ---- accepted images, and seeds of the whole 64-bit range ----
+post "$(xf image_inpaint "$(png 72 64)" ",\"mask_image\":\"$(png 72 64)\",\"strength\":0.5")"
+im=$(job_of)
+[ "$code" = 202 ] && curl -sN --max-time 10 "$B/v1/jobs/$im/stream" | grep -q '^event: complete'
+ok $? "an inpaint job with a valid 72x64 image and mask: 202, and it completes"
+post "$(gen seeded sd15 3 | sed 's/}$/,"seed":11630110443127060619}/')"
+sj=$(job_of)
+curl -sN --max-time 10 "$B/v1/jobs/$sj/stream" > "$tmp/seed.sse"
+req GET "/v1/jobs/$sj"
+has '"seed":11630110443127060619,' && has '"seed_random":false' &&
+    grep '^data: ' "$tmp/seed.sse" | grep '"type":"complete"' | grep -q '"seed":11630110443127060619[,}]'
+ok $? "seed 11630110443127060619 (over 2^63) comes back exactly in the status JSON and the complete event"
+# The demo page's parser (www/app.js parseJSON), run on that event's data.
+if command -v node > /dev/null; then
+    sed -n 's/^data: //p' "$tmp/seed.sse" | grep '"type":"complete"' > "$tmp/complete.json"
+    node -e '
+const fs = require("fs");
+const m = fs.readFileSync(process.argv[1], "utf8").match(/function parseJSON\(text\) \{[\s\S]*?\n  \}/);
+const d = new Function("return " + m[0])()(fs.readFileSync(process.argv[2], "utf8"));
+process.exit(d.seed === "11630110443127060619" && d.type === "complete" ? 0 : 1);' "$srcdir/www/app.js" "$tmp/complete.json"
+    ok $? "the demo page reads that complete event's seed as the exact string"
+else
+    skip "node is not installed: the demo page's seed parsing is not checked"
+fi
+post "$(gen string-seed sd15 3 | sed 's/}$/,"seed":"18446744073709551615"}/')"
+req GET "/v1/jobs/$(job_of)"
+has '"seed":18446744073709551615,'
+ok $? "a seed sent as a decimal string, as the demo page sends it, is taken exactly"
+post "$(gen random-seed sd15 3)"
+rj=$(job_of)
+curl -sN --max-time 10 "$B/v1/jobs/$rj/stream" > "$tmp/rseed.sse"
+req GET "/v1/jobs/$rj"
+rs=$(echo "$body" | sed -n 's/.*"seed":\([0-9]*\),"seed_random":true.*/\1/p')
+cs=$(sed -n 's/^data: .*"type":"complete".*"seed":\([0-9]*\).*/\1/p' "$tmp/rseed.sse")
+[ -n "$rs" ] && [ "$rs" = "$cs" ] && [ ${#rs} -le 20 ]
+ok $? "a server-chosen seed ($rs) is the same in the status JSON and the complete event"
 
 count_ids() { if [ -f "$1" ]; then grep -c '^id: ' "$1"; else echo 0; fi; }
 # ids "1 2 3 ..." of a stream file; events "name:step" in order
@@ -345,27 +478,37 @@ ok $? "20 concurrent jobs: $done20 of 20 streams complete ($(($(date +%s) - star
 # ---- expiry ----
 "$ENGINE" expire "$CONF" "$a"
 req GET "/v1/jobs/$a"
-is_error 410 expired
-ok $? "GET of an expired job: 410 expired"
+is_error 410 result_expired
+ok $? "GET of an expired job: 410 result_expired"
 req GET "/v1/jobs/$a/stream"
-is_error 410 expired
-ok $? "stream of an expired job: 410 expired"
+is_error 410 result_expired
+ok $? "stream of an expired job: 410 result_expired"
 
 # ---- kill -9 of the child serving a stream ----
+# A child serves many streams: the bystander's is opened while the victim's
+# child is stopped, so that another child takes it.
 post "$(gen victim sd15 60)"
 v=$(job_of)
 post "$(gen bystander sd15 10)"
 w=$(job_of)
-curl -sN --max-time 20 "$B/v1/jobs/$w/stream" > "$tmp/w" &
-ws=$!
 curl -sN --max-time 20 "$B/v1/jobs/$v/stream" > "$tmp/v1" &
 vs=$!
 i=0
 while [ $i -lt 100 ] && [ "$(count_ids "$tmp/v1")" -lt 5 ]; do sleep 0.05; i=$((i + 1)); done
+# the pid of the process whose "jobs" list names $1
+child_of() { echo "$body" | grep -o "{\"pid\":[0-9]*[^}]*\"$1\"" | sed 's/{"pid":\([0-9]*\).*/\1/'; }
 req GET '/v1/pool/status?full'
-victim=$(echo "$body" | grep -o "{\"pid\":[0-9]*[^}]*\"job_id\":\"$v\"" | sed 's/{"pid":\([0-9]*\).*/\1/')
-has '"active_streams":2' && has "\"job_id\":\"$w\"" && [ -n "$victim" ]
-ok $? "pool status shows both streams and which child serves which job (victim: $victim)"
+victim=$(child_of "$v")
+[ -n "$victim" ] && kill -STOP "$victim"
+curl -sN --max-time 20 "$B/v1/jobs/$w/stream" > "$tmp/w" &
+ws=$!
+i=0
+while [ $i -lt 100 ] && ! grep -q '^event: queued' "$tmp/w"; do sleep 0.05; i=$((i + 1)); done
+req GET '/v1/pool/status?full'
+other=$(child_of "$w")
+has '"active_streams":2' && [ -n "$victim" ] && [ -n "$other" ] && [ "$other" != "$victim" ] &&
+    echo "$body" | grep -q "{\"pid\":$victim,[^}]*\"streams\":1,\"jobs\":\[\"$v\"\]"
+ok $? "pool status shows both streams and which child serves which job (victim: $victim, other: $other)"
 kill -9 $victim
 wait $vs
 last=$(sed -n 's/^id: //p' "$tmp/v1" | tail -1)
@@ -397,7 +540,7 @@ kill -HUP $pool_pid
 i=0
 while [ $i -lt 50 ] && ! grep -q 'reloaded the configuration' "$tmp/pool.log"; do sleep 0.1; i=$((i + 1)); done
 req GET '/v1/pool/status?full'
-has '"reloads":1' && echo "$body" | grep -q "\"retiring\":true,[^}]*\"job_id\":\"$h\""
+has '"reloads":1' && echo "$body" | grep -q "\"retiring\":true,[^}]*\"$h\""
 ok $? "SIGHUP: the configuration is reloaded; the stream's child retires"
 req GET /health
 [ "$code" = 200 ]
@@ -423,8 +566,11 @@ pool_pid=
 [ $rc -eq 0 ] && [ ! -e "$tmp/run/fcgi.sock" ]
 ok $? "SIGTERM: the pool exits 0 and removes its socket"
 req GET /health
-[ "$code" = 503 ] && has '"code":"unavailable"'
-ok $? "with the pool gone nginx answers 503 unavailable as JSON"
+[ "$code" = 502 ] && has '{"error":{"code":"bad_gateway","message":"' && grep -qi '^Retry-After: 5' "$tmp/h" &&
+    grep -qi '^Content-Type: application/json' "$tmp/h"
+ok $? "with the pool gone nginx answers 502 bad_gateway as JSON, with Retry-After"
+same_head /v1/models
+ok $? "and HEAD gets the same 502 without a body"
 
 echo "1..$n"
 exit $failed

@@ -1,13 +1,19 @@
 /* The shared-memory job ring: state machine, FIFO, event replay, blocking
  * waits across processes, recovery from a lock holder killed with SIGKILL,
- * queue limits, expiry, cancel, engine death and concurrent producers. */
+ * queue limits, expiry, eviction, cancel, engine death, concurrent
+ * producers, queue positions, the threads of one process waiting at once,
+ * and the supervisor's attach across restarts. */
 #define _GNU_SOURCE
 #include "ring/ring.h"
 #include "tap.h"
 
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -721,8 +727,11 @@ static void test_producers(void)
     drop_ring(r);
 }
 
-/* A slot's id stays known as expired after the slot goes to new work, for
- * the last 1024 such ids; older ones are forgotten (then 404, not 410). */
+/* A slot's id stays known as expired after the slot goes to new work. The
+ * table is hashed (16 ids per bucket, 4096 buckets): an id is forgotten once
+ * 16 later ones fell into its bucket, so after 20000 reuses the first is
+ * still known (all but certainly: its bucket got about 5 of them), and
+ * after 300000 it is not. */
 static void test_gone_ids(void)
 {
     sdw_error e;
@@ -730,18 +739,248 @@ static void test_gone_ids(void)
     if (!tap_ok(r != NULL, "ring with one slot"))
         return;
     sdw_job_id first, prev, cur, got;
-    int ok = 1;
-    for (int i = 0; i < 1030 && ok; i++) {
+    int ok = 1, first_known_at_20000 = 0;
+    for (int i = 0; i < 300000 && ok; i++) {
+        if (i > 0)
+            memcpy(prev, cur, sizeof prev);
         ok = submit(r, "x", cur) == 0 && take(r, got, NULL, 0) == 1 && sdw_ring_complete(r, cur, "{}", 2, &e) == 0;
         if (i == 0)
             memcpy(first, cur, sizeof first);
-        else if (i == 1029)
-            ok = ok && state_of(r, prev) == SDW_JOB_EXPIRED;
-        memcpy(prev, cur, sizeof prev);
+        else if (i == 20000)
+            first_known_at_20000 = state_of(r, first) == SDW_JOB_EXPIRED && state_of(r, prev) == SDW_JOB_EXPIRED;
     }
-    tap_ok(ok && state_of(r, cur) == SDW_JOB_DONE, "1030 jobs through one slot: the newest is done, the one before "
-                                                    "it answers expired");
-    tap_ok(state_of(r, first) == (sdw_job_state)-1, "the first, 1029 reuses ago, is forgotten");
+    tap_ok(ok && state_of(r, cur) == SDW_JOB_DONE && state_of(r, prev) == SDW_JOB_EXPIRED,
+           "300000 jobs through one slot: the newest is done, the one before it answers expired");
+    tap_ok(first_known_at_20000, "20000 reuses later the first job's id still answers expired, not unknown");
+    tap_ok(state_of(r, first) == (sdw_job_state)-1, "300000 reuses later it is forgotten");
+    drop_ring(r);
+}
+
+/* Kept results keep their slot while any other is free; when none is, the
+ * oldest goes first and is counted. */
+static void test_eviction(void)
+{
+    sdw_error e;
+    sdw_ring *r = make_ring(4, 4, 0, 0);
+    if (!tap_ok(r != NULL, "ring with 4 slots"))
+        return;
+    sdw_job_id id[6], got;
+    int ok = 1;
+    for (int i = 0; i < 4 && ok; i++)
+        ok = submit(r, "x", id[i]) == 0 && take(r, got, NULL, 0) == 1 && sdw_ring_complete(r, id[i], "{}", 2, &e) == 0;
+    sdw_engine_info ei;
+    sdw_ring_engine_status(r, &ei, &e);
+    tap_ok(ok && ei.slots == 4 && ei.kept == 4 && ei.free_slots == 0 && ei.evicted == 0,
+           "four finished jobs: 4 kept results, 0 free, none evicted (%u kept, %u free)", ei.kept, ei.free_slots);
+    sdw_ring_expire(r, id[2], &e);
+    tap_ok(submit(r, "y", id[4]) == 0 && state_of(r, id[0]) == SDW_JOB_DONE && state_of(r, id[1]) == SDW_JOB_DONE &&
+               state_of(r, id[3]) == SDW_JOB_DONE && state_of(r, id[2]) == SDW_JOB_EXPIRED,
+           "a submission takes the expired slot, not a kept result, even the oldest");
+    sdw_ring_engine_status(r, &ei, &e);
+    tap_ok(ei.evicted == 0 && ei.kept == 3 && ei.queued == 1 && ei.free_slots == 0, "still none evicted");
+    tap_ok(submit(r, "z", id[5]) == 0 && state_of(r, id[0]) == SDW_JOB_EXPIRED && state_of(r, id[1]) == SDW_JOB_DONE,
+           "with no slot free, the oldest kept result gives its slot up");
+    sdw_ring_engine_status(r, &ei, &e);
+    tap_ok(ei.evicted == 1 && ei.kept == 2 && ei.queued == 2, "and the eviction is counted");
+    sdw_job_info info;
+    tap_ok(sdw_ring_job_status(r, id[0], &info, &e) == 0 && info.state == SDW_JOB_EXPIRED,
+           "the evicted result's id answers expired, not unknown");
+    drop_ring(r);
+}
+
+static int attach(unsigned slots, size_t log_bytes, int wait_ms, sdw_ring **r, sdw_ring_attach_info *info)
+{
+    sdw_ring_config cfg = sdw_ring_default_config(ring_name);
+    cfg.slots = slots;
+    cfg.max_queued = slots;
+    cfg.input_bytes = 4096;
+    cfg.log_bytes = log_bytes;
+    cfg.image_bytes = 4096;
+    sdw_error e = {0};
+    int rc = sdw_ring_attach(&cfg, wait_ms, r, info, &e);
+    if (rc)
+        tap_diag("attach: %s", e.msg);
+    return rc;
+}
+
+static int error_code_is(sdw_ring *r, const char *id, const char *code)
+{
+    char names[8][16], want[64];
+    uint64_t ids[8];
+    char *datas[8];
+    int n = read_all(r, id, 0, names, ids, datas, 8);
+    snprintf(want, sizeof want, "\"code\":\"%s\"", code);
+    int ok = n > 0 && strcmp(names[n - 1], "error") == 0 && strstr(datas[n - 1], want);
+    for (int i = 0; i < n; i++)
+        free(datas[i]);
+    return ok;
+}
+
+/* The supervisor's attach: a ring left by a stopped supervisor is re-opened
+ * with its queue and results; one of another layout or a corrupt one is
+ * replaced, and mappings of the old one notice. */
+static void test_attach(void)
+{
+    sdw_error e;
+    snprintf(ring_name, sizeof ring_name, "/sdw-test-ring-%d-%d", (int)getpid(), ++ring_counter);
+    sdw_ring *r = NULL, *again = NULL, *pool = NULL;
+    sdw_ring_attach_info info;
+    tap_ok(attach(4, 16384, 0, &r, &info) == 0 && info.created && !info.replaced[0], "attach creates a missing ring");
+    if (!r)
+        return;
+    sdw_job_id run, done, q1, q2, got;
+    submit(r, "run", run);
+    submit(r, "done", done);
+    submit(r, "q1", q1);
+    submit(r, "q2", q2);
+    take(r, got, NULL, 0);
+    take(r, got, NULL, 0);
+    sdw_ring_complete(r, done, "{\"type\":\"complete\"}", 19, &e);
+    sdw_ring_set_engine(r, SDW_ENGINE_READY, 4242, "", &e);
+    tap_ok(attach(4, 16384, 300, &again, &info) < 0, "a second supervisor cannot attach while the first holds the ring");
+    tap_ok(sdw_ring_open(ring_name, &pool, &e) == 0 && sdw_ring_stale(pool) == 0, "a pool mapping is current");
+    sdw_ring_close(r); /* a stop: the ring stays */
+
+    int rc = attach(4, 16384, 0, &r, &info);
+    tap_ok(rc == 0 && !info.created && !info.replaced[0] && info.queued == 2 &&
+               info.kept == 1 && info.interrupted == 1,
+           "re-attaching with the same layout keeps the ring: 2 queued, 1 result, 1 interrupted (%u, %u, %u)",
+           info.queued, info.kept, info.interrupted);
+    if (!r)
+        return;
+    tap_ok(state_of(r, run) == SDW_JOB_FAILED && error_code_is(r, run, "engine_stopped"),
+           "the job running at the stop ends with an engine_stopped error event");
+    tap_ok(state_of(r, done) == SDW_JOB_DONE && state_of(r, q1) == SDW_JOB_QUEUED && state_of(r, q2) == SDW_JOB_QUEUED,
+           "the kept result and the queued jobs are there");
+    char in[16] = "";
+    tap_ok(take(r, got, in, sizeof in) == 1 && strcmp(got, q1) == 0 && strcmp(in, "q1") == 0,
+           "the queued jobs run first-in first-out after the restart, with their input");
+    sdw_engine_info ei;
+    sdw_ring_engine_status(r, &ei, &e);
+    tap_ok(ei.state == SDW_ENGINE_STARTING && ei.pid == 0, "the engine state starts over");
+    tap_ok(sdw_ring_stale(pool) == 0 && state_of(pool, q2) == SDW_JOB_QUEUED,
+           "a pool mapping made before the restart is still current");
+
+    tap_ok(sdw_ring_engine_stopped(r, "engine stopped", &e) == 1 && state_of(r, q1) == SDW_JOB_FAILED &&
+               error_code_is(r, q1, "engine_stopped") && state_of(r, q2) == SDW_JOB_QUEUED,
+           "sdw_ring_engine_stopped fails the running job with engine_stopped, the queued one stays");
+    sdw_ring_close(r);
+
+    /* Another layout: replaced, the old mapping retired. */
+    rc = attach(6, 16384, 0, &r, &info);
+    tap_ok(rc == 0 && info.created && strstr(info.replaced, "layout") &&
+               info.dropped == 4,
+           "a ring of another layout is replaced, dropping its 4 jobs: %s", info.replaced);
+    sdw_ring_event ev;
+    tap_ok(sdw_ring_stale(pool) == 1 && sdw_ring_wait_event(pool, done, 1, 1000, &ev, &e) == SDW_RING_RETIRED,
+           "the old mapping is stale and a reader waiting on it is told at once");
+    tap_ok(submit(pool, "late", got) == SDW_EFULL, "a submission into the retired ring is refused");
+    sdw_ring_close(pool);
+    tap_ok(sdw_ring_open(ring_name, &pool, &e) == 0 && state_of(pool, done) == (sdw_job_state)-1 &&
+               sdw_ring_stale(pool) == 0,
+           "the name opens the new, empty ring");
+    sdw_ring_close(pool);
+    sdw_ring_close(r);
+
+    /* A corrupt header: replaced, nothing known about what it held. */
+    int fd = shm_open(ring_name, O_RDWR, 0);
+    uint32_t bogus = 99;
+    tap_ok(fd >= 0 && pwrite(fd, &bogus, sizeof bogus, 8) == (ssize_t)sizeof bogus, "the header's version scribbled");
+    if (fd >= 0)
+        close(fd);
+    tap_ok(sdw_ring_open(ring_name, &pool, &e) == SDW_EFORMAT, "a pool refuses it: %s", e.msg);
+    rc = attach(6, 16384, 0, &r, &info);
+    tap_ok(rc == 0 && info.created && strstr(info.replaced, "version 99") &&
+               info.dropped == -1,
+           "the supervisor replaces it: %s", info.replaced);
+    sdw_job_id fresh;
+    tap_ok(r && submit(r, "fresh", fresh) == 0, "the new ring takes work");
+    sdw_ring_close(r);
+    sdw_ring_unlink(ring_name, NULL);
+    tap_ok(sdw_ring_open(ring_name, &pool, &e) == SDW_ENOTFOUND, "sdw_ring_close does not remove the ring; "
+                                                                    "sdw_ring_unlink does");
+}
+
+struct waiter {
+    sdw_ring *r;
+    const char *id;
+    unsigned known;
+    int rc;
+    unsigned pos;
+    char name[16];
+};
+
+static void *wait_position(void *arg)
+{
+    struct waiter *w = arg;
+    w->rc = sdw_ring_wait_queue_position(w->r, w->id, w->known, -1, &w->pos, NULL);
+    return NULL;
+}
+
+static void *wait_event_thread(void *arg)
+{
+    struct waiter *w = arg;
+    sdw_ring_event ev;
+    w->rc = sdw_ring_wait_event(w->r, w->id, 0, -1, &ev, NULL);
+    if (w->rc == 1) {
+        snprintf(w->name, sizeof w->name, "%s", ev.name);
+        sdw_ring_event_free(&ev);
+    }
+    return NULL;
+}
+
+static void test_queue_position(void)
+{
+    sdw_error e;
+    sdw_ring *r = make_ring(8, 8, 0, 0);
+    if (!tap_ok(r != NULL, "ring for queue positions"))
+        return;
+    alarm(WATCHDOG_S);
+    sdw_job_id a, b, c, got;
+    submit(r, "a", a);
+    submit(r, "b", b);
+    submit(r, "c", c);
+    unsigned pos = 0;
+    tap_ok(sdw_ring_wait_queue_position(r, c, UINT_MAX, 0, &pos, &e) == 1 && pos == 3,
+           "an unknown place reads the position at once (3)");
+    tap_ok(sdw_ring_wait_queue_position(r, c, 3, 30, &pos, &e) == 0, "an unchanged position times out");
+    struct waiter w = { .r = r, .id = c, .known = 3 };
+    pthread_t t;
+    pthread_create(&t, NULL, wait_position, &w);
+    sdw_job_state after;
+    sdw_ring_cancel(r, b, &after, &e);
+    pthread_join(t, NULL);
+    tap_ok(w.rc == 1 && w.pos == 2, "cancelling the job ahead wakes a waiting thread with the new position (%u)",
+           w.pos);
+    take(r, got, NULL, 0);
+    tap_ok(sdw_ring_wait_queue_position(r, c, 2, 0, &pos, &e) == 1 && pos == 1, "taking the head moves it to 1");
+    tap_ok(sdw_ring_wait_queue_position(r, a, UINT_MAX, 0, &pos, &e) == 1 && pos == 0, "a running job is at 0");
+    w = (struct waiter){ .r = r, .id = c, .known = 1 };
+    pthread_create(&t, NULL, wait_position, &w);
+    sdw_ring_complete(r, a, "{}", 2, &e);
+    take(r, got, NULL, 0);
+    pthread_join(t, NULL);
+    tap_ok(w.rc == 1 && w.pos == 0 && strcmp(got, c) == 0, "the waiter learns that its job left the queue");
+    tap_ok(sdw_ring_wait_queue_position(r, "job-0123456789abcdef0123456789abcdef", 0, 0, &pos, &e) == SDW_ENOTFOUND,
+           "an unknown job: SDW_ENOTFOUND");
+
+    /* Threads of one process wait on one job at once, as a pool child's
+     * stream threads do; one append wakes them all. */
+    enum { T = 8 };
+    struct waiter ws[T];
+    pthread_t ts[T];
+    for (int i = 0; i < T; i++) {
+        ws[i] = (struct waiter){ .r = r, .id = c };
+        pthread_create(&ts[i], NULL, wait_event_thread, &ws[i]);
+    }
+    sdw_ring_append(r, c, "progress", "{\"step\":1}", 10, &e);
+    int all = 1;
+    for (int i = 0; i < T; i++) {
+        pthread_join(ts[i], NULL);
+        all &= ws[i].rc == 1 && strcmp(ws[i].name, "progress") == 0;
+    }
+    tap_ok(all, "%d threads waiting on one job all get its event", T);
+    alarm(0);
     drop_ring(r);
 }
 
@@ -754,9 +993,12 @@ int main(void)
     test_replay();
     test_log_bounds();
     test_wait();
+    test_queue_position();
     test_cancel_running();
     test_queue_full_and_expiry();
     test_gone_ids();
+    test_eviction();
+    test_attach();
     test_owners();
     test_engine_death();
     test_robust();

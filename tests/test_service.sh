@@ -31,6 +31,9 @@ out=$("$top/scripts/start-service" 2>&1); rc=$?
 ok $rc "start-service starts engine, pool and nginx: $(echo "$out" | tail -n 1)"
 [ $rc -eq 0 ] || { echo "$out" | diag; echo "1..$n"; exit 1; }
 
+grep '^[[:space:]]*#' "$top/conf/nginx/nginx-local.conf.in" > "$run/comments.in"
+ok $(tail -n +3 "$run/nginx.conf" | grep '^[[:space:]]*#' | cmp -s - "$run/comments.in"; echo $?) \
+  "the generated run/nginx.conf keeps the template's comments as written"
 code=$(curl -s -o "$run/ready.json" -w '%{http_code}' "$url/ready")
 ok $([ "$code" = 200 ] && grep -q '"ready":true' "$run/ready.json"; echo $?) "/ready is 200 once the model is loaded"
 ok $(curl -fs "$url/" | grep -q 'id="generate"'; echo $?) "the demo page is served"

@@ -2,8 +2,9 @@
 # sdworker-mkmodel and sdworker-generate end to end, on the tiny random model:
 # txt2img, img2img and inpainting, the PNG and its parameters chunk, resizing
 # of inputs that are not multiples of 8, the error exits, and the single-file
-# LDM layout. TAP output. SDW_SLOW_TESTS=1 also builds an SD 1.5 single file
-# (about 2 GB) and generates from it.
+# LDM layout, and the bundled vocabulary found without SDW_DATA_DIR (as an
+# uninstalled build runs). TAP output. SDW_SLOW_TESTS=1 also builds an SD 1.5
+# single file (about 2 GB) and generates from it, without SDW_DATA_DIR.
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
 bin=${SDW_TOOLS_DIR:-$PWD/src/tools}
@@ -122,9 +123,32 @@ for k in cond_stage_model.transformer.text_model.embeddings.token_embedding.weig
 done
 if [ -z "${absent:-}" ]; then ok "single file has LDM names"; else not_ok "single file has LDM names" "absent:$absent"; fi
 
+# Without SDW_DATA_DIR a program run from the build tree finds data/ itself
+# (base/datadir.h). A single file has no tokenizer/ folder, so opening one
+# loads the bundled vocabulary; the tiny one then stops at the UNet, whose
+# shapes are not SD 1.x's, which shows the vocabulary was found.
+env -u SDW_DATA_DIR "$bin/sdworker-mkmodel" --config tiny --seed 3 "$tmp/tiny-nodata" 2>"$tmp/err" &&
+    cmp -s "$tmp/tiny/tokenizer/vocab.json" "$tmp/tiny-nodata/tokenizer/vocab.json" &&
+    ok "without SDW_DATA_DIR: mkmodel writes the bundled vocabulary" ||
+    not_ok "without SDW_DATA_DIR: mkmodel writes the bundled vocabulary" "$(cat "$tmp/err")"
+exits 4 "loading unet" env -u SDW_DATA_DIR "$bin/sdworker-generate" --model "$tmp/tiny.safetensors" \
+    --prompt x --steps 1 --output "$tmp/x.png" && ! grep -q "tokenizer" "$tmp/err" &&
+    ok "without SDW_DATA_DIR: a single file's bundled tokenizer is found" ||
+    not_ok "without SDW_DATA_DIR: a single file's bundled tokenizer is found" "$(cat "$tmp/err")"
+cp "$bin/sdworker-generate" "$tmp/elsewhere"
+exits 4 "(installed); set SDW_DATA_DIR" env -u SDW_DATA_DIR "$tmp/elsewhere" --model "$tmp/tiny.safetensors" \
+    --prompt x --output "$tmp/x.png" && ! grep -q "source tree" "$tmp/err" &&
+    ok "a copy outside the build tree looks in the installed data only, and says so" ||
+    not_ok "a copy outside the build tree looks in the installed data only, and says so" "$(cat "$tmp/err")"
+exits 4 "nowhere/bpe_simple_vocab_16e6.txt.gz" env SDW_DATA_DIR="$tmp/nowhere" "$bin/sdworker-generate" \
+    --model "$tmp/tiny.safetensors" --prompt x --output "$tmp/x.png" &&
+    ok "SDW_DATA_DIR, when set, is the only place looked in" ||
+    not_ok "SDW_DATA_DIR, when set, is the only place looked in" "$(cat "$tmp/err")"
+
 if [ "${SDW_SLOW_TESTS:-0}" = 1 ]; then
     check "mkmodel --single-file sd15" "$bin/sdworker-mkmodel" --config sd15 --single-file "$tmp/sd15.safetensors"
-    check "generate from an SD 1.5 single file" "$bin/sdworker-generate" --model "$tmp/sd15.safetensors" \
+    check "generate from an SD 1.5 single file, without SDW_DATA_DIR" env -u SDW_DATA_DIR \
+        "$bin/sdworker-generate" --model "$tmp/sd15.safetensors" \
         --prompt "a photo of a cat" --steps 1 --width 64 --height 64 --seed 1 --quiet --output "$tmp/s.png"
     check "single-file PNG" has_size "$tmp/s.png" 64x64
 else

@@ -9,17 +9,17 @@
  *   #model           select, filled from GET /v1/models
  *   #prompt #negative-prompt #steps #guidance #width #height #seed #sampler
  *   #init-image      file input (transform, inpaint)
- *   #strength        range 0-1 (transform, inpaint); #strength-out shows it
+ *   #strength        range 0.05-1 (transform, inpaint); #strength-out shows it
  *   #mask-canvas     canvas showing the init image; paint the area to repaint
  *   #brush-size #mask-clear
  *   #generate        submit button (disabled while a job runs)
  *   #cancel          cancel button (enabled while a job runs)
  *   #error           error box (hidden unless there is an error); shows error.message
- *   #job-status      text: queued / running / done / cancelled / failed, with the job id
+ *   #job-status      text: queued (with its position) / running / done / cancelled / failed, with the job id
  *   #progress        <progress> 0-100; #progress-text the percentage
  *   #preview         <img> updated from `preview` events
  *   #result          <img> with the final PNG
- *   #seed-out        the seed of the result
+ *   #seed-out        the seed of the result, exact (see parseJSON)
  *   #timings-out     the result's timings (JSON)
  * The body gets data-job-state = idle | running | complete | error | cancelled
  * so a test can wait for the end of a job.
@@ -61,6 +61,15 @@
     return 'HTTP ' + res.status + ' ' + (res.statusText || '');
   }
 
+  /* Seeds are unsigned 64-bit integers and JSON.parse would round those
+   * above 2^53 to the nearest double, so every "seed" member's number is
+   * quoted in the text first and arrives as its exact decimal string. Only
+   * members can match: inside a JSON string a quote is escaped, so
+   * `"seed":` cannot appear there with a bare quote after the name. */
+  function parseJSON(text) {
+    return JSON.parse(text.replace(/("seed"\s*:\s*)(\d+)/g, '$1"$2"'));
+  }
+
   /* ---- the API key ---- */
 
   function storage() {
@@ -91,7 +100,7 @@
     return fetch(url, options).then(function (res) {
       return res.text().then(function (text) {
         var body = null;
-        try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
+        try { body = text ? parseJSON(text) : null; } catch (e) { body = null; }
         return { res: res, body: body };
       });
     });
@@ -286,11 +295,13 @@
     };
     var neg = $('negative-prompt').value;
     if (neg) req.negative_prompt = neg;
-    var seed = $('seed').value.trim();
+    var seed = $('seed').value.trim().replace(/^0+(?=[0-9])/, '');
     if (seed) {
-      if (!/^[0-9]+$/.test(seed)) throw new Error('The seed must be a whole number (or blank for random).');
-      /* Seeds may exceed 2^53; JSON numbers are sent as written. */
-      req.seed = '__SEED__';
+      if (!/^[0-9]+$/.test(seed) || seed.length > 20 || (seed.length === 20 && seed > '18446744073709551615'))
+        throw new Error('The seed must be a whole number from 0 to 18446744073709551615 (or blank for random).');
+      /* As a decimal string, which the API accepts: a JS number would round
+       * a seed above 2^53. */
+      req.seed = seed;
     }
     if ($('sampler').value) req.sampler = $('sampler').value;
     if (v === 'image_generation') {
@@ -302,8 +313,7 @@
       req.strength = Number($('strength').value);
       if (v === 'image_inpaint') req.mask_image = maskB64();
     }
-    var json = JSON.stringify(req);
-    return seed ? json.replace('"__SEED__"', seed) : json;
+    return JSON.stringify(req);
   }
 
   function submit(ev) {
@@ -437,9 +447,13 @@
   function follow(id, url) {
     $('job-status').textContent = 'Queued: ' + id;
     function data(ev) {
-      try { return JSON.parse(ev.data); } catch (e) { return {}; }
+      try { return parseJSON(ev.data); } catch (e) { return {}; }
     }
     var handlers = {
+      /* Sent at once while the job waits, and again whenever it moves up. */
+      queued: function (d) {
+        $('job-status').textContent = 'Queued: position ' + d.position + ' (' + id + ')';
+      },
       progress: function (d) {
         setProgress(d.percent);
         $('job-status').textContent = 'Running: step ' + d.step + ' of ' + d.total + ' (' + id + ')';

@@ -1,4 +1,4 @@
-/* Error reporting shared by every engine module.
+/* Error reporting shared by every module of every process.
  *
  * Functions that can fail return 0 on success or a negative sdw_status, and
  * describe the failure in a caller-provided sdw_error so that the message can

@@ -34,6 +34,7 @@ static const struct key keys[] = {
     { "pm.min_spare_servers", K_INT, OFF(pm_min_spare_servers), 1, 4096, false },
     { "pm.max_spare_servers", K_INT, OFF(pm_max_spare_servers), 1, 4096, false },
     { "pm.max_requests", K_INT, OFF(pm_max_requests), 0, INT_MAX, false },
+    { "pm.max_streams_per_child", K_INT, OFF(pm_max_streams_per_child), 1, 4096, false },
     { "ring.name", K_RING_NAME, 0, 0, 0, false },
     { "ring.slots", K_INT, OFF(ring_slots), 1, 65536, false },
     { "ring.max_queued", K_INT, OFF(ring_max_queued), 1, 65536, false },
@@ -50,6 +51,7 @@ static const struct key keys[] = {
     { "device", K_DEVICE, 0, 0, 0, false },
     { "threads", K_INT, OFF(threads), 0, 4096, false },
     { "engine.restart_delay_ms", K_INT, OFF(engine_restart_delay_ms), 0, 600000, false },
+    { "engine.stop_timeout_s", K_INT, OFF(engine_stop_timeout_s), 0, 3600, false },
     { "engine.warmup", K_INT, OFF(engine_warmup), -1, 2048, false },
     { "log_level", K_LOG, 0, 0, 0, false },
 };
@@ -67,6 +69,7 @@ void sdw_config_defaults(sdw_config *c)
     c->pm_min_spare_servers = 2;
     c->pm_max_spare_servers = 6;
     c->pm_max_requests = 1000;
+    c->pm_max_streams_per_child = 128;
     strcpy(c->ring_name, "/sdworker");
     c->ring_slots = 64;
     c->ring_max_queued = 32;
@@ -83,6 +86,7 @@ void sdw_config_defaults(sdw_config *c)
     c->device = (sdw_device){SDW_DEVICE_CPU, 0};
     c->threads = 0;
     c->engine_restart_delay_ms = 1000;
+    c->engine_stop_timeout_s = 20;
     c->engine_warmup = -1;
     c->log_level = SDW_LOG_INFO;
 }

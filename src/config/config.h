@@ -84,6 +84,7 @@ typedef struct sdw_config {
     int pm_min_spare_servers;       /* dynamic only */
     int pm_max_spare_servers;       /* dynamic only */
     int pm_max_requests;            /* 0 = a child is never recycled */
+    int pm_max_streams_per_child;   /* event streams one child serves at once */
 
     char ring_name[202];            /* "/" + up to 200 of [A-Za-z0-9._-] */
     int ring_slots;
@@ -107,6 +108,7 @@ typedef struct sdw_config {
     int threads;                    /* 0 = all cores */
 
     int engine_restart_delay_ms;
+    int engine_stop_timeout_s;      /* a stopping engine's grace for its running job */
     int engine_warmup;              /* side of the square warm-up image; 0 none, -1 512 on CUDA, none on the CPU */
     sdw_log_level log_level;
 

@@ -32,19 +32,36 @@ static void utf8_clip(char *s)
         s[i - 1] = '\0';
 }
 
-int sdw_api_fail(sdw_api_error *e, int http_status, const char *code, const char *fmt, ...)
+static int api_vfail(sdw_api_error *e, int http_status, const char *code, const char *field, const char *fmt,
+                     va_list ap)
 {
     if (e) {
-        va_list ap;
-        va_start(ap, fmt);
         e->http_status = http_status;
         e->code = code;
         e->retry_after_s = 0;
+        snprintf(e->field, sizeof e->field, "%s", field ? field : "");
         vsnprintf(e->message, sizeof e->message, fmt, ap);
-        va_end(ap);
         utf8_clip(e->message);
     }
     return http_status >= 500 ? SDW_EIO : SDW_EINVAL;
+}
+
+int sdw_api_fail(sdw_api_error *e, int http_status, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = api_vfail(e, http_status, code, NULL, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+int sdw_api_fail_field(sdw_api_error *e, int http_status, const char *code, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = api_vfail(e, http_status, code, field, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 char *sdw_api_error_json(const sdw_api_error *e)
@@ -55,6 +72,8 @@ char *sdw_api_error_json(const sdw_api_error *e)
         goto done;
     json_object_object_add(inner, "code", json_object_new_string(e->code ? e->code : SDW_API_INTERNAL));
     json_object_object_add(inner, "message", json_object_new_string(e->message));
+    if (e->field[0])
+        json_object_object_add(inner, "field", json_object_new_string(e->field));
     json_object_object_add(root, "error", inner);
     inner = NULL;
     const char *s = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
@@ -196,23 +215,46 @@ char *sdw_base64_encode(const unsigned char *data, size_t len)
 
 /* ---- lexical pre-scan ---- */
 
+/* The member name a number belongs to, for the error's "field": the last
+ * string followed by ':', when it is a plain identifier (anything else is
+ * not a field of the contract and stays out of the reply). */
+static void prescan_field(const char *s, size_t key, size_t key_len, char *out, size_t cap)
+{
+    out[0] = '\0';
+    if (key_len == 0 || key_len >= cap)
+        return;
+    for (size_t i = 0; i < key_len; i++) {
+        char c = s[key + i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'))
+            return;
+    }
+    memcpy(out, s + key, key_len);
+    out[key_len] = '\0';
+}
+
 /* json-c saturates integer literals that do not fit 64 bits and accepts NaN
  * and Infinity even in strict mode; both would turn a bad request into a
  * silently different one, so they are caught on the raw text first. */
 static int prescan(const char *s, size_t len, sdw_api_error *e)
 {
     int in_str = 0;
+    size_t str = 0, str_len = 0, key = 0, key_len = 0;
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
         if (in_str) {
-            if (c == '\\')
+            if (c == '\\') {
                 i++;
-            else if (c == '"')
+            } else if (c == '"') {
                 in_str = 0;
+                str_len = i - str;
+            }
             continue;
         }
         if (c == '"') {
             in_str = 1;
+            str = i + 1;
+        } else if (c == ':') {
+            key = str, key_len = str_len;
         } else if (c == 'N' || c == 'I') {
             return sdw_api_fail(e, 400, SDW_API_INVALID_JSON, "NaN and Infinity are not JSON numbers");
         } else if (c == '-' || (c >= '0' && c <= '9')) {
@@ -230,10 +272,15 @@ static int prescan(const char *s, size_t len, sdw_api_error *e)
             if (integral && digits >= 19) {
                 const char *lim = neg ? "9223372036854775808" : "18446744073709551615";
                 size_t ll = strlen(lim);
-                if (digits > ll || (digits == ll && memcmp(s + start, lim, ll) > 0))
-                    return sdw_api_fail(e, 400, SDW_API_INVALID_VALUE,
-                                        "integer literal %.*s%.*s does not fit in 64 bits",
-                                        neg ? 1 : 0, "-", (int)(digits > 40 ? 40 : digits), s + start);
+                if (digits > ll || (digits == ll && memcmp(s + start, lim, ll) > 0)) {
+                    char field[sizeof e->field];
+                    prescan_field(s, key, key_len, field, sizeof field);
+                    return sdw_api_fail_field(e, 400, SDW_API_INVALID_VALUE, field,
+                                              "%s%sinteger literal %.*s%.*s does not fit in 64 bits%s", field,
+                                              field[0] ? ": " : "", neg ? 1 : 0, "-",
+                                              (int)(digits > 40 ? 40 : digits), s + start,
+                                              strcmp(field, "seed") ? "" : " (seeds are 0 to 18446744073709551615)");
+                }
             }
             while (j < len && strchr("0123456789.eE+-", s[j]) && s[j])
                 j++;
@@ -263,12 +310,12 @@ static json_object *field(parse_ctx *c, const char *name)
 
 static int bad(parse_ctx *c, const char *name, const char *what)
 {
-    return sdw_api_fail(c->e, 400, SDW_API_INVALID_VALUE, "%s must be %s", name, what);
+    return sdw_api_fail_field(c->e, 400, SDW_API_INVALID_VALUE, name, "%s must be %s", name, what);
 }
 
 static int missing(parse_ctx *c, const char *name)
 {
-    return sdw_api_fail(c->e, 400, SDW_API_INVALID_REQUEST, "missing required field '%s'", name);
+    return sdw_api_fail_field(c->e, 400, SDW_API_INVALID_REQUEST, name, "missing required field '%s'", name);
 }
 
 /* An integral JSON number: an int literal, or a float literal whose value is
@@ -305,7 +352,8 @@ static int get_int(parse_ctx *c, const char *name, int def, int lo, int hi, int 
     return 0;
 }
 
-static int get_num(parse_ctx *c, const char *name, double def, double lo, double hi, double *out)
+/* A number in [lo, hi], or in (lo, hi] when lo_open. */
+static int get_num(parse_ctx *c, const char *name, double def, double lo, double hi, int lo_open, double *out)
 {
     json_object *v = field(c, name);
     if (!v) {
@@ -313,11 +361,11 @@ static int get_num(parse_ctx *c, const char *name, double def, double lo, double
         return 0;
     }
     char what[96];
-    snprintf(what, sizeof what, "a number in [%g, %g]", lo, hi);
+    snprintf(what, sizeof what, "a number in %c%g, %g]", lo_open ? '(' : '[', lo, hi);
     if (!json_object_is_type(v, json_type_int) && !json_object_is_type(v, json_type_double))
         return bad(c, name, what);
     double d = json_object_get_double(v);
-    if (!isfinite(d) || d < lo || d > hi)
+    if (!isfinite(d) || d < lo || (lo_open && d == lo) || d > hi)
         return bad(c, name, what);
     *out = d;
     return 0;
@@ -434,9 +482,14 @@ static int get_seed(parse_ctx *c, sdw_job_request *r)
     return 0;
 }
 
+static int image_bad(parse_ctx *c, const char *field, const char *name, const char *what)
+{
+    return sdw_api_fail_field(c->e, 400, SDW_API_INVALID_VALUE, field, "%s must be %s", name, what);
+}
+
 static int get_image(parse_ctx *c, const char *name, const char *alias, sdw_image_blob *img)
 {
-    const char *s;
+    const char *s, *field = name; /* the canonical name, whichever was sent */
     size_t n;
     int rc = get_str(c, name, 0, &s, &n);
     if (rc)
@@ -454,26 +507,27 @@ static int get_image(parse_ctx *c, const char *name, const char *alias, sdw_imag
     if (n >= 5 && memcmp(s, "data:", 5) == 0) {
         const char *comma = memchr(s, ',', n);
         if (!comma || comma - s < 12 || memcmp(comma - 7, ";base64", 7) != 0)
-            return bad(c, name, "base64 data (a data: URL needs \";base64,\")");
+            return image_bad(c, field, name, "base64 data (a data: URL needs \";base64,\")");
         n -= (size_t)(comma + 1 - s);
         s = comma + 1;
     }
     rc = sdw_base64_decode(s, n, c->lim->max_image_bytes, &img->data, &img->len);
     if (rc == SDW_EINVAL)
-        return sdw_api_fail(c->e, 413, SDW_API_PAYLOAD_TOO_LARGE, "%s is larger than %zu bytes",
-                            name, c->lim->max_image_bytes);
+        return sdw_api_fail_field(c->e, 413, SDW_API_PAYLOAD_TOO_LARGE, field, "%s is larger than %zu bytes",
+                                  name, c->lim->max_image_bytes);
     if (rc == SDW_ENOMEM)
         return sdw_api_fail(c->e, 500, SDW_API_INTERNAL, "out of memory");
     if (rc)
-        return bad(c, name, "valid base64 (standard alphabet, padding only at the end)");
+        return image_bad(c, field, name, "valid base64 (standard alphabet, padding only at the end)");
     if (img->len == 0)
-        return bad(c, name, "a non-empty image");
+        return image_bad(c, field, name, "a non-empty image");
     if (img->len >= 8 && memcmp(img->data, "\x89PNG\r\n\x1a\n", 8) == 0)
         img->format = SDW_IMAGE_PNG;
     else if (img->len >= 3 && memcmp(img->data, "\xff\xd8\xff", 3) == 0)
         img->format = SDW_IMAGE_JPEG;
     else
-        return sdw_api_fail(c->e, 415, SDW_API_UNSUPPORTED_MEDIA_TYPE, "%s is neither PNG nor JPEG", name);
+        return sdw_api_fail_field(c->e, 415, SDW_API_UNSUPPORTED_MEDIA_TYPE, field, "%s is neither PNG nor JPEG",
+                                  name);
     return 0;
 }
 
@@ -510,9 +564,9 @@ static int parse_fields(parse_ctx *c, sdw_operation op, sdw_job_request *r)
     if ((rc = get_prompt(c, "prompt", 1, &r->prompt)) ||
         (rc = get_prompt(c, "negative_prompt", 0, &r->negative_prompt)) ||
         (rc = get_int(c, "steps", 20, 1, 150, &r->steps)) ||
-        (rc = get_num(c, "guidance_scale", 7.5, 0, 30, &r->guidance_scale)) ||
+        (rc = get_num(c, "guidance_scale", 7.5, 0, 30, 0, &r->guidance_scale)) ||
         (rc = get_sampler(c, &r->sampler)) ||
-        (rc = get_num(c, "eta", 0, 0, 1, &r->eta)) ||
+        (rc = get_num(c, "eta", 0, 0, 1, 0, &r->eta)) ||
         (rc = get_int(c, "clip_skip", 0, 0, 11, &r->clip_skip)) ||
         (rc = get_seed(c, r)))
         return rc;
@@ -526,20 +580,28 @@ static int parse_fields(parse_ctx *c, sdw_operation op, sdw_job_request *r)
         return sdw_api_fail(c->e, 400, SDW_API_UNSUPPORTED_FEATURE, "LoRA is not supported yet");
 
     if (op == SDW_OPERATION_GENERATE) {
-        if ((rc = get_int(c, "width", 512, 64, 2048, &r->width)) ||
-            (rc = get_int(c, "height", 512, 64, 2048, &r->height)))
+        if ((rc = get_int(c, "width", 512, SDW_CONTRACT_MIN_SIDE, SDW_CONTRACT_MAX_SIDE, &r->width)) ||
+            (rc = get_int(c, "height", 512, SDW_CONTRACT_MIN_SIDE, SDW_CONTRACT_MAX_SIDE, &r->height)))
             return rc;
-        if (r->width % 8)
+        if (r->width % SDW_CONTRACT_GRID)
             return bad(c, "width", "a multiple of 8");
-        if (r->height % 8)
+        if (r->height % SDW_CONTRACT_GRID)
             return bad(c, "height", "a multiple of 8");
         if ((size_t)r->width * (size_t)r->height > c->lim->max_pixels)
             return sdw_api_fail(c->e, 400, SDW_API_INVALID_VALUE,
                                 "width*height must be at most %zu pixels", c->lim->max_pixels);
         return 0;
     }
-    if ((rc = get_num(c, "strength", op == SDW_OPERATION_INPAINT ? 1.0 : 0.8, 0, 1, &r->strength)))
+    /* diffusers denoises the last int(steps * strength) of the steps and
+     * refuses none ("the number of pipeline steps is 0 which is < 1"), as
+     * the engine's scheduler does: strength 0 always, a small one with few
+     * steps. The product is a double, as Python computes it. */
+    if ((rc = get_num(c, "strength", op == SDW_OPERATION_INPAINT ? 1.0 : 0.8, 0, 1, 1, &r->strength)))
         return rc;
+    if ((int)((double)r->steps * r->strength) < 1)
+        return sdw_api_fail_field(c->e, 400, SDW_API_INVALID_VALUE, "strength",
+                                  "strength %g with %d steps denoises no step: steps * strength must be at least 1",
+                                  r->strength, r->steps);
     if (c->internal)
         return 0;
     if ((rc = get_image(c, "init_image", "input_image", &r->init_image)))

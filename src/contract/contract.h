@@ -9,16 +9,17 @@
  *                     steps 20 [1,150], guidance_scale 7.5 [0,30],
  *                     width/height 512 (multiples of 8 in [64,2048],
  *                     width*height <= limits.max_pixels), seed (absent/null ->
- *                     random; integer in [0,2^64-1] or a decimal string),
- *                     worker_id, loras [] (non-empty -> unsupported_feature),
+ *                     random over all of [0,2^64-1]; else an integer in
+ *                     [0,2^64-1] or a decimal string of one), worker_id,
+ *                     loras [] (non-empty -> unsupported_feature),
  *                     sampler (extension; absent -> model default),
  *                     eta 0 [0,1] (ddim only), clip_skip 0 [0,11].
- *   image_transform   as above without width/height (taken from the image
- *                     by the engine; ignored if sent), plus init_image* (alias
- *                     input_image, which rbee's client sends) and strength 0.8
- *                     [0,1].
- *   image_inpaint     as image_transform plus mask_image* (white = repaint);
- *                     strength defaults to 1.0.
+ *   image_transform   as above without width/height (taken from the image;
+ *                     ignored if sent), plus init_image* (alias input_image,
+ *                     which rbee's client sends) and strength 0.8 (0,1] with
+ *                     int(steps * strength) >= 1, as diffusers requires.
+ *   image_inpaint     as image_transform plus mask_image* (white = repaint),
+ *                     the size of init_image; strength defaults to 1.0.
  *   (* = required)
  *
  * hive_id and worker_id are strings of at most 255 bytes without control
@@ -30,7 +31,12 @@
  * 20.5); a non-integral value or a value beyond 2^53 given in floating form is
  * rejected because it cannot be represented exactly. Images are standard
  * base64 (optionally with a "data:<type>;base64," prefix, whitespace
- * tolerated) of a PNG or JPEG file; pixel decoding is the engine's job.
+ * tolerated) of a PNG or JPEG file of at most limits.max_image_bytes.
+ * sdw_contract_parse checks the bytes; sdw_job_request_decode_images (which
+ * the pool calls before a job is queued) decodes the pixels: the types
+ * sdw_image_decode_max supports (image.h: any PNG, 8-bit grey/YCbCr/RGB
+ * JPEG; not CMYK or YCCK), at most limits.max_pixels pixels, each side,
+ * rounded down to a multiple of 8 as the engine does, in [64,2048].
  *
  * Error codes and HTTP statuses used by the whole service (sdw_api_error):
  *   400 invalid_json          body is not one well-formed JSON value (also:
@@ -39,6 +45,11 @@
  *                             a string, a required field missing
  *   400 invalid_value         a field has the wrong type or is out of range,
  *                             bad base64, integer literal beyond 64 bits
+ *   400 invalid_init_image    init_image (or input_image) cannot be decoded:
+ *                             broken, truncated, an unsupported type, too
+ *                             many pixels or a side out of range
+ *   400 invalid_mask_image    the same for mask_image, or its size is not
+ *                             init_image's
  *   400 unsupported_operation an rbee operation this worker does not run
  *   400 unknown_operation     an operation name rbee does not define
  *   400 unsupported_feature   a valid request for something not implemented
@@ -46,12 +57,22 @@
  *   404 not_found             no such route or job
  *   404 unknown_model         the model named is not installed
  *   405 method_not_allowed
- *   413 payload_too_large     body or a decoded image beyond the limits
+ *   413 payload_too_large     body, or an image's file bytes, beyond the limits
  *   415 unsupported_media_type an image that is neither PNG nor JPEG
- *   429 queue_full            too many queued jobs (retry_after_s set)
- *   503 queue_full            no free job slot (retry_after_s set)
+ *   401 unauthorized          no API key, or a wrong one (keys configured)
+ *   403 forbidden             the key may not do this (the full pool status)
+ *   410 result_expired        the job's result is gone (its TTL, or its slot
+ *                             taken when the ring was full)
+ *   429 rate_limited          the key's per_minute (retry_after_s set)
+ *   429 too_many_queued       the key's max_queued (retry_after_s set)
+ *   503 queue_full            no free job slot, or ring.max_queued jobs
+ *                             waiting (retry_after_s set)
+ *   503 too_many_streams      the pool process has no room for a stream
  *   503 engine_unavailable    the engine is loading, dead or restarting
  *   500 internal_error        the server failed (e.g. no randomness for a seed)
+ *
+ * An error caused by one member of the request names it in "field", by its
+ * canonical name ("init_image" when the alias input_image carried it).
  */
 #ifndef SDW_CONTRACT_H
 #define SDW_CONTRACT_H
@@ -65,10 +86,13 @@
 #define SDW_API_INVALID_JSON "invalid_json"
 #define SDW_API_INVALID_REQUEST "invalid_request"
 #define SDW_API_INVALID_VALUE "invalid_value"
+#define SDW_API_INVALID_INIT_IMAGE "invalid_init_image"
+#define SDW_API_INVALID_MASK_IMAGE "invalid_mask_image"
 #define SDW_API_UNSUPPORTED_OPERATION "unsupported_operation"
 #define SDW_API_UNKNOWN_OPERATION "unknown_operation"
 #define SDW_API_UNSUPPORTED_FEATURE "unsupported_feature"
 #define SDW_API_NOT_FOUND "not_found"
+#define SDW_API_RESULT_EXPIRED "result_expired"
 #define SDW_API_UNKNOWN_MODEL "unknown_model"
 #define SDW_API_METHOD_NOT_ALLOWED "method_not_allowed"
 #define SDW_API_PAYLOAD_TOO_LARGE "payload_too_large"
@@ -79,14 +103,17 @@
 #define SDW_API_FORBIDDEN "forbidden"                /* 403: the key may not do this */
 #define SDW_API_RATE_LIMITED "rate_limited"          /* 429: the key's per_minute */
 #define SDW_API_TOO_MANY_QUEUED "too_many_queued"    /* 429: the key's max_queued */
+#define SDW_API_TOO_MANY_STREAMS "too_many_streams"  /* 503: a pool process is full */
 #define SDW_API_INTERNAL "internal_error"
 
 /* An error as the HTTP client sees it. code is one of the SDW_API_* strings
- * (static storage); retry_after_s > 0 asks the pool to send Retry-After. */
+ * (static storage); field is the request member at fault, "" when none;
+ * retry_after_s > 0 asks the pool to send Retry-After. */
 typedef struct sdw_api_error {
     int http_status;
     const char *code;
     int retry_after_s;
+    char field[64];
     char message[512];
 } sdw_api_error;
 
@@ -95,8 +122,12 @@ typedef struct sdw_api_error {
  * `return sdw_api_fail(e, 400, SDW_API_INVALID_VALUE, "...")`. */
 int sdw_api_fail(sdw_api_error *e, int http_status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* The same, naming the member at fault (NULL or "" for none). */
+int sdw_api_fail_field(sdw_api_error *e, int http_status, const char *code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 
-/* Renders {"error":{"code":"...","message":"..."}} with JSON escaping.
+/* Renders {"error":{"code":"...","message":"..."}}, with "field" after the
+ * message when set, with JSON escaping.
  * Returns a malloc'd NUL-terminated string, or NULL when out of memory. */
 char *sdw_api_error_json(const sdw_api_error *e);
 
@@ -112,6 +143,12 @@ typedef struct sdw_contract_limits {
  * job ring's default slot input area (sdw_ring_default_config). Raise them
  * together. */
 sdw_contract_limits sdw_contract_default_limits(void);
+
+/* Generation sizes: multiples of SDW_CONTRACT_GRID in [MIN_SIDE, MAX_SIDE];
+ * an input image's size, rounded down to the grid, obeys the same. */
+#define SDW_CONTRACT_GRID 8
+#define SDW_CONTRACT_MIN_SIDE 64
+#define SDW_CONTRACT_MAX_SIDE 2048
 
 typedef enum sdw_operation {
     SDW_OPERATION_GENERATE = 1,
@@ -171,6 +208,22 @@ const char *sdw_operation_name(sdw_operation op);
  * actually used and "seed_random"), for job status replies and logs.
  * Returns a malloc'd string or NULL when out of memory. */
 char *sdw_job_request_params_json(const sdw_job_request *req);
+
+struct sdw_image;
+
+/* Decodes req's init_image (RGB) and, for inpainting, mask_image (grey) as
+ * the engine works on them, and checks them (see the top of this file):
+ * at most max_pixels pixels each, refused from the declared size before
+ * any pixel memory is allocated; sides in range; the mask the size of the
+ * image. On success *init and *mask hold the pixels (zeroed when the
+ * operation has no such image; free them with sdw_image_free); on failure
+ * both are empty and *e is 400 invalid_init_image or invalid_mask_image
+ * (500 internal_error when out of memory). The pool calls it before
+ * queueing a job and the engine again on what it takes from the ring.
+ * Defined in contract_image.c, which links the image decoders (libpng,
+ * libjpeg); a program that only parses requests does not need them. */
+int sdw_job_request_decode_images(const sdw_job_request *req, size_t max_pixels, struct sdw_image *init,
+                                  struct sdw_image *mask, sdw_api_error *e);
 
 /* A self-contained byte form of a request, written into a job ring slot by
  * the pool and read back by the engine: "SDWJ", three little-endian u32

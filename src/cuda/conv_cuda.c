@@ -114,13 +114,112 @@ static int conv_time(cuda_be *c, const conv_plan *p, const void *x, const void *
     return SDW_OK;
 }
 
-/* Describes the convolution and picks how to run it, once per shape: cuDNN
- * times its candidates on the real buffers (x, w, y), and in float32 only
- * direct algorithms without TF32 tensor-core math qualify, so that float32
- * results match the CPU reference. Then the best of them is timed against
- * im2col and a cuBLAS product (cuDNN's NCHW algorithms are slow on the
- * UNet's small, wide layers), and the faster one kept; SDW_CUDA_CONV=cudnn
- * or gemm takes one way throughout. */
+/* cuDNN's descriptors for the shape, checked against the output size the
+ * op was given. */
+static int plan_describe(conv_plan *p, sdw_error *e)
+{
+    const conv_shape *k = &p->key;
+    cudnnDataType_t t = k->dtype == SDW_K_F16    ? CUDNN_DATA_HALF
+                        : k->dtype == SDW_K_BF16 ? CUDNN_DATA_BFLOAT16
+                                                 : CUDNN_DATA_FLOAT;
+    CUDNN(cudnnCreateTensorDescriptor(&p->xd));
+    CUDNN(cudnnCreateTensorDescriptor(&p->yd));
+    CUDNN(cudnnCreateFilterDescriptor(&p->wd));
+    CUDNN(cudnnCreateConvolutionDescriptor(&p->cd));
+    CUDNN(cudnnSetTensor4dDescriptor(p->xd, CUDNN_TENSOR_NCHW, t, k->b, k->ch, k->h, k->w));
+    CUDNN(cudnnSetFilter4dDescriptor(p->wd, t, CUDNN_TENSOR_NCHW, k->o, k->ch, k->kh, k->kw));
+    CUDNN(cudnnSetConvolution2dDescriptor(p->cd, k->pad_h, k->pad_w, k->stride, k->stride, 1, 1,
+                                          CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    CUDNN(cudnnSetConvolutionMathType(p->cd, k->dtype == SDW_K_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
+    int on, oc, oh, ow;
+    CUDNN(cudnnGetConvolution2dForwardOutputDim(p->cd, p->xd, p->wd, &on, &oc, &oh, &ow));
+    if (on != k->b || oc != k->o || oh != k->oh || ow != k->ow)
+        return sdw_fail(e, SDW_EDEVICE, "conv2d: cuDNN output %dx%dx%dx%d, expected %dx%dx%dx%d", on, oc, oh, ow,
+                        k->b, k->o, k->oh, k->ow);
+    CUDNN(cudnnSetTensor4dDescriptor(p->yd, CUDNN_TENSOR_NCHW, t, on, oc, oh, ow));
+    return SDW_OK;
+}
+
+/* cuDNN times its candidates on the real buffers (x, w, y); the fastest
+ * that fits the workspace is taken, and in float32 only direct algorithms
+ * without TF32 tensor-core math qualify, so that float32 results match the
+ * CPU reference. */
+static int plan_pick_cudnn(cuda_be *c, conv_plan *p, const void *x, const void *w, void *y, sdw_error *e)
+{
+    const conv_shape *k = &p->key;
+    int f32 = k->dtype == SDW_K_F32;
+    int rc = ensure_ws(c, c->ws_cap, e);
+    if (rc)
+        return rc;
+    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    int found = 0;
+    CUDNN(cudnnFindConvolutionForwardAlgorithmEx(c->dnn, p->xd, x, p->wd, w, p->cd, p->yd, y,
+                                                 CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf, c->ws,
+                                                 c->ws_bytes));
+    /* Float32 also keeps to the algorithms that sum the products directly:
+     * the FFT and Winograd ones transform the operands and round the
+     * transforms (an H100 picked one for the UNet's 8x8 layers that was
+     * 2.2e-5 off the CPU at 11520 products per output). */
+    int pick = -1;
+    for (int i = 0; i < found && pick < 0; i++)
+        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= c->ws_cap &&
+            (!f32 || ((perf[i].mathType == CUDNN_FMA_MATH || perf[i].mathType == CUDNN_DEFAULT_MATH) &&
+                      (perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM ||
+                       perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
+                       perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_GEMM ||
+                       perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_DIRECT))))
+            pick = i;
+    if (pick < 0)
+        return sdw_fail(e, SDW_EDEVICE, "conv2d: cuDNN has no algorithm for %dx%dx%dx%d * %dx%dx%dx%d (%s)", k->b,
+                        k->ch, k->h, k->w, k->o, k->ch, k->kh, k->kw,
+                        f32 ? "float32 without TF32" : "tensor cores");
+    /* DEFAULT_MATH would allow TF32 on Ampere and later: float32 stays FMA. */
+    CUDNN(cudnnSetConvolutionMathType(p->cd, f32 ? CUDNN_FMA_MATH : perf[pick].mathType));
+    p->algo = perf[pick].algo;
+    p->ws_bytes = perf[pick].memory;
+    return SDW_OK;
+}
+
+/* im2col and a cuBLAS product instead, where it is faster (cuDNN's NCHW
+ * algorithms are slow on the UNet's small, wide layers) or SDW_CUDA_CONV
+ * says gemm: the columns of every image at once, or else of one image a
+ * band of positions at a time, a multiple of 256 (whole GEMM tiles) where it
+ * can. */
+static int plan_weigh_gemm(cuda_be *c, conv_plan *p, const void *x, const void *w, void *y, sdw_error *e)
+{
+    const conv_shape *k = &p->key;
+    int64_t np = (int64_t)k->oh * k->ow;
+    size_t per_pos = (size_t)k->ch * (size_t)(k->kh * k->kw) * dtype_size(k->dtype);
+    int whole = (size_t)k->b * (size_t)np * per_pos <= c->ws_cap;
+    int64_t band = np;
+    if (!whole) {
+        band = (int64_t)(c->ws_cap / per_pos);
+        band = band > np ? np : band > 256 ? band / 256 * 256 : band;
+    }
+    if (c->conv_mode == CONV_CUDNN || band <= 0)
+        return SDW_OK;
+    conv_plan g = *p;
+    g.gemm = 1;
+    g.whole = whole;
+    g.band = band;
+    g.ws_bytes = (size_t)(whole ? k->b : 1) * (size_t)band * per_pos;
+    double t_dnn = 0, t_gemm = 0;
+    int rc;
+    if (c->conv_mode == CONV_AUTO &&
+        ((rc = conv_time(c, p, x, w, y, &t_dnn, e)) || (rc = conv_time(c, &g, x, w, y, &t_gemm, e))))
+        return rc;
+    if (c->conv_mode == CONV_GEMM || t_gemm < t_dnn) {
+        p->gemm = 1;
+        p->whole = g.whole;
+        p->band = g.band;
+        p->ws_bytes = g.ws_bytes;
+    }
+    return SDW_OK;
+}
+
+/* The plan for a shape, made the first time it is seen (cuDNN's best
+ * algorithm, then timed against im2col + cuBLAS; SDW_CUDA_CONV=cudnn or gemm
+ * takes one way throughout) and kept for the backend's life. */
 static int conv_plan_get(cuda_be *c, const conv_shape *key, const void *x, const void *w, void *y, conv_plan **out,
                          sdw_error *e)
 {
@@ -139,101 +238,11 @@ static int conv_plan_get(cuda_be *c, const conv_shape *key, const void *x, const
     conv_plan *p = &c->plans.v[c->plans.n];
     memset(p, 0, sizeof *p);
     p->key = *key;
-    int dt = key->dtype, b = key->b, ch = key->ch, h = key->h, wd = key->w, o = key->o, kh = key->kh, kw = key->kw;
-    int pad_h = key->pad_h, pad_w = key->pad_w, stride = key->stride;
-    cudnnDataType_t t = dt == SDW_K_F16 ? CUDNN_DATA_HALF : dt == SDW_K_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
-    CUDNN(cudnnCreateTensorDescriptor(&p->xd));
-    cudnnStatus_t st = cudnnCreateTensorDescriptor(&p->yd);
-    if (st == CUDNN_STATUS_SUCCESS)
-        st = cudnnCreateFilterDescriptor(&p->wd);
-    if (st == CUDNN_STATUS_SUCCESS)
-        st = cudnnCreateConvolutionDescriptor(&p->cd);
-    if (st != CUDNN_STATUS_SUCCESS) {
-        plan_destroy(p);
-        return sdw_cudnn_err(e, st, "cudnnCreate*Descriptor", __FILE__, __LINE__);
-    }
-#define PLAN(call)                                                                                                \
-    do {                                                                                                          \
-        cudnnStatus_t pl_rc_ = (call);                                                                            \
-        if (pl_rc_ != CUDNN_STATUS_SUCCESS) {                                                                     \
-            plan_destroy(p);                                                                                      \
-            return sdw_cudnn_err(e, pl_rc_, #call, __FILE__, __LINE__);                                               \
-        }                                                                                                         \
-    } while (0)
-    PLAN(cudnnSetTensor4dDescriptor(p->xd, CUDNN_TENSOR_NCHW, t, b, ch, h, wd));
-    PLAN(cudnnSetFilter4dDescriptor(p->wd, t, CUDNN_TENSOR_NCHW, o, ch, kh, kw));
-    PLAN(cudnnSetConvolution2dDescriptor(p->cd, pad_h, pad_w, stride, stride, 1, 1, CUDNN_CROSS_CORRELATION,
-                                         CUDNN_DATA_FLOAT));
-    PLAN(cudnnSetConvolutionMathType(p->cd, dt == SDW_K_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
-    int on, oc, ohh, oww;
-    PLAN(cudnnGetConvolution2dForwardOutputDim(p->cd, p->xd, p->wd, &on, &oc, &ohh, &oww));
-    if (on != b || oc != o || ohh != key->oh || oww != key->ow) {
-        plan_destroy(p);
-        return sdw_fail(e, SDW_EDEVICE, "conv2d: cuDNN output %dx%dx%dx%d, expected %dx%dx%dx%d", on, oc, ohh, oww, b,
-                        o, key->oh, key->ow);
-    }
-    PLAN(cudnnSetTensor4dDescriptor(p->yd, CUDNN_TENSOR_NCHW, t, on, oc, ohh, oww));
-    if ((rc = ensure_ws(c, c->ws_cap, e))) {
+    if ((rc = plan_describe(p, e)) || (rc = plan_pick_cudnn(c, p, x, w, y, e)) ||
+        (rc = plan_weigh_gemm(c, p, x, w, y, e))) {
         plan_destroy(p);
         return rc;
     }
-    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    int found = 0;
-    PLAN(cudnnFindConvolutionForwardAlgorithmEx(c->dnn, p->xd, x, p->wd, w, p->cd, p->yd, y,
-                                                CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf, c->ws, c->ws_bytes));
-    /* Float32 also keeps to the algorithms that sum the products directly:
-     * the FFT and Winograd ones transform the operands and round the
-     * transforms (an H100 picked one for the UNet's 8x8 layers that was
-     * 2.2e-5 off the CPU at 11520 products per output). */
-    int pick = -1;
-    for (int i = 0; i < found && pick < 0; i++)
-        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= c->ws_cap &&
-            (dt != SDW_K_F32 || ((perf[i].mathType == CUDNN_FMA_MATH || perf[i].mathType == CUDNN_DEFAULT_MATH) &&
-                                 (perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM ||
-                                  perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
-                                  perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_GEMM ||
-                                  perf[i].algo == CUDNN_CONVOLUTION_FWD_ALGO_DIRECT))))
-            pick = i;
-    if (pick < 0) {
-        plan_destroy(p);
-        return sdw_fail(e, SDW_EDEVICE, "conv2d: cuDNN has no algorithm for %dx%dx%dx%d * %dx%dx%dx%d (%s)", b, ch, h,
-                        wd, o, ch, kh, kw, dt == SDW_K_F32 ? "float32 without TF32" : "tensor cores");
-    }
-    /* DEFAULT_MATH would allow TF32 on Ampere and later: float32 stays FMA. */
-    PLAN(cudnnSetConvolutionMathType(p->cd, dt == SDW_K_F32 ? CUDNN_FMA_MATH : perf[pick].mathType));
-    p->algo = perf[pick].algo;
-    p->ws_bytes = perf[pick].memory;
-    /* The columns of every image at once, or else of one image a band of
-     * positions at a time, a multiple of 256 (whole GEMM tiles) where it can. */
-    int64_t np = (int64_t)key->oh * key->ow;
-    size_t per_pos = (size_t)ch * (size_t)(kh * kw) * dtype_size(dt);
-    int whole = (size_t)b * (size_t)np * per_pos <= c->ws_cap;
-    int64_t band = np;
-    if (!whole) {
-        band = (int64_t)(c->ws_cap / per_pos);
-        band = band > np ? np : band > 256 ? band / 256 * 256 : band;
-    }
-    if (c->conv_mode != CONV_CUDNN && band > 0) {
-        size_t col = (size_t)(whole ? b : 1) * (size_t)band * per_pos;
-        conv_plan g = *p;
-        g.gemm = 1;
-        g.whole = whole;
-        g.band = band;
-        g.ws_bytes = col;
-        double t_dnn = 0, t_gemm = 0;
-        if (c->conv_mode == CONV_AUTO && ((rc = conv_time(c, p, x, w, y, &t_dnn, e)) ||
-                                          (rc = conv_time(c, &g, x, w, y, &t_gemm, e)))) {
-            plan_destroy(p);
-            return rc;
-        }
-        if (c->conv_mode == CONV_GEMM || t_gemm < t_dnn) {
-            p->gemm = 1;
-            p->whole = whole;
-            p->band = band;
-            p->ws_bytes = col;
-        }
-    }
-#undef PLAN
     c->plans.n++;
     *out = p;
     return SDW_OK;

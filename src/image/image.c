@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <jpeglib.h>
+#include <jerror.h>
 
 void sdw_image_free(sdw_image *img)
 {
@@ -15,15 +16,25 @@ void sdw_image_free(sdw_image *img)
     memset(img, 0, sizeof *img);
 }
 
-int sdw_image_alloc(sdw_image *img, int w, int h, int channels, sdw_error *e)
+static int alloc_within(sdw_image *img, int64_t w, int64_t h, int channels, size_t max_pixels, sdw_error *e)
 {
-    if (w <= 0 || h <= 0 || (int64_t)w * h > SDW_IMAGE_MAX_PIXELS)
-        return sdw_fail(e, SDW_EINVAL, "image size %dx%d outside 1..%d pixels", w, h, SDW_IMAGE_MAX_PIXELS);
+    if (max_pixels > SDW_IMAGE_MAX_PIXELS)
+        max_pixels = SDW_IMAGE_MAX_PIXELS;
+    if (w <= 0 || h <= 0)
+        return sdw_fail(e, SDW_EINVAL, "image is %lldx%lld: no pixels", (long long)w, (long long)h);
+    if ((uint64_t)w * (uint64_t)h > max_pixels)
+        return sdw_fail(e, SDW_EINVAL, "image is %lldx%lld, %llu pixels, over the limit of %zu", (long long)w,
+                        (long long)h, (unsigned long long)w * (unsigned long long)h, max_pixels);
     img->pixels = malloc((size_t)w * h * channels);
     if (!img->pixels)
-        return sdw_fail(e, SDW_ENOMEM, "out of memory for a %dx%d image", w, h);
-    img->width = w, img->height = h, img->channels = channels;
+        return sdw_fail(e, SDW_ENOMEM, "out of memory for a %lldx%lld image", (long long)w, (long long)h);
+    img->width = (int)w, img->height = (int)h, img->channels = channels;
     return SDW_OK;
+}
+
+int sdw_image_alloc(sdw_image *img, int w, int h, int channels, sdw_error *e)
+{
+    return alloc_within(img, w, h, channels, SDW_IMAGE_MAX_PIXELS, e);
 }
 
 /* PIL's convert("L"): ITU-R 601-2 luma in 16-bit fixed point, which is what
@@ -48,17 +59,23 @@ static void to_grey(sdw_image *img)
     img->channels = 1;
 }
 
-static int decode_png(sdw_image *img, const void *data, size_t len, sdw_error *e)
+static int decode_png(sdw_image *img, const void *data, size_t len, size_t max_pixels, sdw_error *e)
 {
     png_image pi;
     memset(&pi, 0, sizeof pi);
     pi.version = PNG_IMAGE_VERSION;
+    /* This reads the chunks up to the first IDAT only: the size is known,
+     * and refused when too large, before any pixel memory exists. */
     if (!png_image_begin_read_from_memory(&pi, data, len))
         return sdw_fail(e, SDW_EFORMAT, "broken PNG: %s", pi.message);
     /* RGBA then dropping alpha is what PIL's convert("RGB") does: no
      * compositing onto a background. */
     pi.format = PNG_FORMAT_RGBA;
-    int rc = sdw_image_alloc(img, (int)pi.width, (int)pi.height, 3, e);
+    /* libpng takes 16-bit samples without a gAMA or sRGB chunk as linear
+     * and brightens them on the way to 8 bits; PIL keeps their high byte.
+     * Read as sRGB, they are only rescaled, within one level of PIL. */
+    pi.flags |= PNG_IMAGE_FLAG_16BIT_sRGB;
+    int rc = alloc_within(img, (int64_t)pi.width, (int64_t)pi.height, 3, max_pixels, e);
     uint8_t *rgba = rc ? NULL : malloc(PNG_IMAGE_SIZE(pi));
     if (rc || !rgba) {
         png_image_free(&pi);
@@ -93,17 +110,39 @@ static void jpeg_error_exit(j_common_ptr cinfo)
     longjmp(je->jump, 1);
 }
 
-static void jpeg_quiet(j_common_ptr cinfo, int level)
+/* Warnings are corrupt data libjpeg works around. The one that matters is
+ * a file that ends early: libjpeg pads it with grey where PIL refuses it.
+ * Its Huffman decoder reads ahead, so a file that lacks only the final EOI
+ * marker cannot be told from one cut in its last bits, and is refused too. */
+static void jpeg_message(j_common_ptr cinfo, int level)
 {
+    if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF)
+        jpeg_error_exit(cinfo);
 }
 
-static int decode_jpeg(sdw_image *img, const void *data, size_t len, sdw_error *e)
+/* A progressive JPEG may hold any number of scans, each a pass over the
+ * whole image, so a few kilobytes can cost minutes of decoding. Encoders
+ * write about ten. */
+#define JPEG_MAX_SCANS 100
+
+static void jpeg_progress(j_common_ptr cinfo)
+{
+    j_decompress_ptr d = (j_decompress_ptr)cinfo;
+    if (d->is_decompressor && d->input_scan_number > JPEG_MAX_SCANS) {
+        jpeg_err *je = (jpeg_err *)cinfo->err;
+        snprintf(je->msg, sizeof je->msg, "more than %d progressive scans", JPEG_MAX_SCANS);
+        longjmp(je->jump, 1);
+    }
+}
+
+static int decode_jpeg(sdw_image *img, const void *data, size_t len, size_t max_pixels, sdw_error *e)
 {
     struct jpeg_decompress_struct cinfo;
+    struct jpeg_progress_mgr progress = {.progress_monitor = jpeg_progress};
     jpeg_err je;
     cinfo.err = jpeg_std_error(&je.mgr);
     je.mgr.error_exit = jpeg_error_exit;
-    je.mgr.emit_message = jpeg_quiet;
+    je.mgr.emit_message = jpeg_message;
     /* volatile: modified between setjmp and a possible longjmp */
     sdw_image *volatile out = img;
     if (setjmp(je.jump)) {
@@ -112,14 +151,25 @@ static int decode_jpeg(sdw_image *img, const void *data, size_t len, sdw_error *
         return sdw_fail(e, SDW_EFORMAT, "broken JPEG: %s", je.msg);
     }
     jpeg_create_decompress(&cinfo);
+    cinfo.progress = &progress;
     jpeg_mem_src(&cinfo, data, (unsigned long)len);
     jpeg_read_header(&cinfo, TRUE);
-    cinfo.out_color_space = JCS_RGB;
-    int rc = sdw_image_alloc(img, (int)cinfo.image_width, (int)cinfo.image_height, 3, e);
+    int rc = SDW_OK;
+    if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK)
+        rc = sdw_fail(e, SDW_EUNSUPPORTED, "CMYK JPEG is not supported (convert it to RGB)");
+    else if (cinfo.jpeg_color_space != JCS_GRAYSCALE && cinfo.jpeg_color_space != JCS_YCbCr &&
+             cinfo.jpeg_color_space != JCS_RGB)
+        rc = sdw_fail(e, SDW_EUNSUPPORTED, "JPEG colour space %d is not supported (grey, YCbCr or RGB are)",
+                      (int)cinfo.jpeg_color_space);
+    else if (cinfo.data_precision != 8)
+        rc = sdw_fail(e, SDW_EUNSUPPORTED, "%d-bit JPEG is not supported (8-bit is)", cinfo.data_precision);
+    if (!rc)
+        rc = alloc_within(img, cinfo.image_width, cinfo.image_height, 3, max_pixels, e);
     if (rc) {
         jpeg_destroy_decompress(&cinfo);
         return rc;
     }
+    cinfo.out_color_space = JCS_RGB;
     jpeg_start_decompress(&cinfo);
     while (cinfo.output_scanline < cinfo.output_height) {
         JSAMPROW row = img->pixels + (size_t)cinfo.output_scanline * img->width * 3;
@@ -130,21 +180,27 @@ static int decode_jpeg(sdw_image *img, const void *data, size_t len, sdw_error *
     return SDW_OK;
 }
 
-int sdw_image_decode(sdw_image *img, const void *data, size_t len, int grey, sdw_error *e)
+int sdw_image_decode_max(sdw_image *img, const void *data, size_t len, int grey, size_t max_pixels,
+                         sdw_error *e)
 {
     static const uint8_t png_magic[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     const uint8_t *p = data;
     memset(img, 0, sizeof *img);
     int rc;
     if (len >= 8 && !memcmp(p, png_magic, 8))
-        rc = decode_png(img, data, len, e);
+        rc = decode_png(img, data, len, max_pixels, e);
     else if (len >= 3 && p[0] == 0xff && p[1] == 0xd8 && p[2] == 0xff)
-        rc = decode_jpeg(img, data, len, e);
+        rc = decode_jpeg(img, data, len, max_pixels, e);
     else
         return sdw_fail(e, SDW_EUNSUPPORTED, "not a PNG or JPEG image");
     if (!rc && grey)
         to_grey(img);
     return rc;
+}
+
+int sdw_image_decode(sdw_image *img, const void *data, size_t len, int grey, sdw_error *e)
+{
+    return sdw_image_decode_max(img, data, len, grey, SDW_IMAGE_MAX_PIXELS, e);
 }
 
 int sdw_image_load(sdw_image *img, const char *path, int grey, sdw_error *e)

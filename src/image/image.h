@@ -20,7 +20,22 @@ typedef struct sdw_image {
 #define SDW_IMAGE_MAX_PIXELS (4096 * 4096)
 
 /* Decodes PNG or JPEG bytes (told apart by their magic) into RGB, or into
- * one grey channel when grey is set (masks). */
+ * one grey channel when grey is set (masks), refusing more than max_pixels
+ * pixels (at most SDW_IMAGE_MAX_PIXELS) from the declared size, before any
+ * pixel buffer is allocated.
+ *
+ * Supported: PNG of every colour type and bit depth (palette, grey, RGB,
+ * with or without alpha, 1 to 16 bits, interlaced or not; alpha is dropped,
+ * 16-bit samples are scaled to 8 bits, not gamma-converted); baseline,
+ * progressive or arithmetic 8-bit JPEG in grey, YCbCr or RGB. Refused:
+ * CMYK and YCCK JPEG and 12-bit JPEG (SDW_EUNSUPPORTED), a size over the
+ * limit (SDW_EINVAL), and any broken or truncated file (SDW_EFORMAT): a
+ * JPEG that ends early too, even by its EOI marker alone, which libjpeg
+ * would pad with grey, and a progressive one of more than 100 scans. A PNG
+ * that lacks only its IEND chunk has all its pixels and is accepted. */
+int sdw_image_decode_max(sdw_image *img, const void *data, size_t len, int grey, size_t max_pixels,
+                         sdw_error *e);
+/* sdw_image_decode_max with max_pixels SDW_IMAGE_MAX_PIXELS. */
 int sdw_image_decode(sdw_image *img, const void *data, size_t len, int grey, sdw_error *e);
 int sdw_image_load(sdw_image *img, const char *path, int grey, sdw_error *e);
 void sdw_image_free(sdw_image *img);

@@ -38,6 +38,7 @@
 #define _GNU_SOURCE /* memmem */
 #include "model/tokenizer.h"
 
+#include "base/datadir.h"
 #include "base/vec.h"
 
 #include <errno.h>
@@ -565,12 +566,9 @@ done:
 
 int sdw_tok_load_default(sdw_tokenizer **t, sdw_error *e)
 {
-    const char *dir = getenv("SDW_DATA_DIR");
-    if (!dir || !*dir)
-        dir = SDW_DATADIR;
     char path[4096];
-    snprintf(path, sizeof path, "%s/bpe_simple_vocab_16e6.txt.gz", dir);
-    return sdw_tok_load_bpe_gz(t, path, e);
+    int rc = sdw_data_path("bpe_simple_vocab_16e6.txt.gz", path, sizeof path, e);
+    return rc < 0 ? rc : sdw_tok_load_bpe_gz(t, path, e);
 }
 
 void sdw_tok_free(sdw_tokenizer *t)

@@ -18,7 +18,7 @@ typedef struct sdw_tokenizer sdw_tokenizer;
 int sdw_tok_load_hf(sdw_tokenizer **t, const char *vocab_json, const char *merges_txt, sdw_error *e);
 /* OpenAI's bpe_simple_vocab_16e6.txt.gz, as shipped in data/. */
 int sdw_tok_load_bpe_gz(sdw_tokenizer **t, const char *path, sdw_error *e);
-/* The bundled vocabulary: $SDW_DATA_DIR or the installed pkgdatadir. */
+/* The bundled vocabulary, found as base/datadir.h says. */
 int sdw_tok_load_default(sdw_tokenizer **t, sdw_error *e);
 void sdw_tok_free(sdw_tokenizer *t);
 

@@ -441,6 +441,111 @@ static int dpm_karras(sdw_sched *s, int N, sdw_error *e)
     return 0;
 }
 
+/* The timesteps diffusers' set_timesteps gives N steps, descending, as
+ * doubles in g (room for cap); returns how many. One function per family,
+ * each spacing as that scheduler writes it. */
+static int dpm_grid(const sdw_sched *s, int N, double *g, int cap)
+{
+    const double T = s->T;
+    int n = 0;
+    /* DPM divides the range into N + 1 and drops the last point. */
+    if (s->spacing == SP_LINSPACE) {
+        for (int k = N; k >= 1; k--)
+            g[n++] = nearbyint(np_linspace(T - 1, N + 1, k));
+    } else if (s->spacing == SP_LEADING) {
+        int ratio = s->T / (N + 1);
+        for (int k = N; k >= 1; k--)
+            g[n++] = (double)k * ratio + s->steps_offset;
+    } else {
+        n = np_arange_down(g, cap, T, T / N);
+        for (int i = 0; i < n; i++)
+            g[i] = nearbyint(g[i]) - 1;
+    }
+    return n;
+}
+
+/* g has room for 2 * cap: the ascending list goes in its second half. */
+static int pndm_grid(const sdw_sched *s, int N, double *g, int cap)
+{
+    const double T = s->T;
+    int n = 0;
+    double *asc = g + cap;
+    if (s->spacing == SP_LINSPACE) {
+        for (int k = 0; k < N; k++)
+            asc[k] = nearbyint(np_linspace(T - 1, N, k));
+    } else if (s->spacing == SP_LEADING) {
+        for (int k = 0; k < N; k++)
+            asc[k] = (double)k * (s->T / N) + s->steps_offset;
+    } else {
+        double *d = g;
+        int m = np_arange_down(d, cap, T, T / N);
+        for (int k = 0; k < m; k++)
+            asc[k] = nearbyint(d[m - 1 - k]) - 1;
+        N = m;
+    }
+    /* PLMS: the second-to-last ascending entry repeats, then reverse. */
+    if (N == 1) {
+        g[n++] = asc[0];
+    } else {
+        g[n++] = asc[N - 1];
+        g[n++] = asc[N - 2];
+        for (int k = N - 2; k >= 0; k--)
+            g[n++] = asc[k];
+    }
+    return n;
+}
+
+/* Euler, Euler ancestral and DDIM. */
+static int plain_grid(const sdw_sched *s, int N, double *g, int cap)
+{
+    const double T = s->T;
+    int n = 0;
+    if (s->spacing == SP_LINSPACE) {
+        for (int k = N - 1; k >= 0; k--) {
+            double v = np_linspace(T - 1, N, k);
+            g[n++] = s->kind == SDW_SAMPLER_DDIM ? nearbyint(v) : (double)(float)v;
+        }
+    } else if (s->spacing == SP_LEADING) {
+        for (int k = N - 1; k >= 0; k--)
+            g[n++] = (double)k * (s->T / N) + s->steps_offset;
+    } else {
+        n = np_arange_down(g, cap, T, T / N);
+        for (int i = 0; i < n; i++)
+            g[i] = nearbyint(g[i]) - 1;
+    }
+    return n;
+}
+
+/* The sigma schedule of the n timesteps in s->ts (sigma-based samplers),
+ * and the initial noise sigma. */
+static int make_sigmas(sdw_sched *s, int n, sdw_error *e)
+{
+    if (is_euler(s->kind) || is_dpm(s->kind)) {
+        s->sigmas = malloc(sizeof(float) * (n + 1));
+        if (!s->sigmas)
+            return sdw_fail(e, SDW_ENOMEM, "sigmas");
+        if (s->kind == SDW_SAMPLER_DPMPP_2M_KARRAS) {
+            int rc = dpm_karras(s, n, e);
+            if (rc)
+                return rc;
+        } else {
+            for (int i = 0; i < n; i++)
+                s->sigmas[i] = interp_sigma(s, s->ts[i]);
+        }
+        int sigma_min_last = s->final_sigma_min && s->kind != SDW_SAMPLER_EULER_A;
+        s->sigmas[n] = sigma_min_last ? sqrtf((1.0f - s->acp[0]) / s->acp[0]) : 0.0f;
+    }
+    s->init_sigma = 1.0f;
+    if (is_euler(s->kind)) {
+        float mx = 0;
+        for (int i = 0; i <= n; i++)
+            if (s->sigmas[i] > mx)
+                mx = s->sigmas[i];
+        s->init_sigma = s->spacing == SP_LEADING ? sqrtf(mx * mx + 1.0f) : mx;
+    }
+    return SDW_OK;
+}
+
 int sdw_sched_set_timesteps(sdw_sched *s, int steps, double strength, sdw_error *e)
 {
     if (steps < 1 || steps > s->T)
@@ -465,63 +570,11 @@ int sdw_sched_set_timesteps(sdw_sched *s, int steps, double strength, sdw_error 
         free(g);
         return sdw_fail(e, SDW_ENOMEM, "timesteps");
     }
-    const double T = s->T;
-    int N = steps, n = 0;
-    if (is_dpm(s->kind)) {
-        /* DPM divides the range into N + 1 and drops the last point. */
-        if (s->spacing == SP_LINSPACE) {
-            for (int k = N; k >= 1; k--)
-                g[n++] = nearbyint(np_linspace(T - 1, N + 1, k));
-        } else if (s->spacing == SP_LEADING) {
-            int ratio = s->T / (N + 1);
-            for (int k = N; k >= 1; k--)
-                g[n++] = (double)k * ratio + s->steps_offset;
-        } else {
-            n = np_arange_down(g, cap, T, T / N);
-            for (int i = 0; i < n; i++)
-                g[i] = nearbyint(g[i]) - 1;
-        }
-    } else if (s->kind == SDW_SAMPLER_PNDM) {
-        double *asc = g + cap; /* g has room for both lists */
-        if (s->spacing == SP_LINSPACE) {
-            for (int k = 0; k < N; k++)
-                asc[k] = nearbyint(np_linspace(T - 1, N, k));
-        } else if (s->spacing == SP_LEADING) {
-            for (int k = 0; k < N; k++)
-                asc[k] = (double)k * (s->T / N) + s->steps_offset;
-        } else {
-            double *d = g;
-            int m = np_arange_down(d, cap, T, T / N);
-            for (int k = 0; k < m; k++)
-                asc[k] = nearbyint(d[m - 1 - k]) - 1;
-            N = m;
-        }
-        /* PLMS: the second-to-last ascending entry repeats, then reverse. */
-        if (N == 1) {
-            g[n++] = asc[0];
-        } else {
-            g[n++] = asc[N - 1];
-            g[n++] = asc[N - 2];
-            for (int k = N - 2; k >= 0; k--)
-                g[n++] = asc[k];
-        }
-    } else {
-        if (s->spacing == SP_LINSPACE) {
-            for (int k = N - 1; k >= 0; k--) {
-                double v = np_linspace(T - 1, N, k);
-                g[n++] = s->kind == SDW_SAMPLER_DDIM ? nearbyint(v) : (double)(float)v;
-            }
-        } else if (s->spacing == SP_LEADING) {
-            for (int k = N - 1; k >= 0; k--)
-                g[n++] = (double)k * (s->T / N) + s->steps_offset;
-        } else {
-            n = np_arange_down(g, cap, T, T / N);
-            for (int i = 0; i < n; i++)
-                g[i] = nearbyint(g[i]) - 1;
-        }
-    }
+    int n = is_dpm(s->kind)                ? dpm_grid(s, steps, g, cap)
+            : s->kind == SDW_SAMPLER_PNDM ? pndm_grid(s, steps, g, cap)
+                                          : plain_grid(s, steps, g, cap);
     for (int i = 0; i < n; i++) {
-        if (g[i] < 0 || g[i] > T - 1) {
+        if (g[i] < 0 || g[i] > s->T - 1) {
             double bad = g[i];
             free(g);
             return sdw_fail(e, SDW_EINVAL, "%d steps with this scheduler config give timestep %g outside [0, %d]",
@@ -532,30 +585,9 @@ int sdw_sched_set_timesteps(sdw_sched *s, int steps, double strength, sdw_error 
     free(g);
     s->nfull = n;
     s->steps = steps;
-
-    if (is_euler(s->kind) || is_dpm(s->kind)) {
-        s->sigmas = malloc(sizeof(float) * (n + 1));
-        if (!s->sigmas)
-            return sdw_fail(e, SDW_ENOMEM, "sigmas");
-        if (s->kind == SDW_SAMPLER_DPMPP_2M_KARRAS) {
-            int rc = dpm_karras(s, n, e);
-            if (rc)
-                return rc;
-        } else {
-            for (int i = 0; i < n; i++)
-                s->sigmas[i] = interp_sigma(s, s->ts[i]);
-        }
-        int sigma_min_last = s->final_sigma_min && s->kind != SDW_SAMPLER_EULER_A;
-        s->sigmas[n] = sigma_min_last ? sqrtf((1.0f - s->acp[0]) / s->acp[0]) : 0.0f;
-    }
-    s->init_sigma = 1.0f;
-    if (is_euler(s->kind)) {
-        float mx = 0;
-        for (int i = 0; i <= n; i++)
-            if (s->sigmas[i] > mx)
-                mx = s->sigmas[i];
-        s->init_sigma = s->spacing == SP_LEADING ? sqrtf(mx * mx + 1.0f) : mx;
-    }
+    int rc = make_sigmas(s, n, e);
+    if (rc)
+        return rc;
     s->begin = t_start;
     if (s->begin >= n)
         return sdw_fail(e, SDW_EINVAL, "strength %g leaves no denoising step", strength);

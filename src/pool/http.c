@@ -1,6 +1,7 @@
 #include "pool/http.h"
 
 #include "contract/contract.h"
+#include "image/image.h"
 #include "pool/sse.h"
 
 #include <arpa/inet.h>
@@ -34,6 +35,12 @@ static const char *reason_phrase(int status)
     }
 }
 
+/* Whether the request this thread answers is a HEAD: every reply then
+ * keeps its status and headers, Content-Length included, and drops its body
+ * (RFC 9110 9.3.2; a CGI script must not send one, RFC 3875 4.3.2). One per
+ * thread, as a child's threads answer requests side by side. */
+static _Thread_local bool head_only;
+
 int sdw_http_reply(FCGX_Stream *out, int status, const char *extra_headers, const char *body)
 {
     /* libfcgi's FCGX_FPrintF has its own formatter without %zu: format here. */
@@ -43,8 +50,11 @@ int sdw_http_reply(FCGX_Stream *out, int status, const char *extra_headers, cons
                      "Status: %d %s\r\nContent-Type: application/json\r\n"
                      "Cache-Control: no-store\r\nContent-Length: %zu\r\n%s\r\n",
                      status, reason_phrase(status), len + 1, extra_headers ? extra_headers : "");
-    if (n < 0 || n >= (int)sizeof head || FCGX_PutStr(head, n, out) != n ||
-        FCGX_PutStr(body, (int)len, out) != (int)len || FCGX_PutS("\n", out) < 0)
+    if (n < 0 || n >= (int)sizeof head || FCGX_PutStr(head, n, out) != n)
+        return -1;
+    if (head_only)
+        return 0;
+    if (FCGX_PutStr(body, (int)len, out) != (int)len || FCGX_PutS("\n", out) < 0)
         return -1;
     return 0;
 }
@@ -271,6 +281,16 @@ static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_aut
         sdw_job_request_free(&jr);
         return;
     }
+    /* Decoded here, in full, so that a bad image is this request's 400
+     * and not a failed job; the engine decodes them again from the ring. */
+    sdw_image init, mask;
+    rc = sdw_job_request_decode_images(&jr, cfg->max_pixels, &init, &mask, &err);
+    if (rc < 0) {
+        sdw_job_request_free(&jr);
+        return reply_error(out, &err, NULL);
+    }
+    sdw_image_free(&init);
+    sdw_image_free(&mask);
     char reason[256];
     if (engine_gone(ctx->ring, reason, sizeof reason)) {
         sdw_job_request_free(&jr);
@@ -319,7 +339,9 @@ static void reply_lookup_error(FCGX_Stream *out, const char *id, int rc, const s
 
 static void reply_expired(FCGX_Stream *out, const char *id)
 {
-    fail(out, 410, "expired", 0, "job %s finished longer ago than result_ttl and its data is gone", id);
+    fail(out, 410, SDW_API_RESULT_EXPIRED, 0,
+         "job %s has finished and its result is no longer kept (result_ttl passed, or every job slot was "
+         "needed for newer work)", id);
 }
 
 /* Step and total from the newest progress or preview event, and the error
@@ -448,18 +470,37 @@ static void job_cancel(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id
     reply_json(out, 200, o);
 }
 
+/* The lookup answers here, at once (404, 410, another key's job); the
+ * stream itself goes to a stream thread, so this process takes its next
+ * request right away. */
 static void job_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *id, const sdw_auth_caller *who)
 {
     sdw_job_info info;
     if (!find_live_job(ctx, req->out, id, &info, who))
         return;
     uint64_t after = sdw_sse_parse_last_event_id(FCGX_GetParam("HTTP_LAST_EVENT_ID", req->envp));
-    sdw_pool_set_streaming(ctx->pool, id);
-    sdw_sse_end end = sdw_sse_stream(ctx->ring, id, after, ctx->cfg->keepalive_interval, req->out);
-    sdw_pool_set_streaming(ctx->pool, NULL);
-    static const char *const how[] = { "finished", "client went away", "job expired", "ring failed" };
-    sdw_log(end == SDW_SSE_FAILED ? SDW_LOG_WARN : SDW_LOG_DEBUG, "job %s: stream ended (%s)", id,
+    sdw_error e = { 0 };
+    int rc = ctx->stream_start(ctx->host, req, id, after, &e);
+    if (rc < 0)
+        fail(req->out, 503, SDW_API_TOO_MANY_STREAMS, SDW_HTTP_RETRY_AFTER_S, "cannot open the stream of %s: %s", id,
+             e.msg);
+}
+
+void sdw_http_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *job_id, uint64_t after)
+{
+    sdw_sse_end end = sdw_sse_stream(ctx->ring, job_id, after, ctx->cfg->keepalive_interval, req->out);
+    static const char *const how[] = { "finished", "client went away", "job or ring gone", "ring failed" };
+    sdw_log(end == SDW_SSE_FAILED ? SDW_LOG_WARN : SDW_LOG_DEBUG, "job %s: stream ended (%s)", job_id,
             how[end]);
+}
+
+/* The stream's response head alone: whether the job can be streamed, and
+ * as what, without holding a stream open. */
+static void stream_head(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *id, const sdw_auth_caller *who)
+{
+    sdw_job_info info;
+    if (find_live_job(ctx, out, id, &info, who))
+        sdw_sse_head(out);
 }
 
 /* ---- service endpoints ---- */
@@ -478,6 +519,24 @@ static json_object *model_names(const sdw_config *cfg)
     for (int i = 0; i < cfg->n_models; i++)
         json_object_array_add(a, json_object_new_string(cfg->models[i].name));
     return a;
+}
+
+/* The ring's slots by what they hold: they add up to "slots", and
+ * "free_slots" counts only slots holding nothing, not kept results that a
+ * submission would take when nothing is free ("evicted_results" counts
+ * those taken). */
+static json_object *ring_json(const sdw_engine_info *info)
+{
+    json_object *r = json_object_new_object();
+    json_object_object_add(r, "engine", json_object_new_string(sdw_engine_state_name(info->state)));
+    json_object_object_add(r, "slots", json_object_new_int((int)info->slots));
+    json_object_object_add(r, "queued", json_object_new_int((int)info->queued));
+    json_object_object_add(r, "running", json_object_new_int((int)info->running));
+    json_object_object_add(r, "kept_results", json_object_new_int((int)info->kept));
+    json_object_object_add(r, "free_slots", json_object_new_int((int)info->free_slots));
+    json_object_object_add(r, "evicted_results", json_object_new_uint64(info->evicted));
+    json_object_object_add(r, "recoveries", json_object_new_int((int)info->recoveries));
+    return r;
 }
 
 static void ready(const sdw_http_ctx *ctx, FCGX_Stream *out)
@@ -503,6 +562,8 @@ static void ready(const sdw_http_ctx *ctx, FCGX_Stream *out)
         if (rc == 0)
             json_object_object_add(o, "engine", json_object_new_string(sdw_engine_state_name(info.state)));
     }
+    if (rc == 0)
+        json_object_object_add(o, "ring", ring_json(&info));
     reply_json(out, ok ? 200 : 503, o);
 }
 
@@ -528,7 +589,7 @@ static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *q
         return fail(out, 403, SDW_API_FORBIDDEN, 0, "the full pool status (processes, job ids) %s",
                     ctx->cfg->n_keys ? "needs an admin API key" : "is answered on the loopback address only");
     sdw_pool_stats st;
-    sdw_pool_stats_get(ctx->pool, &st);
+    sdw_board_stats(ctx->board, ctx->listen_fd, &st);
     json_object *o = json_object_new_object();
     json_object_object_add(o, "pool", json_object_new_string("sdworker"));
     json_object_object_add(o, "process_manager",
@@ -546,24 +607,19 @@ static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *q
     json_object_object_add(o, "max_children", json_object_new_int(st.max_children));
     json_object_object_add(o, "max_children_reached", json_object_new_uint64(st.max_children_reached));
     json_object_object_add(o, "active_streams", json_object_new_int(st.streams));
+    json_object_object_add(o, "max_streams_per_child", json_object_new_int(st.max_streams_per_child));
     json_object_object_add(o, "reloads", json_object_new_int((int)st.reloads));
     sdw_engine_info info;
     sdw_error e = { 0 };
-    if (sdw_ring_engine_status(ctx->ring, &info, &e) == 0) {
-        json_object *r = json_object_new_object();
-        json_object_object_add(r, "engine", json_object_new_string(sdw_engine_state_name(info.state)));
-        json_object_object_add(r, "queued", json_object_new_int((int)info.queued));
-        json_object_object_add(r, "running", json_object_new_int((int)info.running));
-        json_object_object_add(r, "free_slots", json_object_new_int((int)info.free_slots));
-        json_object_object_add(r, "slots", json_object_new_int(ctx->cfg->ring_slots));
-        json_object_object_add(r, "recoveries", json_object_new_int((int)info.recoveries));
-        json_object_object_add(o, "ring", r);
-    }
+    if (sdw_ring_engine_status(ctx->ring, &info, &e) == 0)
+        json_object_object_add(o, "ring", ring_json(&info));
     if (full) {
-        int max = st.children + st.retiring + 16;
+        int max = st.children + st.retiring + 16, max_streams = st.streams + 64;
         sdw_pool_proc *procs = calloc((size_t)max, sizeof *procs);
-        if (procs) {
-            int n = sdw_pool_list(ctx->pool, procs, max);
+        sdw_pool_stream *streams = calloc((size_t)max_streams, sizeof *streams);
+        if (procs && streams) {
+            int n = sdw_board_list(ctx->board, procs, max);
+            int ns = sdw_board_list_streams(ctx->board, streams, max_streams);
             json_object *a = json_object_new_array();
             for (int i = 0; i < n; i++) {
                 json_object *pr = json_object_new_object();
@@ -571,13 +627,18 @@ static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *q
                 json_object_object_add(pr, "state", json_object_new_string(procs[i].state));
                 json_object_object_add(pr, "retiring", json_object_new_boolean(procs[i].retiring));
                 json_object_object_add(pr, "start_since_ms", json_object_new_int64(procs[i].age_ms));
-                if (procs[i].job[0])
-                    json_object_object_add(pr, "job_id", json_object_new_string(procs[i].job));
+                json_object_object_add(pr, "streams", json_object_new_int(procs[i].streams));
+                json_object *jobs = json_object_new_array();
+                for (int k = 0; k < ns; k++)
+                    if (streams[k].pid == procs[i].pid)
+                        json_object_array_add(jobs, json_object_new_string(streams[k].job));
+                json_object_object_add(pr, "jobs", jobs);
                 json_object_array_add(a, pr);
             }
             json_object_object_add(o, "processes", a);
-            free(procs);
         }
+        free(procs);
+        free(streams);
     }
     reply_json(out, 200, o);
 }
@@ -640,6 +701,7 @@ void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req)
 {
     FCGX_Stream *out = req->out;
     const char *method = FCGX_GetParam("REQUEST_METHOD", req->envp);
+    head_only = method && strcmp(method, "HEAD") == 0;
     char path[1024];
     if (!method || !sdw_http_request_path(req->envp, path, sizeof path))
         return fail(out, 400, SDW_API_INVALID_REQUEST, 0, "the request carries no method or path");
@@ -651,11 +713,13 @@ void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req)
     const char *allow;
     switch (r) {
     case SDW_ROUTE_JOBS: allow = "POST"; break;
-    case SDW_ROUTE_JOB: allow = "GET, DELETE"; break;
+    case SDW_ROUTE_JOB: allow = "GET, HEAD, DELETE"; break;
     case SDW_ROUTE_NONE: return fail(out, 404, SDW_API_NOT_FOUND, 0, "no route for %.200s", path);
-    default: allow = "GET"; break;
+    default: allow = "GET, HEAD"; break;
     }
-    bool get = strcmp(method, "GET") == 0;
+    /* HEAD goes wherever GET does, to the same handler: same status and
+     * headers, and sdw_http_reply leaves the body out. */
+    bool get = head_only || strcmp(method, "GET") == 0;
     switch (r) {
     case SDW_ROUTE_HEALTH: if (get) return health(out); break;
     case SDW_ROUTE_READY: if (get) return ready(ctx, out); break;
@@ -671,7 +735,12 @@ void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req)
         if (strcmp(method, "DELETE") == 0)
             return job_cancel(ctx, out, id, &who);
         break;
-    case SDW_ROUTE_JOB_STREAM: if (get) return job_stream(ctx, req, id, &who); break;
+    case SDW_ROUTE_JOB_STREAM:
+        if (head_only)
+            return stream_head(ctx, out, id, &who);
+        if (get)
+            return job_stream(ctx, req, id, &who);
+        break;
     case SDW_ROUTE_NONE: break;
     }
     char headers[64];

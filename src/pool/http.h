@@ -5,6 +5,9 @@
  *   DELETE /v1/jobs/{id}          cancel
  *   GET    /v1/jobs/{id}/stream   server-sent events (sse.h)
  *   GET    /health, /ready, /v1/models, /v1/pool/status
+ *   HEAD   wherever GET goes: GET's status and headers, no body (on a
+ *          stream, the event-stream head without holding the stream)
+ *   (the reference for clients, with every field and code: doc/api.md)
  *
  * Routing uses SCRIPT_NAME + PATH_INFO when PATH_INFO is set (nginx's
  * configuration in conf/nginx), else DOCUMENT_URI, else REQUEST_URI without
@@ -17,8 +20,10 @@
  *   has been DEAD with no heartbeat for SDW_HTTP_DEAD_ENGINE_S makes submits
  *   fail with 503 engine_unavailable (+ Retry-After), so clients do not
  *   queue work nobody will run.
- * - An expired job (finished longer ago than result_ttl) answers 410 with
- *   code "expired" on GET, DELETE and /stream; an id never seen answers 404.
+ * - An expired job (finished longer ago than result_ttl, or its slot taken
+ *   for newer work when every slot was in use) answers 410 with code
+ *   "result_expired" on GET, DELETE and /stream; an id never seen answers
+ *   404.
  * - DELETE of a queued or running job: 200 {"job_id","status":"cancelled",
  *   "state"}, rbee's reply; "state" is "cancelled" for a queued job and
  *   "running" for one the engine stops at its next step (its stream then
@@ -41,13 +46,15 @@
  *   admin key, and with no keys configured only a client on the loopback
  *   address (REMOTE_ADDR 127.0.0.0/8 or ::1, i.e. on the host itself
  *   through a local nginx); others get 403 forbidden. The plain status has
- *   no job ids and answers any caller the API answers. */
+ *   no job ids and answers any caller the API answers.
+ * - A stream when the process has no room for another (a thread each, up to
+ *   pm.max_streams_per_child): 503 too_many_streams with Retry-After. */
 #ifndef SDW_HTTP_H
 #define SDW_HTTP_H
 
 #include "config/config.h"
 #include "pool/auth.h"
-#include "pool/pool.h"
+#include "pool/board.h"
 #include "ring/ring.h"
 
 #include <fcgiapp.h>
@@ -60,8 +67,15 @@
 typedef struct sdw_http_ctx {
     const sdw_config *cfg;
     sdw_ring *ring;
-    sdw_pool *pool;
+    const sdw_board *board;         /* the pool's scoreboard, for the status page */
+    int listen_fd;                  /* the listening TCP socket, -1 for a Unix one */
     sdw_auth_rates *rates;          /* per-key submission rates, shared by the pool */
+    /* Hands a stream request, looked up and allowed, to the process's
+     * stream threads (the pool's; host is theirs): 0 when they own req and
+     * run sdw_http_stream on it, else an error with req still the
+     * caller's to answer. */
+    int (*stream_start)(void *host, FCGX_Request *req, const char *job_id, uint64_t after, sdw_error *e);
+    void *host;
 } sdw_http_ctx;
 
 /* The pure parsing of a request's FastCGI parameters, apart from the
@@ -91,8 +105,14 @@ sdw_http_route sdw_http_route_of(const char *path, char job_id[SDW_JOB_ID_LEN + 
  * without parameters. */
 bool sdw_http_is_json_type(const char *content_type);
 
-/* Answers one accepted request completely (the caller finishes it). */
+/* Answers one accepted request completely (the caller finishes it), except
+ * an event stream, which it hands on through ctx->stream_start: then the
+ * request is no longer the caller's. */
 void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req);
+
+/* The stream thread's half of GET /v1/jobs/{id}/stream: the SSE response
+ * (sse.h) until the job ends or the client goes away. */
+void sdw_http_stream(const sdw_http_ctx *ctx, FCGX_Request *req, const char *job_id, uint64_t after);
 
 /* Writes a complete JSON response: status line, Content-Type, optional extra
  * header lines (each ending in \r\n, may be NULL) and the body. Returns 0,

@@ -1,20 +1,24 @@
 #define _GNU_SOURCE /* ppoll */
 #include "pool/pool.h"
 
+#include "base/clock.h"
+#include "pool/board.h"
 #include "pool/http.h"
 
 #include <errno.h>
 #include <fcgiapp.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/stat.h>
@@ -22,65 +26,47 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Scoreboard slots: enough for pm.max_children's upper bound (4096) twice,
- * so a reload can start a full new set while the old one drains. */
-#define BOARD_SLOTS 8192
-#define LISTEN_BACKLOG 128
+#define LISTEN_BACKLOG 1024
 /* Children that die this soon after their start count as failing to start;
  * after a run of them the master waits before forking again. */
 #define FAST_FAIL_MS 1000
 #define FAST_FAIL_LIMIT 5
 #define RESPAWN_PAUSE_MS 1000
+/* A stream thread's stack: it runs the SSE loop, the ring calls and the
+ * logger, a few KiB deep; what is never touched costs no memory. */
+#define STREAM_STACK (64 * 1024)
+/* How often a full child that left the accepting to its siblings looks
+ * again whether one of them still can take a connection. */
+#define FULL_RECHECK_MS 50
+/* A sibling whose main thread has been answering one request (or starting)
+ * this long does not count as taking connections: the full children accept
+ * again, so one slow request never holds up the pool. */
+#define STALL_MS 50
 
-enum child_state {
-    CHILD_FREE = 0,  /* slot unused */
-    CHILD_STARTING,  /* forked, not yet in accept: counts as idle */
-    CHILD_IDLE,
-    CHILD_BUSY,
-    CHILD_STREAM,
-};
-
-struct board_slot {
-    pid_t pid;
-    unsigned gen;
-    int state;              /* enum child_state, atomic */
-    int retiring;           /* atomic: told to exit after its current request */
-    int64_t started_ms;     /* CLOCK_MONOTONIC */
-    sdw_job_id job;         /* written by the child while it streams */
-};
-
-struct board {
-    pid_t master;
-    sdw_pm_mode mode;
-    int max_children, min_spare, max_spare;
-    unsigned gen;           /* the configuration generation children must match */
-    unsigned reloads;
-    int high;               /* slots [0, high) may be in use */
-    int64_t start_time_s;
-    uint64_t accepted;      /* atomic */
-    uint64_t max_reached;   /* atomic */
-    struct board_slot slot[BOARD_SLOTS];
+/* A child's mapping of the ring and the stream threads still reading it:
+ * a child that re-attaches to a replaced ring unmaps the old one only when
+ * its last stream there has ended. */
+struct ring_use {
+    sdw_ring *ring;
+    int users;              /* atomic: the child while it is current, and each stream on it */
 };
 
 struct sdw_pool {
     sdw_pool_options opt;
     sdw_config cfg;
-    sdw_ring *ring;
+    sdw_ring *ring;         /* the current mapping */
+    struct ring_use *use;   /* a child's users of ring; NULL in the master */
     int listen_fd;
-    struct board *board;
+    sdw_board *board;
     sdw_auth_rates *rates;  /* shared by the children, kept across reloads */
     int self;               /* the child's slot; -1 in the master */
+    /* A child's own, used by its main thread only: */
+    sdw_http_ctx ctx;
+    int wake_fd;            /* eventfd: a stream thread has ended */
+    bool req_taken;         /* the request being answered now belongs to a stream thread */
+    pthread_attr_t stream_attr;
 };
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int load_state(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-static void store_state(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
 int sdw_pool_load_config(const sdw_pool_options *o, sdw_config *c, sdw_error *e)
 {
@@ -98,90 +84,6 @@ int sdw_pool_load_config(const sdw_pool_options *o, sdw_config *c, sdw_error *e)
     return sdw_config_validate(c, e);
 }
 
-/* ---- the scoreboard, as children and the status page see it ---- */
-
-static void count_children(const struct board *b, int *total, int *idle, int *busy, int *streams,
-                           int *retiring)
-{
-    int t = 0, i = 0, a = 0, s = 0, r = 0;
-    for (int k = 0; k < __atomic_load_n(&b->high, __ATOMIC_ACQUIRE); k++) {
-        const struct board_slot *sl = &b->slot[k];
-        int st = load_state(&sl->state);
-        if (st == CHILD_FREE)
-            continue;
-        if (load_state(&sl->retiring) || sl->gen != b->gen) {
-            r++;
-            if (st == CHILD_STREAM)
-                s++;
-            continue;
-        }
-        t++;
-        if (st == CHILD_STARTING || st == CHILD_IDLE)
-            i++;
-        else
-            a++;
-        if (st == CHILD_STREAM)
-            s++;
-    }
-    *total = t, *idle = i, *busy = a, *streams = s, *retiring = r;
-}
-
-void sdw_pool_stats_get(const sdw_pool *p, sdw_pool_stats *st)
-{
-    const struct board *b = p->board;
-    memset(st, 0, sizeof *st);
-    st->mode = b->mode;
-    st->max_children = b->max_children;
-    count_children(b, &st->children, &st->idle, &st->active, &st->streams, &st->retiring);
-    st->accepted = __atomic_load_n(&b->accepted, __ATOMIC_RELAXED);
-    st->max_children_reached = __atomic_load_n(&b->max_reached, __ATOMIC_RELAXED);
-    st->start_time_s = b->start_time_s;
-    st->reloads = b->reloads;
-    st->listen_queue = st->listen_queue_max = -1;
-    if (!p->cfg.listen_unix) {
-        /* For a listening TCP socket Linux reports the accept queue in
-         * tcpi_unacked and its limit in tcpi_sacked. */
-        struct tcp_info ti;
-        socklen_t len = sizeof ti;
-        if (getsockopt(p->listen_fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0) {
-            st->listen_queue = (int)ti.tcpi_unacked;
-            st->listen_queue_max = (int)ti.tcpi_sacked;
-        }
-    }
-}
-
-int sdw_pool_list(const sdw_pool *p, sdw_pool_proc *out, int max)
-{
-    static const char *const names[] = { "free", "starting", "idle", "busy", "stream" };
-    const struct board *b = p->board;
-    int n = 0;
-    int64_t now = mono_ms();
-    for (int k = 0; k < __atomic_load_n(&b->high, __ATOMIC_ACQUIRE) && n < max; k++) {
-        const struct board_slot *sl = &b->slot[k];
-        int st = load_state(&sl->state);
-        if (st == CHILD_FREE || sl->pid <= 0)
-            continue;
-        out[n].pid = sl->pid;
-        out[n].state = names[st];
-        out[n].retiring = load_state(&sl->retiring) || sl->gen != b->gen;
-        out[n].age_ms = now - sl->started_ms;
-        memcpy(out[n].job, st == CHILD_STREAM ? sl->job : "", st == CHILD_STREAM ? sizeof out[n].job : 1);
-        out[n].job[SDW_JOB_ID_LEN] = '\0';
-        n++;
-    }
-    return n;
-}
-
-void sdw_pool_set_streaming(sdw_pool *p, const char *job_id)
-{
-    if (p->self < 0)
-        return;
-    struct board_slot *sl = &p->board->slot[p->self];
-    if (job_id)
-        snprintf(sl->job, sizeof sl->job, "%s", job_id);
-    store_state(&sl->state, job_id ? CHILD_STREAM : CHILD_BUSY);
-}
-
 /* ---- a child ---- */
 
 static volatile sig_atomic_t child_quit;
@@ -192,22 +94,217 @@ static void on_child_quit(int sig)
     child_quit = 1;
 }
 
-/* In dynamic mode, tells the master when this child's change moved the idle
- * count past a spare bound, so that it forks or retires children. */
-static void nudge_master(const sdw_pool *p, bool became_busy)
+/* In dynamic mode, tells the master when this child's change moved the
+ * spare count past a bound, so that it forks or retires children; a child
+ * that retires by itself always tells it, to be replaced. */
+static void nudge_master(const sdw_pool *p, bool less_spare)
 {
-    const struct board *b = p->board;
+    const sdw_board *b = p->board;
     if (b->mode != SDW_PM_DYNAMIC)
         return;
     int total, idle, busy, streams, retiring;
-    count_children(b, &total, &idle, &busy, &streams, &retiring);
-    if ((became_busy && idle < b->min_spare) || (!became_busy && idle > b->max_spare))
+    sdw_board_count(b, &total, &idle, &busy, &streams, &retiring);
+    if ((less_spare && idle < b->min_spare) || (!less_spare && idle > b->max_spare))
         kill(b->master, SIGUSR2);
+}
+
+/* Whether another current child with room for a stream is taking
+ * connections now: waiting in accept, or busy or starting only briefly. */
+static bool sibling_takes_streams(const sdw_pool *p)
+{
+    const sdw_board *b = p->board;
+    int64_t now = sdw_now_ms();
+    for (int k = 0; k < __atomic_load_n(&b->high, __ATOMIC_ACQUIRE); k++) {
+        const sdw_board_slot *sl = &b->slot[k];
+        int st = sdw_board_load(&sl->state);
+        if (k == p->self || st == SDW_CHILD_FREE || sl->gen != b->gen || sdw_board_load(&sl->retiring) || !sdw_board_has_room(sl))
+            continue;
+        if (st == SDW_CHILD_IDLE)
+            return true;
+        int64_t since = st == SDW_CHILD_BUSY ? __atomic_load_n(&sl->busy_ms, __ATOMIC_RELAXED) : sl->started_ms;
+        if (now - since < STALL_MS)
+            return true;
+    }
+    return false;
+}
+
+static int claim_entry(sdw_pool *p, const char *job_id)
+{
+    sdw_board *b = p->board;
+    for (int k = 0; k < SDW_STREAM_SLOTS; k++) {
+        sdw_stream_entry *en = &b->stream[k];
+        int free_ = 0;
+        /* Claimed as -(slot + 1) until the fields are written, so that the
+         * status page never shows a half-written entry. */
+        if (!__atomic_compare_exchange_n(&en->owner, &free_, -(p->self + 1), false, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_RELAXED))
+            continue;
+        en->pid = getpid();
+        snprintf(en->job, sizeof en->job, "%s", job_id);
+        sdw_board_store(&en->owner, p->self + 1);
+        int high = __atomic_load_n(&b->stream_high, __ATOMIC_RELAXED);
+        while (high < k + 1 && !__atomic_compare_exchange_n(&b->stream_high, &high, k + 1, true,
+                                                             __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+            ;
+        return k;
+    }
+    return -1;
+}
+
+struct stream_job {
+    sdw_pool *p;
+    sdw_http_ctx ctx;       /* the child's, with the ring the stream started on */
+    struct ring_use *use;
+    FCGX_Request *req;
+    int entry;
+    sdw_job_id job;
+    uint64_t after;
+};
+
+static void ring_use_put(struct ring_use *u)
+{
+    if (__atomic_sub_fetch(&u->users, 1, __ATOMIC_ACQ_REL) == 0) {
+        sdw_ring_close(u->ring);
+        free(u);
+    }
+}
+
+/* The supervisor replaces the ring when its layout changes, and a process
+ * still mapping the old one would queue jobs that no engine takes and keep
+ * its memory alive. Children check before every request, the master when
+ * it wakes, so that children forked later start from the current ring. */
+static void refresh_ring(sdw_pool *p)
+{
+    if (sdw_ring_stale(p->ring) != 1)
+        return;
+    sdw_ring *next;
+    sdw_error e = { 0 };
+    if (sdw_ring_open(p->cfg.ring_name, &next, &e) < 0) {
+        sdw_log(SDW_LOG_DEBUG, "the job ring was replaced; the new one is not ready yet: %s", e.msg);
+        return;
+    }
+    if (p->use) {
+        struct ring_use *u = malloc(sizeof *u);
+        if (!u) {
+            sdw_ring_close(next);
+            return;
+        }
+        *u = (struct ring_use){ .ring = next, .users = 1 };
+        ring_use_put(p->use);
+        p->use = u;
+        p->ctx.ring = next;
+    } else {
+        sdw_ring_close(p->ring);
+    }
+    p->ring = next;
+    sdw_log(p->self < 0 ? SDW_LOG_INFO : SDW_LOG_DEBUG, "the job ring %s was replaced; re-attached",
+            p->cfg.ring_name);
+}
+
+static void *stream_thread(void *arg)
+{
+    struct stream_job *sj = arg;
+    sdw_pool *p = sj->p;
+    sdw_http_stream(&sj->ctx, sj->req, sj->job, sj->after);
+    ring_use_put(sj->use);
+    FCGX_Finish_r(sj->req);
+    free(sj->req);
+    sdw_board_store(&p->board->stream[sj->entry].owner, 0);
+    __atomic_sub_fetch(&p->board->slot[p->self].streams, 1, __ATOMIC_RELEASE);
+    free(sj);
+    /* The main thread may wait for room, or for the last stream to end. */
+    uint64_t one = 1;
+    ssize_t w = write(p->wake_fd, &one, sizeof one);
+    (void)w;
+    return NULL;
+}
+
+/* The http_ctx's stream_start: hands req, just accepted by the calling
+ * child's main thread, to a new stream thread, which runs sdw_http_stream
+ * and finishes and frees req. SDW_EFULL when the child already serves
+ * pm.max_streams_per_child streams, SDW_ENOMEM when no thread could start:
+ * then req is still the caller's to answer. */
+static int stream_start(void *host, FCGX_Request *req, const char *job_id, uint64_t after, sdw_error *e)
+{
+    sdw_pool *p = host;
+    sdw_board_slot *me = &p->board->slot[p->self];
+    int open = __atomic_load_n(&me->streams, __ATOMIC_RELAXED);
+    if (open >= p->cfg.pm_max_streams_per_child)
+        return sdw_fail(e, SDW_EFULL, "every stream this server can hold is open (%d per process)",
+                        p->cfg.pm_max_streams_per_child);
+    struct stream_job *sj = malloc(sizeof *sj);
+    if (!sj)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    sj->entry = claim_entry(p, job_id);
+    if (sj->entry < 0) {
+        free(sj);
+        return sdw_fail(e, SDW_EFULL, "the pool's table of %d open streams is full", SDW_STREAM_SLOTS);
+    }
+    sj->p = p;
+    sj->ctx = p->ctx;
+    sj->use = p->use;
+    __atomic_add_fetch(&sj->use->users, 1, __ATOMIC_RELAXED);
+    sj->req = req;
+    sj->after = after;
+    snprintf(sj->job, sizeof sj->job, "%s", job_id);
+    /* Counted before the thread runs: it may end before pthread_create
+     * returns. The thread starts with every signal blocked (the main thread
+     * alone takes the quit signals). */
+    __atomic_add_fetch(&me->streams, 1, __ATOMIC_RELEASE);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t t;
+    int rc = pthread_create(&t, &p->stream_attr, stream_thread, sj);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        __atomic_sub_fetch(&me->streams, 1, __ATOMIC_RELEASE);
+        sdw_board_store(&p->board->stream[sj->entry].owner, 0);
+        ring_use_put(sj->use);
+        free(sj);
+        return sdw_fail(e, SDW_ENOMEM, "cannot start a stream thread: %s", strerror(rc));
+    }
+    p->req_taken = true;
+    return 0;
+}
+
+static FCGX_Request *new_request(const sdw_pool *p)
+{
+    FCGX_Request *req = malloc(sizeof *req);
+    if (req && FCGX_InitRequest(req, p->listen_fd, 0) != 0) {
+        free(req);
+        req = NULL;
+    }
+    return req;
+}
+
+static void drain_wake(int fd)
+{
+    uint64_t v;
+    while (read(fd, &v, sizeof v) == (ssize_t)sizeof v)
+        ;
+}
+
+/* Waits for the open streams to end: a retiring child lets them run to the
+ * job's end (the master's SIGKILL at the end of a stop's grace cuts them,
+ * and their clients reconnect with Last-Event-ID). */
+static void wait_streams(sdw_pool *p)
+{
+    sdw_board_slot *me = &p->board->slot[p->self];
+    int open;
+    while ((open = __atomic_load_n(&me->streams, __ATOMIC_ACQUIRE)) > 0) {
+        struct pollfd pfd = { .fd = p->wake_fd, .events = POLLIN };
+        if (poll(&pfd, 1, -1) < 0 && errno != EINTR) {
+            sdw_log(SDW_LOG_ERROR, "poll: %s; leaving %d streams", strerror(errno), open);
+            return;
+        }
+        drain_wake(p->wake_fd);
+    }
 }
 
 static void child_main(sdw_pool *p)
 {
-    struct board_slot *me = &p->board->slot[p->self];
+    sdw_board_slot *me = &p->board->slot[p->self];
     sigset_t quit_set, none;
     sigemptyset(&none);
     sigemptyset(&quit_set);
@@ -236,27 +333,59 @@ static void child_main(sdw_pool *p)
     if (getppid() != p->board->master)
         _exit(0);
 
+    p->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->wake_fd < 0) {
+        sdw_log(SDW_LOG_ERROR, "eventfd: %s", strerror(errno));
+        _exit(1);
+    }
+    int rc = pthread_attr_init(&p->stream_attr);
+    if (rc == 0)
+        rc = pthread_attr_setstacksize(&p->stream_attr, STREAM_STACK);
+    if (rc == 0)
+        rc = pthread_attr_setdetachstate(&p->stream_attr, PTHREAD_CREATE_DETACHED);
+    if (rc != 0) {
+        sdw_log(SDW_LOG_ERROR, "stream thread attributes: %s", strerror(rc));
+        _exit(1);
+    }
     if (FCGX_Init() != 0) {
         sdw_log(SDW_LOG_ERROR, "FCGX_Init failed");
         _exit(1);
     }
-    FCGX_Request req;
-    if (FCGX_InitRequest(&req, p->listen_fd, 0) != 0) {
+    FCGX_Request *req = new_request(p);
+    if (!req) {
         sdw_log(SDW_LOG_ERROR, "FCGX_InitRequest failed");
         _exit(1);
     }
-    sdw_http_ctx ctx = { .cfg = &p->cfg, .ring = p->ring, .pool = p, .rates = p->rates };
+    p->use = malloc(sizeof *p->use);
+    if (!p->use) {
+        sdw_log(SDW_LOG_ERROR, "out of memory, child exits");
+        _exit(1);
+    }
+    *p->use = (struct ring_use){ .ring = p->ring, .users = 1 };
+    p->ctx = (sdw_http_ctx){ .cfg = &p->cfg,
+                             .ring = p->ring,
+                             .board = p->board,
+                             .listen_fd = p->cfg.listen_unix ? -1 : p->listen_fd,
+                             .rates = p->rates,
+                             .stream_start = stream_start,
+                             .host = p };
     int served = 0;
     for (;;) {
-        store_state(&me->state, CHILD_IDLE);
-        if (served > 0 && !load_state(&me->retiring))
+        sdw_board_store(&me->state, SDW_CHILD_IDLE);
+        if (served > 0 && !sdw_board_load(&me->retiring))
             nudge_master(p, false);
+        /* A full child leaves the connections to siblings with room, and
+         * looks again now and then: when they have all filled up (or are
+         * held up by a slow request), it accepts too, so /health and
+         * submits are always answered. */
+        bool listen = sdw_board_has_room(me) || !sibling_takes_streams(p);
         /* The quit signals are taken only while waiting here: libfcgi's
-         * reads of a request's parameters are never interrupted. Every idle
-         * child wakes for a new connection; the listening socket is
-         * non-blocking, so the ones that lose the race see EAGAIN. */
-        struct pollfd pfd = { .fd = p->listen_fd, .events = POLLIN };
-        int pr = child_quit ? -1 : ppoll(&pfd, 1, NULL, &none);
+         * reads of a request's parameters are never interrupted. Every
+         * accepting child wakes for a new connection; the listening socket
+         * is non-blocking, so the ones that lose the race see EAGAIN. */
+        struct pollfd pfd[2] = { { .fd = p->wake_fd, .events = POLLIN }, { .fd = p->listen_fd, .events = POLLIN } };
+        struct timespec recheck = { 0, FULL_RECHECK_MS * 1000000L };
+        int pr = child_quit ? -1 : ppoll(pfd, listen ? 2 : 1, listen ? NULL : &recheck, &none);
         if (child_quit)
             break;
         if (pr < 0) {
@@ -265,18 +394,33 @@ static void child_main(sdw_pool *p)
             sdw_log(SDW_LOG_ERROR, "poll: %s, child exits", strerror(errno));
             break;
         }
-        int rc = FCGX_Accept_r(&req);
+        if (pfd[0].revents & POLLIN)
+            drain_wake(p->wake_fd);
+        if (!listen || !(pfd[1].revents & POLLIN))
+            continue;
+        rc = FCGX_Accept_r(req);
         if (rc == -EAGAIN || rc == -EWOULDBLOCK || rc == -ECONNABORTED)
             continue;
         if (rc < 0) {
             sdw_log(SDW_LOG_ERROR, "accept failed (%d), child exits", rc);
             break;
         }
-        store_state(&me->state, CHILD_BUSY);
+        __atomic_store_n(&me->busy_ms, sdw_now_ms(), __ATOMIC_RELAXED);
+        sdw_board_store(&me->state, SDW_CHILD_BUSY);
         __atomic_add_fetch(&p->board->accepted, 1, __ATOMIC_RELAXED);
         nudge_master(p, true);
-        sdw_http_handle(&ctx, &req);
-        FCGX_Finish_r(&req);
+        refresh_ring(p);
+        p->req_taken = false;
+        sdw_http_handle(&p->ctx, req);
+        if (p->req_taken) {
+            req = new_request(p);
+            if (!req) {
+                sdw_log(SDW_LOG_ERROR, "out of memory for a request, child exits");
+                break;
+            }
+        } else {
+            FCGX_Finish_r(req);
+        }
         served++;
         if (child_quit)
             break;
@@ -285,7 +429,18 @@ static void child_main(sdw_pool *p)
             break;
         }
     }
-    FCGX_Free(&req, 0);
+    /* Out of the accept loop for good: the master replaces this child
+     * while its streams run to their end. */
+    sdw_board_store(&me->state, SDW_CHILD_IDLE);
+    if (!sdw_board_load(&me->retiring)) {
+        sdw_board_store(&me->retiring, 1);
+        kill(p->board->master, SIGUSR2);
+    }
+    if (req) {
+        FCGX_Free(req, 1);
+        free(req);
+    }
+    wait_streams(p);
     _exit(0);
 }
 
@@ -344,13 +499,13 @@ static int bind_socket(const sdw_config *c, sdw_error *e)
 
 static int open_ring(const sdw_config *c, int wait_s, sdw_ring **ring, sdw_error *e)
 {
-    int64_t deadline = mono_ms() + (int64_t)wait_s * 1000;
+    int64_t deadline = sdw_now_ms() + (int64_t)wait_s * 1000;
     bool told = false;
     for (;;) {
         int rc = sdw_ring_open(c->ring_name, ring, e);
         if (rc == 0)
             return 0;
-        if (mono_ms() >= deadline)
+        if (sdw_now_ms() >= deadline)
             return sdw_fail_wrap(e, "job ring %s (created by the engine supervisor; is it running?)",
                                  c->ring_name);
         if (!told) {
@@ -365,26 +520,28 @@ static int open_ring(const sdw_config *c, int wait_s, sdw_ring **ring, sdw_error
 
 static int spawn(sdw_pool *p)
 {
-    struct board *b = p->board;
+    sdw_board *b = p->board;
     int k = 0;
-    while (k < BOARD_SLOTS && load_state(&b->slot[k].state) != CHILD_FREE)
+    while (k < SDW_BOARD_SLOTS && sdw_board_load(&b->slot[k].state) != SDW_CHILD_FREE)
         k++;
-    if (k == BOARD_SLOTS) {
+    if (k == SDW_BOARD_SLOTS) {
         sdw_log(SDW_LOG_ERROR, "scoreboard full, not forking");
         return -1;
     }
-    struct board_slot *sl = &b->slot[k];
+    sdw_board_slot *sl = &b->slot[k];
     sl->gen = b->gen;
     sl->pid = 0;
-    store_state(&sl->retiring, 0);
-    sl->started_ms = mono_ms();
-    store_state(&sl->state, CHILD_STARTING);
+    sl->max_streams = p->cfg.pm_max_streams_per_child;
+    sdw_board_store(&sl->streams, 0);
+    sdw_board_store(&sl->retiring, 0);
+    sl->started_ms = sdw_now_ms();
+    sdw_board_store(&sl->state, SDW_CHILD_STARTING);
     if (k >= b->high)
         __atomic_store_n(&b->high, k + 1, __ATOMIC_RELEASE);
     pid_t pid = fork();
     if (pid < 0) {
         sdw_log(SDW_LOG_ERROR, "fork: %s", strerror(errno));
-        store_state(&sl->state, CHILD_FREE);
+        sdw_board_store(&sl->state, SDW_CHILD_FREE);
         return -1;
     }
     if (pid == 0) {
@@ -397,31 +554,31 @@ static int spawn(sdw_pool *p)
     return 0;
 }
 
-static void retire(struct board_slot *sl)
+static void retire(sdw_board_slot *sl)
 {
-    store_state(&sl->retiring, 1);
+    sdw_board_store(&sl->retiring, 1);
     if (sl->pid > 0)
         kill(sl->pid, SIGQUIT);
 }
 
-static void signal_all(struct board *b, int sig)
+static void signal_all(sdw_board *b, int sig)
 {
     for (int k = 0; k < b->high; k++)
-        if (load_state(&b->slot[k].state) != CHILD_FREE && b->slot[k].pid > 0)
+        if (sdw_board_load(&b->slot[k].state) != SDW_CHILD_FREE && b->slot[k].pid > 0)
             kill(b->slot[k].pid, sig);
 }
 
-static int live_children(const struct board *b)
+static int live_children(const sdw_board *b)
 {
     int n = 0;
     for (int k = 0; k < b->high; k++)
-        n += load_state(&b->slot[k].state) != CHILD_FREE;
+        n += sdw_board_load(&b->slot[k].state) != SDW_CHILD_FREE;
     return n;
 }
 
 /* Reaps exited children; returns how many of them died soon after forking
  * with a failure. */
-static int reap(struct board *b, bool stopping)
+static int reap(sdw_board *b, bool stopping)
 {
     int fast_fails = 0;
     int status;
@@ -432,8 +589,8 @@ static int reap(struct board *b, bool stopping)
             k++;
         if (k == b->high)
             continue;
-        struct board_slot *sl = &b->slot[k];
-        bool expected = load_state(&sl->retiring) || stopping;
+        sdw_board_slot *sl = &b->slot[k];
+        bool expected = sdw_board_load(&sl->retiring) || stopping;
         bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
         if (!clean) {
             if (WIFSIGNALED(status))
@@ -442,15 +599,21 @@ static int reap(struct board *b, bool stopping)
             else
                 sdw_log(SDW_LOG_WARN, "child %d exited with status %d", (int)pid,
                         WEXITSTATUS(status));
-            if (mono_ms() - sl->started_ms < FAST_FAIL_MS)
+            if (sdw_now_ms() - sl->started_ms < FAST_FAIL_MS)
                 fast_fails++;
         } else {
             sdw_log(SDW_LOG_DEBUG, "child %d exited", (int)pid);
         }
+        /* Its streams died with it; the slot's next child starts clean. */
+        for (int j = 0; j < __atomic_load_n(&b->stream_high, __ATOMIC_ACQUIRE); j++) {
+            int owner = sdw_board_load(&b->stream[j].owner);
+            if (owner == k + 1 || owner == -(k + 1))
+                sdw_board_store(&b->stream[j].owner, 0);
+        }
         sl->pid = 0;
-        store_state(&sl->state, CHILD_FREE);
+        sdw_board_store(&sl->state, SDW_CHILD_FREE);
     }
-    while (b->high > 0 && load_state(&b->slot[b->high - 1].state) == CHILD_FREE)
+    while (b->high > 0 && sdw_board_load(&b->slot[b->high - 1].state) == SDW_CHILD_FREE)
         b->high--;
     return fast_fails;
 }
@@ -458,10 +621,10 @@ static int reap(struct board *b, bool stopping)
 /* Forks or retires children to match the process-manager rules. */
 static void maintain(sdw_pool *p, bool booting)
 {
-    struct board *b = p->board;
+    sdw_board *b = p->board;
     const sdw_config *c = &p->cfg;
     int total, idle, busy, streams, retiring;
-    count_children(b, &total, &idle, &busy, &streams, &retiring);
+    sdw_board_count(b, &total, &idle, &busy, &streams, &retiring);
     int want = 0;
     if (c->pm == SDW_PM_STATIC) {
         want = c->pm_max_children - total;
@@ -475,8 +638,10 @@ static void maintain(sdw_pool *p, bool booting)
         if (idle > c->pm_max_spare_servers) {
             int extra = idle - c->pm_max_spare_servers;
             for (int k = 0; k < b->high && extra > 0; k++) {
-                struct board_slot *sl = &b->slot[k];
-                if (sl->gen == b->gen && !load_state(&sl->retiring) && load_state(&sl->state) == CHILD_IDLE) {
+                sdw_board_slot *sl = &b->slot[k];
+                /* One with streams would linger until they end: keep it. */
+                if (sl->gen == b->gen && !sdw_board_load(&sl->retiring) && sdw_board_load(&sl->state) == SDW_CHILD_IDLE &&
+                    sdw_board_load(&sl->streams) == 0) {
                     retire(sl);
                     extra--;
                 }
@@ -492,12 +657,34 @@ static void maintain(sdw_pool *p, bool booting)
             break;
 }
 
-static void publish_pm(struct board *b, const sdw_config *c)
+static void publish_pm(sdw_board *b, const sdw_config *c)
 {
     b->mode = c->pm;
     b->max_children = c->pm_max_children;
     b->min_spare = c->pm_min_spare_servers;
     b->max_spare = c->pm_max_spare_servers;
+    b->max_streams = c->pm_max_streams_per_child;
+}
+
+/* Every stream holds a connection to nginx in a child: the soft limit of
+ * open files (often 1024) goes up to the hard one. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        sdw_log(SDW_LOG_WARN, "getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        return;
+    }
+    if (rl.rlim_cur == rl.rlim_max)
+        return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        sdw_log(SDW_LOG_WARN, "cannot raise the open-file limit from %llu: %s", (unsigned long long)was,
+                strerror(errno));
+    else
+        sdw_log(SDW_LOG_DEBUG, "open-file limit raised from %llu to %llu", (unsigned long long)was,
+                (unsigned long long)rl.rlim_cur);
 }
 
 static void reload(sdw_pool *p)
@@ -523,80 +710,82 @@ static void reload(sdw_pool *p)
     }
     p->cfg = next;
     sdw_log_set_level(next.log_level);
-    struct board *b = p->board;
+    sdw_board *b = p->board;
     b->gen++;
     b->reloads++;
     publish_pm(b, &p->cfg);
     for (int k = 0; k < b->high; k++) {
-        struct board_slot *sl = &b->slot[k];
-        if (load_state(&sl->state) != CHILD_FREE && sl->gen != b->gen)
+        sdw_board_slot *sl = &b->slot[k];
+        if (sdw_board_load(&sl->state) != SDW_CHILD_FREE && sl->gen != b->gen)
             retire(sl);
     }
     sdw_log(SDW_LOG_INFO, "reloaded the configuration (pm %s, max_children %d, %d API keys)",
             p->cfg.pm == SDW_PM_STATIC ? "static" : "dynamic", p->cfg.pm_max_children, p->cfg.n_keys);
 }
 
-int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
+/* The master's signals are taken only inside ppoll (with waitmask), so no
+ * flag is missed between a check and the wait. */
+static void master_signals(sigset_t *waitmask)
 {
-    sdw_pool pool = { .opt = *o, .listen_fd = -1, .self = -1 };
-    sdw_pool *p = &pool;
-    int rc = sdw_pool_load_config(o, &p->cfg, e);
-    if (rc < 0)
-        return rc;
-    sdw_log_set_level(p->cfg.log_level);
-
     struct sigaction sa = { 0 };
     sa.sa_handler = on_master_signal;
     sigemptyset(&sa.sa_mask);
-    sigset_t handled, waitmask;
+    sigset_t handled;
     sigemptyset(&handled);
-    int sigs[] = { SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGUSR2 };
+    static const int sigs[] = { SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGUSR2 };
     for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
         sigaddset(&handled, sigs[i]);
         sigaction(sigs[i], &sa, NULL);
     }
-    /* Signals are only taken inside ppoll, so no flag is missed between a
-     * check and the wait. */
-    sigprocmask(SIG_BLOCK, &handled, &waitmask);
-    sigdelset(&waitmask, SIGCHLD);
-    sigdelset(&waitmask, SIGHUP);
-    sigdelset(&waitmask, SIGTERM);
-    sigdelset(&waitmask, SIGINT);
-    sigdelset(&waitmask, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &handled, waitmask);
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        sigdelset(waitmask, sigs[i]);
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
+}
 
+/* The socket, the ring, the scoreboard and the rate table, or nothing. */
+static int master_open(sdw_pool *p, sdw_error *e)
+{
     p->listen_fd = bind_socket(&p->cfg, e);
     if (p->listen_fd < 0)
         return p->listen_fd;
-    rc = open_ring(&p->cfg, o->ring_wait_s, &p->ring, e);
-    if (rc < 0) {
-        close(p->listen_fd);
-        if (p->cfg.listen_unix)
-            unlink(p->cfg.listen_path);
-        return rc;
-    }
-    p->board = mmap(NULL, sizeof(struct board), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    int rc = open_ring(&p->cfg, p->opt.ring_wait_s, &p->ring, e);
+    if (rc < 0)
+        goto no_ring;
+    p->board = mmap(NULL, sizeof(sdw_board), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p->board == MAP_FAILED) {
-        sdw_ring_close(p->ring);
-        close(p->listen_fd);
-        return sdw_fail(e, SDW_ENOMEM, "scoreboard: %s", strerror(errno));
+        rc = sdw_fail(e, SDW_ENOMEM, "scoreboard: %s", strerror(errno));
+        goto no_board;
     }
-    rc = sdw_auth_rates_create(&p->rates, e);
-    if (rc < 0) {
-        munmap(p->board, sizeof *p->board);
-        sdw_ring_close(p->ring);
-        close(p->listen_fd);
-        return rc;
-    }
-    struct board *b = p->board;
-    b->master = getpid();
-    b->start_time_s = time(NULL);
-    publish_pm(b, &p->cfg);
-    sdw_log(SDW_LOG_INFO, "listening on %s, ring %s, pm %s, max_children %d, %d API keys%s", p->cfg.listen,
-            p->cfg.ring_name, p->cfg.pm == SDW_PM_STATIC ? "static" : "dynamic", p->cfg.pm_max_children,
-            p->cfg.n_keys, p->cfg.n_keys ? "" : " (the API is open)");
+    if ((rc = sdw_auth_rates_create(&p->rates, e)) < 0)
+        goto no_rates;
+    p->board->master = getpid();
+    p->board->start_time_s = time(NULL);
+    publish_pm(p->board, &p->cfg);
+    return 0;
+no_rates:
+    munmap(p->board, sizeof *p->board);
+no_board:
+    sdw_ring_close(p->ring);
+no_ring:
+    close(p->listen_fd);
+    if (p->cfg.listen_unix)
+        unlink(p->cfg.listen_path);
+    return rc;
+}
 
+static void set_timeout(struct timespec *ts, int64_t ms)
+{
+    ts->tv_sec = ms / 1000;
+    ts->tv_nsec = (ms % 1000) * 1000000L;
+}
+
+/* Keeps the children until a stop, then lets them finish for the grace
+ * period and kills the rest. */
+static void master_loop(sdw_pool *p, const sigset_t *waitmask)
+{
+    sdw_board *b = p->board;
     bool booting = true, stopping = false, killed = false;
     int64_t stop_deadline = 0, pause_until = 0;
     int fast_fail_run = 0;
@@ -606,55 +795,71 @@ int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
         fast_fail_run = ff > 0 ? fast_fail_run + ff : (live_children(b) > 0 ? 0 : fast_fail_run);
         if (fast_fail_run >= FAST_FAIL_LIMIT) {
             sdw_log(SDW_LOG_ERROR, "children keep failing at start; pausing %d ms", RESPAWN_PAUSE_MS);
-            pause_until = mono_ms() + RESPAWN_PAUSE_MS;
+            pause_until = sdw_now_ms() + RESPAWN_PAUSE_MS;
             fast_fail_run = 0;
         }
         if (got_term && !stopping) {
             stopping = true;
-            stop_deadline = mono_ms() + (int64_t)o->grace_s * 1000;
+            stop_deadline = sdw_now_ms() + (int64_t)p->opt.grace_s * 1000;
             sdw_log(SDW_LOG_INFO, "stopping: %d children finish their requests (grace %d s)",
-                    live_children(b), o->grace_s);
+                    live_children(b), p->opt.grace_s);
             close(p->listen_fd);
             if (p->cfg.listen_unix)
                 unlink(p->cfg.listen_path);
             for (int k = 0; k < b->high; k++)
-                if (load_state(&b->slot[k].state) != CHILD_FREE)
+                if (sdw_board_load(&b->slot[k].state) != SDW_CHILD_FREE)
                     retire(&b->slot[k]);
         }
         struct timespec ts, *tsp = NULL;
         if (stopping) {
             if (live_children(b) == 0)
                 break;
-            int64_t left = stop_deadline - mono_ms();
+            int64_t left = stop_deadline - sdw_now_ms();
             if (left <= 0 && !killed) {
                 sdw_log(SDW_LOG_WARN, "grace over: killing %d children", live_children(b));
                 signal_all(b, SIGKILL);
                 killed = true;
             }
-            if (!killed) {
-                ts.tv_sec = left / 1000;
-                ts.tv_nsec = (left % 1000) * 1000000L;
-                tsp = &ts;
-            }
+            if (!killed)
+                set_timeout(tsp = &ts, left);
         } else {
             if (got_hup) {
                 got_hup = 0;
                 reload(p);
             }
             got_usr2 = 0;
-            int64_t wait = pause_until - mono_ms();
+            refresh_ring(p);
+            int64_t wait = pause_until - sdw_now_ms();
             if (wait <= 0) {
                 maintain(p, booting);
                 booting = false;
             } else {
-                ts.tv_sec = wait / 1000;
-                ts.tv_nsec = (wait % 1000) * 1000000L;
-                tsp = &ts;
+                set_timeout(tsp = &ts, wait);
             }
         }
         if (!got_chld && !got_hup && !got_usr2 && !(got_term && !stopping))
-            ppoll(NULL, 0, tsp, &waitmask);
+            ppoll(NULL, 0, tsp, waitmask);
     }
+}
+
+int sdw_pool_run(const sdw_pool_options *o, sdw_error *e)
+{
+    sdw_pool pool = { .opt = *o, .listen_fd = -1, .self = -1, .wake_fd = -1 };
+    sdw_pool *p = &pool;
+    int rc = sdw_pool_load_config(o, &p->cfg, e);
+    if (rc < 0)
+        return rc;
+    sdw_log_set_level(p->cfg.log_level);
+    sigset_t waitmask;
+    master_signals(&waitmask);
+    raise_nofile();
+    if ((rc = master_open(p, e)) < 0)
+        return rc;
+    sdw_log(SDW_LOG_INFO, "listening on %s, ring %s, pm %s, max_children %d, max_streams_per_child %d, %d API keys%s",
+            p->cfg.listen, p->cfg.ring_name, p->cfg.pm == SDW_PM_STATIC ? "static" : "dynamic",
+            p->cfg.pm_max_children, p->cfg.pm_max_streams_per_child, p->cfg.n_keys,
+            p->cfg.n_keys ? "" : " (the API is open)");
+    master_loop(p, &waitmask);
     sdw_ring_close(p->ring);
     munmap(p->board, sizeof *p->board);
     sdw_auth_rates_destroy(p->rates);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -18,7 +19,7 @@
 #include <unistd.h>
 
 #define RING_MAGIC 0x31474e4952574453ull /* "SDWRING1" */
-#define RING_VERSION 2
+#define RING_VERSION 3
 #define ALIGN(x, a) (((x) + (a) - 1) / (a) * (a))
 /* Room in every log kept back for the terminal error event, so that a job
  * whose progress events filled its log can still report how it ended. The
@@ -27,9 +28,21 @@
 #define ERROR_RESERVE 2048
 #define ERROR_CODE_MAX 32
 #define ERROR_MESSAGE_MAX 256
-/* Ids of jobs whose slot went to new work, newest last: a late request for
- * one gets "expired" (HTTP 410) rather than "no such job" (404). */
-#define RING_GONE 1024
+#define STOPPED_MESSAGE "the service was stopped while this job was running; submit it again"
+/* Ids of jobs whose slot went to new work, so that a late request for one
+ * gets "expired" (HTTP 410) rather than "no such job" (404). Under load
+ * slots are reused many times within one retention time (a 1024-id list
+ * was outrun by a few minutes of small jobs), so the ids go into a table
+ * of GONE_BUCKETS buckets of GONE_WAYS, picked by the id's first random
+ * bytes, each bucket forgetting its oldest: about the last 65536 ids are
+ * remembered, in 1 MiB, with a lookup of one bucket. */
+#define GONE_BUCKETS 4096
+#define GONE_WAYS 16
+
+struct gone_bucket {
+    uint32_t next, used;
+    uint8_t id[GONE_WAYS][16];
+};
 
 struct ring_header {
     uint64_t magic;
@@ -37,13 +50,14 @@ struct ring_header {
     uint64_t header_bytes, slot_stride, input_cap, log_cap, image_cap, total_bytes;
     pthread_mutex_t lock;
     uint32_t work_futex;   /* bumped on submit, cancel and engine death */
+    uint32_t retired;      /* a supervisor replaced this ring with a new one */
     uint64_t next_seq;
     uint32_t engine_state, recoveries;
     int32_t engine_pid;
     int64_t heartbeat_ms;
     char engine_reason[256];
-    uint32_t gone_next;
-    uint8_t gone[RING_GONE][16];
+    uint64_t evicted;      /* kept results that gave their slot up early */
+    struct gone_bucket gone[GONE_BUCKETS];
 };
 
 struct ring_slot {
@@ -78,6 +92,10 @@ struct sdw_ring {
     unsigned char *base;
     size_t size;
     struct ring_header *h;
+    char name[202];
+    dev_t dev;             /* the object mapped, to tell a replacement apart */
+    ino_t ino;
+    int owner_fd;          /* sdw_ring_attach's locked descriptor; -1 otherwise */
 };
 
 static void (*fault_hook)(const char *point);
@@ -162,19 +180,20 @@ static void wake_all(uint32_t *word)
 }
 
 /* Sleeps until *word is no longer seen, the deadline passes, or a signal;
- * the caller re-checks its condition in every case. */
-static void wait_change(uint32_t *word, uint32_t seen, int64_t deadline_ms)
+ * the caller re-checks its condition in every case. Returns 1 when a
+ * signal ended the sleep. */
+static int wait_change(uint32_t *word, uint32_t seen, int64_t deadline_ms)
 {
     struct timespec ts, *tsp = NULL;
     if (deadline_ms >= 0) {
         int64_t left = deadline_ms - sdw_ring_now_ms();
         if (left <= 0)
-            return;
+            return 0;
         ts.tv_sec = left / 1000;
         ts.tv_nsec = (left % 1000) * 1000000;
         tsp = &ts;
     }
-    syscall(SYS_futex, word, FUTEX_WAIT, seen, tsp, NULL, 0);
+    return syscall(SYS_futex, word, FUTEX_WAIT, seen, tsp, NULL, 0) != 0 && errno == EINTR;
 }
 
 static int64_t deadline_of(int timeout_ms)
@@ -435,6 +454,35 @@ static int end_with_error_locked(sdw_ring *r, struct ring_slot *s, sdw_job_state
     return 0;
 }
 
+/* The job of sequence number seq left the queue: every job behind it moved
+ * up, and the streams waiting in sdw_ring_wait_queue_position on those jobs
+ * must say so. The ones ahead stay where they are and are not woken (a
+ * cancelled job at the tail wakes nobody). */
+static void queue_moved_locked(sdw_ring *r, uint64_t seq)
+{
+    for (unsigned i = 0; i < r->h->nslots; i++) {
+        struct ring_slot *s = slot_at(r, i);
+        if (s->state == SDW_JOB_QUEUED && s->seq > seq) {
+            bump(&s->event_futex);
+            wake_all(&s->event_futex);
+        }
+    }
+}
+
+/* 1 = next to run, 0 = not queued. */
+static unsigned queue_position_locked(sdw_ring *r, const struct ring_slot *s)
+{
+    if (s->state != SDW_JOB_QUEUED)
+        return 0;
+    unsigned pos = 1;
+    for (unsigned i = 0; i < r->h->nslots; i++) {
+        const struct ring_slot *o = slot_at(r, i);
+        if (o->state == SDW_JOB_QUEUED && o->seq < s->seq)
+            pos++;
+    }
+    return pos;
+}
+
 /* ---- create / open ---- */
 
 static int valid_name(const char *name)
@@ -451,9 +499,12 @@ static int valid_name(const char *name)
     return 1;
 }
 
-int sdw_ring_create(const sdw_ring_config *cfg, sdw_ring **out, sdw_error *e)
+struct layout {
+    uint64_t header, stride, input, log, image, total;
+};
+
+static int check_config(const sdw_ring_config *cfg, sdw_error *e)
 {
-    *out = NULL;
     if (!valid_name(cfg->name))
         return sdw_fail(e, SDW_EINVAL, "job ring name must be '/' and 1-200 of [A-Za-z0-9._-]");
     if (cfg->slots == 0 || cfg->slots > 4096 || cfg->max_queued == 0 || cfg->max_queued > cfg->slots)
@@ -461,64 +512,122 @@ int sdw_ring_create(const sdw_ring_config *cfg, sdw_ring **out, sdw_error *e)
     if (cfg->input_bytes == 0 || cfg->input_bytes > (1ull << 32) || cfg->log_bytes < 4 * ERROR_RESERVE ||
         cfg->log_bytes > (1ull << 30) || cfg->image_bytes < 1024 || cfg->image_bytes > (1ull << 32))
         return sdw_fail(e, SDW_EINVAL, "job ring area sizes out of range");
-    uint64_t header = ALIGN(sizeof(struct ring_header), 4096);
-    uint64_t stride = ALIGN(ALIGN(sizeof(struct ring_slot), 64) + ALIGN(cfg->input_bytes, 64) +
-                                ALIGN(cfg->log_bytes, 64) + ALIGN(cfg->image_bytes, 64), 4096);
-    uint64_t total = header + stride * cfg->slots;
+    return 0;
+}
 
-    int fd = shm_open(cfg->name, O_RDWR | O_CREAT | O_EXCL, 0600);
-    if (fd < 0)
-        return sdw_fail(e, errno == EEXIST ? SDW_EINVAL : SDW_EIO, "shm_open %s: %s", cfg->name, strerror(errno));
-    if (ftruncate(fd, (off_t)total) != 0) {
-        int err = errno;
-        close(fd);
-        shm_unlink(cfg->name);
-        return sdw_fail(e, SDW_EIO, "sizing job ring %s to %llu bytes: %s", cfg->name,
-                        (unsigned long long)total, strerror(err));
+static struct layout layout_of(const sdw_ring_config *cfg)
+{
+    struct layout l = {
+        .header = ALIGN(sizeof(struct ring_header), 4096),
+        .input = ALIGN(cfg->input_bytes, 64),
+        .log = ALIGN(cfg->log_bytes, 64),
+        .image = ALIGN(cfg->image_bytes, 64),
+    };
+    l.stride = ALIGN(ALIGN(sizeof(struct ring_slot), 64) + l.input + l.log + l.image, 4096);
+    l.total = l.header + l.stride * cfg->slots;
+    return l;
+}
+
+/* Why the object at base (size bytes) is not a ring this build can use, or
+ * NULL when it is one. Everything an opener trusts to find the slots is
+ * checked, so that a corrupt header cannot send it outside the mapping. */
+static const char *header_problem(const struct ring_header *h, uint64_t size, char *buf, size_t n)
+{
+    if (size < sizeof *h)
+        return "it is too small to be a job ring";
+    if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != RING_MAGIC)
+        return "it is not an initialised job ring";
+    if (h->version != RING_VERSION) {
+        snprintf(buf, n, "it is a version %u job ring, this build uses version %d", h->version, RING_VERSION);
+        return buf;
     }
-    void *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    int err = errno;
-    close(fd);
-    if (base == MAP_FAILED) {
-        shm_unlink(cfg->name);
-        return sdw_fail(e, SDW_EIO, "mapping job ring %s: %s", cfg->name, strerror(err));
-    }
-    sdw_ring *r = calloc(1, sizeof *r);
-    if (!r) {
-        munmap(base, total);
-        shm_unlink(cfg->name);
-        return sdw_fail(e, SDW_ENOMEM, "out of memory");
-    }
-    r->base = base;
-    r->size = total;
-    r->h = base;
-    struct ring_header *h = r->h;
+    uint64_t slot_min = ALIGN(sizeof(struct ring_slot), 64) + h->input_cap + h->log_cap + h->image_cap;
+    if (h->header_bytes != ALIGN(sizeof *h, 4096) || h->total_bytes != size || h->nslots == 0 ||
+        h->nslots > 4096 || h->max_queued == 0 || h->max_queued > h->nslots || h->input_cap > (1ull << 33) ||
+        h->log_cap > (1ull << 31) || h->image_cap > (1ull << 33) || h->slot_stride < slot_min ||
+        h->header_bytes + h->slot_stride * h->nslots != size)
+        return "its header is inconsistent (corrupt)";
+    return NULL;
+}
+
+static void init_header(struct ring_header *h, const sdw_ring_config *cfg, const struct layout *l)
+{
     h->version = RING_VERSION;
     h->nslots = cfg->slots;
     h->max_queued = cfg->max_queued;
     h->retention_s = cfg->retention_s;
-    h->header_bytes = header;
-    h->slot_stride = stride;
-    h->input_cap = ALIGN(cfg->input_bytes, 64);
-    h->log_cap = ALIGN(cfg->log_bytes, 64);
-    h->image_cap = ALIGN(cfg->image_bytes, 64);
-    h->total_bytes = total;
+    h->header_bytes = l->header;
+    h->slot_stride = l->stride;
+    h->input_cap = l->input;
+    h->log_cap = l->log;
+    h->image_cap = l->image;
+    h->total_bytes = l->total;
     h->engine_state = SDW_ENGINE_STARTING;
+}
+
+static int wrap(void *base, size_t size, const char *name, int fd, sdw_ring **out, sdw_error *e)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        munmap(base, size);
+        return sdw_fail(e, SDW_EIO, "fstat of job ring %s: %s", name, strerror(errno));
+    }
+    sdw_ring *r = calloc(1, sizeof *r);
+    if (!r) {
+        munmap(base, size);
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    }
+    r->base = base;
+    r->size = size;
+    r->h = base;
+    snprintf(r->name, sizeof r->name, "%s", name);
+    r->dev = st.st_dev;
+    r->ino = st.st_ino;
+    r->owner_fd = -1;
+    *out = r;
+    return 0;
+}
+
+/* Sizes, maps and initialises the new, empty object open at fd. */
+static int init_object(int fd, const sdw_ring_config *cfg, const struct layout *l, sdw_ring **out, sdw_error *e)
+{
+    if (ftruncate(fd, (off_t)l->total) != 0)
+        return sdw_fail(e, SDW_EIO, "sizing job ring %s to %llu bytes: %s", cfg->name,
+                        (unsigned long long)l->total, strerror(errno));
+    void *base = mmap(NULL, l->total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED)
+        return sdw_fail(e, SDW_EIO, "mapping job ring %s: %s", cfg->name, strerror(errno));
+    init_header(base, cfg, l);
     pthread_mutexattr_t a;
     pthread_mutexattr_init(&a);
     pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
     pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    int rc = pthread_mutex_init(&h->lock, &a);
+    int rc = pthread_mutex_init(&((struct ring_header *)base)->lock, &a);
     pthread_mutexattr_destroy(&a);
     if (rc) {
-        sdw_ring_close(r);
-        shm_unlink(cfg->name);
+        munmap(base, l->total);
         return sdw_fail(e, SDW_EIO, "job ring mutex: %s", strerror(rc));
     }
     /* Openers check the magic, so it goes in last. */
-    __atomic_store_n(&h->magic, RING_MAGIC, __ATOMIC_RELEASE);
-    *out = r;
-    return 0;
+    __atomic_store_n(&((struct ring_header *)base)->magic, RING_MAGIC, __ATOMIC_RELEASE);
+    return wrap(base, l->total, cfg->name, fd, out, e);
+}
+
+int sdw_ring_create(const sdw_ring_config *cfg, sdw_ring **out, sdw_error *e)
+{
+    *out = NULL;
+    int rc = check_config(cfg, e);
+    if (rc)
+        return rc;
+    struct layout l = layout_of(cfg);
+    int fd = shm_open(cfg->name, O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (fd < 0)
+        return sdw_fail(e, errno == EEXIST ? SDW_EINVAL : SDW_EIO, "shm_open %s: %s", cfg->name, strerror(errno));
+    rc = init_object(fd, cfg, &l, out, e);
+    close(fd);
+    if (rc)
+        shm_unlink(cfg->name);
+    return rc;
 }
 
 int sdw_ring_open(const char *name, sdw_ring **out, sdw_error *e)
@@ -535,26 +644,21 @@ int sdw_ring_open(const char *name, sdw_ring **out, sdw_error *e)
         return sdw_fail(e, SDW_EFORMAT, "job ring %s is too small to be one", name);
     }
     void *base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    int err = errno;
-    close(fd);
-    if (base == MAP_FAILED)
+    if (base == MAP_FAILED) {
+        int err = errno;
+        close(fd);
         return sdw_fail(e, SDW_EIO, "mapping job ring %s: %s", name, strerror(err));
-    struct ring_header *h = base;
-    if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != RING_MAGIC || h->version != RING_VERSION ||
-        h->total_bytes != (uint64_t)st.st_size) {
-        munmap(base, (size_t)st.st_size);
-        return sdw_fail(e, SDW_EFORMAT, "%s is not an initialised version %d job ring", name, RING_VERSION);
     }
-    sdw_ring *r = calloc(1, sizeof *r);
-    if (!r) {
+    char buf[128];
+    const char *bad = header_problem(base, (uint64_t)st.st_size, buf, sizeof buf);
+    if (bad) {
         munmap(base, (size_t)st.st_size);
-        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+        close(fd);
+        return sdw_fail(e, SDW_EFORMAT, "job ring %s: %s", name, bad);
     }
-    r->base = base;
-    r->size = (size_t)st.st_size;
-    r->h = h;
-    *out = r;
-    return 0;
+    int rc = wrap(base, (size_t)st.st_size, name, fd, out, e);
+    close(fd);
+    return rc;
 }
 
 void sdw_ring_close(sdw_ring *r)
@@ -562,6 +666,8 @@ void sdw_ring_close(sdw_ring *r)
     if (!r)
         return;
     munmap(r->base, r->size);
+    if (r->owner_fd >= 0)
+        close(r->owner_fd);
     free(r);
 }
 
@@ -570,6 +676,199 @@ int sdw_ring_unlink(const char *name, sdw_error *e)
     if (shm_unlink(name) != 0)
         return sdw_fail(e, errno == ENOENT ? SDW_ENOTFOUND : SDW_EIO, "shm_unlink %s: %s", name, strerror(errno));
     return 0;
+}
+
+int sdw_ring_stale(sdw_ring *r)
+{
+    if (__atomic_load_n(&r->h->retired, __ATOMIC_ACQUIRE))
+        return 1;
+    int fd = shm_open(r->name, O_RDONLY, 0);
+    if (fd < 0)
+        return errno == ENOENT;
+    struct stat st;
+    int other = fstat(fd, &st) == 0 && (st.st_dev != r->dev || st.st_ino != r->ino);
+    close(fd);
+    return other;
+}
+
+/* ---- the supervisor's attach ---- */
+
+/* Whether the object open at fd is still the one the name refers to. */
+static int names_object(const char *name, int fd)
+{
+    struct stat a, b;
+    int fd2 = shm_open(name, O_RDONLY, 0);
+    if (fd2 < 0)
+        return 0;
+    int same = fstat(fd, &a) == 0 && fstat(fd2, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+    close(fd2);
+    return same;
+}
+
+/* The owner lock: one supervisor (and the engine it forked, which inherits
+ * the descriptor) per ring, so that two engines never take from one. */
+static int lock_owner(int fd, const char *name, int64_t deadline_ms, sdw_error *e)
+{
+    while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno != EWOULDBLOCK && errno != EINTR)
+            return sdw_fail(e, SDW_EIO, "locking job ring %s: %s", name, strerror(errno));
+        if (sdw_ring_now_ms() >= deadline_ms)
+            return sdw_fail(e, SDW_ESTATE, "job ring %s is held by another sdworker-engine (or by an engine it "
+                                        "started that has not exited yet)", name);
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+static void wake_everyone(sdw_ring *r)
+{
+    bump(&r->h->work_futex);
+    wake_all(&r->h->work_futex);
+    for (unsigned i = 0; i < r->h->nslots; i++) {
+        bump(&slot_at(r, i)->event_futex);
+        wake_all(&slot_at(r, i)->event_futex);
+    }
+}
+
+/* Marks a readable ring that is being replaced as retired, so that the
+ * pool's streams on it end and its children re-open the name, and counts
+ * the jobs it held. */
+static int retire_old(sdw_ring *old)
+{
+    sdw_error e;
+    if (ring_lock(old, &e))
+        return -1;
+    __atomic_store_n(&old->h->retired, 1, __ATOMIC_RELEASE);
+    int jobs = 0;
+    for (unsigned i = 0; i < old->h->nslots; i++) {
+        uint32_t st = slot_at(old, i)->state;
+        jobs += st != SDW_JOB_FREE && st != SDW_JOB_EXPIRED;
+    }
+    ring_unlock(old);
+    wake_everyone(old);
+    return jobs;
+}
+
+/* Takes over a ring that matched: torn events are cut, jobs RUNNING when
+ * the last engine stopped fail with engine_stopped (their process is gone,
+ * and running them again could publish a second set of events), queued
+ * ones stay, and the settings that are not layout follow cfg. */
+static int adopt(sdw_ring *r, const sdw_ring_config *cfg, sdw_ring_attach_info *info, sdw_error *e)
+{
+    char *json = error_json("engine_stopped", STOPPED_MESSAGE);
+    if (!json)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    int rc = ring_lock(r, e);
+    if (rc) {
+        free(json);
+        return rc;
+    }
+    for (unsigned i = 0; i < r->h->nslots; i++) {
+        struct ring_slot *s = slot_at(r, i);
+        repair_slot(r, s);
+        if (s->input_len > r->h->input_cap)
+            s->input_len = 0;
+        info->queued += s->state == SDW_JOB_QUEUED;
+        info->kept += is_terminal(s->state);
+        if (s->state == SDW_JOB_RUNNING && end_with_error_locked(r, s, SDW_JOB_FAILED, json, NULL) == 0)
+            info->interrupted++;
+    }
+    r->h->max_queued = cfg->max_queued;
+    r->h->retention_s = cfg->retention_s;
+    r->h->retired = 0;
+    r->h->engine_state = SDW_ENGINE_STARTING;
+    r->h->engine_pid = 0;
+    r->h->heartbeat_ms = sdw_ring_now_ms();
+    clip_utf8(r->h->engine_reason, sizeof r->h->engine_reason, "engine starting");
+    ring_unlock(r);
+    free(json);
+    wake_everyone(r);
+    return 0;
+}
+
+int sdw_ring_attach(const sdw_ring_config *cfg, int wait_ms, sdw_ring **out, sdw_ring_attach_info *info,
+                    sdw_error *e)
+{
+    *out = NULL;
+    memset(info, 0, sizeof *info);
+    int rc = check_config(cfg, e);
+    if (rc)
+        return rc;
+    struct layout l = layout_of(cfg);
+    int64_t deadline = sdw_ring_now_ms() + (wait_ms > 0 ? wait_ms : 0);
+    /* Each pass replaces at most one object; more than a few passes means
+     * something else keeps changing the name. */
+    for (int pass = 0; pass < 8; pass++) {
+        int fd = shm_open(cfg->name, O_RDWR | O_CREAT, 0600);
+        if (fd < 0)
+            return sdw_fail(e, SDW_EIO, "shm_open %s: %s", cfg->name, strerror(errno));
+        if ((rc = lock_owner(fd, cfg->name, deadline, e))) {
+            close(fd);
+            return rc;
+        }
+        /* The owner before us may have replaced the object while we waited. */
+        if (!names_object(cfg->name, fd)) {
+            close(fd);
+            continue;
+        }
+        struct stat st;
+        if (fstat(fd, &st) != 0) {
+            rc = sdw_fail(e, SDW_EIO, "fstat of job ring %s: %s", cfg->name, strerror(errno));
+            close(fd);
+            return rc;
+        }
+        if (st.st_size == 0) {
+            info->created = true;
+            rc = init_object(fd, cfg, &l, out, e);
+            if (rc) {
+                close(fd);
+                shm_unlink(cfg->name);
+                return rc;
+            }
+            (*out)->owner_fd = fd;
+            return 0;
+        }
+        void *base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (base == MAP_FAILED) {
+            rc = sdw_fail(e, SDW_EIO, "mapping job ring %s: %s", cfg->name, strerror(errno));
+            close(fd);
+            return rc;
+        }
+        char buf[160];
+        const struct ring_header *h = base;
+        const char *bad = header_problem(h, (uint64_t)st.st_size, buf, sizeof buf);
+        if (!bad && (h->nslots != cfg->slots || h->input_cap != l.input || h->log_cap != l.log ||
+                     h->image_cap != l.image)) {
+            snprintf(buf, sizeof buf, "its layout (%u slots of %llu/%llu/%llu input/log/image bytes) differs from "
+                     "the configuration's (%u of %llu/%llu/%llu)", h->nslots, (unsigned long long)h->input_cap,
+                     (unsigned long long)h->log_cap, (unsigned long long)h->image_cap, cfg->slots,
+                     (unsigned long long)l.input, (unsigned long long)l.log, (unsigned long long)l.image);
+            sdw_ring old = {.base = base, .size = (size_t)st.st_size, .h = base, .owner_fd = -1};
+            info->dropped = retire_old(&old);
+            bad = buf;
+        } else if (bad) {
+            info->dropped = -1;
+        }
+        if (!bad) {
+            rc = wrap(base, (size_t)st.st_size, cfg->name, fd, out, e);
+            if (!rc)
+                rc = adopt(*out, cfg, info, e);
+            if (rc) {
+                sdw_ring_close(*out);
+                *out = NULL;
+                close(fd);
+                return rc;
+            }
+            (*out)->owner_fd = fd;
+            return 0;
+        }
+        snprintf(info->replaced, sizeof info->replaced, "%s", bad);
+        munmap(base, (size_t)st.st_size);
+        shm_unlink(cfg->name);
+        close(fd);
+    }
+    return sdw_fail(e, SDW_EIO, "job ring %s keeps being replaced by another process", cfg->name);
 }
 
 /* Runs the statements given on the job's slot s under the lock, with rc_
@@ -591,6 +890,23 @@ int sdw_ring_unlink(const char *name, sdw_error *e)
     } while (0)
 
 /* ---- pool side ---- */
+
+/* Ids are random, so their first bytes spread them over the buckets. */
+static struct gone_bucket *gone_bucket_of(const sdw_ring *r, const uint8_t raw[16])
+{
+    uint32_t k;
+    memcpy(&k, raw, sizeof k);
+    return &r->h->gone[k % GONE_BUCKETS];
+}
+
+static void gone_add_locked(sdw_ring *r, const uint8_t raw[16])
+{
+    struct gone_bucket *b = gone_bucket_of(r, raw);
+    memcpy(b->id[b->next % GONE_WAYS], raw, 16);
+    b->next = (b->next + 1) % GONE_WAYS;
+    if (b->used < GONE_WAYS)
+        b->used++;
+}
 
 static int expire_locked(sdw_ring *r, struct ring_slot *s, sdw_error *e)
 {
@@ -635,6 +951,10 @@ int sdw_ring_submit_as(sdw_ring *r, const void *input, size_t len, uint32_t owne
     int rc = ring_lock(r, e);
     if (rc)
         return rc;
+    if (__atomic_load_n(&r->h->retired, __ATOMIC_ACQUIRE)) {
+        ring_unlock(r);
+        return sdw_fail(e, SDW_EFULL, "the job ring is being replaced; retry");
+    }
     sweep_locked(r, sdw_ring_now_ms());
     unsigned queued = 0, owned = 0;
     struct ring_slot *pick = NULL;
@@ -656,8 +976,10 @@ int sdw_ring_submit_as(sdw_ring *r, const void *input, size_t len, uint32_t owne
     for (unsigned i = 0; !pick && i < r->h->nslots; i++)
         if (slot_at(r, i)->state == SDW_JOB_EXPIRED)
             pick = slot_at(r, i);
-    /* Kept results must not turn work away: with no free slot, the oldest
-     * finished job gives up its slot before its retention ends. */
+    /* Kept results must not turn work away, but they are only taken when
+     * nothing else is free: then the oldest finished job gives up its slot
+     * before its retention ends, and the count of such evictions says
+     * that ring.slots is too small for the load. */
     struct ring_slot *oldest = NULL;
     for (unsigned i = 0; !pick && i < r->h->nslots; i++) {
         struct ring_slot *s = slot_at(r, i);
@@ -666,6 +988,7 @@ int sdw_ring_submit_as(sdw_ring *r, const void *input, size_t len, uint32_t owne
     }
     if (!pick && oldest && queued < r->h->max_queued && expire_locked(r, oldest, NULL) == 0) {
         wake_all(&oldest->event_futex);
+        r->h->evicted++;
         pick = oldest;
     }
     if (queued >= r->h->max_queued || !pick) {
@@ -674,7 +997,7 @@ int sdw_ring_submit_as(sdw_ring *r, const void *input, size_t len, uint32_t owne
                                                                        : "no free job slot (%u queued)", queued);
     }
     if (pick->state == SDW_JOB_EXPIRED) {
-        memcpy(r->h->gone[r->h->gone_next++ % RING_GONE], pick->id, 16);
+        gone_add_locked(r, pick->id);
         transition(pick, SDW_JOB_FREE, NULL);
     }
     memcpy(pick->id, raw, 16);
@@ -711,6 +1034,7 @@ int sdw_ring_cancel(sdw_ring *r, const char *id, sdw_job_state *after, sdw_error
         rc = SDW_ENOTFOUND;
     } else if (s->state == SDW_JOB_QUEUED) {
         rc = end_with_error_locked(r, s, SDW_JOB_CANCELLED, json, e);
+        queue_moved_locked(r, s->seq);
     } else if (s->state == SDW_JOB_RUNNING) {
         s->cancel_requested = 1;
         bump(&s->event_futex);
@@ -734,9 +1058,10 @@ static bool gone_locked(const sdw_ring *r, const char *id)
     uint8_t raw[16];
     if (!parse_id(id, raw))
         return false;
-    uint32_t n = r->h->gone_next < RING_GONE ? r->h->gone_next : RING_GONE;
+    const struct gone_bucket *b = gone_bucket_of(r, raw);
+    uint32_t n = b->used < GONE_WAYS ? b->used : GONE_WAYS;
     for (uint32_t i = 0; i < n; i++)
-        if (memcmp(r->h->gone[i], raw, 16) == 0)
+        if (memcmp(b->id[i], raw, 16) == 0)
             return true;
     return false;
 }
@@ -762,14 +1087,7 @@ int sdw_ring_job_status(sdw_ring *r, const char *id, sdw_job_info *info, sdw_err
         info->created_ms = s->created_ms;
         info->started_ms = s->started_ms;
         info->finished_ms = s->finished_ms;
-        if (s->state == SDW_JOB_QUEUED) {
-            info->queue_position = 1;
-            for (unsigned i = 0; i < r->h->nslots; i++) {
-                struct ring_slot *o = slot_at(r, i);
-                if (o->state == SDW_JOB_QUEUED && o->seq < s->seq)
-                    info->queue_position++;
-            }
-        }
+        info->queue_position = queue_position_locked(r, s);
     }
     ring_unlock(r);
     return s ? 0 : SDW_ENOTFOUND;
@@ -819,6 +1137,10 @@ int sdw_ring_wait_event(sdw_ring *r, const char *id, uint64_t after, int timeout
         int rc = ring_lock(r, e);
         if (rc)
             return rc;
+        if (__atomic_load_n(&r->h->retired, __ATOMIC_ACQUIRE)) {
+            ring_unlock(r);
+            return SDW_RING_RETIRED;
+        }
         struct ring_slot *s = find_locked(r, id, e);
         if (!s || s->state == SDW_JOB_EXPIRED) {
             ring_unlock(r);
@@ -832,6 +1154,36 @@ int sdw_ring_wait_event(sdw_ring *r, const char *id, uint64_t after, int timeout
             return rc;
         if (ended)
             return SDW_RING_END;
+        if (timeout_ms == 0 || expired_deadline(deadline))
+            return 0;
+        wait_change(&s->event_futex, seen, deadline);
+    }
+}
+
+int sdw_ring_wait_queue_position(sdw_ring *r, const char *id, unsigned known, int timeout_ms,
+                                 unsigned *position, sdw_error *e)
+{
+    int64_t deadline = deadline_of(timeout_ms);
+    for (;;) {
+        int rc = ring_lock(r, e);
+        if (rc)
+            return rc;
+        if (__atomic_load_n(&r->h->retired, __ATOMIC_ACQUIRE)) {
+            ring_unlock(r);
+            return SDW_RING_RETIRED;
+        }
+        struct ring_slot *s = find_locked(r, id, e);
+        if (!s || s->state == SDW_JOB_EXPIRED) {
+            ring_unlock(r);
+            return sdw_fail(e, SDW_ENOTFOUND, "no job %.40s (%s)", id ? id : "", s ? "expired" : "unknown");
+        }
+        unsigned pos = queue_position_locked(r, s);
+        uint32_t seen = __atomic_load_n(&s->event_futex, __ATOMIC_SEQ_CST);
+        ring_unlock(r);
+        if (pos != known) {
+            *position = pos;
+            return 1;
+        }
         if (timeout_ms == 0 || expired_deadline(deadline))
             return 0;
         wait_change(&s->event_futex, seen, deadline);
@@ -873,6 +1225,10 @@ int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size
         int rc = ring_lock(r, e);
         if (rc)
             return rc;
+        if (__atomic_load_n(&r->h->retired, __ATOMIC_ACQUIRE)) {
+            ring_unlock(r);
+            return sdw_fail(e, SDW_ESTATE, "the job ring was replaced by a new one");
+        }
         struct ring_slot *oldest = NULL;
         for (unsigned i = 0; i < r->h->nslots; i++) {
             struct ring_slot *s = slot_at(r, i);
@@ -890,6 +1246,7 @@ int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size
             transition(oldest, SDW_JOB_RUNNING, NULL);
             oldest->started_ms = clock_ms(CLOCK_REALTIME);
             bump(&oldest->event_futex);
+            queue_moved_locked(r, oldest->seq);
             format_id(oldest->id, id);
             ring_unlock(r);
             wake_all(&oldest->event_futex);
@@ -900,7 +1257,10 @@ int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size
         ring_unlock(r);
         if (timeout_ms == 0 || expired_deadline(deadline))
             return 0;
-        wait_change(&r->h->work_futex, seen, deadline);
+        /* A signal (the engine's stop request) ends the wait, so that no
+         * job is taken after it. */
+        if (wait_change(&r->h->work_futex, seen, deadline))
+            return 0;
     }
 }
 
@@ -957,7 +1317,10 @@ int sdw_ring_fail(sdw_ring *r, const char *id, const char *code, const char *mes
         return rc;
     }
     struct ring_slot *s = find_locked(r, id, e);
+    bool was_queued = s && s->state == SDW_JOB_QUEUED;
     rc = s ? end_with_error_locked(r, s, SDW_JOB_FAILED, json, e) : SDW_ENOTFOUND;
+    if (was_queued)
+        queue_moved_locked(r, s->seq);
     ring_unlock(r);
     free(json);
     if (s)
@@ -1027,22 +1390,24 @@ int sdw_ring_engine_status(sdw_ring *r, sdw_engine_info *info, sdw_error *e)
     memcpy(info->reason, r->h->engine_reason, sizeof info->reason);
     info->reason[sizeof info->reason - 1] = '\0';
     info->recoveries = r->h->recoveries;
+    info->slots = r->h->nslots;
+    info->evicted = r->h->evicted;
     for (unsigned i = 0; i < r->h->nslots; i++) {
         uint32_t st = slot_at(r, i)->state;
         info->queued += st == SDW_JOB_QUEUED;
         info->running += st == SDW_JOB_RUNNING;
+        info->kept += is_terminal(st);
         info->free_slots += st == SDW_JOB_FREE || st == SDW_JOB_EXPIRED;
     }
     ring_unlock(r);
     return 0;
 }
 
-int sdw_ring_engine_died(sdw_ring *r, const char *reason, sdw_error *e)
+/* Every RUNNING job fails with an error event of code and message; the
+ * engine becomes DEAD with reason. */
+static int end_running(sdw_ring *r, const char *code, const char *message, const char *reason, sdw_error *e)
 {
-    char msg[sizeof r->h->engine_reason], why[sizeof msg - 16];
-    clip_utf8(why, sizeof why, reason ? reason : "");
-    snprintf(msg, sizeof msg, "engine died%s%s", why[0] ? ": " : "", why);
-    char *json = error_json("engine_crashed", msg);
+    char *json = error_json(code, message);
     if (!json)
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
     int rc = ring_lock(r, e);
@@ -1058,12 +1423,25 @@ int sdw_ring_engine_died(sdw_ring *r, const char *reason, sdw_error *e)
     }
     r->h->engine_state = SDW_ENGINE_DEAD;
     r->h->engine_pid = 0;
-    memcpy(r->h->engine_reason, msg, sizeof msg);
+    clip_utf8(r->h->engine_reason, sizeof r->h->engine_reason, reason);
     ring_unlock(r);
     free(json);
     for (unsigned i = 0; i < r->h->nslots; i++)
         wake_all(&slot_at(r, i)->event_futex);
     return failed;
+}
+
+int sdw_ring_engine_died(sdw_ring *r, const char *reason, sdw_error *e)
+{
+    char msg[sizeof r->h->engine_reason], why[sizeof msg - 16];
+    clip_utf8(why, sizeof why, reason ? reason : "");
+    snprintf(msg, sizeof msg, "engine died%s%s", why[0] ? ": " : "", why);
+    return end_running(r, "engine_crashed", msg, msg, e);
+}
+
+int sdw_ring_engine_stopped(sdw_ring *r, const char *reason, sdw_error *e)
+{
+    return end_running(r, "engine_stopped", STOPPED_MESSAGE, reason && reason[0] ? reason : "engine stopped", e);
 }
 
 int sdw_ring_expire(sdw_ring *r, const char *id, sdw_error *e)

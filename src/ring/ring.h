@@ -6,7 +6,8 @@
  * header and a fixed number of job slots. Each slot owns three fixed areas:
  * the request input (an opaque blob, sdw_job_request_serialize's output),
  * an append-only log of small events, and one "image" area holding the
- * newest large event (a preview or the complete event). See README.md.
+ * newest large event (a preview or the complete event). See
+ * doc/architecture.md, "The job ring".
  *
  * Job states and the only allowed transitions:
  *
@@ -23,6 +24,15 @@
  *                               the id still answers "expired"
  *   EXPIRED -> FREE             sdw_ring_submit reusing the slot
  *
+ * Lifetime: the ring outlives its processes. The supervisor attaches with
+ * sdw_ring_attach, which re-opens the object left by the previous
+ * supervisor when its version and layout (slot count and area sizes)
+ * match, keeping queued jobs and kept results and failing the jobs that
+ * were RUNNING at the stop (code "engine_stopped"), and replaces it
+ * otherwise. A stop does not remove it; only a reboot (/dev/shm is a
+ * tmpfs) or sdw_ring_unlink does. Pool processes notice a replaced ring
+ * with sdw_ring_stale and open the name again.
+ *
  * Any other transition fails with SDW_ESTATE and changes nothing.
  *
  * Events: every job has event ids 1, 2, 3, ... in publication order. Small
@@ -38,7 +48,9 @@
  * that dies holding it is recovered from by the next locker, which repairs
  * the slot the dead process was writing. Blocking waits are futex waits on
  * per-slot and ring-wide counters, so a process killed while waiting leaves
- * nothing behind; there is no sleep-polling.
+ * nothing behind; there is no sleep-polling. The threads of one process may
+ * call in at once (the pool's stream threads each wait on their own job):
+ * the calls keep no state outside the mapping and their arguments.
  *
  * Return values: 0 or a positive count/flag on success, a negative sdw_status
  * (SDW_EFULL, SDW_ELIMIT, SDW_ESTATE and SDW_ETOOBIG among them) on failure, with e filled. */
@@ -98,21 +110,55 @@ sdw_ring_config sdw_ring_default_config(const char *name);
 
 typedef struct sdw_ring sdw_ring;
 
-/* Creates and initialises a new ring; fails if the name exists (a
- * supervisor removes a stale one with sdw_ring_unlink first). Pages are
+/* Creates and initialises a new ring; fails if the name exists. Pages are
  * only backed when touched, but the whole size must fit in /dev/shm. */
 int sdw_ring_create(const sdw_ring_config *cfg, sdw_ring **out, sdw_error *e);
-/* Maps an existing ring created by another process; sizes come from it. */
+
+/* What sdw_ring_attach found under the name. */
+typedef struct sdw_ring_attach_info {
+    bool created;           /* a new ring was made (none was there, or it was replaced) */
+    char replaced[256];     /* why an existing object was replaced; "" when none was */
+    int dropped;            /* jobs lost with the replaced ring; -1 when it was unreadable */
+    unsigned queued, kept;  /* of a re-opened ring: queued jobs and finished results kept */
+    unsigned interrupted;   /* of a re-opened ring: jobs RUNNING at the stop, now FAILED */
+} sdw_ring_attach_info;
+
+/* The supervisor's open. Takes the ring's owner lock (an flock on the
+ * object, held until sdw_ring_close by this process and by the engine it
+ * forks), waiting up to wait_ms for a previous owner to exit (SDW_ESTATE
+ * when it does not); then re-opens
+ * the ring there when its version and layout match cfg (max_queued and
+ * retention_s are taken from cfg; jobs RUNNING at the stop fail with an
+ * "engine_stopped" error event; the engine state becomes STARTING), or
+ * replaces a ring of another layout or version, or a corrupt one, by a new
+ * one. A replaced ring that could be read is marked retired first, which
+ * ends the pool's streams on it. info says what happened, for the log. */
+int sdw_ring_attach(const sdw_ring_config *cfg, int wait_ms, sdw_ring **out, sdw_ring_attach_info *info,
+                    sdw_error *e);
+
+/* Maps an existing ring created by another process; sizes come from it.
+ * SDW_ENOTFOUND when there is none, SDW_EFORMAT when it is not a complete
+ * ring of this version (e.g. one being replaced: try again). */
 int sdw_ring_open(const char *name, sdw_ring **out, sdw_error *e);
 void sdw_ring_close(sdw_ring *r);
 int sdw_ring_unlink(const char *name, sdw_error *e);
 
+/* 1 when this mapping is no longer the ring under its name (the supervisor
+ * retired it, replaced it with a new object, or it was removed): close it
+ * and sdw_ring_open the name again. 0 otherwise, also when it cannot tell.
+ * A few system calls; the pool calls it before every request. */
+int sdw_ring_stale(sdw_ring *r);
+
 /* ---- pool side ---- */
 
 /* FREE/EXPIRED -> QUEUED. Copies the input into a slot and writes the new id.
- * SDW_EFULL when no slot is free (after expiring finished jobs past
- * their retention) or max_queued jobs are already waiting; SDW_ETOOBIG
- * when len exceeds input_bytes. Wakes the engine. */
+ * The slot is a free one if any (after expiring finished jobs past their
+ * retention); only when none is free does the oldest finished job give its
+ * slot up before its retention ends (counted in sdw_engine_info.evicted;
+ * its id then answers expired). SDW_EFULL when every slot is queued or
+ * running, when max_queued jobs are already waiting, or while the ring is
+ * being replaced; SDW_ETOOBIG when len exceeds input_bytes. Wakes the
+ * engine. */
 int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, sdw_error *e);
 /* sdw_ring_submit for an owner (an API key's id; 0 = none), recorded in the
  * job (sdw_job_info.owner). SDW_ELIMIT, before any other check of the
@@ -137,8 +183,8 @@ typedef struct sdw_job_info {
 } sdw_job_info;
 
 /* SDW_ENOTFOUND for an unknown id; an expired job reports SDW_JOB_EXPIRED,
- * and so does one whose slot has gone to new work since (the last 1024 such
- * ids are remembered), with nothing else known about it. */
+ * and so does one whose slot has gone to new work since (about the last
+ * 65536 such ids are remembered), with nothing else known about it. */
 int sdw_ring_job_status(sdw_ring *r, const char *id, sdw_job_info *info, sdw_error *e);
 
 /* A malloc'd copy of the job's input (for a status reply that shows the
@@ -153,21 +199,34 @@ typedef struct sdw_ring_event {
 } sdw_ring_event;
 
 #define SDW_RING_END 2
+#define SDW_RING_RETIRED 3
 
 /* Waits up to timeout_ms for the first event with an id greater than after.
  * Returns 1 with *ev filled (free it with sdw_ring_event_free), 0 on
  * timeout (send a keep-alive and call again), SDW_RING_END when the job has
- * finished and the reader has every event, SDW_ENOTFOUND for an unknown or
- * expired job. timeout_ms 0 polls without blocking. */
+ * finished and the reader has every event, SDW_RING_RETIRED when the ring
+ * was replaced by a new one (end the stream; the client reconnects),
+ * SDW_ENOTFOUND for an unknown or expired job. timeout_ms 0 polls without
+ * blocking. */
 int sdw_ring_wait_event(sdw_ring *r, const char *id, uint64_t after, int timeout_ms,
                         sdw_ring_event *ev, sdw_error *e);
 void sdw_ring_event_free(sdw_ring_event *ev);
+
+/* Waits up to timeout_ms for the job's place in the queue (1 = next to run,
+ * 0 = not queued: running or finished) to differ from known. Returns 1 with
+ * *position filled when it does (at once when known is a place the job is
+ * not in, e.g. UINT_MAX), 0 on timeout, SDW_RING_RETIRED when the ring was
+ * replaced, SDW_ENOTFOUND for an unknown or expired job. The place changes only when a job ahead leaves the queue
+ * (taken, cancelled or failed); those calls wake the waiters. */
+int sdw_ring_wait_queue_position(sdw_ring *r, const char *id, unsigned known, int timeout_ms,
+                                 unsigned *position, sdw_error *e);
 
 /* ---- engine side ---- */
 
 /* QUEUED -> RUNNING for the oldest queued job, waiting up to timeout_ms for
  * one (-1 = forever). Returns 1 with id and a malloc'd copy of the input,
- * 0 on timeout. */
+ * 0 on timeout or when a signal handler ran during the wait. A negative
+ * SDW_ESTATE once the ring was replaced by a new one. */
 int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size_t *len, sdw_error *e);
 
 /* Appends a small event (RUNNING jobs only); data is JSON text. Names
@@ -196,7 +255,11 @@ typedef struct sdw_engine_info {
     pid_t pid;
     int64_t heartbeat_ms;   /* CLOCK_MONOTONIC ms of the last heartbeat */
     char reason[256];       /* why not ready ("model loading", "engine died: ...") */
-    unsigned queued, running, free_slots;
+    unsigned slots;         /* queued + running + kept + free_slots */
+    unsigned queued, running;
+    unsigned kept;          /* finished jobs whose results are still readable */
+    unsigned free_slots;    /* slots holding nothing */
+    uint64_t evicted;       /* kept results that gave up their slot before their retention ended */
     unsigned recoveries;    /* times a lock holder's death was repaired */
 } sdw_engine_info;
 
@@ -209,6 +272,12 @@ int sdw_ring_engine_status(sdw_ring *r, sdw_engine_info *info, sdw_error *e);
  * engine. The engine state becomes DEAD with reason. Returns how many jobs
  * failed. */
 int sdw_ring_engine_died(sdw_ring *r, const char *reason, sdw_error *e);
+/* The engine was stopped on purpose (the service stopping) and did not
+ * finish every job it had taken: those get an error event of code
+ * "engine_stopped" saying so and become FAILED; QUEUED jobs stay for the
+ * next start. The engine state becomes DEAD with reason. Returns how many
+ * jobs failed. */
+int sdw_ring_engine_stopped(sdw_ring *r, const char *reason, sdw_error *e);
 
 /* DONE|FAILED|CANCELLED -> EXPIRED now, whatever the retention. */
 int sdw_ring_expire(sdw_ring *r, const char *id, sdw_error *e);

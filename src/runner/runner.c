@@ -23,6 +23,8 @@ typedef struct engine {
     sdw_backend *be;
     sdw_pipeline *pipes[SDW_CONFIG_MAX_MODELS];
     int npipes;
+    volatile sig_atomic_t *stop;
+    int64_t stop_seen_ms;   /* when a step first saw the stop request */
 } engine;
 
 /* What one running job needs in the step callback. */
@@ -30,6 +32,8 @@ typedef struct job {
     engine *eng;
     const char *id;
     int preview_interval;
+    int64_t started_ms;
+    bool stopped;           /* given up because the stop grace would not cover it */
 } job;
 
 /* One discarded generation of side x side pixels, 3 euler steps (the
@@ -120,8 +124,23 @@ static json_object *step_object(const char *type, int step, int total)
     return o;
 }
 
+/* On a stop the running job goes on while the steps left (and about one
+ * more for the decode), at its pace so far, fit what is left of
+ * engine.stop_timeout_s; otherwise it ends now, with an error event that
+ * says so, rather than be killed without one when the grace runs out. */
+static bool fits_stop_grace(job *j, int step, int total)
+{
+    engine *g = j->eng;
+    int64_t now = sdw_ring_now_ms();
+    if (!g->stop_seen_ms)
+        g->stop_seen_ms = now;
+    int64_t left = g->stop_seen_ms + (int64_t)g->cfg->engine_stop_timeout_s * 1000 - now;
+    int64_t per_step = (now - j->started_ms) / (step > 0 ? step : 1);
+    return per_step * (total - step + 1) <= left;
+}
+
 /* Between steps: progress, a preview every preview_interval steps, a
- * heartbeat, and the cancel check. */
+ * heartbeat, the stop and the cancel check. */
 static int on_step(void *ctx, sdw_pipeline *p, int step, int total)
 {
     job *j = ctx;
@@ -145,35 +164,26 @@ static int on_step(void *ctx, sdw_pipeline *p, int step, int total)
         }
     }
     sdw_ring_heartbeat(r, &e);
-    return sdw_ring_cancel_requested(r, j->id, &e) == 1;
+    if (*j->eng->stop && !fits_stop_grace(j, step, total))
+        j->stopped = true;
+    return j->stopped || sdw_ring_cancel_requested(r, j->id, &e) == 1;
 }
 
-/* Decodes an input image; one whose size is off the VAE's grid is resized
- * down to it, as diffusers' image processor does. */
-static int input_image(const sdw_image_blob *b, int grey, int scale, size_t max_pixels, sdw_image *out,
-                       sdw_error *e)
+/* An input image off the VAE's grid is resized down to it, as diffusers'
+ * image processor does; the mask, the image's size, lands on the same. */
+static int fit_grid(sdw_image *img, int scale, sdw_error *e)
 {
-    sdw_image raw;
-    int rc = sdw_image_decode(&raw, b->data, b->len, grey, e);
-    if (rc)
-        return rc;
-    if ((size_t)raw.width * raw.height > max_pixels) {
-        rc = sdw_fail(e, SDW_EINVAL, "image is %dx%d, more than the %zu pixels allowed", raw.width, raw.height,
-                      max_pixels);
-        sdw_image_free(&raw);
-        return rc;
-    }
-    int w = raw.width / scale * scale, h = raw.height / scale * scale;
-    if (w == raw.width && h == raw.height) {
-        *out = raw;
+    int w = img->width / scale * scale, h = img->height / scale * scale;
+    if (w == img->width && h == img->height)
         return SDW_OK;
+    if (w == 0 || h == 0)
+        return sdw_fail(e, SDW_EINVAL, "image %dx%d is smaller than %dx%d", img->width, img->height, scale, scale);
+    sdw_image sized;
+    int rc = sdw_image_resize(img, w, h, &sized, e);
+    if (!rc) {
+        sdw_image_free(img);
+        *img = sized;
     }
-    if (w == 0 || h == 0) {
-        sdw_image_free(&raw);
-        return sdw_fail(e, SDW_EINVAL, "image %dx%d is smaller than %dx%d", raw.width, raw.height, scale, scale);
-    }
-    rc = sdw_image_resize(&raw, w, h, out, e);
-    sdw_image_free(&raw);
     return rc;
 }
 
@@ -246,27 +256,30 @@ static void run_job(engine *g, const char *id, const unsigned char *input, size_
     gp.eta = (float)req.eta;
     gp.clip_skip = req.clip_skip;
     gp.strength = req.strength;
-    sdw_image init = {0}, mask = {0}, out = {0};
+    sdw_image init, mask, out = {0};
+    /* The pool checked the images already; this is the same check again,
+     * for a ring written by something else or a configuration changed
+     * in between. */
+    if (sdw_job_request_decode_images(&req, g->cfg->max_pixels, &init, &mask, &ae)) {
+        sdw_log(SDW_LOG_WARN, "%s: refused: %s", id, ae.message);
+        sdw_ring_fail(g->ring, id, ae.code, ae.message, &e);
+        sdw_job_request_free(&req);
+        return;
+    }
     int scale = sdw_pipeline_scale(p), rc = SDW_OK;
     if (gp.kind != SDW_GEN_TXT2IMG) {
-        rc = input_image(&req.init_image, 0, scale, g->cfg->max_pixels, &init, &e);
+        rc = fit_grid(&init, scale, &e);
         if (rc)
             sdw_fail_wrap(&e, "init_image");
         gp.init_image = &init;
     }
     if (!rc && gp.kind == SDW_GEN_INPAINT) {
-        rc = input_image(&req.mask_image, 1, 1, g->cfg->max_pixels, &mask, &e);
-        sdw_image sized;
-        if (!rc && (mask.width != init.width || mask.height != init.height)) {
-            rc = sdw_image_resize(&mask, init.width, init.height, &sized, &e);
-            sdw_image_free(&mask);
-            mask = sized;
-        }
+        rc = fit_grid(&mask, scale, &e);
         if (rc)
             sdw_fail_wrap(&e, "mask_image");
         gp.mask = &mask;
     }
-    job j = {g, id, g->cfg->preview_interval};
+    job j = {g, id, g->cfg->preview_interval, sdw_ring_now_ms(), false};
     sdw_gen_timings t;
     if (!rc) {
         sdw_log(SDW_LOG_INFO, "%s: %s, %d steps, seed %llu", id, sdw_operation_name(req.op), gp.steps,
@@ -275,7 +288,11 @@ static void run_job(engine *g, const char *id, const unsigned char *input, size_
     }
     if (!rc)
         rc = complete_event(g, id, &req, &gp, &out, &t, p, &e);
-    if (rc == SDW_ECANCELLED) {
+    if (rc == SDW_ECANCELLED && j.stopped) {
+        sdw_ring_fail(g->ring, id, "engine_stopped",
+                      "the service was stopped while this job was running; submit it again", &e);
+        sdw_log(SDW_LOG_WARN, "%s: stopped: it could not finish within engine.stop_timeout_s", id);
+    } else if (rc == SDW_ECANCELLED) {
         sdw_ring_finish_cancelled(g->ring, id, &e);
         sdw_log(SDW_LOG_INFO, "%s: cancelled", id);
     } else if (rc) {
@@ -292,7 +309,7 @@ static void run_job(engine *g, const char *id, const unsigned char *input, size_
 
 int sdw_runner_run(const sdw_config *cfg, sdw_ring *ring, volatile sig_atomic_t *stop, sdw_error *e)
 {
-    engine g = {.cfg = cfg, .ring = ring};
+    engine g = {.cfg = cfg, .ring = ring, .stop = stop};
     if (cfg->threads > 0) {
         omp_set_num_threads(cfg->threads);
         openblas_set_num_threads(cfg->threads);

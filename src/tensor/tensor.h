@@ -4,10 +4,11 @@
  * dimensions, and lives in the memory of the backend that made it, in the
  * backend's storage type: float32 on the CPU, the precision's type on CUDA
  * (half in fp16, bfloat16 in bf16), so that `data` is a handle to be passed
- * to ops, never an address to compute with. Model code (the CLIP text encoder, and
- * later the UNet and VAE) calls only the sdw_op_* functions below; each checks
- * shapes once here and then dispatches to the backend, so the CPU backend and
- * the CUDA backend implement the same small set of kernels and nothing else.
+ * to ops, never an address to compute with. Model code (the CLIP text
+ * encoder, the UNet, the VAE) calls only the sdw_op_* functions below and
+ * the few tensor calls above them; each checks shapes once here and then
+ * dispatches to the backend, so the CPU backend and the CUDA backend
+ * implement the same small set of kernels and nothing else.
  * The CPU backend is the numerical reference for every other backend. */
 #ifndef SDW_TENSOR_H
 #define SDW_TENSOR_H

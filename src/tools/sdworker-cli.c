@@ -65,15 +65,19 @@ static void usage(FILE *f)
 "  --model NAME            model name (required; see GET /v1/models)\n"
 "  --prompt TEXT           the prompt (required)\n"
 "  --negative-prompt TEXT  what to steer away from\n"
-"  --steps N               denoising steps (server default 20)\n"
-"  --guidance X            classifier-free guidance scale (server default 7.5)\n"
-"  --width N, --height N   image size, generate only (server default 512x512)\n"
-"  --seed N                seed (default: random, chosen by the server)\n"
+"  --steps N               denoising steps, 1-150 (server default 20)\n"
+"  --guidance X            classifier-free guidance scale, 0-30 (server\n"
+"                          default 7.5)\n"
+"  --width N, --height N   image size, generate only: multiples of 8 in\n"
+"                          64-2048 (server default 512x512)\n"
+"  --seed N                seed, 0 to 18446744073709551615 (default: random,\n"
+"                          chosen by the server)\n"
 "  --sampler NAME          %s\n"
 "  --input FILE            init image, PNG or JPEG (transform, inpaint)\n"
 "  --mask FILE             mask image, white = repaint (inpaint)\n"
-"  --strength X            how far to move from the init image, 0-1\n"
-"                          (transform, inpaint; server default 0.8)\n"
+"  --strength X            how far to move from the init image, over 0 and at\n"
+"                          most 1, with steps * strength >= 1 (transform,\n"
+"                          inpaint; server default 0.8, 1 for inpaint)\n"
 "  -o, --output FILE       where to write the PNG (required)\n"
 "  -q, --quiet             no progress or informational output\n"
 "  -h, --help              this text\n"
@@ -148,7 +152,52 @@ enum { OPT_HIVE = 256, OPT_MODEL, OPT_PROMPT, OPT_NEG, OPT_STEPS, OPT_GUIDANCE, 
        OPT_VERSION };
 
 /* Returns -1 to continue, or an exit status. */
-static int parse_args(int argc, char **argv, struct opts *o)
+/* "image generate|transform|inpaint" (or --help, --version): the
+ * operation into o, and *sub the image command's name. -1 to go on, else
+ * the exit status. */
+static int parse_command(int argc, char **argv, struct opts *o, const char **sub_out)
+{
+    memset(o, 0, sizeof *o);
+    o->url = DEFAULT_URL;
+    o->api_key = getenv("SDW_API_KEY");
+    o->hive = "localhost";
+
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        usage(stdout);
+        return EXIT_OK;
+    }
+    if (argc >= 2 && !strcmp(argv[1], "--version")) {
+        printf("sdworker " PACKAGE_VERSION "\n");
+        return EXIT_OK;
+    }
+    if (argc < 3 || strcmp(argv[1], "image")) {
+        if (argc >= 2 && strcmp(argv[1], "image"))
+            msg("unknown command '%s'", argv[1]);
+        else
+            msg("missing command");
+        fprintf(stderr, "Try '%s --help'.\n", prog);
+        return EXIT_USAGE;
+    }
+    const char *sub = *sub_out = argv[2];
+    if (!strcmp(sub, "generate"))
+        o->operation = "image_generation";
+    else if (!strcmp(sub, "transform"))
+        o->operation = "image_transform";
+    else if (!strcmp(sub, "inpaint"))
+        o->operation = "image_inpaint";
+    else if (!strcmp(sub, "--help") || !strcmp(sub, "-h")) {
+        usage(stdout);
+        return EXIT_OK;
+    } else {
+        msg("unknown image command '%s' (generate, transform or inpaint)", sub);
+        return EXIT_USAGE;
+    }
+
+    return -1;
+}
+
+/* The options after "image COMMAND"; -1 to go on, else the exit status. */
+static int parse_options(int argc, char **argv, struct opts *o)
 {
     static const struct option longopts[] = {
         { "hive", required_argument, NULL, OPT_HIVE },
@@ -172,42 +221,6 @@ static int parse_args(int argc, char **argv, struct opts *o)
         { "version", no_argument, NULL, OPT_VERSION },
         { NULL, 0, NULL, 0 },
     };
-    memset(o, 0, sizeof *o);
-    o->url = DEFAULT_URL;
-    o->api_key = getenv("SDW_API_KEY");
-    o->hive = "localhost";
-
-    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        usage(stdout);
-        return EXIT_OK;
-    }
-    if (argc >= 2 && !strcmp(argv[1], "--version")) {
-        printf("sdworker " PACKAGE_VERSION "\n");
-        return EXIT_OK;
-    }
-    if (argc < 3 || strcmp(argv[1], "image")) {
-        if (argc >= 2 && strcmp(argv[1], "image"))
-            msg("unknown command '%s'", argv[1]);
-        else
-            msg("missing command");
-        fprintf(stderr, "Try '%s --help'.\n", prog);
-        return EXIT_USAGE;
-    }
-    const char *sub = argv[2];
-    if (!strcmp(sub, "generate"))
-        o->operation = "image_generation";
-    else if (!strcmp(sub, "transform"))
-        o->operation = "image_transform";
-    else if (!strcmp(sub, "inpaint"))
-        o->operation = "image_inpaint";
-    else if (!strcmp(sub, "--help") || !strcmp(sub, "-h")) {
-        usage(stdout);
-        return EXIT_OK;
-    } else {
-        msg("unknown image command '%s' (generate, transform or inpaint)", sub);
-        return EXIT_USAGE;
-    }
-
     /* getopt_long sees "sdworker --opt ..." */
     int gargc = argc - 2;
     char **gargv = argv + 2;
@@ -274,6 +287,12 @@ static int parse_args(int argc, char **argv, struct opts *o)
         msg("unexpected argument '%s'", gargv[optind]);
         return EXIT_USAGE;
     }
+    return -1;
+}
+
+/* The checks that involve several options, and the API key's form. */
+static int check_options(struct opts *o, const char *sub)
+{
     bool gen = !strcmp(o->operation, "image_generation");
     bool inpaint = !strcmp(o->operation, "image_inpaint");
     const char *missing = !o->model ? "--model" : !o->prompt ? "--prompt" : !o->output ? "--output"
@@ -308,6 +327,17 @@ static int parse_args(int argc, char **argv, struct opts *o)
             return EXIT_USAGE;
         }
     return -1;
+}
+
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+    const char *sub = NULL;
+    int rc = parse_command(argc, argv, o, &sub);
+    if (rc < 0)
+        rc = parse_options(argc, argv, o);
+    if (rc < 0)
+        rc = check_options(o, sub);
+    return rc;
 }
 
 /* ---- request ---- */
@@ -610,7 +640,7 @@ struct stream {
     char error[512];
     unsigned char *image;
     size_t image_len;
-    int64_t seed;
+    uint64_t seed;
     bool has_seed;
     int width, height;
     char *timings;
@@ -659,6 +689,31 @@ static double num(json_object *j, const char *k, double dflt)
     return json_object_object_get_ex(j, k, &v) ? json_object_get_double(v) : dflt;
 }
 
+/* A seed as the server sends it: a JSON integer, which json-c holds as
+ * int64 or, above INT64_MAX, as uint64 (get_int64 would clip those), or a
+ * decimal string. */
+static bool event_seed(json_object *v, uint64_t *seed)
+{
+    if (json_object_is_type(v, json_type_int)) {
+        if (json_object_get_int64(v) < 0)
+            return false;
+        *seed = json_object_get_uint64(v);
+        return true;
+    }
+    if (json_object_is_type(v, json_type_string)) {
+        const char *t = json_object_get_string(v);
+        size_t n = strlen(t);
+        char *end;
+        errno = 0;
+        unsigned long long x = strtoull(t, &end, 10);
+        if (n == 0 || n > 20 || strspn(t, "0123456789") != n || errno)
+            return false;
+        *seed = x;
+        return true;
+    }
+    return false;
+}
+
 static void on_event(struct stream *s, const char *type, const char *data)
 {
     s->events++;
@@ -696,8 +751,9 @@ static void on_event(struct stream *s, const char *type, const char *data)
         } else {
             s->outcome = COMPLETED;
             if (json_object_object_get_ex(j, "seed", &v)) {
-                s->seed = json_object_get_int64(v);
-                s->has_seed = true;
+                s->has_seed = event_seed(v, &s->seed);
+                if (!s->has_seed && !s->o->quiet)
+                    msg("the complete event's seed is not an integer 0-%" PRIu64, UINT64_MAX);
             }
             s->width = (int)num(j, "width", 0);
             s->height = (int)num(j, "height", 0);
@@ -950,7 +1006,7 @@ int main(int argc, char **argv)
                 break;
             }
             if (s.has_seed)
-                printf("seed: %" PRId64 "\n", s.seed);
+                printf("seed: %" PRIu64 "\n", s.seed);
             if (!o.quiet) {
                 if (s.width > 0)
                     msg("wrote %s (%dx%d)", o.output, s.width, s.height);

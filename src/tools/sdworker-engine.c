@@ -1,16 +1,22 @@
-/* sdworker-engine: creates the job ring and supervises the engine process
- * that owns the device. If the engine dies (a crash, the OOM killer, kill
- * -9), the job it was running gets an error event, queued jobs stay queued,
- * and a new engine starts after engine.restart_delay_ms. The supervisor also
- * expires finished jobs once their retention ends. */
+/* sdworker-engine: attaches the job ring (re-opening the one a previous
+ * supervisor left, with its queue and results) and supervises the engine
+ * process that owns the device. If the engine dies (a crash, the OOM
+ * killer, kill -9), the job it was running gets an error event, queued jobs
+ * stay queued, and a new engine starts after engine.restart_delay_ms. On
+ * SIGTERM the engine finishes its job within engine.stop_timeout_s (or ends
+ * it with an engine_stopped error event) and the ring stays for the next
+ * start. The supervisor also expires finished jobs once their retention
+ * ends. */
 #include "sdw-build.h"
 
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -19,8 +25,13 @@
 #include "ring/ring.h"
 #include "runner/runner.h"
 
-/* How long a stopping engine may finish its current job. */
-#define STOP_GRACE_MS 10000
+/* After engine.stop_timeout_s the engine has ended its job itself unless a
+ * single step or the decode outlasts the estimate; this much later it is
+ * killed. The unit's TimeoutStopSec covers both. */
+#define STOP_KILL_SLACK_MS 3000
+/* How long to wait beyond the stop timeout for the ring's previous owner
+ * (an old supervisor's engine finishing its job) to let go of it. */
+#define ATTACH_SLACK_MS 10000
 
 static volatile sig_atomic_t stop_requested;
 
@@ -34,16 +45,17 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: sdworker-engine [-c FILE] [-o KEY=VALUE]... [--print-config]\n"
             "\n"
-            "Creates the shared-memory job ring named by ring.name and runs the engine\n"
-            "that serves the configured models, restarting it if it dies.\n"
+            "Creates the shared-memory job ring named by ring.name, or re-opens the one\n"
+            "a previous run left with its queued jobs, and runs the engine that serves\n"
+            "the configured models, restarting it if it dies.\n"
             "\n"
             "  -c, --config FILE     configuration file (see conf/sdworker.conf)\n"
             "  -o, --set KEY=VALUE   override one setting, e.g. -o model.tiny=/var/lib/tiny\n"
             "      --print-config    print the effective configuration and exit\n"
             "  -h, --help            this text\n"
             "\n"
-            "Exit status: 0 after SIGTERM/SIGINT, 1 on a usage or configuration error,\n"
-            "2 when the ring cannot be created.\n");
+            "Exit status: 0 after SIGTERM/SIGINT (the ring stays for the next start),\n"
+            "1 on a usage or configuration error, 2 when the ring cannot be attached.\n");
 }
 
 static int load_config(int argc, char **argv, sdw_config *cfg, int *print)
@@ -79,7 +91,7 @@ static int load_config(int argc, char **argv, sdw_config *cfg, int *print)
     return rc;
 }
 
-static int create_ring(const sdw_config *cfg, sdw_ring **ring)
+static int attach_ring(const sdw_config *cfg, sdw_ring **ring)
 {
     sdw_error e;
     sdw_ring_config rc = sdw_ring_default_config(cfg->ring_name);
@@ -87,23 +99,49 @@ static int create_ring(const sdw_config *cfg, sdw_ring **ring)
     rc.max_queued = (unsigned)cfg->ring_max_queued;
     rc.retention_s = (unsigned)cfg->result_ttl;
     sdw_config_ring_sizes(cfg, &rc.input_bytes, &rc.log_bytes, &rc.image_bytes);
-    /* A ring left by a supervisor that was killed holds nothing we could
-     * serve: its jobs' clients are gone with the pool that served them. */
-    sdw_ring_unlink(cfg->ring_name, &e);
-    if (sdw_ring_create(&rc, ring, &e)) {
+    sdw_ring_attach_info info;
+    int wait_ms = cfg->engine_stop_timeout_s * 1000 + STOP_KILL_SLACK_MS + ATTACH_SLACK_MS;
+    int st = sdw_ring_attach(&rc, 0, ring, &info, &e);
+    if (st == SDW_ESTATE) {
+        sdw_log(SDW_LOG_WARN, "%s; waiting up to %d s for it to exit", e.msg, wait_ms / 1000);
+        st = sdw_ring_attach(&rc, wait_ms, ring, &info, &e);
+    }
+    if (st) {
         sdw_log(SDW_LOG_ERROR, "%s", e.msg);
         return -1;
     }
+    if (info.replaced[0] && info.dropped >= 0)
+        sdw_log(SDW_LOG_WARN, "replaced job ring %s: %s; its %d job(s) were dropped", cfg->ring_name, info.replaced,
+                info.dropped);
+    else if (info.replaced[0])
+        sdw_log(SDW_LOG_WARN, "replaced job ring %s: %s; whatever it held was dropped", cfg->ring_name,
+                info.replaced);
+    else if (info.created)
+        sdw_log(SDW_LOG_INFO, "created job ring %s (%u slots)", cfg->ring_name, rc.slots);
+    else
+        sdw_log(SDW_LOG_INFO,
+                "re-opened job ring %s: %u queued job(s) and %u result(s) kept, %u job(s) running at the last "
+                "stop failed (engine_stopped)",
+                cfg->ring_name, info.queued, info.kept, info.interrupted);
     return 0;
 }
 
 static pid_t spawn_engine(const sdw_config *cfg, sdw_ring *ring)
 {
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid != 0)
         return pid;
-    signal(SIGTERM, on_stop);
-    signal(SIGINT, on_stop);
+    /* An engine outliving a killed supervisor would keep the ring's owner
+     * lock: it stops (finishing its job, as on any stop) with it. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent)
+        _exit(0);
+    /* No SA_RESTART: the stop request must end the engine's wait for work. */
+    struct sigaction sa = {.sa_handler = on_stop};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -135,7 +173,7 @@ int main(int argc, char **argv)
     if (print)
         return sdw_config_dump(&cfg, stdout) ? 1 : 0;
     sdw_ring *ring;
-    if (create_ring(&cfg, &ring))
+    if (attach_ring(&cfg, &ring))
         return 2;
 
     /* Signals are taken synchronously with sigtimedwait: no handler races. */
@@ -157,14 +195,18 @@ int main(int argc, char **argv)
         int sig = sigtimedwait(&set, NULL, &tick);
         if ((sig == SIGTERM || sig == SIGINT) && !stopping) {
             stopping = 1;
-            stop_deadline = sdw_ring_now_ms() + STOP_GRACE_MS;
-            if (child > 0)
+            stop_deadline = sdw_ring_now_ms() + (int64_t)cfg.engine_stop_timeout_s * 1000 + STOP_KILL_SLACK_MS;
+            if (child > 0) {
+                sdw_log(SDW_LOG_INFO, "stopping; a running job may finish within %d s, queued jobs stay in the ring",
+                        cfg.engine_stop_timeout_s);
                 kill(child, SIGTERM);
+            }
         }
-        /* The engine stops between jobs; one still running when the grace
-         * period ends is not worth waiting for. */
-        if (stopping && child > 0 && sdw_ring_now_ms() >= stop_deadline)
+        if (stopping && child > 0 && sdw_ring_now_ms() >= stop_deadline) {
+            sdw_log(SDW_LOG_WARN, "the engine did not stop in time; killing it");
             kill(child, SIGKILL);
+            stop_deadline = INT64_MAX;
+        }
         int status;
         pid_t done;
         while ((done = waitpid(-1, &status, WNOHANG)) > 0) {
@@ -199,7 +241,14 @@ int main(int argc, char **argv)
         }
         sdw_ring_sweep(ring, sdw_ring_now_ms(), &e);
     }
+    /* A job the engine neither finished nor ended (it was killed, or it
+     * crashed on the way out) must not stay RUNNING for the next start to
+     * find: it gets its engine_stopped error event now. */
+    int failed = sdw_ring_engine_stopped(ring, "engine stopped", &e);
+    sdw_engine_info info;
+    if (sdw_ring_engine_status(ring, &info, &e) == 0)
+        sdw_log(SDW_LOG_INFO, "stopped; %d running job(s) failed (engine_stopped), %u queued job(s) stay in the ring "
+                "%s for the next start", failed < 0 ? 0 : failed, info.queued, cfg.ring_name);
     sdw_ring_close(ring);
-    sdw_ring_unlink(cfg.ring_name, &e);
     return 0;
 }

@@ -207,7 +207,18 @@ static int load_input(const char *what, const char *path, int grey, int want_w, 
     return 0;
 }
 
-int main(int argc, char **argv)
+/* The command line, as parsed. */
+typedef struct gen_opts {
+    const char *model, *prompt, *negative, *sampler, *init_path, *mask_path, *output, *device, *latents_path;
+    int precision, json_timings, profile_rows, warmup;
+    int steps, width, height, clip_skip, threads, quiet, have_seed, have_strength, have_size;
+    float guidance, eta;
+    double strength; /* double: 0.7 * 10 steps must keep 7 of them, as in Python */
+    uint64_t seed;
+} gen_opts;
+
+/* Fills o from argv; -1 to go on, else the exit status (help, bad usage). */
+static int parse_args(int argc, char **argv, gen_opts *o)
 {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},      {"prompt", required_argument, 0, 'p'},
@@ -224,60 +235,54 @@ int main(int argc, char **argv)
         {"profile", optional_argument, 0, 'F'},    {"warmup", no_argument, 0, 'w'},
         {0, 0, 0, 0},
     };
-    const char *model = NULL, *prompt = NULL, *negative = NULL, *sampler = NULL, *init_path = NULL,
-               *mask_path = NULL, *output = "out.png", *device = "cpu", *latents_path = NULL;
-    int precision = SDW_PREC_FP16, json_timings = 0, profile_rows = 0, warmup = 0;
-    int steps = 20, width = 512, height = 512, clip_skip = 0, threads = 0, quiet = 0, have_seed = 0,
-        have_strength = 0, have_size = 0;
-    float guidance = 7.5f, eta = 0;
-    double strength = 0; /* double: 0.7 * 10 steps must keep 7 of them, as in Python */
-    uint64_t seed = 0;
-    int o;
-    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    *o = (gen_opts){.output = "out.png", .device = "cpu", .precision = SDW_PREC_FP16, .steps = 20, .width = 512,
+                    .height = 512, .guidance = 7.5f};
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         int bad = 0;
         char *end;
-        switch (o) {
-        case 'm': model = optarg; break;
-        case 'p': prompt = optarg; break;
-        case 'n': negative = optarg; break;
-        case 's': bad = parse_int("--steps", optarg, 1, 1000, &steps); break;
-        case 'g': bad = parse_float("--guidance", optarg, 0, 100, &guidance); break;
-        case 'W': bad = parse_int("--width", optarg, 8, 4096, &width), have_size = 1; break;
-        case 'H': bad = parse_int("--height", optarg, 8, 4096, &height), have_size = 1; break;
+        switch (c) {
+        case 'm': o->model = optarg; break;
+        case 'p': o->prompt = optarg; break;
+        case 'n': o->negative = optarg; break;
+        case 's': bad = parse_int("--steps", optarg, 1, 1000, &o->steps); break;
+        case 'g': bad = parse_float("--guidance", optarg, 0, 100, &o->guidance); break;
+        case 'W': bad = parse_int("--width", optarg, 8, 4096, &o->width), o->have_size = 1; break;
+        case 'H': bad = parse_int("--height", optarg, 8, 4096, &o->height), o->have_size = 1; break;
         case 'S':
             errno = 0;
-            seed = strtoull(optarg, &end, 10);
+            o->seed = strtoull(optarg, &end, 10);
             if (errno || !*optarg || *end || *optarg == '-') {
                 fprintf(stderr, "sdworker-generate: --seed: '%s' is not an integer in 0..2^64-1\n", optarg);
                 bad = 1;
             }
-            have_seed = 1;
+            o->have_seed = 1;
             break;
-        case 'a': sampler = optarg; break;
-        case 'e': bad = parse_float("--eta", optarg, 0, 1, &eta); break;
-        case 'k': bad = parse_int("--clip-skip", optarg, 0, 11, &clip_skip); break;
-        case 'i': init_path = optarg; break;
-        case 't': bad = parse_double("--strength", optarg, 0, 1, &strength), have_strength = 1; break;
-        case 'M': mask_path = optarg; break;
-        case 'o': output = optarg; break;
-        case 'T': bad = parse_int("--threads", optarg, 1, 1024, &threads); break;
-        case 'D': device = optarg; break;
+        case 'a': o->sampler = optarg; break;
+        case 'e': bad = parse_float("--eta", optarg, 0, 1, &o->eta); break;
+        case 'k': bad = parse_int("--clip-skip", optarg, 0, 11, &o->clip_skip); break;
+        case 'i': o->init_path = optarg; break;
+        case 't': bad = parse_double("--strength", optarg, 0, 1, &o->strength), o->have_strength = 1; break;
+        case 'M': o->mask_path = optarg; break;
+        case 'o': o->output = optarg; break;
+        case 'T': bad = parse_int("--threads", optarg, 1, 1024, &o->threads); break;
+        case 'D': o->device = optarg; break;
         case 'P':
-            precision = sdw_precision_parse(optarg);
-            if (precision < 0) {
+            o->precision = sdw_precision_parse(optarg);
+            if (o->precision < 0) {
                 fprintf(stderr, "sdworker-generate: --precision: expected fp32, fp16 or bf16, not '%s'\n", optarg);
                 bad = 1;
             }
             break;
-        case 'J': json_timings = 1; break;
+        case 'J': o->json_timings = 1; break;
         case 'F':
-            profile_rows = 30;
+            o->profile_rows = 30;
             if (optarg)
-                bad = parse_int("--profile", optarg, 1, 100000, &profile_rows);
+                bad = parse_int("--profile", optarg, 1, 100000, &o->profile_rows);
             break;
-        case 'L': latents_path = optarg; break;
-        case 'w': warmup = 1; break;
-        case 'q': quiet = 1; break;
+        case 'L': o->latents_path = optarg; break;
+        case 'w': o->warmup = 1; break;
+        case 'q': o->quiet = 1; break;
         case 'h': usage(stdout); return 0;
         default: fprintf(stderr, "sdworker-generate: see --help\n"); return EXIT_USAGE;
         }
@@ -288,169 +293,203 @@ int main(int argc, char **argv)
         fprintf(stderr, "sdworker-generate: unexpected argument '%s' (see --help)\n", argv[optind]);
         return EXIT_USAGE;
     }
-    if (!model || !prompt) {
-        fprintf(stderr, "sdworker-generate: --model and --prompt are required (see --help)\n");
-        return EXIT_USAGE;
-    }
-    if (mask_path && !init_path) {
-        fprintf(stderr, "sdworker-generate: --mask needs --init-image\n");
-        return EXIT_USAGE;
-    }
-    if (!init_path && (width % 8 || height % 8)) {
-        fprintf(stderr, "sdworker-generate: --width and --height must be multiples of 8 (got %dx%d)\n", width,
-                height);
-        return EXIT_USAGE;
-    }
-    if (init_path && have_size) {
-        fprintf(stderr, "sdworker-generate: --width/--height apply to txt2img only; img2img and "
-                        "inpainting use the init image's size\n");
-        return EXIT_USAGE;
-    }
-    if (sampler && sdw_sampler_parse(sampler) < 0) {
-        fprintf(stderr, "sdworker-generate: unknown sampler '%s' (valid: %s)\n", sampler, sdw_sampler_names);
-        return EXIT_USAGE;
-    }
-    if (threads) {
-        omp_set_num_threads(threads);
-        openblas_set_num_threads(threads);
-    }
-    if (!have_seed)
-        seed = random_seed();
+    return -1;
+}
 
-    sdw_image init = {0}, mask = {0}, out = {0};
-    sdw_gen_kind kind = mask_path ? SDW_GEN_INPAINT : init_path ? SDW_GEN_IMG2IMG : SDW_GEN_TXT2IMG;
-    if (init_path && load_input("init image", init_path, 0, 0, 0, &init, quiet))
-        return EXIT_INPUT;
-    if (mask_path && load_input("mask", mask_path, 1, init.width, init.height, &mask, quiet)) {
-        sdw_image_free(&init);
-        return EXIT_INPUT;
+/* The checks that involve several options; 0 or EXIT_USAGE. */
+static int check_args(const gen_opts *o)
+{
+    const char *why = NULL;
+    if (!o->model || !o->prompt)
+        why = "--model and --prompt are required (see --help)";
+    else if (o->mask_path && !o->init_path)
+        why = "--mask needs --init-image";
+    else if (o->init_path && o->have_size)
+        why = "--width/--height apply to txt2img only; img2img and inpainting use the init image's size";
+    if (why) {
+        fprintf(stderr, "sdworker-generate: %s\n", why);
+        return EXIT_USAGE;
     }
+    if (!o->init_path && (o->width % 8 || o->height % 8)) {
+        fprintf(stderr, "sdworker-generate: --width and --height must be multiples of 8 (got %dx%d)\n", o->width,
+                o->height);
+        return EXIT_USAGE;
+    }
+    if (o->sampler && sdw_sampler_parse(o->sampler) < 0) {
+        fprintf(stderr, "sdworker-generate: unknown sampler '%s' (valid: %s)\n", o->sampler, sdw_sampler_names);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
 
-    sdw_gen_params gp;
-    sdw_gen_params_init(&gp, kind);
-    gp.prompt = prompt;
-    gp.negative_prompt = negative;
-    gp.steps = steps;
-    gp.guidance = guidance;
-    gp.width = init_path ? init.width : width;
-    gp.height = init_path ? init.height : height;
-    gp.seed = seed;
-    gp.sampler = sampler;
-    gp.eta = eta;
-    gp.clip_skip = clip_skip;
-    if (have_strength)
-        gp.strength = strength;
-    gp.init_image = init_path ? &init : NULL;
-    gp.mask = mask_path ? &mask : NULL;
+static void print_timings(const gen_opts *o, const sdw_image *out, double load_s, const sdw_gen_timings *t)
+{
+    printf("output: %s (%dx%d)\n", o->output, out->width, out->height);
+    printf("load: %.2f s\ntext encode: %.2f s\nprepare: %.2f s\n", load_s, t->encode_s, t->prepare_s);
+    printf("denoise: %.2f s (%d UNet steps, %.3f s/step", t->denoise_s, t->unet_calls,
+           t->unet_calls ? t->denoise_s / t->unet_calls : 0.0);
+    if (t->graph_replays)
+        printf(", %d replayed from a CUDA graph", t->graph_replays);
+    printf(")\n");
+    if (t->graph_note[0])
+        printf("not using a CUDA graph: %s\n", t->graph_note);
+    printf("vae decode: %.2f s\ntotal: %.2f s\n", t->decode_s, t->total_s + load_s);
+    if (t->mem_start)
+        printf("device memory: %zu MiB reserved at the start, at most %zu MiB encoding and denoising, "
+               "%zu MiB decoding\n",
+               t->mem_start >> 20, t->mem_denoise_peak >> 20, t->mem_decode_peak >> 20);
+}
 
+static void print_json_timings(double load_s, const sdw_gen_timings *t, const sdw_gen_timings *wt)
+{
+    printf("{\"load_s\":%.6f,\"encode_s\":%.6f,\"prepare_s\":%.6f,\"denoise_s\":%.6f,\"unet_calls\":%d,"
+           "\"graph_replays\":%d,\"decode_s\":%.6f,\"total_s\":%.6f,\"mem_start_mib\":%zu,"
+           "\"mem_denoise_peak_mib\":%zu,\"mem_decode_peak_mib\":%zu,\"warmup_s\":%.6f,"
+           "\"warmup_denoise_s\":%.6f,\"warmup_decode_s\":%.6f}\n",
+           load_s, t->encode_s, t->prepare_s, t->denoise_s, t->unet_calls, t->graph_replays, t->decode_s,
+           t->total_s, t->mem_start >> 20, t->mem_denoise_peak >> 20, t->mem_decode_peak >> 20, wt->total_s,
+           wt->denoise_s, wt->decode_s);
+}
+
+static int write_latents(const char *path, const float *latents, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    int ok = f && fwrite(latents, sizeof *latents, n, f) == n;
+    if (f && fclose(f))
+        ok = 0;
+    if (!ok) {
+        fprintf(stderr, "sdworker-generate: %s: %s\n", path, strerror(errno));
+        return EXIT_GENERATE;
+    }
+    return 0;
+}
+
+/* Loads the model and makes the image o asks for, with the inputs loaded;
+ * returns the exit status. */
+static int run(const gen_opts *o, sdw_gen_params *gp, const sdw_image *init)
+{
     int status = 0;
     sdw_error e = {0};
     sdw_backend *be = NULL;
     sdw_pipeline *p = NULL;
+    sdw_image out = {0};
     char *params = NULL;
     float *latents = NULL;
     size_t nlat = 0;
     sdw_gen_timings t = {0}, wt = {0};
     double t0 = sdw_now_s();
     sdw_device dev;
-    if (sdw_device_parse(device, &dev, &e) || sdw_backend_open(&be, dev, (sdw_precision)precision, &e)) {
+    if (sdw_device_parse(o->device, &dev, &e) || sdw_backend_open(&be, dev, (sdw_precision)o->precision, &e)) {
         fprintf(stderr, "sdworker-generate: %s\n", e.msg);
         status = EXIT_MODEL;
         goto done;
     }
-    if (sdw_pipeline_load(&p, be, model, &e)) {
+    if (sdw_pipeline_load(&p, be, o->model, &e)) {
         fprintf(stderr, "sdworker-generate: cannot load the model: %s\n", e.msg);
         status = EXIT_MODEL;
         goto done;
     }
     double load_s = sdw_now_s() - t0;
-    if (init_path && (init.width % sdw_pipeline_scale(p) || init.height % sdw_pipeline_scale(p))) {
-        fprintf(stderr, "sdworker-generate: the init image's size must be a multiple of the model's scale %d\n",
-                sdw_pipeline_scale(p));
+    int sc = sdw_pipeline_scale(p);
+    if (o->init_path && (init->width % sc || init->height % sc)) {
+        fprintf(stderr, "sdworker-generate: the init image's size must be a multiple of the model's scale %d\n", sc);
         status = EXIT_INPUT;
         goto done;
     }
-    if (latents_path) {
-        int sc = sdw_pipeline_scale(p);
-        nlat = (size_t)4 * (size_t)(gp.width / sc) * (size_t)(gp.height / sc);
+    if (o->latents_path) {
+        nlat = (size_t)4 * (size_t)(gp->width / sc) * (size_t)(gp->height / sc);
         if (!(latents = malloc(nlat * sizeof *latents))) {
             fprintf(stderr, "sdworker-generate: out of memory\n");
             status = EXIT_GENERATE;
             goto done;
         }
     }
-    if (!quiet)
-        printf("seed: %llu\n", (unsigned long long)seed);
+    if (!o->quiet)
+        printf("seed: %llu\n", (unsigned long long)gp->seed);
     fflush(stdout);
-    if (warmup) {
-        if (generate_unkept(p, &gp, &wt, &e)) {
+    if (o->warmup) {
+        if (generate_unkept(p, gp, &wt, &e)) {
             fprintf(stderr, "sdworker-generate: warm-up: %s\n", e.msg);
             status = EXIT_GENERATE;
             goto done;
         }
-        if (!quiet)
+        if (!o->quiet)
             printf("warm-up: %.2f s (text encode %.2f s, denoise %.2f s, vae decode %.2f s)\n", wt.total_s,
                    wt.encode_s, wt.denoise_s, wt.decode_s);
         fflush(stdout);
     }
-    progress pr = {.quiet = quiet, .tty = isatty(2), .start = 0};
+    progress pr = {.quiet = o->quiet, .tty = isatty(2), .start = 0};
     pr.start = sdw_now_s();
-    if (sdw_pipeline_generate(p, &gp, on_step, &pr, &out, latents, &t, &e)) {
+    if (sdw_pipeline_generate(p, gp, on_step, &pr, &out, latents, &t, &e)) {
         fprintf(stderr, "sdworker-generate: %s\n", e.msg);
         status = EXIT_GENERATE;
         goto done;
     }
-    if (latents_path) {
-        FILE *f = fopen(latents_path, "wb");
-        int ok = f && fwrite(latents, sizeof *latents, nlat, f) == nlat;
-        if (f && fclose(f))
-            ok = 0;
-        if (!ok) {
-            fprintf(stderr, "sdworker-generate: %s: %s\n", latents_path, strerror(errno));
-            status = EXIT_GENERATE;
-            goto done;
-        }
-    }
-    params = sdw_gen_params_text(&gp, out.width, out.height, sdw_pipeline_sampler(p, sampler), model);
+    if (o->latents_path && (status = write_latents(o->latents_path, latents, nlat)))
+        goto done;
+    params = sdw_gen_params_text(gp, out.width, out.height, sdw_pipeline_sampler(p, o->sampler), o->model);
     const char *text[2] = {"parameters", params};
-    if (!params || sdw_png_save(&out, output, text, 1, &e)) {
-        fprintf(stderr, "sdworker-generate: %s: %s\n", output, params ? e.msg : "out of memory");
+    if (!params || sdw_png_save(&out, o->output, text, 1, &e)) {
+        fprintf(stderr, "sdworker-generate: %s: %s\n", o->output, params ? e.msg : "out of memory");
         status = EXIT_GENERATE;
         goto done;
     }
-    if (!quiet) {
-        printf("output: %s (%dx%d)\n", output, out.width, out.height);
-        printf("load: %.2f s\ntext encode: %.2f s\nprepare: %.2f s\n", load_s, t.encode_s, t.prepare_s);
-        printf("denoise: %.2f s (%d UNet steps, %.3f s/step", t.denoise_s, t.unet_calls,
-               t.unet_calls ? t.denoise_s / t.unet_calls : 0.0);
-        if (t.graph_replays)
-            printf(", %d replayed from a CUDA graph", t.graph_replays);
-        printf(")\n");
-        if (t.graph_note[0])
-            printf("not using a CUDA graph: %s\n", t.graph_note);
-        printf("vae decode: %.2f s\ntotal: %.2f s\n", t.decode_s, t.total_s + load_s);
-        if (t.mem_start)
-            printf("device memory: %zu MiB reserved at the start, at most %zu MiB encoding and denoising, "
-                   "%zu MiB decoding\n",
-                   t.mem_start >> 20, t.mem_denoise_peak >> 20, t.mem_decode_peak >> 20);
-    }
-    if (profile_rows && (status = profile(p, be, &gp, profile_rows)))
+    if (!o->quiet)
+        print_timings(o, &out, load_s, &t);
+    if (o->profile_rows && (status = profile(p, be, gp, o->profile_rows)))
         goto done;
-    if (json_timings)
-        printf("{\"load_s\":%.6f,\"encode_s\":%.6f,\"prepare_s\":%.6f,\"denoise_s\":%.6f,\"unet_calls\":%d,"
-               "\"graph_replays\":%d,\"decode_s\":%.6f,\"total_s\":%.6f,\"mem_start_mib\":%zu,"
-               "\"mem_denoise_peak_mib\":%zu,\"mem_decode_peak_mib\":%zu,\"warmup_s\":%.6f,"
-               "\"warmup_denoise_s\":%.6f,\"warmup_decode_s\":%.6f}\n",
-               load_s, t.encode_s, t.prepare_s, t.denoise_s, t.unet_calls, t.graph_replays, t.decode_s, t.total_s,
-               t.mem_start >> 20, t.mem_denoise_peak >> 20, t.mem_decode_peak >> 20, wt.total_s, wt.denoise_s,
-               wt.decode_s);
+    if (o->json_timings)
+        print_json_timings(load_s, &t, &wt);
 done:
     free(params);
     free(latents);
     sdw_image_free(&out);
-    sdw_image_free(&init);
-    sdw_image_free(&mask);
     sdw_pipeline_free(p);
     sdw_backend_destroy(be);
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    gen_opts o;
+    int status = parse_args(argc, argv, &o);
+    if (status >= 0)
+        return status;
+    if ((status = check_args(&o)))
+        return status;
+    if (o.threads) {
+        omp_set_num_threads(o.threads);
+        openblas_set_num_threads(o.threads);
+    }
+    if (!o.have_seed)
+        o.seed = random_seed();
+
+    sdw_image init = {0}, mask = {0};
+    sdw_gen_kind kind = o.mask_path ? SDW_GEN_INPAINT : o.init_path ? SDW_GEN_IMG2IMG : SDW_GEN_TXT2IMG;
+    if (o.init_path && load_input("init image", o.init_path, 0, 0, 0, &init, o.quiet))
+        return EXIT_INPUT;
+    if (o.mask_path && load_input("mask", o.mask_path, 1, init.width, init.height, &mask, o.quiet)) {
+        sdw_image_free(&init);
+        return EXIT_INPUT;
+    }
+    sdw_gen_params gp;
+    sdw_gen_params_init(&gp, kind);
+    gp.prompt = o.prompt;
+    gp.negative_prompt = o.negative;
+    gp.steps = o.steps;
+    gp.guidance = o.guidance;
+    gp.width = o.init_path ? init.width : o.width;
+    gp.height = o.init_path ? init.height : o.height;
+    gp.seed = o.seed;
+    gp.sampler = o.sampler;
+    gp.eta = o.eta;
+    gp.clip_skip = o.clip_skip;
+    if (o.have_strength)
+        gp.strength = o.strength;
+    gp.init_image = o.init_path ? &init : NULL;
+    gp.mask = o.mask_path ? &mask : NULL;
+    status = run(&o, &gp, &init);
+    sdw_image_free(&init);
+    sdw_image_free(&mask);
     return status;
 }

@@ -1,13 +1,15 @@
 /* libFuzzer target for the request contract: any bytes as a POST /v1/jobs
  * body, and any bytes as a ring slot's serialised request (those starting
  * with the "SDWJ" magic). A request that parses must serialise, deserialise
- * to the same parameters, and render its parameters; a rejection must come
- * with an error that renders. */
+ * to the same parameters, and render its parameters, and its images go
+ * through the submission's decoding and checks; a rejection must come with
+ * an error that renders. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "contract/contract.h"
 #include "fuzz.h"
+#include "image/image.h"
 
 static void check_error(const sdw_api_error *e)
 {
@@ -54,8 +56,19 @@ int fuzz_contract_one(const uint8_t *data, size_t size)
         return rc;
     }
     round_trip(&req);
+    sdw_image init, mask;
+    rc = sdw_job_request_decode_images(&req, sdw_contract_default_limits().max_pixels, &init, &mask, &e);
+    if (rc < 0) {
+        if (init.pixels || mask.pixels)
+            abort();
+        check_error(&e);
+    } else if (mask.pixels && (mask.width != init.width || mask.height != init.height)) {
+        abort();
+    }
+    sdw_image_free(&init);
+    sdw_image_free(&mask);
     sdw_job_request_free(&req);
-    return 0;
+    return rc;
 }
 
 SDW_FUZZ_ENTRY(fuzz_contract_one)

@@ -1,8 +1,9 @@
 /* libFuzzer target for PNG and JPEG decoding (sdw_image_decode): any bytes
  * are refused, or decode to an image within SDW_IMAGE_MAX_PIXELS whose every
  * pixel can be read. A small decoded image also goes through the PNG encoder
- * and back, which must give the same pixels, and through the grey decoding
- * that masks use. */
+ * and back, which must give the same pixels, through the grey decoding that
+ * masks use, and through sdw_image_decode_max with a limit one pixel short,
+ * which must refuse it. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,6 +69,9 @@ int fuzz_image_one(const uint8_t *data, size_t size)
             if (grey.pixels[i] != sdw_image_grey_at(&img, i))
                 abort();
         sdw_image_free(&grey);
+        size_t pixels = (size_t)img.width * img.height;
+        if (sdw_image_decode_max(&grey, data, size, 0, pixels - 1, &e) != SDW_EINVAL || grey.pixels)
+            abort();
     }
     sdw_image_free(&img);
     return 0;

@@ -82,15 +82,17 @@ def images():
     write("image", "bad-header-only.jpg", jpeg(3)[:20])
     write("image", "bad-not-an-image", b"GIF89a\x01\x00\x01\x00")
     write("image", "bad-empty", b"")
-    # Data that ends in the entropy-coded segment: libjpeg warns and pads.
-    write("image", "trunc-scan.jpg", jpeg(3)[:-3])
+    # Data that ends in the entropy-coded segment, which libjpeg pads.
+    write("image", "bad-truncated-scan.jpg", jpeg(3)[:-3])
     return rgb2
 
 
 # ---- the contract ----
 
-def contract(small_png):
-    b64 = base64.b64encode(small_png).decode()
+def contract(tiny_png):
+    # The smallest image a request may carry is 64x64 (contract.h).
+    b64 = base64.b64encode(png(64, 64, 0, 8, [bytes(range(64))] * 64)).decode()
+    wide = base64.b64encode(png(72, 64, 0, 8, [bytes(72)] * 64)).decode()
     gen = {"operation": "image_generation", "hive_id": "hive-1", "model": "sd15", "prompt": "a cat"}
     write("contract", "ok-generate-minimal.json", json.dumps(gen))
     write("contract", "ok-generate-full.json", json.dumps(dict(
@@ -139,6 +141,10 @@ def contract(small_png):
         "base64-not-image": json.dumps(dict(gen, operation="image_transform",
                                             init_image=base64.b64encode(b"hello").decode())),
         "inpaint-no-mask": json.dumps(dict(gen, operation="image_inpaint", init_image=b64)),
+        "image-too-small": json.dumps(dict(gen, operation="image_transform",
+                                           init_image=base64.b64encode(tiny_png).decode())),
+        "image-truncated": json.dumps(dict(gen, operation="image_transform", init_image=b64[:len(b64) // 2])),
+        "mask-other-size": json.dumps(dict(gen, operation="image_inpaint", init_image=b64, mask_image=wide)),
         "strength-over": json.dumps(dict(gen, operation="image_transform", init_image=b64, strength=1.5)),
         "seed-negative": json.dumps(dict(gen, seed=-1)),
         "prompt-nul": json.dumps(dict(gen, prompt="a\u0000b")),

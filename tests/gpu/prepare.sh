@@ -7,7 +7,7 @@
 # nothing is built there. This script builds the CUDA programs here and
 # gathers what they need into .gpu/ (ignored by git; it travels with
 # carry=[".gpu", ".whl"]):
-#   .gpu/bundle.tar.xz     bin/: smoke (tests/gpu/smoke.c), test_cuda_kernels,
+#   .gpu/bundle.tar.xz     bin/: smoke (tests/gpu/smoke.c), test_backend_ops,
 #                          test_cuda_pipeline, test_ops, sdworker-generate,
 #                          sdworker-mkmodel; lib/: every shared library they
 #                          load that is neither glibc, libstdc++/libgcc nor
@@ -36,7 +36,7 @@ cuda=${CUDA_HOME:-/usr/local/cuda}
 scratch=${SDW_GPU_SCRATCH:-/tmp/sdw-gpuprep-$(id -u)}
 jobs=${JOBS:-2}
 bundle=$root/.gpu
-progs="src/tools/sdworker-generate src/tools/sdworker-mkmodel tests/test_cuda_kernels tests/test_cuda_pipeline tests/test_ops"
+progs="src/tools/sdworker-generate src/tools/sdworker-mkmodel tests/test_backend_ops tests/test_cuda_pipeline tests/test_ops"
 # Loaded from the GPU machine, never bundled: the C and C++ runtimes that
 # every image has, and CUDA's libraries and driver.
 system_re='^(ld-linux.*|linux-vdso.*|libc|libm|libmvec|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt|libcudnn.*)\.so'

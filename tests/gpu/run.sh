@@ -9,7 +9,7 @@
 #           the driver's libcuda; stops with the missing soname named
 #   smoke   tests/gpu/smoke.c: versions, device, one of our kernels, one
 #           cuBLAS product, a cuDNN handle (seconds)
-#   test_cuda_kernels, test_cuda_pipeline (TAP; against the CPU backend)
+#   test_backend_ops, test_cuda_pipeline (TAP; against the CPU backend)
 #   test_ops (the CPU backend that those two compare against, on this CPU)
 #   sd15    tests/gpu/sd15_check.sh: the SD 1.5 architecture at 512x512, CUDA
 #           fp16 against the CPU, final latents after 1 and 4 steps
@@ -166,7 +166,7 @@ resolve() {
   local unresolved
   unresolved=$(for x in "$b"/bin/*; do LD_LIBRARY_PATH="$b/lib${lp:+:$lp}" ldd "$x"; done | grep 'not found' | sort -u)
   [ -z "$unresolved" ] || problems+="ldd: $(echo "$unresolved" | awk '{ printf "%s ", $1 }')not found; "
-  LD_LIBRARY_PATH="$b/lib${lp:+:$lp}" ldd "$b/bin/test_cuda_kernels" >>"$out/libs.log" 2>&1
+  LD_LIBRARY_PATH="$b/lib${lp:+:$lp}" ldd "$b/bin/test_backend_ops" >>"$out/libs.log" 2>&1
   if [ -n "$problems" ]; then
     echo "MISSING: $problems" | tee -a "$out/libs.log"
     return 1
@@ -201,7 +201,7 @@ if [ $have_gpu = 1 ]; then
   mkpid=$!
 fi
 
-for t in test_cuda_kernels test_cuda_pipeline; do
+for t in test_backend_ops test_cuda_pipeline; do
   step $t 150 "${ours[@]}" "$b/bin/$t"
   tap $t
 done

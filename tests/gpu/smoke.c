@@ -4,7 +4,7 @@
  * (so a fat binary without code for this chip fails here, not ten minutes
  * later), one cuBLAS product and a cuDNN handle. Built by
  * tests/gpu/prepare.sh against the kernel objects of the CUDA build; not part
- * of make check, which has tests/test_cuda_kernels for the kernels
+ * of make check, which has tests/test_backend_ops for the kernels
  * themselves. TAP; skips without a device. */
 #include <cublas_v2.h>
 #include <cudnn.h>
