@@ -50,6 +50,8 @@ preview_interval = 0
 device = cpu
 threads = 1
 engine.restart_delay_ms = 100
+# Generous, so that the jobs running at a stop finish even on a loaded machine.
+engine.stop_timeout_s = 60
 model.tiny = $fix/models/tiny-a
 log_level = info
 EOF
