@@ -1128,24 +1128,38 @@ static int next_event_locked(sdw_ring *r, struct ring_slot *s, uint64_t after, s
     return 1;
 }
 
+/* Takes the lock and finds a job that still has its data, for the
+ * waits: 0 with the lock held and *out set; SDW_RING_RETIRED when the ring
+ * was replaced, SDW_ENOTFOUND for an unknown or expired job, without the
+ * lock. */
+static int lock_live_job(sdw_ring *r, const char *id, struct ring_slot **out, sdw_error *e)
+{
+    int rc = ring_lock(r, e);
+    if (rc)
+        return rc;
+    if (__atomic_load_n(&r->h->retired, __ATOMIC_ACQUIRE)) {
+        ring_unlock(r);
+        return SDW_RING_RETIRED;
+    }
+    struct ring_slot *s = find_locked(r, id, e);
+    if (!s || s->state == SDW_JOB_EXPIRED) {
+        ring_unlock(r);
+        return sdw_fail(e, SDW_ENOTFOUND, "no job %.40s (%s)", id ? id : "", s ? "expired" : "unknown");
+    }
+    *out = s;
+    return 0;
+}
+
 int sdw_ring_wait_event(sdw_ring *r, const char *id, uint64_t after, int timeout_ms, sdw_ring_event *ev,
                         sdw_error *e)
 {
     int64_t deadline = deadline_of(timeout_ms);
     memset(ev, 0, sizeof *ev);
     for (;;) {
-        int rc = ring_lock(r, e);
+        struct ring_slot *s;
+        int rc = lock_live_job(r, id, &s, e);
         if (rc)
             return rc;
-        if (__atomic_load_n(&r->h->retired, __ATOMIC_ACQUIRE)) {
-            ring_unlock(r);
-            return SDW_RING_RETIRED;
-        }
-        struct ring_slot *s = find_locked(r, id, e);
-        if (!s || s->state == SDW_JOB_EXPIRED) {
-            ring_unlock(r);
-            return sdw_fail(e, SDW_ENOTFOUND, "no job %.40s (%s)", id ? id : "", s ? "expired" : "unknown");
-        }
         rc = next_event_locked(r, s, after, ev, e);
         uint32_t seen = __atomic_load_n(&s->event_futex, __ATOMIC_SEQ_CST);
         int ended = is_terminal(s->state);
@@ -1165,18 +1179,10 @@ int sdw_ring_wait_queue_position(sdw_ring *r, const char *id, unsigned known, in
 {
     int64_t deadline = deadline_of(timeout_ms);
     for (;;) {
-        int rc = ring_lock(r, e);
+        struct ring_slot *s;
+        int rc = lock_live_job(r, id, &s, e);
         if (rc)
             return rc;
-        if (__atomic_load_n(&r->h->retired, __ATOMIC_ACQUIRE)) {
-            ring_unlock(r);
-            return SDW_RING_RETIRED;
-        }
-        struct ring_slot *s = find_locked(r, id, e);
-        if (!s || s->state == SDW_JOB_EXPIRED) {
-            ring_unlock(r);
-            return sdw_fail(e, SDW_ENOTFOUND, "no job %.40s (%s)", id ? id : "", s ? "expired" : "unknown");
-        }
         unsigned pos = queue_position_locked(r, s);
         uint32_t seen = __atomic_load_n(&s->event_futex, __ATOMIC_SEQ_CST);
         ring_unlock(r);
