@@ -236,6 +236,7 @@ int main(int argc, char **argv)
             break;
         if (!stopping && child == 0 && sdw_ring_now_ms() >= restart_at) {
             sdw_log(SDW_LOG_INFO, "starting a new engine");
+            sdw_ring_count_restart(ring);
             started_at = sdw_ring_now_ms();
             child = spawn_engine(&cfg, ring);
         }
