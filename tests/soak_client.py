@@ -8,7 +8,7 @@ a local sdworker (private nginx, pool, real engine), then the checks.
 
 1. Samples the descriptors, threads and shared memory of every process of
    the service (the baseline, with nothing running).
-2. Runs N jobs (64x64, 2-5 euler steps), at most C at a time. Each worker
+2. Runs N jobs (--size, 3-8 euler steps), at most C at a time. Each worker
    submits (a 429/503 is retried after its Retry-After, a 502 or a lost
    answer again at once: such a submission may have queued a job that no
    one follows, counted as an orphan), follows the job's event stream over
@@ -298,9 +298,9 @@ class Soak:
     # ---- one job ----
     def run_job(self, k):
         a = self.a
-        steps = self.rng.randint(2, 5)
+        steps = self.rng.randint(a.min_steps, a.max_steps)
         body = json.dumps({"operation": "image_generation", "hive_id": "soak", "model": "tiny",
-                           "prompt": f"soak job {k}", "width": 64, "height": 64, "steps": steps,
+                           "prompt": f"soak job {k}", "width": a.size, "height": a.size, "steps": steps,
                            "sampler": "euler", "seed": k}).encode()
         r = {"k": k, "steps": steps, "id": None, "submit_tries": 0, "submit_codes": {},
              "ambiguous_submits": 0, "events": [], "reconnects": 0, "drops": [], "stream_http": {},
@@ -613,8 +613,8 @@ def check(soak, before, after, quiet, duration, stop_s):
         if t and t["event"] == "complete":
             if total != r["steps"] or len(steps) != total:
                 r["problems"].append(f"complete after {len(steps)} of {total} progress events (asked {r['steps']})")
-            if not t.get("image_len") or t.get("width") != 64:
-                r["problems"].append("complete without its 64x64 image")
+            if not t.get("image_len") or t.get("width") != a.size:
+                r["problems"].append(f"complete without its {a.size}x{a.size} image")
         if t and t["event"] == "error" and t.get("code") not in OK_ERRORS:
             r["problems"].append(f"error {t.get('code')}")
         # ids: increasing (checked as they came), 1..terminal, gaps only
@@ -759,6 +759,9 @@ def main():
     ap.add_argument("--ring", required=True)
     ap.add_argument("--max-children", type=int, required=True)
     ap.add_argument("--preview-interval", type=int, default=2)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--min-steps", type=int, default=3)
+    ap.add_argument("--max-steps", type=int, default=8)
     ap.add_argument("--job-timeout", type=float, default=300.0)
     ap.add_argument("--deadline", type=float, default=1800.0)
     ap.add_argument("--stop-limit", type=float, default=30.0)
