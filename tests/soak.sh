@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The chaos soak: tiny jobs (64x64, 2-5 steps, the fixture model on the CPU)
+# The chaos soak: tiny jobs (128x128, 3-8 steps, the fixture model on the CPU)
 # with their event streams through a private nginx, the real pool and the
 # real engine supervisor, while pool children and the engine are killed with
 # kill -9 at random, the pool is reloaded with SIGHUP and the engine is
@@ -9,8 +9,8 @@
 # streams whole; the engine back within 5 s each time; no descriptor,
 # process or shared-memory leak. The figures are printed as "#" lines.
 #
-#   SDW_SOAK_JOBS      jobs (default 60: the short version make check runs;
-#                      by hand: SDW_SOAK_JOBS=500)
+#   SDW_SOAK_JOBS      jobs (default 150: the short version make check runs,
+#                      about 15 s on 2 cores; by hand: SDW_SOAK_JOBS=500)
 #   SDW_SOAK_CONCURRENCY  jobs in flight at once (default 10)
 #   SDW_SOAK_SEED      the chaos's random seed (default: from the pid)
 #   SDW_SOAK_KEEP=1    keep the temporary directory (logs, report.json)
@@ -22,7 +22,7 @@ top=$(cd "$srcdir" && pwd)
 fix=${SDW_FIXTURES:-$top/tests/fixtures}
 ENGINE=$(pwd)/sdworker-engine
 POOL=$(pwd)/sdworker-fcgi
-JOBS=${SDW_SOAK_JOBS:-60}
+JOBS=${SDW_SOAK_JOBS:-150}
 CONC=${SDW_SOAK_CONCURRENCY:-10}
 SEED=${SDW_SOAK_SEED:-$$}
 CHILDREN=4
@@ -118,7 +118,9 @@ ok $up "engine, pool and nginx up: /ready is 200"
 
 echo "# soak: $JOBS jobs, $CONC at a time, seed $SEED, $CHILDREN pool children, ring $ring"
 cmd=$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "$ENGINE" -c "$CONF")
-python3 "$top/tests/soak_client.py" --port "$port" --jobs "$JOBS" --concurrency "$CONC" \
+# The driver bounds itself (120 s + 2 s a job, then the checks); timeout
+# is the last resort.
+timeout $((300 + 3 * JOBS)) python3 "$top/tests/soak_client.py" --port "$port" --jobs "$JOBS" --concurrency "$CONC" \
     --seed "$SEED" --pool-pid "$pool_pid" --nginx-pid "$nginx_pid" \
     --engine-pidfile "$tmp/engine.pid" --engine-cmd "$cmd" --engine-log "$tmp/engine.log" \
     --ring "$ring" --max-children "$CHILDREN" --preview-interval 2 \

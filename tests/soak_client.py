@@ -493,8 +493,8 @@ class Soak:
                     if self.finished >= at:
                         break
                 time.sleep(0.05)
-            if self.stop.is_set():
-                return
+            # Past the deadline (workers hung) the rest still runs, on an
+            # idle service, so that the counts are what they should be.
             time.sleep(self.rng.uniform(0.0, 0.4))
             ev = act[kind]()
             log(f"chaos: {json.dumps(ev)}")
@@ -685,11 +685,20 @@ def check(soak, before, after, quiet, duration, stop_s):
        f"engine_crashed/engine_stopped only for the job running at a kill/stop, one each at most "
        f"({codes.get('engine_crashed', 0)} crashed over {len(kills)} kills, "
        f"{codes.get('engine_stopped', 0)} stopped over {len(restarts)} stop)")
+    logged = sum(int(x) for x in re.findall(r"engine killed by signal 9 \(Killed\); (\d+) running job", englog))
+    ok(logged == codes.get("engine_crashed", 0),
+       f"the supervisor failed as many running jobs at the kills as streams saw engine_crashed "
+       f"({logged} logged, {codes.get('engine_crashed', 0)} seen)")
     twice = {j: c for j, c in starts.items() if c > 1}
     ok(not twice, f"no job ran twice (engine log: {len(starts)} starts, {len(twice)} repeated)")
     orphans = [j for j in starts if j not in set(ids)]
     res.append("DIAG\t" + f"orphans (jobs the engine ran that no worker followed): {len(orphans)}; "
                f"submissions without a clear answer: {sum(r['ambiguous_submits'] for r in jobs)}")
+    drops = collections.Counter(re.sub(r"\[Errno \d+\] ", "", d) for r in jobs for d in r["drops"])
+    stalls = sum(v for k, v in drops.items() if k.startswith("silent"))
+    ok(stalls == 0, f"no stream went silent for 10 s (keep-alives every second): {stalls}")
+    m = re.findall(r"re-opened job ring \S+: (\d+) queued job\(s\)", englog)
+    kept_queued = [int(x) for x in m]
     reconn = [r for r in jobs if r["reconnects"]]
     ok(all(not r["problems"] for r in reconn),
        f"each of the {len(reconn)} streams that reconnected with Last-Event-ID saw every event "
@@ -731,6 +740,7 @@ def check(soak, before, after, quiet, duration, stop_s):
         "submit_retries": dict(sum((collections.Counter(r["submit_codes"]) for r in jobs), collections.Counter())),
         "stream_answers_not_200": dict(sum((collections.Counter(r["stream_http"]) for r in jobs),
                                            collections.Counter())),
+        "stream_drops": dict(drops), "queued_jobs_kept_by_restart": kept_queued,
         "orphans": len(orphans), "engine_starts_logged": len(starts),
         "chaos": dict(kinds),
         "engine_recovery_s": {"n": len(rec), "max": round(max(rec_ok), 3) if rec_ok else None,
@@ -762,13 +772,15 @@ def main():
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--min-steps", type=int, default=3)
     ap.add_argument("--max-steps", type=int, default=8)
-    ap.add_argument("--job-timeout", type=float, default=300.0)
-    ap.add_argument("--deadline", type=float, default=1800.0)
+    ap.add_argument("--job-timeout", type=float, default=120.0)
+    ap.add_argument("--deadline", type=float, default=None, help="seconds for all jobs (default: 120 + 2 a job)")
     ap.add_argument("--stop-limit", type=float, default=30.0)
     ap.add_argument("--no-chaos", action="store_true")
     ap.add_argument("--results", required=True)
     ap.add_argument("--report", required=True)
     a = ap.parse_args()
+    if a.deadline is None:
+        a.deadline = 120.0 + 2.0 * a.jobs
     soak = Soak(a)
     before, after, quiet, duration, stop_s = soak.run()
     res, fig = check(soak, before, after, quiet, duration, stop_s)
