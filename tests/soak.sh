@@ -26,22 +26,9 @@ JOBS=${SDW_SOAK_JOBS:-150}
 CONC=${SDW_SOAK_CONCURRENCY:-10}
 SEED=${SDW_SOAK_SEED:-$$}
 CHILDREN=4
-n=0
-failed=0
-ok() {
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=1; fi
-}
-bail() {
-    echo "Bail out! $*"
-    exit 1
-}
-
-NGINX=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; })
-[ -n "$NGINX" ] || bail "nginx is required (Debian: apt-get install nginx-light)"
-command -v curl > /dev/null || bail "curl is required (Debian: apt-get install curl)"
+. "$srcdir/tests/testlib.sh"
+need_service_tools "$POOL" "$ENGINE"
 command -v python3 > /dev/null || bail "python3 is required"
-[ -x "$POOL" ] && [ -x "$ENGINE" ] || bail "run from the build directory after make"
 
 t_begin=$(date +%s)
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/sdw-soak.XXXXXX")
@@ -94,20 +81,7 @@ first_engine=$!
 echo $first_engine > "$tmp/engine.pid"
 "$POOL" -c "$CONF" --ring-wait 20 --grace 5 >> "$tmp/pool.log" 2>&1 < /dev/null &
 pool_pid=$!
-for try in 1 2 3 4 5; do
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    sed -e "s|@RUNDIR@|$tmp/run|g" -e "s|@WWWDIR@|$tmp/www|g" \
-        -e "s|@SOCKET@|unix:$tmp/run/fcgi.sock|g" -e "s|@LISTEN@|127.0.0.1:$port|g" \
-        "$top/conf/nginx/nginx-local.conf.in" > "$tmp/run/nginx.conf"
-    "$NGINX" -p "$tmp/run" -e "$tmp/run/error.log" -c "$tmp/run/nginx.conf" 2>> "$tmp/run/start.log" &
-    nginx_pid=$!
-    sleep 0.3
-    kill -0 $nginx_pid 2> /dev/null && break
-    wait $nginx_pid 2> /dev/null
-    nginx_pid=
-done
-[ -n "$nginx_pid" ] || bail "no private nginx could start: $(cat "$tmp/run/start.log")"
-B=http://127.0.0.1:$port
+start_nginx 17
 up=1
 for _ in $(seq 600); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' "$B/ready")" = 200 ] && { up=0; break; }
