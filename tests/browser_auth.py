@@ -9,43 +9,17 @@ usage: browser_auth.py URL KEY   (prints TAP lines, numbered from $TAP_START)
 """
 import os
 import sys
-import time
 
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from browser_tap import Tap, chromium, wait_for  # noqa: E402
+
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 url, key = sys.argv[1], sys.argv[2]
-n = int(os.environ.get("TAP_START", "0"))
-failed = 0
-
-
-def ok(cond, what):
-    global n, failed
-    n += 1
-    print(("ok" if cond else "not ok") + f" {n} - browser: {what}", flush=True)
-    failed += 0 if cond else 1
-
-
-def wait_for(pred, timeout):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if pred():
-                return True
-        except Exception:
-            pass
-        time.sleep(0.05)
-    return False
-
-
-opts = Options()
-for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,1400"):
-    opts.add_argument(a)
-opts.binary_location = "/usr/bin/chromium"
-drv = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+tap = Tap()
+ok = tap.ok
+drv = chromium()
 try:
     el = lambda i: drv.find_element(By.ID, i)
     state = lambda: drv.find_element(By.TAG_NAME, "body").get_attribute("data-job-state")
@@ -97,4 +71,4 @@ try:
     ok(drv.execute_script("return localStorage.getItem('sdworker.apiKey')") is None, "clearing the field forgets the key")
 finally:
     drv.quit()
-sys.exit(1 if failed else 0)
+sys.exit(1 if tap.failed else 0)

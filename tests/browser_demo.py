@@ -7,44 +7,18 @@ usage: browser_demo.py URL SCREENSHOT.png INIT.png   (prints TAP lines, numbered
 """
 import os
 import sys
-import time
 
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from browser_tap import Tap, chromium, wait_for  # noqa: E402
+
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 url, shot, init_png = sys.argv[1], sys.argv[2], sys.argv[3]
-n = int(os.environ.get("TAP_START", "0"))
-failed = 0
-
-
-def ok(cond, what):
-    global n, failed
-    n += 1
-    print(("ok" if cond else "not ok") + f" {n} - browser: {what}", flush=True)
-    failed += 0 if cond else 1
-
-
-def wait_for(pred, timeout):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if pred():
-                return True
-        except Exception:
-            pass
-        time.sleep(0.05)
-    return False
-
-
-opts = Options()
-for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,1400"):
-    opts.add_argument(a)
-opts.binary_location = "/usr/bin/chromium"
-drv = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+tap = Tap()
+ok = tap.ok
+drv = chromium()
 try:
     drv.get(url)
     el = lambda i: drv.find_element(By.ID, i)
@@ -99,4 +73,4 @@ try:
        f"the request carries the painted mask at the image's size (operation, w, h, white pixels: {white})")
 finally:
     drv.quit()
-sys.exit(1 if failed else 0)
+sys.exit(1 if tap.failed else 0)

@@ -11,22 +11,9 @@ srcdir=${srcdir:-.}
 POOL=./sdworker-fcgi
 ENGINE=./tests/test_pool_engine
 CLI=./sdworker
-n=0
-failed=0
-ok() {
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=1; fi
-}
-diag() { echo "# $*"; }
-bail() {
-    echo "Bail out! $*"
-    exit 1
-}
-
-NGINX=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; })
-[ -n "$NGINX" ] || bail "nginx is required (Debian: apt-get install nginx-light)"
-command -v curl > /dev/null || bail "curl is required (Debian: apt-get install curl)"
-[ -x "$POOL" ] && [ -x "$ENGINE" ] && [ -x "$CLI" ] || bail "run from the build directory after make"
+. "$srcdir/tests/testlib.sh"
+need_service_tools "$POOL" "$ENGINE"
+[ -x "$CLI" ] || bail "run from the build directory after make"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/sdw-auth.XXXXXX")
 nginx_pid= pool_pid= engine_pid=
@@ -87,30 +74,8 @@ ext_ip=$(hostname -I 2> /dev/null | tr ' ' '\n' | grep -E '^[0-9.]+$' | grep -v 
 "$POOL" -c "$CONF" --ring-wait 2 --grace 5 2> "$tmp/pool.log" &
 pool_pid=$!
 
-for try in 1 2 3 4 5; do
-    port=$((20000 + ($$ * 11 + try * 977) % 40000))
-    "$srcdir/scripts/nginx-local-conf" "$tmp/run" "$tmp/www" "unix:$tmp/run/fcgi.sock" "127.0.0.1:$port" |
-        sed "s|listen 127.0.0.1:$port;|&${ext_ip:+ listen $ext_ip:$port;}|" > "$tmp/run/nginx.conf"
-    "$NGINX" -p "$tmp/run" -e "$tmp/run/error.log" -c "$tmp/run/nginx.conf" \
-        2>> "$tmp/run/start.log" &
-    nginx_pid=$!
-    i=0
-    while [ $i -lt 50 ] && ! curl -s -o /dev/null "http://127.0.0.1:$port/health" 2> /dev/null; do
-        kill -0 $nginx_pid 2> /dev/null || break
-        sleep 0.1
-        i=$((i + 1))
-    done
-    kill -0 $nginx_pid 2> /dev/null && break
-    wait $nginx_pid 2> /dev/null
-    nginx_pid=
-done
-[ -n "$nginx_pid" ] || bail "no private nginx could start: $(cat "$tmp/run/start.log")"
-B=http://127.0.0.1:$port
-i=0
-while [ $i -lt 50 ] && [ "$(curl -s -o /dev/null -w '%{http_code}' "$B/health")" != 200 ]; do
-    sleep 0.1
-    i=$((i + 1))
-done
+start_nginx 11 "$ext_ip"
+wait_health
 
 # req KEY METHOD PATH [curl args]: KEY "-" sends none. Status in $code,
 # body in $body, headers in $tmp/h.

@@ -209,7 +209,9 @@ static char *mismatched_inpaint(void)
 int main(void)
 {
     snprintf(ring_name, sizeof ring_name, "/sdw-test-engine-%d", (int)getpid());
-    sdw_ring *r = start_engine("cpu", NULL);
+    /* A generous stop timeout: the job running at the SIGTERM below (30
+     * tiny steps) must be judged able to finish even on a loaded machine. */
+    sdw_ring *r = start_engine("cpu", "engine.stop_timeout_s=120");
     if (!tap_ok(r != NULL, "the supervisor creates the ring")) {
         stop_engine();
         return tap_done();

@@ -124,6 +124,9 @@ ok $? "/v1/ paths go to the pool too ($code)"
 code=$(curl -s -o "$tmp/b" -w '%{http_code}' "$base/v1")
 [ "$code" = 502 ] && grep -q '"code":"bad_gateway"' "$tmp/b"
 ok $? "so does /v1 itself ($code)"
+code=$(curl -s -o "$tmp/b" -w '%{http_code}' "$base/metrics")
+[ "$code" = 502 ] && grep -q '"code":"bad_gateway"' "$tmp/b"
+ok $? "and /metrics ($code)"
 code=$(curl -s -o /dev/null -w '%{http_code}' "$base/ready/x")
 [ "$code" = 404 ]
 ok $? "/ready/x is not an API path ($code)"

@@ -10,23 +10,8 @@
 srcdir=${srcdir:-.}
 POOL=./sdworker-fcgi
 ENGINE=./tests/test_pool_engine
-n=0
-failed=0
-ok() {
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=1; fi
-}
-diag() { echo "# $*"; }
-skip() { n=$((n + 1)); echo "ok $n # SKIP $*"; }
-bail() {
-    echo "Bail out! $*"
-    exit 1
-}
-
-NGINX=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; })
-[ -n "$NGINX" ] || bail "nginx is required (Debian: apt-get install nginx-light)"
-command -v curl > /dev/null || bail "curl is required (Debian: apt-get install curl)"
-[ -x "$POOL" ] && [ -x "$ENGINE" ] || bail "run from the build directory after make"
+. "$srcdir/tests/testlib.sh"
+need_service_tools "$POOL" "$ENGINE"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/sdw-pool.XXXXXX")
 nginx_pid= pool_pid= engine_pid=
@@ -76,32 +61,8 @@ CONF=$tmp/sdworker.conf
 "$POOL" -c "$CONF" --ring-wait 2 --grace 10 2> "$tmp/pool.log" &
 pool_pid=$!
 
-for try in 1 2 3 4 5; do
-    port=$((20000 + ($$ * 7 + try * 977) % 40000))
-    "$srcdir/scripts/nginx-local-conf" "$tmp/run" "$tmp/www" "unix:$tmp/run/fcgi.sock" "127.0.0.1:$port" \
-        > "$tmp/run/nginx.conf"
-    "$NGINX" -p "$tmp/run" -e "$tmp/run/error.log" -c "$tmp/run/nginx.conf" \
-        2>> "$tmp/run/start.log" &
-    nginx_pid=$!
-    i=0
-    while [ $i -lt 50 ] && ! curl -s -o /dev/null "http://127.0.0.1:$port/health" 2> /dev/null; do
-        kill -0 $nginx_pid 2> /dev/null || break
-        sleep 0.1
-        i=$((i + 1))
-    done
-    kill -0 $nginx_pid 2> /dev/null && break
-    wait $nginx_pid 2> /dev/null
-    nginx_pid=
-done
-[ -n "$nginx_pid" ] || bail "no private nginx could start: $(cat "$tmp/run/start.log")"
-B=http://127.0.0.1:$port
-
-# Waits (up to 5 s) until the pool answers /health.
-i=0
-while [ $i -lt 50 ] && [ "$(curl -s -o /dev/null -w '%{http_code}' "$B/health")" != 200 ]; do
-    sleep 0.1
-    i=$((i + 1))
-done
+start_nginx 7
+wait_health
 kill -0 $pool_pid 2> /dev/null
 ok $? "sdworker-fcgi runs behind a private nginx on port $port"
 

@@ -7,12 +7,15 @@
  *   test_pool_engine unlink CONF
  *   test_pool_engine state CONF starting|loading|ready|dead REASON
  *   test_pool_engine expire CONF JOB_ID
+ *   test_pool_engine restart CONF
  *   test_pool_engine run CONF STEP_MS PREVIEW_EVERY
  *
  * In run mode a job gets `steps` progress events STEP_MS apart, a preview
  * every PREVIEW_EVERY steps (0 = none) and a complete event; a prompt that
  * contains "fail" ends with an error event at step 2 instead, and a cancel
- * request is honoured before each step. */
+ * request is honoured before each step. Each step is reported to the
+ * ring's step histogram as STEP_MS long, as the engine reports its own;
+ * "restart" counts an engine restart as the supervisor does. */
 #include "config/config.h"
 #include "contract/contract.h"
 #include "ring/ring.h"
@@ -55,6 +58,7 @@ static int run_job(sdw_ring *r, const char *id, const sdw_job_request *jr, int s
                        ? die("fail", &e)
                        : 0;
         sleep_ms(step_ms);
+        sdw_ring_observe_step(r, step_ms / 1000.0);
         int n = snprintf(buf, sizeof buf, "{\"type\":\"progress\",\"step\":%d,\"total\":%d,\"percent\":%.1f}",
                          step, total, 100.0 * step / total);
         if (sdw_ring_append(r, id, "progress", buf, (size_t)n, &e) < 0)
@@ -107,7 +111,7 @@ static int run(sdw_ring *r, int step_ms, int preview_every)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: test_pool_engine create|unlink|state|expire|run CONF ...\n");
+        fprintf(stderr, "usage: test_pool_engine create|unlink|state|expire|restart|run CONF ...\n");
         return 2;
     }
     const char *cmd = argv[1];
@@ -141,6 +145,9 @@ int main(int argc, char **argv)
                 status = sdw_ring_set_engine(r, (sdw_engine_state)s, 0, argv[4], &e) < 0 ? die("state", &e) : 0;
     } else if (strcmp(cmd, "expire") == 0 && argc == 4) {
         status = sdw_ring_expire(r, argv[3], &e) < 0 ? die("expire", &e) : 0;
+    } else if (strcmp(cmd, "restart") == 0 && argc == 3) {
+        sdw_ring_count_restart(r);
+        status = 0;
     } else if (strcmp(cmd, "run") == 0 && argc == 5) {
         status = run(r, atoi(argv[3]), atoi(argv[4]));
     }

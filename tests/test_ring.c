@@ -2,7 +2,8 @@
  * waits across processes, recovery from a lock holder killed with SIGKILL,
  * queue limits, expiry, eviction, cancel, engine death, concurrent
  * producers, queue positions, the threads of one process waiting at once,
- * and the supervisor's attach across restarts. */
+ * the supervisor's attach across restarts, and the counters behind
+ * /metrics. */
 #define _GNU_SOURCE
 #include "ring/ring.h"
 #include "tap.h"
@@ -984,6 +985,106 @@ static void test_queue_position(void)
     drop_ring(r);
 }
 
+static const sdw_ring_label_counts *set_of(const sdw_ring_metrics *m, const char *labels, unsigned *index)
+{
+    for (unsigned i = 0; i < m->n_sets; i++)
+        if (!strcmp(m->set[i].labels, labels)) {
+            *index = i;
+            return &m->set[i];
+        }
+    return NULL;
+}
+
+static uint64_t failures_of(const sdw_ring_metrics *m, unsigned set, const char *code)
+{
+    for (unsigned i = 0; i < m->n_failures; i++)
+        if (m->failure[i].set == set && !strcmp(m->failure[i].code, code))
+            return m->failure[i].count;
+    return 0;
+}
+
+static uint64_t hist_count(const sdw_ring_hist *h)
+{
+    uint64_t n = 0;
+    for (int b = 0; b <= SDW_RING_HIST_BOUNDS; b++)
+        n += h->bucket[b];
+    return n;
+}
+
+/* The counters behind /metrics: every way a job ends counts once, under
+ * its label set and, for a failure, its code; the histograms' buckets. */
+static void test_metrics(void)
+{
+    sdw_ring *r = make_ring(8, 6, 0, 0);
+    if (!r)
+        return tap_skip("no ring");
+    static const char la[] = "model=\"a\",operation=\"generate\",api=\"rbee\"";
+    static const char lb[] = "model=\"b\",operation=\"inpaint\",api=\"rbee\"";
+    sdw_job_id a1, a2, a3, b1, none, t;
+    sdw_error e = {0};
+    int ok = sdw_ring_submit_labelled(r, "a1", 2, 0, 0, la, a1, &e) == 0 &&
+             sdw_ring_submit_labelled(r, "a2", 2, 0, 0, la, a2, &e) == 0 &&
+             sdw_ring_submit_labelled(r, "a3", 2, 0, 0, la, a3, &e) == 0 &&
+             sdw_ring_submit_labelled(r, "b1", 2, 0, 0, lb, b1, &e) == 0 && submit(r, "none", none) == 0;
+    tap_ok(ok, "labelled and unlabelled submissions (%s)", e.msg);
+    char long_labels[SDW_RING_LABELS_MAX + 1];
+    memset(long_labels, 'x', sizeof long_labels - 1);
+    long_labels[sizeof long_labels - 1] = '\0';
+    tap_ok(sdw_ring_submit_labelled(r, "x", 1, 0, 0, long_labels, t, &e) == SDW_EINVAL,
+           "labels beyond SDW_RING_LABELS_MAX refused (%s)", e.msg);
+    e.msg[0] = '\0';
+
+    take(r, t, NULL, 0);
+    ok = !strcmp(t, a1) && sdw_ring_complete(r, a1, "{}", 2, &e) == 0;
+    take(r, t, NULL, 0);
+    ok = ok && !strcmp(t, a2) && sdw_ring_fail(r, a2, "generation_failed", "boom", &e) == 0;
+    ok = ok && sdw_ring_cancel(r, a3, NULL, &e) == 0;
+    take(r, t, NULL, 0);
+    ok = ok && !strcmp(t, b1) && sdw_ring_engine_died(r, "signal 9", &e) == 1;
+    take(r, t, NULL, 0);
+    ok = ok && !strcmp(t, none) && sdw_ring_fail(r, none, "generation_failed", "boom", &e) == 0;
+    tap_ok(ok, "one job of each ending: done, failed, cancelled while queued, engine death (%s)", e.msg);
+    sdw_ring_observe_step(r, 0.005);
+    sdw_ring_observe_step(r, 0.2);
+    sdw_ring_observe_step(r, 0.25);
+    sdw_ring_observe_step(r, 100);
+    sdw_ring_count_restart(r);
+    sdw_ring_count_restart(r);
+
+    sdw_ring_metrics *m = malloc(sizeof *m);
+    sdw_ring_metrics_read(r, m);
+    unsigned ia = 99, ib = 99;
+    const sdw_ring_label_counts *a = set_of(m, la, &ia), *b = set_of(m, lb, &ib);
+    tap_ok(m->n_sets == 2 && a && b && m->unlabelled == 0, "two label sets, the unlabelled job in neither");
+    tap_ok(a && a->submitted == 3 && a->completed == 1 && a->cancelled == 1 && a->failed_other == 0,
+           "set a: 3 submitted, 1 completed, 1 cancelled");
+    tap_ok(a && b && failures_of(m, ia, "generation_failed") == 1 && failures_of(m, ib, "engine_crashed") == 1 &&
+               b->submitted == 1 && b->completed == 0 && m->n_failures == 2,
+           "failures by set and code: a generation_failed, b engine_crashed; none for the unlabelled one");
+    tap_ok(hist_count(&m->hist[SDW_RING_HIST_QUEUE_WAIT]) == 4, "queue wait: one per job taken (4)");
+    tap_ok(hist_count(&m->hist[SDW_RING_HIST_JOB]) == 4, "job seconds: one per job that ran (4, not the cancelled one)");
+    const sdw_ring_hist *st = &m->hist[SDW_RING_HIST_STEP];
+    tap_ok(st->bucket[0] == 1 && st->bucket[4] == 2 && st->bucket[SDW_RING_HIST_BOUNDS] == 1 &&
+               hist_count(st) == 4 && st->bounds[4] == 0.25 && st->sum_s > 100.45 && st->sum_s < 100.46,
+           "step seconds: 0.005 in le=0.01, 0.2 and 0.25 in le=0.25, 100 in +Inf; sum %.6f", st->sum_s);
+    tap_ok(m->engine_restarts == 2, "two restarts counted");
+
+    /* The table of label sets is bounded: 256 more sets than the two there
+     * leave two past it, counted as unlabelled. */
+    ok = true;
+    for (int i = 0; i < SDW_RING_LABEL_SETS && ok; i++) {
+        char l[64];
+        snprintf(l, sizeof l, "model=\"m%d\"", i);
+        ok = sdw_ring_submit_labelled(r, "x", 1, 0, 0, l, t, &e) == 0 && sdw_ring_cancel(r, t, NULL, &e) == 0;
+    }
+    sdw_ring_metrics_read(r, m);
+    tap_ok(ok && m->n_sets == SDW_RING_LABEL_SETS && m->unlabelled == 2,
+           "a full table of label sets: %u sets, %llu unlabelled (%s)", m->n_sets, (unsigned long long)m->unlabelled,
+           e.msg);
+    free(m);
+    drop_ring(r);
+}
+
 int main(void)
 {
     test_table();
@@ -1003,5 +1104,6 @@ int main(void)
     test_engine_death();
     test_robust();
     test_producers();
+    test_metrics();
     return tap_done();
 }

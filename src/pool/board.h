@@ -55,6 +55,18 @@ typedef struct sdw_stream_entry {
     sdw_job_id job;
 } sdw_stream_entry;
 
+/* The pool's own counters for /metrics (metrics.h), by API and code:
+ * what only pool processes see, the requests refused before a job exists.
+ * Atomic; they start at zero with the master and survive reloads. */
+#define SDW_POOL_APIS 4           /* rbee; room for the OpenAI and A1111 routes */
+#define SDW_POOL_REJECT_CODES 24  /* sdw_metrics_reject_codes, "other" last */
+#define SDW_POOL_IMAGES 2         /* init_image, mask_image */
+
+typedef struct sdw_pool_counters {
+    uint64_t rejected[SDW_POOL_APIS][SDW_POOL_REJECT_CODES];
+    uint64_t image_rejected[SDW_POOL_APIS][SDW_POOL_IMAGES];
+} sdw_pool_counters;
+
 typedef struct sdw_board {
     pid_t master;
     sdw_pm_mode mode;
@@ -66,6 +78,7 @@ typedef struct sdw_board {
     int64_t start_time_s;
     uint64_t accepted;      /* atomic */
     uint64_t max_reached;   /* atomic */
+    sdw_pool_counters counters;
     sdw_board_slot slot[SDW_BOARD_SLOTS];
     sdw_stream_entry stream[SDW_STREAM_SLOTS];
 } sdw_board;

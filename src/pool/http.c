@@ -2,6 +2,7 @@
 
 #include "contract/contract.h"
 #include "image/image.h"
+#include "pool/metrics.h"
 #include "pool/sse.h"
 
 #include <arpa/inet.h>
@@ -41,22 +42,34 @@ static const char *reason_phrase(int status)
  * thread, as a child's threads answer requests side by side. */
 static _Thread_local bool head_only;
 
-int sdw_http_reply(FCGX_Stream *out, int status, const char *extra_headers, const char *body)
+/* The response, with body[0..len) and, for JSON, a newline after it. */
+static int reply_typed(FCGX_Stream *out, int status, const char *type, const char *extra_headers, const char *body,
+                       size_t len, bool newline)
 {
     /* libfcgi's FCGX_FPrintF has its own formatter without %zu: format here. */
     char head[512];
-    size_t len = strlen(body);
     int n = snprintf(head, sizeof head,
-                     "Status: %d %s\r\nContent-Type: application/json\r\n"
+                     "Status: %d %s\r\nContent-Type: %s\r\n"
                      "Cache-Control: no-store\r\nContent-Length: %zu\r\n%s\r\n",
-                     status, reason_phrase(status), len + 1, extra_headers ? extra_headers : "");
+                     status, reason_phrase(status), type, len + newline, extra_headers ? extra_headers : "");
     if (n < 0 || n >= (int)sizeof head || FCGX_PutStr(head, n, out) != n)
         return -1;
     if (head_only)
         return 0;
-    if (FCGX_PutStr(body, (int)len, out) != (int)len || FCGX_PutS("\n", out) < 0)
+    for (size_t done = 0; done < len;) {
+        int chunk = len - done > (1u << 30) ? 1 << 30 : (int)(len - done);
+        if (FCGX_PutStr(body + done, chunk, out) != chunk)
+            return -1;
+        done += (size_t)chunk;
+    }
+    if (newline && FCGX_PutS("\n", out) < 0)
         return -1;
     return 0;
+}
+
+int sdw_http_reply(FCGX_Stream *out, int status, const char *extra_headers, const char *body)
+{
+    return reply_typed(out, status, "application/json", extra_headers, body, strlen(body), true);
 }
 
 static void reply_error(FCGX_Stream *out, const sdw_api_error *err, const char *extra_headers)
@@ -167,6 +180,8 @@ sdw_http_route sdw_http_route_of(const char *path, char job_id[SDW_JOB_ID_LEN + 
         return SDW_ROUTE_MODELS;
     if (strcmp(path, "/v1/pool/status") == 0)
         return SDW_ROUTE_POOL_STATUS;
+    if (strcmp(path, "/metrics") == 0)
+        return SDW_ROUTE_METRICS;
     if (strcmp(path, "/v1/jobs") == 0)
         return SDW_ROUTE_JOBS;
     static const char prefix[] = "/v1/jobs/";
@@ -223,6 +238,27 @@ static void served_models(const sdw_config *cfg, char *buf, size_t n)
         k += (size_t)snprintf(buf + k, n - k, "%s%s", i ? ", " : "", cfg->models[i].name);
 }
 
+/* A refused submission: counted for /metrics, then answered. decoded:
+ * sdw_job_request_decode_images refused an image. */
+static void reject(const sdw_http_ctx *ctx, FCGX_Stream *out, const sdw_api_error *err, bool decoded)
+{
+    sdw_metrics_count_rejection(ctx->counters, SDW_METRICS_API_RBEE, err->code, decoded);
+    reply_error(out, err, NULL);
+}
+
+static void reject_f(const sdw_http_ctx *ctx, FCGX_Stream *out, int status, const char *code, int retry_after,
+                     const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void reject_f(const sdw_http_ctx *ctx, FCGX_Stream *out, int status, const char *code, int retry_after,
+                     const char *fmt, ...)
+{
+    sdw_api_error err = { .http_status = status, .code = code, .retry_after_s = retry_after };
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err.message, sizeof err.message, fmt, ap);
+    va_end(ap);
+    reject(ctx, out, &err, false);
+}
+
 static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_auth_caller *who)
 {
     FCGX_Stream *out = req->out;
@@ -234,19 +270,19 @@ static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_aut
         errno = 0;
         length = strtoull(cl, &end, 10);
         if (errno || *end || *cl == '-')
-            return fail(out, 400, SDW_API_INVALID_REQUEST, 0, "bad Content-Length");
+            return reject_f(ctx, out, 400, SDW_API_INVALID_REQUEST, 0, "bad Content-Length");
     }
     if (length > cfg->max_body_bytes)
-        return fail(out, 413, SDW_API_PAYLOAD_TOO_LARGE, 0,
+        return reject_f(ctx, out, 413, SDW_API_PAYLOAD_TOO_LARGE, 0,
                     "request body of %llu bytes exceeds limits.max_body_bytes (%zu)", length,
                     cfg->max_body_bytes);
     const char *ct = FCGX_GetParam("CONTENT_TYPE", req->envp);
     if (!sdw_http_is_json_type(ct))
-        return fail(out, 415, SDW_API_UNSUPPORTED_MEDIA_TYPE, 0,
+        return reject_f(ctx, out, 415, SDW_API_UNSUPPORTED_MEDIA_TYPE, 0,
                     "Content-Type must be application/json, not %s", ct && *ct ? ct : "(none)");
     char *body = malloc(length + 1);
     if (!body)
-        return fail(out, 500, SDW_API_INTERNAL, 0, "out of memory");
+        return reject_f(ctx, out, 500, SDW_API_INTERNAL, 0, "out of memory");
     size_t got = 0;
     while (got < length) {
         int chunk = length - got > (1u << 30) ? 1 << 30 : (int)(length - got);
@@ -258,7 +294,7 @@ static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_aut
     body[got] = '\0';
     if (got < length) {
         free(body);
-        return fail(out, 400, SDW_API_INVALID_REQUEST, 0, "body ended after %zu of %llu bytes", got, length);
+        return reject_f(ctx, out, 400, SDW_API_INVALID_REQUEST, 0, "body ended after %zu of %llu bytes", got, length);
     }
 
     sdw_contract_limits limits = {
@@ -272,11 +308,12 @@ static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_aut
     int rc = sdw_contract_parse(body, got, &limits, &jr, &err);
     free(body);
     if (rc < 0)
-        return reply_error(out, &err, NULL);
-    if (!sdw_config_model_find(cfg, jr.model)) {
+        return reject(ctx, out, &err, false);
+    const sdw_config_model *model = sdw_config_model_find(cfg, jr.model);
+    if (!model) {
         char names[1024];
         served_models(cfg, names, sizeof names);
-        fail(out, 404, SDW_API_UNKNOWN_MODEL, 0, "model \"%s\" is not served here; models: %s", jr.model,
+        reject_f(ctx, out, 404, SDW_API_UNKNOWN_MODEL, 0, "model \"%s\" is not served here; models: %s", jr.model,
              names);
         sdw_job_request_free(&jr);
         return;
@@ -287,35 +324,41 @@ static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_aut
     rc = sdw_job_request_decode_images(&jr, cfg->max_pixels, &init, &mask, &err);
     if (rc < 0) {
         sdw_job_request_free(&jr);
-        return reply_error(out, &err, NULL);
+        return reject(ctx, out, &err, true);
     }
     sdw_image_free(&init);
     sdw_image_free(&mask);
     char reason[256];
     if (engine_gone(ctx->ring, reason, sizeof reason)) {
         sdw_job_request_free(&jr);
-        return fail(out, 503, SDW_API_ENGINE_UNAVAILABLE, SDW_HTTP_RETRY_AFTER_S * 6,
+        return reject_f(ctx, out, 503, SDW_API_ENGINE_UNAVAILABLE, SDW_HTTP_RETRY_AFTER_S * 6,
                     "the engine is down (%s)", reason);
+    }
+    char labels[SDW_RING_LABELS_MAX];
+    sdw_error e = { 0 };
+    rc = sdw_metrics_job_labels(model->name, jr.op, SDW_METRICS_API_RBEE, labels, sizeof labels, &e);
+    if (rc < 0) {
+        sdw_job_request_free(&jr);
+        return reject_f(ctx, out, 500, SDW_API_INTERNAL, 0, "%s", e.msg);
     }
     size_t len;
     unsigned char *blob = sdw_job_request_serialize(&jr, &len);
     sdw_job_request_free(&jr);
     if (!blob)
-        return fail(out, 500, SDW_API_INTERNAL, 0, "out of memory");
+        return reject_f(ctx, out, 500, SDW_API_INTERNAL, 0, "out of memory");
     sdw_job_id id;
-    sdw_error e = { 0 };
-    rc = sdw_ring_submit_as(ctx->ring, blob, len, who->owner, who->key ? (unsigned)who->key->max_queued : 0, id,
-                            &e);
+    rc = sdw_ring_submit_labelled(ctx->ring, blob, len, who->owner, who->key ? (unsigned)who->key->max_queued : 0,
+                                  labels, id, &e);
     free(blob);
     if (rc == SDW_ELIMIT)
-        return fail(out, 429, SDW_API_TOO_MANY_QUEUED, SDW_HTTP_RETRY_AFTER_S,
+        return reject_f(ctx, out, 429, SDW_API_TOO_MANY_QUEUED, SDW_HTTP_RETRY_AFTER_S,
                     "this key already has %d queued jobs, its max_queued", who->key->max_queued);
     if (rc == SDW_EFULL)
-        return fail(out, 503, SDW_API_QUEUE_FULL, SDW_HTTP_RETRY_AFTER_S, "the job queue is full: %s", e.msg);
+        return reject_f(ctx, out, 503, SDW_API_QUEUE_FULL, SDW_HTTP_RETRY_AFTER_S, "the job queue is full: %s", e.msg);
     if (rc == SDW_ETOOBIG)
-        return fail(out, 413, SDW_API_PAYLOAD_TOO_LARGE, 0, "the request does not fit a job slot: %s", e.msg);
+        return reject_f(ctx, out, 413, SDW_API_PAYLOAD_TOO_LARGE, 0, "the request does not fit a job slot: %s", e.msg);
     if (rc < 0)
-        return fail(out, 500, SDW_API_INTERNAL, 0, "submit: %s", e.msg);
+        return reject_f(ctx, out, 500, SDW_API_INTERNAL, 0, "submit: %s", e.msg);
     sdw_log(SDW_LOG_INFO, "job %s queued%s%s", id, who->key ? " for key " : "", who->key ? who->key->name : "");
     char url[64], location[96];
     snprintf(url, sizeof url, "/v1/jobs/%s/stream", id);
@@ -643,6 +686,22 @@ static void pool_status(const sdw_http_ctx *ctx, FCGX_Stream *out, const char *q
     reply_json(out, 200, o);
 }
 
+/* The page is built from shared memory alone (ring.h, "metrics"; the
+ * scoreboard), so a scrape never waits on the engine. */
+static void metrics(const sdw_http_ctx *ctx, FCGX_Stream *out, const sdw_auth_caller *who)
+{
+    if (!who->admin)
+        return fail(out, 403, SDW_API_FORBIDDEN, 0, "the metrics %s",
+                    ctx->cfg->n_keys ? "need an admin API key" : "are answered on the loopback address only");
+    char *text;
+    size_t len;
+    sdw_error e = { 0 };
+    if (sdw_metrics_render(ctx->cfg, ctx->ring, ctx->board, &text, &len, &e) < 0)
+        return fail(out, 500, SDW_API_INTERNAL, 0, "%s", e.msg);
+    reply_typed(out, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, text, len, false);
+    free(text);
+}
+
 /* ---- API keys ---- */
 
 static bool loopback(const char *addr)
@@ -667,24 +726,28 @@ static bool authorize(const sdw_http_ctx *ctx, FCGX_Request *req, const char *me
         who->admin = loopback(FCGX_GetParam("REMOTE_ADDR", req->envp));
         return true;
     }
-    if (strncmp(path, "/v1/", 4) && strcmp(path, "/v1"))
+    /* /metrics is operator data: it takes a key, and the handler an admin one. */
+    if (strncmp(path, "/v1/", 4) && strcmp(path, "/v1") && r != SDW_ROUTE_METRICS)
         return true;
+    bool submit = r == SDW_ROUTE_JOBS && strcmp(method, "POST") == 0;
     sdw_error e = { 0 };
     int rc = sdw_auth_identify(cfg, FCGX_GetParam("HTTP_AUTHORIZATION", req->envp), who, &e);
     if (rc < 0) {
         /* RFC 6750: no error attribute when no credentials came at all. */
         sdw_api_error err = { .http_status = 401, .code = SDW_API_UNAUTHORIZED };
         snprintf(err.message, sizeof err.message, "%s", e.msg);
+        if (submit)
+            sdw_metrics_count_rejection(ctx->counters, SDW_METRICS_API_RBEE, err.code, false);
         reply_error(req->out, &err,
                     rc == SDW_ENOTFOUND ? "WWW-Authenticate: Bearer realm=\"sdworker\"\r\n"
                                         : "WWW-Authenticate: Bearer realm=\"sdworker\", error=\"invalid_token\"\r\n");
         return false;
     }
-    if (r == SDW_ROUTE_JOBS && strcmp(method, "POST") == 0 && who->key->per_minute > 0) {
+    if (submit && who->key->per_minute > 0) {
         int retry = 0;
         rc = sdw_auth_rate_take(ctx->rates, who->owner, who->key->per_minute, sdw_ring_now_ms(), &retry, &e);
         if (rc == SDW_ELIMIT) {
-            fail(req->out, 429, SDW_API_RATE_LIMITED, retry, "%s (per_minute)", e.msg);
+            reject_f(ctx, req->out, 429, SDW_API_RATE_LIMITED, retry, "%s (per_minute)", e.msg);
             return false;
         }
         if (rc < 0) {
@@ -724,6 +787,7 @@ void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req)
     case SDW_ROUTE_HEALTH: if (get) return health(out); break;
     case SDW_ROUTE_READY: if (get) return ready(ctx, out); break;
     case SDW_ROUTE_MODELS: if (get) return models(ctx->cfg, out); break;
+    case SDW_ROUTE_METRICS: if (get) return metrics(ctx, out, &who); break;
     case SDW_ROUTE_POOL_STATUS:
         if (get)
             return pool_status(ctx, out, FCGX_GetParam("QUERY_STRING", req->envp), &who);

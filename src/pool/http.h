@@ -5,6 +5,7 @@
  *   DELETE /v1/jobs/{id}          cancel
  *   GET    /v1/jobs/{id}/stream   server-sent events (sse.h)
  *   GET    /health, /ready, /v1/models, /v1/pool/status
+ *   GET    /metrics               Prometheus text format (metrics.h)
  *   HEAD   wherever GET goes: GET's status and headers, no body (on a
  *          stream, the event-stream head without holding the stream)
  *   (the reference for clients, with every field and code: doc/api.md)
@@ -47,6 +48,11 @@
  *   address (REMOTE_ADDR 127.0.0.0/8 or ::1, i.e. on the host itself
  *   through a local nginx); others get 403 forbidden. The plain status has
  *   no job ids and answers any caller the API answers.
+ * - /metrics is operator data, answered as the full pool status is: an
+ *   admin key when keys are configured (401 without a valid key, 403 with
+ *   another), the loopback address when none are (403 from elsewhere).
+ *   Submissions refused here count in it by code (sdw_metrics_count_rejection),
+ *   401 and 429 on POST /v1/jobs included.
  * - A stream when the process has no room for another (a thread each, up to
  *   pm.max_streams_per_child): 503 too_many_streams with Retry-After. */
 #ifndef SDW_HTTP_H
@@ -70,6 +76,7 @@ typedef struct sdw_http_ctx {
     const sdw_board *board;         /* the pool's scoreboard, for the status page */
     int listen_fd;                  /* the listening TCP socket, -1 for a Unix one */
     sdw_auth_rates *rates;          /* per-key submission rates, shared by the pool */
+    sdw_pool_counters *counters;    /* the pool's /metrics counters, in the scoreboard */
     /* Hands a stream request, looked up and allowed, to the process's
      * stream threads (the pool's; host is theirs): 0 when they own req and
      * run sdw_http_stream on it, else an error with req still the
@@ -90,6 +97,7 @@ typedef enum sdw_http_route {
     SDW_ROUTE_JOBS,
     SDW_ROUTE_JOB,          /* /v1/jobs/{id} */
     SDW_ROUTE_JOB_STREAM,   /* /v1/jobs/{id}/stream */
+    SDW_ROUTE_METRICS,      /* /metrics */
 } sdw_http_route;
 
 /* The request path as the client sent it (see routing above), without the

@@ -367,6 +367,7 @@ static void child_main(sdw_pool *p)
                              .board = p->board,
                              .listen_fd = p->cfg.listen_unix ? -1 : p->listen_fd,
                              .rates = p->rates,
+                             .counters = &p->board->counters,
                              .stream_start = stream_start,
                              .host = p };
     int served = 0;

@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #define RING_MAGIC 0x31474e4952574453ull /* "SDWRING1" */
-#define RING_VERSION 3
+#define RING_VERSION 4
 #define ALIGN(x, a) (((x) + (a) - 1) / (a) * (a))
 /* Room in every log kept back for the terminal error event, so that a job
  * whose progress events filled its log can still report how it ended. The
@@ -44,6 +44,42 @@ struct gone_bucket {
     uint8_t id[GONE_WAYS][16];
 };
 
+/* The metrics (ring.h). Inserts happen under the ring lock; a reader
+ * without it takes an entry once its used flag is set (release after the
+ * key is written), and every counter is read and added atomically. */
+struct metric_set {
+    uint32_t used;
+    char labels[SDW_RING_LABELS_MAX];
+    uint64_t submitted, completed, cancelled, failed_other;
+};
+
+struct metric_failure {
+    uint32_t used, set;
+    char code[SDW_RING_CODE_MAX];
+    uint64_t count;
+};
+
+struct metric_hist {
+    uint64_t bucket[SDW_RING_HIST_BOUNDS + 1];
+    uint64_t sum_us;
+};
+
+struct ring_metrics {
+    uint64_t engine_restarts, unlabelled;
+    struct metric_hist hist[SDW_RING_HISTS];
+    struct metric_set set[SDW_RING_LABEL_SETS];
+    struct metric_failure failure[SDW_RING_FAILURE_SERIES];
+};
+
+/* Queue waits and job times run from a fraction of a second (a busy GPU's
+ * queue, a tiny model) to the ten minutes a CPU may take; a step from
+ * milliseconds (a GPU) to tens of seconds (a CPU at 1024x1024). */
+static const double hist_bounds[SDW_RING_HISTS][SDW_RING_HIST_BOUNDS] = {
+    [SDW_RING_HIST_QUEUE_WAIT] = {0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600},
+    [SDW_RING_HIST_JOB] = {0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600},
+    [SDW_RING_HIST_STEP] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30},
+};
+
 struct ring_header {
     uint64_t magic;
     uint32_t version, nslots, max_queued, retention_s;
@@ -58,6 +94,7 @@ struct ring_header {
     char engine_reason[256];
     uint64_t evicted;      /* kept results that gave their slot up early */
     struct gone_bucket gone[GONE_BUCKETS];
+    struct ring_metrics metrics;
 };
 
 struct ring_slot {
@@ -65,9 +102,7 @@ struct ring_slot {
     uint32_t event_futex;  /* bumped on every event and state change */
     uint32_t cancel_requested;
     uint8_t id[16];
-    /* The submitter's key (sdw_ring_submit_as). It sits in what was padding
-     * before seq, so the layout, and RING_VERSION, stay as they were: a
-     * ring made before it reads 0 = no key. */
+    /* The submitter's key (sdw_ring_submit_as). */
     uint32_t owner;
     uint64_t seq;
     int64_t created_ms, started_ms, finished_ms, expires_mono_ms;
@@ -76,10 +111,10 @@ struct ring_slot {
     uint64_t log_used;
     uint64_t big_id, big_len;
     char big_name[16];
+    uint32_t metric_set;   /* the job's label set, index + 1; 0 = none */
 };
 
-/* owner took padding: every other field must stay where it was. */
-_Static_assert(offsetof(struct ring_slot, seq) == 32 && sizeof(struct ring_slot) == 128,
+_Static_assert(offsetof(struct ring_slot, seq) == 32 && sizeof(struct ring_slot) == 136,
                "struct ring_slot changed layout: bump RING_VERSION");
 
 struct log_rec {
@@ -438,10 +473,134 @@ static void finish_times(sdw_ring *r, struct ring_slot *s)
     s->expires_mono_ms = sdw_ring_now_ms() + (int64_t)r->h->retention_s * 1000;
 }
 
+/* ---- metrics ---- */
+
+static void add64(uint64_t *p, uint64_t v)
+{
+    __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+
+static uint64_t load64(const uint64_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static void hist_observe(sdw_ring *r, sdw_ring_hist_kind k, double seconds)
+{
+    struct metric_hist *h = &r->h->metrics.hist[k];
+    /* A wall clock stepped back between two stamps gives a negative time. */
+    if (!(seconds > 0))
+        seconds = 0;
+    unsigned b = 0;
+    while (b < SDW_RING_HIST_BOUNDS && seconds > hist_bounds[k][b])
+        b++;
+    add64(&h->bucket[b], 1);
+    add64(&h->sum_us, (uint64_t)(seconds * 1e6 + 0.5));
+}
+
+/* The label set's index + 1, inserting it; 0 for none or no room. Sets
+ * fill the table in order and never leave it, so a reader stops at the
+ * first unused entry. */
+static uint32_t label_set_locked(sdw_ring *r, const char *labels)
+{
+    struct ring_metrics *m = &r->h->metrics;
+    if (!labels)
+        return 0;
+    for (unsigned i = 0; i < SDW_RING_LABEL_SETS; i++) {
+        struct metric_set *ms = &m->set[i];
+        if (!ms->used) {
+            snprintf(ms->labels, sizeof ms->labels, "%s", labels);
+            __atomic_store_n(&ms->used, 1, __ATOMIC_RELEASE);
+            return i + 1;
+        }
+        if (strcmp(ms->labels, labels) == 0)
+            return i + 1;
+    }
+    add64(&m->unlabelled, 1);
+    return 0;
+}
+
+/* s has just become terminal (to) with finish_times set. */
+static void count_end_locked(sdw_ring *r, struct ring_slot *s, sdw_job_state to, const char *code)
+{
+    struct ring_metrics *m = &r->h->metrics;
+    if (s->started_ms > 0)
+        hist_observe(r, SDW_RING_HIST_JOB, (double)(s->finished_ms - s->started_ms) / 1000);
+    /* A slot repaired after a crash may hold anything. */
+    if (s->metric_set == 0 || s->metric_set > SDW_RING_LABEL_SETS)
+        return;
+    uint32_t set = s->metric_set - 1;
+    struct metric_set *ms = &m->set[set];
+    if (to == SDW_JOB_DONE)
+        return add64(&ms->completed, 1);
+    if (to == SDW_JOB_CANCELLED)
+        return add64(&ms->cancelled, 1);
+    char c[SDW_RING_CODE_MAX];
+    clip_utf8(c, sizeof c, code ? code : "failed");
+    for (unsigned i = 0; i < SDW_RING_FAILURE_SERIES; i++) {
+        struct metric_failure *f = &m->failure[i];
+        if (!f->used) {
+            f->set = set;
+            memcpy(f->code, c, sizeof c);
+            f->count = 1;
+            __atomic_store_n(&f->used, 1, __ATOMIC_RELEASE);
+            return;
+        }
+        if (f->set == set && strcmp(f->code, c) == 0)
+            return add64(&f->count, 1);
+    }
+    add64(&ms->failed_other, 1);
+}
+
+void sdw_ring_metrics_read(sdw_ring *r, sdw_ring_metrics *out)
+{
+    const struct ring_metrics *m = &r->h->metrics;
+    memset(out, 0, sizeof *out);
+    out->engine_restarts = load64(&m->engine_restarts);
+    out->unlabelled = load64(&m->unlabelled);
+    for (int k = 0; k < SDW_RING_HISTS; k++) {
+        out->hist[k].bounds = hist_bounds[k];
+        for (int b = 0; b <= SDW_RING_HIST_BOUNDS; b++)
+            out->hist[k].bucket[b] = load64(&m->hist[k].bucket[b]);
+        out->hist[k].sum_s = (double)load64(&m->hist[k].sum_us) / 1e6;
+    }
+    while (out->n_sets < SDW_RING_LABEL_SETS && __atomic_load_n(&m->set[out->n_sets].used, __ATOMIC_ACQUIRE)) {
+        const struct metric_set *ms = &m->set[out->n_sets];
+        sdw_ring_label_counts *o = &out->set[out->n_sets++];
+        memcpy(o->labels, ms->labels, sizeof o->labels);
+        o->labels[sizeof o->labels - 1] = '\0';
+        o->submitted = load64(&ms->submitted);
+        o->completed = load64(&ms->completed);
+        o->cancelled = load64(&ms->cancelled);
+        o->failed_other = load64(&ms->failed_other);
+    }
+    for (unsigned i = 0; i < SDW_RING_FAILURE_SERIES && __atomic_load_n(&m->failure[i].used, __ATOMIC_ACQUIRE); i++) {
+        const struct metric_failure *f = &m->failure[i];
+        /* A set published after the sets were read is left for the next read. */
+        if (f->set >= out->n_sets)
+            continue;
+        sdw_ring_failure_count *o = &out->failure[out->n_failures++];
+        o->set = f->set;
+        memcpy(o->code, f->code, sizeof o->code);
+        o->code[sizeof o->code - 1] = '\0';
+        o->count = load64(&f->count);
+    }
+}
+
+void sdw_ring_observe_step(sdw_ring *r, double seconds)
+{
+    hist_observe(r, SDW_RING_HIST_STEP, seconds);
+}
+
+void sdw_ring_count_restart(sdw_ring *r)
+{
+    add64(&r->h->metrics.engine_restarts, 1);
+}
+
 /* Moves s to a terminal state with an error event; the JSON is built by the
  * caller outside the lock. */
-static int end_with_error_locked(sdw_ring *r, struct ring_slot *s, sdw_job_state to, const char *json,
-                                 sdw_error *e)
+static int end_with_error_locked(sdw_ring *r, struct ring_slot *s, sdw_job_state to, const char *code,
+                                 const char *json, sdw_error *e)
 {
     if (!sdw_job_transition_allowed((sdw_job_state)s->state, to))
         return transition(s, to, e);
@@ -450,6 +609,7 @@ static int end_with_error_locked(sdw_ring *r, struct ring_slot *s, sdw_job_state
         return rc;
     finish_times(r, s);
     transition(s, to, e);
+    count_end_locked(r, s, to, code);
     bump(&s->event_futex);
     return 0;
 }
@@ -771,7 +931,8 @@ static int adopt(sdw_ring *r, const sdw_ring_config *cfg, sdw_ring_attach_info *
             s->input_len = 0;
         info->queued += s->state == SDW_JOB_QUEUED;
         info->kept += is_terminal(s->state);
-        if (s->state == SDW_JOB_RUNNING && end_with_error_locked(r, s, SDW_JOB_FAILED, json, NULL) == 0)
+        if (s->state == SDW_JOB_RUNNING &&
+            end_with_error_locked(r, s, SDW_JOB_FAILED, "engine_stopped", json, NULL) == 0)
             info->interrupted++;
     }
     r->h->max_queued = cfg->max_queued;
@@ -942,7 +1103,16 @@ int sdw_ring_submit(sdw_ring *r, const void *input, size_t len, sdw_job_id id, s
 int sdw_ring_submit_as(sdw_ring *r, const void *input, size_t len, uint32_t owner, unsigned owner_max_queued,
                        sdw_job_id id, sdw_error *e)
 {
+    return sdw_ring_submit_labelled(r, input, len, owner, owner_max_queued, NULL, id, e);
+}
+
+int sdw_ring_submit_labelled(sdw_ring *r, const void *input, size_t len, uint32_t owner, unsigned owner_max_queued,
+                             const char *labels, sdw_job_id id, sdw_error *e)
+{
     uint8_t raw[16];
+    if (labels && strlen(labels) >= SDW_RING_LABELS_MAX)
+        return sdw_fail(e, SDW_EINVAL, "job metric labels of %zu bytes (at most %d)", strlen(labels),
+                        SDW_RING_LABELS_MAX - 1);
     if (len > r->h->input_cap)
         return sdw_fail(e, SDW_ETOOBIG, "job input of %zu bytes exceeds the slot input area (%zu bytes)",
                         len, (size_t)r->h->input_cap);
@@ -1011,6 +1181,9 @@ int sdw_ring_submit_as(sdw_ring *r, const void *input, size_t len, uint32_t owne
     pick->expires_mono_ms = 0;
     pick->last_event_id = pick->log_used = pick->big_id = pick->big_len = 0;
     pick->big_name[0] = '\0';
+    pick->metric_set = label_set_locked(r, labels);
+    if (pick->metric_set)
+        add64(&r->h->metrics.set[pick->metric_set - 1].submitted, 1);
     transition(pick, SDW_JOB_QUEUED, NULL);
     bump(&r->h->work_futex);
     ring_unlock(r);
@@ -1033,7 +1206,7 @@ int sdw_ring_cancel(sdw_ring *r, const char *id, sdw_job_state *after, sdw_error
     if (!s) {
         rc = SDW_ENOTFOUND;
     } else if (s->state == SDW_JOB_QUEUED) {
-        rc = end_with_error_locked(r, s, SDW_JOB_CANCELLED, json, e);
+        rc = end_with_error_locked(r, s, SDW_JOB_CANCELLED, "cancelled", json, e);
         queue_moved_locked(r, s->seq);
     } else if (s->state == SDW_JOB_RUNNING) {
         s->cancel_requested = 1;
@@ -1128,24 +1301,38 @@ static int next_event_locked(sdw_ring *r, struct ring_slot *s, uint64_t after, s
     return 1;
 }
 
+/* Takes the lock and finds a job that still has its data, for the
+ * waits: 0 with the lock held and *out set; SDW_RING_RETIRED when the ring
+ * was replaced, SDW_ENOTFOUND for an unknown or expired job, without the
+ * lock. */
+static int lock_live_job(sdw_ring *r, const char *id, struct ring_slot **out, sdw_error *e)
+{
+    int rc = ring_lock(r, e);
+    if (rc)
+        return rc;
+    if (__atomic_load_n(&r->h->retired, __ATOMIC_ACQUIRE)) {
+        ring_unlock(r);
+        return SDW_RING_RETIRED;
+    }
+    struct ring_slot *s = find_locked(r, id, e);
+    if (!s || s->state == SDW_JOB_EXPIRED) {
+        ring_unlock(r);
+        return sdw_fail(e, SDW_ENOTFOUND, "no job %.40s (%s)", id ? id : "", s ? "expired" : "unknown");
+    }
+    *out = s;
+    return 0;
+}
+
 int sdw_ring_wait_event(sdw_ring *r, const char *id, uint64_t after, int timeout_ms, sdw_ring_event *ev,
                         sdw_error *e)
 {
     int64_t deadline = deadline_of(timeout_ms);
     memset(ev, 0, sizeof *ev);
     for (;;) {
-        int rc = ring_lock(r, e);
+        struct ring_slot *s;
+        int rc = lock_live_job(r, id, &s, e);
         if (rc)
             return rc;
-        if (__atomic_load_n(&r->h->retired, __ATOMIC_ACQUIRE)) {
-            ring_unlock(r);
-            return SDW_RING_RETIRED;
-        }
-        struct ring_slot *s = find_locked(r, id, e);
-        if (!s || s->state == SDW_JOB_EXPIRED) {
-            ring_unlock(r);
-            return sdw_fail(e, SDW_ENOTFOUND, "no job %.40s (%s)", id ? id : "", s ? "expired" : "unknown");
-        }
         rc = next_event_locked(r, s, after, ev, e);
         uint32_t seen = __atomic_load_n(&s->event_futex, __ATOMIC_SEQ_CST);
         int ended = is_terminal(s->state);
@@ -1165,18 +1352,10 @@ int sdw_ring_wait_queue_position(sdw_ring *r, const char *id, unsigned known, in
 {
     int64_t deadline = deadline_of(timeout_ms);
     for (;;) {
-        int rc = ring_lock(r, e);
+        struct ring_slot *s;
+        int rc = lock_live_job(r, id, &s, e);
         if (rc)
             return rc;
-        if (__atomic_load_n(&r->h->retired, __ATOMIC_ACQUIRE)) {
-            ring_unlock(r);
-            return SDW_RING_RETIRED;
-        }
-        struct ring_slot *s = find_locked(r, id, e);
-        if (!s || s->state == SDW_JOB_EXPIRED) {
-            ring_unlock(r);
-            return sdw_fail(e, SDW_ENOTFOUND, "no job %.40s (%s)", id ? id : "", s ? "expired" : "unknown");
-        }
         unsigned pos = queue_position_locked(r, s);
         uint32_t seen = __atomic_load_n(&s->event_futex, __ATOMIC_SEQ_CST);
         ring_unlock(r);
@@ -1245,6 +1424,7 @@ int sdw_ring_take(sdw_ring *r, int timeout_ms, sdw_job_id id, void **input, size
             *len = oldest->input_len;
             transition(oldest, SDW_JOB_RUNNING, NULL);
             oldest->started_ms = clock_ms(CLOCK_REALTIME);
+            hist_observe(r, SDW_RING_HIST_QUEUE_WAIT, (double)(oldest->started_ms - oldest->created_ms) / 1000);
             bump(&oldest->event_futex);
             queue_moved_locked(r, oldest->seq);
             format_id(oldest->id, id);
@@ -1301,6 +1481,7 @@ int sdw_ring_complete(sdw_ring *r, const char *id, const char *data, size_t len,
         if (!rc_) {
             finish_times(r, s);
             transition(s, SDW_JOB_DONE, NULL);
+            count_end_locked(r, s, SDW_JOB_DONE, NULL);
             bump(&s->event_futex);
         }
     });
@@ -1318,7 +1499,7 @@ int sdw_ring_fail(sdw_ring *r, const char *id, const char *code, const char *mes
     }
     struct ring_slot *s = find_locked(r, id, e);
     bool was_queued = s && s->state == SDW_JOB_QUEUED;
-    rc = s ? end_with_error_locked(r, s, SDW_JOB_FAILED, json, e) : SDW_ENOTFOUND;
+    rc = s ? end_with_error_locked(r, s, SDW_JOB_FAILED, code, json, e) : SDW_ENOTFOUND;
     if (was_queued)
         queue_moved_locked(r, s->seq);
     ring_unlock(r);
@@ -1347,7 +1528,7 @@ int sdw_ring_finish_cancelled(sdw_ring *r, const char *id, sdw_error *e)
     if (!s)
         rc = SDW_ENOTFOUND;
     else if (!(rc = need_running(s, "finish cancelled", e)))
-        rc = end_with_error_locked(r, s, SDW_JOB_CANCELLED, json, e);
+        rc = end_with_error_locked(r, s, SDW_JOB_CANCELLED, "cancelled", json, e);
     ring_unlock(r);
     free(json);
     if (s)
@@ -1418,7 +1599,7 @@ static int end_running(sdw_ring *r, const char *code, const char *message, const
     int failed = 0;
     for (unsigned i = 0; i < r->h->nslots; i++) {
         struct ring_slot *s = slot_at(r, i);
-        if (s->state == SDW_JOB_RUNNING && end_with_error_locked(r, s, SDW_JOB_FAILED, json, NULL) == 0)
+        if (s->state == SDW_JOB_RUNNING && end_with_error_locked(r, s, SDW_JOB_FAILED, code, json, NULL) == 0)
             failed++;
     }
     r->h->engine_state = SDW_ENGINE_DEAD;

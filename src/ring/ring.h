@@ -286,6 +286,75 @@ int sdw_ring_expire(sdw_ring *r, const char *id, sdw_error *e);
 int sdw_ring_sweep(sdw_ring *r, int64_t now_ms, sdw_error *e);
 int64_t sdw_ring_now_ms(void);
 
+/* ---- metrics ----
+ *
+ * Counters of what happened to the jobs of this ring, for the pool's
+ * /metrics (doc/architecture.md, "Metrics"). They are updated by whichever
+ * process moves a job (a pool process submitting or cancelling, the engine,
+ * the supervisor) in the same critical section as the move, or, for step
+ * times and restarts, with one atomic add; sdw_ring_metrics_read takes no
+ * lock, so that a scrape never waits on the engine. They live as long as
+ * the ring (a re-opened ring keeps them, a replaced one starts at zero).
+ *
+ * A job counts under a label set: an opaque string its submitter chose
+ * (the pool writes Prometheus labels, model="...",operation="...",api="...").
+ * The ring keeps up to SDW_RING_LABEL_SETS distinct ones; a job whose set
+ * finds no room is counted in "unlabelled" only. A failure counts under
+ * its set and its error code, up to SDW_RING_FAILURE_SERIES pairs; beyond
+ * that under its set's failed_other. */
+#define SDW_RING_LABELS_MAX 192
+#define SDW_RING_LABEL_SETS 256
+#define SDW_RING_FAILURE_SERIES 512
+#define SDW_RING_CODE_MAX 32
+#define SDW_RING_HIST_BOUNDS 11
+
+typedef enum sdw_ring_hist_kind {
+    SDW_RING_HIST_QUEUE_WAIT,   /* started - created, each job the engine takes */
+    SDW_RING_HIST_JOB,          /* finished - started, each job that ran, however it ended */
+    SDW_RING_HIST_STEP,         /* sdw_ring_observe_step's */
+    SDW_RING_HISTS,
+} sdw_ring_hist_kind;
+
+typedef struct sdw_ring_hist {
+    const double *bounds;       /* SDW_RING_HIST_BOUNDS ascending upper bounds, seconds */
+    uint64_t bucket[SDW_RING_HIST_BOUNDS + 1]; /* observations per bucket, not cumulative; the last is +Inf's */
+    double sum_s;
+} sdw_ring_hist;
+
+typedef struct sdw_ring_label_counts {
+    char labels[SDW_RING_LABELS_MAX];
+    uint64_t submitted, completed, cancelled;
+    uint64_t failed_other;      /* failures whose code found no room of its own */
+} sdw_ring_label_counts;
+
+typedef struct sdw_ring_failure_count {
+    unsigned set;               /* index into sdw_ring_metrics.set */
+    char code[SDW_RING_CODE_MAX];
+    uint64_t count;
+} sdw_ring_failure_count;
+
+typedef struct sdw_ring_metrics {
+    uint64_t engine_restarts;   /* sdw_ring_count_restart's */
+    uint64_t unlabelled;        /* submissions whose label set found no room */
+    sdw_ring_hist hist[SDW_RING_HISTS];
+    unsigned n_sets, n_failures;
+    sdw_ring_label_counts set[SDW_RING_LABEL_SETS];
+    sdw_ring_failure_count failure[SDW_RING_FAILURE_SERIES];
+} sdw_ring_metrics;
+
+/* sdw_ring_submit_as, the job counting under labels (NULL: under none).
+ * SDW_EINVAL when labels is SDW_RING_LABELS_MAX bytes or longer. */
+int sdw_ring_submit_labelled(sdw_ring *r, const void *input, size_t len, uint32_t owner, unsigned owner_max_queued,
+                             const char *labels, sdw_job_id id, sdw_error *e);
+/* A snapshot of the counters, read without the lock: each number is whole,
+ * the set may be a few updates apart (a histogram's sum against its
+ * buckets). m is large (about 80 KiB): allocate it. */
+void sdw_ring_metrics_read(sdw_ring *r, sdw_ring_metrics *m);
+/* One denoising step took seconds (the engine, between steps). */
+void sdw_ring_observe_step(sdw_ring *r, double seconds);
+/* The supervisor started a new engine after the previous one died. */
+void sdw_ring_count_restart(sdw_ring *r);
+
 /* Test hook: the ring calls hook(point) at named points while it holds the
  * lock ("locked", "append-written": an event record is written but not yet
  * published), so a test can kill the process exactly there. NULL removes it.

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
+#include "base/clock.h"
 #include "contract/contract.h"
 #include "image/image.h"
 #include "pipeline/pipeline.h"
@@ -34,6 +35,7 @@ typedef struct job {
     int preview_interval;
     int64_t started_ms;
     bool stopped;           /* given up because the stop grace would not cover it */
+    double step_mark_s;     /* sdw_now_s at the last step, or at the start for the first */
 } job;
 
 /* One discarded generation of side x side pixels, 3 euler steps (the
@@ -146,6 +148,11 @@ static int on_step(void *ctx, sdw_pipeline *p, int step, int total)
     job *j = ctx;
     sdw_ring *r = j->eng->ring;
     sdw_error e;
+    /* From callback to callback: a step's share of publishing its events
+     * is in it, and the first one holds the text encoding too. */
+    double now = sdw_now_s();
+    sdw_ring_observe_step(r, now - j->step_mark_s);
+    j->step_mark_s = now;
     json_object *o = step_object("progress", step, total);
     const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
     if (sdw_ring_append(r, j->id, "progress", s, strlen(s), &e))
@@ -279,11 +286,12 @@ static void run_job(engine *g, const char *id, const unsigned char *input, size_
             sdw_fail_wrap(&e, "mask_image");
         gp.mask = &mask;
     }
-    job j = {g, id, g->cfg->preview_interval, sdw_ring_now_ms(), false};
+    job j = {g, id, g->cfg->preview_interval, sdw_ring_now_ms(), false, 0};
     sdw_gen_timings t;
     if (!rc) {
         sdw_log(SDW_LOG_INFO, "%s: %s, %d steps, seed %llu", id, sdw_operation_name(req.op), gp.steps,
                 (unsigned long long)gp.seed);
+        j.step_mark_s = sdw_now_s();
         rc = sdw_pipeline_generate(p, &gp, on_step, &j, &out, NULL, &t, &e);
     }
     if (!rc)

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -188,10 +189,18 @@ int main(int argc, char **argv)
     sdw_error e;
     pid_t child = spawn_engine(&cfg, ring);
     int64_t restart_at = 0, stop_deadline = 0, started_at = sdw_ring_now_ms();
-    int64_t delay = cfg.engine_restart_delay_ms > 0 ? cfg.engine_restart_delay_ms : 1;
+    const int64_t base_delay = cfg.engine_restart_delay_ms > 0 ? cfg.engine_restart_delay_ms : 1;
+    int64_t delay = base_delay;
     int stopping = 0;
     for (;;) {
+        /* A second at most; less when a new engine is due sooner, so that
+         * engine.restart_delay_ms is the delay, not the next tick. */
         struct timespec tick = {1, 0};
+        if (!stopping && child == 0) {
+            int64_t left = restart_at - sdw_ring_now_ms();
+            left = left < 1 ? 1 : left > 1000 ? 1000 : left;
+            tick = (struct timespec){left / 1000, (left % 1000) * 1000000};
+        }
         int sig = sigtimedwait(&set, NULL, &tick);
         if ((sig == SIGTERM || sig == SIGINT) && !stopping) {
             stopping = 1;
@@ -219,23 +228,33 @@ int main(int argc, char **argv)
              * does not load) left its reason in the ring: keep it. */
             char why[400];
             sdw_engine_info info;
-            if (sdw_ring_engine_status(ring, &info, &e) == 0 && info.state == SDW_ENGINE_DEAD && info.reason[0])
-                snprintf(why, sizeof why, "%s", info.reason);
-            else
+            bool was_ready = false;
+            if (sdw_ring_engine_status(ring, &info, &e) == 0) {
+                was_ready = info.state == SDW_ENGINE_READY;
+                if (info.state == SDW_ENGINE_DEAD && info.reason[0])
+                    snprintf(why, sizeof why, "%s", info.reason);
+                else
+                    describe_exit(status, why, sizeof why);
+            } else {
                 describe_exit(status, why, sizeof why);
+            }
             int failed = sdw_ring_engine_died(ring, why, &e);
             sdw_log(SDW_LOG_WARN, "%s; %d running job(s) failed", why, failed < 0 ? 0 : failed);
-            /* An engine that dies soon after starting (no device, a model
-             * that fails to load) is retried ever more slowly, up to a
-             * minute; /ready reports why meanwhile. */
+            /* An engine that dies soon after starting, before it got ready
+             * (no device, a model that fails to load), is retried ever
+             * more slowly, up to a minute; /ready reports why meanwhile.
+             * One that was ready (killed, crashed on a job) is replaced
+             * after engine.restart_delay_ms, however soon. */
             int64_t now = sdw_ring_now_ms();
-            delay = now - started_at < 10000 ? (delay * 2 < 60000 ? delay * 2 : 60000) : cfg.engine_restart_delay_ms;
+            delay = !was_ready && now - started_at < 10000 ? (delay * 2 < 60000 ? delay * 2 : 60000)
+                                                           : base_delay;
             restart_at = now + delay;
         }
         if (stopping && child == 0)
             break;
         if (!stopping && child == 0 && sdw_ring_now_ms() >= restart_at) {
             sdw_log(SDW_LOG_INFO, "starting a new engine");
+            sdw_ring_count_restart(ring);
             started_at = sdw_ring_now_ms();
             child = spawn_engine(&cfg, ring);
         }

@@ -255,6 +255,7 @@ def auth():
 def http():
     f = lambda *v: b"\0".join(x.encode() if isinstance(x, str) else x for x in v)
     write("http", "ok-health", f("/health"))
+    write("http", "ok-metrics", f("", "", "", "/metrics?x=1"))
     write("http", "ok-path-info", f("/v1", "/jobs"))
     write("http", "ok-document-uri", f("", "", "/v1/jobs/job-0123456789abcdef0123456789abcdef/stream"))
     write("http", "ok-request-uri", f("", "", "", "/v1/pool/status?full", "full"))
