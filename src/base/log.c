@@ -25,11 +25,6 @@ void sdw_log_set_level(sdw_log_level level)
     log_level = level;
 }
 
-int sdw_log_enabled(sdw_log_level level)
-{
-    return level <= log_level;
-}
-
 void sdw_log(sdw_log_level level, const char *fmt, ...)
 {
     if (level > log_level)

@@ -24,9 +24,6 @@ const char *sdw_log_level_name(sdw_log_level l);
  * lines say "sdworker" and the level is info. */
 void sdw_log_init(const char *program, sdw_log_level level);
 void sdw_log_set_level(sdw_log_level level);
-/* Whether a line of this level would be written (to skip costly formatting). */
-int sdw_log_enabled(sdw_log_level level);
-
 void sdw_log(sdw_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

@@ -1,5 +1,6 @@
 #include "pool/http.h"
 
+#include "base/clock.h"
 #include "contract/contract.h"
 #include "image/image.h"
 #include "pool/metrics.h"
@@ -223,11 +224,8 @@ static bool engine_gone(sdw_ring *ring, char *reason, size_t n)
     sdw_error e = { 0 };
     if (sdw_ring_engine_status(ring, &info, &e) < 0 || info.state != SDW_ENGINE_DEAD)
         return false;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     snprintf(reason, n, "%s", info.reason);
-    return now - info.heartbeat_ms > (int64_t)SDW_HTTP_DEAD_ENGINE_S * 1000;
+    return sdw_now_ms() - info.heartbeat_ms > (int64_t)SDW_HTTP_DEAD_ENGINE_S * 1000;
 }
 
 static void served_models(const sdw_config *cfg, char *buf, size_t n)
