@@ -8,8 +8,8 @@ byte-identical files.
 Usage (from anywhere):
     /opt/sdw-ref/bin/python tests/reference/make_fixtures.py [--only GROUP ...]
 
-Groups: tokens, randn, models, embeds. 'embeds' reads the models from disk,
-so it needs 'models' to have been run once.
+Groups: tokens, randn, models, embeds, today. 'embeds' and 'today' read the
+models from disk, so they need 'models' to have been run once.
 """
 
 import argparse
@@ -288,8 +288,55 @@ def make_embeds():
 
 
 # --------------------------------------------------------------------------
+# today's layout
 
-GROUPS = ["tokens", "randn", "models", "embeds"]
+
+TODAY = {"tiny-a-today": "tiny-a"}
+
+
+@torch.no_grad()
+def make_today():
+    """Re-save a fixture model with today's save_pretrained.
+
+    tiny-a itself stays in the layout transformers 4 wrote (vocab.json and
+    merges.txt, text encoder tensors under text_model.); tiny-a-today holds
+    the same weights as diffusers 0.42 + transformers 5 write them (only
+    tokenizer.json + tokenizer_config.json, tensors without the prefix), so a
+    loader must read both to the same numbers.
+    """
+    from safetensors import safe_open
+
+    for name, src in TODAY.items():
+        out = os.path.join(MODELS, name)
+        pipe = load_pipeline(src)
+        # transformers 5 saves a model loaded from a text_model.-prefixed file
+        # under those names again; a model it builds itself (what a user's
+        # own pipeline is) has none. So the text encoder is rebuilt fresh.
+        from transformers import CLIPTextModel
+        fresh = CLIPTextModel(pipe.text_encoder.config)
+        fresh.load_state_dict(pipe.text_encoder.state_dict())
+        pipe.register_modules(text_encoder=fresh)
+        pipe.to(TINY[src]["dtype"])
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        pipe.save_pretrained(out, safe_serialization=True)
+        tokdir = os.path.join(out, "tokenizer")
+        assert sorted(os.listdir(tokdir)) == ["tokenizer.json", "tokenizer_config.json"], os.listdir(tokdir)
+        with safe_open(os.path.join(out, "text_encoder", "model.safetensors"), "pt") as f:
+            keys = list(f.keys())
+        assert keys and not any(k.startswith("text_model.") for k in keys), keys[:3]
+        back = load_pipeline(name)
+        old = load_pipeline(src)
+        for comp in ("text_encoder", "unet", "vae"):
+            a = dict(getattr(old, comp).named_parameters())
+            for pname, p in getattr(back, comp).named_parameters():
+                assert torch.equal(p, a[pname]), f"{name}/{comp}/{pname} differs from {src}"
+        assert back.tokenizer(PROMPTS).input_ids == old.tokenizer(PROMPTS).input_ids
+
+
+# --------------------------------------------------------------------------
+
+GROUPS = ["tokens", "randn", "models", "embeds", "today"]
 
 
 def main():
@@ -315,6 +362,8 @@ def main():
             make_models(tok)
         if "embeds" in groups:
             make_embeds()
+        if "today" in groups:
+            make_today()
 
     import check_fixtures
     check_fixtures.main()
