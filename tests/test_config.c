@@ -1,5 +1,6 @@
 /* The configuration parser: defaults, every key, rejected values with their
  * file:line, duplicates, overrides, models, and the dump round trip. */
+#include "base/sampler.h"
 #include "config/config.h"
 #include "tap.h"
 
@@ -305,12 +306,54 @@ static void test_api_keys(void)
            "API key count limit: %s", err.msg);
 }
 
+static void test_model_options(void)
+{
+    sdw_config c;
+    int rc = parse(&c, "model.turbo = /m/sd-turbo\nmodel.turbo.steps = 1\nmodel.turbo.guidance = 0\n"
+                       "model.turbo.size = 512x512\nmodel.turbo.sampler = euler_a\n"
+                       "model.v2 = /m/v2.safetensors\nmodel.v2.prediction = v\nmodel.v2.size=768x640\n"
+                       "model.plain = /m/plain\n");
+    const sdw_config_model *t = sdw_config_model_find(&c, "turbo"), *v = sdw_config_model_find(&c, "v2"),
+                           *p = sdw_config_model_find(&c, "plain");
+    tap_ok(rc == 0 && c.n_models == 3 && t && v && p, "models with options parse (%s)", err.msg);
+    if (!t || !v || !p)
+        return;
+    tap_ok(t->steps == 1 && t->guidance == 0 && t->width == 512 && t->height == 512 && t->sampler == SDW_SAMPLER_EULER_A &&
+           !t->prediction[0], "turbo's steps, guidance, size and sampler");
+    tap_ok(!strcmp(v->prediction, "v_prediction") && v->width == 768 && v->height == 640 && !v->steps &&
+           v->guidance < 0 && v->sampler < 0, "v2's prediction (v is v_prediction) and size; the rest unset");
+    tap_ok(!p->steps && p->guidance < 0 && !p->width && p->sampler < 0 && !p->prediction[0], "no options: all unset");
+    tap_ok(!strcmp(t->path, "/m/sd-turbo"), "an option does not touch the model's path");
+
+    rejects("model.a.steps = 4\nmodel.a = /a\n", "no model \"a\" defined before this line");
+    rejects("model.a = /a\nmodel.a.steps = 0\n", "t.conf:2: model.a.steps: expected an integer in [1,150]");
+    rejects("model.a = /a\nmodel.a.steps = 4x\n", "model.a.steps: expected an integer");
+    rejects("model.a = /a\nmodel.a.guidance = 31\n", "model.a.guidance: expected a number in [0,30]");
+    rejects("model.a = /a\nmodel.a.guidance = nan\n", "expected a number in [0,30]");
+    rejects("model.a = /a\nmodel.a.size = 512\n", "model.a.size: expected WIDTHxHEIGHT");
+    rejects("model.a = /a\nmodel.a.size = 500x512\n", "each a multiple of 8 in [64,2048]");
+    rejects("model.a = /a\nmodel.a.size = 512x4096\n", "expected WIDTHxHEIGHT");
+    rejects("model.a = /a\nmodel.a.sampler = heun\n", "model.a.sampler: expected one of");
+    rejects("model.a = /a\nmodel.a.prediction = sample\n", "expected epsilon or v_prediction");
+    rejects("model.a = /a\nmodel.a.steps = 4\nmodel.a.steps = 5\n", "duplicate key (first set at line 2)");
+
+    /* A dotted model name keeps working; its options follow it. */
+    rc = parse(&c, "model.sd2.1 = /m/21\nmodel.sd2.1.steps = 25\n");
+    const sdw_config_model *d = sdw_config_model_find(&c, "sd2.1");
+    tap_ok(rc == 0 && d && d->steps == 25, "options of a dotted model name (%s)", err.msg);
+
+    sdw_error e = {0};
+    tap_ok(sdw_config_set(&c, "model.sd2.1.guidance = 3.5", &e) == 0 && d->guidance == 3.5 && d->steps == 25,
+           "a command-line override sets one option (%s)", e.msg);
+}
+
 static void test_dump_roundtrip(void)
 {
     sdw_config a, b;
     parse(&a, "listen = localhost:9001\npm = static\nring.name=/x\nring.image_bytes = 2M\n"
               "device = cuda:3\nlog_level = warn\nmodel.one = \"/p with \\\"q\\\" # and \\\\\"\n"
-              "model.two = /two\n"
+              "model.two = /two\nmodel.two.steps = 4\nmodel.two.guidance = 1.25\nmodel.two.size = 768x512\n"
+              "model.two.sampler = ddim\nmodel.two.prediction = v_prediction\n"
               "api_key.alice = sha256:" H1 "\napi_key.ops = sha256:" H2 " admin max_queued=3 per_minute=9\n");
     char *buf = NULL;
     size_t len = 0;
@@ -320,6 +363,10 @@ static void test_dump_roundtrip(void)
     tap_ok(strstr(buf, "model.one = \"/p with \\\"q\\\" # and \\\\\"\n") != NULL,
            "dump quotes and escapes a path that needs it");
     tap_ok(strstr(buf, "ring.input_bytes = 0\n# (derived: ") != NULL, "dump shows derived sizes");
+    tap_ok(strstr(buf, "model.two = /two\nmodel.two.steps = 4\nmodel.two.guidance = 1.25\n"
+                       "model.two.size = 768x512\nmodel.two.sampler = ddim\nmodel.two.prediction = v_prediction\n") !=
+               NULL,
+           "dump writes a model's options after it");
     tap_ok(strstr(buf, "api_key.alice = sha256:" H1 "\napi_key.ops = sha256:" H2
                        " admin max_queued=3 per_minute=9\n") != NULL, "dump writes API keys with their options");
     sdw_config_defaults(&b);
@@ -393,6 +440,7 @@ int main(void)
     test_overrides();
     test_models_limit();
     test_api_keys();
+    test_model_options();
     test_dump_roundtrip();
     test_load();
     test_sample();

@@ -41,6 +41,12 @@ static char *xform(const char *op, const char *extra)
     return fmt_alloc("{\"operation\":\"%s\",\"hive_id\":\"h\",\"model\":\"sd15\",\"prompt\":\"a cat\"%s}", op, extra);
 }
 
+static char *xform_model(const char *model, const char *op, const char *extra)
+{
+    return fmt_alloc("{\"operation\":\"%s\",\"hive_id\":\"h\",\"model\":\"%s\",\"prompt\":\"a cat\","
+                     "\"init_image\":\"%s\"%s}", op, model, png_b64, extra);
+}
+
 static int parse_str(const char *body, sdw_job_request *r, sdw_api_error *e, const sdw_contract_limits *lim)
 {
     memset(e, 0, sizeof *e);
@@ -873,6 +879,64 @@ static void test_serialize(void)
     free(b);
 }
 
+/* A Turbo-like model with its own defaults, and one (sd2) with only a size. */
+static void turbo_defaults(void *ctx, const char *model, sdw_contract_defaults *d)
+{
+    (*(int *)ctx)++;
+    if (!strcmp(model, "turbo")) {
+        d->steps = 1;
+        d->guidance_scale = 0;
+        d->sampler = SDW_SAMPLER_EULER_A;
+    } else if (!strcmp(model, "sd2")) {
+        d->width = d->height = 768;
+    }
+}
+
+static void test_model_defaults(void)
+{
+    int calls = 0;
+    sdw_contract_limits lim = sdw_contract_default_limits();
+    lim.model_defaults = turbo_defaults;
+    lim.model_defaults_ctx = &calls;
+    sdw_job_request r;
+    sdw_api_error e;
+    char *b = fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"turbo\","
+                        "\"prompt\":\"a cat\"}");
+    int rc = parse_str(b, &r, &e, &lim);
+    tap_ok(rc == 0 && calls == 1 && r.steps == 1 && r.guidance_scale == 0 && r.sampler == SDW_SAMPLER_EULER_A &&
+               r.width == 512,
+           "a bare request takes the model's steps, guidance and sampler (%d %g %d)", r.steps, r.guidance_scale,
+           r.sampler);
+    if (!rc)
+        sdw_job_request_free(&r);
+    free(b);
+    b = fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"turbo\","
+                  "\"prompt\":\"a cat\",\"steps\":4,\"guidance_scale\":1.5,\"sampler\":\"ddim\",\"eta\":0.5}");
+    rc = parse_str(b, &r, &e, &lim);
+    tap_ok(rc == 0 && r.steps == 4 && r.guidance_scale == 1.5 && r.sampler == SDW_SAMPLER_DDIM,
+           "fields the request gives win over the model's (%s)", e.message);
+    if (!rc)
+        sdw_job_request_free(&r);
+    free(b);
+    b = fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"sd2\","
+                  "\"prompt\":\"a cat\",\"height\":512}");
+    rc = parse_str(b, &r, &e, &lim);
+    tap_ok(rc == 0 && r.width == 768 && r.height == 512 && r.steps == 20 && r.guidance_scale == 7.5,
+           "a model's size fills the side left out; other defaults stay built in (%dx%d)", r.width, r.height);
+    if (!rc)
+        sdw_job_request_free(&r);
+    free(b);
+    /* Defaults obey the same limits as given values. */
+    lim.max_pixels = 600 * 600;
+    expect_err_lim(fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"sd2\","
+                             "\"prompt\":\"a cat\"}"),
+                   400, SDW_API_INVALID_VALUE, "a model's default size beyond max_pixels", &lim);
+    /* A transform's strength is checked against the model's steps. */
+    lim.max_pixels = 1024 * 1024;
+    expect_err_lim(xform_model("turbo", "image_transform", ",\"strength\":0.5"), 400, SDW_API_INVALID_VALUE,
+                   "strength 0.5 with the model's 1 step", &lim);
+}
+
 int main(void)
 {
     png_b64 = sdw_base64_encode(png_bytes, sizeof png_bytes);
@@ -890,6 +954,7 @@ int main(void)
     test_seed_range();
     test_decode_images();
     test_ring_checks();
+    test_model_defaults();
     free(png_b64);
     free(jpeg_b64);
     return tap_done();

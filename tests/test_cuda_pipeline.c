@@ -54,7 +54,7 @@ static int run(sdw_backend *be, const gen_case *c, float *latents, sdw_gen_timin
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/%s", tap_fixture("models"), c->model);
     sdw_pipeline *p = NULL;
-    int rc = sdw_pipeline_load(&p, be, dir, e);
+    int rc = sdw_pipeline_load(&p, be, dir, NULL, e);
     if (rc)
         return rc;
     sdw_image init = {0}, mask = {0}, out = {0};
@@ -175,7 +175,7 @@ int main(void)
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/%s", tap_fixture("models"), cases[0].model);
     sdw_pipeline *p = NULL;
-    if (tap_ok(sdw_pipeline_load(&p, f16, dir, &e) == 0, "tiny-a loads on fp16")) {
+    if (tap_ok(sdw_pipeline_load(&p, f16, dir, NULL, &e) == 0, "tiny-a loads on fp16")) {
         sdw_gen_params gp = cat_params(4, 64);
         size_t free1 = 0, free2 = 0, total = 0;
         sdw_image out = {0};
@@ -205,7 +205,7 @@ int main(void)
         int trc = sdw_backend_cuda(&trim, 0, SDW_PREC_FP16, &e);
         unsetenv("SDW_CUDA_TRIM");
         if (!trc)
-            trc = sdw_pipeline_load(&pt, trim, dir, &e);
+            trc = sdw_pipeline_load(&pt, trim, dir, NULL, &e);
         sdw_image a = {0}, b = {0};
         sdw_gen_timings tt;
         size_t nlat = (size_t)4 * 8 * 8;
@@ -243,7 +243,7 @@ int main(void)
         setenv("SDW_FAKE_DEVICE_MIB", mib, 1);
     }
     int src = sdw_backend_cuda(&small, 0, SDW_PREC_FP16, &e);
-    int lrc = src ? src : sdw_pipeline_load(&p, small, dir, &e);
+    int lrc = src ? src : sdw_pipeline_load(&p, small, dir, NULL, &e);
     tap_ok(!src && !lrc, "a backend and the tiny model fit in 48 MiB%s%s", src || lrc ? ": " : "",
            src || lrc ? e.msg : "");
     if (!lrc) {

@@ -34,7 +34,7 @@ static sdw_pipeline *model(const char *name)
     snprintf(dir, sizeof dir, "%s/%s", tap_fixture("models"), name);
     sdw_error e;
     sdw_pipeline *p = NULL;
-    int rc = sdw_pipeline_load(&p, be, dir, &e);
+    int rc = sdw_pipeline_load(&p, be, dir, NULL, &e);
     tap_ok(rc == 0, "%s loads%s%s", name, rc ? ": " : "", rc ? e.msg : "");
     if (rc || nmodels == 8)
         return NULL;

@@ -1085,6 +1085,39 @@ static void test_metrics(void)
     drop_ring(r);
 }
 
+/* The engine's model table, as another process (the pool) reads it. */
+static void test_models(void)
+{
+    sdw_ring *r = make_ring(4, 4, 0, 0);
+    if (!r) {
+        tap_skip("no ring");
+        return;
+    }
+    sdw_error e = {0};
+    sdw_ring_model got[SDW_RING_MAX_MODELS];
+    tap_ok(sdw_ring_models(r, got, SDW_RING_MAX_MODELS, &e) == 0, "no models before the engine publishes them");
+    sdw_ring_model m[2] = {{"sd21", "sd2", "v_prediction", 0, 768, 768}, {"inpaint", "sd1", "epsilon", 1, 512, 512}};
+    tap_ok(sdw_ring_set_models(r, m, 2, &e) == 0, "the engine publishes two models (%s)", e.msg);
+    sdw_ring *other = NULL;
+    int rc = sdw_ring_open(ring_name, &other, &e);
+    int n = rc ? -1 : sdw_ring_models(other, got, SDW_RING_MAX_MODELS, &e);
+    tap_ok(n == 2 && !memcmp(got, m, sizeof m), "another attachment reads them back (%d)", n);
+    tap_ok(rc == 0 && sdw_ring_models(other, got, 1, &e) == 2 && !memcmp(got, m, sizeof m[0]),
+           "a short buffer gets the first ones and the full count");
+    tap_ok(sdw_ring_set_models(r, m, SDW_RING_MAX_MODELS + 1, &e) == SDW_EINVAL, "too many models are refused");
+    sdw_ring_model bad = m[0];
+    memset(bad.family, 'x', sizeof bad.family);
+    tap_ok(sdw_ring_set_models(r, &bad, 1, &e) == SDW_EINVAL &&
+               sdw_ring_models(r, got, SDW_RING_MAX_MODELS, &e) == 2,
+           "an unterminated field is refused and the table kept");
+    tap_ok(sdw_ring_set_models(r, m + 1, 1, &e) == 0 && sdw_ring_models(r, got, SDW_RING_MAX_MODELS, &e) == 1 &&
+               !strcmp(got[0].name, "inpaint"),
+           "a new engine's table replaces the old one");
+    if (other)
+        sdw_ring_close(other);
+    drop_ring(r);
+}
+
 int main(void)
 {
     test_table();
@@ -1105,5 +1138,6 @@ int main(void)
     test_robust();
     test_producers();
     test_metrics();
+    test_models();
     return tap_done();
 }

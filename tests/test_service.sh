@@ -22,7 +22,9 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 # No SDW_DATA_DIR either: start-service must find the tree's data itself.
 unset SDW_DATA_DIR
 # A small warm-up, which the CPU does not get by default.
-export SDW_BUILD_DIR=$bld SDW_RUN_DIR=$run SDW_PORT=$port SDW_OPTS="engine.warmup=64"
+# Per-model request defaults, as an SD-Turbo model would have them.
+export SDW_BUILD_DIR=$bld SDW_RUN_DIR=$run SDW_PORT=$port \
+  SDW_OPTS="engine.warmup=64 model.tiny.steps=3 model.tiny.guidance=0 model.tiny.size=64x72"
 url=http://127.0.0.1:$port
 cleanup() { "$top/scripts/start-service" stop >/dev/null 2>&1; rm -rf "$run"; }
 trap cleanup EXIT
@@ -38,6 +40,17 @@ code=$(curl -s -o "$run/ready.json" -w '%{http_code}' "$url/ready")
 ok $([ "$code" = 200 ] && grep -q '"ready":true' "$run/ready.json"; echo $?) "/ready is 200 once the model is loaded"
 ok $(curl -fs "$url/" | grep -q 'id="generate"'; echo $?) "the demo page is served"
 ok $(grep -q 'model tiny warmed up at 64x64' "$run/engine.log"; echo $?) "the engine warmed the model up before ready"
+ok $(grep -q '"families":{"tiny":"sd1"}' "$run/ready.json"; echo $?) "/ready gives each model's family"
+curl -s "$url/v1/models" >"$run/models.json"
+ok $(grep -q '"name":"tiny","default":true,"family":"sd1","prediction":"epsilon","inpainting":false,"defaults":{"steps":3,"guidance_scale":0.0,"width":64,"height":72,"sampler":null}' "$run/models.json"; echo $?) \
+  "/v1/models gives the family and the request defaults: $(cat "$run/models.json")"
+bare=$(curl -s -H 'Content-Type: application/json' "$url/v1/jobs" \
+  -d '{"operation":"image_generation","hive_id":"h","model":"tiny","prompt":"a bare request","seed":1}' |
+  sed -n 's/.*"job_id":"\([^"]*\)".*/\1/p')
+curl -sN "$url/v1/jobs/$bare/stream" >"$run/bare.sse"
+curl -s "$url/v1/jobs/$bare" >"$run/bare.json"
+ok $(grep -q '"steps":3,"guidance_scale":0.0,"width":64,"height":72' "$run/bare.json" && grep -q '^event: complete' "$run/bare.sse"; echo $?) \
+  "a bare request runs with the model's configured defaults: $(grep -o '"params":.*' "$run/bare.json")"
 
 cli() { "$bld/sdworker" image "$@" --url "$url" --model tiny --quiet; }
 is_png() { [ "$(head -c 8 "$1" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ]; }

@@ -128,24 +128,50 @@
     });
   }
 
-  /* ---- models: {"models":[{"name":...,"default":bool}]}; plain strings tolerated ---- */
+  /* ---- models: {"models":[{"name":...,"default":bool,"family":...,"defaults":{...}}]};
+   * plain strings tolerated ---- */
 
   var modelsTimer = null;
+  var modelDefaults = {};
+  var defaultsShownFor = null;
+
+  /* A model's own defaults (an SD-Turbo model's 1 step without guidance,
+   * SD 2.1's 768x768) replace the form's values when it is chosen. */
+  function applyModelDefaults() {
+    var d = modelDefaults[$('model').value];
+    if (!d) return;
+    defaultsShownFor = $('model').value;
+    if (d.steps) $('steps').value = d.steps;
+    if (typeof d.guidance_scale === 'number') $('guidance').value = d.guidance_scale;
+    if (d.width) $('width').value = d.width;
+    if (d.height) $('height').value = d.height;
+    $('sampler').value = d.sampler || '';
+  }
+
   function loadModels() {
     var sel = $('model');
     clearTimeout(modelsTimer);
     fetchJSON('/v1/models').then(function (r) {
       var list = (r.body && (r.body.models || r.body.data)) || [];
+      var chosen = sel.value;
       sel.textContent = '';
+      modelDefaults = {};
+      var pending = false;
       list.forEach(function (m) {
         var name = typeof m === 'string' ? m : (m.name || m.id);
         if (!name) return;
         var o = document.createElement('option');
         o.value = name;
-        o.textContent = name;
+        o.textContent = m.family ? name + ' (' + m.family + (m.inpainting ? ', inpainting' : '') + ')' : name;
         if (m.default) o.selected = true;
+        if (m.defaults) modelDefaults[name] = m.defaults;
+        /* family is null until the engine has loaded the models */
+        if (typeof m === 'object' && m.family === null) pending = true;
         sel.appendChild(o);
       });
+      if (chosen && Array.prototype.some.call(sel.options, function (o) { return o.value === chosen; })) sel.value = chosen;
+      if (defaultsShownFor !== sel.value) applyModelDefaults();
+      if (pending) modelsTimer = setTimeout(loadModels, 5000);
       if (!sel.options.length) {
         var o = document.createElement('option');
         o.value = '';
@@ -519,6 +545,7 @@
   if (st && st.getItem(KEY_STORE)) $('api-key').value = st.getItem(KEY_STORE);
   $('api-key').addEventListener('change', keyChanged);
   op.addEventListener('change', updateFields);
+  $('model').addEventListener('change', applyModelDefaults);
   form.addEventListener('submit', submit);
   $('cancel').addEventListener('click', cancel);
   $('init-image').addEventListener('change', function () { loadInitImage(this.files[0]); });

@@ -1,5 +1,7 @@
 #include "config/config.h"
 
+#include "base/sampler.h"
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
@@ -218,6 +220,102 @@ static bool entry_name_ok(const char *n)
     return true;
 }
 
+/* model.<name>.<option>: the request defaults of sdw_config_model. */
+enum model_opt { OPT_STEPS, OPT_GUIDANCE, OPT_SIZE, OPT_SAMPLER, OPT_PREDICTION, N_MODEL_OPTS };
+static const char *const model_opt_names[N_MODEL_OPTS] = {"steps", "guidance", "size", "sampler", "prediction"};
+
+/* The option that key's last dot-separated part names, or -1; *name_len is
+ * the length of the model name before it. */
+static int model_option_of(const char *key, size_t *name_len)
+{
+    const char *dot = strrchr(key, '.');
+    if (!dot)
+        return -1;
+    for (int i = 0; i < N_MODEL_OPTS; i++)
+        if (!strcmp(dot + 1, model_opt_names[i])) {
+            *name_len = (size_t)(dot - key);
+            return i;
+        }
+    return -1;
+}
+
+static int find_model(const sdw_config *c, const char *name, size_t n)
+{
+    for (int i = 0; i < c->n_models; i++)
+        if (strlen(c->models[i].name) == n && !memcmp(c->models[i].name, name, n))
+            return i;
+    return -1;
+}
+
+static int parse_side(const char *s, char **end)
+{
+    errno = 0;
+    long v = strtol(s, end, 10);
+    if (errno || *end == s || v < 64 || v > 2048 || v % 8)
+        return -1;
+    return (int)v;
+}
+
+/* Returns the option's index, or a negative status. */
+static int set_model_option(sdw_config *c, const char *rest, const char *v, const char *where,
+                            const char *key, sdw_error *e)
+{
+    size_t n;
+    int opt = model_option_of(rest, &n);
+    int i = find_model(c, rest, n);
+    if (i < 0)
+        return bad(e, where, key, "no model \"%.*s\" defined before this line (model.%.*s = <path>)",
+                   (int)n, rest, (int)n, rest);
+    sdw_config_model *m = &c->models[i];
+    char *end;
+    switch ((enum model_opt)opt) {
+    case OPT_STEPS: {
+        errno = 0;
+        long x = strtol(v, &end, 10);
+        if (errno || end == v || *end || x < 1 || x > 150)
+            return bad(e, where, key, "expected an integer in [1,150]");
+        m->steps = (int)x;
+        break;
+    }
+    case OPT_GUIDANCE: {
+        errno = 0;
+        double x = strtod(v, &end);
+        if (errno || end == v || *end || !(x >= 0 && x <= 30))
+            return bad(e, where, key, "expected a number in [0,30]");
+        m->guidance = x;
+        break;
+    }
+    case OPT_SIZE: {
+        int w = parse_side(v, &end), h = -1;
+        if (w > 0 && *end == 'x')
+            h = parse_side(end + 1, &end);
+        if (w < 0 || h < 0 || *end)
+            return bad(e, where, key, "expected WIDTHxHEIGHT, each a multiple of 8 in [64,2048]");
+        m->width = w;
+        m->height = h;
+        break;
+    }
+    case OPT_SAMPLER: {
+        int x = sdw_sampler_parse(v);
+        if (x < 0)
+            return bad(e, where, key, "expected one of %s", sdw_sampler_names);
+        m->sampler = x;
+        break;
+    }
+    case OPT_PREDICTION:
+        if (!strcmp(v, "epsilon"))
+            strcpy(m->prediction, "epsilon");
+        else if (!strcmp(v, "v") || !strcmp(v, "v_prediction"))
+            strcpy(m->prediction, "v_prediction");
+        else
+            return bad(e, where, key, "expected epsilon or v_prediction (or v)");
+        break;
+    case N_MODEL_OPTS:
+        break;
+    }
+    return i * N_MODEL_OPTS + opt;
+}
+
 /* Returns the index of the model set, or a negative status. */
 static int set_model(sdw_config *c, const char *name, const char *v, const char *basedir,
                      const char *where, const char *key, sdw_error *e)
@@ -242,7 +340,10 @@ static int set_model(sdw_config *c, const char *name, const char *v, const char 
         if (c->n_models == SDW_CONFIG_MAX_MODELS)
             return bad(e, where, key, "more than %d models", SDW_CONFIG_MAX_MODELS);
         c->n_models++;
+        memset(&c->models[i], 0, sizeof c->models[i]);
         strcpy(c->models[i].name, name);
+        c->models[i].guidance = -1;
+        c->models[i].sampler = -1;
     }
     strcpy(c->models[i].path, path);
     return i;
@@ -457,6 +558,9 @@ static int split_line(char *s, char **key, char **val, const char *where, sdw_er
 static int assign(sdw_config *c, const char *key, const char *val, const char *basedir,
                   const char *where, sdw_error *e)
 {
+    size_t n;
+    if (!strncmp(key, "model.", 6) && model_option_of(key + 6, &n) >= 0)
+        return set_model_option(c, key + 6, val, where, key, e);
     if (!strncmp(key, "model.", 6))
         return set_model(c, key + 6, val, basedir, where, key, e);
     if (!strncmp(key, "api_key.", 8))
@@ -483,6 +587,7 @@ int sdw_config_parse(sdw_config *c, const char *text, size_t len, const char *or
      * text, to report duplicates with both line numbers. */
     int key_line[N_KEYS] = { 0 };
     int model_line[SDW_CONFIG_MAX_MODELS] = { 0 };
+    int option_line[SDW_CONFIG_MAX_MODELS * N_MODEL_OPTS] = { 0 };
     int api_key_line[SDW_CONFIG_MAX_KEYS] = { 0 };
     int rc = 0, lineno = 0;
     char *line = buf;
@@ -503,7 +608,13 @@ int sdw_config_parse(sdw_config *c, const char *text, size_t len, const char *or
         } else if (n > 0) {
             /* Checked before assigning so that a rejected line changes nothing. */
             int *seen = NULL;
-            if (!strncmp(key, "model.", 6)) {
+            size_t name_len;
+            int opt = !strncmp(key, "model.", 6) ? model_option_of(key + 6, &name_len) : -1;
+            if (opt >= 0) {
+                int i = find_model(c, key + 6, name_len);
+                if (i >= 0)
+                    seen = &option_line[i * N_MODEL_OPTS + opt];
+            } else if (!strncmp(key, "model.", 6)) {
                 for (int i = 0; i < c->n_models; i++)
                     if (!strcmp(c->models[i].name, key + 6))
                         seen = &model_line[i];
@@ -522,6 +633,8 @@ int sdw_config_parse(sdw_config *c, const char *text, size_t len, const char *or
                 int idx = assign(c, key, val, basedir, where, e);
                 if (idx < 0)
                     rc = idx;
+                else if (opt >= 0)
+                    option_line[idx] = lineno;
                 else if (!strncmp(key, "model.", 6))
                     model_line[idx] = lineno;
                 else if (!strncmp(key, "api_key.", 8))
@@ -707,8 +820,19 @@ int sdw_config_dump(const sdw_config *c, FILE *f)
     }
     for (int i = 0; i < c->n_models; i++) {
         char key[SDW_CONFIG_NAME_MAX + 8];
-        snprintf(key, sizeof key, "model.%s", c->models[i].name);
-        put_str(f, key, c->models[i].path);
+        const sdw_config_model *m = &c->models[i];
+        snprintf(key, sizeof key, "model.%s", m->name);
+        put_str(f, key, m->path);
+        if (m->steps)
+            fprintf(f, "%s.steps = %d\n", key, m->steps);
+        if (m->guidance >= 0)
+            fprintf(f, "%s.guidance = %.17g\n", key, m->guidance);
+        if (m->width)
+            fprintf(f, "%s.size = %dx%d\n", key, m->width, m->height);
+        if (m->sampler >= 0)
+            fprintf(f, "%s.sampler = %s\n", key, sdw_sampler_name(m->sampler));
+        if (m->prediction[0])
+            fprintf(f, "%s.prediction = %s\n", key, m->prediction);
     }
     for (int i = 0; i < c->n_keys; i++) {
         const sdw_config_key *k = &c->keys[i];

@@ -14,7 +14,10 @@
  * Models: `model.<name> = <path>` lines, repeatable with distinct names; the
  * first one listed is the default model. A relative path in a file is
  * relative to the file's directory. Paths are not opened here: the engine
- * reports a missing model when it loads it.
+ * reports a missing model when it loads it. `model.<name>.<option> = value`
+ * sets one of the model's request defaults (sdw_config_model), after its
+ * model.<name> line; so that the two never collide, a model name may not end
+ * in "." followed by an option's name.
  *
  * API keys: `api_key.<name> = sha256:<64 hex digits> [admin] [max_queued=N]
  * [per_minute=N]`, repeatable with distinct names (1-63 of A-Z a-z 0-9 . _ -),
@@ -50,9 +53,21 @@
 
 typedef enum sdw_pm_mode { SDW_PM_STATIC = 0, SDW_PM_DYNAMIC } sdw_pm_mode;
 
+/* What a request that leaves a field out gets for this model
+ * (`model.<name>.<option> = value`). Unset options (0, -1, "") fall back to
+ * what the model itself implies (its image size), then to the contract's
+ * defaults (20 steps, guidance 7.5, the model's scheduler). */
 typedef struct sdw_config_model {
     char name[SDW_CONFIG_NAME_MAX];
     char path[SDW_CONFIG_PATH_MAX];
+    int steps;                      /* .steps [1,150]; 0 = unset */
+    double guidance;                /* .guidance [0,30]; -1 = unset */
+    int width, height;              /* .size = WxH, multiples of 8 in [64,2048]; 0 = unset */
+    int sampler;                    /* .sampler, an sdw_sampler; -1 = unset */
+    /* .prediction = epsilon | v_prediction ("v" is accepted as an alias):
+     * what the UNet predicts, overriding the model's scheduler config or,
+     * for a single file, what its architecture implies. "" = unset. */
+    char prediction[16];
 } sdw_config_model;
 
 typedef struct sdw_config_key {

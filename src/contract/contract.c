@@ -84,6 +84,13 @@ done:
     return out;
 }
 
+sdw_contract_defaults sdw_contract_builtin_defaults(void)
+{
+    return (sdw_contract_defaults){
+        .steps = 20, .guidance_scale = 7.5, .width = 512, .height = 512, .sampler = SDW_JOB_SAMPLER_DEFAULT,
+    };
+}
+
 sdw_contract_limits sdw_contract_default_limits(void)
 {
     return (sdw_contract_limits){
@@ -536,7 +543,6 @@ static int get_sampler(parse_ctx *c, int *out)
     const char *s;
     size_t n;
     int rc = get_str(c, "sampler", 0, &s, &n);
-    *out = SDW_JOB_SAMPLER_DEFAULT;
     if (rc || !s)
         return rc;
     int named = sdw_sampler_parse(s);
@@ -561,10 +567,14 @@ static int parse_fields(parse_ctx *c, sdw_operation op, sdw_job_request *r)
     if (n >= SDW_ID_FIELD_MAX || !valid_model_name(s, n))
         return bad(c, "model", "1-255 characters of [A-Za-z0-9._/-], not starting with '/' or '.', without '..'");
     memcpy(r->model, s, n + 1);
+    sdw_contract_defaults d = sdw_contract_builtin_defaults();
+    if (c->lim->model_defaults)
+        c->lim->model_defaults(c->lim->model_defaults_ctx, r->model, &d);
+    r->sampler = d.sampler;
     if ((rc = get_prompt(c, "prompt", 1, &r->prompt)) ||
         (rc = get_prompt(c, "negative_prompt", 0, &r->negative_prompt)) ||
-        (rc = get_int(c, "steps", 20, 1, 150, &r->steps)) ||
-        (rc = get_num(c, "guidance_scale", 7.5, 0, 30, 0, &r->guidance_scale)) ||
+        (rc = get_int(c, "steps", d.steps, 1, 150, &r->steps)) ||
+        (rc = get_num(c, "guidance_scale", d.guidance_scale, 0, 30, 0, &r->guidance_scale)) ||
         (rc = get_sampler(c, &r->sampler)) ||
         (rc = get_num(c, "eta", 0, 0, 1, 0, &r->eta)) ||
         (rc = get_int(c, "clip_skip", 0, 0, 11, &r->clip_skip)) ||
@@ -580,8 +590,8 @@ static int parse_fields(parse_ctx *c, sdw_operation op, sdw_job_request *r)
         return sdw_api_fail(c->e, 400, SDW_API_UNSUPPORTED_FEATURE, "LoRA is not supported yet");
 
     if (op == SDW_OPERATION_GENERATE) {
-        if ((rc = get_int(c, "width", 512, SDW_CONTRACT_MIN_SIDE, SDW_CONTRACT_MAX_SIDE, &r->width)) ||
-            (rc = get_int(c, "height", 512, SDW_CONTRACT_MIN_SIDE, SDW_CONTRACT_MAX_SIDE, &r->height)))
+        if ((rc = get_int(c, "width", d.width, SDW_CONTRACT_MIN_SIDE, SDW_CONTRACT_MAX_SIDE, &r->width)) ||
+            (rc = get_int(c, "height", d.height, SDW_CONTRACT_MIN_SIDE, SDW_CONTRACT_MAX_SIDE, &r->height)))
             return rc;
         if (r->width % SDW_CONTRACT_GRID)
             return bad(c, "width", "a multiple of 8");
@@ -823,7 +833,8 @@ int sdw_job_request_deserialize(const unsigned char *buf, size_t len, sdw_job_re
         return sdw_api_fail(e, 400, SDW_API_INVALID_REQUEST, "serialised job request has inconsistent lengths");
     /* The pool enforced its configured limits already; only structure and
      * ranges are checked again here. */
-    sdw_contract_limits open = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX};
+    sdw_contract_limits open = {
+        .max_body_bytes = SIZE_MAX, .max_prompt_bytes = SIZE_MAX, .max_pixels = SIZE_MAX, .max_image_bytes = SIZE_MAX};
     int rc = parse_json((const char *)buf + BLOB_HEADER, pl, &open, 1, req, e);
     if (rc)
         return rc;

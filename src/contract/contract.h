@@ -8,6 +8,9 @@
  *   image_generation  hive_id*, model*, prompt*, negative_prompt (null -> ""),
  *                     steps 20 [1,150], guidance_scale 7.5 [0,30],
  *                     width/height 512 (multiples of 8 in [64,2048],
+ *                     the defaults of steps, guidance_scale, width,
+ *                     height and sampler being the model's own where it
+ *                     has them: sdw_contract_limits.model_defaults;
  *                     width*height <= limits.max_pixels), seed (absent/null ->
  *                     random over all of [0,2^64-1]; else an integer in
  *                     [0,2^64-1] or a decimal string of one), worker_id,
@@ -131,11 +134,29 @@ int sdw_api_fail_field(sdw_api_error *e, int http_status, const char *code, cons
  * Returns a malloc'd NUL-terminated string, or NULL when out of memory. */
 char *sdw_api_error_json(const sdw_api_error *e);
 
+/* What a request gets for the fields it leaves out. */
+typedef struct sdw_contract_defaults {
+    int steps;                /* 20 */
+    double guidance_scale;    /* 7.5 */
+    int width, height;        /* 512 x 512 */
+    int sampler;              /* SDW_JOB_SAMPLER_DEFAULT */
+} sdw_contract_defaults;
+
+sdw_contract_defaults sdw_contract_builtin_defaults(void);
+
 typedef struct sdw_contract_limits {
     size_t max_body_bytes;    /* whole request body (default 8 MiB) */
     size_t max_prompt_bytes;  /* prompt and negative_prompt, UTF-8 bytes (default 4096) */
     size_t max_pixels;        /* width*height (default 1024*1024) */
     size_t max_image_bytes;   /* each decoded init/mask image file (default 2 MiB) */
+    /* Per-model defaults (NULL: the built-in ones for every model): called
+     * once the model field is read, with *d holding the built-in defaults,
+     * to replace those the named model has its own of (an SD-Turbo model's
+     * one step without guidance, an SD 2.1 model's 768x768). A model it does
+     * not know keeps the built-in ones; the caller reports it. Fields given
+     * in the request are validated as always, defaults as if given. */
+    void (*model_defaults)(void *ctx, const char *model, sdw_contract_defaults *d);
+    void *model_defaults_ctx;
 } sdw_contract_limits;
 
 /* The defaults above, suited to 512x512 work: two images fit in the default

@@ -98,7 +98,8 @@ static int load_parts(sdw_pipeline *p, sdw_error *e)
     return SDW_OK;
 }
 
-int sdw_pipeline_load(sdw_pipeline **out, sdw_backend *be, const char *model_path, sdw_error *e)
+int sdw_pipeline_load(sdw_pipeline **out, sdw_backend *be, const char *model_path, const sdw_pipeline_options *o,
+                      sdw_error *e)
 {
     sdw_pipeline *p = calloc(1, sizeof *p);
     if (!p)
@@ -117,6 +118,24 @@ int sdw_pipeline_load(sdw_pipeline **out, sdw_backend *be, const char *model_pat
     }
     *out = p;
     return SDW_OK;
+}
+
+void sdw_pipeline_describe(const sdw_pipeline *p, sdw_pipeline_info *info)
+{
+    const sdw_unet_config *u = sdw_unet_config_of(p->unet);
+    json_object *v;
+    info->family = p->model.clip.hidden_size == 1024 ? "sd2" : "sd1";
+    info->prediction = p->model.scheduler_config &&
+                               json_object_object_get_ex(p->model.scheduler_config, "prediction_type", &v) &&
+                               json_object_is_type(v, json_type_string) &&
+                               !strcmp(json_object_get_string(v), "v_prediction")
+                           ? "v_prediction"
+                           : "epsilon";
+    info->inpaint = u->in_channels != p->latent_channels;
+    info->width = info->height = 512;
+    if (p->model.unet_config && json_object_object_get_ex(p->model.unet_config, "sample_size", &v) &&
+        json_object_is_type(v, json_type_int) && json_object_get_int(v) > 0)
+        info->width = info->height = json_object_get_int(v) * p->scale;
 }
 
 const char *sdw_pipeline_sampler(const sdw_pipeline *p, const char *requested)

@@ -65,8 +65,28 @@ typedef struct sdw_pipeline sdw_pipeline;
  * non-zero to cancel: generation then stops with SDW_ECANCELLED. */
 typedef int (*sdw_gen_callback)(void *ctx, sdw_pipeline *p, int step, int total);
 
-int sdw_pipeline_load(sdw_pipeline **p, sdw_backend *be, const char *model_path, sdw_error *e);
+/* How a model is to be run where its files do not say, or say wrong. */
+typedef struct sdw_pipeline_options {
+    /* "epsilon" or "v_prediction" over the model's scheduler config (or, for
+     * a single file, over what its architecture implies); NULL or "" keeps
+     * the model's. */
+    const char *prediction;
+} sdw_pipeline_options;
+
+/* options may be NULL (the model's own settings). */
+int sdw_pipeline_load(sdw_pipeline **p, sdw_backend *be, const char *model_path, const sdw_pipeline_options *options,
+                      sdw_error *e);
 void sdw_pipeline_free(sdw_pipeline *p);
+
+/* What was loaded, as the service lists it. */
+typedef struct sdw_pipeline_info {
+    const char *family;     /* "sd1", "sd2" */
+    const char *prediction; /* "epsilon", "v_prediction" */
+    int inpaint;            /* a 9-channel inpainting UNet */
+    int width, height;      /* the size the model was trained at: its default */
+} sdw_pipeline_info;
+
+void sdw_pipeline_describe(const sdw_pipeline *p, sdw_pipeline_info *info);
 
 /* The VAE's downscale (8 for SD 1.x) and the UNet's input channels (4, or 9
  * for inpainting models). */

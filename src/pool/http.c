@@ -236,6 +236,49 @@ static void served_models(const sdw_config *cfg, char *buf, size_t n)
         k += (size_t)snprintf(buf + k, n - k, "%s%s", i ? ", " : "", cfg->models[i].name);
 }
 
+/* The engine's entry for the model called name, or NULL before it has
+ * published its table. */
+static const sdw_ring_model *ring_model(const sdw_ring_model *table, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(table[i].name, name))
+            return &table[i];
+    return NULL;
+}
+
+/* The request defaults of a model: the configuration's model.<name>.*
+ * options, else the size the engine found the model trained at, else the
+ * contract's own. */
+static void apply_model_defaults(const sdw_config_model *m, const sdw_ring_model *rm, sdw_contract_defaults *d)
+{
+    if (rm && rm->width > 0 && rm->height > 0) {
+        d->width = rm->width;
+        d->height = rm->height;
+    }
+    if (m->width) {
+        d->width = m->width;
+        d->height = m->height;
+    }
+    if (m->steps)
+        d->steps = m->steps;
+    if (m->guidance >= 0)
+        d->guidance_scale = m->guidance;
+    if (m->sampler >= 0)
+        d->sampler = m->sampler;
+}
+
+static void model_defaults(void *vctx, const char *name, sdw_contract_defaults *d)
+{
+    const sdw_http_ctx *ctx = vctx;
+    const sdw_config_model *m = sdw_config_model_find(ctx->cfg, name);
+    if (!m)
+        return;
+    sdw_ring_model table[SDW_RING_MAX_MODELS];
+    sdw_error e;
+    int n = sdw_ring_models(ctx->ring, table, SDW_RING_MAX_MODELS, &e);
+    apply_model_defaults(m, n > 0 ? ring_model(table, n, m->name) : NULL, d);
+}
+
 /* A refused submission: counted for /metrics, then answered. decoded:
  * sdw_job_request_decode_images refused an image. */
 static void reject(const sdw_http_ctx *ctx, FCGX_Stream *out, const sdw_api_error *err, bool decoded)
@@ -300,6 +343,8 @@ static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_aut
         .max_prompt_bytes = cfg->max_prompt_bytes,
         .max_pixels = cfg->max_pixels,
         .max_image_bytes = cfg->max_image_bytes,
+        .model_defaults = model_defaults,
+        .model_defaults_ctx = (void *)ctx,
     };
     sdw_job_request jr;
     sdw_api_error err = { 0 };
@@ -580,6 +625,18 @@ static json_object *ring_json(const sdw_engine_info *info)
     return r;
 }
 
+/* {"name": {"family": ..., ...}, ...} from the engine's table. */
+static json_object *model_families(const sdw_http_ctx *ctx)
+{
+    sdw_ring_model table[SDW_RING_MAX_MODELS];
+    sdw_error e;
+    int n = sdw_ring_models(ctx->ring, table, SDW_RING_MAX_MODELS, &e);
+    json_object *o = json_object_new_object();
+    for (int i = 0; i < n && i < SDW_RING_MAX_MODELS; i++)
+        json_object_object_add(o, table[i].name, json_object_new_string(table[i].family));
+    return o;
+}
+
 static void ready(const sdw_http_ctx *ctx, FCGX_Stream *out)
 {
     sdw_engine_info info;
@@ -591,6 +648,7 @@ static void ready(const sdw_http_ctx *ctx, FCGX_Stream *out)
     json_object_object_add(o, "timestamp", json_now());
     if (ok) {
         json_object_object_add(o, "models", model_names(ctx->cfg));
+        json_object_object_add(o, "families", model_families(ctx));
     } else {
         char reason[sizeof e.msg + 16];
         if (rc < 0)
@@ -608,13 +666,34 @@ static void ready(const sdw_http_ctx *ctx, FCGX_Stream *out)
     reply_json(out, ok ? 200 : 503, o);
 }
 
-static void models(const sdw_config *cfg, FCGX_Stream *out)
+/* Each model with what the engine found in it (null before it has loaded
+ * them) and the defaults a request for it gets. */
+static void models(const sdw_http_ctx *ctx, FCGX_Stream *out)
 {
+    const sdw_config *cfg = ctx->cfg;
+    sdw_ring_model table[SDW_RING_MAX_MODELS];
+    sdw_error e;
+    int n = sdw_ring_models(ctx->ring, table, SDW_RING_MAX_MODELS, &e);
     json_object *a = json_object_new_array();
     for (int i = 0; i < cfg->n_models; i++) {
+        const sdw_config_model *cm = &cfg->models[i];
+        const sdw_ring_model *rm = n > 0 ? ring_model(table, n, cm->name) : NULL;
         json_object *m = json_object_new_object();
-        json_object_object_add(m, "name", json_object_new_string(cfg->models[i].name));
+        json_object_object_add(m, "name", json_object_new_string(cm->name));
         json_object_object_add(m, "default", json_object_new_boolean(i == 0));
+        json_object_object_add(m, "family", rm ? json_object_new_string(rm->family) : NULL);
+        json_object_object_add(m, "prediction", rm ? json_object_new_string(rm->prediction) : NULL);
+        json_object_object_add(m, "inpainting", rm ? json_object_new_boolean(rm->inpaint) : NULL);
+        sdw_contract_defaults d = sdw_contract_builtin_defaults();
+        apply_model_defaults(cm, rm, &d);
+        json_object *dj = json_object_new_object();
+        json_object_object_add(dj, "steps", json_object_new_int(d.steps));
+        json_object_object_add(dj, "guidance_scale", json_object_new_double(d.guidance_scale));
+        json_object_object_add(dj, "width", json_object_new_int(d.width));
+        json_object_object_add(dj, "height", json_object_new_int(d.height));
+        json_object_object_add(dj, "sampler",
+                               d.sampler >= 0 ? json_object_new_string(sdw_sampler_name(d.sampler)) : NULL);
+        json_object_object_add(m, "defaults", dj);
         json_object_array_add(a, m);
     }
     json_object *o = json_object_new_object();
@@ -784,7 +863,7 @@ void sdw_http_handle(const sdw_http_ctx *ctx, FCGX_Request *req)
     switch (r) {
     case SDW_ROUTE_HEALTH: if (get) return health(out); break;
     case SDW_ROUTE_READY: if (get) return ready(ctx, out); break;
-    case SDW_ROUTE_MODELS: if (get) return models(ctx->cfg, out); break;
+    case SDW_ROUTE_MODELS: if (get) return models(ctx, out); break;
     case SDW_ROUTE_METRICS: if (get) return metrics(ctx, out, &who); break;
     case SDW_ROUTE_POOL_STATUS:
         if (get)

@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #define RING_MAGIC 0x31474e4952574453ull /* "SDWRING1" */
-#define RING_VERSION 4
+#define RING_VERSION 5
 #define ALIGN(x, a) (((x) + (a) - 1) / (a) * (a))
 /* Room in every log kept back for the terminal error event, so that a job
  * whose progress events filled its log can still report how it ended. The
@@ -92,6 +92,8 @@ struct ring_header {
     int32_t engine_pid;
     int64_t heartbeat_ms;
     char engine_reason[256];
+    uint32_t n_models;
+    sdw_ring_model models[SDW_RING_MAX_MODELS];
     uint64_t evicted;      /* kept results that gave their slot up early */
     struct gone_bucket gone[GONE_BUCKETS];
     struct ring_metrics metrics;
@@ -1551,6 +1553,36 @@ int sdw_ring_set_engine(sdw_ring *r, sdw_engine_state state, pid_t pid, const ch
     clip_utf8(r->h->engine_reason, sizeof r->h->engine_reason, reason ? reason : "");
     ring_unlock(r);
     return 0;
+}
+
+int sdw_ring_set_models(sdw_ring *r, const sdw_ring_model *models, int n, sdw_error *e)
+{
+    if (n < 0 || n > SDW_RING_MAX_MODELS)
+        return sdw_fail(e, SDW_EINVAL, "%d models: the job ring holds at most %d", n, SDW_RING_MAX_MODELS);
+    for (int i = 0; i < n; i++)
+        if (!memchr(models[i].name, '\0', sizeof models[i].name) ||
+            !memchr(models[i].family, '\0', sizeof models[i].family) ||
+            !memchr(models[i].prediction, '\0', sizeof models[i].prediction))
+            return sdw_fail(e, SDW_EINVAL, "model %d: a name field is not terminated", i);
+    int rc = ring_lock(r, e);
+    if (rc)
+        return rc;
+    memcpy(r->h->models, models, (size_t)n * sizeof *models);
+    r->h->n_models = (uint32_t)n;
+    ring_unlock(r);
+    return 0;
+}
+
+int sdw_ring_models(sdw_ring *r, sdw_ring_model *out, int cap, sdw_error *e)
+{
+    int rc = ring_lock(r, e);
+    if (rc)
+        return rc;
+    int n = (int)r->h->n_models, k = n < cap ? n : cap;
+    if (k > 0)
+        memcpy(out, r->h->models, (size_t)k * sizeof *out);
+    ring_unlock(r);
+    return n;
 }
 
 int sdw_ring_heartbeat(sdw_ring *r, sdw_error *e)

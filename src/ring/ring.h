@@ -264,6 +264,24 @@ typedef struct sdw_engine_info {
 } sdw_engine_info;
 
 int sdw_ring_set_engine(sdw_ring *r, sdw_engine_state state, pid_t pid, const char *reason, sdw_error *e);
+
+/* What the engine found in each model it loaded, for the pool's model
+ * listings and request defaults: only the engine opens model files. */
+#define SDW_RING_MAX_MODELS 32
+typedef struct sdw_ring_model {
+    char name[64];
+    char family[16];        /* "sd1", "sd2" */
+    char prediction[16];    /* "epsilon", "v_prediction" */
+    int inpaint;            /* a 9-channel inpainting UNet */
+    int width, height;      /* the size the model was trained at */
+} sdw_ring_model;
+
+/* The engine replaces the table once its models are loaded (at most
+ * SDW_RING_MAX_MODELS; names longer than the field are refused). */
+int sdw_ring_set_models(sdw_ring *r, const sdw_ring_model *models, int n, sdw_error *e);
+/* Copies up to cap entries into out and returns how many there are (0 until
+ * an engine has published them), or a negative sdw_status. */
+int sdw_ring_models(sdw_ring *r, sdw_ring_model *out, int cap, sdw_error *e);
 int sdw_ring_heartbeat(sdw_ring *r, sdw_error *e);
 int sdw_ring_engine_status(sdw_ring *r, sdw_engine_info *info, sdw_error *e);
 

@@ -66,20 +66,38 @@ static int warm_up(engine *g, const sdw_config_model *m, sdw_pipeline *p, int si
     return SDW_OK;
 }
 
+_Static_assert(SDW_CONFIG_MAX_MODELS <= SDW_RING_MAX_MODELS && SDW_CONFIG_NAME_MAX <= sizeof(((sdw_ring_model *)0)->name),
+               "the job ring's model table must hold every configured model");
+
 static int load_models(engine *g, sdw_error *e)
 {
     int rc = sdw_ring_set_engine(g->ring, SDW_ENGINE_LOADING, getpid(), "model loading", e);
     int side = g->cfg->engine_warmup < 0 ? (g->cfg->device.kind == SDW_DEVICE_CUDA ? 512 : 0) : g->cfg->engine_warmup;
+    sdw_ring_model table[SDW_RING_MAX_MODELS] = {0};
     for (int i = 0; !rc && i < g->cfg->n_models; i++) {
         const sdw_config_model *m = &g->cfg->models[i];
         sdw_log(SDW_LOG_INFO, "loading model %s from %s", m->name, m->path);
-        rc = sdw_pipeline_load(&g->pipes[i], g->be, m->path, e);
+        sdw_pipeline_options opts = {.prediction = m->prediction};
+        rc = sdw_pipeline_load(&g->pipes[i], g->be, m->path, &opts, e);
         if (rc)
             return sdw_fail_wrap(e, "model %s", m->name);
         g->npipes = i + 1;
+        sdw_pipeline_info pi;
+        sdw_pipeline_describe(g->pipes[i], &pi);
+        sdw_ring_model *t = &table[i];
+        snprintf(t->name, sizeof t->name, "%s", m->name);
+        snprintf(t->family, sizeof t->family, "%s", pi.family);
+        snprintf(t->prediction, sizeof t->prediction, "%s", pi.prediction);
+        t->inpaint = pi.inpaint;
+        t->width = pi.width;
+        t->height = pi.height;
+        sdw_log(SDW_LOG_INFO, "model %s: %s%s, %s, %dx%d", m->name, pi.family, pi.inpaint ? " inpainting" : "",
+                pi.prediction, pi.width, pi.height);
         if (side > 0 && (rc = warm_up(g, m, g->pipes[i], side, e)))
             return rc;
     }
+    if (!rc)
+        rc = sdw_ring_set_models(g->ring, table, g->cfg->n_models, e);
     return rc ? rc : sdw_ring_set_engine(g->ring, SDW_ENGINE_READY, getpid(), "", e);
 }
 

@@ -27,7 +27,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: sdworker-generate --model DIR|FILE --prompt TEXT [options]\n"
             "\n"
-            "Generates one image with a Stable Diffusion 1.x model: txt2img, img2img\n"
+            "Generates one image with a Stable Diffusion 1.x or 2.x model: txt2img, img2img\n"
             "(--init-image) or inpainting (--init-image and --mask).\n"
             "\n"
             "  --model P             a diffusers folder or a single-file .safetensors checkpoint\n"
@@ -35,12 +35,15 @@ static void usage(FILE *f)
             "  --negative-prompt T   what to steer away from (default empty)\n"
             "  --steps N             sampling steps, 1..1000 (default 20)\n"
             "  --guidance G          classifier-free guidance scale; <= 1 turns it off (default 7.5)\n"
-            "  --width W, --height H txt2img size, multiples of 8 (default 512x512); img2img and\n"
+            "  --width W, --height H txt2img size, multiples of 8 (default: the model's own, e.g.\n"
+            "                        512x512 for SD 1.x, 768x768 for SD 2.1); img2img and\n"
             "                        inpainting use the init image's size\n"
             "  --seed N              0..2^64-1; random when absent; printed either way\n"
             "  --sampler NAME        %s\n"
             "                        (default: the model's own scheduler)\n"
             "  --eta X               ddim's eta (default 0)\n"
+            "  --prediction P        epsilon or v_prediction: what the UNet predicts, over what\n"
+            "                        the model's files say or, for a single file, imply\n"
             "  --clip-skip K         stop the text encoder K layers early (default 0: off)\n"
             "  --init-image F        PNG or JPEG to start from (img2img, inpainting); a size that is\n"
             "                        not a multiple of 8 is resized down to one, with a message\n"
@@ -210,6 +213,7 @@ static int load_input(const char *what, const char *path, int grey, int want_w, 
 /* The command line, as parsed. */
 typedef struct gen_opts {
     const char *model, *prompt, *negative, *sampler, *init_path, *mask_path, *output, *device, *latents_path;
+    const char *prediction;
     int precision, json_timings, profile_rows, warmup;
     int steps, width, height, clip_skip, threads, quiet, have_seed, have_strength, have_size;
     float guidance, eta;
@@ -233,6 +237,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         {"device", required_argument, 0, 'D'},     {"precision", required_argument, 0, 'P'},
         {"timings", no_argument, 0, 'J'},         {"latents", required_argument, 0, 'L'},
         {"profile", optional_argument, 0, 'F'},    {"warmup", no_argument, 0, 'w'},
+        {"prediction", required_argument, 0, 'R'},
         {0, 0, 0, 0},
     };
     *o = (gen_opts){.output = "out.png", .device = "cpu", .precision = SDW_PREC_FP16, .steps = 20, .width = 512,
@@ -281,6 +286,16 @@ static int parse_args(int argc, char **argv, gen_opts *o)
                 bad = parse_int("--profile", optarg, 1, 100000, &o->profile_rows);
             break;
         case 'L': o->latents_path = optarg; break;
+        case 'R':
+            if (!strcmp(optarg, "v"))
+                optarg = "v_prediction";
+            if (strcmp(optarg, "epsilon") && strcmp(optarg, "v_prediction")) {
+                fprintf(stderr, "sdworker-generate: --prediction: expected epsilon or v_prediction, not '%s'\n",
+                        optarg);
+                bad = 1;
+            }
+            o->prediction = optarg;
+            break;
         case 'w': o->warmup = 1; break;
         case 'q': o->quiet = 1; break;
         case 'h': usage(stdout); return 0;
@@ -384,10 +399,17 @@ static int run(const gen_opts *o, sdw_gen_params *gp, const sdw_image *init)
         status = EXIT_MODEL;
         goto done;
     }
-    if (sdw_pipeline_load(&p, be, o->model, &e)) {
+    sdw_pipeline_options po = {.prediction = o->prediction};
+    if (sdw_pipeline_load(&p, be, o->model, &po, &e)) {
         fprintf(stderr, "sdworker-generate: cannot load the model: %s\n", e.msg);
         status = EXIT_MODEL;
         goto done;
+    }
+    if (!o->init_path && !o->have_size) {
+        sdw_pipeline_info pi;
+        sdw_pipeline_describe(p, &pi);
+        gp->width = pi.width;
+        gp->height = pi.height;
     }
     double load_s = sdw_now_s() - t0;
     int sc = sdw_pipeline_scale(p);
