@@ -1,10 +1,14 @@
 #!/bin/sh
-# CPU benchmark: SD 1.5-sized random-weight model (f16 files, or f32 with
-# SDW_BENCH_DTYPE=f32), euler, 4 steps, CFG 7.5, seed 42, at 512x512 and
-# 256x256 (or the sizes given as arguments, e.g. bench/cpu.sh 256). Reports
-# load, text-encode, per-step and VAE decode times and peak RSS (GNU time),
-# and the load average before the runs (the figures are only as good as the
-# machine is quiet). The model is built once into $SDW_BENCH_CACHE (default
+# CPU benchmark on a random-weight model of real size (f16 files, or f32
+# with SDW_BENCH_DTYPE=f32), seed 42. SDW_BENCH_MODEL picks it:
+#   sd15      (default) SD 1.5, euler, 4 steps, CFG 7.5, at 512x512 and 256x256
+#   sd21      SD 2.1 (768, v-prediction), euler, 4 steps, CFG 7.5, at 768x768
+#   sd-turbo  SD-Turbo (SD 2.1's architecture), euler_a, 1 step, no CFG, 512x512
+# or the sizes given as arguments (e.g. bench/cpu.sh 256). Reports load,
+# text-encode, per-step (with 2 or more steps), VAE decode and whole-image
+# (everything after the load) times and peak RSS (GNU time), and the load
+# average before the runs (the figures are only as good as the machine is
+# quiet). The model is built once into $SDW_BENCH_CACHE (default
 # ~/.cache/sdworker-bench) and reused.
 # With SDW_BENCH_DIFFUSERS set to a Python that has diffusers and torch (the
 # reference venv: /opt/sdw-ref/bin/python), diffusers runs the same model,
@@ -16,7 +20,14 @@ set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=${SDW_BUILD_DIR:-$top}
 cache=${SDW_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sdworker-bench}
-sizes=${*:-512 256}
+name=${SDW_BENCH_MODEL:-sd15}
+case $name in
+sd15) default_sizes="512 256" steps=4 sampler=euler guidance=7.5 ;;
+sd21) default_sizes=768 steps=4 sampler=euler guidance=7.5 ;;
+sd-turbo) default_sizes=512 steps=1 sampler=euler_a guidance=0 ;;
+*) echo "bench/cpu.sh: SDW_BENCH_MODEL must be sd15, sd21 or sd-turbo" >&2; exit 2 ;;
+esac
+sizes=${*:-$default_sizes}
 dtype=${SDW_BENCH_DTYPE:-f16}
 case $dtype in f16 | f32) ;; *) echo "bench/cpu.sh: SDW_BENCH_DTYPE must be f16 or f32" >&2; exit 2 ;; esac
 : "${SDW_DATA_DIR:=$top/data}"
@@ -31,40 +42,50 @@ if [ ! -f "$build/Makefile" ]; then
 fi
 make -C "$build" -j2 src/tools/sdworker-mkmodel src/tools/sdworker-generate >/dev/null
 
-model=$cache/sd15-$dtype
+model=$cache/$name-$dtype
 if [ ! -f "$model/vae/diffusion_pytorch_model.safetensors" ]; then
     mkdir -p "$cache"
     echo "building $model (once)..." >&2
     rm -rf "$model"
-    /usr/bin/time -v "$build/src/tools/sdworker-mkmodel" --config sd15 --dtype $dtype "$model" 2>"$cache/mkmodel-$dtype.time"
-    grep -E "Elapsed|Maximum resident" "$cache/mkmodel-$dtype.time" | sed 's/^\s*/mkmodel sd15: /' >&2
+    /usr/bin/time -v "$build/src/tools/sdworker-mkmodel" --config "$name" --dtype $dtype "$model" \
+        2>"$cache/mkmodel-$name-$dtype.time"
+    grep -E "Elapsed|Maximum resident" "$cache/mkmodel-$name-$dtype.time" | sed "s/^\s*/mkmodel $name: /" >&2
 fi
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m) $(nproc) cores, OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}"
 echo "# $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $dtype weights, OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+echo "# $name: $sampler, $steps steps, guidance $guidance"
 echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-8s %8s %8s %8s %8s %8s %8s\n' size load_s encode_s s/step decode_s total_s peak_GB
-prompt="a photo of a cat" steps=4
-# val FILE NAME: the number after "NAME: " in FILE; gib FILE: GNU time's
-# peak RSS in FILE, in GiB.
-val() { sed -n "s/^$2: \([0-9.]*\).*/\1/p" "$1"; }
+printf '%-8s %8s %8s %8s %8s %8s %8s %8s\n' size load_s encode_s s/step decode_s image_s total_s peak_GB
+prompt="a photo of a cat"
+# val FILE NAME: the number after "NAME: " in FILE (0 when absent: s/step of
+# a 1-step run); gib FILE: GNU time's peak RSS in FILE, in GiB.
+val() { v=$(sed -n "s/^$2: \([0-9.]*\).*/\1/p" "$1"); echo "${v:-0}"; }
 gib() { sed -n 's/.*Maximum resident set size (kbytes): //p' "$1" | awk '{print $1 / 1048576}'; }
+row() { awk '{ printf "%-8s %8s %8s %8s %8s %8.2f %8s %8.2f\n", $1, $2, $3, $4, $5, $6 - $2, $6, $7 }'; }
 for s in $sizes; do
-    run=$cache/bench-$s-$dtype
+    run=$cache/bench-$name-$s-$dtype
     /usr/bin/time -v "$build/src/tools/sdworker-generate" --model "$model" --prompt "$prompt" \
-        --steps "$steps" --sampler euler --guidance 7.5 --seed 42 --width "$s" --height "$s" --output "$run.png" \
-        >"$run.out" 2>"$run.err"
+        --steps "$steps" --sampler "$sampler" --guidance "$guidance" --seed 42 --width "$s" --height "$s" \
+        --output "$run.png" >"$run.out" 2>"$run.err"
     step=$(sed -n 's/.*, \([0-9.]*\) s\/step).*/\1/p' "$run.out")
+    [ "$steps" -ge 2 ] || step=0
     mine="$(val "$run.out" load) $(val "$run.out" 'text encode') $step $(val "$run.out" 'vae decode')"
     mine="$mine $(val "$run.out" total) $(gib "$run.err")"
-    echo "${s}x$s $mine" | awk '{ printf "%-8s %8s %8s %8s %8s %8s %8.2f\n", $1, $2, $3, $4, $5, $6, $7 }'
+    echo "${s}x$s $mine" | row
     [ -n "${SDW_BENCH_DIFFUSERS:-}" ] || continue
-    peer=$cache/peer-$s-$dtype
+    peer=$cache/peer-$name-$s-$dtype
     /usr/bin/time -v "$SDW_BENCH_DIFFUSERS" "$top/bench/cpu_diffusers.py" --model "$model" \
-        --prompt "$prompt" --steps "$steps" --size "$s" --output "$peer.png" >"$peer.out" 2>"$peer.err" ||
+        --prompt "$prompt" --steps "$steps" --sampler "$sampler" --guidance "$guidance" --size "$s" \
+        --output "$peer.png" >"$peer.out" 2>"$peer.err" ||
         { echo "diffusers failed: see $peer.err" >&2; tail -n 5 "$peer.err" >&2; exit 1; }
     theirs="$(val "$peer.out" load) $(val "$peer.out" 'text encode') $(val "$peer.out" 's\/step')"
     theirs="$theirs $(val "$peer.out" 'vae decode') $(val "$peer.out" total) $(gib "$peer.err")"
-    echo "diffusers $theirs" | awk '{ printf "%-8s %8s %8s %8s %8s %8s %8.2f\n", $1, $2, $3, $4, $5, $6, $7 }'
-    echo "$mine $theirs" | awk '{ printf "%-8s", "ratio"; for (i = 1; i <= 6; i++) printf " %7.2fx", $i / $(i + 6); print "" }'
+    echo "diffusers $theirs" | row
+    echo "$mine $theirs" | awk '{ printf "%-8s", "ratio";
+        for (i = 1; i <= 6; i++) {
+            if (i == 5) { a = $5 - $1; b = $11 - $7; printf " %7.2fx", b > 0 ? a / b : 0 }
+            printf " %7.2fx", $(i + 6) > 0 ? $i / $(i + 6) : 0
+        }
+        print "" }'
 done

@@ -8,7 +8,7 @@ Writes, under tests/fixtures/:
   pipeline/*.png                the init images and the mask the cases use
   pipeline/README.md            format, diffusers version, how to regenerate
 
-Every case runs the real diffusers 0.31 pipeline twice from a generator seeded
+Every case runs the real diffusers pipeline twice from a generator seeded
 the same way: once with output_type="latent", once with output_type="np".
 
 Usage: /opt/sdw-ref/bin/python tests/reference/fixtures_pipeline.py [--model]
@@ -105,10 +105,39 @@ def make_inpaint_model():
             assert torch.equal(p, ref[pname]), f"{INPAINT_MODEL}/{comp}/{pname} differs from tiny-a"
 
 
-def load_inpaint_model():
+# --------------------------------------------------------------------------
+# tiny-sd2-turbo: tiny-sd2's weights with SD-Turbo's scheduler
+
+
+SD2 = "tiny-sd2"
+SD2_INPAINT = "tiny-sd2-inpaint"
+TURBO = "tiny-sd2-turbo"
+# stabilityai/sd-turbo's scheduler: Euler with trailing spacing, epsilon.
+TURBO_SCHEDULER = {"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                   "beta_start": 0.00085, "interpolation_type": "linear", "num_train_timesteps": 1000,
+                   "prediction_type": "epsilon", "steps_offset": 1, "timestep_spacing": "trailing",
+                   "timestep_type": "discrete", "use_karras_sigmas": False}
+
+
+def make_turbo_model():
+    """Everything but the scheduler config is tiny-sd2's, byte for byte."""
+    src, out = os.path.join(MODELS, SD2), os.path.join(MODELS, TURBO)
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    shutil.copytree(src, out)
+    with open(os.path.join(out, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump(TURBO_SCHEDULER, f, indent=2, sort_keys=True)
+        f.write("\n")
+    back = load_pipeline(TURBO)
+    assert type(back.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert back.scheduler.config.timestep_spacing == "trailing"
+    assert back.scheduler.config.prediction_type == "epsilon"
+
+
+def load_inpaint_model(name=INPAINT_MODEL):
     from diffusers import StableDiffusionInpaintPipeline
 
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(os.path.join(MODELS, INPAINT_MODEL),
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(os.path.join(MODELS, name),
                                                           torch_dtype=torch.float32, local_files_only=True)
     check_tokenizer(pipe.tokenizer)
     return pipe
@@ -198,6 +227,26 @@ CASES = (
              init="init-64x64.png", mask="mask-64x64.png"),
         case("inpaint4-euler-s0.75", kind="inpaint", sampler="euler", strength=0.75, seed=802,
              init="init-64x64.png", mask="mask-64x64.png"),
+    ]
+    # SD 2.x: v-prediction through every sampler, the "!" padding, 1024-wide
+    # (here: tiny) OpenCLIP-style text states, linear projections.
+    + [case(f"sd2-txt2img-{s}", model=SD2, sampler=s, seed=900 + i) for i, s in enumerate(SAMPLERS)]
+    + [
+        case("sd2-txt2img-nocfg", model=SD2, sampler="euler", guidance=1.0, seed=910),
+        case("sd2-img2img-euler_a-s0.6", model=SD2, kind="img2img", sampler="euler_a", steps=10, strength=0.6,
+             seed=920, init="init-64x64.png"),
+        case("sd2-img2img-ddim-s0.8", model=SD2, kind="img2img", sampler="ddim", steps=10, strength=0.8,
+             seed=921, init="init-64x64.png"),
+        case("sd2-inpaint9-euler_a", model=SD2_INPAINT, kind="inpaint", sampler="euler_a", strength=1.0,
+             seed=930, init="init-64x64.png", mask="mask-64x64.png"),
+        case("sd2-inpaint9-dpmpp_2m-s0.7", model=SD2_INPAINT, kind="inpaint", sampler="dpmpp_2m", strength=0.7,
+             seed=931, init="init-64x64.png", mask="mask-64x64.png"),
+        # SD-Turbo as its model card runs it: guidance 0 (no CFG), 1-4 steps,
+        # Euler ancestral over the model's trailing spacing.
+        case("turbo-1step", model=TURBO, sampler="euler_a", steps=1, guidance=0.0, seed=940),
+        case("turbo-4step", model=TURBO, sampler="euler_a", steps=4, guidance=0.0, seed=941),
+        case("turbo-img2img-2step", model=TURBO, kind="img2img", sampler="euler_a", steps=2, guidance=0.0,
+             strength=0.5, seed=942, init="init-64x64.png"),
     ]
 )
 
@@ -385,7 +434,7 @@ A JSON array; each case:
 | field | meaning |
 |---|---|
 | `name` | case name; its outputs are in `<name>.safetensors` |
-| `model` | `tiny-a`, `tiny-b` or `tiny-inpaint` (directory under `tests/fixtures/models/`) |
+| `model` | `tiny-a`, `tiny-b`, `tiny-inpaint`, `tiny-sd2` (v-prediction), `tiny-sd2-inpaint` or `tiny-sd2-turbo` (tiny-sd2 with SD-Turbo's Euler/trailing/epsilon scheduler; remade by every run) (directory under `tests/fixtures/models/`) |
 | `kind` | `txt2img` (StableDiffusionPipeline), `img2img` (StableDiffusionImg2ImgPipeline), `inpaint` (StableDiffusionInpaintPipeline), all built from the model's components |
 | `prompt`, `negative_prompt` | strings passed as-is (`""` is a valid negative prompt; diffusers treats it like none) |
 | `steps` | `num_inference_steps` (before strength cuts it) |
@@ -411,7 +460,7 @@ Both come from separate runs with identically seeded generators. The script
 asserts that `vae.decode(latents / scaling_factor)` + `image_processor.postprocess`
 gives exactly the `output_type="np"` image.
 
-## What the pipelines do (diffusers 0.31, as checked by the script)
+## What the pipelines do (diffusers {diffusers}, as checked by the script)
 
 For every img2img and inpaint case the script also runs the loop written out
 by hand (`by_hand()`), with each generator draw explicit, and asserts its
@@ -489,8 +538,12 @@ def main():
     for fname, make in INPUTS.items():
         make().save(os.path.join(OUT, fname), optimize=True)
 
-    loaded = {m: load_pipeline(m) for m in ("tiny-a", "tiny-b")}
+    make_turbo_model()
+    loaded = {m: load_pipeline(m) for m in ("tiny-a", "tiny-b", SD2, TURBO)}
     loaded[INPAINT_MODEL] = load_inpaint_model()
+    loaded[SD2_INPAINT] = load_inpaint_model(SD2_INPAINT)
+    assert loaded[SD2].scheduler.config.prediction_type == "v_prediction"
+    assert loaded[SD2].tokenizer.pad_token == "!" and loaded[SD2].tokenizer.pad_token_id == 0
     assert len(loaded["tiny-a"].tokenizer(LONG_PROMPT).input_ids) > 77
 
     names = [c["name"] for c in CASES]
