@@ -72,9 +72,9 @@ __device__ __forceinline__ void copy16(void *dst, const void *src)
 // max of the scaled ones). The difference comes first: scaling the scores
 // and then subtracting would round each to float32 at its own magnitude,
 // and scores as large as SD 2.1's in fp16 (upcast_attention: q k^T past
-// 65504) would carry an error of up to 2^-7 into every exponent. vec: d and the row pitch heads * d are
-// multiples of 8 and q, k and v 16-byte aligned, so that k and v tiles move
-// in 16-byte pieces.
+// 65504) would carry an error of up to 2^-7 into every exponent. vec: d and
+// the row pitch heads * d are multiples of 8 and q, k and v 16-byte
+// aligned, so that k and v tiles move in 16-byte pieces.
 template <int D, typename T>
 __global__ void __launch_bounds__(kThreads)
     attention_tc_kernel(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v, T *__restrict__ out,

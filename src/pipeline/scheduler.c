@@ -7,7 +7,9 @@
  * - alphas_cumprod: torch.cumprod on CPU accumulates in double and stores
  *   float32 after every factor.
  * - the sigma table sqrt((1-acp)/acp) is float32 torch; np.interp on it runs
- *   in double, cast back to float32.
+ *   in double, cast back to float32. torch's float32 sqrt (MKL's) is not
+ *   correctly rounded: sqrtf differs from it by 1 ulp on about 0.6% of
+ *   inputs, which tests/test_sched.c allows for.
  * - spacing grids are float64 numpy (arange/linspace), rounded half to even.
  * - per-step scalars are 0-dim float32 tensors in diffusers, so they are
  *   float here, combined in the same order. */
