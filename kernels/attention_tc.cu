@@ -67,10 +67,14 @@ __device__ __forceinline__ void copy16(void *dst, const void *src)
 #endif
 }
 
-// Scores are scaled by scale_log2 = scale * log2(e), so that each
-// probability is one exp2f. vec: d and the row pitch heads * d are
-// multiples of 8 and q, k and v 16-byte aligned, so that k and v tiles move
-// in 16-byte pieces.
+// Each probability is one exp2f of (score - row max) * scale_log2, scale_log2
+// = scale * log2(e) (scale > 0, so the max of the unscaled scores is the
+// max of the scaled ones). The difference comes first: scaling the scores
+// and then subtracting would round each to float32 at its own magnitude,
+// and scores as large as SD 2.1's in fp16 (upcast_attention: q k^T past
+// 65504) would carry an error of up to 2^-7 into every exponent. vec: d and
+// the row pitch heads * d are multiples of 8 and q, k and v 16-byte
+// aligned, so that k and v tiles move in 16-byte pieces.
 template <int D, typename T>
 __global__ void __launch_bounds__(kThreads)
     attention_tc_kernel(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v, T *__restrict__ out,
@@ -178,7 +182,7 @@ __global__ void __launch_bounds__(kThreads)
             for (int i = 0; i < 4; i++) {
                 int64_t key = k0 + n * 8 + 2 * t + (i & 1);
                 bool ok = key < tk && (!causal || key <= row[i / 2]);
-                s[n][i] = ok ? s[n][i] * scale_log2 : -INFINITY;
+                s[n][i] = ok ? s[n][i] : -INFINITY;
                 mx[i / 2] = fmaxf(mx[i / 2], s[n][i]);
             }
         float base[2], corr[2];
@@ -192,7 +196,7 @@ __global__ void __launch_bounds__(kThreads)
             // instead. Every real row sees key 0 in the first tile, so this
             // only guards.
             base[r] = mn == -INFINITY ? 0.0f : mn;
-            corr[r] = exp2f(m[r] - base[r]);
+            corr[r] = exp2f((m[r] - base[r]) * scale_log2);
             m[r] = mn;
         }
 
@@ -208,7 +212,7 @@ __global__ void __launch_bounds__(kThreads)
             T p[4];
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                p[i] = sdw_store<T>(exp2f(s[n][i] - base[i / 2]));
+                p[i] = sdw_store<T>(exp2f((s[n][i] - base[i / 2]) * scale_log2));
                 sum[i / 2] += sdw_load(p[i]);
             }
             pa[n / 2][(n % 2) * 2] = sdw_pack2(p[0], p[1]);
@@ -304,7 +308,7 @@ extern "C" cudaError_t sdw_k_attention_tc(const void *q, const void *k, const vo
                                           int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal,
                                           int dt, cudaStream_t stream)
 {
-    if (b <= 0 || tq <= 0 || tk <= 0 || heads <= 0 || d <= 0 || d > kMaxD || (causal && tq != tk))
+    if (b <= 0 || tq <= 0 || tk <= 0 || heads <= 0 || d <= 0 || d > kMaxD || (causal && tq != tk) || !(scale > 0.0f))
         return cudaErrorInvalidValue;
     return sdw_dispatch_16(dt, [&](auto t) {
         return launch_d<decltype(t)>(q, k, v, out, b, tq, tk, heads, d, scale, causal, stream);

@@ -101,10 +101,17 @@ cudaError_t sdw_k_attention(const void *q, const void *k, const void *v, void *o
                             int64_t tk, int64_t heads, int64_t d, float scale, int causal, int dt,
                             cudaStream_t stream);
 
-/* The same attention on tensor cores, for dt SDW_K_F16 or SDW_K_BF16 only:
- * the probabilities are rounded to dt before the second product; both
- * products and the softmax accumulate in float32. Any d from 1 to 160,
- * padded with zeros to a multiple of 16. */
+/* The same attention on tensor cores, for dt SDW_K_F16 or SDW_K_BF16 only,
+ * and scale > 0: the probabilities are rounded to dt before the second
+ * product; both products and the softmax accumulate in float32. Any d from
+ * 1 to 160, padded with zeros to a multiple of 16.
+ *
+ * Every CUDA attention (this one, sdw_k_attention, and the backend's cuBLAS
+ * path with sdw_k_softmax_rows) takes q k^T from the stored q and k with
+ * float32 accumulation, scales it and runs the softmax in float32, and
+ * rounds only the probabilities (to dt, for the p v product) and the
+ * output: what diffusers' upcast_attention asks of fp16 and bf16 (SD 2.1),
+ * always, so that no score has to fit in a 16-bit type. */
 cudaError_t sdw_k_attention_tc(const void *q, const void *k, const void *v, void *out, int64_t b, int64_t tq,
                                int64_t tk, int64_t heads, int64_t d, float scale, int causal, int dt,
                                cudaStream_t stream);

@@ -394,6 +394,47 @@ static void run_attention(const bo_case *bc, const char *what)
     arg_free(&q), arg_free(&k), arg_free(&v), arg_free(&o);
 }
 
+/* q or k for attention scores past fp16's largest finite value (65504)
+ * after the 1/sqrt(d) scale, as SD 2.1's get in fp16 (its UNet config's
+ * upcast_attention): in every head the first sqrt(d)/2 dimensions are 512
+ * and the others multiples of 1/2 in [-2, 2]. A score is then 2^17 plus a
+ * spread of a few units, and exact in float32 in any summation order (d a
+ * power of 4: the scale is a power of 2), so that the float32 backends
+ * agree with the CPU to their usual bound; stored in either 16-bit type the
+ * inputs are exact too. Scores or a softmax taken in fp16 would be inf and
+ * NaN. */
+static void arg_big_scores(arg *a, const int64_t *s, int64_t d)
+{
+    size_t n = (size_t)numel(3, s);
+    float *h = rand_buf(n, 4, 0);
+    int64_t big = (int64_t)sqrtf((float)d) / 2;
+    for (size_t i = 0; i < n; i++)
+        h[i] = (int64_t)i % d < big ? 512.0f : nearbyintf(h[i]) / 2;
+    arg_host(a, 3, s, h);
+    free(h);
+}
+
+/* p: b, tq, tk, heads, d (a power of 4). */
+static void label_attention_big(const bo_case *c, char *buf, size_t len)
+{
+    snprintf(buf, len, "attention b=%lld tq=%lld tk=%lld heads=%lld d=%lld, scores about 2^17 (past fp16's range: "
+             "upcast_attention)", P(0), P(1), P(2), P(3), P(4));
+}
+
+static void run_attention_big(const bo_case *bc, const char *what)
+{
+    const int64_t *p = bc->p;
+    int64_t qs[3] = {p[0], p[1], p[3] * p[4]}, ks[3] = {p[0], p[2], p[3] * p[4]};
+    arg q, k, v, o;
+    arg_big_scores(&q, qs, p[4]);
+    arg_big_scores(&k, ks, p[4]);
+    arg_rand(&v, 3, ks, 1, 0);
+    arg_out(&o, 3, qs);
+    ctx c = {.x = &q, .w = &k, .b = &v, .y = &o, .i0 = (int)p[3], .i1 = 0};
+    check(what, do_attention, &c, &o);
+    arg_free(&q), arg_free(&k), arg_free(&v), arg_free(&o);
+}
+
 #ifdef SDW_HAVE_CUDA
 /* The tensor-core kernel called directly, on the fp16 and bf16 backends'
  * device copies of the inputs, against the CPU backend. (Those backends'
@@ -924,6 +965,7 @@ static void run_cuda_kernel_args(const bo_case *bc, const char *what)
 #define LAYER_NORM(rows, n) {"layer_norm", label_layer_norm, run_layer_norm, 0, {rows, n}}
 #define ATTENTION(b, tq, tk, heads, d, causal)                                                                     \
     {"attention", label_attention, run_attention, 0, {b, tq, tk, heads, d, causal}}
+#define ATTENTION_BIG(b, tq, tk, heads, d) {"attention", label_attention_big, run_attention_big, 0, {b, tq, tk, heads, d}}
 #define ACT(act, n) {"act", label_act, run_act, 0, {act, n}}
 #define ADD(n) {"add", label_n, run_add, 0, {n}}
 #define SCALE(n) {"scale", label_n, run_scale, 0, {n}}
@@ -968,6 +1010,9 @@ static const bo_case cases[] = {
     ATTENTION(1, 64, 64, 1, 512, 0),
     ATTENTION(2, 37, 50, 3, 161, 0),
     ATTENTION(1, 45, 45, 2, 200, 1),
+    /* Scores past fp16's range: the fused kernels and, at d = 256, cuBLAS. */
+    ATTENTION_BIG(1, 70, 77, 2, 64),
+    ATTENTION_BIG(1, 20, 30, 1, 256),
     ACT(SDW_ACT_SILU, 1000),
     ACT(SDW_ACT_GELU, 1003),
     ACT(SDW_ACT_QUICK_GELU, 513),
@@ -1034,6 +1079,12 @@ static const bo_case cases[] = {
     ATTENTION(1, 4096, 4096, 1, 512, 0),
     ATTENTION(2, 37, 50, 3, 161, 0),
     ATTENTION(1, 45, 45, 2, 200, 1),
+    /* Scores past fp16's range, as SD 2.1's (upcast_attention): its
+     * self-attention at 768x768 in the first block (5 heads of 64 over 96x96
+     * tokens) and its cross-attention; then cuBLAS's path. */
+    ATTENTION_BIG(1, 9216, 9216, 5, 64),
+    ATTENTION_BIG(2, 9216, 77, 5, 64),
+    ATTENTION_BIG(1, 1024, 1024, 1, 256),
     ACT(SDW_ACT_SILU, 1 << 20),
     ACT(SDW_ACT_GELU, 1000003),
     ACT(SDW_ACT_QUICK_GELU, 77 * 3072),

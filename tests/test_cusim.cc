@@ -407,10 +407,27 @@ void check_softmax_rows(int dt, int64_t heads, int64_t rpb, int64_t n, int64_t r
     report(what, rc, 0, got, want, tol_for(dt));
 }
 
-void check_attention(int dt, int64_t b, int64_t tq, int64_t tk, int64_t heads, int64_t d, int causal, int tc)
+// q or k whose scores lie past fp16's range after the 1/sqrt(d) scale, as
+// SD 2.1's (upcast_attention) can: the first sqrt(d)/2 dimensions of every
+// head are 512 and the others multiples of 1/2 in [-2, 2], so a score is
+// 2^17 plus a spread of a few units, exact in float32 in any order of
+// summation (d a power of 4) and exact in either 16-bit type.
+vec big_scores(size_t n, int64_t d)
+{
+    vec v = rand_vec(n, 4);
+    int64_t big = (int64_t)sqrt((double)d) / 2;
+    for (size_t i = 0; i < n; i++)
+        v[i] = (int64_t)i % d < big ? 512.0f : nearbyintf(v[i]) / 2;
+    return v;
+}
+
+void check_attention(int dt, int64_t b, int64_t tq, int64_t tk, int64_t heads, int64_t d, int causal, int tc,
+                     bool big = false)
 {
     int64_t c = heads * d;
-    vec q = rand_vec(b * tq * c, 2), k = rand_vec(b * tk * c, 2), v = rand_vec(b * tk * c, 1), want(b * tq * c);
+    vec q = big ? big_scores(b * tq * c, d) : rand_vec(b * tq * c, 2);
+    vec k = big ? big_scores(b * tk * c, d) : rand_vec(b * tk * c, 2);
+    vec v = rand_vec(b * tk * c, 1), want(b * tq * c);
     Dev dq = stored(q, dt), dk = stored(k, dt), dv = stored(v, dt), got = poisoned(b * tq * c, dt);
     float scale = 1.0f / sqrtf((float)d);
     int crc = cpu->ops->attention(cpu, q.data(), k.data(), v.data(), want.data(), b, tq, tk, heads, d, scale, causal,
@@ -418,9 +435,9 @@ void check_attention(int dt, int64_t b, int64_t tq, int64_t tk, int64_t heads, i
     cudaError_t rc = (tc ? sdw_k_attention_tc : sdw_k_attention)(dq.p(), dk.p(), dv.p(), got.p(), b, tq, tk, heads,
                                                                  d, scale, causal, dt, 0);
     char what[128];
-    snprintf(what, sizeof what, "attention%s %s b=%lld tq=%lld tk=%lld heads=%lld d=%lld%s", tc ? "_tc" : "",
+    snprintf(what, sizeof what, "attention%s %s b=%lld tq=%lld tk=%lld heads=%lld d=%lld%s%s", tc ? "_tc" : "",
              kTypeName[dt], (long long)b, (long long)tq, (long long)tk, (long long)heads, (long long)d,
-             causal ? " causal" : "");
+             causal ? " causal" : "", big ? ", scores about 2^17" : "");
     report(what, rc, crc, got, want, !tc ? tol_for(dt) : dt == SDW_K_F16 ? kTolTcF16 : kTolTcBF16);
 }
 
@@ -484,6 +501,11 @@ void check_refusals()
            "attention refuses d = 161");
     tap_ok(sdw_k_attention_tc(x, x, x, in.data(), 1, 2, 3, 1, 16, 1.0f, 1, SDW_K_F16, 0) == cudaErrorInvalidValue,
            "attention_tc refuses causal with tq != tk");
+    // It takes the row max of the unscaled scores, which only a positive
+    // scale leaves where it is.
+    tap_ok(sdw_k_attention_tc(x, x, x, in.data(), 1, 2, 2, 1, 16, -1.0f, 0, SDW_K_F16, 0) == cudaErrorInvalidValue &&
+               sdw_k_attention_tc(x, x, x, in.data(), 1, 2, 2, 1, 16, NAN, 0, SDW_K_F16, 0) == cudaErrorInvalidValue,
+           "attention_tc refuses a scale that is not positive");
     tap_ok(sdw_k_group_stats(x, in.data(), part, 1, 6, 1, 4, 1e-5f, SDW_K_F32, 0) == cudaErrorInvalidValue,
            "group_stats refuses channels not divisible by groups");
 }
@@ -529,6 +551,9 @@ int main(void)
         check_attention(dt, 1, 40, 37, 2, 8, 0, 0);
         check_attention(dt, 1, 33, 33, 3, 33, 1, 0);
         check_attention(dt, 1, 300, 300, 1, 64, 1, 0);
+        // Scores past fp16's 65504: the SIMT kernel keeps them in float32.
+        check_attention(dt, 1, 70, 77, 2, 64, 0, 0, true);
+        check_attention(dt, 1, 40, 40, 2, 16, 1, 0, true);
     }
 
     // Tensor cores: d = 1, 36 and 40 padded, 16, 80 and 160 exact; query
@@ -544,6 +569,9 @@ int main(void)
         check_attention(dt, 1, 20, 77, 2, 1, 0, 1);
         check_attention(dt, 1, 20, 300, 2, 40, 0, 1);
         check_attention(dt, 1, 129, 129, 1, 1, 1, 1);
+        // Scores past fp16's 65504: float32 accumulators, scale and softmax.
+        check_attention(dt, 1, 70, 77, 2, 64, 0, 1, true);
+        check_attention(dt, 1, 65, 65, 2, 16, 1, 1, true);
     }
 
     tap_diag("%.1f s of CPU, %ld s of wall time", (double)(clock() - t0) / CLOCKS_PER_SEC, (long)(time(nullptr) - w0));

@@ -1,7 +1,15 @@
-/* Schedulers against diffusers 0.31 (tests/fixtures/sched.json, written by
- * tests/reference/fixtures_sched.py): timestep lists and sigmas exactly,
- * whole denoising trajectories with a float32 stand-in model within 1e-5
- * relative error, and the error paths. */
+/* Schedulers against diffusers 0.42.1 (tests/fixtures/sched.json, written by
+ * tests/reference/fixtures_sched.py): timestep lists exactly, sigmas within
+ * 1 ulp, whole denoising trajectories with a float32 stand-in model within
+ * 1e-5 relative error, and the error paths.
+ *
+ * Zero terminal SNR gets looser bounds, for a reason on torch's side: its
+ * float32 sqrt (MKL's) is not correctly rounded (about 0.6% of inputs come
+ * out 1 ulp low), and rescale_zero_terminal_snr takes one of
+ * sqrt(alphas_cumprod) that sdworker takes with sqrtf. Five of SD 1.5's
+ * 1000 differ, which leaves alphas_cumprod within 2 ulps of diffusers' and
+ * the sigmas within 3 (measured over the whole table); the first step, from
+ * sigma 4096 to single digits, then cancels three digits of the sample. */
 #include <json-c/json.h>
 #include <math.h>
 #include <stdlib.h>
@@ -11,6 +19,15 @@
 #include "tap.h"
 
 #define TRAJ_TOL 1e-5
+#define ZSNR_TRAJ_TOL 1e-4
+#define ZSNR_ULPS 4
+
+static int within_ulps(float c, float r, int ulps)
+{
+    for (int i = 0; i < ulps && c != r; i++)
+        r = nextafterf(r, c);
+    return c == r;
+}
 
 static json_object *get(json_object *o, const char *k)
 {
@@ -67,7 +84,7 @@ static void model(const float *x_in, float t, float *eps, size_t n)
     }
 }
 
-static double worst_traj;
+static double worst_traj[2]; /* without, with zero SNR */
 
 static void run_case(json_object *root, json_object *c, int idx)
 {
@@ -77,10 +94,13 @@ static void run_case(json_object *root, json_object *c, int idx)
     json_object *strength_j = get(c, "strength");
     double strength = strength_j ? json_object_get_double(strength_j) : 1.0;
     json_object *cfg = get(c, "config");
+    int zsnr = json_object_get_boolean(get(cfg, "rescale_betas_zero_snr"));
+    int ulps = zsnr ? ZSNR_ULPS : 1;
+    double tol = zsnr ? ZSNR_TRAJ_TOL : TRAJ_TOL;
     char label[160];
-    snprintf(label, sizeof label, "case %d: %s eta %g %s %s %d steps strength %g", idx, sampler, eta,
+    snprintf(label, sizeof label, "case %d: %s eta %g %s %s%s %d steps strength %g", idx, sampler, eta,
              json_object_get_string(get(cfg, "timestep_spacing")),
-             json_object_get_string(get(cfg, "prediction_type")), steps, strength);
+             json_object_get_string(get(cfg, "prediction_type")), zsnr ? " zero-snr" : "", steps, strength);
 
     sdw_error e = {0};
     sdw_sched *s = NULL;
@@ -110,13 +130,13 @@ static void run_case(json_object *root, json_object *c, int idx)
             float r = (float)json_object_get_double(json_object_array_get_idx(sig_ref, i));
             float c = sg[i - begin];
             inexact += c != r;
-            sok = c == r || c == nextafterf(r, INFINITY) || c == nextafterf(r, -INFINITY);
+            sok = within_ulps(c, r, ulps);
         }
-        tap_ok(sok, "%s: sigmas within 1 ulp (%d not exact)", label, inexact);
+        tap_ok(sok, "%s: sigmas within %d ulp (%d not exact)", label, ulps, inexact);
     }
     float ins = (float)json_object_get_double(get(c, "init_noise_sigma"));
-    tap_ok(sdw_sched_init_noise_sigma(s) == ins, "%s: init_noise_sigma %.9g (ref %.9g)", label,
-           sdw_sched_init_noise_sigma(s), ins);
+    tap_ok(within_ulps(sdw_sched_init_noise_sigma(s), ins, zsnr ? ulps : 0), "%s: init_noise_sigma %.9g (ref %.9g)",
+           label, sdw_sched_init_noise_sigma(s), ins);
 
     size_t n;
     float *x = floats(get(root, "x_init"), &n);
@@ -127,7 +147,7 @@ static void run_case(json_object *root, json_object *c, int idx)
         float *ref = floats(noised, NULL);
         int rc = sdw_sched_add_noise(s, 0, img, nz, x, n, &e);
         double err = rel_err(x, ref, n);
-        tap_ok(rc == 0 && err <= TRAJ_TOL, "%s: add_noise at the start, rel err %.3g", label, err);
+        tap_ok(rc == 0 && err <= tol, "%s: add_noise at the start, rel err %.3g", label, err);
         free(img);
         free(nz);
         free(ref);
@@ -156,9 +176,9 @@ static void run_case(json_object *root, json_object *c, int idx)
     tap_ok(draws == want_draws, "%s: %d noise draws (diffusers %d)", label, draws, want_draws);
     float *fin = floats(get(c, "final"), NULL);
     double err = rel_err(x, fin, n);
-    if (err > worst_traj || isnan(err))
-        worst_traj = isnan(err) ? INFINITY : err;
-    tap_ok(err <= TRAJ_TOL, "%s: trajectory rel err %.3g", label, err);
+    if (err > worst_traj[zsnr] || isnan(err))
+        worst_traj[zsnr] = isnan(err) ? INFINITY : err;
+    tap_ok(err <= tol, "%s: trajectory rel err %.3g", label, err);
     free(fin);
     free(x);
     free(x_in);
@@ -256,6 +276,32 @@ static void error_paths(void)
     rc = sdw_sched_create(&s, bad, "dpmpp_2m", 0, &e);
     tap_ok(rc == SDW_EUNSUPPORTED, "sde-dpmsolver++ refused: %s", e.msg);
     json_object_put(bad);
+
+    bad = json_tokener_parse(json_object_to_json_string(cfg));
+    json_object_object_add(bad, "use_flow_sigmas", json_object_new_boolean(1));
+    rc = sdw_sched_create(&s, bad, "dpmpp_2m", 0, &e);
+    tap_ok(rc == SDW_EUNSUPPORTED && strstr(e.msg, "use_flow_sigmas"), "use_flow_sigmas refused: %s", e.msg);
+    json_object_object_del(bad, "use_flow_sigmas");
+    json_object_object_add(bad, "rescale_betas_zero_snr", json_object_new_boolean(1));
+    rc = sdw_sched_create(&s, bad, "", 0, &e);
+    tap_ok(rc == SDW_EUNSUPPORTED && strstr(e.msg, "rescale_betas_zero_snr") && strstr(e.msg, "pndm"),
+           "zero SNR with the model's own PNDM refused: %s", e.msg);
+    rc = sdw_sched_create(&s, bad, "ddim", 0, &e);
+    tap_ok(rc == 0, "zero SNR with ddim: create");
+    if (rc == 0) {
+        json_object_object_add(bad, "timestep_spacing", json_object_new_string("trailing"));
+        sdw_sched *t = NULL;
+        rc = sdw_sched_create(&t, bad, "ddim", 0, &e) || sdw_sched_set_timesteps(t, 4, 1.0, &e);
+        tap_ok(rc && strstr(e.msg, "999") && strstr(e.msg, "v_prediction"),
+               "zero SNR ddim with epsilon from t = 999 refused: %s", e.msg);
+        rc = sdw_sched_set_timesteps(s, 4, 1.0, &e);
+        tap_ok(rc == 0 && sdw_sched_timesteps(s)[0] == 751.0f,
+               "zero SNR ddim with epsilon and leading spacing (t0 751) runs");
+        sdw_sched_free(t);
+        sdw_sched_free(s);
+        s = NULL;
+    }
+    json_object_put(bad);
     json_object_put(cfg);
 }
 
@@ -268,7 +314,8 @@ int main(void)
     size_t nc = json_object_array_length(cases);
     for (size_t i = 0; i < nc; i++)
         run_case(root, json_object_array_get_idx(cases, i), (int)i);
-    tap_diag("worst trajectory relative error over %zu cases: %.3g", nc, worst_traj);
+    tap_diag("worst trajectory relative error over %zu cases: %.3g, %.3g with zero SNR", nc, worst_traj[0],
+             worst_traj[1]);
     error_paths();
     json_object_put(root);
     return tap_done();

@@ -147,6 +147,14 @@ static void check_errors(void)
     tap_ok(rc == SDW_EUNSUPPORTED, "num_attention_heads is refused like diffusers does: %s", e.msg);
     rc = parse_with(&m, "only_cross_attention", json_object_new_boolean(1), &cfg, &e);
     tap_ok(rc == SDW_EUNSUPPORTED, "only_cross_attention is refused: %s", e.msg);
+    rc = sdw_unet_config_parse(&cfg, m.unet_config, &e);
+    tap_ok(rc == 0 && !cfg.upcast_attention, "upcast_attention false is read as false");
+    rc = parse_with(&m, "upcast_attention", json_object_new_boolean(1), &cfg, &e);
+    tap_ok(rc == 0 && cfg.upcast_attention, "upcast_attention true (SD 2.1) is accepted and kept");
+    rc = parse_with(&m, "upcast_attention", json_object_new_string("true"), &cfg, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "upcast_attention"), "a string upcast_attention is refused: %s", e.msg);
+    rc = sdw_unet_config_parse(&cfg, NULL, &e);
+    tap_ok(rc == 0 && !cfg.upcast_attention, "SD 1.x (no config) does not upcast");
 
     sdw_unet *u = NULL;
     rc = parse_with(&m, "cross_attention_dim", json_object_new_int(24), &cfg, &e);

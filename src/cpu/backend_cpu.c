@@ -520,7 +520,8 @@ static int cpu_layer_norm(sdw_backend *be, const float *x, const float *gamma, c
 /* One thread per (batch, head) pair, each with single-threaded products and
  * its own score block of SDW_ATTN_QBLOCK x tk floats: scratch is threads x
  * 4 MiB at 4096 keys, never heads x tq x tk, and no barrier between the
- * products and the softmax. */
+ * products and the softmax. Scores and softmax are float32 like everything
+ * here, which is what a UNet's upcast_attention asks for. */
 static int cpu_attention(sdw_backend *be, const float *q, const float *k, const float *v, float *out, int64_t b,
                          int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal, sdw_error *e)
 {

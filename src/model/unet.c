@@ -70,6 +70,7 @@ static const sdw_unet_config sd1_config = {
     .layers_per_block = 2,
     .cross_attention_dim = 768,
     .linear_projection = 0,
+    .upcast_attention = 0,
     .norm_groups = 32,
     .norm_eps = 1e-5f,
     .flip_sin_to_cos = 1,
@@ -278,6 +279,7 @@ int sdw_unet_config_parse(sdw_unet_config *cfg, const json_object *j, sdw_error 
         (rc = get_int(j, "layers_per_block", 2, &cfg->layers_per_block, e)) ||
         (rc = get_int(j, "cross_attention_dim", 1280, &cfg->cross_attention_dim, e)) ||
         (rc = get_bool(j, "use_linear_projection", 0, &cfg->linear_projection, e)) ||
+        (rc = get_bool(j, "upcast_attention", 0, &cfg->upcast_attention, e)) ||
         (rc = get_int(j, "norm_num_groups", 32, &cfg->norm_groups, e)) ||
         (rc = get_num(j, "norm_eps", 1e-5f, &cfg->norm_eps, e)) ||
         (rc = get_bool(j, "flip_sin_to_cos", 1, &cfg->flip_sin_to_cos, e)) ||

@@ -23,6 +23,13 @@ typedef struct sdw_unet_config {
     int layers_per_block;
     int cross_attention_dim;
     int linear_projection;
+    /* upcast_attention (SD 2.1's 768 models): q k^T and its softmax in
+     * float32 when the model runs in fp16 or bf16, without which SD 2.1
+     * overflows to NaN. Kept as the model states it; no backend needs to
+     * branch on it, since each computes attention so always: the CPU in
+     * float32 throughout, CUDA with float32 accumulation, scale and softmax
+     * on every path (kernels/kernels.h, sdw_k_attention_tc). */
+    int upcast_attention;
     int norm_groups;
     float norm_eps;
     int flip_sin_to_cos;

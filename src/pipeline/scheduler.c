@@ -1,4 +1,4 @@
-/* Schedulers matching diffusers 0.31 (see scheduler.h).
+/* Schedulers matching diffusers 0.42 (see scheduler.h).
  *
  * Precision notes, each from how diffusers/torch/numpy compute the value:
  * - betas: torch.linspace in float32, which evaluates start + step*i (first
@@ -7,7 +7,9 @@
  * - alphas_cumprod: torch.cumprod on CPU accumulates in double and stores
  *   float32 after every factor.
  * - the sigma table sqrt((1-acp)/acp) is float32 torch; np.interp on it runs
- *   in double, cast back to float32.
+ *   in double, cast back to float32. torch's float32 sqrt (MKL's) is not
+ *   correctly rounded: sqrtf differs from it by 1 ulp on about 0.6% of
+ *   inputs, which tests/test_sched.c allows for.
  * - spacing grids are float64 numpy (arange/linspace), rounded half to even.
  * - per-step scalars are 0-dim float32 tensors in diffusers, so they are
  *   float here, combined in the same order. */
@@ -119,11 +121,17 @@ static int is_euler(sdw_sampler k) { return k == SDW_SAMPLER_EULER || k == SDW_S
 /* Settings diffusers accepts that this module does not implement. */
 static int check_unsupported(const json_object *cfg, sdw_sampler k, sdw_error *e)
 {
-    static const char *const flags[] = {"thresholding", "rescale_betas_zero_snr", "use_exponential_sigmas",
-                                        "use_beta_sigmas", "use_lu_lambdas"};
+    static const char *const flags[] = {"thresholding", "use_exponential_sigmas", "use_beta_sigmas",
+                                        "use_lu_lambdas", "use_flow_sigmas"};
     for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
         if (cfg_bool(cfg, flags[i], 0))
             return sdw_fail(e, SDW_EUNSUPPORTED, "scheduler config: %s is not supported", flags[i]);
+    /* diffusers' PNDMScheduler has no such option and drops the key without a
+     * word, running a zero-SNR model on the schedule it was not trained for. */
+    if (k == SDW_SAMPLER_PNDM && cfg_bool(cfg, "rescale_betas_zero_snr", 0))
+        return sdw_fail(e, SDW_EUNSUPPORTED,
+                        "scheduler config: rescale_betas_zero_snr does not exist for pndm (diffusers' PNDMScheduler "
+                        "ignores it); use euler, euler_a, ddim, dpmpp_2m or dpmpp_2m_karras");
     if (k == SDW_SAMPLER_EULER && cfg_bool(cfg, "use_karras_sigmas", 0))
         return sdw_fail(e, SDW_EUNSUPPORTED, "scheduler config: use_karras_sigmas with euler is not supported");
     if (k == SDW_SAMPLER_EULER) {
@@ -176,6 +184,31 @@ static void torch_linspace_f32(float *out, double start_d, double end_d, int ste
         out[i] = i < half ? fmaf(step, (float)i, start) : fmaf(-step, (float)(steps - 1 - i), end);
 }
 
+/* rescale_zero_terminal_snr (Lin et al., arXiv 2305.08891, algorithm 1), in
+ * diffusers' float32 operations: sqrt(alphas_cumprod) is shifted so that its
+ * last entry is 0 and scaled so that its first is unchanged, then turned
+ * back into betas. */
+static void rescale_zero_snr(float *betas, int T)
+{
+    double cum = 1.0;
+    for (int i = 0; i < T; i++) {
+        float alpha = 1.0f - betas[i];
+        cum *= (double)alpha;
+        betas[i] = sqrtf((float)cum);
+    }
+    float s0 = betas[0], sT = betas[T - 1];
+    float scale = s0 / (s0 - sT);
+    float prev = 0;
+    for (int i = 0; i < T; i++) {
+        float r = betas[i] - sT;
+        r = r * scale;
+        float acp = r * r;
+        float alpha = i ? acp / prev : acp;
+        prev = acp;
+        betas[i] = 1.0f - alpha;
+    }
+}
+
 static int build_tables(sdw_sched *s, const json_object *cfg, sdw_error *e)
 {
     double bs, be, T;
@@ -212,12 +245,20 @@ static int build_tables(sdw_sched *s, const json_object *cfg, sdw_error *e)
     } else {
         torch_linspace_f32(betas, bs, be, s->T);
     }
+    int zero_snr = cfg_bool(cfg, "rescale_betas_zero_snr", 0);
+    if (zero_snr)
+        rescale_zero_snr(betas, s->T);
     double cum = 1.0;
     for (int i = 0; i < s->T; i++) {
         float alpha = 1.0f - betas[i];
         cum *= (double)alpha;
         s->acp[i] = (float)cum;
     }
+    /* The sigma-based samplers would start from sigma = inf at the last
+     * timestep: diffusers sets its alphas_cumprod to 2^-24 (sigma about
+     * 4096) instead. DDIM keeps 0, which only v-prediction can step from. */
+    if (zero_snr && (is_euler(s->kind) || is_dpm(s->kind)))
+        s->acp[s->T - 1] = 0x1p-24f;
     for (int i = 0; i < s->T; i++)
         s->sigtab[i] = sqrtf((1.0f - s->acp[i]) / s->acp[i]);
     return 0;
@@ -591,6 +632,16 @@ int sdw_sched_set_timesteps(sdw_sched *s, int steps, double strength, sdw_error 
     s->begin = t_start;
     if (s->begin >= n)
         return sdw_fail(e, SDW_EINVAL, "strength %g leaves no denoising step", strength);
+    /* Zero SNR leaves DDIM's alphas_cumprod 0 at the last training timestep,
+     * where an epsilon model's x0 = (x - sqrt(1 - acp) eps) / sqrt(acp)
+     * divides by 0: diffusers returns NaN latents from there on. */
+    if (s->kind == SDW_SAMPLER_DDIM && !s->v_pred)
+        for (int i = s->begin; i < n; i++)
+            if (s->acp[(int)s->ts[i]] == 0.0f)
+                return sdw_fail(e, SDW_EUNSUPPORTED,
+                                "ddim with rescale_betas_zero_snr and epsilon prediction cannot step from timestep %d "
+                                "(zero signal; diffusers gives NaN): use v_prediction or leading spacing",
+                                (int)s->ts[i]);
     s->idx = s->begin;
     return 0;
 }

@@ -1,4 +1,4 @@
-/* Noise schedulers (samplers), reproducing diffusers 0.31.
+/* Noise schedulers (samplers), reproducing diffusers 0.42.
  *
  * A scheduler is built from a model's scheduler_config.json plus a sampler
  * name, the way a diffusers user writes `Cls.from_config(pipe.scheduler.config)`:
@@ -37,9 +37,20 @@ typedef struct sdw_sched sdw_sched;
  * model's own scheduler (its _class_name; DPMSolverMultistep picks karras by
  * its use_karras_sigmas). config may be NULL: a single-file checkpoint then
  * gets Stable Diffusion 1.5's scheduler config. eta is used by ddim only
- * (diffusers' pipeline default is 0). Unsupported settings (trained_betas,
- * squaredcos_cap_v2, thresholding, rescale_betas_zero_snr, sde/third-order
- * DPM solvers, exponential/beta sigmas, ...) fail with SDW_EUNSUPPORTED. */
+ * (diffusers' pipeline default is 0).
+ *
+ * rescale_betas_zero_snr is implemented as each diffusers class does it:
+ * DDIM keeps alphas_cumprod 0 at the last timestep (so only v_prediction
+ * may step from there: epsilon with trailing or linspace spacing is refused
+ * at set_timesteps), euler, euler_a and dpmpp_2m[_karras] raise it to 2^-24
+ * (sigma_max about 4096). PNDMScheduler has no such option (diffusers drops
+ * the key silently); pndm refuses it. Other unsupported settings fail with
+ * SDW_EUNSUPPORTED: trained_betas, beta_schedule squaredcos_cap_v2,
+ * thresholding, prediction_type sample or flow_prediction, exponential /
+ * beta / Lu-lambda / flow sigmas, karras sigmas with euler, euler's
+ * log_linear interpolation and continuous timesteps, PNDM without
+ * skip_prk_steps, and DPM's dpmsolver / sde-dpmsolver(++) algorithms, heun
+ * solver, third order, learned variance and lambda_min_clipped. */
 int sdw_sched_create(sdw_sched **out, const json_object *config, const char *sampler, float eta,
                      sdw_error *e);
 void sdw_sched_free(sdw_sched *s);

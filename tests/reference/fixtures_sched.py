@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Scheduler reference trajectories for tests/test_sched.c.
 
-Writes tests/fixtures/sched.json. Each case builds a diffusers 0.31 scheduler
+Writes tests/fixtures/sched.json. Each case builds a diffusers 0.42.1 scheduler
 exactly as a user swapping samplers does (`Cls.from_config(sd15_config,
 **overrides)`), runs set_timesteps, optionally the img2img start
 (get_timesteps + set_begin_index + add_noise), then the denoising loop the
@@ -61,14 +61,22 @@ def model(x_in, t):
     return x_in * np.float32(0.9) + tf * np.float32(1e-4)
 
 
-def run_case(base_cfg, sampler, spacing, steps, strength, bank, x_init, image, img_noise, prediction):
+def run_case(base_cfg, sampler, spacing, steps, strength, bank, x_init, image, img_noise, prediction,
+             zero_snr=False):
     cls, overrides, step_kw = SAMPLERS[sampler]
     cfg = dict(base_cfg)
     cfg["timestep_spacing"] = spacing
     cfg["prediction_type"] = prediction
+    if zero_snr:
+        cfg["rescale_betas_zero_snr"] = True
     sched = cls.from_config(cfg, **overrides)
     sched.set_timesteps(steps)
     full_ts = sched.timesteps.clone()
+    if strength is None and len(full_ts) > 1 and full_ts[0] == full_ts[1]:
+        # Karras sigmas under zero SNR repeat t = 999 from about 20 steps on;
+        # without set_begin_index (txt2img) diffusers then takes the first
+        # step at index 1 and runs off the end of its sigmas (IndexError).
+        return None
     case = {
         "sampler": "ddim" if sampler == "ddim_eta" else sampler,
         "eta": step_kw.get("eta", 0.0),
@@ -126,23 +134,47 @@ def main():
     image = torch.randn(SHAPE, generator=g2) * 0.8
     img_noise = torch.randn(SHAPE, generator=g2)
 
+    def case(sampler, spacing, steps, strength, prediction, zero_snr=False):
+        c = run_case(base_cfg, sampler, spacing, steps, strength, bank, x_init, image, img_noise, prediction,
+                     zero_snr)
+        if c is None:
+            print(f"skipped {sampler} {spacing} {prediction} {steps} steps zero_snr={zero_snr}: "
+                  "diffusers cannot run it (repeated first timestep)")
+        else:
+            cases.append(c)
+
+    # Every sampler x spacing x prediction type, from 1 step (SD-Turbo runs
+    # 1-4 trailing steps) up, txt2img and img2img (2 steps at strength 0.5
+    # leave one).
     cases = []
     for sampler in SAMPLERS:
-        for spacing in ("leading", "trailing", "linspace"):
-            for steps in (4, 7, 20):
-                cases.append(run_case(base_cfg, sampler, spacing, steps, None, bank, x_init, image,
-                                      img_noise, "epsilon"))
-            for strength in (0.3, 0.75):
-                cases.append(run_case(base_cfg, sampler, spacing, 10, strength, bank, x_init, image,
-                                      img_noise, "epsilon"))
-        cases.append(run_case(base_cfg, sampler, "leading", 7, None, bank, x_init, image, img_noise,
-                              "v_prediction"))
-        cases.append(run_case(base_cfg, sampler, "trailing", 9, 0.5, bank, x_init, image, img_noise,
-                              "v_prediction"))
-        cases.append(run_case(base_cfg, sampler, "leading", 1, None, bank, x_init, image, img_noise,
-                              "epsilon"))
-        cases.append(run_case(base_cfg, sampler, "leading", 50, None, bank, x_init, image,
-                              img_noise, "epsilon"))
+        for prediction in ("epsilon", "v_prediction"):
+            for spacing in ("leading", "trailing", "linspace"):
+                for steps in (1, 2, 4, 7, 20):
+                    case(sampler, spacing, steps, None, prediction)
+                for steps, strength in ((10, 0.3), (10, 0.75), (4, 0.5), (2, 0.5)):
+                    case(sampler, spacing, steps, strength, prediction)
+        case(sampler, "trailing", 9, 0.5, "v_prediction")
+        case(sampler, "leading", 50, None, "epsilon")
+
+    # Zero terminal SNR as intended, v-prediction with trailing spacing (the
+    # first step at t = 999: sigma about 4096, or DDIM's alphas_cumprod 0),
+    # then the other spacings, and epsilon where the sample stays defined
+    # (DDIM's epsilon x0 divides by sqrt(0) at t = 999). PNDMScheduler has no
+    # rescale_betas_zero_snr.
+    for sampler in SAMPLERS:
+        if sampler == "pndm":
+            continue
+        for steps in (1, 2, 4, 10, 25):
+            case(sampler, "trailing", steps, None, "v_prediction", zero_snr=True)
+        for steps, strength in ((4, 0.5), (10, 0.75), (1, 1.0)):
+            case(sampler, "trailing", steps, strength, "v_prediction", zero_snr=True)
+        for spacing in ("leading", "linspace"):
+            for steps in (4, 20):
+                case(sampler, spacing, steps, None, "v_prediction", zero_snr=True)
+        case(sampler, "leading", 7, None, "epsilon", zero_snr=True)
+        if sampler not in ("ddim", "ddim_eta"):
+            case(sampler, "trailing", 4, None, "epsilon", zero_snr=True)
 
     out = {
         "shape": list(SHAPE),
