@@ -9,6 +9,10 @@
 #include <unistd.h>
 
 #include "base/half.h"
+#include "backend/backend.h"
+#include "fixture.h"
+#include "model/clip.h"
+#include "model/unet.h"
 #include "model/model.h"
 #include "tap.h"
 
@@ -754,6 +758,121 @@ static void test_fixture(void)
     sdw_model_close(&m);
 }
 
+/* The fixtures diffusers 0.42 + transformers 5 saved (fixtures_sd2.py,
+ * make_fixtures.py's tiny-a-today) and the SD 2 single file. */
+static void test_today_fixtures(void)
+{
+    static const struct {
+        const char *name, *family, *prediction;
+        int inpainting, size;
+    } want[] = {
+        {"tiny-a-today", "sd1", "epsilon", 0, 64},
+        {"tiny-sd2", "sd2", "v_prediction", 0, 64},
+        {"tiny-sd2-inpaint", "sd2", "epsilon", 1, 64},
+        {"tiny-sd2.safetensors", "sd2", "v_prediction", 0, 768},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        char tmp[] = "/tmp/sdw-model-copy-XXXXXX";
+        sdw_model m;
+        sdw_error e = {0};
+        int rc = fixture_model_open(&m, tap_fixture(pathf("models/%s", want[i].name)),
+                                    tap_fixture("models/tiny-a/tokenizer"), tmp, &e);
+        if (tap_ok(rc == 0, "%s opens (%s)", want[i].name, rc ? e.msg : "")) {
+            tap_ok(!strcmp(m.family, want[i].family) && m.inpainting == want[i].inpainting &&
+                       m.default_size == want[i].size && !strcmp(sdw_model_prediction(&m), want[i].prediction),
+                   "%s: %s, inpainting %d, %d px, %s (got %s, %d, %d, %s)", want[i].name, want[i].family,
+                   want[i].inpainting, want[i].size, want[i].prediction, m.family, m.inpainting, m.default_size,
+                   sdw_model_prediction(&m));
+            tap_ok(!strcmp(m.text_encoder.prefix, m.layout == SDW_LAYOUT_LDM ? "cond_stage_model.model." : "") &&
+                       sdw_model_require_pipeline(&m, &e) == 0,
+                   "%s: text encoder without text_model., a complete pipeline", want[i].name);
+            sdw_model_close(&m);
+        }
+        fixture_model_done(tmp);
+    }
+}
+
+/* One batch of ids through m's text encoder, and one UNet step on
+ * pattern inputs; NULL on failure (diagnosed). */
+static float *run_parts(const sdw_model *m, sdw_backend *be, size_t *n_text, size_t *n_eps)
+{
+    sdw_error e;
+    sdw_clip *clip = NULL;
+    sdw_unet *u = NULL;
+    sdw_unet_config cfg;
+    int32_t ids[2 * 77];
+    for (int i = 0; i < 2 * 77; i++)
+        ids[i] = i % 77 == 0 ? 49406 : i % 77 < 9 ? 320 + 97 * i : i % 77 == 9 ? 49407 : m->clip.pad_id;
+    int64_t ts[3] = {2, 77, m->clip.hidden_size}, xs[4] = {2, 4, 8, 8};
+    float t[2] = {999, 250.5}, *x = malloc(2 * 4 * 64 * sizeof *x);
+    *n_text = (size_t)2 * 77 * m->clip.hidden_size, *n_eps = 2 * 4 * 64;
+    float *out = malloc((*n_text + *n_eps) * sizeof *out);
+    for (size_t i = 0; i < *n_eps; i++)
+        x[i] = pattern(i * 7);
+    sdw_tensor emb = {0}, lat = {0}, eps = {0};
+    int rc = sdw_clip_load(&clip, be, &m->clip, &m->text_encoder, &e);
+    if (!rc && !(rc = sdw_tensor_new(&emb, be, 3, ts, &e)) && !(rc = sdw_clip_encode(clip, ids, 2, 77, 0, &emb, &e)))
+        rc = sdw_tensor_to_host(&emb, out, &e);
+    if (!rc && !(rc = sdw_unet_config_parse(&cfg, m->unet_config, &e)) &&
+        !(rc = sdw_unet_load(&u, be, &cfg, &m->unet, m->layout, &e)) &&
+        !(rc = sdw_tensor_from_host(&lat, be, 4, xs, x, &e)) && !(rc = sdw_tensor_new(&eps, be, 4, xs, &e)) &&
+        !(rc = sdw_unet_forward(u, &lat, t, &emb, &eps, &e)))
+        rc = sdw_tensor_to_host(&eps, out + *n_text, &e);
+    if (rc) {
+        tap_diag("%s: %s", m->path, e.msg);
+        free(out);
+        out = NULL;
+    }
+    sdw_tensor_free(&emb), sdw_tensor_free(&lat), sdw_tensor_free(&eps);
+    sdw_clip_free(clip);
+    sdw_unet_free(u);
+    free(x);
+    return out;
+}
+
+/* sdworker-mkmodel's tiny-sd2 as a folder and as a single file (OpenCLIP
+ * tower with its fused in_proj and unused last block; UNet config read off
+ * the shapes) must be the same model. */
+static void test_mkmodel_sd2(void)
+{
+    const char *tool = getenv("SDW_TOOLS_DIR") ? pathf("%s/sdworker-mkmodel", getenv("SDW_TOOLS_DIR"))
+                                               : "src/tools/sdworker-mkmodel";
+    if (access(tool, X_OK) != 0) {
+        tap_skip("no %s to make tiny-sd2 with", tool);
+        return;
+    }
+    char *dir = strdup(pathf("%s/mk-sd2", root)), *file = strdup(pathf("%s/mk-sd2.safetensors", root));
+    int made = system(pathf("'%s' --config tiny-sd2 --seed 5 '%s' && '%s' --config tiny-sd2 --seed 5 "
+                            "--single-file '%s'", tool, dir, tool, file)) == 0;
+    sdw_model a, b;
+    sdw_error e;
+    sdw_backend *be = NULL;
+    if (!tap_ok(made && sdw_model_open(&a, dir, &e) == 0, "mkmodel tiny-sd2 folder opens") ||
+        !tap_ok(sdw_model_open(&b, file, &e) == 0, "mkmodel tiny-sd2 single file opens (%s)", e.msg)) {
+        if (made)
+            sdw_model_close(&a);
+        free(dir), free(file);
+        return;
+    }
+    tap_ok(!strcmp(a.family, "sd2") && !strcmp(b.family, "sd2") && a.clip.pad_id == 0 && b.clip.pad_id == 0 &&
+               !memcmp(&a.clip, &b.clip, sizeof a.clip) && !strcmp(sdw_model_prediction(&a), "v_prediction") &&
+               !strcmp(sdw_model_prediction(&b), "v_prediction"),
+           "both sd2, the same text encoder config (pad 0), v-prediction");
+    size_t nt, ne;
+    float *ra = NULL, *rb = NULL;
+    if (!sdw_backend_cpu(&be, &e)) {
+        ra = run_parts(&a, be, &nt, &ne);
+        rb = run_parts(&b, be, &nt, &ne);
+    }
+    tap_ok(ra && rb && !memcmp(ra, rb, nt * sizeof *ra), "the same text embeddings from both forms");
+    tap_ok(ra && rb && !memcmp(ra + nt, rb + nt, ne * sizeof *ra), "the same UNet output from both forms");
+    free(ra), free(rb);
+    sdw_backend_destroy(be);
+    sdw_model_close(&a);
+    sdw_model_close(&b);
+    free(dir), free(file);
+}
+
 int main(void)
 {
     if (!mkdtemp(root)) {
@@ -767,6 +886,8 @@ int main(void)
     test_openclip();
     test_pickle();
     test_fixture();
+    test_today_fixtures();
+    test_mkmodel_sd2();
     if (system(pathf("rm -rf '%s'", root)) != 0)
         tap_diag("could not remove %s", root);
     return tap_done();
