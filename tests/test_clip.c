@@ -1,7 +1,10 @@
-/* The CLIP text encoder against transformers' CLIPTextModel on the two tiny
- * random-weight models that tests/reference/make_fixtures.py saves: the last
- * hidden state and diffusers' clip_skip=1 output, from a diffusers folder and
- * from the same weights re-keyed as a single-file LDM checkpoint. */
+/* The CLIP text encoder against transformers' CLIPTextModel on the tiny
+ * random-weight models that tests/reference/make_fixtures.py and
+ * fixtures_sd2.py save: the last hidden state and diffusers' clip_skip=1
+ * output, from a diffusers folder (transformers 4's and 5's spellings), from
+ * the same weights re-keyed as a single-file LDM checkpoint, and for SD 2.x
+ * (gelu, padding with "!") from the OpenCLIP single file the reference's
+ * converter reads back to the folder's weights. */
 #include <json-c/json.h>
 #include <math.h>
 #include <stdlib.h>
@@ -117,24 +120,34 @@ static int write_ldm(const char *model_dir, const char *path)
 }
 
 /* single_file: also re-key it as an LDM file; only for a model whose head
- * count is the one a single file implies (hidden/64, at least 1). */
-static void check_model(const char *model, int single_file)
+ * count is the one a single file implies (hidden/64, at least 1). embeds
+ * names the reference (another model with the same weights, or the model).
+ * tokens: compare the model's tokenizer with the reference ids, which for
+ * the fixtures transformers 5 saved it gives differently (a pad token "!"
+ * is an added token there, CJK is not split); the tokenizer.json work
+ * checks those. */
+static void check_model(const char *model, const char *embeds, int single_file, int tokens)
 {
-    char dir[4096], label[64];
+    char dir[4096], label[64], tmp[] = "/tmp/sdw-clip-model-XXXXXX";
     snprintf(dir, sizeof dir, "%s", tap_fixture("models"));
     snprintf(dir + strlen(dir), sizeof dir - strlen(dir), "/%s", model);
     fixture fx = {0};
-    if (!tap_ok(fixture_open(&fx, model) == 0, "%s: reference embeddings readable", model))
+    if (!tap_ok(fixture_open(&fx, embeds) == 0, "%s: reference embeddings readable", model))
         return;
     sdw_model m;
     sdw_error e;
     snprintf(label, sizeof label, "%s (diffusers)", model);
-    int rc = sdw_model_open(&m, dir, &e);
+    int rc = fixture_model_open(&m, dir, tap_fixture("models/tiny-a/tokenizer"), tmp, &e);
     if (tap_ok(rc == 0, "%s: opens%s%s", label, rc ? ": " : "", rc ? e.msg : "")) {
-        check_tokens(label, &m, &fx);
+        if (tokens)
+            check_tokens(label, &m, &fx);
+        /* the first prompt is short: its last id is the padding */
+        tap_ok(m.clip.pad_id == (int32_t)fx.ids[fx.t - 1], "%s: pad id %d as the reference pads", label,
+               m.clip.pad_id);
         check_encoder(label, &m, &fx);
         sdw_model_close(&m);
     }
+    fixture_model_done(tmp);
 
     char tmpl[] = "/tmp/sdw-clip-XXXXXX", path[4096];
     if (!single_file || !mkdtemp(tmpl)) {
@@ -157,6 +170,31 @@ static void check_model(const char *model, int single_file)
     fixture_close(&fx);
 }
 
+/* tiny-sd2.safetensors: the OpenCLIP tower with an unused third block. A
+ * single file does not say the head count of a tower this small (64-wide
+ * heads would be one), so it comes from the folder, as diffusers'
+ * from_single_file(config=) takes it. */
+static void check_openclip(void)
+{
+    const char *label = "tiny-sd2 (OpenCLIP single file)";
+    fixture fx = {0};
+    if (!tap_ok(fixture_open(&fx, "tiny-sd2") == 0, "%s: reference embeddings readable", label))
+        return;
+    sdw_model m;
+    sdw_error e;
+    int rc = sdw_model_open(&m, tap_fixture("models/tiny-sd2.safetensors"), &e);
+    if (tap_ok(rc == 0, "%s: opens%s%s", label, rc ? ": " : "", rc ? e.msg : "")) {
+        const sdw_clip_config *c = &m.clip;
+        tap_ok(c->num_layers == 2 && c->hidden_size == 16 && c->intermediate_size == 64 && c->num_heads == 1 &&
+                   !c->quick_gelu && c->pad_id == 0 && !strcmp(m.family, "sd2"),
+               "%s: 3 blocks give 2 layers; gelu, pad 0, sd2", label);
+        m.clip.num_heads = 2;
+        check_encoder(label, &m, &fx);
+        sdw_model_close(&m);
+    }
+    fixture_close(&fx);
+}
+
 int main(void)
 {
     sdw_error e;
@@ -164,8 +202,12 @@ int main(void)
         tap_ok(0, "cpu backend: %s", e.msg);
         return tap_done();
     }
-    check_model("tiny-a", 0);
-    check_model("tiny-b", 1);
+    check_model("tiny-a", "tiny-a", 0, 1);
+    check_model("tiny-b", "tiny-b", 1, 1);
+    check_model("tiny-a-today", "tiny-a", 0, 0);
+    check_model("tiny-sd2", "tiny-sd2", 0, 0);
+    check_model("tiny-sd2-inpaint", "tiny-sd2-inpaint", 0, 0);
+    check_openclip();
     sdw_backend_destroy(be);
     return tap_done();
 }

@@ -123,6 +123,36 @@ for k in cond_stage_model.transformer.text_model.embeddings.token_embedding.weig
 done
 if [ -z "${absent:-}" ]; then ok "single file has LDM names"; else not_ok "single file has LDM names" "absent:$absent"; fi
 
+# SD 2.x: the folder (v-prediction DDIM) generates; the single file holds
+# the OpenCLIP key set (fused in_proj, one block more than is used, the text
+# projection) and loads through the text encoder and the UNet read off its
+# shapes, stopping at the VAE, which is tiny, not SD's.
+check "mkmodel tiny-sd2" "$bin/sdworker-mkmodel" --config tiny-sd2 --seed 3 "$tmp/sd2"
+check "tiny-sd2 txt2img" "$bin/sdworker-generate" --model "$tmp/sd2" --prompt "a photo of a cat" --steps 2 \
+    --width 64 --height 64 --seed 1 --quiet --output "$tmp/sd2.png"
+grep -q '"pad_token": "!"' "$tmp/sd2/tokenizer/tokenizer_config.json" &&
+    grep -q '"prediction_type": "v_prediction"' "$tmp/sd2/scheduler/scheduler_config.json" &&
+    grep -q '"hidden_act": "gelu"' "$tmp/sd2/text_encoder/config.json" && ! grep -aq '"text_model\.' \
+    "$tmp/sd2/text_encoder/model.safetensors" && ok "tiny-sd2 folder: pad \"!\", v-prediction, gelu, no text_model." ||
+    not_ok "tiny-sd2 folder: pad \"!\", v-prediction, gelu, no text_model."
+check "mkmodel --single-file tiny-sd2" "$bin/sdworker-mkmodel" --config tiny-sd2 --seed 3 --single-file "$tmp/sd2.safetensors"
+absent=
+for k in cond_stage_model.model.token_embedding.weight cond_stage_model.model.positional_embedding \
+    cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight \
+    cond_stage_model.model.transformer.resblocks.2.mlp.c_proj.bias cond_stage_model.model.ln_final.weight \
+    cond_stage_model.model.text_projection model.diffusion_model.middle_block.1.proj_in.weight; do
+    grep -aq "\"$k\"" "$tmp/sd2.safetensors" || absent="$absent $k"
+done
+if [ -z "$absent" ] && ! grep -aq '"cond_stage_model.model.transformer.resblocks.3.' "$tmp/sd2.safetensors"; then
+    ok "SD 2 single file has the OpenCLIP names, 3 blocks for 2 layers"
+else
+    not_ok "SD 2 single file has the OpenCLIP names" "absent:$absent"
+fi
+exits 4 "loading vae" "$bin/sdworker-generate" --model "$tmp/sd2.safetensors" --prompt x --steps 1 \
+    --output "$tmp/x.png" && ! grep -q "text encoder\|loading unet" "$tmp/err" &&
+    ok "SD 2 single file: text encoder and UNet load, the tiny VAE is not SD's" ||
+    not_ok "SD 2 single file: text encoder and UNet load" "$(cat "$tmp/err")"
+
 # Without SDW_DATA_DIR a program run from the build tree finds data/ itself
 # (base/datadir.h). A single file has no tokenizer/ folder, so opening one
 # loads the bundled vocabulary; the tiny one then stops at the UNet, whose
@@ -152,7 +182,7 @@ if [ "${SDW_SLOW_TESTS:-0}" = 1 ]; then
         --prompt "a photo of a cat" --steps 1 --width 64 --height 64 --seed 1 --quiet --output "$tmp/s.png"
     check "single-file PNG" has_size "$tmp/s.png" 64x64
 else
-    skip "SD 1.5 single file (set SDW_SLOW_TESTS=1; sdworker reads single files as SD 1.x-sized)"
+    skip "SD 1.5 single file (set SDW_SLOW_TESTS=1; sdworker reads SD 1.x single files as SD 1.x-sized)"
 fi
 
 echo "1..$n"

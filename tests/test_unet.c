@@ -1,9 +1,11 @@
-/* The UNet against diffusers' UNet2DConditionModel on the two tiny fixture
- * models (tests/reference/fixtures_unet_vae.py): batch 2, timesteps like 981
- * and 500.5, a non-square latent for tiny-b; from the diffusers folder and
- * from the same weights re-keyed as an LDM single file with the key map that
- * diffusers' own converter confirmed; and the errors for bad configs,
- * missing tensors and mismatched shapes. */
+/* The UNet against diffusers' UNet2DConditionModel on the tiny fixture
+ * models (tests/reference/fixtures_unet_vae.py, fixtures_sd2.py): batch 2,
+ * timesteps like 981 and 500.5, a non-square latent for tiny-b; SD 2.x's
+ * per-level heads, linear projections and 9 input channels; from the
+ * diffusers folder and from the same weights re-keyed as an LDM single file
+ * with the key map that diffusers' own converter confirmed, or tiny-sd2's
+ * single file, whose UNet config is read off its shapes; and the errors for
+ * bad configs, missing tensors and mismatched shapes. */
 #include <json-c/json.h>
 #include <math.h>
 #include <stdlib.h>
@@ -24,17 +26,19 @@ static sdw_backend *be;
 /* Runs the fixture case through u; the max relative error, or INFINITY. */
 static double run_case(sdw_unet *u, const sdw_st_file *fx, sdw_error *e)
 {
-    const sdw_st_tensor *li, *ci;
+    const sdw_st_tensor *li, *ci, *wi;
     float *lat = fixture_f32(fx, "latents", &li), *ctx = fixture_f32(fx, "encoder_hidden_states", &ci);
-    float *ts = fixture_f32(fx, "timesteps", NULL), *want = fixture_f32(fx, "eps", NULL);
+    float *ts = fixture_f32(fx, "timesteps", NULL), *want = fixture_f32(fx, "eps", &wi);
+    float *got = want ? malloc((size_t)wi->numel * sizeof *got) : NULL;
     double r = INFINITY;
     sdw_tensor x = {0}, c = {0}, y = {0};
-    if (lat && ctx && ts && want && !sdw_tensor_from_host(&x, be, 4, li->shape, lat, e) &&
-        !sdw_tensor_from_host(&c, be, 3, ci->shape, ctx, e) && !sdw_tensor_new(&y, be, 4, li->shape, e) &&
-        !sdw_unet_forward(u, &x, ts, &c, &y, e) && !sdw_tensor_to_host(&y, lat, e))
-        r = max_rel_err(lat, want, (size_t)li->numel);
+    /* eps has out_channels (4) where an inpainting UNet's latents have 9 */
+    if (lat && ctx && ts && got && !sdw_tensor_from_host(&x, be, 4, li->shape, lat, e) &&
+        !sdw_tensor_from_host(&c, be, 3, ci->shape, ctx, e) && !sdw_tensor_new(&y, be, 4, wi->shape, e) &&
+        !sdw_unet_forward(u, &x, ts, &c, &y, e) && !sdw_tensor_to_host(&y, got, e))
+        r = max_rel_err(got, want, (size_t)wi->numel);
     sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y);
-    free(lat), free(ctx), free(ts), free(want);
+    free(lat), free(ctx), free(ts), free(want), free(got);
     return r;
 }
 
@@ -51,24 +55,105 @@ static int write_ldm(const sdw_model *m, const char *model, const char *path)
     return rc;
 }
 
-static void check_model(const char *model)
+/* The folder's weights re-keyed by ldm-keys-<model>.json. */
+static void check_rekeyed(const char *model, const sdw_model *m, const sdw_unet_config *cfg, const sdw_st_file *fx)
 {
-    char path[256], tmp[] = "/tmp/sdw-unet-ldm-XXXXXX";
+    char tmp[] = "/tmp/sdw-unet-ldm-XXXXXX";
+    sdw_error e;
+    sdw_unet *u = NULL;
+    int rc, fd = mkstemp(tmp);
+    if (fd >= 0)
+        close(fd);
+    if (fd < 0 || write_ldm(m, model, tmp)) {
+        tap_ok(0, "%s: LDM re-keyed file written", model);
+        unlink(tmp);
+        return;
+    }
+    sdw_st_file lf;
+    if (!(rc = sdw_st_open(&lf, tmp, &e))) {
+        const sdw_st_file *files[1] = {&lf};
+        sdw_weights w = {.files = files, .nfiles = 1};
+        snprintf(w.prefix, sizeof w.prefix, "model.diffusion_model.");
+        if (!(rc = sdw_unet_load(&u, be, cfg, &w, SDW_LAYOUT_LDM, &e))) {
+            double r = run_case(u, fx, &e);
+            tap_ok(r <= TOL, "%s: LDM single-file names give the same eps, max rel err %.2e%s%s", model, r,
+                   isinf(r) ? ": " : "", isinf(r) ? e.msg : "");
+            sdw_unet_free(u);
+        } else {
+            tap_ok(0, "%s: UNet loads from LDM names: %s", model, e.msg);
+        }
+        /* The diffusers names are not in an LDM file: loading it as diffusers names one. */
+        rc = sdw_unet_load(&u, be, cfg, &w, SDW_LAYOUT_DIFFUSERS, &e);
+        tap_ok(rc == SDW_ENOTFOUND && strstr(e.msg, "conv_in.weight"),
+               "%s: an LDM file read with diffusers names fails naming the tensor: %s", model, e.msg);
+        sdw_st_close(&lf);
+    } else {
+        tap_ok(0, "%s: LDM file opens: %s", model, e.msg);
+    }
+    unlink(tmp);
+}
+
+/* models/<model>.safetensors, the single file the reference's converter
+ * reads back to the folder's weights. Its UNet config is read off the
+ * shapes; heads (64 channels each, so 1 for this tiny model) and
+ * normalisation groups are not in them, so the run takes the folder's
+ * config, as diffusers' from_single_file(config=) does. */
+static void check_single(const char *model, const sdw_unet_config *cfg, const sdw_st_file *fx)
+{
+    char path[256];
+    sdw_error e;
+    sdw_model m;
+    snprintf(path, sizeof path, "models/%s.safetensors", model);
+    int rc = sdw_model_open(&m, tap_fixture(path), &e);
+    if (!tap_ok(rc == 0, "%s: single file opens%s%s", model, rc ? ": " : "", rc ? e.msg : ""))
+        return;
+    sdw_unet_config sc;
+    sdw_unet *u = NULL;
+    rc = sdw_unet_config_parse(&sc, m.unet_config, &e);
+    int same = !rc && sc.in_channels == cfg->in_channels && sc.out_channels == cfg->out_channels &&
+               sc.nblocks == cfg->nblocks && sc.layers_per_block == cfg->layers_per_block &&
+               sc.cross_attention_dim == cfg->cross_attention_dim && sc.linear_projection == cfg->linear_projection;
+    for (int i = 0; same && i < cfg->nblocks; i++)
+        same = sc.block_out[i] == cfg->block_out[i] && sc.down_attn[i] == cfg->down_attn[i] &&
+               sc.up_attn[i] == cfg->up_attn[i] && sc.tlayers[i] == cfg->tlayers[i] &&
+               sc.heads[i] == (cfg->block_out[i] / 64 > 1 ? cfg->block_out[i] / 64 : 1);
+    tap_ok(same, "%s: the config read off the single file's shapes is the folder's, heads channels/64%s%s", model,
+           rc ? ": " : "", rc ? e.msg : "");
+    if (!(rc = sdw_unet_load(&u, be, cfg, &m.unet, m.layout, &e))) {
+        double r = run_case(u, fx, &e);
+        tap_ok(r <= TOL, "%s: the single file gives the same output, max rel err %.2e%s%s", model, r,
+               isinf(r) ? ": " : "", isinf(r) ? e.msg : "");
+        sdw_unet_free(u);
+    } else {
+        tap_ok(0, "%s: UNet loads from the single file: %s", model, e.msg);
+    }
+    sdw_model_close(&m);
+}
+
+enum { NO_LDM, LDM_REKEY, LDM_FILE };
+
+static void check_model(const char *model, int ldm)
+{
+    char path[256], copy[] = "/tmp/sdw-unet-model-XXXXXX";
     sdw_error e;
     sdw_model m;
     snprintf(path, sizeof path, "models/%s", model);
-    if (!tap_ok(sdw_model_open(&m, tap_fixture(path), &e) == 0, "%s: model opens%s%s", model, "", ""))
-        return tap_diag("%s", e.msg);
+    int rc = fixture_model_open(&m, tap_fixture(path), tap_fixture("models/tiny-a/tokenizer"), copy, &e);
+    if (!tap_ok(rc == 0, "%s: model opens%s%s", model, rc ? ": " : "", rc ? e.msg : "")) {
+        fixture_model_done(copy);
+        return;
+    }
     sdw_st_file fx;
     snprintf(path, sizeof path, "unet-%s.safetensors", model);
     if (sdw_st_open(&fx, tap_fixture(path), &e)) {
         tap_ok(0, "%s: fixture %s: %s", model, path, e.msg);
         sdw_model_close(&m);
+        fixture_model_done(copy);
         return;
     }
     sdw_unet_config cfg;
     sdw_unet *u = NULL;
-    int rc = sdw_unet_config_parse(&cfg, m.unet_config, &e);
+    rc = sdw_unet_config_parse(&cfg, m.unet_config, &e);
     if (!rc)
         rc = sdw_unet_load(&u, be, &cfg, &m.unet, SDW_LAYOUT_DIFFUSERS, &e);
     if (tap_ok(rc == 0, "%s: config parses and the UNet loads%s%s", model, rc ? ": " : "", rc ? e.msg : "")) {
@@ -76,40 +161,14 @@ static void check_model(const char *model)
         tap_ok(r <= TOL, "%s: eps matches diffusers, max rel err %.2e (tolerance %.0e)%s%s", model, r, TOL,
                isinf(r) ? ": " : "", isinf(r) ? e.msg : "");
         sdw_unet_free(u);
+        if (ldm == LDM_REKEY)
+            check_rekeyed(model, &m, &cfg, &fx);
+        if (ldm == LDM_FILE)
+            check_single(model, &cfg, &fx);
     }
-
-    int fd = mkstemp(tmp);
-    if (fd >= 0)
-        close(fd);
-    if (fd >= 0 && write_ldm(&m, model, tmp) == 0) {
-        sdw_st_file lf;
-        u = NULL;
-        if (!(rc = sdw_st_open(&lf, tmp, &e))) {
-            const sdw_st_file *files[1] = {&lf};
-            sdw_weights w = {.files = files, .nfiles = 1};
-            snprintf(w.prefix, sizeof w.prefix, "model.diffusion_model.");
-            if (!(rc = sdw_unet_load(&u, be, &cfg, &w, SDW_LAYOUT_LDM, &e))) {
-                double r = run_case(u, &fx, &e);
-                tap_ok(r <= TOL, "%s: LDM single-file names give the same eps, max rel err %.2e%s%s", model, r,
-                       isinf(r) ? ": " : "", isinf(r) ? e.msg : "");
-                sdw_unet_free(u);
-            } else {
-                tap_ok(0, "%s: UNet loads from LDM names: %s", model, e.msg);
-            }
-            /* The diffusers names are not in an LDM file: loading it as diffusers names one. */
-            rc = sdw_unet_load(&u, be, &cfg, &w, SDW_LAYOUT_DIFFUSERS, &e);
-            tap_ok(rc == SDW_ENOTFOUND && strstr(e.msg, "conv_in.weight"),
-                   "%s: an LDM file read with diffusers names fails naming the tensor: %s", model, e.msg);
-            sdw_st_close(&lf);
-        } else {
-            tap_ok(0, "%s: LDM file opens: %s", model, e.msg);
-        }
-    } else {
-        tap_ok(0, "%s: LDM re-keyed file written", model);
-    }
-    unlink(tmp);
     sdw_st_close(&fx);
     sdw_model_close(&m);
+    fixture_model_done(copy);
 }
 
 /* Parses the model's config with one field replaced. */
@@ -195,8 +254,10 @@ int main(void)
         tap_ok(0, "CPU backend: %s", e.msg);
         return tap_done();
     }
-    check_model("tiny-a");
-    check_model("tiny-b");
+    check_model("tiny-a", LDM_REKEY);
+    check_model("tiny-b", LDM_REKEY);
+    check_model("tiny-sd2", LDM_FILE);
+    check_model("tiny-sd2-inpaint", NO_LDM);
     check_errors();
     sdw_backend_destroy(be);
     return tap_done();

@@ -61,7 +61,7 @@ static int load_layer(sdw_clip *c, const sdw_weights *w, int i, clip_layer *l, s
         {"mlp.fc1", &l->fc1_w, &l->fc1_b, f, h},        {"mlp.fc2", &l->fc2_w, &l->fc2_b, h, f},
     };
     for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++) {
-        snprintf(p, sizeof p, "text_model.encoder.layers.%d.%s", i, parts[k].name);
+        snprintf(p, sizeof p, "encoder.layers.%d.%s", i, parts[k].name);
         int rc = load_linear(c, w, p, parts[k].w, parts[k].b, parts[k].out, parts[k].in, e);
         if (rc)
             return rc;
@@ -106,15 +106,15 @@ int sdw_clip_load(sdw_clip **out, sdw_backend *be, const sdw_clip_config *cfg, c
     c->layers = calloc((size_t)cfg->num_layers, sizeof *c->layers);
     int rc = c->layers ? SDW_OK : sdw_fail(e, SDW_ENOMEM, "out of memory");
     if (!rc)
-        rc = load_mat(c, w, &c->tok_emb, "text_model.embeddings.token_embedding.weight", cfg->vocab_size,
+        rc = load_mat(c, w, &c->tok_emb, "embeddings.token_embedding.weight", cfg->vocab_size,
                       cfg->hidden_size, e);
     if (!rc)
-        rc = load_mat(c, w, &c->pos_emb, "text_model.embeddings.position_embedding.weight", cfg->max_positions,
+        rc = load_mat(c, w, &c->pos_emb, "embeddings.position_embedding.weight", cfg->max_positions,
                       cfg->hidden_size, e);
     for (int i = 0; !rc && i < cfg->num_layers; i++)
         rc = load_layer(c, w, i, &c->layers[i], e);
     if (!rc)
-        rc = load_linear(c, w, "text_model.final_layer_norm", &c->final_w, &c->final_b, cfg->hidden_size, 0, e);
+        rc = load_linear(c, w, "final_layer_norm", &c->final_w, &c->final_b, cfg->hidden_size, 0, e);
     if (rc) {
         sdw_fail_wrap(e, "text encoder");
         sdw_clip_free(c);

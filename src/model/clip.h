@@ -1,6 +1,10 @@
 /* The CLIP text encoder that conditions Stable Diffusion: token and position
  * embeddings, pre-LN transformer blocks with a causal mask, and the final
- * LayerNorm. For SD 1.5 it maps [B,77] token ids to [B,77,768]. */
+ * LayerNorm. For SD 1.5 it maps [B,77] token ids to [B,77,768], for SD 2.x
+ * (OpenCLIP ViT-H, exact gelu, 23 of its 24 blocks) to [B,77,1024]. It asks
+ * the weights for transformers 5's CLIPTextModel names (embeddings.*,
+ * encoder.layers.N.*, final_layer_norm.*); sdw_weights' prefix and map find
+ * them in the other layouts. */
 #ifndef SDW_CLIP_H
 #define SDW_CLIP_H
 

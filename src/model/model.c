@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,11 +13,13 @@
 /* A model opens at most one file per part: text encoder, UNet, VAE. */
 #define MAX_FILES 3
 
-#define LDM_CLIP_PREFIX "cond_stage_model.transformer."
-#define LDM_UNET_PREFIX "model.diffusion_model."
-#define LDM_VAE_PREFIX "first_stage_model."
-#define TOKEN_EMB "text_model.embeddings.token_embedding.weight"
-#define POS_EMB "text_model.embeddings.position_embedding.weight"
+/* The CLIP loader's names (transformers 5's CLIPTextModel spelling). */
+#define TOKEN_EMB "embeddings.token_embedding.weight"
+#define POS_EMB "embeddings.position_embedding.weight"
+/* The key diffusers reads an SD 2.x UNet off (its width is 1024 there). */
+#define V2_KEY "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+
+static const char fam_sd1[] = "sd1", fam_sd2[] = "sd2";
 
 static const char pickle_advice[] =
     "pickle checkpoints (.ckpt/.pt/.pth/.bin) run arbitrary code when loaded, so sdworker never "
@@ -28,37 +31,61 @@ static const char pickle_advice[] =
 
 /* ---- weights ---- */
 
-static int full_name(const sdw_weights *w, const char *name, char *buf, size_t cap, sdw_error *e)
-{
-    if ((size_t)snprintf(buf, cap, "%s%s", w->prefix, name) >= cap)
-        return sdw_fail(e, SDW_EINVAL, "%s: tensor name '%s' is too long", w->part, name);
-    return 0;
-}
-
 static const char *file_label(const sdw_weights *w)
 {
     return w->nfiles && w->files[0]->path ? w->files[0]->path : "<memory>";
 }
 
-int sdw_weights_find(const sdw_weights *w, const char *name, const sdw_st_tensor **t, sdw_error *e)
+/* Where name lives: the map's answer (or name itself, whole) after the
+ * prefix. */
+static int locate(const sdw_weights *w, const char *name, sdw_weights_loc *loc, sdw_error *e)
 {
-    char full[512];
-    int rc = full_name(w, name, full, sizeof full, e);
-    if (rc < 0)
-        return rc;
-    for (size_t i = 0; i < w->nfiles; i++) {
-        const sdw_st_tensor *x = sdw_st_find(w->files[i], full);
-        if (x) {
-            *t = x;
-            return 0;
-        }
+    sdw_weights_loc rel = {.block = 0, .nblocks = 1};
+    if (w->map) {
+        if (w->map(name, &rel))
+            return sdw_fail(e, SDW_ENOTFOUND, "%s: %s has no counterpart in the layout of %s", w->part, name,
+                            file_label(w));
+    } else if ((size_t)snprintf(rel.name, sizeof rel.name, "%s", name) >= sizeof rel.name) {
+        return sdw_fail(e, SDW_EINVAL, "%s: tensor name '%s' is too long", w->part, name);
     }
+    if (rel.nblocks < 1 || rel.block < 0 || rel.block >= rel.nblocks)
+        return sdw_fail(e, SDW_EINVAL, "%s: %s: block %d of %d", w->part, name, rel.block, rel.nblocks);
+    *loc = rel;
+    if ((size_t)snprintf(loc->name, sizeof loc->name, "%s%s", w->prefix, rel.name) >= sizeof loc->name)
+        return sdw_fail(e, SDW_EINVAL, "%s: tensor name '%s%s' is too long", w->part, w->prefix, rel.name);
+    return 0;
+}
+
+static int find_in(const sdw_weights *w, const char *full, const sdw_st_tensor **t, const sdw_st_file **owner)
+{
+    for (size_t i = 0; i < w->nfiles; i++)
+        if ((*t = sdw_st_find(w->files[i], full))) {
+            *owner = w->files[i];
+            return 1;
+        }
+    return 0;
+}
+
+static int not_found(const sdw_weights *w, const char *full, sdw_error *e)
+{
     if (w->synth)
         return sdw_fail(e, SDW_ENOTFOUND, "%s: tensor %s: synthetic weights are never looked up by name",
                         w->part, full);
     if (!w->nfiles)
         return sdw_fail(e, SDW_ENOTFOUND, "%s: no weights loaded (looking for %s)", w->part, full);
     return sdw_fail(e, SDW_ENOTFOUND, "%s: tensor %s not found in %s", w->part, full, file_label(w));
+}
+
+int sdw_weights_find(const sdw_weights *w, const char *name, const sdw_st_tensor **t, sdw_error *e)
+{
+    sdw_weights_loc loc;
+    const sdw_st_file *f;
+    int rc = locate(w, name, &loc, e);
+    if (rc < 0)
+        return rc;
+    if (w->synth || !find_in(w, loc.name, t, &f))
+        return not_found(w, loc.name, e);
+    return 0;
 }
 
 static void format_shape(char *buf, size_t cap, int ndim, const int64_t *shape)
@@ -70,38 +97,78 @@ static void format_shape(char *buf, size_t cap, int ndim, const int64_t *shape)
         snprintf(buf + k, cap - k, "]");
 }
 
-static int find_in(const sdw_weights *w, const char *name, const sdw_st_tensor **t,
-                   const sdw_st_file **owner)
+/* The stored shape loc implies for a block of `shape`: nblocks times the
+ * rows. 0 when it cannot be stated (a fused scalar, an overflow). */
+static int stored_shape(const sdw_weights_loc *loc, int ndim, const int64_t *shape, int64_t *out)
 {
-    char full[512];
-    if ((size_t)snprintf(full, sizeof full, "%s%s", w->prefix, name) >= sizeof full)
+    if (ndim < (loc->nblocks > 1) || ndim > SDW_ST_MAX_DIMS)
         return 0;
-    for (size_t i = 0; i < w->nfiles; i++)
-        if ((*t = sdw_st_find(w->files[i], full))) {
-            *owner = w->files[i];
-            return 1;
-        }
+    for (int i = 0; i < ndim; i++)
+        out[i] = shape[i];
+    if (loc->nblocks > 1) {
+        if (shape[0] < 0 || shape[0] > INT64_MAX / loc->nblocks)
+            return 0;
+        out[0] = shape[0] * loc->nblocks;
+    }
+    return 1;
+}
+
+/* The block of t that loc selects, as a tensor of its own: row blocks of a
+ * row-major tensor are contiguous. */
+static sdw_st_tensor block_of(const sdw_st_tensor *t, const sdw_weights_loc *loc)
+{
+    sdw_st_tensor v = *t;
+    if (loc->nblocks > 1) {
+        v.shape[0] /= loc->nblocks;
+        v.numel /= loc->nblocks;
+        v.nbytes /= (size_t)loc->nblocks;
+        v.data = (const uint8_t *)t->data + (size_t)loc->block * v.nbytes;
+    }
+    return v;
+}
+
+/* Finds the tensor at loc and checks it holds `shape` (per block). */
+static int find_checked(const sdw_weights *w, const sdw_weights_loc *loc, int ndim, const int64_t *shape,
+                        sdw_st_tensor *block, const sdw_st_file **f, sdw_error *e)
+{
+    const sdw_st_tensor *t;
+    int64_t want[SDW_ST_MAX_DIMS];
+    if (!find_in(w, loc->name, &t, f))
+        return not_found(w, loc->name, e);
+    const char *path = (*f)->path ? (*f)->path : "<memory>";
+    if (t->dtype != SDW_DT_F32 && t->dtype != SDW_DT_F16 && t->dtype != SDW_DT_BF16 &&
+        t->dtype != SDW_DT_F64)
+        return sdw_fail(e, SDW_EUNSUPPORTED, "%s: %s has dtype %s, expected a float type (in %s)",
+                        w->part, t->name, sdw_dtype_name(t->dtype), path);
+    int same = stored_shape(loc, ndim, shape, want) && t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++)
+        same = t->shape[i] == want[i];
+    if (!same) {
+        char have[160], exp[160];
+        format_shape(have, sizeof have, t->ndim, t->shape);
+        format_shape(exp, sizeof exp, ndim, stored_shape(loc, ndim, shape, want) ? want : shape);
+        return sdw_fail(e, SDW_EFORMAT, "%s: %s has shape %s, expected %s%s (in %s)", w->part, t->name, have,
+                        exp, loc->nblocks > 1 ? " (q, k and v stacked)" : "", path);
+    }
+    *block = block_of(t, loc);
     return 0;
 }
 
-static int synth_load(const sdw_weights *w, const char *name, int ndim, const int64_t *shape, float **out,
-                      sdw_error *e)
+static int synth_load(const sdw_weights *w, const sdw_weights_loc *loc, int ndim, const int64_t *shape,
+                      float **out, sdw_error *e)
 {
-    char full[512];
-    int rc = full_name(w, name, full, sizeof full, e);
-    if (rc < 0)
-        return rc;
     int64_t numel = 1;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0 || (shape[i] && numel > INT64_MAX / 4 / shape[i]))
-            return sdw_fail(e, SDW_EINVAL, "%s: %s: implausible shape", w->part, full);
+            return sdw_fail(e, SDW_EINVAL, "%s: %s: implausible shape", w->part, loc->name);
         numel *= shape[i];
     }
     float *buf = malloc(numel ? (size_t)numel * sizeof *buf : 1);
     if (!buf)
-        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %s (%lld floats)", w->part, full,
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %s (%lld floats)", w->part, loc->name,
                         (long long)numel);
-    if ((rc = w->synth(w->synth_ctx, full, ndim, shape, buf, e)) < 0) {
+    int rc = w->synth(w->synth_ctx, loc, ndim, shape, buf, e);
+    if (rc < 0) {
         free(buf);
         return rc;
     }
@@ -126,38 +193,26 @@ static void release_pages(const sdw_st_file *f, const sdw_st_tensor *t)
 int sdw_weights_load(const sdw_weights *w, const char *name, int ndim, const int64_t *shape,
                      float **out, sdw_error *e)
 {
-    const sdw_st_tensor *t;
-    const sdw_st_file *f = NULL;
+    sdw_weights_loc loc;
+    sdw_st_tensor t;
+    const sdw_st_file *f;
     *out = NULL;
+    int rc = locate(w, name, &loc, e);
+    if (rc < 0)
+        return rc;
     if (w->synth)
-        return synth_load(w, name, ndim, shape, out, e);
-    if (!find_in(w, name, &t, &f))
-        return sdw_weights_find(w, name, &t, e);
-    const char *path = f->path ? f->path : "<memory>";
-    if (t->dtype != SDW_DT_F32 && t->dtype != SDW_DT_F16 && t->dtype != SDW_DT_BF16 &&
-        t->dtype != SDW_DT_F64)
-        return sdw_fail(e, SDW_EUNSUPPORTED, "%s: %s has dtype %s, expected a float type (in %s)",
-                        w->part, t->name, sdw_dtype_name(t->dtype), path);
-    int same = t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++)
-        same = t->shape[i] == shape[i];
-    if (!same) {
-        char have[160], want[160];
-        format_shape(have, sizeof have, t->ndim, t->shape);
-        format_shape(want, sizeof want, ndim, shape);
-        return sdw_fail(e, SDW_EFORMAT, "%s: %s has shape %s, expected %s (in %s)", w->part, t->name,
-                        have, want, path);
-    }
-    float *buf = malloc(t->numel ? (size_t)t->numel * sizeof *buf : 1);
+        return synth_load(w, &loc, ndim, shape, out, e);
+    if ((rc = find_checked(w, &loc, ndim, shape, &t, &f, e)) < 0)
+        return rc;
+    float *buf = malloc(t.numel ? (size_t)t.numel * sizeof *buf : 1);
     if (!buf)
-        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %s (%lld floats)", w->part, t->name,
-                        (long long)t->numel);
-    int rc = sdw_st_to_f32(t, buf, e);
-    if (rc < 0) {
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %s (%lld floats)", w->part, t.name,
+                        (long long)t.numel);
+    if ((rc = sdw_st_to_f32(&t, buf, e)) < 0) {
         free(buf);
-        return sdw_fail_wrap(e, "%s: %s", w->part, path);
+        return sdw_fail_wrap(e, "%s: %s", w->part, f->path ? f->path : "<memory>");
     }
-    release_pages(f, t);
+    release_pages(f, &t);
     *out = buf;
     return 0;
 }
@@ -165,22 +220,68 @@ int sdw_weights_load(const sdw_weights *w, const char *name, int ndim, const int
 int sdw_weights_load_f16(const sdw_weights *w, const char *name, int ndim, const int64_t *shape,
                          uint16_t **out, sdw_error *e)
 {
-    const sdw_st_tensor *t;
-    const sdw_st_file *f = NULL;
+    sdw_weights_loc loc;
+    sdw_st_tensor t;
+    const sdw_st_file *f;
+    sdw_error ignored;
     *out = NULL;
-    if (w->synth || !find_in(w, name, &t, &f) || t->dtype != SDW_DT_F16 || t->ndim != ndim)
+    /* Anything but a matching half tensor is left to sdw_weights_load, which
+     * loads it or says what is wrong. */
+    if (w->synth || locate(w, name, &loc, &ignored) < 0 ||
+        find_checked(w, &loc, ndim, shape, &t, &f, &ignored) < 0 || t.dtype != SDW_DT_F16)
         return 1;
-    for (int i = 0; i < ndim; i++)
-        if (t->shape[i] != shape[i])
-            return 1;
-    uint16_t *buf = malloc(t->nbytes ? t->nbytes : 1);
+    uint16_t *buf = malloc(t.nbytes ? t.nbytes : 1);
     if (!buf)
-        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %s (%lld halves)", w->part, t->name,
-                        (long long)t->numel);
-    memcpy(buf, t->data, t->nbytes);
-    release_pages(f, t);
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %s (%lld halves)", w->part, t.name,
+                        (long long)t.numel);
+    memcpy(buf, t.data, t.nbytes);
+    release_pages(f, &t);
     *out = buf;
     return 0;
+}
+
+/* OpenCLIP's names for the parts of a block, after
+ * transformer.resblocks.N.; q, k and v share in_proj. */
+static const struct {
+    const char *clip, *openclip;
+    int block;
+} openclip_parts[] = {
+    {"layer_norm1.", "ln_1.", 0},           {"layer_norm2.", "ln_2.", 0},
+    {"self_attn.q_proj.", "attn.in_proj_", 0}, {"self_attn.k_proj.", "attn.in_proj_", 1},
+    {"self_attn.v_proj.", "attn.in_proj_", 2}, {"self_attn.out_proj.", "attn.out_proj.", 0},
+    {"mlp.fc1.", "mlp.c_fc.", 0},           {"mlp.fc2.", "mlp.c_proj.", 0},
+};
+
+int sdw_weights_openclip(const char *name, sdw_weights_loc *loc)
+{
+    static const struct {
+        const char *clip, *openclip;
+    } fixed[] = {
+        {"embeddings.token_embedding.weight", "token_embedding.weight"},
+        {"embeddings.position_embedding.weight", "positional_embedding"},
+        {"final_layer_norm.weight", "ln_final.weight"},
+        {"final_layer_norm.bias", "ln_final.bias"},
+    };
+    loc->block = 0;
+    loc->nblocks = 1;
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        if (!strcmp(name, fixed[i].clip))
+            return snprintf(loc->name, sizeof loc->name, "%s", fixed[i].openclip) < 0;
+    int layer, n = 0;
+    if (sscanf(name, "encoder.layers.%d.%n", &layer, &n) != 1 || !n || layer < 0)
+        return 1;
+    const char *rest = name + n;
+    for (size_t i = 0; i < sizeof openclip_parts / sizeof openclip_parts[0]; i++) {
+        size_t k = strlen(openclip_parts[i].clip);
+        if (strncmp(rest, openclip_parts[i].clip, k))
+            continue;
+        loc->block = openclip_parts[i].block;
+        loc->nblocks = strcmp(openclip_parts[i].openclip, "attn.in_proj_") ? 1 : 3;
+        size_t len = (size_t)snprintf(loc->name, sizeof loc->name, "transformer.resblocks.%d.%s%s", layer,
+                                      openclip_parts[i].openclip, rest + k);
+        return len >= sizeof loc->name;
+    }
+    return 1;
 }
 
 /* ---- helpers ---- */
@@ -353,7 +454,102 @@ static int check_embeddings(const sdw_model *m, sdw_error *e)
     return 0;
 }
 
+/* ---- family, prediction, image size ---- */
+
+/* The scheduler_config.json of the repositories diffusers takes a single
+ * file's configs from: stable-diffusion-v1-5 (and its inpainting model; the
+ * same as sdw_sched_create's default), stabilityai/stable-diffusion-2-1
+ * (DDIM, v-prediction) and stabilityai/stable-diffusion-2-inpainting. */
+static const char sched_sd1[] =
+    "{\"_class_name\":\"PNDMScheduler\",\"beta_end\":0.012,\"beta_schedule\":\"scaled_linear\","
+    "\"beta_start\":0.00085,\"clip_sample\":false,\"num_train_timesteps\":1000,\"prediction_type\":\"epsilon\","
+    "\"set_alpha_to_one\":false,\"skip_prk_steps\":true,\"steps_offset\":1,\"timestep_spacing\":\"leading\","
+    "\"trained_betas\":null}";
+static const char sched_sd21[] =
+    "{\"_class_name\":\"DDIMScheduler\",\"beta_end\":0.012,\"beta_schedule\":\"scaled_linear\","
+    "\"beta_start\":0.00085,\"clip_sample\":false,\"num_train_timesteps\":1000,"
+    "\"prediction_type\":\"v_prediction\",\"set_alpha_to_one\":false,\"skip_prk_steps\":true,"
+    "\"steps_offset\":1,\"trained_betas\":null}";
+static const char sched_sd2_inpaint[] =
+    "{\"_class_name\":\"PNDMScheduler\",\"beta_end\":0.012,\"beta_schedule\":\"scaled_linear\","
+    "\"beta_start\":0.00085,\"clip_sample\":false,\"num_train_timesteps\":1000,\"prediction_type\":\"epsilon\","
+    "\"set_alpha_to_one\":false,\"skip_prk_steps\":true,\"steps_offset\":1,\"trained_betas\":null}";
+
+static int family_size(const sdw_model *m)
+{
+    return m->family == fam_sd2 && !m->inpainting ? 768 : 512;
+}
+
+static int json_int(const json_object *o, const char *key, int dflt)
+{
+    json_object *x;
+    return o && json_object_object_get_ex(o, key, &x) && json_object_is_type(x, json_type_int)
+               ? json_object_get_int(x)
+               : dflt;
+}
+
+/* A folder says SD 2 by its OpenCLIP text tower, the one with exact gelu
+ * (OpenAI's CLIP, SD 1.x's, uses quick_gelu); diffusers' pipelines size
+ * images as unet sample_size x 2^(VAE levels - 1). The UNet and VAE parsers
+ * check these fields; here an odd value only falls back to the default. */
+static void folder_family(sdw_model *m)
+{
+    json_object *bo;
+    int levels = m->vae_config && json_object_object_get_ex(m->vae_config, "block_out_channels", &bo) &&
+                         json_object_is_type(bo, json_type_array)
+                     ? (int)json_object_array_length(bo)
+                     : 4;
+    int sample = json_int(m->unet_config, "sample_size", 0);
+    m->family = m->clip.quick_gelu ? fam_sd1 : fam_sd2;
+    m->inpainting = json_int(m->unet_config, "in_channels", 4) == 9;
+    m->default_size = sample > 0 && sample <= 4096 && levels >= 1 && levels <= 8 ? sample << (levels - 1)
+                                                                                : family_size(m);
+}
+
+const char *sdw_model_prediction(const sdw_model *m)
+{
+    json_object *x;
+    if (m->scheduler_config && json_object_object_get_ex(m->scheduler_config, "prediction_type", &x) &&
+        json_object_is_type(x, json_type_string))
+        return json_object_get_string(x);
+    return "epsilon";
+}
+
+int sdw_model_set_prediction(sdw_model *m, const char *prediction, sdw_error *e)
+{
+    const char *v = !strcmp(prediction, "epsilon")                                    ? "epsilon"
+                    : !strcmp(prediction, "v") || !strcmp(prediction, "v_prediction") ? "v_prediction"
+                                                                                       : NULL;
+    if (!v)
+        return sdw_fail(e, SDW_EINVAL, "%s: prediction type '%s' is not epsilon, v or v_prediction", m->path,
+                        prediction);
+    if (!m->scheduler_config)
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: no scheduler config to set the prediction type in", m->path);
+    json_object *s = json_object_new_string(v);
+    if (!s || json_object_object_add(m->scheduler_config, "prediction_type", s) < 0) {
+        json_object_put(s);
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", m->path);
+    }
+    return 0;
+}
+
 /* ---- diffusers folder ---- */
+
+/* transformers 5 saves CLIPTextModel without the text_model. prefix that
+ * older versions wrote, and loads either; so does this, after the spelling
+ * of the token embedding. */
+static int text_prefix(const sdw_st_file *f, const char **prefix, sdw_error *e)
+{
+    int bare = sdw_st_find(f, TOKEN_EMB) != NULL, old = sdw_st_find(f, "text_model." TOKEN_EMB) != NULL;
+    if (bare && old)
+        return sdw_fail(e, SDW_EFORMAT, "%s: holds both " TOKEN_EMB " and text_model." TOKEN_EMB
+                        ": two text encoders in one file?", f->path);
+    if (!bare && !old)
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: no text encoder token embedding (neither " TOKEN_EMB
+                        " nor text_model." TOKEN_EMB ")", f->path);
+    *prefix = old ? "text_model." : "";
+    return 0;
+}
 
 /* special_tokens_map.json names the pad token either as a string or as an
  * AddedToken object {"content": ...}; its id comes from vocab.json. */
@@ -467,8 +663,10 @@ static int open_diffusers(sdw_model *m, const char *root, sdw_error *e)
         (rc = parse_clip_config(&m->clip, path, e)) < 0)
         return rc;
     sdw_st_file *f;
+    const char *prefix = "";
     if ((rc = open_variant(m, dir, "model", "pytorch_model.bin", &f, e)) < 0 ||
-        (rc = set_weights(&m->text_encoder, "text_encoder", f, "", e)) < 0 ||
+        (rc = text_prefix(f, &prefix, e)) < 0 ||
+        (rc = set_weights(&m->text_encoder, "text_encoder", f, prefix, e)) < 0 ||
         (rc = check_embeddings(m, e)) < 0)
         return rc;
 
@@ -495,6 +693,7 @@ static int open_diffusers(sdw_model *m, const char *root, sdw_error *e)
         return rc;
     if (is_file(path) && (rc = read_json(path, &m->scheduler_config, e)) < 0)
         return rc;
+    folder_family(m);
     return 0;
 }
 
@@ -509,71 +708,196 @@ static int has_prefix(const sdw_st_file *f, const char *prefix)
     return 0;
 }
 
-static int open_ldm(sdw_model *m, const char *path, sdw_error *e)
+/* 1 + the largest N of the tensors named prefix N.*, 0 when there is none. */
+static long count_indexed(const sdw_st_file *f, const char *prefix)
 {
-    sdw_st_file *f;
-    int rc;
-    m->layout = SDW_LAYOUT_LDM;
-    if ((rc = open_file(m, path, &f, e)) < 0)
-        return rc;
-    if ((rc = set_weights(&m->text_encoder, "text_encoder", f, LDM_CLIP_PREFIX, e)) < 0 ||
-        (rc = set_weights(&m->unet, "unet", f, LDM_UNET_PREFIX, e)) < 0 ||
-        (rc = set_weights(&m->vae, "vae", f, LDM_VAE_PREFIX, e)) < 0)
-        return rc;
-    const sdw_st_tensor *tok = sdw_st_find(f, LDM_CLIP_PREFIX TOKEN_EMB);
-    if (!tok) {
-        if (has_prefix(f, "cond_stage_model.model."))
-            return sdw_fail(e, SDW_EUNSUPPORTED,
-                            "%s: an SD 2.x checkpoint (OpenCLIP text encoder under "
-                            "cond_stage_model.model.); only SD 1.x is supported",
-                            path);
-        return sdw_fail(e, SDW_ENOTFOUND,
-                        "%s: not an SD 1.x checkpoint: tensor " LDM_CLIP_PREFIX TOKEN_EMB " is missing",
-                        path);
+    size_t n = strlen(prefix);
+    long count = 0;
+    for (size_t i = 0; i < f->ntensors; i++) {
+        const char *nm = f->tensors[i].name;
+        if (strncmp(nm, prefix, n) != 0)
+            continue;
+        char *end;
+        long k = strtol(nm + n, &end, 10);
+        if (end != nm + n && *end == '.' && k >= 0 && k < 4096 && k + 1 > count)
+            count = k + 1;
     }
-    const sdw_st_tensor *pos = sdw_st_find(f, LDM_CLIP_PREFIX POS_EMB);
-    if (!pos)
-        return sdw_fail(e, SDW_ENOTFOUND, "%s: tensor " LDM_CLIP_PREFIX POS_EMB " is missing", path);
+    return count;
+}
+
+/* The CLIP tower's sizes from its tensors: SD 1.x's (transformers' names
+ * under cond_stage_model.transformer.) or SD 2.x's OpenCLIP one. */
+static int ldm_text(sdw_model *m, const sdw_st_file *f, int *openclip, sdw_error *e)
+{
+    const char *path = f->path;
+    sdw_weights *w = &m->text_encoder;
+    const sdw_st_tensor *tok, *pos, *fc1;
+    int rc;
+    *openclip = sdw_st_find(f, SDW_LDM_OPENCLIP_PREFIX "token_embedding.weight") != NULL;
+    if (!*openclip && !sdw_st_find(f, SDW_LDM_CLIP_PREFIX TOKEN_EMB))
+        return sdw_fail(e, SDW_ENOTFOUND,
+                        "%s: no text encoder: neither " SDW_LDM_CLIP_PREFIX TOKEN_EMB
+                        " (SD 1.x) nor " SDW_LDM_OPENCLIP_PREFIX "token_embedding.weight (SD 2.x) is there",
+                        path);
+    if ((rc = set_weights(w, "text_encoder", f, *openclip ? SDW_LDM_OPENCLIP_PREFIX : SDW_LDM_CLIP_PREFIX, e)) <
+        0)
+        return rc;
+    w->map = *openclip ? sdw_weights_openclip : NULL;
+    if ((rc = sdw_weights_find(w, TOKEN_EMB, &tok, e)) < 0 || (rc = sdw_weights_find(w, POS_EMB, &pos, e)) < 0 ||
+        (rc = sdw_weights_find(w, "encoder.layers.0.mlp.fc1.weight", &fc1, e)) < 0)
+        return rc;
     if (tok->ndim != 2 || pos->ndim != 2 || tok->shape[0] < 1 || tok->shape[1] < 1 ||
         tok->shape[0] > (1 << 20) || tok->shape[1] > 16384 || pos->shape[0] > 16384)
-        return sdw_fail(e, SDW_EFORMAT, "%s: %s or %s has an implausible shape", path, tok->name,
-                        pos->name);
+        return sdw_fail(e, SDW_EFORMAT, "%s: %s or %s has an implausible shape", path, tok->name, pos->name);
+    if (fc1->ndim != 2 || fc1->shape[0] < 1 || fc1->shape[0] > 65536)
+        return sdw_fail(e, SDW_EFORMAT, "%s: %s has an implausible shape", path, fc1->name);
     sdw_clip_config *c = &m->clip;
     c->vocab_size = (int)tok->shape[0];
     c->hidden_size = (int)tok->shape[1];
     c->max_positions = (int)pos->shape[0];
-    c->num_heads = c->hidden_size / 64 > 1 ? c->hidden_size / 64 : 1;
-    c->quick_gelu = 1;
-    c->layer_norm_eps = 1e-5f;
-    c->pad_id = SDW_TOK_EOS;
-
-    static const char lp[] = LDM_CLIP_PREFIX "text_model.encoder.layers.";
-    long layers = 0;
-    for (size_t i = 0; i < f->ntensors; i++) {
-        const char *nm = f->tensors[i].name;
-        if (strncmp(nm, lp, sizeof lp - 1) != 0)
-            continue;
-        char *end;
-        long k = strtol(nm + sizeof lp - 1, &end, 10);
-        if (end != nm + sizeof lp - 1 && *end == '.' && k >= 0 && k < 256 && k + 1 > layers)
-            layers = k + 1;
-    }
-    if (layers == 0)
-        return sdw_fail(e, SDW_ENOTFOUND, "%s: no text encoder layers (%s*)", path, lp);
-    c->num_layers = (int)layers;
-    const sdw_st_tensor *fc1 = sdw_st_find(f, LDM_CLIP_PREFIX "text_model.encoder.layers.0.mlp.fc1.weight");
-    if (!fc1)
-        return sdw_fail(e, SDW_ENOTFOUND,
-                        "%s: tensor " LDM_CLIP_PREFIX "text_model.encoder.layers.0.mlp.fc1.weight is missing",
-                        path);
-    if (fc1->ndim != 2 || fc1->shape[0] < 1 || fc1->shape[0] > 65536)
-        return sdw_fail(e, SDW_EFORMAT, "%s: %s has an implausible shape", path, fc1->name);
     c->intermediate_size = (int)fc1->shape[0];
+    c->num_heads = c->hidden_size / 64 > 1 ? c->hidden_size / 64 : 1;
+    c->layer_norm_eps = 1e-5f;
+    const char *blocks = *openclip ? SDW_LDM_OPENCLIP_PREFIX "transformer.resblocks." : SDW_LDM_CLIP_PREFIX
+                                                                                         "encoder.layers.";
+    long n = count_indexed(f, blocks);
+    if (*openclip) {
+        /* SD 2 conditions on the output of the penultimate block (LDM's
+         * FrozenOpenCLIPEmbedder, layer "penultimate") after ln_final:
+         * diffusers drops the last block, and so does this. Its tokenizer
+         * pads with "!" (id 0). */
+        c->num_layers = (int)n - 1;
+        c->quick_gelu = 0;
+        c->pad_id = 0;
+    } else {
+        c->num_layers = (int)n;
+        c->quick_gelu = 1;
+        c->pad_id = SDW_TOK_EOS;
+    }
+    if (c->num_layers < 1)
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: %ld text encoder blocks (%s*), too few", path, n, blocks);
     if ((rc = check_clip(c, path, e)) < 0)
         return rc;
     if (c->pad_id >= c->vocab_size)
         return sdw_fail(e, SDW_EFORMAT, "%s: vocabulary of %d tokens lacks the pad token %d", path,
                         c->vocab_size, c->pad_id);
+    return 0;
+}
+
+static const sdw_st_tensor *unet_tensor(const sdw_st_file *f, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static const sdw_st_tensor *unet_tensor(const sdw_st_file *f, const char *fmt, ...)
+{
+    char name[256];
+    int n = snprintf(name, sizeof name, "%s", SDW_LDM_UNET_PREFIX);
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(name + n, sizeof name - (size_t)n, fmt, ap);
+    va_end(ap);
+    return k < 0 || (size_t)k >= sizeof name - (size_t)n ? NULL : sdw_st_find(f, name);
+}
+
+static int missing_unet(const sdw_st_file *f, const char *what, sdw_error *e)
+{
+    return sdw_fail(e, SDW_EFORMAT, "%s: cannot read the UNet's configuration off its tensors: %s%s is missing "
+                    "or not a weight", f->path, SDW_LDM_UNET_PREFIX, what);
+}
+
+/* An SD 2.x single file's UNet config.json, read off the tensors as
+ * diffusers' create_unet_diffusers_config_from_ldm reads an LDM yaml: levels
+ * from the downsamplers (input_blocks.K.0.op), widths from each level's first
+ * resnet, cross-attention and depth from its transformer, linear projections
+ * from proj_in's rank; heads are SD 2's num_head_channels 64 (at least one);
+ * the rest is SD's, and sample_size and upcast_attention are those of the
+ * repository diffusers takes the family's config from. */
+static int ldm_unet_config(sdw_model *m, const sdw_st_file *f, sdw_error *e)
+{
+    const sdw_st_tensor *cin = unet_tensor(f, "input_blocks.0.0.weight"), *cout = unet_tensor(f, "out.2.weight");
+    const sdw_st_tensor *pin = unet_tensor(f, "middle_block.1.proj_in.weight");
+    const sdw_st_tensor *ctx = unet_tensor(f, "middle_block.1.transformer_blocks.0.attn2.to_k.weight");
+    if (!cin || cin->ndim != 4)
+        return missing_unet(f, "input_blocks.0.0.weight", e);
+    if (!cout || cout->ndim != 4)
+        return missing_unet(f, "out.2.weight", e);
+    if (!pin || (pin->ndim != 2 && pin->ndim != 4))
+        return missing_unet(f, "middle_block.1.proj_in.weight", e);
+    if (!ctx || ctx->ndim != 2)
+        return missing_unet(f, "middle_block.1.transformer_blocks.0.attn2.to_k.weight", e);
+    long nin = count_indexed(f, SDW_LDM_UNET_PREFIX "input_blocks."), lp = 0;
+    for (long k = 1; k < nin && !lp; k++)
+        if (unet_tensor(f, "input_blocks.%ld.0.op.weight", k))
+            lp = k;
+    if (!lp)
+        lp = nin; /* one level, which has no downsampler */
+    long n = lp ? nin / lp : 0;
+    if (lp < 2 || nin % lp || n < 1 || n > 8)
+        return sdw_fail(e, SDW_EFORMAT, "%s: %ld UNet input blocks, downsampling after every %ld, do not form levels",
+                        f->path, nin, lp);
+    char prefix[128], what[128];
+    snprintf(prefix, sizeof prefix, SDW_LDM_UNET_PREFIX "middle_block.1.transformer_blocks.");
+    long mid_depth = count_indexed(f, prefix);
+    json_object *o = json_object_new_object(), *bo = json_object_new_array(), *down = json_object_new_array(),
+                *up = json_object_new_array(), *heads = json_object_new_array(), *depth = json_object_new_array();
+    int rc = 0;
+    for (long i = 0; i < n && !rc; i++) {
+        long k = i * lp + 1;
+        const sdw_st_tensor *r = unet_tensor(f, "input_blocks.%ld.0.out_layers.3.weight", k);
+        if (!r || r->ndim != 4 || r->shape[0] < 1 || r->shape[0] > 65536) {
+            snprintf(what, sizeof what, "input_blocks.%ld.0.out_layers.3.weight", k);
+            rc = missing_unet(f, what, e);
+            break;
+        }
+        int ch = (int)r->shape[0], attn = unet_tensor(f, "input_blocks.%ld.1.proj_in.weight", k) != NULL;
+        snprintf(prefix, sizeof prefix, SDW_LDM_UNET_PREFIX "input_blocks.%ld.1.transformer_blocks.", k);
+        json_object_array_add(bo, json_object_new_int(ch));
+        json_object_array_add(down, json_object_new_string(attn ? "CrossAttnDownBlock2D" : "DownBlock2D"));
+        json_object_array_add(heads, json_object_new_int(ch / 64 > 1 ? ch / 64 : 1));
+        /* the mid block takes the last level's depth */
+        json_object_array_add(depth, json_object_new_int(attn ? (int)count_indexed(f, prefix)
+                                                              : i == n - 1 && mid_depth ? (int)mid_depth : 1));
+        json_object_array_add(up, json_object_new_string(unet_tensor(f, "output_blocks.%ld.1.proj_in.weight", i * lp)
+                                                             ? "CrossAttnUpBlock2D"
+                                                             : "UpBlock2D"));
+    }
+    json_object_object_add(o, "_class_name", json_object_new_string("UNet2DConditionModel"));
+    json_object_object_add(o, "in_channels", json_object_new_int((int)cin->shape[1]));
+    json_object_object_add(o, "out_channels", json_object_new_int((int)cout->shape[0]));
+    json_object_object_add(o, "block_out_channels", bo);
+    json_object_object_add(o, "layers_per_block", json_object_new_int((int)lp - 1));
+    json_object_object_add(o, "down_block_types", down);
+    json_object_object_add(o, "up_block_types", up);
+    json_object_object_add(o, "attention_head_dim", heads);
+    json_object_object_add(o, "transformer_layers_per_block", depth);
+    json_object_object_add(o, "cross_attention_dim", json_object_new_int((int)ctx->shape[1]));
+    json_object_object_add(o, "use_linear_projection", json_object_new_boolean(pin->ndim == 2));
+    json_object_object_add(o, "sample_size", json_object_new_int(m->default_size / 8));
+    /* true in stabilityai/stable-diffusion-2-1, false in -2-inpainting */
+    json_object_object_add(o, "upcast_attention", json_object_new_boolean(!m->inpainting));
+    if (rc)
+        json_object_put(o);
+    else
+        m->unet_config = o;
+    return rc;
+}
+
+static int open_ldm(sdw_model *m, const char *path, sdw_error *e)
+{
+    sdw_st_file *f;
+    int rc, openclip;
+    m->layout = SDW_LAYOUT_LDM;
+    if ((rc = open_file(m, path, &f, e)) < 0 || (rc = ldm_text(m, f, &openclip, e)) < 0 ||
+        (rc = set_weights(&m->unet, "unet", f, SDW_LDM_UNET_PREFIX, e)) < 0 ||
+        (rc = set_weights(&m->vae, "vae", f, SDW_LDM_VAE_PREFIX, e)) < 0)
+        return rc;
+    const sdw_st_tensor *v2 = unet_tensor(f, V2_KEY), *cin = unet_tensor(f, "input_blocks.0.0.weight");
+    m->family = openclip || (v2 && v2->ndim == 2 && v2->shape[1] == 1024) ? fam_sd2 : fam_sd1;
+    m->inpainting = cin && cin->ndim == 4 && cin->shape[1] == 9;
+    m->default_size = family_size(m);
+    const char *sched = m->family == fam_sd1 ? sched_sd1 : m->inpainting ? sched_sd2_inpaint : sched_sd21;
+    if (!(m->scheduler_config = json_tokener_parse(sched)))
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", path);
+    if (m->family == fam_sd2 && has_prefix(f, SDW_LDM_UNET_PREFIX) && (rc = ldm_unet_config(m, f, e)) < 0)
+        return rc;
     if ((rc = sdw_tok_load_default(&m->tokenizer, e)) < 0)
         return sdw_fail_wrap(e, "%s: bundled tokenizer", path);
     return 0;
@@ -635,10 +959,10 @@ int sdw_model_require_pipeline(const sdw_model *m, sdw_error *e)
 {
     if (m->layout == SDW_LAYOUT_LDM) {
         const sdw_st_file *f = m->text_encoder.files[0];
-        if (!has_prefix(f, LDM_UNET_PREFIX))
-            return sdw_fail(e, SDW_ENOTFOUND, "%s: no UNet tensors (" LDM_UNET_PREFIX "*)", f->path);
-        if (!has_prefix(f, LDM_VAE_PREFIX))
-            return sdw_fail(e, SDW_ENOTFOUND, "%s: no VAE tensors (" LDM_VAE_PREFIX "*)", f->path);
+        if (!has_prefix(f, SDW_LDM_UNET_PREFIX))
+            return sdw_fail(e, SDW_ENOTFOUND, "%s: no UNet tensors (" SDW_LDM_UNET_PREFIX "*)", f->path);
+        if (!has_prefix(f, SDW_LDM_VAE_PREFIX))
+            return sdw_fail(e, SDW_ENOTFOUND, "%s: no VAE tensors (" SDW_LDM_VAE_PREFIX "*)", f->path);
         return 0;
     }
     if (!m->unet.nfiles)

@@ -1,5 +1,6 @@
-/* sdworker-mkmodel: writes a random-weight Stable Diffusion 1.x model, as a
- * diffusers folder or as a single-file LDM checkpoint.
+/* sdworker-mkmodel: writes a random-weight Stable Diffusion 1.x or 2.x model,
+ * as a diffusers folder (in the layout diffusers 0.42 and transformers 5
+ * save) or as a single-file LDM checkpoint.
  *
  * The tensor list is never written down here: the engine's own loaders
  * (CLIP, UNet, VAE) run against a synthetic weight source that records every
@@ -30,31 +31,72 @@
 
 #define MAX_BLOCKS 4
 
+typedef enum sched_kind { SCHED_PNDM, SCHED_DDIM, SCHED_EULER } sched_kind;
+
 typedef struct mk_config {
     const char *name;
+    /* SD 2.x: an OpenCLIP text tower (gelu, pad token "!"; in a single file
+     * cond_stage_model.model.* with its fused in_proj, one more block than
+     * diffusers uses and the text projection, as the real files hold them),
+     * per-level heads of 64 channels and linear transformer projections. */
+    int sd2;
     int text_hidden, text_inter, text_layers, text_heads;
-    int unet_in, unet_nblocks, unet_blocks[MAX_BLOCKS], unet_down_attn[MAX_BLOCKS], unet_layers, unet_heads;
-    int unet_groups, unet_sample;
+    int unet_in, unet_nblocks, unet_blocks[MAX_BLOCKS], unet_down_attn[MAX_BLOCKS], unet_layers;
+    int unet_heads[MAX_BLOCKS];
+    int unet_groups, unet_sample, upcast;
     int vae_nblocks, vae_blocks[MAX_BLOCKS], vae_layers, vae_groups, vae_sample;
+    sched_kind sched;
+    const char *prediction;
+    const char *spacing; /* NULL: no timestep_spacing key, as in SD 2.x's hub configs */
     sdw_dtype dtype;
 } mk_config;
+
+#define SD_VAE .vae_nblocks = 4, .vae_blocks = {128, 256, 512, 512}, .vae_layers = 2, .vae_groups = 32
+#define SD2_TEXT .sd2 = 1, .text_hidden = 1024, .text_inter = 4096, .text_layers = 23, .text_heads = 16
+#define SD2_UNET                                                                                            \
+    .unet_nblocks = 4, .unet_blocks = {320, 640, 1280, 1280}, .unet_down_attn = {1, 1, 1, 0}, .unet_layers = 2, \
+    .unet_heads = {5, 10, 20, 20}, .unet_groups = 32
 
 /* tiny: the service's demo model. Attention only below full latent
  * resolution and a 16-channel VAE top level keep 512x512 cheap on a laptop,
  * while every kind of block SD 1.5 has is still there (cross-attention down
  * and up blocks, plain blocks, the attention mid block, a 4-level VAE with a
- * scale of 8). */
+ * scale of 8). tiny-sd2: the same for SD 2.x, sized so that a single file's
+ * implied heads (channels / 64) are the folder's. The SD 2.x configs follow
+ * the stabilityai repositories: -2-1-base (PNDM, epsilon, 512), -2-1 (DDIM,
+ * v-prediction, 768, upcast attention), -2-inpainting (512, epsilon) and
+ * sd-turbo (2.1's architecture at 512, Euler with trailing timesteps; its hub
+ * JSON not re-read here). */
 static const mk_config configs[] = {
-    {"tiny", 64, 128, 2, 2,
-     4, 3, {32, 64, 64}, {0, 1, 1}, 1, 2, 32, 64,
-     4, {16, 32, 64, 64}, 1, 16, 512, SDW_DT_F32},
-    {"sd15", 768, 3072, 12, 12,
-     4, 4, {320, 640, 1280, 1280}, {1, 1, 1, 0}, 2, 8, 32, 64,
-     4, {128, 256, 512, 512}, 2, 32, 512, SDW_DT_F16},
-    {"sd15-inpaint", 768, 3072, 12, 12,
-     9, 4, {320, 640, 1280, 1280}, {1, 1, 1, 0}, 2, 8, 32, 64,
-     4, {128, 256, 512, 512}, 2, 32, 512, SDW_DT_F16},
+    {.name = "tiny", .text_hidden = 64, .text_inter = 128, .text_layers = 2, .text_heads = 2, .unet_in = 4,
+     .unet_nblocks = 3, .unet_blocks = {32, 64, 64}, .unet_down_attn = {0, 1, 1}, .unet_layers = 1,
+     .unet_heads = {2, 2, 2}, .unet_groups = 32, .unet_sample = 64, .vae_nblocks = 4, .vae_blocks = {16, 32, 64, 64},
+     .vae_layers = 1, .vae_groups = 16, .vae_sample = 512, .sched = SCHED_PNDM, .prediction = "epsilon",
+     .spacing = "leading", .dtype = SDW_DT_F32},
+    {.name = "sd15", .text_hidden = 768, .text_inter = 3072, .text_layers = 12, .text_heads = 12, .unet_in = 4,
+     .unet_nblocks = 4, .unet_blocks = {320, 640, 1280, 1280}, .unet_down_attn = {1, 1, 1, 0}, .unet_layers = 2,
+     .unet_heads = {8, 8, 8, 8}, .unet_groups = 32, .unet_sample = 64, SD_VAE, .vae_sample = 512,
+     .sched = SCHED_PNDM, .prediction = "epsilon", .spacing = "leading", .dtype = SDW_DT_F16},
+    {.name = "sd15-inpaint", .text_hidden = 768, .text_inter = 3072, .text_layers = 12, .text_heads = 12,
+     .unet_in = 9, .unet_nblocks = 4, .unet_blocks = {320, 640, 1280, 1280}, .unet_down_attn = {1, 1, 1, 0},
+     .unet_layers = 2, .unet_heads = {8, 8, 8, 8}, .unet_groups = 32, .unet_sample = 64, SD_VAE, .vae_sample = 512,
+     .sched = SCHED_PNDM, .prediction = "epsilon", .spacing = "leading", .dtype = SDW_DT_F16},
+    {.name = "sd2-base", SD2_TEXT, .unet_in = 4, SD2_UNET, .unet_sample = 64, SD_VAE, .vae_sample = 512,
+     .sched = SCHED_PNDM, .prediction = "epsilon", .dtype = SDW_DT_F16},
+    {.name = "sd21", SD2_TEXT, .unet_in = 4, SD2_UNET, .unet_sample = 96, .upcast = 1, SD_VAE, .vae_sample = 768,
+     .sched = SCHED_DDIM, .prediction = "v_prediction", .dtype = SDW_DT_F16},
+    {.name = "sd2-inpaint", SD2_TEXT, .unet_in = 9, SD2_UNET, .unet_sample = 64, SD_VAE, .vae_sample = 512,
+     .sched = SCHED_PNDM, .prediction = "epsilon", .dtype = SDW_DT_F16},
+    {.name = "sd-turbo", SD2_TEXT, .unet_in = 4, SD2_UNET, .unet_sample = 64, SD_VAE, .vae_sample = 512,
+     .sched = SCHED_EULER, .prediction = "epsilon", .spacing = "trailing", .dtype = SDW_DT_F16},
+    {.name = "tiny-sd2", .sd2 = 1, .text_hidden = 64, .text_inter = 128, .text_layers = 2, .text_heads = 1,
+     .unet_in = 4, .unet_nblocks = 2, .unet_blocks = {64, 128}, .unet_down_attn = {1, 1}, .unet_layers = 1,
+     .unet_heads = {1, 2}, .unet_groups = 32, .unet_sample = 8, .upcast = 1, .vae_nblocks = 4,
+     .vae_blocks = {16, 32, 64, 64}, .vae_layers = 1, .vae_groups = 16, .vae_sample = 64, .sched = SCHED_DDIM,
+     .prediction = "v_prediction", .dtype = SDW_DT_F32},
 };
+
+static const char *const sched_class[] = {"PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler"};
 
 /* ---- config.json files ---- */
 
@@ -84,10 +126,13 @@ static json_object *text_config(const mk_config *c)
     json_object *o = json_object_new_object();
     add(o, "architectures", str_array((const char *const[]){"CLIPTextModel"}, 1));
     add(o, "attention_dropout", json_object_new_double(0));
-    add(o, "bos_token_id", json_object_new_int(0));
+    add(o, "bos_token_id", json_object_new_int(SDW_TOK_BOS));
     add(o, "dropout", json_object_new_double(0));
-    add(o, "eos_token_id", json_object_new_int(2));
-    add(o, "hidden_act", json_object_new_string("quick_gelu"));
+    add(o, "dtype", json_object_new_string(c->dtype == SDW_DT_F16    ? "float16"
+                                           : c->dtype == SDW_DT_BF16 ? "bfloat16"
+                                                                     : "float32"));
+    add(o, "eos_token_id", json_object_new_int(SDW_TOK_EOS));
+    add(o, "hidden_act", json_object_new_string(c->sd2 ? "gelu" : "quick_gelu"));
     add(o, "hidden_size", json_object_new_int(c->text_hidden));
     add(o, "initializer_factor", json_object_new_double(1));
     add(o, "initializer_range", json_object_new_double(0.02));
@@ -98,10 +143,8 @@ static json_object *text_config(const mk_config *c)
     add(o, "num_attention_heads", json_object_new_int(c->text_heads));
     add(o, "num_hidden_layers", json_object_new_int(c->text_layers));
     add(o, "pad_token_id", json_object_new_int(1));
-    add(o, "projection_dim", json_object_new_int(c->text_hidden));
-    add(o, "torch_dtype", json_object_new_string(c->dtype == SDW_DT_F16 ? "float16"
-                                                 : c->dtype == SDW_DT_BF16 ? "bfloat16" : "float32"));
-    add(o, "transformers_version", json_object_new_string("4.46.3"));
+    add(o, "projection_dim", json_object_new_int(c->sd2 ? 512 : c->text_hidden));
+    add(o, "transformers_version", json_object_new_string("5.24.0"));
     add(o, "vocab_size", json_object_new_int(49408));
     return o;
 }
@@ -118,7 +161,8 @@ static json_object *unet_config(const mk_config *c)
     add(o, "_class_name", json_object_new_string("UNet2DConditionModel"));
     add(o, "_diffusers_version", json_object_new_string("0.31.0"));
     add(o, "act_fn", json_object_new_string("silu"));
-    add(o, "attention_head_dim", json_object_new_int(c->unet_heads));
+    /* SD 1.x's hub configs give one head count, SD 2.x's one per level */
+    add(o, "attention_head_dim", c->sd2 ? int_array(c->unet_heads, n) : json_object_new_int(c->unet_heads[0]));
     add(o, "block_out_channels", int_array(c->unet_blocks, n));
     add(o, "center_input_sample", json_object_new_boolean(0));
     add(o, "cross_attention_dim", json_object_new_int(c->text_hidden));
@@ -134,6 +178,8 @@ static json_object *unet_config(const mk_config *c)
     add(o, "out_channels", json_object_new_int(4));
     add(o, "sample_size", json_object_new_int(c->unet_sample));
     add(o, "up_block_types", str_array(up, n));
+    add(o, "upcast_attention", json_object_new_boolean(c->upcast));
+    add(o, "use_linear_projection", json_object_new_boolean(c->sd2));
     return o;
 }
 
@@ -159,22 +205,30 @@ static json_object *vae_config(const mk_config *c)
     return o;
 }
 
-/* Stable Diffusion 1.5's scheduler_config.json. */
-static json_object *scheduler_config(void)
+/* The hub's scheduler_config.json of the model c imitates (SD 1.5's PNDM for
+ * the SD 1.x configs). */
+static json_object *scheduler_config(const mk_config *c)
 {
     json_object *o = json_object_new_object();
-    add(o, "_class_name", json_object_new_string("PNDMScheduler"));
+    add(o, "_class_name", json_object_new_string(sched_class[c->sched]));
     add(o, "_diffusers_version", json_object_new_string("0.31.0"));
     add(o, "beta_end", json_object_new_double(0.012));
     add(o, "beta_schedule", json_object_new_string("scaled_linear"));
     add(o, "beta_start", json_object_new_double(0.00085));
     add(o, "clip_sample", json_object_new_boolean(0));
+    if (c->sched == SCHED_EULER) {
+        add(o, "interpolation_type", json_object_new_string("linear"));
+        add(o, "sample_max_value", json_object_new_double(1.0));
+        add(o, "timestep_type", json_object_new_string("discrete"));
+        add(o, "use_karras_sigmas", json_object_new_boolean(0));
+    }
     add(o, "num_train_timesteps", json_object_new_int(1000));
-    add(o, "prediction_type", json_object_new_string("epsilon"));
+    add(o, "prediction_type", json_object_new_string(c->prediction));
     add(o, "set_alpha_to_one", json_object_new_boolean(0));
     add(o, "skip_prk_steps", json_object_new_boolean(1));
     add(o, "steps_offset", json_object_new_int(1));
-    add(o, "timestep_spacing", json_object_new_string("leading"));
+    if (c->spacing)
+        add(o, "timestep_spacing", json_object_new_string(c->spacing));
     add(o, "trained_betas", NULL);
     return o;
 }
@@ -192,7 +246,7 @@ static json_object *model_index(const mk_config *c)
     add(o, "feature_extractor", none[0]);
     add(o, "requires_safety_checker", json_object_new_boolean(0));
     add(o, "safety_checker", none[1]);
-    add(o, "scheduler", str_array((const char *const[]){"diffusers", "PNDMScheduler"}, 2));
+    add(o, "scheduler", str_array((const char *const[]){"diffusers", sched_class[c->sched]}, 2));
     add(o, "text_encoder", str_array((const char *const[]){"transformers", "CLIPTextModel"}, 2));
     add(o, "tokenizer", str_array((const char *const[]){"transformers", "CLIPTokenizer"}, 2));
     add(o, "unet", str_array((const char *const[]){"diffusers", "UNet2DConditionModel"}, 2));
@@ -200,17 +254,23 @@ static json_object *model_index(const mk_config *c)
     return o;
 }
 
-static json_object *special_tokens_map(void)
+/* SD 2.x's tokenizer pads with "!" (id 0), SD 1.x's with <|endoftext|>. */
+static const char *pad_token(const mk_config *c)
+{
+    return c->sd2 ? "!" : "<|endoftext|>";
+}
+
+static json_object *special_tokens_map(const mk_config *c)
 {
     json_object *o = json_object_new_object();
     add(o, "bos_token", json_object_new_string("<|startoftext|>"));
     add(o, "eos_token", json_object_new_string("<|endoftext|>"));
-    add(o, "pad_token", json_object_new_string("<|endoftext|>"));
+    add(o, "pad_token", json_object_new_string(pad_token(c)));
     add(o, "unk_token", json_object_new_string("<|endoftext|>"));
     return o;
 }
 
-static json_object *tokenizer_config(void)
+static json_object *tokenizer_config(const mk_config *c)
 {
     json_object *o = json_object_new_object();
     add(o, "add_prefix_space", json_object_new_boolean(0));
@@ -220,7 +280,7 @@ static json_object *tokenizer_config(void)
     add(o, "eos_token", json_object_new_string("<|endoftext|>"));
     add(o, "errors", json_object_new_string("replace"));
     add(o, "model_max_length", json_object_new_int(SDW_TOK_CONTEXT));
-    add(o, "pad_token", json_object_new_string("<|endoftext|>"));
+    add(o, "pad_token", json_object_new_string(pad_token(c)));
     add(o, "tokenizer_class", json_object_new_string("CLIPTokenizer"));
     add(o, "unk_token", json_object_new_string("<|endoftext|>"));
     return o;
@@ -249,25 +309,28 @@ static int make_dir(const char *path, sdw_error *e)
 /* ---- enumerating parameters through the loaders ---- */
 
 typedef struct rec_tensor {
-    char *name; /* as the loader asked for it (prefix included) */
+    char *name; /* where the loader's tensor lives (prefix included) */
+    int block, nblocks; /* its row block of a fused tensor (nblocks 1: none) */
     int ndim;
-    int64_t shape[4];
+    int64_t shape[4]; /* of the block */
     int64_t numel;
 } rec_tensor;
 
 typedef SDW_VEC(rec_tensor) recorder;
 
-static int record(void *ctx, const char *full_name, int ndim, const int64_t *shape, float *out, sdw_error *e)
+static int record(void *ctx, const sdw_weights_loc *loc, int ndim, const int64_t *shape, float *out, sdw_error *e)
 {
     recorder *r = ctx;
     if (ndim < 1 || ndim > 4)
-        return sdw_fail(e, SDW_EINVAL, "%s: %d dimensions", full_name, ndim);
+        return sdw_fail(e, SDW_EINVAL, "%s: %d dimensions", loc->name, ndim);
     int rc = sdw_vec_reserve(r, r->n + 1, e);
     if (rc)
         return rc;
     rec_tensor *t = &r->v[r->n];
-    if (!(t->name = strdup(full_name)))
+    if (!(t->name = strdup(loc->name)))
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    t->block = loc->block;
+    t->nblocks = loc->nblocks;
     t->ndim = ndim;
     t->numel = 1;
     for (int i = 0; i < ndim; i++)
@@ -293,12 +356,11 @@ static int ends_with(const char *s, const char *suf)
 typedef enum part { PART_TEXT, PART_UNET, PART_VAE } part;
 
 static const char *const part_names[] = {"text_encoder", "unet", "vae"};
-static const char *const ldm_prefixes[] = {"cond_stage_model.transformer.", "model.diffusion_model.",
-                                           "first_stage_model."};
 
 /* Runs one part's loader on the CPU backend with a recording source, then
- * frees what it loaded. */
-static int enumerate(const mk_config *c, part p, sdw_layout layout, recorder *r, sdw_error *e)
+ * frees what it loaded; extra_layers more text encoder blocks than c has
+ * (the OpenCLIP block SD 2 leaves out). */
+static int enumerate(const mk_config *c, part p, sdw_layout layout, int extra_layers, recorder *r, sdw_error *e)
 {
     sdw_backend *be;
     int rc = sdw_backend_cpu(&be, e);
@@ -306,14 +368,22 @@ static int enumerate(const mk_config *c, part p, sdw_layout layout, recorder *r,
         return rc;
     sdw_weights w = {.synth = record, .synth_ctx = r};
     snprintf(w.part, sizeof w.part, "%s", part_names[p]);
+    const char *prefix = "";
     if (layout == SDW_LAYOUT_LDM)
-        snprintf(w.prefix, sizeof w.prefix, "%s", ldm_prefixes[p]);
+        prefix = p == PART_UNET ? SDW_LDM_UNET_PREFIX
+                 : p == PART_VAE ? SDW_LDM_VAE_PREFIX
+                 : c->sd2        ? SDW_LDM_OPENCLIP_PREFIX
+                                 : SDW_LDM_CLIP_PREFIX;
+    snprintf(w.prefix, sizeof w.prefix, "%s", prefix);
     if (p == PART_TEXT) {
         sdw_clip_config cc = {.vocab_size = 49408, .hidden_size = c->text_hidden,
-                              .intermediate_size = c->text_inter, .num_layers = c->text_layers,
-                              .num_heads = c->text_heads, .max_positions = SDW_TOK_CONTEXT, .quick_gelu = 1,
-                              .layer_norm_eps = 1e-5f, .pad_id = SDW_TOK_EOS};
+                              .intermediate_size = c->text_inter, .num_layers = c->text_layers + extra_layers,
+                              .num_heads = c->text_heads, .max_positions = SDW_TOK_CONTEXT,
+                              .quick_gelu = !c->sd2, .layer_norm_eps = 1e-5f,
+                              .pad_id = c->sd2 ? 0 : SDW_TOK_EOS};
         sdw_clip *clip = NULL;
+        if (layout == SDW_LAYOUT_LDM && c->sd2)
+            w.map = sdw_weights_openclip;
         rc = sdw_clip_load(&clip, be, &cc, &w, e);
         sdw_clip_free(clip);
     } else if (p == PART_UNET) {
@@ -341,15 +411,15 @@ static int enumerate(const mk_config *c, part p, sdw_layout layout, recorder *r,
  * nothing to probe it asks for the former; the files diffusers and LDM
  * write hold some of those matrices as 1x1 convolutions, and the other
  * programs that read these models want them so: the UNet transformers'
- * proj_in/proj_out (use_linear_projection false, as in SD 1.x) in both
- * layouts, the VAE attention projections in LDM files. */
-static void conv_shape(rec_tensor *t, part p, sdw_layout layout, const char *diffusers_name)
+ * proj_in/proj_out in both layouts unless they are linear (SD 2.x), the VAE
+ * attention projections in LDM files. */
+static void conv_shape(const mk_config *c, rec_tensor *t, part p, sdw_layout layout, const char *diffusers_name)
 {
     static const char *const vae_attn[] = {".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight"};
     int conv = 0;
     if (t->ndim != 2)
         return;
-    if (p == PART_UNET)
+    if (p == PART_UNET && !c->sd2)
         conv = strstr(diffusers_name, "attentions.") &&
                (ends_with(diffusers_name, ".proj_in.weight") || ends_with(diffusers_name, ".proj_out.weight"));
     if (p == PART_VAE && layout == SDW_LAYOUT_LDM)
@@ -369,17 +439,18 @@ static uint64_t name_hash(const char *s)
     return h;
 }
 
-/* Values of the tensor whose diffusers name is `name`: scaled like a trained
- * network's so activations stay O(1) through every layer. */
-static void fill(float *out, const rec_tensor *t, const char *name, uint64_t seed)
+/* Values of the tensor whose diffusers name is t->name: scaled like a
+ * trained network's so activations stay O(1) through every layer. */
+static void fill(float *out, const rec_tensor *t, uint64_t seed)
 {
+    const char *name = t->name;
     sdw_rng rng;
     sdw_rng_seed(&rng, seed ^ name_hash(name));
     sdw_rng_randn(&rng, out, (size_t)t->numel);
     float mul, off = 0;
     if (ends_with(name, ".bias"))
         mul = 0.1f;
-    else if (!strncmp(name, "text_model.embeddings.", 22))
+    else if (!strncmp(name, "embeddings.", 11))
         mul = 0.5f;
     else if (t->ndim == 1)
         mul = 0.1f, off = 1;
@@ -389,10 +460,27 @@ static void fill(float *out, const rec_tensor *t, const char *name, uint64_t see
         out[i] = off + mul * out[i];
 }
 
-/* Writes the recorded tensors named out_names (in[i] gives each one's
- * diffusers name, which seeds its values) to path. */
-static int write_tensors(const char *path, const rec_tensor *const *out, const rec_tensor *const *in, size_t n,
-                         const mk_config *c, uint64_t seed, sdw_error *e)
+/* One tensor of an output file: its name and shape there, and the recorded
+ * tensors whose values it holds, one per row block (q, k and v of a fused
+ * OpenCLIP in_proj; otherwise just one). */
+typedef struct out_tensor {
+    const char *name;
+    int ndim;
+    int64_t shape[4];
+    int64_t numel;
+    const rec_tensor *src[3];
+    int nsrc;
+} out_tensor;
+
+static out_tensor whole(const char *name, const rec_tensor *shape, const rec_tensor *src)
+{
+    out_tensor o = {.name = name, .ndim = shape->ndim, .numel = shape->numel, .src = {src}, .nsrc = 1};
+    memcpy(o.shape, shape->shape, sizeof o.shape);
+    return o;
+}
+
+static int write_tensors(const char *path, const out_tensor *out, size_t n, const mk_config *c, uint64_t seed,
+                         sdw_error *e)
 {
     sdw_st_entry *ent = calloc(n ? n : 1, sizeof *ent);
     float **data = calloc(n ? n : 1, sizeof *data);
@@ -402,16 +490,17 @@ static int write_tensors(const char *path, const rec_tensor *const *out, const r
         goto out;
     }
     for (size_t i = 0; i < n; i++)
-        if (!(data[i] = malloc((size_t)in[i]->numel * sizeof **data))) {
-            rc = sdw_fail(e, SDW_ENOMEM, "out of memory for %s", in[i]->name);
+        if (!(data[i] = malloc((size_t)out[i].numel * sizeof **data))) {
+            rc = sdw_fail(e, SDW_ENOMEM, "out of memory for %s", out[i].name);
             goto out;
         }
 #pragma omp parallel for schedule(dynamic, 1)
     for (size_t i = 0; i < n; i++)
-        fill(data[i], in[i], in[i]->name, seed);
+        for (int k = 0; k < out[i].nsrc; k++)
+            fill(data[i] + k * out[i].src[0]->numel, out[i].src[k], seed);
     for (size_t i = 0; i < n; i++)
-        ent[i] = (sdw_st_entry){.name = out[i]->name, .dtype = c->dtype, .ndim = out[i]->ndim,
-                                .shape = out[i]->shape, .data = data[i]};
+        ent[i] = (sdw_st_entry){.name = out[i].name, .dtype = c->dtype, .ndim = out[i].ndim,
+                                .shape = out[i].shape, .data = data[i]};
     const char *meta[] = {"format", "pt", "sdworker", "random weights from sdworker-mkmodel"};
     rc = sdw_st_write(path, ent, n, meta, 2, e);
 out:
@@ -424,7 +513,7 @@ out:
 
 /* ---- the two layouts ---- */
 
-static int write_tokenizer(const char *root, sdw_error *e)
+static int write_tokenizer(const mk_config *c, const char *root, sdw_error *e)
 {
     char dir[4096], vocab[4200], merges[4200];
     sdw_tokenizer *t;
@@ -436,8 +525,8 @@ static int write_tokenizer(const char *root, sdw_error *e)
     snprintf(merges, sizeof merges, "%s/merges.txt", dir);
     rc = sdw_tok_save_hf(t, vocab, merges, e);
     sdw_tok_free(t);
-    if (!rc && !(rc = write_json(dir, "special_tokens_map.json", special_tokens_map(), e)))
-        rc = write_json(dir, "tokenizer_config.json", tokenizer_config(), e);
+    if (!rc && !(rc = write_json(dir, "special_tokens_map.json", special_tokens_map(c), e)))
+        rc = write_json(dir, "tokenizer_config.json", tokenizer_config(c), e);
     return rc;
 }
 
@@ -448,10 +537,10 @@ static int make_folder(const mk_config *c, const char *root, uint64_t seed, sdw_
     char dir[4096], path[4200];
     int rc;
     if ((rc = make_dir(root, e)) || (rc = write_json(root, "model_index.json", model_index(c), e)) ||
-        (rc = write_tokenizer(root, e)))
+        (rc = write_tokenizer(c, root, e)))
         return rc;
     snprintf(dir, sizeof dir, "%s/scheduler", root);
-    if ((rc = make_dir(dir, e)) || (rc = write_json(dir, "scheduler_config.json", scheduler_config(), e)))
+    if ((rc = make_dir(dir, e)) || (rc = write_json(dir, "scheduler_config.json", scheduler_config(c), e)))
         return rc;
     for (part p = PART_TEXT; p <= PART_VAE; p++) {
         snprintf(dir, sizeof dir, "%s/%s", root, part_names[p]);
@@ -459,17 +548,17 @@ static int make_folder(const mk_config *c, const char *root, uint64_t seed, sdw_
         if ((rc = make_dir(dir, e)) || (rc = write_json(dir, "config.json", cfg, e)))
             return rc;
         recorder r = {0};
-        if (!(rc = enumerate(c, p, SDW_LAYOUT_DIFFUSERS, &r, e))) {
-            const rec_tensor **t = malloc((r.n ? r.n : 1) * sizeof *t);
+        if (!(rc = enumerate(c, p, SDW_LAYOUT_DIFFUSERS, 0, &r, e))) {
+            out_tensor *t = malloc((r.n ? r.n : 1) * sizeof *t);
             if (!t)
                 rc = sdw_fail(e, SDW_ENOMEM, "out of memory");
             for (size_t i = 0; t && i < r.n; i++) {
-                conv_shape(&r.v[i], p, SDW_LAYOUT_DIFFUSERS, r.v[i].name);
-                t[i] = &r.v[i];
+                conv_shape(c, &r.v[i], p, SDW_LAYOUT_DIFFUSERS, r.v[i].name);
+                t[i] = whole(r.v[i].name, &r.v[i], &r.v[i]);
             }
             snprintf(path, sizeof path, "%s/%s", dir, files[p]);
             if (t)
-                rc = write_tensors(path, t, t, r.n, c, seed, e);
+                rc = write_tensors(path, t, r.n, c, seed, e);
             free(t);
         }
         recorder_free(&r);
@@ -479,38 +568,72 @@ static int make_folder(const mk_config *c, const char *root, uint64_t seed, sdw_
     return 0;
 }
 
+/* Adds the single-file tensor b, whose values are those of the diffusers
+ * tensor a, to out[*n]: a block of a fused tensor joins the entry of its
+ * name (its siblings are loaded just before it). */
+static int add_single(out_tensor *out, size_t *n, const rec_tensor *a, const rec_tensor *b, sdw_error *e)
+{
+    if (a->numel != b->numel)
+        return sdw_fail(e, SDW_EFORMAT, "%s and %s differ in size", a->name, b->name);
+    if (b->nblocks == 1) {
+        out[(*n)++] = whole(b->name, b, a);
+        return 0;
+    }
+    size_t i = *n;
+    while (i > 0 && *n - i < 8 && strcmp(out[i - 1].name, b->name))
+        i--;
+    if (i == 0 || strcmp(out[i - 1].name, b->name)) {
+        if (b->nblocks > 3)
+            return sdw_fail(e, SDW_EINVAL, "%s: %d blocks", b->name, b->nblocks);
+        out[*n] = whole(b->name, b, NULL);
+        out[*n].nsrc = b->nblocks;
+        out[*n].shape[0] *= b->nblocks;
+        out[*n].numel *= b->nblocks;
+        i = ++*n;
+    }
+    out[i - 1].src[b->block] = a;
+    return 0;
+}
+
 /* The loaders ask for the same tensors in the same order whatever the
  * layout, so running each twice pairs every diffusers name with the name the
- * engine reads from a single file, with no mapping written down here. */
+ * engine reads from a single file, with no mapping written down here. An SD
+ * 2.x text tower is enumerated with the block diffusers drops, and gets the
+ * projection SD does not use, so the file has the real OpenCLIP key set. */
 static int make_single(const mk_config *c, const char *path, uint64_t seed, sdw_error *e)
 {
     recorder d[3] = {{0}}, l[3] = {{0}};
-    const rec_tensor **in = NULL, **out = NULL;
-    size_t n = 0;
+    out_tensor *out = NULL;
+    rec_tensor proj = {.name = SDW_LDM_OPENCLIP_PREFIX "text_projection", .nblocks = 1, .ndim = 2,
+                       .shape = {c->text_hidden, c->text_hidden}, .numel = (int64_t)c->text_hidden * c->text_hidden};
+    size_t n = 1;
     int rc = 0;
-    for (part p = PART_TEXT; !rc && p <= PART_VAE; p++)
-        if (!(rc = enumerate(c, p, SDW_LAYOUT_DIFFUSERS, &d[p], e)) &&
-            !(rc = enumerate(c, p, SDW_LAYOUT_LDM, &l[p], e)) && d[p].n != l[p].n)
+    for (part p = PART_TEXT; !rc && p <= PART_VAE; p++) {
+        int extra = p == PART_TEXT && c->sd2;
+        if (!(rc = enumerate(c, p, SDW_LAYOUT_DIFFUSERS, extra, &d[p], e)) &&
+            !(rc = enumerate(c, p, SDW_LAYOUT_LDM, extra, &l[p], e)) && d[p].n != l[p].n)
             rc = sdw_fail(e, SDW_EFORMAT, "%s: %zu tensors by diffusers names, %zu by LDM names", part_names[p],
                           d[p].n, l[p].n);
-    for (part p = PART_TEXT; p <= PART_VAE; p++)
         n += d[p].n;
-    if (!rc && (!(in = malloc(n * sizeof *in)) || !(out = malloc(n * sizeof *out))))
+    }
+    if (!rc && !(out = malloc(n * sizeof *out)))
         rc = sdw_fail(e, SDW_ENOMEM, "out of memory");
     n = 0;
     for (part p = PART_TEXT; !rc && p <= PART_VAE; p++)
         for (size_t i = 0; !rc && i < d[p].n; i++) {
-            rec_tensor *a = &d[p].v[i], *b = &l[p].v[i];
-            conv_shape(b, p, SDW_LAYOUT_LDM, a->name);
-            if (a->numel != b->numel)
-                rc = sdw_fail(e, SDW_EFORMAT, "%s and %s differ in size", a->name, b->name);
-            in[n] = a, out[n] = b, n++;
+            conv_shape(c, &l[p].v[i], p, SDW_LAYOUT_LDM, d[p].v[i].name);
+            rc = add_single(out, &n, &d[p].v[i], &l[p].v[i], e);
         }
+    for (size_t i = 0; !rc && i < n; i++)
+        for (int k = 0; k < out[i].nsrc; k++)
+            if (!out[i].src[k])
+                rc = sdw_fail(e, SDW_EFORMAT, "%s: block %d was never loaded", out[i].name, k);
+    if (!rc && c->sd2)
+        out[n++] = whole(proj.name, &proj, &proj);
     if (!rc)
-        rc = write_tensors(path, out, in, n, c, seed, e);
+        rc = write_tensors(path, out, n, c, seed, e);
     for (part p = PART_TEXT; p <= PART_VAE; p++)
         recorder_free(&d[p]), recorder_free(&l[p]);
-    free(in);
     free(out);
     return rc;
 }
@@ -520,21 +643,28 @@ static int make_single(const mk_config *c, const char *path, uint64_t seed, sdw_
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: sdworker-mkmodel --config tiny|sd15|sd15-inpaint [--dtype f16|f32|bf16] [--seed N]\n"
+            "usage: sdworker-mkmodel --config NAME [--dtype f16|f32|bf16] [--seed N]\n"
             "                        (OUTDIR | --single-file OUT.safetensors)\n"
             "\n"
-            "Writes a Stable Diffusion 1.x model with random weights, for tests and benchmarks.\n"
+            "Writes a Stable Diffusion 1.x or 2.x model with random weights, for tests and benchmarks.\n"
             "\n"
             "  OUTDIR            a diffusers folder: model_index.json, text_encoder/, tokenizer/\n"
-            "                    (the bundled CLIP vocabulary), unet/, vae/, scheduler/ (SD 1.5's PNDM)\n"
-            "  --single-file F   one safetensors file with LDM (CompVis) names instead; sdworker reads\n"
-            "                    single files with SD 1.x's fixed configuration, so only --config sd15\n"
-            "                    makes a single file sdworker can run\n"
+            "                    (the bundled CLIP vocabulary), unet/, vae/, scheduler/\n"
+            "  --single-file F   one safetensors file with LDM (CompVis) names instead (SD 2.x: the\n"
+            "                    OpenCLIP text tower). sdworker reads an SD 1.x single file with SD 1.x's\n"
+            "                    fixed configuration, so of those only sd15 and sd15-inpaint run; an SD 2.x\n"
+            "                    one's UNet is read off its shapes (64-channel heads), so all of those run\n"
             "  --config NAME     sd15: Stable Diffusion 1.5's exact architecture (1.07 G parameters)\n"
             "                    sd15-inpaint: the same with a 9-channel UNet input\n"
+            "                    sd2-base: SD 2.1-base (512, epsilon, PNDM); sd21: SD 2.1 (768,\n"
+            "                    v-prediction, DDIM, upcast attention); sd2-inpaint: SD 2 inpainting\n"
+            "                    (9 channels, 512, epsilon); sd-turbo: SD 2.1's architecture at 512 with\n"
+            "                    Euler on trailing timesteps\n"
             "                    tiny: a small SD-shaped model (text 64 wide, 2 layers; UNet blocks\n"
             "                    32/64/64; VAE blocks 16/32/64/64, scale 8) that runs 512x512 in seconds\n"
-            "  --dtype T         f16 (default for sd15), f32 (default for tiny) or bf16\n"
+            "                    tiny-sd2: the same for SD 2.x (gelu text encoder padding with \"!\",\n"
+            "                    UNet blocks 64/128 with 1 and 2 heads, linear projections, v-prediction)\n"
+            "  --dtype T         f16 (default for the full-size configs), f32 (for the tiny ones) or bf16\n"
             "  --seed N          the weights' seed (default 0); the same seed gives the same files\n"
             "\n"
             "Exit status: 0 on success, 1 on a failure to build or write the model, 2 on bad usage.\n");
@@ -579,7 +709,10 @@ int main(int argc, char **argv)
     for (k = 0; k < sizeof configs / sizeof configs[0] && strcmp(configs[k].name, cfg_name); k++)
         ;
     if (k == sizeof configs / sizeof configs[0]) {
-        fprintf(stderr, "sdworker-mkmodel: unknown config '%s' (tiny, sd15, sd15-inpaint)\n", cfg_name);
+        fprintf(stderr, "sdworker-mkmodel: unknown config '%s' (", cfg_name);
+        for (k = 0; k < sizeof configs / sizeof configs[0]; k++)
+            fprintf(stderr, "%s%s", k ? ", " : "", configs[k].name);
+        fprintf(stderr, ")\n");
         return 2;
     }
     c = configs[k];
