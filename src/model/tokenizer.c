@@ -10,17 +10,21 @@
  *      char::to_lowercase: no final-sigma context, U+0130 -> "i\u0307").
  *      Nothing is dropped: control, format and zero-width characters,
  *      U+FEFF and NUL stay and become byte tokens.
- *   2. The added tokens "<|startoftext|>" and "<|endoftext|>" are marked
- *      "normalized", so they are found in the normalized text: any case of
- *      them ("<|EndOfText|>") is the special id.
+ *   2. The added tokens "<|startoftext|>" and "<|endoftext|>": those the
+ *      folder marks "normalized" (SD folders do) are found in the normalized
+ *      text, so in any case ("<|EndOfText|>"); the others are found before
+ *      step 1, in the raw text, exactly as written. Step 1 runs on each
+ *      stretch of text between raw matches.
  *   3. Between them, the pattern <\|startoftext\|>|<\|endoftext\|>|'s|'t|
  *      're|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+ (case-sensitive)
  *      picks the pieces and whitespace is dropped. Its special-token
- *      alternatives never match here, since step 2 took every occurrence.
- *      Ideographs are letters like any other: "東京" is one piece.
+ *      alternatives match only the lowercased spelling of a token that is
+ *      not "normalized". Ideographs are letters like any other: "東京" is
+ *      one piece.
  *   4. ByteLevel (use_regex, no prefix space) re-splits each piece with
- *      GPT-2's pattern, which leaves every piece of step 3 whole, and maps
- *      its UTF-8 bytes to symbols; BPE then merges, "</w>" on the last one.
+ *      GPT-2's pattern, which leaves every piece of step 3 whole but a
+ *      special token's ("<|", "endoftext", "|>"), and maps its UTF-8 bytes
+ *      to symbols; BPE then merges, "</w>" on the last one.
  *
  * Unicode versions. The reference mixes three sets of tables, none of them
  * utf8proc 15.0's (Debian 12), so tables below bridge each difference; all
@@ -43,6 +47,7 @@
  * which.
  *
  * All tables are read-only after loading, so concurrent encodes are safe. */
+#define _GNU_SOURCE /* memmem */
 #include "model/tokenizer.h"
 
 #include "base/datadir.h"
@@ -88,6 +93,7 @@ struct sdw_tokenizer {
     int32_t byte_id[256];     /* bytes_to_unicode symbol of each byte */
     int32_t byte_end_id[256]; /* the same symbol with "</w>" */
     int32_t start_id, end_id;
+    bool start_norm, end_norm; /* matched in the normalized text, else in the raw text */
     merge_slot *merges;
     size_t merge_mask, nmerges;
     str_map vocab; /* its strings live in vocab_text */
@@ -271,6 +277,7 @@ static int tok_new(sdw_tokenizer **out, str_map *vocab, char **text, size_t nmer
         goto fail;
     }
     t->merge_mask = cap - 1;
+    t->start_norm = t->end_norm = true;
     *out = t;
     return 0;
 fail:
@@ -479,14 +486,17 @@ done:
     return rc;
 }
 
-/* added_tokens gives the two specials ids when the vocabulary lacks them;
+/* added_tokens gives the two specials ids when the vocabulary lacks them,
+ * and says whether each is found in the normalized text (norm[0] for
+ * <|startoftext|>, norm[1] for <|endoftext|>);
  * when it has them too, both must agree (transformers 5 would otherwise
  * take the vocabulary's id for one purpose and the added token's for
  * another). Other added tokens are not CLIP's and are ignored, as
  * transformers' CLIPTokenizer does. */
-static int read_added(json_object *root, str_map *vocab, const char *path, sdw_error *e)
+static int read_added(json_object *root, str_map *vocab, bool norm[2], const char *path, sdw_error *e)
 {
-    json_object *list;
+    json_object *list, *flag;
+    norm[0] = norm[1] = false;
     if (!json_object_object_get_ex(root, "added_tokens", &list) || json_object_is_type(list, json_type_null))
         return 0;
     if (!json_object_is_type(list, json_type_array))
@@ -502,6 +512,9 @@ static int read_added(json_object *root, str_map *vocab, const char *path, sdw_e
         const char *s = json_object_get_string(content);
         if (strcmp(s, START_TOK) != 0 && strcmp(s, END_TOK) != 0)
             continue;
+        /* tokenizers' own default for a special token is false */
+        norm[strcmp(s, END_TOK) == 0] = json_object_object_get_ex(tok, "normalized", &flag) &&
+                                        json_object_get_boolean(flag);
         int32_t want = (int32_t)json_object_get_int64(id);
         int32_t have = str_map_get(vocab, s, strlen(s));
         if (have >= 0 && have != want)
@@ -520,6 +533,7 @@ int sdw_tok_load_json(sdw_tokenizer **out, const char *path, sdw_error *e)
     char *text = NULL, *buf = NULL;
     size_t bufcap = 0;
     sdw_tokenizer *t = NULL;
+    bool norm[2];
     int rc;
     if ((rc = read_json_file(path, &root, e)) < 0)
         goto done;
@@ -549,7 +563,7 @@ int sdw_tok_load_json(sdw_tokenizer **out, const char *path, sdw_error *e)
         rc = sdw_fail(e, SDW_EFORMAT, "%s: model.vocab is missing", path);
         goto done;
     }
-    if ((rc = read_vocab(x, 2, &vocab, path, "model.vocab", e)) < 0 || (rc = read_added(root, &vocab, path, e)) < 0)
+    if ((rc = read_vocab(x, 2, &vocab, path, "model.vocab", e)) < 0 || (rc = read_added(root, &vocab, norm, path, e)) < 0)
         goto done;
     if (!json_object_object_get_ex(model, "merges", &merges) || !json_object_is_type(merges, json_type_array)) {
         rc = sdw_fail(e, SDW_EFORMAT, "%s: model.merges must be a list", path);
@@ -558,6 +572,8 @@ int sdw_tok_load_json(sdw_tokenizer **out, const char *path, sdw_error *e)
     size_t nm = json_object_array_length(merges);
     if ((rc = tok_new(&t, &vocab, &text, nm, path, e)) < 0)
         goto done;
+    t->start_norm = norm[0];
+    t->end_norm = norm[1];
     for (size_t i = 0; i < nm; i++) {
         json_object *m = json_object_array_get_idx(merges, i), *a, *b;
         merge_pair pair;
@@ -752,6 +768,14 @@ void sdw_tok_free(sdw_tokenizer *t)
     free(t->vocab.slots);
     free(t->vocab_text);
     free(t);
+}
+
+bool sdw_tok_set_normalized(sdw_tokenizer *t, const char *content, bool normalized)
+{
+    bool *flag = strcmp(content, START_TOK) == 0 ? &t->start_norm : strcmp(content, END_TOK) == 0 ? &t->end_norm : NULL;
+    if (flag)
+        *flag = normalized;
+    return flag != NULL;
 }
 
 int32_t sdw_tok_vocab_id(const sdw_tokenizer *t, const char *token)
@@ -1165,6 +1189,22 @@ static size_t contraction(const uint32_t *w, size_t n, size_t i)
     return 0;
 }
 
+/* Length of "<|startoftext|>" or "<|endoftext|>" at w[i], else 0. */
+static size_t special_at(const uint32_t *w, size_t n, size_t i, bool *end)
+{
+    for (int k = 0; k < 2; k++) {
+        const char *s = k ? END_TOK : START_TOK;
+        size_t sl = k ? sizeof END_TOK - 1 : sizeof START_TOK - 1, j = 0;
+        while (j < sl && i + j < n && w[i + j] == (uint32_t)(unsigned char)s[j])
+            j++;
+        if (j == sl) {
+            *end = k;
+            return sl;
+        }
+    }
+    return 0;
+}
+
 static int pretokenize(const sdw_tokenizer *t, const uint32_t *w, size_t n, bpe_work *bw, i32vec *out)
 {
     size_t i = 0;
@@ -1174,7 +1214,21 @@ static int pretokenize(const sdw_tokenizer *t, const uint32_t *w, size_t n, bpe_
             i++;
             continue;
         }
-        size_t m = contraction(w, n, i);
+        /* The pattern's first alternatives: a special token that was not
+         * an added-token match (one matched in the raw text, here in
+         * another case). ByteLevel's GPT-2 pattern then cuts that piece into
+         * "<|", the word and "|>". */
+        bool end;
+        size_t m = special_at(w, n, i, &end);
+        if (m) {
+            int rc;
+            if ((rc = bpe_piece(t, w + i, 2, bw, out)) < 0 || (rc = bpe_piece(t, w + i + 2, m - 4, bw, out)) < 0 ||
+                (rc = bpe_piece(t, w + i + m - 2, 2, bw, out)) < 0)
+                return rc;
+            i += m;
+            continue;
+        }
+        m = contraction(w, n, i);
         if (!m) {
             m = 1;
             if (c != SDW_TOK_NUMBER)
@@ -1189,48 +1243,69 @@ static int pretokenize(const sdw_tokenizer *t, const uint32_t *w, size_t n, bpe_
     return 0;
 }
 
-/* Position of the first "<|startoftext|>" or "<|endoftext|>" in w[from..n),
- * or n; *special gets its id and *len its length. */
-static size_t find_special(const sdw_tokenizer *t, const uint32_t *w, size_t n, size_t from, int32_t *special,
-                           size_t *len)
+/* Position of the first special token that is matched in normalized text
+ * in w[from..n), or n; *special gets its id and *len its length. */
+static size_t find_normalized(const sdw_tokenizer *t, const uint32_t *w, size_t n, size_t from, int32_t *special,
+                              size_t *len)
 {
-    for (size_t i = from; i + sizeof END_TOK - 1 <= n; i++) {
-        if (w[i] != '<' || w[i + 1] != '|')
-            continue;
-        for (int k = 0; k < 2; k++) {
-            const char *s = k ? END_TOK : START_TOK;
-            size_t sl = k ? sizeof END_TOK - 1 : sizeof START_TOK - 1, j = 0;
-            while (j < sl && i + j < n && w[i + j] == (uint32_t)(unsigned char)s[j])
-                j++;
-            if (j == sl) {
-                *special = k ? t->end_id : t->start_id;
-                *len = sl;
-                return i;
-            }
+    for (size_t i = from; i < n; i++) {
+        bool end;
+        size_t m = w[i] == '<' ? special_at(w, n, i, &end) : 0;
+        if (m && (end ? t->end_norm : t->start_norm)) {
+            *special = end ? t->end_id : t->start_id;
+            *len = m;
+            return i;
         }
     }
     return n;
 }
 
+/* One stretch of raw text between raw special-token matches: normalized,
+ * then cut at the normalized ones. */
+static int tokenize_raw(const sdw_tokenizer *t, const char *text, size_t len, bpe_work *bw, i32vec *out,
+                        sdw_error *e)
+{
+    u32vec norm = {0};
+    int rc = normalize(text, len, &norm, e);
+    for (size_t i = 0; rc == 0 && i < norm.n;) {
+        int32_t special = 0;
+        size_t slen = 0, at = find_normalized(t, norm.v, norm.n, i, &special, &slen);
+        if ((rc = pretokenize(t, norm.v + i, at - i, bw, out)) < 0 ||
+            (at < norm.n && (rc = sdw_vec_push(out, special, NULL)) < 0))
+            rc = sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
+        i = at + slen;
+    }
+    sdw_vec_free(&norm);
+    return rc;
+}
+
+/* tokenizers' added vocabulary: the special tokens not marked "normalized"
+ * are found in the raw text first (exactly, so case matters), the others in
+ * each stretch's normalized text. */
 static int tokenize_all(const sdw_tokenizer *t, const char *text, size_t len, i32vec *out, sdw_error *e)
 {
     if (!t || !text)
         return sdw_fail(e, SDW_EINVAL, "tokenizer: no tokenizer or text");
-    u32vec norm = {0};
     bpe_work bw = {0};
-    int rc = normalize(text, len, &norm, e);
-    for (size_t i = 0; rc == 0 && i < norm.n;) {
-        int32_t special = 0;
-        size_t slen = 0, at = find_special(t, norm.v, norm.n, i, &special, &slen);
-        if ((rc = pretokenize(t, norm.v + i, at - i, &bw, out)) < 0 ||
-            (at < norm.n && (rc = sdw_vec_push(out, special, NULL)) < 0)) {
+    int rc = 0;
+    const char *p = text, *end = text + len;
+    for (;;) {
+        size_t left = (size_t)(end - p);
+        const char *s = t->start_norm ? NULL : memmem(p, left, START_TOK, sizeof START_TOK - 1);
+        const char *en = t->end_norm ? NULL : memmem(p, left, END_TOK, sizeof END_TOK - 1);
+        const char *hit = s && (!en || s < en) ? s : en;
+        size_t seg = hit ? (size_t)(hit - p) : left;
+        if (seg && (rc = tokenize_raw(t, p, seg, &bw, out, e)) < 0)
+            break;
+        if (!hit)
+            break;
+        if (sdw_vec_push(out, hit == s ? t->start_id : t->end_id, NULL) < 0) {
             rc = sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
             break;
         }
-        i = at + slen;
+        p = hit + (hit == s ? sizeof START_TOK - 1 : sizeof END_TOK - 1);
     }
     bpe_work_free(&bw);
-    sdw_vec_free(&norm);
     return rc;
 }
 

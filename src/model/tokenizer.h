@@ -6,6 +6,7 @@
 #ifndef SDW_TOKENIZER_H
 #define SDW_TOKENIZER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,8 +24,9 @@ typedef struct sdw_tokenizer sdw_tokenizer;
  * tokenizer/ folder. Like transformers 5's CLIPTokenizer, which rebuilds the
  * normalizer, pre-tokenizer and post-processor from its own code, only the
  * model's vocab and merges (lists ["a", "b"] or strings "a b") and the ids
- * of the two special tokens in added_tokens are read; model.type must be
- * "BPE" and model.end_of_word_suffix, when given, "</w>". */
+ * of the two special tokens in added_tokens are read, with each one's
+ * "normalized" flag (see sdw_tok_set_normalized); model.type must be "BPE"
+ * and model.end_of_word_suffix, when given, "</w>". */
 int sdw_tok_load_json(sdw_tokenizer **t, const char *path, sdw_error *e);
 /* An older diffusers tokenizer/ folder: vocab.json and merges.txt, the
  * latter read as tokenizers reads it (every line "a b" but those starting
@@ -36,6 +38,16 @@ int sdw_tok_load_bpe_gz(sdw_tokenizer **t, const char *path, sdw_error *e);
 /* The bundled vocabulary, found as base/datadir.h says. */
 int sdw_tok_load_default(sdw_tokenizer **t, sdw_error *e);
 void sdw_tok_free(sdw_tokenizer *t);
+
+/* Whether the special token `content` (<|startoftext|> or <|endoftext|>)
+ * is a "normalized" added token, found in the normalized text and so in any
+ * case ("<|EndOfText|>"), or found only exactly as written in the raw text.
+ * transformers takes the flag from the folder's files (tokenizer_config.json's
+ * added_tokens_decoder over tokenizer.json's added_tokens), false where they
+ * say nothing; sdw_tok_load_json reads the latter, the other loaders start
+ * from true, what SD folders carry. Set it before encoding; false when
+ * content is not one of the two. */
+bool sdw_tok_set_normalized(sdw_tokenizer *t, const char *content, bool normalized);
 
 /* The id of a vocabulary entry spelled as in vocab.json (byte symbols,
  * "</w>" included: "!" is 0, "!</w>" 256), or -1: how a folder's pad_token
