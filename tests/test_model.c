@@ -326,8 +326,8 @@ static void test_tokenizer_folder(void)
     if (tap_ok(rc == 0, "folder with added_tokens_decoder opens (%s)", rc ? e.msg : "")) {
         tap_ok(m.clip.pad_id == SDW_TOK_EOS, "no pad_token anywhere: <|endoftext|>");
         rc = sdw_tok_encode(m.tokenizer, "<|ENDOFTEXT|> <|endoftext|>", ids, SDW_TOK_CONTEXT, m.clip.pad_id, &e);
-        tap_ok(rc == 9 && ids[7] == SDW_TOK_EOS, "<|endoftext|> not normalized: only the exact spelling is special (%d)",
-               rc);
+        tap_ok(rc == 9 && ids[7] == SDW_TOK_EOS,
+               "<|endoftext|> not normalized: only the exact spelling is special (%d)", rc);
         sdw_model_close(&m);
     }
     put(cfg, "{\"pad_token\": \"!\"}");
@@ -335,7 +335,8 @@ static void test_tokenizer_folder(void)
     expect_fail("pad tokens that disagree", d, SDW_EFORMAT, "contradicts", "special_tokens_map.json");
     put(cfg, "{\"pad_token\": \"<pad>\"}");
     unlink(map);
-    expect_fail("pad token not in the vocabulary", d, SDW_EFORMAT, "'<pad>' is not in the vocabulary", "tokenizer.json");
+    expect_fail("pad token not in the vocabulary", d, SDW_EFORMAT, "'<pad>' is not in the vocabulary",
+                "tokenizer.json");
     put(cfg, "{\"pad_token\": 3}");
     expect_fail("pad token a number", d, SDW_EFORMAT, "pad_token must be a string", NULL);
     put(tj, "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}");

@@ -224,8 +224,8 @@ static void test_unicode(void)
     tap_ok(cps == 0x110000 - 0x800, "every code point but the surrogates listed (%ld)", cps);
     tap_ok(bad_cls == 0, "pattern class of every code point as the reference's (%ld differ)", bad_cls);
     tap_ok(bad_map == 0, "normalizer on every code point alone as the reference's (%ld differ)", bad_map);
-    tap_ok(seqs > 1000 && bad_seq == 0, "normalizer on %ld reordering/composition sequences as the reference's (%ld differ)",
-           seqs, bad_seq);
+    tap_ok(seqs > 1000 && bad_seq == 0,
+           "normalizer on %ld reordering/composition sequences as the reference's (%ld differ)", seqs, bad_seq);
 }
 
 /* A minimal vocabulary in HF layout: the 512 byte symbols, extra symbols
@@ -401,7 +401,8 @@ static void test_json(void)
     write_hf(extra, 2, "#version: 0.2\na b\nab c</w>\n");
 
     /* Both spellings of a merge, and each special token's "normalized". */
-    write_json_tok("\"BPE\"", ", \"end_of_word_suffix\": \"</w>\", \"merges\": [[\"a\", \"b\"], \"ab c</w>\"]", specials);
+    write_json_tok("\"BPE\"", ", \"end_of_word_suffix\": \"</w>\", \"merges\": [[\"a\", \"b\"], \"ab c</w>\"]",
+                   specials);
     int rc = sdw_tok_load_json(&t, tmp_path("tokenizer.json"), &e);
     if (tap_ok(rc == 0, "minimal tokenizer.json loads (%s)", rc ? e.msg : "ok")) {
         int n = sdw_tok_tokenize(t, "ABC", ids, 16, &e);
@@ -432,7 +433,8 @@ static void test_json(void)
         {"\"BPE\"", ", \"merges\": [[\"a\", \"b\", \"c\"]]", "[]", SDW_EFORMAT, "model.merges[0] is neither",
          "merge of three symbols"},
         {"\"BPE\"", ", \"merges\": [\"a b\", 7]", "[]", SDW_EFORMAT, "model.merges[1] is neither", "merge as a number"},
-        {"\"BPE\"", ", \"merges\": [\"ab\"]", "[]", SDW_EFORMAT, "model.merges[0] is neither", "merge string without space"},
+        {"\"BPE\"", ", \"merges\": [\"ab\"]", "[]", SDW_EFORMAT, "model.merges[0] is neither",
+         "merge string without space"},
         {"\"BPE\"", ", \"merges\": {}", "[]", SDW_EFORMAT, "model.merges must be a list", "merges not a list"},
         {"\"BPE\"", ", \"merges\": [[\"a\", \"zz\"]]", "[]", SDW_EFORMAT,
          "model.merges entry 0 names \"zz\", which is not in the vocabulary", "merge naming an unknown symbol"},
@@ -441,7 +443,8 @@ static void test_json(void)
         {"\"BPE\"", ", \"end_of_word_suffix\": \"##\", \"merges\": []", "[]", SDW_EUNSUPPORTED,
          "model.end_of_word_suffix is \"##\"", "another end-of-word suffix"},
         {"\"BPE\"", ", \"merges\": []", "[{\"id\": 3, \"content\": \"<|endoftext|>\"}]", SDW_EFORMAT,
-         "added_tokens gives <|endoftext|> id 3, but model.vocab gives it 515", "added token contradicting the vocabulary"},
+         "added_tokens gives <|endoftext|> id 3, but model.vocab gives it 515",
+         "added token contradicting the vocabulary"},
         {"\"BPE\"", ", \"merges\": []", "[{\"content\": \"<|endoftext|>\"}]", SDW_EFORMAT,
          "added_tokens[0] needs", "added token without id"},
     };

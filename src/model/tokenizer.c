@@ -442,7 +442,8 @@ int sdw_tok_load_hf(sdw_tokenizer **out, const char *vocab_json, const char *mer
     size_t mlen = 0, bufcap = 0;
     sdw_tokenizer *t = NULL;
     int rc;
-    if ((rc = read_json_file(vocab_json, &root, e)) < 0 || (rc = read_vocab(root, 0, &vocab, vocab_json, NULL, e)) < 0 ||
+    if ((rc = read_json_file(vocab_json, &root, e)) < 0 ||
+        (rc = read_vocab(root, 0, &vocab, vocab_json, NULL, e)) < 0 ||
         (rc = read_file(merges_txt, &mtext, &mlen, e)) < 0)
         goto done;
     size_t nlines = 1;
@@ -507,8 +508,8 @@ static int read_added(json_object *root, str_map *vocab, bool norm[2], const cha
             !json_object_is_type(content, json_type_string) || !json_object_object_get_ex(tok, "id", &id) ||
             !json_object_is_type(id, json_type_int) || json_object_get_int64(id) < 0 ||
             json_object_get_int64(id) > INT32_MAX)
-            return sdw_fail(e, SDW_EFORMAT, "%s: added_tokens[%zu] needs a string \"content\" and a non-negative \"id\"",
-                            path, i);
+            return sdw_fail(e, SDW_EFORMAT,
+                            "%s: added_tokens[%zu] needs a string \"content\" and a non-negative \"id\"", path, i);
         const char *s = json_object_get_string(content);
         if (strcmp(s, START_TOK) != 0 && strcmp(s, END_TOK) != 0)
             continue;
@@ -563,7 +564,8 @@ int sdw_tok_load_json(sdw_tokenizer **out, const char *path, sdw_error *e)
         rc = sdw_fail(e, SDW_EFORMAT, "%s: model.vocab is missing", path);
         goto done;
     }
-    if ((rc = read_vocab(x, 2, &vocab, path, "model.vocab", e)) < 0 || (rc = read_added(root, &vocab, norm, path, e)) < 0)
+    if ((rc = read_vocab(x, 2, &vocab, path, "model.vocab", e)) < 0 ||
+        (rc = read_added(root, &vocab, norm, path, e)) < 0)
         goto done;
     if (!json_object_object_get_ex(model, "merges", &merges) || !json_object_is_type(merges, json_type_array)) {
         rc = sdw_fail(e, SDW_EFORMAT, "%s: model.merges must be a list", path);
@@ -902,7 +904,7 @@ static bool in_ranges(uint32_t c, const cp_range *r, size_t n)
     return false;
 }
 
-#define IN(c, table) in_ranges((c), (table), sizeof(table) / sizeof(table)[0])
+#define IN_TABLE(c, table) in_ranges((c), (table), sizeof(table) / sizeof(table)[0])
 
 /* Letters and numbers Unicode 16.0 assigned (Oniguruma's \p{L}, \p{N}). */
 static const cp_range letters_16[] = {
@@ -955,9 +957,9 @@ sdw_tok_class sdw_tok_classify(uint32_t c)
     if (is_space(c))
         return SDW_TOK_SPACE;
     utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)c);
-    if ((k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO) || IN(c, letters_16))
+    if ((k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO) || IN_TABLE(c, letters_16))
         return SDW_TOK_LETTER;
-    if ((k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO) || IN(c, numbers_16))
+    if ((k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO) || IN_TABLE(c, numbers_16))
         return SDW_TOK_NUMBER;
     return SDW_TOK_OTHER;
 }
@@ -1023,7 +1025,7 @@ static int normalize(const char *s, size_t n, u32vec *out, sdw_error *e)
             rc = sdw_fail(e, SDW_EINVAL, "tokenizer: text is not valid UTF-8 (at byte %zu)", i);
             goto done;
         }
-        if (IN((uint32_t)c, nfc_inert)) {
+        if (IN_TABLE((uint32_t)c, nfc_inert)) {
             if ((rc = nfc_span(s + start, i - start, &nfc, e)) < 0 || (rc = sdw_vec_push(&nfc, (uint32_t)c, e)) < 0)
                 goto done;
             start = i + (size_t)k;
