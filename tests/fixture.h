@@ -10,10 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include "model/model.h"
 #include "model/safetensors.h"
 
 /* f's tensor `name` as a malloc'd float32 array (NULL when absent or not
@@ -89,68 +85,6 @@ static inline int fixture_write_ldm(const sdw_st_file *f, json_object *map, cons
         free(names[i]), free(data[i]);
     free(ents), free(names), free(data), free(shapes);
     return rc;
-}
-
-/* Opens the model folder dir. Until sdworker reads tokenizer.json (the
- * tokenizer half of issue 13), a folder transformers 5 saved, whose
- * tokenizer/ holds only tokenizer.json and tokenizer_config.json, opens
- * through a copy in tmp (a mkdtemp template; "" afterwards when none was
- * made): links to its parts, and a tokenizer/ with vocab_dir's vocab.json and
- * merges.txt (every fixture has the same vocabulary) and a
- * special_tokens_map.json with the pad token of its tokenizer_config.json.
- * fixture_model_done removes the copy. */
-static inline int fixture_model_open(sdw_model *m, const char *dir, const char *vocab_dir, char *tmp, sdw_error *e)
-{
-    static const char *const parts[] = {"model_index.json", "text_encoder", "unet", "vae", "scheduler"};
-    char from[8192], to[4096], adir[4096], avocab[4096];
-    int rc = sdw_model_open(m, dir, e);
-    if (rc != SDW_ENOTFOUND || !strstr(e->msg, "tokenizer/vocab.json") || !realpath(dir, adir) ||
-        !realpath(vocab_dir, avocab) || !mkdtemp(tmp)) {
-        tmp[0] = 0;
-        return rc;
-    }
-    dir = adir, vocab_dir = avocab;
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-        snprintf(from, sizeof from, "%s/%s", dir, parts[i]);
-        snprintf(to, sizeof to, "%s/%s", tmp, parts[i]);
-        if (symlink(from, to))
-            return SDW_EIO;
-    }
-    snprintf(to, sizeof to, "%s/tokenizer", tmp);
-    mkdir(to, 0755);
-    const char *files[] = {"vocab.json", "merges.txt"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(from, sizeof from, "%s/%s", vocab_dir, files[i]);
-        snprintf(to, sizeof to, "%s/tokenizer/%s", tmp, files[i]);
-        if (symlink(from, to))
-            return SDW_EIO;
-    }
-    snprintf(from, sizeof from, "%s/tokenizer/tokenizer_config.json", dir);
-    json_object *cfg = json_object_from_file(from), *pad, *map = json_object_new_object();
-    if (cfg && json_object_object_get_ex(cfg, "pad_token", &pad))
-        json_object_object_add(map, "pad_token", json_object_get(pad));
-    snprintf(to, sizeof to, "%s/tokenizer/special_tokens_map.json", tmp);
-    json_object_to_file(to, map);
-    json_object_put(map);
-    json_object_put(cfg);
-    return sdw_model_open(m, tmp, e);
-}
-
-static inline void fixture_model_done(char *tmp)
-{
-    static const char *const names[] = {"model_index.json", "text_encoder",        "unet",
-                                        "vae",              "scheduler",           "tokenizer/vocab.json",
-                                        "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer"};
-    char path[4096];
-    if (!tmp[0])
-        return;
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", tmp, names[i]);
-        if (unlink(path))
-            rmdir(path);
-    }
-    rmdir(tmp);
-    tmp[0] = 0;
 }
 
 #endif

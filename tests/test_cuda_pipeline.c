@@ -1,6 +1,7 @@
 /* Whole pipelines on the CUDA backend against the CPU backend, on the tiny
  * fixture models (tests/fixtures/models): txt2img with a deterministic and an
- * ancestral sampler, img2img, and 9-channel inpainting. Final latents within
+ * ancestral sampler, img2img, and 9-channel inpainting, SD 1 and SD 2
+ * (v-prediction). Final latents within
  * 1e-4 relative error (max abs difference over max abs reference) in
  * float32, within 1e-2 in fp16, within BF16_TOL in bf16. A second identical generation must not grow
  * the device memory in use: the caching allocator serves every later step
@@ -39,12 +40,17 @@ static const gen_case cases[] = {
      * libraries (tests/cusim), where each op takes milliseconds: one small
      * case, with the fewest UNet steps that still include replays. */
     {"txt2img euler 32x32", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0},
+    /* SD 2: gelu text encoder, linear projections, per-level heads, v-prediction */
+    {"sd2 txt2img euler 32x32", "tiny-sd2", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0},
 #else
     {"txt2img euler", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 6, 1.0},
     {"txt2img euler_a 96x64", "tiny-b", "euler_a", NULL, NULL, SDW_GEN_TXT2IMG, 96, 64, 5, 1.0},
     {"img2img ddim", "tiny-a", "ddim", "init-64x64.png", NULL, SDW_GEN_IMG2IMG, 64, 64, 8, 0.6},
     {"inpaint 9-channel", "tiny-inpaint", "euler_a", "init-64x64.png", "mask-64x64.png", SDW_GEN_INPAINT, 64, 64, 5,
      1.0},
+    {"sd2 txt2img dpmpp_2m (v-prediction)", "tiny-sd2", "dpmpp_2m", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 5, 1.0},
+    {"sd2 inpaint 9-channel", "tiny-sd2-inpaint", "euler_a", "init-64x64.png", "mask-64x64.png", SDW_GEN_INPAINT, 64,
+     64, 5, 1.0},
 #endif
 };
 

@@ -14,6 +14,7 @@
 #include "model/clip.h"
 #include "model/unet.h"
 #include "model/model.h"
+#include "model/tokenizer.h"
 #include "tap.h"
 
 static char root[] = "/tmp/sdw-model-XXXXXX";
@@ -358,6 +359,58 @@ static void test_diffusers_ok(void)
                "no scheduler: pipeline check names it");
         sdw_model_close(&m);
     }
+    free(d);
+}
+
+/* The tokenizer/ folder: tokenizer.json first, the pad token from
+ * tokenizer_config.json or special_tokens_map.json, and their errors. */
+static void test_tokenizer_folder(void)
+{
+    const char *today = tap_fixture("models/tiny-a-today/tokenizer/tokenizer.json");
+    char *d = make_diffusers("tok", &tiny);
+    const char *tj = pathf("%s/tokenizer/tokenizer.json", d);
+    const char *cfg = pathf("%s/tokenizer/tokenizer_config.json", d);
+    const char *map = pathf("%s/tokenizer/special_tokens_map.json", d);
+    sdw_model m;
+    sdw_error e = {0};
+    int32_t ids[SDW_TOK_CONTEXT];
+    if (!tap_ok(copy(today, tj) == 0, "copy %s", today)) {
+        free(d);
+        return;
+    }
+    /* tokenizer.json wins: a broken vocab.json next to it is not read. */
+    put(pathf("%s/tokenizer/vocab.json", d), "not json");
+    put(cfg, "{\"pad_token\": \"!\"}");
+    unlink(map);
+    int rc = sdw_model_open(&m, d, &e);
+    if (tap_ok(rc == 0, "folder with tokenizer.json opens (%s)", rc ? e.msg : "")) {
+        tap_ok(m.clip.pad_id == 0, "pad_token \"!\" from tokenizer_config.json is id 0 (%d)", m.clip.pad_id);
+        rc = sdw_tok_encode(m.tokenizer, "a photo of a cat", ids, SDW_TOK_CONTEXT, m.clip.pad_id, &e);
+        tap_ok(rc == 7 && ids[1] == 320 && ids[5] == 2368 && ids[6] == SDW_TOK_EOS && ids[7] == 0,
+               "its tokenizer encodes and pads with 0");
+        sdw_model_close(&m);
+    }
+    /* added_tokens_decoder overrides tokenizer.json's "normalized". */
+    put(cfg, "{\"added_tokens_decoder\": {\"49407\": {\"content\": \"<|endoftext|>\", \"normalized\": false}}}");
+    rc = sdw_model_open(&m, d, &e);
+    if (tap_ok(rc == 0, "folder with added_tokens_decoder opens (%s)", rc ? e.msg : "")) {
+        tap_ok(m.clip.pad_id == SDW_TOK_EOS, "no pad_token anywhere: <|endoftext|>");
+        rc = sdw_tok_encode(m.tokenizer, "<|ENDOFTEXT|> <|endoftext|>", ids, SDW_TOK_CONTEXT, m.clip.pad_id, &e);
+        tap_ok(rc == 9 && ids[7] == SDW_TOK_EOS,
+               "<|endoftext|> not normalized: only the exact spelling is special (%d)", rc);
+        sdw_model_close(&m);
+    }
+    put(cfg, "{\"pad_token\": \"!\"}");
+    put(map, "{\"pad_token\": {\"content\": \"<|endoftext|>\"}}");
+    expect_fail("pad tokens that disagree", d, SDW_EFORMAT, "contradicts", "special_tokens_map.json");
+    put(cfg, "{\"pad_token\": \"<pad>\"}");
+    unlink(map);
+    expect_fail("pad token not in the vocabulary", d, SDW_EFORMAT, "'<pad>' is not in the vocabulary",
+                "tokenizer.json");
+    put(cfg, "{\"pad_token\": 3}");
+    expect_fail("pad token a number", d, SDW_EFORMAT, "pad_token must be a string", NULL);
+    put(tj, "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}");
+    expect_fail("WordPiece tokenizer.json", d, SDW_EUNSUPPORTED, "tokenizer.json: model.type \"WordPiece\"", NULL);
     free(d);
 }
 
@@ -772,11 +825,9 @@ static void test_today_fixtures(void)
         {"tiny-sd2.safetensors", "sd2", "v_prediction", 0, 768},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-        char tmp[] = "/tmp/sdw-model-copy-XXXXXX";
         sdw_model m;
         sdw_error e = {0};
-        int rc = fixture_model_open(&m, tap_fixture(pathf("models/%s", want[i].name)),
-                                    tap_fixture("models/tiny-a/tokenizer"), tmp, &e);
+        int rc = sdw_model_open(&m, tap_fixture(pathf("models/%s", want[i].name)), &e);
         if (tap_ok(rc == 0, "%s opens (%s)", want[i].name, rc ? e.msg : "")) {
             tap_ok(!strcmp(m.family, want[i].family) && m.inpainting == want[i].inpainting &&
                        m.default_size == want[i].size && !strcmp(sdw_model_prediction(&m), want[i].prediction),
@@ -788,7 +839,6 @@ static void test_today_fixtures(void)
                    "%s: text encoder without text_model., a complete pipeline", want[i].name);
             sdw_model_close(&m);
         }
-        fixture_model_done(tmp);
     }
 }
 
@@ -882,6 +932,7 @@ int main(void)
     test_diffusers_ok();
     test_diffusers_errors();
     test_text_spellings();
+    test_tokenizer_folder();
     test_ldm();
     test_openclip();
     test_pickle();

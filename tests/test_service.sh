@@ -24,7 +24,8 @@ unset SDW_DATA_DIR
 # A small warm-up, which the CPU does not get by default.
 # Per-model request defaults, as an SD-Turbo model would have them.
 export SDW_BUILD_DIR=$bld SDW_RUN_DIR=$run SDW_PORT=$port \
-  SDW_OPTS="engine.warmup=64 model.tiny.steps=3 model.tiny.guidance=0 model.tiny.size=64x72"
+  SDW_OPTS="engine.warmup=64 model.tiny.steps=3 model.tiny.guidance=0 model.tiny.size=64x72
+    model.sd2=$top/tests/fixtures/models/tiny-sd2 model.sd2.steps=2"
 url=http://127.0.0.1:$port
 cleanup() { "$top/scripts/start-service" stop >/dev/null 2>&1; rm -rf "$run"; }
 trap cleanup EXIT
@@ -40,7 +41,7 @@ code=$(curl -s -o "$run/ready.json" -w '%{http_code}' "$url/ready")
 ok $([ "$code" = 200 ] && grep -q '"ready":true' "$run/ready.json"; echo $?) "/ready is 200 once the model is loaded"
 ok $(curl -fs "$url/" | grep -q 'id="generate"'; echo $?) "the demo page is served"
 ok $(grep -q 'model tiny warmed up at 64x64' "$run/engine.log"; echo $?) "the engine warmed the model up before ready"
-ok $(grep -q '"families":{"tiny":"sd1"}' "$run/ready.json"; echo $?) "/ready gives each model's family"
+ok $(grep -q '"families":{"tiny":"sd1","sd2":"sd2"}' "$run/ready.json"; echo $?) "/ready gives each model's family"
 curl -s "$url/v1/models" >"$run/models.json"
 ok $(grep -q '"name":"tiny","default":true,"family":"sd1","prediction":"epsilon","inpainting":false,"defaults":{"steps":3,"guidance_scale":0.0,"width":64,"height":72,"sampler":null}' "$run/models.json"; echo $?) \
   "/v1/models gives the family and the request defaults: $(cat "$run/models.json")"
@@ -51,6 +52,14 @@ curl -sN "$url/v1/jobs/$bare/stream" >"$run/bare.sse"
 curl -s "$url/v1/jobs/$bare" >"$run/bare.json"
 ok $(grep -q '"steps":3,"guidance_scale":0.0,"width":64,"height":72' "$run/bare.json" && grep -q '^event: complete' "$run/bare.sse"; echo $?) \
   "a bare request runs with the model's configured defaults: $(grep -o '"params":.*' "$run/bare.json")"
+ok $(grep -q '"name":"sd2","default":false,"family":"sd2","prediction":"v_prediction","inpainting":false,"defaults":{"steps":2,"guidance_scale":7.5,"width":64,"height":64,"sampler":null}' "$run/models.json"; echo $?) \
+  "an SD 2 model is listed with its family, v-prediction and its trained size as the default"
+bare=$(curl -s -H 'Content-Type: application/json' "$url/v1/jobs" \
+  -d '{"operation":"image_generation","hive_id":"h","model":"sd2","prompt":"a bare request!","seed":2}' |
+  sed -n 's/.*"job_id":"\([^"]*\)".*/\1/p')
+curl -sN "$url/v1/jobs/$bare/stream" >"$run/bare2.sse"
+ok $(grep -q '^event: complete' "$run/bare2.sse" && grep -q '"width":64,"height":64' "$run/bare2.sse"; echo $?) \
+  "the SD 2 model runs a bare request at its own size: $(grep -o '"code":"[a-z_]*"' "$run/bare2.sse")"
 
 cli() { "$bld/sdworker" image "$@" --url "$url" --model tiny --quiet; }
 is_png() { [ "$(head -c 8 "$1" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ]; }

@@ -1,6 +1,10 @@
-/* The tokenizer against ids produced by transformers' CLIPTokenizer (no ftfy)
- * in tests/fixtures/tokens.json, through both vocabulary loaders, plus the
- * BPE merge order on a hand-made vocabulary and the loaders' error paths. */
+/* The tokenizer against transformers 5's CLIPTokenizer: the ids of
+ * tests/fixtures/tokens.json through all three loaders (the bundled
+ * vocabulary, tiny-a's vocab.json + merges.txt, tiny-a-today's
+ * tokenizer.json), the normalizer and the pattern's classes for every code
+ * point against tests/fixtures/tokenizer-unicode.txt, the BPE merge order on
+ * a hand-made vocabulary, and the loaders' error paths. */
+#define _GNU_SOURCE /* asprintf */
 #include <json-c/json.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -76,8 +80,8 @@ static void diag_ids(const char *label, const int32_t *ids, int n)
     tap_diag("%s:%s", label, line);
 }
 
-/* One fixture entry through one tokenizer: the padded 77 ids, and the full
- * token list when the fixture has one ("full", BOS and EOS included). */
+/* One fixture entry through one tokenizer: the padded 77 ids, and the
+ * untruncated count ("n_tokens", BOS and EOS included). */
 static int check_entry(const sdw_tokenizer *t, json_object *entry, const char **why)
 {
     static char msg[sizeof ((sdw_error *)0)->msg];
@@ -85,7 +89,6 @@ static int check_entry(const sdw_tokenizer *t, json_object *entry, const char **
     const char *prompt = json_object_get_string(jp);
     size_t plen = (size_t)json_object_get_string_len(jp);
     json_object *want = json_object_object_get(entry, "ids");
-    json_object *full = json_object_object_get(entry, "full");
     int32_t ids[SDW_TOK_CONTEXT];
     sdw_error e = {0};
     int n = sdw_tok_encode_n(t, prompt, plen, ids, SDW_TOK_CONTEXT, SDW_TOK_EOS, &e);
@@ -99,77 +102,130 @@ static int check_entry(const sdw_tokenizer *t, json_object *entry, const char **
         diag_ids("got ", ids, SDW_TOK_CONTEXT);
         return 0;
     }
-    if (full) {
-        int cap = (int)json_object_array_length(full);
-        int32_t *all = malloc(sizeof *all * (size_t)(cap + 2));
-        int m = sdw_tok_tokenize_n(t, prompt, plen, all + 1, cap, &e);
-        int ok = m == cap - 2;
-        if (ok) {
-            all[0] = SDW_TOK_BOS;
-            all[cap - 1] = SDW_TOK_EOS;
-            ok = same_ids(all, full, cap);
-        }
-        free(all);
-        if (!ok) {
-            *why = "untruncated tokens differ";
-            return 0;
-        }
+    int all = sdw_tok_tokenize_n(t, prompt, plen, ids, 0, &e);
+    if (all + 2 != json_object_get_int(json_object_object_get(entry, "n_tokens"))) {
+        *why = "untruncated token count differs";
+        return 0;
     }
     return 1;
-}
-
-/* Entries in a vocab.json: the HF fixture only stands in for SD's
- * vocabulary when it is the full 49408-token one. */
-static int vocab_entries(const char *path)
-{
-    json_object *o = json_object_from_file(path);
-    int n = o && json_object_is_type(o, json_type_object) ? json_object_object_length(o) : -1;
-    json_object_put(o);
-    return n;
 }
 
 static void test_fixture(const sdw_tokenizer *gz)
 {
     const char *vocab = tap_fixture("models/tiny-a/tokenizer/vocab.json");
     const char *merges = tap_fixture("models/tiny-a/tokenizer/merges.txt");
-    sdw_tokenizer *hf = NULL;
+    const char *tj = tap_fixture("models/tiny-a-today/tokenizer/tokenizer.json");
+    sdw_tokenizer *hf = NULL, *js = NULL;
     sdw_error e = {0};
-    if (access(vocab, R_OK) != 0 || access(merges, R_OK) != 0) {
-        tap_ok(0, "HF-layout tokenizer present at %s", vocab);
-    } else if (vocab_entries(vocab) != 49408) {
-        tap_ok(0, "%s is the 49408-token SD vocabulary", vocab);
-    } else {
-        int rc = sdw_tok_load_hf(&hf, vocab, merges, &e);
-        tap_ok(rc == 0, "load HF-layout tokenizer (%s)", rc ? e.msg : "ok");
-    }
+    int rc = sdw_tok_load_hf(&hf, vocab, merges, &e);
+    tap_ok(rc == 0, "load tiny-a's vocab.json + merges.txt (%s)", rc ? e.msg : "ok");
+    rc = sdw_tok_load_json(&js, tj, &e);
+    tap_ok(rc == 0, "load tiny-a-today's tokenizer.json (%s)", rc ? e.msg : "ok");
 
-    if (access(tap_fixture("tokens.json"), R_OK) != 0) {
-        tap_ok(0, "fixture %s present", tap_fixture("tokens.json"));
-        sdw_tok_free(hf);
-        return;
-    }
     json_object *root = json_object_from_file(tap_fixture("tokens.json"));
-    if (!tap_ok(root && json_object_is_type(root, json_type_array), "tokens.json is a JSON array")) {
-        sdw_tok_free(hf);
-        return;
-    }
-    size_t n = json_object_array_length(root);
-    tap_ok(n >= 120, "tokens.json has %zu prompts", n);
-    for (size_t i = 0; i < n; i++) {
-        json_object *entry = json_object_array_get_idx(root, i);
-        const char *prompt = json_object_get_string(json_object_object_get(entry, "prompt"));
-        const char *why = "";
-        int ok = prompt && check_entry(gz, entry, &why);
-        const char *which = "gz";
-        if (ok && hf) {
-            ok = check_entry(hf, entry, &why);
-            which = "hf";
+    if (tap_ok(root && json_object_is_type(root, json_type_array), "tokens.json is a JSON array")) {
+        size_t n = json_object_array_length(root);
+        tap_ok(n >= 180, "tokens.json has %zu prompts", n);
+        const sdw_tokenizer *toks[3] = {gz, hf, js};
+        const char *names[3] = {"bundled", "vocab.json + merges.txt", "tokenizer.json"};
+        for (size_t i = 0; i < n; i++) {
+            json_object *entry = json_object_array_get_idx(root, i);
+            const char *prompt = json_object_get_string(json_object_object_get(entry, "prompt"));
+            const char *why = "missing prompt";
+            int ok = prompt != NULL, k = 0;
+            for (; ok && k < 3; k++)
+                ok = toks[k] && check_entry(toks[k], entry, &why);
+            if (!tap_ok(ok, "prompt %zu \"%s\"", i, prompt ? show(prompt) : "(missing)"))
+                tap_diag("%s vocabulary: %s", names[k - 1], why);
         }
-        if (!tap_ok(ok, "prompt %zu \"%s\"", i, prompt ? show(prompt) : "(missing)"))
-            tap_diag("%s vocabulary: %s", which, why);
     }
     json_object_put(root);
     sdw_tok_free(hf);
+    sdw_tok_free(js);
+}
+
+/* Parses "X,Y,..." (hex code points) into UTF-8. */
+static size_t hex_utf8(const char *s, char *out)
+{
+    size_t k = 0;
+    while (*s) {
+        char *end;
+        unsigned long c = strtoul(s, &end, 16);
+        if (c < 0x80) {
+            out[k++] = (char)c;
+        } else if (c < 0x800) {
+            out[k++] = (char)(0xC0 | (c >> 6));
+            out[k++] = (char)(0x80 | (c & 0x3F));
+        } else if (c < 0x10000) {
+            out[k++] = (char)(0xE0 | (c >> 12));
+            out[k++] = (char)(0x80 | ((c >> 6) & 0x3F));
+            out[k++] = (char)(0x80 | (c & 0x3F));
+        } else {
+            out[k++] = (char)(0xF0 | (c >> 18));
+            out[k++] = (char)(0x80 | ((c >> 12) & 0x3F));
+            out[k++] = (char)(0x80 | ((c >> 6) & 0x3F));
+            out[k++] = (char)(0x80 | (c & 0x3F));
+        }
+        s = *end == ',' ? end + 1 : end;
+    }
+    return k;
+}
+
+static int normalizes_to(const char *in, size_t n, const char *want, size_t wn)
+{
+    char *out;
+    size_t on;
+    sdw_error e;
+    if (sdw_tok_normalize(in, n, &out, &on, &e) < 0)
+        return 0;
+    int ok = on == wn && memcmp(out, want, wn) == 0;
+    free(out);
+    return ok;
+}
+
+/* Every code point (one "cp" range at a time) and every "seq" line of
+ * tokenizer-unicode.txt; the first few mismatches are printed. */
+static void test_unicode(void)
+{
+    FILE *f = fopen(tap_fixture("tokenizer-unicode.txt"), "r");
+    if (!tap_ok(f != NULL, "%s readable", tap_fixture("tokenizer-unicode.txt")))
+        return;
+    static const char classes[] = "SLNO";
+    char line[512], in[128], want[128];
+    long cps = 0, bad_cls = 0, bad_map = 0, seqs = 0, bad_seq = 0;
+    while (fgets(line, sizeof line, f)) {
+        char a[64], b[256], cls, map[256];
+        unsigned long lo, hi;
+        if (sscanf(line, "cp %lx %lx %c %255s", &lo, &hi, &cls, map) == 4) {
+            for (unsigned long c = lo; c <= hi; c++, cps++) {
+                char hex[16];
+                snprintf(hex, sizeof hex, "%lX", c);
+                size_t n = hex_utf8(hex, in), wn;
+                if (map[0] == '=') {
+                    wn = hex_utf8(map + 1, want);
+                } else {
+                    snprintf(hex, sizeof hex, "%lX", (unsigned long)((long)c + strtol(map, NULL, 10)));
+                    wn = hex_utf8(hex, want);
+                }
+                if (classes[sdw_tok_classify((uint32_t)c)] != cls && bad_cls++ < 5)
+                    tap_diag("U+%04lX: class %c, the reference says %c", c, classes[sdw_tok_classify((uint32_t)c)],
+                             cls);
+                if (!normalizes_to(in, n, want, wn) && bad_map++ < 5)
+                    tap_diag("U+%04lX: normalizes differently from the reference (%s)", c, map);
+            }
+        } else if (sscanf(line, "seq %63s %255s", a, b) == 2) {
+            seqs++;
+            size_t n = hex_utf8(a, in), wn = hex_utf8(b, want);
+            if (!normalizes_to(in, n, want, wn) && bad_seq++ < 5)
+                tap_diag("%s: normalizes differently from the reference (%s)", a, b);
+        }
+    }
+    fclose(f);
+    tap_ok(cps == 0x110000 - 0x800, "every code point but the surrogates listed (%ld)", cps);
+    tap_ok(bad_cls == 0, "pattern class of every code point as the reference's (%ld differ)", bad_cls);
+    tap_ok(bad_map == 0, "normalizer on every code point alone as the reference's (%ld differ)", bad_map);
+    tap_ok(seqs > 1000 && bad_seq == 0,
+           "normalizer on %ld reordering/composition sequences as the reference's (%ld differ)", seqs, bad_seq);
 }
 
 /* A minimal vocabulary in HF layout: the 512 byte symbols, extra symbols
@@ -254,9 +310,19 @@ static void test_errors(void)
     rc = sdw_tok_load_hf(&t, tmp_path("bad.json"), tmp_path("merges.txt"), &e);
     expect_error(rc, SDW_EFORMAT, &e, "invalid JSON", "trailing garbage after vocab.json");
 
-    write_file(tmp_path("bad.txt"), "a b\n", 4);
+    /* tokenizers needs no header, skips "#version" lines anywhere and
+     * takes CRLF, but no blank line. */
+    write_file(tmp_path("bad.txt"), "a b\r\n#version: 0.2\n", 19);
     rc = sdw_tok_load_hf(&t, tmp_path("vocab.json"), tmp_path("bad.txt"), &e);
-    expect_error(rc, SDW_EFORMAT, &e, "#version", "merges.txt without header");
+    tap_ok(rc == 0, "merges.txt without header, with CRLF and a late #version line loads (%s)", rc ? e.msg : "ok");
+    sdw_tok_free(t);
+    t = NULL;
+    write_file(tmp_path("bad.txt"), "#version: 0.2\n\na b\n", 19);
+    rc = sdw_tok_load_hf(&t, tmp_path("vocab.json"), tmp_path("bad.txt"), &e);
+    expect_error(rc, SDW_EFORMAT, &e, "merge line 2 is not two symbols", "blank line in merges.txt");
+    write_file(tmp_path("bad.txt"), "#version: 0.2\na  b\n", 19);
+    rc = sdw_tok_load_hf(&t, tmp_path("vocab.json"), tmp_path("bad.txt"), &e);
+    expect_error(rc, SDW_EFORMAT, &e, "not two symbols", "two spaces in a merge line");
 
     write_file(tmp_path("bad.txt"), "#version: 0.2\na b\nq zz\n", 23);
     rc = sdw_tok_load_hf(&t, tmp_path("vocab.json"), tmp_path("bad.txt"), &e);
@@ -268,7 +334,7 @@ static void test_errors(void)
 
     write_file(tmp_path("bad.txt"), "#version: 0.2\na b c\n", 20);
     rc = sdw_tok_load_hf(&t, tmp_path("vocab.json"), tmp_path("bad.txt"), &e);
-    expect_error(rc, SDW_EFORMAT, &e, "more than two", "merge line with three symbols");
+    expect_error(rc, SDW_EFORMAT, &e, "not two symbols", "merge line with three symbols");
 
     rc = sdw_tok_load_hf(&t, tmp_path("missing.json"), tmp_path("merges.txt"), &e);
     expect_error(rc, SDW_ENOTFOUND, &e, "missing.json", "missing vocab.json");
@@ -293,6 +359,144 @@ static void test_errors(void)
     expect_error(rc, SDW_EFORMAT, &e, "not a gzip file", "uncompressed file given as .gz");
     rc = sdw_tok_load_bpe_gz(&t, tmp_path("missing.gz"), &e);
     expect_error(rc, SDW_ENOTFOUND, &e, "missing.gz", "missing gz");
+}
+
+static const char *const thread_prompts[] = {
+    "a photograph of an astronaut riding a horse", "ΟΔΥΣΣΕΥΣ café 中文 😀 it's",
+    "(masterpiece:1.2), best quality, <|endoftext|> 12345", "İstanbul ﬁne Ｆｕｌｌ",
+};
+
+/* Entries in a vocab.json, or -1. */
+static int vocab_size(const char *path)
+{
+    json_object *o = json_object_from_file(path);
+    int n = o && json_object_is_type(o, json_type_object) ? json_object_object_length(o) : -1;
+    json_object_put(o);
+    return n;
+}
+
+/* A tokenizer.json over write_hf's vocabulary: `model` is the model
+ * object's members after "type", `added` the added_tokens list. */
+static void write_json_tok(const char *type, const char *model_rest, const char *added)
+{
+    json_object *v = json_object_from_file(tmp_path("vocab.json"));
+    char *doc = NULL;
+    if (asprintf(&doc, "{\"version\": \"1.0\", \"added_tokens\": %s, \"normalizer\": {\"type\": \"Lowercase\"},"
+                       " \"model\": {\"type\": %s, \"vocab\": %s%s}}",
+                 added, type, json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN), model_rest) < 0)
+        exit(EXIT_FAILURE);
+    write_file(tmp_path("tokenizer.json"), doc, strlen(doc));
+    free(doc);
+    json_object_put(v);
+}
+
+static void test_json(void)
+{
+    const char *extra[] = {"ab", "abc</w>"};
+    const char *specials = "[{\"id\": 514, \"content\": \"<|startoftext|>\", \"normalized\": true},"
+                           " {\"id\": 515, \"content\": \"<|endoftext|>\", \"normalized\": false}]";
+    sdw_tokenizer *t = NULL;
+    sdw_error e = {0};
+    int32_t ids[16];
+    write_hf(extra, 2, "#version: 0.2\na b\nab c</w>\n");
+
+    /* Both spellings of a merge, and each special token's "normalized". */
+    write_json_tok("\"BPE\"", ", \"end_of_word_suffix\": \"</w>\", \"merges\": [[\"a\", \"b\"], \"ab c</w>\"]",
+                   specials);
+    int rc = sdw_tok_load_json(&t, tmp_path("tokenizer.json"), &e);
+    if (tap_ok(rc == 0, "minimal tokenizer.json loads (%s)", rc ? e.msg : "ok")) {
+        int n = sdw_tok_tokenize(t, "ABC", ids, 16, &e);
+        tap_ok(n == 1 && ids[0] == 513, "merges as a list and as \"a b\": ABC -> abc</w> (n=%d)", n);
+        n = sdw_tok_tokenize(t, "<|StartOfText|><|EndOfText|><|endoftext|>", ids, 16, &e);
+        /* the other case of <|endoftext|> is text: "<|", "endoftext", "|>" */
+        tap_ok(n == 15 && ids[0] == 514 && ids[14] == 515,
+               "normalized <|startoftext|> matches in any case, <|endoftext|> only as written (n=%d)", n);
+        tap_ok(sdw_tok_set_normalized(t, "<|endoftext|>", true) && !sdw_tok_set_normalized(t, "ab", true),
+               "sdw_tok_set_normalized knows only the two special tokens");
+        n = sdw_tok_tokenize(t, "<|EndOfText|>", ids, 16, &e);
+        tap_ok(n == 1 && ids[0] == 515, "after sdw_tok_set_normalized, <|EndOfText|> is the special id (n=%d)", n);
+        tap_ok(sdw_tok_vocab_id(t, "!") == 33 && sdw_tok_vocab_id(t, "!</w>") == 256 + 33 &&
+                   sdw_tok_vocab_id(t, "abc</w>") == 513 && sdw_tok_vocab_id(t, "zz") == -1,
+               "sdw_tok_vocab_id looks up the loaded vocabulary");
+    }
+    sdw_tok_free(t);
+    t = NULL;
+
+    static const struct {
+        const char *type, *rest, *added;
+        int code;
+        const char *needle, *what;
+    } bad[] = {
+        {"\"WordPiece\"", ", \"merges\": []", "[]", SDW_EUNSUPPORTED,
+         "model.type \"WordPiece\" is not supported (only BPE)", "WordPiece model"},
+        {"null", ", \"merges\": []", "[]", SDW_EUNSUPPORTED, "model.type is missing", "no model type"},
+        {"\"BPE\"", ", \"merges\": [[\"a\", \"b\", \"c\"]]", "[]", SDW_EFORMAT, "model.merges[0] is neither",
+         "merge of three symbols"},
+        {"\"BPE\"", ", \"merges\": [\"a b\", 7]", "[]", SDW_EFORMAT, "model.merges[1] is neither", "merge as a number"},
+        {"\"BPE\"", ", \"merges\": [\"ab\"]", "[]", SDW_EFORMAT, "model.merges[0] is neither",
+         "merge string without space"},
+        {"\"BPE\"", ", \"merges\": {}", "[]", SDW_EFORMAT, "model.merges must be a list", "merges not a list"},
+        {"\"BPE\"", ", \"merges\": [[\"a\", \"zz\"]]", "[]", SDW_EFORMAT,
+         "model.merges entry 0 names \"zz\", which is not in the vocabulary", "merge naming an unknown symbol"},
+        {"\"BPE\"", ", \"merges\": [[\"b\", \"a\"]]", "[]", SDW_EFORMAT, "\"ba\", which is not in the vocabulary",
+         "merge making an unknown symbol"},
+        {"\"BPE\"", ", \"end_of_word_suffix\": \"##\", \"merges\": []", "[]", SDW_EUNSUPPORTED,
+         "model.end_of_word_suffix is \"##\"", "another end-of-word suffix"},
+        {"\"BPE\"", ", \"merges\": []", "[{\"id\": 3, \"content\": \"<|endoftext|>\"}]", SDW_EFORMAT,
+         "added_tokens gives <|endoftext|> id 3, but model.vocab gives it 515",
+         "added token contradicting the vocabulary"},
+        {"\"BPE\"", ", \"merges\": []", "[{\"content\": \"<|endoftext|>\"}]", SDW_EFORMAT,
+         "added_tokens[0] needs", "added token without id"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        write_json_tok(bad[i].type, bad[i].rest, bad[i].added);
+        rc = sdw_tok_load_json(&t, tmp_path("tokenizer.json"), &e);
+        expect_error(rc, bad[i].code, &e, bad[i].needle, bad[i].what);
+    }
+    /* No vocab at all, a vocabulary without the byte symbols, a truncated
+     * file, trailing garbage. */
+    const char *novocab = "{\"model\": {\"type\": \"BPE\", \"merges\": []}}";
+    write_file(tmp_path("tokenizer.json"), novocab, strlen(novocab));
+    rc = sdw_tok_load_json(&t, tmp_path("tokenizer.json"), &e);
+    expect_error(rc, SDW_EFORMAT, &e, "model.vocab is missing", "no model.vocab");
+    const char *small = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}";
+    write_file(tmp_path("tokenizer.json"), small, strlen(small));
+    rc = sdw_tok_load_json(&t, tmp_path("tokenizer.json"), &e);
+    expect_error(rc, SDW_EFORMAT, &e, "lacks the symbol for byte 0x00", "vocabulary without the byte symbols");
+    write_json_tok("\"BPE\"", ", \"merges\": []", specials);
+    json_object *whole = json_object_from_file(tmp_path("tokenizer.json"));
+    const char *text = json_object_to_json_string_ext(whole, JSON_C_TO_STRING_PLAIN);
+    write_file(tmp_path("tokenizer.json"), text, strlen(text) / 2);
+    rc = sdw_tok_load_json(&t, tmp_path("tokenizer.json"), &e);
+    expect_error(rc, SDW_EFORMAT, &e, "invalid JSON", "truncated tokenizer.json");
+    write_file(tmp_path("tokenizer.json"), "{} {}", 5);
+    rc = sdw_tok_load_json(&t, tmp_path("tokenizer.json"), &e);
+    expect_error(rc, SDW_EFORMAT, &e, "trailing data", "two JSON values");
+    json_object_put(whole);
+    rc = sdw_tok_load_json(&t, tmp_path("missing.json"), &e);
+    expect_error(rc, SDW_ENOTFOUND, &e, "missing.json", "missing tokenizer.json");
+    tap_ok(t == NULL, "no tokenizer after a failed load");
+}
+
+/* sdw_tok_save_hf writes what sdw_tok_load_hf reads back to the same ids. */
+static void test_save(const sdw_tokenizer *gz)
+{
+    sdw_tokenizer *back = NULL;
+    sdw_error e = {0};
+    int rc = sdw_tok_save_hf(gz, tmp_path("saved.json"), tmp_path("saved.txt"), &e);
+    if (rc == 0)
+        rc = sdw_tok_load_hf(&back, tmp_path("saved.json"), tmp_path("saved.txt"), &e);
+    if (!tap_ok(rc == 0, "bundled vocabulary saved as vocab.json + merges.txt and loaded back (%s)", rc ? e.msg : "ok"))
+        return;
+    int same = 1;
+    for (size_t i = 0; i < sizeof thread_prompts / sizeof thread_prompts[0]; i++) {
+        int32_t a[SDW_TOK_CONTEXT], b[SDW_TOK_CONTEXT];
+        sdw_tok_encode(gz, thread_prompts[i], a, SDW_TOK_CONTEXT, SDW_TOK_EOS, &e);
+        sdw_tok_encode(back, thread_prompts[i], b, SDW_TOK_CONTEXT, SDW_TOK_EOS, &e);
+        same &= memcmp(a, b, sizeof a) == 0;
+    }
+    tap_ok(same && vocab_size(tmp_path("saved.json")) == 49408, "the saved tokenizer encodes alike, 49408 entries");
+    sdw_tok_free(back);
 }
 
 static void test_encode_edges(const sdw_tokenizer *t)
@@ -325,10 +529,6 @@ typedef struct job {
     int ok;
 } job;
 
-static const char *const thread_prompts[] = {
-    "a photograph of an astronaut riding a horse", "ΟΔΥΣΣΕΥΣ café 中文 😀 it's",
-    "(masterpiece:1.2), best quality, <|endoftext|> 12345", "İstanbul ﬁne Ｆｕｌｌ",
-};
 
 static void *encode_many(void *arg)
 {
@@ -369,7 +569,7 @@ int main(void)
         perror("mkdtemp");
         return EXIT_FAILURE;
     }
-    tap_diag("utf8proc Unicode %s (tables assume 15.0.0)", sdw_tok_unicode_version());
+    tap_diag("utf8proc Unicode %s (tables bridge 15.0.0 to the reference)", sdw_tok_unicode_version());
 
     sdw_tokenizer *gz = NULL;
     sdw_error e = {0};
@@ -380,12 +580,16 @@ int main(void)
         test_fixture(gz);
         test_encode_edges(gz);
         test_threads(gz);
+        test_save(gz);
     }
     sdw_tok_free(gz);
+    test_unicode();
     test_merge_order();
     test_errors();
+    test_json();
 
-    static const char *const names[] = {"vocab.json", "merges.txt", "bad.json", "bad.txt", "cut.gz", "plain.gz"};
+    static const char *const names[] = {"vocab.json", "merges.txt", "bad.json", "bad.txt", "cut.gz", "plain.gz",
+                                        "tokenizer.json", "saved.json", "saved.txt"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         unlink(tmp_path(names[i]));
     rmdir(tmpdir);

@@ -551,48 +551,105 @@ static int text_prefix(const sdw_st_file *f, const char **prefix, sdw_error *e)
     return 0;
 }
 
-/* special_tokens_map.json names the pad token either as a string or as an
- * AddedToken object {"content": ...}; its id comes from vocab.json. */
-static int read_pad_id(const char *tokdir, int32_t *pad, sdw_error *e)
+/* The pad token a tokenizer_config.json or special_tokens_map.json names,
+ * as a string or as an AddedToken object {"content": ...}: *tok stays NULL
+ * when the file or its pad_token is absent; *json owns the string. */
+static int read_pad_token(const char *path, json_object **json, const char **tok, sdw_error *e)
 {
-    char path[4096], vpath[4096];
+    json_object *x, *c;
     int rc;
-    *pad = SDW_TOK_EOS;
-    if ((rc = join(path, sizeof path, tokdir, "special_tokens_map.json", e)) < 0)
-        return rc;
+    *json = NULL;
+    *tok = NULL;
     if (!is_file(path))
         return 0;
-    json_object *map, *x, *vocab = NULL;
-    if ((rc = read_json(path, &map, e)) < 0)
+    if ((rc = read_json(path, json, e)) < 0 || !json_object_object_get_ex(*json, "pad_token", &x) ||
+        json_object_is_type(x, json_type_null))
         return rc;
-    const char *tok = NULL;
-    if (json_object_object_get_ex(map, "pad_token", &x)) {
-        json_object *c;
-        if (json_object_is_type(x, json_type_string))
-            tok = json_object_get_string(x);
-        else if (json_object_is_type(x, json_type_object) &&
-                 json_object_object_get_ex(x, "content", &c) && json_object_is_type(c, json_type_string))
-            tok = json_object_get_string(c);
-        else {
-            rc = sdw_fail(e, SDW_EFORMAT, "%s: pad_token must be a string or {\"content\": string}",
-                          path);
-            goto out;
-        }
+    if (json_object_is_type(x, json_type_string))
+        *tok = json_object_get_string(x);
+    else if (json_object_is_type(x, json_type_object) && json_object_object_get_ex(x, "content", &c) &&
+             json_object_is_type(c, json_type_string))
+        *tok = json_object_get_string(c);
+    else
+        return sdw_fail(e, SDW_EFORMAT, "%s: pad_token must be a string or {\"content\": string}", path);
+    return 0;
+}
+
+/* tokenizer_config.json's added_tokens_decoder, {"id": {"content": ...,
+ * "normalized": bool}}, says whether a special token is matched in the
+ * normalized text; where present it overrides tokenizer.json, as in
+ * transformers. */
+static int read_normalized(json_object *cfg, const char *path, sdw_tokenizer *t, sdw_error *e)
+{
+    json_object *dec, *c, *n;
+    if (!cfg || !json_object_object_get_ex(cfg, "added_tokens_decoder", &dec))
+        return 0;
+    if (!json_object_is_type(dec, json_type_object))
+        return sdw_fail(e, SDW_EFORMAT, "%s: added_tokens_decoder must be an object", path);
+    json_object_object_foreach(dec, id, tok)
+    {
+        if (!json_object_object_get_ex(tok, "content", &c) || !json_object_is_type(c, json_type_string))
+            return sdw_fail(e, SDW_EFORMAT, "%s: added_tokens_decoder[\"%.32s\"] has no string content", path, id);
+        sdw_tok_set_normalized(t, json_object_get_string(c),
+                               json_object_object_get_ex(tok, "normalized", &n) && json_object_get_boolean(n));
     }
-    if (!tok)
+    return 0;
+}
+
+/* A diffusers tokenizer/ folder: tokenizer.json when there is one (as
+ * transformers 5 prefers it), else vocab.json + merges.txt. The pad token
+ * comes from tokenizer_config.json, else special_tokens_map.json (SD 2
+ * pads with "!", id 0), else it is CLIPTokenizer's default <|endoftext|>;
+ * its id is looked up in the vocabulary just loaded. Folders with neither
+ * tokenizer.json nor added_tokens_decoder (written before transformers
+ * 4.34, SD 1.5's on the hub) keep the special tokens "normalized", though
+ * transformers 5 derives that flag there from the bos/eos/unk/pad entries
+ * (for SD 1.5: <|startoftext|> yes, <|endoftext|> no); only a prompt that
+ * spells <|endoftext|> in another case tells the difference. */
+static int open_tokenizer(sdw_model *m, const char *root, sdw_error *e)
+{
+    char dir[4096], tj[4096], vocab[4096], merges[4096], cfg[4096], map[4096];
+    json_object *cfg_json = NULL, *map_json = NULL;
+    const char *pad_cfg = NULL, *pad_map = NULL;
+    int rc;
+    if ((rc = join(dir, sizeof dir, root, "tokenizer", e)) < 0 ||
+        (rc = join(tj, sizeof tj, dir, "tokenizer.json", e)) < 0 ||
+        (rc = join(vocab, sizeof vocab, dir, "vocab.json", e)) < 0 ||
+        (rc = join(merges, sizeof merges, dir, "merges.txt", e)) < 0 ||
+        (rc = join(cfg, sizeof cfg, dir, "tokenizer_config.json", e)) < 0 ||
+        (rc = join(map, sizeof map, dir, "special_tokens_map.json", e)) < 0)
+        return rc;
+    if (is_file(tj)) {
+        rc = sdw_tok_load_json(&m->tokenizer, tj, e);
+    } else if (is_file(vocab) && is_file(merges)) {
+        rc = sdw_tok_load_hf(&m->tokenizer, vocab, merges, e);
+    } else {
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: missing, and there is no tokenizer.json either",
+                        is_file(vocab) ? merges : vocab);
+    }
+    if (rc < 0)
+        return sdw_fail_wrap(e, "tokenizer");
+    if ((rc = read_pad_token(cfg, &cfg_json, &pad_cfg, e)) < 0 ||
+        (rc = read_pad_token(map, &map_json, &pad_map, e)) < 0 ||
+        (rc = read_normalized(cfg_json, cfg, m->tokenizer, e)) < 0)
         goto out;
-    if ((rc = join(vpath, sizeof vpath, tokdir, "vocab.json", e)) < 0 ||
-        (rc = read_json(vpath, &vocab, e)) < 0)
-        goto out;
-    if (!json_object_object_get_ex(vocab, tok, &x) || !json_object_is_type(x, json_type_int) ||
-        json_object_get_int64(x) < 0 || json_object_get_int64(x) > INT32_MAX) {
-        rc = sdw_fail(e, SDW_EFORMAT, "%s: pad_token '%s' has no id in %s", path, tok, vpath);
+    if (pad_cfg && pad_map && strcmp(pad_cfg, pad_map) != 0) {
+        rc = sdw_fail(e, SDW_EFORMAT, "%s: pad_token '%s' contradicts %s's '%s'", cfg, pad_cfg, map, pad_map);
         goto out;
     }
-    *pad = (int32_t)json_object_get_int64(x);
+    const char *pad = pad_cfg ? pad_cfg : pad_map ? pad_map : "<|endoftext|>";
+    m->clip.pad_id = sdw_tok_vocab_id(m->tokenizer, pad);
+    if (m->clip.pad_id < 0) { /* never the default: every loader requires <|endoftext|> */
+        rc = sdw_fail(e, SDW_EFORMAT, "%s: pad_token '%s' is not in the vocabulary of %s", pad_cfg ? cfg : map, pad,
+                      is_file(tj) ? tj : vocab);
+        goto out;
+    }
+    if (m->clip.pad_id >= m->clip.vocab_size)
+        rc = sdw_fail(e, SDW_EFORMAT, "%s: pad token id %d is outside the text encoder's vocabulary (%d)", dir,
+                      m->clip.pad_id, m->clip.vocab_size);
 out:
-    json_object_put(vocab);
-    json_object_put(map);
+    json_object_put(cfg_json);
+    json_object_put(map_json);
     return rc;
 }
 
@@ -643,7 +700,7 @@ static int open_part(sdw_model *m, const char *root, const char *part, sdw_weigh
 
 static int open_diffusers(sdw_model *m, const char *root, sdw_error *e)
 {
-    char path[4096], dir[4096], merges[4096];
+    char path[4096], dir[4096];
     json_object *index;
     int rc;
     m->layout = SDW_LAYOUT_DIFFUSERS;
@@ -670,21 +727,8 @@ static int open_diffusers(sdw_model *m, const char *root, sdw_error *e)
         (rc = check_embeddings(m, e)) < 0)
         return rc;
 
-    if ((rc = join(dir, sizeof dir, root, "tokenizer", e)) < 0 ||
-        (rc = join(path, sizeof path, dir, "vocab.json", e)) < 0 ||
-        (rc = join(merges, sizeof merges, dir, "merges.txt", e)) < 0)
+    if ((rc = open_tokenizer(m, root, e)) < 0)
         return rc;
-    if (!is_file(path))
-        return sdw_fail(e, SDW_ENOTFOUND, "%s: missing", path);
-    if (!is_file(merges))
-        return sdw_fail(e, SDW_ENOTFOUND, "%s: missing", merges);
-    if ((rc = read_pad_id(dir, &m->clip.pad_id, e)) < 0)
-        return rc;
-    if (m->clip.pad_id >= m->clip.vocab_size)
-        return sdw_fail(e, SDW_EFORMAT, "%s: pad token id %d is outside the text encoder's vocabulary (%d)",
-                        dir, m->clip.pad_id, m->clip.vocab_size);
-    if ((rc = sdw_tok_load_hf(&m->tokenizer, path, merges, e)) < 0)
-        return sdw_fail_wrap(e, "tokenizer");
 
     if ((rc = open_part(m, root, "unet", &m->unet, &m->unet_config, e)) < 0 ||
         (rc = open_part(m, root, "vae", &m->vae, &m->vae_config, e)) < 0)

@@ -1,38 +1,50 @@
-/* CLIP byte-level BPE, matching transformers 4.46.3 CLIPTokenizer (the slow
- * Python class) without ftfy, which is what diffusers users get from a plain
- * `pip install diffusers transformers`:
+/* CLIP byte-level BPE, matching transformers 5's CLIPTokenizer, a thin
+ * class over a tokenizers (Rust) pipeline that transformers builds in code:
+ * whatever a tokenizer.json says about normalizers or pre-tokenizers is
+ * ignored, only its vocabulary and merges are used. For a prompt that is:
  *
- *   1. PreTrainedTokenizer.tokenize splits the raw text at the literal added
- *      tokens "<|startoftext|>" and "<|endoftext|>", which map straight to
- *      their ids; every other piece goes through CLIPTokenizer._tokenize.
- *   2. BasicTokenizer(strip_accents=False, do_split_on_punc=False): drop NUL,
- *      U+FFFD and category C* except \t\n\r; whitespace (\t\n\r, Zs) becomes
- *      a space; spaces go around CJK ideographs; NFC; str.split(); each word
- *      str.lower()'d.
- *   3. The pattern <\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|
- *      [\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+ with re.IGNORECASE (regex module)
- *      finds the pieces; each piece's UTF-8 bytes become bytes_to_unicode
- *      symbols, "</w>" joins the last one, and the lowest-ranked adjacent pair
- *      is merged (all its occurrences, left to right) until none has a rank.
+ *   1. Normalizer, on the whole text: NFC; every run of \s (Oniguruma's
+ *      \s, which is Unicode White_Space: \t-\r, space, U+0085, U+00A0,
+ *      U+1680, U+2000-200A, U+2028/2029, U+202F, U+205F, U+3000) becomes one
+ *      space; then each code point is lowercased alone (Rust's
+ *      char::to_lowercase: no final-sigma context, U+0130 -> "i\u0307").
+ *      Nothing is dropped: control, format and zero-width characters,
+ *      U+FEFF and NUL stay and become byte tokens.
+ *   2. The added tokens "<|startoftext|>" and "<|endoftext|>": those the
+ *      folder marks "normalized" (SD folders do) are found in the normalized
+ *      text, so in any case ("<|EndOfText|>"); the others are found before
+ *      step 1, in the raw text, exactly as written. Step 1 runs on each
+ *      stretch of text between raw matches.
+ *   3. Between them, the pattern <\|startoftext\|>|<\|endoftext\|>|'s|'t|
+ *      're|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+ (case-sensitive)
+ *      picks the pieces and whitespace is dropped. Its special-token
+ *      alternatives match only the lowercased spelling of a token that is
+ *      not "normalized". Ideographs are letters like any other: "東京" is
+ *      one piece.
+ *   4. ByteLevel (use_regex, no prefix space) re-splits each piece with
+ *      GPT-2's pattern, which leaves every piece of step 3 whole but a
+ *      special token's ("<|", "endoftext", "|>"), and maps its UTF-8 bytes
+ *      to symbols; BPE then merges, "</w>" on the last one.
  *
- * Quirks of the reference reproduced here: str.lower() maps U+0130 to
- * "i\u0307" and applies the final-sigma rule within each word; IGNORECASE
- * lets U+017F (long s) stand for 's' in the literals ("'ſ" is a contraction,
- * "<|ſtartoftext|>" matches the special-token alternative but, unlike the
- * exact string, which transformers' BPE cache maps to its id, is BPE'd as
- * bytes); and U+0345, whose case variants are letters, matches no
- * alternative at all, so it vanishes.
- *
- * Unicode versions: the reference venv's Python 3.11 unicodedata is
- * Unicode 14.0, Debian 12's utf8proc 2.8 is 15.0, and the regex module
- * carries its own, newer tables. Code points first assigned in 15.0 are Cn to
- * Python, so cleanup drops them; new15[] below keeps that so. For everything
- * assigned in 14.0 the categories, lowercase mappings, Zs/whitespace and L/N
- * classes of all three agree (checked exhaustively against the venv). What
- * could still differ: a utf8proc for Unicode 15.1 or later would need its
- * additions listed too (sdw_tok_unicode_version() lets tests notice), and
- * users whose Python is 3.12+ (Unicode 15.0/15.1) keep the new15[] code
- * points that 3.11 drops.
+ * Unicode versions. The reference mixes three sets of tables, none of them
+ * utf8proc 15.0's (Debian 12), so tables below bridge each difference; all
+ * were found by comparing every code point (tests/reference/make_fixtures.py
+ * writes them to tests/fixtures/tokenizer-unicode.txt, which test_tokenizer
+ * checks code point by code point):
+ *   - \p{L} and \p{N} are Oniguruma's Unicode 16.0: letters_16[] and
+ *     numbers_16[] are what 16.0 assigned.
+ *   - Lowercasing is Rust's std, Unicode 17.0: lower_17[] holds the case
+ *     pairs utf8proc 15.0 does not know.
+ *   - NFC is unicode-normalization-alignments 0.1.12, whose tables are
+ *     Unicode 9.0. Normalization stability makes it agree with utf8proc on
+ *     any text of characters that 9.0 had; every later character that 9.0
+ *     therefore sees as an inert starter but utf8proc can reorder, compose
+ *     or decompose is in nfc_inert[], where the text is cut into pieces that
+ *     utf8proc normalizes separately.
+ * A utf8proc for a newer Unicode would keep these tables right as far as
+ * they go, but would move characters assigned after 15.0 into its own
+ * reordering and case tables: the per-code-point test then fails and says
+ * which.
  *
  * All tables are read-only after loading, so concurrent encodes are safe. */
 #define _GNU_SOURCE /* memmem */
@@ -50,12 +62,13 @@
 #include <utf8proc.h>
 #include <zlib.h>
 
-/* transformers keeps merges.txt lines [1, 49152 - 256 - 2 + 1): the header is
- * line 0, and the vocabulary has room for 48894 merges. */
-#define MERGE_LINES_END (49152 - 256 - 2 + 1)
+/* OpenAI's file holds 262k merges; SD's vocabulary has room for the first
+ * 49152 - 256 - 2, which follow the header line. */
+#define GZ_MERGE_LINES_END (49152 - 256 - 2 + 1)
 
 static const char START_TOK[] = "<|startoftext|>";
 static const char END_TOK[] = "<|endoftext|>";
+static const char SUFFIX[] = "</w>";
 
 typedef struct merge_slot {
     uint64_t key; /* (left id << 32 | right id) + 1; 0 marks an empty slot */
@@ -63,15 +76,7 @@ typedef struct merge_slot {
     int32_t merged;
 } merge_slot;
 
-struct sdw_tokenizer {
-    int32_t byte_id[256];     /* bytes_to_unicode symbol of each byte */
-    int32_t byte_end_id[256]; /* the same symbol with "</w>" */
-    int32_t start_id, end_id;
-    merge_slot *merges;
-    size_t merge_mask;
-};
-
-/* ---- vocabulary string map, used only while loading ---- */
+/* ---- token -> id map ---- */
 
 typedef struct str_slot {
     const char *s;
@@ -83,6 +88,17 @@ typedef struct str_map {
     str_slot *slots;
     size_t mask, count;
 } str_map;
+
+struct sdw_tokenizer {
+    int32_t byte_id[256];     /* bytes_to_unicode symbol of each byte */
+    int32_t byte_end_id[256]; /* the same symbol with "</w>" */
+    int32_t start_id, end_id;
+    bool start_norm, end_norm; /* matched in the normalized text, else in the raw text */
+    merge_slot *merges;
+    size_t merge_mask, nmerges;
+    str_map vocab; /* its strings live in vocab_text */
+    char *vocab_text;
+};
 
 static uint64_t hash_bytes(const char *s, size_t n)
 {
@@ -109,12 +125,12 @@ static size_t pow2_at_least(size_t n)
     return c;
 }
 
-static int str_map_init(str_map *m, size_t expected, sdw_error *e)
+static int str_map_init(str_map *m, size_t expected, const char *what, sdw_error *e)
 {
     size_t cap = pow2_at_least(expected * 2);
     m->slots = calloc(cap, sizeof *m->slots);
     if (!m->slots)
-        return sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory for the vocabulary");
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for the vocabulary", what);
     m->mask = cap - 1;
     m->count = 0;
     return 0;
@@ -129,8 +145,9 @@ static str_slot *str_map_find(const str_map *m, const char *s, size_t n)
     }
 }
 
-/* Later entries win, as they do when Python builds a dict from a list. The
- * caller keeps s alive and sizes the map for every insertion. */
+/* Later entries win, as they do when Python or serde builds a map. The
+ * caller keeps s alive until str_map_own and sizes the map for every
+ * insertion. */
 static void str_map_put(str_map *m, const char *s, size_t n, int32_t id)
 {
     str_slot *sl = str_map_find(m, s, n);
@@ -146,6 +163,28 @@ static int32_t str_map_get(const str_map *m, const char *s, size_t n)
 {
     const str_slot *sl = str_map_find(m, s, n);
     return sl->s ? sl->id : -1;
+}
+
+/* Copies the strings of a map built over a parser's buffers into one
+ * allocation, which *text then owns, each with a NUL after it (vocabulary
+ * entries hold none, so they read as C strings too). */
+static int str_map_own(str_map *m, char **text, const char *what, sdw_error *e)
+{
+    size_t total = 1;
+    for (size_t i = 0; i <= m->mask; i++)
+        total += m->slots[i].s ? m->slots[i].len + 1 : 0;
+    char *p = malloc(total);
+    if (!p)
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for the vocabulary", what);
+    *text = p;
+    for (size_t i = 0; i <= m->mask; i++)
+        if (m->slots[i].s) {
+            memcpy(p, m->slots[i].s, m->slots[i].len);
+            m->slots[i].s = p;
+            p += m->slots[i].len;
+            *p++ = 0;
+        }
+    return 0;
 }
 
 /* GPT-2's reversible byte-to-symbol map: printable Latin-1 bytes stand for
@@ -193,118 +232,109 @@ static int32_t pair_rank(const sdw_tokenizer *t, int32_t a, int32_t b)
     return s->key ? s->rank : INT32_MAX;
 }
 
-/* ASCII whitespace as str.split() and str.strip() see it in merges files
- * (whose symbols never contain Unicode whitespace). */
-static bool is_space_byte(char c)
+/* Makes a tokenizer over a loaded vocabulary, which it takes over (strings
+ * in *text, or copied there when *text is NULL), with room for nmerges
+ * merges. Every symbol BPE starts from, byte symbols with and without
+ * "</w>", and both special tokens must have ids, so that BPE works on ids. */
+static int tok_new(sdw_tokenizer **out, str_map *vocab, char **text, size_t nmerges, const char *what,
+                   sdw_error *e)
 {
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
-}
+    sdw_tokenizer *t = calloc(1, sizeof *t);
+    if (!t)
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", what);
+    t->vocab = *vocab;
+    *vocab = (str_map){0};
+    t->vocab_text = *text;
+    *text = NULL;
+    int rc = 0;
+    if (!t->vocab_text && (rc = str_map_own(&t->vocab, &t->vocab_text, what, e)) < 0)
+        goto fail;
 
-typedef struct line_span {
-    const char *p;
-    size_t n;
-} line_span;
-
-/* Builds the merge table and byte/special ids from the vocabulary map and the
- * merge lines (header already removed). Every symbol a merge names, and the
- * symbol it makes, must be in the vocabulary: that lets BPE work on ids. */
-static int build_tables(sdw_tokenizer *t, const str_map *vocab, const line_span *lines,
-                        size_t nlines, const char *what, sdw_error *e)
-{
     uint32_t cp[256];
     uint8_t order[256];
     bytes_to_unicode(cp, order);
     for (int b = 0; b < 256; b++) {
         char sym[16];
         utf8proc_ssize_t n = utf8proc_encode_char((utf8proc_int32_t)cp[b], (utf8proc_uint8_t *)sym);
-        memcpy(sym + n, "</w>", 4);
-        t->byte_id[b] = str_map_get(vocab, sym, (size_t)n);
-        t->byte_end_id[b] = str_map_get(vocab, sym, (size_t)n + 4);
-        if (t->byte_id[b] < 0 || t->byte_end_id[b] < 0)
-            return sdw_fail(e, SDW_EFORMAT, "%s: vocabulary lacks the symbol for byte 0x%02x", what, b);
+        memcpy(sym + n, SUFFIX, sizeof SUFFIX - 1);
+        t->byte_id[b] = str_map_get(&t->vocab, sym, (size_t)n);
+        t->byte_end_id[b] = str_map_get(&t->vocab, sym, (size_t)n + sizeof SUFFIX - 1);
+        if (t->byte_id[b] < 0 || t->byte_end_id[b] < 0) {
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: vocabulary lacks the symbol for byte 0x%02x%s", what, b,
+                          t->byte_id[b] < 0 ? "" : " with </w>");
+            goto fail;
+        }
     }
-    t->start_id = str_map_get(vocab, START_TOK, sizeof START_TOK - 1);
-    t->end_id = str_map_get(vocab, END_TOK, sizeof END_TOK - 1);
-    if (t->start_id < 0 || t->end_id < 0)
-        return sdw_fail(e, SDW_EFORMAT, "%s: vocabulary lacks <|startoftext|> or <|endoftext|>", what);
-
-    size_t cap = pow2_at_least(nlines * 2 + 1);
-    t->merges = calloc(cap, sizeof *t->merges);
-    if (!t->merges)
-        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %zu merges", what, nlines);
+    t->start_id = str_map_get(&t->vocab, START_TOK, sizeof START_TOK - 1);
+    t->end_id = str_map_get(&t->vocab, END_TOK, sizeof END_TOK - 1);
+    if (t->start_id < 0 || t->end_id < 0) {
+        rc = sdw_fail(e, SDW_EFORMAT, "%s: vocabulary lacks %s", what, t->start_id < 0 ? START_TOK : END_TOK);
+        goto fail;
+    }
+    size_t cap = pow2_at_least(nmerges * 2 + 1);
+    if (!(t->merges = calloc(cap, sizeof *t->merges))) {
+        rc = sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %zu merges", what, nmerges);
+        goto fail;
+    }
     t->merge_mask = cap - 1;
+    t->start_norm = t->end_norm = true;
+    *out = t;
+    return 0;
+fail:
+    sdw_tok_free(t);
+    return rc;
+}
 
-    char *buf = NULL;
-    size_t bufcap = 0;
-    for (size_t i = 0; i < nlines; i++) {
-        const char *p = lines[i].p, *end = p + lines[i].n;
-        const char *tok[3];
-        size_t len[3];
-        int ntok = 0;
-        /* str.split(): runs of whitespace separate, ends are ignored. */
-        while (p < end && ntok < 3) {
-            while (p < end && is_space_byte(*p))
-                p++;
-            if (p == end)
-                break;
-            tok[ntok] = p;
-            while (p < end && !is_space_byte(*p))
-                p++;
-            len[ntok] = (size_t)(p - tok[ntok]);
-            ntok++;
-        }
-        if (ntok != 2) {
-            free(buf);
-            return sdw_fail(e, SDW_EFORMAT, "%s: merge line %zu has %s than two symbols", what, i + 2,
-                            ntok < 2 ? "fewer" : "more");
-        }
-        if (len[0] + len[1] > bufcap) {
-            bufcap = (len[0] + len[1]) * 2;
-            char *nb = realloc(buf, bufcap);
-            if (!nb) {
-                free(buf);
-                return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", what);
-            }
-            buf = nb;
-        }
-        memcpy(buf, tok[0], len[0]);
-        memcpy(buf + len[0], tok[1], len[1]);
-        int32_t a = str_map_get(vocab, tok[0], len[0]);
-        int32_t b = str_map_get(vocab, tok[1], len[1]);
-        int32_t ab = str_map_get(vocab, buf, len[0] + len[1]);
-        if (a < 0 || b < 0 || ab < 0) {
-            const char *which = a < 0 ? tok[0] : b < 0 ? tok[1] : buf;
-            int wl = (int)(a < 0 ? len[0] : b < 0 ? len[1] : len[0] + len[1]);
-            int r = sdw_fail(e, SDW_EFORMAT, "%s: merge line %zu names \"%.*s\", which is not in the vocabulary",
-                             what, i + 2, wl > 64 ? 64 : wl, which);
-            free(buf);
-            return r;
-        }
-        merge_slot *s = (merge_slot *)merge_find(t, a, b);
-        s->key = pair_key(a, b);
-        s->rank = (int32_t)i;
-        s->merged = ab;
+/* A merge's two symbols, each with its length. */
+typedef struct merge_pair {
+    const char *a, *b;
+    size_t na, nb;
+} merge_pair;
+
+/* Splits "a b" as tokenizers does (str::split(' ') must give two parts):
+ * false for a line with no space or more than one. */
+static bool split_pair(const char *s, size_t n, merge_pair *p)
+{
+    const char *sp = memchr(s, ' ', n);
+    if (!sp || memchr(sp + 1, ' ', n - (size_t)(sp + 1 - s)))
+        return false;
+    *p = (merge_pair){s, sp + 1, (size_t)(sp - s), n - (size_t)(sp + 1 - s)};
+    return true;
+}
+
+/* Adds the merge of rank t->nmerges (a later duplicate wins, as in
+ * tokenizers' map). Its symbols and their concatenation must all be in the
+ * vocabulary; `where` and `index` name the merge in an error. */
+static int add_merge(sdw_tokenizer *t, const merge_pair *p, char **buf, size_t *bufcap, const char *what,
+                     const char *where, size_t index, sdw_error *e)
+{
+    size_t n = p->na + p->nb;
+    if (n > *bufcap) {
+        char *nb = realloc(*buf, n * 2);
+        if (!nb)
+            return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", what);
+        *buf = nb;
+        *bufcap = n * 2;
     }
-    free(buf);
+    memcpy(*buf, p->a, p->na);
+    memcpy(*buf + p->na, p->b, p->nb);
+    int32_t a = str_map_get(&t->vocab, p->a, p->na);
+    int32_t b = str_map_get(&t->vocab, p->b, p->nb);
+    int32_t ab = str_map_get(&t->vocab, *buf, n);
+    if (a < 0 || b < 0 || ab < 0) {
+        const char *which = a < 0 ? p->a : b < 0 ? p->b : *buf;
+        size_t wl = a < 0 ? p->na : b < 0 ? p->nb : n;
+        return sdw_fail(e, SDW_EFORMAT, "%s: %s %zu names \"%.*s\", which is not in the vocabulary", what, where,
+                        index, wl > 64 ? 64 : (int)wl, which);
+    }
+    merge_slot *s = (merge_slot *)merge_find(t, a, b);
+    s->key = pair_key(a, b);
+    s->rank = (int32_t)t->nmerges++;
+    s->merged = ab;
     return 0;
 }
 
-/* Splits text into at most `max` lines on '\n', keeping line 0 apart. */
-static size_t split_lines(const char *text, size_t n, line_span *out, size_t max)
-{
-    size_t k = 0;
-    const char *p = text, *end = text + n;
-    while (k < max) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        out[k].p = p;
-        out[k].n = nl ? (size_t)(nl - p) : (size_t)(end - p);
-        k++;
-        if (!nl)
-            break;
-        p = nl + 1;
-    }
-    return k;
-}
+/* ---- reading files ---- */
 
 static int read_file(const char *path, char **data, size_t *len, sdw_error *e)
 {
@@ -339,92 +369,242 @@ static int read_file(const char *path, char **data, size_t *len, sdw_error *e)
     return 0;
 }
 
-int sdw_tok_load_hf(sdw_tokenizer **out, const char *vocab_json, const char *merges_txt, sdw_error *e)
+static bool is_json_space(char c)
 {
-    *out = NULL;
-    char *mtext = NULL;
-    size_t mlen = 0;
-    line_span *lines = NULL;
-    str_map vocab = {0};
-    sdw_tokenizer *t = NULL;
-    int rc;
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
 
+/* The whole file as one JSON value; trailing bytes other than whitespace
+ * are an error, as they are to Python's json and serde. */
+static int read_json_file(const char *path, json_object **root, sdw_error *e)
+{
+    char *text = NULL;
+    size_t len = 0;
+    *root = NULL;
+    int rc = read_file(path, &text, &len, e);
+    if (rc < 0)
+        return rc;
     json_tokener *jt = json_tokener_new();
-    char *vtext = NULL;
-    size_t vlen = 0;
-    json_object *root = NULL;
     if (!jt) {
-        rc = sdw_fail(e, SDW_ENOMEM, "%s: out of memory", vocab_json);
-        goto done;
+        free(text);
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", path);
     }
-    if ((rc = read_file(vocab_json, &vtext, &vlen, e)) < 0)
-        goto done;
-    root = json_tokener_parse_ex(jt, vtext, (int)vlen);
+    json_object *o = len <= INT32_MAX ? json_tokener_parse_ex(jt, text, (int)len) : NULL;
     enum json_tokener_error jerr = json_tokener_get_error(jt);
     size_t at = json_tokener_get_parse_end(jt);
-    while (root && at < vlen && is_space_byte(vtext[at]))
+    while (o && at < len && is_json_space(text[at]))
         at++;
-    if (!root || jerr != json_tokener_success || at < vlen) {
-        rc = sdw_fail(e, SDW_EFORMAT, "%s: invalid JSON: %s near byte %zu", vocab_json,
-                      jerr == json_tokener_continue || (!root && jerr == json_tokener_success)
+    if (!o || jerr != json_tokener_success || at < len) {
+        rc = sdw_fail(e, SDW_EFORMAT, "%s: invalid JSON: %s near byte %zu", path,
+                      jerr == json_tokener_continue || (!o && jerr == json_tokener_success)
                           ? "unexpected end of input"
                       : jerr != json_tokener_success ? json_tokener_error_desc(jerr)
                                                      : "trailing data",
                       at);
-        goto done;
+        json_object_put(o);
+        o = NULL;
     }
-    if (!json_object_is_type(root, json_type_object)) {
-        rc = sdw_fail(e, SDW_EFORMAT, "%s: expected a JSON object of token -> id", vocab_json);
-        goto done;
-    }
-    if ((rc = str_map_init(&vocab, (size_t)json_object_object_length(root), e)) < 0)
-        goto done;
-    json_object_object_foreach(root, key, val)
+    json_tokener_free(jt);
+    free(text);
+    *root = o;
+    return rc;
+}
+
+/* A JSON object of token -> id into a fresh map over the object's keys.
+ * `field` names the object in errors ("model.vocab"), NULL for a whole
+ * vocab.json. */
+static int read_vocab(json_object *o, size_t extra, str_map *m, const char *what, const char *field,
+                      sdw_error *e)
+{
+    const char *in = field ? field : "the vocabulary";
+    if (!json_object_is_type(o, json_type_object))
+        return sdw_fail(e, SDW_EFORMAT, "%s: %s must be a JSON object of token -> id", what, in);
+    int rc = str_map_init(m, (size_t)json_object_object_length(o) + extra, what, e);
+    if (rc < 0)
+        return rc;
+    json_object_object_foreach(o, key, val)
     {
         if (!json_object_is_type(val, json_type_int) || json_object_get_int64(val) < 0 ||
-            json_object_get_int64(val) > INT32_MAX) {
-            rc = sdw_fail(e, SDW_EFORMAT, "%s: id of \"%.64s\" is not a non-negative integer", vocab_json, key);
+            json_object_get_int64(val) > INT32_MAX)
+            return sdw_fail(e, SDW_EFORMAT, "%s: id of \"%.64s\" in %s is not a non-negative integer", what, key,
+                            in);
+        str_map_put(m, key, strlen(key), (int32_t)json_object_get_int64(val));
+    }
+    return 0;
+}
+
+int sdw_tok_load_hf(sdw_tokenizer **out, const char *vocab_json, const char *merges_txt, sdw_error *e)
+{
+    *out = NULL;
+    json_object *root = NULL;
+    str_map vocab = {0};
+    char *text = NULL, *mtext = NULL, *buf = NULL;
+    size_t mlen = 0, bufcap = 0;
+    sdw_tokenizer *t = NULL;
+    int rc;
+    if ((rc = read_json_file(vocab_json, &root, e)) < 0 ||
+        (rc = read_vocab(root, 0, &vocab, vocab_json, NULL, e)) < 0 ||
+        (rc = read_file(merges_txt, &mtext, &mlen, e)) < 0)
+        goto done;
+    size_t nlines = 1;
+    for (size_t i = 0; i < mlen; i++)
+        nlines += mtext[i] == '\n';
+    if ((rc = tok_new(&t, &vocab, &text, nlines, vocab_json, e)) < 0)
+        goto done;
+    /* tokenizers reads lines (a "\r" before the "\n" dropped, no empty line
+     * after a final "\n"), skips those starting with "#version" wherever
+     * they are, and takes every other line as a merge: no header required,
+     * no limit on the count, no blank lines. */
+    size_t lineno = 0;
+    for (const char *p = mtext, *end = mtext + mlen; p < end;) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *eol = nl ? nl : end;
+        size_t n = (size_t)(eol - p);
+        lineno++;
+        if (nl && n > 0 && p[n - 1] == '\r')
+            n--;
+        merge_pair pair;
+        if (n >= 8 && memcmp(p, "#version", 8) == 0) {
+            /* a version line */
+        } else if (!split_pair(p, n, &pair)) {
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: merge line %zu is not two symbols separated by one space",
+                          merges_txt, lineno);
+            goto done;
+        } else if ((rc = add_merge(t, &pair, &buf, &bufcap, merges_txt, "merge line", lineno, e)) < 0) {
             goto done;
         }
-        str_map_put(&vocab, key, strlen(key), (int32_t)json_object_get_int64(val));
+        p = nl ? nl + 1 : end;
     }
-
-    if ((rc = read_file(merges_txt, &mtext, &mlen, e)) < 0)
-        goto done;
-    /* transformers strips the whole file before splitting it into lines. */
-    size_t a = 0, b = mlen;
-    while (a < b && is_space_byte(mtext[a]))
-        a++;
-    while (b > a && is_space_byte(mtext[b - 1]))
-        b--;
-    lines = malloc(MERGE_LINES_END * sizeof *lines);
-    if (!lines) {
-        rc = sdw_fail(e, SDW_ENOMEM, "%s: out of memory", merges_txt);
-        goto done;
-    }
-    size_t nlines = split_lines(mtext + a, b - a, lines, MERGE_LINES_END);
-    if (nlines == 0 || lines[0].n < 8 || memcmp(lines[0].p, "#version", 8) != 0) {
-        rc = sdw_fail(e, SDW_EFORMAT, "%s: missing \"#version\" header line", merges_txt);
-        goto done;
-    }
-    t = calloc(1, sizeof *t);
-    if (!t) {
-        rc = sdw_fail(e, SDW_ENOMEM, "%s: out of memory", merges_txt);
-        goto done;
-    }
-    if ((rc = build_tables(t, &vocab, lines + 1, nlines - 1, merges_txt, e)) < 0)
-        goto done;
     *out = t;
     t = NULL;
 done:
     sdw_tok_free(t);
-    free(lines);
+    free(buf);
     free(mtext);
+    free(text);
     free(vocab.slots);
     json_object_put(root);
-    free(vtext);
-    if (jt)
-        json_tokener_free(jt);
+    return rc;
+}
+
+/* added_tokens gives the two specials ids when the vocabulary lacks them,
+ * and says whether each is found in the normalized text (norm[0] for
+ * <|startoftext|>, norm[1] for <|endoftext|>);
+ * when it has them too, both must agree (transformers 5 would otherwise
+ * take the vocabulary's id for one purpose and the added token's for
+ * another). Other added tokens are not CLIP's and are ignored, as
+ * transformers' CLIPTokenizer does. */
+static int read_added(json_object *root, str_map *vocab, bool norm[2], const char *path, sdw_error *e)
+{
+    json_object *list, *flag;
+    norm[0] = norm[1] = false;
+    if (!json_object_object_get_ex(root, "added_tokens", &list) || json_object_is_type(list, json_type_null))
+        return 0;
+    if (!json_object_is_type(list, json_type_array))
+        return sdw_fail(e, SDW_EFORMAT, "%s: added_tokens must be a list", path);
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        json_object *tok = json_object_array_get_idx(list, i), *content, *id;
+        if (!json_object_is_type(tok, json_type_object) || !json_object_object_get_ex(tok, "content", &content) ||
+            !json_object_is_type(content, json_type_string) || !json_object_object_get_ex(tok, "id", &id) ||
+            !json_object_is_type(id, json_type_int) || json_object_get_int64(id) < 0 ||
+            json_object_get_int64(id) > INT32_MAX)
+            return sdw_fail(e, SDW_EFORMAT,
+                            "%s: added_tokens[%zu] needs a string \"content\" and a non-negative \"id\"", path, i);
+        const char *s = json_object_get_string(content);
+        if (strcmp(s, START_TOK) != 0 && strcmp(s, END_TOK) != 0)
+            continue;
+        /* tokenizers' own default for a special token is false */
+        norm[strcmp(s, END_TOK) == 0] = json_object_object_get_ex(tok, "normalized", &flag) &&
+                                        json_object_get_boolean(flag);
+        int32_t want = (int32_t)json_object_get_int64(id);
+        int32_t have = str_map_get(vocab, s, strlen(s));
+        if (have >= 0 && have != want)
+            return sdw_fail(e, SDW_EFORMAT, "%s: added_tokens gives %s id %d, but model.vocab gives it %d", path, s,
+                            want, have);
+        str_map_put(vocab, s, strlen(s), want);
+    }
+    return 0;
+}
+
+int sdw_tok_load_json(sdw_tokenizer **out, const char *path, sdw_error *e)
+{
+    *out = NULL;
+    json_object *root = NULL, *model, *x, *merges;
+    str_map vocab = {0};
+    char *text = NULL, *buf = NULL;
+    size_t bufcap = 0;
+    sdw_tokenizer *t = NULL;
+    bool norm[2];
+    int rc;
+    if ((rc = read_json_file(path, &root, e)) < 0)
+        goto done;
+    if (!json_object_is_type(root, json_type_object) || !json_object_object_get_ex(root, "model", &model) ||
+        !json_object_is_type(model, json_type_object)) {
+        rc = sdw_fail(e, SDW_EFORMAT, "%s: no \"model\" object", path);
+        goto done;
+    }
+    if (!json_object_object_get_ex(model, "type", &x) || !json_object_is_type(x, json_type_string)) {
+        rc = sdw_fail(e, SDW_EUNSUPPORTED, "%s: model.type is missing (only BPE is supported)", path);
+        goto done;
+    }
+    if (strcmp(json_object_get_string(x), "BPE") != 0) {
+        rc = sdw_fail(e, SDW_EUNSUPPORTED, "%s: model.type \"%.64s\" is not supported (only BPE)", path,
+                      json_object_get_string(x));
+        goto done;
+    }
+    /* CLIPTokenizer fixes "</w>" whatever the file says; a file made for
+     * another suffix has a vocabulary that would not fit it. */
+    if (json_object_object_get_ex(model, "end_of_word_suffix", &x) && !json_object_is_type(x, json_type_null) &&
+        (!json_object_is_type(x, json_type_string) || strcmp(json_object_get_string(x), SUFFIX) != 0)) {
+        rc = sdw_fail(e, SDW_EUNSUPPORTED, "%s: model.end_of_word_suffix is \"%.64s\", but CLIP's is \"</w>\"", path,
+                      json_object_get_string(x));
+        goto done;
+    }
+    if (!json_object_object_get_ex(model, "vocab", &x)) {
+        rc = sdw_fail(e, SDW_EFORMAT, "%s: model.vocab is missing", path);
+        goto done;
+    }
+    if ((rc = read_vocab(x, 2, &vocab, path, "model.vocab", e)) < 0 ||
+        (rc = read_added(root, &vocab, norm, path, e)) < 0)
+        goto done;
+    if (!json_object_object_get_ex(model, "merges", &merges) || !json_object_is_type(merges, json_type_array)) {
+        rc = sdw_fail(e, SDW_EFORMAT, "%s: model.merges must be a list", path);
+        goto done;
+    }
+    size_t nm = json_object_array_length(merges);
+    if ((rc = tok_new(&t, &vocab, &text, nm, path, e)) < 0)
+        goto done;
+    t->start_norm = norm[0];
+    t->end_norm = norm[1];
+    for (size_t i = 0; i < nm; i++) {
+        json_object *m = json_object_array_get_idx(merges, i), *a, *b;
+        merge_pair pair;
+        bool ok;
+        if (json_object_is_type(m, json_type_string)) {
+            ok = split_pair(json_object_get_string(m), (size_t)json_object_get_string_len(m), &pair);
+        } else {
+            ok = json_object_is_type(m, json_type_array) && json_object_array_length(m) == 2 &&
+                 json_object_is_type(a = json_object_array_get_idx(m, 0), json_type_string) &&
+                 json_object_is_type(b = json_object_array_get_idx(m, 1), json_type_string);
+            if (ok)
+                pair = (merge_pair){json_object_get_string(a), json_object_get_string(b),
+                                    (size_t)json_object_get_string_len(a), (size_t)json_object_get_string_len(b)};
+        }
+        if (!ok) {
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: model.merges[%zu] is neither [\"a\", \"b\"] nor \"a b\"", path, i);
+            goto done;
+        }
+        if ((rc = add_merge(t, &pair, &buf, &bufcap, path, "model.merges entry", i, e)) < 0)
+            goto done;
+    }
+    *out = t;
+    t = NULL;
+done:
+    sdw_tok_free(t);
+    free(buf);
+    free(text);
+    free(vocab.slots);
+    json_object_put(root);
     return rc;
 }
 
@@ -488,37 +668,46 @@ static int read_gz(const char *path, char **data, size_t *len, sdw_error *e)
 int sdw_tok_load_bpe_gz(sdw_tokenizer **out, const char *path, sdw_error *e)
 {
     *out = NULL;
-    char *text = NULL, *syms = NULL;
-    size_t len = 0;
-    line_span *lines = NULL;
+    char *text = NULL, *syms = NULL, *buf = NULL;
+    size_t len = 0, bufcap = 0;
     str_map vocab = {0};
     sdw_tokenizer *t = NULL;
     int rc;
 
     if ((rc = read_gz(path, &text, &len, e)) < 0)
         return rc;
-    lines = malloc(MERGE_LINES_END * sizeof *lines);
-    if (!lines) {
+    /* OpenAI's header line is not "#version"; like open_clip and the SD
+     * tokenizer it was converted into, skip line 0 whatever it says. */
+    merge_pair *pairs = malloc(GZ_MERGE_LINES_END * sizeof *pairs);
+    if (!pairs) {
         rc = sdw_fail(e, SDW_ENOMEM, "%s: out of memory", path);
         goto done;
     }
-    /* OpenAI's header line is not "#version"; like open_clip and the SD
-     * tokenizer it was converted into, skip line 0 whatever it says. */
-    size_t nlines = split_lines(text, len, lines, MERGE_LINES_END);
-    if (nlines < 2) {
+    size_t nm = 0;
+    const char *p = memchr(text, '\n', len), *end = text + len;
+    for (p = p ? p + 1 : end; p < end && nm + 1 < GZ_MERGE_LINES_END; nm++) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = (size_t)((nl ? nl : end) - p);
+        if (!split_pair(p, n, &pairs[nm])) {
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: line %zu is not two symbols separated by one space", path, nm + 2);
+            goto done;
+        }
+        p = nl ? nl + 1 : end;
+    }
+    if (nm == 0) {
         rc = sdw_fail(e, SDW_EFORMAT, "%s: no merges", path);
         goto done;
     }
-    size_t nmerges = nlines - 1;
 
     /* The vocabulary is byte symbols, the same with "</w>", every merge's
-     * result, then the two special tokens: build those strings in one arena. */
+     * result, then the two special tokens: build those strings in one arena,
+     * which the tokenizer keeps. */
     uint32_t cp[256];
     uint8_t order[256];
     bytes_to_unicode(cp, order);
-    size_t arena = 512 * 8 + len + 64, used = 0;
-    syms = malloc(arena);
-    if (!syms || (rc = str_map_init(&vocab, 512 + nmerges + 2, e)) < 0) {
+    size_t used = 0;
+    syms = malloc(512 * 9 + 2 * len + sizeof START_TOK + sizeof END_TOK);
+    if (!syms || (rc = str_map_init(&vocab, 512 + nm + 2, path, e)) < 0) {
         rc = sdw_fail(e, SDW_ENOMEM, "%s: out of memory", path);
         goto done;
     }
@@ -528,38 +717,40 @@ int sdw_tok_load_bpe_gz(sdw_tokenizer **out, const char *path, sdw_error *e)
             char *s = syms + used;
             size_t n = (size_t)utf8proc_encode_char((utf8proc_int32_t)cp[order[k]], (utf8proc_uint8_t *)s);
             if (pass) {
-                memcpy(s + n, "</w>", 4);
-                n += 4;
+                memcpy(s + n, SUFFIX, sizeof SUFFIX - 1);
+                n += sizeof SUFFIX - 1;
             }
-            used += n;
+            s[n] = 0;
+            used += n + 1;
             str_map_put(&vocab, s, n, id++);
         }
-    for (size_t i = 1; i < nlines; i++) {
+    for (size_t i = 0; i < nm; i++) {
         char *s = syms + used;
-        size_t n = 0;
-        for (size_t j = 0; j < lines[i].n; j++)
-            if (!is_space_byte(lines[i].p[j]))
-                s[n++] = lines[i].p[j];
-        used += n;
-        str_map_put(&vocab, s, n, id++);
+        memcpy(s, pairs[i].a, pairs[i].na);
+        memcpy(s + pairs[i].na, pairs[i].b, pairs[i].nb);
+        s[pairs[i].na + pairs[i].nb] = 0;
+        used += pairs[i].na + pairs[i].nb + 1;
+        str_map_put(&vocab, s, pairs[i].na + pairs[i].nb, id++);
     }
-    str_map_put(&vocab, START_TOK, sizeof START_TOK - 1, id++);
-    str_map_put(&vocab, END_TOK, sizeof END_TOK - 1, id++);
+    memcpy(syms + used, START_TOK, sizeof START_TOK);
+    str_map_put(&vocab, syms + used, sizeof START_TOK - 1, id++);
+    used += sizeof START_TOK;
+    memcpy(syms + used, END_TOK, sizeof END_TOK);
+    str_map_put(&vocab, syms + used, sizeof END_TOK - 1, id++);
 
-    t = calloc(1, sizeof *t);
-    if (!t) {
-        rc = sdw_fail(e, SDW_ENOMEM, "%s: out of memory", path);
+    if ((rc = tok_new(&t, &vocab, &syms, nm, path, e)) < 0)
         goto done;
-    }
-    if ((rc = build_tables(t, &vocab, lines + 1, nmerges, path, e)) < 0)
-        goto done;
+    for (size_t i = 0; i < nm; i++)
+        if ((rc = add_merge(t, &pairs[i], &buf, &bufcap, path, "line", i + 2, e)) < 0)
+            goto done;
     *out = t;
     t = NULL;
 done:
     sdw_tok_free(t);
     free(vocab.slots);
     free(syms);
-    free(lines);
+    free(buf);
+    free(pairs);
     free(text);
     return rc;
 }
@@ -576,14 +767,31 @@ void sdw_tok_free(sdw_tokenizer *t)
     if (!t)
         return;
     free(t->merges);
+    free(t->vocab.slots);
+    free(t->vocab_text);
     free(t);
+}
+
+bool sdw_tok_set_normalized(sdw_tokenizer *t, const char *content, bool normalized)
+{
+    bool *flag = strcmp(content, START_TOK) == 0 ? &t->start_norm : strcmp(content, END_TOK) == 0 ? &t->end_norm : NULL;
+    if (flag)
+        *flag = normalized;
+    return flag != NULL;
+}
+
+int32_t sdw_tok_vocab_id(const sdw_tokenizer *t, const char *token)
+{
+    return str_map_get(&t->vocab, token, strlen(token));
 }
 
 /* ---- writing ---- */
 
-typedef struct tok_str {
-    char *s; /* NULL until known */
-} tok_str;
+static int cmp_slot_id(const void *a, const void *b)
+{
+    const str_slot *x = *(const str_slot *const *)a, *y = *(const str_slot *const *)b;
+    return (x->id > y->id) - (x->id < y->id);
+}
 
 static int cmp_rank(const void *a, const void *b)
 {
@@ -591,55 +799,28 @@ static int cmp_rank(const void *a, const void *b)
     return (x->rank > y->rank) - (x->rank < y->rank);
 }
 
-static char *str_cat(const char *a, const char *b)
+/* The vocabulary entry of an id: entries sorted by id, searched. Where two
+ * entries share an id, either spells it. */
+static const str_slot *slot_of_id(const str_slot *const *by_id, size_t n, int32_t id)
 {
-    size_t na = strlen(a), nb = strlen(b);
-    char *s = malloc(na + nb + 1);
-    if (s) {
-        memcpy(s, a, na);
-        memcpy(s + na, b, nb + 1);
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (by_id[mid]->id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
-    return s;
+    return lo < n && by_id[lo]->id == id ? by_id[lo] : NULL;
 }
 
-/* Spells every id from the byte symbols up, in rank order: a merge's parts
- * are byte symbols or results of earlier merges. */
-static int spell_ids(const sdw_tokenizer *t, const merge_slot **ranked, size_t nm, tok_str *str, int32_t nid,
-                     sdw_error *e)
-{
-    uint32_t cp[256];
-    uint8_t order[256];
-    bytes_to_unicode(cp, order);
-    for (int b = 0; b < 256; b++) {
-        char sym[16];
-        utf8proc_ssize_t n = utf8proc_encode_char((utf8proc_int32_t)cp[b], (utf8proc_uint8_t *)sym);
-        sym[n] = 0;
-        str[t->byte_id[b]].s = strdup(sym);
-        memcpy(sym + n, "</w>", 5);
-        str[t->byte_end_id[b]].s = strdup(sym);
-        if (!str[t->byte_id[b]].s || !str[t->byte_end_id[b]].s)
-            return sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
-    }
-    if (!(str[t->start_id].s = strdup(START_TOK)) || !(str[t->end_id].s = strdup(END_TOK)))
-        return sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
-    for (size_t i = 0; i < nm; i++) {
-        int32_t a = (int32_t)((ranked[i]->key - 1) >> 32), b = (int32_t)((ranked[i]->key - 1) & 0xffffffffu);
-        if (a >= nid || b >= nid || !str[a].s || !str[b].s)
-            return sdw_fail(e, SDW_EFORMAT, "tokenizer: merge %d uses a symbol no earlier merge makes",
-                            ranked[i]->rank);
-        if (!str[ranked[i]->merged].s && !(str[ranked[i]->merged].s = str_cat(str[a].s, str[b].s)))
-            return sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
-    }
-    return 0;
-}
-
-static int write_vocab(const tok_str *str, int32_t nid, const char *path, sdw_error *e)
+static int write_vocab(const str_slot *const *by_id, size_t n, const char *path, sdw_error *e)
 {
     json_object *o = json_object_new_object();
     if (!o)
         return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", path);
-    for (int32_t i = 0; i < nid; i++)
-        if (str[i].s && json_object_object_add(o, str[i].s, json_object_new_int(i)) < 0) {
+    for (size_t i = 0; i < n; i++)
+        if (json_object_object_add(o, by_id[i]->s, json_object_new_int(by_id[i]->id)) < 0) {
             json_object_put(o);
             return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", path);
         }
@@ -650,17 +831,30 @@ static int write_vocab(const tok_str *str, int32_t nid, const char *path, sdw_er
     return 0;
 }
 
-static int write_merges(const merge_slot **ranked, size_t nm, const tok_str *str,
-                        const char *path, sdw_error *e)
+static int write_merges(const sdw_tokenizer *t, const str_slot *const *by_id, size_t n, const char *path,
+                        sdw_error *e)
 {
+    const merge_slot **ranked = malloc((t->nmerges ? t->nmerges : 1) * sizeof *ranked);
+    if (!ranked)
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", path);
+    size_t nm = 0;
+    for (size_t i = 0; i <= t->merge_mask; i++)
+        if (t->merges[i].key)
+            ranked[nm++] = &t->merges[i];
+    qsort(ranked, nm, sizeof *ranked, cmp_rank);
     FILE *f = fopen(path, "w");
-    if (!f)
+    if (!f) {
+        free(ranked);
         return sdw_fail(e, SDW_EIO, "%s: cannot create: %s", path, strerror(errno));
+    }
     fputs("#version: 0.2\n", f);
     for (size_t i = 0; i < nm; i++) {
-        int32_t a = (int32_t)((ranked[i]->key - 1) >> 32), b = (int32_t)((ranked[i]->key - 1) & 0xffffffffu);
-        fprintf(f, "%s %s\n", str[a].s, str[b].s);
+        uint64_t k = ranked[i]->key - 1;
+        const str_slot *a = slot_of_id(by_id, n, (int32_t)(k >> 32));
+        const str_slot *b = slot_of_id(by_id, n, (int32_t)(k & 0xffffffffu));
+        fprintf(f, "%s %s\n", a->s, b->s);
     }
+    free(ranked);
     int bad = ferror(f);
     if (fclose(f) != 0 || bad)
         return sdw_fail(e, SDW_EIO, "%s: write failed: %s", path, strerror(errno));
@@ -669,39 +863,18 @@ static int write_merges(const merge_slot **ranked, size_t nm, const tok_str *str
 
 int sdw_tok_save_hf(const sdw_tokenizer *t, const char *vocab_json, const char *merges_txt, sdw_error *e)
 {
-    size_t nm = 0;
-    int32_t nid = t->start_id > t->end_id ? t->start_id + 1 : t->end_id + 1;
-    for (size_t i = 0; i <= t->merge_mask; i++)
-        if (t->merges[i].key) {
-            nm++;
-            if (t->merges[i].merged >= nid)
-                nid = t->merges[i].merged + 1;
-        }
-    for (int b = 0; b < 256; b++) {
-        if (t->byte_id[b] >= nid)
-            nid = t->byte_id[b] + 1;
-        if (t->byte_end_id[b] >= nid)
-            nid = t->byte_end_id[b] + 1;
-    }
-    const merge_slot **ranked = malloc((nm ? nm : 1) * sizeof *ranked);
-    tok_str *str = calloc((size_t)nid, sizeof *str);
-    int rc = 0;
-    if (!ranked || !str) {
-        rc = sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
-        goto done;
-    }
-    nm = 0;
-    for (size_t i = 0; i <= t->merge_mask; i++)
-        if (t->merges[i].key)
-            ranked[nm++] = &t->merges[i];
-    qsort(ranked, nm, sizeof *ranked, cmp_rank);
-    if ((rc = spell_ids(t, ranked, nm, str, nid, e)) == 0 && (rc = write_vocab(str, nid, vocab_json, e)) == 0)
-        rc = write_merges(ranked, nm, str, merges_txt, e);
-done:
-    for (int32_t i = 0; str && i < nid; i++)
-        free(str[i].s);
-    free(str);
-    free(ranked);
+    const str_slot **by_id = malloc((t->vocab.count ? t->vocab.count : 1) * sizeof *by_id);
+    if (!by_id)
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", vocab_json);
+    size_t n = 0;
+    for (size_t i = 0; i <= t->vocab.mask; i++)
+        if (t->vocab.slots[i].s)
+            by_id[n++] = &t->vocab.slots[i];
+    qsort(by_id, n, sizeof *by_id, cmp_slot_id);
+    int rc = write_vocab(by_id, n, vocab_json, e);
+    if (rc == 0)
+        rc = write_merges(t, by_id, n, merges_txt, e);
+    free(by_id);
     return rc;
 }
 
@@ -710,22 +883,11 @@ const char *sdw_tok_unicode_version(void)
     return utf8proc_unicode_version();
 }
 
-/* ---- text cleanup: Unicode predicates as Python 3.11 sees them ---- */
+/* ---- Unicode tables: where the reference's differ from utf8proc 15.0 ---- */
 
 typedef struct cp_range {
     uint32_t lo, hi;
 } cp_range;
-
-/* Assigned in Unicode 15.0 (utf8proc 2.8), unassigned in 14.0 (Python 3.11). */
-static const cp_range new15[] = {
-    {0xCF3, 0xCF3},     {0xECE, 0xECE},     {0x10EFD, 0x10EFF}, {0x1123F, 0x11241}, {0x11B00, 0x11B09},
-    {0x11F00, 0x11F10}, {0x11F12, 0x11F3A}, {0x11F3E, 0x11F59}, {0x1342F, 0x1342F}, {0x13439, 0x13455},
-    {0x1B132, 0x1B132}, {0x1B155, 0x1B155}, {0x1D2C0, 0x1D2D3}, {0x1DF25, 0x1DF2A}, {0x1E030, 0x1E06D},
-    {0x1E08F, 0x1E08F}, {0x1E4D0, 0x1E4F9}, {0x1F6DC, 0x1F6DC}, {0x1F774, 0x1F776}, {0x1F77B, 0x1F77F},
-    {0x1F7D9, 0x1F7D9}, {0x1FA75, 0x1FA77}, {0x1FA87, 0x1FA88}, {0x1FAAD, 0x1FAAF}, {0x1FABB, 0x1FABD},
-    {0x1FABF, 0x1FABF}, {0x1FACE, 0x1FACF}, {0x1FADA, 0x1FADB}, {0x1FAE8, 0x1FAE8}, {0x1FAF7, 0x1FAF8},
-    {0x2B739, 0x2B739}, {0x31350, 0x323AF},
-};
 
 static bool in_ranges(uint32_t c, const cp_range *r, size_t n)
 {
@@ -742,138 +904,239 @@ static bool in_ranges(uint32_t c, const cp_range *r, size_t n)
     return false;
 }
 
-static utf8proc_category_t category14(uint32_t c)
+#define IN_TABLE(c, table) in_ranges((c), (table), sizeof(table) / sizeof(table)[0])
+
+/* Letters and numbers Unicode 16.0 assigned (Oniguruma's \p{L}, \p{N}). */
+static const cp_range letters_16[] = {
+    {0x1C89, 0x1C8A},   {0xA7CB, 0xA7CD},   {0xA7DA, 0xA7DC},   {0x105C0, 0x105F3}, {0x10D4A, 0x10D65},
+    {0x10D6F, 0x10D85}, {0x10EC2, 0x10EC4}, {0x11380, 0x11389}, {0x1138B, 0x1138B}, {0x1138E, 0x1138E},
+    {0x11390, 0x113B5}, {0x113B7, 0x113B7}, {0x113D1, 0x113D1}, {0x113D3, 0x113D3}, {0x11BC0, 0x11BE0},
+    {0x13460, 0x143FA}, {0x16100, 0x1611D}, {0x16D40, 0x16D6C}, {0x18CFF, 0x18CFF}, {0x1E5D0, 0x1E5ED},
+    {0x1E5F0, 0x1E5F0}, {0x2EBF0, 0x2EE5D},
+};
+static const cp_range numbers_16[] = {
+    {0x10D40, 0x10D49}, {0x116D0, 0x116E3}, {0x11BF0, 0x11BF9}, {0x16130, 0x16139},
+    {0x16D70, 0x16D79}, {0x1CCF0, 0x1CCF9}, {0x1E5F1, 0x1E5FA},
+};
+
+/* Lowercase mappings of Unicode 16.0 and 17.0 (Rust's std): lo..hi map to
+ * themselves plus delta. */
+static const struct {
+    uint32_t lo, hi;
+    int32_t delta;
+} lower_17[] = {
+    {0x1C89, 0x1C89, 1},      {0xA7CB, 0xA7CB, -42343}, {0xA7CC, 0xA7CC, 1},   {0xA7CE, 0xA7CE, 1},
+    {0xA7D2, 0xA7D2, 1},      {0xA7D4, 0xA7D4, 1},      {0xA7DA, 0xA7DA, 1},   {0xA7DC, 0xA7DC, -42561},
+    {0x10D50, 0x10D65, 0x20}, {0x16EA0, 0x16EB8, 0x1B},
+};
+
+/* Characters after Unicode 9.0 that utf8proc 15.0 can reorder (nonzero
+ * combining class), compose (U+11930, U+11935) or decompose (U+11938),
+ * and the reference's NFC leaves where they are. */
+static const cp_range nfc_inert[] = {
+    {0x7FD, 0x7FD},     {0x898, 0x89F},     {0x8CA, 0x8D3},     {0x9FE, 0x9FE},     {0xC3C, 0xC3C},
+    {0xD3B, 0xD3C},     {0xEBA, 0xEBA},     {0x1715, 0x1715},   {0x1ABF, 0x1ACE},   {0x1DF6, 0x1DFA},
+    {0xA82C, 0xA82C},   {0x10D24, 0x10D27}, {0x10EAB, 0x10EAC}, {0x10EFD, 0x10EFF}, {0x10F46, 0x10F50},
+    {0x10F82, 0x10F85}, {0x11070, 0x11070}, {0x1133B, 0x1133B}, {0x1145E, 0x1145E}, {0x11839, 0x1183A},
+    {0x11930, 0x11930}, {0x11935, 0x11935}, {0x11938, 0x11938}, {0x1193D, 0x1193E}, {0x11943, 0x11943},
+    {0x119E0, 0x119E0}, {0x11A34, 0x11A34}, {0x11A47, 0x11A47}, {0x11A99, 0x11A99}, {0x11D42, 0x11D42},
+    {0x11D44, 0x11D45}, {0x11D97, 0x11D97}, {0x11F41, 0x11F42}, {0x16FF0, 0x16FF1}, {0x1E08F, 0x1E08F},
+    {0x1E130, 0x1E136}, {0x1E2AE, 0x1E2AE}, {0x1E2EC, 0x1E2EF}, {0x1E4EC, 0x1E4EF},
+};
+
+/* Unicode White_Space, which is what Oniguruma's \s matches. */
+static bool is_space(uint32_t c)
 {
-    if (in_ranges(c, new15, sizeof new15 / sizeof new15[0]))
-        return UTF8PROC_CATEGORY_CN;
-    return utf8proc_category((utf8proc_int32_t)c);
+    return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+           c == 0x3000;
 }
 
-static bool is_other(utf8proc_category_t k)
+sdw_tok_class sdw_tok_classify(uint32_t c)
 {
-    return k == UTF8PROC_CATEGORY_CN || k == UTF8PROC_CATEGORY_CC || k == UTF8PROC_CATEGORY_CF ||
-           k == UTF8PROC_CATEGORY_CS || k == UTF8PROC_CATEGORY_CO;
+    if (is_space(c))
+        return SDW_TOK_SPACE;
+    utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)c);
+    if ((k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO) || IN_TABLE(c, letters_16))
+        return SDW_TOK_LETTER;
+    if ((k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO) || IN_TABLE(c, numbers_16))
+        return SDW_TOK_NUMBER;
+    return SDW_TOK_OTHER;
 }
 
-static bool is_letter(utf8proc_category_t k)
+static uint32_t lower(uint32_t c)
 {
-    return k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO;
+    size_t lo = 0, hi = sizeof lower_17 / sizeof lower_17[0];
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c < lower_17[mid].lo)
+            hi = mid;
+        else if (c > lower_17[mid].hi)
+            lo = mid + 1;
+        else
+            return (uint32_t)((int32_t)c + lower_17[mid].delta);
+    }
+    return (uint32_t)utf8proc_tolower((utf8proc_int32_t)c);
 }
 
-static bool is_number(utf8proc_category_t k)
-{
-    return k == UTF8PROC_CATEGORY_ND || k == UTF8PROC_CATEGORY_NL || k == UTF8PROC_CATEGORY_NO;
-}
-
-/* BasicTokenizer._is_chinese_char */
-static bool is_cjk(uint32_t c)
-{
-    return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x20000 && c <= 0x2A6DF) ||
-           (c >= 0x2A700 && c <= 0x2B73F) || (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B820 && c <= 0x2CEAF) ||
-           (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
-}
-
-/* str.isspace(), for the characters that survive cleanup: everything else
- * Python counts as whitespace is Zs (already a space) or Cc (dropped). */
-static bool py_space(uint32_t c)
-{
-    return c == ' ' || c == 0x2028 || c == 0x2029;
-}
-
-/* Python's Case_Ignorable: Mn, Me, Cf, Lm, Sk and Word_Break MidLetter,
- * MidNumLet or Single_Quote. Used only for the final-sigma rule. */
-static bool case_ignorable(uint32_t c)
-{
-    static const uint32_t mid[] = {0x27,   0x2E,   0x3A,   0xB7,   0x387,  0x55F,  0x5F4,  0x2018, 0x2019,
-                                   0x2024, 0x2027, 0xFE13, 0xFE52, 0xFE55, 0xFF07, 0xFF0E, 0xFF1A};
-    utf8proc_category_t k = category14(c);
-    if (k == UTF8PROC_CATEGORY_MN || k == UTF8PROC_CATEGORY_ME || k == UTF8PROC_CATEGORY_CF ||
-        k == UTF8PROC_CATEGORY_LM || k == UTF8PROC_CATEGORY_SK)
-        return true;
-    for (size_t i = 0; i < sizeof mid / sizeof mid[0]; i++)
-        if (mid[i] == c)
-            return true;
-    return false;
-}
-
-/* Python's Cased (Lowercase, Uppercase or Lt). Letters with a case mapping
- * cover it but for the Other_Lowercase/Other_Uppercase symbols below. */
-static bool cased(uint32_t c)
-{
-    utf8proc_category_t k = category14(c);
-    if (k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT)
-        return true;
-    if (utf8proc_tolower((utf8proc_int32_t)c) != (utf8proc_int32_t)c ||
-        utf8proc_toupper((utf8proc_int32_t)c) != (utf8proc_int32_t)c)
-        return true;
-    return c == 0xAA || c == 0xBA || (c >= 0x1F130 && c <= 0x1F149) || (c >= 0x1F150 && c <= 0x1F169) ||
-           (c >= 0x1F170 && c <= 0x1F189);
-}
-
-/* str.lower() of Σ: final form when a cased letter precedes (skipping
- * case-ignorables) and none follows. */
-static uint32_t lower_sigma(const uint32_t *w, size_t n, size_t i)
-{
-    size_t j = i;
-    while (j > 0 && case_ignorable(w[j - 1]))
-        j--;
-    if (j == 0 || !cased(w[j - 1]))
-        return 0x3C3;
-    j = i + 1;
-    while (j < n && case_ignorable(w[j]))
-        j++;
-    return (j == n || !cased(w[j])) ? 0x3C2 : 0x3C3;
-}
-
-/* ---- growable buffers for one encode call ---- */
+/* ---- the normalizer ---- */
 
 typedef SDW_VEC(uint32_t) u32vec;
 typedef SDW_VEC(int32_t) i32vec;
 
-/* true when pushed: the callers chain them with && */
-static bool u32_push(u32vec *b, uint32_t x)
+/* NFC of valid UTF-8 s[0..n) by utf8proc, appended to out. */
+static int nfc_span(const char *s, size_t n, u32vec *out, sdw_error *e)
 {
-    return sdw_vec_push(b, x, NULL) == SDW_OK;
+    if (n == 0)
+        return 0;
+    for (;;) {
+        size_t room = out->cap - out->n;
+        utf8proc_ssize_t k = utf8proc_decompose((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n,
+                                                (utf8proc_int32_t *)out->v + out->n, (utf8proc_ssize_t)room,
+                                                UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+        if (k < 0)
+            return sdw_fail(e, k == UTF8PROC_ERROR_NOMEM ? SDW_ENOMEM : SDW_EINVAL, "tokenizer: NFC failed: %s",
+                            utf8proc_errmsg(k));
+        if ((size_t)k <= room) {
+            k = utf8proc_normalize_utf32((utf8proc_int32_t *)out->v + out->n, k, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+            if (k < 0)
+                return sdw_fail(e, SDW_EINVAL, "tokenizer: NFC failed: %s", utf8proc_errmsg(k));
+            out->n += (size_t)k;
+            return 0;
+        }
+        if (sdw_vec_reserve(out, out->n + (size_t)k, e) < 0)
+            return SDW_ENOMEM;
+    }
 }
 
-static bool i32_push(i32vec *b, int32_t x)
+/* The normalizer over the whole text: NFC (cut at nfc_inert characters,
+ * see the top of this file), whitespace runs to one space, lowercase. */
+static int normalize(const char *s, size_t n, u32vec *out, sdw_error *e)
 {
-    return sdw_vec_push(b, x, NULL) == SDW_OK;
+    u32vec nfc = {0};
+    int rc = 0;
+    size_t i = 0, start = 0;
+    if (sdw_vec_reserve(&nfc, n + 16, e) < 0)
+        return SDW_ENOMEM;
+    while (i < n) {
+        utf8proc_int32_t c;
+        utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &c);
+        if (k < 0) {
+            rc = sdw_fail(e, SDW_EINVAL, "tokenizer: text is not valid UTF-8 (at byte %zu)", i);
+            goto done;
+        }
+        if (IN_TABLE((uint32_t)c, nfc_inert)) {
+            if ((rc = nfc_span(s + start, i - start, &nfc, e)) < 0 || (rc = sdw_vec_push(&nfc, (uint32_t)c, e)) < 0)
+                goto done;
+            start = i + (size_t)k;
+        }
+        i += (size_t)k;
+    }
+    if ((rc = nfc_span(s + start, n - start, &nfc, e)) < 0 || (rc = sdw_vec_reserve(out, nfc.n + 1, e)) < 0)
+        goto done;
+    bool in_space = false;
+    for (size_t j = 0; j < nfc.n; j++) {
+        uint32_t c = nfc.v[j];
+        if (is_space(c)) {
+            if (!in_space && (rc = sdw_vec_push(out, ' ', e)) < 0)
+                goto done;
+            in_space = true;
+            continue;
+        }
+        in_space = false;
+        /* U+0130 is the one code point whose lowercase (SpecialCasing.txt,
+         * unconditional part) is two. */
+        if (c == 0x130)
+            rc = sdw_vec_push(out, 'i', e) < 0 ? SDW_ENOMEM : sdw_vec_push(out, 0x307, e);
+        else
+            rc = sdw_vec_push(out, lower(c), e);
+        if (rc < 0)
+            goto done;
+    }
+done:
+    sdw_vec_free(&nfc);
+    return rc;
 }
+
+int sdw_tok_normalize(const char *text, size_t len, char **out, size_t *out_len, sdw_error *e)
+{
+    u32vec norm = {0};
+    *out = NULL;
+    *out_len = 0;
+    int rc = normalize(text, len, &norm, e);
+    char *s = rc == 0 ? malloc(norm.n * 4 + 1) : NULL;
+    if (rc == 0 && !s)
+        rc = sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
+    if (rc == 0) {
+        size_t k = 0;
+        for (size_t i = 0; i < norm.n; i++)
+            k += (size_t)utf8proc_encode_char((utf8proc_int32_t)norm.v[i], (utf8proc_uint8_t *)s + k);
+        s[k] = 0;
+        *out = s;
+        *out_len = k;
+    }
+    sdw_vec_free(&norm);
+    return rc;
+}
+
+/* ---- BPE ---- */
 
 typedef struct bpe_work {
     int32_t *sym, *rank;
     int *next, *prev;
+    uint8_t *bytes;
     size_t cap;
 } bpe_work;
 
-/* ---- BPE ---- */
-
-static int bpe_word(const sdw_tokenizer *t, const uint8_t *bytes, size_t n, bpe_work *w, i32vec *out)
+static void bpe_work_free(bpe_work *w)
 {
-    if (n > w->cap) {
-        size_t cap = n * 2;
-        int32_t *s = realloc(w->sym, cap * sizeof *s);
-        if (s)
-            w->sym = s;
-        int32_t *r = realloc(w->rank, cap * sizeof *r);
-        if (r)
-            w->rank = r;
-        int *nx = realloc(w->next, cap * sizeof *nx);
-        if (nx)
-            w->next = nx;
-        int *pv = realloc(w->prev, cap * sizeof *pv);
-        if (pv)
-            w->prev = pv;
-        if (!s || !r || !nx || !pv)
-            return SDW_ENOMEM;
-        w->cap = cap;
-    }
-    int32_t *sym = w->sym, *rank = w->rank;
-    int *next = w->next, *prev = w->prev;
+    free(w->sym);
+    free(w->rank);
+    free(w->next);
+    free(w->prev);
+    free(w->bytes);
+}
+
+static int bpe_reserve(bpe_work *w, size_t n)
+{
+    if (n <= w->cap)
+        return 0;
+    size_t cap = n * 2;
+    int32_t *s = realloc(w->sym, cap * sizeof *s);
+    if (s)
+        w->sym = s;
+    int32_t *r = realloc(w->rank, cap * sizeof *r);
+    if (r)
+        w->rank = r;
+    int *nx = realloc(w->next, cap * sizeof *nx);
+    if (nx)
+        w->next = nx;
+    int *pv = realloc(w->prev, cap * sizeof *pv);
+    if (pv)
+        w->prev = pv;
+    uint8_t *b = realloc(w->bytes, cap);
+    if (b)
+        w->bytes = b;
+    if (!s || !r || !nx || !pv || !b)
+        return SDW_ENOMEM;
+    w->cap = cap;
+    return 0;
+}
+
+/* One piece: its UTF-8 bytes as byte symbols, "</w>" on the last, merged
+ * lowest rank first. */
+static int bpe_piece(const sdw_tokenizer *t, const uint32_t *w, size_t nc, bpe_work *bw, i32vec *out)
+{
+    if (nc > INT32_MAX / 4 || bpe_reserve(bw, nc * 4) < 0)
+        return SDW_ENOMEM;
+    size_t n = 0;
+    for (size_t i = 0; i < nc; i++)
+        n += (size_t)utf8proc_encode_char((utf8proc_int32_t)w[i], bw->bytes + n);
+    int32_t *sym = bw->sym, *rank = bw->rank;
+    int *next = bw->next, *prev = bw->prev;
     int last = (int)n - 1;
     for (int i = 0; i <= last; i++) {
-        sym[i] = i == last ? t->byte_end_id[bytes[i]] : t->byte_id[bytes[i]];
+        sym[i] = i == last ? t->byte_end_id[bw->bytes[i]] : t->byte_id[bw->bytes[i]];
         next[i] = i == last ? -1 : i + 1;
         prev[i] = i - 1;
     }
@@ -883,7 +1146,9 @@ static int bpe_word(const sdw_tokenizer *t, const uint8_t *bytes, size_t n, bpe_
         rank[last] = INT32_MAX;
 
     /* Each round merges every occurrence of the lowest-ranked pair, left to
-     * right: a rank names exactly one pair, so rank[i] == best finds them. */
+     * right: a rank names exactly one pair, so rank[i] == best finds them.
+     * tokenizers' priority queue (lowest rank, then leftmost) ends in the
+     * same symbols. */
     for (;;) {
         int32_t best = INT32_MAX;
         for (int i = 0; i >= 0; i = next[i])
@@ -904,226 +1169,121 @@ static int bpe_word(const sdw_tokenizer *t, const uint8_t *bytes, size_t n, bpe_
                 rank[prev[i]] = pair_rank(t, sym[prev[i]], sym[i]);
         }
     }
-    for (int i = 0; i >= 0; i = next[i])
-        if (!i32_push(out, sym[i]))
+    for (int i = 0; i >= 0 && last >= 0; i = next[i])
+        if (sdw_vec_push(out, sym[i], NULL) < 0)
             return SDW_ENOMEM;
     return 0;
 }
 
-/* ---- the CLIP pattern over one lowercased word ---- */
+/* ---- the pre-tokenizer's pattern over normalized text ---- */
 
-/* Case-insensitive equality with one ASCII pattern character, as the regex
- * module's IGNORECASE sees it: only the ASCII capital and, for 's', U+017F
- * LATIN SMALL LETTER LONG S fold onto these letters. */
-static bool lit_eq(uint32_t c, char p)
+/* 's 't 're 've 'm 'll 'd, case-sensitively: the text is lowercase, and no
+ * other code point lowercases to these ASCII letters. */
+static size_t contraction(const uint32_t *w, size_t n, size_t i)
 {
-    if (c == (uint32_t)(unsigned char)p)
-        return true;
-    if (p >= 'a' && p <= 'z' && c == (uint32_t)(p - 'a' + 'A'))
-        return true;
-    return p == 's' && c == 0x17F;
+    if (w[i] != '\'' || i + 1 >= n)
+        return 0;
+    uint32_t a = w[i + 1], b = i + 2 < n ? w[i + 2] : 0;
+    if (a == 's' || a == 't' || a == 'm' || a == 'd')
+        return 2;
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))
+        return 3;
+    return 0;
 }
 
-/* Length of the literal at w[i] (case-insensitive), or 0; *exact says whether
- * it matched byte for byte. */
-static size_t match_lit(const uint32_t *w, size_t n, size_t i, const char *lit, bool *exact)
+/* Length of "<|startoftext|>" or "<|endoftext|>" at w[i], else 0. */
+static size_t special_at(const uint32_t *w, size_t n, size_t i, bool *end)
 {
-    size_t k = 0;
-    *exact = true;
-    for (; lit[k]; k++) {
-        if (i + k >= n || !lit_eq(w[i + k], lit[k]))
-            return 0;
-        if (w[i + k] != (uint32_t)(unsigned char)lit[k])
-            *exact = false;
+    for (int k = 0; k < 2; k++) {
+        const char *s = k ? END_TOK : START_TOK;
+        size_t sl = k ? sizeof END_TOK - 1 : sizeof START_TOK - 1, j = 0;
+        while (j < sl && i + j < n && w[i + j] == (uint32_t)(unsigned char)s[j])
+            j++;
+        if (j == sl) {
+            *end = k;
+            return sl;
+        }
     }
-    return k;
+    return 0;
 }
 
-enum cls { CLS_SPACE, CLS_LETTER, CLS_NUMBER, CLS_OTHER, CLS_NONE };
-
-static enum cls classify(uint32_t c)
+static int pretokenize(const sdw_tokenizer *t, const uint32_t *w, size_t n, bpe_work *bw, i32vec *out)
 {
-    if (c == ' ' || c == 0x2028 || c == 0x2029)
-        return CLS_SPACE;
-    /* U+0345 folds to a Greek letter, so under IGNORECASE it is neither in
-     * [\p{L}] nor in [^\s\p{L}\p{N}]: no alternative matches and findall
-     * skips it. */
-    if (c == 0x345)
-        return CLS_NONE;
-    utf8proc_category_t k = category14(c);
-    if (is_letter(k))
-        return CLS_LETTER;
-    if (is_number(k))
-        return CLS_NUMBER;
-    return CLS_OTHER;
-}
-
-static int encode_piece(const sdw_tokenizer *t, const uint32_t *w, size_t n, bpe_work *bw, i32vec *out)
-{
-    uint8_t stackbuf[256], *bytes = stackbuf;
-    if (n * 4 > sizeof stackbuf && !(bytes = malloc(n * 4)))
-        return SDW_ENOMEM;
-    size_t nb = 0;
-    for (size_t i = 0; i < n; i++)
-        nb += (size_t)utf8proc_encode_char((utf8proc_int32_t)w[i], bytes + nb);
-    int rc = bpe_word(t, bytes, nb, bw, out);
-    if (bytes != stackbuf)
-        free(bytes);
-    return rc;
-}
-
-static int encode_word(const sdw_tokenizer *t, const uint32_t *w, size_t n, bpe_work *bw, i32vec *out)
-{
-    static const char *const contractions[] = {"'s", "'t", "'re", "'ve", "'m", "'ll", "'d"};
     size_t i = 0;
     while (i < n) {
-        bool exact;
-        size_t m;
-        int rc;
-        if ((m = match_lit(w, n, i, START_TOK, &exact)) || (m = match_lit(w, n, i, END_TOK, &exact))) {
-            /* transformers' BPE cache holds the exact special strings, so
-             * only those become special ids; ſ-spelled ones are plain BPE. */
-            if (exact) {
-                if (!i32_push(out, m == sizeof START_TOK - 1 ? t->start_id : t->end_id))
-                    return SDW_ENOMEM;
-            } else if ((rc = encode_piece(t, w + i, m, bw, out)) < 0) {
+        sdw_tok_class c = sdw_tok_classify(w[i]);
+        if (c == SDW_TOK_SPACE) {
+            i++;
+            continue;
+        }
+        /* The pattern's first alternatives: a special token that was not
+         * an added-token match (one matched in the raw text, here in
+         * another case). ByteLevel's GPT-2 pattern then cuts that piece into
+         * "<|", the word and "|>". */
+        bool end;
+        size_t m = special_at(w, n, i, &end);
+        if (m) {
+            int rc;
+            if ((rc = bpe_piece(t, w + i, 2, bw, out)) < 0 || (rc = bpe_piece(t, w + i + 2, m - 4, bw, out)) < 0 ||
+                (rc = bpe_piece(t, w + i + m - 2, 2, bw, out)) < 0)
                 return rc;
-            }
             i += m;
             continue;
         }
-        m = 0;
-        for (size_t k = 0; k < sizeof contractions / sizeof contractions[0] && !m; k++)
-            m = match_lit(w, n, i, contractions[k], &exact);
+        m = contraction(w, n, i);
         if (!m) {
-            enum cls c = classify(w[i]);
-            if (c == CLS_NUMBER) {
-                m = 1;
-            } else if (c == CLS_LETTER || c == CLS_OTHER) {
-                m = 1;
-                while (i + m < n && classify(w[i + m]) == c)
+            m = 1;
+            if (c != SDW_TOK_NUMBER)
+                while (i + m < n && sdw_tok_classify(w[i + m]) == c)
                     m++;
-            } else {
-                i++;
-                continue;
-            }
         }
-        if ((rc = encode_piece(t, w + i, m, bw, out)) < 0)
+        int rc = bpe_piece(t, w + i, m, bw, out);
+        if (rc < 0)
             return rc;
         i += m;
     }
     return 0;
 }
 
-/* ---- one piece of text between special tokens ---- */
-
-static int utf8_decode(const char *s, size_t n, u32vec *out, sdw_error *e)
+/* Position of the first special token that is matched in normalized text
+ * in w[from..n), or n; *special gets its id and *len its length. */
+static size_t find_normalized(const sdw_tokenizer *t, const uint32_t *w, size_t n, size_t from, int32_t *special,
+                              size_t *len)
 {
-    size_t i = 0;
-    while (i < n) {
-        utf8proc_int32_t c;
-        utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &c);
-        if (k < 0)
-            return sdw_fail(e, SDW_EINVAL, "tokenizer: text is not valid UTF-8 (at byte %zu)", i);
-        if (!u32_push(out, (uint32_t)c))
-            return sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
-        i += (size_t)k;
+    for (size_t i = from; i < n; i++) {
+        bool end;
+        size_t m = w[i] == '<' ? special_at(w, n, i, &end) : 0;
+        if (m && (end ? t->end_norm : t->start_norm)) {
+            *special = end ? t->end_id : t->start_id;
+            *len = m;
+            return i;
+        }
     }
-    return 0;
+    return n;
 }
 
-static int tokenize_segment(const sdw_tokenizer *t, const char *s, size_t n, bpe_work *bw, i32vec *out,
-                            sdw_error *e)
+/* One stretch of raw text between raw special-token matches: normalized,
+ * then cut at the normalized ones. */
+static int tokenize_raw(const sdw_tokenizer *t, const char *text, size_t len, bpe_work *bw, i32vec *out,
+                        sdw_error *e)
 {
-    u32vec raw = {0}, cleaned = {0}, norm = {0};
-    uint8_t *utf8 = NULL, *nfc = NULL;
-    int rc = 0;
-
-    if ((rc = utf8_decode(s, n, &raw, e)) < 0)
-        goto done;
-    /* _clean_text, then _tokenize_chinese_chars */
-    for (size_t i = 0; i < raw.n; i++) {
-        uint32_t c = raw.v[i];
-        bool ok = true;
-        if (c == 0 || c == 0xFFFD)
-            continue;
-        if (c == '\t' || c == '\n' || c == '\r') {
-            ok = u32_push(&cleaned, ' ');
-        } else {
-            utf8proc_category_t k = category14(c);
-            if (is_other(k))
-                continue;
-            if (k == UTF8PROC_CATEGORY_ZS)
-                ok = u32_push(&cleaned, ' ');
-            else if (is_cjk(c))
-                ok = u32_push(&cleaned, ' ') && u32_push(&cleaned, c) && u32_push(&cleaned, ' ');
-            else
-                ok = u32_push(&cleaned, c);
-        }
-        if (!ok)
-            goto oom;
+    u32vec norm = {0};
+    int rc = normalize(text, len, &norm, e);
+    for (size_t i = 0; rc == 0 && i < norm.n;) {
+        int32_t special = 0;
+        size_t slen = 0, at = find_normalized(t, norm.v, norm.n, i, &special, &slen);
+        if ((rc = pretokenize(t, norm.v + i, at - i, bw, out)) < 0 ||
+            (at < norm.n && (rc = sdw_vec_push(out, special, NULL)) < 0))
+            rc = sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
+        i = at + slen;
     }
-    if (!(utf8 = malloc(cleaned.n * 4 + 1)))
-        goto oom;
-    size_t nb = 0;
-    for (size_t i = 0; i < cleaned.n; i++)
-        nb += (size_t)utf8proc_encode_char((utf8proc_int32_t)cleaned.v[i], utf8 + nb);
-    utf8[nb] = 0;
-    utf8proc_ssize_t nn = utf8proc_map(utf8, (utf8proc_ssize_t)nb, &nfc, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-    if (nn < 0) {
-        rc = sdw_fail(e, nn == UTF8PROC_ERROR_NOMEM ? SDW_ENOMEM : SDW_EINVAL, "tokenizer: NFC failed: %s",
-                      utf8proc_errmsg(nn));
-        goto done;
-    }
-    if ((rc = utf8_decode((const char *)nfc, (size_t)nn, &norm, e)) < 0)
-        goto done;
-
-    /* str.split(), lower() per word, then the pattern within each word:
-     * joining words with single spaces, as transformers does, cannot join
-     * two matches because no alternative matches a space. */
-    for (size_t i = 0; i < norm.n;) {
-        while (i < norm.n && py_space(norm.v[i]))
-            i++;
-        size_t j = i;
-        while (j < norm.n && !py_space(norm.v[j]))
-            j++;
-        if (j == i)
-            break;
-        u32vec low = {0};
-        for (size_t k = i; k < j; k++) {
-            uint32_t c = norm.v[k];
-            bool ok;
-            /* U+0130 is the one full lowercase mapping longer than one code
-             * point (SpecialCasing.txt, unconditional part). */
-            if (c == 0x130)
-                ok = u32_push(&low, 'i') && u32_push(&low, 0x307);
-            else if (c == 0x3A3)
-                ok = u32_push(&low, lower_sigma(norm.v + i, j - i, k - i));
-            else
-                ok = u32_push(&low, (uint32_t)utf8proc_tolower((utf8proc_int32_t)c));
-            if (!ok) {
-                free(low.v);
-                goto oom;
-            }
-        }
-        rc = encode_word(t, low.v, low.n, bw, out);
-        free(low.v);
-        if (rc < 0)
-            goto oom;
-        i = j;
-    }
-    goto done;
-oom:
-    rc = sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
-done:
-    free(raw.v);
-    free(cleaned.v);
-    free(norm.v);
-    free(utf8);
-    free(nfc);
+    sdw_vec_free(&norm);
     return rc;
 }
 
+/* tokenizers' added vocabulary: the special tokens not marked "normalized"
+ * are found in the raw text first (exactly, so case matters), the others in
+ * each stretch's normalized text. */
 static int tokenize_all(const sdw_tokenizer *t, const char *text, size_t len, i32vec *out, sdw_error *e)
 {
     if (!t || !text)
@@ -1131,27 +1291,23 @@ static int tokenize_all(const sdw_tokenizer *t, const char *text, size_t len, i3
     bpe_work bw = {0};
     int rc = 0;
     const char *p = text, *end = text + len;
-    /* The added-token trie: split at the literal special tokens first. */
     for (;;) {
         size_t left = (size_t)(end - p);
-        const char *s = memmem(p, left, START_TOK, sizeof START_TOK - 1);
-        const char *en = memmem(p, left, END_TOK, sizeof END_TOK - 1);
+        const char *s = t->start_norm ? NULL : memmem(p, left, START_TOK, sizeof START_TOK - 1);
+        const char *en = t->end_norm ? NULL : memmem(p, left, END_TOK, sizeof END_TOK - 1);
         const char *hit = s && (!en || s < en) ? s : en;
         size_t seg = hit ? (size_t)(hit - p) : left;
-        if (seg && (rc = tokenize_segment(t, p, seg, &bw, out, e)) < 0)
+        if (seg && (rc = tokenize_raw(t, p, seg, &bw, out, e)) < 0)
             break;
         if (!hit)
             break;
-        if (!i32_push(out, hit == s ? t->start_id : t->end_id)) {
+        if (sdw_vec_push(out, hit == s ? t->start_id : t->end_id, NULL) < 0) {
             rc = sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
             break;
         }
         p = hit + (hit == s ? sizeof START_TOK - 1 : sizeof END_TOK - 1);
     }
-    free(bw.sym);
-    free(bw.rank);
-    free(bw.next);
-    free(bw.prev);
+    bpe_work_free(&bw);
     return rc;
 }
 
@@ -1169,7 +1325,7 @@ int sdw_tok_tokenize_n(const sdw_tokenizer *t, const char *text, size_t len, int
             rc = (int)out.n;
         }
     }
-    free(out.v);
+    sdw_vec_free(&out);
     return rc;
 }
 
@@ -1195,7 +1351,7 @@ int sdw_tok_encode_n(const sdw_tokenizer *t, const char *text, size_t len, int32
             ids[i] = pad_id;
         rc = (int)keep + 2;
     }
-    free(out.v);
+    sdw_vec_free(&out);
     return rc;
 }
 

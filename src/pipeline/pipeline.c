@@ -110,7 +110,10 @@ int sdw_pipeline_load(sdw_pipeline **out, sdw_backend *be, const char *model_pat
         free(p);
         return rc;
     }
-    rc = load_parts(p, e);
+    if (o && o->prediction && *o->prediction)
+        rc = sdw_model_set_prediction(&p->model, o->prediction, e);
+    if (!rc)
+        rc = load_parts(p, e);
     if (rc) {
         sdw_fail_wrap(e, "%s", model_path);
         sdw_pipeline_free(p);
@@ -122,20 +125,10 @@ int sdw_pipeline_load(sdw_pipeline **out, sdw_backend *be, const char *model_pat
 
 void sdw_pipeline_describe(const sdw_pipeline *p, sdw_pipeline_info *info)
 {
-    const sdw_unet_config *u = sdw_unet_config_of(p->unet);
-    json_object *v;
-    info->family = p->model.clip.hidden_size == 1024 ? "sd2" : "sd1";
-    info->prediction = p->model.scheduler_config &&
-                               json_object_object_get_ex(p->model.scheduler_config, "prediction_type", &v) &&
-                               json_object_is_type(v, json_type_string) &&
-                               !strcmp(json_object_get_string(v), "v_prediction")
-                           ? "v_prediction"
-                           : "epsilon";
-    info->inpaint = u->in_channels != p->latent_channels;
-    info->width = info->height = 512;
-    if (p->model.unet_config && json_object_object_get_ex(p->model.unet_config, "sample_size", &v) &&
-        json_object_is_type(v, json_type_int) && json_object_get_int(v) > 0)
-        info->width = info->height = json_object_get_int(v) * p->scale;
+    info->family = p->model.family;
+    info->prediction = sdw_model_prediction(&p->model);
+    info->inpaint = p->model.inpainting;
+    info->width = info->height = p->model.default_size;
 }
 
 const char *sdw_pipeline_sampler(const sdw_pipeline *p, const char *requested)

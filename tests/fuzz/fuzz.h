@@ -18,6 +18,7 @@ int fuzz_base64_one(const uint8_t *data, size_t size);
 int fuzz_image_one(const uint8_t *data, size_t size);
 int fuzz_tokenizer_one(const uint8_t *data, size_t size);
 int fuzz_tokenizer_hf_one(const uint8_t *data, size_t size);
+int fuzz_tokenizer_json_one(const uint8_t *data, size_t size);
 int fuzz_config_one(const uint8_t *data, size_t size);
 int fuzz_auth_one(const uint8_t *data, size_t size);
 int fuzz_http_one(const uint8_t *data, size_t size);

@@ -27,6 +27,7 @@ static const struct target {
     { "image", fuzz_image_one, 8 },
     { "tokenizer", fuzz_tokenizer_one, 8 },
     { "tokenizer_hf", fuzz_tokenizer_hf_one, 4 },
+    { "tokenizer_json", fuzz_tokenizer_json_one, 8 },
     { "config", fuzz_config_one, 8 },
     { "auth", fuzz_auth_one, 6 },
     { "http", fuzz_http_one, 8 },

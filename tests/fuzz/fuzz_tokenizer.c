@@ -1,7 +1,9 @@
 /* libFuzzer target for the CLIP tokenizer: any bytes as a prompt, against
  * the bundled vocabulary (loaded once). Text that is not UTF-8 is refused;
  * any other text encodes to BOS, at most 75 tokens of the vocabulary, EOS
- * and padding, and those tokens are the first ones sdw_tok_tokenize_n gives.
+ * and padding, and those tokens are the first ones sdw_tok_tokenize_n gives;
+ * the same holds with the special tokens matched only in the raw text, and
+ * sdw_tok_normalize accepts the text.
  * The vocabulary loads in LLVMFuzzerInitialize under libFuzzer, so that
  * its time does not count as the first input's. */
 #include <stdio.h>
@@ -50,6 +52,19 @@ int fuzz_tokenizer_one(const uint8_t *data, size_t size)
     int m = sdw_tok_tokenize_n(g_tok, (const char *)data, size, all, SDW_TOK_CONTEXT, &e);
     if (m < n - 2 || (m <= SDW_TOK_CONTEXT - 2 && m != n - 2) || memcmp(all, ids + 1, (size_t)(n - 2) * sizeof *ids))
         abort();
+    /* The other way of matching the special tokens: in the raw text only. */
+    sdw_tok_set_normalized(g_tok, "<|startoftext|>", false);
+    sdw_tok_set_normalized(g_tok, "<|endoftext|>", false);
+    m = sdw_tok_encode_n(g_tok, (const char *)data, size, ids, SDW_TOK_CONTEXT, SDW_TOK_EOS, &e);
+    sdw_tok_set_normalized(g_tok, "<|startoftext|>", true);
+    sdw_tok_set_normalized(g_tok, "<|endoftext|>", true);
+    if (m < 2 || m > SDW_TOK_CONTEXT || ids[m - 1] != SDW_TOK_EOS)
+        abort();
+    char *norm;
+    size_t nlen;
+    if (sdw_tok_normalize((const char *)data, size, &norm, &nlen, &e) < 0)
+        abort();
+    free(norm);
     return 0;
 }
 

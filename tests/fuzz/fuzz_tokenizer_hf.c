@@ -1,5 +1,5 @@
-/* libFuzzer target for the loader of a diffusers tokenizer/ folder
- * (sdw_tok_load_hf; there is no loader for a tokenizers tokenizer.json):
+/* libFuzzer target for the loader of an older diffusers tokenizer/ folder
+ * (sdw_tok_load_hf; fuzz_tokenizer_json covers tokenizer.json):
  * any bytes as vocab.json up to the first NUL byte and merges.txt after it.
  * A vocabulary that loads must then encode a prompt. */
 #include <stdio.h>

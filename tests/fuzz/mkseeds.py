@@ -211,12 +211,42 @@ def tokenizer_hf():
     m = ("#version: 0.2\n" + "".join(a + " " + b + "\n" for a, b in merges)).encode()
     write("tokenizer_hf", "ok-minimal", v + b"\0" + m)
     write("tokenizer_hf", "ok-no-merges", v + b"\0#version: 0.2\n")
-    write("tokenizer_hf", "bad-no-version", v + b"\0c a\n")
+    write("tokenizer_hf", "ok-no-version", v + b"\0c a\r\nca t</w>")
+    write("tokenizer_hf", "bad-blank-line", v + b"\0#version: 0.2\n\nc a\n")
     write("tokenizer_hf", "bad-merge-unknown", v + b"\0#version: 0.2\nq z\n")
     write("tokenizer_hf", "bad-merge-three", v + b"\0#version: 0.2\nc a t\n")
     write("tokenizer_hf", "bad-no-specials", json.dumps({s: i for i, s in enumerate(syms)}).encode() + b"\0" + m)
     write("tokenizer_hf", "bad-not-json", b"{\"a\": \0#version: 0.2\n")
     write("tokenizer_hf", "bad-negative-id", b"{\"a\": -1}\0#version: 0.2\n")
+
+
+def tokenizer_json():
+    syms = [bytes_to_unicode()[b] for b in range(256)]
+    vocab = {s: i for i, s in enumerate(syms + [s + "</w>" for s in syms] + ["ca", "cat</w>"])}
+    added = [{"id": 514, "content": "<|startoftext|>", "special": True, "normalized": True},
+             {"id": 515, "content": "<|endoftext|>", "special": True, "normalized": False}]
+
+    def doc(model=None, **top):
+        m = {"type": "BPE", "vocab": vocab, "merges": [["c", "a"], ["ca", "t</w>"]], "end_of_word_suffix": "</w>"}
+        m.update(model or {})
+        d = {"version": "1.0", "added_tokens": added, "normalizer": None, "model": m}
+        d.update(top)
+        return json.dumps(d, ensure_ascii=False)
+
+    write("tokenizer_json", "ok-minimal", doc())
+    write("tokenizer_json", "ok-string-merges", doc({"merges": ["c a", "ca t</w>"]}))
+    write("tokenizer_json", "ok-no-suffix-field", doc({"end_of_word_suffix": None}))
+    write("tokenizer_json", "ok-specials-in-vocab",
+          doc({"vocab": dict(vocab, **{"<|startoftext|>": 514, "<|endoftext|>": 515})}, added_tokens=[]))
+    write("tokenizer_json", "bad-wordpiece", doc({"type": "WordPiece"}))
+    write("tokenizer_json", "bad-merge-three", doc({"merges": [["c", "a", "t"]]}))
+    write("tokenizer_json", "bad-merge-unknown", doc({"merges": ["q z"]}))
+    write("tokenizer_json", "bad-suffix", doc({"end_of_word_suffix": "##"}))
+    write("tokenizer_json", "bad-no-specials", doc(added_tokens=[]))
+    write("tokenizer_json", "bad-added-contradicts",
+          doc({"vocab": dict(vocab, **{"<|endoftext|>": 7})}))
+    write("tokenizer_json", "bad-truncated", doc()[:200])
+    write("tokenizer_json", "bad-no-model", json.dumps({"version": "1.0"}))
 
 
 def config():
@@ -277,6 +307,7 @@ def main():
     base64_seeds()
     tokenizer()
     tokenizer_hf()
+    tokenizer_json()
     config()
     auth()
     http()

@@ -119,6 +119,16 @@ TURBO_SCHEDULER = {"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "
                    "timestep_type": "discrete", "use_karras_sigmas": False}
 
 
+def load_sd2(name, inpaint=False):
+    """An SD 2-style fixture model in float32; its tokenizer pads with "!" (id 0)."""
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+
+    cls = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
+    pipe = cls.from_pretrained(os.path.join(MODELS, name), torch_dtype=torch.float32, local_files_only=True)
+    assert pipe.tokenizer.pad_token == "!" and pipe.tokenizer.pad_token_id == 0
+    return pipe
+
+
 def make_turbo_model():
     """Everything but the scheduler config is tiny-sd2's, byte for byte."""
     src, out = os.path.join(MODELS, SD2), os.path.join(MODELS, TURBO)
@@ -128,16 +138,23 @@ def make_turbo_model():
     with open(os.path.join(out, "scheduler", "scheduler_config.json"), "w") as f:
         json.dump(TURBO_SCHEDULER, f, indent=2, sort_keys=True)
         f.write("\n")
-    back = load_pipeline(TURBO)
+    # diffusers picks the scheduler class from model_index.json
+    with open(os.path.join(out, "model_index.json")) as f:
+        index = json.load(f)
+    index["scheduler"] = ["diffusers", TURBO_SCHEDULER["_class_name"]]
+    with open(os.path.join(out, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+        f.write("\n")
+    back = load_sd2(TURBO)
     assert type(back.scheduler).__name__ == "EulerDiscreteScheduler"
     assert back.scheduler.config.timestep_spacing == "trailing"
     assert back.scheduler.config.prediction_type == "epsilon"
 
 
-def load_inpaint_model(name=INPAINT_MODEL):
+def load_inpaint_model():
     from diffusers import StableDiffusionInpaintPipeline
 
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(os.path.join(MODELS, name),
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(os.path.join(MODELS, INPAINT_MODEL),
                                                           torch_dtype=torch.float32, local_files_only=True)
     check_tokenizer(pipe.tokenizer)
     return pipe
@@ -539,11 +556,11 @@ def main():
         make().save(os.path.join(OUT, fname), optimize=True)
 
     make_turbo_model()
-    loaded = {m: load_pipeline(m) for m in ("tiny-a", "tiny-b", SD2, TURBO)}
+    loaded = {m: load_pipeline(m) for m in ("tiny-a", "tiny-b")}
     loaded[INPAINT_MODEL] = load_inpaint_model()
-    loaded[SD2_INPAINT] = load_inpaint_model(SD2_INPAINT)
+    loaded.update({SD2: load_sd2(SD2), TURBO: load_sd2(TURBO), SD2_INPAINT: load_sd2(SD2_INPAINT, inpaint=True)})
     assert loaded[SD2].scheduler.config.prediction_type == "v_prediction"
-    assert loaded[SD2].tokenizer.pad_token == "!" and loaded[SD2].tokenizer.pad_token_id == 0
+    assert loaded[SD2].unet.config.in_channels == 4 and loaded[SD2_INPAINT].unet.config.in_channels == 9
     assert len(loaded["tiny-a"].tokenizer(LONG_PROMPT).input_ids) > 77
 
     names = [c["name"] for c in CASES]

@@ -78,21 +78,43 @@ def write_tokenizer_files(outdir):
 
 
 def build_tokenizer(tmpdir):
+    """SD's CLIP tokenizer from the bundled vocabulary, as a pipeline folder gives it.
+
+    The special tokens are "normalized" added tokens, as the fixture folders
+    (and SD's) say; CLIPTokenizer's constructor alone would make them
+    match only as written.
+    """
+    from tokenizers import AddedToken
     from transformers import CLIPTokenizer
 
     write_tokenizer_files(tmpdir)
+    special = {k: AddedToken(v, normalized=True, special=True)
+               for k, v in (("bos_token", "<|startoftext|>"), ("eos_token", "<|endoftext|>"),
+                            ("unk_token", "<|endoftext|>"), ("pad_token", "<|endoftext|>"))}
     tok = CLIPTokenizer(os.path.join(tmpdir, "vocab.json"), os.path.join(tmpdir, "merges.txt"),
-                        pad_token="<|endoftext|>", model_max_length=MAX_LEN)
+                        model_max_length=MAX_LEN, **special)
     check_tokenizer(tok)
     return tok
 
 
 def check_tokenizer(tok):
+    """transformers 5's tokenizers pipeline, not the slow class of transformers 4."""
+    from transformers import TokenizersBackend
+
+    assert isinstance(tok, TokenizersBackend), type(tok)
     assert len(tok) == 49408 and tok.pad_token_id == EOS and tok.bos_token_id == BOS
     known = {
         "a photo of a cat": [BOS, 320, 1125, 539, 320, 2368, EOS],
         "": [BOS, EOS],
         "hello world": [BOS, 3306, 1002, EOS],
+        # one letter run, bytes merged across the ideographs (4.x split them)
+        "\u6771\u4eac": [BOS, 48338, 21078, 361, EOS],
+        # per-code-point lowercase: final sigma is \u03c3 (4.x: \u03c2)
+        "\u039f\u0394\u039f\u03a3": [BOS, 138, 123, 138, 112, 138, 123, 139, 481, EOS],
+        # control characters and NUL stay (4.x dropped them)
+        "a\x07b\x00c": [BOS, 320, 451, 321, 444, 322, EOS],
+        # added tokens match the lowercased text
+        "<|ENDOFTEXT|>": [BOS, EOS, EOS],
     }
     for text, ids in known.items():
         got = tok(text).input_ids
@@ -104,13 +126,28 @@ def tokenize77(tok, prompts):
 
 
 # --------------------------------------------------------------------------
-# tokens.json
+# tokens.json, tokenizer-unicode.txt
+
+
+def _folder_tokenizers():
+    """The fixture models' own tokenizers: tiny-a's vocab.json + merges.txt, tiny-a-today's tokenizer.json."""
+    from transformers import CLIPTokenizer
+
+    out = []
+    for name in ("tiny-a", "tiny-a-today"):
+        d = os.path.join(MODELS, name, "tokenizer")
+        if os.path.isdir(d):
+            out.append((name, CLIPTokenizer.from_pretrained(d, local_files_only=True)))
+    return out
 
 
 def make_tokens(tok):
     assert len(PROMPTS) == len(set(PROMPTS)), "duplicate prompt"
+    ids77 = tokenize77(tok, PROMPTS)
+    for name, other in _folder_tokenizers():
+        assert tokenize77(other, PROMPTS) == ids77, f"{name}'s tokenizer disagrees with the bundled vocabulary"
     rows = []
-    for p, ids in zip(PROMPTS, tokenize77(tok, PROMPTS)):
+    for p, ids in zip(PROMPTS, ids77):
         n = len(tok(p).input_ids)
         assert len(ids) == MAX_LEN
         rows.append({"prompt": p, "ids": ids, "n_tokens": n})
@@ -118,6 +155,72 @@ def make_tokens(tok):
         f.write("[\n")
         f.write(",\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
         f.write("\n]\n")
+    make_unicode(tok)
+
+
+def _hexseq(s):
+    return ",".join(f"{ord(c):X}" for c in s)
+
+
+def make_unicode(tok):
+    """Per code point: the pre-tokenizer's class and the normalizer's output; then short sequences for NFC.
+
+    The backend's own normalizer and a Split with the tokenizer's pattern are
+    asked directly, so the file records what tokenizers computes with its
+    Unicode tables (Oniguruma for the pattern, Rust's std for lowercase, its
+    NFC crate), whatever utf8proc says.
+    """
+    import unicodedata
+
+    from tokenizers import Regex, pre_tokenizers
+
+    backend = tok.backend_tokenizer
+    norm = backend.normalizer
+    split = backend.pre_tokenizer.pre_tokenize_str
+    marks = pre_tokenizers.Split(Regex(r"\p{M}"), behavior="removed", invert=True)
+
+    def cls(ch):
+        if norm.normalize_str(ch) == " ":
+            return "S"
+        if len(split("a" + ch)) == 1:
+            return "L"
+        return "N" if len(split(ch + ch)) == 2 else "O"
+
+    runs, mark_cps = [], []
+    for c in range(0x110000):
+        if 0xD800 <= c <= 0xDFFF:
+            continue
+        ch = chr(c)
+        out = norm.normalize_str(ch)
+        k = cls(ch)
+        m = f"{ord(out) - c:+d}" if len(out) == 1 and k != "S" else "=" + _hexseq(out)
+        if runs and runs[-1][1] == c - 1 and runs[-1][2:] == [k, m]:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c, k, m])
+        if marks.pre_tokenize_str(ch):
+            mark_cps.append(ch)
+    # Reordering (a mark against U+0334, class 1, and U+0345, class 240),
+    # recomposition of every canonical decomposition, and Hangul.
+    seqs = []
+    for ch in mark_cps:
+        seqs += ["x" + ch + "\u0334", "x\u0345" + ch]
+    for c in range(0x110000):
+        d = unicodedata.decomposition(chr(c)) if not 0xD800 <= c <= 0xDFFF else ""
+        if d and not d.startswith("<") and not 0xAC00 <= c <= 0xD7A3:
+            seqs.append(unicodedata.normalize("NFD", chr(c)))
+    seqs += ["\u1100\u1161", "\u1100\u1161\u11a8", "\uac00\u11a8", "\u1100\u1161\u0334\u11a8"]
+    with open(os.path.join(FIX, "tokenizer-unicode.txt"), "w", encoding="ascii") as f:
+        f.write("# What transformers' CLIPTokenizer (tokenizers backend) does with each code point: written by\n"
+                "# tests/reference/make_fixtures.py, read by tests/test_tokenizer.c. Code points are hex.\n"
+                "# cp LO HI CLASS MAP: every code point c in LO..HI (surrogates excepted) has the pre-tokenizer\n"
+                "#   class S (whitespace), L (letter), N (number) or O (other), and normalizes alone to\n"
+                "#   c+D for MAP +D/-D, or to the sequence for MAP =X,Y,...\n"
+                "# seq IN OUT: the normalizer turns the sequence IN into OUT.\n")
+        for lo, hi, k, m in runs:
+            f.write(f"cp {lo:X} {hi:X} {k} {m}\n")
+        for s in seqs:
+            f.write(f"seq {_hexseq(s)} {_hexseq(norm.normalize_str(s))}\n")
 
 
 # --------------------------------------------------------------------------
