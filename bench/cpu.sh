@@ -84,8 +84,8 @@ for s in $sizes; do
     echo "diffusers $theirs" | row
     echo "$mine $theirs" | awk '{ printf "%-8s", "ratio";
         for (i = 1; i <= 6; i++) {
-            if (i == 5) { a = $5 - $1; b = $11 - $7; printf " %7.2fx", b > 0 ? a / b : 0 }
-            printf " %7.2fx", $(i + 6) > 0 ? $i / $(i + 6) : 0
+            if (i == 5) { a = $5 - $1; b = $11 - $7; printf " %7.2fx", (b > 0 ? a / b : 0) }
+            printf " %7.2fx", ($(i + 6) > 0 ? $i / $(i + 6) : 0)
         }
         print "" }'
 done

@@ -7,6 +7,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "backend/backend.h"
 #include "fixture.h"
@@ -202,6 +204,86 @@ static void test_callbacks_and_errors(void)
     free(text);
 }
 
+/* What describe reports, the prediction override, and a model whose parts
+ * disagree. */
+static void test_describe_and_options(void)
+{
+    static const struct {
+        const char *name, *family, *prediction;
+        int inpaint, size;
+    } want[] = {
+        {"tiny-a", "sd1", "epsilon", 0, 64},
+        {"tiny-inpaint", "sd1", "epsilon", 1, 64},
+        {"tiny-sd2", "sd2", "v_prediction", 0, 64},
+        {"tiny-sd2-inpaint", "sd2", "epsilon", 1, 64},
+        {"tiny-sd2-turbo", "sd2", "epsilon", 0, 64},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        sdw_pipeline *p = model(want[i].name);
+        if (!p)
+            continue;
+        sdw_pipeline_info pi;
+        sdw_pipeline_describe(p, &pi);
+        tap_ok(!strcmp(pi.family, want[i].family) && !strcmp(pi.prediction, want[i].prediction) &&
+                   pi.inpaint == want[i].inpaint && pi.width == want[i].size && pi.height == want[i].size,
+               "%s: %s %s%s %dx%d", want[i].name, pi.family, pi.prediction, pi.inpaint ? " inpainting" : "", pi.width,
+               pi.height);
+    }
+
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tiny-sd2", tap_fixture("models"));
+    sdw_pipeline *p = NULL;
+    sdw_error e = {0};
+    sdw_pipeline_options o = {.prediction = "epsilon"};
+    int rc = sdw_pipeline_load(&p, be, dir, &o, &e);
+    sdw_pipeline_info pi = {0};
+    if (!rc)
+        sdw_pipeline_describe(p, &pi);
+    tap_ok(rc == 0 && !strcmp(pi.prediction, "epsilon"), "the prediction option overrides the model's v_prediction");
+    sdw_pipeline_free(p);
+    p = NULL;
+    o.prediction = "sample";
+    rc = sdw_pipeline_load(&p, be, dir, &o, &e);
+    tap_ok(rc == SDW_EINVAL && !p && strstr(e.msg, "'sample'") && strstr(e.msg, "tiny-sd2"),
+           "an unknown prediction type is refused, naming the model: %s", e.msg);
+
+    /* tiny-a with a UNet config whose cross-attention width its weights and
+     * its text encoder do not have */
+    char tmpl[] = "/tmp/sdw-pipeline-XXXXXX", path[4096], from[4096];
+    if (!mkdtemp(tmpl)) {
+        tap_skip("mkdtemp failed");
+        return;
+    }
+    static const char *const parts[] = {"model_index.json", "text_encoder", "tokenizer", "vae", "scheduler"};
+    int ok = 1;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        snprintf(from, sizeof from, "%s/tiny-a/%s", tap_fixture("models"), parts[i]);
+        snprintf(path, sizeof path, "%s/%s", tmpl, parts[i]);
+        ok &= realpath(from, dir) && symlink(dir, path) == 0;
+    }
+    snprintf(path, sizeof path, "%s/unet", tmpl);
+    ok &= mkdir(path, 0755) == 0;
+    snprintf(from, sizeof from, "%s/tiny-a/unet/diffusion_pytorch_model.safetensors", tap_fixture("models"));
+    snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", tmpl);
+    ok &= realpath(from, dir) && symlink(dir, path) == 0;
+    snprintf(from, sizeof from, "%s/tiny-a/unet/config.json", tap_fixture("models"));
+    json_object *cfg = json_object_from_file(from);
+    ok &= cfg != NULL;
+    if (cfg) {
+        json_object_object_add(cfg, "cross_attention_dim", json_object_new_int(24));
+        snprintf(path, sizeof path, "%s/unet/config.json", tmpl);
+        ok &= json_object_to_file(path, cfg) == 0;
+        json_object_put(cfg);
+    }
+    if (tap_ok(ok, "a tiny-a copy with a 24-wide cross-attention config")) {
+        rc = sdw_pipeline_load(&p, be, tmpl, NULL, &e);
+        tap_ok(rc != 0 && !p && strstr(e.msg, tmpl) && strstr(e.msg, "attn2.to_k.weight") && strstr(e.msg, "[32,16]"),
+               "a UNet whose config does not fit its weights or text encoder is refused at load: %s", e.msg);
+    }
+    if (system(NULL) && snprintf(path, sizeof path, "rm -rf '%s'", tmpl) > 0 && system(path) != 0)
+        tap_diag("could not remove %s", tmpl);
+}
+
 int main(void)
 {
     sdw_error e;
@@ -216,6 +298,7 @@ int main(void)
     }
     json_object_put(cases);
     test_callbacks_and_errors();
+    test_describe_and_options();
     for (int i = 0; i < nmodels; i++)
         sdw_pipeline_free(models[i].p);
     sdw_backend_destroy(be);

@@ -110,10 +110,12 @@ int sdw_pipeline_load(sdw_pipeline **out, sdw_backend *be, const char *model_pat
         free(p);
         return rc;
     }
-    if (o && o->prediction && *o->prediction)
-        rc = sdw_model_set_prediction(&p->model, o->prediction, e);
-    if (!rc)
-        rc = load_parts(p, e);
+    /* sdw_model_set_prediction's messages name the model already */
+    if (o && o->prediction && *o->prediction && (rc = sdw_model_set_prediction(&p->model, o->prediction, e))) {
+        sdw_pipeline_free(p);
+        return rc;
+    }
+    rc = load_parts(p, e);
     if (rc) {
         sdw_fail_wrap(e, "%s", model_path);
         sdw_pipeline_free(p);
