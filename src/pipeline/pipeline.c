@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "base/clock.h"
+#include "base/log.h"
 #include "model/clip.h"
 #include "model/model.h"
 #include "model/unet.h"
@@ -110,10 +111,20 @@ int sdw_pipeline_load(sdw_pipeline **out, sdw_backend *be, const char *model_pat
         free(p);
         return rc;
     }
-    /* sdw_model_set_prediction's messages name the model already */
-    if (o && o->prediction && *o->prediction && (rc = sdw_model_set_prediction(&p->model, o->prediction, e))) {
-        sdw_pipeline_free(p);
-        return rc;
+    if (o && o->prediction && *o->prediction) {
+        char own[16];
+        snprintf(own, sizeof own, "%s", sdw_model_prediction(&p->model));
+        /* its messages name the model already */
+        if ((rc = sdw_model_set_prediction(&p->model, o->prediction, e))) {
+            sdw_pipeline_free(p);
+            return rc;
+        }
+        /* Nothing in the weights tells the two apart, and the wrong one
+         * draws noise: say so where someone will look. */
+        if (strcmp(own, sdw_model_prediction(&p->model)))
+            sdw_log(SDW_LOG_WARN, "%s: running as %s, overriding the %s %s", model_path,
+                    sdw_model_prediction(&p->model), own,
+                    p->model.layout == SDW_LAYOUT_LDM ? "its family implies" : "its scheduler config gives");
     }
     rc = load_parts(p, e);
     if (rc) {
