@@ -24,7 +24,7 @@ typedef struct loaded {
 } loaded;
 
 static sdw_backend *be;
-static loaded models[8];
+static loaded models[16];
 static int nmodels;
 
 static sdw_pipeline *model(const char *name)
@@ -38,7 +38,7 @@ static sdw_pipeline *model(const char *name)
     sdw_pipeline *p = NULL;
     int rc = sdw_pipeline_load(&p, be, dir, NULL, &e);
     tap_ok(rc == 0, "%s loads%s%s", name, rc ? ": " : "", rc ? e.msg : "");
-    if (rc || nmodels == 8)
+    if (rc || nmodels == 16)
         return NULL;
     snprintf(models[nmodels].name, sizeof models[0].name, "%s", name);
     models[nmodels++].p = p;

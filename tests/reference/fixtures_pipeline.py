@@ -245,6 +245,8 @@ CASES = (
         case("inpaint4-euler-s0.75", kind="inpaint", sampler="euler", strength=0.75, seed=802,
              init="init-64x64.png", mask="mask-64x64.png"),
     ]
+    # tiny-a as today's diffusers + transformers 5 save it: the same image
+    + [case("today-txt2img-euler", model="tiny-a-today", sampler="euler", seed=100)]
     # SD 2.x: v-prediction through every sampler, the "!" padding, 1024-wide
     # (here: tiny) OpenCLIP-style text states, linear projections.
     + [case(f"sd2-txt2img-{s}", model=SD2, sampler=s, seed=900 + i) for i, s in enumerate(SAMPLERS)]
@@ -451,7 +453,7 @@ A JSON array; each case:
 | field | meaning |
 |---|---|
 | `name` | case name; its outputs are in `<name>.safetensors` |
-| `model` | `tiny-a`, `tiny-b`, `tiny-inpaint`, `tiny-sd2` (v-prediction), `tiny-sd2-inpaint` or `tiny-sd2-turbo` (tiny-sd2 with SD-Turbo's Euler/trailing/epsilon scheduler; remade by every run) (directory under `tests/fixtures/models/`) |
+| `model` | `tiny-a`, `tiny-a-today` (tiny-a as transformers 5 saves it), `tiny-b`, `tiny-inpaint`, `tiny-sd2` (v-prediction), `tiny-sd2-inpaint` or `tiny-sd2-turbo` (tiny-sd2 with SD-Turbo's Euler/trailing/epsilon scheduler; remade by every run) (directory under `tests/fixtures/models/`) |
 | `kind` | `txt2img` (StableDiffusionPipeline), `img2img` (StableDiffusionImg2ImgPipeline), `inpaint` (StableDiffusionInpaintPipeline), all built from the model's components |
 | `prompt`, `negative_prompt` | strings passed as-is (`""` is a valid negative prompt; diffusers treats it like none) |
 | `steps` | `num_inference_steps` (before strength cuts it) |
@@ -556,7 +558,7 @@ def main():
         make().save(os.path.join(OUT, fname), optimize=True)
 
     make_turbo_model()
-    loaded = {m: load_pipeline(m) for m in ("tiny-a", "tiny-b")}
+    loaded = {m: load_pipeline(m) for m in ("tiny-a", "tiny-b", "tiny-a-today")}
     loaded[INPAINT_MODEL] = load_inpaint_model()
     loaded.update({SD2: load_sd2(SD2), TURBO: load_sd2(TURBO), SD2_INPAINT: load_sd2(SD2_INPAINT, inpaint=True)})
     assert loaded[SD2].scheduler.config.prediction_type == "v_prediction"
