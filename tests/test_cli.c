@@ -1,7 +1,8 @@
 /* The `sdworker` client: usage errors and their exit status, and whole runs
  * against a forked HTTP server on 127.0.0.1 serving canned answers (202 and
  * an event stream, rejections, error events, a dropped stream that must be
- * resumed with Last-Event-ID). Runs ./sdworker from the build directory. */
+ * resumed with Last-Event-ID, GET /v1/models). Runs ./sdworker from the
+ * build directory. */
 #define _GNU_SOURCE
 #include "tap.h"
 
@@ -26,7 +27,19 @@ static char tmpdir[64];
 static const unsigned char image_bytes[] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 'I', 'M', 'G' };
 #define IMAGE_B64 "iVBORw0KGgpJTUc="
 
-enum scenario { OK_RUN, REJECT, JOB_ERROR, CANCELLED_EVT, DROP_ONCE, GONE, KEYED };
+enum scenario { OK_RUN, REJECT, JOB_ERROR, CANCELLED_EVT, DROP_ONCE, GONE, KEYED, MODELS_HTML, MODELS_NAMELESS };
+
+/* GET /v1/models: a loaded model, an inpainting one with its own sampler,
+ * and one the engine has not loaded yet (nulls). */
+#define MODELS_JSON                                                                                              \
+    "{\"models\":[{\"name\":\"tiny\",\"default\":true,\"family\":\"sd1\",\"prediction\":\"epsilon\","         \
+    "\"inpainting\":false,\"defaults\":{\"steps\":20,\"guidance_scale\":7.5,\"width\":512,\"height\":512,"      \
+    "\"sampler\":null}},"                                                                                     \
+    "{\"name\":\"sd2-inpaint\",\"default\":false,\"family\":\"sd2\",\"prediction\":\"v_prediction\","          \
+    "\"inpainting\":true,\"defaults\":{\"steps\":3,\"guidance_scale\":0.0,\"width\":768,\"height\":640,"        \
+    "\"sampler\":\"dpmpp_2m\"}},"                                                                             \
+    "{\"name\":\"later\",\"default\":false,\"family\":null,\"prediction\":null,\"inpainting\":null,"            \
+    "\"defaults\":{\"steps\":20,\"guidance_scale\":7.5,\"width\":512,\"height\":512,\"sampler\":null}}]}"
 
 /* KEYED: the server answers 401 unless a request carries this key. */
 #define GOOD_KEY "right-key-0123456789abcdef"
@@ -111,7 +124,11 @@ static void serve(int ls, enum scenario sc, const char *log)
                 close(fd);
                 continue;
             }
-            if (!strncmp(buf, "POST /v1/jobs ", 14)) {
+            if (!strncmp(buf, "GET /v1/models ", 15)) {
+                send_all(fd, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                send_all(fd, sc == MODELS_HTML ? "<html><body>It works!</body></html>"
+                           : sc == MODELS_NAMELESS ? "{\"models\":[{\"family\":\"sd1\"}]}" : MODELS_JSON);
+            } else if (!strncmp(buf, "POST /v1/jobs ", 14)) {
                 log_append(log, "POST", body);
                 if (sc == REJECT)
                     send_all(fd, "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
@@ -295,6 +312,25 @@ static void usage_errors(void)
     tap_ok(r.status == 1 && strstr(r.err, "apply to transform and inpaint"), "generate with --strength: exit 1");
     RUN(&r, "image", "generate", "--model", "m", "--prompt", "p", "-o", "o.png", "--url", "ftp://x");
     tap_ok(r.status == 1 && strstr(r.err, "http://"), "non-HTTP --url: exit 1");
+    RUN(&r, "image");
+    tap_ok(r.status == 1 && strstr(r.err, "image: missing command"), "image without a command: exit 1 (%s)",
+           oneline(r.err));
+    RUN(&r, "model");
+    tap_ok(r.status == 1 && strstr(r.err, "model: missing command (list)"), "model without a command: exit 1 (%s)",
+           oneline(r.err));
+    RUN(&r, "model", "remove");
+    tap_ok(r.status == 1 && strstr(r.err, "unknown model command 'remove'"), "unknown model command: exit 1");
+    RUN(&r, "model", "--help");
+    tap_ok(r.status == 0 && strstr(r.out, "model list [--url URL] [--api-key KEY] [--json]"),
+           "model --help exits 0 and shows model list");
+    RUN(&r, "model", "list", "--prompt", "p");
+    tap_ok(r.status == 1 && strstr(r.err, "model list: --prompt does not apply"),
+           "an image option to model list: exit 1 (%s)", oneline(r.err));
+    RUN(&r, "image", "generate", "--model", "m", "--prompt", "p", "-o", "o.png", "--json");
+    tap_ok(r.status == 1 && strstr(r.err, "image generate: --json does not apply"),
+           "--json to an image command: exit 1 (%s)", oneline(r.err));
+    RUN(&r, "model", "list", "--url", "ftp://x");
+    tap_ok(r.status == 1 && strstr(r.err, "http://"), "model list with a non-HTTP --url: exit 1");
 
     char notimg[128];
     snprintf(notimg, sizeof notimg, "%s/not-an-image.png", tmpdir);
@@ -334,6 +370,49 @@ static void connection_failure(void)
     struct run r;
     RUN(&r, "image", "generate", "--model", "m", "--prompt", "p", "-o", outp, "--url", url);
     tap_ok(r.status == 4 && strstr(r.err, "cannot submit"), "nothing listening: exit 4 (%s)", oneline(r.err));
+    RUN(&r, "model", "list", "--url", url);
+    tap_ok(r.status == 4 && strstr(r.err, "cannot query") && strstr(r.err, "/v1/models") && !r.out[0],
+           "model list with nothing listening: exit 4 (%s)", oneline(r.err));
+}
+
+static void model_list(void)
+{
+    char log[128], url[64];
+    snprintf(log, sizeof log, "%s/models.log", tmpdir);
+    int port;
+    struct run r;
+
+    pid_t pid = start_server(OK_RUN, &port, log);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
+    RUN(&r, "model", "list", "--url", url);
+    tap_ok(r.status == 0 &&
+               !strcmp(r.out, "NAME            FAMILY           PREDICTION    SIZE     STEPS  GUIDANCE  SAMPLER\n"
+                              "tiny (default)  sd1              epsilon       512x512  20     7.5       model's\n"
+                              "sd2-inpaint     sd2, inpainting  v_prediction  768x640  3      0         dpmpp_2m\n"
+                              "later           -                -             512x512  20     7.5       model's\n"),
+           "model list: aligned columns, the default marked, '-' while loading (%d: %s%s)", r.status, r.out,
+           oneline(r.err));
+    RUN(&r, "model", "list", "--json", "--url", url);
+    tap_ok(r.status == 0 && !strcmp(r.out, MODELS_JSON "\n"), "model list --json: the body as sent (%s)",
+           oneline(r.out));
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+
+    pid = start_server(MODELS_HTML, &port, log);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    RUN(&r, "model", "list", "--json", "--url", url);
+    tap_ok(r.status == 2 && strstr(r.err, "unexpected response to GET") && strstr(r.err, "It works!") && !r.out[0],
+           "model list from a server that answers HTML: exit 2 (%s)", oneline(r.err));
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+
+    pid = start_server(MODELS_NAMELESS, &port, log);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    RUN(&r, "model", "list", "--url", url);
+    tap_ok(r.status == 2 && strstr(r.err, "unexpected response") && !r.out[0],
+           "a models entry without a name: exit 2, no partial table (%s)", oneline(r.err));
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
 }
 
 static bool file_equals(const char *path, const unsigned char *want, size_t n)
@@ -520,6 +599,15 @@ static void api_keys(void)
            !strstr(logtext, ")\nnone\n"), "--api-key goes as Authorization: Bearer on the submit and the stream");
     tap_ok(!strstr(r.err, GOOD_KEY) && !strstr(r.out, GOOD_KEY), "the key is not printed");
 
+    RUN(&r, "model", "list", "--url", url);
+    tap_ok(r.status == 2 && strstr(r.err, "HTTP 401") && strstr(r.err, "the API key is not valid") && !r.out[0],
+           "model list without a key for a keyed server: exit 2 with its message (%s)", oneline(r.err));
+    unlink(log);
+    RUN(&r, "model", "list", "--url", url, "--api-key", GOOD_KEY);
+    slurp(log, logtext, sizeof logtext);
+    tap_ok(r.status == 0 && strstr(r.out, "tiny (default)") && strstr(logtext, "AUTH(GET)\nBearer " GOOD_KEY "\n"),
+           "model list --api-key: sent as a Bearer token, the list printed (%d: %s)", r.status, oneline(r.err));
+
     unlink(log);
     setenv("SDW_API_KEY", GOOD_KEY, 1);
     RUN(&r, "image", "generate", "--model", "m", "--prompt", "p", "-o", outp, "--url", url);
@@ -557,6 +645,7 @@ int main(void)
     usage_errors();
     connection_failure();
     with_server();
+    model_list();
     api_keys();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

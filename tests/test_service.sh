@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole service as scripts/start-service runs it by default (the tiny
 # demo model made by sdworker-mkmodel on first start, the real engine, the
-# FastCGI pool, a private nginx on a free loopback port), driven over HTTP with curl and the sdworker client: the three
-# operations, cancel, 20 concurrent jobs, and kill -9 of the engine mid-job.
+# FastCGI pool, a private nginx on a free loopback port), driven over HTTP
+# with curl and the sdworker client: the model list, the three operations,
+# cancel, 20 concurrent jobs, and kill -9 of the engine mid-job.
 set -u
 srcdir=${srcdir:-.}
 top=$(cd "$srcdir" && pwd)
@@ -54,6 +55,10 @@ ok $(grep -q '"steps":3,"guidance_scale":0.0,"width":64,"height":72' "$run/bare.
   "a bare request runs with the model's configured defaults: $(grep -o '"params":.*' "$run/bare.json")"
 ok $(grep -q '"name":"sd2","default":false,"family":"sd2","prediction":"v_prediction","inpainting":false,"defaults":{"steps":2,"guidance_scale":7.5,"width":64,"height":64,"sampler":null}' "$run/models.json"; echo $?) \
   "an SD 2 model is listed with its family, v-prediction and its trained size as the default"
+"$bld/sdworker" model list --url "$url" >"$run/models.txt" 2>&1
+ok $(grep -Eq '^tiny \(default\) +sd1 +epsilon +64x72 +3 +0 +model'"'"'s$' "$run/models.txt" &&
+     grep -Eq '^sd2 +sd2 +v_prediction +64x64 +2 +7\.5 +model'"'"'s$' "$run/models.txt"; echo $?) \
+  "sdworker model list shows both models with their family and defaults: $(tr '\n' '|' <"$run/models.txt")"
 bare=$(curl -s -H 'Content-Type: application/json' "$url/v1/jobs" \
   -d '{"operation":"image_generation","hive_id":"h","model":"sd2","prompt":"a bare request!","seed":2}' |
   sed -n 's/.*"job_id":"\([^"]*\)".*/\1/p')

@@ -1,10 +1,12 @@
 /* sdworker: the command-line client of the sdworker service, with
- * rbee-keeper's planned syntax (`image generate|transform|inpaint`).
+ * rbee-keeper's planned syntax (`image generate|transform|inpaint`,
+ * `model list`).
  *
- * It submits one operation (POST /v1/jobs), follows the job's event stream
- * (reconnecting with Last-Event-ID when the connection drops, so no event is
- * lost or repeated), draws progress on stderr, and writes the final PNG.
- * The exit status tells a script what happened; see usage(). */
+ * An image command submits one operation (POST /v1/jobs), follows the job's
+ * event stream (reconnecting with Last-Event-ID when the connection drops,
+ * so no event is lost or repeated), draws progress on stderr, and writes the
+ * final PNG. `model list` prints GET /v1/models as a table. The exit status
+ * tells a script what happened; see usage(). */
 #ifdef HAVE_CONFIG_H
 #include "sdw-build.h"
 
@@ -53,16 +55,25 @@ static void usage(FILE *f)
 {
     fprintf(f,
 "Usage: %s image generate|transform|inpaint [OPTIONS] --output FILE\n"
+"       %s model list [--url URL] [--api-key KEY] [--json]\n"
 "\n"
-"Submits an image job to an sdworker service, follows its progress and\n"
+"image submits a job to an sdworker service, follows its progress and\n"
 "writes the resulting PNG. The seed used is printed on stdout.\n"
+"model list prints the models the service serves, one a line: the name\n"
+"(the default one marked), family, prediction type and the defaults a\n"
+"request for it gets; '-' while the engine has not loaded it yet.\n"
 "\n"
 "Options:\n"
 "  --url URL               service base URL (default " DEFAULT_URL ")\n"
 "  --api-key KEY           API key, sent as Authorization: Bearer KEY (default:\n"
 "                          $SDW_API_KEY; the environment keeps it out of ps)\n"
+"  --json                  model list: the server's JSON as it sent it\n"
+"  -h, --help              this text\n"
+"      --version           the version\n"
+"\n"
+"Image options:\n"
 "  --hive ID               hive_id sent with the operation (default localhost)\n"
-"  --model NAME            model name (required; see GET /v1/models)\n"
+"  --model NAME            model name (required; see model list)\n"
 "  --prompt TEXT           the prompt (required)\n"
 "  --negative-prompt TEXT  what to steer away from\n"
 "  --steps N               denoising steps, 1-150 (server default 20)\n"
@@ -80,21 +91,20 @@ static void usage(FILE *f)
 "                          inpaint; server default 0.8, 1 for inpaint)\n"
 "  -o, --output FILE       where to write the PNG (required)\n"
 "  -q, --quiet             no progress or informational output\n"
-"  -h, --help              this text\n"
-"      --version           the version\n"
 "\n"
 "Value ranges are checked by the server, which answers with a message.\n"
 "Ctrl-C cancels the job on the server (DELETE /v1/jobs/{id}).\n"
 "\n"
 "Exit status:\n"
-"  0  the image was written\n"
+"  0  the image was written (model list: the list was printed)\n"
 "  1  usage error (bad option, missing argument, unreadable input file)\n"
-"  2  the server rejected the request (its error message is printed)\n"
+"  2  the server rejected the request (its error message is printed) or\n"
+"     answered with something other than the JSON expected\n"
 "  3  the job failed (an error event, or the job was lost)\n"
 "  4  connection failure (the service could not be reached)\n"
 "  5  the job was cancelled\n"
 "  6  the output file could not be written\n",
-            prog, sdw_sampler_names);
+            prog, prog, sdw_sampler_names);
 }
 
 static void msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -110,7 +120,11 @@ static void msg(const char *fmt, ...)
 
 /* ---- options ---- */
 
+enum command { CMD_IMAGE, CMD_MODEL_LIST };
+
 struct opts {
+    enum command command;
+    const char *noun, *verb; /* as typed, for messages: "image", "generate" */
     const char *operation;   /* image_generation, image_transform, image_inpaint */
     const char *url, *api_key, *hive, *model, *prompt, *negative, *sampler;
     const char *input, *mask, *output;
@@ -118,7 +132,7 @@ struct opts {
     double guidance, strength;
     uint64_t seed;
     bool has_steps, has_width, has_height, has_guidance, has_strength, has_seed;
-    bool quiet;
+    bool quiet, json;
 };
 
 static int parse_long(const char *opt, const char *v, long *out)
@@ -149,54 +163,77 @@ static int parse_double(const char *opt, const char *v, double *out)
 
 enum { OPT_HIVE = 256, OPT_MODEL, OPT_PROMPT, OPT_NEG, OPT_STEPS, OPT_GUIDANCE, OPT_WIDTH,
        OPT_HEIGHT, OPT_SEED, OPT_SAMPLER, OPT_INPUT, OPT_STRENGTH, OPT_MASK, OPT_URL, OPT_API_KEY,
-       OPT_VERSION };
+       OPT_VERSION, OPT_JSON };
 
-/* Returns -1 to continue, or an exit status. */
-/* "image generate|transform|inpaint" (or --help, --version): the
- * operation into o, and *sub the image command's name. -1 to go on, else
- * the exit status. */
-static int parse_command(int argc, char **argv, struct opts *o, const char **sub_out)
+static bool is_help(const char *arg)
 {
+    return !strcmp(arg, "--help") || !strcmp(arg, "-h");
+}
+
+/* "image generate|transform|inpaint" or "model list" (or --help,
+ * --version) into o. -1 to go on, else the exit status. */
+static int parse_command(int argc, char **argv, struct opts *o)
+{
+    static const struct {
+        const char *verb, *operation;
+    } image_verbs[] = {
+        { "generate", "image_generation" },
+        { "transform", "image_transform" },
+        { "inpaint", "image_inpaint" },
+    };
+
     memset(o, 0, sizeof *o);
     o->url = DEFAULT_URL;
     o->api_key = getenv("SDW_API_KEY");
     o->hive = "localhost";
+    const char *noun = o->noun = argc >= 2 ? argv[1] : NULL;
+    const char *verb = o->verb = argc >= 3 ? argv[2] : NULL;
 
-    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+    if (noun && is_help(noun)) {
         usage(stdout);
         return EXIT_OK;
     }
-    if (argc >= 2 && !strcmp(argv[1], "--version")) {
+    if (noun && !strcmp(noun, "--version")) {
         printf("sdworker " PACKAGE_VERSION "\n");
         return EXIT_OK;
     }
-    if (argc < 3 || strcmp(argv[1], "image")) {
-        if (argc >= 2 && strcmp(argv[1], "image"))
-            msg("unknown command '%s'", argv[1]);
+    if (!noun || (strcmp(noun, "image") && strcmp(noun, "model"))) {
+        if (noun)
+            msg("unknown command '%s' (image or model)", noun);
         else
             msg("missing command");
         fprintf(stderr, "Try '%s --help'.\n", prog);
         return EXIT_USAGE;
     }
-    const char *sub = *sub_out = argv[2];
-    if (!strcmp(sub, "generate"))
-        o->operation = "image_generation";
-    else if (!strcmp(sub, "transform"))
-        o->operation = "image_transform";
-    else if (!strcmp(sub, "inpaint"))
-        o->operation = "image_inpaint";
-    else if (!strcmp(sub, "--help") || !strcmp(sub, "-h")) {
+    if (verb && is_help(verb)) {
         usage(stdout);
         return EXIT_OK;
-    } else {
-        msg("unknown image command '%s' (generate, transform or inpaint)", sub);
+    }
+    if (!strcmp(noun, "model")) {
+        if (verb && !strcmp(verb, "list")) {
+            o->command = CMD_MODEL_LIST;
+            return -1;
+        }
+        if (verb)
+            msg("unknown model command '%s' (list)", verb);
+        else
+            msg("model: missing command (list)");
         return EXIT_USAGE;
     }
-
-    return -1;
+    for (size_t i = 0; verb && i < sizeof image_verbs / sizeof image_verbs[0]; i++)
+        if (!strcmp(verb, image_verbs[i].verb)) {
+            o->command = CMD_IMAGE;
+            o->operation = image_verbs[i].operation;
+            return -1;
+        }
+    if (verb)
+        msg("unknown image command '%s' (generate, transform or inpaint)", verb);
+    else
+        msg("image: missing command (generate, transform or inpaint)");
+    return EXIT_USAGE;
 }
 
-/* The options after "image COMMAND"; -1 to go on, else the exit status. */
+/* The options after "NOUN VERB"; -1 to go on, else the exit status. */
 static int parse_options(int argc, char **argv, struct opts *o)
 {
     static const struct option longopts[] = {
@@ -219,6 +256,7 @@ static int parse_options(int argc, char **argv, struct opts *o)
         { "quiet", no_argument, NULL, 'q' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, OPT_VERSION },
+        { "json", no_argument, NULL, OPT_JSON },
         { NULL, 0, NULL, 0 },
     };
     /* getopt_long sees "sdworker --opt ..." */
@@ -226,9 +264,25 @@ static int parse_options(int argc, char **argv, struct opts *o)
     char **gargv = argv + 2;
     optind = 1;
     opterr = 0;
-    int c;
-    while ((c = getopt_long(gargc, gargv, ":o:qh", longopts, NULL)) != -1) {
+    for (;;) {
+        int li = -1;
+        int c = getopt_long(gargc, gargv, ":o:qh", longopts, &li);
+        if (c == -1)
+            break;
         const char *name = gargv[optind - 1];
+        /* One table serves both commands, so that an option of the other
+         * one is named as such rather than called unknown. Its name comes
+         * from the table: argv holds its value when that was separate. */
+        bool shared = c == OPT_URL || c == OPT_API_KEY || c == 'h' || c == OPT_VERSION || c == ':' || c == '?';
+        if (!shared && (c == OPT_JSON) != (o->command == CMD_MODEL_LIST)) {
+            char opt[64];
+            if (li >= 0)
+                snprintf(opt, sizeof opt, "--%s", longopts[li].name);
+            else
+                snprintf(opt, sizeof opt, "-%c", c);
+            msg("%s %s: %s does not apply", o->noun, o->verb, opt);
+            return EXIT_USAGE;
+        }
         switch (c) {
         case OPT_HIVE: o->hive = optarg; break;
         case OPT_MODEL: o->model = optarg; break;
@@ -241,6 +295,7 @@ static int parse_options(int argc, char **argv, struct opts *o)
         case OPT_API_KEY: o->api_key = optarg; break;
         case 'o': o->output = optarg; break;
         case 'q': o->quiet = true; break;
+        case OPT_JSON: o->json = true; break;
         case 'h': usage(stdout); return EXIT_OK;
         case OPT_VERSION: printf("sdworker " PACKAGE_VERSION "\n"); return EXIT_OK;
         case OPT_STEPS:
@@ -290,9 +345,10 @@ static int parse_options(int argc, char **argv, struct opts *o)
     return -1;
 }
 
-/* The checks that involve several options, and the API key's form. */
-static int check_options(struct opts *o, const char *sub)
+/* The image options that go together or not at all. */
+static int check_image_options(const struct opts *o)
 {
+    const char *sub = o->verb;
     bool gen = !strcmp(o->operation, "image_generation");
     bool inpaint = !strcmp(o->operation, "image_inpaint");
     const char *missing = !o->model ? "--model" : !o->prompt ? "--prompt" : !o->output ? "--output"
@@ -313,6 +369,12 @@ static int check_options(struct opts *o, const char *sub)
         msg("image %s: --mask applies to inpaint only", sub);
         return EXIT_USAGE;
     }
+    return -1;
+}
+
+/* --url and the API key's form, which every command uses. */
+static int check_connection(struct opts *o)
+{
     if (strncmp(o->url, "http://", 7) && strncmp(o->url, "https://", 8)) {
         msg("--url: '%s' must start with http:// or https://", o->url);
         return EXIT_USAGE;
@@ -331,12 +393,13 @@ static int check_options(struct opts *o, const char *sub)
 
 static int parse_args(int argc, char **argv, struct opts *o)
 {
-    const char *sub = NULL;
-    int rc = parse_command(argc, argv, o, &sub);
+    int rc = parse_command(argc, argv, o);
     if (rc < 0)
         rc = parse_options(argc, argv, o);
+    if (rc < 0 && o->command == CMD_IMAGE)
+        rc = check_image_options(o);
     if (rc < 0)
-        rc = check_options(o, sub);
+        rc = check_connection(o);
     return rc;
 }
 
@@ -526,66 +589,96 @@ static size_t header_cb(char *data, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-/* POSTs the job; on success fills job_id and the absolute stream URL. */
-static int submit(const struct opts *o, const char *body, char **job_id, char **stream_url)
+/* The length of --url without its trailing slashes, which the paths
+ * appended to it bring themselves. */
+static int base_len(const char *url)
 {
-    char url[4096], errbuf[CURL_ERROR_SIZE];
-    size_t ul = strlen(o->url);
-    while (ul && o->url[ul - 1] == '/')
-        ul--;
-    snprintf(url, sizeof url, "%.*s/v1/jobs", (int)ul, o->url);
+    size_t n = strlen(url);
+    while (n && url[n - 1] == '/')
+        n--;
+    return (int)n;
+}
+
+/* One request that expects a JSON answer: a GET, or a POST of body. The
+ * answer's body goes to resp. EXIT_OK on a 2xx; otherwise prints why
+ * ("cannot <what> URL", or the server's error) and returns the exit
+ * status. */
+static int request(const char *what, const char *url, const char *body, long timeout_s, struct buf *resp)
+{
+    char errbuf[CURL_ERROR_SIZE];
     CURL *h = easy(url, errbuf);
     if (!h)
         return EXIT_CONNECTION;
-    struct buf resp = { 0 };
     struct hdrs hd = { { 0 } };
-    struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
-    headers = curl_slist_append(headers, "Accept: application/json");
+    struct curl_slist *headers = curl_slist_append(NULL, "Accept: application/json");
+    if (body) {
+        headers = curl_slist_append(headers, "Content-Type: application/json");
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
+    }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, buf_write);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &resp);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, resp);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, header_cb);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &hd);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT, 300L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, timeout_s);
     CURLcode rc = curl_easy_perform(h);
     long status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     int ret = EXIT_OK;
     if (interrupted) {
-        msg("interrupted before the job was accepted");
+        msg("interrupted before the server answered");
         ret = EXIT_CANCELLED;
     } else if (rc != CURLE_OK) {
-        msg("cannot submit to %s: %s", url, curl_msg(rc, errbuf));
+        msg("cannot %s %s: %s", what, url, curl_msg(rc, errbuf));
         ret = EXIT_CONNECTION;
     } else if (status < 200 || status > 299) {
-        print_server_error(status, &resp, hd.retry_after[0] ? hd.retry_after : NULL);
+        print_server_error(status, resp, hd.retry_after[0] ? hd.retry_after : NULL);
         ret = EXIT_REJECTED;
-    } else {
-        json_object *j = json_tokener_parse(resp.p ? resp.p : "");
-        json_object *id = NULL, *sse = NULL;
-        if (!j || !json_object_object_get_ex(j, "job_id", &id) || !json_object_is_type(id, json_type_string)) {
-            msg("unexpected response to POST %s (HTTP %ld): %.200s", url, status, resp.p ? resp.p : "");
-            ret = EXIT_REJECTED;
-        } else {
-            *job_id = strdup(json_object_get_string(id));
-            char su[4096];
-            const char *s = json_object_object_get_ex(j, "sse_url", &sse) ? json_object_get_string(sse) : NULL;
-            /* An absolute path is taken relative to --url, so that a
-             * service behind a path prefix still works. */
-            if (s && (!strncmp(s, "http://", 7) || !strncmp(s, "https://", 8)))
-                snprintf(su, sizeof su, "%s", s);
-            else if (s && s[0] == '/')
-                snprintf(su, sizeof su, "%.*s%s", (int)ul, o->url, s);
-            else
-                snprintf(su, sizeof su, "%.*s/v1/jobs/%s/stream", (int)ul, o->url, *job_id);
-            *stream_url = strdup(su);
-        }
-        json_object_put(j);
     }
     curl_slist_free_all(headers);
     curl_easy_cleanup(h);
+    return ret;
+}
+
+/* A 2xx answer without what it should hold: a proxy's page, another
+ * service on the port. */
+static int unexpected(const char *method, const char *url, const struct buf *resp)
+{
+    msg("unexpected response to %s %s: %.200s", method, url, resp->p ? resp->p : "");
+    return EXIT_REJECTED;
+}
+
+/* POSTs the job; on success fills job_id and the absolute stream URL. */
+static int submit(const struct opts *o, const char *body, char **job_id, char **stream_url)
+{
+    char url[4096];
+    int ul = base_len(o->url);
+    snprintf(url, sizeof url, "%.*s/v1/jobs", ul, o->url);
+    struct buf resp = { 0 };
+    int ret = request("submit to", url, body, 300L, &resp);
+    if (ret != EXIT_OK)
+        goto out;
+    json_object *j = json_tokener_parse(resp.p ? resp.p : "");
+    json_object *id = NULL, *sse = NULL;
+    if (!j || !json_object_object_get_ex(j, "job_id", &id) || !json_object_is_type(id, json_type_string)) {
+        ret = unexpected("POST", url, &resp);
+    } else {
+        *job_id = strdup(json_object_get_string(id));
+        char su[4096];
+        const char *s = json_object_object_get_ex(j, "sse_url", &sse) ? json_object_get_string(sse) : NULL;
+        /* An absolute path is taken relative to --url, so that a
+         * service behind a path prefix still works. */
+        if (s && (!strncmp(s, "http://", 7) || !strncmp(s, "https://", 8)))
+            snprintf(su, sizeof su, "%s", s);
+        else if (s && s[0] == '/')
+            snprintf(su, sizeof su, "%.*s%s", ul, o->url, s);
+        else
+            snprintf(su, sizeof su, "%.*s/v1/jobs/%s/stream", ul, o->url, *job_id);
+        *stream_url = strdup(su);
+    }
+    json_object_put(j);
+out:
     free(resp.p);
     return ret;
 }
@@ -593,10 +686,7 @@ static int submit(const struct opts *o, const char *body, char **job_id, char **
 static void cancel_job(const struct opts *o, const char *job_id)
 {
     char url[4096], errbuf[CURL_ERROR_SIZE];
-    size_t ul = strlen(o->url);
-    while (ul && o->url[ul - 1] == '/')
-        ul--;
-    snprintf(url, sizeof url, "%.*s/v1/jobs/%s", (int)ul, o->url, job_id);
+    snprintf(url, sizeof url, "%.*s/v1/jobs/%s", base_len(o->url), o->url, job_id);
     interrupted = 0;
     CURL *h = easy(url, errbuf);
     if (!h)
@@ -955,16 +1045,126 @@ static int write_output(const char *path, const unsigned char *p, size_t n)
     return 0;
 }
 
-int main(int argc, char **argv)
+/* ---- model list ---- */
+
+enum { COL_NAME, COL_FAMILY, COL_PREDICTION, COL_SIZE, COL_STEPS, COL_GUIDANCE, COL_SAMPLER, N_COLS };
+
+#define CELL 128
+typedef char row[N_COLS][CELL];
+
+/* A member as a cell: a string as is, a number in %g, "-" while it is
+ * null (the engine has not loaded the model yet) or absent. */
+static void cell(char *dst, json_object *obj, const char *key)
 {
-    struct opts o;
-    int rc = parse_args(argc, argv, &o);
-    if (rc >= 0)
-        return rc;
-    if (!output_writable(o.output))
+    json_object *v = NULL;
+    json_object_object_get_ex(obj, key, &v);
+    if (json_object_is_type(v, json_type_string))
+        snprintf(dst, CELL, "%s", json_object_get_string(v));
+    else if (json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_double))
+        snprintf(dst, CELL, "%g", json_object_get_double(v));
+    else
+        snprintf(dst, CELL, "-");
+}
+
+/* One entry of "models" as a line; -1 if it is not a named model. */
+static int model_row(json_object *m, row r)
+{
+    json_object *name, *v, *d = NULL;
+    if (!json_object_object_get_ex(m, "name", &name) || !json_object_is_type(name, json_type_string))
+        return -1;
+    bool dflt = json_object_object_get_ex(m, "default", &v) && json_object_get_boolean(v);
+    snprintf(r[COL_NAME], CELL, "%s%s", json_object_get_string(name), dflt ? " (default)" : "");
+    cell(r[COL_FAMILY], m, "family");
+    if (json_object_object_get_ex(m, "inpainting", &v) && json_object_get_boolean(v)) {
+        size_t k = strlen(r[COL_FAMILY]);
+        snprintf(r[COL_FAMILY] + k, CELL - k, ", inpainting");
+    }
+    cell(r[COL_PREDICTION], m, "prediction");
+    json_object_object_get_ex(m, "defaults", &d);
+    char w[CELL], h[CELL];
+    cell(w, d, "width");
+    cell(h, d, "height");
+    snprintf(r[COL_SIZE], CELL, "%.60sx%.60s", w, h);
+    if (!strcmp(w, "-") || !strcmp(h, "-"))
+        snprintf(r[COL_SIZE], CELL, "-");
+    cell(r[COL_STEPS], d, "steps");
+    cell(r[COL_GUIDANCE], d, "guidance_scale");
+    /* A null sampler is known: the model's own scheduler decides. */
+    if (json_object_object_get_ex(d, "sampler", &v) && !v)
+        snprintf(r[COL_SAMPLER], CELL, "model's");
+    else
+        cell(r[COL_SAMPLER], d, "sampler");
+    return 0;
+}
+
+static void print_row(row r, const int *width)
+{
+    for (int c = 0; c < N_COLS - 1; c++)
+        printf("%-*s  ", width[c], r[c]);
+    printf("%s\n", r[N_COLS - 1]);
+}
+
+/* The table under a header line; -1, with nothing printed, if an entry is
+ * not a model. */
+static int print_models(json_object *models)
+{
+    static const char *const head[N_COLS] = { "NAME", "FAMILY", "PREDICTION", "SIZE", "STEPS", "GUIDANCE",
+                                              "SAMPLER" };
+    size_t n = json_object_array_length(models);
+    int width[N_COLS];
+    row r;
+    for (int c = 0; c < N_COLS; c++)
+        width[c] = (int)strlen(head[c]);
+    /* Two passes over the answer, the widths first, rather than a copy of
+     * it in memory. */
+    for (size_t i = 0; i < n; i++) {
+        if (model_row(json_object_array_get_idx(models, i), r))
+            return -1;
+        for (int c = 0; c < N_COLS; c++)
+            if ((int)strlen(r[c]) > width[c])
+                width[c] = (int)strlen(r[c]);
+    }
+    for (int c = 0; c < N_COLS; c++)
+        snprintf(r[c], CELL, "%s", head[c]);
+    print_row(r, width);
+    for (size_t i = 0; i < n; i++) {
+        model_row(json_object_array_get_idx(models, i), r);
+        print_row(r, width);
+    }
+    return 0;
+}
+
+/* GET /v1/models, printed as a table or (--json) as the server sent it. */
+static int list_models(const struct opts *o)
+{
+    char url[4096];
+    snprintf(url, sizeof url, "%.*s/v1/models", base_len(o->url), o->url);
+    struct buf resp = { 0 };
+    int ret = request("query", url, NULL, 30L, &resp);
+    if (ret != EXIT_OK)
+        goto out;
+    json_object *j = json_tokener_parse(resp.p ? resp.p : ""), *models;
+    if (!json_object_object_get_ex(j, "models", &models) || !json_object_is_type(models, json_type_array))
+        ret = unexpected("GET", url, &resp);
+    else if (o->json)
+        /* The server ends its body without a newline; a shell prompt or
+         * a line-reading script needs one. */
+        printf("%s%s", resp.p, resp.p[resp.n - 1] == '\n' ? "" : "\n");
+    else if (print_models(models))
+        ret = unexpected("GET", url, &resp);
+    json_object_put(j);
+out:
+    free(resp.p);
+    return ret;
+}
+
+/* ---- image commands ---- */
+
+static int run_image(const struct opts *o)
+{
+    if (!output_writable(o->output))
         return EXIT_OUTPUT;
-    api_key = o.api_key;
-    char *body = build_request(&o);
+    char *body = build_request(o);
     if (!body)
         return EXIT_USAGE;
 
@@ -975,43 +1175,38 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    if (curl_global_init(CURL_GLOBAL_DEFAULT)) {
-        msg("libcurl initialisation failed");
-        free(body);
-        return EXIT_CONNECTION;
-    }
     char *job_id = NULL, *stream_url = NULL;
-    rc = submit(&o, body, &job_id, &stream_url);
+    int rc = submit(o, body, &job_id, &stream_url);
     free(body);
     if (rc != EXIT_OK)
         goto done;
-    if (!o.quiet)
+    if (!o->quiet)
         msg("job %s accepted", job_id);
 
     struct stream s;
     memset(&s, 0, sizeof s);
-    s.o = &o;
+    s.o = o;
     s.retry_ms = 1000;
     s.tty = isatty(STDERR_FILENO);
     rc = follow(&s, stream_url);
     end_bar(&s);
     if (rc == EXIT_CANCELLED && interrupted) {
         msg("interrupted: cancelling %s", job_id);
-        cancel_job(&o, job_id);
+        cancel_job(o, job_id);
     } else if (rc == EXIT_OK) {
         switch (s.outcome) {
         case COMPLETED:
-            if (write_output(o.output, s.image, s.image_len)) {
+            if (write_output(o->output, s.image, s.image_len)) {
                 rc = EXIT_OUTPUT;
                 break;
             }
             if (s.has_seed)
                 printf("seed: %" PRIu64 "\n", s.seed);
-            if (!o.quiet) {
+            if (!o->quiet) {
                 if (s.width > 0)
-                    msg("wrote %s (%dx%d)", o.output, s.width, s.height);
+                    msg("wrote %s (%dx%d)", o->output, s.width, s.height);
                 else
-                    msg("wrote %s", o.output);
+                    msg("wrote %s", o->output);
                 if (s.timings)
                     msg("timings: %s", s.timings);
             }
@@ -1034,6 +1229,21 @@ int main(int argc, char **argv)
 done:
     free(job_id);
     free(stream_url);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc >= 0)
+        return rc;
+    api_key = o.api_key;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT)) {
+        msg("libcurl initialisation failed");
+        return EXIT_CONNECTION;
+    }
+    rc = o.command == CMD_MODEL_LIST ? list_models(&o) : run_image(&o);
     curl_global_cleanup();
     return rc;
 }
