@@ -400,13 +400,36 @@ static void test_tokenizer_folder(void)
                "<|endoftext|> not normalized: only the exact spelling is special (%d)", rc);
         sdw_model_close(&m);
     }
+    /* Without added_tokens_decoder, special_tokens_map.json's named tokens
+     * replace tokenizer_config.json's; with one, the map is not read. */
     put(cfg, "{\"pad_token\": \"!\"}");
     put(map, "{\"pad_token\": {\"content\": \"<|endoftext|>\"}}");
-    expect_fail("pad tokens that disagree", d, SDW_EFORMAT, "contradicts", "special_tokens_map.json");
+    rc = sdw_model_open(&m, d, &e);
+    if (tap_ok(rc == 0, "folder with two pad tokens opens (%s)", rc ? e.msg : "")) {
+        tap_ok(m.clip.pad_id == SDW_TOK_EOS, "special_tokens_map.json's pad token wins (%d)", m.clip.pad_id);
+        sdw_model_close(&m);
+    }
+    put(cfg, "{\"pad_token\": \"!\", \"added_tokens_decoder\": {}}");
+    rc = sdw_model_open(&m, d, &e);
+    if (tap_ok(rc == 0, "folder with two pad tokens and added_tokens_decoder opens (%s)", rc ? e.msg : "")) {
+        tap_ok(m.clip.pad_id == 0, "then tokenizer_config.json's pad token wins (%d)", m.clip.pad_id);
+        sdw_model_close(&m);
+    }
     put(cfg, "{\"pad_token\": \"<pad>\"}");
     unlink(map);
-    expect_fail("pad token not in the vocabulary", d, SDW_EFORMAT, "'<pad>' is not in the vocabulary",
-                "tokenizer.json");
+    expect_fail("pad token not in the vocabulary", d, SDW_EFORMAT, "'<pad>' is id 49408, outside",
+                "tokenizer_config.json");
+    put(cfg, "{\"added_tokens_decoder\": {\"7\": {\"content\": \"!\"}}}");
+    expect_fail("added_tokens_decoder id transformers would not give", d, SDW_EFORMAT,
+                "added_tokens_decoder[\"7\"] is filed under id 7, but transformers 5 gives \"!\" the id 0", NULL);
+    put(cfg, "{\"added_tokens_decoder\": {\"x\": {\"content\": \"!\"}}}");
+    expect_fail("added_tokens_decoder key not an id", d, SDW_EFORMAT, "key \"x\" is not a token id", NULL);
+    put(cfg, "{\"added_tokens_decoder\": {\"0\": {\"content\": \"!\", \"rstrip\": true}}}");
+    expect_fail("added_tokens_decoder rstrip", d, SDW_EUNSUPPORTED, "added_tokens_decoder[\"0\"].rstrip is true",
+                "tokenizer_config.json");
+    put(cfg, "{\"eos_token\": \"</s>\"}");
+    expect_fail("another eos_token", d, SDW_EUNSUPPORTED, "eos_token is '</s>', but CLIP's is '<|endoftext|>'",
+                "tokenizer_config.json");
     put(cfg, "{\"pad_token\": 3}");
     expect_fail("pad token a number", d, SDW_EFORMAT, "pad_token must be a string", NULL);
     put(tj, "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}");
@@ -488,7 +511,9 @@ static void test_diffusers_errors(void)
     expect_fail("missing merges.txt", d, SDW_ENOTFOUND, tok, NULL);
     rename(pathf("%s/tokenizer/keep", d), tok);
     put(pathf("%s/tokenizer/special_tokens_map.json", d), "{\"pad_token\": \"<|no such token|>\"}");
-    expect_fail("pad token not in vocab", d, SDW_EFORMAT, "<|no such token|>", "vocab.json");
+    /* transformers adds it as a new token past the vocabulary */
+    expect_fail("pad token not in vocab", d, SDW_EFORMAT, "'<|no such token|>' is id 49408, outside",
+                "special_tokens_map.json");
     put(pathf("%s/tokenizer/special_tokens_map.json", d), "{\"pad_token\": 5}");
     expect_fail("pad token wrong type", d, SDW_EFORMAT, "pad_token", NULL);
     unlink(pathf("%s/tokenizer/special_tokens_map.json", d));
@@ -842,6 +867,87 @@ static void test_today_fixtures(void)
     }
 }
 
+/* Every prompt of tests/fixtures/tokens-sd2.json through m's tokenizer,
+ * padded with its pad token, against the ids under key. */
+static void check_sd2_ids(const sdw_model *m, const char *key, const char *what)
+{
+    json_object *root = json_object_from_file(tap_fixture("tokens-sd2.json"));
+    size_t n = root ? json_object_array_length(root) : 0, bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_object *entry = json_object_array_get_idx(root, i), *jp = json_object_object_get(entry, "prompt");
+        json_object *want = json_object_object_get(entry, key);
+        int32_t ids[SDW_TOK_CONTEXT];
+        sdw_error e = {0};
+        int rc = sdw_tok_encode_n(m->tokenizer, json_object_get_string(jp), (size_t)json_object_get_string_len(jp),
+                                  ids, SDW_TOK_CONTEXT, m->clip.pad_id, &e);
+        int ok = rc > 0 && json_object_array_length(want) == SDW_TOK_CONTEXT;
+        for (int k = 0; ok && k < SDW_TOK_CONTEXT; k++)
+            ok = ids[k] == json_object_get_int(json_object_array_get_idx(want, (size_t)k));
+        if (!ok && bad++ < 3)
+            tap_diag("%s: \"%s\" differs (%s)", what, json_object_get_string(jp), rc < 0 ? e.msg : "ids");
+    }
+    tap_ok(n >= 60 && bad == 0, "%s: %zu of %zu prompts of tokens-sd2.json as transformers 5", what, n - bad, n);
+    json_object_put(root);
+}
+
+/* SD 2's pad token "!" is an added token wherever its tokenizer comes
+ * from: tiny-sd2's tokenizer.json, an old-layout folder as the hub ships
+ * SD 2 (its special tokens normalized), the same with an
+ * added_tokens_decoder as transformers 4.34+ saved it, and a single file. */
+static void test_sd2_tokenizers(void)
+{
+    static const char hub_map[] =
+        "{\"bos_token\": {\"content\": \"<|startoftext|>\", \"normalized\": true},"
+        " \"eos_token\": {\"content\": \"<|endoftext|>\", \"normalized\": true}, \"pad_token\": \"!\","
+        " \"unk_token\": {\"content\": \"<|endoftext|>\", \"normalized\": true}}";
+    static const char hub_cfg[] =
+        "{\"bos_token\": {\"__type\": \"AddedToken\", \"content\": \"<|startoftext|>\", \"normalized\": true},"
+        " \"eos_token\": {\"__type\": \"AddedToken\", \"content\": \"<|endoftext|>\", \"normalized\": true},"
+        " \"pad_token\": \"<|endoftext|>\", \"unk_token\": \"<|endoftext|>\", \"tokenizer_class\": \"CLIPTokenizer\"}";
+    static const char dec_cfg[] =
+        "{\"added_tokens_decoder\": {\"0\": {\"content\": \"!\", \"normalized\": false, \"special\": true},"
+        " \"49406\": {\"content\": \"<|startoftext|>\", \"normalized\": false, \"special\": true},"
+        " \"49407\": {\"content\": \"<|endoftext|>\", \"normalized\": false, \"special\": true}},"
+        " \"bos_token\": \"<|startoftext|>\", \"eos_token\": \"<|endoftext|>\", \"pad_token\": \"!\"}";
+    const struct {
+        const char *name, *tokenizer_json, *map, *cfg, *key;
+    } cases[] = {
+        {"sd2-json", "models/tiny-sd2/tokenizer/tokenizer.json", NULL,
+         "{\"pad_token\": \"!\", \"bos_token\": \"<|startoftext|>\", \"eos_token\": \"<|endoftext|>\"}", "ids"},
+        {"sd2-hub", NULL, hub_map, hub_cfg, "ids_hub"},
+        {"sd2-decoder", NULL, hub_map, dec_cfg, "ids"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *d = make_diffusers(cases[i].name, &tiny);
+        const char *dir = pathf("%s/tokenizer", d);
+        int ok = cases[i].tokenizer_json
+                     ? copy(tap_fixture(cases[i].tokenizer_json), pathf("%s/tokenizer.json", dir)) == 0
+                     : copy(tap_fixture("models/tiny-a/tokenizer/vocab.json"), pathf("%s/vocab.json", dir)) == 0 &&
+                           copy(tap_fixture("models/tiny-a/tokenizer/merges.txt"), pathf("%s/merges.txt", dir)) == 0;
+        if (cases[i].map)
+            put(pathf("%s/special_tokens_map.json", dir), cases[i].map);
+        else
+            unlink(pathf("%s/special_tokens_map.json", dir));
+        put(pathf("%s/tokenizer_config.json", dir), cases[i].cfg);
+        sdw_model m;
+        sdw_error e = {0};
+        int rc = ok ? sdw_model_open(&m, d, &e) : SDW_EIO;
+        if (tap_ok(rc == 0, "%s opens (%s)", cases[i].name, rc ? e.msg : "")) {
+            tap_ok(m.clip.pad_id == 0, "%s pads with \"!\" (%d)", cases[i].name, m.clip.pad_id);
+            check_sd2_ids(&m, cases[i].key, cases[i].name);
+            sdw_model_close(&m);
+        }
+        free(d);
+    }
+    sdw_model m;
+    sdw_error e = {0};
+    int rc = sdw_model_open(&m, tap_fixture("models/tiny-sd2.safetensors"), &e);
+    if (tap_ok(rc == 0, "tiny-sd2.safetensors opens (%s)", rc ? e.msg : "")) {
+        check_sd2_ids(&m, "ids_hub", "tiny-sd2.safetensors");
+        sdw_model_close(&m);
+    }
+}
+
 /* One batch of ids through m's text encoder, and one UNet step on
  * pattern inputs; NULL on failure (diagnosed). */
 static float *run_parts(const sdw_model *m, sdw_backend *be, size_t *n_text, size_t *n_eps)
@@ -938,6 +1044,7 @@ int main(void)
     test_pickle();
     test_fixture();
     test_today_fixtures();
+    test_sd2_tokenizers();
     test_mkmodel_sd2();
     if (system(pathf("rm -rf '%s'", root)) != 0)
         tap_diag("could not remove %s", root);

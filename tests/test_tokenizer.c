@@ -3,7 +3,9 @@
  * vocabulary, tiny-a's vocab.json + merges.txt, tiny-a-today's
  * tokenizer.json), the normalizer and the pattern's classes for every code
  * point against tests/fixtures/tokenizer-unicode.txt, the BPE merge order on
- * a hand-made vocabulary, and the loaders' error paths. */
+ * a hand-made vocabulary, added tokens (tests/fixtures/tokens-sd2.json's SD 2
+ * "!" through tiny-sd2's tokenizer.json and the bundled vocabulary), and the
+ * loaders' error paths. */
 #define _GNU_SOURCE /* asprintf */
 #include <json-c/json.h>
 #include <pthread.h>
@@ -80,18 +82,20 @@ static void diag_ids(const char *label, const int32_t *ids, int n)
     tap_diag("%s:%s", label, line);
 }
 
-/* One fixture entry through one tokenizer: the padded 77 ids, and the
- * untruncated count ("n_tokens", BOS and EOS included). */
-static int check_entry(const sdw_tokenizer *t, json_object *entry, const char **why)
+/* One fixture entry through one tokenizer: the 77 ids padded with pad
+ * (entry[key]), and the untruncated count (entry[count], BOS and EOS
+ * included). */
+static int check_entry(const sdw_tokenizer *t, json_object *entry, const char *key, const char *count, int32_t pad,
+                       const char **why)
 {
     static char msg[sizeof ((sdw_error *)0)->msg];
     json_object *jp = json_object_object_get(entry, "prompt");
     const char *prompt = json_object_get_string(jp);
     size_t plen = (size_t)json_object_get_string_len(jp);
-    json_object *want = json_object_object_get(entry, "ids");
+    json_object *want = json_object_object_get(entry, key);
     int32_t ids[SDW_TOK_CONTEXT];
     sdw_error e = {0};
-    int n = sdw_tok_encode_n(t, prompt, plen, ids, SDW_TOK_CONTEXT, SDW_TOK_EOS, &e);
+    int n = sdw_tok_encode_n(t, prompt, plen, ids, SDW_TOK_CONTEXT, pad, &e);
     if (n < 0) {
         memcpy(msg, e.msg, sizeof msg);
         *why = msg;
@@ -103,7 +107,7 @@ static int check_entry(const sdw_tokenizer *t, json_object *entry, const char **
         return 0;
     }
     int all = sdw_tok_tokenize_n(t, prompt, plen, ids, 0, &e);
-    if (all + 2 != json_object_get_int(json_object_object_get(entry, "n_tokens"))) {
+    if (all + 2 != json_object_get_int(json_object_object_get(entry, count))) {
         *why = "untruncated token count differs";
         return 0;
     }
@@ -134,7 +138,7 @@ static void test_fixture(const sdw_tokenizer *gz)
             const char *why = "missing prompt";
             int ok = prompt != NULL, k = 0;
             for (; ok && k < 3; k++)
-                ok = toks[k] && check_entry(toks[k], entry, &why);
+                ok = toks[k] && check_entry(toks[k], entry, "ids", "n_tokens", SDW_TOK_EOS, &why);
             if (!tap_ok(ok, "prompt %zu \"%s\"", i, prompt ? show(prompt) : "(missing)"))
                 tap_diag("%s vocabulary: %s", names[k - 1], why);
         }
@@ -142,6 +146,43 @@ static void test_fixture(const sdw_tokenizer *gz)
     json_object_put(root);
     sdw_tok_free(hf);
     sdw_tok_free(js);
+}
+
+/* tests/fixtures/tokens-sd2.json: SD 2's pad token "!" is an added token,
+ * split out as id 0 wherever a prompt has it. "ids" are tiny-sd2's
+ * tokenizer.json (every token matched as written), "ids_hub" the hub's
+ * old-layout SD 2 folder, which single files get: the bundled vocabulary,
+ * the special tokens normalized, "!" as written. */
+static void test_sd2(void)
+{
+    sdw_tokenizer *js = NULL, *hub = NULL;
+    sdw_error e = {0};
+    int rc = sdw_tok_load_json(&js, tap_fixture("models/tiny-sd2/tokenizer/tokenizer.json"), &e);
+    tap_ok(rc == 0, "load tiny-sd2's tokenizer.json (%s)", rc ? e.msg : "ok");
+    rc = sdw_tok_load_default(&hub, &e);
+    if (tap_ok(rc == 0, "load the bundled vocabulary (%s)", rc ? e.msg : "ok"))
+        tap_ok(sdw_tok_add_special(hub, "!", false, &e) == 0, "\"!\" added to it is id 0");
+    json_object *root = json_object_from_file(tap_fixture("tokens-sd2.json"));
+    if (tap_ok(root && json_object_is_type(root, json_type_array), "tokens-sd2.json is a JSON array")) {
+        size_t n = json_object_array_length(root), bangs = 0;
+        for (size_t i = 0; i < n; i++) {
+            json_object *entry = json_object_array_get_idx(root, i);
+            const char *prompt = json_object_get_string(json_object_object_get(entry, "prompt"));
+            const char *why = "missing prompt";
+            bangs += prompt && strchr(prompt, '!');
+            if (!tap_ok(prompt && js && check_entry(js, entry, "ids", "n_tokens", 0, &why),
+                        "tokenizer.json: prompt %zu \"%s\"", i, prompt ? show(prompt) : "(missing)"))
+                tap_diag("%s", why);
+            why = "missing prompt";
+            if (!tap_ok(prompt && hub && check_entry(hub, entry, "ids_hub", "n_tokens_hub", 0, &why),
+                        "bundled + \"!\": prompt %zu \"%s\"", i, prompt ? show(prompt) : "(missing)"))
+                tap_diag("%s", why);
+        }
+        tap_ok(n >= 60 && bangs >= 30, "tokens-sd2.json has %zu prompts, %zu with \"!\"", n, bangs);
+    }
+    json_object_put(root);
+    sdw_tok_free(js);
+    sdw_tok_free(hub);
 }
 
 /* Parses "X,Y,..." (hex code points) into UTF-8. */
@@ -411,10 +452,31 @@ static void test_json(void)
         /* the other case of <|endoftext|> is text: "<|", "endoftext", "|>" */
         tap_ok(n == 15 && ids[0] == 514 && ids[14] == 515,
                "normalized <|startoftext|> matches in any case, <|endoftext|> only as written (n=%d)", n);
-        tap_ok(sdw_tok_set_normalized(t, "<|endoftext|>", true) && !sdw_tok_set_normalized(t, "ab", true),
-               "sdw_tok_set_normalized knows only the two special tokens");
+        tap_ok(sdw_tok_add_special(t, "<|endoftext|>", true, &e) == 515, "adding a token again keeps its id");
         n = sdw_tok_tokenize(t, "<|EndOfText|>", ids, 16, &e);
-        tap_ok(n == 1 && ids[0] == 515, "after sdw_tok_set_normalized, <|EndOfText|> is the special id (n=%d)", n);
+        tap_ok(n == 1 && ids[0] == 515, "the later flag wins: <|EndOfText|> is the special id (n=%d)", n);
+        /* tokenizers' leftmost-longest among all added tokens, the raw ones
+         * first: "!" (33) and "!!" (new, 516) as written, "aB" (new, 517)
+         * normalized, so found as "ab" in the lowercased text but not across
+         * a raw match. */
+        tap_ok(sdw_tok_add_special(t, "!", false, &e) == 33 && sdw_tok_add_special(t, "!!", false, &e) == 516 &&
+                   sdw_tok_add_special(t, "aB", true, &e) == 517 && sdw_tok_add_special(t, "", true, &e) < 0,
+               "added ids: the vocabulary's, else the next past it; none for empty content");
+        n = sdw_tok_tokenize(t, "!!!c AB a!b", ids, 16, &e);
+        tap_ok(n == 7 && ids[0] == 516 && ids[1] == 33 && ids[2] == 256 + 'c' && ids[3] == 517 &&
+                   ids[4] == 256 + 'a' && ids[5] == 33 && ids[6] == 256 + 'b',
+               "\"!!!\" is \"!!\" then \"!\"; \"AB\" matches normalized; \"a!b\" is cut at \"!\" (n=%d)", n);
+        tap_ok(sdw_tok_added_id(t, "!!") == 516 && sdw_tok_added_id(t, "ab") == -1 &&
+                   sdw_tok_vocab_id(t, "!!") == 516,
+               "sdw_tok_added_id knows only added tokens, sdw_tok_vocab_id them first");
+        sdw_tok_clear_added(t);
+        n = sdw_tok_tokenize(t, "!", ids, 16, &e);
+        int m = sdw_tok_tokenize(t, "<|endoftext|>", ids + 1, 15, &e);
+        tap_ok(n == 1 && ids[0] == 256 + 33 && m == 13 && sdw_tok_added_id(t, "!") == -1,
+               "after sdw_tok_clear_added \"!\" is BPE'd again, <|endoftext|> is text (n=%d, %d)", n, m);
+        n = sdw_tok_encode(t, "a", ids, 4, 0, &e);
+        tap_ok(n == 3 && ids[0] == 514 && ids[2] == 515 && ids[3] == 0,
+               "BOS and EOS from the vocabulary then (n=%d)", n);
         tap_ok(sdw_tok_vocab_id(t, "!") == 33 && sdw_tok_vocab_id(t, "!</w>") == 256 + 33 &&
                    sdw_tok_vocab_id(t, "abc</w>") == 513 && sdw_tok_vocab_id(t, "zz") == -1,
                "sdw_tok_vocab_id looks up the loaded vocabulary");
@@ -443,10 +505,21 @@ static void test_json(void)
         {"\"BPE\"", ", \"end_of_word_suffix\": \"##\", \"merges\": []", "[]", SDW_EUNSUPPORTED,
          "model.end_of_word_suffix is \"##\"", "another end-of-word suffix"},
         {"\"BPE\"", ", \"merges\": []", "[{\"id\": 3, \"content\": \"<|endoftext|>\"}]", SDW_EFORMAT,
-         "added_tokens gives <|endoftext|> id 3, but model.vocab gives it 515",
+         "added_tokens[0].id is 3, but transformers 5 gives \"<|endoftext|>\" the id 515",
+         "added token with an id transformers would not give it"},
+        {"\"BPE\"", ", \"merges\": []", "[{\"id\": 33, \"content\": \"a\"}]", SDW_EFORMAT,
+         "added_tokens[0].id is 33, but transformers 5 gives \"a\" the id 97",
          "added token contradicting the vocabulary"},
         {"\"BPE\"", ", \"merges\": []", "[{\"content\": \"<|endoftext|>\"}]", SDW_EFORMAT,
          "added_tokens[0] needs", "added token without id"},
+        {"\"BPE\"", ", \"merges\": []", "[{\"id\": 33, \"content\": \"!\"}, {\"id\": 33, \"content\": \"a\"}]",
+         SDW_EFORMAT, "added_tokens[1] has the id 33 of added_tokens[0] too", "two added tokens with one id"},
+        {"\"BPE\"", ", \"merges\": []", "[{\"id\": 33, \"content\": \"!\", \"lstrip\": true}]", SDW_EUNSUPPORTED,
+         "added_tokens[0].lstrip is true, which is not supported", "lstrip"},
+        {"\"BPE\"", ", \"merges\": []", "[{\"id\": 33, \"content\": \"!\", \"single_word\": true}]",
+         SDW_EUNSUPPORTED, "added_tokens[0].single_word is true", "single_word"},
+        {"\"BPE\"", ", \"merges\": []", "[{\"id\": 33, \"content\": \"\"}]", SDW_EFORMAT,
+         "added_tokens[0] needs a non-empty string \"content\"", "empty added token"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         write_json_tok(bad[i].type, bad[i].rest, bad[i].added);
@@ -587,6 +660,7 @@ int main(void)
     test_merge_order();
     test_errors();
     test_json();
+    test_sd2();
 
     static const char *const names[] = {"vocab.json", "merges.txt", "bad.json", "bad.txt", "cut.gz", "plain.gz",
                                         "tokenizer.json", "saved.json", "saved.txt"};

@@ -551,66 +551,129 @@ static int text_prefix(const sdw_st_file *f, const char **prefix, sdw_error *e)
     return 0;
 }
 
-/* The pad token a tokenizer_config.json or special_tokens_map.json names,
- * as a string or as an AddedToken object {"content": ...}: *tok stays NULL
- * when the file or its pad_token is absent; *json owns the string. */
-static int read_pad_token(const char *path, json_object **json, const char **tok, sdw_error *e)
+/* The named special tokens of transformers 5 (SPECIAL_TOKENS_ATTRIBUTES,
+ * in its order) with CLIPTokenizer's defaults. */
+static const struct {
+    const char *key, *def;
+} named_keys[] = {{"bos_token", "<|startoftext|>"}, {"eos_token", "<|endoftext|>"}, {"unk_token", "<|endoftext|>"},
+                  {"sep_token", NULL},          {"pad_token", "<|endoftext|>"}, {"cls_token", NULL},
+                  {"mask_token", NULL}};
+enum { NAMED_BOS = 0, NAMED_EOS = 1, NAMED_PAD = 4, NAMED_COUNT = 7 };
+
+typedef struct named_tok {
+    const char *content; /* NULL for none */
+    size_t len;
+    bool normalized;
+    const char *path; /* the file that names it, NULL for a default */
+} named_tok;
+
+/* One named token in a tokenizer_config.json or special_tokens_map.json
+ * (map): a string, which transformers makes a special token not
+ * "normalized", or an AddedToken object (special in a map); absent or null
+ * leaves *n as it is. */
+static int read_named(json_object *file, const char *path, bool map, int k, named_tok *n, sdw_error *e)
 {
-    json_object *x, *c;
-    int rc;
-    *json = NULL;
-    *tok = NULL;
-    if (!is_file(path))
+    json_object *x;
+    if (!file || !json_object_object_get_ex(file, named_keys[k].key, &x) || json_object_is_type(x, json_type_null))
         return 0;
-    if ((rc = read_json(path, json, e)) < 0 || !json_object_object_get_ex(*json, "pad_token", &x) ||
-        json_object_is_type(x, json_type_null))
-        return rc;
-    if (json_object_is_type(x, json_type_string))
-        *tok = json_object_get_string(x);
-    else if (json_object_is_type(x, json_type_object) && json_object_object_get_ex(x, "content", &c) &&
-             json_object_is_type(c, json_type_string))
-        *tok = json_object_get_string(c);
-    else
-        return sdw_fail(e, SDW_EFORMAT, "%s: pad_token must be a string or {\"content\": string}", path);
-    return 0;
+    if (json_object_is_type(x, json_type_string)) {
+        *n = (named_tok){json_object_get_string(x), (size_t)json_object_get_string_len(x), false, path};
+        return 0;
+    }
+    if (!json_object_is_type(x, json_type_object))
+        return sdw_fail(e, SDW_EFORMAT, "%s: %s must be a string or an AddedToken object", path, named_keys[k].key);
+    n->path = path;
+    return sdw_tok_read_added(x, map, path, named_keys[k].key, &n->content, &n->len, &n->normalized, e);
 }
 
-/* tokenizer_config.json's added_tokens_decoder, {"id": {"content": ...,
- * "normalized": bool}}, says whether a special token is matched in the
- * normalized text; where present it overrides tokenizer.json, as in
- * transformers. */
-static int read_normalized(json_object *cfg, const char *path, sdw_tokenizer *t, sdw_error *e)
+typedef struct decoder_entry {
+    long id;
+    const char *key;
+    json_object *tok;
+} decoder_entry;
+
+static int cmp_decoder_entry(const void *a, const void *b)
 {
-    json_object *dec, *c, *n;
-    if (!cfg || !json_object_object_get_ex(cfg, "added_tokens_decoder", &dec))
-        return 0;
+    const decoder_entry *x = a, *y = b;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* tokenizer_config.json's added_tokens_decoder, {"id": AddedToken}: where
+ * there is one, transformers 5 builds the added vocabulary from it alone,
+ * in the order of the ids, each token getting the id tokenizers gives it,
+ * which must be the id it is filed under. */
+static int add_decoder(sdw_tokenizer *t, json_object *dec, const char *path, sdw_error *e)
+{
     if (!json_object_is_type(dec, json_type_object))
         return sdw_fail(e, SDW_EFORMAT, "%s: added_tokens_decoder must be an object", path);
-    json_object_object_foreach(dec, id, tok)
+    size_t n = (size_t)json_object_object_length(dec), k = 0;
+    decoder_entry *v = calloc(n ? n : 1, sizeof *v);
+    if (!v)
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", path);
+    int rc = 0;
+    json_object_object_foreach(dec, key, tok)
     {
-        if (!json_object_object_get_ex(tok, "content", &c) || !json_object_is_type(c, json_type_string))
-            return sdw_fail(e, SDW_EFORMAT, "%s: added_tokens_decoder[\"%.32s\"] has no string content", path, id);
-        sdw_tok_set_normalized(t, json_object_get_string(c),
-                               json_object_object_get_ex(tok, "normalized", &n) && json_object_get_boolean(n));
+        char *end;
+        errno = 0;
+        long id = strtol(key, &end, 10);
+        if (rc == 0 && (!*key || *end || errno || id < 0 || id > INT32_MAX))
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: added_tokens_decoder key \"%.32s\" is not a token id", path, key);
+        v[k++] = (decoder_entry){id, key, tok};
     }
-    return 0;
+    if (rc == 0)
+        qsort(v, n, sizeof *v, cmp_decoder_entry);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        char field[64];
+        const char *content;
+        size_t len;
+        bool norm;
+        snprintf(field, sizeof field, "added_tokens_decoder[\"%.32s\"]", v[i].key);
+        if (i > 0 && v[i].id == v[i - 1].id) {
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: %s files a second token under id %ld", path, field, v[i].id);
+        } else if ((rc = sdw_tok_read_added(v[i].tok, false, path, field, &content, &len, &norm, e)) == 0) {
+            rc = sdw_tok_add_special_n(t, content, len, norm, e);
+            if (rc >= 0 && rc != v[i].id)
+                rc = sdw_fail(e, SDW_EFORMAT,
+                              "%s: %s is filed under id %ld, but transformers 5 gives \"%.64s\" the id %d", path,
+                              field, v[i].id, content, rc);
+            else if (rc < 0)
+                rc = sdw_fail_wrap(e, "%s: %s", path, field);
+            rc = rc < 0 ? rc : 0;
+        }
+    }
+    free(v);
+    return rc;
+}
+
+static int read_json_if_file(const char *path, json_object **o, sdw_error *e)
+{
+    *o = NULL;
+    return is_file(path) ? read_json(path, o, e) : 0;
 }
 
 /* A diffusers tokenizer/ folder: tokenizer.json when there is one (as
- * transformers 5 prefers it), else vocab.json + merges.txt. The pad token
- * comes from tokenizer_config.json, else special_tokens_map.json (SD 2
- * pads with "!", id 0), else it is CLIPTokenizer's default <|endoftext|>;
- * its id is looked up in the vocabulary just loaded. Folders with neither
- * tokenizer.json nor added_tokens_decoder (written before transformers
- * 4.34, SD 1.5's on the hub) keep the special tokens "normalized", though
- * transformers 5 derives that flag there from the bos/eos/unk/pad entries
- * (for SD 1.5: <|startoftext|> yes, <|endoftext|> no); only a prompt that
- * spells <|endoftext|> in another case tells the difference. */
+ * transformers 5 prefers it), else vocab.json + merges.txt; then the added
+ * vocabulary and the pad token as transformers 5's
+ * CLIPTokenizer.from_pretrained makes them (tests/reference checks each
+ * case against it):
+ *   - With an added_tokens_decoder in tokenizer_config.json, the added
+ *     vocabulary starts from it alone and the named tokens (bos_token,
+ *     eos_token, unk_token, pad_token, ...) come from that file alone.
+ *   - Without, it starts from tokenizer.json's added_tokens (none for
+ *     vocab.json), and special_tokens_map.json's named tokens replace
+ *     tokenizer_config.json's: hub SD 2 folders say pad_token
+ *     "<|endoftext|>" in the latter and "!" in the former, and pad with "!".
+ *   - Named tokens not yet in the added vocabulary are then added in that
+ *     order, CLIPTokenizer's defaults for those not named, a later one's
+ *     "normalized" winning: SD 1.5's map names eos_token normalized but
+ *     pad_token "<|endoftext|>" as a string, so <|endoftext|> is matched
+ *     only as written there.
+ * The pad token is always an added token, so SD 2's "!" is id 0 wherever
+ * it appears in a prompt. */
 static int open_tokenizer(sdw_model *m, const char *root, sdw_error *e)
 {
     char dir[4096], tj[4096], vocab[4096], merges[4096], cfg[4096], map[4096];
-    json_object *cfg_json = NULL, *map_json = NULL;
-    const char *pad_cfg = NULL, *pad_map = NULL;
+    json_object *cfg_json = NULL, *map_json = NULL, *dec = NULL;
     int rc;
     if ((rc = join(dir, sizeof dir, root, "tokenizer", e)) < 0 ||
         (rc = join(tj, sizeof tj, dir, "tokenizer.json", e)) < 0 ||
@@ -619,7 +682,8 @@ static int open_tokenizer(sdw_model *m, const char *root, sdw_error *e)
         (rc = join(cfg, sizeof cfg, dir, "tokenizer_config.json", e)) < 0 ||
         (rc = join(map, sizeof map, dir, "special_tokens_map.json", e)) < 0)
         return rc;
-    if (is_file(tj)) {
+    bool json = is_file(tj);
+    if (json) {
         rc = sdw_tok_load_json(&m->tokenizer, tj, e);
     } else if (is_file(vocab) && is_file(merges)) {
         rc = sdw_tok_load_hf(&m->tokenizer, vocab, merges, e);
@@ -629,24 +693,45 @@ static int open_tokenizer(sdw_model *m, const char *root, sdw_error *e)
     }
     if (rc < 0)
         return sdw_fail_wrap(e, "tokenizer");
-    if ((rc = read_pad_token(cfg, &cfg_json, &pad_cfg, e)) < 0 ||
-        (rc = read_pad_token(map, &map_json, &pad_map, e)) < 0 ||
-        (rc = read_normalized(cfg_json, cfg, m->tokenizer, e)) < 0)
+    sdw_tokenizer *t = m->tokenizer;
+    if ((rc = read_json_if_file(cfg, &cfg_json, e)) < 0 || (rc = read_json_if_file(map, &map_json, e)) < 0)
         goto out;
-    if (pad_cfg && pad_map && strcmp(pad_cfg, pad_map) != 0) {
-        rc = sdw_fail(e, SDW_EFORMAT, "%s: pad_token '%s' contradicts %s's '%s'", cfg, pad_cfg, map, pad_map);
+    bool has_dec = cfg_json && json_object_object_get_ex(cfg_json, "added_tokens_decoder", &dec);
+    if (has_dec || !json)
+        sdw_tok_clear_added(t);
+    if (has_dec && (rc = add_decoder(t, dec, cfg, e)) < 0)
         goto out;
+    named_tok named[NAMED_COUNT];
+    bool add[NAMED_COUNT];
+    for (int k = 0; k < NAMED_COUNT; k++) {
+        const char *def = named_keys[k].def;
+        named[k] = (named_tok){def, def ? strlen(def) : 0, false, NULL};
+        if ((rc = read_named(cfg_json, cfg, false, k, &named[k], e)) < 0 ||
+            (!has_dec && (rc = read_named(map_json, map, true, k, &named[k], e)) < 0))
+            goto out;
+        /* checked before any is added: transformers skips those already
+         * there, then adds the rest together */
+        add[k] = named[k].content && sdw_tok_added_id(t, named[k].content) < 0;
     }
-    const char *pad = pad_cfg ? pad_cfg : pad_map ? pad_map : "<|endoftext|>";
-    m->clip.pad_id = sdw_tok_vocab_id(m->tokenizer, pad);
-    if (m->clip.pad_id < 0) { /* never the default: every loader requires <|endoftext|> */
-        rc = sdw_fail(e, SDW_EFORMAT, "%s: pad_token '%s' is not in the vocabulary of %s", pad_cfg ? cfg : map, pad,
-                      is_file(tj) ? tj : vocab);
-        goto out;
+    for (int k = 0; k < NAMED_COUNT; k++)
+        if (add[k] && (rc = sdw_tok_add_special_n(t, named[k].content, named[k].len, named[k].normalized, e)) < 0) {
+            rc = sdw_fail_wrap(e, "%s: %s", named[k].path ? named[k].path : dir, named_keys[k].key);
+            goto out;
+        }
+    /* The encoder's BOS and EOS are CLIP's, whatever a file would rename. */
+    for (int k = NAMED_BOS; k <= NAMED_EOS; k++) {
+        const char *want = named_keys[k].def;
+        if (strcmp(named[k].content, want) != 0) {
+            rc = sdw_fail(e, SDW_EUNSUPPORTED, "%s: %s is '%.64s', but CLIP's is '%s'", named[k].path,
+                          named_keys[k].key, named[k].content, want);
+            goto out;
+        }
     }
+    m->clip.pad_id = sdw_tok_vocab_id(t, named[NAMED_PAD].content);
     if (m->clip.pad_id >= m->clip.vocab_size)
-        rc = sdw_fail(e, SDW_EFORMAT, "%s: pad token id %d is outside the text encoder's vocabulary (%d)", dir,
-                      m->clip.pad_id, m->clip.vocab_size);
+        rc = sdw_fail(e, SDW_EFORMAT, "%s: pad token '%.64s' is id %d, outside the text encoder's vocabulary (%d)",
+                      named[NAMED_PAD].path ? named[NAMED_PAD].path : dir, named[NAMED_PAD].content, m->clip.pad_id,
+                      m->clip.vocab_size);
 out:
     json_object_put(cfg_json);
     json_object_put(map_json);
@@ -943,6 +1028,14 @@ static int open_ldm(sdw_model *m, const char *path, sdw_error *e)
     if (m->family == fam_sd2 && has_prefix(f, SDW_LDM_UNET_PREFIX) && (rc = ldm_unet_config(m, f, e)) < 0)
         return rc;
     if ((rc = sdw_tok_load_default(&m->tokenizer, e)) < 0)
+        return sdw_fail_wrap(e, "%s: bundled tokenizer", path);
+    /* diffusers takes a single file's tokenizer from its family's hub
+     * folder, which open_tokenizer would read as follows. SD 2's
+     * (stabilityai/stable-diffusion-2-1) pads with "!" in
+     * special_tokens_map.json: a special added token, matched as written,
+     * id 0 as ldm_text says. SD 1.5's names pad_token "<|endoftext|>" as a
+     * string there, so that token is not "normalized". */
+    if ((rc = sdw_tok_add_special(m->tokenizer, openclip ? "!" : "<|endoftext|>", false, e)) < 0)
         return sdw_fail_wrap(e, "%s: bundled tokenizer", path);
     return 0;
 }

@@ -10,17 +10,20 @@
  *      char::to_lowercase: no final-sigma context, U+0130 -> "i\u0307").
  *      Nothing is dropped: control, format and zero-width characters,
  *      U+FEFF and NUL stay and become byte tokens.
- *   2. The added tokens "<|startoftext|>" and "<|endoftext|>": those the
- *      folder marks "normalized" (SD folders do) are found in the normalized
- *      text, so in any case ("<|EndOfText|>"); the others are found before
- *      step 1, in the raw text, exactly as written. Step 1 runs on each
- *      stretch of text between raw matches.
+ *   2. The added tokens (the two special ones, SD 2's pad "!", whatever a
+ *      folder adds; sdw_tok_add_special): those not "normalized" are found
+ *      before step 1, in the raw text, exactly as written; step 1 runs on
+ *      each stretch between those matches, and the "normalized" ones are
+ *      found in its result as their own normalized form, so in any case
+ *      ("<|EndOfText|>"). Both searches are tokenizers' Aho-Corasick in
+ *      leftmost-longest mode, so a raw "!" cuts "a|>!" before a normalized
+ *      "|>!" could match, and of "!" and "!!" the longer wins at a position.
  *   3. Between them, the pattern <\|startoftext\|>|<\|endoftext\|>|'s|'t|
  *      're|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+ (case-sensitive)
  *      picks the pieces and whitespace is dropped. Its special-token
- *      alternatives match only the lowercased spelling of a token that is
- *      not "normalized". Ideographs are letters like any other: "東京" is
- *      one piece.
+ *      alternatives match the lowercased spelling of a special token that
+ *      was not an added-token match. Ideographs are letters like any other:
+ *      "東京" is one piece.
  *   4. ByteLevel (use_regex, no prefix space) re-splits each piece with
  *      GPT-2's pattern, which leaves every piece of step 3 whole but a
  *      special token's ("<|", "endoftext", "|>"), and maps its UTF-8 bytes
@@ -89,11 +92,21 @@ typedef struct str_map {
     size_t mask, count;
 } str_map;
 
+/* An entry of tokenizers' AddedVocabulary. */
+typedef struct added_tok {
+    char *text; /* its content, with a NUL after it */
+    size_t len;
+    uint32_t *norm; /* the normalized content that normalized ones match */
+    size_t nlen;
+    int32_t id;
+    bool normalized;
+} added_tok;
+
 struct sdw_tokenizer {
     int32_t byte_id[256];     /* bytes_to_unicode symbol of each byte */
     int32_t byte_end_id[256]; /* the same symbol with "</w>" */
-    int32_t start_id, end_id;
-    bool start_norm, end_norm; /* matched in the normalized text, else in the raw text */
+    added_tok *added;         /* in the order they were added */
+    size_t nadded, added_cap;
     merge_slot *merges;
     size_t merge_mask, nmerges;
     str_map vocab; /* its strings live in vocab_text */
@@ -234,8 +247,8 @@ static int32_t pair_rank(const sdw_tokenizer *t, int32_t a, int32_t b)
 
 /* Makes a tokenizer over a loaded vocabulary, which it takes over (strings
  * in *text, or copied there when *text is NULL), with room for nmerges
- * merges. Every symbol BPE starts from, byte symbols with and without
- * "</w>", and both special tokens must have ids, so that BPE works on ids. */
+ * merges and no added tokens. Every symbol BPE starts from, byte symbols
+ * with and without "</w>", must have ids, so that BPE works on ids. */
 static int tok_new(sdw_tokenizer **out, str_map *vocab, char **text, size_t nmerges, const char *what,
                    sdw_error *e)
 {
@@ -265,19 +278,12 @@ static int tok_new(sdw_tokenizer **out, str_map *vocab, char **text, size_t nmer
             goto fail;
         }
     }
-    t->start_id = str_map_get(&t->vocab, START_TOK, sizeof START_TOK - 1);
-    t->end_id = str_map_get(&t->vocab, END_TOK, sizeof END_TOK - 1);
-    if (t->start_id < 0 || t->end_id < 0) {
-        rc = sdw_fail(e, SDW_EFORMAT, "%s: vocabulary lacks %s", what, t->start_id < 0 ? START_TOK : END_TOK);
-        goto fail;
-    }
     size_t cap = pow2_at_least(nmerges * 2 + 1);
     if (!(t->merges = calloc(cap, sizeof *t->merges))) {
         rc = sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %zu merges", what, nmerges);
         goto fail;
     }
     t->merge_mask = cap - 1;
-    t->start_norm = t->end_norm = true;
     *out = t;
     return 0;
 fail:
@@ -331,6 +337,21 @@ static int add_merge(sdw_tokenizer *t, const merge_pair *p, char **buf, size_t *
     s->key = pair_key(a, b);
     s->rank = (int32_t)t->nmerges++;
     s->merged = ab;
+    return 0;
+}
+
+/* What the vocabulary files alone make of the special tokens: both added,
+ * "normalized", as SD's folders mark them. Both must be in the vocabulary. */
+static int add_clip_specials(sdw_tokenizer *t, const char *what, sdw_error *e)
+{
+    for (int k = 0; k < 2; k++) {
+        const char *s = k ? END_TOK : START_TOK;
+        int rc;
+        if (str_map_get(&t->vocab, s, strlen(s)) < 0)
+            return sdw_fail(e, SDW_EFORMAT, "%s: vocabulary lacks %s", what, s);
+        if ((rc = sdw_tok_add_special(t, s, true, e)) < 0)
+            return rc;
+    }
     return 0;
 }
 
@@ -413,13 +434,12 @@ static int read_json_file(const char *path, json_object **root, sdw_error *e)
 /* A JSON object of token -> id into a fresh map over the object's keys.
  * `field` names the object in errors ("model.vocab"), NULL for a whole
  * vocab.json. */
-static int read_vocab(json_object *o, size_t extra, str_map *m, const char *what, const char *field,
-                      sdw_error *e)
+static int read_vocab(json_object *o, str_map *m, const char *what, const char *field, sdw_error *e)
 {
     const char *in = field ? field : "the vocabulary";
     if (!json_object_is_type(o, json_type_object))
         return sdw_fail(e, SDW_EFORMAT, "%s: %s must be a JSON object of token -> id", what, in);
-    int rc = str_map_init(m, (size_t)json_object_object_length(o) + extra, what, e);
+    int rc = str_map_init(m, (size_t)json_object_object_length(o), what, e);
     if (rc < 0)
         return rc;
     json_object_object_foreach(o, key, val)
@@ -443,7 +463,7 @@ int sdw_tok_load_hf(sdw_tokenizer **out, const char *vocab_json, const char *mer
     sdw_tokenizer *t = NULL;
     int rc;
     if ((rc = read_json_file(vocab_json, &root, e)) < 0 ||
-        (rc = read_vocab(root, 0, &vocab, vocab_json, NULL, e)) < 0 ||
+        (rc = read_vocab(root, &vocab, vocab_json, NULL, e)) < 0 ||
         (rc = read_file(merges_txt, &mtext, &mlen, e)) < 0)
         goto done;
     size_t nlines = 1;
@@ -475,6 +495,8 @@ int sdw_tok_load_hf(sdw_tokenizer **out, const char *vocab_json, const char *mer
         }
         p = nl ? nl + 1 : end;
     }
+    if ((rc = add_clip_specials(t, vocab_json, e)) < 0)
+        goto done;
     *out = t;
     t = NULL;
 done:
@@ -487,43 +509,90 @@ done:
     return rc;
 }
 
-/* added_tokens gives the two specials ids when the vocabulary lacks them,
- * and says whether each is found in the normalized text (norm[0] for
- * <|startoftext|>, norm[1] for <|endoftext|>);
- * when it has them too, both must agree (transformers 5 would otherwise
- * take the vocabulary's id for one purpose and the added token's for
- * another). Other added tokens are not CLIP's and are ignored, as
- * transformers' CLIPTokenizer does. */
-static int read_added(json_object *root, str_map *vocab, bool norm[2], const char *path, sdw_error *e)
+static bool json_flag(json_object *o, const char *key, bool def)
 {
-    json_object *list, *flag;
-    norm[0] = norm[1] = false;
+    json_object *x;
+    return json_object_object_get_ex(o, key, &x) && !json_object_is_type(x, json_type_null)
+               ? json_object_get_boolean(x)
+               : def;
+}
+
+int sdw_tok_read_added(json_object *o, bool special, const char *path, const char *field, const char **content,
+                       size_t *len, bool *normalized, sdw_error *e)
+{
+    static const char *const unsupported[] = {"lstrip", "rstrip", "single_word"};
+    json_object *c;
+    if (!json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, "content", &c) ||
+        !json_object_is_type(c, json_type_string) || json_object_get_string_len(c) == 0)
+        return sdw_fail(e, SDW_EFORMAT, "%s: %s needs a non-empty string \"content\"", path, field);
+    for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++)
+        if (json_flag(o, unsupported[i], false))
+            return sdw_fail(e, SDW_EUNSUPPORTED, "%s: %s.%s is true, which is not supported", path, field,
+                            unsupported[i]);
+    *content = json_object_get_string(c);
+    *len = (size_t)json_object_get_string_len(c);
+    /* transformers' AddedToken: normalized defaults to "not special" */
+    *normalized = json_flag(o, "normalized", !(special || json_flag(o, "special", false)));
+    return 0;
+}
+
+typedef struct json_added {
+    json_object *tok;
+    int32_t id;
+    size_t index;
+} json_added;
+
+static int cmp_json_added(const void *a, const void *b)
+{
+    const json_added *x = a, *y = b;
+    return x->id != y->id ? (x->id > y->id) - (x->id < y->id) : (x->index > y->index) - (x->index < y->index);
+}
+
+/* added_tokens, as transformers 5 takes them over into CLIPTokenizer's
+ * added vocabulary: in the order of their ids, each one getting the id
+ * tokenizers gives it (its vocabulary id, else the next one past the
+ * vocabulary), which must be the id the file says. */
+static int read_added(sdw_tokenizer *t, json_object *root, const char *path, sdw_error *e)
+{
+    json_object *list, *id;
     if (!json_object_object_get_ex(root, "added_tokens", &list) || json_object_is_type(list, json_type_null))
         return 0;
     if (!json_object_is_type(list, json_type_array))
         return sdw_fail(e, SDW_EFORMAT, "%s: added_tokens must be a list", path);
-    for (size_t i = 0; i < json_object_array_length(list); i++) {
-        json_object *tok = json_object_array_get_idx(list, i), *content, *id;
-        if (!json_object_is_type(tok, json_type_object) || !json_object_object_get_ex(tok, "content", &content) ||
-            !json_object_is_type(content, json_type_string) || !json_object_object_get_ex(tok, "id", &id) ||
+    size_t n = json_object_array_length(list);
+    json_added *v = calloc(n ? n : 1, sizeof *v);
+    if (!v)
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", path);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        json_object *tok = json_object_array_get_idx(list, i);
+        if (!json_object_is_type(tok, json_type_object) || !json_object_object_get_ex(tok, "id", &id) ||
             !json_object_is_type(id, json_type_int) || json_object_get_int64(id) < 0 ||
             json_object_get_int64(id) > INT32_MAX)
-            return sdw_fail(e, SDW_EFORMAT,
-                            "%s: added_tokens[%zu] needs a string \"content\" and a non-negative \"id\"", path, i);
-        const char *s = json_object_get_string(content);
-        if (strcmp(s, START_TOK) != 0 && strcmp(s, END_TOK) != 0)
-            continue;
-        /* tokenizers' own default for a special token is false */
-        norm[strcmp(s, END_TOK) == 0] = json_object_object_get_ex(tok, "normalized", &flag) &&
-                                        json_object_get_boolean(flag);
-        int32_t want = (int32_t)json_object_get_int64(id);
-        int32_t have = str_map_get(vocab, s, strlen(s));
-        if (have >= 0 && have != want)
-            return sdw_fail(e, SDW_EFORMAT, "%s: added_tokens gives %s id %d, but model.vocab gives it %d", path, s,
-                            want, have);
-        str_map_put(vocab, s, strlen(s), want);
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: added_tokens[%zu] needs a non-negative integer \"id\"", path, i);
+        v[i] = (json_added){tok, (int32_t)json_object_get_int64(id), i};
     }
-    return 0;
+    if (rc == 0)
+        qsort(v, n, sizeof *v, cmp_json_added);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        char field[48];
+        const char *content;
+        size_t len;
+        bool norm;
+        snprintf(field, sizeof field, "added_tokens[%zu]", v[i].index);
+        if (i > 0 && v[i].id == v[i - 1].id) {
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: %s has the id %d of added_tokens[%zu] too", path, field, v[i].id,
+                          v[i - 1].index);
+        } else if ((rc = sdw_tok_read_added(v[i].tok, false, path, field, &content, &len, &norm, e)) == 0) {
+            rc = sdw_tok_add_special_n(t, content, len, norm, e);
+            if (rc >= 0 && rc != v[i].id)
+                rc = sdw_fail(e, SDW_EFORMAT, "%s: %s.id is %d, but transformers 5 gives \"%.64s\" the id %d", path,
+                              field, v[i].id, content, rc);
+            rc = rc < 0 ? rc : 0;
+        }
+    }
+    free(v);
+    return rc;
 }
 
 int sdw_tok_load_json(sdw_tokenizer **out, const char *path, sdw_error *e)
@@ -534,7 +603,6 @@ int sdw_tok_load_json(sdw_tokenizer **out, const char *path, sdw_error *e)
     char *text = NULL, *buf = NULL;
     size_t bufcap = 0;
     sdw_tokenizer *t = NULL;
-    bool norm[2];
     int rc;
     if ((rc = read_json_file(path, &root, e)) < 0)
         goto done;
@@ -564,18 +632,21 @@ int sdw_tok_load_json(sdw_tokenizer **out, const char *path, sdw_error *e)
         rc = sdw_fail(e, SDW_EFORMAT, "%s: model.vocab is missing", path);
         goto done;
     }
-    if ((rc = read_vocab(x, 2, &vocab, path, "model.vocab", e)) < 0 ||
-        (rc = read_added(root, &vocab, norm, path, e)) < 0)
+    if ((rc = read_vocab(x, &vocab, path, "model.vocab", e)) < 0)
         goto done;
     if (!json_object_object_get_ex(model, "merges", &merges) || !json_object_is_type(merges, json_type_array)) {
         rc = sdw_fail(e, SDW_EFORMAT, "%s: model.merges must be a list", path);
         goto done;
     }
     size_t nm = json_object_array_length(merges);
-    if ((rc = tok_new(&t, &vocab, &text, nm, path, e)) < 0)
+    if ((rc = tok_new(&t, &vocab, &text, nm, path, e)) < 0 || (rc = read_added(t, root, path, e)) < 0)
         goto done;
-    t->start_norm = norm[0];
-    t->end_norm = norm[1];
+    for (int k = 0; k < 2; k++)
+        if (sdw_tok_vocab_id(t, k ? END_TOK : START_TOK) < 0) {
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: neither model.vocab nor added_tokens has %s", path,
+                          k ? END_TOK : START_TOK);
+            goto done;
+        }
     for (size_t i = 0; i < nm; i++) {
         json_object *m = json_object_array_get_idx(merges, i), *a, *b;
         merge_pair pair;
@@ -743,6 +814,8 @@ int sdw_tok_load_bpe_gz(sdw_tokenizer **out, const char *path, sdw_error *e)
     for (size_t i = 0; i < nm; i++)
         if ((rc = add_merge(t, &pairs[i], &buf, &bufcap, path, "line", i + 2, e)) < 0)
             goto done;
+    if ((rc = add_clip_specials(t, path, e)) < 0)
+        goto done;
     *out = t;
     t = NULL;
 done:
@@ -766,23 +839,41 @@ void sdw_tok_free(sdw_tokenizer *t)
 {
     if (!t)
         return;
+    sdw_tok_clear_added(t);
+    free(t->added);
     free(t->merges);
     free(t->vocab.slots);
     free(t->vocab_text);
     free(t);
 }
 
-bool sdw_tok_set_normalized(sdw_tokenizer *t, const char *content, bool normalized)
+static added_tok *find_added(const sdw_tokenizer *t, const char *s, size_t n)
 {
-    bool *flag = strcmp(content, START_TOK) == 0 ? &t->start_norm : strcmp(content, END_TOK) == 0 ? &t->end_norm : NULL;
-    if (flag)
-        *flag = normalized;
-    return flag != NULL;
+    for (size_t i = 0; i < t->nadded; i++)
+        if (t->added[i].len == n && memcmp(t->added[i].text, s, n) == 0)
+            return &t->added[i];
+    return NULL;
 }
 
 int32_t sdw_tok_vocab_id(const sdw_tokenizer *t, const char *token)
 {
-    return str_map_get(&t->vocab, token, strlen(token));
+    const added_tok *a = find_added(t, token, strlen(token));
+    return a ? a->id : str_map_get(&t->vocab, token, strlen(token));
+}
+
+int32_t sdw_tok_added_id(const sdw_tokenizer *t, const char *token)
+{
+    const added_tok *a = find_added(t, token, strlen(token));
+    return a ? a->id : -1;
+}
+
+void sdw_tok_clear_added(sdw_tokenizer *t)
+{
+    for (size_t i = 0; i < t->nadded; i++) {
+        free(t->added[i].text);
+        free(t->added[i].norm);
+    }
+    t->nadded = 0;
 }
 
 /* ---- writing ---- */
@@ -1079,6 +1170,52 @@ int sdw_tok_normalize(const char *text, size_t len, char **out, size_t *out_len,
     return rc;
 }
 
+/* ---- added tokens ---- */
+
+/* tokenizers' AddedVocabulary::add_tokens for one token: a content seen
+ * before keeps its id and takes the new flag; a new one takes its id in
+ * the vocabulary, else the next id past both the vocabulary's size and
+ * the added ids at or beyond it. */
+int sdw_tok_add_special_n(sdw_tokenizer *t, const char *content, size_t len, bool normalized, sdw_error *e)
+{
+    if (len == 0)
+        return sdw_fail(e, SDW_EINVAL, "tokenizer: an added token cannot be empty");
+    u32vec norm = {0};
+    int rc;
+    if (normalized && (rc = normalize(content, len, &norm, e)) < 0)
+        return rc;
+    added_tok *a = find_added(t, content, len);
+    if (!a) {
+        char *text = malloc(len + 1);
+        if (!text || sdw_vec_grow((void **)&t->added, &t->added_cap, t->nadded + 1, sizeof *t->added, NULL) < 0) {
+            free(text);
+            sdw_vec_free(&norm);
+            return sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
+        }
+        memcpy(text, content, len);
+        text[len] = 0;
+        int32_t id = str_map_get(&t->vocab, content, len);
+        if (id < 0) {
+            int32_t size = (int32_t)t->vocab.count, max = -1;
+            for (size_t i = 0; i < t->nadded; i++)
+                max = t->added[i].id > max ? t->added[i].id : max;
+            id = max >= size ? max + 1 : size;
+        }
+        a = &t->added[t->nadded++];
+        *a = (added_tok){.text = text, .len = len, .id = id};
+    }
+    free(a->norm);
+    a->norm = norm.v;
+    a->nlen = norm.n;
+    a->normalized = normalized;
+    return a->id;
+}
+
+int sdw_tok_add_special(sdw_tokenizer *t, const char *content, bool normalized, sdw_error *e)
+{
+    return sdw_tok_add_special_n(t, content, strlen(content), normalized, e);
+}
+
 /* ---- BPE ---- */
 
 typedef struct bpe_work {
@@ -1192,17 +1329,15 @@ static size_t contraction(const uint32_t *w, size_t n, size_t i)
 }
 
 /* Length of "<|startoftext|>" or "<|endoftext|>" at w[i], else 0. */
-static size_t special_at(const uint32_t *w, size_t n, size_t i, bool *end)
+static size_t special_at(const uint32_t *w, size_t n, size_t i)
 {
     for (int k = 0; k < 2; k++) {
         const char *s = k ? END_TOK : START_TOK;
         size_t sl = k ? sizeof END_TOK - 1 : sizeof START_TOK - 1, j = 0;
         while (j < sl && i + j < n && w[i + j] == (uint32_t)(unsigned char)s[j])
             j++;
-        if (j == sl) {
-            *end = k;
+        if (j == sl)
             return sl;
-        }
     }
     return 0;
 }
@@ -1220,8 +1355,7 @@ static int pretokenize(const sdw_tokenizer *t, const uint32_t *w, size_t n, bpe_
          * an added-token match (one matched in the raw text, here in
          * another case). ByteLevel's GPT-2 pattern then cuts that piece into
          * "<|", the word and "|>". */
-        bool end;
-        size_t m = special_at(w, n, i, &end);
+        size_t m = special_at(w, n, i);
         if (m) {
             int rc;
             if ((rc = bpe_piece(t, w + i, 2, bw, out)) < 0 || (rc = bpe_piece(t, w + i + 2, m - 4, bw, out)) < 0 ||
@@ -1245,24 +1379,50 @@ static int pretokenize(const sdw_tokenizer *t, const uint32_t *w, size_t n, bpe_
     return 0;
 }
 
-/* Position of the first special token that is matched in normalized text
- * in w[from..n), or n; *special gets its id and *len its length. */
-static size_t find_normalized(const sdw_tokenizer *t, const uint32_t *w, size_t n, size_t from, int32_t *special,
-                              size_t *len)
+/* tokenizers' AddedVocabulary finds its tokens with Aho-Corasick in
+ * leftmost-longest mode: the first position where one of them starts, the
+ * longest of those that start there. These find the next match in s[from..n)
+ * among the tokens not "normalized" (raw bytes) or those that are (their
+ * normalized content, in normalized text), returning its position (n for
+ * none) and the token in *hit. */
+static size_t find_raw(const sdw_tokenizer *t, const char *s, size_t n, size_t from, const added_tok **hit)
 {
     for (size_t i = from; i < n; i++) {
-        bool end;
-        size_t m = w[i] == '<' ? special_at(w, n, i, &end) : 0;
-        if (m && (end ? t->end_norm : t->start_norm)) {
-            *special = end ? t->end_id : t->start_id;
-            *len = m;
+        const added_tok *best = NULL;
+        for (size_t k = 0; k < t->nadded; k++) {
+            const added_tok *a = &t->added[k];
+            if (!a->normalized && a->len <= n - i && (!best || a->len > best->len) &&
+                memcmp(s + i, a->text, a->len) == 0)
+                best = a;
+        }
+        if (best) {
+            *hit = best;
             return i;
         }
     }
     return n;
 }
 
-/* One stretch of raw text between raw special-token matches: normalized,
+static size_t find_normalized(const sdw_tokenizer *t, const uint32_t *w, size_t n, size_t from,
+                              const added_tok **hit)
+{
+    for (size_t i = from; i < n; i++) {
+        const added_tok *best = NULL;
+        for (size_t k = 0; k < t->nadded; k++) {
+            const added_tok *a = &t->added[k];
+            if (a->normalized && a->nlen <= n - i && (!best || a->nlen > best->nlen) &&
+                memcmp(w + i, a->norm, a->nlen * sizeof *w) == 0)
+                best = a;
+        }
+        if (best) {
+            *hit = best;
+            return i;
+        }
+    }
+    return n;
+}
+
+/* One stretch of raw text between raw added-token matches: normalized,
  * then cut at the normalized ones. */
 static int tokenize_raw(const sdw_tokenizer *t, const char *text, size_t len, bpe_work *bw, i32vec *out,
                         sdw_error *e)
@@ -1270,19 +1430,19 @@ static int tokenize_raw(const sdw_tokenizer *t, const char *text, size_t len, bp
     u32vec norm = {0};
     int rc = normalize(text, len, &norm, e);
     for (size_t i = 0; rc == 0 && i < norm.n;) {
-        int32_t special = 0;
-        size_t slen = 0, at = find_normalized(t, norm.v, norm.n, i, &special, &slen);
+        const added_tok *hit = NULL;
+        size_t at = find_normalized(t, norm.v, norm.n, i, &hit);
         if ((rc = pretokenize(t, norm.v + i, at - i, bw, out)) < 0 ||
-            (at < norm.n && (rc = sdw_vec_push(out, special, NULL)) < 0))
+            (hit && (rc = sdw_vec_push(out, hit->id, NULL)) < 0))
             rc = sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
-        i = at + slen;
+        i = hit ? at + hit->nlen : at;
     }
     sdw_vec_free(&norm);
     return rc;
 }
 
-/* tokenizers' added vocabulary: the special tokens not marked "normalized"
- * are found in the raw text first (exactly, so case matters), the others in
+/* tokenizers' added vocabulary: the tokens not marked "normalized" are
+ * found in the raw text first (exactly, so case matters), the others in
  * each stretch's normalized text. */
 static int tokenize_all(const sdw_tokenizer *t, const char *text, size_t len, i32vec *out, sdw_error *e)
 {
@@ -1290,22 +1450,16 @@ static int tokenize_all(const sdw_tokenizer *t, const char *text, size_t len, i3
         return sdw_fail(e, SDW_EINVAL, "tokenizer: no tokenizer or text");
     bpe_work bw = {0};
     int rc = 0;
-    const char *p = text, *end = text + len;
-    for (;;) {
-        size_t left = (size_t)(end - p);
-        const char *s = t->start_norm ? NULL : memmem(p, left, START_TOK, sizeof START_TOK - 1);
-        const char *en = t->end_norm ? NULL : memmem(p, left, END_TOK, sizeof END_TOK - 1);
-        const char *hit = s && (!en || s < en) ? s : en;
-        size_t seg = hit ? (size_t)(hit - p) : left;
-        if (seg && (rc = tokenize_raw(t, p, seg, &bw, out, e)) < 0)
+    for (size_t p = 0; p < len;) {
+        const added_tok *hit = NULL;
+        size_t at = find_raw(t, text, len, p, &hit);
+        if (at > p && (rc = tokenize_raw(t, text + p, at - p, &bw, out, e)) < 0)
             break;
-        if (!hit)
-            break;
-        if (sdw_vec_push(out, hit == s ? t->start_id : t->end_id, NULL) < 0) {
+        if (hit && sdw_vec_push(out, hit->id, NULL) < 0) {
             rc = sdw_fail(e, SDW_ENOMEM, "tokenizer: out of memory");
             break;
         }
-        p = hit + (hit == s ? sizeof START_TOK - 1 : sizeof END_TOK - 1);
+        p = hit ? at + hit->len : at;
     }
     bpe_work_free(&bw);
     return rc;
@@ -1339,14 +1493,18 @@ int sdw_tok_encode_n(const sdw_tokenizer *t, const char *text, size_t len, int32
 {
     if (ctx < 2)
         return sdw_fail(e, SDW_EINVAL, "tokenizer: context of %d cannot hold BOS and EOS", ctx);
+    /* transformers' post-processor adds them by id, whatever their flags */
+    int32_t bos = t ? sdw_tok_vocab_id(t, START_TOK) : -1, eos = t ? sdw_tok_vocab_id(t, END_TOK) : -1;
+    if (t && (bos < 0 || eos < 0))
+        return sdw_fail(e, SDW_EINVAL, "tokenizer: no id for %s", bos < 0 ? START_TOK : END_TOK);
     i32vec out = {0};
     int rc = tokenize_all(t, text, len, &out, e);
     if (rc == 0) {
         size_t keep = out.n < (size_t)ctx - 2 ? out.n : (size_t)ctx - 2;
-        ids[0] = t->start_id;
+        ids[0] = bos;
         if (keep)
             memcpy(ids + 1, out.v, keep * sizeof *ids);
-        ids[keep + 1] = t->end_id;
+        ids[keep + 1] = eos;
         for (size_t i = keep + 2; i < (size_t)ctx; i++)
             ids[i] = pad_id;
         rc = (int)keep + 2;

@@ -52,14 +52,21 @@ int fuzz_tokenizer_one(const uint8_t *data, size_t size)
     int m = sdw_tok_tokenize_n(g_tok, (const char *)data, size, all, SDW_TOK_CONTEXT, &e);
     if (m < n - 2 || (m <= SDW_TOK_CONTEXT - 2 && m != n - 2) || memcmp(all, ids + 1, (size_t)(n - 2) * sizeof *ids))
         abort();
-    /* The other way of matching the special tokens: in the raw text only. */
-    sdw_tok_set_normalized(g_tok, "<|startoftext|>", false);
-    sdw_tok_set_normalized(g_tok, "<|endoftext|>", false);
-    m = sdw_tok_encode_n(g_tok, (const char *)data, size, ids, SDW_TOK_CONTEXT, SDW_TOK_EOS, &e);
-    sdw_tok_set_normalized(g_tok, "<|startoftext|>", true);
-    sdw_tok_set_normalized(g_tok, "<|endoftext|>", true);
+    /* The other way of matching added tokens: in the raw text only, with
+     * SD 2's "!" beside the special tokens; then back to the first way. */
+    if (sdw_tok_add_special(g_tok, "<|startoftext|>", false, &e) < 0 ||
+        sdw_tok_add_special(g_tok, "<|endoftext|>", false, &e) < 0 || sdw_tok_add_special(g_tok, "!", false, &e) != 0)
+        abort();
+    m = sdw_tok_encode_n(g_tok, (const char *)data, size, ids, SDW_TOK_CONTEXT, 0, &e);
+    sdw_tok_clear_added(g_tok);
+    if (sdw_tok_add_special(g_tok, "<|startoftext|>", true, &e) < 0 ||
+        sdw_tok_add_special(g_tok, "<|endoftext|>", true, &e) < 0)
+        abort();
     if (m < 2 || m > SDW_TOK_CONTEXT || ids[m - 1] != SDW_TOK_EOS)
         abort();
+    for (int i = 0; i < m; i++)
+        if (ids[i] < 0 || ids[i] >= VOCAB_SIZE)
+            abort();
     char *norm;
     size_t nlen;
     if (sdw_tok_normalize((const char *)data, size, &norm, &nlen, &e) < 0)

@@ -242,6 +242,12 @@ def tokenizer_json():
     write("tokenizer_json", "bad-merge-three", doc({"merges": [["c", "a", "t"]]}))
     write("tokenizer_json", "bad-merge-unknown", doc({"merges": ["q z"]}))
     write("tokenizer_json", "bad-suffix", doc({"end_of_word_suffix": "##"}))
+    # SD 2's pad token "!" (its vocabulary id) and a normalized token past the vocabulary
+    write("tokenizer_json", "ok-added-tokens",
+          doc(added_tokens=added + [{"id": 33, "content": "!", "special": True, "normalized": False},
+                                    {"id": 516, "content": "Cat", "special": False, "normalized": True}]))
+    write("tokenizer_json", "bad-added-lstrip",
+          doc(added_tokens=added + [{"id": 33, "content": "!", "lstrip": True}]))
     write("tokenizer_json", "bad-no-specials", doc(added_tokens=[]))
     write("tokenizer_json", "bad-added-contradicts",
           doc({"vocab": dict(vocab, **{"<|endoftext|>": 7})}))

@@ -8,7 +8,7 @@ byte-identical files.
 Usage (from anywhere):
     /opt/sdw-ref/bin/python tests/reference/make_fixtures.py [--only GROUP ...]
 
-Groups: tokens, randn, models, embeds, today. 'embeds' and 'today' read the
+Groups: tokens, tokens-sd2, randn, models, embeds, today. 'embeds' and 'today' read the
 models from disk, so they need 'models' to have been run once.
 """
 
@@ -438,8 +438,62 @@ def make_today():
 
 
 # --------------------------------------------------------------------------
+# tokens-sd2.json
 
-GROUPS = ["tokens", "randn", "models", "embeds", "today"]
+# "!" is SD 2's pad token, a special added token in transformers 5: split
+# out as id 0 wherever it is, never BPE'd ("!</w>" is 256).
+BANG_PROMPTS = [
+    "!", "!!", "!!!!!", "a!b", "hello!", "hello !", "! hello", "wow!!", "Hi!  there", "?!", "!?", "¡!",
+    "<|endoftext|>!", "!<|endoftext|>", "!<|startoftext|>", "<|EndOfText|>!", "<|StartOfText|>!x",
+    "!\u0301", "\u0301!", "e\u0301!", "héllo!!", "東京!", "猫!🐱", "\uff01", "!\u200b!", "a\t!\nb",
+    "I'm!", "!'s", "1!2", "!!!!!!!!!!!!!!!!", "x" + "!" * 80,
+]
+
+
+def _hub_sd2_folder(tmpdir):
+    """An old-layout SD 2 tokenizer/ folder as stabilityai/stable-diffusion-2-1 ships it, over the
+    bundled vocabulary (tiny-sd2's too): what diffusers gives single SD 2 files."""
+    at = lambda c: {"content": c, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+    d = os.path.join(tmpdir, "sd2-old")
+    os.makedirs(d)
+    write_tokenizer_files(d)
+    with open(os.path.join(d, "special_tokens_map.json"), "w") as f:
+        json.dump({"bos_token": at("<|startoftext|>"), "eos_token": at("<|endoftext|>"), "pad_token": "!",
+                   "unk_token": at("<|endoftext|>")}, f)
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": dict(at("<|startoftext|>"), __type="AddedToken"), "do_lower_case": True,
+                   "eos_token": dict(at("<|endoftext|>"), __type="AddedToken"), "errors": "replace",
+                   "model_max_length": MAX_LEN, "pad_token": "<|endoftext|>", "tokenizer_class": "CLIPTokenizer",
+                   "unk_token": dict(at("<|endoftext|>"), __type="AddedToken")}, f)
+    return d
+
+
+def make_tokens_sd2(tmpdir):
+    """tiny-sd2's tokenizer.json (ids) and a hub-like old-layout folder over the same vocabulary (ids_hub)."""
+    from transformers import CLIPTokenizer
+
+    prompts = PROMPTS[::4] + [p for p in PROMPTS if "!" in p and p not in PROMPTS[::4]] + BANG_PROMPTS
+    assert len(prompts) == len(set(prompts)), "duplicate prompt"
+    tok = CLIPTokenizer.from_pretrained(os.path.join(MODELS, "tiny-sd2", "tokenizer"), local_files_only=True)
+    assert tok.pad_token == "!" and tok.pad_token_id == 0
+    old = CLIPTokenizer.from_pretrained(_hub_sd2_folder(tmpdir), local_files_only=True)
+    assert old.pad_token_id == 0
+    ids77, hub77 = tokenize77(tok, prompts), tokenize77(old, prompts)
+    assert tok("hello!").input_ids == old("hello!").input_ids == [BOS, 3306, 0, EOS]
+    # The two differ only where a prompt spells a special token in another case: normalized in the
+    # hub folder, not in tiny-sd2's tokenizer.json.
+    assert all(a == b or "<|" in p.lower() for p, a, b in zip(prompts, ids77, hub77))
+    rows = [{"prompt": p, "ids": ids, "n_tokens": len(tok(p).input_ids), "ids_hub": hub,
+             "n_tokens_hub": len(old(p).input_ids)} for p, ids, hub in zip(prompts, ids77, hub77)]
+    with open(os.path.join(FIX, "tokens-sd2.json"), "w", encoding="utf-8") as f:
+        f.write("[\n")
+        f.write(",\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+        f.write("\n]\n")
+
+
+# --------------------------------------------------------------------------
+
+GROUPS = ["tokens", "tokens-sd2", "randn", "models", "embeds", "today"]
 
 
 def main():
@@ -459,6 +513,8 @@ def main():
         tok = build_tokenizer(tmp)
         if "tokens" in groups:
             make_tokens(tok)
+        if "tokens-sd2" in groups:
+            make_tokens_sd2(tmp)
         if "randn" in groups:
             make_randn()
         if "models" in groups:
