@@ -261,6 +261,10 @@ def config():
     write("config", "ok-empty.conf", "")
     write("config", "ok-comments.conf", "# only a comment\n\n   # indented\r\n")
     write("config", "ok-models.conf", "model.sd15 = models/sd15\nmodel.other = \"/srv/my models/x\" # note\n")
+    write("config", "ok-model-options.conf",
+          "model.turbo = /m/turbo\nmodel.turbo.steps = 1\nmodel.turbo.guidance = 0\nmodel.turbo.size = 512x512\n"
+          "model.turbo.sampler = euler_a\nmodel.turbo.prediction = v\n")
+    write("config", "bad-model-option.conf", "model.turbo.steps = 1\nmodel.turbo = /m/turbo\n")
     write("config", "ok-quoted.conf", 'listen = "unix:/run/sdw/a\\"b.sock"\nring.name = /sdw-1\n')
     write("config", "ok-tcp.conf", "listen = 127.0.0.1:9000\npm = dynamic\npm.max_children = 8\n")
     write("config", "ok-api-key.conf",
