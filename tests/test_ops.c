@@ -577,6 +577,10 @@ int main(void)
     test_attention(1, 77, 77, 1, 16, 1);
     test_attention(2, 300, 77, 2, 16, 0);  /* more queries than one block, cross-attention shape */
     test_attention(1, 600, 600, 2, 8, 1);  /* causal mask across query blocks */
+    /* keys in blocks with a running softmax: a partial last block, and
+     * query rows over more than one block */
+    test_attention(2, 300, 1300, 2, 16, 0);
+    test_attention(1, 64, 2048, 3, 8, 0);
     test_softmax_exp();
     test_act(SDW_ACT_SILU, "silu");
     test_act(SDW_ACT_GELU, "gelu");

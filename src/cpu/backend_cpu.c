@@ -93,6 +93,14 @@ void sdw_cpu_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, 
 /* Query rows per block in attention: bounds the score buffer to
  * SDW_ATTN_QBLOCK x tk floats (4 MiB at 4096 keys) instead of tq x tk. */
 #define SDW_ATTN_QBLOCK 256
+/* Beyond this many keys (self-attention at 512x512 and up) the keys go in
+ * blocks of SDW_ATTN_KBLOCK with a running softmax, so that each block of
+ * scores (QBLOCK x KBLOCK floats, 512 KiB) stays in the core's cache through
+ * the exp and the second product. A whole row of scores, 36 KiB at 768x768's
+ * 9216 keys, makes every pass over it a trip to memory: most of the time of
+ * those attentions went there. */
+#define SDW_ATTN_KEYS_BLOCKED 1024
+#define SDW_ATTN_KBLOCK 512
 
 /* The largest activations (a transformer's feed-forward at 512x512 is 84 MB,
  * the VAE decoder's 128-256 MB) are beyond glibc's largest mmap threshold
@@ -359,44 +367,117 @@ __attribute__((target("avx2,fma"))) static inline __m256 exp8(__m256 x)
     return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
 }
 
-/* One softmax row over its first `valid` entries: max, exp with the sum in
- * double (4 lanes per half), scale. The tail goes through exp8 too, so every
- * entry gets the same exp whatever its position. */
-__attribute__((target("avx2,fma"))) static void softmax_row_avx2(float *sr, int64_t valid)
+__attribute__((target("avx2,fma"))) static float row_max_avx2(const float *sr, int64_t n)
 {
     __m256 vmx = _mm256_set1_ps(-INFINITY);
     int64_t j = 0;
-    for (; j + 8 <= valid; j += 8)
+    for (; j + 8 <= n; j += 8)
         vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(sr + j));
     float lanes[8];
     _mm256_storeu_ps(lanes, vmx);
     float mx = -INFINITY;
     for (int l = 0; l < 8; l++)
         mx = lanes[l] > mx ? lanes[l] : mx;
-    for (int64_t t = j; t < valid; t++)
-        mx = sr[t] > mx ? sr[t] : mx;
+    for (; j < n; j++)
+        mx = sr[j] > mx ? sr[j] : mx;
+    return mx;
+}
+
+/* sr[j] = exp(sr[j] - mx) for j < n, returning their sum in double (4
+ * lanes per half). The tail goes through exp8 too, so every entry gets the
+ * same exp whatever its position. */
+__attribute__((target("avx2,fma"))) static double exp_sum_avx2(float *sr, int64_t n, float mx)
+{
     __m256 vm = _mm256_set1_ps(mx);
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
-    for (j = 0; j + 8 <= valid; j += 8) {
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
         __m256 ev = exp8(_mm256_sub_ps(_mm256_loadu_ps(sr + j), vm));
         _mm256_storeu_ps(sr + j, ev);
         s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(ev)));
         s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(ev, 1)));
     }
     double sum = 0.0, part[4];
-    if (j < valid) {
+    if (j < n) {
+        float lanes[8];
         for (int l = 0; l < 8; l++)
-            lanes[l] = j + l < valid ? sr[j + l] : mx;
+            lanes[l] = j + l < n ? sr[j + l] : mx;
         _mm256_storeu_ps(lanes, exp8(_mm256_sub_ps(_mm256_loadu_ps(lanes), vm)));
-        for (int64_t t = j; t < valid; t++) {
+        for (int64_t t = j; t < n; t++) {
             sr[t] = lanes[t - j];
             sum += sr[t];
         }
     }
     _mm256_storeu_pd(part, _mm256_add_pd(s0, s1));
-    sum += (part[0] + part[1]) + (part[2] + part[3]);
+    return sum + (part[0] + part[1]) + (part[2] + part[3]);
+}
+
+/* exp8 on sixteen lanes: the same steps, so the same value in every lane. */
+__attribute__((target("avx512f"))) static inline __m512 exp16(__m512 x)
+{
+    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
+    x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+    __m512i ni = _mm512_cvtps_epi32(n);
+    __m512i n1 = _mm512_srai_epi32(ni, 1), n2 = _mm512_sub_epi32(ni, n1);
+    __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n1, _mm512_set1_epi32(127)), 23));
+    __m512 s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n2, _mm512_set1_epi32(127)), 23));
+    return _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
+}
+
+__attribute__((target("avx512f"))) static float row_max_avx512(const float *sr, int64_t n)
+{
+    __m512 vmx = _mm512_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        vmx = _mm512_max_ps(vmx, _mm512_loadu_ps(sr + j));
+    float mx = _mm512_reduce_max_ps(vmx);
+    for (; j < n; j++)
+        mx = sr[j] > mx ? sr[j] : mx;
+    return mx;
+}
+
+/* exp_sum_avx2 on sixteen lanes, the tail through exp16 too. */
+__attribute__((target("avx512f"))) static double exp_sum_avx512(float *sr, int64_t n, float mx)
+{
+    __m512 vm = _mm512_set1_ps(mx);
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        __m512 ev = exp16(_mm512_sub_ps(_mm512_loadu_ps(sr + j), vm));
+        _mm512_storeu_ps(sr + j, ev);
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(ev)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(ev), 1))));
+    }
+    double sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    if (j < n) {
+        __mmask16 k = (__mmask16)((1u << (n - j)) - 1);
+        __m512 ev = exp16(_mm512_sub_ps(_mm512_mask_loadu_ps(vm, k, sr + j), vm));
+        _mm512_mask_storeu_ps(sr + j, k, ev);
+        for (int64_t t = j; t < n; t++)
+            sum += sr[t];
+    }
+    return sum;
+}
+
+/* One softmax row over its first `valid` entries. */
+__attribute__((target("avx2,fma"))) static void softmax_row_avx2(float *sr, int64_t valid)
+{
+    double sum = exp_sum_avx2(sr, valid, row_max_avx2(sr, valid));
     __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
-    for (j = 0; j + 8 <= valid; j += 8)
+    int64_t j = 0;
+    for (; j + 8 <= valid; j += 8)
         _mm256_storeu_ps(sr + j, _mm256_mul_ps(_mm256_loadu_ps(sr + j), inv));
     for (; j < valid; j++)
         sr[j] *= (float)(1.0 / sum);
@@ -517,40 +598,135 @@ static int cpu_layer_norm(sdw_backend *be, const float *x, const float *gamma, c
 }
 
 
-/* One thread per (batch, head) pair, each with single-threaded products and
- * its own score block of SDW_ATTN_QBLOCK x tk floats: scratch is threads x
- * 4 MiB at 4096 keys, never heads x tq x tk, and no barrier between the
- * products and the softmax. Scores and softmax are float32 like everything
+/* The vector width the blocked attention's exps run at: 0 (scalar), 1
+ * (AVX2), 2 (AVX-512: twice the exps per instruction, where the time of
+ * 768x768's attention went once the products were in cache). */
+static int attention_simd(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx512f"))
+        return 2;
+#endif
+    return have_avx2_fma();
+}
+
+/* Row i of a score block: its max over n entries. */
+static float scores_max(const float *sr, int64_t n, int simd)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (simd == 2)
+        return row_max_avx512(sr, n);
+    if (simd == 1)
+        return row_max_avx2(sr, n);
+#else
+    (void)simd;
+#endif
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; j++)
+        mx = sr[j] > mx ? sr[j] : mx;
+    return mx;
+}
+
+static double scores_exp_sum(float *sr, int64_t n, float mx, int simd)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (simd == 2)
+        return exp_sum_avx512(sr, n, mx);
+    if (simd == 1)
+        return exp_sum_avx2(sr, n, mx);
+#else
+    (void)simd;
+#endif
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; j++)
+        sum += sr[j] = expf(sr[j] - mx);
+    return sum;
+}
+
+/* One head's attention for nr query rows, the keys in blocks (no causal
+ * mask): the running max m and sum l of each row, the output rows o
+ * (stride c) rescaled by exp(m_old - m_new) whenever a block raises the max,
+ * and divided by l at the end. sc holds nr x SDW_ATTN_KBLOCK scores. */
+static void attention_rows_blocked(const float *qh, const float *kh, const float *vh, float *oh, int64_t nr,
+                                   int64_t tk, int64_t d, int64_t c, float scale, float *sc, float *m, double *l,
+                                   int simd)
+{
+    for (int64_t i = 0; i < nr; i++)
+        m[i] = -INFINITY, l[i] = 0.0;
+    for (int64_t k0 = 0; k0 < tk; k0 += SDW_ATTN_KBLOCK) {
+        int64_t nk = tk - k0 < SDW_ATTN_KBLOCK ? tk - k0 : SDW_ATTN_KBLOCK;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nr, (blasint)nk, (blasint)d, scale, qh,
+                    (blasint)c, kh + k0 * c, (blasint)c, 0.0f, sc, (blasint)SDW_ATTN_KBLOCK);
+        for (int64_t i = 0; i < nr; i++) {
+            float *sr = sc + i * SDW_ATTN_KBLOCK;
+            float bm = scores_max(sr, nk, simd), mn = bm > m[i] ? bm : m[i];
+            double sum = scores_exp_sum(sr, nk, mn, simd);
+            if (k0) {
+                float shrink = expf(m[i] - mn);
+                l[i] *= shrink;
+                float *orow = oh + i * c;
+                for (int64_t t = 0; t < d; t++)
+                    orow[t] *= shrink;
+            }
+            l[i] += sum;
+            m[i] = mn;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)d, (blasint)nk, 1.0f, sc,
+                    (blasint)SDW_ATTN_KBLOCK, vh + k0 * c, (blasint)c, k0 ? 1.0f : 0.0f, oh, (blasint)c);
+    }
+    for (int64_t i = 0; i < nr; i++) {
+        float inv = (float)(1.0 / l[i]);
+        for (int64_t t = 0; t < d; t++)
+            oh[i * c + t] *= inv;
+    }
+}
+
+/* One thread per (batch, head, query block), each with single-threaded
+ * products and its own score block of SDW_ATTN_QBLOCK x tk floats (or x
+ * SDW_ATTN_KBLOCK with many keys): scratch is threads x 4 MiB at 4096 keys,
+ * never heads x tq x tk, and no barrier between the products and the
+ * softmax. Scores and softmax are float32 like everything
  * here, which is what a UNet's upcast_attention asks for. */
 static int cpu_attention(sdw_backend *be, const float *q, const float *k, const float *v, float *out, int64_t b,
                          int64_t tq, int64_t tk, int64_t heads, int64_t d, float scale, int causal, sdw_error *e)
 {
     int64_t c = heads * d;
     int64_t qblock = tq < SDW_ATTN_QBLOCK ? tq : SDW_ATTN_QBLOCK;
+    /* Work items are (batch, head, query block): a VAE's one-head attention
+     * keeps every thread busy too. */
+    int64_t nqb = (tq + qblock - 1) / qblock, items = b * heads * nqb;
     int nt = omp_get_max_threads();
-    if (nt > b * heads)
-        nt = (int)(b * heads);
+    if (nt > items)
+        nt = (int)items;
     int avx2 = have_avx2_fma();
+    int blocked = !causal && tk > SDW_ATTN_KEYS_BLOCKED, simd = blocked ? attention_simd() : 0;
+    /* per thread: the scores, then (blocked) each row's running max (2 *
+     * qblock floats, so that the sums after them, doubles, stay aligned
+     * whatever qblock is) and sum */
+    int64_t per = blocked ? qblock * SDW_ATTN_KBLOCK + 4 * qblock : qblock * tk;
     float *s = NULL;
-    int rc = sdw_cpu_alloc(be, (size_t)(nt * qblock * tk), &s, e);
+    int rc = sdw_cpu_alloc(be, (size_t)(nt * per), &s, e);
     if (rc)
         return rc;
 #pragma omp parallel for num_threads(nt) schedule(dynamic)
-    for (int64_t bh = 0; bh < b * heads; bh++) {
-        int64_t bi = bh / heads, h = bh % heads;
-        float *sc = s + (int64_t)omp_get_thread_num() * qblock * tk;
-        const float *qh = q + bi * tq * c + h * d;
+    for (int64_t item = 0; item < items; item++) {
+        int64_t bh = item / nqb, bi = bh / heads, h = bh % heads;
+        int64_t r0 = item % nqb * qblock, nr = tq - r0 < qblock ? tq - r0 : qblock;
+        float *sc = s + (int64_t)omp_get_thread_num() * per;
+        const float *qh = q + (bi * tq + r0) * c + h * d;
         const float *kh = k + bi * tk * c + h * d;
         const float *vh = v + bi * tk * c + h * d;
-        float *oh = out + bi * tq * c + h * d;
-        for (int64_t r0 = 0; r0 < tq; r0 += qblock) {
-            int64_t nr = tq - r0 < qblock ? tq - r0 : qblock;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nr, (blasint)tk, (blasint)d, scale,
-                        qh + r0 * c, (blasint)c, kh, (blasint)c, 0.0f, sc, (blasint)tk);
-            softmax_rows(sc, nr, tk, r0, causal, avx2);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)d, (blasint)tk, 1.0f, sc,
-                        (blasint)tk, vh, (blasint)c, 0.0f, oh + r0 * c, (blasint)c);
+        float *oh = out + (bi * tq + r0) * c + h * d;
+        if (blocked) {
+            float *m = sc + qblock * SDW_ATTN_KBLOCK;
+            attention_rows_blocked(qh, kh, vh, oh, nr, tk, d, c, scale, sc, m, (double *)(m + 2 * qblock), simd);
+            continue;
         }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nr, (blasint)tk, (blasint)d, scale, qh,
+                    (blasint)c, kh, (blasint)c, 0.0f, sc, (blasint)tk);
+        softmax_rows(sc, nr, tk, r0, causal, avx2);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)d, (blasint)tk, 1.0f, sc,
+                    (blasint)tk, vh, (blasint)c, 0.0f, oh, (blasint)c);
     }
     sdw_cpu_free(be, s);
     return SDW_OK;
