@@ -122,8 +122,10 @@ req GET /ready
 [ "$code" = 503 ] && has '"ready":false' && has '"reason":"model loading"'
 ok $? "GET /ready while the engine loads: 503 with the ring's reason ($body)"
 req GET /v1/models
-[ "$code" = 200 ] && has '{"models":[{"name":"sd15","default":true},{"name":"tiny","default":false}]}'
-ok $? "GET /v1/models lists the served models, the first as default"
+[ "$code" = 200 ] &&
+    has '{"models":[{"name":"sd15","default":true,"family":null,"prediction":null,"inpainting":null,' &&
+    has '"defaults":{"steps":20,"guidance_scale":7.5,"width":512,"height":512,"sampler":null}},{"name":"tiny","default":false,'
+ok $? "GET /v1/models lists the served models, the first as default, null families while the engine loads ($body)"
 req GET '/v1/pool/status?full'
 [ "$code" = 200 ] && has '"process_manager":"dynamic"' && has '"max_children":40' &&
     has '"accepted_conn":' && has '"active_streams":0' && has '"slots":64' && has '"processes":[{"pid":'
