@@ -4,6 +4,8 @@
 #   sd15      (default) SD 1.5, euler, 4 steps, CFG 7.5, at 512x512 and 256x256
 #   sd21      SD 2.1 (768, v-prediction), euler, 4 steps, CFG 7.5, at 768x768
 #   sd-turbo  SD-Turbo (SD 2.1's architecture), euler_a, 1 step, no CFG, 512x512
+#   sdxl      SDXL base 1.0, euler, 2 steps, CFG 5, at 1024x1024
+#   sdxl-turbo SDXL-Turbo (SDXL's architecture), euler_a, 1 step, no CFG, 512x512
 # or the sizes given as arguments (e.g. bench/cpu.sh 256). Reports load,
 # text-encode, per-step (with 2 or more steps), VAE decode and whole-image
 # (everything after the load) times and peak RSS (GNU time), and the load
@@ -25,7 +27,9 @@ case $name in
 sd15) default_sizes="512 256" steps=4 sampler=euler guidance=7.5 ;;
 sd21) default_sizes=768 steps=4 sampler=euler guidance=7.5 ;;
 sd-turbo) default_sizes=512 steps=1 sampler=euler_a guidance=0 ;;
-*) echo "bench/cpu.sh: SDW_BENCH_MODEL must be sd15, sd21 or sd-turbo" >&2; exit 2 ;;
+sdxl) default_sizes=1024 steps=2 sampler=euler guidance=5 ;;
+sdxl-turbo) default_sizes=512 steps=1 sampler=euler_a guidance=0 ;;
+*) echo "bench/cpu.sh: SDW_BENCH_MODEL must be sd15, sd21, sd-turbo, sdxl or sdxl-turbo" >&2; exit 2 ;;
 esac
 sizes=${*:-$default_sizes}
 dtype=${SDW_BENCH_DTYPE:-f16}

@@ -2,7 +2,9 @@
 same model directory, float32 (the dtype diffusers loads by default, what
 a CPU user runs), SDPA attention (diffusers' default on torch 2), seed 42,
 with the sampler, guidance, steps and size bench/cpu.sh uses; the model's
-own scheduler config otherwise (an SD 2.1 model's v-prediction).
+own scheduler config otherwise (an SD 2.1 model's v-prediction). The
+pipeline class is the one the folder's model_index.json names, so an SDXL
+folder runs StableDiffusionXLPipeline.
 Prints `name: seconds` lines as sdworker-generate does: load, text encode
 (timed on its own), seconds per step with 2 or more steps (between the first
 and the last step's end, so the first step's warm-up is left out, in
@@ -14,7 +16,7 @@ import argparse
 import time
 
 import torch
-from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+from diffusers import DiffusionPipeline, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
 SCHEDULERS = {"euler": EulerDiscreteScheduler, "euler_a": EulerAncestralDiscreteScheduler}
 
@@ -31,8 +33,7 @@ def main():
     a = ap.parse_args()
 
     t = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(a.model, torch_dtype=torch.float32, safety_checker=None,
-                                                   requires_safety_checker=False)
+    pipe = DiffusionPipeline.from_pretrained(a.model, torch_dtype=torch.float32)
     pipe.scheduler = SCHEDULERS[a.sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - t
@@ -40,7 +41,8 @@ def main():
 
     with torch.inference_mode():
         t = time.perf_counter()
-        pipe.encode_prompt(a.prompt, "cpu", 1, a.guidance > 1)
+        pipe.encode_prompt(prompt=a.prompt, device="cpu", num_images_per_prompt=1,
+                           do_classifier_free_guidance=a.guidance > 1)
         print(f"text encode: {time.perf_counter() - t:.2f}")
 
         marks = []

@@ -2,7 +2,11 @@
 # bench/gpu.sh DIR OUTDIR: one SD 1.5-architecture model with random fp16
 # weights (sdworker-mkmodel --config sd15), one 512x512 image, 20 euler
 # steps, CFG 7.5, seed 42, on cuda:0: sdworker, then diffusers on the same
-# card with the same weights in fp16 with SDPA attention. Prints and writes
+# card with the same weights in fp16 with SDPA attention. With
+# SDW_BENCH_CONFIG=sdxl the model is SDXL base 1.0's architecture and the
+# image 1024x1024 at CFG 5 (diffusers' SDXL default), 20 euler steps; its
+# model takes a few minutes of one core to make, so tests/gpu/run.sh runs it
+# only when asked (SDW_GPU_SDXL=1). Prints and writes
 # OUTDIR/summary.txt: seconds per image, it/s, text encode, VAE decode, load
 # time, peak device memory, and diffusers' time over ours. DIR is a build
 # tree (DIR/src/tools/sdworker-*) or the GPU bundle (DIR/bin/sdworker-*,
@@ -54,9 +58,15 @@ tools=$dir/src/tools
 export SDW_DATA_DIR=${SDW_DATA_DIR:-$here/data}
 ours=(env ${SDW_LD_LIBRARY_PATH:+LD_LIBRARY_PATH=$SDW_LD_LIBRARY_PATH})
 deadline=${SDW_BENCH_DEADLINE:-$(($(date +%s) + 3600))}
-model=${SDW_BENCH_MODEL:-/tmp/sdw-bench-sd15-random}
+config=${SDW_BENCH_CONFIG:-sd15}
+case $config in
+sd15) size=512 guidance=7.5 ;;
+sdxl) size=1024 guidance=5 ;;
+*) echo "bench/gpu.sh: SDW_BENCH_CONFIG must be sd15 or sdxl" >&2; exit 2 ;;
+esac
+model=${SDW_BENCH_MODEL:-/tmp/sdw-bench-$config-random}
 prompt="a photograph of an astronaut riding a horse on the moon"
-common=(--prompt "$prompt" --steps 20 --guidance 7.5 --width 512 --height 512 --seed 42 --sampler euler)
+common=(--prompt "$prompt" --steps 20 --guidance $guidance --width $size --height $size --seed 42 --sampler euler)
 
 # limit N: N seconds, or fewer when the deadline is nearer.
 limit() {
@@ -92,7 +102,7 @@ make_model() {
   s=$(date +%s)
   [ -f "$model/model_index.json" ] && return 0
   rm -rf "$model" "$model.part"
-  if timeout -k 5 "$(limit 180)" "${ours[@]}" "$tools/sdworker-mkmodel" --config sd15 --dtype f16 "$model.part" \
+  if timeout -k 5 "$(limit 400)" "${ours[@]}" "$tools/sdworker-mkmodel" --config $config --dtype f16 "$model.part" \
     >"$out/mkmodel.log" 2>&1 && mv "$model.part" "$model"; then
     echo "model: $model made in $(($(date +%s) - s))s" >>"$out/mkmodel.log"
   else
@@ -133,7 +143,8 @@ else
       "$here"/.whl/*.whl >"$out/pip.log" 2>&1 && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
   read -r _ dif_peak dif_rc < <(peak_run "$out/diffusers.log" "$(limit 300)" env HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
-    python3 "$here/tests/gpu/diffusers_bench.py" --model "$model" --prompt "$prompt" --output "$out/diffusers.png" \
+    python3 "$here/tests/gpu/diffusers_bench.py" --model "$model" --prompt "$prompt" --size $size --guidance $guidance \
+    --output "$out/diffusers.png" \
     --json "$out/diffusers.json")
 fi
 

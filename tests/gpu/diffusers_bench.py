@@ -1,6 +1,8 @@
 """The diffusers baseline for bench/gpu.sh: the same model directory, fp16,
-SDPA attention (diffusers' default AttnProcessor2_0 on torch 2), 512x512, 20
-euler steps, CFG 7.5, seed 42. The first run warms up (its time is reported
+SDPA attention (diffusers' default AttnProcessor2_0 on torch 2), --size
+(512) square, 20 euler steps, CFG --guidance (7.5), seed 42; the pipeline
+class the folder's model_index.json names (StableDiffusionXLPipeline for
+SDXL, whose VAE then decodes in float32 as its force_upcast asks). The first run warms up (its time is reported
 as the first image's); the second is timed, whole and by phase (text encode
 and VAE decode timed again on their own). The allocator's peak is torch's
 max_memory_reserved; bench/gpu.sh measures the process's device memory.
@@ -10,7 +12,7 @@ import json
 import time
 
 import torch
-from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+from diffusers import DiffusionPipeline, EulerDiscreteScheduler
 
 
 def timed(fn):
@@ -27,13 +29,14 @@ def main():
     ap.add_argument("--prompt", required=True)
     ap.add_argument("--output", required=True)
     ap.add_argument("--json", required=True)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--guidance", type=float, default=7.5)
     a = ap.parse_args()
 
-    pipe, load_s = timed(lambda: StableDiffusionPipeline.from_pretrained(
-        a.model, torch_dtype=torch.float16, safety_checker=None, requires_safety_checker=False).to("cuda"))
+    pipe, load_s = timed(lambda: DiffusionPipeline.from_pretrained(a.model, torch_dtype=torch.float16).to("cuda"))
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    kw = dict(prompt=a.prompt, num_inference_steps=20, guidance_scale=7.5, width=512, height=512)
+    kw = dict(prompt=a.prompt, num_inference_steps=20, guidance_scale=a.guidance, width=a.size, height=a.size)
 
     def run():
         return pipe(generator=torch.Generator("cuda").manual_seed(42), **kw).images[0]
@@ -44,9 +47,14 @@ def main():
     # Over both runs, as sdworker's allocator figures cover its warm-up too.
     peak = torch.cuda.max_memory_reserved() >> 20
 
-    _, encode_s = timed(lambda: pipe.encode_prompt(a.prompt, "cuda", 1, True))
-    lat = torch.randn(1, 4, 64, 64, device="cuda", dtype=torch.float16)
-    _, decode_s = timed(lambda: pipe.vae.decode(lat / pipe.vae.config.scaling_factor))
+    _, encode_s = timed(lambda: pipe.encode_prompt(prompt=a.prompt, device="cuda", num_images_per_prompt=1,
+                                                       do_classifier_free_guidance=a.guidance > 1))
+    lat = torch.randn(1, 4, a.size // 8, a.size // 8, device="cuda", dtype=torch.float16)
+    vae = pipe.vae
+    if vae.config.get("force_upcast"):
+        vae = vae.to(torch.float32)
+        lat = lat.float()
+    _, decode_s = timed(lambda: vae.decode(lat / vae.config.scaling_factor))
 
     steps = []
     def cb(p, i, t, k):
