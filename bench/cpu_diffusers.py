@@ -11,6 +11,9 @@ and the last step's end, so the first step's warm-up is left out, in
 diffusers' favour), VAE
 decode of the denoised latents, and the whole as sdworker-generate counts it
 (load, then the pipeline call with its own text encoding, then the decode).
+With --lora, each file is loaded as an adapter (load_lora_weights) and all
+are active at weight 1 (set_adapters): PEFT's low-rank product beside the
+frozen weight, diffusers' way of running LoRAs unless they are fused.
 """
 import argparse
 import time
@@ -30,12 +33,18 @@ def main():
     ap.add_argument("--sampler", choices=sorted(SCHEDULERS), default="euler")
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--output", required=True)
+    ap.add_argument("--lora", action="append", default=[], help="a LoRA file, at weight 1 (repeatable)")
     a = ap.parse_args()
 
     t = time.perf_counter()
     pipe = DiffusionPipeline.from_pretrained(a.model, torch_dtype=torch.float32)
     pipe.scheduler = SCHEDULERS[a.sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    if a.lora:
+        names = [f"lora{i}" for i in range(len(a.lora))]
+        for name, path in zip(names, a.lora):
+            pipe.load_lora_weights(path, adapter_name=name)
+        pipe.set_adapters(names, adapter_weights=[1.0] * len(names))
     load_s = time.perf_counter() - t
     print(f"load: {load_s:.2f}")
 
