@@ -172,6 +172,7 @@ typedef struct gen_state {
     sdw_sched *sched;
     sdw_tensor ctx, x, eps;
     float *latents, *noise, *step_noise, *unet_in, *eps_host;
+    float *tcond;          /* LCM-distilled UNets: the guidance embedding [time_cond_proj_dim] */
     float *image_latents;  /* inpaint on a 4-channel model: the clean init latents */
     float *mask, *masked_latents; /* inpaint: [h*w] binary mask, [n] latents */
 } gen_state;
@@ -183,7 +184,24 @@ static void gen_free(gen_state *s)
     sdw_tensor_free(&s->x);
     sdw_tensor_free(&s->eps);
     free(s->latents), free(s->noise), free(s->step_noise), free(s->unet_in), free(s->eps_host);
-    free(s->image_latents), free(s->mask), free(s->masked_latents);
+    free(s->image_latents), free(s->mask), free(s->masked_latents), free(s->tcond);
+}
+
+/* get_guidance_scale_embedding of diffusers' SD pipelines, in its float32
+ * operations: w = (guidance - 1) * 1000, f_i = exp(-i ln(10000) / (half - 1)),
+ * [sin(w f), cos(w f)], a zero after them for an odd width. */
+static void guidance_embedding(float guidance, int dim, float *out)
+{
+    int half = dim / 2;
+    float w = (float)((double)guidance - 1.0) * 1000.0f;
+    float step = logf(10000.0f) / (float)(half - 1);
+    for (int i = 0; i < half; i++) {
+        float a = w * expf((float)i * -step);
+        out[i] = sinf(a);
+        out[half + i] = cosf(a);
+    }
+    if (dim % 2)
+        out[dim - 1] = 0.0f;
 }
 
 /* Token ids for [negative; prompt] (or just the prompt without guidance),
@@ -354,8 +372,9 @@ static int denoise(sdw_pipeline *p, const sdw_gen_params *gp, gen_state *s, sdw_
         sdw_sched_scale_model_input(s->sched, s->latents, scaled, s->n);
         build_unet_input(p, s, scaled);
         rc = sdw_tensor_upload(&s->x, s->unet_in, e);
+        sdw_unet_cond cond = {.timestep_cond = s->tcond};
         if (!rc)
-            rc = sdw_unet_forward(p->unet, &s->x, t, &s->ctx, &s->eps, e);
+            rc = sdw_unet_forward(p->unet, &s->x, t, &s->ctx, &cond, &s->eps, e);
         if (!rc)
             rc = sdw_tensor_to_host(&s->eps, s->eps_host, e);
         if (rc)
@@ -480,7 +499,17 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
     if (rc)
         return rc;
     gen_state s = {0};
-    s.batch = gp->guidance > 1.0f ? 2 : 1;
+    /* diffusers' do_classifier_free_guidance: an LCM-distilled UNet takes the
+     * guidance as an embedding instead, at batch 1. */
+    int tcd = sdw_unet_config_of(p->unet)->time_cond_proj_dim;
+    s.batch = gp->guidance > 1.0f && !tcd ? 2 : 1;
+    if (tcd) {
+        if (!(s.tcond = malloc((size_t)tcd * sizeof *s.tcond))) {
+            rc = sdw_fail(e, SDW_ENOMEM, "out of memory");
+            goto done;
+        }
+        guidance_embedding(gp->guidance, tcd, s.tcond);
+    }
     s.h = H / p->scale, s.w = W / p->scale;
     s.cin = sdw_pipeline_unet_channels(p);
     sdw_rng_seed(&s.rng, gp->seed);
