@@ -23,6 +23,7 @@ struct sdw_pipeline {
     sdw_vae *vae;
     int scale;           /* VAE downscale: 2^(blocks-1) */
     int latent_channels; /* 4 */
+    int vae_channels;    /* the VAE decoder's width at full resolution: block_out[0] */
     /* During a generation: the current latents and their grid, for previews. */
     const float *cur_latents;
     int cur_h, cur_w;
@@ -89,6 +90,7 @@ static int load_parts(sdw_pipeline *p, sdw_error *e)
         return rc;
     p->scale = 1 << (vcfg.nblocks - 1);
     p->latent_channels = vcfg.latent_channels;
+    p->vae_channels = vcfg.block_out[0];
     if (ucfg.cross_attention_dim != m->clip.hidden_size)
         return sdw_fail(e, SDW_EFORMAT, "the UNet attends to %d-wide text states but the text encoder makes %d",
                         ucfg.cross_attention_dim, m->clip.hidden_size);
@@ -142,6 +144,30 @@ void sdw_pipeline_describe(const sdw_pipeline *p, sdw_pipeline_info *info)
     info->prediction = sdw_model_prediction(&p->model);
     info->inpaint = p->model.inpainting;
     info->width = info->height = p->model.default_size;
+}
+
+/* Live activations at the peak, in elements per output pixel per channel of
+ * the stage's full-resolution width. The UNet's: at latent resolution the
+ * skip connections (1 + layers_per_block of them, and those of the lower
+ * levels, about 2.5 more in SD's 1:2:4:4 widths) and a transformer's
+ * feed-forward (12 more: the 8-wide GEGLU input, its 4-wide output) with
+ * the block's input and norm, 20 in all, rounded up to 24 for the
+ * attention's per-thread blocks. The VAE decoder's: its last upsampler and
+ * first full-resolution resnet hold 2 * block_out[1] (= 4 block_out[0] in
+ * SD's) plus the resnet's block_out[0]-wide halves, and the CPU's
+ * convolutions their column blocks: measured at 5.2 for SD 1.5 (1.07 G
+ * parameters, 256-768 px, doc/architecture.md), taken as 6. */
+#define SDW_UNET_ACT_PER_C0 24
+#define SDW_VAE_ACT_PER_C0 6
+
+void sdw_pipeline_memory(const sdw_pipeline *p, size_t elem_bytes, sdw_pipeline_mem *m)
+{
+    const sdw_unet_config *u = sdw_unet_config_of(p->unet);
+    int batch = u->time_cond_proj_dim ? 1 : 2;
+    size_t latent_px = (size_t)p->scale * (size_t)p->scale;
+    m->unet_per_pixel = (SDW_UNET_ACT_PER_C0 * (size_t)batch * (size_t)u->block_out[0] * elem_bytes + latent_px - 1) /
+                        latent_px;
+    m->vae_per_pixel = SDW_VAE_ACT_PER_C0 * (size_t)p->vae_channels * elem_bytes;
 }
 
 const char *sdw_pipeline_sampler(const sdw_pipeline *p, const char *requested)

@@ -93,6 +93,18 @@ void sdw_pipeline_describe(const sdw_pipeline *p, sdw_pipeline_info *info);
 int sdw_pipeline_scale(const sdw_pipeline *p);
 int sdw_pipeline_unet_channels(const sdw_pipeline *p);
 
+/* A generation's activations at their peak, beyond the weights already
+ * loaded, per output pixel (width * height), for elem_bytes per activation
+ * element (4 for the CPU's float32): in a UNet step at the largest batch
+ * the model runs (2 with CFG; 1 for an LCM-distilled UNet), and in the VAE
+ * decode. An estimate from the model's widths with constants measured on
+ * SD 1.5 (doc/architecture.md, "Memory estimate"). */
+typedef struct sdw_pipeline_mem {
+    size_t unet_per_pixel, vae_per_pixel;
+} sdw_pipeline_mem;
+
+void sdw_pipeline_memory(const sdw_pipeline *p, size_t elem_bytes, sdw_pipeline_mem *m);
+
 /* The sampler a request for `requested` (NULL or "" = the model's own
  * scheduler) runs with, e.g. "pndm" for SD 1.5's config; NULL when the name
  * is unknown or the model's scheduler unsupported. */

@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #define RING_MAGIC 0x31474e4952574453ull /* "SDWRING1" */
-#define RING_VERSION 5
+#define RING_VERSION 6
 #define ALIGN(x, a) (((x) + (a) - 1) / (a) * (a))
 /* Room in every log kept back for the terminal error event, so that a job
  * whose progress events filled its log can still report how it ended. The
