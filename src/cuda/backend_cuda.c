@@ -588,6 +588,7 @@ int sdw_backend_cuda(sdw_backend **out, int device, sdw_precision prec, sdw_erro
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
     c->pub.ops = &cuda_ops;
     c->pub.priv = c;
+    c->pub.fp16 = prec == SDW_PREC_FP16;
     c->device = device;
     c->prec = prec;
     c->dtype = prec == SDW_PREC_FP16 ? SDW_K_F16 : prec == SDW_PREC_BF16 ? SDW_K_BF16 : SDW_K_F32;

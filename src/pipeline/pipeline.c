@@ -17,6 +17,7 @@
 
 struct sdw_pipeline {
     sdw_backend *be;
+    sdw_backend *vae_be; /* be, or the float32 backend for a force_upcast VAE */
     sdw_model model;
     sdw_clip *clip;
     sdw_unet *unet;
@@ -76,7 +77,7 @@ static int ldm_in_channels(const sdw_model *m, sdw_unet_config *cfg, sdw_error *
     return SDW_OK;
 }
 
-static int load_parts(sdw_pipeline *p, sdw_error *e)
+static int load_parts(sdw_pipeline *p, sdw_backend *fp32, sdw_error *e)
 {
     sdw_model *m = &p->model;
     sdw_unet_config ucfg;
@@ -85,8 +86,17 @@ static int load_parts(sdw_pipeline *p, sdw_error *e)
     if ((rc = sdw_model_require_pipeline(m, e)) || (rc = sdw_clip_load(&p->clip, p->be, &m->clip, &m->text_encoder, e)) ||
         (rc = sdw_unet_config_parse(&ucfg, m->unet_config, e)) || (rc = ldm_in_channels(m, &ucfg, e)) ||
         (rc = sdw_unet_load(&p->unet, p->be, &ucfg, &m->unet, m->layout, e)) ||
-        (rc = sdw_vae_config_parse(&vcfg, m->vae_config, e)) ||
-        (rc = sdw_vae_load(&p->vae, p->be, &vcfg, &m->vae, m->layout, e)))
+        (rc = sdw_vae_config_parse(&vcfg, m->vae_config, e)))
+        return rc;
+    p->vae_be = p->be;
+    if (sdw_vae_needs_upcast(&vcfg, p->be)) {
+        if (fp32)
+            p->vae_be = fp32;
+        else
+            sdw_log(SDW_LOG_WARN, "%s: the VAE's config says force_upcast, but no float32 backend was given: it "
+                    "runs in fp16, where it may overflow to black or NaN images", m->path);
+    }
+    if ((rc = sdw_vae_load(&p->vae, p->vae_be, &vcfg, &m->vae, m->layout, e)))
         return rc;
     p->scale = 1 << (vcfg.nblocks - 1);
     p->latent_channels = vcfg.latent_channels;
@@ -128,7 +138,7 @@ int sdw_pipeline_load(sdw_pipeline **out, sdw_backend *be, const char *model_pat
                     sdw_model_prediction(&p->model), own,
                     p->model.layout == SDW_LAYOUT_LDM ? "its family implies" : "its scheduler config gives");
     }
-    rc = load_parts(p, e);
+    rc = load_parts(p, o ? o->fp32 : NULL, e);
     if (rc) {
         sdw_fail_wrap(e, "%s", model_path);
         sdw_pipeline_free(p);
@@ -144,6 +154,7 @@ void sdw_pipeline_describe(const sdw_pipeline *p, sdw_pipeline_info *info)
     info->prediction = sdw_model_prediction(&p->model);
     info->inpaint = p->model.inpainting;
     info->width = info->height = p->model.default_size;
+    info->vae_fp32 = p->vae_be != p->be;
 }
 
 /* Live activations at the peak, in elements per output pixel per channel of
@@ -160,14 +171,15 @@ void sdw_pipeline_describe(const sdw_pipeline *p, sdw_pipeline_info *info)
 #define SDW_UNET_ACT_PER_C0 24
 #define SDW_VAE_ACT_PER_C0 6
 
-void sdw_pipeline_memory(const sdw_pipeline *p, size_t elem_bytes, sdw_pipeline_mem *m)
+void sdw_pipeline_memory(const sdw_pipeline *p, sdw_pipeline_mem *m)
 {
     const sdw_unet_config *u = sdw_unet_config_of(p->unet);
     int batch = u->time_cond_proj_dim ? 1 : 2;
     size_t latent_px = (size_t)p->scale * (size_t)p->scale;
-    m->unet_per_pixel = (SDW_UNET_ACT_PER_C0 * (size_t)batch * (size_t)u->block_out[0] * elem_bytes + latent_px - 1) /
+    size_t unet_elem = p->be->fp16 ? 2 : 4, vae_elem = p->vae_be->fp16 ? 2 : 4;
+    m->unet_per_pixel = (SDW_UNET_ACT_PER_C0 * (size_t)batch * (size_t)u->block_out[0] * unet_elem + latent_px - 1) /
                         latent_px;
-    m->vae_per_pixel = SDW_VAE_ACT_PER_C0 * (size_t)p->vae_channels * elem_bytes;
+    m->vae_per_pixel = SDW_VAE_ACT_PER_C0 * (size_t)p->vae_channels * vae_elem;
 }
 
 const char *sdw_pipeline_sampler(const sdw_pipeline *p, const char *requested)
@@ -283,11 +295,11 @@ static int encode_image(sdw_pipeline *p, gen_state *s, const float *pixels, floa
     sdw_tensor img = {0}, noise = {0}, lat = {0};
     /* step_noise is free scratch until sampling starts */
     sdw_rng_randn(&s->rng, s->step_noise, s->n);
-    int rc = sdw_tensor_from_host(&img, p->be, 4, ishape, pixels, e);
+    int rc = sdw_tensor_from_host(&img, p->vae_be, 4, ishape, pixels, e);
     if (!rc)
-        rc = sdw_tensor_from_host(&noise, p->be, 4, lshape, s->step_noise, e);
+        rc = sdw_tensor_from_host(&noise, p->vae_be, 4, lshape, s->step_noise, e);
     if (!rc)
-        rc = sdw_tensor_new(&lat, p->be, 4, lshape, e);
+        rc = sdw_tensor_new(&lat, p->vae_be, 4, lshape, e);
     if (!rc)
         rc = sdw_vae_encode(p->vae, &img, &noise, &lat, e);
     if (!rc)
@@ -496,9 +508,9 @@ static int decode(sdw_pipeline *p, gen_state *s, sdw_image *out, sdw_error *e)
     float *pixels = malloc((size_t)3 * is[2] * is[3] * sizeof *pixels);
     int rc = pixels ? SDW_OK : sdw_fail(e, SDW_ENOMEM, "out of memory");
     if (!rc)
-        rc = sdw_tensor_from_host(&lat, p->be, 4, ls, s->latents, e);
+        rc = sdw_tensor_from_host(&lat, p->vae_be, 4, ls, s->latents, e);
     if (!rc)
-        rc = sdw_tensor_new(&img, p->be, 4, is, e);
+        rc = sdw_tensor_new(&img, p->vae_be, 4, is, e);
     if (!rc)
         rc = sdw_vae_decode(p->vae, &lat, &img, e);
     if (!rc)
@@ -520,6 +532,10 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
      * would stay reserved through the denoising too. */
     sdw_backend_trim(p->be);
     tm.mem_start = sdw_backend_memory(p->be, &peak);
+    if (p->vae_be != p->be) {
+        sdw_backend_trim(p->vae_be);
+        tm.mem_start += sdw_backend_memory(p->vae_be, &peak);
+    }
     int W = 0, H = 0;
     int rc = check_params(p, gp, &W, &H, e);
     if (rc)
@@ -566,7 +582,7 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
     if (!rc)
         rc = decode(p, &s, out, e);
     tm.decode_s = sdw_now_s() - t0;
-    sdw_backend_memory(p->be, &tm.mem_decode_peak);
+    sdw_backend_memory(p->vae_be, &tm.mem_decode_peak);
     tm.total_s = tm.encode_s + tm.prepare_s + tm.denoise_s + tm.decode_s;
     if (t)
         *t = tm;

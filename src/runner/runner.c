@@ -23,6 +23,7 @@ typedef struct engine {
     const sdw_config *cfg;
     sdw_ring *ring;
     sdw_backend *be;
+    sdw_backend *be32;      /* CUDA: float32 on the same device, for force_upcast VAEs */
     sdw_pipeline *pipes[SDW_CONFIG_MAX_MODELS];
     int npipes;
     volatile sig_atomic_t *stop;
@@ -88,11 +89,9 @@ static void estimate_memory(engine *g, sdw_ring_model *table, const size_t *held
     sdw_backend_trim(g->be);
     size_t avail = sdw_backend_available(g->be);
     size_t room = avail > SDW_MEM_RESERVE ? avail - SDW_MEM_RESERVE : 0;
-    /* The CPU computes in float32; the engine runs CUDA in half precision. */
-    size_t elem = g->cfg->device.kind == SDW_DEVICE_CUDA ? 2 : 4;
     for (int i = 0; i < g->npipes; i++) {
         sdw_pipeline_mem pm;
-        sdw_pipeline_memory(g->pipes[i], elem, &pm);
+        sdw_pipeline_memory(g->pipes[i], &pm);
         size_t per_pixel = pm.unet_per_pixel > pm.vae_per_pixel ? pm.unet_per_pixel : pm.vae_per_pixel;
         sdw_ring_model *t = &table[i];
         t->weights_bytes = held[i];
@@ -105,7 +104,8 @@ static void estimate_memory(engine *g, sdw_ring_model *table, const size_t *held
                 "model %s: weights %zu MiB as held; a generation takes about %zu bytes per pixel (UNet step %zu, VAE "
                 "decode %zu) + %zu MiB; %zu MiB %s available: up to %llu pixels (%dx%d)",
                 g->cfg->models[i].name, held[i] >> 20, per_pixel, pm.unet_per_pixel, pm.vae_per_pixel,
-                SDW_MEM_RESERVE >> 20, avail >> 20, elem == 2 ? "device memory" : "host memory",
+                SDW_MEM_RESERVE >> 20, avail >> 20,
+                g->cfg->device.kind == SDW_DEVICE_CUDA ? "device memory" : "host memory",
                 (unsigned long long)t->max_pixels, side, side);
     }
 }
@@ -122,7 +122,7 @@ static int load_models(engine *g, sdw_error *e)
     for (int i = 0; !rc && i < g->cfg->n_models; i++) {
         const sdw_config_model *m = &g->cfg->models[i];
         sdw_log(SDW_LOG_INFO, "loading model %s from %s", m->name, m->path);
-        sdw_pipeline_options opts = {.prediction = m->prediction};
+        sdw_pipeline_options opts = {.prediction = m->prediction, .fp32 = g->be32};
         size_t before = held_now(g->be);
         rc = sdw_pipeline_load(&g->pipes[i], g->be, m->path, &opts, e);
         if (rc)
@@ -139,8 +139,8 @@ static int load_models(engine *g, sdw_error *e)
         t->inpaint = pi.inpaint;
         t->width = pi.width;
         t->height = pi.height;
-        sdw_log(SDW_LOG_INFO, "model %s: %s%s, %s, %dx%d", m->name, pi.family, pi.inpaint ? " inpainting" : "",
-                pi.prediction, pi.width, pi.height);
+        sdw_log(SDW_LOG_INFO, "model %s: %s%s, %s, %dx%d%s", m->name, pi.family, pi.inpaint ? " inpainting" : "",
+                pi.prediction, pi.width, pi.height, pi.vae_fp32 ? ", VAE in float32 (force_upcast)" : "");
         if (side > 0 && (rc = warm_up(g, m, g->pipes[i], side, e)))
             return rc;
     }
@@ -391,6 +391,10 @@ int sdw_runner_run(const sdw_config *cfg, sdw_ring *ring, volatile sig_atomic_t 
         openblas_set_num_threads(cfg->threads);
     }
     int rc = sdw_backend_open(&g.be, cfg->device, SDW_PREC_FP16, e);
+    /* fp16 storage overflows in most VAEs (force_upcast): they get a
+     * float32 backend on the same device. The CPU computes in float32. */
+    if (!rc && g.be->fp16)
+        rc = sdw_backend_open(&g.be32, cfg->device, SDW_PREC_FP32, e);
     if (!rc)
         rc = load_models(&g, e);
     while (!rc && !*stop) {
@@ -410,6 +414,7 @@ int sdw_runner_run(const sdw_config *cfg, sdw_ring *ring, volatile sig_atomic_t 
     }
     for (int i = 0; i < g.npipes; i++)
         sdw_pipeline_free(g.pipes[i]);
+    sdw_backend_destroy(g.be32);
     sdw_backend_destroy(g.be);
     return rc;
 }

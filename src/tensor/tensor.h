@@ -126,6 +126,9 @@ struct sdw_profile;
 struct sdw_backend {
     const sdw_backend_ops *ops;
     void *priv;
+    /* Tensors are stored as IEEE halves (CUDA at fp16): activations beyond
+     * 65504 overflow, which bfloat16 and float32 storage never do. */
+    int fp16;
     struct sdw_profile *prof; /* per-op timings while attached (profile.h) */
 };
 
