@@ -243,6 +243,11 @@ static void test_describe_and_options(void)
                "memory per pixel: tiny-a UNet %zu (batch 2), VAE %zu bytes; tiny-lcm UNet %zu (batch 1)",
                ma.unet_per_pixel, ma.vae_per_pixel, ml.unet_per_pixel);
     }
+    if (pa && pl)
+        tap_ok(sdw_pipeline_max_steps(pa, "lcm") == 50 && sdw_pipeline_max_steps(pa, NULL) == 1000 &&
+                   sdw_pipeline_max_steps(pl, NULL) == 50 && !strcmp(sdw_pipeline_sampler(pl, NULL), "lcm") &&
+                   sdw_pipeline_max_steps(pa, "lms") == 0,
+               "lcm takes at most original_inference_steps (50) steps, named or the model's own; others 1000");
     long long total_kb = -1;
     FILE *mi = fopen("/proc/meminfo", "r");
     if (mi) {

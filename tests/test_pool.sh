@@ -324,6 +324,12 @@ ok $? "an init image of 515x511 runs as 512x504, within the limit: 202 ($body)"
 post "$(gen fits sd15 3 | sed 's/}$/,"width":512,"height":512}/')"
 [ "$code" = 202 ]
 ok $? "512x512, exactly max_pixels: 202"
+post "$(gen lcm sd15 51 | sed 's/}$/,"sampler":"lcm"}/')"
+[ "$code" = 400 ] && has '"code":"invalid_value"' && has 'steps 51: the lcm sampler takes at most 50 on model sd15'
+ok $? "lcm with more steps than the model's original_inference_steps: 400 at submission ($body)"
+post "$(gen lcm sd15 51)"
+[ "$code" = 202 ]
+ok $? "51 steps of the model's own sampler (pndm): 202"
 "$ENGINE" models "$CONF" 0 || bail "cannot publish the model table"
 
 # ---- accepted images, and seeds of the whole 64-bit range ----

@@ -18,7 +18,8 @@
  * ring's step histogram as STEP_MS long, as the engine reports its own;
  * "restart" counts an engine restart as the supervisor does; "models"
  * publishes the configured models as SD 1.x 512x512 ones with a memory
- * estimate of MAX_PIXELS (weights 2 GiB, 3072 bytes a pixel). */
+ * estimate of MAX_PIXELS (weights 2 GiB, 3072 bytes a pixel), PNDM as
+ * their own sampler and lcm taking at most 50 steps. */
 #include "config/config.h"
 #include "contract/contract.h"
 #include "ring/ring.h"
@@ -161,6 +162,8 @@ int main(int argc, char **argv)
             t[i].weights_bytes = (uint64_t)2 << 30;
             t[i].bytes_per_pixel = 3072;
             t[i].max_pixels = strtoull(argv[3], NULL, 10);
+            snprintf(t[i].own_sampler, sizeof t[i].own_sampler, "pndm");
+            t[i].lcm_max_steps = 50;
         }
         status = sdw_ring_set_models(r, t, cfg.n_models, &e) < 0 ? die("models", &e) : 0;
     } else if (strcmp(cmd, "run") == 0 && argc == 5) {

@@ -193,6 +193,17 @@ const char *sdw_pipeline_sampler(const sdw_pipeline *p, const char *requested)
     return name;
 }
 
+int sdw_pipeline_max_steps(const sdw_pipeline *p, const char *requested)
+{
+    sdw_sched *s;
+    sdw_error e;
+    if (sdw_sched_create(&s, p->model.scheduler_config, requested, 0.0f, &e))
+        return 0;
+    int n = sdw_sched_max_steps(s);
+    sdw_sched_free(s);
+    return n < 1000 ? n : 1000;
+}
+
 int sdw_pipeline_preview(const sdw_pipeline *p, sdw_image *img, sdw_error *e)
 {
     if (!p->cur_latents)

@@ -118,6 +118,11 @@ void sdw_pipeline_memory(const sdw_pipeline *p, sdw_pipeline_mem *m);
  * is unknown or the model's scheduler unsupported. */
 const char *sdw_pipeline_sampler(const sdw_pipeline *p, const char *requested);
 
+/* The most steps a request for `requested` (as sdw_pipeline_sampler) may
+ * take: LCMScheduler's original_inference_steps for lcm, else 1000; 0 when
+ * the sampler is unknown or the model's scheduler unsupported. */
+int sdw_pipeline_max_steps(const sdw_pipeline *p, const char *requested);
+
 /* Runs one generation. out receives the RGB image; latents, when not NULL,
  * receives the final latents [4, h, w] (h, w = size / scale), as diffusers'
  * output_type="latent" returns them. */

@@ -692,6 +692,11 @@ int sdw_sched_set_timesteps(sdw_sched *s, int steps, double strength, sdw_error 
     return 0;
 }
 
+int sdw_sched_max_steps(const sdw_sched *s)
+{
+    return s->kind == SDW_SAMPLER_LCM ? s->original_steps : s->T;
+}
+
 int sdw_sched_num_calls(const sdw_sched *s) { return s->ts ? s->nfull - s->begin : 0; }
 const float *sdw_sched_timesteps(const sdw_sched *s) { return s->ts ? s->ts + s->begin : NULL; }
 const float *sdw_sched_sigmas(const sdw_sched *s) { return s->sigmas ? s->sigmas + s->begin : NULL; }

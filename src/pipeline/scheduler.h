@@ -72,6 +72,10 @@ const char *sdw_sched_sampler_name(const sdw_sched *s);
  * state. */
 int sdw_sched_set_timesteps(sdw_sched *s, int steps, double strength, sdw_error *e);
 
+/* The most steps set_timesteps takes: num_train_timesteps, or lcm's
+ * original_inference_steps. */
+int sdw_sched_max_steps(const sdw_sched *s);
+
 /* UNet evaluations left in the run: the length of the timestep list (PNDM's
  * list repeats its second timestep, so N steps cost N + 1 calls). */
 int sdw_sched_num_calls(const sdw_sched *s);

@@ -380,6 +380,14 @@ static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_aut
     sdw_error me;
     int nm = sdw_ring_models(ctx->ring, table, SDW_RING_MAX_MODELS, &me);
     const sdw_ring_model *rm = nm > 0 ? ring_model(table, nm, model->name) : NULL;
+    int sampler = jr.sampler >= 0 ? jr.sampler : rm ? sdw_sampler_parse(rm->own_sampler) : -1;
+    int steps = jr.steps;
+    if (rm && sampler == SDW_SAMPLER_LCM && rm->lcm_max_steps > 0 && steps > rm->lcm_max_steps) {
+        sdw_job_request_free(&jr);
+        return reject_f(ctx, out, 400, SDW_API_INVALID_VALUE, 0,
+                        "steps %d: the lcm sampler takes at most %d on model %s (its original_inference_steps)",
+                        steps, rm->lcm_max_steps, model->name);
+    }
     if (rm && rm->max_pixels && (uint64_t)(w * h) > rm->max_pixels) {
         sdw_job_request_free(&jr);
         return reject_f(ctx, out, 413, SDW_API_PAYLOAD_TOO_LARGE, 0,

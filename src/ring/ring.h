@@ -278,6 +278,11 @@ typedef struct sdw_ring_model {
      * what a generation adds per pixel, and the largest width * height the
      * memory left after loading holds. */
     uint64_t weights_bytes, bytes_per_pixel, max_pixels;
+    /* The model's own sampler ("" when its scheduler is unsupported) and
+     * the most steps "lcm" takes on it (original_inference_steps), so that
+     * the pool refuses more at submission. */
+    char own_sampler[16];
+    int lcm_max_steps;
 } sdw_ring_model;
 
 /* The engine replaces the table once its models are loaded (at most

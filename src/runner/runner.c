@@ -139,6 +139,9 @@ static int load_models(engine *g, sdw_error *e)
         t->inpaint = pi.inpaint;
         t->width = pi.width;
         t->height = pi.height;
+        const char *own = sdw_pipeline_sampler(g->pipes[i], NULL);
+        snprintf(t->own_sampler, sizeof t->own_sampler, "%s", own ? own : "");
+        t->lcm_max_steps = sdw_pipeline_max_steps(g->pipes[i], "lcm");
         sdw_log(SDW_LOG_INFO, "model %s: %s%s, %s, %dx%d%s", m->name, pi.family, pi.inpaint ? " inpainting" : "",
                 pi.prediction, pi.width, pi.height, pi.vae_fp32 ? ", VAE in float32 (force_upcast)" : "");
         if (side > 0 && (rc = warm_up(g, m, g->pipes[i], side, e)))
