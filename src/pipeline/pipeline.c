@@ -166,7 +166,7 @@ void sdw_pipeline_describe(const sdw_pipeline *p, sdw_pipeline_info *info)
  * attention's per-thread blocks. The VAE decoder's: its last upsampler and
  * first full-resolution resnet hold 2 * block_out[1] (= 4 block_out[0] in
  * SD's) plus the resnet's block_out[0]-wide halves, and the CPU's
- * convolutions their column blocks: measured at 5.2 for SD 1.5 (1.07 G
+ * convolutions their column blocks: measured at 5.0-5.2 for SD 1.5 (1.07 G
  * parameters, 256-768 px, doc/architecture.md), taken as 6. */
 #define SDW_UNET_ACT_PER_C0 24
 #define SDW_VAE_ACT_PER_C0 6
