@@ -216,8 +216,8 @@ static void test_ranges(void)
     expect_err(gen(",\"sampler\":\"heun\""), 400, SDW_API_INVALID_VALUE, "unknown sampler");
     expect_err(gen(",\"sampler\":\"DDIM\""), 400, SDW_API_INVALID_VALUE, "sampler names are case-sensitive");
     expect_err(gen(",\"sampler\":3"), 400, SDW_API_INVALID_VALUE, "sampler as a number");
-    static const char *const samplers[] = {"euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "pndm"};
-    for (int i = 0; i < 6; i++) {
+    static const char *const samplers[] = {"euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "pndm", "lcm"};
+    for (int i = 0; i < 7; i++) {
         char extra[64];
         snprintf(extra, sizeof extra, ",\"sampler\":\"%s\"", samplers[i]);
         sdw_job_request r;

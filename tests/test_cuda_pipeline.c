@@ -137,6 +137,42 @@ int main(void)
     if (!tap_ok(prc == 0, "cuda fp32 backend without graphs%s%s", prc ? ": " : "", prc ? e.msg : ""))
         return tap_done();
 
+    /* force_upcast (tiny-a's VAE config leaves it at diffusers' default,
+     * true): given a float32 backend, the VAE of an fp16 pipeline goes
+     * there, and the generation decodes on it; bf16 storage keeps its VAE. */
+    {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/tiny-a", tap_fixture("models"));
+        sdw_pipeline_options o = {.fp32 = f32};
+        sdw_pipeline *p16 = NULL, *pbf = NULL, *pno = NULL;
+        sdw_pipeline_info i16 = {0}, ibf = {0}, ino = {0};
+        int rc = sdw_pipeline_load(&p16, f16, dir, &o, &e);
+        if (!rc && !(rc = sdw_pipeline_load(&pbf, bf16, dir, &o, &e)))
+            rc = sdw_pipeline_load(&pno, f16, dir, NULL, &e);
+        if (!rc) {
+            sdw_pipeline_describe(p16, &i16), sdw_pipeline_describe(pbf, &ibf), sdw_pipeline_describe(pno, &ino);
+        }
+        tap_ok(!rc && i16.vae_fp32 && !ibf.vae_fp32 && !ino.vae_fp32,
+               "force_upcast: fp16's VAE on the float32 backend (%d), bf16's (%d) and one without it given (%d) "
+               "on their own%s%s", i16.vae_fp32, ibf.vae_fp32, ino.vae_fp32, rc ? ": " : "", rc ? e.msg : "");
+        sdw_gen_params gp;
+        sdw_gen_params_init(&gp, SDW_GEN_TXT2IMG);
+        gp.prompt = "a red door";
+        gp.width = gp.height = 32;
+        gp.steps = 2;
+        gp.sampler = "euler";
+        sdw_image out = {0};
+        sdw_gen_timings t = {0};
+        size_t before, peak;
+        before = sdw_backend_memory(f32, &peak);
+        rc = rc ? rc : sdw_pipeline_generate(p16, &gp, NULL, NULL, &out, NULL, &t, &e);
+        tap_ok(!rc && out.width == 32 && t.mem_decode_peak > before,
+               "an fp16 generation decodes on the float32 backend (%zu KiB at its peak there)%s%s",
+               t.mem_decode_peak >> 10, rc ? ": " : "", rc ? e.msg : "");
+        sdw_image_free(&out);
+        sdw_pipeline_free(p16), sdw_pipeline_free(pbf), sdw_pipeline_free(pno);
+    }
+
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const gen_case *c = &cases[i];
         size_t n = (size_t)4 * (c->width / 8) * (c->height / 8);

@@ -8,7 +8,8 @@
  * it. Checks: every replayed step equals the op-by-op step bit for bit, on
  * fresh inputs each time; steps are replayed from the third on; new buffers
  * start over; a refused recording falls back to op-by-op steps with the
- * reason kept; releasing frees what the recording held. */
+ * reason kept; releasing frees what the recording held; an LCM UNet's
+ * guidance embedding (a host input like the timesteps) reaches replays. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -371,9 +372,15 @@ static void inputs(int step, int ctx_dim, float *lat, float ts[B], float *ctx)
 }
 
 /* Runs `steps` steps through u on be with one set of buffers, each on fresh
- * inputs; outputs into out[step]. */
+ * inputs (and, for a UNet with time_cond_proj_dim, a fresh guidance
+ * embedding); outputs into out[step]. */
 static int steps_on(sdw_backend *be, sdw_unet *u, int ctx_dim, int steps, float **out, sdw_error *e)
 {
+    int tcd = sdw_unet_config_of(u)->time_cond_proj_dim;
+    float tcond[B * 64];
+    if (tcd > 64)
+        return sdw_fail(e, SDW_EINVAL, "time_cond_proj_dim %d: the test takes up to 64", tcd);
+    sdw_unet_cond cond = {.timestep_cond = tcd ? tcond : NULL};
     int64_t ls[4] = {B, C, H, W}, cs[3] = {B, T, ctx_dim};
     float lat[B * C * H * W], ts[B], *ctx = malloc(sizeof *ctx * B * T * (size_t)ctx_dim);
     sdw_tensor x = {0}, c = {0}, y = {0};
@@ -382,9 +389,11 @@ static int steps_on(sdw_backend *be, sdw_unet *u, int ctx_dim, int steps, float 
         rc = sdw_tensor_new(&y, be, 4, ls, e);
     for (int s = 0; !rc && s < steps; s++) {
         inputs(s, ctx_dim, lat, ts, ctx);
+        for (int i = 0; i < B * tcd; i++)
+            tcond[i] = sinf(0.7f * (float)i + 1.3f * (float)s);
         if (!(rc = be->ops->upload(be, x.data, lat, sizeof lat / sizeof *lat, e)) &&
             !(rc = be->ops->upload(be, c.data, ctx, (size_t)(B * T * ctx_dim), e)) &&
-            !(rc = sdw_unet_forward(u, &x, ts, &c, &y, e)))
+            !(rc = sdw_unet_forward(u, &x, ts, &c, &cond, &y, e)))
             rc = sdw_tensor_to_host(&y, out[s], e);
     }
     sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y);
@@ -449,11 +458,26 @@ int main(void)
     sdw_unet_release(u);
     tap_ok(!sdw_unet_graph_note(u)[0] && rb(rec)->live == live0, "release clears the reason and frees everything");
 
-    for (int s = 0; s < N; s++)
-        free(want[s]), free(got[s]);
     sdw_unet_free(u);
     sdw_unet_free(ucpu);
     tap_ok(rb(rec)->live == 0, "with the UNet freed, no block is left (%ld)", rb(rec)->live);
+
+    sdw_model lm;
+    if (tap_ok(sdw_model_open(&lm, tap_fixture("models/tiny-lcm"), &e) == 0, "tiny-lcm opens")) {
+        ucpu = load(cpu, &lm), u = load(rec, &lm);
+        rb(rec)->refuse_end = 0;
+        rc = !ucpu || !u ? SDW_EINVAL : steps_on(cpu, ucpu, dim, N, want, &e);
+        if (!rc)
+            rc = steps_on(rec, u, dim, N, got, &e);
+        tap_ok(rc == 0 && same(got, want, N) && sdw_unet_graph_replays(u) == N - 2,
+               "LCM UNet: replays read each step's guidance embedding, equal to op-by-op steps (%ld replays)%s%s",
+               u ? sdw_unet_graph_replays(u) : 0L, rc ? ": " : "", rc ? e.msg : "");
+        sdw_unet_free(u);
+        sdw_unet_free(ucpu);
+        sdw_model_close(&lm);
+    }
+    for (int s = 0; s < N; s++)
+        free(want[s]), free(got[s]);
     sdw_backend_destroy(rec);
     sdw_backend_destroy(cpu);
     sdw_model_close(&m);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
+#include "base/meminfo.h"
 #include "fixture.h"
 #include "model/safetensors.h"
 #include "pipeline/pipeline.h"
@@ -229,6 +230,37 @@ static void test_describe_and_options(void)
                "%s: %s %s%s %dx%d", want[i].name, pi.family, pi.prediction, pi.inpaint ? " inpainting" : "", pi.width,
                pi.height);
     }
+
+    /* The memory estimate: an LCM-distilled UNet runs at batch 1 (no CFG),
+     * and the VAE's share does not depend on it. */
+    sdw_pipeline *pa = model("tiny-a"), *pl = model("tiny-lcm");
+    if (pa && pl) {
+        sdw_pipeline_mem ma, ml;
+        sdw_pipeline_memory(pa, &ma);
+        sdw_pipeline_memory(pl, &ml);
+        tap_ok(ma.unet_per_pixel > 0 && ma.vae_per_pixel > 0 && ml.unet_per_pixel * 2 == ma.unet_per_pixel &&
+                   ml.vae_per_pixel == ma.vae_per_pixel,
+               "memory per pixel: tiny-a UNet %zu (batch 2), VAE %zu bytes; tiny-lcm UNet %zu (batch 1)",
+               ma.unet_per_pixel, ma.vae_per_pixel, ml.unet_per_pixel);
+    }
+    if (pa && pl)
+        tap_ok(sdw_pipeline_max_steps(pa, "lcm") == 50 && sdw_pipeline_max_steps(pa, NULL) == 1000 &&
+                   sdw_pipeline_max_steps(pl, NULL) == 50 && !strcmp(sdw_pipeline_sampler(pl, NULL), "lcm") &&
+                   sdw_pipeline_max_steps(pa, "lms") == 0,
+               "lcm takes at most original_inference_steps (50) steps, named or the model's own; others 1000");
+    long long total_kb = -1;
+    FILE *mi = fopen("/proc/meminfo", "r");
+    if (mi) {
+        char line[256];
+        while (fgets(line, sizeof line, mi))
+            if (sscanf(line, "MemTotal: %lld", &total_kb) == 1)
+                break;
+        fclose(mi);
+    }
+    size_t avail = sdw_backend_available(be), anon = sdw_meminfo_rss_anon();
+    tap_ok(avail > 0 && total_kb > 0 && avail <= (size_t)total_kb * 1024 && anon > 0,
+           "the CPU backend's available memory is the host's: %zu MiB of %lld, this process holding %zu MiB",
+           avail >> 20, total_kb >> 10, anon >> 20);
 
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/tiny-sd2", tap_fixture("models"));

@@ -124,7 +124,7 @@ ok $? "GET /ready while the engine loads: 503 with the ring's reason ($body)"
 req GET /v1/models
 [ "$code" = 200 ] &&
     has '{"models":[{"name":"sd15","default":true,"family":null,"prediction":null,"inpainting":null,' &&
-    has '"defaults":{"steps":20,"guidance_scale":7.5,"width":512,"height":512,"sampler":null}},{"name":"tiny","default":false,'
+    has '"defaults":{"steps":20,"guidance_scale":7.5,"width":512,"height":512,"sampler":null},"memory":null},{"name":"tiny","default":false,'
 ok $? "GET /v1/models lists the served models, the first as default, null families while the engine loads ($body)"
 req GET '/v1/pool/status?full'
 [ "$code" = 200 ] && has '"process_manager":"dynamic"' && has '"max_children":40' &&
@@ -305,6 +305,32 @@ while [ $i -lt 50 ]; do
 done
 [ "$code" = 200 ] && has '"ready":true' && has '"models":["sd15","tiny"]'
 ok $? "GET /ready with the engine ready: 200 with the models"
+
+# ---- the engine's memory estimate ----
+"$ENGINE" models "$CONF" 262144 || bail "cannot publish the model table"
+req GET /v1/models
+has '"memory":{"weights_bytes":2147483648,"bytes_per_pixel":3072,"max_pixels":262144}'
+ok $? "GET /v1/models lists each model's memory estimate ($body)"
+post "$(gen big sd15 3 | sed 's/}$/,"width":520,"height":512}/')"
+[ "$code" = 413 ] && has '"code":"payload_too_large"' && has 'width 520 x height 512 = 266240 pixels' &&
+    has 'at most 262144 pixels'
+ok $? "a size beyond the model's max_pixels: 413 naming width, height and the limit ($body)"
+post "$(xf image_transform "$(png 520 512)")"
+[ "$code" = 413 ] && has 'width 520 x height 512'
+ok $? "an init image beyond it too: 413 ($body)"
+post "$(xf image_transform "$(png 515 511)")"
+[ "$code" = 202 ]
+ok $? "an init image of 515x511 runs as 512x504, within the limit: 202 ($body)"
+post "$(gen fits sd15 3 | sed 's/}$/,"width":512,"height":512}/')"
+[ "$code" = 202 ]
+ok $? "512x512, exactly max_pixels: 202"
+post "$(gen lcm sd15 51 | sed 's/}$/,"sampler":"lcm"}/')"
+[ "$code" = 400 ] && has '"code":"invalid_value"' && has 'steps 51: the lcm sampler takes at most 50 on model sd15'
+ok $? "lcm with more steps than the model's original_inference_steps: 400 at submission ($body)"
+post "$(gen lcm sd15 51)"
+[ "$code" = 202 ]
+ok $? "51 steps of the model's own sampler (pndm): 202"
+"$ENGINE" models "$CONF" 0 || bail "cannot publish the model table"
 
 # ---- accepted images, and seeds of the whole 64-bit range ----
 post "$(xf image_inpaint "$(png 72 64)" ",\"mask_image\":\"$(png 72 64)\",\"strength\":0.5")"

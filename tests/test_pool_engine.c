@@ -8,6 +8,7 @@
  *   test_pool_engine state CONF starting|loading|ready|dead REASON
  *   test_pool_engine expire CONF JOB_ID
  *   test_pool_engine restart CONF
+ *   test_pool_engine models CONF MAX_PIXELS
  *   test_pool_engine run CONF STEP_MS PREVIEW_EVERY
  *
  * In run mode a job gets `steps` progress events STEP_MS apart, a preview
@@ -15,7 +16,10 @@
  * contains "fail" ends with an error event at step 2 instead, and a cancel
  * request is honoured before each step. Each step is reported to the
  * ring's step histogram as STEP_MS long, as the engine reports its own;
- * "restart" counts an engine restart as the supervisor does. */
+ * "restart" counts an engine restart as the supervisor does; "models"
+ * publishes the configured models as SD 1.x 512x512 ones with a memory
+ * estimate of MAX_PIXELS (weights 2 GiB, 3072 bytes a pixel), PNDM as
+ * their own sampler and lcm taking at most 50 steps. */
 #include "config/config.h"
 #include "contract/contract.h"
 #include "ring/ring.h"
@@ -148,6 +152,20 @@ int main(int argc, char **argv)
     } else if (strcmp(cmd, "restart") == 0 && argc == 3) {
         sdw_ring_count_restart(r);
         status = 0;
+    } else if (strcmp(cmd, "models") == 0 && argc == 4) {
+        sdw_ring_model t[SDW_RING_MAX_MODELS] = { 0 };
+        for (int i = 0; i < cfg.n_models && i < SDW_RING_MAX_MODELS; i++) {
+            snprintf(t[i].name, sizeof t[i].name, "%s", cfg.models[i].name);
+            snprintf(t[i].family, sizeof t[i].family, "sd1");
+            snprintf(t[i].prediction, sizeof t[i].prediction, "epsilon");
+            t[i].width = t[i].height = 512;
+            t[i].weights_bytes = (uint64_t)2 << 30;
+            t[i].bytes_per_pixel = 3072;
+            t[i].max_pixels = strtoull(argv[3], NULL, 10);
+            snprintf(t[i].own_sampler, sizeof t[i].own_sampler, "pndm");
+            t[i].lcm_max_steps = 50;
+        }
+        status = sdw_ring_set_models(r, t, cfg.n_models, &e) < 0 ? die("models", &e) : 0;
     } else if (strcmp(cmd, "run") == 0 && argc == 5) {
         status = run(r, atoi(argv[3]), atoi(argv[4]));
     }

@@ -1096,7 +1096,8 @@ static void test_models(void)
     sdw_error e = {0};
     sdw_ring_model got[SDW_RING_MAX_MODELS];
     tap_ok(sdw_ring_models(r, got, SDW_RING_MAX_MODELS, &e) == 0, "no models before the engine publishes them");
-    sdw_ring_model m[2] = {{"sd21", "sd2", "v_prediction", 0, 768, 768}, {"inpaint", "sd1", "epsilon", 1, 512, 512}};
+    sdw_ring_model m[2] = {{"sd21", "sd2", "v_prediction", 0, 768, 768, 5u << 30, 2560, 1u << 21},
+                           {"inpaint", "sd1", "epsilon", 1, 512, 512, 0, 0, 0}};
     tap_ok(sdw_ring_set_models(r, m, 2, &e) == 0, "the engine publishes two models (%s)", e.msg);
     sdw_ring *other = NULL;
     int rc = sdw_ring_open(ring_name, &other, &e);

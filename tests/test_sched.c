@@ -172,7 +172,9 @@ static void run_case(json_object *root, json_object *c, int idx)
         free(nz);
     }
     tap_ok(step_ok, "%s: steps run (%s)", label, e.msg);
-    int want_draws = !strcmp(sampler, "euler_a") || (!strcmp(sampler, "ddim") && eta > 0) ? ncalls : 0;
+    int want_draws = !strcmp(sampler, "euler_a") || (!strcmp(sampler, "ddim") && eta > 0) ? ncalls
+                     : !strcmp(sampler, "lcm")                                             ? ncalls - 1
+                                                                                           : 0;
     tap_ok(draws == want_draws, "%s: %d noise draws (diffusers %d)", label, draws, want_draws);
     float *fin = floats(get(c, "final"), NULL);
     double err = rel_err(x, fin, n);
@@ -301,6 +303,40 @@ static void error_paths(void)
         sdw_sched_free(s);
         s = NULL;
     }
+    json_object_put(bad);
+
+    rc = sdw_sched_create(&s, cfg, "lcm", 0, &e);
+    tap_ok(rc == 0, "lcm from SD 1.5's PNDM config: create");
+    if (rc == 0) {
+        rc = sdw_sched_set_timesteps(s, 51, 1.0, &e);
+        tap_ok(rc == SDW_EINVAL && strstr(e.msg, "50"), "lcm: more steps than original_inference_steps refused: %s",
+               e.msg);
+        rc = sdw_sched_set_timesteps(s, 4, 1.0, &e);
+        tap_ok(rc == 0 && sdw_sched_init_noise_sigma(s) == 1.0f && !sdw_sched_sigmas(s) &&
+                   sdw_sched_input_divisor(s) == 1.0f,
+               "lcm: init_noise_sigma 1, no sigmas, the input unscaled");
+        sdw_sched_free(s);
+        s = NULL;
+    }
+    bad = json_tokener_parse(json_object_to_json_string(cfg));
+    json_object_object_add(bad, "_class_name", json_object_new_string("LCMScheduler"));
+    json_object_object_add(bad, "use_karras_sigmas", json_object_new_boolean(1));
+    rc = sdw_sched_create(&s, bad, "", 0, &e);
+    tap_ok(rc == 0 && sdw_sched_sampler(s) == SDW_SAMPLER_LCM,
+           "the model's own LCMScheduler is lcm (a stray sigma option is dropped, as from_config does)");
+    sdw_sched_free(s);
+    s = NULL;
+    json_object_object_add(bad, "original_inference_steps", json_object_new_int(0));
+    rc = sdw_sched_create(&s, bad, "", 0, &e);
+    tap_ok(rc == SDW_EFORMAT && strstr(e.msg, "original_inference_steps"), "original_inference_steps 0 refused: %s",
+           e.msg);
+    json_object_object_del(bad, "original_inference_steps");
+    json_object_object_add(bad, "rescale_betas_zero_snr", json_object_new_boolean(1));
+    rc = sdw_sched_create(&s, bad, "", 0, &e) || sdw_sched_set_timesteps(s, 4, 1.0, &e);
+    tap_ok(rc && strstr(e.msg, "999") && strstr(e.msg, "lcm"), "zero SNR lcm with epsilon from t = 999 refused: %s",
+           e.msg);
+    sdw_sched_free(s);
+    s = NULL;
     json_object_put(bad);
     json_object_put(cfg);
 }

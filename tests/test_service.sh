@@ -46,6 +46,9 @@ ok $(grep -q '"families":{"tiny":"sd1","sd2":"sd2"}' "$run/ready.json"; echo $?)
 curl -s "$url/v1/models" >"$run/models.json"
 ok $(grep -q '"name":"tiny","default":true,"family":"sd1","prediction":"epsilon","inpainting":false,"defaults":{"steps":3,"guidance_scale":0.0,"width":64,"height":72,"sampler":null}' "$run/models.json"; echo $?) \
   "/v1/models gives the family and the request defaults: $(cat "$run/models.json")"
+ok $(grep -Eq '"sampler":null\},"memory":\{"weights_bytes":[1-9][0-9]*,"bytes_per_pixel":[1-9][0-9]*,"max_pixels":[1-9][0-9]*\}' "$run/models.json" &&
+  grep -Eq 'model tiny: weights [0-9]+ MiB as held; .* up to [0-9]+ pixels \([0-9]+x[0-9]+\)' "$run/engine.log"; echo $?) \
+  "the engine logs its memory estimate for each model and /v1/models lists it: $(grep -o 'model tiny: weights.*' "$run/engine.log")"
 bare=$(curl -s -H 'Content-Type: application/json' "$url/v1/jobs" \
   -d '{"operation":"image_generation","hive_id":"h","model":"tiny","prompt":"a bare request","seed":1}' |
   sed -n 's/.*"job_id":"\([^"]*\)".*/\1/p')

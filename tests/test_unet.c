@@ -35,7 +35,7 @@ static double run_case(sdw_unet *u, const sdw_st_file *fx, sdw_error *e)
     /* eps has out_channels (4) where an inpainting UNet's latents have 9 */
     if (lat && ctx && ts && got && !sdw_tensor_from_host(&x, be, 4, li->shape, lat, e) &&
         !sdw_tensor_from_host(&c, be, 3, ci->shape, ctx, e) && !sdw_tensor_new(&y, be, 4, wi->shape, e) &&
-        !sdw_unet_forward(u, &x, ts, &c, &y, e) && !sdw_tensor_to_host(&y, got, e))
+        !sdw_unet_forward(u, &x, ts, &c, NULL, &y, e) && !sdw_tensor_to_host(&y, got, e))
         r = max_rel_err(got, want, (size_t)wi->numel);
     sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y);
     free(lat), free(ctx), free(ts), free(want), free(got);
@@ -221,6 +221,14 @@ static void check_errors(void)
     if (!rc)
         rc = sdw_unet_load(&u, be, &cfg, &m.unet, SDW_LAYOUT_DIFFUSERS, &e);
     tap_ok(rc == SDW_EINVAL && strstr(e.msg, "3 attention heads"), "3 heads for 16 channels is refused: %s", e.msg);
+    rc = parse_with(&m, "time_cond_proj_dim", json_object_new_int(3), &cfg, &e);
+    tap_ok(rc == SDW_EUNSUPPORTED && strstr(e.msg, "time_cond_proj_dim 3"), "a 3-wide guidance embedding is refused: %s",
+           e.msg);
+    rc = parse_with(&m, "time_cond_proj_dim", json_object_new_int(8), &cfg, &e);
+    if (!rc)
+        rc = sdw_unet_load(&u, be, &cfg, &m.unet, SDW_LAYOUT_DIFFUSERS, &e);
+    tap_ok(rc == SDW_ENOTFOUND && strstr(e.msg, "time_embedding.cond_proj"),
+           "time_cond_proj_dim without the cond_proj weight names it: %s", e.msg);
     rc = parse_with(&m, "layers_per_block", json_object_new_int(3), &cfg, &e);
     if (!rc)
         rc = sdw_unet_load(&u, be, &cfg, &m.unet, SDW_LAYOUT_DIFFUSERS, &e);
@@ -232,9 +240,19 @@ static void check_errors(void)
         sdw_tensor x, c, y;
         float t = 10;
         sdw_tensor_new(&x, be, 4, xs, &e), sdw_tensor_new(&c, be, 3, cs, &e), sdw_tensor_new(&y, be, 4, ys, &e);
-        rc = sdw_unet_forward(u, &x, &t, &c, &y, &e);
+        rc = sdw_unet_forward(u, &x, &t, &c, NULL, &y, &e);
         tap_ok(rc == SDW_EINVAL && strstr(e.msg, "[1,77,8]"), "text states of the wrong width are refused: %s",
                e.msg);
+        float tc[8] = {0}, ids[6] = {0};
+        sdw_unet_cond lcm = {.timestep_cond = tc}, xl = {.time_ids = ids};
+        sdw_tensor_free(&c);
+        cs[2] = cfg.cross_attention_dim;
+        sdw_tensor_new(&c, be, 3, cs, &e);
+        rc = sdw_unet_forward(u, &x, &t, &c, &lcm, &y, &e);
+        tap_ok(rc == SDW_EINVAL && strstr(e.msg, "time_cond_proj_dim"),
+               "a guidance embedding for a UNet without time_cond_proj_dim is refused: %s", e.msg);
+        rc = sdw_unet_forward(u, &x, &t, &c, &xl, &y, &e);
+        tap_ok(rc == SDW_EINVAL && strstr(e.msg, "time_ids"), "SDXL time ids for an SD UNet are refused: %s", e.msg);
         sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y);
         sdw_unet_free(u);
     } else {

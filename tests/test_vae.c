@@ -152,6 +152,26 @@ static void check_errors(void)
     tap_ok(rc == SDW_EUNSUPPORTED && strstr(e.msg, "act_fn"), "act_fn relu is refused: %s", e.msg);
     rc = parse_with(&m, "scaling_factor", json_object_new_int(-1), &cfg, &e);
     tap_ok(rc == SDW_EINVAL && strstr(e.msg, "scaling_factor"), "a negative scaling factor is refused: %s", e.msg);
+    /* force_upcast: diffusers' default true; a float32 backend for the VAE
+     * only where the rest stores halves (a stand-in backend says so). */
+    sdw_backend half = *be;
+    half.fp16 = 1;
+    rc = sdw_vae_config_parse(&cfg, m.vae_config, &e);
+    tap_ok(rc == 0 && cfg.force_upcast && sdw_vae_needs_upcast(&cfg, &half) && !sdw_vae_needs_upcast(&cfg, be),
+           "no force_upcast in the config: true, so float32 beside fp16 storage, and never on the CPU");
+    rc = parse_with(&m, "force_upcast", json_object_new_boolean(0), &cfg, &e);
+    tap_ok(rc == 0 && !cfg.force_upcast && !sdw_vae_needs_upcast(&cfg, &half),
+           "force_upcast false (an fp16-fixed VAE): it stays in fp16");
+    rc = parse_with(&m, "force_upcast", json_object_new_boolean(1), &cfg, &e);
+    tap_ok(rc == 0 && cfg.force_upcast && sdw_vae_needs_upcast(&cfg, &half), "force_upcast true: float32");
+    rc = parse_with(&m, "force_upcast", json_object_new_string("yes"), &cfg, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "force_upcast"), "a force_upcast that is not a boolean is refused: %s",
+           e.msg);
+    rc = parse_with(&m, "scaling_factor", json_object_new_double(0.13025), &cfg, &e);
+    tap_ok(rc == 0 && cfg.scaling_factor == 0.13025f, "the scaling factor comes from the config (SDXL's 0.13025)");
+    rc = sdw_vae_config_parse(&cfg, NULL, &e);
+    tap_ok(rc == 0 && cfg.force_upcast && cfg.scaling_factor == 0.18215f,
+           "a single file's implied SD 1.x VAE: force_upcast, 0.18215");
     rc = parse_with(&m, "latent_channels", json_object_new_int(8), &cfg, &e);
     if (!rc)
         rc = sdw_vae_load(&v, be, &cfg, &m.vae, SDW_LAYOUT_DIFFUSERS, &e);

@@ -9,9 +9,10 @@ static const char *const names[SDW_SAMPLER_COUNT] = {
     [SDW_SAMPLER_DPMPP_2M] = "dpmpp_2m",
     [SDW_SAMPLER_DPMPP_2M_KARRAS] = "dpmpp_2m_karras",
     [SDW_SAMPLER_PNDM] = "pndm",
+    [SDW_SAMPLER_LCM] = "lcm",
 };
 
-const char sdw_sampler_names[] = "euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, pndm";
+const char sdw_sampler_names[] = "euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, pndm, lcm";
 
 const char *sdw_sampler_name(int s)
 {

@@ -11,12 +11,13 @@ typedef enum sdw_sampler {
     SDW_SAMPLER_DPMPP_2M,        /* DPMSolverMultistepScheduler, use_karras_sigmas false */
     SDW_SAMPLER_DPMPP_2M_KARRAS, /* DPMSolverMultistepScheduler, use_karras_sigmas true */
     SDW_SAMPLER_PNDM,            /* PNDMScheduler with skip_prk_steps (PLMS) */
+    SDW_SAMPLER_LCM,             /* LCMScheduler (latent consistency, 1-8 steps) */
 } sdw_sampler;
 
 /* Outside the enum, so that a switch over samplers is checked for all. */
-#define SDW_SAMPLER_COUNT (SDW_SAMPLER_PNDM + 1)
+#define SDW_SAMPLER_COUNT (SDW_SAMPLER_LCM + 1)
 
-/* "euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, pndm", for messages. */
+/* "euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, pndm, lcm", for messages. */
 extern const char sdw_sampler_names[];
 
 /* The sampler's name; "" for anything that is not a sampler (a request's

@@ -399,6 +399,17 @@ static size_t cuda_memory(sdw_backend *be, size_t *peak)
     return sdw_devmem_reserved(c->mem);
 }
 
+static size_t cuda_available(sdw_backend *be)
+{
+    (void)be;
+    size_t fr = 0, total = 0;
+    if (cudaMemGetInfo(&fr, &total) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return fr;
+}
+
 /* The caching allocator keeps blocks by size, so the UNet's (released with
  * its recorded step) would stay reserved beside the VAE decoder's larger
  * ones, and the decoder's beside the next job's UNet: with the switch on,
@@ -506,6 +517,7 @@ static const sdw_backend_ops cuda_ops = {
     .upload = cuda_upload,
     .download = cuda_download,
     .weight_f16 = cuda_weight_f16,
+    .available = cuda_available,
     .linear = cuda_linear,
     .layer_norm = cuda_layer_norm,
     .attention = cuda_attention,
@@ -576,6 +588,7 @@ int sdw_backend_cuda(sdw_backend **out, int device, sdw_precision prec, sdw_erro
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
     c->pub.ops = &cuda_ops;
     c->pub.priv = c;
+    c->pub.fp16 = prec == SDW_PREC_FP16;
     c->device = device;
     c->prec = prec;
     c->dtype = prec == SDW_PREC_FP16 ? SDW_K_F16 : prec == SDW_PREC_BF16 ? SDW_K_BF16 : SDW_K_F32;

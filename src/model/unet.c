@@ -13,6 +13,7 @@
 typedef struct step_key {
     const void *x, *ctx, *eps;
     int64_t xs[4], tokens;
+    int tcond; /* with the guidance embedding */
 } step_key;
 
 typedef struct down_block {
@@ -34,6 +35,7 @@ struct sdw_unet {
     sdw_unet_config cfg;
     sdw_conv conv_in, conv_out;
     sdw_linear t1, t2;
+    sdw_linear cond_proj; /* time_cond_proj_dim -> block_out[0], no bias; LCM UNets only */
     sdw_gnorm norm_out;
     down_block down[SDW_UNET_MAX_BLOCKS];
     up_block up[SDW_UNET_MAX_BLOCKS];
@@ -44,6 +46,7 @@ struct sdw_unet {
      * algorithms and memory), the second records the step, later ones
      * replay it. */
     sdw_tensor tfeat; /* timestep features [b, block_out[0]]: the graph's host-side input */
+    sdw_tensor tcond; /* guidance embedding [b, time_cond_proj_dim]: likewise */
     sdw_graph *graph;
     step_key key;    /* of the last successful direct call, or of the graph */
     int graph_off;   /* recording failed or is unsupported: direct calls until sdw_unet_release */
@@ -179,9 +182,9 @@ static int block_types(const json_object *j, const char *key, const char *attn, 
 static int check_unsupported(const json_object *j, sdw_error *e)
 {
     static const char *const must_be_null[] = {
-        "num_attention_heads", "class_embed_type",   "addition_embed_type", "encoder_hid_dim",
-        "time_embedding_dim",  "time_cond_proj_dim", "timestep_post_act",   "cross_attention_norm",
-        "num_class_embeds",    "time_embedding_act_fn",
+        "num_attention_heads", "class_embed_type",     "addition_embed_type", "encoder_hid_dim",
+        "time_embedding_dim",  "timestep_post_act",    "cross_attention_norm", "num_class_embeds",
+        "time_embedding_act_fn",
     };
     for (size_t i = 0; i < sizeof must_be_null / sizeof must_be_null[0]; i++) {
         json_object *v = field(j, must_be_null[i]);
@@ -284,6 +287,7 @@ int sdw_unet_config_parse(sdw_unet_config *cfg, const json_object *j, sdw_error 
         (rc = get_num(j, "norm_eps", 1e-5f, &cfg->norm_eps, e)) ||
         (rc = get_bool(j, "flip_sin_to_cos", 1, &cfg->flip_sin_to_cos, e)) ||
         (rc = get_num(j, "freq_shift", 0, &cfg->freq_shift, e)) ||
+        (rc = get_int(j, "time_cond_proj_dim", 0, &cfg->time_cond_proj_dim, e)) ||
         (rc = block_types(j, "down_block_types", "CrossAttnDownBlock2D", "DownBlock2D", n, cfg->down_attn, e)) ||
         (rc = block_types(j, "up_block_types", "CrossAttnUpBlock2D", "UpBlock2D", n, cfg->up_attn, e)) ||
         /* diffusers' attention_head_dim is, for this model family, the number of heads */
@@ -293,8 +297,12 @@ int sdw_unet_config_parse(sdw_unet_config *cfg, const json_object *j, sdw_error 
     if (field(j, "reverse_transformer_layers_per_block"))
         return sdw_fail(e, SDW_EUNSUPPORTED, "unet config: reverse_transformer_layers_per_block is not supported");
     if (cfg->in_channels <= 0 || cfg->out_channels <= 0 || cfg->layers_per_block <= 0 ||
-        cfg->cross_attention_dim <= 0 || cfg->norm_groups <= 0 || !(cfg->norm_eps > 0))
+        cfg->cross_attention_dim <= 0 || cfg->norm_groups <= 0 || !(cfg->norm_eps > 0) ||
+        cfg->time_cond_proj_dim < 0)
         return sdw_fail(e, SDW_EINVAL, "unet config: channel counts, layers, groups and eps must be positive");
+    if (cfg->time_cond_proj_dim && cfg->time_cond_proj_dim < 4)
+        return sdw_fail(e, SDW_EUNSUPPORTED, "unet config: time_cond_proj_dim %d is below 4 (the guidance "
+                        "embedding's frequencies divide by half of it minus 1)", cfg->time_cond_proj_dim);
     if (cfg->block_out[0] % 2)
         return sdw_fail(e, SDW_EINVAL, "unet config: block_out_channels[0] = %d must be even", cfg->block_out[0]);
     return SDW_OK;
@@ -398,7 +406,7 @@ void sdw_unet_free(sdw_unet *u)
     sdw_resnet_free(&u->mid_res[0]), sdw_resnet_free(&u->mid_res[1]);
     sdw_transformer_free(&u->mid_attn);
     sdw_conv_free(&u->conv_in), sdw_conv_free(&u->conv_out);
-    sdw_linear_free(&u->t1), sdw_linear_free(&u->t2);
+    sdw_linear_free(&u->t1), sdw_linear_free(&u->t2), sdw_linear_free(&u->cond_proj);
     sdw_gnorm_free(&u->norm_out);
     sdw_unet_release(u);
     free(u);
@@ -409,6 +417,7 @@ void sdw_unet_release(sdw_unet *u)
     sdw_graph_free(u->graph);
     u->graph = NULL;
     sdw_tensor_free(&u->tfeat);
+    sdw_tensor_free(&u->tcond);
     u->key = (step_key){0};
     u->graph_off = 0;
     u->graph_why[0] = 0;
@@ -443,6 +452,9 @@ static int load_all(sdw_unet *u, const sdw_loader *l, sdw_error *e)
     if ((rc = sdw_conv_load(l, &u->conv_in, "conv_in", c0, c->in_channels, 3, 1, 1, e)) ||
         (rc = sdw_linear_load(l, &u->t1, "time_embedding.linear_1", td, c0, 1, e)) ||
         (rc = sdw_linear_load(l, &u->t2, "time_embedding.linear_2", td, td, 1, e)))
+        return rc;
+    if (c->time_cond_proj_dim &&
+        (rc = sdw_linear_load(l, &u->cond_proj, "time_embedding.cond_proj", c0, c->time_cond_proj_dim, 0, e)))
         return rc;
     for (int i = 0; i < n; i++) {
         down_block *d = &u->down[i];
@@ -533,15 +545,18 @@ static void timestep_features(const sdw_unet_config *c, const float *t, int b, f
     }
 }
 
-/* The timestep features, computed on the host, go into u->tfeat: the one
- * input of the step that does not come in a caller's buffer. */
-static int upload_time_features(sdw_unet *u, const float *timesteps, int b, sdw_error *e)
+/* The timestep features, computed on the host, go into u->tfeat, and the
+ * guidance embedding (tcond, NULL for none) into u->tcond: the inputs of
+ * the step that do not come in a caller's buffer. */
+static int upload_time_features(sdw_unet *u, const float *timesteps, const float *tcond, int b, sdw_error *e)
 {
-    int64_t c0 = u->cfg.block_out[0], fs[2] = {b, c0};
+    int64_t c0 = u->cfg.block_out[0], fs[2] = {b, c0}, cs[2] = {b, u->cfg.time_cond_proj_dim};
     int rc;
     if (u->tfeat.data && u->tfeat.shape[0] != b)
-        sdw_unet_release(u); /* the graph, if any, reads the old buffer */
+        sdw_unet_release(u); /* the graph, if any, reads the old buffers */
     if (!u->tfeat.data && (rc = sdw_tensor_new(&u->tfeat, u->be, 2, fs, e)))
+        return rc;
+    if (tcond && !u->tcond.data && (rc = sdw_tensor_new(&u->tcond, u->be, 2, cs, e)))
         return rc;
     float *feat = malloc(sizeof *feat * (size_t)(b * c0));
     if (!feat)
@@ -549,18 +564,36 @@ static int upload_time_features(sdw_unet *u, const float *timesteps, int b, sdw_
     timestep_features(&u->cfg, timesteps, b, feat);
     rc = sdw_tensor_upload(&u->tfeat, feat, e);
     free(feat);
+    if (!rc && tcond)
+        rc = sdw_tensor_upload(&u->tcond, tcond, e);
     return rc;
 }
 
-static int time_embedding(sdw_unet *u, int b, sdw_tensor *temb_act, sdw_error *e)
+/* diffusers' TimestepEmbedding: linear_2(silu(linear_1(features +
+ * cond_proj(guidance embedding)))), here followed by the SiLU each resnet
+ * applies first. */
+static int time_embedding(sdw_unet *u, int b, int with_cond, sdw_tensor *temb_act, sdw_error *e)
 {
     int64_t ts[2] = {b, 4 * u->cfg.block_out[0]};
-    sdw_tensor h = {0};
-    int rc = sdw_tensor_new(&h, u->be, 2, ts, e);
-    if (!rc && !(rc = sdw_linear_forward(&u->t1, &u->tfeat, &h, e)) && !(rc = sdw_op_act(&h, SDW_ACT_SILU, &h, e)) &&
+    sdw_tensor h = {0}, sum = {0};
+    const sdw_tensor *feat = &u->tfeat;
+    int rc = SDW_OK;
+    if (with_cond) {
+        sdw_tensor proj = {0};
+        if (!(rc = sdw_tensor_new(&proj, u->be, 2, u->tfeat.shape, e)) &&
+            !(rc = sdw_linear_forward(&u->cond_proj, &u->tcond, &proj, e)) &&
+            !(rc = sdw_tensor_new(&sum, u->be, 2, u->tfeat.shape, e)))
+            rc = sdw_op_add(&u->tfeat, &proj, &sum, e);
+        sdw_tensor_free(&proj);
+        feat = &sum;
+    }
+    if (!rc)
+        rc = sdw_tensor_new(&h, u->be, 2, ts, e);
+    if (!rc && !(rc = sdw_linear_forward(&u->t1, feat, &h, e)) && !(rc = sdw_op_act(&h, SDW_ACT_SILU, &h, e)) &&
         !(rc = sdw_tensor_new(temb_act, u->be, 2, ts, e)) && !(rc = sdw_linear_forward(&u->t2, &h, temb_act, e)))
         rc = sdw_op_act(temb_act, SDW_ACT_SILU, temb_act, e); /* every resnet applies SiLU first */
     sdw_tensor_free(&h);
+    sdw_tensor_free(&sum);
     return rc;
 }
 
@@ -638,7 +671,8 @@ static int step_cat(sdw_tensor *h, const sdw_tensor *skip, sdw_error *e)
 
 /* The step after the timestep features: every op on the backend, nothing
  * moved to or from the host, so that it can be recorded as a graph. */
-static int forward_body(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx, sdw_tensor *eps, sdw_error *e)
+static int forward_body(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx, int with_cond, sdw_tensor *eps,
+                        sdw_error *e)
 {
     const sdw_unet_config *c = &u->cfg;
     int n = c->nblocks, lpb = c->layers_per_block, nskip = 0, b = (int)x->shape[0];
@@ -646,7 +680,7 @@ static int forward_body(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx,
     if (1 + n * lpb + n - 1 > (int)(sizeof skips / sizeof skips[0]))
         return sdw_fail(e, SDW_EUNSUPPORTED, "unet: %d layers per block is too many", lpb);
     sdw_tensor temb = {0}, h = {0};
-    int rc = time_embedding(u, b, &temb, e);
+    int rc = time_embedding(u, b, with_cond, &temb, e);
     if (!rc)
         rc = sdw_conv_forward(&u->conv_in, x, 0, &h, e);
     if (!rc && !(rc = step_copy(&h, &skips[nskip], e)))
@@ -686,25 +720,26 @@ static int forward_body(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx,
     return rc;
 }
 
-static step_key key_of(const sdw_tensor *x, const sdw_tensor *ctx, const sdw_tensor *eps)
+static step_key key_of(const sdw_tensor *x, const sdw_tensor *ctx, const sdw_tensor *eps, int with_cond)
 {
     return (step_key){x->data, ctx->data, eps->data, {x->shape[0], x->shape[1], x->shape[2], x->shape[3]},
-                      ctx->shape[1]};
+                      ctx->shape[1], with_cond};
 }
 
 static int same_key(const step_key *a, const step_key *b)
 {
     return a->x == b->x && a->ctx == b->ctx && a->eps == b->eps && !memcmp(a->xs, b->xs, sizeof a->xs) &&
-           a->tokens == b->tokens;
+           a->tokens == b->tokens && a->tcond == b->tcond;
 }
 
 /* Records the step and runs it once. A recording that fails leaves the
  * step to be run directly, from then on until sdw_unet_release. */
-static int record(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx, sdw_tensor *eps, sdw_error *e)
+static int record(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx, int with_cond, sdw_tensor *eps,
+                  sdw_error *e)
 {
     sdw_error why;
     int rc = sdw_graph_begin(u->be, &why);
-    if (!rc && (rc = forward_body(u, x, ctx, eps, &why)))
+    if (!rc && (rc = forward_body(u, x, ctx, with_cond, eps, &why)))
         sdw_graph_abandon(u->be);
     if (!rc && (rc = sdw_graph_end(u->be, &u->graph, &why)))
         u->graph = NULL;
@@ -712,11 +747,11 @@ static int record(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx, sdw_t
         return sdw_graph_launch(u->graph, e);
     u->graph_off = 1;
     snprintf(u->graph_why, sizeof u->graph_why, "%s", why.msg);
-    return forward_body(u, x, ctx, eps, e);
+    return forward_body(u, x, ctx, with_cond, eps, e);
 }
 
 int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, const sdw_tensor *ctx,
-                     sdw_tensor *eps, sdw_error *e)
+                     const sdw_unet_cond *cond, sdw_tensor *eps, sdw_error *e)
 {
     const sdw_unet_config *c = &u->cfg;
     char s1[96], s2[96], s3[96];
@@ -730,10 +765,15 @@ int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, c
                         sdw_shape_str(ctx->ndim, ctx->shape, s2, sizeof s2),
                         sdw_shape_str(eps->ndim, eps->shape, s3, sizeof s3), c->in_channels, c->out_channels,
                         c->cross_attention_dim);
-    int rc = upload_time_features(u, timesteps, (int)x->shape[0], e);
+    if (cond && (cond->text_embeds || cond->time_ids))
+        return sdw_fail(e, SDW_EINVAL, "unet: text_embeds and time_ids need an addition embedding this UNet lacks");
+    const float *tcond = cond ? cond->timestep_cond : NULL;
+    if (tcond && !c->time_cond_proj_dim)
+        return sdw_fail(e, SDW_EINVAL, "unet: a timestep_cond given to a UNet without time_cond_proj_dim");
+    int rc = upload_time_features(u, timesteps, tcond, (int)x->shape[0], e);
     if (rc)
         return rc;
-    step_key k = key_of(x, ctx, eps);
+    step_key k = key_of(x, ctx, eps, tcond != NULL);
     int same = same_key(&u->key, &k);
     if (u->graph && !same) {
         sdw_graph_free(u->graph);
@@ -743,9 +783,9 @@ int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, c
         if (!(rc = sdw_graph_launch(u->graph, e)))
             u->replays++;
     } else if (!u->graph_off && sdw_backend_has_graphs(u->be) && same) {
-        rc = record(u, x, ctx, eps, e);
+        rc = record(u, x, ctx, tcond != NULL, eps, e);
     } else {
-        rc = forward_body(u, x, ctx, eps, e);
+        rc = forward_body(u, x, ctx, tcond != NULL, eps, e);
         u->key = rc ? (step_key){0} : k;
     }
     if (rc)

@@ -34,7 +34,18 @@ typedef struct sdw_unet_config {
     float norm_eps;
     int flip_sin_to_cos;
     float freq_shift;
+    /* LCM-distilled UNets: the width of the guidance-scale embedding that
+     * time_embedding.cond_proj adds to the timestep features; 0 = none. */
+    int time_cond_proj_dim;
 } sdw_unet_config;
+
+/* Conditioning some UNets take besides the text states; NULL members (or a
+ * NULL cond) mean none. */
+typedef struct sdw_unet_cond {
+    const sdw_tensor *text_embeds; /* SDXL: pooled text embedding [b, projection_dim] on the UNet's backend */
+    const float *time_ids;         /* SDXL: host [b, 6]: original h, w, crop top, left, target h, w */
+    const float *timestep_cond;    /* LCM-distilled UNets: host [b, time_cond_proj_dim] */
+} sdw_unet_cond;
 
 typedef struct sdw_unet sdw_unet;
 
@@ -51,15 +62,21 @@ const sdw_unet_config *sdw_unet_config_of(const sdw_unet *u);
 /* x [b,in_channels,h,w], timesteps: b floats on the host, ctx
  * [b,tokens,cross_attention_dim] -> eps [b,out_channels,h,w].
  *
+ * cond->timestep_cond, for a UNet with time_cond_proj_dim, goes through
+ * time_embedding.cond_proj into the timestep embedding; without it that
+ * UNet runs unconditioned on guidance, as diffusers does when given none.
+ * Conditioning the UNet has no layer for is refused.
+ *
  * On a backend with graphs (CUDA) the step is recorded once and replayed:
  * the first call with given x, ctx and eps buffers runs op by op, the
  * second records the step, later ones replay it, reading x and ctx from the
- * same buffers. The recording, and the memory it uses for temporaries, is
+ * same buffers. The timesteps and timestep_cond are host values: each call
+ * copies them into buffers the UNet owns, which the recording reads. The recording, and the memory it uses for temporaries, is
  * kept until the buffers or shapes change or sdw_unet_release: call that
  * when a denoising loop ends, so that what follows (the VAE) can use the
  * memory. SDW_CUDA_GRAPHS=0 in the environment turns recording off. */
 int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, const sdw_tensor *ctx,
-                     sdw_tensor *eps, sdw_error *e);
+                     const sdw_unet_cond *cond, sdw_tensor *eps, sdw_error *e);
 /* Drops the recorded step and its memory. */
 void sdw_unet_release(sdw_unet *u);
 /* How many steps have been replayed from a recording (tests, benchmarks). */

@@ -45,6 +45,7 @@ static const sdw_vae_config sd1_vae = {
     .layers_per_block = 2,
     .norm_groups = 32,
     .scaling_factor = 0.18215f,
+    .force_upcast = 1,
 };
 
 /* ---- config ---- */
@@ -118,6 +119,10 @@ int sdw_vae_config_parse(sdw_vae_config *cfg, const json_object *j, sdw_error *e
             return sdw_fail(e, SDW_EINVAL, "vae config: scaling_factor is not a positive number");
         cfg->scaling_factor = (float)s;
     }
+    json_object *fu = field(j, "force_upcast");
+    if (fu && !json_object_is_type(fu, json_type_boolean))
+        return sdw_fail(e, SDW_EINVAL, "vae config: force_upcast is not true or false");
+    cfg->force_upcast = fu ? json_object_get_boolean(fu) : 1;
     json_object *act = field(j, "act_fn");
     if (act && strcmp(json_object_get_string(act), "silu"))
         return sdw_fail(e, SDW_EUNSUPPORTED, "vae config: act_fn = %s is not supported (only silu)",
@@ -313,6 +318,11 @@ static int load_all(sdw_vae *v, const sdw_loader *l, sdw_error *e)
         (rc = sdw_conv_load(l, &v->dec_out, "decoder.conv_out", c->out_channels, c->block_out[0], 3, 1, 1, e)))
         return rc;
     return SDW_OK;
+}
+
+int sdw_vae_needs_upcast(const sdw_vae_config *cfg, const sdw_backend *be)
+{
+    return cfg->force_upcast && be->fp16;
 }
 
 int sdw_vae_load(sdw_vae **out, sdw_backend *be, const sdw_vae_config *cfg, const sdw_weights *w,

@@ -18,12 +18,23 @@ typedef struct sdw_vae_config {
     int layers_per_block;
     int norm_groups;
     float scaling_factor;
+    /* force_upcast (diffusers' default true): the VAE overflows half
+     * precision (SD 1.x's, SDXL's), so it decodes and encodes in float32
+     * wherever the rest runs in fp16; false for VAEs fine-tuned to fit it
+     * (madebyollin/sdxl-vae-fp16-fix). */
+    int force_upcast;
 } sdw_vae_config;
 
 typedef struct sdw_vae sdw_vae;
 
 /* Reads a diffusers VAE config.json; NULL gives SD 1.x's. */
 int sdw_vae_config_parse(sdw_vae_config *cfg, const json_object *json, sdw_error *e);
+/* Whether this VAE must run on a float32 backend rather than on be: its
+ * force_upcast, where be stores tensors as halves. The CPU computes every
+ * activation in float32 (it keeps only f16 weights as halves), so never
+ * there. */
+int sdw_vae_needs_upcast(const sdw_vae_config *cfg, const sdw_backend *be);
+
 int sdw_vae_load(sdw_vae **out, sdw_backend *be, const sdw_vae_config *cfg, const sdw_weights *w,
                  sdw_layout layout, sdw_error *e);
 void sdw_vae_free(sdw_vae *v);

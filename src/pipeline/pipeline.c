@@ -17,12 +17,14 @@
 
 struct sdw_pipeline {
     sdw_backend *be;
+    sdw_backend *vae_be; /* be, or the float32 backend for a force_upcast VAE */
     sdw_model model;
     sdw_clip *clip;
     sdw_unet *unet;
     sdw_vae *vae;
     int scale;           /* VAE downscale: 2^(blocks-1) */
     int latent_channels; /* 4 */
+    int vae_channels;    /* the VAE decoder's width at full resolution: block_out[0] */
     /* During a generation: the current latents and their grid, for previews. */
     const float *cur_latents;
     int cur_h, cur_w;
@@ -75,7 +77,7 @@ static int ldm_in_channels(const sdw_model *m, sdw_unet_config *cfg, sdw_error *
     return SDW_OK;
 }
 
-static int load_parts(sdw_pipeline *p, sdw_error *e)
+static int load_parts(sdw_pipeline *p, sdw_backend *fp32, sdw_error *e)
 {
     sdw_model *m = &p->model;
     sdw_unet_config ucfg;
@@ -84,11 +86,21 @@ static int load_parts(sdw_pipeline *p, sdw_error *e)
     if ((rc = sdw_model_require_pipeline(m, e)) || (rc = sdw_clip_load(&p->clip, p->be, &m->clip, &m->text_encoder, e)) ||
         (rc = sdw_unet_config_parse(&ucfg, m->unet_config, e)) || (rc = ldm_in_channels(m, &ucfg, e)) ||
         (rc = sdw_unet_load(&p->unet, p->be, &ucfg, &m->unet, m->layout, e)) ||
-        (rc = sdw_vae_config_parse(&vcfg, m->vae_config, e)) ||
-        (rc = sdw_vae_load(&p->vae, p->be, &vcfg, &m->vae, m->layout, e)))
+        (rc = sdw_vae_config_parse(&vcfg, m->vae_config, e)))
+        return rc;
+    p->vae_be = p->be;
+    if (sdw_vae_needs_upcast(&vcfg, p->be)) {
+        if (fp32)
+            p->vae_be = fp32;
+        else
+            sdw_log(SDW_LOG_WARN, "%s: the VAE's config says force_upcast, but no float32 backend was given: it "
+                    "runs in fp16, where it may overflow to black or NaN images", m->path);
+    }
+    if ((rc = sdw_vae_load(&p->vae, p->vae_be, &vcfg, &m->vae, m->layout, e)))
         return rc;
     p->scale = 1 << (vcfg.nblocks - 1);
     p->latent_channels = vcfg.latent_channels;
+    p->vae_channels = vcfg.block_out[0];
     if (ucfg.cross_attention_dim != m->clip.hidden_size)
         return sdw_fail(e, SDW_EFORMAT, "the UNet attends to %d-wide text states but the text encoder makes %d",
                         ucfg.cross_attention_dim, m->clip.hidden_size);
@@ -126,7 +138,7 @@ int sdw_pipeline_load(sdw_pipeline **out, sdw_backend *be, const char *model_pat
                     sdw_model_prediction(&p->model), own,
                     p->model.layout == SDW_LAYOUT_LDM ? "its family implies" : "its scheduler config gives");
     }
-    rc = load_parts(p, e);
+    rc = load_parts(p, o ? o->fp32 : NULL, e);
     if (rc) {
         sdw_fail_wrap(e, "%s", model_path);
         sdw_pipeline_free(p);
@@ -142,6 +154,32 @@ void sdw_pipeline_describe(const sdw_pipeline *p, sdw_pipeline_info *info)
     info->prediction = sdw_model_prediction(&p->model);
     info->inpaint = p->model.inpainting;
     info->width = info->height = p->model.default_size;
+    info->vae_fp32 = p->vae_be != p->be;
+}
+
+/* Live activations at the peak, in elements per output pixel per channel of
+ * the stage's full-resolution width. The UNet's: at latent resolution the
+ * skip connections (1 + layers_per_block of them, and those of the lower
+ * levels, about 2.5 more in SD's 1:2:4:4 widths) and a transformer's
+ * feed-forward (12 more: the 8-wide GEGLU input, its 4-wide output) with
+ * the block's input and norm, 20 in all, rounded up to 24 for the
+ * attention's per-thread blocks. The VAE decoder's: its last upsampler and
+ * first full-resolution resnet hold 2 * block_out[1] (= 4 block_out[0] in
+ * SD's) plus the resnet's block_out[0]-wide halves, and the CPU's
+ * convolutions their column blocks: measured at 5.0-5.2 for SD 1.5 (1.07 G
+ * parameters, 256-768 px, doc/architecture.md), taken as 6. */
+#define SDW_UNET_ACT_PER_C0 24
+#define SDW_VAE_ACT_PER_C0 6
+
+void sdw_pipeline_memory(const sdw_pipeline *p, sdw_pipeline_mem *m)
+{
+    const sdw_unet_config *u = sdw_unet_config_of(p->unet);
+    int batch = u->time_cond_proj_dim ? 1 : 2;
+    size_t latent_px = (size_t)p->scale * (size_t)p->scale;
+    size_t unet_elem = p->be->fp16 ? 2 : 4, vae_elem = p->vae_be->fp16 ? 2 : 4;
+    m->unet_per_pixel = (SDW_UNET_ACT_PER_C0 * (size_t)batch * (size_t)u->block_out[0] * unet_elem + latent_px - 1) /
+                        latent_px;
+    m->vae_per_pixel = SDW_VAE_ACT_PER_C0 * (size_t)p->vae_channels * vae_elem;
 }
 
 const char *sdw_pipeline_sampler(const sdw_pipeline *p, const char *requested)
@@ -153,6 +191,17 @@ const char *sdw_pipeline_sampler(const sdw_pipeline *p, const char *requested)
     const char *name = sdw_sched_sampler_name(s);
     sdw_sched_free(s);
     return name;
+}
+
+int sdw_pipeline_max_steps(const sdw_pipeline *p, const char *requested)
+{
+    sdw_sched *s;
+    sdw_error e;
+    if (sdw_sched_create(&s, p->model.scheduler_config, requested, 0.0f, &e))
+        return 0;
+    int n = sdw_sched_max_steps(s);
+    sdw_sched_free(s);
+    return n < 1000 ? n : 1000;
 }
 
 int sdw_pipeline_preview(const sdw_pipeline *p, sdw_image *img, sdw_error *e)
@@ -172,6 +221,7 @@ typedef struct gen_state {
     sdw_sched *sched;
     sdw_tensor ctx, x, eps;
     float *latents, *noise, *step_noise, *unet_in, *eps_host;
+    float *tcond;          /* LCM-distilled UNets: the guidance embedding [time_cond_proj_dim] */
     float *image_latents;  /* inpaint on a 4-channel model: the clean init latents */
     float *mask, *masked_latents; /* inpaint: [h*w] binary mask, [n] latents */
 } gen_state;
@@ -183,7 +233,24 @@ static void gen_free(gen_state *s)
     sdw_tensor_free(&s->x);
     sdw_tensor_free(&s->eps);
     free(s->latents), free(s->noise), free(s->step_noise), free(s->unet_in), free(s->eps_host);
-    free(s->image_latents), free(s->mask), free(s->masked_latents);
+    free(s->image_latents), free(s->mask), free(s->masked_latents), free(s->tcond);
+}
+
+/* get_guidance_scale_embedding of diffusers' SD pipelines, in its float32
+ * operations: w = (guidance - 1) * 1000, f_i = exp(-i ln(10000) / (half - 1)),
+ * [sin(w f), cos(w f)], a zero after them for an odd width. */
+static void guidance_embedding(float guidance, int dim, float *out)
+{
+    int half = dim / 2;
+    float w = (float)((double)guidance - 1.0) * 1000.0f;
+    float step = logf(10000.0f) / (float)(half - 1);
+    for (int i = 0; i < half; i++) {
+        float a = w * expf((float)i * -step);
+        out[i] = sinf(a);
+        out[half + i] = cosf(a);
+    }
+    if (dim % 2)
+        out[dim - 1] = 0.0f;
 }
 
 /* Token ids for [negative; prompt] (or just the prompt without guidance),
@@ -239,11 +306,11 @@ static int encode_image(sdw_pipeline *p, gen_state *s, const float *pixels, floa
     sdw_tensor img = {0}, noise = {0}, lat = {0};
     /* step_noise is free scratch until sampling starts */
     sdw_rng_randn(&s->rng, s->step_noise, s->n);
-    int rc = sdw_tensor_from_host(&img, p->be, 4, ishape, pixels, e);
+    int rc = sdw_tensor_from_host(&img, p->vae_be, 4, ishape, pixels, e);
     if (!rc)
-        rc = sdw_tensor_from_host(&noise, p->be, 4, lshape, s->step_noise, e);
+        rc = sdw_tensor_from_host(&noise, p->vae_be, 4, lshape, s->step_noise, e);
     if (!rc)
-        rc = sdw_tensor_new(&lat, p->be, 4, lshape, e);
+        rc = sdw_tensor_new(&lat, p->vae_be, 4, lshape, e);
     if (!rc)
         rc = sdw_vae_encode(p->vae, &img, &noise, &lat, e);
     if (!rc)
@@ -354,8 +421,9 @@ static int denoise(sdw_pipeline *p, const sdw_gen_params *gp, gen_state *s, sdw_
         sdw_sched_scale_model_input(s->sched, s->latents, scaled, s->n);
         build_unet_input(p, s, scaled);
         rc = sdw_tensor_upload(&s->x, s->unet_in, e);
+        sdw_unet_cond cond = {.timestep_cond = s->tcond};
         if (!rc)
-            rc = sdw_unet_forward(p->unet, &s->x, t, &s->ctx, &s->eps, e);
+            rc = sdw_unet_forward(p->unet, &s->x, t, &s->ctx, &cond, &s->eps, e);
         if (!rc)
             rc = sdw_tensor_to_host(&s->eps, s->eps_host, e);
         if (rc)
@@ -451,9 +519,9 @@ static int decode(sdw_pipeline *p, gen_state *s, sdw_image *out, sdw_error *e)
     float *pixels = malloc((size_t)3 * is[2] * is[3] * sizeof *pixels);
     int rc = pixels ? SDW_OK : sdw_fail(e, SDW_ENOMEM, "out of memory");
     if (!rc)
-        rc = sdw_tensor_from_host(&lat, p->be, 4, ls, s->latents, e);
+        rc = sdw_tensor_from_host(&lat, p->vae_be, 4, ls, s->latents, e);
     if (!rc)
-        rc = sdw_tensor_new(&img, p->be, 4, is, e);
+        rc = sdw_tensor_new(&img, p->vae_be, 4, is, e);
     if (!rc)
         rc = sdw_vae_decode(p->vae, &lat, &img, e);
     if (!rc)
@@ -475,12 +543,26 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
      * would stay reserved through the denoising too. */
     sdw_backend_trim(p->be);
     tm.mem_start = sdw_backend_memory(p->be, &peak);
+    if (p->vae_be != p->be) {
+        sdw_backend_trim(p->vae_be);
+        tm.mem_start += sdw_backend_memory(p->vae_be, &peak);
+    }
     int W = 0, H = 0;
     int rc = check_params(p, gp, &W, &H, e);
     if (rc)
         return rc;
     gen_state s = {0};
-    s.batch = gp->guidance > 1.0f ? 2 : 1;
+    /* diffusers' do_classifier_free_guidance: an LCM-distilled UNet takes the
+     * guidance as an embedding instead, at batch 1. */
+    int tcd = sdw_unet_config_of(p->unet)->time_cond_proj_dim;
+    s.batch = gp->guidance > 1.0f && !tcd ? 2 : 1;
+    if (tcd) {
+        if (!(s.tcond = malloc((size_t)tcd * sizeof *s.tcond))) {
+            rc = sdw_fail(e, SDW_ENOMEM, "out of memory");
+            goto done;
+        }
+        guidance_embedding(gp->guidance, tcd, s.tcond);
+    }
     s.h = H / p->scale, s.w = W / p->scale;
     s.cin = sdw_pipeline_unet_channels(p);
     sdw_rng_seed(&s.rng, gp->seed);
@@ -511,7 +593,7 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
     if (!rc)
         rc = decode(p, &s, out, e);
     tm.decode_s = sdw_now_s() - t0;
-    sdw_backend_memory(p->be, &tm.mem_decode_peak);
+    sdw_backend_memory(p->vae_be, &tm.mem_decode_peak);
     tm.total_s = tm.encode_s + tm.prepare_s + tm.denoise_s + tm.decode_s;
     if (t)
         *t = tm;

@@ -55,7 +55,8 @@ typedef struct sdw_gen_timings {
     double total_s;
     /* Device memory in bytes, 0 on the CPU (sdw_backend_memory): reserved
      * when the generation starts, the most reserved at once while encoding
-     * and denoising, and while decoding (after sdw_backend_trim). */
+     * and denoising, and while decoding (after sdw_backend_trim) on the
+     * VAE's backend (the float32 one, for a force_upcast VAE). */
     size_t mem_start, mem_denoise_peak, mem_decode_peak;
 } sdw_gen_timings;
 
@@ -71,6 +72,11 @@ typedef struct sdw_pipeline_options {
      * a single file, over what its architecture implies); NULL or "" keeps
      * the model's. */
     const char *prediction;
+    /* A float32 backend on be's device, for a VAE that must not run in half
+     * precision (its force_upcast, sdw_vae_needs_upcast, where be stores
+     * halves): it decodes and encodes there. NULL: such a VAE runs on be,
+     * in fp16, as diffusers' SD 1.x/2.x pipelines run it, with a warning. */
+    sdw_backend *fp32;
 } sdw_pipeline_options;
 
 /* options may be NULL (the model's own settings). */
@@ -84,6 +90,7 @@ typedef struct sdw_pipeline_info {
     const char *prediction; /* "epsilon", "v_prediction" */
     int inpaint;            /* a 9-channel inpainting UNet */
     int width, height;      /* the size the model was trained at: its default */
+    int vae_fp32;           /* the VAE runs on the options' float32 backend */
 } sdw_pipeline_info;
 
 void sdw_pipeline_describe(const sdw_pipeline *p, sdw_pipeline_info *info);
@@ -93,10 +100,28 @@ void sdw_pipeline_describe(const sdw_pipeline *p, sdw_pipeline_info *info);
 int sdw_pipeline_scale(const sdw_pipeline *p);
 int sdw_pipeline_unet_channels(const sdw_pipeline *p);
 
+/* A generation's activations at their peak, beyond the weights already
+ * loaded, per output pixel (width * height): in a UNet step at the largest
+ * batch the model runs (2 with CFG; 1 for an LCM-distilled UNet), and in
+ * the VAE decode, each in its backend's activation size (2 bytes for fp16
+ * storage, else 4: the CPU computes in float32). An estimate from the
+ * model's widths with constants measured on SD 1.5 (doc/architecture.md,
+ * "Memory estimate"). */
+typedef struct sdw_pipeline_mem {
+    size_t unet_per_pixel, vae_per_pixel;
+} sdw_pipeline_mem;
+
+void sdw_pipeline_memory(const sdw_pipeline *p, sdw_pipeline_mem *m);
+
 /* The sampler a request for `requested` (NULL or "" = the model's own
  * scheduler) runs with, e.g. "pndm" for SD 1.5's config; NULL when the name
  * is unknown or the model's scheduler unsupported. */
 const char *sdw_pipeline_sampler(const sdw_pipeline *p, const char *requested);
+
+/* The most steps a request for `requested` (as sdw_pipeline_sampler) may
+ * take: LCMScheduler's original_inference_steps for lcm, else 1000; 0 when
+ * the sampler is unknown or the model's scheduler unsupported. */
+int sdw_pipeline_max_steps(const sdw_pipeline *p, const char *requested);
 
 /* Runs one generation. out receives the RGB image; latents, when not NULL,
  * receives the final latents [4, h, w] (h, w = size / scale), as diffusers'

@@ -32,6 +32,8 @@ struct sdw_sched {
     enum spacing spacing;
     int steps_offset;
     int lower_order_final, euler_at_final, final_sigma_min, solver_order;
+    int original_steps;      /* LCM: the distillation schedule's length */
+    float timestep_scaling;  /* LCM: of the boundary-condition scalings */
     float *acp;     /* alphas_cumprod [T] */
     float *sigtab;  /* sqrt((1-acp)/acp) [T] */
     float final_acp;
@@ -108,6 +110,8 @@ static int class_sampler(const json_object *cfg, sdw_sampler *out, sdw_error *e)
         *out = SDW_SAMPLER_DDIM;
     else if (!strcmp(cls, "DPMSolverMultistepScheduler"))
         *out = cfg_bool(cfg, "use_karras_sigmas", 0) ? SDW_SAMPLER_DPMPP_2M_KARRAS : SDW_SAMPLER_DPMPP_2M;
+    else if (!strcmp(cls, "LCMScheduler"))
+        *out = SDW_SAMPLER_LCM;
     else
         return sdw_fail(e, SDW_EUNSUPPORTED,
                         "the model's scheduler %s is not supported; name a sampler (%s)", cls,
@@ -123,7 +127,9 @@ static int check_unsupported(const json_object *cfg, sdw_sampler k, sdw_error *e
 {
     static const char *const flags[] = {"thresholding", "use_exponential_sigmas", "use_beta_sigmas",
                                         "use_lu_lambdas", "use_flow_sigmas"};
-    for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
+    /* LCMScheduler.from_config drops the sigma options: it has none. */
+    size_t nflags = k == SDW_SAMPLER_LCM ? 1 : sizeof flags / sizeof *flags;
+    for (size_t i = 0; i < nflags; i++)
         if (cfg_bool(cfg, flags[i], 0))
             return sdw_fail(e, SDW_EUNSUPPORTED, "scheduler config: %s is not supported", flags[i]);
     /* diffusers' PNDMScheduler has no such option and drops the key without a
@@ -212,8 +218,10 @@ static void rescale_zero_snr(float *betas, int T)
 static int build_tables(sdw_sched *s, const json_object *cfg, sdw_error *e)
 {
     double bs, be, T;
-    int rc;
-    if ((rc = cfg_num(cfg, "beta_start", 0.0001, &bs, e)) || (rc = cfg_num(cfg, "beta_end", 0.02, &be, e)) ||
+    int rc, lcm = s->kind == SDW_SAMPLER_LCM;
+    /* LCMScheduler's defaults are SD's betas; the other classes' are DDPM's. */
+    if ((rc = cfg_num(cfg, "beta_start", lcm ? 0.00085 : 0.0001, &bs, e)) ||
+        (rc = cfg_num(cfg, "beta_end", lcm ? 0.012 : 0.02, &be, e)) ||
         (rc = cfg_num(cfg, "num_train_timesteps", 1000, &T, e)))
         return rc;
     if (T < 2 || T > 100000 || T != floor(T))
@@ -222,7 +230,7 @@ static int build_tables(sdw_sched *s, const json_object *cfg, sdw_error *e)
     json_object *tb = cfg_get(cfg, "trained_betas");
     if (tb && json_object_get_type(tb) != json_type_null)
         return sdw_fail(e, SDW_EUNSUPPORTED, "scheduler config: trained_betas is not supported");
-    const char *sched = cfg_str(cfg, "beta_schedule", "linear");
+    const char *sched = cfg_str(cfg, "beta_schedule", lcm ? "scaled_linear" : "linear");
     int scaled;
     if (sched && !strcmp(sched, "linear"))
         scaled = 0;
@@ -307,10 +315,13 @@ int sdw_sched_create(sdw_sched **out, const json_object *config, const char *sam
     if ((rc = check_unsupported(config, k, e)) || (rc = build_tables(s, config, e)))
         goto fail;
 
-    /* Class defaults for keys the config lacks, as from_config applies them. */
+    /* Class defaults for keys the config lacks, as from_config applies them.
+     * LCM keeps timestep_spacing and steps_offset but never reads them. */
     const char *sp = cfg_str(config, "timestep_spacing",
                              k == SDW_SAMPLER_DDIM || k == SDW_SAMPLER_PNDM ? "leading" : "linspace");
-    if (sp && !strcmp(sp, "leading"))
+    if (k == SDW_SAMPLER_LCM)
+        s->spacing = SP_LEADING;
+    else if (sp && !strcmp(sp, "leading"))
         s->spacing = SP_LEADING;
     else if (sp && !strcmp(sp, "trailing"))
         s->spacing = SP_TRAILING;
@@ -335,9 +346,9 @@ int sdw_sched_create(sdw_sched **out, const json_object *config, const char *sam
                       pred ? pred : "(non-string)");
         goto fail;
     }
-    if (k == SDW_SAMPLER_DDIM) {
+    if (k == SDW_SAMPLER_DDIM || k == SDW_SAMPLER_LCM) {
         double r;
-        s->clip_sample = cfg_bool(config, "clip_sample", 1);
+        s->clip_sample = cfg_bool(config, "clip_sample", k == SDW_SAMPLER_DDIM);
         if ((rc = cfg_num(config, "clip_sample_range", 1.0, &r, e)))
             goto fail;
         s->clip_range = (float)r;
@@ -346,7 +357,20 @@ int sdw_sched_create(sdw_sched **out, const json_object *config, const char *sam
         rc = sdw_fail(e, SDW_EUNSUPPORTED, "PNDM without skip_prk_steps (Runge-Kutta warmup) is not supported");
         goto fail;
     }
-    s->final_acp = cfg_bool(config, "set_alpha_to_one", k == SDW_SAMPLER_DDIM) ? 1.0f : s->acp[0];
+    s->final_acp = cfg_bool(config, "set_alpha_to_one", k == SDW_SAMPLER_DDIM || k == SDW_SAMPLER_LCM) ? 1.0f
+                                                                                                     : s->acp[0];
+    if (k == SDW_SAMPLER_LCM) {
+        double os, ts;
+        if ((rc = cfg_num(config, "original_inference_steps", 50, &os, e)) ||
+            (rc = cfg_num(config, "timestep_scaling", 10.0, &ts, e)))
+            goto fail;
+        if (!(os >= 1 && os <= s->T) || os != floor(os)) {
+            rc = sdw_fail(e, SDW_EFORMAT, "scheduler config: original_inference_steps %g outside 1..%d", os, s->T);
+            goto fail;
+        }
+        s->original_steps = (int)os;
+        s->timestep_scaling = (float)ts;
+    }
     s->lower_order_final = cfg_bool(config, "lower_order_final", 1);
     s->euler_at_final = cfg_bool(config, "euler_at_final", 0);
     const char *fs = cfg_str(config, "final_sigmas_type", "zero");
@@ -536,6 +560,22 @@ static int pndm_grid(const sdw_sched *s, int N, double *g, int cap)
     return n;
 }
 
+/* LCM: N of the distillation schedule's original_steps timesteps
+ * (k i - 1 for i = 1..original_steps, k = T / original_steps), taken at
+ * evenly spaced indices from the top. Spacing and offset play no part. */
+static int lcm_grid(const sdw_sched *s, int N, double *g, sdw_error *e)
+{
+    int k = s->T / s->original_steps, len = s->original_steps;
+    if (N > len)
+        return sdw_fail(e, SDW_EINVAL, "lcm runs at most original_inference_steps = %d steps, not %d", len, N);
+    double step = (double)len / (double)N; /* np.linspace(0, len, N, endpoint=False) */
+    for (int i = 0; i < N; i++) {
+        int j = (int)floor((double)i * step); /* index into the descending list */
+        g[i] = (double)(len - j) * k - 1;
+    }
+    return N;
+}
+
 /* Euler, Euler ancestral and DDIM. */
 static int plain_grid(const sdw_sched *s, int N, double *g, int cap)
 {
@@ -613,7 +653,12 @@ int sdw_sched_set_timesteps(sdw_sched *s, int steps, double strength, sdw_error 
     }
     int n = is_dpm(s->kind)                ? dpm_grid(s, steps, g, cap)
             : s->kind == SDW_SAMPLER_PNDM ? pndm_grid(s, steps, g, cap)
+            : s->kind == SDW_SAMPLER_LCM  ? lcm_grid(s, steps, g, e)
                                           : plain_grid(s, steps, g, cap);
+    if (n < 0) {
+        free(g);
+        return n;
+    }
     for (int i = 0; i < n; i++) {
         if (g[i] < 0 || g[i] > s->T - 1) {
             double bad = g[i];
@@ -632,18 +677,24 @@ int sdw_sched_set_timesteps(sdw_sched *s, int steps, double strength, sdw_error 
     s->begin = t_start;
     if (s->begin >= n)
         return sdw_fail(e, SDW_EINVAL, "strength %g leaves no denoising step", strength);
-    /* Zero SNR leaves DDIM's alphas_cumprod 0 at the last training timestep,
-     * where an epsilon model's x0 = (x - sqrt(1 - acp) eps) / sqrt(acp)
-     * divides by 0: diffusers returns NaN latents from there on. */
-    if (s->kind == SDW_SAMPLER_DDIM && !s->v_pred)
+    /* Zero SNR leaves DDIM's and LCM's alphas_cumprod 0 at the last training
+     * timestep, where an epsilon model's x0 = (x - sqrt(1 - acp) eps) /
+     * sqrt(acp) divides by 0: diffusers returns NaN latents from there on. */
+    if ((s->kind == SDW_SAMPLER_DDIM || s->kind == SDW_SAMPLER_LCM) && !s->v_pred)
         for (int i = s->begin; i < n; i++)
             if (s->acp[(int)s->ts[i]] == 0.0f)
                 return sdw_fail(e, SDW_EUNSUPPORTED,
-                                "ddim with rescale_betas_zero_snr and epsilon prediction cannot step from timestep %d "
-                                "(zero signal; diffusers gives NaN): use v_prediction or leading spacing",
-                                (int)s->ts[i]);
+                                "%s with rescale_betas_zero_snr and epsilon prediction cannot step from timestep %d "
+                                "(zero signal; diffusers gives NaN): use v_prediction%s",
+                                sdw_sampler_name(s->kind), (int)s->ts[i],
+                                s->kind == SDW_SAMPLER_DDIM ? " or leading spacing" : " or a strength below 1");
     s->idx = s->begin;
     return 0;
+}
+
+int sdw_sched_max_steps(const sdw_sched *s)
+{
+    return s->kind == SDW_SAMPLER_LCM ? s->original_steps : s->T;
 }
 
 int sdw_sched_num_calls(const sdw_sched *s) { return s->ts ? s->nfull - s->begin : 0; }
@@ -674,6 +725,8 @@ void sdw_sched_scale_model_input(const sdw_sched *s, const float *x, float *out,
 
 int sdw_sched_step_needs_noise(const sdw_sched *s)
 {
+    if (s->kind == SDW_SAMPLER_LCM)
+        return s->ts && s->idx < s->nfull - 1;
     return s->kind == SDW_SAMPLER_EULER_A || (s->kind == SDW_SAMPLER_DDIM && s->eta > 0.0f);
 }
 
@@ -752,6 +805,45 @@ static void ddim_step(sdw_sched *s, const float *mo, float *x, const float *nois
             y = y + z;
         }
         x[i] = y;
+    }
+}
+
+/* LCMScheduler.step: x0 from the prediction, the consistency function's
+ * denoised = c_out x0 + c_skip x, then (except after the last step) noised
+ * afresh to the next timestep; the last step returns denoised itself. */
+static void lcm_step(sdw_sched *s, const float *mo, float *x, const float *noise, size_t n)
+{
+    int t = (int)s->ts[s->idx];
+    int last = s->idx == s->nfull - 1;
+    int prev = last ? t : (int)s->ts[s->idx + 1];
+    float a = s->acp[t], ap = prev >= 0 ? s->acp[prev] : s->final_acp;
+    float b = 1.0f - a, bp = 1.0f - ap;
+    float sa = sqrtf(a), sb = sqrtf(b), sap = sqrtf(ap), sbp = sqrtf(bp);
+    /* get_scalings_for_boundary_condition_discrete, sigma_data = 0.5 */
+    float u = (float)t * s->timestep_scaling;
+    float u2 = u * u + 0.25f;
+    float c_skip = 0.25f / u2, c_out = u / sqrtf(u2);
+    int v = s->v_pred, clip = s->clip_sample;
+    float r = s->clip_range;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        float x0;
+        if (v) {
+            float p = sa * x[i], q = sb * mo[i];
+            x0 = p - q;
+        } else {
+            float q = sb * mo[i];
+            x0 = (x[i] - q) / sa;
+        }
+        if (clip)
+            x0 = x0 < -r ? -r : x0 > r ? r : x0;
+        float p = c_out * x0, q = c_skip * x[i];
+        float d = p + q;
+        if (!last) {
+            float y = sap * d, z = sbp * noise[i];
+            d = y + z;
+        }
+        x[i] = d;
     }
 }
 
@@ -940,6 +1032,7 @@ int sdw_sched_step(sdw_sched *s, const float *model_output, float *x, const floa
     case SDW_SAMPLER_DPMPP_2M:
     case SDW_SAMPLER_DPMPP_2M_KARRAS: dpm_step(s, model_output, x, n); break;
     case SDW_SAMPLER_PNDM: pndm_step(s, model_output, x, n); break;
+    case SDW_SAMPLER_LCM: lcm_step(s, model_output, x, noise, n); break;
     }
     s->idx++;
     return 0;

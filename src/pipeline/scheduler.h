@@ -39,10 +39,14 @@ typedef struct sdw_sched sdw_sched;
  * gets Stable Diffusion 1.5's scheduler config. eta is used by ddim only
  * (diffusers' pipeline default is 0).
  *
+ * lcm is LCMScheduler: original_inference_steps (50) and timestep_scaling
+ * (10) from the config, timestep_spacing and steps_offset kept but unused,
+ * clip_sample honoured (default off), SD's betas when the config has none.
+ *
  * rescale_betas_zero_snr is implemented as each diffusers class does it:
- * DDIM keeps alphas_cumprod 0 at the last timestep (so only v_prediction
- * may step from there: epsilon with trailing or linspace spacing is refused
- * at set_timesteps), euler, euler_a and dpmpp_2m[_karras] raise it to 2^-24
+ * DDIM and LCM keep alphas_cumprod 0 at the last timestep (so only
+ * v_prediction may step from there: epsilon from t = T - 1 is refused at
+ * set_timesteps), euler, euler_a and dpmpp_2m[_karras] raise it to 2^-24
  * (sigma_max about 4096). PNDMScheduler has no such option (diffusers drops
  * the key silently); pndm refuses it. Other unsupported settings fail with
  * SDW_EUNSUPPORTED: trained_betas, beta_schedule squaredcos_cap_v2,
@@ -58,11 +62,19 @@ void sdw_sched_free(sdw_sched *s);
 sdw_sampler sdw_sched_sampler(const sdw_sched *s);
 const char *sdw_sched_sampler_name(const sdw_sched *s);
 
-/* Sets steps (1..num_train_timesteps) and the img2img strength in (0, 1]
- * (1.0 for txt2img): diffusers' get_timesteps, init_timestep =
- * min(int(steps * strength), steps), t_start = steps - init_timestep, and the
- * list starts at t_start. Resets all step state. */
+/* Sets steps (1..num_train_timesteps; lcm: 1..original_inference_steps) and
+ * the img2img strength in (0, 1] (1.0 for txt2img): diffusers' get_timesteps,
+ * init_timestep = min(int(steps * strength), steps), t_start = steps -
+ * init_timestep, and the list starts at t_start. For lcm that is how the
+ * Stable Diffusion img2img/inpaint pipelines cut LCMScheduler's list, not
+ * LatentConsistencyModelImg2ImgPipeline's set_timesteps(strength=), which
+ * draws all steps from the lower part of the schedule. Resets all step
+ * state. */
 int sdw_sched_set_timesteps(sdw_sched *s, int steps, double strength, sdw_error *e);
+
+/* The most steps set_timesteps takes: num_train_timesteps, or lcm's
+ * original_inference_steps. */
+int sdw_sched_max_steps(const sdw_sched *s);
 
 /* UNet evaluations left in the run: the length of the timestep list (PNDM's
  * list repeats its second timestep, so N steps cost N + 1 calls). */
@@ -85,12 +97,14 @@ void sdw_sched_scale_model_input(const sdw_sched *s, const float *x, float *out,
 float sdw_sched_input_divisor(const sdw_sched *s);
 
 /* Whether the next step() consumes n standard-normal values: euler_a on every
- * step (the last one included), ddim when eta > 0. The pipeline draws them
- * from its generator right before step(), as diffusers does. */
+ * step (the last one included), ddim when eta > 0, lcm on every step but the
+ * last. The pipeline draws them from its generator right before step(), as
+ * diffusers does. */
 int sdw_sched_step_needs_noise(const sdw_sched *s);
 
 /* One step: x <- previous sample, given the model output (epsilon or v, as
- * the config's prediction_type says) for the current timestep. noise must
+ * the config's prediction_type says) for the current timestep. lcm's last
+ * step leaves its denoised estimate, which is the pipeline's output. noise must
  * hold n values when sdw_sched_step_needs_noise() and is ignored otherwise.
  * n must stay the same for a whole run. */
 int sdw_sched_step(sdw_sched *s, const float *model_output, float *x, const float *noise, size_t n,
@@ -99,7 +113,7 @@ int sdw_sched_step(sdw_sched *s, const float *model_output, float *x, const floa
 /* out = original noised to the timestep at position pos of
  * sdw_sched_timesteps() (0 for the img2img start, i + 1 for inpaint after step
  * i), as the scheduler's add_noise does: sigma-based for euler/euler_a/dpm,
- * alphas_cumprod-based for ddim/pndm. out may alias original or noise. */
+ * alphas_cumprod-based for ddim/pndm/lcm. out may alias original or noise. */
 int sdw_sched_add_noise(const sdw_sched *s, int pos, const float *original, const float *noise,
                         float *out, size_t n, sdw_error *e);
 

@@ -369,8 +369,32 @@ static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_aut
         sdw_job_request_free(&jr);
         return reject(ctx, out, &err, true);
     }
+    /* The engine's estimate of what fits in memory, so that a size that
+     * cannot is this request's error rather than the job's out-of-memory. */
+    long long w = jr.width, h = jr.height;
+    if (jr.op != SDW_OPERATION_GENERATE) /* the init image's size, cut to the latent grid as the engine does */
+        w = init.width / SDW_CONTRACT_GRID * SDW_CONTRACT_GRID, h = init.height / SDW_CONTRACT_GRID * SDW_CONTRACT_GRID;
     sdw_image_free(&init);
     sdw_image_free(&mask);
+    sdw_ring_model table[SDW_RING_MAX_MODELS];
+    sdw_error me;
+    int nm = sdw_ring_models(ctx->ring, table, SDW_RING_MAX_MODELS, &me);
+    const sdw_ring_model *rm = nm > 0 ? ring_model(table, nm, model->name) : NULL;
+    int sampler = jr.sampler >= 0 ? jr.sampler : rm ? sdw_sampler_parse(rm->own_sampler) : -1;
+    int steps = jr.steps;
+    if (rm && sampler == SDW_SAMPLER_LCM && rm->lcm_max_steps > 0 && steps > rm->lcm_max_steps) {
+        sdw_job_request_free(&jr);
+        return reject_f(ctx, out, 400, SDW_API_INVALID_VALUE, 0,
+                        "steps %d: the lcm sampler takes at most %d on model %s (its original_inference_steps)",
+                        steps, rm->lcm_max_steps, model->name);
+    }
+    if (rm && rm->max_pixels && (uint64_t)(w * h) > rm->max_pixels) {
+        sdw_job_request_free(&jr);
+        return reject_f(ctx, out, 413, SDW_API_PAYLOAD_TOO_LARGE, 0,
+                        "width %lld x height %lld = %lld pixels: model %s runs at most %llu pixels in this "
+                        "machine's memory (its max_pixels in /v1/models)",
+                        w, h, w * h, model->name, (unsigned long long)rm->max_pixels);
+    }
     char reason[256];
     if (engine_gone(ctx->ring, reason, sizeof reason)) {
         sdw_job_request_free(&jr);
@@ -694,6 +718,14 @@ static void models(const sdw_http_ctx *ctx, FCGX_Stream *out)
         json_object_object_add(dj, "sampler",
                                d.sampler >= 0 ? json_object_new_string(sdw_sampler_name(d.sampler)) : NULL);
         json_object_object_add(m, "defaults", dj);
+        json_object *mem = NULL;
+        if (rm && rm->max_pixels) {
+            mem = json_object_new_object();
+            json_object_object_add(mem, "weights_bytes", json_object_new_uint64(rm->weights_bytes));
+            json_object_object_add(mem, "bytes_per_pixel", json_object_new_uint64(rm->bytes_per_pixel));
+            json_object_object_add(mem, "max_pixels", json_object_new_uint64(rm->max_pixels));
+        }
+        json_object_object_add(m, "memory", mem);
         json_object_array_add(a, m);
     }
     json_object *o = json_object_new_object();

@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #define RING_MAGIC 0x31474e4952574453ull /* "SDWRING1" */
-#define RING_VERSION 5
+#define RING_VERSION 6
 #define ALIGN(x, a) (((x) + (a) - 1) / (a) * (a))
 /* Room in every log kept back for the terminal error event, so that a job
  * whose progress events filled its log can still report how it ended. The
@@ -1562,7 +1562,8 @@ int sdw_ring_set_models(sdw_ring *r, const sdw_ring_model *models, int n, sdw_er
     for (int i = 0; i < n; i++)
         if (!memchr(models[i].name, '\0', sizeof models[i].name) ||
             !memchr(models[i].family, '\0', sizeof models[i].family) ||
-            !memchr(models[i].prediction, '\0', sizeof models[i].prediction))
+            !memchr(models[i].prediction, '\0', sizeof models[i].prediction) ||
+            !memchr(models[i].own_sampler, '\0', sizeof models[i].own_sampler))
             return sdw_fail(e, SDW_EINVAL, "model %d: a name field is not terminated", i);
     int rc = ring_lock(r, e);
     if (rc)

@@ -274,6 +274,15 @@ typedef struct sdw_ring_model {
     char prediction[16];    /* "epsilon", "v_prediction" */
     int inpaint;            /* a 9-channel inpainting UNet */
     int width, height;      /* the size the model was trained at */
+    /* The memory estimate made at load (0: none made): the weights as held,
+     * what a generation adds per pixel, and the largest width * height the
+     * memory left after loading holds. */
+    uint64_t weights_bytes, bytes_per_pixel, max_pixels;
+    /* The model's own sampler ("" when its scheduler is unsupported) and
+     * the most steps "lcm" takes on it (original_inference_steps), so that
+     * the pool refuses more at submission. */
+    char own_sampler[16];
+    int lcm_max_steps;
 } sdw_ring_model;
 
 /* The engine replaces the table once its models are loaded (at most

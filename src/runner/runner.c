@@ -13,6 +13,7 @@
 
 #include "backend/backend.h"
 #include "base/clock.h"
+#include "base/meminfo.h"
 #include "contract/contract.h"
 #include "image/image.h"
 #include "pipeline/pipeline.h"
@@ -22,6 +23,7 @@ typedef struct engine {
     const sdw_config *cfg;
     sdw_ring *ring;
     sdw_backend *be;
+    sdw_backend *be32;      /* CUDA: float32 on the same device, for force_upcast VAEs */
     sdw_pipeline *pipes[SDW_CONFIG_MAX_MODELS];
     int npipes;
     volatile sig_atomic_t *stop;
@@ -66,6 +68,48 @@ static int warm_up(engine *g, const sdw_config_model *m, sdw_pipeline *p, int si
     return SDW_OK;
 }
 
+/* Kept free of the estimate for what it leaves out: the text encoder's
+ * activations, the host's copies of latents and pixels, the PNG and its
+ * base64, allocator slack (doc/architecture.md, "Memory estimate"). */
+#define SDW_MEM_RESERVE ((size_t)256 << 20)
+
+/* The memory the weights of a model just loaded hold: the device's
+ * reserved bytes where the backend allocates its own, else this process's
+ * anonymous resident memory (the model files are mapped, not copied). */
+static size_t held_now(sdw_backend *be)
+{
+    size_t peak, dev = sdw_backend_memory(be, &peak);
+    return dev ? dev : sdw_meminfo_rss_anon();
+}
+
+/* With every model loaded: what each generation may take, and so the
+ * largest width * height each model can run here. */
+static void estimate_memory(engine *g, sdw_ring_model *table, const size_t *held)
+{
+    sdw_backend_trim(g->be);
+    size_t avail = sdw_backend_available(g->be);
+    size_t room = avail > SDW_MEM_RESERVE ? avail - SDW_MEM_RESERVE : 0;
+    for (int i = 0; i < g->npipes; i++) {
+        sdw_pipeline_mem pm;
+        sdw_pipeline_memory(g->pipes[i], &pm);
+        size_t per_pixel = pm.unet_per_pixel > pm.vae_per_pixel ? pm.unet_per_pixel : pm.vae_per_pixel;
+        sdw_ring_model *t = &table[i];
+        t->weights_bytes = held[i];
+        t->bytes_per_pixel = per_pixel;
+        t->max_pixels = per_pixel ? room / per_pixel : 0;
+        int side = 8;
+        while ((uint64_t)(side + 8) * (uint64_t)(side + 8) <= t->max_pixels)
+            side += 8;
+        sdw_log(SDW_LOG_INFO,
+                "model %s: weights %zu MiB as held; a generation takes about %zu bytes per pixel (UNet step %zu, VAE "
+                "decode %zu) + %zu MiB; %zu MiB %s available: up to %llu pixels (%dx%d)",
+                g->cfg->models[i].name, held[i] >> 20, per_pixel, pm.unet_per_pixel, pm.vae_per_pixel,
+                SDW_MEM_RESERVE >> 20, avail >> 20,
+                g->cfg->device.kind == SDW_DEVICE_CUDA ? "device memory" : "host memory",
+                (unsigned long long)t->max_pixels, side, side);
+    }
+}
+
 _Static_assert(SDW_CONFIG_MAX_MODELS <= SDW_RING_MAX_MODELS && SDW_CONFIG_NAME_MAX <= sizeof(((sdw_ring_model *)0)->name),
                "the job ring's model table must hold every configured model");
 
@@ -74,13 +118,17 @@ static int load_models(engine *g, sdw_error *e)
     int rc = sdw_ring_set_engine(g->ring, SDW_ENGINE_LOADING, getpid(), "model loading", e);
     int side = g->cfg->engine_warmup < 0 ? (g->cfg->device.kind == SDW_DEVICE_CUDA ? 512 : 0) : g->cfg->engine_warmup;
     sdw_ring_model table[SDW_RING_MAX_MODELS] = {0};
+    size_t held[SDW_CONFIG_MAX_MODELS] = {0};
     for (int i = 0; !rc && i < g->cfg->n_models; i++) {
         const sdw_config_model *m = &g->cfg->models[i];
         sdw_log(SDW_LOG_INFO, "loading model %s from %s", m->name, m->path);
-        sdw_pipeline_options opts = {.prediction = m->prediction};
+        sdw_pipeline_options opts = {.prediction = m->prediction, .fp32 = g->be32};
+        size_t before = held_now(g->be);
         rc = sdw_pipeline_load(&g->pipes[i], g->be, m->path, &opts, e);
         if (rc)
             return sdw_fail_wrap(e, "model %s", m->name);
+        size_t after = held_now(g->be);
+        held[i] = after > before ? after - before : 0;
         g->npipes = i + 1;
         sdw_pipeline_info pi;
         sdw_pipeline_describe(g->pipes[i], &pi);
@@ -91,11 +139,16 @@ static int load_models(engine *g, sdw_error *e)
         t->inpaint = pi.inpaint;
         t->width = pi.width;
         t->height = pi.height;
-        sdw_log(SDW_LOG_INFO, "model %s: %s%s, %s, %dx%d", m->name, pi.family, pi.inpaint ? " inpainting" : "",
-                pi.prediction, pi.width, pi.height);
+        const char *own = sdw_pipeline_sampler(g->pipes[i], NULL);
+        snprintf(t->own_sampler, sizeof t->own_sampler, "%s", own ? own : "");
+        t->lcm_max_steps = sdw_pipeline_max_steps(g->pipes[i], "lcm");
+        sdw_log(SDW_LOG_INFO, "model %s: %s%s, %s, %dx%d%s", m->name, pi.family, pi.inpaint ? " inpainting" : "",
+                pi.prediction, pi.width, pi.height, pi.vae_fp32 ? ", VAE in float32 (force_upcast)" : "");
         if (side > 0 && (rc = warm_up(g, m, g->pipes[i], side, e)))
             return rc;
     }
+    if (!rc)
+        estimate_memory(g, table, held);
     if (!rc)
         rc = sdw_ring_set_models(g->ring, table, g->cfg->n_models, e);
     return rc ? rc : sdw_ring_set_engine(g->ring, SDW_ENGINE_READY, getpid(), "", e);
@@ -341,6 +394,10 @@ int sdw_runner_run(const sdw_config *cfg, sdw_ring *ring, volatile sig_atomic_t 
         openblas_set_num_threads(cfg->threads);
     }
     int rc = sdw_backend_open(&g.be, cfg->device, SDW_PREC_FP16, e);
+    /* fp16 storage overflows in most VAEs (force_upcast): they get a
+     * float32 backend on the same device. The CPU computes in float32. */
+    if (!rc && g.be->fp16)
+        rc = sdw_backend_open(&g.be32, cfg->device, SDW_PREC_FP32, e);
     if (!rc)
         rc = load_models(&g, e);
     while (!rc && !*stop) {
@@ -360,6 +417,7 @@ int sdw_runner_run(const sdw_config *cfg, sdw_ring *ring, volatile sig_atomic_t 
     }
     for (int i = 0; i < g.npipes; i++)
         sdw_pipeline_free(g.pipes[i]);
+    sdw_backend_destroy(g.be32);
     sdw_backend_destroy(g.be);
     return rc;
 }

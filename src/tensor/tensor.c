@@ -1,5 +1,7 @@
 #include "tensor/tensor.h"
 
+#include "base/meminfo.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -191,6 +193,11 @@ size_t sdw_backend_memory(sdw_backend *be, size_t *peak)
 {
     *peak = 0;
     return be->ops->memory ? be->ops->memory(be, peak) : 0;
+}
+
+size_t sdw_backend_available(sdw_backend *be)
+{
+    return be->ops->available ? be->ops->available(be) : sdw_meminfo_available();
 }
 
 void sdw_backend_trim(sdw_backend *be)

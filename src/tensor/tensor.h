@@ -104,6 +104,9 @@ typedef struct sdw_backend_ops {
      * bytes reserved now; *peak the most reserved at once since the
      * previous call. */
     size_t (*memory)(sdw_backend *be, size_t *peak);
+    /* Device memory a generation could still allocate: the driver's free
+     * bytes (NULL on the CPU, whose answer is the host's). */
+    size_t (*available)(sdw_backend *be);
     /* At the start of a generation and between its denoising and its VAE
      * decode: gives cached memory back where the backend is set to (NULL:
      * nothing to do). */
@@ -123,6 +126,9 @@ struct sdw_profile;
 struct sdw_backend {
     const sdw_backend_ops *ops;
     void *priv;
+    /* Tensors are stored as IEEE halves (CUDA at fp16): activations beyond
+     * 65504 overflow, which bfloat16 and float32 storage never do. */
+    int fp16;
     struct sdw_profile *prof; /* per-op timings while attached (profile.h) */
 };
 
@@ -133,6 +139,9 @@ void sdw_backend_destroy(sdw_backend *be);
 size_t sdw_backend_memory(sdw_backend *be, size_t *peak);
 /* See sdw_backend_ops.trim. */
 void sdw_backend_trim(sdw_backend *be);
+/* The bytes a generation could still allocate on be: free device memory,
+ * or for the CPU the host's (sdw_meminfo_available). */
+size_t sdw_backend_available(sdw_backend *be);
 
 /* A recorded sequence of ops, replayed with one call (a CUDA graph: one
  * launch instead of one per kernel). Between sdw_graph_begin and

@@ -385,7 +385,7 @@ static int run(const gen_opts *o, sdw_gen_params *gp, const sdw_image *init)
 {
     int status = 0;
     sdw_error e = {0};
-    sdw_backend *be = NULL;
+    sdw_backend *be = NULL, *be32 = NULL;
     sdw_pipeline *p = NULL;
     sdw_image out = {0};
     char *params = NULL;
@@ -394,12 +394,14 @@ static int run(const gen_opts *o, sdw_gen_params *gp, const sdw_image *init)
     sdw_gen_timings t = {0}, wt = {0};
     double t0 = sdw_now_s();
     sdw_device dev;
-    if (sdw_device_parse(o->device, &dev, &e) || sdw_backend_open(&be, dev, (sdw_precision)o->precision, &e)) {
+    /* fp16 storage: a float32 backend beside it for a force_upcast VAE */
+    if (sdw_device_parse(o->device, &dev, &e) || sdw_backend_open(&be, dev, (sdw_precision)o->precision, &e) ||
+        (be->fp16 && sdw_backend_open(&be32, dev, SDW_PREC_FP32, &e))) {
         fprintf(stderr, "sdworker-generate: %s\n", e.msg);
         status = EXIT_MODEL;
         goto done;
     }
-    sdw_pipeline_options po = {.prediction = o->prediction};
+    sdw_pipeline_options po = {.prediction = o->prediction, .fp32 = be32};
     if (sdw_pipeline_load(&p, be, o->model, &po, &e)) {
         fprintf(stderr, "sdworker-generate: cannot load the model: %s\n", e.msg);
         status = EXIT_MODEL;
@@ -467,6 +469,7 @@ done:
     free(latents);
     sdw_image_free(&out);
     sdw_pipeline_free(p);
+    sdw_backend_destroy(be32);
     sdw_backend_destroy(be);
     return status;
 }

@@ -151,6 +151,60 @@ def make_turbo_model():
     assert back.scheduler.config.prediction_type == "epsilon"
 
 
+# --------------------------------------------------------------------------
+# tiny-lcm: an LCM-distilled model in miniature
+
+
+LCM = "tiny-lcm"
+LCM_SEED = 4004
+LCM_COND_DIM = 8
+# SimianLuo/LCM_Dreamshaper_v7's scheduler, which the model's own sampler then is.
+LCM_SCHEDULER = {"_class_name": "LCMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                 "beta_start": 0.00085, "clip_sample": False, "num_train_timesteps": 1000,
+                 "original_inference_steps": 50, "prediction_type": "epsilon", "set_alpha_to_one": True,
+                 "steps_offset": 1, "timestep_scaling": 10.0, "trained_betas": None}
+
+
+def make_lcm_model():
+    """tiny-a with a UNet that has time_cond_proj_dim (its own random weights,
+    cond_proj included) and LCM_Dreamshaper's LCMScheduler config; the text
+    encoder, tokenizer and VAE are tiny-a's, byte for byte."""
+    from diffusers import UNet2DConditionModel
+
+    spec = TINY["tiny-a"]
+    src, out = os.path.join(MODELS, "tiny-a"), os.path.join(MODELS, LCM)
+    gen = torch.Generator("cpu").manual_seed(LCM_SEED)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, norm_num_groups=8,
+                                time_cond_proj_dim=LCM_COND_DIM, **spec["unet"])
+    randomize(unet, gen)
+    unet.to(spec["dtype"])
+    assert unet.time_embedding.cond_proj.bias is None
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    unet.save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
+    for rel in SHARED_FROM_TINY_A:
+        if rel.startswith("scheduler/"):
+            continue
+        os.makedirs(os.path.dirname(os.path.join(out, rel)), exist_ok=True)
+        shutil.copyfile(os.path.join(src, rel), os.path.join(out, rel))
+    os.makedirs(os.path.join(out, "scheduler"))
+    with open(os.path.join(out, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump(LCM_SCHEDULER, f, indent=2, sort_keys=True)
+        f.write("\n")
+    with open(os.path.join(src, "model_index.json")) as f:
+        index = json.load(f)
+    index["scheduler"] = ["diffusers", "LCMScheduler"]
+    with open(os.path.join(out, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+        f.write("\n")
+    back = load_pipeline(LCM)
+    assert type(back.scheduler).__name__ == "LCMScheduler"
+    assert back.unet.config.time_cond_proj_dim == LCM_COND_DIM
+    saved = dict(unet.named_parameters())
+    for pname, p in back.unet.named_parameters():
+        assert torch.equal(p, saved[pname].float()), f"{LCM}/unet/{pname} did not round-trip"
+
+
 def load_inpaint_model():
     from diffusers import StableDiffusionInpaintPipeline
 
@@ -219,10 +273,24 @@ def case(name, model="tiny-a", kind="txt2img", sampler="euler", steps=4, guidanc
             "sampler": sampler, "eta": eta, "strength": strength, "init_image": init, "mask_image": mask}
 
 
-SAMPLERS = ["euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "pndm"]
+SAMPLERS = ["euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "pndm", "lcm"]
 
 CASES = (
     [case(f"txt2img-{s}", sampler=s, seed=100 + i) for i, s in enumerate(SAMPLERS)]
+    # LCMScheduler.from_config(tiny-a's PNDM config) on a normal UNet (as
+    # LCM-LoRA users run it): CFG as usual, noise drawn between steps.
+    + [
+        case("img2img-lcm-s0.5", kind="img2img", sampler="lcm", steps=8, strength=0.5, seed=150,
+             init="init-64x64.png"),
+        case("inpaint4-lcm-s0.75", kind="inpaint", sampler="lcm", steps=4, strength=0.75, seed=151,
+             init="init-64x64.png", mask="mask-64x64.png"),
+        # an LCM-distilled UNet: no CFG (no negative prompt encoded), the
+        # guidance as an embedding, the model's own LCMScheduler
+        case("lcm-txt2img-g8", model=LCM, sampler=None, steps=4, guidance=8.0, seed=160),
+        case("lcm-txt2img-g1.5-2step", model=LCM, sampler=None, steps=2, guidance=1.5, seed=161),
+        case("lcm-img2img-g8-s0.6", model=LCM, kind="img2img", sampler=None, steps=4, guidance=8.0,
+             strength=0.6, seed=162, init="init-64x64.png"),
+    ]
     + [
         case("txt2img-ddim-eta", sampler="ddim", eta=0.5, seed=200),
         case("txt2img-b-euler", model="tiny-b", sampler="euler", width=96, height=64, seed=300),
@@ -272,7 +340,7 @@ CASES = (
 
 def make_scheduler(cfg, sampler):
     from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                           EulerDiscreteScheduler, PNDMScheduler)
+                           EulerDiscreteScheduler, LCMScheduler, PNDMScheduler)
 
     if sampler == "euler":
         return EulerDiscreteScheduler.from_config(cfg)
@@ -286,6 +354,12 @@ def make_scheduler(cfg, sampler):
         return DPMSolverMultistepScheduler.from_config(cfg, use_karras_sigmas=True)
     if sampler == "pndm":
         return PNDMScheduler.from_config(cfg)
+    if sampler == "lcm":
+        return LCMScheduler.from_config(cfg)
+    if sampler is None:  # the model's own
+        import diffusers
+
+        return getattr(diffusers, cfg["_class_name"]).from_config(cfg)
     raise ValueError(sampler)
 
 
@@ -351,9 +425,13 @@ def by_hand(c, loaded):
     sf = vae.config.scaling_factor
     g = torch.Generator("cpu").manual_seed(c["seed"])
     sched = make_scheduler(base.scheduler.config, c["sampler"])
-    cfg = c["guidance"] > 1.0
+    tcd = unet.config.time_cond_proj_dim
+    cfg = c["guidance"] > 1.0 and tcd is None                            # do_classifier_free_guidance
     cond, uncond = base.encode_prompt(c["prompt"], "cpu", 1, cfg, c["negative_prompt"])
     embeds = torch.cat([uncond, cond]) if cfg else cond
+    tcond = None
+    if tcd is not None:
+        tcond = base.get_guidance_scale_embedding(torch.tensor(c["guidance"] - 1).repeat(1), embedding_dim=tcd)
     shape = (1, 4, c["height"] // 8, c["width"] // 8)
 
     def posterior_sample(pixels):
@@ -390,14 +468,14 @@ def by_hand(c, loaded):
         assert torch.equal(mask, mask_px[:, :, ::8, ::8])
 
     extra = {"eta": c["eta"]} if c["sampler"] == "ddim" else {}
-    if c["sampler"] in ("euler_a", "ddim"):
-        extra["generator"] = g                                           # per-step draws (euler_a; ddim eta>0)
+    if c["sampler"] in ("euler_a", "ddim") or type(sched).__name__ == "LCMScheduler":
+        extra["generator"] = g                                           # per-step draws (euler_a, lcm; ddim eta>0)
     for i, t in enumerate(timesteps):
         xin = sched.scale_model_input(torch.cat([x, x]) if cfg else x, t)
         if c["kind"] == "inpaint" and nine:
             k = 2 if cfg else 1
             xin = torch.cat([xin, mask.repeat(k, 1, 1, 1), masked_latents.repeat(k, 1, 1, 1)], dim=1)
-        eps = unet(xin, t, encoder_hidden_states=embeds).sample
+        eps = unet(xin, t, encoder_hidden_states=embeds, timestep_cond=tcond).sample
         if cfg:
             eu, ec = eps.chunk(2)
             eps = eu + c["guidance"] * (ec - eu)
@@ -453,14 +531,14 @@ A JSON array; each case:
 | field | meaning |
 |---|---|
 | `name` | case name; its outputs are in `<name>.safetensors` |
-| `model` | `tiny-a`, `tiny-a-today` (tiny-a as transformers 5 saves it), `tiny-b`, `tiny-inpaint`, `tiny-sd2` (v-prediction), `tiny-sd2-inpaint` or `tiny-sd2-turbo` (tiny-sd2 with SD-Turbo's Euler/trailing/epsilon scheduler; remade by every run) (directory under `tests/fixtures/models/`) |
+| `model` | `tiny-a`, `tiny-a-today` (tiny-a as transformers 5 saves it), `tiny-b`, `tiny-inpaint`, `tiny-sd2` (v-prediction), `tiny-sd2-inpaint`, `tiny-sd2-turbo` (tiny-sd2 with SD-Turbo's Euler/trailing/epsilon scheduler; remade by every run) or `tiny-lcm` (tiny-a with an LCM-distilled UNet: `time_cond_proj_dim` 8, its own random weights, and LCM_Dreamshaper_v7's LCMScheduler config; remade by every run) (directory under `tests/fixtures/models/`) |
 | `kind` | `txt2img` (StableDiffusionPipeline), `img2img` (StableDiffusionImg2ImgPipeline), `inpaint` (StableDiffusionInpaintPipeline), all built from the model's components |
 | `prompt`, `negative_prompt` | strings passed as-is (`""` is a valid negative prompt; diffusers treats it like none) |
 | `steps` | `num_inference_steps` (before strength cuts it) |
-| `guidance` | `guidance_scale`; 1.0 means no classifier-free guidance |
+| `guidance` | `guidance_scale`; 1.0 means no classifier-free guidance, and neither does a UNet with `time_cond_proj_dim` (it gets the guidance as an embedding) |
 | `width`, `height` | output size in pixels; latents are `height/8` x `width/8` |
 | `seed` | `generator = torch.Generator("cpu").manual_seed(seed)`, one generator for the whole call |
-| `sampler` | `euler`, `euler_a`, `ddim`, `dpmpp_2m`, `dpmpp_2m_karras`, `pndm`: `Cls.from_config(model scheduler config)`, `use_karras_sigmas=True` for `dpmpp_2m_karras` |
+| `sampler` | `euler`, `euler_a`, `ddim`, `dpmpp_2m`, `dpmpp_2m_karras`, `pndm`, `lcm`: `Cls.from_config(model scheduler config)`, `use_karras_sigmas=True` for `dpmpp_2m_karras`; `null`: the model's own scheduler class |
 | `eta` | DDIM eta (passed to the pipeline only for `ddim`; 0 elsewhere) |
 | `strength` | img2img/inpaint strength; `null` for txt2img |
 | `init_image`, `mask_image` | PNG file names in this directory, or `null` |
@@ -500,8 +578,14 @@ every draw is `torch.randn` of the latent shape [1, 4, h, w].
 - Image encoding: pixels `p / 255 * 2 - 1`, VAE posterior *sample*
   `mean + std * randn` (a generator draw), times `scaling_factor` (0.18215).
 - img2img draw order: posterior sample, initial noise, then the sampler's
-  per-step draws (euler_a every step; ddim only with eta > 0; euler,
-  dpmpp_2m(_karras) and pndm draw nothing).
+  per-step draws (euler_a every step; lcm every step but the last; ddim
+  only with eta > 0; euler, dpmpp_2m(_karras) and pndm draw nothing).
+- LCM-distilled UNet (`time_cond_proj_dim`): no CFG whatever the guidance
+  (batch 1, no negative prompt encoded); `timestep_cond =
+  get_guidance_scale_embedding(guidance - 1)` goes to every UNet call. With
+  LCMScheduler the img2img/inpaint pipelines cut the steps by strength like
+  any scheduler (8 steps at 0.5: 499, 379, 259, 139), unlike
+  LatentConsistencyModelImg2ImgPipeline.
 - inpaint draw order: (1) posterior sample of the init image, drawn when the
   UNet has 4 channels (always) or strength < 1; the 9-channel model at
   strength 1.0 skips it; (2) initial noise: at strength 1.0 the latents are
@@ -558,7 +642,8 @@ def main():
         make().save(os.path.join(OUT, fname), optimize=True)
 
     make_turbo_model()
-    loaded = {m: load_pipeline(m) for m in ("tiny-a", "tiny-b", "tiny-a-today")}
+    make_lcm_model()
+    loaded = {m: load_pipeline(m) for m in ("tiny-a", "tiny-b", "tiny-a-today", LCM)}
     loaded[INPAINT_MODEL] = load_inpaint_model()
     loaded.update({SD2: load_sd2(SD2), TURBO: load_sd2(TURBO), SD2_INPAINT: load_sd2(SD2_INPAINT, inpaint=True)})
     assert loaded[SD2].scheduler.config.prediction_type == "v_prediction"

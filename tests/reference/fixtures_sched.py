@@ -11,8 +11,10 @@ arithmetic the C test repeats bit for bit:
     eps = x_in * 0.9f + float32(t) * 1e-4f      (all float32, two roundings)
 
 where x_in = scheduler.scale_model_input(x, t) and t the timestep the
-pipeline passes. Per-step noise comes from a fixed bank: euler_a draws it from
-a generator seeded like the bank, ddim with eta > 0 gets it as variance_noise.
+pipeline passes. Per-step noise comes from a fixed bank: euler_a and lcm draw
+it from a generator seeded like the bank (step i's draw is bank[i]: lcm
+draws on every step but the last), ddim with eta > 0 gets it as
+variance_noise.
 
 Floats are written as the shortest decimal that round-trips their float32
 value, so the C side reads them exactly with strtod + a float cast.
@@ -26,7 +28,7 @@ import os
 import numpy as np
 import torch
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, PNDMScheduler)
+                       EulerDiscreteScheduler, LCMScheduler, PNDMScheduler)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -46,6 +48,7 @@ SAMPLERS = {
     "dpmpp_2m": (DPMSolverMultistepScheduler, {"use_karras_sigmas": False}, {}),
     "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}, {}),
     "pndm": (PNDMScheduler, {}, {}),
+    "lcm": (LCMScheduler, {}, {}),
 }
 
 
@@ -62,9 +65,9 @@ def model(x_in, t):
 
 
 def run_case(base_cfg, sampler, spacing, steps, strength, bank, x_init, image, img_noise, prediction,
-             zero_snr=False):
+             zero_snr=False, extra=None):
     cls, overrides, step_kw = SAMPLERS[sampler]
-    cfg = dict(base_cfg)
+    cfg = dict(base_cfg, **(extra or {}))
     cfg["timestep_spacing"] = spacing
     cfg["prediction_type"] = prediction
     if zero_snr:
@@ -114,7 +117,7 @@ def run_case(base_cfg, sampler, spacing, steps, strength, bank, x_init, image, i
         x_in = sched.scale_model_input(x, t)
         eps = model(x_in, t)
         kw = dict(step_kw)
-        if sampler == "euler_a":
+        if sampler in ("euler_a", "lcm"):
             kw["generator"] = gen
         elif sampler == "ddim_eta":
             kw["variance_noise"] = bank[i]
@@ -134,9 +137,9 @@ def main():
     image = torch.randn(SHAPE, generator=g2) * 0.8
     img_noise = torch.randn(SHAPE, generator=g2)
 
-    def case(sampler, spacing, steps, strength, prediction, zero_snr=False):
+    def case(sampler, spacing, steps, strength, prediction, zero_snr=False, extra=None):
         c = run_case(base_cfg, sampler, spacing, steps, strength, bank, x_init, image, img_noise, prediction,
-                     zero_snr)
+                     zero_snr, extra)
         if c is None:
             print(f"skipped {sampler} {spacing} {prediction} {steps} steps zero_snr={zero_snr}: "
                   "diffusers cannot run it (repeated first timestep)")
@@ -148,6 +151,8 @@ def main():
     # leave one).
     cases = []
     for sampler in SAMPLERS:
+        if sampler == "lcm":
+            continue
         for prediction in ("epsilon", "v_prediction"):
             for spacing in ("leading", "trailing", "linspace"):
                 for steps in (1, 2, 4, 7, 20):
@@ -163,7 +168,7 @@ def main():
     # (DDIM's epsilon x0 divides by sqrt(0) at t = 999). PNDMScheduler has no
     # rescale_betas_zero_snr.
     for sampler in SAMPLERS:
-        if sampler == "pndm":
+        if sampler in ("pndm", "lcm"):
             continue
         for steps in (1, 2, 4, 10, 25):
             case(sampler, "trailing", steps, None, "v_prediction", zero_snr=True)
@@ -175,6 +180,28 @@ def main():
         case(sampler, "leading", 7, None, "epsilon", zero_snr=True)
         if sampler not in ("ddim", "ddim_eta"):
             case(sampler, "trailing", 4, None, "epsilon", zero_snr=True)
+
+    # LCM (LCMScheduler.from_config(SD 1.5's PNDM config): its betas, its
+    # set_alpha_to_one false, original_inference_steps 50 and
+    # timestep_scaling 10 by default). Spacing and offset are unused: every
+    # spacing must give the same list. The strength is get_timesteps' (the
+    # SD img2img pipelines'). timestep_scaling 0.1 with a 1000-step
+    # distillation schedule ends at t = 9, where c_skip = 0.25 / (0.81 +
+    # 0.25) carries a quarter of the sample: the boundary scalings show.
+    for prediction in ("epsilon", "v_prediction"):
+        for steps in (1, 2, 4, 8):
+            case("lcm", "leading", steps, None, prediction)
+        for steps, strength in ((4, 0.5), (8, 0.5), (2, 0.5), (8, 0.3)):
+            case("lcm", "leading", steps, strength, prediction)
+        case("lcm", "trailing", 4, None, prediction)
+        case("lcm", "leading", 50, None, prediction)
+        case("lcm", "leading", 100, 0.05, prediction,
+             extra={"original_inference_steps": 1000, "timestep_scaling": 0.1})
+        case("lcm", "leading", 6, None, prediction, extra={"original_inference_steps": 25})
+        # a DDIM-class config with clip_sample: LCM keeps it and clips x0 to [-0.5, 0.5]
+        case("lcm", "leading", 4, None, prediction, extra={"clip_sample": True, "clip_sample_range": 0.5})
+    case("lcm", "leading", 4, None, "v_prediction", zero_snr=True)
+    case("lcm", "leading", 4, 0.5, "epsilon", zero_snr=True)
 
     out = {
         "shape": list(SHAPE),
