@@ -202,6 +202,21 @@ static int is_float(sdw_dtype d)
     return d == SDW_DT_F32 || d == SDW_DT_F16 || d == SDW_DT_BF16 || d == SDW_DT_F64;
 }
 
+/* A factor with a NaN or an infinity would poison every image: refused
+ * when the file is read, so that applying it cannot fail on its values. */
+static int finite_factor(const sdw_st_tensor *t, sdw_error *e)
+{
+    float *v = malloc((size_t)t->numel * sizeof *v);
+    if (!v)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    int rc = sdw_st_to_f32(t, v, e);
+    for (int64_t i = 0; !rc && i < t->numel; i++)
+        if (!isfinite(v[i]))
+            rc = sdw_fail(e, SDW_EFORMAT, "%s holds a value that is not finite", t->name);
+    free(v);
+    return rc;
+}
+
 static int build(sdw_lora *l, sdw_error *e)
 {
     const sdw_st_file *f = &l->st;
@@ -269,6 +284,8 @@ static int build(sdw_lora *l, sdw_error *e)
             break;
         }
         m->alpha = alphas[k] ? alphas[k] : (float)r;
+        if (!(rc = finite_factor(m->down, e)))
+            rc = finite_factor(m->up, e);
     }
     free(alphas);
     if (!rc)
@@ -367,15 +384,9 @@ int sdw_lora_changed(const sdw_lora *l)
 
 static const sdw_layer_ref *find_layer(const sdw_layer_set *s, const sdw_lora_module *m)
 {
-    char flat[sizeof s->v[0].path];
-    for (size_t i = 0; i < s->n; i++) {
-        if (strcmp(s->v[i].part, m->part))
-            continue;
-        snprintf(flat, sizeof flat, "%s", s->v[i].path);
-        flatten(flat);
-        if (!strcmp(flat, m->flat))
+    for (size_t i = 0; s && i < s->n; i++)
+        if (!strcmp(s->v[i].flat, m->flat) && !strcmp(s->v[i].part, m->part))
             return &s->v[i];
-    }
     return NULL;
 }
 
@@ -451,14 +462,10 @@ static int build_delta(const sdw_lora_module *m, const sdw_layer_ref *ref, float
         rc = sdw_st_to_f32(m->down, down, e);
     if (!rc)
         rc = sdw_st_to_f32(m->up, up, e);
-    for (int64_t i = 0; !rc && i < m->down->numel; i++)
-        if (!isfinite(down[i]))
-            rc = sdw_fail(e, SDW_EFORMAT, "%s: a down factor value is not finite", m->key);
     /* diffusers' scaling, folded into the up factor. */
     float scale = weight * m->alpha / (float)r;
     for (int64_t i = 0; !rc && i < m->up->numel; i++)
-        if (!isfinite(up[i] *= scale))
-            rc = sdw_fail(e, SDW_EFORMAT, "%s: an up factor value is not finite", m->key);
+        up[i] *= scale;
     if (!rc) {
         int64_t out = ref->linear ? ref->linear->out : ref->conv->cout;
         if (ref->linear) {

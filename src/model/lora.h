@@ -51,8 +51,8 @@ typedef struct sdw_lora {
 
 /* Reads and checks a whole file (a truncated, malformed or hostile one is an
  * error naming it): every tensor a known LoRA tensor, each module with both
- * factors of matching rank, a positive finite alpha when present, no module
- * twice. The file is read, not mapped, so that it may change afterwards. */
+ * factors of matching rank and finite values, a positive finite alpha when
+ * present, no module twice. The file is read, not mapped, so that it may change afterwards. */
 int sdw_lora_open(sdw_lora **out, const char *path, sdw_error *e);
 /* The same on a file image in memory, which must outlive the result. */
 int sdw_lora_parse(sdw_lora **out, const void *buf, size_t len, sdw_error *e);

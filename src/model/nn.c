@@ -82,6 +82,10 @@ int sdw_layer_set_add(sdw_layer_set *s, const char *part, const char *path, sdw_
     if ((size_t)snprintf(r->part, sizeof r->part, "%s", part) >= sizeof r->part ||
         (size_t)snprintf(r->path, sizeof r->path, "%s", path) >= sizeof r->path)
         return sdw_fail(e, SDW_EINVAL, "layer name %s.%s is too long", part, path);
+    memcpy(r->flat, r->path, sizeof r->flat);
+    for (char *c = r->flat; *c; c++)
+        if (*c == '.')
+            *c = '_';
     r->linear = lin, r->conv = conv;
     s->n++;
     return SDW_OK;

@@ -60,6 +60,7 @@ typedef struct sdw_conv {
 typedef struct sdw_layer_ref {
     char part[32];   /* sdw_weights.part: "unet", "text_encoder", ... */
     char path[200];  /* "down_blocks.0.attentions.0.proj_in" */
+    char flat[200];  /* the same with '_' for '.', as LoRA files name it */
     sdw_linear *linear; /* exactly one of the two is set */
     sdw_conv *conv;
 } sdw_layer_ref;
