@@ -1632,7 +1632,7 @@ int sdw_ring_lora_fit(sdw_ring *r, const char *name, const char *model, char *wh
             l = i;
     if (cap)
         why[0] = 0;
-    rc = m < 0 || l < 0 ? SDW_ENOTFOUND : SDW_OK;
+    rc = m < 0 ? SDW_ESTATE : l < 0 ? SDW_ENOTFOUND : SDW_OK;
     if (!rc && r->h->loras[l].why[m][0]) {
         snprintf(why, cap, "%.*s", SDW_RING_LORA_WHY - 1, r->h->loras[l].why[m]);
         rc = SDW_EINVAL;

@@ -300,9 +300,11 @@ typedef struct sdw_ring_lora {
 int sdw_ring_set_loras(sdw_ring *r, const sdw_ring_lora *loras, int n, sdw_error *e);
 /* Copies up to cap entries into out; returns how many there are. */
 int sdw_ring_loras(sdw_ring *r, sdw_ring_lora *out, int cap, sdw_error *e);
-/* Whether LoRA `name` fits model `model`: 0 when it does; SDW_ENOTFOUND
- * when the table has no such LoRA or model; SDW_EINVAL when it does not fit,
- * with the reason in why. */
+/* Whether LoRA `name` fits model `model`: 0 when it does; SDW_ESTATE when
+ * the model table has no such model (the engine has not published it yet);
+ * SDW_ENOTFOUND when the LoRA table has no such LoRA; SDW_EINVAL when it
+ * does not fit, with the reason in why. The engine publishes the LoRA table
+ * before the model table, so a model in the table has its LoRAs there. */
 int sdw_ring_lora_fit(sdw_ring *r, const char *name, const char *model, char *why, size_t cap, sdw_error *e);
 
 int sdw_ring_heartbeat(sdw_ring *r, sdw_error *e);

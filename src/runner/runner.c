@@ -137,9 +137,9 @@ static int load_models(engine *g, sdw_error *e)
             return rc;
     }
     if (!rc)
-        rc = sdw_ring_set_models(g->ring, table, g->cfg->n_models, e);
-    if (!rc)
         rc = check_loras(g, e);
+    if (!rc)
+        rc = sdw_ring_set_models(g->ring, table, g->cfg->n_models, e);
     return rc ? rc : sdw_ring_set_engine(g->ring, SDW_ENGINE_READY, getpid(), "", e);
 }
 
