@@ -151,7 +151,7 @@ int sdw_loras_get(sdw_loras *s, const char *const *names, int n, const sdw_lora 
         if (!x->lora) {
             int rc = sdw_lora_open(&x->lora, x->path, e);
             if (rc)
-                return sdw_fail_wrap(e, "LoRA %s", x->name);
+                return rc;
             s->bytes += sdw_lora_bytes(x->lora);
             *reloaded = 1;
         }
