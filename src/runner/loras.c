@@ -136,10 +136,8 @@ size_t sdw_loras_cached_bytes(const sdw_loras *s)
     return s->bytes;
 }
 
-int sdw_loras_get(sdw_loras *s, const char *const *names, int n, const sdw_lora **out, int *reloaded,
-                  sdw_error *e)
+int sdw_loras_get(sdw_loras *s, const char *const *names, int n, const sdw_lora **out, sdw_error *e)
 {
-    *reloaded = 0;
     unsigned long now = ++s->clock;
     for (int i = 0; i < n; i++) {
         int k = find(s, names[i]);
@@ -153,7 +151,6 @@ int sdw_loras_get(sdw_loras *s, const char *const *names, int n, const sdw_lora 
             if (rc)
                 return rc;
             s->bytes += sdw_lora_bytes(x->lora);
-            *reloaded = 1;
         }
         x->used = now;
         out[i] = x->lora;

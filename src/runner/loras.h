@@ -19,12 +19,11 @@ void sdw_loras_free(sdw_loras *s);
 int sdw_loras_count(const sdw_loras *s);
 const char *sdw_loras_name(const sdw_loras *s, int i);
 
-/* The parsed files for names[0..n), loaded or re-read when changed; they
- * stay valid until the next call. *reloaded says whether any was (re)read,
- * for the caller to check it against the model. SDW_ENOTFOUND for an
- * unknown name; a file that fails to load is an error naming the LoRA. */
-int sdw_loras_get(sdw_loras *s, const char *const *names, int n, const sdw_lora **out, int *reloaded,
-                  sdw_error *e);
+/* The parsed files for names[0..n), loaded, or read again when changed
+ * on disk (the caller checks them against the model); they stay valid until
+ * the next call. SDW_ENOTFOUND for an unknown name; a file that fails to
+ * load is an error naming it. */
+int sdw_loras_get(sdw_loras *s, const char *const *names, int n, const sdw_lora **out, sdw_error *e);
 
 /* Bytes the cache holds now. */
 size_t sdw_loras_cached_bytes(const sdw_loras *s);

@@ -89,10 +89,9 @@ static int check_loras(engine *g, sdw_error *e)
     for (int i = 0; i < n; i++) {
         const char *name = sdw_loras_name(g->loras, i);
         const sdw_lora *l;
-        int reloaded;
         sdw_error le;
         snprintf(table[i].name, sizeof table[i].name, "%s", name);
-        int bad = sdw_loras_get(g->loras, &name, 1, &l, &reloaded, &le);
+        int bad = sdw_loras_get(g->loras, &name, 1, &l, &le);
         if (bad)
             sdw_log(SDW_LOG_WARN, "%s", le.msg);
         int fits = 0;
@@ -331,13 +330,13 @@ static void run_job(engine *g, const char *id, const unsigned char *input, size_
     const char *lnames[SDW_JOB_MAX_LORAS];
     const sdw_lora *lfiles[SDW_JOB_MAX_LORAS];
     sdw_lora_use luse[SDW_JOB_MAX_LORAS];
-    int reloaded = 0, lrc = SDW_OK;
+    int lrc = SDW_OK;
     if (req.nloras > g->cfg->max_loras)
         lrc = sdw_fail(&e, SDW_EINVAL, "%d LoRAs, at most %d (limits.max_loras)", req.nloras, g->cfg->max_loras);
     for (int i = 0; !lrc && i < req.nloras; i++)
         lnames[i] = req.loras[i].name;
     if (!lrc && req.nloras)
-        lrc = sdw_loras_get(g->loras, lnames, req.nloras, lfiles, &reloaded, &e);
+        lrc = sdw_loras_get(g->loras, lnames, req.nloras, lfiles, &e);
     for (int i = 0; !lrc && i < req.nloras; i++) {
         luse[i] = (sdw_lora_use){.lora = lfiles[i], .name = lnames[i], .weight = (float)req.loras[i].weight};
         if ((lrc = sdw_pipeline_lora_check(p, lfiles[i], &e)))
