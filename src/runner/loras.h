@@ -8,7 +8,7 @@
 
 #include "base/err.h"
 #include "config/config.h"
-#include "model/lora.h"
+#include "pipeline/pipeline.h" /* sdw_lora, as the pipeline takes it */
 
 typedef struct sdw_loras sdw_loras;
 
