@@ -42,21 +42,22 @@ static const gen_case cases[] = {
     /* Through the host simulation of the kernels and the fake CUDA
      * libraries (tests/cusim), where each op takes milliseconds: one small
      * case, with the fewest UNet steps that still include replays. */
-    {"txt2img euler 32x32", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0},
+    {"txt2img euler 32x32", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0, {NULL, NULL}, {0, 0}},
     /* SD 2: gelu text encoder, linear projections, per-level heads, v-prediction */
-    {"sd2 txt2img euler 32x32", "tiny-sd2", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0},
+    {"sd2 txt2img euler 32x32", "tiny-sd2", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0, {NULL, NULL}, {0, 0}},
     /* LoRA deltas beside linears and (LoCon) convolutions, strided ones included */
     {"txt2img euler 32x32 with two LoRAs", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0,
      {"a-kohya-attn.safetensors", "a-kohya-locon.safetensors"}, {0.7f, -0.5f}},
 #else
-    {"txt2img euler", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 6, 1.0},
-    {"txt2img euler_a 96x64", "tiny-b", "euler_a", NULL, NULL, SDW_GEN_TXT2IMG, 96, 64, 5, 1.0},
-    {"img2img ddim", "tiny-a", "ddim", "init-64x64.png", NULL, SDW_GEN_IMG2IMG, 64, 64, 8, 0.6},
+    {"txt2img euler", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 6, 1.0, {NULL, NULL}, {0, 0}},
+    {"txt2img euler_a 96x64", "tiny-b", "euler_a", NULL, NULL, SDW_GEN_TXT2IMG, 96, 64, 5, 1.0, {NULL, NULL}, {0, 0}},
+    {"img2img ddim", "tiny-a", "ddim", "init-64x64.png", NULL, SDW_GEN_IMG2IMG, 64, 64, 8, 0.6, {NULL, NULL}, {0, 0}},
     {"inpaint 9-channel", "tiny-inpaint", "euler_a", "init-64x64.png", "mask-64x64.png", SDW_GEN_INPAINT, 64, 64, 5,
-     1.0},
-    {"sd2 txt2img dpmpp_2m (v-prediction)", "tiny-sd2", "dpmpp_2m", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 5, 1.0},
+     1.0, {NULL, NULL}, {0, 0}},
+    {"sd2 txt2img dpmpp_2m (v-prediction)", "tiny-sd2", "dpmpp_2m", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 5, 1.0,
+     {NULL, NULL}, {0, 0}},
     {"sd2 inpaint 9-channel", "tiny-sd2-inpaint", "euler_a", "init-64x64.png", "mask-64x64.png", SDW_GEN_INPAINT, 64,
-     64, 5, 1.0},
+     64, 5, 1.0, {NULL, NULL}, {0, 0}},
     {"txt2img euler with two LoRAs", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 6, 1.0,
      {"a-kohya-attn.safetensors", "a-kohya-locon.safetensors"}, {0.7f, -0.5f}},
     {"sd2 txt2img euler with a LoRA", "tiny-sd2", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 5, 1.0,

@@ -162,8 +162,8 @@ static int classify(const char *name, char *part, char *flat, size_t fcap, char 
                                 "tensor %s is not a LoRA factor (DoRA and others are not supported)", name);
         }
     if (!path)
-        return sdw_fail(e, SDW_EFORMAT, "tensor %s is not a LoRA tensor (lora_unet_*, lora_te*_*, unet.*, text_encoder*.*)",
-                        name);
+        return sdw_fail(e, SDW_EFORMAT,
+                        "tensor %s is not a LoRA tensor (lora_unet_*, lora_te*_*, unet.*, text_encoder*.*)", name);
     size_t plen = cut - (size_t)(path - name), klen = cut;
     if (plen >= fcap || klen >= kcap)
         return sdw_fail(e, SDW_EFORMAT, "tensor name %s is too long", name);

@@ -325,12 +325,13 @@ static int check_loras(const sdw_http_ctx *ctx, const sdw_job_request *jr, const
             for (int k = 0; k < n && k < SDW_RING_MAX_LORAS && used < sizeof names; k++)
                 used += (size_t)snprintf(names + used, sizeof names - used, "%s%s", k ? ", " : "", table[k].name);
             free(table);
-            return sdw_api_fail_field(err, 404, SDW_API_UNKNOWN_LORA, "loras", "LoRA \"%s\" is not configured; LoRAs: %s",
-                                      jr->loras[i].name, n > 0 ? names : "(none)");
+            return sdw_api_fail_field(err, 404, SDW_API_UNKNOWN_LORA, "loras",
+                                      "LoRA \"%s\" is not configured; LoRAs: %s", jr->loras[i].name,
+                                      n > 0 ? names : "(none)");
         }
         if (rc == SDW_EINVAL)
-            return sdw_api_fail_field(err, 400, SDW_API_LORA_MISMATCH, "loras", "LoRA \"%s\" does not fit model %s: %s",
-                                      jr->loras[i].name, model, why);
+            return sdw_api_fail_field(err, 400, SDW_API_LORA_MISMATCH, "loras",
+                                      "LoRA \"%s\" does not fit model %s: %s", jr->loras[i].name, model, why);
     }
     return 0;
 }

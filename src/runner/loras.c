@@ -75,7 +75,8 @@ static int scan_dir(sdw_loras *s, const char *dir, sdw_error *e)
                 !(names[i][k] >= '0' && names[i][k] <= '9') && !strchr("._-", names[i][k]))
                 ok = 0;
         /* A file no request could name is left out, not an error. */
-        if (!rc && ok && sl < sizeof stem && (size_t)snprintf(path, sizeof path, "%s/%s", dir, names[i]) < sizeof path) {
+        if (!rc && ok && sl < sizeof stem &&
+            (size_t)snprintf(path, sizeof path, "%s/%s", dir, names[i]) < sizeof path) {
             memcpy(stem, names[i], sl), stem[sl] = 0;
             rc = add(s, stem, path, e);
         }
