@@ -431,9 +431,40 @@ static void test_sample(void)
     tap_ok(memcmp(&c, &d, sizeof c) == 0, "the sample's values are the defaults");
 }
 
+static void test_loras(void)
+{
+    sdw_config c;
+    int rc = parse(&c, "model.a = /a\nlora.ink = ink.safetensors\nlora.x-1 = /l/x.safetensors\nlora_dir = loras\n"
+                       "limits.max_loras = 2\nlora_cache_bytes = 64M\n");
+    tap_ok(rc == 0 && c.n_loras == 2 && !strcmp(c.loras[0].name, "ink") &&
+               !strcmp(c.loras[0].path, "/etc/sdworker/ink.safetensors") && !strcmp(c.loras[1].path, "/l/x.safetensors") &&
+               !strcmp(c.lora_dir, "/etc/sdworker/loras") && c.max_loras == 2 && c.lora_cache_bytes == 64u << 20,
+           "lora.<name>, lora_dir (relative to the file), limits.max_loras, lora_cache_bytes (%s)", err.msg);
+    sdw_config_defaults(&c);
+    tap_ok(c.max_loras == 4 && c.lora_cache_bytes == 1024u << 20 && !c.n_loras && !c.lora_dir[0],
+           "LoRA defaults: 4 per job, a 1 GiB cache, none configured");
+    rejects("lora.a = /x\nlora.a = /y\n", "duplicate key (first set at line 1)");
+    rejects("lora_dir = /x\nlora_dir = /y\n", "duplicate key");
+    rejects("lora.a/b = /x\n", "LoRA names");
+    rejects("lora..a = /x\n", "LoRA names");
+    rejects("limits.max_loras = 9\n", "limits.max_loras");
+    char *buf = NULL;
+    size_t len = 0;
+    parse(&c, "model.a = /a\nlora.ink = /ink.safetensors\nlora_dir = /loras\n");
+    FILE *f = open_memstream(&buf, &len);
+    sdw_config_dump(&c, f);
+    fclose(f);
+    sdw_config b;
+    sdw_config_defaults(&b);
+    rc = sdw_config_parse(&b, buf, len, "dump", NULL, &err);
+    tap_ok(rc == 0 && !memcmp(&b, &c, sizeof b), "LoRA lines round-trip through the dump");
+    free(buf);
+}
+
 int main(void)
 {
     test_defaults();
+    test_loras();
     test_every_key();
     test_rejections();
     test_validate();

@@ -395,16 +395,42 @@ static void test_structure(void)
         free(b);
     }
 
-    expect_err(gen(",\"loras\":[{\"path\":\"/x.safetensors\",\"strength\":1.0}]"), 400, SDW_API_UNSUPPORTED_FEATURE,
-               "a LoRA");
+    expect_err(gen(",\"loras\":[{\"path\":\"/x.safetensors\",\"strength\":1.0}]"), 400, SDW_API_INVALID_VALUE,
+               "a LoRA by path");
     {
         sdw_job_request r;
         sdw_api_error e;
-        char *b = gen(",\"loras\":[{\"name\":\"style\"}]");
+        char *b = gen(",\"loras\":[{\"path\":\"/x.safetensors\"}]");
         parse_str(b, &r, &e, NULL);
-        tap_ok(strstr(e.message, "LoRA is not supported yet") != NULL, "LoRA message is clear");
+        tap_ok(strstr(e.message, "never by path") != NULL && !strcmp(e.field, "loras"), "the path message is clear: %s",
+               e.message);
+        free(b);
+        b = gen(",\"loras\":[{\"name\":\"style\"},{\"name\":\"ink.v2\",\"weight\":-0.5},{\"name\":\"x\",\"strength\":2}]");
+        int rc = parse_str(b, &r, &e, NULL);
+        tap_ok(rc == 0 && r.nloras == 3 && !strcmp(r.loras[0].name, "style") && r.loras[0].weight == 1.0 &&
+                   r.loras[1].weight == -0.5 && r.loras[2].weight == 2.0,
+               "loras: names, weight 1.0 by default, strength as rbee's alias");
+        size_t len;
+        unsigned char *blob = rc ? NULL : sdw_job_request_serialize(&r, &len);
+        sdw_job_request back;
+        tap_ok(blob && !sdw_job_request_deserialize(blob, len, &back, &e) && back.nloras == 3 &&
+                   !strcmp(back.loras[1].name, "ink.v2") && back.loras[1].weight == -0.5,
+               "loras survive the ring's serialised form");
+        if (blob)
+            sdw_job_request_free(&back);
+        free(blob);
+        if (!rc)
+            sdw_job_request_free(&r);
         free(b);
     }
+    expect_err(gen(",\"loras\":[{\"name\":\"a\",\"weight\":4.5}]"), 400, SDW_API_INVALID_VALUE, "a LoRA weight above 4");
+    expect_err(gen(",\"loras\":[{\"name\":\"a\",\"weight\":\"1\"}]"), 400, SDW_API_INVALID_VALUE, "a LoRA weight as a string");
+    expect_err(gen(",\"loras\":[{\"name\":\"../a\"}]"), 400, SDW_API_INVALID_VALUE, "a LoRA name with a slash");
+    expect_err(gen(",\"loras\":[{\"name\":\"a\"},{\"name\":\"a\"}]"), 400, SDW_API_INVALID_VALUE, "a LoRA twice");
+    expect_err(gen(",\"loras\":[{\"name\":\"a\",\"weight\":1,\"strength\":1}]"), 400, SDW_API_INVALID_VALUE,
+               "weight and strength both");
+    expect_err(gen(",\"loras\":[1]"), 400, SDW_API_INVALID_VALUE, "a LoRA that is not an object");
+    expect_err(gen(",\"loras\":[{},{},{},{},{},{},{},{},{}]"), 400, SDW_API_INVALID_VALUE, "nine LoRAs");
     expect_err(gen(",\"loras\":{}"), 400, SDW_API_INVALID_VALUE, "loras as an object");
 
     sdw_contract_limits lim = sdw_contract_default_limits();

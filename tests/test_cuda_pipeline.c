@@ -1,7 +1,7 @@
 /* Whole pipelines on the CUDA backend against the CPU backend, on the tiny
  * fixture models (tests/fixtures/models): txt2img with a deterministic and an
  * ancestral sampler, img2img, and 9-channel inpainting, SD 1 and SD 2
- * (v-prediction). Final latents within
+ * (v-prediction), and with LoRAs (linear and convolution deltas). Final latents within
  * 1e-4 relative error (max abs difference over max abs reference) in
  * float32, within 1e-2 in fp16, within BF16_TOL in bf16. A second identical generation must not grow
  * the device memory in use: the caching allocator serves every later step
@@ -32,6 +32,9 @@ typedef struct gen_case {
     sdw_gen_kind kind;
     int width, height, steps;
     double strength;
+    /* LoRA files under fixtures/lora/ with their weights (NULL: none) */
+    const char *lora[2];
+    float lora_w[2];
 } gen_case;
 
 static const gen_case cases[] = {
@@ -39,18 +42,26 @@ static const gen_case cases[] = {
     /* Through the host simulation of the kernels and the fake CUDA
      * libraries (tests/cusim), where each op takes milliseconds: one small
      * case, with the fewest UNet steps that still include replays. */
-    {"txt2img euler 32x32", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0},
+    {"txt2img euler 32x32", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0, {NULL, NULL}, {0, 0}},
     /* SD 2: gelu text encoder, linear projections, per-level heads, v-prediction */
-    {"sd2 txt2img euler 32x32", "tiny-sd2", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0},
+    {"sd2 txt2img euler 32x32", "tiny-sd2", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0, {NULL, NULL}, {0, 0}},
+    /* LoRA deltas beside linears and (LoCon) convolutions, strided ones included */
+    {"txt2img euler 32x32 with two LoRAs", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0,
+     {"a-kohya-attn.safetensors", "a-kohya-locon.safetensors"}, {0.7f, -0.5f}},
 #else
-    {"txt2img euler", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 6, 1.0},
-    {"txt2img euler_a 96x64", "tiny-b", "euler_a", NULL, NULL, SDW_GEN_TXT2IMG, 96, 64, 5, 1.0},
-    {"img2img ddim", "tiny-a", "ddim", "init-64x64.png", NULL, SDW_GEN_IMG2IMG, 64, 64, 8, 0.6},
+    {"txt2img euler", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 6, 1.0, {NULL, NULL}, {0, 0}},
+    {"txt2img euler_a 96x64", "tiny-b", "euler_a", NULL, NULL, SDW_GEN_TXT2IMG, 96, 64, 5, 1.0, {NULL, NULL}, {0, 0}},
+    {"img2img ddim", "tiny-a", "ddim", "init-64x64.png", NULL, SDW_GEN_IMG2IMG, 64, 64, 8, 0.6, {NULL, NULL}, {0, 0}},
     {"inpaint 9-channel", "tiny-inpaint", "euler_a", "init-64x64.png", "mask-64x64.png", SDW_GEN_INPAINT, 64, 64, 5,
-     1.0},
-    {"sd2 txt2img dpmpp_2m (v-prediction)", "tiny-sd2", "dpmpp_2m", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 5, 1.0},
+     1.0, {NULL, NULL}, {0, 0}},
+    {"sd2 txt2img dpmpp_2m (v-prediction)", "tiny-sd2", "dpmpp_2m", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 5, 1.0,
+     {NULL, NULL}, {0, 0}},
     {"sd2 inpaint 9-channel", "tiny-sd2-inpaint", "euler_a", "init-64x64.png", "mask-64x64.png", SDW_GEN_INPAINT, 64,
-     64, 5, 1.0},
+     64, 5, 1.0, {NULL, NULL}, {0, 0}},
+    {"txt2img euler with two LoRAs", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 6, 1.0,
+     {"a-kohya-attn.safetensors", "a-kohya-locon.safetensors"}, {0.7f, -0.5f}},
+    {"sd2 txt2img euler with a LoRA", "tiny-sd2", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 5, 1.0,
+     {"sd2-kohya.safetensors", NULL}, {1.0f, 0}},
 #endif
 };
 
@@ -65,7 +76,15 @@ static int run(sdw_backend *be, const gen_case *c, float *latents, sdw_gen_timin
         return rc;
     sdw_image init = {0}, mask = {0}, out = {0};
     char path[4096];
-    if (c->init) {
+    sdw_lora *loras[2] = {0};
+    sdw_lora_use uses[2];
+    int nloras = 0;
+    for (int i = 0; !rc && i < 2 && c->lora[i]; i++, nloras++) {
+        snprintf(path, sizeof path, "%s/%s", tap_fixture("lora"), c->lora[i]);
+        rc = sdw_lora_open(&loras[i], path, e);
+        uses[i] = (sdw_lora_use){.lora = loras[i], .name = c->lora[i], .weight = c->lora_w[i]};
+    }
+    if (!rc && c->init) {
         snprintf(path, sizeof path, "%s/%s", tap_fixture("pipeline"), c->init);
         rc = sdw_image_load(&init, path, 0, e);
     }
@@ -88,8 +107,12 @@ static int run(sdw_backend *be, const gen_case *c, float *latents, sdw_gen_timin
             gp.strength = c->strength;
         gp.init_image = init.pixels ? &init : NULL;
         gp.mask = mask.pixels ? &mask : NULL;
+        gp.loras = uses;
+        gp.nloras = nloras;
         rc = sdw_pipeline_generate(p, &gp, NULL, NULL, &out, latents, t, e);
     }
+    for (int i = 0; i < 2; i++)
+        sdw_lora_free(loras[i]);
     sdw_image_free(&out);
     sdw_image_free(&init);
     sdw_image_free(&mask);

@@ -1119,9 +1119,41 @@ static void test_models(void)
     drop_ring(r);
 }
 
+static void test_loras(void)
+{
+    sdw_ring *r = make_ring(4, 4, 0, 0);
+    if (!r) {
+        tap_skip("no ring");
+        return;
+    }
+    sdw_error e = {0};
+    char why[SDW_RING_LORA_WHY];
+    tap_ok(sdw_ring_lora_fit(r, "ink", "sd15", why, sizeof why, &e) == SDW_ESTATE,
+           "before the engine publishes, a LoRA's fit is not known");
+    static sdw_ring_lora l[2];
+    memset(l, 0, sizeof l);
+    strcpy(l[0].name, "ink");
+    strcpy(l[0].why[1], "is for sd1, the model is sd2");
+    strcpy(l[1].name, "grain");
+    memset(l[1].why[0], 'x', sizeof l[1].why[0]); /* cut to fit */
+    sdw_ring_model m[2] = {{"sd15", "sd1", "epsilon", 0, 512, 512}, {"sd21", "sd2", "v_prediction", 0, 768, 768}};
+    tap_ok(sdw_ring_set_loras(r, l, 2, &e) == 0 && sdw_ring_set_models(r, m, 2, &e) == 0, "the engine publishes two LoRAs");
+    tap_ok(sdw_ring_lora_fit(r, "ink", "sd15", why, sizeof why, &e) == 0 && !why[0], "ink fits sd15");
+    int rc = sdw_ring_lora_fit(r, "ink", "sd21", why, sizeof why, &e);
+    tap_ok(rc == SDW_EINVAL && !strcmp(why, "is for sd1, the model is sd2"), "ink does not fit sd21, with the reason");
+    rc = sdw_ring_lora_fit(r, "grain", "sd15", why, sizeof why, &e);
+    tap_ok(rc == SDW_EINVAL && strlen(why) == SDW_RING_LORA_WHY - 1, "an overlong reason is cut to its field");
+    tap_ok(sdw_ring_lora_fit(r, "nope", "sd15", why, sizeof why, &e) == SDW_ENOTFOUND, "an unknown LoRA");
+    static sdw_ring_lora got[SDW_RING_MAX_LORAS];
+    tap_ok(sdw_ring_loras(r, got, SDW_RING_MAX_LORAS, &e) == 2 && !strcmp(got[1].name, "grain"), "the table reads back");
+    tap_ok(sdw_ring_set_loras(r, l, SDW_RING_MAX_LORAS + 1, &e) == SDW_EINVAL, "too many LoRAs are refused");
+    drop_ring(r);
+}
+
 int main(void)
 {
     test_table();
+    test_loras();
     test_create_open();
     test_lifecycle();
     test_fifo();

@@ -44,7 +44,7 @@ ok $(curl -fs "$url/" | grep -q 'id="generate"'; echo $?) "the demo page is serv
 ok $(grep -q 'model tiny warmed up at 64x64' "$run/engine.log"; echo $?) "the engine warmed the model up before ready"
 ok $(grep -q '"families":{"tiny":"sd1","sd2":"sd2"}' "$run/ready.json"; echo $?) "/ready gives each model's family"
 curl -s "$url/v1/models" >"$run/models.json"
-ok $(grep -q '"name":"tiny","default":true,"family":"sd1","prediction":"epsilon","inpainting":false,"defaults":{"steps":3,"guidance_scale":0.0,"width":64,"height":72,"sampler":null}' "$run/models.json"; echo $?) \
+ok $(grep -q '"name":"tiny","default":true,"family":"sd1","prediction":"epsilon","inpainting":false,"loras":\[\],"defaults":{"steps":3,"guidance_scale":0.0,"width":64,"height":72,"sampler":null}' "$run/models.json"; echo $?) \
   "/v1/models gives the family and the request defaults: $(cat "$run/models.json")"
 ok $(grep -Eq '"sampler":null\},"memory":\{"weights_bytes":[1-9][0-9]*,"bytes_per_pixel":[1-9][0-9]*,"max_pixels":[1-9][0-9]*\}' "$run/models.json" &&
   grep -Eq 'model tiny: weights [0-9]+ MiB as held; .* up to [0-9]+ pixels \([0-9]+x[0-9]+\)' "$run/engine.log"; echo $?) \
@@ -56,7 +56,7 @@ curl -sN "$url/v1/jobs/$bare/stream" >"$run/bare.sse"
 curl -s "$url/v1/jobs/$bare" >"$run/bare.json"
 ok $(grep -q '"steps":3,"guidance_scale":0.0,"width":64,"height":72' "$run/bare.json" && grep -q '^event: complete' "$run/bare.sse"; echo $?) \
   "a bare request runs with the model's configured defaults: $(grep -o '"params":.*' "$run/bare.json")"
-ok $(grep -q '"name":"sd2","default":false,"family":"sd2","prediction":"v_prediction","inpainting":false,"defaults":{"steps":2,"guidance_scale":7.5,"width":64,"height":64,"sampler":null}' "$run/models.json"; echo $?) \
+ok $(grep -q '"name":"sd2","default":false,"family":"sd2","prediction":"v_prediction","inpainting":false,"loras":\[\],"defaults":{"steps":2,"guidance_scale":7.5,"width":64,"height":64,"sampler":null}' "$run/models.json"; echo $?) \
   "an SD 2 model is listed with its family, v-prediction and its trained size as the default"
 "$bld/sdworker" model list --url "$url" >"$run/models.txt" 2>&1
 ok $(grep -Eq '^tiny \(default\) +sd1 +epsilon +64x72 +3 +0 +model'"'"'s$' "$run/models.txt" &&

@@ -8,6 +8,9 @@
  *   #operation       select: image_generation | image_transform | image_inpaint
  *   #model           select, filled from GET /v1/models
  *   #prompt #negative-prompt #steps #guidance #width #height #seed #sampler
+ *   #lora-fields     fieldset, hidden when no LoRA fits the chosen model
+ *   #loras           one row per LoRA fitting the model (GET /v1/models' loras):
+ *                    input.lora-use (checkbox, data-lora = name) and input.lora-weight
  *   #init-image      file input (transform, inpaint)
  *   #strength        range 0.05-1 (transform, inpaint); #strength-out shows it
  *   #mask-canvas     canvas showing the init image; paint the area to repaint
@@ -133,7 +136,44 @@
 
   var modelsTimer = null;
   var modelDefaults = {};
+  var modelLoras = {};
   var defaultsShownFor = null;
+
+  /* The picker lists only the LoRAs that fit the chosen model; a choice
+   * survives a refresh of the list and a change of model where it fits. */
+  function showLoras() {
+    var box = $('loras');
+    var kept = {};
+    Array.prototype.forEach.call(box.querySelectorAll('.lora-use'), function (c) {
+      kept[c.getAttribute('data-lora')] = { on: c.checked, w: c.parentNode.parentNode.querySelector('.lora-weight').value };
+    });
+    box.textContent = '';
+    var names = modelLoras[$('model').value] || [];
+    names.forEach(function (name) {
+      var row = document.createElement('div');
+      row.className = 'row';
+      var label = document.createElement('label');
+      var c = document.createElement('input');
+      c.type = 'checkbox';
+      c.className = 'lora-use';
+      c.setAttribute('data-lora', name);
+      c.checked = !!(kept[name] && kept[name].on);
+      label.appendChild(c);
+      label.appendChild(document.createTextNode(' ' + name));
+      var w = document.createElement('input');
+      w.type = 'number';
+      w.className = 'lora-weight';
+      w.min = '-4';
+      w.max = '4';
+      w.step = '0.05';
+      w.value = kept[name] ? kept[name].w : '1';
+      w.setAttribute('aria-label', name + ' weight');
+      row.appendChild(label);
+      row.appendChild(w);
+      box.appendChild(row);
+    });
+    $('lora-fields').hidden = !names.length;
+  }
 
   /* A model's own defaults (an SD-Turbo model's 1 step without guidance,
    * SD 2.1's 768x768) replace the form's values when it is chosen. */
@@ -156,6 +196,7 @@
       var chosen = sel.value;
       sel.textContent = '';
       modelDefaults = {};
+      modelLoras = {};
       var pending = false;
       list.forEach(function (m) {
         var name = typeof m === 'string' ? m : (m.name || m.id);
@@ -165,12 +206,14 @@
         o.textContent = m.family ? name + ' (' + m.family + (m.inpainting ? ', inpainting' : '') + ')' : name;
         if (m.default) o.selected = true;
         if (m.defaults) modelDefaults[name] = m.defaults;
+        if (m.loras) modelLoras[name] = m.loras;
         /* family is null until the engine has loaded the models */
         if (typeof m === 'object' && m.family === null) pending = true;
         sel.appendChild(o);
       });
       if (chosen && Array.prototype.some.call(sel.options, function (o) { return o.value === chosen; })) sel.value = chosen;
       if (defaultsShownFor !== sel.value) applyModelDefaults();
+      showLoras();
       if (pending) modelsTimer = setTimeout(loadModels, 5000);
       if (!sel.options.length) {
         var o = document.createElement('option');
@@ -330,6 +373,14 @@
       req.seed = seed;
     }
     if ($('sampler').value) req.sampler = $('sampler').value;
+    var loras = [];
+    Array.prototype.forEach.call($('loras').querySelectorAll('.lora-use'), function (c) {
+      if (!c.checked) return;
+      var w = Number(c.parentNode.parentNode.querySelector('.lora-weight').value);
+      if (!(w >= -4 && w <= 4)) throw new Error('A LoRA weight must be a number from -4 to 4.');
+      loras.push({ name: c.getAttribute('data-lora'), weight: w });
+    });
+    if (loras.length) req.loras = loras;
     if (v === 'image_generation') {
       req.width = Number($('width').value);
       req.height = Number($('height').value);
@@ -545,7 +596,7 @@
   if (st && st.getItem(KEY_STORE)) $('api-key').value = st.getItem(KEY_STORE);
   $('api-key').addEventListener('change', keyChanged);
   op.addEventListener('change', updateFields);
-  $('model').addEventListener('change', applyModelDefaults);
+  $('model').addEventListener('change', function () { applyModelDefaults(); showLoras(); });
   form.addEventListener('submit', submit);
   $('cancel').addEventListener('click', cancel);
   $('init-image').addEventListener('change', function () { loadInitImage(this.files[0]); });

@@ -56,6 +56,8 @@ static const struct key keys[] = {
     { "engine.stop_timeout_s", K_INT, OFF(engine_stop_timeout_s), 0, 3600, false },
     { "engine.warmup", K_INT, OFF(engine_warmup), -1, 2048, false },
     { "log_level", K_LOG, 0, 0, 0, false },
+    { "limits.max_loras", K_INT, OFF(max_loras), 0, SDW_CONFIG_MAX_LORAS_PER_JOB, false },
+    { "lora_cache_bytes", K_SIZE, OFF(lora_cache_bytes), 1 << 20, 1LL << 40, false },
 };
 #define N_KEYS (sizeof keys / sizeof keys[0])
 
@@ -91,6 +93,8 @@ void sdw_config_defaults(sdw_config *c)
     c->engine_stop_timeout_s = 20;
     c->engine_warmup = -1;
     c->log_level = SDW_LOG_INFO;
+    c->max_loras = 4;
+    c->lora_cache_bytes = 1024 * MIB;
 }
 
 /* "where" is "file:line" or "command line"; every message names the key. */
@@ -349,6 +353,36 @@ static int set_model(sdw_config *c, const char *name, const char *v, const char 
     return i;
 }
 
+/* lora.<name> = <file> and lora_dir = <folder>: relative paths are the
+ * configuration file's folder's. */
+static int config_path(char *out, size_t cap, const char *v, const char *basedir)
+{
+    int n = v[0] != '/' && basedir && *basedir ? snprintf(out, cap, "%s/%s", basedir, v) : snprintf(out, cap, "%s", v);
+    return n < 0 || (size_t)n >= cap;
+}
+
+static int set_lora(sdw_config *c, const char *name, const char *v, const char *basedir, const char *where,
+                    const char *key, sdw_error *e)
+{
+    if (!entry_name_ok(name) || name[0] == '.')
+        return bad(e, where, key, "LoRA names are 1-%d of A-Z a-z 0-9 . _ -, not starting with '.'",
+                   SDW_CONFIG_NAME_MAX - 1);
+    int i;
+    for (i = 0; i < c->n_loras; i++)
+        if (!strcmp(c->loras[i].name, name))
+            break;
+    if (i == SDW_CONFIG_MAX_LORAS)
+        return bad(e, where, key, "more than %d LoRAs", SDW_CONFIG_MAX_LORAS);
+    char path[SDW_CONFIG_PATH_MAX];
+    if (config_path(path, sizeof path, v, basedir))
+        return bad(e, where, key, "LoRA path too long");
+    if (i == c->n_loras)
+        c->n_loras++;
+    strcpy(c->loras[i].name, name);
+    strcpy(c->loras[i].path, path);
+    return i;
+}
+
 static int hex_digit(char ch)
 {
     return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
@@ -565,6 +599,13 @@ static int assign(sdw_config *c, const char *key, const char *val, const char *b
         return set_model(c, key + 6, val, basedir, where, key, e);
     if (!strncmp(key, "api_key.", 8))
         return set_api_key(c, key + 8, val, where, key, e);
+    if (!strncmp(key, "lora.", 5))
+        return set_lora(c, key + 5, val, basedir, where, key, e);
+    if (!strcmp(key, "lora_dir")) {
+        if (config_path(c->lora_dir, sizeof c->lora_dir, val, basedir))
+            return bad(e, where, key, "path too long");
+        return 0;
+    }
     const struct key *k = find_key(key);
     if (!k)
         return bad(e, where, key, "unknown key");
@@ -589,6 +630,7 @@ int sdw_config_parse(sdw_config *c, const char *text, size_t len, const char *or
     int model_line[SDW_CONFIG_MAX_MODELS] = { 0 };
     int option_line[SDW_CONFIG_MAX_MODELS * N_MODEL_OPTS] = { 0 };
     int api_key_line[SDW_CONFIG_MAX_KEYS] = { 0 };
+    int lora_line[SDW_CONFIG_MAX_LORAS] = { 0 }, lora_dir_line = 0;
     int rc = 0, lineno = 0;
     char *line = buf;
     while (line && rc == 0) {
@@ -622,6 +664,12 @@ int sdw_config_parse(sdw_config *c, const char *text, size_t len, const char *or
                 for (int i = 0; i < c->n_keys; i++)
                     if (!strcmp(c->keys[i].name, key + 8))
                         seen = &api_key_line[i];
+            } else if (!strncmp(key, "lora.", 5)) {
+                for (int i = 0; i < c->n_loras; i++)
+                    if (!strcmp(c->loras[i].name, key + 5))
+                        seen = &lora_line[i];
+            } else if (!strcmp(key, "lora_dir")) {
+                seen = &lora_dir_line;
             } else {
                 const struct key *k = find_key(key);
                 if (k)
@@ -639,6 +687,10 @@ int sdw_config_parse(sdw_config *c, const char *text, size_t len, const char *or
                     model_line[idx] = lineno;
                 else if (!strncmp(key, "api_key.", 8))
                     api_key_line[idx] = lineno;
+                else if (!strncmp(key, "lora.", 5))
+                    lora_line[idx] = lineno;
+                else if (!strcmp(key, "lora_dir"))
+                    lora_dir_line = lineno;
                 else
                     key_line[idx] = lineno;
             }
@@ -833,6 +885,13 @@ int sdw_config_dump(const sdw_config *c, FILE *f)
             fprintf(f, "%s.sampler = %s\n", key, sdw_sampler_name(m->sampler));
         if (m->prediction[0])
             fprintf(f, "%s.prediction = %s\n", key, m->prediction);
+    }
+    if (c->lora_dir[0])
+        put_str(f, "lora_dir", c->lora_dir);
+    for (int i = 0; i < c->n_loras; i++) {
+        char key[SDW_CONFIG_NAME_MAX + 8];
+        snprintf(key, sizeof key, "lora.%s", c->loras[i].name);
+        put_str(f, key, c->loras[i].path);
     }
     for (int i = 0; i < c->n_keys; i++) {
         const sdw_config_key *k = &c->keys[i];

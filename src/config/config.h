@@ -50,6 +50,14 @@
 #define SDW_CONFIG_PATH_MAX 4096
 #define SDW_CONFIG_MAX_KEYS 64
 #define SDW_CONFIG_KEY_HASH_LEN 32  /* SHA-256 */
+#define SDW_CONFIG_MAX_LORAS 64     /* lora.<name> lines and lora_dir files together */
+#define SDW_CONFIG_MAX_LORAS_PER_JOB 8
+
+/* lora.<name> = <file>: a LoRA requests may name. */
+typedef struct sdw_config_lora {
+    char name[SDW_CONFIG_NAME_MAX];
+    char path[SDW_CONFIG_PATH_MAX];
+} sdw_config_lora;
 
 typedef enum sdw_pm_mode { SDW_PM_STATIC = 0, SDW_PM_DYNAMIC } sdw_pm_mode;
 
@@ -129,6 +137,17 @@ typedef struct sdw_config {
 
     int n_models;
     sdw_config_model models[SDW_CONFIG_MAX_MODELS];
+
+    /* LoRA: the files named by lora.<name> lines, and every
+     * <stem>.safetensors in lora_dir ("" = none) as <stem> (a lora.<name>
+     * line wins over a file of the same stem); limits.max_loras per job (0
+     * turns LoRA off, at most 8); parsed files kept in the engine up to
+     * lora_cache_bytes, least recently used out first. */
+    int n_loras;
+    sdw_config_lora loras[SDW_CONFIG_MAX_LORAS];
+    char lora_dir[SDW_CONFIG_PATH_MAX];
+    int max_loras;
+    size_t lora_cache_bytes;
 
     int n_keys;                     /* 0 = the API is open */
     sdw_config_key keys[SDW_CONFIG_MAX_KEYS];

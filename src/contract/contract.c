@@ -1,6 +1,7 @@
 #include "contract/contract.h"
 #include "base/err.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <math.h>
@@ -395,6 +396,74 @@ static int get_str(parse_ctx *c, const char *name, int required, const char **s,
     return 0;
 }
 
+/* ---- LoRA (loras: [{"name": ..., "weight": ...}]) ---- */
+
+static int lora_name_ok(const char *s, size_t n)
+{
+    if (!n || n >= SDW_LORA_NAME_MAX || s[0] == '.')
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '.' && s[i] != '_' && s[i] != '-')
+            return 0;
+    return 1;
+}
+
+static int lora_bad(parse_ctx *c, size_t i, const char *fmt, const char *arg)
+{
+    char what[200];
+    snprintf(what, sizeof what, fmt, arg);
+    return sdw_api_fail_field(c->e, 400, SDW_API_INVALID_VALUE, "loras", "loras[%zu]: %s", i, what);
+}
+
+static int get_loras(parse_ctx *c, sdw_job_request *r)
+{
+    json_object *a = field(c, "loras");
+    if (!a)
+        return 0;
+    if (!json_object_is_type(a, json_type_array))
+        return bad(c, "loras", "an array");
+    size_t n = json_object_array_length(a);
+    if (n > SDW_JOB_MAX_LORAS)
+        return sdw_api_fail_field(c->e, 400, SDW_API_INVALID_VALUE, "loras", "loras: %zu LoRAs, at most %d", n,
+                                  SDW_JOB_MAX_LORAS);
+    for (size_t i = 0; i < n; i++) {
+        json_object *o = json_object_array_get_idx(a, i), *v;
+        if (!json_object_is_type(o, json_type_object))
+            return lora_bad(c, i, "%s", "must be an object {\"name\": ..., \"weight\": ...}");
+        if (json_object_object_get_ex(o, "path", &v))
+            return lora_bad(c, i, "%s",
+                            "LoRAs are chosen by name from the configured ones, never by path: give \"name\"");
+        if (!json_object_object_get_ex(o, "name", &v) || !json_object_is_type(v, json_type_string))
+            return lora_bad(c, i, "%s", "needs \"name\", a string");
+        const char *s = json_object_get_string(v);
+        size_t sl = (size_t)json_object_get_string_len(v);
+        if (!lora_name_ok(s, sl) || memchr(s, 0, sl))
+            return lora_bad(c, i, "name must be 1-%s characters of [A-Za-z0-9._-], not starting with '.'", "63");
+        for (size_t k = 0; k < i; k++)
+            if (!strcmp(r->loras[k].name, s))
+                return lora_bad(c, i, "%s is given twice", s);
+        json_object *w = NULL, *st = NULL;
+        json_object_object_get_ex(o, "weight", &w);
+        json_object_object_get_ex(o, "strength", &st); /* rbee's name for it */
+        if (w && st)
+            return lora_bad(c, i, "%s", "give weight or strength, not both");
+        if (!w)
+            w = st;
+        double d = 1.0;
+        if (w && !json_object_is_type(w, json_type_null)) {
+            if (!json_object_is_type(w, json_type_int) && !json_object_is_type(w, json_type_double))
+                return lora_bad(c, i, "%s", "weight must be a number in [-4, 4]");
+            d = json_object_get_double(w);
+            if (!isfinite(d) || d < -SDW_LORA_MAX_WEIGHT || d > SDW_LORA_MAX_WEIGHT)
+                return lora_bad(c, i, "%s", "weight must be a number in [-4, 4]");
+        }
+        memcpy(r->loras[i].name, s, sl + 1);
+        r->loras[i].weight = d;
+        r->nloras = (int)i + 1;
+    }
+    return 0;
+}
+
 static int get_id_field(parse_ctx *c, const char *name, int required, char *dst)
 {
     const char *s;
@@ -583,11 +652,8 @@ static int parse_fields(parse_ctx *c, sdw_operation op, sdw_job_request *r)
     if (r->eta != 0 && r->sampler != SDW_SAMPLER_DDIM)
         return bad(c, "eta", "0 unless sampler is ddim");
 
-    json_object *loras = field(c, "loras");
-    if (loras && !json_object_is_type(loras, json_type_array))
-        return bad(c, "loras", "an array");
-    if (loras && json_object_array_length(loras) > 0)
-        return sdw_api_fail(c->e, 400, SDW_API_UNSUPPORTED_FEATURE, "LoRA is not supported yet");
+    if ((rc = get_loras(c, r)))
+        return rc;
 
     if (op == SDW_OPERATION_GENERATE) {
         if ((rc = get_int(c, "width", d.width, SDW_CONTRACT_MIN_SIDE, SDW_CONTRACT_MAX_SIDE, &r->width)) ||
@@ -759,6 +825,16 @@ char *sdw_job_request_params_json(const sdw_job_request *r)
         json_object_object_add(o, "sampler", json_object_new_string(sdw_sampler_name(r->sampler)));
     json_object_object_add(o, "eta", exact_double(r->eta));
     json_object_object_add(o, "clip_skip", json_object_new_int(r->clip_skip));
+    if (r->nloras) {
+        json_object *a = json_object_new_array();
+        for (int i = 0; i < r->nloras; i++) {
+            json_object *l = json_object_new_object();
+            json_object_object_add(l, "name", json_object_new_string(r->loras[i].name));
+            json_object_object_add(l, "weight", exact_double(r->loras[i].weight));
+            json_object_array_add(a, l);
+        }
+        json_object_object_add(o, "loras", a);
+    }
     const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     char *out = s ? strdup(s) : NULL;
     json_object_put(o);

@@ -14,7 +14,12 @@
  *                     width*height <= limits.max_pixels), seed (absent/null ->
  *                     random over all of [0,2^64-1]; else an integer in
  *                     [0,2^64-1] or a decimal string of one), worker_id,
- *                     loras [] (non-empty -> unsupported_feature),
+ *                     loras [] (at most SDW_JOB_MAX_LORAS of {"name": a
+ *                     configured LoRA, 1-63 of [A-Za-z0-9._-], "weight" 1.0
+ *                     in [-4,4] (alias strength, rbee's)}; a "path" key is
+ *                     refused: LoRAs are never files named by the client;
+ *                     whether each exists and fits the model is the pool's
+ *                     check, against the engine's table),
  *                     sampler (extension; absent -> model default),
  *                     eta 0 [0,1] (ddim only), clip_skip 0 [0,11].
  *   image_transform   as above without width/height (taken from the image;
@@ -56,7 +61,9 @@
  *   400 unsupported_operation an rbee operation this worker does not run
  *   400 unknown_operation     an operation name rbee does not define
  *   400 unsupported_feature   a valid request for something not implemented
- *                             (LoRA)
+ *   400 lora_mismatch         a LoRA that does not fit the model (another
+ *                             family, no matching layer, wrong shapes)
+ *   404 unknown_lora          a LoRA name that is not configured
  *   404 not_found             no such route or job
  *   404 unknown_model         the model named is not installed
  *   405 method_not_allowed
@@ -97,6 +104,8 @@
 #define SDW_API_NOT_FOUND "not_found"
 #define SDW_API_RESULT_EXPIRED "result_expired"
 #define SDW_API_UNKNOWN_MODEL "unknown_model"
+#define SDW_API_UNKNOWN_LORA "unknown_lora"
+#define SDW_API_LORA_MISMATCH "lora_mismatch"
 #define SDW_API_METHOD_NOT_ALLOWED "method_not_allowed"
 #define SDW_API_PAYLOAD_TOO_LARGE "payload_too_large"
 #define SDW_API_UNSUPPORTED_MEDIA_TYPE "unsupported_media_type"
@@ -195,6 +204,16 @@ typedef struct sdw_image_blob {
 
 #define SDW_ID_FIELD_MAX 256
 
+/* LoRA in a request: at most this many, weights within +-SDW_LORA_MAX_WEIGHT. */
+#define SDW_JOB_MAX_LORAS 8
+#define SDW_LORA_NAME_MAX 64
+#define SDW_LORA_MAX_WEIGHT 4.0
+
+typedef struct sdw_job_lora {
+    char name[SDW_LORA_NAME_MAX];
+    double weight;
+} sdw_job_lora;
+
 typedef struct sdw_job_request {
     sdw_operation op;
     char hive_id[SDW_ID_FIELD_MAX];
@@ -213,6 +232,9 @@ typedef struct sdw_job_request {
     double strength;                    /* transform and inpaint only */
     sdw_image_blob init_image;          /* transform and inpaint */
     sdw_image_blob mask_image;          /* inpaint */
+    /* LoRA */
+    int nloras;
+    sdw_job_lora loras[SDW_JOB_MAX_LORAS];
 } sdw_job_request;
 
 /* Parses and validates body[0..len). On success fills *req (free it with

@@ -3,11 +3,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "model/nn.h"
 #include "model/param.h"
 
 typedef struct clip_layer {
-    sdw_tensor ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b;
-    sdw_tensor ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
+    sdw_tensor ln1_w, ln1_b, ln2_w, ln2_b;
+    sdw_linear q, k, v, o, fc1, fc2;
 } clip_layer;
 
 struct sdw_clip {
@@ -29,41 +30,45 @@ static int load_mat(sdw_clip *c, const sdw_weights *w, sdw_tensor *t, const char
     return sdw_param_load(t, c->be, w, name, 2, shape, e);
 }
 
-/* Loads a Linear (weight [out,in] + bias) or a LayerNorm (weight + bias).
- * A Linear's weight is read only by linear, so the backend may keep it in
- * its low-precision form (halves from an f16 file on the CPU: half the
- * memory, the same products). */
-static int load_linear(sdw_clip *c, const sdw_weights *w, const char *prefix, sdw_tensor *wt, sdw_tensor *bt,
-                       int64_t out, int64_t in, sdw_error *e)
+/* Loads a LayerNorm (weight + bias). */
+static int load_norm(sdw_clip *c, const sdw_weights *w, const char *prefix, sdw_tensor *wt, sdw_tensor *bt,
+                     int64_t n, sdw_error *e)
 {
     char name[256];
-    int64_t shape[2] = {out, in};
     snprintf(name, sizeof name, "%s.weight", prefix);
-    int rc = in ? sdw_param_load_weight(wt, c->be, w, name, 2, shape, e) : load_vec(c, w, wt, name, out, e);
+    int rc = load_vec(c, w, wt, name, n, e);
     if (rc)
         return rc;
     snprintf(name, sizeof name, "%s.bias", prefix);
-    return load_vec(c, w, bt, name, out, e);
+    return load_vec(c, w, bt, name, n, e);
 }
 
 static int load_layer(sdw_clip *c, const sdw_weights *w, int i, clip_layer *l, sdw_error *e)
 {
     int64_t h = c->cfg.hidden_size, f = c->cfg.intermediate_size;
     char p[192];
+    /* Linear weights through sdw_linear_load: the backend may keep them in
+     * their low-precision form (halves from an f16 file on the CPU: half the
+     * memory, the same products), and LoRA finds them (nn.h). */
+    sdw_loader ld = {.be = c->be, .w = w};
     struct {
         const char *name;
-        sdw_tensor *w, *b;
+        sdw_linear *m;
         int64_t out, in;
     } parts[] = {
-        {"layer_norm1", &l->ln1_w, &l->ln1_b, h, 0},    {"self_attn.q_proj", &l->q_w, &l->q_b, h, h},
-        {"self_attn.k_proj", &l->k_w, &l->k_b, h, h},   {"self_attn.v_proj", &l->v_w, &l->v_b, h, h},
-        {"self_attn.out_proj", &l->o_w, &l->o_b, h, h}, {"layer_norm2", &l->ln2_w, &l->ln2_b, h, 0},
-        {"mlp.fc1", &l->fc1_w, &l->fc1_b, f, h},        {"mlp.fc2", &l->fc2_w, &l->fc2_b, h, f},
+        {"self_attn.q_proj", &l->q, h, h},   {"self_attn.k_proj", &l->k, h, h}, {"self_attn.v_proj", &l->v, h, h},
+        {"self_attn.out_proj", &l->o, h, h}, {"mlp.fc1", &l->fc1, f, h},       {"mlp.fc2", &l->fc2, h, f},
     };
+    int rc;
+    snprintf(p, sizeof p, "encoder.layers.%d.layer_norm1", i);
+    if ((rc = load_norm(c, w, p, &l->ln1_w, &l->ln1_b, h, e)))
+        return rc;
+    snprintf(p, sizeof p, "encoder.layers.%d.layer_norm2", i);
+    if ((rc = load_norm(c, w, p, &l->ln2_w, &l->ln2_b, h, e)))
+        return rc;
     for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++) {
         snprintf(p, sizeof p, "encoder.layers.%d.%s", i, parts[k].name);
-        int rc = load_linear(c, w, p, parts[k].w, parts[k].b, parts[k].out, parts[k].in, e);
-        if (rc)
+        if ((rc = sdw_linear_load(&ld, parts[k].m, p, parts[k].out, parts[k].in, 1, e)))
             return rc;
     }
     return SDW_OK;
@@ -71,10 +76,12 @@ static int load_layer(sdw_clip *c, const sdw_weights *w, int i, clip_layer *l, s
 
 static void free_layer(clip_layer *l)
 {
-    sdw_tensor *all[] = {&l->ln1_w, &l->ln1_b, &l->q_w,   &l->q_b,   &l->k_w,   &l->k_b,   &l->v_w,   &l->v_b,
-                         &l->o_w,   &l->o_b,   &l->ln2_w, &l->ln2_b, &l->fc1_w, &l->fc1_b, &l->fc2_w, &l->fc2_b};
+    sdw_tensor *all[] = {&l->ln1_w, &l->ln1_b, &l->ln2_w, &l->ln2_b};
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
         sdw_tensor_free(all[k]);
+    sdw_linear *lin[] = {&l->q, &l->k, &l->v, &l->o, &l->fc1, &l->fc2};
+    for (size_t k = 0; k < sizeof lin / sizeof lin[0]; k++)
+        sdw_linear_free(lin[k]);
 }
 
 void sdw_clip_free(sdw_clip *c)
@@ -114,7 +121,7 @@ int sdw_clip_load(sdw_clip **out, sdw_backend *be, const sdw_clip_config *cfg, c
     for (int i = 0; !rc && i < cfg->num_layers; i++)
         rc = load_layer(c, w, i, &c->layers[i], e);
     if (!rc)
-        rc = load_linear(c, w, "final_layer_norm", &c->final_w, &c->final_b, cfg->hidden_size, 0, e);
+        rc = load_norm(c, w, "final_layer_norm", &c->final_w, &c->final_b, cfg->hidden_size, e);
     if (rc) {
         sdw_fail_wrap(e, "text encoder");
         sdw_clip_free(c);
@@ -156,15 +163,14 @@ static int run_layer(sdw_clip *c, const clip_layer *l, sdw_tensor *x, clip_scrat
     const sdw_clip_config *cfg = &c->cfg;
     int rc;
     if ((rc = sdw_op_layer_norm(x, &l->ln1_w, &l->ln1_b, cfg->layer_norm_eps, &s->h, e)) ||
-        (rc = sdw_op_linear(&s->h, &l->q_w, &l->q_b, &s->q, e)) ||
-        (rc = sdw_op_linear(&s->h, &l->k_w, &l->k_b, &s->k, e)) ||
-        (rc = sdw_op_linear(&s->h, &l->v_w, &l->v_b, &s->v, e)) ||
+        (rc = sdw_linear_forward(&l->q, &s->h, &s->q, e)) || (rc = sdw_linear_forward(&l->k, &s->h, &s->k, e)) ||
+        (rc = sdw_linear_forward(&l->v, &s->h, &s->v, e)) ||
         (rc = sdw_op_attention(&s->q, &s->k, &s->v, cfg->num_heads, 1, &s->attn, e)) ||
-        (rc = sdw_op_linear(&s->attn, &l->o_w, &l->o_b, &s->proj, e)) || (rc = sdw_op_add(x, &s->proj, x, e)) ||
+        (rc = sdw_linear_forward(&l->o, &s->attn, &s->proj, e)) || (rc = sdw_op_add(x, &s->proj, x, e)) ||
         (rc = sdw_op_layer_norm(x, &l->ln2_w, &l->ln2_b, cfg->layer_norm_eps, &s->h, e)) ||
-        (rc = sdw_op_linear(&s->h, &l->fc1_w, &l->fc1_b, &s->mlp, e)) ||
+        (rc = sdw_linear_forward(&l->fc1, &s->h, &s->mlp, e)) ||
         (rc = sdw_op_act(&s->mlp, cfg->quick_gelu ? SDW_ACT_QUICK_GELU : SDW_ACT_GELU, &s->mlp, e)) ||
-        (rc = sdw_op_linear(&s->mlp, &l->fc2_w, &l->fc2_b, &s->proj, e)) || (rc = sdw_op_add(x, &s->proj, x, e)))
+        (rc = sdw_linear_forward(&l->fc2, &s->mlp, &s->proj, e)) || (rc = sdw_op_add(x, &s->proj, x, e)))
         return rc;
     return SDW_OK;
 }

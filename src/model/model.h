@@ -48,6 +48,9 @@ typedef struct sdw_weights {
      * loaders take their diffusers-name paths. This is how the loaders
      * themselves enumerate a model's parameters (sdworker-mkmodel). Returns 0
      * or a negative sdw_status after sdw_fail. */
+    /* Where the layers loaded from these weights are listed (NULL: not
+     * listed), for LoRA (see nn.h). */
+    struct sdw_layer_set *layers;
     int (*synth)(void *ctx, const sdw_weights_loc *loc, int ndim, const int64_t *shape, float *out,
                  sdw_error *e);
     void *synth_ctx;

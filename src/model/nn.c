@@ -68,22 +68,74 @@ int sdw_nn_load_matrix(const sdw_loader *l, sdw_tensor *t, const char *name, int
     return sdw_param_load_weight(t, l->be, l->w, fname, 2, s2, e);
 }
 
+int sdw_layer_set_add(sdw_layer_set *s, const char *part, const char *path, sdw_linear *lin, sdw_conv *conv,
+                      sdw_error *e)
+{
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? 2 * s->cap : 256;
+        sdw_layer_ref *v = realloc(s->v, cap * sizeof *v);
+        if (!v)
+            return sdw_fail(e, SDW_ENOMEM, "out of memory");
+        s->v = v, s->cap = cap;
+    }
+    sdw_layer_ref *r = &s->v[s->n];
+    if ((size_t)snprintf(r->part, sizeof r->part, "%s", part) >= sizeof r->part ||
+        (size_t)snprintf(r->path, sizeof r->path, "%s", path) >= sizeof r->path)
+        return sdw_fail(e, SDW_EINVAL, "layer name %s.%s is too long", part, path);
+    memcpy(r->flat, r->path, sizeof r->flat);
+    for (char *c = r->flat; *c; c++)
+        if (*c == '.')
+            *c = '_';
+    r->linear = lin, r->conv = conv;
+    s->n++;
+    return SDW_OK;
+}
+
+void sdw_layer_set_free(sdw_layer_set *s)
+{
+    free(s->v);
+    *s = (sdw_layer_set){0};
+}
+
 int sdw_linear_load(const sdw_loader *l, sdw_linear *m, const char *prefix, int64_t out, int64_t in, int bias,
                     sdw_error *e)
 {
     char name[256];
+    m->in = in, m->out = out;
     snprintf(name, sizeof name, "%s.weight", prefix);
     int rc = sdw_nn_load_matrix(l, &m->w, name, out, in, e);
     if (!rc && bias) {
         snprintf(name, sizeof name, "%s.bias", prefix);
         rc = sdw_nn_load(l, &m->b, name, 1, &out, e);
     }
+    if (!rc && l->w->layers)
+        rc = sdw_layer_set_add(l->w->layers, l->w->part, prefix, m, NULL, e);
     return rc;
+}
+
+/* The shape of x with its last dimension n. */
+static void rows_of(const sdw_tensor *x, int64_t n, int64_t *shape)
+{
+    for (int i = 0; i < x->ndim; i++)
+        shape[i] = x->shape[i];
+    shape[x->ndim - 1] = n;
 }
 
 int sdw_linear_forward(const sdw_linear *m, const sdw_tensor *x, sdw_tensor *y, sdw_error *e)
 {
-    return sdw_op_linear(x, &m->w, m->b.data ? &m->b : NULL, y, e);
+    int rc = sdw_op_linear(x, &m->w, m->b.data ? &m->b : NULL, y, e);
+    for (const sdw_delta *d = m->delta; !rc && d; d = d->next) {
+        int64_t sr[SDW_MAX_DIMS], so[SDW_MAX_DIMS];
+        rows_of(x, d->down.shape[0], sr);
+        rows_of(x, m->out, so);
+        sdw_tensor r = {0}, o = {0};
+        if (!(rc = sdw_tensor_new(&r, x->be, x->ndim, sr, e)) && !(rc = sdw_tensor_new(&o, x->be, x->ndim, so, e)) &&
+            !(rc = sdw_op_linear(x, &d->down, NULL, &r, e)) && !(rc = sdw_op_linear(&r, &d->up, NULL, &o, e)))
+            rc = sdw_op_add(y, &o, y, e);
+        sdw_tensor_free(&r);
+        sdw_tensor_free(&o);
+    }
+    return rc;
 }
 
 void sdw_linear_free(sdw_linear *m)
@@ -108,6 +160,25 @@ int sdw_conv_load(const sdw_loader *l, sdw_conv *c, const char *prefix, int64_t 
         snprintf(name, sizeof name, "%s.bias", prefix);
         rc = sdw_nn_load(l, &c->b, name, 1, &cout, e);
     }
+    if (!rc && l->w->layers)
+        rc = sdw_layer_set_add(l->w->layers, l->w->part, prefix, NULL, c, e);
+    return rc;
+}
+
+int sdw_conv_add_deltas(const sdw_conv *c, const sdw_tensor *x, sdw_tensor *y, sdw_error *e)
+{
+    int rc = SDW_OK;
+    for (const sdw_delta *d = c->delta; !rc && d; d = d->next) {
+        int64_t rs[4] = {y->shape[0], d->down.shape[0], y->shape[2], y->shape[3]};
+        sdw_tensor r = {0}, o = {0};
+        sdw_conv2d_geom one = {.stride = 1};
+        if (!(rc = sdw_tensor_new(&r, x->be, 4, rs, e)) && !(rc = sdw_tensor_new(&o, x->be, 4, y->shape, e)) &&
+            !(rc = sdw_op_conv2d(x, &d->down, NULL, c->g, &r, e)) &&
+            !(rc = sdw_op_conv2d(&r, &d->up, NULL, one, &o, e)))
+            rc = sdw_op_add(y, &o, y, e);
+        sdw_tensor_free(&r);
+        sdw_tensor_free(&o);
+    }
     return rc;
 }
 
@@ -122,7 +193,9 @@ int sdw_conv_forward(const sdw_conv *c, const sdw_tensor *x, int extra_pad, sdw_
     int64_t ow = (x->shape[3] + 2 * c->g.pad_l + extra_pad - c->k) / c->g.stride + 1;
     int64_t ys[4] = {x->shape[0], c->cout, oh, ow};
     int rc = sdw_tensor_new(y, x->be, 4, ys, e);
-    if (!rc && (rc = sdw_op_conv2d(x, &c->w, &c->b, c->g, y, e)))
+    if (!rc && !(rc = sdw_op_conv2d(x, &c->w, &c->b, c->g, y, e)))
+        rc = sdw_conv_add_deltas(c, x, y, e);
+    if (rc)
         sdw_tensor_free(y);
     return rc;
 }

@@ -30,15 +30,50 @@ int sdw_nn_load_matrix(const sdw_loader *l, sdw_tensor *t, const char *name, int
 /* 1 when the diffusers-named tensor exists in the file. */
 int sdw_nn_has(const sdw_loader *l, const char *name);
 
+/* A low-rank update run beside a frozen weight (a LoRA's, for one job):
+ * the layer's output gains up(down(x)), the scale already in up. For a
+ * linear layer down is [r,in] and up [out,r]; for a convolution down is
+ * [r,cin,k,k] with the convolution's own geometry and up [cout,r,1,1].
+ * Several chain through next. Owned by whoever attached them (lora.h). */
+typedef struct sdw_delta {
+    sdw_tensor down, up;
+    const struct sdw_delta *next;
+} sdw_delta;
+
 typedef struct sdw_linear {
     sdw_tensor w, b; /* b.data NULL: no bias */
+    int64_t in, out;
+    const sdw_delta *delta; /* NULL: the weight alone */
 } sdw_linear;
 
 typedef struct sdw_conv {
     sdw_tensor w, b;
     int64_t cin, cout, k;
     sdw_conv2d_geom g;
+    const sdw_delta *delta;
 } sdw_conv;
+
+/* The layers a model part built, by the diffusers path they were loaded
+ * under: what a LoRA can target. sdw_linear_load and sdw_conv_load add
+ * every layer they load when the weights carry a set (sdw_weights.layers),
+ * so that each new layer is covered without more code. */
+typedef struct sdw_layer_ref {
+    char part[32];   /* sdw_weights.part: "unet", "text_encoder", ... */
+    char path[200];  /* "down_blocks.0.attentions.0.proj_in" */
+    char flat[200];  /* the same with '_' for '.', as LoRA files name it */
+    sdw_linear *linear; /* exactly one of the two is set */
+    sdw_conv *conv;
+} sdw_layer_ref;
+
+struct sdw_layer_set {
+    sdw_layer_ref *v;
+    size_t n, cap;
+};
+typedef struct sdw_layer_set sdw_layer_set;
+
+int sdw_layer_set_add(sdw_layer_set *s, const char *part, const char *path, sdw_linear *lin, sdw_conv *conv,
+                      sdw_error *e);
+void sdw_layer_set_free(sdw_layer_set *s);
 
 typedef struct sdw_gnorm {
     sdw_tensor w, b;
@@ -48,6 +83,7 @@ typedef struct sdw_gnorm {
 
 int sdw_linear_load(const sdw_loader *l, sdw_linear *m, const char *prefix, int64_t out, int64_t in, int bias,
                     sdw_error *e);
+/* y = x w^T + b (+ each delta's up(down(x))). */
 int sdw_linear_forward(const sdw_linear *m, const sdw_tensor *x, sdw_tensor *y, sdw_error *e);
 void sdw_linear_free(sdw_linear *m);
 
@@ -57,6 +93,9 @@ int sdw_conv_load(const sdw_loader *l, sdw_conv *c, const char *prefix, int64_t 
 /* y [b,cout,oh,ow] with oh, ow from the input size and the geometry, plus
  * extra_pad rows and columns at the bottom and right (the VAE encoder's). */
 int sdw_conv_forward(const sdw_conv *c, const sdw_tensor *x, int extra_pad, sdw_tensor *y, sdw_error *e);
+/* Adds c's deltas for input x to y, an output of c's own convolution (for
+ * callers that run sdw_op_conv2d themselves, into a buffer they own). */
+int sdw_conv_add_deltas(const sdw_conv *c, const sdw_tensor *x, sdw_tensor *y, sdw_error *e);
 void sdw_conv_free(sdw_conv *c);
 
 int sdw_gnorm_load(const sdw_loader *l, sdw_gnorm *n, const char *prefix, int64_t c, int groups, float eps,

@@ -712,7 +712,8 @@ static int forward_body(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx,
     }
     if (!rc && !(rc = sdw_op_group_norm(&h, u->norm_out.groups, &u->norm_out.w, &u->norm_out.b, u->norm_out.eps, 1,
                                         &h, e)))
-        rc = sdw_op_conv2d(&h, &u->conv_out.w, &u->conv_out.b, u->conv_out.g, eps, e);
+        if (!(rc = sdw_op_conv2d(&h, &u->conv_out.w, &u->conv_out.b, u->conv_out.g, eps, e)))
+            rc = sdw_conv_add_deltas(&u->conv_out, &h, eps, e);
     while (nskip > 0)
         sdw_tensor_free(&skips[--nskip]);
     sdw_tensor_free(&h);

@@ -8,6 +8,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "model/clip.h"
+#include "model/lora.h"
 #include "model/model.h"
 #include "model/unet.h"
 #include "model/vae.h"
@@ -22,6 +23,7 @@ struct sdw_pipeline {
     sdw_clip *clip;
     sdw_unet *unet;
     sdw_vae *vae;
+    sdw_layer_set layers; /* the text encoder's and the UNet's, for LoRA */
     int scale;           /* VAE downscale: 2^(blocks-1) */
     int latent_channels; /* 4 */
     int vae_channels;    /* the VAE decoder's width at full resolution: block_out[0] */
@@ -57,6 +59,7 @@ void sdw_pipeline_free(sdw_pipeline *p)
     sdw_clip_free(p->clip);
     sdw_unet_free(p->unet);
     sdw_vae_free(p->vae);
+    sdw_layer_set_free(&p->layers);
     sdw_model_close(&p->model);
     free(p);
 }
@@ -83,6 +86,7 @@ static int load_parts(sdw_pipeline *p, sdw_backend *fp32, sdw_error *e)
     sdw_unet_config ucfg;
     sdw_vae_config vcfg;
     int rc;
+    m->text_encoder.layers = m->unet.layers = &p->layers;
     if ((rc = sdw_model_require_pipeline(m, e)) || (rc = sdw_clip_load(&p->clip, p->be, &m->clip, &m->text_encoder, e)) ||
         (rc = sdw_unet_config_parse(&ucfg, m->unet_config, e)) || (rc = ldm_in_channels(m, &ucfg, e)) ||
         (rc = sdw_unet_load(&p->unet, p->be, &ucfg, &m->unet, m->layout, e)) ||
@@ -551,6 +555,12 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
     int rc = check_params(p, gp, &W, &H, e);
     if (rc)
         return rc;
+    /* The job's LoRAs, attached for this generation only and detached
+     * below whatever happens: the next job sees the model as loaded. */
+    sdw_lora_applied *loras = NULL;
+    if ((rc = sdw_lora_apply(&p->layers, p->model.family, gp->loras, gp->nloras, p->be, &loras, e)))
+        return rc;
+    t1 = sdw_now_s(), tm.lora_s = t1 - t0, t0 = t1;
     gen_state s = {0};
     /* diffusers' do_classifier_free_guidance: an LCM-distilled UNet takes the
      * guidance as an embedding instead, at batch 1. */
@@ -594,12 +604,18 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
         rc = decode(p, &s, out, e);
     tm.decode_s = sdw_now_s() - t0;
     sdw_backend_memory(p->vae_be, &tm.mem_decode_peak);
-    tm.total_s = tm.encode_s + tm.prepare_s + tm.denoise_s + tm.decode_s;
+    tm.total_s = tm.lora_s + tm.encode_s + tm.prepare_s + tm.denoise_s + tm.decode_s;
     if (t)
         *t = tm;
 done:
     gen_free(&s);
+    sdw_lora_remove(loras);
     return rc;
+}
+
+int sdw_pipeline_lora_check(const sdw_pipeline *p, const sdw_lora *l, sdw_error *e)
+{
+    return sdw_lora_check(l, &p->layers, p->model.family, e);
 }
 
 char *sdw_gen_params_text(const sdw_gen_params *gp, int width, int height, const char *sampler,

@@ -13,6 +13,7 @@
 
 #include "base/err.h"
 #include "image/image.h"
+#include "model/lora.h"
 #include "tensor/tensor.h"
 
 typedef enum sdw_gen_kind {
@@ -37,6 +38,10 @@ typedef struct sdw_gen_params {
                                     Python floats, and 0.7f * 10 truncates to 6 */
     const sdw_image *init_image; /* img2img and inpaint: RGB */
     const sdw_image *mask;       /* inpaint: grey or RGB, white = repaint, init's size */
+    /* LoRAs for this generation only (checked, then run beside the frozen
+     * weights, then detached: see lora.h). */
+    const sdw_lora_use *loras;
+    int nloras;
 } sdw_gen_params;
 
 /* Defaults as diffusers and rbee have them: 20 steps, guidance 7.5,
@@ -45,6 +50,7 @@ void sdw_gen_params_init(sdw_gen_params *gp, sdw_gen_kind kind);
 
 typedef struct sdw_gen_timings {
     double load_s;       /* left as the caller set it (sdw_pipeline_load's time) */
+    double lora_s;       /* checking, building and attaching the LoRAs' updates */
     double encode_s;     /* tokenizer + text encoder */
     double prepare_s;    /* VAE encoding of init/masked images, initial noise */
     double denoise_s;    /* all sampling steps */
@@ -94,6 +100,9 @@ typedef struct sdw_pipeline_info {
 } sdw_pipeline_info;
 
 void sdw_pipeline_describe(const sdw_pipeline *p, sdw_pipeline_info *info);
+
+/* Whether a LoRA fits the loaded model (sdw_lora_check). */
+int sdw_pipeline_lora_check(const sdw_pipeline *p, const sdw_lora *l, sdw_error *e);
 
 /* The VAE's downscale (8 for SD 1.x) and the UNet's input channels (4, or 9
  * for inpainting models). */

@@ -300,6 +300,42 @@ static void reject_f(const sdw_http_ctx *ctx, FCGX_Stream *out, int status, cons
     reject(ctx, out, &err, false);
 }
 
+/* The request's LoRAs against limits.max_loras and the engine's table:
+ * an unknown name is a 404, one that does not fit the model a 400, before
+ * the job is queued. While the engine has not published its tables the job
+ * queues, and the engine checks it. */
+static int check_loras(const sdw_http_ctx *ctx, const sdw_job_request *jr, const char *model, sdw_api_error *err)
+{
+    const sdw_config *cfg = ctx->cfg;
+    if (jr->nloras > cfg->max_loras)
+        return cfg->max_loras ? sdw_api_fail_field(err, 400, SDW_API_INVALID_VALUE, "loras",
+                                                   "%d LoRAs: at most %d (limits.max_loras)", jr->nloras,
+                                                   cfg->max_loras)
+                              : sdw_api_fail_field(err, 400, SDW_API_INVALID_VALUE, "loras",
+                                                   "LoRA is turned off here (limits.max_loras = 0)");
+    for (int i = 0; i < jr->nloras; i++) {
+        char why[SDW_RING_LORA_WHY];
+        sdw_error e;
+        int rc = sdw_ring_lora_fit(ctx->ring, jr->loras[i].name, model, why, sizeof why, &e);
+        if (rc == SDW_ENOTFOUND) {
+            char names[1024] = "";
+            sdw_ring_lora *table = malloc(SDW_RING_MAX_LORAS * sizeof *table);
+            int n = table ? sdw_ring_loras(ctx->ring, table, SDW_RING_MAX_LORAS, &e) : 0;
+            size_t used = 0;
+            for (int k = 0; k < n && k < SDW_RING_MAX_LORAS && used < sizeof names; k++)
+                used += (size_t)snprintf(names + used, sizeof names - used, "%s%s", k ? ", " : "", table[k].name);
+            free(table);
+            return sdw_api_fail_field(err, 404, SDW_API_UNKNOWN_LORA, "loras",
+                                      "LoRA \"%s\" is not configured; LoRAs: %s", jr->loras[i].name,
+                                      n > 0 ? names : "(none)");
+        }
+        if (rc == SDW_EINVAL)
+            return sdw_api_fail_field(err, 400, SDW_API_LORA_MISMATCH, "loras",
+                                      "LoRA \"%s\" does not fit model %s: %s", jr->loras[i].name, model, why);
+    }
+    return 0;
+}
+
 static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_auth_caller *who)
 {
     FCGX_Stream *out = req->out;
@@ -360,6 +396,10 @@ static void submit_job(const sdw_http_ctx *ctx, FCGX_Request *req, const sdw_aut
              names);
         sdw_job_request_free(&jr);
         return;
+    }
+    if ((rc = check_loras(ctx, &jr, model->name, &err))) {
+        sdw_job_request_free(&jr);
+        return reject(ctx, out, &err, false);
     }
     /* Decoded here, in full, so that a bad image is this request's 400
      * and not a failed job; the engine decodes them again from the ring. */
@@ -690,8 +730,25 @@ static void ready(const sdw_http_ctx *ctx, FCGX_Stream *out)
     reply_json(out, ok ? 200 : 503, o);
 }
 
+/* The names of the LoRAs that fit model, as the engine found them. */
+static json_object *fitting_loras(const sdw_http_ctx *ctx, const char *model)
+{
+    sdw_ring_lora *table = malloc(SDW_RING_MAX_LORAS * sizeof *table);
+    sdw_error e;
+    int n = table ? sdw_ring_loras(ctx->ring, table, SDW_RING_MAX_LORAS, &e) : 0;
+    json_object *a = json_object_new_array();
+    for (int i = 0; i < n && i < SDW_RING_MAX_LORAS; i++) {
+        char why[SDW_RING_LORA_WHY];
+        if (!sdw_ring_lora_fit(ctx->ring, table[i].name, model, why, sizeof why, &e))
+            json_object_array_add(a, json_object_new_string(table[i].name));
+    }
+    free(table);
+    return a;
+}
+
 /* Each model with what the engine found in it (null before it has loaded
- * them) and the defaults a request for it gets. */
+ * them: family, prediction, inpainting, the LoRAs that fit it) and the
+ * defaults a request for it gets. */
 static void models(const sdw_http_ctx *ctx, FCGX_Stream *out)
 {
     const sdw_config *cfg = ctx->cfg;
@@ -708,6 +765,7 @@ static void models(const sdw_http_ctx *ctx, FCGX_Stream *out)
         json_object_object_add(m, "family", rm ? json_object_new_string(rm->family) : NULL);
         json_object_object_add(m, "prediction", rm ? json_object_new_string(rm->prediction) : NULL);
         json_object_object_add(m, "inpainting", rm ? json_object_new_boolean(rm->inpaint) : NULL);
+        json_object_object_add(m, "loras", rm ? fitting_loras(ctx, cm->name) : NULL);
         sdw_contract_defaults d = sdw_contract_builtin_defaults();
         apply_model_defaults(cm, rm, &d);
         json_object *dj = json_object_new_object();

@@ -97,6 +97,9 @@ struct ring_header {
     uint64_t evicted;      /* kept results that gave their slot up early */
     struct gone_bucket gone[GONE_BUCKETS];
     struct ring_metrics metrics;
+    /* LoRA table (sdw_ring_set_loras) */
+    uint32_t n_loras;
+    sdw_ring_lora loras[SDW_RING_MAX_LORAS];
 };
 
 struct ring_slot {
@@ -1584,6 +1587,59 @@ int sdw_ring_models(sdw_ring *r, sdw_ring_model *out, int cap, sdw_error *e)
         memcpy(out, r->h->models, (size_t)k * sizeof *out);
     ring_unlock(r);
     return n;
+}
+
+int sdw_ring_set_loras(sdw_ring *r, const sdw_ring_lora *loras, int n, sdw_error *e)
+{
+    if (n < 0 || n > SDW_RING_MAX_LORAS)
+        return sdw_fail(e, SDW_EINVAL, "%d LoRAs: the job ring holds at most %d", n, SDW_RING_MAX_LORAS);
+    int rc = ring_lock(r, e);
+    if (rc)
+        return rc;
+    for (int i = 0; i < n; i++) {
+        sdw_ring_lora *d = &r->h->loras[i];
+        clip_utf8(d->name, sizeof d->name, loras[i].name);
+        for (int m = 0; m < SDW_RING_MAX_MODELS; m++)
+            clip_utf8(d->why[m], sizeof d->why[m], loras[i].why[m]);
+    }
+    r->h->n_loras = (uint32_t)n;
+    ring_unlock(r);
+    return 0;
+}
+
+int sdw_ring_loras(sdw_ring *r, sdw_ring_lora *out, int cap, sdw_error *e)
+{
+    int rc = ring_lock(r, e);
+    if (rc)
+        return rc;
+    int n = (int)r->h->n_loras, k = n < cap ? n : cap;
+    if (k > 0)
+        memcpy(out, r->h->loras, (size_t)k * sizeof *out);
+    ring_unlock(r);
+    return n;
+}
+
+int sdw_ring_lora_fit(sdw_ring *r, const char *name, const char *model, char *why, size_t cap, sdw_error *e)
+{
+    int rc = ring_lock(r, e);
+    if (rc)
+        return rc;
+    int m = -1, l = -1;
+    for (int i = 0; i < (int)r->h->n_models && i < SDW_RING_MAX_MODELS; i++)
+        if (!strncmp(r->h->models[i].name, model, sizeof r->h->models[i].name))
+            m = i;
+    for (int i = 0; i < (int)r->h->n_loras && i < SDW_RING_MAX_LORAS; i++)
+        if (!strncmp(r->h->loras[i].name, name, sizeof r->h->loras[i].name))
+            l = i;
+    if (cap)
+        why[0] = 0;
+    rc = m < 0 ? SDW_ESTATE : l < 0 ? SDW_ENOTFOUND : SDW_OK;
+    if (!rc && r->h->loras[l].why[m][0]) {
+        snprintf(why, cap, "%.*s", SDW_RING_LORA_WHY - 1, r->h->loras[l].why[m]);
+        rc = SDW_EINVAL;
+    }
+    ring_unlock(r);
+    return rc;
 }
 
 int sdw_ring_heartbeat(sdw_ring *r, sdw_error *e)

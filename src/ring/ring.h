@@ -291,6 +291,31 @@ int sdw_ring_set_models(sdw_ring *r, const sdw_ring_model *models, int n, sdw_er
 /* Copies up to cap entries into out and returns how many there are (0 until
  * an engine has published them), or a negative sdw_status. */
 int sdw_ring_models(sdw_ring *r, sdw_ring_model *out, int cap, sdw_error *e);
+/* ---- LoRA table ----
+ * The engine checks every configured LoRA against every loaded model and
+ * publishes the outcome, so that the pool (which links no model code) can
+ * refuse a LoRA that is unknown or does not fit before queueing the job. */
+#define SDW_RING_MAX_LORAS 64
+#define SDW_RING_LORA_WHY 160
+typedef struct sdw_ring_lora {
+    char name[64];
+    /* Per model, in the model table's order: "" when the LoRA fits it, else
+     * why not ("is for sd1, the model is sd2", a shape mismatch, a file that
+     * does not load). */
+    char why[SDW_RING_MAX_MODELS][SDW_RING_LORA_WHY];
+} sdw_ring_lora;
+
+/* Replaces the table (at most SDW_RING_MAX_LORAS; reasons are cut to fit). */
+int sdw_ring_set_loras(sdw_ring *r, const sdw_ring_lora *loras, int n, sdw_error *e);
+/* Copies up to cap entries into out; returns how many there are. */
+int sdw_ring_loras(sdw_ring *r, sdw_ring_lora *out, int cap, sdw_error *e);
+/* Whether LoRA `name` fits model `model`: 0 when it does; SDW_ESTATE when
+ * the model table has no such model (the engine has not published it yet);
+ * SDW_ENOTFOUND when the LoRA table has no such LoRA; SDW_EINVAL when it
+ * does not fit, with the reason in why. The engine publishes the LoRA table
+ * before the model table, so a model in the table has its LoRAs there. */
+int sdw_ring_lora_fit(sdw_ring *r, const char *name, const char *model, char *why, size_t cap, sdw_error *e);
+
 int sdw_ring_heartbeat(sdw_ring *r, sdw_error *e);
 int sdw_ring_engine_status(sdw_ring *r, sdw_engine_info *info, sdw_error *e);
 

@@ -18,6 +18,7 @@
 #include "image/image.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/pixels.h"
+#include "runner/loras.h"
 
 typedef struct engine {
     const sdw_config *cfg;
@@ -26,6 +27,7 @@ typedef struct engine {
     sdw_backend *be32;      /* CUDA: float32 on the same device, for force_upcast VAEs */
     sdw_pipeline *pipes[SDW_CONFIG_MAX_MODELS];
     int npipes;
+    sdw_loras *loras;
     volatile sig_atomic_t *stop;
     int64_t stop_seen_ms;   /* when a step first saw the stop request */
 } engine;
@@ -113,6 +115,43 @@ static void estimate_memory(engine *g, sdw_ring_model *table, const size_t *held
 _Static_assert(SDW_CONFIG_MAX_MODELS <= SDW_RING_MAX_MODELS && SDW_CONFIG_NAME_MAX <= sizeof(((sdw_ring_model *)0)->name),
                "the job ring's model table must hold every configured model");
 
+_Static_assert(SDW_CONFIG_MAX_LORAS <= SDW_RING_MAX_LORAS && SDW_CONFIG_NAME_MAX <= sizeof(((sdw_ring_lora *)0)->name),
+               "the job ring's LoRA table must hold every configured LoRA");
+
+/* Every configured LoRA against every model, published for the pool to
+ * refuse a misfit at submission. A file that does not load is a reason
+ * in the table, not an engine failure. */
+static int check_loras(engine *g, sdw_error *e)
+{
+    int rc = sdw_loras_open(&g->loras, g->cfg, e);
+    if (rc)
+        return rc;
+    int n = sdw_loras_count(g->loras);
+    sdw_ring_lora *table = calloc((size_t)(n ? n : 1), sizeof *table);
+    if (!table)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const char *name = sdw_loras_name(g->loras, i);
+        const sdw_lora *l;
+        sdw_error le;
+        snprintf(table[i].name, sizeof table[i].name, "%s", name);
+        int bad = sdw_loras_get(g->loras, &name, 1, &l, &le);
+        if (bad)
+            sdw_log(SDW_LOG_WARN, "%s", le.msg);
+        int fits = 0;
+        for (int m = 0; m < g->npipes; m++) {
+            char *why = table[i].why[m];
+            if (bad || sdw_pipeline_lora_check(g->pipes[m], l, &le))
+                snprintf(why, SDW_RING_LORA_WHY, "%.*s", SDW_RING_LORA_WHY - 1, le.msg);
+            fits += !why[0];
+        }
+        sdw_log(SDW_LOG_INFO, "LoRA %s: fits %d of %d models", name, fits, g->npipes);
+    }
+    rc = sdw_ring_set_loras(g->ring, table, n, e);
+    free(table);
+    return rc;
+}
+
 static int load_models(engine *g, sdw_error *e)
 {
     int rc = sdw_ring_set_engine(g->ring, SDW_ENGINE_LOADING, getpid(), "model loading", e);
@@ -149,6 +188,8 @@ static int load_models(engine *g, sdw_error *e)
     }
     if (!rc)
         estimate_memory(g, table, held);
+    if (!rc)
+        rc = check_loras(g, e);
     if (!rc)
         rc = sdw_ring_set_models(g->ring, table, g->cfg->n_models, e);
     return rc ? rc : sdw_ring_set_engine(g->ring, SDW_ENGINE_READY, getpid(), "", e);
@@ -288,6 +329,8 @@ static int complete_event(engine *g, const char *id, const sdw_job_request *req,
     json_object_object_add(o, "width", json_object_new_int(img->width));
     json_object_object_add(o, "height", json_object_new_int(img->height));
     json_object *tm = json_object_new_object();
+    if (gp->nloras)
+        json_object_object_add(tm, "lora_s", json_object_new_double(t->lora_s));
     json_object_object_add(tm, "text_encode_s", json_object_new_double(t->encode_s));
     json_object_object_add(tm, "prepare_s", json_object_new_double(t->prepare_s));
     json_object_object_add(tm, "denoise_s", json_object_new_double(t->denoise_s));
@@ -334,6 +377,33 @@ static void run_job(engine *g, const char *id, const unsigned char *input, size_
     gp.eta = (float)req.eta;
     gp.clip_skip = req.clip_skip;
     gp.strength = req.strength;
+    /* The pool checked these against the engine's table; a file changed
+     * on disk since is read and checked again here, and its failure is this
+     * job's. */
+    const char *lnames[SDW_JOB_MAX_LORAS];
+    const sdw_lora *lfiles[SDW_JOB_MAX_LORAS];
+    sdw_lora_use luse[SDW_JOB_MAX_LORAS];
+    int lrc = SDW_OK;
+    if (req.nloras > g->cfg->max_loras)
+        lrc = sdw_fail(&e, SDW_EINVAL, "%d LoRAs, at most %d (limits.max_loras)", req.nloras, g->cfg->max_loras);
+    for (int i = 0; !lrc && i < req.nloras; i++)
+        lnames[i] = req.loras[i].name;
+    if (!lrc && req.nloras)
+        lrc = sdw_loras_get(g->loras, lnames, req.nloras, lfiles, &e);
+    for (int i = 0; !lrc && i < req.nloras; i++) {
+        luse[i] = (sdw_lora_use){.lora = lfiles[i], .name = lnames[i], .weight = (float)req.loras[i].weight};
+        if ((lrc = sdw_pipeline_lora_check(p, lfiles[i], &e)))
+            sdw_fail_wrap(&e, "LoRA %s", lnames[i]);
+    }
+    if (lrc) {
+        sdw_log(SDW_LOG_WARN, "%s: refused: %s", id, e.msg);
+        sdw_error fe;
+        sdw_ring_fail(g->ring, id, lrc == SDW_ENOTFOUND ? "unknown_lora" : "lora_failed", e.msg, &fe);
+        sdw_job_request_free(&req);
+        return;
+    }
+    gp.loras = luse;
+    gp.nloras = req.nloras;
     sdw_image init, mask, out = {0};
     /* The pool checked the images already; this is the same check again,
      * for a ring written by something else or a configuration changed
@@ -417,6 +487,7 @@ int sdw_runner_run(const sdw_config *cfg, sdw_ring *ring, volatile sig_atomic_t 
     }
     for (int i = 0; i < g.npipes; i++)
         sdw_pipeline_free(g.pipes[i]);
+    sdw_loras_free(g.loras);
     sdw_backend_destroy(g.be32);
     sdw_backend_destroy(g.be);
     return rc;

@@ -84,6 +84,8 @@ static void usage(FILE *f)
 "  --seed N                seed, 0 to 18446744073709551615 (default: random,\n"
 "                          chosen by the server)\n"
 "  --sampler NAME          %s\n"
+"  --lora NAME[:WEIGHT]    apply a LoRA the server has configured (weight\n"
+"                          -4 to 4, default 1); repeat for several\n"
 "  --input FILE            init image, PNG or JPEG (transform, inpaint)\n"
 "  --mask FILE             mask image, white = repaint (inpaint)\n"
 "  --strength X            how far to move from the init image, over 0 and at\n"
@@ -133,6 +135,9 @@ struct opts {
     uint64_t seed;
     bool has_steps, has_width, has_height, has_guidance, has_strength, has_seed;
     bool quiet, json;
+    int nloras;
+    const char *lora_names[8];
+    double lora_weights[8];
 };
 
 static int parse_long(const char *opt, const char *v, long *out)
@@ -163,7 +168,7 @@ static int parse_double(const char *opt, const char *v, double *out)
 
 enum { OPT_HIVE = 256, OPT_MODEL, OPT_PROMPT, OPT_NEG, OPT_STEPS, OPT_GUIDANCE, OPT_WIDTH,
        OPT_HEIGHT, OPT_SEED, OPT_SAMPLER, OPT_INPUT, OPT_STRENGTH, OPT_MASK, OPT_URL, OPT_API_KEY,
-       OPT_VERSION, OPT_JSON };
+       OPT_VERSION, OPT_JSON, OPT_LORA };
 
 static bool is_help(const char *arg)
 {
@@ -257,6 +262,7 @@ static int parse_options(int argc, char **argv, struct opts *o)
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, OPT_VERSION },
         { "json", no_argument, NULL, OPT_JSON },
+        { "lora", required_argument, NULL, OPT_LORA },
         { NULL, 0, NULL, 0 },
     };
     /* getopt_long sees "sdworker --opt ..." */
@@ -289,6 +295,27 @@ static int parse_options(int argc, char **argv, struct opts *o)
         case OPT_PROMPT: o->prompt = optarg; break;
         case OPT_NEG: o->negative = optarg; break;
         case OPT_SAMPLER: o->sampler = optarg; break;
+        case OPT_LORA: {
+            if (o->nloras == (int)(sizeof o->lora_names / sizeof o->lora_names[0])) {
+                msg("--lora: at most %d", o->nloras);
+                return EXIT_USAGE;
+            }
+            /* NAME:WEIGHT; names hold no ':' (the server allows [A-Za-z0-9._-]). */
+            char *colon = strrchr(optarg, ':');
+            double w = 1.0;
+            if (colon) {
+                *colon = 0;
+                if (parse_double("--lora", colon + 1, &w))
+                    return EXIT_USAGE;
+            }
+            if (!*optarg) {
+                msg("--lora: expected NAME or NAME:WEIGHT");
+                return EXIT_USAGE;
+            }
+            o->lora_names[o->nloras] = optarg;
+            o->lora_weights[o->nloras++] = w;
+            break;
+        }
         case OPT_INPUT: o->input = optarg; break;
         case OPT_MASK: o->mask = optarg; break;
         case OPT_URL: o->url = optarg; break;
@@ -461,6 +488,16 @@ static char *build_request(const struct opts *o)
         add_str(r, "sampler", o->sampler);
     if (o->has_strength)
         json_object_object_add(r, "strength", json_object_new_double(o->strength));
+    if (o->nloras) {
+        json_object *a = json_object_new_array();
+        for (int i = 0; i < o->nloras; i++) {
+            json_object *l = json_object_new_object();
+            add_str(l, "name", o->lora_names[i]);
+            json_object_object_add(l, "weight", json_object_new_double(o->lora_weights[i]));
+            json_object_array_add(a, l);
+        }
+        json_object_object_add(r, "loras", a);
+    }
     char *result = NULL;
     if (o->input) {
         char *b = read_image_b64("--input", o->input);

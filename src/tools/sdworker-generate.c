@@ -45,6 +45,8 @@ static void usage(FILE *f)
             "  --prediction P        epsilon or v_prediction: what the UNet predicts, over what\n"
             "                        the model's files say or, for a single file, imply\n"
             "  --clip-skip K         stop the text encoder K layers early (default 0: off)\n"
+            "  --lora FILE[:W]       apply a LoRA file (kohya or diffusers .safetensors) with weight W,\n"
+            "                        -4..4 (default 1); repeat for several (at most 8)\n"
             "  --init-image F        PNG or JPEG to start from (img2img, inpainting); a size that is\n"
             "                        not a multiple of 8 is resized down to one, with a message\n"
             "  --strength S          0..1: how much of the init image is redrawn (default 0.8,\n"
@@ -219,6 +221,9 @@ typedef struct gen_opts {
     float guidance, eta;
     double strength; /* double: 0.7 * 10 steps must keep 7 of them, as in Python */
     uint64_t seed;
+    int nloras;
+    const char *lora_paths[8];
+    float lora_weights[8];
 } gen_opts;
 
 /* Fills o from argv; -1 to go on, else the exit status (help, bad usage). */
@@ -237,7 +242,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         {"device", required_argument, 0, 'D'},     {"precision", required_argument, 0, 'P'},
         {"timings", no_argument, 0, 'J'},         {"latents", required_argument, 0, 'L'},
         {"profile", optional_argument, 0, 'F'},    {"warmup", no_argument, 0, 'w'},
-        {"prediction", required_argument, 0, 'R'},
+        {"prediction", required_argument, 0, 'R'}, {"lora", required_argument, 0, 'l'},
         {0, 0, 0, 0},
     };
     *o = (gen_opts){.output = "out.png", .device = "cpu", .precision = SDW_PREC_FP16, .steps = 20, .width = 512,
@@ -296,6 +301,30 @@ static int parse_args(int argc, char **argv, gen_opts *o)
             }
             o->prediction = optarg;
             break;
+        case 'l': {
+            if (o->nloras == 8) {
+                fprintf(stderr, "sdworker-generate: --lora: at most 8\n");
+                return EXIT_USAGE;
+            }
+            /* FILE:W when what follows the last ':' is a number, else FILE. */
+            char *colon = strrchr(optarg, ':');
+            float w = 1.0f;
+            if (colon && colon[1]) {
+                errno = 0;
+                double x = strtod(colon + 1, &end);
+                if (!errno && !*end) {
+                    if (!(x >= -4 && x <= 4)) {
+                        fprintf(stderr, "sdworker-generate: --lora: weight %s outside -4..4\n", colon + 1);
+                        return EXIT_USAGE;
+                    }
+                    w = (float)x;
+                    *colon = 0;
+                }
+            }
+            o->lora_paths[o->nloras] = optarg;
+            o->lora_weights[o->nloras++] = w;
+            break;
+        }
         case 'w': o->warmup = 1; break;
         case 'q': o->quiet = 1; break;
         case 'h': usage(stdout); return 0;
@@ -340,7 +369,10 @@ static int check_args(const gen_opts *o)
 static void print_timings(const gen_opts *o, const sdw_image *out, double load_s, const sdw_gen_timings *t)
 {
     printf("output: %s (%dx%d)\n", o->output, out->width, out->height);
-    printf("load: %.2f s\ntext encode: %.2f s\nprepare: %.2f s\n", load_s, t->encode_s, t->prepare_s);
+    printf("load: %.2f s\n", load_s);
+    if (o->nloras)
+        printf("lora: %.3f s (%d applied)\n", t->lora_s, o->nloras);
+    printf("text encode: %.2f s\nprepare: %.2f s\n", t->encode_s, t->prepare_s);
     printf("denoise: %.2f s (%d UNet steps, %.3f s/step", t->denoise_s, t->unet_calls,
            t->unet_calls ? t->denoise_s / t->unet_calls : 0.0);
     if (t->graph_replays)
@@ -357,11 +389,11 @@ static void print_timings(const gen_opts *o, const sdw_image *out, double load_s
 
 static void print_json_timings(double load_s, const sdw_gen_timings *t, const sdw_gen_timings *wt)
 {
-    printf("{\"load_s\":%.6f,\"encode_s\":%.6f,\"prepare_s\":%.6f,\"denoise_s\":%.6f,\"unet_calls\":%d,"
+    printf("{\"load_s\":%.6f,\"lora_s\":%.6f,\"encode_s\":%.6f,\"prepare_s\":%.6f,\"denoise_s\":%.6f,\"unet_calls\":%d,"
            "\"graph_replays\":%d,\"decode_s\":%.6f,\"total_s\":%.6f,\"mem_start_mib\":%zu,"
            "\"mem_denoise_peak_mib\":%zu,\"mem_decode_peak_mib\":%zu,\"warmup_s\":%.6f,"
            "\"warmup_denoise_s\":%.6f,\"warmup_decode_s\":%.6f}\n",
-           load_s, t->encode_s, t->prepare_s, t->denoise_s, t->unet_calls, t->graph_replays, t->decode_s,
+           load_s, t->lora_s, t->encode_s, t->prepare_s, t->denoise_s, t->unet_calls, t->graph_replays, t->decode_s,
            t->total_s, t->mem_start >> 20, t->mem_denoise_peak >> 20, t->mem_decode_peak >> 20, wt->total_s,
            wt->denoise_s, wt->decode_s);
 }
@@ -392,6 +424,8 @@ static int run(const gen_opts *o, sdw_gen_params *gp, const sdw_image *init)
     float *latents = NULL;
     size_t nlat = 0;
     sdw_gen_timings t = {0}, wt = {0};
+    sdw_lora *loras[8] = {0};
+    sdw_lora_use uses[8];
     double t0 = sdw_now_s();
     sdw_device dev;
     /* fp16 storage: a float32 backend beside it for a force_upcast VAE */
@@ -414,6 +448,16 @@ static int run(const gen_opts *o, sdw_gen_params *gp, const sdw_image *init)
         gp->height = pi.height;
     }
     double load_s = sdw_now_s() - t0;
+    for (int i = 0; i < o->nloras; i++) {
+        if (sdw_lora_open(&loras[i], o->lora_paths[i], &e) || sdw_pipeline_lora_check(p, loras[i], &e)) {
+            fprintf(stderr, "sdworker-generate: LoRA %s: %s\n", o->lora_paths[i], e.msg);
+            status = EXIT_INPUT;
+            goto done;
+        }
+        uses[i] = (sdw_lora_use){.lora = loras[i], .name = o->lora_paths[i], .weight = o->lora_weights[i]};
+    }
+    gp->loras = uses;
+    gp->nloras = o->nloras;
     int sc = sdw_pipeline_scale(p);
     if (o->init_path && (init->width % sc || init->height % sc)) {
         fprintf(stderr, "sdworker-generate: the init image's size must be a multiple of the model's scale %d\n", sc);
@@ -469,6 +513,8 @@ done:
     free(latents);
     sdw_image_free(&out);
     sdw_pipeline_free(p);
+    for (int i = 0; i < o->nloras; i++)
+        sdw_lora_free(loras[i]);
     sdw_backend_destroy(be32);
     sdw_backend_destroy(be);
     return status;

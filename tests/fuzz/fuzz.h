@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 int fuzz_safetensors_one(const uint8_t *data, size_t size);
+int fuzz_lora_one(const uint8_t *data, size_t size);
 int fuzz_contract_one(const uint8_t *data, size_t size);
 int fuzz_base64_one(const uint8_t *data, size_t size);
 int fuzz_image_one(const uint8_t *data, size_t size);

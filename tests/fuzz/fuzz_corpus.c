@@ -22,6 +22,7 @@ static const struct target {
     size_t min_files;   /* a corpus that shrank by accident fails */
 } targets[] = {
     { "safetensors", fuzz_safetensors_one, 10 },
+    { "lora", fuzz_lora_one, 8 },
     { "contract", fuzz_contract_one, 10 },
     { "base64", fuzz_base64_one, 8 },
     { "image", fuzz_image_one, 8 },

@@ -311,8 +311,52 @@ def http():
     write("http", "bad-last-event-id", f("", "", "", "", "", "text/plain", "-1"))
 
 
+def lora():
+    import struct as st
+
+    def sft(tensors, meta=None):
+        hdr, data = {}, b""
+        for name, shape, vals in tensors:
+            n = 1
+            for d in shape:
+                n *= d
+            vals = (vals * n)[:n]
+            hdr[name] = {"dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data) + 4 * n]}
+            data += st.pack("<%df" % n, *vals)
+        if meta:
+            hdr["__metadata__"] = meta
+        h = json.dumps(hdr).encode()
+        h += b" " * (-len(h) % 8)
+        return st.pack("<Q", len(h)) + h + data
+
+    k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    pair = [(k + ".lora_down.weight", [2, 4], [0.1]), (k + ".lora_up.weight", [4, 2], [0.2])]
+    write("lora", "ok-kohya", sft(pair + [(k + ".alpha", [], [1.0])], {"ss_base_model_version": "sd_v1"}))
+    write("lora", "ok-peft", sft([("unet.mid_block.attentions.0.proj_in.lora_A.weight", [2, 4, 1, 1], [0.1]),
+                                  ("unet.mid_block.attentions.0.proj_in.lora_B.weight", [4, 2, 1, 1], [0.1]),
+                                  ("text_encoder.text_model.encoder.layers.0.mlp.fc1.lora.down.weight", [2, 4], [1]),
+                                  ("text_encoder.text_model.encoder.layers.0.mlp.fc1.lora.up.weight", [4, 2], [1])]))
+    s = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k"
+    write("lora", "ok-sgm", sft([(s + ".lora_down.weight", [2, 4], [0.1]), (s + ".lora_up.weight", [4, 2], [0.1]),
+                                 ("lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight", [1, 4], [1]),
+                                 ("lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight", [4, 1], [1])]))
+    write("lora", "ok-locon", sft([("lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight", [2, 4, 3, 3], [0.1]),
+                                   ("lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight", [4, 2, 1, 1], [0.1])]))
+    write("lora", "bad-rank", sft([pair[0], (k + ".lora_up.weight", [4, 3], [0.2])]))
+    write("lora", "bad-no-up", sft([pair[0]]))
+    write("lora", "bad-nan", sft([pair[0], (k + ".lora_up.weight", [4, 2], [float("nan")])]))
+    write("lora", "bad-alpha", sft(pair + [(k + ".alpha", [], [-2.0])]))
+    write("lora", "bad-loha", sft([("lora_unet_x.hada_w1_a", [2, 2], [0.0])]))
+    write("lora", "bad-not-lora", sft([("model.diffusion_model.out.2.weight", [2, 2], [0.0])]))
+    write("lora", "bad-sgm", sft([("lora_unet_middle_block_7_x.lora_down.weight", [2, 2], [0.0]),
+                                  ("lora_unet_middle_block_7_x.lora_up.weight", [2, 2], [0.0])]))
+    write("lora", "bad-truncated", sft(pair)[:-5])
+    write("lora", "bad-empty", sft([]))
+
+
 def main():
     small = images()
+    lora()
     contract(small)
     base64_seeds()
     tokenizer()

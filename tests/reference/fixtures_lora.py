@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""LoRA references for tests/test_lora.c.
+
+Writes, under tests/fixtures/lora/:
+  <lora>.safetensors            random LoRAs for the tiny models, kohya and diffusers/PEFT layouts
+  cases.json                    the generations, in pipeline/README.md's format plus "loras"
+  <case>.safetensors            "latents" F32 [1,4,h,w] and "image" F32 [H,W,3] per case
+  README.md                     what each file covers, how to regenerate
+
+Every image comes from the real diffusers pipeline with
+pipe.load_lora_weights(file, adapter_name=...) and
+pipe.set_adapters([...], adapter_weights=[...]): diffusers reads the kohya
+files itself (lora_conversion_utils), so they are files it accepts.
+
+Adding a model (SDXL's tiny one) is one more entry in MODELS_LORA and the
+LoRAs and cases that use it.
+
+Usage: /opt/sdw-ref/bin/python tests/reference/fixtures_lora.py
+Deterministic: running it twice gives identical files.
+"""
+
+import json
+import os
+import sys
+
+sys.dont_write_bytecode = True
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from fixtures_pipeline import load_sd2  # noqa: E402
+from make_fixtures import FIX, load_pipeline  # noqa: E402
+
+OUT = os.path.join(FIX, "lora")
+
+# model -> (pipeline loader, kohya's ss_base_model_version)
+MODELS_LORA = {
+    "tiny-a": (lambda: load_pipeline("tiny-a"), "sd_v1"),
+    "tiny-sd2": (lambda: load_sd2("tiny-sd2"), "sd_v2"),
+}
+
+ATTN = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
+        "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
+TE = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
+
+
+def unet_attention(name):
+    return ".attentions." in name and (name.endswith(("proj_in", "proj_out")) or name.endswith(ATTN))
+
+
+def unet_conv(name):
+    return name.endswith(("conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv",
+                          "upsamplers.0.conv"))
+
+
+def te_layer(name):
+    return name.endswith(TE)
+
+
+# name -> (model, layout, unet filter, text encoder filter, rank, alpha or None, seed, metadata)
+LORAS = {
+    "a-kohya-attn": ("tiny-a", "kohya", unet_attention, te_layer, 4, 2.0, 11, True),
+    "a-kohya-locon": ("tiny-a", "kohya", unet_conv, None, 3, None, 12, False),
+    "a-peft": ("tiny-a", "peft", unet_attention, te_layer, 2, None, 13, False),
+    "sd2-kohya": ("tiny-sd2", "kohya", lambda n: unet_attention(n) or unet_conv(n), te_layer, 4, 8.0, 14, True),
+}
+
+CASES = [
+    ("gen-a-kohya-attn", "tiny-a", [("a-kohya-attn", 0.8)]),
+    ("gen-a-kohya-locon", "tiny-a", [("a-kohya-locon", 1.0)]),
+    ("gen-a-peft", "tiny-a", [("a-peft", 1.0)]),
+    ("gen-a-two", "tiny-a", [("a-kohya-attn", 0.7), ("a-kohya-locon", -0.5)]),
+    ("gen-sd2-kohya", "tiny-sd2", [("sd2-kohya", 1.0)]),
+]
+
+PROMPT, NEGATIVE = "a photo of a cat", "blurry"
+STEPS, GUIDANCE, SIZE, SEED = 4, 7.5, 64, 77
+
+
+def factors(mod, rank, gen):
+    """Random down/up factors shaped as kohya and PEFT store them for this layer."""
+    if isinstance(mod, torch.nn.Conv2d):
+        k = mod.kernel_size[0]
+        down = torch.randn(rank, mod.in_channels, k, k, generator=gen) * 0.3
+        up = torch.randn(mod.out_channels, rank, 1, 1, generator=gen) * 0.3
+    else:
+        down = torch.randn(rank, mod.in_features, generator=gen) * 0.3
+        up = torch.randn(mod.out_features, rank, generator=gen) * 0.3
+    return down, up
+
+
+def make_lora(name, pipes):
+    model, layout, ufilt, tfilt, rank, alpha, seed, meta = LORAS[name]
+    pipe = pipes[model]
+    gen = torch.Generator("cpu").manual_seed(seed)
+    sd = {}
+    parts = [("unet", pipe.unet, ufilt, "lora_unet_", "unet."),
+             ("text_encoder", pipe.text_encoder, tfilt, "lora_te_text_model_", "text_encoder.")]
+    for _, module, filt, kprefix, pprefix in parts:
+        if filt is None:
+            continue
+        for mname, mod in module.named_modules():
+            if not isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) or not filt(mname):
+                continue
+            down, up = factors(mod, rank, gen)
+            if layout == "kohya":
+                key = kprefix + mname.replace(".", "_")
+                sd[key + ".lora_down.weight"] = down.contiguous()
+                sd[key + ".lora_up.weight"] = up.contiguous()
+                if alpha is not None:
+                    sd[key + ".alpha"] = torch.tensor(alpha)
+            else:
+                sd[pprefix + mname + ".lora_A.weight"] = down.contiguous()
+                sd[pprefix + mname + ".lora_B.weight"] = up.contiguous()
+    metadata = {"ss_base_model_version": MODELS_LORA[model][1], "ss_network_dim": str(rank)} if meta else None
+    path = os.path.join(OUT, name + ".safetensors")
+    save_file(sd, path, metadata=metadata)
+    return path
+
+
+@torch.no_grad()
+def run_case(case, pipes, files):
+    from diffusers import EulerDiscreteScheduler
+
+    name, model, loras = case
+    pipe = pipes[model]
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    names = []
+    for i, (lora, _) in enumerate(loras):
+        adapter = f"{name}_{i}"
+        pipe.load_lora_weights(files[lora], adapter_name=adapter)
+        names.append(adapter)
+    pipe.set_adapters(names, adapter_weights=[w for _, w in loras])
+    out = {}
+    for otype in ("latent", "np"):
+        gen = torch.Generator("cpu").manual_seed(SEED)
+        r = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                 width=SIZE, height=SIZE, generator=gen, output_type=otype).images
+        if otype == "latent":
+            out["latents"] = r.float().contiguous()
+        else:
+            out["image"] = torch.from_numpy((np.asarray(r[0]) * 255).round().astype(np.float32)).contiguous()
+    pipe.delete_adapters(names)
+    save_file(out, os.path.join(OUT, name + ".safetensors"))
+    return {"name": name, "model": model, "kind": "txt2img", "prompt": PROMPT, "negative_prompt": NEGATIVE,
+            "steps": STEPS, "guidance": GUIDANCE, "width": SIZE, "height": SIZE, "seed": SEED, "sampler": "euler",
+            "loras": [{"file": f + ".safetensors", "weight": w} for f, w in loras]}
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    pipes = {m: load() for m, (load, _) in MODELS_LORA.items()}
+    files = {n: make_lora(n, pipes) for n in LORAS}
+    cases = [run_case(c, pipes, files) for c in CASES]
+    with open(os.path.join(OUT, "cases.json"), "w") as f:
+        json.dump(cases, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
