@@ -384,7 +384,7 @@ static int steps_on(sdw_backend *be, sdw_unet *u, int ctx_dim, int steps, float 
         inputs(s, ctx_dim, lat, ts, ctx);
         if (!(rc = be->ops->upload(be, x.data, lat, sizeof lat / sizeof *lat, e)) &&
             !(rc = be->ops->upload(be, c.data, ctx, (size_t)(B * T * ctx_dim), e)) &&
-            !(rc = sdw_unet_forward(u, &x, ts, &c, &y, e)))
+            !(rc = sdw_unet_forward(u, &x, ts, &c, NULL, &y, e)))
             rc = sdw_tensor_to_host(&y, out[s], e);
     }
     sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y);

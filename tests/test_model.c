@@ -972,7 +972,7 @@ static float *run_parts(const sdw_model *m, sdw_backend *be, size_t *n_text, siz
     if (!rc && !(rc = sdw_unet_config_parse(&cfg, m->unet_config, &e)) &&
         !(rc = sdw_unet_load(&u, be, &cfg, &m->unet, m->layout, &e)) &&
         !(rc = sdw_tensor_from_host(&lat, be, 4, xs, x, &e)) && !(rc = sdw_tensor_new(&eps, be, 4, xs, &e)) &&
-        !(rc = sdw_unet_forward(u, &lat, t, &emb, &eps, &e)))
+        !(rc = sdw_unet_forward(u, &lat, t, &emb, NULL, &eps, &e)))
         rc = sdw_tensor_to_host(&eps, out + *n_text, &e);
     if (rc) {
         tap_diag("%s: %s", m->path, e.msg);

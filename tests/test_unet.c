@@ -35,7 +35,7 @@ static double run_case(sdw_unet *u, const sdw_st_file *fx, sdw_error *e)
     /* eps has out_channels (4) where an inpainting UNet's latents have 9 */
     if (lat && ctx && ts && got && !sdw_tensor_from_host(&x, be, 4, li->shape, lat, e) &&
         !sdw_tensor_from_host(&c, be, 3, ci->shape, ctx, e) && !sdw_tensor_new(&y, be, 4, wi->shape, e) &&
-        !sdw_unet_forward(u, &x, ts, &c, &y, e) && !sdw_tensor_to_host(&y, got, e))
+        !sdw_unet_forward(u, &x, ts, &c, NULL, &y, e) && !sdw_tensor_to_host(&y, got, e))
         r = max_rel_err(got, want, (size_t)wi->numel);
     sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y);
     free(lat), free(ctx), free(ts), free(want), free(got);
@@ -232,7 +232,7 @@ static void check_errors(void)
         sdw_tensor x, c, y;
         float t = 10;
         sdw_tensor_new(&x, be, 4, xs, &e), sdw_tensor_new(&c, be, 3, cs, &e), sdw_tensor_new(&y, be, 4, ys, &e);
-        rc = sdw_unet_forward(u, &x, &t, &c, &y, &e);
+        rc = sdw_unet_forward(u, &x, &t, &c, NULL, &y, &e);
         tap_ok(rc == SDW_EINVAL && strstr(e.msg, "[1,77,8]"), "text states of the wrong width are refused: %s",
                e.msg);
         sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y);

@@ -10,8 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* A model opens at most one file per part: text encoder, UNet, VAE. */
-#define MAX_FILES 3
+/* A model opens at most one file per part: text encoders (SDXL has two),
+ * UNet, VAE. */
+#define MAX_FILES 4
 
 /* The CLIP loader's names (transformers 5's CLIPTextModel spelling). */
 #define TOKEN_EMB "embeddings.token_embedding.weight"
@@ -19,7 +20,7 @@
 /* The key diffusers reads an SD 2.x UNet off (its width is 1024 there). */
 #define V2_KEY "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
 
-static const char fam_sd1[] = "sd1", fam_sd2[] = "sd2";
+static const char fam_sd1[] = "sd1", fam_sd2[] = "sd2", fam_sdxl[] = "sdxl";
 
 static const char pickle_advice[] =
     "pickle checkpoints (.ckpt/.pt/.pth/.bin) run arbitrary code when loaded, so sdworker never "
@@ -284,6 +285,14 @@ int sdw_weights_openclip(const char *name, sdw_weights_loc *loc)
     return 1;
 }
 
+int sdw_weights_text_model(const char *name, sdw_weights_loc *loc)
+{
+    loc->block = 0;
+    loc->nblocks = 1;
+    const char *pre = strcmp(name, "text_projection.weight") ? "text_model." : "";
+    return (size_t)snprintf(loc->name, sizeof loc->name, "%s%s", pre, name) >= sizeof loc->name;
+}
+
 /* ---- helpers ---- */
 
 static int is_dir(const char *p)
@@ -351,13 +360,19 @@ static int check_clip(const sdw_clip_config *c, const char *src, sdw_error *e)
     return 0;
 }
 
-static int parse_clip_config(sdw_clip_config *c, const char *path, sdw_error *e)
+/* with_projection: a CLIPTextModelWithProjection, whose projection_dim is
+ * read (CLIPTextConfig saves one, 512 by default, for a CLIPTextModel too,
+ * which has no projection). */
+static int parse_clip_config(sdw_clip_config *c, const char *path, int with_projection, sdw_error *e)
 {
     json_object *cfg;
     int rc = read_json(path, &cfg, e);
     if (rc < 0)
         return rc;
     json_object *x;
+    c->projection_dim = 0;
+    if (with_projection && (rc = cfg_int(cfg, path, "projection_dim", 1, 16384, &c->projection_dim, e)) < 0)
+        goto out;
     if ((rc = cfg_int(cfg, path, "vocab_size", 1, 1 << 20, &c->vocab_size, e)) < 0 ||
         (rc = cfg_int(cfg, path, "hidden_size", 1, 16384, &c->hidden_size, e)) < 0 ||
         (rc = cfg_int(cfg, path, "intermediate_size", 1, 65536, &c->intermediate_size, e)) < 0 ||
@@ -431,13 +446,12 @@ static int set_weights(sdw_weights *w, const char *part, const sdw_st_file *f, c
 /* The embedding tables fix vocab, hidden and position sizes; comparing them
  * with the config here turns a mismatched config into one clear error instead
  * of a shape failure deep inside the encoder. */
-static int check_embeddings(const sdw_model *m, sdw_error *e)
+static int check_embeddings(const sdw_weights *w, const sdw_clip_config *c, sdw_error *e)
 {
-    const sdw_weights *w = &m->text_encoder;
     const sdw_st_tensor *t;
     int rc;
-    const int64_t want_tok[2] = {m->clip.vocab_size, m->clip.hidden_size};
-    const int64_t want_pos[2] = {m->clip.max_positions, m->clip.hidden_size};
+    const int64_t want_tok[2] = {c->vocab_size, c->hidden_size};
+    const int64_t want_pos[2] = {c->max_positions, c->hidden_size};
     const char *names[2] = {TOKEN_EMB, POS_EMB};
     const int64_t *want[2] = {want_tok, want_pos};
     for (int i = 0; i < 2; i++) {
@@ -477,7 +491,7 @@ static const char sched_sd2_inpaint[] =
 
 static int family_size(const sdw_model *m)
 {
-    return m->family == fam_sd2 && !m->inpainting ? 768 : 512;
+    return m->family == fam_sdxl ? 1024 : m->family == fam_sd2 && !m->inpainting ? 768 : 512;
 }
 
 static int json_int(const json_object *o, const char *key, int dflt)
@@ -500,7 +514,7 @@ static void folder_family(sdw_model *m)
                      ? (int)json_object_array_length(bo)
                      : 4;
     int sample = json_int(m->unet_config, "sample_size", 0);
-    m->family = m->clip.quick_gelu ? fam_sd1 : fam_sd2;
+    m->family = m->text_encoder_2.nfiles ? fam_sdxl : m->clip.quick_gelu ? fam_sd1 : fam_sd2;
     m->inpainting = json_int(m->unet_config, "in_channels", 4) == 9;
     m->default_size = sample > 0 && sample <= 4096 && levels >= 1 && levels <= 8 ? sample << (levels - 1)
                                                                                 : family_size(m);
@@ -670,12 +684,12 @@ static int read_json_if_file(const char *path, json_object **o, sdw_error *e)
  *     only as written there.
  * The pad token is always an added token, so SD 2's "!" is id 0 wherever
  * it appears in a prompt. */
-static int open_tokenizer(sdw_model *m, const char *root, sdw_error *e)
+static int open_tokenizer(const char *root, const char *sub, sdw_tokenizer **tok, sdw_clip_config *clip, sdw_error *e)
 {
     char dir[4096], tj[4096], vocab[4096], merges[4096], cfg[4096], map[4096];
     json_object *cfg_json = NULL, *map_json = NULL, *dec = NULL;
     int rc;
-    if ((rc = join(dir, sizeof dir, root, "tokenizer", e)) < 0 ||
+    if ((rc = join(dir, sizeof dir, root, sub, e)) < 0 ||
         (rc = join(tj, sizeof tj, dir, "tokenizer.json", e)) < 0 ||
         (rc = join(vocab, sizeof vocab, dir, "vocab.json", e)) < 0 ||
         (rc = join(merges, sizeof merges, dir, "merges.txt", e)) < 0 ||
@@ -684,16 +698,16 @@ static int open_tokenizer(sdw_model *m, const char *root, sdw_error *e)
         return rc;
     bool json = is_file(tj);
     if (json) {
-        rc = sdw_tok_load_json(&m->tokenizer, tj, e);
+        rc = sdw_tok_load_json(tok, tj, e);
     } else if (is_file(vocab) && is_file(merges)) {
-        rc = sdw_tok_load_hf(&m->tokenizer, vocab, merges, e);
+        rc = sdw_tok_load_hf(tok, vocab, merges, e);
     } else {
         return sdw_fail(e, SDW_ENOTFOUND, "%s: missing, and there is no tokenizer.json either",
                         is_file(vocab) ? merges : vocab);
     }
     if (rc < 0)
-        return sdw_fail_wrap(e, "tokenizer");
-    sdw_tokenizer *t = m->tokenizer;
+        return sdw_fail_wrap(e, "%s", sub);
+    sdw_tokenizer *t = *tok;
     if ((rc = read_json_if_file(cfg, &cfg_json, e)) < 0 || (rc = read_json_if_file(map, &map_json, e)) < 0)
         goto out;
     bool has_dec = cfg_json && json_object_object_get_ex(cfg_json, "added_tokens_decoder", &dec);
@@ -727,11 +741,11 @@ static int open_tokenizer(sdw_model *m, const char *root, sdw_error *e)
             goto out;
         }
     }
-    m->clip.pad_id = sdw_tok_vocab_id(t, named[NAMED_PAD].content);
-    if (m->clip.pad_id >= m->clip.vocab_size)
+    clip->pad_id = sdw_tok_vocab_id(t, named[NAMED_PAD].content);
+    if (clip->pad_id >= clip->vocab_size)
         rc = sdw_fail(e, SDW_EFORMAT, "%s: pad token '%.64s' is id %d, outside the text encoder's vocabulary (%d)",
-                      named[NAMED_PAD].path ? named[NAMED_PAD].path : dir, named[NAMED_PAD].content, m->clip.pad_id,
-                      m->clip.vocab_size);
+                      named[NAMED_PAD].path ? named[NAMED_PAD].path : dir, named[NAMED_PAD].content, clip->pad_id,
+                      clip->vocab_size);
 out:
     json_object_put(cfg_json);
     json_object_put(map_json);
@@ -783,10 +797,37 @@ static int open_part(sdw_model *m, const char *root, const char *part, sdw_weigh
     return set_weights(w, part, f, "", e);
 }
 
+/* root/part: a text encoder's config and weights. A projection model
+ * (SDXL's text_encoder_2) is read through sdw_weights_text_model when its
+ * tower is text_model.-prefixed, as transformers always saves it. */
+static int open_text_encoder(sdw_model *m, const char *root, const char *part, int with_projection,
+                             sdw_clip_config *c, sdw_weights *w, sdw_error *e)
+{
+    char dir[4096], path[4096];
+    int rc;
+    if ((rc = join(dir, sizeof dir, root, part, e)) < 0)
+        return rc;
+    if (!is_dir(dir))
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: missing folder", dir);
+    if ((rc = join(path, sizeof path, dir, "config.json", e)) < 0 ||
+        (rc = parse_clip_config(c, path, with_projection, e)) < 0)
+        return rc;
+    sdw_st_file *f;
+    const char *prefix = "";
+    if ((rc = open_variant(m, dir, "model", "pytorch_model.bin", &f, e)) < 0 ||
+        (rc = text_prefix(f, &prefix, e)) < 0)
+        return rc;
+    int mapped = with_projection && *prefix;
+    if ((rc = set_weights(w, part, f, mapped ? "" : prefix, e)) < 0)
+        return rc;
+    w->map = mapped ? sdw_weights_text_model : NULL;
+    return check_embeddings(w, c, e);
+}
+
 static int open_diffusers(sdw_model *m, const char *root, sdw_error *e)
 {
     char path[4096], dir[4096];
-    json_object *index;
+    json_object *index, *x;
     int rc;
     m->layout = SDW_LAYOUT_DIFFUSERS;
     if ((rc = join(path, sizeof path, root, "model_index.json", e)) < 0)
@@ -795,24 +836,17 @@ static int open_diffusers(sdw_model *m, const char *root, sdw_error *e)
         return sdw_fail(e, SDW_ENOTFOUND, "%s: not a diffusers model folder (no model_index.json)", root);
     if ((rc = read_json(path, &index, e)) < 0)
         return rc;
+    m->force_zeros = json_object_object_get_ex(index, "force_zeros_for_empty_prompt", &x) &&
+                     json_object_is_type(x, json_type_boolean) && json_object_get_boolean(x);
     json_object_put(index);
 
-    if ((rc = join(dir, sizeof dir, root, "text_encoder", e)) < 0)
+    if ((rc = open_text_encoder(m, root, "text_encoder", 0, &m->clip, &m->text_encoder, e)) < 0 ||
+        (rc = open_tokenizer(root, "tokenizer", &m->tokenizer, &m->clip, e)) < 0)
         return rc;
-    if (!is_dir(dir))
-        return sdw_fail(e, SDW_ENOTFOUND, "%s: missing folder", dir);
-    if ((rc = join(path, sizeof path, dir, "config.json", e)) < 0 ||
-        (rc = parse_clip_config(&m->clip, path, e)) < 0)
+    if ((rc = join(dir, sizeof dir, root, "text_encoder_2", e)) < 0)
         return rc;
-    sdw_st_file *f;
-    const char *prefix = "";
-    if ((rc = open_variant(m, dir, "model", "pytorch_model.bin", &f, e)) < 0 ||
-        (rc = text_prefix(f, &prefix, e)) < 0 ||
-        (rc = set_weights(&m->text_encoder, "text_encoder", f, prefix, e)) < 0 ||
-        (rc = check_embeddings(m, e)) < 0)
-        return rc;
-
-    if ((rc = open_tokenizer(m, root, e)) < 0)
+    if (is_dir(dir) && ((rc = open_text_encoder(m, root, "text_encoder_2", 1, &m->clip2, &m->text_encoder_2, e)) < 0 ||
+                        (rc = open_tokenizer(root, "tokenizer_2", &m->tokenizer_2, &m->clip2, e)) < 0))
         return rc;
 
     if ((rc = open_part(m, root, "unet", &m->unet, &m->unet_config, e)) < 0 ||
@@ -1119,10 +1153,13 @@ void sdw_model_close(sdw_model *m)
         sdw_st_close(&m->files[i]);
     free(m->files);
     free((void *)m->text_encoder.files);
+    free((void *)m->text_encoder_2.files);
     free((void *)m->unet.files);
     free((void *)m->vae.files);
     if (m->tokenizer)
         sdw_tok_free(m->tokenizer);
+    if (m->tokenizer_2)
+        sdw_tok_free(m->tokenizer_2);
     json_object_put(m->unet_config);
     json_object_put(m->vae_config);
     json_object_put(m->scheduler_config);

@@ -69,6 +69,11 @@ typedef struct sdw_weights {
  * ln_final; the same renaming as diffusers' convert_open_clip_checkpoint. */
 int sdw_weights_openclip(const char *name, sdw_weights_loc *loc);
 
+/* The map for a CLIPTextModelWithProjection as transformers (every version)
+ * saves it: the tower's names under text_model., text_projection.weight
+ * beside it. */
+int sdw_weights_text_model(const char *name, sdw_weights_loc *loc);
+
 /* Looks up the tensor that holds name (all of a fused one); SDW_ENOTFOUND
  * when absent (always, for a synthetic source). */
 int sdw_weights_find(const sdw_weights *w, const char *name, const sdw_st_tensor **t, sdw_error *e);
@@ -95,6 +100,9 @@ typedef struct sdw_clip_config {
     int quick_gelu;        /* 1: x*sigmoid(1.702x), 0: exact erf gelu */
     float layer_norm_eps;  /* 1e-5 */
     int32_t pad_id;        /* 49407 for SD 1.x */
+    /* CLIPTextModelWithProjection's text_projection (no bias) maps the
+     * pooled state to this width; 0 for a CLIPTextModel, which has none. */
+    int projection_dim;
 } sdw_clip_config;
 
 typedef struct sdw_model {
@@ -107,6 +115,15 @@ typedef struct sdw_model {
     sdw_weights unet;
     sdw_weights vae;
     sdw_tokenizer *tokenizer;
+    /* SDXL's second text encoder (OpenCLIP bigG with its projection) and
+     * its tokenizer, which pads with "!"; files NULL and tokenizer_2 NULL
+     * for the other families. */
+    sdw_clip_config clip2;
+    sdw_weights text_encoder_2;
+    sdw_tokenizer *tokenizer_2;
+    /* model_index.json's force_zeros_for_empty_prompt (SDXL): without a
+     * negative prompt the unconditional embeddings are zeros, not "". */
+    int force_zeros;
     /* config.json of each part as parsed. A single file has none; for it
      * unet_config is synthesized from the tensors' shapes for SD 2.x (NULL
      * for SD 1.x, whose architecture is fixed: sdw_unet_config_parse's
@@ -117,7 +134,7 @@ typedef struct sdw_model {
     json_object *unet_config;
     json_object *vae_config;
     json_object *scheduler_config;
-    /* "sd1" or "sd2". SD 2.x is an OpenCLIP text tower (exact-erf gelu in a
+    /* "sd1", "sd2" or "sdxl". SDXL is a folder with a text_encoder_2. SD 2.x is an OpenCLIP text tower (exact-erf gelu in a
      * folder's text encoder config, cond_stage_model.model.* in a single
      * file) or, as diffusers decides for single files, a UNet whose
      * input_blocks.2.1 cross-attention reads 1024-wide text states. */

@@ -1,4 +1,4 @@
-/* The diffusers UNet2DConditionModel (SD 1.x/2.x family): the noise
+/* The diffusers UNet2DConditionModel (SD 1.x/2.x/XL family): the noise
  * prediction eps(latents, timestep, text states), built from the model's
  * config.json and loaded from either a diffusers folder or the
  * model.diffusion_model.* tensors of a single-file LDM checkpoint. */
@@ -34,7 +34,22 @@ typedef struct sdw_unet_config {
     float norm_eps;
     int flip_sin_to_cos;
     float freq_shift;
+    /* addition_embed_type "text_time" (SDXL), else 0: each of the 6 time
+     * ids gets a sinusoidal embedding of addition_time_embed_dim, which
+     * with the pooled text embedding ([pooled, time ids], add_in wide) goes
+     * through add_embedding and is added to the time embedding. */
+    int text_time;
+    int add_time_dim; /* addition_time_embed_dim */
+    int add_in;       /* projection_class_embeddings_input_dim */
 } sdw_unet_config;
+
+/* Conditioning some UNets take besides the text states; NULL members (or a
+ * NULL cond) mean none. */
+typedef struct sdw_unet_cond {
+    const sdw_tensor *text_embeds; /* SDXL: pooled text embedding [b, projection_dim] on the UNet's backend */
+    const float *time_ids;         /* SDXL: host [b, 6]: original h, w, crop top, left, target h, w */
+    const float *timestep_cond;    /* LCM-distilled UNets: host [b, time_cond_proj_dim] */
+} sdw_unet_cond;
 
 typedef struct sdw_unet sdw_unet;
 
@@ -49,17 +64,19 @@ void sdw_unet_free(sdw_unet *u);
 const sdw_unet_config *sdw_unet_config_of(const sdw_unet *u);
 
 /* x [b,in_channels,h,w], timesteps: b floats on the host, ctx
- * [b,tokens,cross_attention_dim] -> eps [b,out_channels,h,w].
+ * [b,tokens,cross_attention_dim] -> eps [b,out_channels,h,w]. A text_time
+ * UNet needs cond's text_embeds and time_ids; other UNets refuse them.
  *
  * On a backend with graphs (CUDA) the step is recorded once and replayed:
  * the first call with given x, ctx and eps buffers runs op by op, the
- * second records the step, later ones replay it, reading x and ctx from the
- * same buffers. The recording, and the memory it uses for temporaries, is
+ * second records the step, later ones replay it, reading x, ctx and
+ * cond's text_embeds from the same buffers (the time ids, like the
+ * timesteps, are uploaded to the UNet's own buffers before each step). The recording, and the memory it uses for temporaries, is
  * kept until the buffers or shapes change or sdw_unet_release: call that
  * when a denoising loop ends, so that what follows (the VAE) can use the
  * memory. SDW_CUDA_GRAPHS=0 in the environment turns recording off. */
 int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, const sdw_tensor *ctx,
-                     sdw_tensor *eps, sdw_error *e);
+                     const sdw_unet_cond *cond, sdw_tensor *eps, sdw_error *e);
 /* Drops the recorded step and its memory. */
 void sdw_unet_release(sdw_unet *u);
 /* How many steps have been replayed from a recording (tests, benchmarks). */
