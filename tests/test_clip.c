@@ -6,7 +6,8 @@
  * (gelu, padding with "!") from the OpenCLIP single file the reference's
  * converter reads back to the folder's weights; SDXL's two encoders
  * (fixtures_sdxl.py): the penultimate states of each and the second's
- * pooled projection, in today's layout and the old hub one. */
+ * pooled projection, in today's layout, the old hub one and the SGM single
+ * file (OpenCLIP bigG with its transposed text_projection). */
 #include <json-c/json.h>
 #include <math.h>
 #include <stdlib.h>
@@ -258,7 +259,10 @@ out:
     json_object_put(prompts);
 }
 
-static void check_sdxl(const char *model)
+/* A single file does not say the head count of towers this small (64-wide
+ * heads would be one each): it comes from the folder, as diffusers'
+ * from_single_file(config=) takes it. */
+static void check_sdxl(const char *model, int single_file)
 {
     char dir[4096], label[96];
     snprintf(dir, sizeof dir, "%s/%s", tap_fixture("models"), model);
@@ -270,6 +274,13 @@ static void check_sdxl(const char *model)
         return;
     int rc = sdw_model_open(&m, dir, &e);
     if (tap_ok(rc == 0, "%s: opens%s%s", model, rc ? ": " : "", rc ? e.msg : "")) {
+        if (single_file) {
+            tap_ok(m.layout == SDW_LAYOUT_LDM && m.clip.num_layers == 3 && m.clip2.num_layers == 3 &&
+                       m.clip.hidden_size == 8 && m.clip2.hidden_size == 16 && m.clip2.intermediate_size == 48 &&
+                       m.clip.num_heads == 1 && m.clip2.num_heads == 1 && m.default_size == 1024,
+                   "%s: SGM layout; both towers' sizes, every block, read off the tensors; 1024x1024", model);
+            m.clip.num_heads = m.clip2.num_heads = 2;
+        }
         tap_ok(!strcmp(m.family, "sdxl") && m.force_zeros && m.clip.projection_dim == 0 &&
                    m.clip2.projection_dim == 12 && m.clip.quick_gelu && !m.clip2.quick_gelu && m.clip.pad_id == 49407 &&
                    m.clip2.pad_id == 0,
@@ -297,8 +308,9 @@ int main(void)
     check_model("tiny-sd2", "tiny-sd2", 0, 0);
     check_model("tiny-sd2-inpaint", "tiny-sd2-inpaint", 0, 0);
     check_openclip();
-    check_sdxl("tiny-sdxl");       /* tokenizer.json, unprefixed ViT-L */
-    check_sdxl("tiny-sdxl-turbo"); /* vocab.json + merges.txt, text_model.-prefixed ViT-L */
+    check_sdxl("tiny-sdxl", 0);       /* tokenizer.json, unprefixed ViT-L */
+    check_sdxl("tiny-sdxl-turbo", 0); /* vocab.json + merges.txt, text_model.-prefixed ViT-L */
+    check_sdxl("tiny-sdxl.safetensors", 1);
     sdw_backend_destroy(be);
     return tap_done();
 }

@@ -154,7 +154,9 @@ static void check_single(const char *model, const sdw_unet_config *cfg, const sd
     rc = sdw_unet_config_parse(&sc, m.unet_config, &e);
     int same = !rc && sc.in_channels == cfg->in_channels && sc.out_channels == cfg->out_channels &&
                sc.nblocks == cfg->nblocks && sc.layers_per_block == cfg->layers_per_block &&
-               sc.cross_attention_dim == cfg->cross_attention_dim && sc.linear_projection == cfg->linear_projection;
+               sc.cross_attention_dim == cfg->cross_attention_dim && sc.linear_projection == cfg->linear_projection &&
+               sc.text_time == cfg->text_time && sc.add_time_dim == cfg->add_time_dim && sc.add_in == cfg->add_in &&
+               sc.upcast_attention == cfg->upcast_attention;
     for (int i = 0; same && i < cfg->nblocks; i++)
         same = sc.block_out[i] == cfg->block_out[i] && sc.down_attn[i] == cfg->down_attn[i] &&
                sc.up_attn[i] == cfg->up_attn[i] && sc.tlayers[i] == cfg->tlayers[i] &&
@@ -296,7 +298,7 @@ int main(void)
     check_model("tiny-b", LDM_REKEY);
     check_model("tiny-sd2", LDM_FILE);
     check_model("tiny-sd2-inpaint", NO_LDM);
-    check_model("tiny-sdxl", NO_LDM);
+    check_model("tiny-sdxl", LDM_FILE);
     check_sdxl_errors();
     check_errors();
     sdw_backend_destroy(be);

@@ -41,7 +41,7 @@ static const char *file_label(const sdw_weights *w)
  * prefix. */
 static int locate(const sdw_weights *w, const char *name, sdw_weights_loc *loc, sdw_error *e)
 {
-    sdw_weights_loc rel = {.block = 0, .nblocks = 1};
+    sdw_weights_loc rel = {.block = 0, .nblocks = 1, .transpose = 0};
     if (w->map) {
         if (w->map(name, &rel))
             return sdw_fail(e, SDW_ENOTFOUND, "%s: %s has no counterpart in the layout of %s", w->part, name,
@@ -102,10 +102,10 @@ static void format_shape(char *buf, size_t cap, int ndim, const int64_t *shape)
  * rows. 0 when it cannot be stated (a fused scalar, an overflow). */
 static int stored_shape(const sdw_weights_loc *loc, int ndim, const int64_t *shape, int64_t *out)
 {
-    if (ndim < (loc->nblocks > 1) || ndim > SDW_ST_MAX_DIMS)
+    if (ndim < (loc->nblocks > 1) || ndim > SDW_ST_MAX_DIMS || (loc->transpose && (ndim != 2 || loc->nblocks > 1)))
         return 0;
     for (int i = 0; i < ndim; i++)
-        out[i] = shape[i];
+        out[i] = shape[loc->transpose ? ndim - 1 - i : i];
     if (loc->nblocks > 1) {
         if (shape[0] < 0 || shape[0] > INT64_MAX / loc->nblocks)
             return 0;
@@ -214,6 +214,19 @@ int sdw_weights_load(const sdw_weights *w, const char *name, int ndim, const int
         return sdw_fail_wrap(e, "%s: %s", w->part, f->path ? f->path : "<memory>");
     }
     release_pages(f, &t);
+    if (loc.transpose) {
+        int64_t rows = t.shape[0], cols = t.shape[1];
+        float *tr = malloc(t.numel ? (size_t)t.numel * sizeof *tr : 1);
+        if (!tr) {
+            free(buf);
+            return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %s", w->part, t.name);
+        }
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++)
+                tr[c * rows + r] = buf[r * cols + c];
+        free(buf);
+        buf = tr;
+    }
     *out = buf;
     return 0;
 }
@@ -228,7 +241,7 @@ int sdw_weights_load_f16(const sdw_weights *w, const char *name, int ndim, const
     *out = NULL;
     /* Anything but a matching half tensor is left to sdw_weights_load, which
      * loads it or says what is wrong. */
-    if (w->synth || locate(w, name, &loc, &ignored) < 0 ||
+    if (w->synth || locate(w, name, &loc, &ignored) < 0 || loc.transpose ||
         find_checked(w, &loc, ndim, shape, &t, &f, &ignored) < 0 || t.dtype != SDW_DT_F16)
         return 1;
     uint16_t *buf = malloc(t.nbytes ? t.nbytes : 1);
@@ -262,12 +275,16 @@ int sdw_weights_openclip(const char *name, sdw_weights_loc *loc)
         {"embeddings.position_embedding.weight", "positional_embedding"},
         {"final_layer_norm.weight", "ln_final.weight"},
         {"final_layer_norm.bias", "ln_final.bias"},
+        {"text_projection.weight", "text_projection"},
     };
     loc->block = 0;
     loc->nblocks = 1;
+    loc->transpose = 0;
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
-        if (!strcmp(name, fixed[i].clip))
+        if (!strcmp(name, fixed[i].clip)) {
+            loc->transpose = !strcmp(fixed[i].openclip, "text_projection");
             return snprintf(loc->name, sizeof loc->name, "%s", fixed[i].openclip) < 0;
+        }
     int layer, n = 0;
     if (sscanf(name, "encoder.layers.%d.%n", &layer, &n) != 1 || !n || layer < 0)
         return 1;
@@ -289,6 +306,7 @@ int sdw_weights_text_model(const char *name, sdw_weights_loc *loc)
 {
     loc->block = 0;
     loc->nblocks = 1;
+    loc->transpose = 0;
     const char *pre = strcmp(name, "text_projection.weight") ? "text_model." : "";
     return (size_t)snprintf(loc->name, sizeof loc->name, "%s%s", pre, name) >= sizeof loc->name;
 }
@@ -488,6 +506,13 @@ static const char sched_sd2_inpaint[] =
     "{\"_class_name\":\"PNDMScheduler\",\"beta_end\":0.012,\"beta_schedule\":\"scaled_linear\","
     "\"beta_start\":0.00085,\"clip_sample\":false,\"num_train_timesteps\":1000,\"prediction_type\":\"epsilon\","
     "\"set_alpha_to_one\":false,\"skip_prk_steps\":true,\"steps_offset\":1,\"trained_betas\":null}";
+
+/* stabilityai/stable-diffusion-xl-base-1.0's */
+static const char sched_sdxl[] =
+    "{\"_class_name\":\"EulerDiscreteScheduler\",\"beta_end\":0.012,\"beta_schedule\":\"scaled_linear\","
+    "\"beta_start\":0.00085,\"clip_sample\":false,\"interpolation_type\":\"linear\",\"num_train_timesteps\":1000,"
+    "\"prediction_type\":\"epsilon\",\"sample_max_value\":1.0,\"set_alpha_to_one\":false,\"skip_prk_steps\":true,"
+    "\"steps_offset\":1,\"timestep_spacing\":\"leading\",\"trained_betas\":null,\"use_karras_sigmas\":false}";
 
 static int family_size(const sdw_model *m)
 {
@@ -888,24 +913,15 @@ static long count_indexed(const sdw_st_file *f, const char *prefix)
     return count;
 }
 
-/* The CLIP tower's sizes from its tensors: SD 1.x's (transformers' names
- * under cond_stage_model.transformer.) or SD 2.x's OpenCLIP one. */
-static int ldm_text(sdw_model *m, const sdw_st_file *f, int *openclip, sdw_error *e)
+/* A CLIP tower's sizes from its tensors (w's names and map), its block
+ * count (blocks: the prefix of its numbered blocks) in num_layers; heads
+ * are 64 wide, as in every SD tower. */
+static int tower_config(const sdw_st_file *f, const sdw_weights *w, const char *blocks, sdw_clip_config *c,
+                        sdw_error *e)
 {
     const char *path = f->path;
-    sdw_weights *w = &m->text_encoder;
     const sdw_st_tensor *tok, *pos, *fc1;
     int rc;
-    *openclip = sdw_st_find(f, SDW_LDM_OPENCLIP_PREFIX "token_embedding.weight") != NULL;
-    if (!*openclip && !sdw_st_find(f, SDW_LDM_CLIP_PREFIX TOKEN_EMB))
-        return sdw_fail(e, SDW_ENOTFOUND,
-                        "%s: no text encoder: neither " SDW_LDM_CLIP_PREFIX TOKEN_EMB
-                        " (SD 1.x) nor " SDW_LDM_OPENCLIP_PREFIX "token_embedding.weight (SD 2.x) is there",
-                        path);
-    if ((rc = set_weights(w, "text_encoder", f, *openclip ? SDW_LDM_OPENCLIP_PREFIX : SDW_LDM_CLIP_PREFIX, e)) <
-        0)
-        return rc;
-    w->map = *openclip ? sdw_weights_openclip : NULL;
     if ((rc = sdw_weights_find(w, TOKEN_EMB, &tok, e)) < 0 || (rc = sdw_weights_find(w, POS_EMB, &pos, e)) < 0 ||
         (rc = sdw_weights_find(w, "encoder.layers.0.mlp.fc1.weight", &fc1, e)) < 0)
         return rc;
@@ -914,16 +930,72 @@ static int ldm_text(sdw_model *m, const sdw_st_file *f, int *openclip, sdw_error
         return sdw_fail(e, SDW_EFORMAT, "%s: %s or %s has an implausible shape", path, tok->name, pos->name);
     if (fc1->ndim != 2 || fc1->shape[0] < 1 || fc1->shape[0] > 65536)
         return sdw_fail(e, SDW_EFORMAT, "%s: %s has an implausible shape", path, fc1->name);
-    sdw_clip_config *c = &m->clip;
     c->vocab_size = (int)tok->shape[0];
     c->hidden_size = (int)tok->shape[1];
     c->max_positions = (int)pos->shape[0];
     c->intermediate_size = (int)fc1->shape[0];
     c->num_heads = c->hidden_size / 64 > 1 ? c->hidden_size / 64 : 1;
     c->layer_norm_eps = 1e-5f;
+    c->num_layers = (int)count_indexed(f, blocks);
+    return 0;
+}
+
+/* SDXL's two towers: ViT-L (quick_gelu, padding with EOS) and bigG
+ * (gelu, padding with "!", id 0, and its text projection), every block of
+ * each, as diffusers' convert_open_clip_checkpoint keeps them for SDXL. */
+static int sgm_text(sdw_model *m, const sdw_st_file *f, sdw_error *e)
+{
+    const sdw_st_tensor *proj;
+    int rc;
+    if ((rc = set_weights(&m->text_encoder, "text_encoder", f, SDW_SGM_CLIP_PREFIX, e)) < 0 ||
+        (rc = set_weights(&m->text_encoder_2, "text_encoder_2", f, SDW_SGM_OPENCLIP_PREFIX, e)) < 0)
+        return rc;
+    m->text_encoder_2.map = sdw_weights_openclip;
+    if ((rc = tower_config(f, &m->text_encoder, SDW_SGM_CLIP_PREFIX "encoder.layers.", &m->clip, e)) < 0 ||
+        (rc = tower_config(f, &m->text_encoder_2, SDW_SGM_OPENCLIP_PREFIX "transformer.resblocks.", &m->clip2, e)) < 0 ||
+        (rc = sdw_weights_find(&m->text_encoder_2, "text_projection.weight", &proj, e)) < 0)
+        return rc;
+    if (proj->ndim != 2 || proj->shape[0] != m->clip2.hidden_size || proj->shape[1] < 1 || proj->shape[1] > 16384)
+        return sdw_fail(e, SDW_EFORMAT, "%s: %s is not a [%d, n] projection", f->path, proj->name,
+                        m->clip2.hidden_size);
+    m->clip.quick_gelu = 1, m->clip.pad_id = SDW_TOK_EOS;
+    m->clip2.quick_gelu = 0, m->clip2.pad_id = 0;
+    m->clip2.projection_dim = (int)proj->shape[1];
+    const sdw_clip_config *cs[2] = {&m->clip, &m->clip2};
+    for (int i = 0; i < 2; i++) {
+        if (cs[i]->num_layers < 2)
+            return sdw_fail(e, SDW_ENOTFOUND, "%s: text encoder %d has %d blocks; SDXL reads the penultimate",
+                            f->path, i + 1, cs[i]->num_layers);
+        if ((rc = check_clip(cs[i], f->path, e)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* The CLIP tower's sizes from its tensors: SD 1.x's (transformers' names
+ * under cond_stage_model.transformer.) or SD 2.x's OpenCLIP one. */
+static int ldm_text(sdw_model *m, const sdw_st_file *f, int *openclip, sdw_error *e)
+{
+    const char *path = f->path;
+    sdw_weights *w = &m->text_encoder;
+    int rc;
+    *openclip = sdw_st_find(f, SDW_LDM_OPENCLIP_PREFIX "token_embedding.weight") != NULL;
+    if (!*openclip && !sdw_st_find(f, SDW_LDM_CLIP_PREFIX TOKEN_EMB))
+        return sdw_fail(e, SDW_ENOTFOUND,
+                        "%s: no text encoder: neither " SDW_LDM_CLIP_PREFIX TOKEN_EMB
+                        " (SD 1.x) nor " SDW_LDM_OPENCLIP_PREFIX "token_embedding.weight (SD 2.x) nor "
+                        SDW_SGM_OPENCLIP_PREFIX "token_embedding.weight (SDXL) is there",
+                        path);
+    if ((rc = set_weights(w, "text_encoder", f, *openclip ? SDW_LDM_OPENCLIP_PREFIX : SDW_LDM_CLIP_PREFIX, e)) <
+        0)
+        return rc;
+    w->map = *openclip ? sdw_weights_openclip : NULL;
+    sdw_clip_config *c = &m->clip;
     const char *blocks = *openclip ? SDW_LDM_OPENCLIP_PREFIX "transformer.resblocks." : SDW_LDM_CLIP_PREFIX
                                                                                          "encoder.layers.";
-    long n = count_indexed(f, blocks);
+    if ((rc = tower_config(f, w, blocks, c, e)) < 0)
+        return rc;
+    long n = c->num_layers;
     if (*openclip) {
         /* SD 2 conditions on the output of the penultimate block (LDM's
          * FrozenOpenCLIPEmbedder, layer "penultimate") after ln_final:
@@ -1034,8 +1106,21 @@ static int ldm_unet_config(sdw_model *m, const sdw_st_file *f, sdw_error *e)
     json_object_object_add(o, "cross_attention_dim", json_object_new_int((int)ctx->shape[1]));
     json_object_object_add(o, "use_linear_projection", json_object_new_boolean(pin->ndim == 2));
     json_object_object_add(o, "sample_size", json_object_new_int(m->default_size / 8));
-    /* true in stabilityai/stable-diffusion-2-1, false in -2-inpainting */
-    json_object_object_add(o, "upcast_attention", json_object_new_boolean(!m->inpainting));
+    /* true in stabilityai/stable-diffusion-2-1, false in -2-inpainting and SDXL */
+    json_object_object_add(o, "upcast_attention", json_object_new_boolean(m->family == fam_sd2 && !m->inpainting));
+    /* SDXL: label_emb takes the pooled embedding and 6 time ids */
+    const sdw_st_tensor *label = unet_tensor(f, "label_emb.0.0.weight");
+    if (!rc && m->family == fam_sdxl) {
+        int pd = m->clip2.projection_dim;
+        if (!label || label->ndim != 2 || label->shape[1] <= pd || (label->shape[1] - pd) % 12) {
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: %slabel_emb.0.0.weight is missing or does not take the %d-wide "
+                          "pooled embedding and 6 time ids", f->path, SDW_LDM_UNET_PREFIX, pd);
+        } else {
+            json_object_object_add(o, "addition_embed_type", json_object_new_string("text_time"));
+            json_object_object_add(o, "addition_time_embed_dim", json_object_new_int((int)(label->shape[1] - pd) / 6));
+            json_object_object_add(o, "projection_class_embeddings_input_dim", json_object_new_int((int)label->shape[1]));
+        }
+    }
     if (rc)
         json_object_put(o);
     else
@@ -1043,12 +1128,45 @@ static int ldm_unet_config(sdw_model *m, const sdw_st_file *f, sdw_error *e)
     return rc;
 }
 
+/* An SDXL single file takes the configs of stabilityai/stable-diffusion-xl-base-1.0,
+ * as diffusers does: its scheduler, the VAE's scaling factor,
+ * force_zeros_for_empty_prompt, 1024x1024, the bundled CLIP tokenizer
+ * twice, the second padding with "!". */
+static int open_sgm(sdw_model *m, const sdw_st_file *f, sdw_error *e)
+{
+    int rc;
+    m->family = fam_sdxl;
+    m->force_zeros = 1;
+    m->inpainting = 0;
+    m->default_size = family_size(m);
+    if ((rc = set_weights(&m->unet, "unet", f, SDW_LDM_UNET_PREFIX, e)) < 0 ||
+        (rc = set_weights(&m->vae, "vae", f, SDW_LDM_VAE_PREFIX, e)) < 0 || (rc = sgm_text(m, f, e)) < 0)
+        return rc;
+    if (!(m->scheduler_config = json_tokener_parse(sched_sdxl)) ||
+        !(m->vae_config = json_tokener_parse("{\"scaling_factor\":0.13025}")))
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", f->path);
+    if (has_prefix(f, SDW_LDM_UNET_PREFIX) && (rc = ldm_unet_config(m, f, e)) < 0)
+        return rc;
+    if ((rc = sdw_tok_load_default(&m->tokenizer, e)) < 0 || (rc = sdw_tok_load_default(&m->tokenizer_2, e)) < 0 ||
+        (rc = sdw_tok_add_special(m->tokenizer, "<|endoftext|>", false, e)) < 0 ||
+        (rc = sdw_tok_add_special(m->tokenizer_2, "!", false, e)) < 0)
+        return sdw_fail_wrap(e, "%s: bundled tokenizer", f->path);
+    return 0;
+}
+
 static int open_ldm(sdw_model *m, const char *path, sdw_error *e)
 {
     sdw_st_file *f;
     int rc, openclip;
     m->layout = SDW_LAYOUT_LDM;
-    if ((rc = open_file(m, path, &f, e)) < 0 || (rc = ldm_text(m, f, &openclip, e)) < 0 ||
+    if ((rc = open_file(m, path, &f, e)) < 0)
+        return rc;
+    if (has_prefix(f, SDW_SGM_OPENCLIP_PREFIX))
+        return open_sgm(m, f, e);
+    if (has_prefix(f, SDW_SGM_REFINER_PREFIX))
+        return sdw_fail(e, SDW_EUNSUPPORTED, "%s: an SDXL refiner (bigG alone, " SDW_SGM_REFINER_PREFIX
+                        "*): not supported", path);
+    if ((rc = ldm_text(m, f, &openclip, e)) < 0 ||
         (rc = set_weights(&m->unet, "unet", f, SDW_LDM_UNET_PREFIX, e)) < 0 ||
         (rc = set_weights(&m->vae, "vae", f, SDW_LDM_VAE_PREFIX, e)) < 0)
         return rc;

@@ -20,10 +20,13 @@ typedef enum sdw_layout { SDW_LAYOUT_DIFFUSERS, SDW_LAYOUT_LDM } sdw_layout;
 /* Where a tensor a loader asks for lives when a file's layout differs from
  * the loader's names: its name there (after the prefix) and, for a tensor
  * stored fused with others along its first dimension (OpenCLIP's in_proj is
- * [q; k; v]), which of nblocks equal row blocks it is (nblocks 1: all of it). */
+ * [q; k; v]), which of nblocks equal row blocks it is (nblocks 1: all of it);
+ * transpose: a matrix stored as its transpose (OpenCLIP's text_projection,
+ * which it multiplies from the right). */
 typedef struct sdw_weights_loc {
     char name[256];
     int block, nblocks;
+    int transpose;
 } sdw_weights_loc;
 
 /* Fills loc for a loader's tensor name; nonzero when the layout has no such
@@ -60,13 +63,20 @@ typedef struct sdw_weights {
 #define SDW_LDM_OPENCLIP_PREFIX "cond_stage_model.model."
 #define SDW_LDM_UNET_PREFIX "model.diffusion_model."
 #define SDW_LDM_VAE_PREFIX "first_stage_model."
+/* SDXL's single files (SGM): the ViT-L tower in transformers' names, the
+ * OpenCLIP bigG one (sdw_weights_openclip's, with its text_projection); the
+ * UNet and VAE as above. The refiner holds only bigG, as embedder 0. */
+#define SDW_SGM_CLIP_PREFIX "conditioner.embedders.0.transformer.text_model."
+#define SDW_SGM_OPENCLIP_PREFIX "conditioner.embedders.1.model."
+#define SDW_SGM_REFINER_PREFIX "conditioner.embedders.0.model."
 
 /* The map from the CLIP loader's names (transformers 5's CLIPTextModel:
  * embeddings.*, encoder.layers.N.*, final_layer_norm.*) to an OpenCLIP text
  * tower's as an LDM file holds it: token_embedding.weight,
  * positional_embedding, transformer.resblocks.N.{ln_1, attn.in_proj_*
  * (q, k, v as row blocks 0, 1, 2), attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj},
- * ln_final; the same renaming as diffusers' convert_open_clip_checkpoint. */
+ * ln_final, and text_projection.weight as text_projection transposed; the
+ * same renaming as diffusers' convert_open_clip_checkpoint. */
 int sdw_weights_openclip(const char *name, sdw_weights_loc *loc);
 
 /* The map for a CLIPTextModelWithProjection as transformers (every version)

@@ -12,6 +12,11 @@ Writes, under tests/fixtures/:
   models/tiny-sdxl-turbo/       the same weights (its parts are links to tiny-sdxl's) with SDXL-Turbo's
                                 Euler ancestral / trailing scheduler, in the old hub layout: both tokenizers
                                 as vocab.json + merges.txt, the first text encoder's keys text_model.-prefixed
+  models/tiny-sdxl.safetensors  tiny-sdxl as a single SGM file (sd_xl_base_1.0.safetensors' layout): ViT-L under
+                                conditioner.embedders.0.transformer., bigG in OpenCLIP's names under
+                                conditioner.embedders.1.model. (fused in_proj, text_projection transposed), the
+                                UNet's CompVis names with label_emb, the VAE's; checked by loading it back with
+                                diffusers' from_single_file(config=tiny-sdxl)
   embeds-tiny-sdxl.safetensors  ids / ids_2 (padded with 49407 / 0), hidden_1 / hidden_2 (hidden_states[-2]
                                 of each encoder: no final LayerNorm), embeds (their concatenation, what
                                 encode_prompt gives) and pooled (text_embeds of the second encoder)
@@ -40,6 +45,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from fixtures_unet_vae import unet_ldm_name, vae_ldm_name  # noqa: E402
 from make_fixtures import BOS, EOS, FIX, MAX_LEN, MODELS, VAE_CONFIG, randomize, tokenize77, write_tokenizer_files  # noqa: E402,E501
 from prompts import EMBED_PROMPTS  # noqa: E402
 
@@ -174,6 +180,58 @@ def make_models(tok, tok2):
     for comp in ("text_encoder", "text_encoder_2"):
         a, b = dict(getattr(back, comp).named_parameters()), dict(getattr(turbo, comp).named_parameters())
         assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), comp
+
+
+def openclip_state(text):
+    """A CLIPTextModelWithProjection as SGM's FrozenOpenCLIPEmbedder2 holds it: every block, q/k/v fused."""
+    sd = {k.removeprefix("text_model."): v for k, v in text.state_dict().items()}
+    out = {"token_embedding.weight": sd["embeddings.token_embedding.weight"],
+           "positional_embedding": sd["embeddings.position_embedding.weight"],
+           "ln_final.weight": sd["final_layer_norm.weight"], "ln_final.bias": sd["final_layer_norm.bias"],
+           # OpenCLIP multiplies by it (x @ P); a Linear's weight is its transpose
+           "text_projection": sd["text_projection.weight"].t()}
+    parts = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+             "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    for i in range(text.config.num_hidden_layers):
+        src, dst = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for a, b in parts.items():
+            for leaf in ("weight", "bias"):
+                out[f"{dst}{b}.{leaf}"] = sd[f"{src}{a}.{leaf}"]
+        for leaf in ("weight", "bias"):
+            out[f"{dst}attn.in_proj_{leaf}"] = torch.cat([sd[f"{src}self_attn.{x}_proj.{leaf}"] for x in "qkv"], 0)
+    return out
+
+
+@torch.no_grad()
+def make_single():
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = load(NAME)
+    dt = torch.float16
+    sgm = {"conditioner.embedders.0.transformer.text_model." + k.removeprefix("text_model."): v
+           for k, v in pipe.text_encoder.state_dict().items()}
+    sgm.update({"conditioner.embedders.1.model." + k: v for k, v in openclip_state(pipe.text_encoder_2).items()})
+    ucfg, vcfg = dict(pipe.unet.config), dict(pipe.vae.config)
+    label = {"add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2."}
+    for k, v in pipe.unet.state_dict().items():
+        pre = next((p for p in label if k.startswith(p)), None)
+        nm = label[pre] + k[len(pre):] if pre else unet_ldm_name(k, ucfg)
+        sgm["model.diffusion_model." + nm] = v
+    for k, v in pipe.vae.state_dict().items():
+        nm = vae_ldm_name(k, vcfg)
+        if ".attn_1." in nm and v.ndim == 2:
+            v = v[:, :, None, None]
+        sgm["first_stage_model." + nm] = v
+    path = os.path.join(MODELS, f"{NAME}.safetensors")
+    save_file({k: v.to(dt).contiguous() for k, v in sorted(sgm.items())}, path)
+
+    back = StableDiffusionXLPipeline.from_single_file(path, config=os.path.join(MODELS, NAME), torch_dtype=torch.float32,
+                                                      local_files_only=True, add_watermarker=False)
+    for comp in ("text_encoder", "text_encoder_2", "unet", "vae"):
+        want, got = getattr(pipe, comp).state_dict(), getattr(back, comp).state_dict()
+        assert set(want) == set(got), (comp, sorted(set(want) ^ set(got))[:5])
+        for k, v in want.items():
+            assert torch.equal(got[k], v), f"{NAME}.safetensors: {comp}/{k} differs from the folder"
 
 
 @torch.no_grad()
@@ -327,6 +385,7 @@ def main():
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         make_models(*tokenizers(tmp))
+    make_single()
     make_embeds()
     make_unet()
     if os.path.isdir(OUT):
