@@ -200,9 +200,6 @@ static void gen_free(gen_state *s)
     free(s->image_latents), free(s->mask), free(s->masked_latents);
 }
 
-/* Token ids for [negative; prompt] (or just the prompt without guidance),
- * through the text encoder. diffusers applies clip_skip to the prompt only,
- * never to the negative prompt; so do we, to produce the same images. */
 /* One text through an SDXL encoder: hidden_states[-(2 + skip)] into
  * host[tokens, width] at a row stride of stride floats, and for the second
  * encoder the pooled embedding. */
@@ -282,6 +279,9 @@ static void time_ids(const sdw_gen_params *gp, int W, int H, gen_state *s)
         memcpy(s->time_ids + 6 * b, v, sizeof v);
 }
 
+/* Token ids for [negative; prompt] (or just the prompt without guidance),
+ * through the text encoder. diffusers applies clip_skip to the prompt only,
+ * never to the negative prompt; so do we, to produce the same images. */
 static int encode_text(sdw_pipeline *p, const sdw_gen_params *gp, gen_state *s, sdw_error *e)
 {
     if (p->clip2)
