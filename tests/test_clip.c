@@ -4,7 +4,10 @@
  * output, from a diffusers folder (transformers 4's and 5's spellings), from
  * the same weights re-keyed as a single-file LDM checkpoint, and for SD 2.x
  * (gelu, padding with "!") from the OpenCLIP single file the reference's
- * converter reads back to the folder's weights. */
+ * converter reads back to the folder's weights; SDXL's two encoders
+ * (fixtures_sdxl.py): the penultimate states of each and the second's
+ * pooled projection, in today's layout, the old hub one and the SGM single
+ * file (OpenCLIP bigG with its transposed text_projection). */
 #include <json-c/json.h>
 #include <math.h>
 #include <stdlib.h>
@@ -194,6 +197,104 @@ static void check_openclip(void)
     fixture_close(&fx);
 }
 
+/* One SDXL encoder: the model's tokenizer gives the reference ids, which
+ * give hidden_states[-2] and, for the second, the pooled embedding. */
+static void check_xl_encoder(const char *label, const sdw_clip_config *cc, const sdw_weights *w,
+                             const sdw_tokenizer *tok, const sdw_st_file *fx, const char *ids_name,
+                             const char *hidden_name, const char *pooled_name)
+{
+    sdw_error e;
+    sdw_clip *clip = NULL;
+    const sdw_st_tensor *hi, *pi = NULL;
+    float *fids = fixture_f32(fx, ids_name, NULL), *want = fixture_f32(fx, hidden_name, &hi);
+    float *want_p = pooled_name ? fixture_f32(fx, pooled_name, &pi) : NULL;
+    const char *prompts_json = sdw_st_meta(fx, "prompts");
+    json_object *prompts = prompts_json ? json_tokener_parse(prompts_json) : NULL;
+    if (!tap_ok(fids && want && prompts && (!pooled_name || want_p), "%s: reference readable", label))
+        goto out;
+    int k = (int)hi->shape[0], t = (int)hi->shape[1], bad = -1;
+    int32_t *ids = malloc((size_t)k * t * sizeof *ids), row[SDW_TOK_CONTEXT];
+    for (int i = 0; i < k * t; i++)
+        ids[i] = (int32_t)fids[i];
+    for (int i = 0; i < k && bad < 0; i++)
+        if (sdw_tok_encode(tok, json_object_get_string(json_object_array_get_idx(prompts, (size_t)i)), row, t,
+                           cc->pad_id, &e) < 0 || memcmp(row, ids + i * t, sizeof row))
+            bad = i;
+    tap_ok(bad < 0, "%s: the tokenizer (pad id %d) reproduces the reference ids%s", label, cc->pad_id,
+           bad >= 0 ? " (mismatch)" : "");
+    int rc = sdw_clip_load(&clip, be, cc, w, &e);
+    if (tap_ok(rc == 0, "%s: loads%s%s", label, rc ? ": " : "", rc ? e.msg : "")) {
+        sdw_tensor h = {0}, p = {0};
+        int64_t pshape[2] = {k, cc->projection_dim};
+        float *got = malloc((size_t)hi->numel * sizeof *got), *got_p = malloc(((size_t)k * cc->projection_dim + 1) * sizeof *got_p);
+        rc = sdw_tensor_new(&h, be, 3, hi->shape, &e);
+        if (!rc && want_p)
+            rc = sdw_tensor_new(&p, be, 2, pshape, &e);
+        if (!rc)
+            rc = sdw_clip_encode_hidden(clip, ids, k, t, cc->num_layers - 1, &h, want_p ? &p : NULL, &e);
+        if (!rc)
+            rc = sdw_tensor_to_host(&h, got, &e);
+        if (!rc && want_p)
+            rc = sdw_tensor_to_host(&p, got_p, &e);
+        double r = rc ? INFINITY : max_rel_err(got, want, (size_t)hi->numel);
+        tap_ok(r <= TOL, "%s: %d prompts, hidden_states[-2]: max rel err %.2e%s%s", label, k, r, rc ? ": " : "",
+               rc ? e.msg : "");
+        if (want_p) {
+            r = rc ? INFINITY : max_rel_err(got_p, want_p, (size_t)pi->numel);
+            tap_ok(r <= TOL, "%s: pooled text_embeds [%d,%d]: max rel err %.2e", label, k, cc->projection_dim, r);
+        } else {
+            rc = sdw_clip_encode_hidden(clip, ids, k, t, cc->num_layers - 1, &h, &h, &e);
+            tap_ok(rc == SDW_EINVAL && strstr(e.msg, "projection"), "%s: no pooled output without a projection: %s",
+                   label, e.msg);
+        }
+        sdw_tensor_free(&h), sdw_tensor_free(&p);
+        free(got), free(got_p);
+        free(ids);
+        sdw_clip_free(clip);
+    } else {
+        free(ids);
+    }
+out:
+    free(fids), free(want), free(want_p);
+    json_object_put(prompts);
+}
+
+/* A single file does not say the head count of towers this small (64-wide
+ * heads would be one each): it comes from the folder, as diffusers'
+ * from_single_file(config=) takes it. */
+static void check_sdxl(const char *model, int single_file)
+{
+    char dir[4096], label[96];
+    snprintf(dir, sizeof dir, "%s/%s", tap_fixture("models"), model);
+    sdw_st_file fx;
+    sdw_model m;
+    sdw_error e;
+    if (!tap_ok(sdw_st_open(&fx, tap_fixture("embeds-tiny-sdxl.safetensors"), &e) == 0,
+                "%s: reference embeddings readable", model))
+        return;
+    int rc = sdw_model_open(&m, dir, &e);
+    if (tap_ok(rc == 0, "%s: opens%s%s", model, rc ? ": " : "", rc ? e.msg : "")) {
+        if (single_file) {
+            tap_ok(m.layout == SDW_LAYOUT_LDM && m.clip.num_layers == 3 && m.clip2.num_layers == 3 &&
+                       m.clip.hidden_size == 8 && m.clip2.hidden_size == 16 && m.clip2.intermediate_size == 48 &&
+                       m.clip.num_heads == 1 && m.clip2.num_heads == 1 && m.default_size == 1024,
+                   "%s: SGM layout; both towers' sizes, every block, read off the tensors; 1024x1024", model);
+            m.clip.num_heads = m.clip2.num_heads = 2;
+        }
+        tap_ok(!strcmp(m.family, "sdxl") && m.force_zeros && m.clip.projection_dim == 0 &&
+                   m.clip2.projection_dim == 12 && m.clip.quick_gelu && !m.clip2.quick_gelu && m.clip.pad_id == 49407 &&
+                   m.clip2.pad_id == 0,
+               "%s: sdxl, force_zeros, quick_gelu ViT-L padding with 49407, gelu bigG padding with \"!\" (0), "
+               "projection 12", model);
+        snprintf(label, sizeof label, "%s text_encoder", model);
+        check_xl_encoder(label, &m.clip, &m.text_encoder, m.tokenizer, &fx, "ids", "hidden_1", NULL);
+        snprintf(label, sizeof label, "%s text_encoder_2", model);
+        check_xl_encoder(label, &m.clip2, &m.text_encoder_2, m.tokenizer_2, &fx, "ids_2", "hidden_2", "pooled");
+        sdw_model_close(&m);
+    }
+    sdw_st_close(&fx);
+}
+
 int main(void)
 {
     sdw_error e;
@@ -207,6 +308,9 @@ int main(void)
     check_model("tiny-sd2", "tiny-sd2", 0, 0);
     check_model("tiny-sd2-inpaint", "tiny-sd2-inpaint", 0, 0);
     check_openclip();
+    check_sdxl("tiny-sdxl", 0);       /* tokenizer.json, unprefixed ViT-L */
+    check_sdxl("tiny-sdxl-turbo", 0); /* vocab.json + merges.txt, text_model.-prefixed ViT-L */
+    check_sdxl("tiny-sdxl.safetensors", 1);
     sdw_backend_destroy(be);
     return tap_done();
 }

@@ -915,7 +915,75 @@ static void turbo_defaults(void *ctx, const char *model, sdw_contract_defaults *
         d->sampler = SDW_SAMPLER_EULER_A;
     } else if (!strcmp(model, "sd2")) {
         d->width = d->height = 768;
+        d->sdxl = 0;
+    } else if (!strcmp(model, "sdxl")) {
+        d->width = d->height = 1024;
+        d->sdxl = 1;
     }
+}
+
+/* SDXL's micro-conditioning fields and the given/absent negative prompt,
+ * through the ring form and back. */
+static void test_sdxl_fields(void)
+{
+    int calls = 0;
+    sdw_contract_limits lim = sdw_contract_default_limits();
+    lim.model_defaults = turbo_defaults;
+    lim.model_defaults_ctx = &calls;
+    sdw_job_request r, back;
+    sdw_api_error e;
+    char *b = fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"sdxl\",\"prompt\":\"a cat\","
+                        "\"original_size\":{\"width\":2048,\"height\":1536},\"crops_coords_top_left\":{\"top\":0,"
+                        "\"left\":64},\"target_size\":{\"height\":1024,\"width\":1024}}");
+    int rc = parse_str(b, &r, &e, &lim);
+    tap_ok(rc == 0 && r.width == 1024 && r.original_width == 2048 && r.original_height == 1536 && r.has_crops &&
+               r.crop_top == 0 && r.crop_left == 64 && r.target_width == 1024 && r.target_height == 1024 &&
+               !r.negative_prompt_given && r.negative_prompt && !r.negative_prompt[0],
+           "an SDXL model takes original_size, crops_coords_top_left, target_size; no negative prompt given (%s)",
+           e.message);
+    size_t len = 0;
+    unsigned char *blob = rc ? NULL : sdw_job_request_serialize(&r, &len);
+    rc = blob ? sdw_job_request_deserialize(blob, len, &back, &e) : -1;
+    tap_ok(rc == 0 && back.original_width == 2048 && back.original_height == 1536 && back.has_crops &&
+               back.crop_left == 64 && back.target_width == 1024 && !back.negative_prompt_given,
+           "they survive the ring form, and so does the missing negative prompt (%s)", rc ? e.message : "");
+    if (!rc)
+        sdw_job_request_free(&back);
+    free(blob);
+    sdw_job_request_free(&r);
+    free(b);
+    b = fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"sdxl\",\"prompt\":\"a cat\","
+                  "\"negative_prompt\":\"\"}");
+    rc = parse_str(b, &r, &e, &lim);
+    blob = rc ? NULL : sdw_job_request_serialize(&r, &len);
+    int rc2 = blob ? sdw_job_request_deserialize(blob, len, &back, &e) : -1;
+    tap_ok(rc == 0 && r.negative_prompt_given && !r.has_crops && !r.original_width && rc2 == 0 &&
+               back.negative_prompt_given,
+           "an explicit \"\" negative prompt is given, through the ring form too");
+    if (!rc2)
+        sdw_job_request_free(&back);
+    if (!rc)
+        sdw_job_request_free(&r);
+    free(blob);
+    free(b);
+    expect_err_lim(fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"sd2\","
+                             "\"prompt\":\"a cat\",\"target_size\":{\"width\":512,\"height\":512}}"),
+                   400, SDW_API_INVALID_VALUE, "target_size for an SD 2 model", &lim);
+    b = fmt_alloc("{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"sd2\",\"prompt\":\"a cat\","
+                  "\"crops_coords_top_left\":{\"top\":0,\"left\":0}}");
+    rc = parse_str(b, &r, &e, &lim);
+    tap_ok(rc < 0 && !strcmp(e.field, "crops_coords_top_left") && strstr(e.message, "SDXL"),
+           "crops for a non-SDXL model name the field: %s", e.message);
+    if (!rc)
+        sdw_job_request_free(&r);
+    free(b);
+    static const char *const bad_pairs[] = {
+        ",\"original_size\":{\"width\":0,\"height\":512}", ",\"original_size\":[512,512]",
+        ",\"target_size\":{\"width\":512}", ",\"crops_coords_top_left\":{\"top\":-1,\"left\":0}",
+        ",\"crops_coords_top_left\":{\"top\":1,\"left\":0,\"x\":2}", ",\"target_size\":{\"width\":1.5,\"height\":8}",
+    };
+    for (size_t i = 0; i < sizeof bad_pairs / sizeof bad_pairs[0]; i++)
+        expect_err(gen(bad_pairs[i]), 400, SDW_API_INVALID_VALUE, bad_pairs[i]);
 }
 
 static void test_model_defaults(void)
@@ -981,6 +1049,7 @@ int main(void)
     test_decode_images();
     test_ring_checks();
     test_model_defaults();
+    test_sdxl_fields();
     free(png_b64);
     free(jpeg_b64);
     return tap_done();

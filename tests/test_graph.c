@@ -9,7 +9,9 @@
  * fresh inputs each time; steps are replayed from the third on; new buffers
  * start over; a refused recording falls back to op-by-op steps with the
  * reason kept; releasing frees what the recording held; an LCM UNet's
- * guidance embedding (a host input like the timesteps) reaches replays. */
+ * guidance embedding (a host input like the timesteps) reaches replays; an
+ * SDXL UNet's pooled text embeddings and time ids, new every step, are what
+ * its replays read. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -371,32 +373,44 @@ static void inputs(int step, int ctx_dim, float *lat, float ts[B], float *ctx)
     ts[1] = ts[0];
 }
 
+#define POOLED_MAX 64
+
 /* Runs `steps` steps through u on be with one set of buffers, each on fresh
- * inputs (and, for a UNet with time_cond_proj_dim, a fresh guidance
- * embedding); outputs into out[step]. */
-static int steps_on(sdw_backend *be, sdw_unet *u, int ctx_dim, int steps, float **out, sdw_error *e)
+ * inputs; outputs into out[step]. pooled > 0: a text_time UNet's pooled
+ * embedding width, which gets one, and time ids, new every step; a UNet with
+ * time_cond_proj_dim gets a fresh guidance embedding every step. */
+static int steps_on(sdw_backend *be, sdw_unet *u, int ctx_dim, int pooled, int steps, float **out, sdw_error *e)
 {
     int tcd = sdw_unet_config_of(u)->time_cond_proj_dim;
     float tcond[B * 64];
     if (tcd > 64)
         return sdw_fail(e, SDW_EINVAL, "time_cond_proj_dim %d: the test takes up to 64", tcd);
-    sdw_unet_cond cond = {.timestep_cond = tcd ? tcond : NULL};
-    int64_t ls[4] = {B, C, H, W}, cs[3] = {B, T, ctx_dim};
+    int64_t ls[4] = {B, C, H, W}, cs[3] = {B, T, ctx_dim}, ps[2] = {B, pooled};
     float lat[B * C * H * W], ts[B], *ctx = malloc(sizeof *ctx * B * T * (size_t)ctx_dim);
-    sdw_tensor x = {0}, c = {0}, y = {0};
-    int rc = !ctx ? sdw_fail(e, SDW_ENOMEM, "out of memory") : SDW_OK;
+    float pv[B * POOLED_MAX], ids[B * 6];
+    sdw_tensor x = {0}, c = {0}, y = {0}, p = {0};
+    sdw_unet_cond cond = {.text_embeds = pooled ? &p : NULL, .time_ids = pooled ? ids : NULL,
+                          .timestep_cond = tcd ? tcond : NULL};
+    int rc = !ctx || pooled > POOLED_MAX ? sdw_fail(e, SDW_ENOMEM, "out of memory") : SDW_OK;
     if (!rc && !(rc = sdw_tensor_new(&x, be, 4, ls, e)) && !(rc = sdw_tensor_new(&c, be, 3, cs, e)))
         rc = sdw_tensor_new(&y, be, 4, ls, e);
+    if (!rc && pooled)
+        rc = sdw_tensor_new(&p, be, 2, ps, e);
     for (int s = 0; !rc && s < steps; s++) {
         inputs(s, ctx_dim, lat, ts, ctx);
         for (int i = 0; i < B * tcd; i++)
             tcond[i] = sinf(0.7f * (float)i + 1.3f * (float)s);
+        for (int i = 0; i < B * pooled; i++)
+            pv[i] = sinf(0.7f * (float)i - (float)s);
+        for (int i = 0; i < B * 6; i++)
+            ids[i] = (float)(64 * (i % 6 + 1) + 8 * s);
         if (!(rc = be->ops->upload(be, x.data, lat, sizeof lat / sizeof *lat, e)) &&
             !(rc = be->ops->upload(be, c.data, ctx, (size_t)(B * T * ctx_dim), e)) &&
-            !(rc = sdw_unet_forward(u, &x, ts, &c, &cond, &y, e)))
+            !(rc = pooled ? be->ops->upload(be, p.data, pv, (size_t)(B * pooled), e) : SDW_OK) &&
+            !(rc = sdw_unet_forward(u, &x, ts, &c, pooled || tcd ? &cond : NULL, &y, e)))
             rc = sdw_tensor_to_host(&y, out[s], e);
     }
-    sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y);
+    sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y), sdw_tensor_free(&p);
     free(ctx);
     return rc;
 }
@@ -407,6 +421,36 @@ static int same(float **a, float **b, int steps)
         if (memcmp(a[s], b[s], sizeof(float) * B * C * H * W))
             return 0;
     return 1;
+}
+
+/* SDXL: the text_time UNet recorded and replayed on fresh conditioning. */
+static void check_sdxl(sdw_backend *cpu, sdw_backend *rec)
+{
+    sdw_error e;
+    sdw_model m;
+    if (!tap_ok(sdw_model_open(&m, tap_fixture("models/tiny-sdxl"), &e) == 0, "tiny-sdxl opens"))
+        return;
+    sdw_unet *ucpu = load(cpu, &m), *u = load(rec, &m);
+    enum { N = 4 };
+    float *want[N], *got[N];
+    for (int s = 0; s < N; s++)
+        want[s] = malloc(sizeof(float) * B * C * H * W), got[s] = malloc(sizeof(float) * B * C * H * W);
+    if (tap_ok(ucpu && u, "tiny-sdxl's UNet loads on both")) {
+        const sdw_unet_config *c = sdw_unet_config_of(u);
+        int pooled = c->add_in - 6 * c->add_time_dim;
+        int rc = steps_on(cpu, ucpu, c->cross_attention_dim, pooled, N, want, &e);
+        if (!rc)
+            rc = steps_on(rec, u, c->cross_attention_dim, pooled, N, got, &e);
+        tap_ok(rc == 0 && same(got, want, N) && sdw_unet_graph_replays(u) == N - 2,
+               "tiny-sdxl: replayed steps read each step's pooled embeddings and time ids, equal bit for bit "
+               "(%ld replays)%s%s %s", sdw_unet_graph_replays(u), rc ? ": " : "", rc ? e.msg : "",
+               sdw_unet_graph_note(u));
+    }
+    for (int s = 0; s < N; s++)
+        free(want[s]), free(got[s]);
+    sdw_unet_free(u);
+    sdw_unet_free(ucpu);
+    sdw_model_close(&m);
 }
 
 int main(void)
@@ -426,11 +470,11 @@ int main(void)
     for (int s = 0; s < N; s++)
         want[s] = malloc(sizeof(float) * B * C * H * W), got[s] = malloc(sizeof(float) * B * C * H * W);
 
-    int rc = steps_on(cpu, ucpu, dim, N, want, &e);
+    int rc = steps_on(cpu, ucpu, dim, 0, N, want, &e);
     tap_ok(rc == 0 && sdw_unet_graph_replays(ucpu) == 0, "cpu: %d steps op by op, none replayed%s%s", N,
            rc ? ": " : "", rc ? e.msg : "");
     long live0 = rb(rec)->live;
-    rc = steps_on(rec, u, dim, N, got, &e);
+    rc = steps_on(rec, u, dim, 0, N, got, &e);
     tap_ok(rc == 0 && same(got, want, N), "recorded and replayed steps equal op-by-op ones bit for bit%s%s",
            rc ? ": " : "", rc ? e.msg : "");
     tap_ok(sdw_unet_graph_replays(u) == N - 2 && !sdw_unet_graph_note(u)[0],
@@ -442,16 +486,16 @@ int main(void)
 
     /* New buffers (steps_on allocates afresh): the old recording must not
      * be replayed on them. */
-    rc = steps_on(rec, u, dim, 3, got, &e);
+    rc = steps_on(rec, u, dim, 0, 3, got, &e);
     tap_ok(rc == 0 && same(got, want, 3) && sdw_unet_graph_replays(u) == N - 2 + 1,
            "new buffers: op by op, recorded, then replayed (%ld replays in all)", sdw_unet_graph_replays(u));
-    rc = steps_on(rec, u, dim, 3, got, &e);
+    rc = steps_on(rec, u, dim, 0, 3, got, &e);
     tap_ok(rc == 0 && same(got, want, 3), "and again without a release in between, still equal");
 
     sdw_unet_release(u);
     rb(rec)->refuse_end = 1;
     long before = sdw_unet_graph_replays(u);
-    rc = steps_on(rec, u, dim, N, got, &e);
+    rc = steps_on(rec, u, dim, 0, N, got, &e);
     tap_ok(rc == 0 && same(got, want, N) && sdw_unet_graph_replays(u) == before,
            "a refused recording: every step op by op, results unchanged");
     tap_ok(strstr(sdw_unet_graph_note(u), "refuses") != NULL, "and the reason is kept: %s", sdw_unet_graph_note(u));
@@ -466,9 +510,9 @@ int main(void)
     if (tap_ok(sdw_model_open(&lm, tap_fixture("models/tiny-lcm"), &e) == 0, "tiny-lcm opens")) {
         ucpu = load(cpu, &lm), u = load(rec, &lm);
         rb(rec)->refuse_end = 0;
-        rc = !ucpu || !u ? SDW_EINVAL : steps_on(cpu, ucpu, dim, N, want, &e);
+        rc = !ucpu || !u ? SDW_EINVAL : steps_on(cpu, ucpu, dim, 0, N, want, &e);
         if (!rc)
-            rc = steps_on(rec, u, dim, N, got, &e);
+            rc = steps_on(rec, u, dim, 0, N, got, &e);
         tap_ok(rc == 0 && same(got, want, N) && sdw_unet_graph_replays(u) == N - 2,
                "LCM UNet: replays read each step's guidance embedding, equal to op-by-op steps (%ld replays)%s%s",
                u ? sdw_unet_graph_replays(u) : 0L, rc ? ": " : "", rc ? e.msg : "");
@@ -478,6 +522,8 @@ int main(void)
     }
     for (int s = 0; s < N; s++)
         free(want[s]), free(got[s]);
+    rb(rec)->refuse_end = 0;
+    check_sdxl(cpu, rec);
     sdw_backend_destroy(rec);
     sdw_backend_destroy(cpu);
     sdw_model_close(&m);

@@ -78,7 +78,18 @@ static int count_steps(void *ctx, sdw_pipeline *p, int step, int total)
     return 0;
 }
 
-static void run_case(json_object *c)
+/* SDXL's {"width": W, "height": H} or {"top": T, "left": L}; absent or null
+ * leaves a and b. */
+static void pair(json_object *c, const char *key, const char *ka, const char *kb, int *a, int *b)
+{
+    json_object *v;
+    if (json_object_object_get_ex(c, key, &v) && json_object_is_type(v, json_type_object)) {
+        *a = (int)num(v, ka, *a);
+        *b = (int)num(v, kb, *b);
+    }
+}
+
+static void run_case(const char *dir, json_object *c)
 {
     const char *name = str(c, "name"), *kind = str(c, "kind");
     sdw_pipeline *p = model(str(c, "model"));
@@ -100,6 +111,9 @@ static void run_case(json_object *c)
     gp.sampler = str(c, "sampler");
     gp.eta = (float)num(c, "eta", 0);
     gp.strength = num(c, "strength", gp.strength);
+    pair(c, "original_size", "width", "height", &gp.original_width, &gp.original_height);
+    pair(c, "crops_coords_top_left", "top", "left", &gp.crop_top, &gp.crop_left);
+    pair(c, "target_size", "width", "height", &gp.target_width, &gp.target_height);
     sdw_image init = {0}, mask = {0}, out = {0};
     if (str(c, "init_image") && load_image(&init, str(c, "init_image"), 0)) {
         tap_ok(0, "%s: init image readable", name);
@@ -114,7 +128,7 @@ static void run_case(json_object *c)
     gp.mask = mask.pixels ? &mask : NULL;
 
     char file[256];
-    snprintf(file, sizeof file, "pipeline/%s.safetensors", name);
+    snprintf(file, sizeof file, "%s/%s.safetensors", dir, name);
     sdw_st_file ref;
     sdw_error e;
     int64_t nlat = 0, npix = 0;
@@ -218,6 +232,8 @@ static void test_describe_and_options(void)
         {"tiny-sd2", "sd2", "v_prediction", 0, 64},
         {"tiny-sd2-inpaint", "sd2", "epsilon", 1, 64},
         {"tiny-sd2-turbo", "sd2", "epsilon", 0, 64},
+        {"tiny-sdxl", "sdxl", "epsilon", 0, 64},
+        {"tiny-sdxl-turbo", "sdxl", "epsilon", 0, 64},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         sdw_pipeline *p = model(want[i].name);
@@ -323,12 +339,18 @@ int main(void)
         tap_ok(0, "cpu backend: %s", e.msg);
         return tap_done();
     }
-    json_object *cases = json_object_from_file(tap_fixture("pipeline/cases.json"));
-    if (tap_ok(cases && json_object_is_type(cases, json_type_array), "pipeline/cases.json readable")) {
-        for (size_t i = 0; i < json_object_array_length(cases); i++)
-            run_case(json_object_array_get_idx(cases, i));
+    /* SD 1.x/2.x cases (fixtures_pipeline.py), then SDXL's (fixtures_sdxl.py) */
+    static const char *const dirs[] = {"pipeline", "pipeline-sdxl"};
+    for (size_t d = 0; d < sizeof dirs / sizeof dirs[0]; d++) {
+        char file[64];
+        snprintf(file, sizeof file, "%s/cases.json", dirs[d]);
+        json_object *cases = json_object_from_file(tap_fixture(file));
+        if (tap_ok(cases && json_object_is_type(cases, json_type_array), "%s readable", file)) {
+            for (size_t i = 0; i < json_object_array_length(cases); i++)
+                run_case(dirs[d], json_object_array_get_idx(cases, i));
+        }
+        json_object_put(cases);
     }
-    json_object_put(cases);
     test_callbacks_and_errors();
     test_describe_and_options();
     for (int i = 0; i < nmodels; i++)

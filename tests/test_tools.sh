@@ -135,7 +135,18 @@ grep -q '"pad_token": "!"' "$tmp/sd2/tokenizer/tokenizer_config.json" &&
     grep -q '"hidden_act": "gelu"' "$tmp/sd2/text_encoder/config.json" && ! grep -aq '"text_model\.' \
     "$tmp/sd2/text_encoder/model.safetensors" && ok "tiny-sd2 folder: pad \"!\", v-prediction, gelu, no text_model." ||
     not_ok "tiny-sd2 folder: pad \"!\", v-prediction, gelu, no text_model."
+check "mkmodel tiny-sdxl" "$bin/sdworker-mkmodel" --config tiny-sdxl --seed 3 "$tmp/sdxl"
+check "tiny-sdxl generates with SDXL's micro-conditioning" "$bin/sdworker-generate" --model "$tmp/sdxl" \
+    --prompt "a cat" --steps 2 --width 64 --height 64 --original-size 1024x768 --crop 16,32 --target-size 64x64 \
+    --seed 3 --quiet --output "$tmp/sdxl.png"
+check "tiny-sdxl PNG is 64x64" has_size "$tmp/sdxl.png" 64x64
+exits 2 "folders only" "$bin/sdworker-mkmodel" --config tiny-sdxl --single-file "$tmp/x.safetensors" &&
+    ok "mkmodel: no SDXL single file" || not_ok "mkmodel: no SDXL single file" "$(cat "$tmp/err")"
+exits 5 "SDXL models only" "$bin/sdworker-generate" --model "$tmp/sd2" --prompt x --steps 1 --crop 0,8 \
+    --output "$tmp/x.png" && ok "--crop for an SD 2 model is refused" ||
+    not_ok "--crop for an SD 2 model is refused" "$(cat "$tmp/err")"
 check "mkmodel --single-file tiny-sd2" "$bin/sdworker-mkmodel" --config tiny-sd2 --seed 3 --single-file "$tmp/sd2.safetensors"
+
 absent=
 for k in cond_stage_model.model.token_embedding.weight cond_stage_model.model.positional_embedding \
     cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight \

@@ -1,7 +1,8 @@
 /* The UNet against diffusers' UNet2DConditionModel on the tiny fixture
  * models (tests/reference/fixtures_unet_vae.py, fixtures_sd2.py): batch 2,
  * timesteps like 981 and 500.5, a non-square latent for tiny-b; SD 2.x's
- * per-level heads, linear projections and 9 input channels; from the
+ * per-level heads, linear projections and 9 input channels; SDXL's text_time
+ * addition embedding (pooled text, time ids) and [1,2] transformer depths; from the
  * diffusers folder and from the same weights re-keyed as an LDM single file
  * with the key map that diffusers' own converter confirmed, or tiny-sd2's
  * single file, whose UNet config is read off its shapes; and the errors for
@@ -23,23 +24,64 @@
 
 static sdw_backend *be;
 
+static int parse_with(const sdw_model *m, const char *key, json_object *val, sdw_unet_config *cfg, sdw_error *e);
+
 /* Runs the fixture case through u; the max relative error, or INFINITY. */
 static double run_case(sdw_unet *u, const sdw_st_file *fx, sdw_error *e)
 {
-    const sdw_st_tensor *li, *ci, *wi;
+    const sdw_st_tensor *li, *ci, *wi, *pi = NULL;
     float *lat = fixture_f32(fx, "latents", &li), *ctx = fixture_f32(fx, "encoder_hidden_states", &ci);
     float *ts = fixture_f32(fx, "timesteps", NULL), *want = fixture_f32(fx, "eps", &wi);
     float *got = want ? malloc((size_t)wi->numel * sizeof *got) : NULL;
+    /* SDXL's added conditioning, where the fixture has it */
+    float *pooled = sdw_st_find(fx, "text_embeds") ? fixture_f32(fx, "text_embeds", &pi) : NULL;
+    float *ids = sdw_st_find(fx, "time_ids") ? fixture_f32(fx, "time_ids", NULL) : NULL;
     double r = INFINITY;
-    sdw_tensor x = {0}, c = {0}, y = {0};
+    sdw_tensor x = {0}, c = {0}, y = {0}, p = {0};
+    sdw_unet_cond cond = {.text_embeds = pooled ? &p : NULL, .time_ids = ids};
     /* eps has out_channels (4) where an inpainting UNet's latents have 9 */
     if (lat && ctx && ts && got && !sdw_tensor_from_host(&x, be, 4, li->shape, lat, e) &&
         !sdw_tensor_from_host(&c, be, 3, ci->shape, ctx, e) && !sdw_tensor_new(&y, be, 4, wi->shape, e) &&
-        !sdw_unet_forward(u, &x, ts, &c, NULL, &y, e) && !sdw_tensor_to_host(&y, got, e))
+        (!pooled || !sdw_tensor_from_host(&p, be, 2, pi->shape, pooled, e)) &&
+        !sdw_unet_forward(u, &x, ts, &c, pooled || ids ? &cond : NULL, &y, e) && !sdw_tensor_to_host(&y, got, e))
         r = max_rel_err(got, want, (size_t)wi->numel);
-    sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y);
-    free(lat), free(ctx), free(ts), free(want), free(got);
+    sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y), sdw_tensor_free(&p);
+    free(lat), free(ctx), free(ts), free(want), free(got), free(pooled), free(ids);
     return r;
+}
+
+/* A text_time UNet without its conditioning, and an unknown addition type. */
+static void check_sdxl_errors(void)
+{
+    sdw_error e;
+    sdw_model m;
+    if (sdw_model_open(&m, tap_fixture("models/tiny-sdxl"), &e)) {
+        tap_ok(0, "tiny-sdxl opens: %s", e.msg);
+        return;
+    }
+    sdw_unet_config cfg;
+    sdw_unet *u = NULL;
+    int rc = sdw_unet_config_parse(&cfg, m.unet_config, &e);
+    tap_ok(rc == 0 && cfg.text_time && cfg.add_time_dim == 8 && cfg.add_in == 60 && cfg.tlayers[0] == 1 &&
+               cfg.tlayers[1] == 2 && !cfg.down_attn[0] && cfg.heads[1] == 2,
+           "tiny-sdxl: text_time, 8-wide time ids, 60 add_embedding inputs, transformer layers [1,2]");
+    if (!rc && !(rc = sdw_unet_load(&u, be, &cfg, &m.unet, SDW_LAYOUT_DIFFUSERS, &e))) {
+        int64_t xs[4] = {1, 4, 8, 8}, cs[3] = {1, 77, 24};
+        sdw_tensor x = {0}, c = {0}, y = {0};
+        float t = 500;
+        if (!sdw_tensor_new(&x, be, 4, xs, &e) && !sdw_tensor_new(&c, be, 3, cs, &e) &&
+            !sdw_tensor_new(&y, be, 4, xs, &e)) {
+            rc = sdw_unet_forward(u, &x, &t, &c, NULL, &y, &e);
+            tap_ok(rc == SDW_EINVAL && strstr(e.msg, "time ids"), "a text_time UNet without its conditioning: %s",
+                   e.msg);
+        }
+        sdw_tensor_free(&x), sdw_tensor_free(&c), sdw_tensor_free(&y);
+        sdw_unet_free(u);
+    }
+    rc = parse_with(&m, "addition_embed_type", json_object_new_string("text_image"), &cfg, &e);
+    tap_ok(rc == SDW_EUNSUPPORTED && strstr(e.msg, "text_image"), "addition_embed_type text_image is refused: %s",
+           e.msg);
+    sdw_model_close(&m);
 }
 
 /* The diffusers weights written again under their LDM names. */
@@ -112,7 +154,9 @@ static void check_single(const char *model, const sdw_unet_config *cfg, const sd
     rc = sdw_unet_config_parse(&sc, m.unet_config, &e);
     int same = !rc && sc.in_channels == cfg->in_channels && sc.out_channels == cfg->out_channels &&
                sc.nblocks == cfg->nblocks && sc.layers_per_block == cfg->layers_per_block &&
-               sc.cross_attention_dim == cfg->cross_attention_dim && sc.linear_projection == cfg->linear_projection;
+               sc.cross_attention_dim == cfg->cross_attention_dim && sc.linear_projection == cfg->linear_projection &&
+               sc.text_time == cfg->text_time && sc.add_time_dim == cfg->add_time_dim && sc.add_in == cfg->add_in &&
+               sc.upcast_attention == cfg->upcast_attention;
     for (int i = 0; same && i < cfg->nblocks; i++)
         same = sc.block_out[i] == cfg->block_out[i] && sc.down_attn[i] == cfg->down_attn[i] &&
                sc.up_attn[i] == cfg->up_attn[i] && sc.tlayers[i] == cfg->tlayers[i] &&
@@ -272,6 +316,8 @@ int main(void)
     check_model("tiny-b", LDM_REKEY);
     check_model("tiny-sd2", LDM_FILE);
     check_model("tiny-sd2-inpaint", NO_LDM);
+    check_model("tiny-sdxl", LDM_FILE);
+    check_sdxl_errors();
     check_errors();
     sdw_backend_destroy(be);
     return tap_done();

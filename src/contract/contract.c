@@ -89,6 +89,7 @@ sdw_contract_defaults sdw_contract_builtin_defaults(void)
 {
     return (sdw_contract_defaults){
         .steps = 20, .guidance_scale = 7.5, .width = 512, .height = 512, .sampler = SDW_JOB_SAMPLER_DEFAULT,
+        .sdxl = -1,
     };
 }
 
@@ -622,6 +623,47 @@ static int get_sampler(parse_ctx *c, int *out)
     return sdw_api_fail(c->e, 400, SDW_API_INVALID_VALUE, "sampler must be one of %s", sdw_sampler_names);
 }
 
+/* {"<ka>": int, "<kb>": int} with both in [lo, hi], or absent/null
+ * (*given 0, outputs untouched). */
+static int get_pair(parse_ctx *c, const char *name, const char *ka, const char *kb, int lo, int hi, int *a, int *b,
+                    bool *given)
+{
+    json_object *v = field(c, name), *x, *y;
+    int64_t va, vb;
+    char what[128];
+    *given = v != NULL;
+    if (!v)
+        return 0;
+    snprintf(what, sizeof what, "an object {\"%s\": %d..%d, \"%s\": %d..%d}", ka, lo, hi, kb, lo, hi);
+    if (!json_object_is_type(v, json_type_object) || json_object_object_length(v) != 2 ||
+        !json_object_object_get_ex(v, ka, &x) || !json_object_object_get_ex(v, kb, &y) || !as_int64(x, &va) ||
+        !as_int64(y, &vb) || va < lo || va > hi || vb < lo || vb > hi)
+        return bad(c, name, what);
+    *a = (int)va, *b = (int)vb;
+    return 0;
+}
+
+/* SDXL's original_size, crops_coords_top_left and target_size. */
+static int get_micro(parse_ctx *c, const sdw_contract_defaults *d, sdw_job_request *r)
+{
+    bool given[3];
+    int rc;
+    if ((rc = get_pair(c, "original_size", "width", "height", 1, 16384, &r->original_width, &r->original_height,
+                       &given[0])) ||
+        (rc = get_pair(c, "crops_coords_top_left", "top", "left", 0, 16384, &r->crop_top, &r->crop_left,
+                       &given[1])) ||
+        (rc = get_pair(c, "target_size", "width", "height", 1, 16384, &r->target_width, &r->target_height,
+                       &given[2])))
+        return rc;
+    r->has_crops = given[1];
+    static const char *const names[3] = {"original_size", "crops_coords_top_left", "target_size"};
+    for (int i = 0; i < 3; i++)
+        if (given[i] && d->sdxl == 0)
+            return sdw_api_fail_field(c->e, 400, SDW_API_INVALID_VALUE, names[i],
+                                      "%s applies to SDXL models only; %s is not one", names[i], r->model);
+    return 0;
+}
+
 static int parse_fields(parse_ctx *c, sdw_operation op, sdw_job_request *r)
 {
     int rc;
@@ -647,8 +689,9 @@ static int parse_fields(parse_ctx *c, sdw_operation op, sdw_job_request *r)
         (rc = get_sampler(c, &r->sampler)) ||
         (rc = get_num(c, "eta", 0, 0, 1, 0, &r->eta)) ||
         (rc = get_int(c, "clip_skip", 0, 0, 11, &r->clip_skip)) ||
-        (rc = get_seed(c, r)))
+        (rc = get_seed(c, r)) || (rc = get_micro(c, &d, r)))
         return rc;
+    r->negative_prompt_given = field(c, "negative_prompt") != NULL;
     if (r->eta != 0 && r->sampler != SDW_SAMPLER_DDIM)
         return bad(c, "eta", "0 unless sampler is ddim");
 
@@ -809,8 +852,10 @@ char *sdw_job_request_params_json(const sdw_job_request *r)
     if (r->worker_id[0])
         json_object_object_add(o, "worker_id", json_object_new_string(r->worker_id));
     json_object_object_add(o, "prompt", json_object_new_string(r->prompt ? r->prompt : ""));
-    json_object_object_add(o, "negative_prompt",
-                           json_object_new_string(r->negative_prompt ? r->negative_prompt : ""));
+    /* null when not given: SDXL tells the two apart */
+    json_object_object_add(o, "negative_prompt", r->negative_prompt_given && r->negative_prompt
+                                                     ? json_object_new_string(r->negative_prompt)
+                                                     : NULL);
     json_object_object_add(o, "steps", json_object_new_int(r->steps));
     json_object_object_add(o, "guidance_scale", exact_double(r->guidance_scale));
     if (r->op == SDW_OPERATION_GENERATE) {
@@ -834,6 +879,22 @@ char *sdw_job_request_params_json(const sdw_job_request *r)
             json_object_array_add(a, l);
         }
         json_object_object_add(o, "loras", a);
+    }
+    struct {
+        const char *name, *ka, *kb;
+        int a, b, given;
+    } micro[] = {
+        {"original_size", "width", "height", r->original_width, r->original_height, r->original_width > 0},
+        {"crops_coords_top_left", "top", "left", r->crop_top, r->crop_left, r->has_crops},
+        {"target_size", "width", "height", r->target_width, r->target_height, r->target_width > 0},
+    };
+    for (size_t i = 0; i < sizeof micro / sizeof micro[0]; i++) {
+        if (!micro[i].given)
+            continue;
+        json_object *pr = json_object_new_object();
+        json_object_object_add(pr, micro[i].ka, json_object_new_int(micro[i].a));
+        json_object_object_add(pr, micro[i].kb, json_object_new_int(micro[i].b));
+        json_object_object_add(o, micro[i].name, pr);
     }
     const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     char *out = s ? strdup(s) : NULL;

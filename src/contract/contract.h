@@ -149,6 +149,10 @@ typedef struct sdw_contract_defaults {
     double guidance_scale;    /* 7.5 */
     int width, height;        /* 512 x 512 */
     int sampler;              /* SDW_JOB_SAMPLER_DEFAULT */
+    /* 1: an SDXL model, which takes original_size, crops_coords_top_left
+     * and target_size; 0: another family, which refuses them (400); -1 (the
+     * built-in default): not known yet, so they pass to the engine. */
+    int sdxl;
 } sdw_contract_defaults;
 
 sdw_contract_defaults sdw_contract_builtin_defaults(void);
@@ -221,6 +225,7 @@ typedef struct sdw_job_request {
     char worker_id[SDW_ID_FIELD_MAX];   /* "" when absent */
     char *prompt;                       /* malloc'd, as sent (not trimmed) */
     char *negative_prompt;              /* malloc'd, "" when absent or null */
+    bool negative_prompt_given;         /* neither absent nor null: SDXL zeroes a missing one */
     int steps;
     double guidance_scale;
     int width, height;                  /* 0 for transform/inpaint: from the image */
@@ -230,6 +235,12 @@ typedef struct sdw_job_request {
     double eta;
     int clip_skip;
     double strength;                    /* transform and inpaint only */
+    /* SDXL micro-conditioning: original_size and target_size {width,
+     * height} (0 when absent: the image's size), crops_coords_top_left
+     * {top, left} (0, 0 when absent; has_crops says it was given). */
+    int original_width, original_height, target_width, target_height;
+    int crop_top, crop_left;
+    bool has_crops;
     sdw_image_blob init_image;          /* transform and inpaint */
     sdw_image_blob mask_image;          /* inpaint */
     /* LoRA */

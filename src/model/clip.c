@@ -2,6 +2,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "model/nn.h"
 #include "model/param.h"
@@ -15,6 +16,7 @@ struct sdw_clip {
     sdw_backend *be;
     sdw_clip_config cfg;
     sdw_tensor tok_emb, pos_emb, final_w, final_b;
+    sdw_tensor proj; /* text_projection.weight [projection_dim, hidden], when projection_dim */
     clip_layer *layers;
 };
 
@@ -96,6 +98,7 @@ void sdw_clip_free(sdw_clip *c)
     sdw_tensor_free(&c->pos_emb);
     sdw_tensor_free(&c->final_w);
     sdw_tensor_free(&c->final_b);
+    sdw_tensor_free(&c->proj);
     free(c);
 }
 
@@ -122,6 +125,10 @@ int sdw_clip_load(sdw_clip **out, sdw_backend *be, const sdw_clip_config *cfg, c
         rc = load_layer(c, w, i, &c->layers[i], e);
     if (!rc)
         rc = load_norm(c, w, "final_layer_norm", &c->final_w, &c->final_b, cfg->hidden_size, e);
+    if (!rc && cfg->projection_dim > 0) {
+        int64_t ps[2] = {cfg->projection_dim, cfg->hidden_size};
+        rc = sdw_param_load_weight(&c->proj, be, w, "text_projection.weight", 2, ps, e);
+    }
     if (rc) {
         sdw_fail_wrap(e, "text encoder");
         sdw_clip_free(c);
@@ -175,6 +182,86 @@ static int run_layer(sdw_clip *c, const clip_layer *l, sdw_tensor *x, clip_scrat
     return SDW_OK;
 }
 
+static int check_out(const sdw_clip *c, const sdw_tensor *t, const char *what, int batch, int64_t rows,
+                     int64_t width, sdw_error *e)
+{
+    int ok = rows ? t->ndim == 3 && t->shape[0] == batch && t->shape[1] == rows && t->shape[2] == width
+                  : t->ndim == 2 && t->shape[0] == batch && t->shape[1] == width;
+    if (ok)
+        return SDW_OK;
+    char s[96];
+    if (rows)
+        return sdw_fail(e, SDW_EINVAL, "text encoder: %s has shape %s, expected [%d,%lld,%lld]", what,
+                        sdw_shape_str(t->ndim, t->shape, s, sizeof s), batch, (long long)rows, (long long)width);
+    return sdw_fail(e, SDW_EINVAL, "text encoder: %s has shape %s, expected [%d,%lld]", what,
+                    sdw_shape_str(t->ndim, t->shape, s, sizeof s), batch, (long long)width);
+}
+
+/* The pooled output: text_projection(final_layer_norm(x)) at each row's
+ * first largest id, which is transformers' rule for the legacy eos id 2 that
+ * SD's encoder configs carry and, since EOS (49407) is the largest id and
+ * always there, the same position as its rule for any other. The rows are
+ * picked on the host: a tensor's data is a handle, not an address. */
+static int pool(sdw_clip *c, const int32_t *ids, int batch, int tokens, const sdw_tensor *x, sdw_tensor *pooled,
+                sdw_error *e)
+{
+    int64_t h = c->cfg.hidden_size, ps[2] = {batch, h};
+    size_t row = (size_t)h;
+    sdw_tensor ln = {0}, picked = {0};
+    float *all = malloc((size_t)batch * tokens * row * sizeof *all), *sel = malloc((size_t)batch * row * sizeof *sel);
+    int rc = all && sel ? SDW_OK : sdw_fail(e, SDW_ENOMEM, "out of memory");
+    if (!rc)
+        rc = sdw_tensor_new(&ln, c->be, x->ndim, x->shape, e);
+    if (!rc)
+        rc = sdw_op_layer_norm(x, &c->final_w, &c->final_b, c->cfg.layer_norm_eps, &ln, e);
+    if (!rc)
+        rc = sdw_tensor_to_host(&ln, all, e);
+    for (int b = 0; !rc && b < batch; b++) {
+        int at = 0;
+        for (int i = 1; i < tokens; i++)
+            if (ids[b * tokens + i] > ids[b * tokens + at])
+                at = i;
+        memcpy(sel + b * row, all + ((size_t)b * tokens + at) * row, row * sizeof *sel);
+    }
+    if (!rc)
+        rc = sdw_tensor_from_host(&picked, c->be, 2, ps, sel, e);
+    if (!rc)
+        rc = sdw_op_linear(&picked, &c->proj, NULL, pooled, e);
+    sdw_tensor_free(&ln), sdw_tensor_free(&picked);
+    free(all), free(sel);
+    return rc;
+}
+
+/* Runs the embeddings and the layers; `stop` layers in, the states go to
+ * out (after the final LayerNorm when final_ln); pooled, when not NULL,
+ * takes all the layers. */
+static int encode(sdw_clip *c, const int32_t *ids, int batch, int tokens, int stop, int final_ln, sdw_tensor *out,
+                  sdw_tensor *pooled, sdw_error *e)
+{
+    const sdw_clip_config *cfg = &c->cfg;
+    clip_scratch s = {0};
+    sdw_tensor x = {0};
+    int64_t xs[3] = {batch, tokens, cfg->hidden_size};
+    int last = pooled ? cfg->num_layers : stop;
+    int rc = scratch_new(c, &s, batch, tokens, e);
+    if (!rc)
+        rc = sdw_tensor_new(&x, c->be, 3, xs, e);
+    if (!rc)
+        rc = sdw_op_embed(&c->tok_emb, ids, &c->pos_emb, &x, e);
+    for (int i = 0; !rc && i <= last; i++) {
+        if (i == stop)
+            rc = final_ln ? sdw_op_layer_norm(&x, &c->final_w, &c->final_b, cfg->layer_norm_eps, out, e)
+                          : sdw_op_scale(&x, 1.0f, out, e);
+        if (!rc && i < last)
+            rc = run_layer(c, &c->layers[i], &x, &s, e);
+    }
+    if (!rc && pooled)
+        rc = pool(c, ids, batch, tokens, &x, pooled, e);
+    sdw_tensor_free(&x);
+    scratch_free(&s);
+    return rc;
+}
+
 int sdw_clip_encode(sdw_clip *c, const int32_t *ids, int batch, int tokens, int clip_skip, sdw_tensor *out,
                     sdw_error *e)
 {
@@ -183,24 +270,23 @@ int sdw_clip_encode(sdw_clip *c, const int32_t *ids, int batch, int tokens, int 
         return sdw_fail(e, SDW_EINVAL, "text encoder: %d tokens outside 1..%d", tokens, cfg->max_positions);
     if (clip_skip < 0 || clip_skip >= cfg->num_layers)
         return sdw_fail(e, SDW_EINVAL, "text encoder: clip_skip %d outside 0..%d", clip_skip, cfg->num_layers - 1);
-    if (out->ndim != 3 || out->shape[0] != batch || out->shape[1] != tokens || out->shape[2] != cfg->hidden_size) {
-        char s[96];
-        return sdw_fail(e, SDW_EINVAL, "text encoder: output has shape %s, expected [%d,%d,%d]",
-                        sdw_shape_str(out->ndim, out->shape, s, sizeof s), batch, tokens, cfg->hidden_size);
-    }
-    clip_scratch s = {0};
-    sdw_tensor x = {0};
-    int64_t xs[3] = {batch, tokens, cfg->hidden_size};
-    int rc = scratch_new(c, &s, batch, tokens, e);
-    if (!rc)
-        rc = sdw_tensor_new(&x, c->be, 3, xs, e);
-    if (!rc)
-        rc = sdw_op_embed(&c->tok_emb, ids, &c->pos_emb, &x, e);
-    for (int i = 0; !rc && i < cfg->num_layers - clip_skip; i++)
-        rc = run_layer(c, &c->layers[i], &x, &s, e);
-    if (!rc)
-        rc = sdw_op_layer_norm(&x, &c->final_w, &c->final_b, cfg->layer_norm_eps, out, e);
-    sdw_tensor_free(&x);
-    scratch_free(&s);
-    return rc;
+    int rc = check_out(c, out, "output", batch, tokens, cfg->hidden_size, e);
+    return rc ? rc : encode(c, ids, batch, tokens, cfg->num_layers - clip_skip, 1, out, NULL, e);
+}
+
+int sdw_clip_encode_hidden(sdw_clip *c, const int32_t *ids, int batch, int tokens, int layer, sdw_tensor *out,
+                           sdw_tensor *pooled, sdw_error *e)
+{
+    const sdw_clip_config *cfg = &c->cfg;
+    if (batch <= 0 || tokens <= 0 || tokens > cfg->max_positions)
+        return sdw_fail(e, SDW_EINVAL, "text encoder: %d tokens outside 1..%d", tokens, cfg->max_positions);
+    if (layer < 0 || layer > cfg->num_layers)
+        return sdw_fail(e, SDW_EINVAL, "text encoder: hidden states of layer %d outside 0..%d", layer,
+                        cfg->num_layers);
+    if (pooled && cfg->projection_dim <= 0)
+        return sdw_fail(e, SDW_EINVAL, "text encoder: no text projection to pool with");
+    int rc = check_out(c, out, "output", batch, tokens, cfg->hidden_size, e);
+    if (!rc && pooled)
+        rc = check_out(c, pooled, "pooled output", batch, 0, cfg->projection_dim, e);
+    return rc ? rc : encode(c, ids, batch, tokens, layer, 0, out, pooled, e);
 }

@@ -10,8 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* A model opens at most one file per part: text encoder, UNet, VAE. */
-#define MAX_FILES 3
+/* A model opens at most one file per part: text encoders (SDXL has two),
+ * UNet, VAE. */
+#define MAX_FILES 4
 
 /* The CLIP loader's names (transformers 5's CLIPTextModel spelling). */
 #define TOKEN_EMB "embeddings.token_embedding.weight"
@@ -19,7 +20,7 @@
 /* The key diffusers reads an SD 2.x UNet off (its width is 1024 there). */
 #define V2_KEY "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
 
-static const char fam_sd1[] = "sd1", fam_sd2[] = "sd2";
+static const char fam_sd1[] = "sd1", fam_sd2[] = "sd2", fam_sdxl[] = "sdxl";
 
 static const char pickle_advice[] =
     "pickle checkpoints (.ckpt/.pt/.pth/.bin) run arbitrary code when loaded, so sdworker never "
@@ -40,7 +41,7 @@ static const char *file_label(const sdw_weights *w)
  * prefix. */
 static int locate(const sdw_weights *w, const char *name, sdw_weights_loc *loc, sdw_error *e)
 {
-    sdw_weights_loc rel = {.block = 0, .nblocks = 1};
+    sdw_weights_loc rel = {.block = 0, .nblocks = 1, .transpose = 0};
     if (w->map) {
         if (w->map(name, &rel))
             return sdw_fail(e, SDW_ENOTFOUND, "%s: %s has no counterpart in the layout of %s", w->part, name,
@@ -101,10 +102,10 @@ static void format_shape(char *buf, size_t cap, int ndim, const int64_t *shape)
  * rows. 0 when it cannot be stated (a fused scalar, an overflow). */
 static int stored_shape(const sdw_weights_loc *loc, int ndim, const int64_t *shape, int64_t *out)
 {
-    if (ndim < (loc->nblocks > 1) || ndim > SDW_ST_MAX_DIMS)
+    if (ndim < (loc->nblocks > 1) || ndim > SDW_ST_MAX_DIMS || (loc->transpose && (ndim != 2 || loc->nblocks > 1)))
         return 0;
     for (int i = 0; i < ndim; i++)
-        out[i] = shape[i];
+        out[i] = shape[loc->transpose ? ndim - 1 - i : i];
     if (loc->nblocks > 1) {
         if (shape[0] < 0 || shape[0] > INT64_MAX / loc->nblocks)
             return 0;
@@ -213,6 +214,19 @@ int sdw_weights_load(const sdw_weights *w, const char *name, int ndim, const int
         return sdw_fail_wrap(e, "%s: %s", w->part, f->path ? f->path : "<memory>");
     }
     release_pages(f, &t);
+    if (loc.transpose) {
+        int64_t rows = t.shape[0], cols = t.shape[1];
+        float *tr = malloc(t.numel ? (size_t)t.numel * sizeof *tr : 1);
+        if (!tr) {
+            free(buf);
+            return sdw_fail(e, SDW_ENOMEM, "%s: out of memory for %s", w->part, t.name);
+        }
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++)
+                tr[c * rows + r] = buf[r * cols + c];
+        free(buf);
+        buf = tr;
+    }
     *out = buf;
     return 0;
 }
@@ -227,7 +241,7 @@ int sdw_weights_load_f16(const sdw_weights *w, const char *name, int ndim, const
     *out = NULL;
     /* Anything but a matching half tensor is left to sdw_weights_load, which
      * loads it or says what is wrong. */
-    if (w->synth || locate(w, name, &loc, &ignored) < 0 ||
+    if (w->synth || locate(w, name, &loc, &ignored) < 0 || loc.transpose ||
         find_checked(w, &loc, ndim, shape, &t, &f, &ignored) < 0 || t.dtype != SDW_DT_F16)
         return 1;
     uint16_t *buf = malloc(t.nbytes ? t.nbytes : 1);
@@ -261,12 +275,16 @@ int sdw_weights_openclip(const char *name, sdw_weights_loc *loc)
         {"embeddings.position_embedding.weight", "positional_embedding"},
         {"final_layer_norm.weight", "ln_final.weight"},
         {"final_layer_norm.bias", "ln_final.bias"},
+        {"text_projection.weight", "text_projection"},
     };
     loc->block = 0;
     loc->nblocks = 1;
+    loc->transpose = 0;
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
-        if (!strcmp(name, fixed[i].clip))
+        if (!strcmp(name, fixed[i].clip)) {
+            loc->transpose = !strcmp(fixed[i].openclip, "text_projection");
             return snprintf(loc->name, sizeof loc->name, "%s", fixed[i].openclip) < 0;
+        }
     int layer, n = 0;
     if (sscanf(name, "encoder.layers.%d.%n", &layer, &n) != 1 || !n || layer < 0)
         return 1;
@@ -282,6 +300,15 @@ int sdw_weights_openclip(const char *name, sdw_weights_loc *loc)
         return len >= sizeof loc->name;
     }
     return 1;
+}
+
+int sdw_weights_text_model(const char *name, sdw_weights_loc *loc)
+{
+    loc->block = 0;
+    loc->nblocks = 1;
+    loc->transpose = 0;
+    const char *pre = strcmp(name, "text_projection.weight") ? "text_model." : "";
+    return (size_t)snprintf(loc->name, sizeof loc->name, "%s%s", pre, name) >= sizeof loc->name;
 }
 
 /* ---- helpers ---- */
@@ -351,13 +378,19 @@ static int check_clip(const sdw_clip_config *c, const char *src, sdw_error *e)
     return 0;
 }
 
-static int parse_clip_config(sdw_clip_config *c, const char *path, sdw_error *e)
+/* with_projection: a CLIPTextModelWithProjection, whose projection_dim is
+ * read (CLIPTextConfig saves one, 512 by default, for a CLIPTextModel too,
+ * which has no projection). */
+static int parse_clip_config(sdw_clip_config *c, const char *path, int with_projection, sdw_error *e)
 {
     json_object *cfg;
     int rc = read_json(path, &cfg, e);
     if (rc < 0)
         return rc;
     json_object *x;
+    c->projection_dim = 0;
+    if (with_projection && (rc = cfg_int(cfg, path, "projection_dim", 1, 16384, &c->projection_dim, e)) < 0)
+        goto out;
     if ((rc = cfg_int(cfg, path, "vocab_size", 1, 1 << 20, &c->vocab_size, e)) < 0 ||
         (rc = cfg_int(cfg, path, "hidden_size", 1, 16384, &c->hidden_size, e)) < 0 ||
         (rc = cfg_int(cfg, path, "intermediate_size", 1, 65536, &c->intermediate_size, e)) < 0 ||
@@ -431,13 +464,12 @@ static int set_weights(sdw_weights *w, const char *part, const sdw_st_file *f, c
 /* The embedding tables fix vocab, hidden and position sizes; comparing them
  * with the config here turns a mismatched config into one clear error instead
  * of a shape failure deep inside the encoder. */
-static int check_embeddings(const sdw_model *m, sdw_error *e)
+static int check_embeddings(const sdw_weights *w, const sdw_clip_config *c, sdw_error *e)
 {
-    const sdw_weights *w = &m->text_encoder;
     const sdw_st_tensor *t;
     int rc;
-    const int64_t want_tok[2] = {m->clip.vocab_size, m->clip.hidden_size};
-    const int64_t want_pos[2] = {m->clip.max_positions, m->clip.hidden_size};
+    const int64_t want_tok[2] = {c->vocab_size, c->hidden_size};
+    const int64_t want_pos[2] = {c->max_positions, c->hidden_size};
     const char *names[2] = {TOKEN_EMB, POS_EMB};
     const int64_t *want[2] = {want_tok, want_pos};
     for (int i = 0; i < 2; i++) {
@@ -475,9 +507,16 @@ static const char sched_sd2_inpaint[] =
     "\"beta_start\":0.00085,\"clip_sample\":false,\"num_train_timesteps\":1000,\"prediction_type\":\"epsilon\","
     "\"set_alpha_to_one\":false,\"skip_prk_steps\":true,\"steps_offset\":1,\"trained_betas\":null}";
 
+/* stabilityai/stable-diffusion-xl-base-1.0's */
+static const char sched_sdxl[] =
+    "{\"_class_name\":\"EulerDiscreteScheduler\",\"beta_end\":0.012,\"beta_schedule\":\"scaled_linear\","
+    "\"beta_start\":0.00085,\"clip_sample\":false,\"interpolation_type\":\"linear\",\"num_train_timesteps\":1000,"
+    "\"prediction_type\":\"epsilon\",\"sample_max_value\":1.0,\"set_alpha_to_one\":false,\"skip_prk_steps\":true,"
+    "\"steps_offset\":1,\"timestep_spacing\":\"leading\",\"trained_betas\":null,\"use_karras_sigmas\":false}";
+
 static int family_size(const sdw_model *m)
 {
-    return m->family == fam_sd2 && !m->inpainting ? 768 : 512;
+    return m->family == fam_sdxl ? 1024 : m->family == fam_sd2 && !m->inpainting ? 768 : 512;
 }
 
 static int json_int(const json_object *o, const char *key, int dflt)
@@ -500,7 +539,7 @@ static void folder_family(sdw_model *m)
                      ? (int)json_object_array_length(bo)
                      : 4;
     int sample = json_int(m->unet_config, "sample_size", 0);
-    m->family = m->clip.quick_gelu ? fam_sd1 : fam_sd2;
+    m->family = m->text_encoder_2.nfiles ? fam_sdxl : m->clip.quick_gelu ? fam_sd1 : fam_sd2;
     m->inpainting = json_int(m->unet_config, "in_channels", 4) == 9;
     m->default_size = sample > 0 && sample <= 4096 && levels >= 1 && levels <= 8 ? sample << (levels - 1)
                                                                                 : family_size(m);
@@ -670,12 +709,12 @@ static int read_json_if_file(const char *path, json_object **o, sdw_error *e)
  *     only as written there.
  * The pad token is always an added token, so SD 2's "!" is id 0 wherever
  * it appears in a prompt. */
-static int open_tokenizer(sdw_model *m, const char *root, sdw_error *e)
+static int open_tokenizer(const char *root, const char *sub, sdw_tokenizer **tok, sdw_clip_config *clip, sdw_error *e)
 {
     char dir[4096], tj[4096], vocab[4096], merges[4096], cfg[4096], map[4096];
     json_object *cfg_json = NULL, *map_json = NULL, *dec = NULL;
     int rc;
-    if ((rc = join(dir, sizeof dir, root, "tokenizer", e)) < 0 ||
+    if ((rc = join(dir, sizeof dir, root, sub, e)) < 0 ||
         (rc = join(tj, sizeof tj, dir, "tokenizer.json", e)) < 0 ||
         (rc = join(vocab, sizeof vocab, dir, "vocab.json", e)) < 0 ||
         (rc = join(merges, sizeof merges, dir, "merges.txt", e)) < 0 ||
@@ -684,16 +723,16 @@ static int open_tokenizer(sdw_model *m, const char *root, sdw_error *e)
         return rc;
     bool json = is_file(tj);
     if (json) {
-        rc = sdw_tok_load_json(&m->tokenizer, tj, e);
+        rc = sdw_tok_load_json(tok, tj, e);
     } else if (is_file(vocab) && is_file(merges)) {
-        rc = sdw_tok_load_hf(&m->tokenizer, vocab, merges, e);
+        rc = sdw_tok_load_hf(tok, vocab, merges, e);
     } else {
         return sdw_fail(e, SDW_ENOTFOUND, "%s: missing, and there is no tokenizer.json either",
                         is_file(vocab) ? merges : vocab);
     }
     if (rc < 0)
-        return sdw_fail_wrap(e, "tokenizer");
-    sdw_tokenizer *t = m->tokenizer;
+        return sdw_fail_wrap(e, "%s", sub);
+    sdw_tokenizer *t = *tok;
     if ((rc = read_json_if_file(cfg, &cfg_json, e)) < 0 || (rc = read_json_if_file(map, &map_json, e)) < 0)
         goto out;
     bool has_dec = cfg_json && json_object_object_get_ex(cfg_json, "added_tokens_decoder", &dec);
@@ -727,11 +766,11 @@ static int open_tokenizer(sdw_model *m, const char *root, sdw_error *e)
             goto out;
         }
     }
-    m->clip.pad_id = sdw_tok_vocab_id(t, named[NAMED_PAD].content);
-    if (m->clip.pad_id >= m->clip.vocab_size)
+    clip->pad_id = sdw_tok_vocab_id(t, named[NAMED_PAD].content);
+    if (clip->pad_id >= clip->vocab_size)
         rc = sdw_fail(e, SDW_EFORMAT, "%s: pad token '%.64s' is id %d, outside the text encoder's vocabulary (%d)",
-                      named[NAMED_PAD].path ? named[NAMED_PAD].path : dir, named[NAMED_PAD].content, m->clip.pad_id,
-                      m->clip.vocab_size);
+                      named[NAMED_PAD].path ? named[NAMED_PAD].path : dir, named[NAMED_PAD].content, clip->pad_id,
+                      clip->vocab_size);
 out:
     json_object_put(cfg_json);
     json_object_put(map_json);
@@ -783,10 +822,37 @@ static int open_part(sdw_model *m, const char *root, const char *part, sdw_weigh
     return set_weights(w, part, f, "", e);
 }
 
+/* root/part: a text encoder's config and weights. A projection model
+ * (SDXL's text_encoder_2) is read through sdw_weights_text_model when its
+ * tower is text_model.-prefixed, as transformers always saves it. */
+static int open_text_encoder(sdw_model *m, const char *root, const char *part, int with_projection,
+                             sdw_clip_config *c, sdw_weights *w, sdw_error *e)
+{
+    char dir[4096], path[4096];
+    int rc;
+    if ((rc = join(dir, sizeof dir, root, part, e)) < 0)
+        return rc;
+    if (!is_dir(dir))
+        return sdw_fail(e, SDW_ENOTFOUND, "%s: missing folder", dir);
+    if ((rc = join(path, sizeof path, dir, "config.json", e)) < 0 ||
+        (rc = parse_clip_config(c, path, with_projection, e)) < 0)
+        return rc;
+    sdw_st_file *f;
+    const char *prefix = "";
+    if ((rc = open_variant(m, dir, "model", "pytorch_model.bin", &f, e)) < 0 ||
+        (rc = text_prefix(f, &prefix, e)) < 0)
+        return rc;
+    int mapped = with_projection && *prefix;
+    if ((rc = set_weights(w, part, f, mapped ? "" : prefix, e)) < 0)
+        return rc;
+    w->map = mapped ? sdw_weights_text_model : NULL;
+    return check_embeddings(w, c, e);
+}
+
 static int open_diffusers(sdw_model *m, const char *root, sdw_error *e)
 {
     char path[4096], dir[4096];
-    json_object *index;
+    json_object *index, *x;
     int rc;
     m->layout = SDW_LAYOUT_DIFFUSERS;
     if ((rc = join(path, sizeof path, root, "model_index.json", e)) < 0)
@@ -795,24 +861,17 @@ static int open_diffusers(sdw_model *m, const char *root, sdw_error *e)
         return sdw_fail(e, SDW_ENOTFOUND, "%s: not a diffusers model folder (no model_index.json)", root);
     if ((rc = read_json(path, &index, e)) < 0)
         return rc;
+    m->force_zeros = json_object_object_get_ex(index, "force_zeros_for_empty_prompt", &x) &&
+                     json_object_is_type(x, json_type_boolean) && json_object_get_boolean(x);
     json_object_put(index);
 
-    if ((rc = join(dir, sizeof dir, root, "text_encoder", e)) < 0)
+    if ((rc = open_text_encoder(m, root, "text_encoder", 0, &m->clip, &m->text_encoder, e)) < 0 ||
+        (rc = open_tokenizer(root, "tokenizer", &m->tokenizer, &m->clip, e)) < 0)
         return rc;
-    if (!is_dir(dir))
-        return sdw_fail(e, SDW_ENOTFOUND, "%s: missing folder", dir);
-    if ((rc = join(path, sizeof path, dir, "config.json", e)) < 0 ||
-        (rc = parse_clip_config(&m->clip, path, e)) < 0)
+    if ((rc = join(dir, sizeof dir, root, "text_encoder_2", e)) < 0)
         return rc;
-    sdw_st_file *f;
-    const char *prefix = "";
-    if ((rc = open_variant(m, dir, "model", "pytorch_model.bin", &f, e)) < 0 ||
-        (rc = text_prefix(f, &prefix, e)) < 0 ||
-        (rc = set_weights(&m->text_encoder, "text_encoder", f, prefix, e)) < 0 ||
-        (rc = check_embeddings(m, e)) < 0)
-        return rc;
-
-    if ((rc = open_tokenizer(m, root, e)) < 0)
+    if (is_dir(dir) && ((rc = open_text_encoder(m, root, "text_encoder_2", 1, &m->clip2, &m->text_encoder_2, e)) < 0 ||
+                        (rc = open_tokenizer(root, "tokenizer_2", &m->tokenizer_2, &m->clip2, e)) < 0))
         return rc;
 
     if ((rc = open_part(m, root, "unet", &m->unet, &m->unet_config, e)) < 0 ||
@@ -854,24 +913,15 @@ static long count_indexed(const sdw_st_file *f, const char *prefix)
     return count;
 }
 
-/* The CLIP tower's sizes from its tensors: SD 1.x's (transformers' names
- * under cond_stage_model.transformer.) or SD 2.x's OpenCLIP one. */
-static int ldm_text(sdw_model *m, const sdw_st_file *f, int *openclip, sdw_error *e)
+/* A CLIP tower's sizes from its tensors (w's names and map), its block
+ * count (blocks: the prefix of its numbered blocks) in num_layers; heads
+ * are 64 wide, as in every SD tower. */
+static int tower_config(const sdw_st_file *f, const sdw_weights *w, const char *blocks, sdw_clip_config *c,
+                        sdw_error *e)
 {
     const char *path = f->path;
-    sdw_weights *w = &m->text_encoder;
     const sdw_st_tensor *tok, *pos, *fc1;
     int rc;
-    *openclip = sdw_st_find(f, SDW_LDM_OPENCLIP_PREFIX "token_embedding.weight") != NULL;
-    if (!*openclip && !sdw_st_find(f, SDW_LDM_CLIP_PREFIX TOKEN_EMB))
-        return sdw_fail(e, SDW_ENOTFOUND,
-                        "%s: no text encoder: neither " SDW_LDM_CLIP_PREFIX TOKEN_EMB
-                        " (SD 1.x) nor " SDW_LDM_OPENCLIP_PREFIX "token_embedding.weight (SD 2.x) is there",
-                        path);
-    if ((rc = set_weights(w, "text_encoder", f, *openclip ? SDW_LDM_OPENCLIP_PREFIX : SDW_LDM_CLIP_PREFIX, e)) <
-        0)
-        return rc;
-    w->map = *openclip ? sdw_weights_openclip : NULL;
     if ((rc = sdw_weights_find(w, TOKEN_EMB, &tok, e)) < 0 || (rc = sdw_weights_find(w, POS_EMB, &pos, e)) < 0 ||
         (rc = sdw_weights_find(w, "encoder.layers.0.mlp.fc1.weight", &fc1, e)) < 0)
         return rc;
@@ -880,16 +930,72 @@ static int ldm_text(sdw_model *m, const sdw_st_file *f, int *openclip, sdw_error
         return sdw_fail(e, SDW_EFORMAT, "%s: %s or %s has an implausible shape", path, tok->name, pos->name);
     if (fc1->ndim != 2 || fc1->shape[0] < 1 || fc1->shape[0] > 65536)
         return sdw_fail(e, SDW_EFORMAT, "%s: %s has an implausible shape", path, fc1->name);
-    sdw_clip_config *c = &m->clip;
     c->vocab_size = (int)tok->shape[0];
     c->hidden_size = (int)tok->shape[1];
     c->max_positions = (int)pos->shape[0];
     c->intermediate_size = (int)fc1->shape[0];
     c->num_heads = c->hidden_size / 64 > 1 ? c->hidden_size / 64 : 1;
     c->layer_norm_eps = 1e-5f;
+    c->num_layers = (int)count_indexed(f, blocks);
+    return 0;
+}
+
+/* SDXL's two towers: ViT-L (quick_gelu, padding with EOS) and bigG
+ * (gelu, padding with "!", id 0, and its text projection), every block of
+ * each, as diffusers' convert_open_clip_checkpoint keeps them for SDXL. */
+static int sgm_text(sdw_model *m, const sdw_st_file *f, sdw_error *e)
+{
+    const sdw_st_tensor *proj;
+    int rc;
+    if ((rc = set_weights(&m->text_encoder, "text_encoder", f, SDW_SGM_CLIP_PREFIX, e)) < 0 ||
+        (rc = set_weights(&m->text_encoder_2, "text_encoder_2", f, SDW_SGM_OPENCLIP_PREFIX, e)) < 0)
+        return rc;
+    m->text_encoder_2.map = sdw_weights_openclip;
+    if ((rc = tower_config(f, &m->text_encoder, SDW_SGM_CLIP_PREFIX "encoder.layers.", &m->clip, e)) < 0 ||
+        (rc = tower_config(f, &m->text_encoder_2, SDW_SGM_OPENCLIP_PREFIX "transformer.resblocks.", &m->clip2, e)) < 0 ||
+        (rc = sdw_weights_find(&m->text_encoder_2, "text_projection.weight", &proj, e)) < 0)
+        return rc;
+    if (proj->ndim != 2 || proj->shape[0] != m->clip2.hidden_size || proj->shape[1] < 1 || proj->shape[1] > 16384)
+        return sdw_fail(e, SDW_EFORMAT, "%s: %s is not a [%d, n] projection", f->path, proj->name,
+                        m->clip2.hidden_size);
+    m->clip.quick_gelu = 1, m->clip.pad_id = SDW_TOK_EOS;
+    m->clip2.quick_gelu = 0, m->clip2.pad_id = 0;
+    m->clip2.projection_dim = (int)proj->shape[1];
+    const sdw_clip_config *cs[2] = {&m->clip, &m->clip2};
+    for (int i = 0; i < 2; i++) {
+        if (cs[i]->num_layers < 2)
+            return sdw_fail(e, SDW_ENOTFOUND, "%s: text encoder %d has %d blocks; SDXL reads the penultimate",
+                            f->path, i + 1, cs[i]->num_layers);
+        if ((rc = check_clip(cs[i], f->path, e)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* The CLIP tower's sizes from its tensors: SD 1.x's (transformers' names
+ * under cond_stage_model.transformer.) or SD 2.x's OpenCLIP one. */
+static int ldm_text(sdw_model *m, const sdw_st_file *f, int *openclip, sdw_error *e)
+{
+    const char *path = f->path;
+    sdw_weights *w = &m->text_encoder;
+    int rc;
+    *openclip = sdw_st_find(f, SDW_LDM_OPENCLIP_PREFIX "token_embedding.weight") != NULL;
+    if (!*openclip && !sdw_st_find(f, SDW_LDM_CLIP_PREFIX TOKEN_EMB))
+        return sdw_fail(e, SDW_ENOTFOUND,
+                        "%s: no text encoder: neither " SDW_LDM_CLIP_PREFIX TOKEN_EMB
+                        " (SD 1.x) nor " SDW_LDM_OPENCLIP_PREFIX "token_embedding.weight (SD 2.x) nor "
+                        SDW_SGM_OPENCLIP_PREFIX "token_embedding.weight (SDXL) is there",
+                        path);
+    if ((rc = set_weights(w, "text_encoder", f, *openclip ? SDW_LDM_OPENCLIP_PREFIX : SDW_LDM_CLIP_PREFIX, e)) <
+        0)
+        return rc;
+    w->map = *openclip ? sdw_weights_openclip : NULL;
+    sdw_clip_config *c = &m->clip;
     const char *blocks = *openclip ? SDW_LDM_OPENCLIP_PREFIX "transformer.resblocks." : SDW_LDM_CLIP_PREFIX
                                                                                          "encoder.layers.";
-    long n = count_indexed(f, blocks);
+    if ((rc = tower_config(f, w, blocks, c, e)) < 0)
+        return rc;
+    long n = c->num_layers;
     if (*openclip) {
         /* SD 2 conditions on the output of the penultimate block (LDM's
          * FrozenOpenCLIPEmbedder, layer "penultimate") after ln_final:
@@ -1000,8 +1106,21 @@ static int ldm_unet_config(sdw_model *m, const sdw_st_file *f, sdw_error *e)
     json_object_object_add(o, "cross_attention_dim", json_object_new_int((int)ctx->shape[1]));
     json_object_object_add(o, "use_linear_projection", json_object_new_boolean(pin->ndim == 2));
     json_object_object_add(o, "sample_size", json_object_new_int(m->default_size / 8));
-    /* true in stabilityai/stable-diffusion-2-1, false in -2-inpainting */
-    json_object_object_add(o, "upcast_attention", json_object_new_boolean(!m->inpainting));
+    /* true in stabilityai/stable-diffusion-2-1, false in -2-inpainting and SDXL */
+    json_object_object_add(o, "upcast_attention", json_object_new_boolean(m->family == fam_sd2 && !m->inpainting));
+    /* SDXL: label_emb takes the pooled embedding and 6 time ids */
+    const sdw_st_tensor *label = unet_tensor(f, "label_emb.0.0.weight");
+    if (!rc && m->family == fam_sdxl) {
+        int pd = m->clip2.projection_dim;
+        if (!label || label->ndim != 2 || label->shape[1] <= pd || (label->shape[1] - pd) % 12) {
+            rc = sdw_fail(e, SDW_EFORMAT, "%s: %slabel_emb.0.0.weight is missing or does not take the %d-wide "
+                          "pooled embedding and 6 time ids", f->path, SDW_LDM_UNET_PREFIX, pd);
+        } else {
+            json_object_object_add(o, "addition_embed_type", json_object_new_string("text_time"));
+            json_object_object_add(o, "addition_time_embed_dim", json_object_new_int((int)(label->shape[1] - pd) / 6));
+            json_object_object_add(o, "projection_class_embeddings_input_dim", json_object_new_int((int)label->shape[1]));
+        }
+    }
     if (rc)
         json_object_put(o);
     else
@@ -1009,12 +1128,45 @@ static int ldm_unet_config(sdw_model *m, const sdw_st_file *f, sdw_error *e)
     return rc;
 }
 
+/* An SDXL single file takes the configs of stabilityai/stable-diffusion-xl-base-1.0,
+ * as diffusers does: its scheduler, the VAE's scaling factor,
+ * force_zeros_for_empty_prompt, 1024x1024, the bundled CLIP tokenizer
+ * twice, the second padding with "!". */
+static int open_sgm(sdw_model *m, const sdw_st_file *f, sdw_error *e)
+{
+    int rc;
+    m->family = fam_sdxl;
+    m->force_zeros = 1;
+    m->inpainting = 0;
+    m->default_size = family_size(m);
+    if ((rc = set_weights(&m->unet, "unet", f, SDW_LDM_UNET_PREFIX, e)) < 0 ||
+        (rc = set_weights(&m->vae, "vae", f, SDW_LDM_VAE_PREFIX, e)) < 0 || (rc = sgm_text(m, f, e)) < 0)
+        return rc;
+    if (!(m->scheduler_config = json_tokener_parse(sched_sdxl)) ||
+        !(m->vae_config = json_tokener_parse("{\"scaling_factor\":0.13025}")))
+        return sdw_fail(e, SDW_ENOMEM, "%s: out of memory", f->path);
+    if (has_prefix(f, SDW_LDM_UNET_PREFIX) && (rc = ldm_unet_config(m, f, e)) < 0)
+        return rc;
+    if ((rc = sdw_tok_load_default(&m->tokenizer, e)) < 0 || (rc = sdw_tok_load_default(&m->tokenizer_2, e)) < 0 ||
+        (rc = sdw_tok_add_special(m->tokenizer, "<|endoftext|>", false, e)) < 0 ||
+        (rc = sdw_tok_add_special(m->tokenizer_2, "!", false, e)) < 0)
+        return sdw_fail_wrap(e, "%s: bundled tokenizer", f->path);
+    return 0;
+}
+
 static int open_ldm(sdw_model *m, const char *path, sdw_error *e)
 {
     sdw_st_file *f;
     int rc, openclip;
     m->layout = SDW_LAYOUT_LDM;
-    if ((rc = open_file(m, path, &f, e)) < 0 || (rc = ldm_text(m, f, &openclip, e)) < 0 ||
+    if ((rc = open_file(m, path, &f, e)) < 0)
+        return rc;
+    if (has_prefix(f, SDW_SGM_OPENCLIP_PREFIX))
+        return open_sgm(m, f, e);
+    if (has_prefix(f, SDW_SGM_REFINER_PREFIX))
+        return sdw_fail(e, SDW_EUNSUPPORTED, "%s: an SDXL refiner (bigG alone, " SDW_SGM_REFINER_PREFIX
+                        "*): not supported", path);
+    if ((rc = ldm_text(m, f, &openclip, e)) < 0 ||
         (rc = set_weights(&m->unet, "unet", f, SDW_LDM_UNET_PREFIX, e)) < 0 ||
         (rc = set_weights(&m->vae, "vae", f, SDW_LDM_VAE_PREFIX, e)) < 0)
         return rc;
@@ -1119,10 +1271,13 @@ void sdw_model_close(sdw_model *m)
         sdw_st_close(&m->files[i]);
     free(m->files);
     free((void *)m->text_encoder.files);
+    free((void *)m->text_encoder_2.files);
     free((void *)m->unet.files);
     free((void *)m->vae.files);
     if (m->tokenizer)
         sdw_tok_free(m->tokenizer);
+    if (m->tokenizer_2)
+        sdw_tok_free(m->tokenizer_2);
     json_object_put(m->unet_config);
     json_object_put(m->vae_config);
     json_object_put(m->scheduler_config);

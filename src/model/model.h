@@ -20,10 +20,13 @@ typedef enum sdw_layout { SDW_LAYOUT_DIFFUSERS, SDW_LAYOUT_LDM } sdw_layout;
 /* Where a tensor a loader asks for lives when a file's layout differs from
  * the loader's names: its name there (after the prefix) and, for a tensor
  * stored fused with others along its first dimension (OpenCLIP's in_proj is
- * [q; k; v]), which of nblocks equal row blocks it is (nblocks 1: all of it). */
+ * [q; k; v]), which of nblocks equal row blocks it is (nblocks 1: all of it);
+ * transpose: a matrix stored as its transpose (OpenCLIP's text_projection,
+ * which it multiplies from the right). */
 typedef struct sdw_weights_loc {
     char name[256];
     int block, nblocks;
+    int transpose;
 } sdw_weights_loc;
 
 /* Fills loc for a loader's tensor name; nonzero when the layout has no such
@@ -63,14 +66,26 @@ typedef struct sdw_weights {
 #define SDW_LDM_OPENCLIP_PREFIX "cond_stage_model.model."
 #define SDW_LDM_UNET_PREFIX "model.diffusion_model."
 #define SDW_LDM_VAE_PREFIX "first_stage_model."
+/* SDXL's single files (SGM): the ViT-L tower in transformers' names, the
+ * OpenCLIP bigG one (sdw_weights_openclip's, with its text_projection); the
+ * UNet and VAE as above. The refiner holds only bigG, as embedder 0. */
+#define SDW_SGM_CLIP_PREFIX "conditioner.embedders.0.transformer.text_model."
+#define SDW_SGM_OPENCLIP_PREFIX "conditioner.embedders.1.model."
+#define SDW_SGM_REFINER_PREFIX "conditioner.embedders.0.model."
 
 /* The map from the CLIP loader's names (transformers 5's CLIPTextModel:
  * embeddings.*, encoder.layers.N.*, final_layer_norm.*) to an OpenCLIP text
  * tower's as an LDM file holds it: token_embedding.weight,
  * positional_embedding, transformer.resblocks.N.{ln_1, attn.in_proj_*
  * (q, k, v as row blocks 0, 1, 2), attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj},
- * ln_final; the same renaming as diffusers' convert_open_clip_checkpoint. */
+ * ln_final, and text_projection.weight as text_projection transposed; the
+ * same renaming as diffusers' convert_open_clip_checkpoint. */
 int sdw_weights_openclip(const char *name, sdw_weights_loc *loc);
+
+/* The map for a CLIPTextModelWithProjection as transformers (every version)
+ * saves it: the tower's names under text_model., text_projection.weight
+ * beside it. */
+int sdw_weights_text_model(const char *name, sdw_weights_loc *loc);
 
 /* Looks up the tensor that holds name (all of a fused one); SDW_ENOTFOUND
  * when absent (always, for a synthetic source). */
@@ -98,6 +113,9 @@ typedef struct sdw_clip_config {
     int quick_gelu;        /* 1: x*sigmoid(1.702x), 0: exact erf gelu */
     float layer_norm_eps;  /* 1e-5 */
     int32_t pad_id;        /* 49407 for SD 1.x */
+    /* CLIPTextModelWithProjection's text_projection (no bias) maps the
+     * pooled state to this width; 0 for a CLIPTextModel, which has none. */
+    int projection_dim;
 } sdw_clip_config;
 
 typedef struct sdw_model {
@@ -110,6 +128,15 @@ typedef struct sdw_model {
     sdw_weights unet;
     sdw_weights vae;
     sdw_tokenizer *tokenizer;
+    /* SDXL's second text encoder (OpenCLIP bigG with its projection) and
+     * its tokenizer, which pads with "!"; files NULL and tokenizer_2 NULL
+     * for the other families. */
+    sdw_clip_config clip2;
+    sdw_weights text_encoder_2;
+    sdw_tokenizer *tokenizer_2;
+    /* model_index.json's force_zeros_for_empty_prompt (SDXL): without a
+     * negative prompt the unconditional embeddings are zeros, not "". */
+    int force_zeros;
     /* config.json of each part as parsed. A single file has none; for it
      * unet_config is synthesized from the tensors' shapes for SD 2.x (NULL
      * for SD 1.x, whose architecture is fixed: sdw_unet_config_parse's
@@ -120,7 +147,7 @@ typedef struct sdw_model {
     json_object *unet_config;
     json_object *vae_config;
     json_object *scheduler_config;
-    /* "sd1" or "sd2". SD 2.x is an OpenCLIP text tower (exact-erf gelu in a
+    /* "sd1", "sd2" or "sdxl". SDXL is a folder with a text_encoder_2. SD 2.x is an OpenCLIP text tower (exact-erf gelu in a
      * folder's text encoder config, cond_stage_model.model.* in a single
      * file) or, as diffusers decides for single files, a UNet whose
      * input_blocks.2.1 cross-attention reads 1024-wide text states. */

@@ -11,7 +11,7 @@
 /* What a recorded step was made for: its buffers and shapes. All zero when
  * no direct call has run with any. */
 typedef struct step_key {
-    const void *x, *ctx, *eps;
+    const void *x, *ctx, *eps, *text_embeds;
     int64_t xs[4], tokens;
     int tcond; /* with the guidance embedding */
 } step_key;
@@ -35,6 +35,7 @@ struct sdw_unet {
     sdw_unet_config cfg;
     sdw_conv conv_in, conv_out;
     sdw_linear t1, t2;
+    sdw_linear a1, a2; /* add_embedding, for text_time */
     sdw_linear cond_proj; /* time_cond_proj_dim -> block_out[0], no bias; LCM UNets only */
     sdw_gnorm norm_out;
     down_block down[SDW_UNET_MAX_BLOCKS];
@@ -46,6 +47,7 @@ struct sdw_unet {
      * algorithms and memory), the second records the step, later ones
      * replay it. */
     sdw_tensor tfeat; /* timestep features [b, block_out[0]]: the graph's host-side input */
+    sdw_tensor afeat; /* text_time: time id features [b, 6 * add_time_dim], likewise */
     sdw_tensor tcond; /* guidance embedding [b, time_cond_proj_dim]: likewise */
     sdw_graph *graph;
     step_key key;    /* of the last successful direct call, or of the graph */
@@ -182,9 +184,8 @@ static int block_types(const json_object *j, const char *key, const char *attn, 
 static int check_unsupported(const json_object *j, sdw_error *e)
 {
     static const char *const must_be_null[] = {
-        "num_attention_heads", "class_embed_type",     "addition_embed_type", "encoder_hid_dim",
-        "time_embedding_dim",  "timestep_post_act",    "cross_attention_norm", "num_class_embeds",
-        "time_embedding_act_fn",
+        "num_attention_heads", "class_embed_type",     "encoder_hid_dim",       "time_embedding_dim",
+        "timestep_post_act",   "cross_attention_norm", "num_class_embeds",      "time_embedding_act_fn",
     };
     for (size_t i = 0; i < sizeof must_be_null / sizeof must_be_null[0]; i++) {
         json_object *v = field(j, must_be_null[i]);
@@ -294,6 +295,21 @@ int sdw_unet_config_parse(sdw_unet_config *cfg, const json_object *j, sdw_error 
         (rc = get_per_block(j, "attention_head_dim", 8, n, cfg->heads, e)) ||
         (rc = get_per_block(j, "transformer_layers_per_block", 1, n, cfg->tlayers, e)))
         return rc;
+    json_object *aet = field(j, "addition_embed_type");
+    if (aet && !json_object_is_type(aet, json_type_null)) {
+        const char *v = json_object_get_string(aet);
+        if (!json_object_is_type(aet, json_type_string) || strcmp(v, "text_time"))
+            return sdw_fail(e, SDW_EUNSUPPORTED, "unet config: addition_embed_type = %s is not supported (only "
+                            "text_time)", json_object_to_json_string(aet));
+        cfg->text_time = 1;
+        if ((rc = get_int(j, "addition_time_embed_dim", 0, &cfg->add_time_dim, e)) ||
+            (rc = get_int(j, "projection_class_embeddings_input_dim", 0, &cfg->add_in, e)))
+            return rc;
+        if (cfg->add_time_dim <= 0 || cfg->add_time_dim % 2 || cfg->add_in <= 6 * cfg->add_time_dim)
+            return sdw_fail(e, SDW_EINVAL, "unet config: text_time needs an even addition_time_embed_dim (%d) and "
+                            "projection_class_embeddings_input_dim (%d) above 6 times it", cfg->add_time_dim,
+                            cfg->add_in);
+    }
     if (field(j, "reverse_transformer_layers_per_block"))
         return sdw_fail(e, SDW_EUNSUPPORTED, "unet config: reverse_transformer_layers_per_block is not supported");
     if (cfg->in_channels <= 0 || cfg->out_channels <= 0 || cfg->layers_per_block <= 0 ||
@@ -349,6 +365,7 @@ static int ldm_name(const void *ctx, const char *name, char *out, size_t cap)
     static const struct {
         const char *diffusers, *ldm;
     } fixed[] = {{"time_embedding.linear_1.", "time_embed.0."}, {"time_embedding.linear_2.", "time_embed.2."},
+                 {"add_embedding.linear_1.", "label_emb.0.0."},  {"add_embedding.linear_2.", "label_emb.0.2."},
                  {"conv_in.", "input_blocks.0.0."},            {"conv_norm_out.", "out.0."},
                  {"conv_out.", "out.2."}};
     for (size_t k = 0; k < sizeof fixed / sizeof fixed[0]; k++) {
@@ -406,7 +423,8 @@ void sdw_unet_free(sdw_unet *u)
     sdw_resnet_free(&u->mid_res[0]), sdw_resnet_free(&u->mid_res[1]);
     sdw_transformer_free(&u->mid_attn);
     sdw_conv_free(&u->conv_in), sdw_conv_free(&u->conv_out);
-    sdw_linear_free(&u->t1), sdw_linear_free(&u->t2), sdw_linear_free(&u->cond_proj);
+    sdw_linear_free(&u->t1), sdw_linear_free(&u->t2);
+    sdw_linear_free(&u->a1), sdw_linear_free(&u->a2), sdw_linear_free(&u->cond_proj);
     sdw_gnorm_free(&u->norm_out);
     sdw_unet_release(u);
     free(u);
@@ -417,6 +435,7 @@ void sdw_unet_release(sdw_unet *u)
     sdw_graph_free(u->graph);
     u->graph = NULL;
     sdw_tensor_free(&u->tfeat);
+    sdw_tensor_free(&u->afeat);
     sdw_tensor_free(&u->tcond);
     u->key = (step_key){0};
     u->graph_off = 0;
@@ -452,6 +471,9 @@ static int load_all(sdw_unet *u, const sdw_loader *l, sdw_error *e)
     if ((rc = sdw_conv_load(l, &u->conv_in, "conv_in", c0, c->in_channels, 3, 1, 1, e)) ||
         (rc = sdw_linear_load(l, &u->t1, "time_embedding.linear_1", td, c0, 1, e)) ||
         (rc = sdw_linear_load(l, &u->t2, "time_embedding.linear_2", td, td, 1, e)))
+        return rc;
+    if (c->text_time && ((rc = sdw_linear_load(l, &u->a1, "add_embedding.linear_1", td, c->add_in, 1, e)) ||
+                         (rc = sdw_linear_load(l, &u->a2, "add_embedding.linear_2", td, td, 1, e))))
         return rc;
     if (c->time_cond_proj_dim &&
         (rc = sdw_linear_load(l, &u->cond_proj, "time_embedding.cond_proj", c0, c->time_cond_proj_dim, 0, e)))
@@ -530,9 +552,9 @@ int sdw_unet_load(sdw_unet **out, sdw_backend *be, const sdw_unet_config *cfg, c
 /* diffusers' Timesteps in float32, in torch's order of operations:
  * freq_i = exp(-ln(10000) * i / (half - shift)), [sin(t f), cos(t f)],
  * halves swapped when flip_sin_to_cos. */
-static void timestep_features(const sdw_unet_config *c, const float *t, int b, float *out)
+static void timestep_features(const sdw_unet_config *c, int dim, const float *t, int b, float *out)
 {
-    int dim = c->block_out[0], half = dim / 2;
+    int half = dim / 2;
     for (int bi = 0; bi < b; bi++) {
         float *o = out + (size_t)bi * dim;
         for (int i = 0; i < half; i++) {
@@ -545,40 +567,68 @@ static void timestep_features(const sdw_unet_config *c, const float *t, int b, f
     }
 }
 
-/* The timestep features, computed on the host, go into u->tfeat, and the
- * guidance embedding (tcond, NULL for none) into u->tcond: the inputs of
- * the step that do not come in a caller's buffer. */
-static int upload_time_features(sdw_unet *u, const float *timesteps, const float *tcond, int b, sdw_error *e)
+/* n values' features of width dim, computed on the host, into t (made
+ * [n / rows, rows * dim] on first use). */
+static int upload_features(sdw_unet *u, sdw_tensor *t, const float *v, int n, int rows, int dim, sdw_error *e)
 {
-    int64_t c0 = u->cfg.block_out[0], fs[2] = {b, c0}, cs[2] = {b, u->cfg.time_cond_proj_dim};
+    int64_t fs[2] = {n / rows, (int64_t)rows * dim};
     int rc;
-    if (u->tfeat.data && u->tfeat.shape[0] != b)
-        sdw_unet_release(u); /* the graph, if any, reads the old buffers */
-    if (!u->tfeat.data && (rc = sdw_tensor_new(&u->tfeat, u->be, 2, fs, e)))
+    if (!t->data && (rc = sdw_tensor_new(t, u->be, 2, fs, e)))
         return rc;
-    if (tcond && !u->tcond.data && (rc = sdw_tensor_new(&u->tcond, u->be, 2, cs, e)))
-        return rc;
-    float *feat = malloc(sizeof *feat * (size_t)(b * c0));
+    float *feat = malloc(sizeof *feat * (size_t)n * dim);
     if (!feat)
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
-    timestep_features(&u->cfg, timesteps, b, feat);
-    rc = sdw_tensor_upload(&u->tfeat, feat, e);
+    timestep_features(&u->cfg, dim, v, n, feat);
+    rc = sdw_tensor_upload(t, feat, e);
     free(feat);
-    if (!rc && tcond)
-        rc = sdw_tensor_upload(&u->tcond, tcond, e);
+    return rc;
+}
+
+/* The timestep features (a text_time UNet's time id features, an LCM
+ * UNet's guidance embedding) go into u->tfeat (u->afeat, u->tcond): the
+ * inputs of the step that do not come in a caller's buffer. */
+static int upload_time_features(sdw_unet *u, const float *timesteps, const sdw_unet_cond *cond, int b, sdw_error *e)
+{
+    if (u->tfeat.data && u->tfeat.shape[0] != b)
+        sdw_unet_release(u); /* the graph, if any, reads the old buffers */
+    int rc = upload_features(u, &u->tfeat, timesteps, b, 1, u->cfg.block_out[0], e);
+    if (!rc && u->cfg.text_time)
+        rc = upload_features(u, &u->afeat, cond->time_ids, 6 * b, 6, u->cfg.add_time_dim, e);
+    if (!rc && cond && cond->timestep_cond) {
+        int64_t cs[2] = {b, u->cfg.time_cond_proj_dim};
+        if (!u->tcond.data)
+            rc = sdw_tensor_new(&u->tcond, u->be, 2, cs, e);
+        if (!rc)
+            rc = sdw_tensor_upload(&u->tcond, cond->timestep_cond, e);
+    }
+    return rc;
+}
+
+/* text_time: temb += add_embedding([text_embeds, time id features]). */
+static int add_embedding(sdw_unet *u, const sdw_tensor *text_embeds, sdw_tensor *temb, sdw_error *e)
+{
+    int64_t b = temb->shape[0], as[2] = {b, u->cfg.add_in};
+    sdw_tensor in = {0}, h = {0}, y = {0};
+    int rc = sdw_tensor_new(&in, u->be, 2, as, e);
+    if (!rc && !(rc = sdw_op_concat(text_embeds, &u->afeat, &in, e)) &&
+        !(rc = sdw_tensor_new(&h, u->be, 2, temb->shape, e)) && !(rc = sdw_linear_forward(&u->a1, &in, &h, e)) &&
+        !(rc = sdw_op_act(&h, SDW_ACT_SILU, &h, e)) && !(rc = sdw_tensor_new(&y, u->be, 2, temb->shape, e)) &&
+        !(rc = sdw_linear_forward(&u->a2, &h, &y, e)))
+        rc = sdw_op_add(temb, &y, temb, e);
+    sdw_tensor_free(&in), sdw_tensor_free(&h), sdw_tensor_free(&y);
     return rc;
 }
 
 /* diffusers' TimestepEmbedding: linear_2(silu(linear_1(features +
- * cond_proj(guidance embedding)))), here followed by the SiLU each resnet
- * applies first. */
-static int time_embedding(sdw_unet *u, int b, int with_cond, sdw_tensor *temb_act, sdw_error *e)
+ * cond_proj(guidance embedding)))), plus a text_time UNet's addition
+ * embedding, here followed by the SiLU each resnet applies first. */
+static int time_embedding(sdw_unet *u, int b, const sdw_unet_cond *cond, sdw_tensor *temb_act, sdw_error *e)
 {
     int64_t ts[2] = {b, 4 * u->cfg.block_out[0]};
     sdw_tensor h = {0}, sum = {0};
     const sdw_tensor *feat = &u->tfeat;
     int rc = SDW_OK;
-    if (with_cond) {
+    if (cond && cond->timestep_cond) {
         sdw_tensor proj = {0};
         if (!(rc = sdw_tensor_new(&proj, u->be, 2, u->tfeat.shape, e)) &&
             !(rc = sdw_linear_forward(&u->cond_proj, &u->tcond, &proj, e)) &&
@@ -590,7 +640,8 @@ static int time_embedding(sdw_unet *u, int b, int with_cond, sdw_tensor *temb_ac
     if (!rc)
         rc = sdw_tensor_new(&h, u->be, 2, ts, e);
     if (!rc && !(rc = sdw_linear_forward(&u->t1, feat, &h, e)) && !(rc = sdw_op_act(&h, SDW_ACT_SILU, &h, e)) &&
-        !(rc = sdw_tensor_new(temb_act, u->be, 2, ts, e)) && !(rc = sdw_linear_forward(&u->t2, &h, temb_act, e)))
+        !(rc = sdw_tensor_new(temb_act, u->be, 2, ts, e)) && !(rc = sdw_linear_forward(&u->t2, &h, temb_act, e)) &&
+        !(rc = u->cfg.text_time ? add_embedding(u, cond->text_embeds, temb_act, e) : SDW_OK))
         rc = sdw_op_act(temb_act, SDW_ACT_SILU, temb_act, e); /* every resnet applies SiLU first */
     sdw_tensor_free(&h);
     sdw_tensor_free(&sum);
@@ -671,8 +722,8 @@ static int step_cat(sdw_tensor *h, const sdw_tensor *skip, sdw_error *e)
 
 /* The step after the timestep features: every op on the backend, nothing
  * moved to or from the host, so that it can be recorded as a graph. */
-static int forward_body(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx, int with_cond, sdw_tensor *eps,
-                        sdw_error *e)
+static int forward_body(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx, const sdw_unet_cond *cond,
+                        sdw_tensor *eps, sdw_error *e)
 {
     const sdw_unet_config *c = &u->cfg;
     int n = c->nblocks, lpb = c->layers_per_block, nskip = 0, b = (int)x->shape[0];
@@ -680,7 +731,7 @@ static int forward_body(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx,
     if (1 + n * lpb + n - 1 > (int)(sizeof skips / sizeof skips[0]))
         return sdw_fail(e, SDW_EUNSUPPORTED, "unet: %d layers per block is too many", lpb);
     sdw_tensor temb = {0}, h = {0};
-    int rc = time_embedding(u, b, with_cond, &temb, e);
+    int rc = time_embedding(u, b, cond, &temb, e);
     if (!rc)
         rc = sdw_conv_forward(&u->conv_in, x, 0, &h, e);
     if (!rc && !(rc = step_copy(&h, &skips[nskip], e)))
@@ -712,8 +763,7 @@ static int forward_body(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx,
     }
     if (!rc && !(rc = sdw_op_group_norm(&h, u->norm_out.groups, &u->norm_out.w, &u->norm_out.b, u->norm_out.eps, 1,
                                         &h, e)))
-        if (!(rc = sdw_op_conv2d(&h, &u->conv_out.w, &u->conv_out.b, u->conv_out.g, eps, e)))
-            rc = sdw_conv_add_deltas(&u->conv_out, &h, eps, e);
+        rc = sdw_op_conv2d(&h, &u->conv_out.w, &u->conv_out.b, u->conv_out.g, eps, e);
     while (nskip > 0)
         sdw_tensor_free(&skips[--nskip]);
     sdw_tensor_free(&h);
@@ -721,26 +771,27 @@ static int forward_body(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx,
     return rc;
 }
 
-static step_key key_of(const sdw_tensor *x, const sdw_tensor *ctx, const sdw_tensor *eps, int with_cond)
+static step_key key_of(const sdw_tensor *x, const sdw_tensor *ctx, const sdw_unet_cond *cond, const sdw_tensor *eps)
 {
-    return (step_key){x->data, ctx->data, eps->data, {x->shape[0], x->shape[1], x->shape[2], x->shape[3]},
-                      ctx->shape[1], with_cond};
+    const void *te = cond && cond->text_embeds ? cond->text_embeds->data : NULL;
+    return (step_key){x->data, ctx->data, eps->data, te, {x->shape[0], x->shape[1], x->shape[2], x->shape[3]},
+                      ctx->shape[1], cond && cond->timestep_cond};
 }
 
 static int same_key(const step_key *a, const step_key *b)
 {
-    return a->x == b->x && a->ctx == b->ctx && a->eps == b->eps && !memcmp(a->xs, b->xs, sizeof a->xs) &&
-           a->tokens == b->tokens && a->tcond == b->tcond;
+    return a->x == b->x && a->ctx == b->ctx && a->eps == b->eps && a->text_embeds == b->text_embeds &&
+           !memcmp(a->xs, b->xs, sizeof a->xs) && a->tokens == b->tokens && a->tcond == b->tcond;
 }
 
 /* Records the step and runs it once. A recording that fails leaves the
  * step to be run directly, from then on until sdw_unet_release. */
-static int record(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx, int with_cond, sdw_tensor *eps,
-                  sdw_error *e)
+static int record(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx, const sdw_unet_cond *cond,
+                  sdw_tensor *eps, sdw_error *e)
 {
     sdw_error why;
     int rc = sdw_graph_begin(u->be, &why);
-    if (!rc && (rc = forward_body(u, x, ctx, with_cond, eps, &why)))
+    if (!rc && (rc = forward_body(u, x, ctx, cond, eps, &why)))
         sdw_graph_abandon(u->be);
     if (!rc && (rc = sdw_graph_end(u->be, &u->graph, &why)))
         u->graph = NULL;
@@ -748,7 +799,30 @@ static int record(sdw_unet *u, const sdw_tensor *x, const sdw_tensor *ctx, int w
         return sdw_graph_launch(u->graph, e);
     u->graph_off = 1;
     snprintf(u->graph_why, sizeof u->graph_why, "%s", why.msg);
-    return forward_body(u, x, ctx, with_cond, eps, e);
+    return forward_body(u, x, ctx, cond, eps, e);
+}
+
+/* What cond holds must be what the UNet takes. */
+static int check_cond(const sdw_unet *u, const sdw_unet_cond *cond, int64_t b, sdw_error *e)
+{
+    const sdw_unet_config *c = &u->cfg;
+    const sdw_tensor *te = cond ? cond->text_embeds : NULL;
+    if (cond && cond->timestep_cond && !c->time_cond_proj_dim)
+        return sdw_fail(e, SDW_EINVAL, "unet: a timestep_cond given to a UNet without time_cond_proj_dim");
+    if (!c->text_time) {
+        if (te || (cond && cond->time_ids))
+            return sdw_fail(e, SDW_EINVAL, "unet: text_embeds or time_ids for a UNet without text_time");
+        return SDW_OK;
+    }
+    if (!te || !cond->time_ids)
+        return sdw_fail(e, SDW_EINVAL, "unet: a text_time UNet needs the pooled text embeddings and the time ids");
+    if (te->ndim != 2 || te->shape[0] != b || te->shape[1] + 6 * c->add_time_dim != c->add_in) {
+        char s[96];
+        return sdw_fail(e, SDW_EINVAL, "unet: pooled text embeddings %s, expected [%lld,%d] (%d wide add_embedding "
+                        "less 6 time ids of %d)", sdw_shape_str(te->ndim, te->shape, s, sizeof s), (long long)b,
+                        c->add_in - 6 * c->add_time_dim, c->add_in, c->add_time_dim);
+    }
+    return SDW_OK;
 }
 
 int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, const sdw_tensor *ctx,
@@ -766,15 +840,12 @@ int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, c
                         sdw_shape_str(ctx->ndim, ctx->shape, s2, sizeof s2),
                         sdw_shape_str(eps->ndim, eps->shape, s3, sizeof s3), c->in_channels, c->out_channels,
                         c->cross_attention_dim);
-    if (cond && (cond->text_embeds || cond->time_ids))
-        return sdw_fail(e, SDW_EINVAL, "unet: text_embeds and time_ids need an addition embedding this UNet lacks");
-    const float *tcond = cond ? cond->timestep_cond : NULL;
-    if (tcond && !c->time_cond_proj_dim)
-        return sdw_fail(e, SDW_EINVAL, "unet: a timestep_cond given to a UNet without time_cond_proj_dim");
-    int rc = upload_time_features(u, timesteps, tcond, (int)x->shape[0], e);
+    int rc = check_cond(u, cond, x->shape[0], e);
+    if (!rc)
+        rc = upload_time_features(u, timesteps, cond, (int)x->shape[0], e);
     if (rc)
         return rc;
-    step_key k = key_of(x, ctx, eps, tcond != NULL);
+    step_key k = key_of(x, ctx, cond, eps);
     int same = same_key(&u->key, &k);
     if (u->graph && !same) {
         sdw_graph_free(u->graph);
@@ -784,9 +855,9 @@ int sdw_unet_forward(sdw_unet *u, const sdw_tensor *x, const float *timesteps, c
         if (!(rc = sdw_graph_launch(u->graph, e)))
             u->replays++;
     } else if (!u->graph_off && sdw_backend_has_graphs(u->be) && same) {
-        rc = record(u, x, ctx, tcond != NULL, eps, e);
+        rc = record(u, x, ctx, cond, eps, e);
     } else {
-        rc = forward_body(u, x, ctx, tcond != NULL, eps, e);
+        rc = forward_body(u, x, ctx, cond, eps, e);
         u->key = rc ? (step_key){0} : k;
     }
     if (rc)

@@ -1,4 +1,4 @@
-/* The diffusers UNet2DConditionModel (SD 1.x/2.x family): the noise
+/* The diffusers UNet2DConditionModel (SD 1.x/2.x/XL family): the noise
  * prediction eps(latents, timestep, text states), built from the model's
  * config.json and loaded from either a diffusers folder or the
  * model.diffusion_model.* tensors of a single-file LDM checkpoint. */
@@ -37,6 +37,13 @@ typedef struct sdw_unet_config {
     /* LCM-distilled UNets: the width of the guidance-scale embedding that
      * time_embedding.cond_proj adds to the timestep features; 0 = none. */
     int time_cond_proj_dim;
+    /* addition_embed_type "text_time" (SDXL), else 0: each of the 6 time
+     * ids gets a sinusoidal embedding of addition_time_embed_dim, which
+     * with the pooled text embedding ([pooled, time ids], add_in wide) goes
+     * through add_embedding and is added to the time embedding. */
+    int text_time;
+    int add_time_dim; /* addition_time_embed_dim */
+    int add_in;       /* projection_class_embeddings_input_dim */
 } sdw_unet_config;
 
 /* Conditioning some UNets take besides the text states; NULL members (or a
@@ -60,7 +67,8 @@ void sdw_unet_free(sdw_unet *u);
 const sdw_unet_config *sdw_unet_config_of(const sdw_unet *u);
 
 /* x [b,in_channels,h,w], timesteps: b floats on the host, ctx
- * [b,tokens,cross_attention_dim] -> eps [b,out_channels,h,w].
+ * [b,tokens,cross_attention_dim] -> eps [b,out_channels,h,w]. A text_time
+ * UNet needs cond's text_embeds and time_ids; other UNets refuse them.
  *
  * cond->timestep_cond, for a UNet with time_cond_proj_dim, goes through
  * time_embedding.cond_proj into the timestep embedding; without it that
@@ -69,9 +77,10 @@ const sdw_unet_config *sdw_unet_config_of(const sdw_unet *u);
  *
  * On a backend with graphs (CUDA) the step is recorded once and replayed:
  * the first call with given x, ctx and eps buffers runs op by op, the
- * second records the step, later ones replay it, reading x and ctx from the
- * same buffers. The timesteps and timestep_cond are host values: each call
- * copies them into buffers the UNet owns, which the recording reads. The recording, and the memory it uses for temporaries, is
+ * second records the step, later ones replay it, reading x, ctx and
+ * cond's text_embeds from the same buffers (the timesteps, time ids and
+ * timestep_cond are host values: each call copies them into buffers the
+ * UNet owns, which the recording reads). The recording, and the memory it uses for temporaries, is
  * kept until the buffers or shapes change or sdw_unet_release: call that
  * when a denoising loop ends, so that what follows (the VAE) can use the
  * memory. SDW_CUDA_GRAPHS=0 in the environment turns recording off. */

@@ -21,6 +21,7 @@ struct sdw_pipeline {
     sdw_backend *vae_be; /* be, or the float32 backend for a force_upcast VAE */
     sdw_model model;
     sdw_clip *clip;
+    sdw_clip *clip2; /* SDXL's second text encoder, else NULL */
     sdw_unet *unet;
     sdw_vae *vae;
     sdw_layer_set layers; /* the text encoder's and the UNet's, for LoRA */
@@ -57,6 +58,7 @@ void sdw_pipeline_free(sdw_pipeline *p)
     if (!p)
         return;
     sdw_clip_free(p->clip);
+    sdw_clip_free(p->clip2);
     sdw_unet_free(p->unet);
     sdw_vae_free(p->vae);
     sdw_layer_set_free(&p->layers);
@@ -86,7 +88,7 @@ static int load_parts(sdw_pipeline *p, sdw_backend *fp32, sdw_error *e)
     sdw_unet_config ucfg;
     sdw_vae_config vcfg;
     int rc;
-    m->text_encoder.layers = m->unet.layers = &p->layers;
+    m->text_encoder.layers = m->text_encoder_2.layers = m->unet.layers = &p->layers;
     if ((rc = sdw_model_require_pipeline(m, e)) || (rc = sdw_clip_load(&p->clip, p->be, &m->clip, &m->text_encoder, e)) ||
         (rc = sdw_unet_config_parse(&ucfg, m->unet_config, e)) || (rc = ldm_in_channels(m, &ucfg, e)) ||
         (rc = sdw_unet_load(&p->unet, p->be, &ucfg, &m->unet, m->layout, e)) ||
@@ -105,9 +107,18 @@ static int load_parts(sdw_pipeline *p, sdw_backend *fp32, sdw_error *e)
     p->scale = 1 << (vcfg.nblocks - 1);
     p->latent_channels = vcfg.latent_channels;
     p->vae_channels = vcfg.block_out[0];
-    if (ucfg.cross_attention_dim != m->clip.hidden_size)
-        return sdw_fail(e, SDW_EFORMAT, "the UNet attends to %d-wide text states but the text encoder makes %d",
-                        ucfg.cross_attention_dim, m->clip.hidden_size);
+    if (m->text_encoder_2.nfiles && (rc = sdw_clip_load(&p->clip2, p->be, &m->clip2, &m->text_encoder_2, e)))
+        return rc;
+    int width = m->clip.hidden_size + (p->clip2 ? m->clip2.hidden_size : 0);
+    if (ucfg.cross_attention_dim != width)
+        return sdw_fail(e, SDW_EFORMAT, "the UNet attends to %d-wide text states but the text encoder%s make%s %d",
+                        ucfg.cross_attention_dim, p->clip2 ? "s" : "", p->clip2 ? "" : "s", width);
+    if (!p->clip2 != !ucfg.text_time)
+        return sdw_fail(e, SDW_EFORMAT, "%s", p->clip2 ? "two text encoders (SDXL) but a UNet without text_time"
+                                                       : "a text_time UNet (SDXL) without a text_encoder_2");
+    if (p->clip2 && m->clip2.projection_dim + 6 * ucfg.add_time_dim != ucfg.add_in)
+        return sdw_fail(e, SDW_EFORMAT, "the UNet's add_embedding takes %d inputs, not %d pooled + 6 x %d time ids",
+                        ucfg.add_in, m->clip2.projection_dim, ucfg.add_time_dim);
     if (ucfg.out_channels != vcfg.latent_channels ||
         (ucfg.in_channels != vcfg.latent_channels && ucfg.in_channels != 2 * vcfg.latent_channels + 1))
         return sdw_fail(e, SDW_EFORMAT, "UNet channels %d in / %d out do not fit a VAE with %d latent channels",
@@ -224,6 +235,8 @@ typedef struct gen_state {
     sdw_rng rng;
     sdw_sched *sched;
     sdw_tensor ctx, x, eps;
+    sdw_tensor pooled;     /* SDXL: [batch, projection_dim] */
+    float time_ids[2 * 6]; /* SDXL: per batch item */
     float *latents, *noise, *step_noise, *unet_in, *eps_host;
     float *tcond;          /* LCM-distilled UNets: the guidance embedding [time_cond_proj_dim] */
     float *image_latents;  /* inpaint on a 4-channel model: the clean init latents */
@@ -234,6 +247,7 @@ static void gen_free(gen_state *s)
 {
     sdw_sched_free(s->sched);
     sdw_tensor_free(&s->ctx);
+    sdw_tensor_free(&s->pooled);
     sdw_tensor_free(&s->x);
     sdw_tensor_free(&s->eps);
     free(s->latents), free(s->noise), free(s->step_noise), free(s->unet_in), free(s->eps_host);
@@ -257,11 +271,92 @@ static void guidance_embedding(float guidance, int dim, float *out)
         out[dim - 1] = 0.0f;
 }
 
+/* One text through an SDXL encoder: hidden_states[-(2 + skip)] into
+ * host[tokens, width] at a row stride of stride floats, and for the second
+ * encoder the pooled embedding. */
+static int encode_xl_one(sdw_pipeline *p, sdw_clip *c, const sdw_clip_config *cc, const sdw_tokenizer *tok,
+                         const char *text, int skip, float *host, size_t stride, float *pooled, sdw_error *e)
+{
+    int tokens = SDW_TOK_CONTEXT;
+    int32_t ids[SDW_TOK_CONTEXT];
+    int64_t hs[3] = {1, tokens, cc->hidden_size}, ps[2] = {1, cc->projection_dim};
+    size_t row = (size_t)cc->hidden_size;
+    sdw_tensor h = {0}, pt = {0};
+    float *buf = malloc((size_t)tokens * row * sizeof *buf);
+    int rc = buf ? SDW_OK : sdw_fail(e, SDW_ENOMEM, "out of memory");
+    if (!rc && (rc = sdw_tok_encode(tok, text, ids, tokens, cc->pad_id, e)) > 0)
+        rc = SDW_OK;
+    if (!rc)
+        rc = sdw_tensor_new(&h, p->be, 3, hs, e);
+    if (!rc && pooled)
+        rc = sdw_tensor_new(&pt, p->be, 2, ps, e);
+    if (!rc)
+        rc = sdw_clip_encode_hidden(c, ids, 1, tokens, cc->num_layers - 1 - skip, &h, pooled ? &pt : NULL, e);
+    if (!rc)
+        rc = sdw_tensor_to_host(&h, buf, e);
+    if (!rc && pooled)
+        rc = sdw_tensor_to_host(&pt, pooled, e);
+    for (int t = 0; !rc && t < tokens; t++)
+        memcpy(host + (size_t)t * stride, buf + (size_t)t * row, row * sizeof *buf);
+    sdw_tensor_free(&h), sdw_tensor_free(&pt);
+    free(buf);
+    return rc;
+}
+
+/* SDXL's encode_prompt: per text, the penultimate states of both encoders
+ * side by side and the second's pooled embedding; a missing negative prompt
+ * is zeros when the model says force_zeros_for_empty_prompt. clip_skip goes
+ * to the prompt only, as for SD. */
+static int encode_text_xl(sdw_pipeline *p, const sdw_gen_params *gp, gen_state *s, sdw_error *e)
+{
+    const sdw_model *m = &p->model;
+    int tokens = SDW_TOK_CONTEXT, h1 = m->clip.hidden_size, h2 = m->clip2.hidden_size, pd = m->clip2.projection_dim;
+    size_t row = (size_t)tokens * (h1 + h2);
+    int64_t cs[3] = {s->batch, tokens, h1 + h2}, ps[2] = {s->batch, pd};
+    float *ctx = calloc((size_t)s->batch * row, sizeof *ctx), *pooled = calloc((size_t)s->batch * pd, sizeof *pooled);
+    int rc = ctx && pooled ? SDW_OK : sdw_fail(e, SDW_ENOMEM, "out of memory");
+    for (int b = 0; !rc && b < s->batch; b++) {
+        int positive = b + 1 == s->batch;
+        const char *text = positive ? gp->prompt : gp->negative_prompt ? gp->negative_prompt : "";
+        if (!positive && !gp->negative_prompt && m->force_zeros)
+            continue;
+        int skip = positive ? gp->clip_skip : 0;
+        float *at = ctx + b * row;
+        if ((rc = encode_xl_one(p, p->clip, &m->clip, m->tokenizer, text, skip, at, (size_t)(h1 + h2), NULL, e)) ||
+            (rc = encode_xl_one(p, p->clip2, &m->clip2, m->tokenizer_2, text, skip, at + h1, (size_t)(h1 + h2),
+                                pooled + (size_t)b * pd, e)))
+            sdw_fail_wrap(e, positive ? "prompt" : "negative prompt");
+    }
+    if (!rc)
+        rc = sdw_tensor_from_host(&s->ctx, p->be, 3, cs, ctx, e);
+    if (!rc)
+        rc = sdw_tensor_from_host(&s->pooled, p->be, 2, ps, pooled, e);
+    free(ctx), free(pooled);
+    return rc;
+}
+
+/* add_time_ids, (height, width) pairs: the original size, the crop's top
+ * left, the target size; the negative half the same (diffusers' default
+ * when no negative sizes are given). */
+static void time_ids(const sdw_gen_params *gp, int W, int H, gen_state *s)
+{
+    float v[6] = {(float)(gp->original_height ? gp->original_height : H),
+                  (float)(gp->original_width ? gp->original_width : W),
+                  (float)gp->crop_top,
+                  (float)gp->crop_left,
+                  (float)(gp->target_height ? gp->target_height : H),
+                  (float)(gp->target_width ? gp->target_width : W)};
+    for (int b = 0; b < s->batch; b++)
+        memcpy(s->time_ids + 6 * b, v, sizeof v);
+}
+
 /* Token ids for [negative; prompt] (or just the prompt without guidance),
  * through the text encoder. diffusers applies clip_skip to the prompt only,
  * never to the negative prompt; so do we, to produce the same images. */
 static int encode_text(sdw_pipeline *p, const sdw_gen_params *gp, gen_state *s, sdw_error *e)
 {
+    if (p->clip2)
+        return encode_text_xl(p, gp, s, e);
     const sdw_clip_config *cc = &p->model.clip;
     int tokens = SDW_TOK_CONTEXT;
     int32_t ids[2 * SDW_TOK_CONTEXT];
@@ -420,12 +515,14 @@ static int denoise(sdw_pipeline *p, const sdw_gen_params *gp, gen_state *s, sdw_
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
     int rc = SDW_OK;
     size_t plane = (size_t)s->h * s->w;
+    sdw_unet_cond cond = {.text_embeds = s->pooled.data ? &s->pooled : NULL,
+                          .time_ids = s->pooled.data ? s->time_ids : NULL,
+                          .timestep_cond = s->tcond};
     for (int i = 0; i < total && !rc; i++) {
         float t[2] = {ts[i], ts[i]};
         sdw_sched_scale_model_input(s->sched, s->latents, scaled, s->n);
         build_unet_input(p, s, scaled);
         rc = sdw_tensor_upload(&s->x, s->unet_in, e);
-        sdw_unet_cond cond = {.timestep_cond = s->tcond};
         if (!rc)
             rc = sdw_unet_forward(p->unet, &s->x, t, &s->ctx, &cond, &s->eps, e);
         if (!rc)
@@ -471,8 +568,19 @@ static int check_params(const sdw_pipeline *p, const sdw_gen_params *gp, int *W,
         return sdw_fail(e, SDW_EINVAL, "steps %d outside 1..1000", gp->steps);
     if (!(gp->guidance >= 0 && gp->guidance <= 100))
         return sdw_fail(e, SDW_EINVAL, "guidance %g outside 0..100", gp->guidance);
-    if (gp->clip_skip < 0 || gp->clip_skip >= p->model.clip.num_layers)
-        return sdw_fail(e, SDW_EINVAL, "clip_skip %d outside 0..%d", gp->clip_skip, p->model.clip.num_layers - 1);
+    /* SDXL's clip_skip k reads hidden_states[-(k + 2)] of both encoders */
+    int layers = p->model.clip.num_layers;
+    if (p->clip2)
+        layers = (layers < p->model.clip2.num_layers ? layers : p->model.clip2.num_layers) - 1;
+    if (gp->clip_skip < 0 || gp->clip_skip >= layers)
+        return sdw_fail(e, SDW_EINVAL, "clip_skip %d outside 0..%d", gp->clip_skip, layers - 1);
+    if (!p->clip2 && (gp->original_width || gp->original_height || gp->crop_top || gp->crop_left ||
+                      gp->target_width || gp->target_height))
+        return sdw_fail(e, SDW_EINVAL, "original_size, crops_coords_top_left and target_size apply to SDXL models "
+                        "only");
+    if (gp->original_width < 0 || gp->original_height < 0 || gp->crop_top < 0 || gp->crop_left < 0 ||
+        gp->target_width < 0 || gp->target_height < 0)
+        return sdw_fail(e, SDW_EINVAL, "original_size, crops_coords_top_left and target_size must not be negative");
     int unet9 = sdw_pipeline_unet_channels(p) != p->latent_channels;
     if (gp->kind == SDW_GEN_TXT2IMG) {
         if (unet9)
@@ -581,6 +689,7 @@ int sdw_pipeline_generate(sdw_pipeline *p, const sdw_gen_params *gp, sdw_gen_cal
                                                                 gp->eta, e)) ||
         (rc = sdw_sched_set_timesteps(s.sched, gp->steps, strength, e)))
         goto done;
+    time_ids(gp, W, H, &s);
     rc = encode_text(p, gp, &s, e);
     t1 = sdw_now_s(), tm.encode_s = t1 - t0, t0 = t1;
     if (!rc)

@@ -1,4 +1,4 @@
-/* The Stable Diffusion 1.x pipelines: txt2img, img2img and inpainting, as
+/* The Stable Diffusion 1.x, 2.x and XL pipelines: txt2img, img2img and inpainting, as
  * diffusers runs them (same noise draws in the same order from one
  * torch-exact generator, same scheduler arithmetic), on any backend.
  *
@@ -25,7 +25,8 @@ typedef enum sdw_gen_kind {
 typedef struct sdw_gen_params {
     sdw_gen_kind kind;
     const char *prompt;          /* UTF-8, NUL-terminated */
-    const char *negative_prompt; /* NULL = "" */
+    const char *negative_prompt; /* NULL: none given, which is "" except for a model with
+                                    force_zeros_for_empty_prompt (SDXL): zero embeddings */
     int steps;                   /* 1..1000 */
     float guidance;              /* > 1 enables classifier-free guidance */
     int width, height;           /* txt2img only; multiples of the VAE's scale (8) */
@@ -42,6 +43,12 @@ typedef struct sdw_gen_params {
      * weights, then detached: see lora.h). */
     const sdw_lora_use *loras;
     int nloras;
+    /* SDXL's micro-conditioning (add_time_ids), sizes in pixels; 0 = the
+     * image's size (diffusers' default), crops default to 0, 0. Other
+     * families take none of them. */
+    int original_width, original_height;
+    int crop_top, crop_left;
+    int target_width, target_height;
 } sdw_gen_params;
 
 /* Defaults as diffusers and rbee have them: 20 steps, guidance 7.5,
@@ -92,7 +99,7 @@ void sdw_pipeline_free(sdw_pipeline *p);
 
 /* What was loaded, as the service lists it. */
 typedef struct sdw_pipeline_info {
-    const char *family;     /* "sd1", "sd2" */
+    const char *family;     /* "sd1", "sd2", "sdxl" */
     const char *prediction; /* "epsilon", "v_prediction" */
     int inpaint;            /* a 9-channel inpainting UNet */
     int width, height;      /* the size the model was trained at: its default */

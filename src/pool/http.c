@@ -255,6 +255,8 @@ static void apply_model_defaults(const sdw_config_model *m, const sdw_ring_model
         d->width = rm->width;
         d->height = rm->height;
     }
+    if (rm && rm->family[0])
+        d->sdxl = !strcmp(rm->family, "sdxl");
     if (m->width) {
         d->width = m->width;
         d->height = m->height;

@@ -270,7 +270,7 @@ int sdw_ring_set_engine(sdw_ring *r, sdw_engine_state state, pid_t pid, const ch
 #define SDW_RING_MAX_MODELS 32
 typedef struct sdw_ring_model {
     char name[64];
-    char family[16];        /* "sd1", "sd2" */
+    char family[16];        /* "sd1", "sd2", "sdxl" */
     char prediction[16];    /* "epsilon", "v_prediction" */
     int inpaint;            /* a 9-channel inpainting UNet */
     int width, height;      /* the size the model was trained at */

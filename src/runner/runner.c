@@ -368,7 +368,7 @@ static void run_job(engine *g, const char *id, const unsigned char *input, size_
                              : req.op == SDW_OPERATION_INPAINT  ? SDW_GEN_INPAINT
                                                                : SDW_GEN_TXT2IMG);
     gp.prompt = req.prompt;
-    gp.negative_prompt = req.negative_prompt;
+    gp.negative_prompt = req.negative_prompt_given ? req.negative_prompt : NULL;
     gp.steps = req.steps;
     gp.guidance = (float)req.guidance_scale;
     gp.width = req.width, gp.height = req.height;
@@ -404,6 +404,9 @@ static void run_job(engine *g, const char *id, const unsigned char *input, size_
     }
     gp.loras = luse;
     gp.nloras = req.nloras;
+    gp.original_width = req.original_width, gp.original_height = req.original_height;
+    gp.crop_top = req.crop_top, gp.crop_left = req.crop_left;
+    gp.target_width = req.target_width, gp.target_height = req.target_height;
     sdw_image init, mask, out = {0};
     /* The pool checked the images already; this is the same check again,
      * for a ring written by something else or a configuration changed

@@ -27,12 +27,13 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: sdworker-generate --model DIR|FILE --prompt TEXT [options]\n"
             "\n"
-            "Generates one image with a Stable Diffusion 1.x or 2.x model: txt2img, img2img\n"
+            "Generates one image with a Stable Diffusion 1.x, 2.x or XL model: txt2img, img2img\n"
             "(--init-image) or inpainting (--init-image and --mask).\n"
             "\n"
             "  --model P             a diffusers folder or a single-file .safetensors checkpoint\n"
             "  --prompt TEXT         what to draw\n"
-            "  --negative-prompt T   what to steer away from (default empty)\n"
+            "  --negative-prompt T   what to steer away from (default none: empty, or for SDXL\n"
+            "                        zero embeddings)\n"
             "  --steps N             sampling steps, 1..1000 (default 20)\n"
             "  --guidance G          classifier-free guidance scale; <= 1 turns it off (default 7.5)\n"
             "  --width W, --height H txt2img size, multiples of 8 (default: the model's own, e.g.\n"
@@ -47,6 +48,10 @@ static void usage(FILE *f)
             "  --clip-skip K         stop the text encoder K layers early (default 0: off)\n"
             "  --lora FILE[:W]       apply a LoRA file (kohya or diffusers .safetensors) with weight W,\n"
             "                        -4..4 (default 1); repeat for several (at most 8)\n"
+            "  --original-size WxH   SDXL's micro-conditioning: the size the image is to look\n"
+            "                        cropped from (default: the image's size)\n"
+            "  --crop TOP,LEFT       SDXL: the crop's top-left corner (default 0,0)\n"
+            "  --target-size WxH     SDXL: the size it is to look made for (default: the image's)\n"
             "  --init-image F        PNG or JPEG to start from (img2img, inpainting); a size that is\n"
             "                        not a multiple of 8 is resized down to one, with a message\n"
             "  --strength S          0..1: how much of the init image is redrawn (default 0.8,\n"
@@ -212,12 +217,34 @@ static int load_input(const char *what, const char *path, int grey, int want_w, 
     return 0;
 }
 
+/* "AxB" (sep 'x') or "A,B", each in lo..16384. */
+static int parse_pair(const char *flag, const char *arg, char sep, int lo, int *a, int *b)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(arg, &end, 10), y = -1;
+    if (!errno && end != arg && *end == sep) {
+        const char *rest = end + 1;
+        y = strtol(rest, &end, 10);
+        if (errno || end == rest || *end)
+            y = -1;
+    }
+    if (x < lo || x > 16384 || y < lo || y > 16384) {
+        fprintf(stderr, "sdworker-generate: %s: expected two integers in %d..16384 as A%cB, not '%s'\n", flag, lo,
+                sep, arg);
+        return 1;
+    }
+    *a = (int)x, *b = (int)y;
+    return 0;
+}
+
 /* The command line, as parsed. */
 typedef struct gen_opts {
     const char *model, *prompt, *negative, *sampler, *init_path, *mask_path, *output, *device, *latents_path;
     const char *prediction;
     int precision, json_timings, profile_rows, warmup;
     int steps, width, height, clip_skip, threads, quiet, have_seed, have_strength, have_size;
+    int orig_w, orig_h, crop_top, crop_left, target_w, target_h;
     float guidance, eta;
     double strength; /* double: 0.7 * 10 steps must keep 7 of them, as in Python */
     uint64_t seed;
@@ -243,6 +270,8 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         {"timings", no_argument, 0, 'J'},         {"latents", required_argument, 0, 'L'},
         {"profile", optional_argument, 0, 'F'},    {"warmup", no_argument, 0, 'w'},
         {"prediction", required_argument, 0, 'R'}, {"lora", required_argument, 0, 'l'},
+        {"original-size", required_argument, 0, 'O'}, {"crop", required_argument, 0, 'C'},
+        {"target-size", required_argument, 0, 'G'},
         {0, 0, 0, 0},
     };
     *o = (gen_opts){.output = "out.png", .device = "cpu", .precision = SDW_PREC_FP16, .steps = 20, .width = 512,
@@ -325,6 +354,9 @@ static int parse_args(int argc, char **argv, gen_opts *o)
             o->lora_weights[o->nloras++] = w;
             break;
         }
+        case 'O': bad = parse_pair("--original-size", optarg, 'x', 1, &o->orig_w, &o->orig_h); break;
+        case 'C': bad = parse_pair("--crop", optarg, ',', 0, &o->crop_top, &o->crop_left); break;
+        case 'G': bad = parse_pair("--target-size", optarg, 'x', 1, &o->target_w, &o->target_h); break;
         case 'w': o->warmup = 1; break;
         case 'q': o->quiet = 1; break;
         case 'h': usage(stdout); return 0;
@@ -555,6 +587,9 @@ int main(int argc, char **argv)
     gp.sampler = o.sampler;
     gp.eta = o.eta;
     gp.clip_skip = o.clip_skip;
+    gp.original_width = o.orig_w, gp.original_height = o.orig_h;
+    gp.crop_top = o.crop_top, gp.crop_left = o.crop_left;
+    gp.target_width = o.target_w, gp.target_height = o.target_h;
     if (o.have_strength)
         gp.strength = o.strength;
     gp.init_image = o.init_path ? &init : NULL;

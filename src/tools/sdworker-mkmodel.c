@@ -1,4 +1,4 @@
-/* sdworker-mkmodel: writes a random-weight Stable Diffusion 1.x or 2.x model,
+/* sdworker-mkmodel: writes a random-weight Stable Diffusion 1.x, 2.x or XL model,
  * as a diffusers folder (in the layout diffusers 0.42 and transformers 5
  * save) or as a single-file LDM checkpoint.
  *
@@ -31,7 +31,7 @@
 
 #define MAX_BLOCKS 4
 
-typedef enum sched_kind { SCHED_PNDM, SCHED_DDIM, SCHED_EULER } sched_kind;
+typedef enum sched_kind { SCHED_PNDM, SCHED_DDIM, SCHED_EULER, SCHED_EULER_A } sched_kind;
 
 typedef struct mk_config {
     const char *name;
@@ -40,7 +40,14 @@ typedef struct mk_config {
      * diffusers uses and the text projection, as the real files hold them),
      * per-level heads of 64 channels and linear transformer projections. */
     int sd2;
+    /* SDXL: a second, gelu text encoder with a projection (bigG), padding
+     * with "!"; the UNet attends to both side by side, has per-level
+     * transformer depths and the text_time addition embedding; the VAE
+     * scales latents by 0.13025. Folders only. */
+    int sdxl;
     int text_hidden, text_inter, text_layers, text_heads;
+    int text2_hidden, text2_inter, text2_layers, text2_heads, text2_proj;
+    int unet_tlayers[MAX_BLOCKS], add_time_dim;
     int unet_in, unet_nblocks, unet_blocks[MAX_BLOCKS], unet_down_attn[MAX_BLOCKS], unet_layers;
     int unet_heads[MAX_BLOCKS];
     int unet_groups, unet_sample, upcast;
@@ -67,6 +74,17 @@ typedef struct mk_config {
  * v-prediction, 768, upcast attention), -2-inpainting (512, epsilon) and
  * sd-turbo (2.1's architecture at 512, Euler with trailing timesteps; its hub
  * JSON not re-read here). */
+/* SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0): ViT-L and bigG,
+ * UNet 320/640/1280 with no attention in the first level, 1/2/10
+ * transformer layers, 64-wide heads; sdxl-turbo the same at 512 with Euler
+ * ancestral on trailing timesteps. */
+#define SDXL_TEXT                                                                                                \
+    .sdxl = 1, .text_hidden = 768, .text_inter = 3072, .text_layers = 12, .text_heads = 12, .text2_hidden = 1280, \
+    .text2_inter = 5120, .text2_layers = 32, .text2_heads = 20, .text2_proj = 1280
+#define SDXL_UNET                                                                                             \
+    .unet_in = 4, .unet_nblocks = 3, .unet_blocks = {320, 640, 1280}, .unet_down_attn = {0, 1, 1}, .unet_layers = 2, \
+    .unet_heads = {5, 10, 20}, .unet_tlayers = {1, 2, 10}, .add_time_dim = 256, .unet_groups = 32
+
 static const mk_config configs[] = {
     {.name = "tiny", .text_hidden = 64, .text_inter = 128, .text_layers = 2, .text_heads = 2, .unet_in = 4,
      .unet_nblocks = 3, .unet_blocks = {32, 64, 64}, .unet_down_attn = {0, 1, 1}, .unet_layers = 1,
@@ -94,9 +112,20 @@ static const mk_config configs[] = {
      .unet_heads = {1, 2}, .unet_groups = 32, .unet_sample = 8, .upcast = 1, .vae_nblocks = 4,
      .vae_blocks = {16, 32, 64, 64}, .vae_layers = 1, .vae_groups = 16, .vae_sample = 64, .sched = SCHED_DDIM,
      .prediction = "v_prediction", .dtype = SDW_DT_F32},
+    {.name = "sdxl", SDXL_TEXT, SDXL_UNET, .unet_sample = 128, SD_VAE, .vae_sample = 1024, .sched = SCHED_EULER,
+     .prediction = "epsilon", .spacing = "leading", .dtype = SDW_DT_F16},
+    {.name = "sdxl-turbo", SDXL_TEXT, SDXL_UNET, .unet_sample = 64, SD_VAE, .vae_sample = 512, .sched = SCHED_EULER_A,
+     .prediction = "epsilon", .spacing = "trailing", .dtype = SDW_DT_F16},
+    {.name = "tiny-sdxl", .sdxl = 1, .text_hidden = 64, .text_inter = 128, .text_layers = 2, .text_heads = 1,
+     .text2_hidden = 64, .text2_inter = 128, .text2_layers = 3, .text2_heads = 1, .text2_proj = 64, .unet_in = 4,
+     .unet_nblocks = 2, .unet_blocks = {64, 128}, .unet_down_attn = {0, 1}, .unet_layers = 1, .unet_heads = {1, 2},
+     .unet_tlayers = {1, 2}, .add_time_dim = 32, .unet_groups = 32, .unet_sample = 64, .vae_nblocks = 4,
+     .vae_blocks = {16, 32, 64, 64}, .vae_layers = 1, .vae_groups = 16, .vae_sample = 512, .sched = SCHED_EULER,
+     .prediction = "epsilon", .spacing = "leading", .dtype = SDW_DT_F32},
 };
 
-static const char *const sched_class[] = {"PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler"};
+static const char *const sched_class[] = {"PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler",
+                                          "EulerAncestralDiscreteScheduler"};
 
 /* ---- config.json files ---- */
 
@@ -121,10 +150,12 @@ static void add(json_object *o, const char *k, json_object *v)
     json_object_object_add(o, k, v);
 }
 
-static json_object *text_config(const mk_config *c)
+/* second: SDXL's text_encoder_2 */
+static json_object *text_config(const mk_config *c, int second)
 {
     json_object *o = json_object_new_object();
-    add(o, "architectures", str_array((const char *const[]){"CLIPTextModel"}, 1));
+    add(o, "architectures",
+        str_array((const char *const[]){second ? "CLIPTextModelWithProjection" : "CLIPTextModel"}, 1));
     add(o, "attention_dropout", json_object_new_double(0));
     add(o, "bos_token_id", json_object_new_int(SDW_TOK_BOS));
     add(o, "dropout", json_object_new_double(0));
@@ -132,18 +163,18 @@ static json_object *text_config(const mk_config *c)
                                            : c->dtype == SDW_DT_BF16 ? "bfloat16"
                                                                      : "float32"));
     add(o, "eos_token_id", json_object_new_int(SDW_TOK_EOS));
-    add(o, "hidden_act", json_object_new_string(c->sd2 ? "gelu" : "quick_gelu"));
-    add(o, "hidden_size", json_object_new_int(c->text_hidden));
+    add(o, "hidden_act", json_object_new_string(c->sd2 || second ? "gelu" : "quick_gelu"));
+    add(o, "hidden_size", json_object_new_int(second ? c->text2_hidden : c->text_hidden));
     add(o, "initializer_factor", json_object_new_double(1));
     add(o, "initializer_range", json_object_new_double(0.02));
-    add(o, "intermediate_size", json_object_new_int(c->text_inter));
+    add(o, "intermediate_size", json_object_new_int(second ? c->text2_inter : c->text_inter));
     add(o, "layer_norm_eps", json_object_new_double(1e-5));
     add(o, "max_position_embeddings", json_object_new_int(SDW_TOK_CONTEXT));
     add(o, "model_type", json_object_new_string("clip_text_model"));
-    add(o, "num_attention_heads", json_object_new_int(c->text_heads));
-    add(o, "num_hidden_layers", json_object_new_int(c->text_layers));
+    add(o, "num_attention_heads", json_object_new_int(second ? c->text2_heads : c->text_heads));
+    add(o, "num_hidden_layers", json_object_new_int(second ? c->text2_layers : c->text_layers));
     add(o, "pad_token_id", json_object_new_int(1));
-    add(o, "projection_dim", json_object_new_int(c->sd2 ? 512 : c->text_hidden));
+    add(o, "projection_dim", json_object_new_int(second ? c->text2_proj : c->sd2 ? 512 : c->text_hidden));
     add(o, "transformers_version", json_object_new_string("5.24.0"));
     add(o, "vocab_size", json_object_new_int(49408));
     return o;
@@ -162,10 +193,17 @@ static json_object *unet_config(const mk_config *c)
     add(o, "_diffusers_version", json_object_new_string("0.31.0"));
     add(o, "act_fn", json_object_new_string("silu"));
     /* SD 1.x's hub configs give one head count, SD 2.x's one per level */
-    add(o, "attention_head_dim", c->sd2 ? int_array(c->unet_heads, n) : json_object_new_int(c->unet_heads[0]));
+    add(o, "attention_head_dim",
+        c->sd2 || c->sdxl ? int_array(c->unet_heads, n) : json_object_new_int(c->unet_heads[0]));
     add(o, "block_out_channels", int_array(c->unet_blocks, n));
     add(o, "center_input_sample", json_object_new_boolean(0));
-    add(o, "cross_attention_dim", json_object_new_int(c->text_hidden));
+    add(o, "cross_attention_dim", json_object_new_int(c->text_hidden + (c->sdxl ? c->text2_hidden : 0)));
+    if (c->sdxl) {
+        add(o, "addition_embed_type", json_object_new_string("text_time"));
+        add(o, "addition_time_embed_dim", json_object_new_int(c->add_time_dim));
+        add(o, "projection_class_embeddings_input_dim", json_object_new_int(c->text2_proj + 6 * c->add_time_dim));
+        add(o, "transformer_layers_per_block", int_array(c->unet_tlayers, n));
+    }
     add(o, "down_block_types", str_array(down, n));
     add(o, "downsample_padding", json_object_new_int(1));
     add(o, "flip_sin_to_cos", json_object_new_boolean(1));
@@ -179,7 +217,7 @@ static json_object *unet_config(const mk_config *c)
     add(o, "sample_size", json_object_new_int(c->unet_sample));
     add(o, "up_block_types", str_array(up, n));
     add(o, "upcast_attention", json_object_new_boolean(c->upcast));
-    add(o, "use_linear_projection", json_object_new_boolean(c->sd2));
+    add(o, "use_linear_projection", json_object_new_boolean(c->sd2 || c->sdxl));
     return o;
 }
 
@@ -200,7 +238,7 @@ static json_object *vae_config(const mk_config *c)
     add(o, "norm_num_groups", json_object_new_int(c->vae_groups));
     add(o, "out_channels", json_object_new_int(3));
     add(o, "sample_size", json_object_new_int(c->vae_sample));
-    add(o, "scaling_factor", json_object_new_double(0.18215));
+    add(o, "scaling_factor", json_object_new_double(c->sdxl ? 0.13025 : 0.18215));
     add(o, "up_block_types", str_array(up, c->vae_nblocks));
     return o;
 }
@@ -216,7 +254,7 @@ static json_object *scheduler_config(const mk_config *c)
     add(o, "beta_schedule", json_object_new_string("scaled_linear"));
     add(o, "beta_start", json_object_new_double(0.00085));
     add(o, "clip_sample", json_object_new_boolean(0));
-    if (c->sched == SCHED_EULER) {
+    if (c->sched == SCHED_EULER || c->sched == SCHED_EULER_A) {
         add(o, "interpolation_type", json_object_new_string("linear"));
         add(o, "sample_max_value", json_object_new_double(1.0));
         add(o, "timestep_type", json_object_new_string("discrete"));
@@ -236,16 +274,26 @@ static json_object *scheduler_config(const mk_config *c)
 static json_object *model_index(const mk_config *c)
 {
     json_object *o = json_object_new_object();
-    add(o, "_class_name", json_object_new_string(c->unet_in == 9 ? "StableDiffusionInpaintPipeline"
-                                                                  : "StableDiffusionPipeline"));
+    add(o, "_class_name", json_object_new_string(c->sdxl           ? "StableDiffusionXLPipeline"
+                                                 : c->unet_in == 9 ? "StableDiffusionInpaintPipeline"
+                                                                   : "StableDiffusionPipeline"));
     add(o, "_diffusers_version", json_object_new_string("0.31.0"));
-    /* [null, null]: no safety checker or feature extractor */
+    if (c->sdxl) {
+        add(o, "force_zeros_for_empty_prompt", json_object_new_boolean(1));
+        add(o, "text_encoder_2", str_array((const char *const[]){"transformers", "CLIPTextModelWithProjection"}, 2));
+        add(o, "tokenizer_2", str_array((const char *const[]){"transformers", "CLIPTokenizer"}, 2));
+    }
+    /* [null, null]: no safety checker, feature extractor or (SDXL) image encoder */
     json_object *none[2] = {json_object_new_array(), json_object_new_array()};
     for (int i = 0; i < 2; i++)
         json_object_array_add(none[i], NULL), json_object_array_add(none[i], NULL);
     add(o, "feature_extractor", none[0]);
-    add(o, "requires_safety_checker", json_object_new_boolean(0));
-    add(o, "safety_checker", none[1]);
+    if (c->sdxl) {
+        add(o, "image_encoder", none[1]);
+    } else {
+        add(o, "requires_safety_checker", json_object_new_boolean(0));
+        add(o, "safety_checker", none[1]);
+    }
     add(o, "scheduler", str_array((const char *const[]){"diffusers", sched_class[c->sched]}, 2));
     add(o, "text_encoder", str_array((const char *const[]){"transformers", "CLIPTextModel"}, 2));
     add(o, "tokenizer", str_array((const char *const[]){"transformers", "CLIPTokenizer"}, 2));
@@ -254,23 +302,24 @@ static json_object *model_index(const mk_config *c)
     return o;
 }
 
-/* SD 2.x's tokenizer pads with "!" (id 0), SD 1.x's with <|endoftext|>. */
-static const char *pad_token(const mk_config *c)
+/* SD 2.x's tokenizer pads with "!" (id 0), SD 1.x's with <|endoftext|>;
+ * SDXL's first pads as SD 1.x's, its second as SD 2.x's. */
+static const char *pad_token(const mk_config *c, int second)
 {
-    return c->sd2 ? "!" : "<|endoftext|>";
+    return c->sd2 || second ? "!" : "<|endoftext|>";
 }
 
-static json_object *special_tokens_map(const mk_config *c)
+static json_object *special_tokens_map(const mk_config *c, int second)
 {
     json_object *o = json_object_new_object();
     add(o, "bos_token", json_object_new_string("<|startoftext|>"));
     add(o, "eos_token", json_object_new_string("<|endoftext|>"));
-    add(o, "pad_token", json_object_new_string(pad_token(c)));
+    add(o, "pad_token", json_object_new_string(pad_token(c, second)));
     add(o, "unk_token", json_object_new_string("<|endoftext|>"));
     return o;
 }
 
-static json_object *tokenizer_config(const mk_config *c)
+static json_object *tokenizer_config(const mk_config *c, int second)
 {
     json_object *o = json_object_new_object();
     add(o, "add_prefix_space", json_object_new_boolean(0));
@@ -280,7 +329,7 @@ static json_object *tokenizer_config(const mk_config *c)
     add(o, "eos_token", json_object_new_string("<|endoftext|>"));
     add(o, "errors", json_object_new_string("replace"));
     add(o, "model_max_length", json_object_new_int(SDW_TOK_CONTEXT));
-    add(o, "pad_token", json_object_new_string(pad_token(c)));
+    add(o, "pad_token", json_object_new_string(pad_token(c, second)));
     add(o, "tokenizer_class", json_object_new_string("CLIPTokenizer"));
     add(o, "unk_token", json_object_new_string("<|endoftext|>"));
     return o;
@@ -353,9 +402,9 @@ static int ends_with(const char *s, const char *suf)
     return n >= k && !strcmp(s + n - k, suf);
 }
 
-typedef enum part { PART_TEXT, PART_UNET, PART_VAE } part;
+typedef enum part { PART_TEXT, PART_UNET, PART_VAE, PART_TEXT2 } part;
 
-static const char *const part_names[] = {"text_encoder", "unet", "vae"};
+static const char *const part_names[] = {"text_encoder", "unet", "vae", "text_encoder_2"};
 
 /* Runs one part's loader on the CPU backend with a recording source, then
  * frees what it loaded; extra_layers more text encoder blocks than c has
@@ -384,6 +433,16 @@ static int enumerate(const mk_config *c, part p, sdw_layout layout, int extra_la
         sdw_clip *clip = NULL;
         if (layout == SDW_LAYOUT_LDM && c->sd2)
             w.map = sdw_weights_openclip;
+        rc = sdw_clip_load(&clip, be, &cc, &w, e);
+        sdw_clip_free(clip);
+    } else if (p == PART_TEXT2) {
+        /* as transformers saves a CLIPTextModelWithProjection */
+        sdw_clip_config cc = {.vocab_size = 49408, .hidden_size = c->text2_hidden,
+                              .intermediate_size = c->text2_inter, .num_layers = c->text2_layers,
+                              .num_heads = c->text2_heads, .max_positions = SDW_TOK_CONTEXT, .quick_gelu = 0,
+                              .layer_norm_eps = 1e-5f, .pad_id = 0, .projection_dim = c->text2_proj};
+        sdw_clip *clip = NULL;
+        w.map = sdw_weights_text_model;
         rc = sdw_clip_load(&clip, be, &cc, &w, e);
         sdw_clip_free(clip);
     } else if (p == PART_UNET) {
@@ -419,7 +478,7 @@ static void conv_shape(const mk_config *c, rec_tensor *t, part p, sdw_layout lay
     int conv = 0;
     if (t->ndim != 2)
         return;
-    if (p == PART_UNET && !c->sd2)
+    if (p == PART_UNET && !c->sd2 && !c->sdxl)
         conv = strstr(diffusers_name, "attentions.") &&
                (ends_with(diffusers_name, ".proj_in.weight") || ends_with(diffusers_name, ".proj_out.weight"));
     if (p == PART_VAE && layout == SDW_LAYOUT_LDM)
@@ -450,7 +509,7 @@ static void fill(float *out, const rec_tensor *t, uint64_t seed)
     float mul, off = 0;
     if (ends_with(name, ".bias"))
         mul = 0.1f;
-    else if (!strncmp(name, "embeddings.", 11))
+    else if (!strncmp(name, "embeddings.", 11) || !strncmp(name, "text_model.embeddings.", 22))
         mul = 0.5f;
     else if (t->ndim == 1)
         mul = 0.1f, off = 1;
@@ -513,11 +572,11 @@ out:
 
 /* ---- the two layouts ---- */
 
-static int write_tokenizer(const mk_config *c, const char *root, sdw_error *e)
+static int write_tokenizer(const mk_config *c, const char *root, int second, sdw_error *e)
 {
     char dir[4096], vocab[4200], merges[4200];
     sdw_tokenizer *t;
-    snprintf(dir, sizeof dir, "%s/tokenizer", root);
+    snprintf(dir, sizeof dir, "%s/%s", root, second ? "tokenizer_2" : "tokenizer");
     int rc = make_dir(dir, e);
     if (rc || (rc = sdw_tok_load_default(&t, e)))
         return rc;
@@ -525,26 +584,29 @@ static int write_tokenizer(const mk_config *c, const char *root, sdw_error *e)
     snprintf(merges, sizeof merges, "%s/merges.txt", dir);
     rc = sdw_tok_save_hf(t, vocab, merges, e);
     sdw_tok_free(t);
-    if (!rc && !(rc = write_json(dir, "special_tokens_map.json", special_tokens_map(c), e)))
-        rc = write_json(dir, "tokenizer_config.json", tokenizer_config(c), e);
+    if (!rc && !(rc = write_json(dir, "special_tokens_map.json", special_tokens_map(c, second), e)))
+        rc = write_json(dir, "tokenizer_config.json", tokenizer_config(c, second), e);
     return rc;
 }
 
 static int make_folder(const mk_config *c, const char *root, uint64_t seed, sdw_error *e)
 {
     static const char *const files[] = {"model.safetensors", "diffusion_pytorch_model.safetensors",
-                                        "diffusion_pytorch_model.safetensors"};
+                                        "diffusion_pytorch_model.safetensors", "model.safetensors"};
     char dir[4096], path[4200];
     int rc;
     if ((rc = make_dir(root, e)) || (rc = write_json(root, "model_index.json", model_index(c), e)) ||
-        (rc = write_tokenizer(c, root, e)))
+        (rc = write_tokenizer(c, root, 0, e)) || (c->sdxl && (rc = write_tokenizer(c, root, 1, e))))
         return rc;
     snprintf(dir, sizeof dir, "%s/scheduler", root);
     if ((rc = make_dir(dir, e)) || (rc = write_json(dir, "scheduler_config.json", scheduler_config(c), e)))
         return rc;
-    for (part p = PART_TEXT; p <= PART_VAE; p++) {
+    for (part p = PART_TEXT; p <= (c->sdxl ? PART_TEXT2 : PART_VAE); p++) {
         snprintf(dir, sizeof dir, "%s/%s", root, part_names[p]);
-        json_object *cfg = p == PART_TEXT ? text_config(c) : p == PART_UNET ? unet_config(c) : vae_config(c);
+        json_object *cfg = p == PART_TEXT    ? text_config(c, 0)
+                           : p == PART_TEXT2 ? text_config(c, 1)
+                           : p == PART_UNET  ? unet_config(c)
+                                             : vae_config(c);
         if ((rc = make_dir(dir, e)) || (rc = write_json(dir, "config.json", cfg, e)))
             return rc;
         recorder r = {0};
@@ -646,7 +708,7 @@ static void usage(FILE *f)
             "usage: sdworker-mkmodel --config NAME [--dtype f16|f32|bf16] [--seed N]\n"
             "                        (OUTDIR | --single-file OUT.safetensors)\n"
             "\n"
-            "Writes a Stable Diffusion 1.x or 2.x model with random weights, for tests and benchmarks.\n"
+            "Writes a Stable Diffusion 1.x, 2.x or XL model with random weights, for tests and benchmarks.\n"
             "\n"
             "  OUTDIR            a diffusers folder: model_index.json, text_encoder/, tokenizer/\n"
             "                    (the bundled CLIP vocabulary), unet/, vae/, scheduler/\n"
@@ -664,6 +726,10 @@ static void usage(FILE *f)
             "                    32/64/64; VAE blocks 16/32/64/64, scale 8) that runs 512x512 in seconds\n"
             "                    tiny-sd2: the same for SD 2.x (gelu text encoder padding with \"!\",\n"
             "                    UNet blocks 64/128 with 1 and 2 heads, linear projections, v-prediction)\n"
+            "                    sdxl: SDXL base 1.0's architecture (ViT-L and bigG text encoders, UNet\n"
+            "                    320/640/1280 with 1/2/10 transformer layers, 1024); sdxl-turbo: the same\n"
+            "                    at 512 with Euler ancestral on trailing timesteps; tiny-sdxl: a small\n"
+            "                    SDXL-shaped model (folders only, for all three)\n"
             "  --dtype T         f16 (default for the full-size configs), f32 (for the tiny ones) or bf16\n"
             "  --seed N          the weights' seed (default 0); the same seed gives the same files\n"
             "\n"
@@ -729,6 +795,10 @@ int main(int argc, char **argv)
         }
     }
     sdw_error e = {0};
+    if (single && c.sdxl) {
+        fprintf(stderr, "sdworker-mkmodel: --single-file: the SDXL configs make folders only\n");
+        return 2;
+    }
     int rc = single ? make_single(&c, single, seed, &e) : make_folder(&c, outdir, seed, &e);
     if (rc) {
         fprintf(stderr, "sdworker-mkmodel: %s\n", e.msg);
