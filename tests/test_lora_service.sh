@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # LoRA through the whole service (scripts/start-service: the real engine on
 # tiny-a, tiny-sd2 and tiny-sdxl, the pool, a private nginx on loopback):
-# /v1/models lists the LoRAs that fit each model, jobs with LoRAs run (SD 1,
-# SDXL's kohya file, an LCM-LoRA under the lcm sampler), and every bad
+# /v1/models lists the LoRAs that fit each model, jobs with LoRAs run (SD 1;
+# SDXL's kohya file and an LCM-LoRA under the lcm sampler give diffusers'
+# images, from tests/fixtures/lora), and every bad
 # LoRA request is refused at submission with a JSON error naming the LoRA
 # or the field: unknown name (404), another family (SD 1/2/XL), keys that match
 # nothing, a shape mismatch, a file that does not load (400 lora_mismatch),
@@ -96,10 +97,46 @@ completes() {
   curl -sN "$url/v1/jobs/$id/stream" >"$run/$1.sse"
   [ "$code" = 202 ] && grep -q '^event: complete' "$run/$1.sse"
 }
-post '[{"name":"xl","weight":0.8}]' xl
-ok $(completes xl; echo $?) "an SDXL job with kohya's SGM-named LoRA completes: $code $(grep -o '"code":"[a-z_]*"' "$run/xl.sse")"
-post '[{"name":"lcm","weight":1}]' a '"sampler":"lcm","guidance_scale":1.5,"steps":4,'
-ok $(completes lcm; echo $?) "an LCM-LoRA job (lcm sampler, 4 steps, CFG 1.5) completes: $code $(grep -o '"code":"[a-z_]*"' "$run/lcm.sse")"
+# like SSE CASE: the image of a completed job's stream against diffusers'
+# (tests/fixtures/lora/CASE.safetensors, "image"), every pixel within 1.
+like() {
+  python3 - "$1" "$fix/lora/$2.safetensors" <<'PY'
+import base64, json, struct, sys, zlib
+ev = [json.loads(l[5:]) for l in open(sys.argv[1]) if l.startswith("data:") and '"complete"' in l][0]
+png = base64.b64decode(ev["image"])
+w, h, depth, ctype = struct.unpack(">IIBB", png[16:26])
+assert depth == 8 and ctype == 2, (depth, ctype)
+pos, idat = 8, b""
+while pos < len(png):
+    n, t = struct.unpack(">I4s", png[pos:pos + 8])
+    idat += png[pos + 8:pos + 8 + n] if t == b"IDAT" else b""
+    pos += 12 + n
+raw, stride, px, prev = zlib.decompress(idat), 3 * w, [], bytes(3 * w)
+for y in range(h):
+    f, row = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+    for i in range(stride):
+        a, b, c = row[i - 3] if i >= 3 else 0, prev[i], prev[i - 3] if i >= 3 else 0
+        pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+        pred = [0, a, b, (a + b) // 2, a if pa <= pb and pa <= pc else b if pb <= pc else c][f]
+        row[i] = (row[i] + pred) & 255
+    px += row
+    prev = row
+ref = open(sys.argv[2], "rb").read()
+hl = struct.unpack("<Q", ref[:8])[0]
+t = json.loads(ref[8:8 + hl])["image"]
+lo, hi = t["data_offsets"]
+want = struct.unpack("<%df" % ((hi - lo) // 4), ref[8 + hl + lo:8 + hl + hi])
+sys.exit(len(want) != len(px) or max(abs(a - b) for a, b in zip(px, want)) > 1)
+PY
+}
+# The two cases of fixtures_lora.py, through the service.
+ref='"prompt":"a photo of a cat","negative_prompt":"blurry","seed":77,"steps":4,'
+post '[{"name":"xl","weight":0.8}]' xl "$ref\"sampler\":\"euler\",\"guidance_scale\":5,"
+ok $(completes xl && like "$run/xl.sse" gen-xl-kohya >/dev/null; echo $?) \
+  "an SDXL job with kohya's SGM-named LoRA gives diffusers' image (gen-xl-kohya, pixels within 1): $code"
+post '[{"name":"lcm","weight":1}]' a "$ref\"sampler\":\"lcm\",\"guidance_scale\":1.5,"
+ok $(completes lcm && like "$run/lcm.sse" gen-a-lcm-g15 >/dev/null; echo $?) \
+  "an LCM-LoRA job (lcm sampler, 4 steps, CFG 1.5) gives diffusers' image (gen-a-lcm-g15): $code"
 
 post '[{"name":"nope"}]'
 ok $(refused 404 unknown_lora && has 'LoRA \"nope\" is not configured; LoRAs: attn, changing, cut, lcm, locon, nowhere, sd2, wide, xl'; echo $?) \
