@@ -2,18 +2,21 @@
 """LoRA references for tests/test_lora.c.
 
 Writes, under tests/fixtures/lora/:
-  <lora>.safetensors            random LoRAs for the tiny models, kohya and diffusers/PEFT layouts
+  <lora>.safetensors            random LoRAs for the tiny models (SD 1, SD 2, SDXL), kohya (SDXL's with
+                                SGM UNet paths and lora_te1_ / lora_te2_) and diffusers/PEFT layouts
   cases.json                    the generations, in pipeline/README.md's format plus "loras"
   <case>.safetensors            "latents" F32 [1,4,h,w] and "image" F32 [H,W,3] per case
-  README.md                     what each file covers, how to regenerate
+(tests/reference/README.md, "lora/", says what each file covers.)
 
 Every image comes from the real diffusers pipeline with
 pipe.load_lora_weights(file, adapter_name=...) and
 pipe.set_adapters([...], adapter_weights=[...]): diffusers reads the kohya
-files itself (lora_conversion_utils), so they are files it accepts.
+files itself (lora_conversion_utils), so they are files it accepts, and
+every module of each file is checked to be one diffusers injected. The LCM
+cases use LCMScheduler on the unchanged tiny-a UNet, as LCM-LoRA is used.
 
-Adding a model (SDXL's tiny one) is one more entry in MODELS_LORA and the
-LoRAs and cases that use it.
+Adding a model is one more entry in MODELS_LORA and the LoRAs and cases
+that use it.
 
 Usage: /opt/sdw-ref/bin/python tests/reference/fixtures_lora.py
 Deterministic: running it twice gives identical files.
