@@ -130,6 +130,17 @@ static int is_sgm(const char *flat)
     return 0;
 }
 
+/* Which layer an SGM path names waits for the model's layers_per_block;
+ * one that names none under any a UNet has (1 to 4) is malformed already. */
+static int sgm_well_formed(const char *flat)
+{
+    char tmp[200];
+    for (int lpb = 1; lpb <= 4; lpb++)
+        if (!sdw_lora_sgm_path(flat, lpb, tmp, sizeof tmp))
+            return 1;
+    return 0;
+}
+
 /* --- parsing -------------------------------------------------------------- */
 
 typedef enum { T_DOWN, T_UP, T_ALPHA } tensor_role;
@@ -190,6 +201,8 @@ static int classify(const char *name, char *part, char *flat, size_t fcap, int *
     *sgm = !strcmp(part, "unet") && is_sgm(p);
     if ((size_t)snprintf(flat, fcap, "%s", p) >= fcap)
         return sdw_fail(e, SDW_EFORMAT, "tensor name %s is too long", name);
+    if (*sgm && !sgm_well_formed(flat))
+        return sdw_fail(e, SDW_EFORMAT, "%s: no UNet layer has this SGM path", key);
     return SDW_OK;
 }
 
