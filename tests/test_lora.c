@@ -254,6 +254,18 @@ static void bad_files(void)
                "a LoRA whose keys match nothing: %s", e.msg);
         sdw_lora_free(l);
     }
+    /* tiny-a has one layer per block: input_blocks_1_1 is down_blocks_0_attentions_0. */
+    tspec twice[] = {{"lora_unet_input_blocks_1_1_proj_in.lora_down.weight", 4, 32, 0.1f},
+                     {"lora_unet_input_blocks_1_1_proj_in.lora_up.weight", 32, 4, 0.1f},
+                     {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", 4, 32, 0.1f},
+                     {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight", 32, 4, 0.1f}};
+    l = NULL;
+    if (tap_ok(!parse_spec(twice, 4, &l, &e), "one layer by its SGM and its diffusers name parses")) {
+        int rc = sdw_pipeline_lora_check(tiny_a, l, &e);
+        tap_ok(rc == SDW_EINVAL && strstr(e.msg, "update the same layer"), "and is refused against the model: %s",
+               e.msg);
+        sdw_lora_free(l);
+    }
     tspec nan[] = {{d, 4, 32, 0.1f}, {u, 32, 4, NAN}};
     l = NULL;
     int rc = parse_spec(nan, 2, &l, &e);

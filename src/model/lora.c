@@ -507,7 +507,7 @@ int sdw_lora_check(const sdw_lora *l, const sdw_layer_set *s, const char *family
         /* An SGM and a diffusers name for one layer meet only here. */
         for (size_t j = 0; !rc && j < i; j++)
             if (refs[j] == ref)
-                rc = sdw_fail(e, SDW_EFORMAT, "%s and %s update the same layer", l->m[j].key, l->m[i].key);
+                rc = sdw_fail(e, SDW_EINVAL, "%s and %s update the same layer", l->m[j].key, l->m[i].key);
     }
     free(refs);
     if (rc)
