@@ -1,7 +1,8 @@
 /* Whole pipelines on the CUDA backend against the CPU backend, on the tiny
  * fixture models (tests/fixtures/models): txt2img with a deterministic and an
  * ancestral sampler, img2img, and 9-channel inpainting, SD 1 and SD 2
- * (v-prediction), and with LoRAs (linear and convolution deltas). Final latents within
+ * (v-prediction), and with LoRAs (linear and convolution deltas; on SDXL
+ * through the host simulation). Final latents within
  * 1e-4 relative error (max abs difference over max abs reference) in
  * float32, within 1e-2 in fp16, within BF16_TOL in bf16. A second identical generation must not grow
  * the device memory in use: the caching allocator serves every later step
@@ -48,6 +49,9 @@ static const gen_case cases[] = {
     /* LoRA deltas beside linears and (LoCon) convolutions, strided ones included */
     {"txt2img euler 32x32 with two LoRAs", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0,
      {"a-kohya-attn.safetensors", "a-kohya-locon.safetensors"}, {0.7f, -0.5f}},
+    /* SDXL: two text encoders, micro-conditioning, kohya's SGM-named LoRA and a PEFT one */
+    {"sdxl txt2img euler 32x32 with two LoRAs", "tiny-sdxl", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 32, 32, 3, 1.0,
+     {"xl-kohya.safetensors", "xl-peft.safetensors"}, {0.6f, -0.5f}},
 #else
     {"txt2img euler", "tiny-a", "euler", NULL, NULL, SDW_GEN_TXT2IMG, 64, 64, 6, 1.0, {NULL, NULL}, {0, 0}},
     {"txt2img euler_a 96x64", "tiny-b", "euler_a", NULL, NULL, SDW_GEN_TXT2IMG, 96, 64, 5, 1.0, {NULL, NULL}, {0, 0}},

@@ -1,10 +1,12 @@
 /* LoRA: the parser (kohya and PEFT layouts, alphas, bad files), SGM path
  * mapping, matching against the tiny models, and generation against
  * diffusers' load_lora_weights + set_adapters for every case in
- * tests/fixtures/lora/cases.json (tests/reference/fixtures_lora.py): final
- * latents within 1e-4 relative error, pixels within 1. After a LoRA job, and
- * after one whose LoRA failed, the model gives bit for bit what it gave
- * before any LoRA. */
+ * tests/fixtures/lora/cases.json (tests/reference/fixtures_lora.py), on SD 1,
+ * SD 2 and SDXL (kohya's SGM names, both text encoders) and LCM-LoRA under
+ * the lcm sampler: final latents within 1e-4 relative error, pixels within 1.
+ * After a LoRA job, and after one whose LoRA failed, the model gives bit for
+ * bit what it gave before any LoRA. LoRAs for another family are refused
+ * naming it. */
 #include <json-c/json.h>
 #include <math.h>
 #include <stdlib.h>
@@ -21,7 +23,7 @@
 #define LATENT_TOL 1e-4
 
 static sdw_backend *be;
-static sdw_pipeline *tiny_a, *tiny_sd2;
+static sdw_pipeline *tiny_a, *tiny_sd2, *tiny_sdxl;
 
 static sdw_lora *open_fixture(const char *file)
 {
@@ -58,13 +60,28 @@ static void sgm_names(void)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char out[200] = "";
-        int rc = sdw_lora_sgm_path(cases[i][0], out, sizeof out);
+        int rc = sdw_lora_sgm_path(cases[i][0], 2, out, sizeof out);
         tap_ok(!rc && !strcmp(out, cases[i][1]), "SGM %s -> %s (%s)", cases[i][0], cases[i][1], out);
     }
+    /* tiny-sdxl's one layer per block: a level is two SGM blocks. */
+    static const char *const one[][2] = {
+        {"input_blocks_1_0_in_layers_2", "down_blocks_0_resnets_0_conv1"},
+        {"input_blocks_2_0_op", "down_blocks_0_downsamplers_0_conv"},
+        {"input_blocks_3_1_proj_in", "down_blocks_1_attentions_0_proj_in"},
+        {"output_blocks_1_1_transformer_blocks_1_attn2_to_k", "up_blocks_0_attentions_1_transformer_blocks_1_attn2_to_k"},
+        {"output_blocks_1_2_conv", "up_blocks_0_upsamplers_0_conv"},
+        {"output_blocks_3_0_skip_connection", "up_blocks_1_resnets_1_conv_shortcut"},
+    };
+    for (size_t i = 0; i < sizeof one / sizeof one[0]; i++) {
+        char out[200] = "";
+        int rc = sdw_lora_sgm_path(one[i][0], 1, out, sizeof out);
+        tap_ok(!rc && !strcmp(out, one[i][1]), "SGM, 1 layer per block, %s -> %s (%s)", one[i][0], one[i][1], out);
+    }
     char out[200];
-    tap_ok(sdw_lora_sgm_path("input_blocks_1_0_norm9", out, sizeof out) != 0 &&
-               sdw_lora_sgm_path("middle_block_7_in_layers_2", out, sizeof out) != 0 &&
-               sdw_lora_sgm_path("input_blocks_3_1_proj_in", out, sizeof out) != 0,
+    tap_ok(sdw_lora_sgm_path("input_blocks_1_0_norm9", 2, out, sizeof out) != 0 &&
+               sdw_lora_sgm_path("middle_block_7_in_layers_2", 2, out, sizeof out) != 0 &&
+               sdw_lora_sgm_path("input_blocks_3_1_proj_in", 2, out, sizeof out) != 0 &&
+               sdw_lora_sgm_path("input_blocks_3_0_op", 1, out, sizeof out) != 0,
            "SGM paths that name no layer are refused");
 }
 
@@ -114,6 +131,44 @@ static void parsing(void)
     tap_ok(rc == SDW_EINVAL && !a, "weight NaN: %s", e.msg);
 out:
     sdw_lora_free(k), sdw_lora_free(p), sdw_lora_free(c);
+}
+
+/* SDXL's files: SGM UNet paths kept as written and mapped with the model's
+ * layers_per_block, both text encoders, and the family told both ways. */
+static void sdxl_parsing(void)
+{
+    sdw_lora *k = open_fixture("xl-kohya.safetensors"), *p = open_fixture("xl-peft.safetensors"),
+             *a = open_fixture("a-kohya-attn.safetensors"), *c = open_fixture("a-kohya-locon.safetensors");
+    if (!tap_ok(k && p && a && c, "the SDXL fixture LoRAs open"))
+        goto out;
+    const sdw_lora_module *m = module(k, "output_blocks_1_2_conv");
+    tap_ok(m && m->sgm && !strcmp(m->part, "unet") && m->alpha == 2.0f, "kohya SDXL: an SGM upsampler, alpha 2");
+    m = module(k, "encoder_layers_2_mlp_fc1");
+    tap_ok(m && !strcmp(m->part, "text_encoder"), "kohya SDXL: lora_te1_ is the first text encoder");
+    size_t te2 = 0, te2p = 0;
+    for (size_t i = 0; i < k->n; i++)
+        te2 += !strcmp(k->m[i].part, "text_encoder_2") && !strncmp(k->m[i].key, "lora_te2_", 9);
+    for (size_t i = 0; i < p->n; i++)
+        te2p += !strcmp(p->m[i].part, "text_encoder_2");
+    tap_ok(te2 == 18 && te2p == 18, "lora_te2_ and text_encoder_2. name the second (%zu, %zu of 18)", te2, te2p);
+    tap_ok(!strcmp(k->family, "sdxl") && !strcmp(p->family, ""), "the family kohya's metadata states (sdxl, none)");
+    sdw_error e;
+    tap_ok(!sdw_pipeline_lora_check(tiny_sdxl, k, &e) && !sdw_pipeline_lora_check(tiny_sdxl, p, &e),
+           "each fits tiny-sdxl");
+    int rc = sdw_pipeline_lora_check(tiny_sdxl, a, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "is for sd1, the model is sdxl"), "an SD 1 LoRA on SDXL: %s", e.msg);
+    rc = sdw_pipeline_lora_check(tiny_sdxl, c, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "another model family than sdxl"),
+           "an SD 1 UNet LoRA without metadata on SDXL: %s", e.msg);
+    rc = sdw_pipeline_lora_check(tiny_a, k, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "is for sdxl, the model is sd1"), "an SDXL LoRA on SD 1: %s", e.msg);
+    rc = sdw_pipeline_lora_check(tiny_a, p, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "is for sdxl (text_encoder_2.") && strstr(e.msg, "the model is sd1"),
+           "an SDXL LoRA without metadata on SD 1: %s", e.msg);
+    rc = sdw_pipeline_lora_check(tiny_sd2, p, &e);
+    tap_ok(rc == SDW_EINVAL && strstr(e.msg, "the model is sd2"), "and on SD 2: %s", e.msg);
+out:
+    sdw_lora_free(k), sdw_lora_free(p), sdw_lora_free(a), sdw_lora_free(c);
 }
 
 /* A file of the given tensors (each [rows, cols] of `v`, or a scalar when
@@ -199,6 +254,18 @@ static void bad_files(void)
                "a LoRA whose keys match nothing: %s", e.msg);
         sdw_lora_free(l);
     }
+    /* tiny-a has one layer per block: input_blocks_1_1 is down_blocks_0_attentions_0. */
+    tspec twice[] = {{"lora_unet_input_blocks_1_1_proj_in.lora_down.weight", 4, 32, 0.1f},
+                     {"lora_unet_input_blocks_1_1_proj_in.lora_up.weight", 32, 4, 0.1f},
+                     {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", 4, 32, 0.1f},
+                     {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight", 32, 4, 0.1f}};
+    l = NULL;
+    if (tap_ok(!parse_spec(twice, 4, &l, &e), "one layer by its SGM and its diffusers name parses")) {
+        int rc = sdw_pipeline_lora_check(tiny_a, l, &e);
+        tap_ok(rc == SDW_EINVAL && strstr(e.msg, "update the same layer"), "and is refused against the model: %s",
+               e.msg);
+        sdw_lora_free(l);
+    }
     tspec nan[] = {{d, 4, 32, 0.1f}, {u, 32, 4, NAN}};
     l = NULL;
     int rc = parse_spec(nan, 2, &l, &e);
@@ -223,7 +290,10 @@ static void bad_files(void)
     free(buf);
 }
 
-static int gen(sdw_pipeline *p, const sdw_lora_use *u, int n, float *lat, sdw_image *img, sdw_error *e)
+/* The generation of a case (cases.json), or the one test_lora's own checks
+ * use when c is NULL: tiny-a's defaults in fixtures_lora.py. */
+static int gen(sdw_pipeline *p, json_object *c, const sdw_lora_use *u, int n, float *lat, sdw_image *img,
+               sdw_error *e)
 {
     sdw_gen_params gp;
     sdw_gen_params_init(&gp, SDW_GEN_TXT2IMG);
@@ -234,17 +304,32 @@ static int gen(sdw_pipeline *p, const sdw_lora_use *u, int n, float *lat, sdw_im
     gp.width = gp.height = 64;
     gp.seed = 77;
     gp.sampler = "euler";
+    json_object *v;
+    if (c && json_object_object_get_ex(c, "steps", &v))
+        gp.steps = json_object_get_int(v);
+    if (c && json_object_object_get_ex(c, "guidance", &v))
+        gp.guidance = (float)json_object_get_double(v);
+    if (c && json_object_object_get_ex(c, "sampler", &v))
+        gp.sampler = json_object_get_string(v);
     gp.loras = u;
     gp.nloras = n;
     return sdw_pipeline_generate(p, &gp, NULL, NULL, img, lat, NULL, e);
 }
 
-static void one_case(json_object *c, float *base_lat, sdw_image *base_img)
+static sdw_pipeline *case_model(const char *model)
+{
+    return !strcmp(model, "tiny-a") ? tiny_a : !strcmp(model, "tiny-sd2") ? tiny_sd2
+                                           : !strcmp(model, "tiny-sdxl") ? tiny_sdxl : NULL;
+}
+
+/* Each case against diffusers, beside the same job without its LoRAs before
+ * and after: the LoRA must matter, and leave nothing behind. */
+static void one_case(json_object *c)
 {
     json_object *v, *loras;
     const char *name = json_object_object_get_ex(c, "name", &v) ? json_object_get_string(v) : "?";
     const char *model = json_object_object_get_ex(c, "model", &v) ? json_object_get_string(v) : "?";
-    sdw_pipeline *p = !strcmp(model, "tiny-a") ? tiny_a : !strcmp(model, "tiny-sd2") ? tiny_sd2 : NULL;
+    sdw_pipeline *p = case_model(model);
     if (!tap_ok(p && json_object_object_get_ex(c, "loras", &loras), "%s: model %s and LoRAs known", name, model))
         return;
     int n = (int)json_object_array_length(loras);
@@ -263,38 +348,42 @@ static void one_case(json_object *c, float *base_lat, sdw_image *base_img)
     sdw_error e;
     const sdw_st_tensor *tl = NULL, *tp = NULL;
     float *want_lat = NULL, *want_pix = NULL;
+    int64_t nlat = 0, npix = 0; /* tl and tp go with the file */
     if (!sdw_st_open(&ref, tap_fixture(file), &e)) {
         want_lat = fixture_f32(&ref, "latents", &tl);
         want_pix = fixture_f32(&ref, "image", &tp);
+        nlat = tl ? tl->numel : 0, npix = tp ? tp->numel : 0;
         sdw_st_close(&ref);
+    } else {
+        tap_diag("%s", e.msg);
     }
-    sdw_image img = {0};
-    float lat[4 * 8 * 8];
-    if (tap_ok(want_lat && want_pix && tl->numel == 4 * 8 * 8, "%s: reference readable", name)) {
-        int rc = gen(p, u, n, lat, &img, &e);
+    sdw_image img = {0}, base_img = {0};
+    float lat[4 * 8 * 8], base[4 * 8 * 8];
+    int rc = gen(p, c, NULL, 0, base, &base_img, &e);
+    tap_ok(!rc, "%s: generates without LoRA%s%s", name, rc ? ": " : "", rc ? e.msg : "");
+    if (!rc && tap_ok(want_lat && want_pix && nlat == 4 * 8 * 8 && npix == 64 * 64 * 3, "%s: reference readable", name)) {
+        rc = gen(p, c, u, n, lat, &img, &e);
         if (tap_ok(!rc, "%s: generates with %d LoRA(s)%s%s", name, n, rc ? ": " : "", rc ? e.msg : "")) {
             double rel = max_rel_err(lat, want_lat, 4 * 8 * 8);
             tap_ok(rel <= LATENT_TOL, "%s: latents max rel err %.2e (tolerance %.0e)", name, rel, LATENT_TOL);
-            if (base_lat)
-                tap_ok(max_rel_err(base_lat, want_lat, 4 * 8 * 8) > 1e-2, "%s: the LoRA matters (%.2e from no LoRA)",
-                       name, max_rel_err(base_lat, want_lat, 4 * 8 * 8));
+            tap_ok(max_rel_err(base, want_lat, 4 * 8 * 8) > 1e-2, "%s: the LoRA matters (%.2e from no LoRA)", name,
+                   max_rel_err(base, want_lat, 4 * 8 * 8));
             int maxd = 0;
-            for (int64_t i = 0; i < tp->numel && i < 64 * 64 * 3; i++) {
+            for (int64_t i = 0; i < npix && i < 64 * 64 * 3; i++) {
                 int d = abs((int)img.pixels[i] - (int)want_pix[i]);
                 maxd = d > maxd ? d : maxd;
             }
             tap_ok(maxd <= 1, "%s: pixels within %d of diffusers'", name, maxd);
             sdw_image_free(&img);
         }
-        if (base_lat) {
-            float after[4 * 8 * 8];
-            rc = gen(p, NULL, 0, after, &img, &e);
-            tap_ok(!rc && !memcmp(after, base_lat, sizeof after) && base_img->width == img.width &&
-                       !memcmp(img.pixels, base_img->pixels, (size_t)img.width * img.height * 3),
-                   "%s: the next job without LoRA gives bit for bit the image of before", name);
-            sdw_image_free(&img);
-        }
+        float after[4 * 8 * 8];
+        rc = gen(p, c, NULL, 0, after, &img, &e);
+        tap_ok(!rc && !memcmp(after, base, sizeof after) && base_img.width == img.width &&
+                   !memcmp(img.pixels, base_img.pixels, (size_t)img.width * img.height * 3),
+               "%s: the next job without LoRA gives bit for bit the image of before", name);
+        sdw_image_free(&img);
     }
+    sdw_image_free(&base_img);
     free(want_lat);
     free(want_pix);
     for (int i = 0; i < n && i < 4; i++)
@@ -322,23 +411,22 @@ int main(void)
     }
     tiny_a = load("tiny-a");
     tiny_sd2 = load("tiny-sd2");
-    if (!tiny_a || !tiny_sd2)
+    tiny_sdxl = load("tiny-sdxl");
+    if (!tiny_a || !tiny_sd2 || !tiny_sdxl)
         return tap_done();
     parsing();
+    sdxl_parsing();
     bad_files();
 
     float base_a[4 * 8 * 8];
     sdw_image base_img = {0};
-    int rc = gen(tiny_a, NULL, 0, base_a, &base_img, &e);
+    int rc = gen(tiny_a, NULL, NULL, 0, base_a, &base_img, &e);
     tap_ok(!rc, "tiny-a without LoRA%s%s", rc ? ": " : "", rc ? e.msg : "");
 
     json_object *cases = json_object_from_file(tap_fixture("lora/cases.json"));
     if (tap_ok(cases && json_object_is_type(cases, json_type_array), "lora/cases.json readable")) {
-        for (size_t i = 0; i < json_object_array_length(cases); i++) {
-            json_object *c = json_object_array_get_idx(cases, i), *m;
-            int on_a = json_object_object_get_ex(c, "model", &m) && !strcmp(json_object_get_string(m), "tiny-a");
-            one_case(c, on_a && !rc ? base_a : NULL, &base_img);
-        }
+        for (size_t i = 0; i < json_object_array_length(cases); i++)
+            one_case(json_object_array_get_idx(cases, i));
         json_object_put(cases);
     }
 
@@ -348,9 +436,9 @@ int main(void)
         sdw_lora_use use[2] = {{good, "good", 1.0f}, {bad, "bad", 1.0f}};
         float lat[4 * 8 * 8];
         sdw_image img = {0};
-        rc = gen(tiny_a, use, 2, lat, &img, &e);
+        rc = gen(tiny_a, NULL, use, 2, lat, &img, &e);
         tap_ok(rc == SDW_EINVAL && strstr(e.msg, "LoRA bad: is for sd2"), "a job with a misfit LoRA fails: %s", e.msg);
-        rc = gen(tiny_a, NULL, 0, lat, &img, &e);
+        rc = gen(tiny_a, NULL, NULL, 0, lat, &img, &e);
         tap_ok(!rc && !memcmp(lat, base_a, sizeof lat), "and the next job is bit for bit the one of before");
         sdw_image_free(&img);
     }
@@ -359,6 +447,7 @@ int main(void)
     sdw_image_free(&base_img);
     sdw_pipeline_free(tiny_a);
     sdw_pipeline_free(tiny_sd2);
+    sdw_pipeline_free(tiny_sdxl);
     sdw_backend_destroy(be);
     return tap_done();
 }

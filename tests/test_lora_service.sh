@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # LoRA through the whole service (scripts/start-service: the real engine on
-# tiny-a and tiny-sd2, the pool, a private nginx on loopback): /v1/models
-# lists the LoRAs that fit each model, a job with LoRAs runs, and every bad
+# tiny-a, tiny-sd2 and tiny-sdxl, the pool, a private nginx on loopback):
+# /v1/models lists the LoRAs that fit each model, jobs with LoRAs run (SD 1;
+# SDXL's kohya file and an LCM-LoRA under the lcm sampler give diffusers'
+# images, from tests/fixtures/lora), and every bad
 # LoRA request is refused at submission with a JSON error naming the LoRA
-# or the field: unknown name (404), another family, keys that match
+# or the field: unknown name (404), another family (SD 1/2/XL), keys that match
 # nothing, a shape mismatch, a file that does not load (400 lora_mismatch),
 # a weight out of range, too many LoRAs, a path (400 invalid_value). A file
 # changed on disk after the engine started fails its job, not the engine.
@@ -26,6 +28,8 @@ mkdir -p "$run/loras"
 cp "$fix/lora/a-kohya-locon.safetensors" "$run/loras/locon.safetensors"
 cp "$fix/lora/sd2-kohya.safetensors" "$run/loras/sd2.safetensors"
 cp "$fix/lora/a-kohya-attn.safetensors" "$run/loras/changing.safetensors"
+cp "$fix/lora/xl-kohya.safetensors" "$run/loras/xl.safetensors"
+cp "$fix/lora/a-lcm.safetensors" "$run/loras/lcm.safetensors"
 # Hand-made files (no torch here): keys that match nothing, a rank that no
 # layer takes, and a truncated file.
 python3 - "$run/loras" "$fix/lora/a-peft.safetensors" <<'PY'
@@ -51,7 +55,7 @@ open(d + "/cut.safetensors", "wb").write(peft[: len(peft) // 2])
 PY
 
 export SDW_BUILD_DIR=$bld SDW_RUN_DIR=$run SDW_PORT=$port SDW_MODEL=$fix/models/tiny-a SDW_MODEL_NAME=a \
-  SDW_OPTS="engine.warmup=0 model.sd2=$fix/models/tiny-sd2 lora.attn=$fix/lora/a-kohya-attn.safetensors
+  SDW_OPTS="engine.warmup=0 model.sd2=$fix/models/tiny-sd2 model.xl=$fix/models/tiny-sdxl lora.attn=$fix/lora/a-kohya-attn.safetensors
     lora_dir=$run/loras limits.max_loras=2 lora_cache_bytes=1M"
 url=http://127.0.0.1:$port
 cleanup() { "$top/scripts/start-service" stop >/dev/null 2>&1; rm -rf "$run"; }
@@ -62,15 +66,17 @@ ok $rc "start-service starts with LoRAs configured: $(echo "$out" | tail -n 1)"
 [ $rc -eq 0 ] || { echo "$out" | diag; cat "$run/engine.log" 2>/dev/null | tail -20 | diag; echo "1..$n"; exit 1; }
 
 curl -s "$url/v1/models" >"$run/models.json"
-ok $(grep -q '"name":"a",[^]]*"loras":\["attn","changing","locon"\]' "$run/models.json" &&
-     grep -q '"name":"sd2",[^]]*"loras":\["sd2"\]' "$run/models.json"; echo $?) \
+ok $(grep -q '"name":"a",[^]]*"loras":\["attn","changing","lcm","locon"\]' "$run/models.json" &&
+     grep -q '"name":"sd2",[^]]*"loras":\["sd2"\]' "$run/models.json" &&
+     grep -q '"name":"xl",[^]]*"loras":\["xl"\]' "$run/models.json"; echo $?) \
   "/v1/models lists the LoRAs that fit each model: $(cat "$run/models.json")"
-ok $(grep -q 'LoRA attn: fits 1 of 2 models' "$run/engine.log"; echo $?) "the engine logs what each LoRA fits"
+ok $(grep -q 'LoRA attn: fits 1 of 3 models' "$run/engine.log"; echo $?) "the engine logs what each LoRA fits"
 
-# post LORAS [MODEL]: submits a 2-step job; status in $code, body in $body.
+# post LORAS [MODEL [FIELDS]]: submits a 2-step job (FIELDS: more of the
+# body, ending in a comma); status in $code, body in $body.
 post() {
   code=$(curl -s -o "$run/b" -w '%{http_code}' -H 'Content-Type: application/json' "$url/v1/jobs" \
-    -d "{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"${2:-a}\",\"prompt\":\"x\",\"width\":64,\"height\":64,\"steps\":2,\"seed\":3,\"loras\":$1}")
+    -d "{\"operation\":\"image_generation\",\"hive_id\":\"h\",\"model\":\"${2:-a}\",\"prompt\":\"x\",\"width\":64,\"height\":64,\"steps\":2,\"seed\":3,${3:-}\"loras\":$1}")
   body=$(cat "$run/b")
 }
 has() { case $body in *"$1"*) return 0 ;; esac; return 1; }
@@ -85,14 +91,65 @@ curl -s "$url/v1/jobs/$id" >"$run/two.json"
 ok $(grep -q '"loras":\[{"name":"attn","weight":0.8},{"name":"locon","weight":-0.5}\]' "$run/two.json"; echo $?) \
   "the job's params show its LoRAs: $(grep -o '"loras":[^]]*]' "$run/two.json")"
 
+# completes JOB-NAME: streams the job just posted to $run/JOB-NAME.sse; true when it completed.
+completes() {
+  id=$(echo "$body" | sed -n 's/.*"job_id":"\([^"]*\)".*/\1/p')
+  curl -sN "$url/v1/jobs/$id/stream" >"$run/$1.sse"
+  [ "$code" = 202 ] && grep -q '^event: complete' "$run/$1.sse"
+}
+# like SSE CASE: the image of a completed job's stream against diffusers'
+# (tests/fixtures/lora/CASE.safetensors, "image"), every pixel within 1.
+like() {
+  python3 - "$1" "$fix/lora/$2.safetensors" <<'PY'
+import base64, json, struct, sys, zlib
+ev = [json.loads(l[5:]) for l in open(sys.argv[1]) if l.startswith("data:") and '"complete"' in l][0]
+png = base64.b64decode(ev["image"])
+w, h, depth, ctype = struct.unpack(">IIBB", png[16:26])
+assert depth == 8 and ctype == 2, (depth, ctype)
+pos, idat = 8, b""
+while pos < len(png):
+    n, t = struct.unpack(">I4s", png[pos:pos + 8])
+    idat += png[pos + 8:pos + 8 + n] if t == b"IDAT" else b""
+    pos += 12 + n
+raw, stride, px, prev = zlib.decompress(idat), 3 * w, [], bytes(3 * w)
+for y in range(h):
+    f, row = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+    for i in range(stride):
+        a, b, c = row[i - 3] if i >= 3 else 0, prev[i], prev[i - 3] if i >= 3 else 0
+        pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+        pred = [0, a, b, (a + b) // 2, a if pa <= pb and pa <= pc else b if pb <= pc else c][f]
+        row[i] = (row[i] + pred) & 255
+    px += row
+    prev = row
+ref = open(sys.argv[2], "rb").read()
+hl = struct.unpack("<Q", ref[:8])[0]
+t = json.loads(ref[8:8 + hl])["image"]
+lo, hi = t["data_offsets"]
+want = struct.unpack("<%df" % ((hi - lo) // 4), ref[8 + hl + lo:8 + hl + hi])
+sys.exit(len(want) != len(px) or max(abs(a - b) for a, b in zip(px, want)) > 1)
+PY
+}
+# The two cases of fixtures_lora.py, through the service.
+ref='"prompt":"a photo of a cat","negative_prompt":"blurry","seed":77,"steps":4,'
+post '[{"name":"xl","weight":0.8}]' xl "$ref\"sampler\":\"euler\",\"guidance_scale\":5,"
+ok $(completes xl && like "$run/xl.sse" gen-xl-kohya >/dev/null; echo $?) \
+  "an SDXL job with kohya's SGM-named LoRA gives diffusers' image (gen-xl-kohya, pixels within 1): $code"
+post '[{"name":"lcm","weight":1}]' a "$ref\"sampler\":\"lcm\",\"guidance_scale\":1.5,"
+ok $(completes lcm && like "$run/lcm.sse" gen-a-lcm-g15 >/dev/null; echo $?) \
+  "an LCM-LoRA job (lcm sampler, 4 steps, CFG 1.5) gives diffusers' image (gen-a-lcm-g15): $code"
+
 post '[{"name":"nope"}]'
-ok $(refused 404 unknown_lora && has 'LoRA \"nope\" is not configured; LoRAs: attn, changing, cut, locon, nowhere, sd2, wide'; echo $?) \
+ok $(refused 404 unknown_lora && has 'LoRA \"nope\" is not configured; LoRAs: attn, changing, cut, lcm, locon, nowhere, sd2, wide, xl'; echo $?) \
   "an unknown LoRA: 404 unknown_lora with the names ($body)"
 post '[{"name":"sd2"}]'
 ok $(refused 400 lora_mismatch && has 'LoRA \"sd2\" does not fit model a: is for sd2, the model is sd1'; echo $?) \
   "an SD 2 LoRA on an SD 1 model: 400 lora_mismatch ($body)"
 post '[{"name":"attn"}]' sd2
 ok $(refused 400 lora_mismatch && has 'is for sd1, the model is sd2'; echo $?) "an SD 1 LoRA on an SD 2 model ($body)"
+post '[{"name":"attn"}]' xl
+ok $(refused 400 lora_mismatch && has 'is for sd1, the model is sdxl'; echo $?) "an SD 1 LoRA on an SDXL model ($body)"
+post '[{"name":"xl"}]'
+ok $(refused 400 lora_mismatch && has 'is for sdxl, the model is sd1'; echo $?) "an SDXL LoRA on an SD 1 model ($body)"
 post '[{"name":"locon"}]' sd2
 ok $(refused 400 lora_mismatch && has 'shape mismatch'; echo $?) "a LoRA without metadata on another family: shapes ($body)"
 post '[{"name":"nowhere"}]'

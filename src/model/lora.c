@@ -67,7 +67,7 @@ static int put(char *out, size_t cap, const char *fmt, int a, int b, const char 
     return n < 0 || (size_t)n >= cap;
 }
 
-int sdw_lora_sgm_path(const char *flat, char *out, size_t cap)
+int sdw_lora_sgm_path(const char *flat, int lpb, char *out, size_t cap)
 {
     static const char *const whole[][2] = {{"input_blocks_0_0", "conv_in"},
                                            {"out_2", "conv_out"},
@@ -79,7 +79,8 @@ int sdw_lora_sgm_path(const char *flat, char *out, size_t cap)
         if (!strcmp(flat, whole[i][0]))
             return snprintf(out, cap, "%s", whole[i][1]) >= (int)cap;
     const char *p = flat;
-    int lpb = 2;
+    if (lpb < 1)
+        return 1;
     if (starts(p, "input_blocks_") || starts(p, "output_blocks_")) {
         int input = starts(p, "input_blocks_");
         p += input ? strlen("input_blocks_") : strlen("output_blocks_");
@@ -117,12 +118,35 @@ int sdw_lora_sgm_path(const char *flat, char *out, size_t cap)
     return snprintf(out, cap, "%s", flat) >= (int)cap;
 }
 
+/* Whether a UNet path is in SGM's form, the names diffusers' layers never
+ * start with. */
+static int is_sgm(const char *flat)
+{
+    static const char *const sgm[] = {"input_blocks_", "middle_block_", "output_blocks_", "out_2",
+                                      "time_embed_", "label_emb_"};
+    for (size_t i = 0; i < sizeof sgm / sizeof sgm[0]; i++)
+        if (starts(flat, sgm[i]))
+            return 1;
+    return 0;
+}
+
+/* Which layer an SGM path names waits for the model's layers_per_block;
+ * one that names none under any a UNet has (1 to 4) is malformed already. */
+static int sgm_well_formed(const char *flat)
+{
+    char tmp[200];
+    for (int lpb = 1; lpb <= 4; lpb++)
+        if (!sdw_lora_sgm_path(flat, lpb, tmp, sizeof tmp))
+            return 1;
+    return 0;
+}
+
 /* --- parsing -------------------------------------------------------------- */
 
 typedef enum { T_DOWN, T_UP, T_ALPHA } tensor_role;
 
 /* Splits a tensor name into its module (part, flat path, key) and role. */
-static int classify(const char *name, char *part, char *flat, size_t fcap, char *key, size_t kcap,
+static int classify(const char *name, char *part, char *flat, size_t fcap, int *sgm, char *key, size_t kcap,
                     tensor_role *role, sdw_error *e)
 {
     static const struct {
@@ -174,12 +198,11 @@ static int classify(const char *name, char *part, char *flat, size_t fcap, char 
     const char *p = raw;
     if (strcmp(part, "unet") && starts(p, "text_model_"))
         p += strlen("text_model_");
-    if (!strcmp(part, "unet")) {
-        if (sdw_lora_sgm_path(p, flat, fcap))
-            return sdw_fail(e, SDW_EFORMAT, "%s: no UNet layer has this SGM path", key);
-    } else if ((size_t)snprintf(flat, fcap, "%s", p) >= fcap) {
+    *sgm = !strcmp(part, "unet") && is_sgm(p);
+    if ((size_t)snprintf(flat, fcap, "%s", p) >= fcap)
         return sdw_fail(e, SDW_EFORMAT, "tensor name %s is too long", name);
-    }
+    if (*sgm && !sgm_well_formed(flat))
+        return sdw_fail(e, SDW_EFORMAT, "%s: no UNet layer has this SGM path", key);
     return SDW_OK;
 }
 
@@ -235,7 +258,8 @@ static int build(sdw_lora *l, sdw_error *e)
         const sdw_st_tensor *t = &f->tensors[i];
         sdw_lora_module tmp = {0};
         tensor_role role = T_DOWN;
-        if ((rc = classify(t->name, tmp.part, tmp.flat, sizeof tmp.flat, tmp.key, sizeof tmp.key, &role, e)))
+        if ((rc = classify(t->name, tmp.part, tmp.flat, sizeof tmp.flat, &tmp.sgm, tmp.key, sizeof tmp.key, &role,
+                           e)))
             break;
         if (!is_float(t->dtype)) {
             rc = sdw_fail(e, SDW_EFORMAT, "%s is %s, not floating point", t->name, sdw_dtype_name(t->dtype));
@@ -382,12 +406,52 @@ int sdw_lora_changed(const sdw_lora *l)
 
 /* --- matching ------------------------------------------------------------- */
 
-static const sdw_layer_ref *find_layer(const sdw_layer_set *s, const sdw_lora_module *m)
+/* The UNet's layers_per_block, as SGM indices count them: the resnets of
+ * its first down block. */
+static int layers_per_block(const sdw_layer_set *s)
 {
+    int lpb = 0;
+    char want[64];
+    for (int found = 1; found; lpb += found) {
+        snprintf(want, sizeof want, "down_blocks_0_resnets_%d_conv1", lpb);
+        found = 0;
+        for (size_t i = 0; s && i < s->n && !found; i++)
+            found = !strcmp(s->v[i].part, "unet") && !strcmp(s->v[i].flat, want);
+    }
+    return lpb;
+}
+
+/* lpb: the model's layers_per_block, for SGM paths. */
+static const sdw_layer_ref *find_layer(const sdw_layer_set *s, const sdw_lora_module *m, int lpb)
+{
+    char mapped[sizeof m->flat];
+    const char *flat = m->flat;
+    if (m->sgm) {
+        if (sdw_lora_sgm_path(m->flat, lpb, mapped, sizeof mapped))
+            return NULL;
+        flat = mapped;
+    }
     for (size_t i = 0; s && i < s->n; i++)
-        if (!strcmp(s->v[i].flat, m->flat) && !strcmp(s->v[i].part, m->part))
+        if (!strcmp(s->v[i].flat, flat) && !strcmp(s->v[i].part, m->part))
             return &s->v[i];
     return NULL;
+}
+
+/* A file's names tell SDXL's LoRAs (two text encoders: lora_te1_ / lora_te2_,
+ * text_encoder_2.) from SD 1/2's (kohya's lora_te_) when no metadata does. */
+static int names_fit(const sdw_lora *l, const char *family, sdw_error *e)
+{
+    int xl = !strcmp(family, "sdxl");
+    for (size_t i = 0; i < l->n; i++) {
+        const char *k = l->m[i].key;
+        if (!xl && (!strcmp(l->m[i].part, "text_encoder_2") || starts(k, "lora_te1_")))
+            return sdw_fail(e, SDW_EINVAL, "is for sdxl (%s names one of its two text encoders), the model is %s", k,
+                            family);
+        if (xl && starts(k, "lora_te_"))
+            return sdw_fail(e, SDW_EINVAL,
+                            "is for sd1 or sd2 (%s names their single text encoder), the model is sdxl", k);
+    }
+    return SDW_OK;
 }
 
 /* Whether t is [a, b] or [a, b, k, k]. */
@@ -422,20 +486,32 @@ int sdw_lora_check(const sdw_lora *l, const sdw_layer_set *s, const char *family
 {
     if (l->family[0] && strcmp(l->family, family))
         return sdw_fail(e, SDW_EINVAL, "is for %s, the model is %s", l->family, family);
+    int rc = names_fit(l, family, e);
+    if (rc)
+        return rc;
+    const sdw_layer_ref **refs = calloc(l->n ? l->n : 1, sizeof *refs);
+    if (!refs)
+        return sdw_fail(e, SDW_ENOMEM, "out of memory");
+    int lpb = layers_per_block(s);
     size_t matched = 0;
     const sdw_lora_module *miss = NULL;
-    for (size_t i = 0; i < l->n; i++) {
-        const sdw_layer_ref *ref = find_layer(s, &l->m[i]);
+    for (size_t i = 0; !rc && i < l->n; i++) {
+        const sdw_layer_ref *ref = refs[i] = find_layer(s, &l->m[i], lpb);
         if (!ref) {
             if (!miss)
                 miss = &l->m[i];
             continue;
         }
         matched++;
-        int rc = check_module(&l->m[i], ref, family, e);
-        if (rc)
-            return rc;
+        rc = check_module(&l->m[i], ref, family, e);
+        /* An SGM and a diffusers name for one layer meet only here. */
+        for (size_t j = 0; !rc && j < i; j++)
+            if (refs[j] == ref)
+                rc = sdw_fail(e, SDW_EINVAL, "%s and %s update the same layer", l->m[j].key, l->m[i].key);
     }
+    free(refs);
+    if (rc)
+        return rc;
     if (!matched)
         return sdw_fail(e, SDW_EINVAL, "none of its %zu modules (%s, ...) matches a layer of this %s model", l->n,
                         miss->key, family);
@@ -523,11 +599,11 @@ int sdw_lora_apply(const sdw_layer_set *s, const char *family, const sdw_lora_us
         sdw_lora_remove(a);
         return sdw_fail(e, SDW_ENOMEM, "out of memory");
     }
-    int rc = SDW_OK;
+    int rc = SDW_OK, lpb = layers_per_block(s);
     for (int i = 0; !rc && i < n; i++)
         for (size_t k = 0; !rc && k < u[i].lora->n; k++) {
             const sdw_lora_module *m = &u[i].lora->m[k];
-            const sdw_layer_ref *ref = find_layer(s, m);
+            const sdw_layer_ref *ref = find_layer(s, m, lpb);
             /* Attached below, once every delta is built. */
             if ((rc = build_delta(m, ref, u[i].weight, be, &a->deltas[a->n++], e)))
                 sdw_fail_wrap(e, "LoRA %s", u[i].name);

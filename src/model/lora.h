@@ -26,7 +26,8 @@
 /* One module of a file: the layer it updates and its two factors. */
 typedef struct sdw_lora_module {
     char part[32];  /* "unet", "text_encoder", "text_encoder_2" */
-    char flat[200]; /* the layer's diffusers path with '_' for '.' */
+    char flat[200]; /* the layer's path with '_' for '.': diffusers' or SGM's */
+    int sgm;        /* flat is an SGM UNet path, mapped when matched */
     char key[232];  /* the module as the file names it, for messages */
     const sdw_st_tensor *down, *up;
     float alpha; /* the rank when the file gives none */
@@ -64,17 +65,21 @@ size_t sdw_lora_bytes(const sdw_lora *l);
 int sdw_lora_changed(const sdw_lora *l);
 
 /* Writes into out the diffusers path (with '_' for '.') of an SGM
- * (LDM/SDXL single-file) UNet path written kohya's way, e.g.
- * input_blocks_4_1_transformer_blocks_0_attn1_to_q ->
+ * (LDM/SDXL single-file) UNet path written kohya's way, e.g. with
+ * layers_per_block 2 input_blocks_4_1_transformer_blocks_0_attn1_to_q ->
  * down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q; a path in
- * diffusers' form is copied unchanged. Nonzero when an SGM path names no
- * diffusers layer or out is too small. layers_per_block is 2 for every
- * family this applies to. */
-int sdw_lora_sgm_path(const char *flat, char *out, size_t cap);
+ * diffusers' form is copied unchanged. SGM numbers a level's layers in one
+ * run, so the mapping needs the UNet's layers_per_block (2 in SD and SDXL;
+ * sdw_lora_check reads it off the model's layers, as diffusers reads it off
+ * the UNet config). Nonzero when an SGM path names no diffusers layer or out
+ * is too small. */
+int sdw_lora_sgm_path(const char *flat, int layers_per_block, char *out, size_t cap);
 
 /* Whether l fits the model whose layers s lists (family "sd1", "sd2", ...):
- * its stated family matches, every module finds its layer, and every factor
- * has the layer's shape. The error names the LoRA's module and says why. */
+ * its stated family matches, and so does the one its text encoder names
+ * imply (SDXL's two, SD 1/2's one), every module finds its layer, no layer
+ * twice, and every factor has the layer's shape. The error names the LoRA's
+ * module and says why. */
 int sdw_lora_check(const sdw_lora *l, const sdw_layer_set *s, const char *family, sdw_error *e);
 
 typedef struct sdw_lora_use {
