@@ -1096,8 +1096,11 @@ static void test_models(void)
     sdw_error e = {0};
     sdw_ring_model got[SDW_RING_MAX_MODELS];
     tap_ok(sdw_ring_models(r, got, SDW_RING_MAX_MODELS, &e) == 0, "no models before the engine publishes them");
-    sdw_ring_model m[2] = {{"sd21", "sd2", "v_prediction", 0, 768, 768, 5u << 30, 2560, 1u << 21},
-                           {"inpaint", "sd1", "epsilon", 1, 512, 512, 0, 0, 0}};
+    sdw_ring_model m[2] = {{.name = "sd21", .family = "sd2", .prediction = "v_prediction", .width = 768,
+                            .height = 768, .weights_bytes = 5u << 30, .bytes_per_pixel = 2560,
+                            .max_pixels = 1u << 21},
+                           {.name = "inpaint", .family = "sd1", .prediction = "epsilon", .inpaint = 1,
+                            .width = 512, .height = 512}};
     tap_ok(sdw_ring_set_models(r, m, 2, &e) == 0, "the engine publishes two models (%s)", e.msg);
     sdw_ring *other = NULL;
     int rc = sdw_ring_open(ring_name, &other, &e);
@@ -1136,7 +1139,9 @@ static void test_loras(void)
     strcpy(l[0].why[1], "is for sd1, the model is sd2");
     strcpy(l[1].name, "grain");
     memset(l[1].why[0], 'x', sizeof l[1].why[0]); /* cut to fit */
-    sdw_ring_model m[2] = {{"sd15", "sd1", "epsilon", 0, 512, 512}, {"sd21", "sd2", "v_prediction", 0, 768, 768}};
+    sdw_ring_model m[2] = {{.name = "sd15", .family = "sd1", .prediction = "epsilon", .width = 512, .height = 512},
+                           {.name = "sd21", .family = "sd2", .prediction = "v_prediction", .width = 768,
+                            .height = 768}};
     tap_ok(sdw_ring_set_loras(r, l, 2, &e) == 0 && sdw_ring_set_models(r, m, 2, &e) == 0, "the engine publishes two LoRAs");
     tap_ok(sdw_ring_lora_fit(r, "ink", "sd15", why, sizeof why, &e) == 0 && !why[0], "ink fits sd15");
     int rc = sdw_ring_lora_fit(r, "ink", "sd21", why, sizeof why, &e);
